@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs every Debian package kosmos-farm needs to build, test and fuzz.
+# Idempotent and non-interactive: run it as root (or with sudo) on Debian 12.
+# What each package is for is written in docs/dependencies.md.
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake pkg-config git ca-certificates clang libclang-rt-14-dev llvm
+  # messaging and wire format
+  libzmq3-dev libczmq-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+  # compute
+  ocl-icd-opencl-dev opencl-c-headers opencl-clhpp-headers pocl-opencl-icd clinfo
+  # images, storage, JSON
+  libvips-dev libsqlite3-dev libjansson-dev fonts-dejavu-core
+  # tests
+  libcmocka-dev python3
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "install-deps: done"

@@ -64,7 +64,7 @@ kt_tokenizer *kt_tokenizer_new_from_files(const char *spm_path, const char *conf
 void kt_tokenizer_destroy(kt_tokenizer **tokenizer);
 
 /* Appends the ids of `text` (UTF-8, len bytes, may hold NULs) to `out`, without <s> or </s>.
- * Fails with KS_ERR_INVALID on malformed UTF-8. */
+ * Fails with KS_ERR_INVALID on malformed UTF-8; on failure `out` is left as it was. */
 ks_status kt_tokenizer_encode(const kt_tokenizer *t, const char *text, size_t len, kt_ids *out);
 
 typedef struct kt_decode_options {

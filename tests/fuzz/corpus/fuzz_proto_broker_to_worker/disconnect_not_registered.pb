@@ -1,0 +1,1 @@
+zunknown worker: send Ready

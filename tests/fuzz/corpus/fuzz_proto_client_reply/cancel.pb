@@ -1,0 +1,2 @@
+ґ¤шЧЬЃьц^j 
+01JDQ80000AAAABBBBCCCCDDDD

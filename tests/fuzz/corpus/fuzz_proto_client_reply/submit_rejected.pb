@@ -1,0 +1,1 @@
+´¤ø×Üüö^R6"40prompts[1]: 2 phrases but 1 phrase_boxes entries

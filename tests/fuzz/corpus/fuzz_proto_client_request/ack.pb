@@ -1,0 +1,2 @@
+	alice@labb
+01JDQ7Z9K3M4N5P6Q7R8S9T0VW

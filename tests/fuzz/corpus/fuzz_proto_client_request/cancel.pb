@@ -1,0 +1,2 @@
+	alice@labj
+01JDQ80000AAAABBBBCCCCDDDD

@@ -26,7 +26,7 @@ def run(args, lines, expect_code=None):
     payload = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
     proc = subprocess.run([ARGS.kosmos] + args, input=payload.encode(), capture_output=True,
                           timeout=600)
-    out = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    out = [json.loads(line) for line in proc.stdout.decode().split("\n")[:-1]]
     if expect_code is not None and proc.returncode != expect_code:
         raise AssertionError("kosmos %s exited %d, expected %d; stderr: %s"
                              % (" ".join(args), proc.returncode, expect_code, proc.stderr.decode()))
@@ -97,7 +97,7 @@ class Tokenize(unittest.TestCase):
     def test_invalid_json_and_blank_lines(self):
         proc = subprocess.run([ARGS.kosmos, "tokenize", "--model", self.model],
                               input=b'"a"\n\n{bad\n"b"', capture_output=True)
-        out = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+        out = [json.loads(line) for line in proc.stdout.decode().split("\n")[:-1]]
         self.assertEqual(proc.returncode, 1)
         self.assertEqual(len(out), 4)
         self.assertIn("error", out[1])

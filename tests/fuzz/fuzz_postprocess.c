@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <jansson.h>
 
@@ -17,11 +18,12 @@ static void check_spans(const kt_grounding *g)
     size_t chars = ks_utf8_count(g->text, g->text_len);
     for (size_t i = 0; i < g->entity_count; i++) {
         const kt_entity *e = &g->entities[i];
-        if (e->start <= chars && e->start_byte > g->text_len)
+        /* Byte offsets are clamped into the text even where the reference's code-point span
+         * is degenerate (negative, reversed or past the end). */
+        if (e->start_byte > g->text_len || e->end_byte > g->text_len || e->start_byte > e->end_byte)
             abort();
-        if (e->end <= chars && e->end_byte > g->text_len)
-            abort();
-        if (e->start <= chars && ks_utf8_count(g->text, e->start_byte) != e->start)
+        if (e->start >= 0 && (size_t)e->start <= chars &&
+            ks_utf8_count(g->text, e->start_byte) != (size_t)e->start)
             abort();
     }
 }
@@ -34,7 +36,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     kt_grounding grounding;
     kt_grounding_init(&grounding);
     ks_status st = kt_postprocess(text, size, &grounding);
-    if (valid && st != KS_OK)
+    /* Valid text always succeeds, except where Python itself raises: a patch index of over
+     * 4,300 digits (int() limit) or one too large for a float. */
+    if (valid && st != KS_OK && !strstr(ks_error_message(), "integer string conversion") &&
+        !strstr(ks_error_message(), "int too large to convert to float"))
         abort();
     if (st == KS_OK) {
         check_spans(&grounding);

@@ -1,0 +1,436 @@
+/* test_image: worker/image (kosmos_image) against the reference.
+ *
+ * Fixtures: tests/golden/pixels/<file>.safetensors from tests/golden/make_pixel_fixtures.py
+ * (transformers 5.17.0's pixel_values and PIL's 224x224 bicubic resize) for every demo image in
+ * shared/kosmos2/images and every test image in tests/data/images (make_mode_images.py).
+ * Checks: the Pillow resize bit for bit (decoding included); pixel_values within one 8-bit step
+ * of transformers (its torch resize differs from Pillow by at most one step); the mode
+ * conversions; bad input (truncated, empty, not an image, a huge header); the pixel limit;
+ * decoding from several threads; and drawing boxes. Bad images are made at run time from the
+ * good ones. Safetensors are read with the test-only test_safetensors_min.h. */
+#include <dirent.h>
+#include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "draw.h"
+#include "image_decode.h"
+#include "ks_file.h"
+#include "pil_resize.h"
+#include "pixels.h"
+#include "test_safetensors_min.h"
+
+#define DEMO_DIR KOSMOS_SHARED_DIR "/kosmos2/images"
+#define MODE_DIR KOSMOS_GOLDEN_DIR "/../data/images"
+#define FIXTURE_DIR KOSMOS_GOLDEN_DIR "/pixels"
+#define NPIX (3 * KI_IMAGE_SIZE * KI_IMAGE_SIZE)
+#define MAX_FILE ((size_t)64 << 20)
+
+static char *read_all(const char *path, size_t *len) {
+    char *data = NULL;
+    if (ks_file_read(path, MAX_FILE, &data, len) != KS_OK) {
+        fail_msg("%s", ks_error_message());
+    }
+    return data;
+}
+
+/* Sorted names of the regular files in dir with an image suffix. */
+static size_t list_images(const char *dir, char names[][64], size_t max) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    size_t n = 0;
+    assert_non_null(d);
+    while ((e = readdir(d)) && n < max) {
+        const char *dot = strrchr(e->d_name, '.');
+        if (e->d_name[0] == '.' || !dot || strcmp(dot, ".py") == 0 || strlen(e->d_name) >= 64) {
+            continue;
+        }
+        strcpy(names[n++], e->d_name);
+    }
+    closedir(d);
+    qsort(names, n, sizeof names[0], (int (*)(const void *, const void *))strcmp);
+    return n;
+}
+
+/* One image against its fixture: PIL resize bit-exact, pixel_values within one step. With
+ * `exact` false (AVIF: libheif and Pillow's libavif convert YUV to RGB differently) only the
+ * decode and the size are checked; the differences are printed. */
+static void check_image(const char *dir, const char *name, bool demo, bool exact) {
+    char path[512], fix[512];
+    size_t len = 0;
+    st_min st;
+    ki_pixels *px = calloc(1, sizeof *px);
+    float *ref = malloc(NPIX * sizeof(float));
+    assert_non_null(px);
+    assert_non_null(ref);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(fix, sizeof fix, "%s/%s.safetensors", FIXTURE_DIR, name);
+    if (st_min_open(&st, fix) != 0) {
+        fail_msg("%s (run tests/golden/make_pixel_fixtures.py)", ks_error_message());
+    }
+    char *bytes = read_all(path, &len);
+    ks_status rc = ki_pixels_from_buffer(bytes, len, NULL, px);
+    if (rc != KS_OK) {
+        fail_msg("%s: %s", name, ks_error_message());
+    }
+    assert_int_equal(px->src_width, atoi(st_min_meta(&st, "source_width")));
+    assert_int_equal(px->src_height, atoi(st_min_meta(&st, "source_height")));
+
+    const uint8_t *pil = st_min_tensor(&st, "pil_resize", "U8", NPIX);
+    assert_non_null(pil);
+    size_t resize_diff = 0;
+    int resize_max = 0;
+    for (size_t i = 0; i < NPIX; i++) {
+        int d = abs((int)px->rgb[i] - (int)pil[i]);
+        resize_diff += d != 0;
+        resize_max = d > resize_max ? d : resize_max;
+    }
+    if (demo) {
+        const void *pv = st_min_tensor(&st, "pixel_values", "F32", NPIX);
+        assert_non_null(pv);
+        memcpy(ref, pv, NPIX * sizeof(float)); /* little-endian host, unaligned source */
+    } else {
+        const uint8_t *steps = st_min_tensor(&st, "pixel_values_u8", "U8", NPIX);
+        uint8_t *hwc = malloc(NPIX);
+        assert_non_null(steps);
+        assert_non_null(hwc);
+        for (size_t c = 0; c < 3; c++) { /* CHW steps -> HWC, then the §3.1 recipe */
+            for (size_t i = 0; i < NPIX / 3; i++) {
+                hwc[i * 3 + c] = steps[c * (NPIX / 3) + i];
+            }
+        }
+        ki_normalize(hwc, ref);
+        free(hwc);
+    }
+    size_t within1 = 0, within2 = 0, same = 0;
+    double maxd = 0;
+    for (size_t i = 0; i < NPIX; i++) {
+        double d = fabs((double)px->values[i] - (double)ref[i]);
+        same += d < 1e-6;
+        within1 += d <= 0.016;
+        within2 += d <= 0.032;
+        maxd = d > maxd ? d : maxd;
+    }
+    printf("  %-18s %-4s %4dx%-4d pixel_values: max|d| %.6f, %.4f%% within 0.016, %zu "
+           "within 0.032, %.3f%% equal; PIL resize: %zu/%d differ (max %d)\n",
+           name, st_min_meta(&st, "pil_mode"), px->src_width, px->src_height, maxd,
+           100.0 * (double)within1 / NPIX, within2, 100.0 * (double)same / NPIX, resize_diff,
+           NPIX, resize_max);
+    if (exact) {
+        assert_true((double)within1 >= 0.999 * NPIX);
+        assert_int_equal(within2, NPIX);
+        assert_int_equal(resize_diff, 0);
+    }
+    free(bytes);
+    free(ref);
+    free(px);
+    st_min_close(&st);
+}
+
+static void test_demo_images(void **state) {
+    char names[32][64];
+    size_t n = list_images(DEMO_DIR, names, 32);
+    assert_true(n >= 7);
+    printf("  formats here: %s\n", ki_formats());
+    for (size_t i = 0; i < n; i++) {
+        check_image(DEMO_DIR, names[i], true, true);
+    }
+}
+
+static void test_mode_images(void **state) {
+    char names[32][64];
+    size_t n = list_images(MODE_DIR, names, 32);
+    assert_true(n >= 15);
+    for (size_t i = 0; i < n; i++) {
+        bool avif = strstr(names[i], ".avif") != NULL;
+        if (avif && !ki_format_available("heif")) {
+            printf("  %s skipped: libvips has no HEIF/AVIF loader here\n", names[i]);
+            continue;
+        }
+        check_image(MODE_DIR, names[i], false, !avif);
+    }
+}
+
+/* The reference never rotates; the option does. */
+static void test_exif_orientation(void **state) {
+    size_t len;
+    char *bytes = read_all(MODE_DIR "/exif_rot6.jpg", &len);
+    ki_decode_params p;
+    ki_image *img = NULL;
+    ki_decode_params_default(&p);
+    assert_false(p.autorotate);
+    assert_int_equal(ki_image_decode(bytes, len, &p, &img), KS_OK);
+    assert_int_equal(ki_image_width(img), 333);
+    assert_int_equal(ki_image_height(img), 167);
+    ki_image_destroy(&img);
+    p.autorotate = true;
+    assert_int_equal(ki_image_decode(bytes, len, &p, &img), KS_OK);
+    assert_int_equal(ki_image_width(img), 167);
+    assert_int_equal(ki_image_height(img), 333);
+    ki_image_destroy(&img);
+    assert_null(img);
+    free(bytes);
+}
+
+static void expect_failure(const char *what, const void *bytes, size_t len, ks_status want) {
+    ki_image *img = (ki_image *)&img; /* must come back NULL */
+    ks_status rc = ki_image_decode(bytes, len, NULL, &img);
+    printf("  %-28s -> %s: %s\n", what, ks_status_name(rc), ks_error_message());
+    assert_int_equal(rc, want);
+    assert_null(img);
+    assert_true(strlen(ks_error_message()) > 0);
+}
+
+static uint32_t crc32_png(const uint8_t *p, size_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) {
+            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+        }
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+static void put_be32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
+}
+
+static void expect_success(const char *what, const void *bytes, size_t len) {
+    ki_image *img = NULL;
+    ks_status rc = ki_image_decode(bytes, len, NULL, &img);
+    printf("  %-28s -> %s %s\n", what, ks_status_name(rc), rc == KS_OK ? "" : ks_error_message());
+    assert_int_equal(rc, KS_OK);
+    ki_image_destroy(&img);
+}
+
+/* Each case as PIL 13 (Image.open + load) has it: PIL raises on all of these but the PNG
+ * without IEND, whose pixel data is complete (PIL and libpng both accept it). */
+static void test_bad_images(void **state) {
+    size_t jlen, plen;
+    char *jpeg = read_all(DEMO_DIR "/two_dogs.jpg", &jlen);
+    char *png = read_all(DEMO_DIR "/snowman.png", &plen);
+    static const char text[] = "This is a text file, not an image.\n";
+
+    expect_failure("zero bytes", "", 0, KS_ERR_FORMAT);
+    expect_failure("text file", text, sizeof text - 1, KS_ERR_FORMAT);
+    expect_failure("truncated JPEG (half)", jpeg, jlen / 2, KS_ERR_FORMAT);
+    expect_failure("truncated JPEG (no EOI)", jpeg, jlen - 2, KS_ERR_FORMAT);
+    expect_failure("truncated JPEG (header)", jpeg, 600, KS_ERR_FORMAT);
+    expect_failure("JPEG SOI only", jpeg, 4, KS_ERR_FORMAT);
+    expect_failure("truncated PNG (half)", png, plen / 2, KS_ERR_FORMAT);
+    expect_success("PNG without IEND (PIL: ok)", png, plen - 12);
+    expect_failure("truncated PNG (signature)", png, 8, KS_ERR_FORMAT);
+    expect_failure("truncated PNG (IHDR)", png, 20, KS_ERR_FORMAT);
+
+    /* A valid PNG signature + IHDR claiming 100,000 x 100,000 RGB, then a tiny IDAT + IEND:
+     * rejected on the header, before libvips would allocate 30 GB. */
+    uint8_t big[8 + 25 + 12 + 12 + 12] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    uint8_t *p = big + 8;
+    put_be32(p, 13);
+    memcpy(p + 4, "IHDR", 4);
+    put_be32(p + 8, 100000);
+    put_be32(p + 12, 100000);
+    p[16] = 8, p[17] = 2, p[18] = 0, p[19] = 0, p[20] = 0;
+    put_be32(p + 21, crc32_png(p + 4, 17));
+    p += 25;
+    put_be32(p, 0);
+    memcpy(p + 4, "IDAT", 4);
+    put_be32(p + 8, crc32_png(p + 4, 4));
+    p += 12;
+    put_be32(p, 0);
+    memcpy(p + 4, "IEND", 4);
+    put_be32(p + 8, crc32_png(p + 4, 4));
+    int w = 0, h = 0;
+    assert_int_equal(ki_image_probe(big, sizeof big - 12, &w, &h, NULL), KS_OK);
+    assert_int_equal(w, 100000);
+    assert_int_equal(h, 100000);
+    expect_failure("PNG header 100000x100000", big, sizeof big - 12, KS_ERR_LIMIT);
+
+    /* Flipped bytes in the middle of the entropy-coded data must not crash (PIL, like libjpeg,
+     * decodes corrupt data with warnings; libvips may accept or reject it). */
+    char *bad = malloc(jlen);
+    assert_non_null(bad);
+    memcpy(bad, jpeg, jlen);
+    for (size_t i = jlen / 3; i < jlen / 3 + 64; i++) {
+        bad[i] = (char)~bad[i];
+    }
+    ki_image *img = NULL;
+    ks_status rc = ki_image_decode(bad, jlen, NULL, &img);
+    printf("  %-28s -> %s %s\n", "corrupt JPEG data", ks_status_name(rc),
+           rc == KS_OK ? "" : ks_error_message());
+    ki_image_destroy(&img);
+    free(bad);
+    free(jpeg);
+    free(png);
+
+    /* Every test image cut at 16 lengths and with one byte flipped at 16 places: any status,
+     * but no crash (the ASan build runs this too) and no image on failure. */
+    char names[32][64];
+    size_t n = list_images(MODE_DIR, names, 32), tried = 0, failed = 0;
+    for (size_t f = 0; f < n; f++) {
+        char path[512];
+        size_t len;
+        snprintf(path, sizeof path, "%s/%s", MODE_DIR, names[f]);
+        char *data = read_all(path, &len);
+        for (int k = 0; k < 32; k++) {
+            size_t at = len * (size_t)(k % 16) / 16;
+            char keep = data[at];
+            if (k >= 16) {
+                data[at] = (char)(data[at] ^ 0x5a);
+            }
+            ks_status r = ki_image_decode(data, k < 16 ? at : len, NULL, &img);
+            assert_true(r == KS_OK ? img != NULL : img == NULL);
+            failed += r != KS_OK;
+            tried++;
+            ki_image_destroy(&img);
+            data[at] = keep;
+        }
+        free(data);
+    }
+    printf("  %zu cut or flipped test images: %zu rejected, none crashed\n", tried, failed);
+}
+
+static void test_pixel_limit(void **state) {
+    size_t len;
+    char *bytes = read_all(DEMO_DIR "/two_dogs.jpg", &len); /* 1200 x 602 = 722,400 */
+    ki_decode_params p;
+    ki_image *img = NULL;
+    ki_decode_params_default(&p);
+    assert_int_equal(p.max_pixels, 100000000ULL);
+    p.max_pixels = 722399;
+    assert_int_equal(ki_image_decode(bytes, len, &p, &img), KS_ERR_LIMIT);
+    printf("  limit 722399 -> %s\n", ks_error_message());
+    assert_null(img);
+    p.max_pixels = 722400;
+    assert_int_equal(ki_image_decode(bytes, len, &p, &img), KS_OK);
+    ki_image_destroy(&img);
+    free(bytes);
+}
+
+static void test_resize_edges(void **state) {
+    uint8_t one[3] = {10, 200, 255}, out[6 * 5 * 3], same[2 * 2 * 3];
+    uint8_t src[2 * 2 * 3] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+    assert_int_equal(ki_pil_resize_bicubic(one, 1, 1, 3, out, 6, 5), KS_OK);
+    for (int i = 0; i < 6 * 5; i++) { /* a constant image stays constant */
+        assert_memory_equal(out + i * 3, one, 3);
+    }
+    assert_int_equal(ki_pil_resize_bicubic(src, 2, 2, 3, same, 2, 2), KS_OK);
+    assert_memory_equal(src, same, sizeof src);
+    assert_int_equal(ki_pil_resize_bicubic(src, 0, 2, 3, same, 2, 2), KS_ERR_INVALID);
+    assert_int_equal(ki_pil_resize_bicubic(src, 2, 2, 5, same, 2, 2), KS_ERR_INVALID);
+    /* A 1-pixel-wide strip, downscaled in one axis only. */
+    uint8_t strip[1 * 500], thin[1 * 7];
+    for (int i = 0; i < 500; i++) {
+        strip[i] = (uint8_t)(i * 7);
+    }
+    assert_int_equal(ki_pil_resize_bicubic(strip, 1, 500, 1, thin, 1, 7), KS_OK);
+}
+
+/* Several threads decoding at once give what one thread gives. */
+typedef struct job {
+    const char *bytes;
+    size_t len;
+    ki_pixels *px;
+    ks_status rc;
+} job;
+
+static void *decode_job(void *arg) {
+    job *j = arg;
+    j->rc = ki_pixels_from_buffer(j->bytes, j->len, NULL, j->px);
+    ki_thread_shutdown();
+    return NULL;
+}
+
+static void test_threads(void **state) {
+    size_t len;
+    char *bytes = read_all(DEMO_DIR "/corgi.jpg", &len);
+    ki_pixels *one = calloc(1, sizeof *one);
+    job jobs[3];
+    pthread_t th[3];
+    assert_non_null(one);
+    assert_int_equal(ki_pixels_from_buffer(bytes, len, NULL, one), KS_OK);
+    for (int i = 0; i < 3; i++) {
+        jobs[i] = (job){bytes, len, calloc(1, sizeof(ki_pixels)), KS_ERR_INVALID};
+        assert_non_null(jobs[i].px);
+        assert_int_equal(pthread_create(&th[i], NULL, decode_job, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(jobs[i].rc, KS_OK);
+        assert_memory_equal(jobs[i].px->values, one->values, sizeof one->values);
+        free(jobs[i].px);
+    }
+    free(one);
+    free(bytes);
+}
+
+static void test_draw(void **state) {
+    size_t len;
+    char *bytes = read_all(DEMO_DIR "/two_dogs.jpg", &len);
+    ki_image *img = NULL, *back = NULL;
+    assert_int_equal(ki_image_decode(bytes, len, NULL, &img), KS_OK);
+    const ki_box boxes[] = {
+        {"a dog", 0, 0.10, 0.20, 0.45, 0.90},
+        {"another dog", 1, 0.50, 0.15, 0.95, 0.95},
+        {"<b>markup</b> & ünïcödé — 狗", 2, 0.30, 0.05, 0.70, 0.40},
+        {"outside", 3, -0.5, -0.5, 1.5, 1.5},
+        {"far outside", 4, 2.0, 2.0, 3.0, 3.0},
+        {"zero size", 5, 0.5, 0.5, 0.5, 0.5},
+        {"reversed", 6, 0.9, 0.9, 0.6, 0.6},
+        {"nan", 7, NAN, 0.1, 0.2, INFINITY},
+        {"", 8, 0.0, 0.0, 1.0, 1.0},
+        {NULL, -3, 0.99, 0.99, 1.0, 1.0},
+        {"right edge label that is long enough to be clipped", 9, 0.98, 0.5, 1.0, 0.6},
+    };
+    const size_t n = sizeof boxes / sizeof boxes[0];
+    void *png = NULL;
+    size_t png_len = 0;
+    assert_int_equal(ki_draw_boxes_png(img, boxes, n, NULL, &png, &png_len), KS_OK);
+    assert_true(png_len > 1000);
+    assert_int_equal(ki_image_decode(png, png_len, NULL, &back), KS_OK);
+    assert_int_equal(ki_image_width(back), 1200);
+    assert_int_equal(ki_image_height(back), 602);
+    /* The first box's left edge, x = floor(0.10*1200) = 120, y = 0.5*602, has colour 0. */
+    const uint8_t *px = ki_image_rgb(back) + ((size_t)301 * 1200 + 120) * 3;
+    assert_int_equal(px[0], 31);
+    assert_int_equal(px[1], 119);
+    assert_int_equal(px[2], 180);
+    ki_image_destroy(&back);
+    free(png);
+    assert_int_equal(ki_draw_boxes_file(img, boxes, n, NULL, "test_image_draw.png"), KS_OK);
+    printf("  wrote test_image_draw.png (%zu bytes as PNG)\n", png_len);
+    assert_int_equal(ki_draw_boxes_file(img, NULL, 0, NULL, "/nonexistent/dir/x.png"), KS_ERR_IO);
+    /* A 1x1 image with boxes and labels. */
+    static const uint8_t dot[3] = {0, 0, 0};
+    ki_image *tiny = NULL;
+    assert_int_equal(ki_image_from_rgb(dot, 1, 1, &tiny), KS_OK);
+    assert_int_equal(ki_draw_boxes_png(tiny, boxes, n, NULL, &png, &png_len), KS_OK);
+    free(png);
+    ki_image_destroy(&tiny);
+    ki_image_destroy(&img);
+    free(bytes);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_resize_edges), cmocka_unit_test(test_demo_images),
+        cmocka_unit_test(test_mode_images),  cmocka_unit_test(test_exif_orientation),
+        cmocka_unit_test(test_bad_images),   cmocka_unit_test(test_pixel_limit),
+        cmocka_unit_test(test_threads),      cmocka_unit_test(test_draw),
+    };
+    if (ki_init() != KS_OK) {
+        fprintf(stderr, "libvips: %s\n", ks_error_message());
+        return 1;
+    }
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

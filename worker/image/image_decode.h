@@ -1,0 +1,67 @@
+/* image_decode: image bytes -> the 8-bit RGB image the Kosmos-2 reference sees.
+ *
+ * Decodes with libvips from memory and converts to 8-bit RGB the way the reference does (PIL
+ * Image.open + convert("RGB"), docs/kosmos2-reference.md §3.1 step 1):
+ *   - alpha is dropped, never composited (RGBA, LA, palette with tRNS);
+ *   - grayscale, bilevel and palette images are expanded to R = G = B (palette via its colours);
+ *   - CMYK with PIL's formula: nk = 255 - K; R = nk - (C*nk)/255 (rounded as PIL's MULDIV255);
+ *   - 16-bit samples: PIL keeps the high byte (RGB, RGBA, LA) except for a single-channel
+ *     16-bit image, which PIL opens as "I;16" and clips to 255 instead;
+ *   - no EXIF rotation unless the caller asks (params.autorotate);
+ *   - no ICC transform (PIL applies none).
+ * A truncated JPEG or PNG is an error (libvips' fail_on = truncated; PIL raises on these), as is
+ * a header claiming more than params.max_pixels pixels, checked before any pixel is decoded.
+ * Formats: those ki_formats() lists (jpeg png webp tiff gif, heif where built). Not here: the
+ * resize and normalisation (pixels.h).
+ */
+#ifndef KI_IMAGE_DECODE_H
+#define KI_IMAGE_DECODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ks_error.h"
+#include "vips_runtime.h"
+
+#define KI_DEFAULT_MAX_PIXELS 100000000ULL /* 100 megapixels */
+
+/* Decoder options. Defaults from ki_decode_params_default(). */
+typedef struct ki_decode_params {
+    uint64_t max_pixels; /* width*height above this fails with KS_ERR_LIMIT; default
+                          * KI_DEFAULT_MAX_PIXELS; 0 means the default */
+    bool autorotate;     /* apply the EXIF orientation; default false (as the reference) */
+} ki_decode_params;
+
+void ki_decode_params_default(ki_decode_params *p);
+
+/* A decoded image: 8-bit RGB, rows packed, (height, width, 3). Opaque. */
+typedef struct ki_image ki_image;
+
+/* Decodes `len` bytes (borrowed for the call only) into a new image the caller owns (free
+ * with ki_image_destroy). `params` may be NULL for the defaults. Errors: KS_ERR_FORMAT
+ * (empty, not an image, an unsupported format, corrupt or truncated data), KS_ERR_LIMIT (too
+ * many pixels), KS_ERR_UNSUPPORTED (a sample format with no PIL-equivalent conversion here,
+ * e.g. float TIFF), KS_ERR_NOMEM. On failure *out is NULL. */
+ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params *params,
+                          ki_image **out);
+
+/* Reads only the header: the size the image claims and the format name (static storage; may
+ * be NULL). Same format errors as ki_image_decode, no pixel limit. */
+ks_status ki_image_probe(const void *bytes, size_t len, int *width, int *height,
+                         const char **format);
+
+/* Wraps a copy of packed 8-bit RGB pixels (borrowed) as an image the caller owns. */
+ks_status ki_image_from_rgb(const uint8_t *rgb, int width, int height, ki_image **out);
+
+/* Frees the image; accepts NULL and sets *img to NULL. */
+void ki_image_destroy(ki_image **img);
+
+int ki_image_width(const ki_image *img);
+int ki_image_height(const ki_image *img);
+/* (height, width, 3) u8, borrowed until ki_image_destroy. */
+const uint8_t *ki_image_rgb(const ki_image *img);
+/* The decoder's format name ("jpeg", "png", ...; "raw" for ki_image_from_rgb). Static. */
+const char *ki_image_format(const ki_image *img);
+
+#endif

@@ -1,0 +1,53 @@
+/* kc_cache: the on-disk cache of built OpenCL program binaries, so that a worker's second start
+ * skips the driver's compiler (seconds per program on PoCL, more on some GPU drivers).
+ *
+ * An entry is keyed by everything that changes the binary: platform name and version, device
+ * name, driver version, the source text, the build options and the cache format version. It
+ * lives in <root>/opencl/<stem>-<128-bit key hash>.bin, where <root> is, first match wins,
+ * $KOSMOS_CACHE_DIR, $XDG_CACHE_HOME/kosmos, $HOME/.cache/kosmos. Entries carry their full key
+ * and a checksum: a corrupt, truncated or colliding entry reads as a miss and is overwritten.
+ * The cache is best effort: every failure to read or write it is silent, and the build goes on.
+ * Not thread-safe per object; distinct processes may share a folder (writes are atomic). */
+#ifndef KC_CACHE_H
+#define KC_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kc_device.h"
+
+/* Bumped whenever the entry layout or the key text changes: old entries then simply miss. */
+#define KC_CACHE_FORMAT 1
+
+typedef struct kc_cache kc_cache;
+
+/* A cache rooted at `root` (the kosmos cache folder; binaries go in root/opencl), or at the
+ * default described above when root is NULL. NULL when no folder can be determined or on
+ * allocation failure: the caller then builds without a cache. */
+kc_cache *kc_cache_new(const char *root);
+void kc_cache_destroy(kc_cache **cache);
+
+/* The folder the entries go in ("<root>/opencl"). Borrowed until the cache is destroyed. */
+const char *kc_cache_folder(const kc_cache *cache);
+
+/* The key text of one build (caller frees; NULL on allocation failure). */
+char *kc_cache_key(const kc_device_info *device, const char *source, size_t source_len,
+                   const char *options);
+
+/* The entry's path for a program named `stem` (e.g. "layer_norm") and a key (caller frees). */
+char *kc_cache_entry_path(const kc_cache *cache, const char *stem, const char *key);
+
+/* A valid entry's binary in a new buffer the caller frees; false on any miss or problem. */
+bool kc_cache_load(const kc_cache *cache, const char *stem, const char *key,
+                   unsigned char **binary, size_t *length);
+
+/* Writes an entry atomically (temporary file + rename), creating folders as needed, replacing
+ * any previous entry. false when it could not be written (nothing is left behind). */
+bool kc_cache_store(const kc_cache *cache, const char *stem, const char *key,
+                    const unsigned char *binary, size_t length);
+
+/* 64-bit FNV-1a of `n` bytes, starting from `seed` (0 = the standard offset basis). */
+uint64_t kc_hash64(const void *data, size_t n, uint64_t seed);
+
+#endif

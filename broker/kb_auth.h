@@ -1,0 +1,26 @@
+/* kb_auth: CURVE for both broker endpoints (docs/protocol.md §11): the broker's certificate
+ * and a ZAP handler of our own (RFC 27) that chooses the allowed-keys folder by ZAP domain
+ * ("kosmos-client" or "kosmos-worker"), so a client key is no use on the worker endpoint.
+ * czmq's zauth keeps one certificate store per context, hence this handler. Fail closed: the
+ * handler is bound before any socket binds, folders without a valid key refuse to start, and
+ * the broker stops when the handler thread is gone. The User-Id it returns is the peer's public
+ * key in Z85 (the client identity, §4). */
+#ifndef KB_AUTH_H
+#define KB_AUTH_H
+
+#include <stdbool.h>
+
+#include "ks_error.h"
+
+typedef struct kb_auth kb_auth;
+
+/* Loads the secret certificate and both key folders, binds inproc://zeromq.zap.01 in `zctx`
+ * and starts the handler thread. Caller owns *out. */
+ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_dir,
+                        const char *worker_dir, kb_auth **out);
+/* Makes `sock` a CURVE server with the broker's keys in ZAP domain `domain`; before bind. */
+ks_status kb_auth_server_socket(kb_auth *a, void *sock, const char *domain);
+bool kb_auth_alive(const kb_auth *a);
+void kb_auth_stop(kb_auth **a);
+
+#endif

@@ -1,0 +1,946 @@
+/* kb_broker: see kb_broker.h. This file holds the loop, transactions and the outbox, timers,
+ * dispatch and the shared job transitions; kb_clients.c and kb_workers.c handle the two
+ * endpoints. The rule everywhere: a message whose meaning depends on a database change is put
+ * in the outbox and sent only after that change committed; a rollback turns client replies into
+ * errors (busy for submits) and drops the rest. */
+#include "kb_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kb_auth.h"
+
+#define KB_GC_INTERVAL_MS 3600000u
+#define KB_EXPIRE_BATCH 256
+
+void kb_params_init(kb_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->client_endpoint = "tcp://*:5555";
+    p->worker_endpoint = "tcp://*:5556";
+    p->db_path = "kosmos-broker.db";
+    p->max_message_bytes = KP_DEFAULT_MAX_MESSAGE_BYTES;
+    p->max_image_bytes = KP_DEFAULT_MAX_IMAGE_BYTES;
+    p->max_queued = 100000;
+    p->max_client_jobs = 10000;
+    p->heartbeat_ms = 1000;
+    p->heartbeat_liveness = 3;
+    p->max_job_ms = 600000;
+    p->max_crashes = 3;
+    p->max_attempts = 5;
+    p->backoff_base_ms = 1000;
+    p->backoff_cap_ms = 60000;
+    p->backoff_jitter_ms = 1000;
+    p->retention_ms = 7ull * 24 * 3600 * 1000;
+    p->fetch_wait_cap_ms = 30000;
+    p->max_waiters = 10000;
+    p->batch_max = 256;
+    p->batch_max_bytes = (size_t)256 << 20;
+    p->max_workers = 1024;
+    p->max_inflight_bytes = (size_t)1 << 30;
+    p->default_max_new_tokens = 128;
+    p->log_level = KB_INFO;
+}
+
+/* ---- Time, randomness, logs ----------------------------------------------------------------- */
+
+uint64_t kb_now(kb_broker *b)
+{
+    if (b->p.clock)
+        return b->p.clock(b->p.clock_ctx);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t kb_random(kb_broker *b)
+{
+    if (b->p.rand)
+        return b->p.rand(b->p.rand_ctx);
+    /* xorshift64*: jitter and ids need spread, not secrecy. */
+    b->rng ^= b->rng >> 12;
+    b->rng ^= b->rng << 25;
+    b->rng ^= b->rng >> 27;
+    return b->rng * 2685821657736338717ull;
+}
+
+void kb_logf(kb_broker *b, kb_level level, const char *event, const char *fields, ...)
+{
+    char buf[1800];
+    if (level < b->p.log_level)
+        return;
+    buf[0] = '\0';
+    if (fields) {
+        va_list ap;
+        va_start(ap, fields);
+        vsnprintf(buf, sizeof buf, fields, ap);
+        va_end(ap);
+    }
+    kb_log(b->p.log, b->p.log_level, level, kb_now(b), event, fields ? "%s" : NULL, buf);
+}
+
+/* Crockford base32 ULID: 48 bits of milliseconds, 80 random bits; 26 characters. */
+void kb_new_job_id(kb_broker *b, char out[27])
+{
+    static const char alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    uint64_t t = kb_now(b), r1 = kb_random(b), r2 = kb_random(b);
+    for (int i = 9; i >= 0; i--, t >>= 5)
+        out[i] = alphabet[t & 31];
+    for (int i = 10; i < 26; i++) {
+        uint64_t *r = i < 18 ? &r1 : &r2;
+        out[i] = alphabet[*r & 31];
+        *r >>= 5;
+    }
+    out[26] = '\0';
+}
+
+/* ---- Memory accounting ---------------------------------------------------------------------- */
+
+void kb_mem_recount(kb_broker *b)
+{
+    size_t m = sizeof *b;
+    m += b->cap_workers * sizeof *b->workers;
+    for (size_t i = 0; i < b->n_workers; i++) {
+        const kb_worker *w = b->workers[i];
+        m += sizeof *w + w->cap_leases * sizeof *w->leases + 4 * (KB_CLIENT_MAX + 1) + 128;
+    }
+    m += b->cap_waiters * sizeof *b->waiters;
+    m += b->cap_out * sizeof *b->out;
+    for (size_t i = 0; i < b->n_out; i++)
+        m += b->out[i].bytes;
+    m += b->cap_woken * sizeof *b->woken;
+    m += b->n_orphans * sizeof *b->orphans;
+    m += b->n_models * (sizeof *b->models + 2 * (KB_CLIENT_MAX + 1));
+    b->mem_fixed = m;
+    size_t total = m + b->mem_batch + atomic_load(&b->mem_zmq);
+    b->stats.memory_bytes = total;
+    if (total > b->stats.memory_peak)
+        b->stats.memory_peak = total;
+}
+
+/* The bound docs/broker.md derives: one cycle's received messages (the byte cap is checked
+ * before each read, so one message may overshoot it), one cycle's outbox (a reply per request
+ * and a dispatch per message slot, each at most one protobuf frame), dispatched images still
+ * queued in ZeroMQ (checked before each dispatch, so one image may overshoot), and the tables. */
+static size_t kb_mem_bound(const kb_params *p)
+{
+    size_t per_msg = p->max_message_bytes * 3 + p->max_image_bytes + 4096;
+    size_t batch = p->batch_max_bytes + per_msg;
+    size_t out = (size_t)p->batch_max * 2 * (p->max_message_bytes + sizeof(kb_out));
+    size_t inflight = p->max_inflight_bytes + p->max_image_bytes;
+    size_t tables = (size_t)p->max_workers * (sizeof(kb_worker) + 64 * sizeof(kb_lease) + 1024) +
+                    (size_t)p->max_waiters * sizeof(kb_waiter) +
+                    (size_t)p->max_workers * 4 * (sizeof(kb_model) + 260) + sizeof(kb_broker);
+    return batch + out + inflight + tables;
+}
+
+/* ---- Outbox and transactions ---------------------------------------------------------------- */
+
+kb_out *kb_out_push(kb_broker *b, bool to_worker, const void *rid, size_t rid_len,
+                    const ProtobufCMessage *msg)
+{
+    if (b->n_out == b->cap_out) {
+        size_t ncap = b->cap_out ? b->cap_out * 2 : 64;
+        kb_out *grown = realloc(b->out, ncap * sizeof *grown);
+        if (!grown)
+            return NULL;
+        b->out = grown;
+        b->cap_out = ncap;
+    }
+    kb_out *o = &b->out[b->n_out];
+    memset(o, 0, sizeof *o);
+    o->to_worker = to_worker;
+    memcpy(o->rid, rid, rid_len);
+    o->rid_len = rid_len;
+    if (msg) {
+        if (kp_pack(msg, &o->body) != KS_OK)
+            return NULL;
+        o->has_body = true;
+        o->bytes = zmq_msg_size(&o->body);
+    }
+    b->n_out++;
+    return o;
+}
+
+void kb_send_client_error(kb_broker *b, const void *rid, size_t rid_len, uint64_t request_id,
+                                 int code, const char *message, bool busy)
+{
+    Kosmos__V1__ClientReply reply = KOSMOS__V1__CLIENT_REPLY__INIT;
+    Kosmos__V1__ErrorReply err = KOSMOS__V1__ERROR_REPLY__INIT;
+    Kosmos__V1__SubmitReply sub = KOSMOS__V1__SUBMIT_REPLY__INIT;
+    Kosmos__V1__SubmitReply__Busy bz = KOSMOS__V1__SUBMIT_REPLY__BUSY__INIT;
+    reply.has_request_id = true;
+    reply.request_id = request_id;
+    reply.has_broker_instance = true;
+    reply.broker_instance = b->instance;
+    if (busy) {
+        bz.has_retry_after_ms = true;
+        bz.retry_after_ms = 5000;
+        sub.outcome_case = KOSMOS__V1__SUBMIT_REPLY__OUTCOME_BUSY;
+        sub.busy = &bz;
+        reply.reply_case = KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT;
+        reply.submit = &sub;
+    } else {
+        err.has_code = true;
+        err.code = code;
+        err.message = (char *)message;
+        reply.reply_case = KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR;
+        reply.error = &err;
+    }
+    if (kp_send(b->client_sock, rid, rid_len, &reply.base, NULL, ZMQ_DONTWAIT) != KS_OK)
+        b->stats.send_failures++;
+}
+
+/* Sends (committed) or discards (rolled back) the outbox. */
+static void kb_flush(kb_broker *b, bool committed)
+{
+    for (size_t i = 0; i < b->n_out; i++) {
+        kb_out *o = &b->out[i];
+        kb_worker *w = o->to_worker ? kb_worker_by_rid(b, o->rid, o->rid_len) : NULL;
+        if (!committed) {
+            if (o->post == KB_POST_ADD_LEASE && w)
+                w->credit++; /* the dispatch never happened */
+            if (!o->to_worker && o->request_id)
+                kb_send_client_error(b, o->rid, o->rid_len, o->request_id,
+                                     KOSMOS__V1__ERROR_CODE__ERROR_CODE_INTERNAL,
+                                     "database write failed; retry later",
+                                     o->is_submit &&
+                                         kb_store_fault(b->store) == KB_FAULT_FULL);
+            goto next;
+        }
+        switch (o->post) {
+        case KB_POST_WAIT:
+            if (b->n_waiters == b->cap_waiters) {
+                size_t ncap = b->cap_waiters ? b->cap_waiters * 2 : 16;
+                kb_waiter *grown = realloc(b->waiters, ncap * sizeof *grown);
+                if (!grown)
+                    break; /* the client's long poll times out and it asks again */
+                b->waiters = grown;
+                b->cap_waiters = ncap;
+            }
+            b->waiters[b->n_waiters++] = o->waiter;
+            break;
+        case KB_POST_ADD_LEASE:
+            if (w)
+                kb_worker_add_lease(w, &o->lease);
+            break;
+        case KB_POST_DROP_LEASE:
+            for (size_t k = 0; k < b->n_workers; k++)
+                kb_worker_drop_lease(b->workers[k], o->lease.job_id, o->lease.attempt);
+            break;
+        case KB_POST_NONE:
+            break;
+        }
+        if (o->has_body && o->to_worker) {
+            if (w) {
+                kb_send_worker_packed(b, w, &o->body, o->has_image ? &o->image : NULL);
+                o->has_body = o->has_image = false;
+            } else if (o->post == KB_POST_ADD_LEASE) {
+                b->need_sweep = true; /* leased to a worker that vanished meanwhile */
+            }
+        } else if (o->has_body) {
+            o->has_body = false;
+            if (kp_send_packed(b->client_sock, o->rid, o->rid_len, &o->body, NULL,
+                               ZMQ_DONTWAIT) != KS_OK) {
+                b->stats.send_failures++;
+                kb_logf(b, KB_DEBUG, "client_send_failed", "\"error\":\"%s\"",
+                        zmq_strerror(errno));
+            }
+        }
+    next:
+        if (o->has_body)
+            zmq_msg_close(&o->body);
+        if (o->has_image)
+            zmq_msg_close(&o->image);
+    }
+    b->n_out = 0;
+}
+
+bool kb_store_fatal(kb_broker *b)
+{
+    if (kb_store_fault(b->store) == KB_FAULT_IO && !b->fatal) {
+        b->fatal = true;
+        kb_logf(b, KB_ERROR, "store_io_error", "\"error\":\"%s\",\"action\":\"fail-stop\"",
+                ks_error_message());
+    }
+    return b->fatal;
+}
+
+static bool kb_begin(kb_broker *b)
+{
+    if (kb_store_begin(b->store) == KS_OK)
+        return true;
+    b->stats.commit_failures++;
+    kb_logf(b, KB_ERROR, "store_begin_failed", "\"error\":\"%s\"", ks_error_message());
+    kb_store_fatal(b);
+    kb_flush(b, false);
+    return false;
+}
+
+/* Commits (when st is KS_OK) or rolls back, then flushes the outbox accordingly. */
+void kb_commit_or_rollback(kb_broker *b, ks_status st)
+{
+    if (st == KS_OK)
+        st = kb_store_commit(b->store);
+    if (st != KS_OK) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", ks_error_message());
+        kb_store_rollback(b->store);
+        b->stats.commit_failures++;
+        b->need_sweep = true;
+        b->n_woken = 0;
+        char esc[300];
+        kb_logf(b, kb_store_fault(b->store) == KB_FAULT_FULL ? KB_WARN : KB_ERROR,
+                "transaction_rolled_back", "\"fault\":%d,\"error\":%s",
+                (int)kb_store_fault(b->store), kb_json_str(esc, sizeof esc, why, strlen(why)));
+        kb_store_fatal(b);
+        kb_flush(b, false);
+        return;
+    }
+    b->stats.commits++;
+    kb_flush(b, true);
+    for (size_t i = 0; i < b->n_woken; i++)
+        for (size_t k = 0; k < b->n_waiters; k++)
+            if (strcmp(b->waiters[k].job_id, b->woken[i]) == 0)
+                b->waiters[k].wake = true;
+    b->n_woken = 0;
+}
+
+void kb_note_terminal(kb_broker *b, const char *job_id)
+{
+    if (b->n_woken == b->cap_woken) {
+        size_t ncap = b->cap_woken ? b->cap_woken * 2 : 32;
+        void *grown = realloc(b->woken, ncap * sizeof *b->woken);
+        if (!grown)
+            return; /* the waiter then answers at its timeout */
+        b->woken = grown;
+        b->cap_woken = ncap;
+    }
+    snprintf(b->woken[b->n_woken++], KB_JOB_ID_MAX + 1, "%s", job_id);
+}
+
+/* ---- Shared job transitions ----------------------------------------------------------------- */
+
+ks_status kb_make_result(const kb_job *job, int status, const char *message, void **blob,
+                         size_t *len)
+{
+    ks_status st = KS_OK;
+    Kosmos__V1__Result r = KOSMOS__V1__RESULT__INIT;
+    uint32_t n = job->n_prompts;
+    Kosmos__V1__PromptResult *prs = calloc(n ? n : 1, sizeof *prs);
+    Kosmos__V1__PromptResult **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    *blob = NULL;
+    if (!prs || !ptrs) {
+        st = ks_fail(KS_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        kosmos__v1__prompt_result__init(&prs[i]);
+        prs[i].has_prompt_index = true;
+        prs[i].prompt_index = i;
+        prs[i].has_status = true;
+        prs[i].status = status;
+        prs[i].message = (char *)message;
+        ptrs[i] = &prs[i];
+    }
+    r.job_id = (char *)job->id;
+    r.has_attempt = true;
+    r.attempt = job->attempt;
+    r.has_status = true;
+    r.status = status;
+    r.message = (char *)message;
+    r.n_prompts = n;
+    r.prompts = ptrs;
+    r.label = job->label;
+    *len = kosmos__v1__result__get_packed_size(&r);
+    *blob = malloc(*len ? *len : 1);
+    if (!*blob) {
+        st = ks_fail(KS_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    kosmos__v1__result__pack(&r, *blob);
+cleanup:
+    free(prs);
+    free(ptrs);
+    return st;
+}
+
+uint64_t kb_backoff(kb_broker *b, uint32_t n)
+{
+    uint64_t d = b->p.backoff_base_ms;
+    for (uint32_t i = 1; i < n && d < b->p.backoff_cap_ms; i++)
+        d *= 2;
+    if (b->p.backoff_jitter_ms)
+        d += kb_random(b) % b->p.backoff_jitter_ms;
+    return d < b->p.backoff_cap_ms ? d : b->p.backoff_cap_ms;
+}
+
+/* Ends a job in a terminal state with a broker-made result. */
+static ks_status kb_finish_made(kb_broker *b, const kb_job *job, int state, int status,
+                                const char *message)
+{
+    void *blob = NULL;
+    size_t len = 0;
+    ks_status st = kb_make_result(job, status, message, &blob, &len);
+    if (st == KS_OK)
+        st = kb_store_finish(b->store, job->id, state, blob, len, job->attempt, kb_now(b));
+    free(blob);
+    if (st == KS_ERR_INVALID)
+        return KS_OK; /* already terminal: nothing to do */
+    if (st == KS_OK)
+        kb_note_terminal(b, job->id);
+    return st;
+}
+
+ks_status kb_lapse(kb_broker *b, const char *job_id, uint32_t attempt, bool crash, const char *why)
+{
+    kb_job job;
+    bool found = false;
+    ks_status st = kb_store_get(b->store, job_id, &found, &job);
+    if (st != KS_OK || !found)
+        return st;
+    if (job.state != KOSMOS__V1__JOB_STATE__JOB_STATE_RUNNING || job.attempt != attempt)
+        goto cleanup;
+    if (crash)
+        b->stats.lease_lapses++;
+    kb_logf(b, KB_WARN, "lease_lapsed", "\"job\":\"%s\",\"attempt\":%u,\"crash\":%s,\"why\":\"%s\"",
+            job_id, attempt, crash ? "true" : "false", why);
+    if (crash && job.crash_count + 1 >= b->p.max_crashes) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "dead after %u crashed attempts; last: %s", job.crash_count + 1,
+                 why);
+        st = kb_finish_made(b, &job, KOSMOS__V1__JOB_STATE__JOB_STATE_DEAD,
+                            KOSMOS__V1__STATUS__STATUS_DEAD, msg);
+        goto cleanup;
+    }
+    st = kb_store_requeue(b->store, job_id, crash ? kb_now(b) + kb_backoff(b, job.attempt) : 0,
+                          crash, why);
+cleanup:
+    kb_job_fini(&job);
+    return st;
+}
+
+ks_status kb_retry_or_fail(kb_broker *b, const kb_job *job, const void *result, size_t len,
+                           const char *why)
+{
+    if (job->attempt >= b->p.max_attempts) {
+        ks_status st = kb_store_finish(b->store, job->id, KOSMOS__V1__JOB_STATE__JOB_STATE_FAILED,
+                                       result, len, job->attempt, kb_now(b));
+        if (st == KS_OK)
+            kb_note_terminal(b, job->id);
+        return st;
+    }
+    return kb_store_requeue(b->store, job->id, kb_now(b) + kb_backoff(b, job->attempt), false,
+                            why);
+}
+
+void kb_throughput_add(kb_broker *b, uint64_t jobs, uint64_t tokens)
+{
+    uint64_t sec = kb_now(b) / 1000;
+    size_t i = (size_t)(sec % 60);
+    if (b->tput[i].second != sec) {
+        b->tput[i].second = sec;
+        b->tput[i].jobs = 0;
+        b->tput[i].tokens = 0;
+    }
+    b->tput[i].jobs += jobs;
+    b->tput[i].tokens += tokens;
+}
+
+/* ---- Timers ----------------------------------------------------------------------------------- */
+
+static bool kb_has_lease(kb_broker *b, const char *job_id, uint32_t attempt)
+{
+    for (size_t i = 0; i < b->n_workers; i++)
+        for (size_t k = 0; k < b->workers[i]->n_leases; k++)
+            if (b->workers[i]->leases[k].attempt == attempt &&
+                strcmp(b->workers[i]->leases[k].job_id, job_id) == 0)
+                return true;
+    return false;
+}
+
+static ks_status kb_timers_in_txn(kb_broker *b, uint64_t now)
+{
+    ks_status st;
+    int n = 0;
+    kb_job *jobs = NULL;
+    size_t njobs = 0;
+    if ((st = kb_store_promote(b->store, now, &n)) != KS_OK)
+        return st;
+    /* Deadlines of jobs that are not running (§9). */
+    if ((st = kb_store_past_deadline(b->store, now, KB_EXPIRE_BATCH, &jobs, &njobs)) != KS_OK)
+        return st;
+    for (size_t i = 0; i < njobs && st == KS_OK; i++)
+        st = kb_finish_made(b, &jobs[i], KOSMOS__V1__JOB_STATE__JOB_STATE_EXPIRED,
+                            KOSMOS__V1__STATUS__STATUS_EXPIRED, "deadline passed before it ran");
+    for (size_t i = 0; i < njobs; i++)
+        kb_job_fini(&jobs[i]);
+    free(jobs);
+    if (st != KS_OK)
+        return st;
+    kb_workers_timers(b, now);
+    if (kb_store_fault(b->store) != KB_FAULT_NONE)
+        return KS_ERR_IO;
+    /* After the restart grace: RUNNING jobs nobody claimed go back to QUEUED, no crash (§8.7);
+     * after a rolled-back transaction: RUNNING jobs without a lease in memory lapse. */
+    bool grace_over = b->grace_until && now >= b->grace_until;
+    if (grace_over || (b->need_sweep && now >= b->grace_until)) {
+        if ((st = kb_store_running(b->store, &jobs, &njobs)) != KS_OK)
+            return st;
+        for (size_t i = 0; i < njobs && st == KS_OK; i++) {
+            if (kb_has_lease(b, jobs[i].id, jobs[i].attempt))
+                continue;
+            bool orphan = false;
+            for (size_t k = 0; k < b->n_orphans; k++)
+                if (strcmp(b->orphans[k].job_id, jobs[i].id) == 0)
+                    orphan = true;
+            st = kb_lapse(b, jobs[i].id, jobs[i].attempt, !orphan,
+                          orphan ? "not claimed after a broker restart" : "lease lost");
+        }
+        for (size_t i = 0; i < njobs; i++)
+            kb_job_fini(&jobs[i]);
+        free(jobs);
+        if (st != KS_OK)
+            return st;
+        if (grace_over) {
+            free(b->orphans);
+            b->orphans = NULL;
+            b->n_orphans = 0;
+            b->grace_until = 0;
+        }
+        b->need_sweep = false;
+    }
+    if (now >= b->next_gc) {
+        b->next_gc = now + KB_GC_INTERVAL_MS;
+        if (now > b->p.retention_ms && (st = kb_store_gc(b->store, now - b->p.retention_ms, &n)) != KS_OK)
+            return st;
+        if (n)
+            kb_logf(b, KB_INFO, "gc", "\"jobs_deleted\":%d", n);
+    }
+    return KS_OK;
+}
+
+static void kb_timers(kb_broker *b)
+{
+    uint64_t now = kb_now(b);
+    if (!kb_begin(b))
+        return;
+    kb_commit_or_rollback(b, kb_timers_in_txn(b, now));
+}
+
+/* ---- Dispatch ----------------------------------------------------------------------------- */
+
+typedef struct kb_img_hint {
+    kb_broker *b;
+    size_t len;
+} kb_img_hint;
+
+/* Runs on ZeroMQ's I/O thread when the image frame is sent or dropped. */
+static void kb_free_image(void *data, void *hint)
+{
+    kb_img_hint *h = hint;
+    atomic_fetch_sub(&h->b->mem_zmq, h->len);
+    free(data);
+    free(h);
+}
+
+/* Builds the Dispatch for a freshly leased job into the outbox. */
+static ks_status kb_dispatch_one(kb_broker *b, kb_worker *w, const kb_job *job, uint32_t attempt,
+                                 uint64_t lease_expires)
+{
+    ks_status st;
+    void *blob = NULL, *image = NULL;
+    size_t blob_len = 0, image_len = 0;
+    Kosmos__V1__Job *pj = NULL;
+    kb_img_hint *hint = NULL;
+    if ((st = kb_store_load_job(b->store, job->id, &blob, &blob_len, &image, &image_len)) != KS_OK)
+        goto cleanup;
+    pj = kosmos__v1__job__unpack(NULL, blob_len, blob);
+    if (!pj) {
+        st = ks_fail(KS_ERR_FORMAT, "stored job %s does not decode", job->id);
+        goto cleanup;
+    }
+    if (image) {
+        pj->image_case = KOSMOS__V1__JOB__IMAGE_IMAGE_ATTACHED_SIZE;
+        pj->image_attached_size = image_len;
+    }
+    Kosmos__V1__GenerationParams gen = KOSMOS__V1__GENERATION_PARAMS__INIT;
+    Kosmos__V1__GenerationParams *saved_gen = pj->generation;
+    if (!pj->generation)
+        pj->generation = &gen;
+    bool set_max = !pj->generation->has_max_new_tokens;
+    if (set_max) {
+        pj->generation->has_max_new_tokens = true;
+        pj->generation->max_new_tokens = b->p.default_max_new_tokens;
+    }
+    Kosmos__V1__Dispatch d = KOSMOS__V1__DISPATCH__INIT;
+    Kosmos__V1__BrokerToWorker env = KOSMOS__V1__BROKER_TO_WORKER__INIT;
+    d.job_id = (char *)job->id;
+    d.has_attempt = true;
+    d.attempt = attempt;
+    d.job = pj;
+    d.has_lease_expires_unix_ms = true;
+    d.lease_expires_unix_ms = lease_expires;
+    env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH;
+    env.dispatch = &d;
+    kb_out *o = kb_out_push(b, true, w->rid, w->rid_len, &env.base);
+    if (set_max)
+        pj->generation->has_max_new_tokens = false;
+    pj->generation = saved_gen;
+    if (!o) {
+        st = ks_fail(KS_ERR_NOMEM, "out of memory building a dispatch");
+        goto cleanup;
+    }
+    o->post = KB_POST_ADD_LEASE;
+    snprintf(o->lease.job_id, sizeof o->lease.job_id, "%s", job->id);
+    o->lease.attempt = attempt;
+    o->lease.expires = lease_expires;
+    o->lease.deadline = job->deadline;
+    if (image) {
+        hint = malloc(sizeof *hint);
+        if (!hint) {
+            st = ks_fail(KS_ERR_NOMEM, "out of memory");
+            goto cleanup;
+        }
+        hint->b = b;
+        hint->len = image_len;
+        if ((st = kp_frame_wrap(&o->image, image, image_len, kb_free_image, hint)) != KS_OK)
+            goto cleanup;
+        atomic_fetch_add(&b->mem_zmq, image_len);
+        o->has_image = true;
+        image = NULL;
+        hint = NULL;
+    }
+    w->credit--;
+    b->stats.dispatches++;
+    kb_logf(b, KB_DEBUG, "dispatch", "\"job\":\"%s\",\"attempt\":%u", job->id, attempt);
+cleanup:
+    if (pj)
+        kosmos__v1__job__free_unpacked(pj, NULL);
+    free(blob);
+    free(image);
+    free(hint);
+    return st;
+}
+
+static ks_status kb_dispatch_in_txn(kb_broker *b, uint64_t now)
+{
+    ks_status st = KS_OK;
+    uint32_t sent = 0;
+    bool progress = true;
+    /* Round robin: one job per worker per pass, so that credit spreads the load. */
+    while (progress && sent < b->p.batch_max) {
+        progress = false;
+        for (size_t i = 0; i < b->n_workers && sent < b->p.batch_max; i++) {
+            kb_worker *w = b->workers[i];
+            if (w->credit == 0 || w->gone)
+                continue;
+            if (atomic_load(&b->mem_zmq) >= b->p.max_inflight_bytes)
+                return KS_OK; /* images still queued for slow workers: wait */
+            kb_job job;
+            bool found = false;
+            if ((st = kb_store_pick(b->store, w->model_id, w->model_hash, w->memory, &found,
+                                    &job)) != KS_OK)
+                return st;
+            if (!found)
+                continue;
+            progress = true;
+            if (job.deadline && job.deadline <= now) {
+                st = kb_finish_made(b, &job, KOSMOS__V1__JOB_STATE__JOB_STATE_EXPIRED,
+                                    KOSMOS__V1__STATUS__STATUS_EXPIRED,
+                                    "deadline passed before it ran");
+                kb_job_fini(&job);
+                if (st != KS_OK)
+                    return st;
+                continue;
+            }
+            uint32_t attempt = 0;
+            uint64_t expires = now + b->p.max_job_ms;
+            st = kb_store_lease(b->store, job.id, w->name, expires, &attempt);
+            if (st == KS_OK)
+                st = kb_dispatch_one(b, w, &job, attempt, expires);
+            kb_job_fini(&job);
+            if (st != KS_OK)
+                return st;
+            sent++;
+        }
+    }
+    return st;
+}
+
+static void kb_dispatch(kb_broker *b)
+{
+    bool any = false;
+    for (size_t i = 0; i < b->n_workers; i++)
+        any = any || b->workers[i]->credit > 0;
+    if (!any)
+        return;
+    if (!kb_begin(b))
+        return;
+    kb_commit_or_rollback(b, kb_dispatch_in_txn(b, kb_now(b)));
+}
+
+/* ---- Life cycle -------------------------------------------------------------------------- */
+
+static ks_status kb_bind(kb_broker *b, void *sock, const char *ep, char *resolved, size_t cap,
+                         const char *domain, int is_curve)
+{
+    int one = 1, zero = 0;
+    int64_t maxmsg = (int64_t)(b->p.max_message_bytes > b->p.max_image_bytes
+                                   ? b->p.max_message_bytes
+                                   : b->p.max_image_bytes) +
+                     65536;
+    if (zmq_setsockopt(sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
+        zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0 ||
+        zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero) != 0)
+        return ks_fail(KS_ERR_IO, "zmq_setsockopt on %s: %s (%s:%d)", ep, zmq_strerror(errno),
+                       __FILE__, __LINE__);
+    if (is_curve && kb_auth_server_socket(b->curve_state, sock, domain) != KS_OK)
+        return KS_ERR_IO;
+    if (zmq_bind(sock, ep) != 0)
+        return ks_fail(KS_ERR_IO, "zmq_bind %s: %s (%s:%d)", ep, zmq_strerror(errno), __FILE__,
+                       __LINE__);
+    size_t len = cap;
+    if (zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, resolved, &len) != 0)
+        snprintf(resolved, cap, "%s", ep);
+    return KS_OK;
+}
+
+static ks_status kb_recover(kb_broker *b)
+{
+    kb_job *jobs = NULL;
+    size_t n = 0;
+    uint64_t counts[10];
+    ks_status st = kb_store_running(b->store, &jobs, &n);
+    if (st != KS_OK)
+        return st;
+    if (n) {
+        b->orphans = calloc(n, sizeof *b->orphans);
+        if (!b->orphans) {
+            st = ks_fail(KS_ERR_NOMEM, "out of memory");
+            goto cleanup;
+        }
+        for (size_t i = 0; i < n; i++) {
+            snprintf(b->orphans[i].job_id, sizeof b->orphans[i].job_id, "%s", jobs[i].id);
+            b->orphans[i].attempt = jobs[i].attempt;
+        }
+        b->n_orphans = n;
+    }
+    uint32_t grace = b->p.restart_grace_ms ? b->p.restart_grace_ms
+                                           : (b->p.heartbeat_liveness + 2) * b->p.heartbeat_ms;
+    b->grace_until = kb_now(b) + grace;
+    if ((st = kb_store_counts(b->store, counts)) != KS_OK)
+        goto cleanup;
+    kb_logf(b, KB_INFO, "recovered",
+            "\"queued\":%llu,\"running\":%llu,\"retry_wait\":%llu,\"grace_ms\":%u",
+            (unsigned long long)counts[1], (unsigned long long)counts[2],
+            (unsigned long long)counts[3], grace);
+cleanup:
+    for (size_t i = 0; i < n; i++)
+        kb_job_fini(&jobs[i]);
+    free(jobs);
+    return st;
+}
+
+ks_status kb_broker_new(const kb_params *p, kb_broker **out)
+{
+    ks_status st = KS_OK;
+    kb_broker *b = calloc(1, sizeof *b);
+    *out = NULL;
+    if (!b)
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
+    b->p = *p;
+    atomic_init(&b->mem_zmq, 0);
+    b->limits.max_message_bytes = p->max_message_bytes;
+    b->limits.max_image_bytes = p->max_image_bytes;
+    b->stats.memory_bound = kb_mem_bound(p);
+    {
+        uint64_t seed = 0;
+        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            if (read(fd, &seed, sizeof seed) != (ssize_t)sizeof seed)
+                seed = 0;
+            close(fd);
+        }
+        b->rng = seed ^ kb_now(b) ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ull;
+        if (!b->rng)
+            b->rng = 1;
+    }
+    b->instance = kb_random(b);
+    b->started = kb_now(b);
+    b->next_gc = b->started;
+    bool curve = p->curve_secret || p->curve_clients || p->curve_workers;
+    if (curve && !(p->curve_secret && p->curve_clients && p->curve_workers)) {
+        st = ks_fail(KS_ERR_INVALID, "CURVE needs --curve-secret, --client-keys and "
+                                     "--worker-keys together (fail closed)");
+        goto cleanup;
+    }
+    if ((st = kb_store_open(p->db_path, p->db_vfs, &b->store)) != KS_OK)
+        goto cleanup;
+    if ((st = kb_recover(b)) != KS_OK)
+        goto cleanup;
+    b->zctx = zmq_ctx_new();
+    if (!b->zctx) {
+        st = ks_fail(KS_ERR_IO, "zmq_ctx_new: %s", zmq_strerror(errno));
+        goto cleanup;
+    }
+    if (curve &&
+        (st = kb_auth_start(b->zctx, p->curve_secret, p->curve_clients, p->curve_workers,
+                            (kb_auth **)&b->curve_state)) != KS_OK)
+        goto cleanup;
+    b->client_sock = zmq_socket(b->zctx, ZMQ_ROUTER);
+    b->worker_sock = zmq_socket(b->zctx, ZMQ_ROUTER);
+    if (!b->client_sock || !b->worker_sock) {
+        st = ks_fail(KS_ERR_IO, "zmq_socket: %s", zmq_strerror(errno));
+        goto cleanup;
+    }
+    if ((st = kb_bind(b, b->client_sock, p->client_endpoint, b->client_ep, sizeof b->client_ep,
+                      "kosmos-client", curve)) != KS_OK ||
+        (st = kb_bind(b, b->worker_sock, p->worker_endpoint, b->worker_ep, sizeof b->worker_ep,
+                      "kosmos-worker", curve)) != KS_OK)
+        goto cleanup;
+    kb_mem_recount(b);
+    kb_logf(b, KB_INFO, "started",
+            "\"client_endpoint\":\"%s\",\"worker_endpoint\":\"%s\",\"db\":\"%s\",\"curve\":%s,"
+            "\"instance\":%llu,\"memory_bound\":%zu",
+            b->client_ep, b->worker_ep, p->db_path, curve ? "true" : "false",
+            (unsigned long long)b->instance, b->stats.memory_bound);
+    *out = b;
+    b = NULL;
+cleanup:
+    kb_broker_destroy(&b);
+    return st;
+}
+
+void kb_broker_destroy(kb_broker **pb)
+{
+    if (!pb || !*pb)
+        return;
+    kb_broker *b = *pb;
+    if (b->worker_sock) {
+        Kosmos__V1__Disconnect dc = KOSMOS__V1__DISCONNECT__INIT;
+        Kosmos__V1__BrokerToWorker env = KOSMOS__V1__BROKER_TO_WORKER__INIT;
+        dc.has_code = true;
+        dc.code = KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN;
+        dc.message = "broker shutting down";
+        env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT;
+        env.disconnect = &dc;
+        for (size_t i = 0; i < b->n_workers; i++)
+            kp_send(b->worker_sock, b->workers[i]->rid, b->workers[i]->rid_len, &env.base, NULL,
+                    ZMQ_DONTWAIT);
+    }
+    if (b->client_sock)
+        for (size_t i = 0; i < b->n_waiters; i++)
+            kb_send_client_error(b, b->waiters[i].rid, b->waiters[i].rid_len,
+                                 b->waiters[i].request_id,
+                                 KOSMOS__V1__ERROR_CODE__ERROR_CODE_UNAVAILABLE,
+                                 "broker shutting down", false);
+    kb_flush(b, false);
+    while (b->n_workers)
+        kb_worker_forget(b, b->workers[b->n_workers - 1], false, NULL);
+    if (b->client_sock)
+        zmq_close(b->client_sock);
+    if (b->worker_sock)
+        zmq_close(b->worker_sock);
+    kb_auth_stop((kb_auth **)&b->curve_state);
+    if (b->zctx)
+        zmq_ctx_term(b->zctx);
+    kb_store_destroy(&b->store);
+    for (size_t i = 0; i < b->n_models; i++) {
+        free(b->models[i].id);
+        free(b->models[i].hash);
+    }
+    free(b->models);
+    free(b->workers);
+    free(b->waiters);
+    free(b->out);
+    free(b->woken);
+    free(b->orphans);
+    free(b);
+    *pb = NULL;
+}
+
+ks_status kb_broker_step(kb_broker *b, int timeout_ms)
+{
+    if (b->fatal)
+        return ks_fail(KS_ERR_IO, "the store failed; the broker stopped (fail-stop)");
+    if (b->curve_state && !kb_auth_alive(b->curve_state)) {
+        b->fatal = true;
+        kb_logf(b, KB_ERROR, "authenticator_died", NULL);
+        return ks_fail(KS_ERR_IO, "the CURVE authenticator stopped (fail closed)");
+    }
+    zmq_pollitem_t items[2] = {{b->client_sock, 0, ZMQ_POLLIN, 0},
+                               {b->worker_sock, 0, ZMQ_POLLIN, 0}};
+    int wait = timeout_ms;
+    if (wait < 0 || wait > (int)b->p.heartbeat_ms / 2)
+        wait = (int)b->p.heartbeat_ms / 2; /* timers run at least twice per heartbeat */
+    if (zmq_poll(items, 2, wait) < 0 && errno != EINTR)
+        return ks_fail(KS_ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
+    kb_clients_batch(b);
+    if (!b->fatal)
+        kb_workers_batch(b);
+    if (!b->fatal)
+        kb_timers(b);
+    if (!b->fatal)
+        kb_dispatch(b);
+    if (!b->fatal)
+        kb_waiters_run(b);
+    kb_mem_recount(b);
+    if (b->fatal)
+        return ks_fail(KS_ERR_IO, "the store failed; the broker stopped (fail-stop)");
+    return KS_OK;
+}
+
+ks_status kb_broker_run(kb_broker *b, volatile sig_atomic_t *stop)
+{
+    ks_status st = KS_OK;
+    while (!*stop && (st = kb_broker_step(b, -1)) == KS_OK) {
+        uint64_t now = kb_now(b);
+        if (now >= b->next_timer_log) {
+            b->next_timer_log = now + 60000;
+            kb_logf(b, KB_INFO, "stats",
+                    "\"workers\":%zu,\"waiters\":%zu,\"dispatches\":%llu,\"stored\":%llu,"
+                    "\"stale\":%llu,\"violations\":%llu,\"memory\":%zu,\"memory_bound\":%zu",
+                    b->n_workers, b->n_waiters, (unsigned long long)b->stats.dispatches,
+                    (unsigned long long)b->stats.results_stored,
+                    (unsigned long long)b->stats.results_stale,
+                    (unsigned long long)b->stats.violations, b->stats.memory_bytes,
+                    b->stats.memory_bound);
+        }
+    }
+    if (st != KS_OK)
+        return st;
+    /* Stop intake: whatever clients still sent is answered UNAVAILABLE. */
+    for (uint32_t i = 0; i < b->p.batch_max; i++) {
+        kp_inbound *in = NULL;
+        if (kp_recv(b->client_sock, true, KP_CLIENT_REQUEST, &b->limits, ZMQ_DONTWAIT, &in) !=
+                KS_OK ||
+            !in)
+            break;
+        size_t rl;
+        const void *rid = kp_inbound_routing_id(in, &rl);
+        if (kp_inbound_verdict(in) != KP_NOT_OURS)
+            kb_send_client_error(b, rid, rl, kp_inbound_request_id(in),
+                                 KOSMOS__V1__ERROR_CODE__ERROR_CODE_UNAVAILABLE,
+                                 "broker shutting down", false);
+        kp_inbound_destroy(&in);
+    }
+    kb_logf(b, KB_INFO, "stopping", NULL);
+    return KS_OK;
+}
+
+void kb_broker_stats(const kb_broker *b, kb_stats *out)
+{
+    *out = b->stats;
+    out->workers = (uint32_t)b->n_workers;
+    out->waiters = (uint32_t)b->n_waiters;
+}
+
+const char *kb_broker_client_endpoint(const kb_broker *b) { return b->client_ep; }
+
+const char *kb_broker_worker_endpoint(const kb_broker *b) { return b->worker_ep; }

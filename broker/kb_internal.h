@@ -1,0 +1,162 @@
+/* kb_internal: the broker's private state, shared by kb_broker.c (loop, timers, dispatch,
+ * outbox), kb_clients.c (client requests) and kb_workers.c (worker messages). Not installed,
+ * not for tests. */
+#ifndef KB_INTERNAL_H
+#define KB_INTERNAL_H
+
+#include <stdatomic.h>
+
+#include <zmq.h>
+
+#include "kb_broker.h"
+#include "kb_store.h"
+#include "kosmos.pb-c.h"
+#include "wire.h"
+
+#define KB_CLIENT_MAX 128
+#define KB_IDENTITY_MAX 129 /* client_id <= 128 bytes, or a 40-character Z85 key */
+
+typedef struct kb_lease {
+    char job_id[KB_JOB_ID_MAX + 1];
+    uint32_t attempt;
+    uint64_t expires;  /* dispatch + max_job_ms */
+    uint64_t deadline; /* the job's deadline, 0 = none */
+    bool seen;         /* listed by a heartbeat at least once */
+    bool cancel_sent;
+} kb_lease;
+
+typedef struct kb_worker {
+    unsigned char rid[KP_MAX_ROUTING_ID];
+    size_t rid_len;
+    char *name;
+    uint64_t instance;
+    char *model_id, *model_hash;
+    char *device_name, *device_vendor;
+    uint64_t memory;
+    uint32_t capacity, credit;
+    uint64_t connected, last_seen, last_sent, jobs_done;
+    bool gone; /* a send failed: forgotten at the next timer run */
+    kb_lease *leases;
+    size_t n_leases, cap_leases;
+} kb_worker;
+
+typedef struct kb_waiter {
+    unsigned char rid[KP_MAX_ROUTING_ID];
+    size_t rid_len;
+    uint64_t request_id;
+    char job_id[KB_JOB_ID_MAX + 1];
+    char client[KB_IDENTITY_MAX + 1];
+    uint64_t until;
+    bool wake;
+} kb_waiter;
+
+enum kb_post { KB_POST_NONE, KB_POST_WAIT, KB_POST_ADD_LEASE, KB_POST_DROP_LEASE };
+
+/* A message waiting for the current transaction's commit, or an in-memory change that must
+ * happen only once the commit succeeded. */
+typedef struct kb_out {
+    bool to_worker;
+    unsigned char rid[KP_MAX_ROUTING_ID];
+    size_t rid_len;
+    zmq_msg_t body;
+    bool has_body;
+    zmq_msg_t image;
+    bool has_image;
+    uint64_t request_id; /* client replies: to substitute an error on rollback */
+    bool is_submit;
+    enum kb_post post;
+    kb_waiter waiter;
+    kb_lease lease;
+    size_t bytes;
+} kb_out;
+
+typedef struct kb_orphan { /* RUNNING at start-up, waiting for its worker (§8.7) */
+    char job_id[KB_JOB_ID_MAX + 1];
+    uint32_t attempt;
+} kb_orphan;
+
+typedef struct kb_model {
+    char *id, *hash;
+} kb_model;
+
+struct kb_broker {
+    kb_params p;
+    char client_ep[256], worker_ep[256];
+    void *zctx, *client_sock, *worker_sock;
+    void *zap_sock;      /* CURVE: our ZAP handler (inproc://zeromq.zap.01) */
+    void *curve_state;   /* kb_auth */
+    kb_store *store;
+    uint64_t instance, started, rng;
+    kp_limits limits;
+    kb_worker **workers;
+    size_t n_workers, cap_workers;
+    kb_waiter *waiters;
+    size_t n_waiters, cap_waiters;
+    kb_out *out;
+    size_t n_out, cap_out;
+    char (*woken)[KB_JOB_ID_MAX + 1];
+    size_t n_woken, cap_woken;
+    kb_orphan *orphans;
+    size_t n_orphans;
+    uint64_t grace_until;
+    bool need_sweep;
+    kb_model *models;
+    size_t n_models;
+    uint64_t next_gc, next_timer_log;
+    struct { uint64_t second, jobs, tokens; } tput[60];
+    kb_stats stats;
+    size_t mem_fixed;          /* workers, waiters, models, outbox */
+    atomic_size_t mem_zmq;     /* image buffers handed to ZeroMQ, not yet freed */
+    size_t mem_batch;          /* received messages held in this cycle */
+    bool fatal;
+};
+
+/* kb_broker.c */
+uint64_t kb_now(kb_broker *b);
+uint64_t kb_random(kb_broker *b);
+void kb_logf(kb_broker *b, kb_level level, const char *event, const char *fields, ...)
+    __attribute__((format(printf, 4, 5)));
+kb_out *kb_out_push(kb_broker *b, bool to_worker, const void *rid, size_t rid_len,
+                    const ProtobufCMessage *msg);
+void kb_note_terminal(kb_broker *b, const char *job_id);
+void kb_new_job_id(kb_broker *b, char out[27]);
+/* Commits (st KS_OK) or rolls back, then sends or discards the outbox. */
+void kb_commit_or_rollback(kb_broker *b, ks_status st);
+/* An error reply at once; `busy`: a submit answered busy (disk full) instead. */
+void kb_send_client_error(kb_broker *b, const void *rid, size_t rid_len, uint64_t request_id,
+                          int code, const char *message, bool busy);
+void kb_mem_recount(kb_broker *b);
+/* A broker-made Result (EXPIRED, DEAD, CANCELLED) packed for storage. */
+ks_status kb_make_result(const kb_job *job, int status, const char *message, void **blob,
+                         size_t *len);
+/* Ends `attempt` of a RUNNING job without a result: a crash (counts toward DEAD, backoff) or
+ * not (restart, orderly worker stop: straight back to QUEUED). Inside a transaction. */
+ks_status kb_lapse(kb_broker *b, const char *job_id, uint32_t attempt, bool crash,
+                   const char *why);
+ks_status kb_retry_or_fail(kb_broker *b, const kb_job *job, const void *result, size_t len,
+                           const char *why);
+uint64_t kb_backoff(kb_broker *b, uint32_t n);
+bool kb_store_fatal(kb_broker *b);
+void kb_throughput_add(kb_broker *b, uint64_t jobs, uint64_t tokens);
+
+/* kb_clients.c */
+void kb_clients_batch(kb_broker *b);
+ks_status kb_fetch_reply(kb_broker *b, const char *job_id, const char *client,
+                         uint64_t request_id, const void *rid, size_t rid_len, bool *sent);
+void kb_waiters_run(kb_broker *b);
+void kb_status_fill_workers(kb_broker *b, Kosmos__V1__StatusReply *r);
+
+/* kb_workers.c */
+void kb_workers_batch(kb_broker *b);
+kb_worker *kb_worker_by_name(kb_broker *b, const char *name);
+kb_worker *kb_worker_by_rid(kb_broker *b, const void *rid, size_t len);
+void kb_worker_forget(kb_broker *b, kb_worker *w, bool crash, const char *why);
+bool kb_worker_drop_lease(kb_worker *w, const char *job_id, uint32_t attempt);
+ks_status kb_worker_add_lease(kb_worker *w, const kb_lease *l);
+bool kb_model_known(kb_broker *b, const char *id, const char *hash);
+void kb_workers_timers(kb_broker *b, uint64_t now);
+/* Sends to a worker now; a failed send (peer gone, queue full) marks it gone. */
+void kb_send_worker(kb_broker *b, kb_worker *w, const ProtobufCMessage *msg);
+void kb_send_worker_packed(kb_broker *b, kb_worker *w, zmq_msg_t *body, zmq_msg_t *image);
+
+#endif

@@ -1,0 +1,1085 @@
+/* test_broker: the broker core driven step by step with an injected clock, test clients and
+ * fake workers (DEALER sockets over ipc://). Asserts orderings and counters, never wall-clock
+ * thresholds. Each fault test keeps ledgers: accepted jobs that never reach a terminal state
+ * (lost) must be 0, and a job is dispatched again only with a higher attempt. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "kb_broker.h"
+#include "kb_faultvfs.h"
+#include "wire.h"
+
+/* ---- Harness -------------------------------------------------------------------------------- */
+
+static uint64_t fake_now = 1700000000000ull;
+static uint64_t fake_clock(void *ctx)
+{
+    (void)ctx;
+    return fake_now;
+}
+static uint64_t fake_rand_state = 42;
+static uint64_t fake_rand(void *ctx)
+{
+    (void)ctx;
+    fake_rand_state = fake_rand_state * 6364136223846793005ull + 1442695040888963407ull;
+    return fake_rand_state >> 11;
+}
+
+typedef struct harness {
+    char dir[64];
+    char cep[128], wep[128], db[128];
+    kb_params p;
+    kb_broker *b;
+    void *zctx;
+    FILE *log;
+} harness;
+
+static void h_params(harness *h)
+{
+    kb_params_init(&h->p);
+    h->p.client_endpoint = h->cep;
+    h->p.worker_endpoint = h->wep;
+    h->p.db_path = h->db;
+    h->p.clock = fake_clock;
+    h->p.rand = fake_rand;
+    h->p.log = h->log;
+    h->p.log_level = KB_WARN;
+}
+
+static harness *h_new(void)
+{
+    harness *h = calloc(1, sizeof *h);
+    snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
+    assert_non_null(mkdtemp(h->dir));
+    snprintf(h->cep, sizeof h->cep, "ipc://%s/c", h->dir);
+    snprintf(h->wep, sizeof h->wep, "ipc://%s/w", h->dir);
+    snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
+    h->log = fopen("/dev/null", "w");
+    h_params(h);
+    h->zctx = zmq_ctx_new();
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    return h;
+}
+
+static void h_restart(harness *h)
+{
+    kb_broker_destroy(&h->b);
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+}
+
+static void h_free(harness *h)
+{
+    char cmd[128];
+    kb_broker_destroy(&h->b);
+    zmq_ctx_term(h->zctx);
+    fclose(h->log);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", h->dir);
+    assert_int_equal(system(cmd), 0);
+    free(h);
+}
+
+static void *h_socket(harness *h, const char *ep)
+{
+    void *s = zmq_socket(h->zctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    assert_int_equal(zmq_connect(s, ep), 0);
+    return s;
+}
+
+/* Steps the broker until `sock` has a message (or a bounded number of cycles passed). */
+static bool h_pump(harness *h, void *sock)
+{
+    for (int i = 0; i < 400; i++) {
+        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 0) > 0)
+            return true;
+        assert_int_equal(kb_broker_step(h->b, 5), KS_OK);
+    }
+    return false;
+}
+
+static void h_steps(harness *h, int n)
+{
+    for (int i = 0; i < n; i++)
+        assert_int_equal(kb_broker_step(h->b, 2), KS_OK);
+}
+
+/* ---- Test client ------------------------------------------------------------------------- */
+
+static uint64_t next_request_id = 1;
+
+static uint64_t c_send(void *sock, const char *client, Kosmos__V1__ClientRequest *req,
+                       const void *image, size_t image_len)
+{
+    req->has_request_id = true;
+    req->request_id = next_request_id++;
+    req->client_id = (char *)client;
+    zmq_msg_t img, *pimg = NULL;
+    if (image) {
+        zmq_msg_init_size(&img, image_len);
+        memcpy(zmq_msg_data(&img), image, image_len);
+        pimg = &img;
+    }
+    assert_int_equal(kp_send(sock, NULL, 0, &req->base, pimg, 0), KS_OK);
+    return req->request_id;
+}
+
+/* Receives one reply (after pumping); caller frees with __free_unpacked. */
+static Kosmos__V1__ClientReply *c_recv(harness *h, void *sock)
+{
+    assert_true(h_pump(h, sock));
+    kp_inbound *in = NULL;
+    assert_int_equal(kp_recv(sock, false, KP_CLIENT_REPLY, NULL, 0, &in), KS_OK);
+    assert_non_null(in);
+    assert_int_equal(kp_inbound_verdict(in), KP_VALID);
+    size_t n = protobuf_c_message_get_packed_size(kp_inbound_envelope(in));
+    uint8_t *buf = malloc(n + 1);
+    protobuf_c_message_pack(kp_inbound_envelope(in), buf);
+    kp_inbound_destroy(&in);
+    Kosmos__V1__ClientReply *r = kosmos__v1__client_reply__unpack(NULL, n, buf);
+    free(buf);
+    assert_non_null(r);
+    return r;
+}
+
+static Kosmos__V1__ClientReply *c_call(harness *h, void *sock, const char *client,
+                                       Kosmos__V1__ClientRequest *req, const void *image,
+                                       size_t image_len)
+{
+    uint64_t id = c_send(sock, client, req, image, image_len);
+    Kosmos__V1__ClientReply *r = c_recv(h, sock);
+    assert_int_equal(r->request_id, id);
+    return r;
+}
+
+typedef struct job_opts {
+    const char *key;
+    int32_t priority;
+    bool has_priority;
+    uint64_t deadline;
+    const char *text;
+    const char *model;
+} job_opts;
+
+static const uint8_t test_image[] = {0x89, 'P', 'N', 'G', 1, 2, 3, 4, 5, 6, 7, 8};
+
+/* Submits one job with an attached image; returns the reply. */
+static Kosmos__V1__ClientReply *c_submit(harness *h, void *sock, const char *client,
+                                         const job_opts *o)
+{
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__SubmitRequest sub = KOSMOS__V1__SUBMIT_REQUEST__INIT;
+    Kosmos__V1__Job job;
+    kosmos__v1__job__init(&job);
+    Kosmos__V1__Prompt prompt = KOSMOS__V1__PROMPT__INIT;
+    Kosmos__V1__Prompt *prompts[1] = {&prompt};
+    Kosmos__V1__Requirements reqs = KOSMOS__V1__REQUIREMENTS__INIT;
+    prompt.text = (char *)(o && o->text ? o->text : "<grounding> An image of");
+    job.n_prompts = 1;
+    job.prompts = prompts;
+    job.image_case = KOSMOS__V1__JOB__IMAGE_IMAGE_ATTACHED_SIZE;
+    job.image_attached_size = sizeof test_image;
+    if (o && o->key)
+        job.idempotency_key = (char *)o->key;
+    if (o && o->has_priority) {
+        job.has_priority = true;
+        job.priority = o->priority;
+    }
+    if (o && o->deadline) {
+        job.has_deadline_unix_ms = true;
+        job.deadline_unix_ms = o->deadline;
+    }
+    if (o && o->model) {
+        reqs.model_id = (char *)o->model;
+        job.requirements = &reqs;
+    }
+    sub.job = &job;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_SUBMIT;
+    req.submit = &sub;
+    return c_call(h, sock, client, &req, test_image, sizeof test_image);
+}
+
+/* Submits and returns the accepted job id (static buffer per call site is the caller's). */
+static void c_submit_ok(harness *h, void *sock, const char *client, const job_opts *o,
+                        char id[65])
+{
+    Kosmos__V1__ClientReply *r = c_submit(h, sock, client, o);
+    assert_int_equal(r->reply_case, KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT);
+    assert_int_equal(r->submit->outcome_case, KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED);
+    snprintf(id, 65, "%s", r->submit->accepted->job_id);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+}
+
+static Kosmos__V1__ClientReply *c_fetch(harness *h, void *sock, const char *client, const char *id)
+{
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__FetchRequest f = KOSMOS__V1__FETCH_REQUEST__INIT;
+    f.job_id = (char *)id;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_FETCH;
+    req.fetch = &f;
+    return c_call(h, sock, client, &req, NULL, 0);
+}
+
+/* The job's state (asserting the fetch succeeded). */
+static int c_state(harness *h, void *sock, const char *client, const char *id, uint32_t *attempt)
+{
+    Kosmos__V1__ClientReply *r = c_fetch(h, sock, client, id);
+    assert_int_equal(r->reply_case, KOSMOS__V1__CLIENT_REPLY__REPLY_FETCH);
+    int s = r->fetch->state;
+    if (attempt)
+        *attempt = r->fetch->attempt;
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    return s;
+}
+
+/* ---- Fake worker ------------------------------------------------------------------------- */
+
+typedef struct fworker {
+    void *sock;
+    const char *name;
+    uint64_t instance;
+} fworker;
+
+static void w_send(fworker *w, Kosmos__V1__WorkerMessage *m)
+{
+    assert_int_equal(kp_send(w->sock, NULL, 0, &m->base, NULL, 0), KS_OK);
+}
+
+/* Next message from the broker, skipping heartbeats; NULL if none within the pump. */
+static Kosmos__V1__BrokerToWorker *w_recv(harness *h, fworker *w)
+{
+    for (;;) {
+        if (!h_pump(h, w->sock))
+            return NULL;
+        kp_inbound *in = NULL;
+        assert_int_equal(kp_recv(w->sock, false, KP_BROKER_TO_WORKER, NULL, 0, &in), KS_OK);
+        assert_int_equal(kp_inbound_verdict(in), KP_VALID);
+        const ProtobufCMessage *env = kp_inbound_envelope(in);
+        size_t n = protobuf_c_message_get_packed_size(env);
+        uint8_t *buf = malloc(n + 1);
+        protobuf_c_message_pack(env, buf);
+        size_t img_len = 0;
+        kp_inbound_image(in, &img_len);
+        kp_inbound_destroy(&in);
+        Kosmos__V1__BrokerToWorker *m = kosmos__v1__broker_to_worker__unpack(NULL, n, buf);
+        free(buf);
+        if (m->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH)
+            assert_int_equal(img_len, sizeof test_image);
+        if (m->message_case != KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_HEARTBEAT)
+            return m;
+        kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
+    }
+}
+
+/* Polls without stepping the clock: true when a non-heartbeat message is waiting. */
+static Kosmos__V1__BrokerToWorker *w_try(harness *h, fworker *w)
+{
+    h_steps(h, 3);
+    for (;;) {
+        zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 20) <= 0)
+            return NULL;
+        Kosmos__V1__BrokerToWorker *m = w_recv(h, w);
+        if (m)
+            return m;
+    }
+}
+
+static void w_ready(harness *h, fworker *w, const char *name, uint64_t instance, uint32_t capacity,
+                    Kosmos__V1__Lease **running, size_t n_running)
+{
+    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
+    Kosmos__V1__Ready r = KOSMOS__V1__READY__INIT;
+    w->name = name;
+    w->instance = instance;
+    r.has_protocol_version = true;
+    r.protocol_version = 1;
+    r.worker_name = (char *)name;
+    r.has_worker_instance = true;
+    r.worker_instance = instance;
+    r.model_id = "microsoft/kosmos-2-patch14-224";
+    r.has_batch_capacity = true;
+    r.batch_capacity = capacity;
+    r.n_running = n_running;
+    r.running = running;
+    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
+    m.ready = &r;
+    w_send(w, &m);
+    Kosmos__V1__BrokerToWorker *wel = w_recv(h, w);
+    assert_non_null(wel);
+    assert_int_equal(wel->message_case, KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME);
+    kosmos__v1__broker_to_worker__free_unpacked(wel, NULL);
+}
+
+static fworker *w_new(harness *h, const char *name, uint32_t capacity, uint32_t credit)
+{
+    fworker *w = calloc(1, sizeof *w);
+    w->sock = h_socket(h, h->wep);
+    w_ready(h, w, name, 7, capacity, NULL, 0);
+    if (credit) {
+        Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
+        Kosmos__V1__Credit c = KOSMOS__V1__CREDIT__INIT;
+        c.has_slots = true;
+        c.slots = credit;
+        m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_CREDIT;
+        m.credit = &c;
+        w_send(w, &m);
+    }
+    return w;
+}
+
+static void w_credit(fworker *w, uint32_t n)
+{
+    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
+    Kosmos__V1__Credit c = KOSMOS__V1__CREDIT__INIT;
+    c.has_slots = true;
+    c.slots = n;
+    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_CREDIT;
+    m.credit = &c;
+    w_send(w, &m);
+}
+
+static void w_heartbeat(fworker *w, Kosmos__V1__Lease **running, size_t n)
+{
+    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
+    Kosmos__V1__Heartbeat hb = KOSMOS__V1__HEARTBEAT__INIT;
+    hb.n_running = n;
+    hb.running = running;
+    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_HEARTBEAT;
+    m.heartbeat = &hb;
+    w_send(w, &m);
+}
+
+/* Sends a Result and returns the ResultAck disposition. */
+static int w_result(harness *h, fworker *w, const char *job_id, uint32_t attempt, int status,
+                    bool retriable)
+{
+    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
+    Kosmos__V1__Result r = KOSMOS__V1__RESULT__INIT;
+    Kosmos__V1__PromptResult pr = KOSMOS__V1__PROMPT_RESULT__INIT;
+    Kosmos__V1__PromptResult *prs[1] = {&pr};
+    pr.has_prompt_index = pr.has_status = true;
+    pr.status = status;
+    pr.text = "An image of a snowman";
+    r.job_id = (char *)job_id;
+    r.has_attempt = r.has_status = r.has_retriable = true;
+    r.attempt = attempt;
+    r.status = status;
+    r.retriable = retriable;
+    r.n_prompts = 1;
+    r.prompts = prs;
+    r.worker_name = (char *)w->name;
+    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_RESULT;
+    m.result = &r;
+    w_send(w, &m);
+    Kosmos__V1__BrokerToWorker *a = w_recv(h, w);
+    while (a && a->message_case != KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_RESULT_ACK) {
+        kosmos__v1__broker_to_worker__free_unpacked(a, NULL);
+        a = w_recv(h, w);
+    }
+    assert_non_null(a);
+    assert_string_equal(a->result_ack->job_id, job_id);
+    int d = a->result_ack->disposition;
+    kosmos__v1__broker_to_worker__free_unpacked(a, NULL);
+    return d;
+}
+
+static void w_free(fworker *w)
+{
+    zmq_close(w->sock);
+    free(w);
+}
+
+/* Takes the next Dispatch (asserting one comes). */
+static void w_take(harness *h, fworker *w, char id[65], uint32_t *attempt)
+{
+    Kosmos__V1__BrokerToWorker *m = w_recv(h, w);
+    assert_non_null(m);
+    assert_int_equal(m->message_case, KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH);
+    snprintf(id, 65, "%s", m->dispatch->job_id);
+    *attempt = m->dispatch->attempt;
+    assert_int_equal(m->dispatch->job->image_case, KOSMOS__V1__JOB__IMAGE_IMAGE_ATTACHED_SIZE);
+    assert_true(m->dispatch->job->generation && m->dispatch->job->generation->has_max_new_tokens);
+    kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
+}
+
+#define TERMINAL(s) ((s) >= KOSMOS__V1__JOB_STATE__JOB_STATE_DONE)
+
+/* ---- Tests ------------------------------------------------------------------------------- */
+
+static void test_submit_dispatch_result_fetch_ack(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char id[65], got[65];
+    uint32_t attempt;
+    c_submit_ok(h, c, "alice", NULL, id);
+    assert_int_equal(strlen(id), 26);
+    assert_int_equal(c_state(h, c, "alice", id, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED);
+    fworker *w = w_new(h, "host/gpu0", 4, 4);
+    w_take(h, w, got, &attempt);
+    assert_string_equal(got, id);
+    assert_int_equal(attempt, 1);
+    assert_int_equal(c_state(h, c, "alice", id, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_RUNNING);
+    assert_int_equal(w_result(h, w, id, 1, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
+    /* A resent result (the ack was lost) is STORED again, not stored twice. */
+    assert_int_equal(w_result(h, w, id, 1, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
+    Kosmos__V1__ClientReply *r = c_fetch(h, c, "alice", id);
+    assert_int_equal(r->fetch->state, KOSMOS__V1__JOB_STATE__JOB_STATE_DONE);
+    assert_non_null(r->fetch->result);
+    assert_int_equal(r->fetch->result->n_prompts, 1);
+    assert_string_equal(r->fetch->result->prompts[0]->text, "An image of a snowman");
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__AckRequest ack = KOSMOS__V1__ACK_REQUEST__INIT;
+    ack.job_id = id;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_ACK;
+    req.ack = &ack;
+    for (int i = 0; i < 2; i++) { /* idempotent */
+        r = c_call(h, c, "alice", &req, NULL, 0);
+        assert_int_equal(r->reply_case, KOSMOS__V1__CLIENT_REPLY__REPLY_ACK);
+        assert_int_equal(r->ack->state, KOSMOS__V1__JOB_STATE__JOB_STATE_ACKED);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    }
+    r = c_fetch(h, c, "alice", id);
+    assert_int_equal(r->fetch->state, KOSMOS__V1__JOB_STATE__JOB_STATE_ACKED);
+    assert_null(r->fetch->result);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    w_free(w);
+    zmq_close(c);
+    h_free(h);
+}
+
+static void test_idempotency(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char id1[65], id2[65];
+    job_opts o = {.key = "k-1"};
+    c_submit_ok(h, c, "alice", &o, id1);
+    Kosmos__V1__ClientReply *r = c_submit(h, c, "alice", &o);
+    assert_int_equal(r->submit->outcome_case, KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED);
+    assert_true(r->submit->accepted->duplicate);
+    assert_string_equal(r->submit->accepted->job_id, id1);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    job_opts other = {.key = "k-1", .text = "<grounding> Something else"};
+    r = c_submit(h, c, "alice", &other);
+    assert_int_equal(r->submit->outcome_case, KOSMOS__V1__SUBMIT_REPLY__OUTCOME_CONFLICT);
+    assert_string_equal(r->submit->conflict->job_id, id1);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    /* Another identity, same key: its own job. */
+    c_submit_ok(h, c, "bob", &o, id2);
+    assert_string_not_equal(id1, id2);
+
+    /* 100 submits with one key from 4 sockets of one identity, all in flight at once: one job. */
+    void *cs[4];
+    uint64_t ids[100];
+    for (int i = 0; i < 4; i++)
+        cs[i] = h_socket(h, h->cep);
+    for (int i = 0; i < 100; i++) {
+        Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+        Kosmos__V1__SubmitRequest sub = KOSMOS__V1__SUBMIT_REQUEST__INIT;
+        Kosmos__V1__Job job;
+    kosmos__v1__job__init(&job);
+        Kosmos__V1__Prompt prompt = KOSMOS__V1__PROMPT__INIT;
+        Kosmos__V1__Prompt *prompts[1] = {&prompt};
+        prompt.text = "<grounding> An image of";
+        job.n_prompts = 1;
+        job.prompts = prompts;
+        job.image_case = KOSMOS__V1__JOB__IMAGE_IMAGE_DATA; /* inline this time */
+        job.image_data.data = (uint8_t *)test_image;
+        job.image_data.len = sizeof test_image;
+        job.idempotency_key = "same-key";
+        sub.job = &job;
+        req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_SUBMIT;
+        req.submit = &sub;
+        ids[i] = c_send(cs[i % 4], "carol", &req, NULL, 0);
+    }
+    char first[65] = "";
+    int accepted = 0, dup = 0;
+    for (int i = 0; i < 100; i++) {
+        Kosmos__V1__ClientReply *rr = c_recv(h, cs[i % 4]);
+        (void)ids;
+        assert_int_equal(rr->submit->outcome_case, KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED);
+        if (!first[0])
+            snprintf(first, sizeof first, "%s", rr->submit->accepted->job_id);
+        assert_string_equal(rr->submit->accepted->job_id, first);
+        if (rr->submit->accepted->duplicate)
+            dup++;
+        else
+            accepted++;
+        kosmos__v1__client_reply__free_unpacked(rr, NULL);
+    }
+    assert_int_equal(accepted, 1);
+    assert_int_equal(dup, 99);
+    /* An attached image with the same bytes is the same contents as the inline one. */
+    job_opts same = {.key = "same-key"};
+    r = c_submit(h, c, "carol", &same);
+    assert_int_equal(r->submit->outcome_case, KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED);
+    assert_string_equal(r->submit->accepted->job_id, first);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    /* Status: exactly 4 jobs (alice, bob, carol; the conflict stored nothing). */
+    Kosmos__V1__ClientRequest sreq = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__StatusRequest sq = KOSMOS__V1__STATUS_REQUEST__INIT;
+    sreq.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_STATUS;
+    sreq.status = &sq;
+    r = c_call(h, c, "x", &sreq, NULL, 0);
+    assert_int_equal(r->status->total_submitted, 3);
+    assert_true(r->status->has_memory_bytes && r->status->memory_bytes > 0);
+    assert_true(r->status->memory_bytes <= r->status->memory_bound_bytes);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    for (int i = 0; i < 4; i++)
+        zmq_close(cs[i]);
+    zmq_close(c);
+    h_free(h);
+}
+
+static void test_credit_priority_fifo(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char ids[6][65], got[65];
+    uint32_t attempt;
+    job_opts lo = {.has_priority = true, .priority = -5};
+    job_opts hi = {.has_priority = true, .priority = 50};
+    c_submit_ok(h, c, "a", &lo, ids[0]);
+    c_submit_ok(h, c, "a", NULL, ids[1]);
+    c_submit_ok(h, c, "a", &hi, ids[2]);
+    c_submit_ok(h, c, "a", NULL, ids[3]);
+    c_submit_ok(h, c, "a", &hi, ids[4]);
+    fworker *w = w_new(h, "w0", 4, 2);
+    /* Credit 2: exactly two dispatches, the two priority-50 jobs in submit order. */
+    w_take(h, w, got, &attempt);
+    assert_string_equal(got, ids[2]);
+    w_take(h, w, got, &attempt);
+    assert_string_equal(got, ids[4]);
+    Kosmos__V1__BrokerToWorker *m = w_try(h, w);
+    assert_null(m); /* credit exhausted: nothing more */
+    kb_stats st;
+    kb_broker_stats(h->b, &st);
+    assert_int_equal(st.dispatches, 2);
+    /* Finish one, grant one: the next is the oldest priority-0 job. */
+    assert_int_equal(w_result(h, w, ids[2], 1, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
+    w_credit(w, 1);
+    w_take(h, w, got, &attempt);
+    assert_string_equal(got, ids[1]);
+    assert_null(w_try(h, w));
+    w_credit(w, 2);
+    w_take(h, w, got, &attempt);
+    assert_string_equal(got, ids[3]);
+    w_take(h, w, got, &attempt);
+    assert_string_equal(got, ids[0]);
+    kb_broker_stats(h->b, &st);
+    assert_int_equal(st.dispatches, 5);
+    w_free(w);
+    zmq_close(c);
+    h_free(h);
+}
+
+static void test_deadline_expired(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char id[65];
+    job_opts past = {.deadline = fake_now - 1};
+    Kosmos__V1__ClientReply *r = c_submit(h, c, "a", &past);
+    assert_int_equal(r->submit->outcome_case, KOSMOS__V1__SUBMIT_REPLY__OUTCOME_REJECTED);
+    assert_int_equal(r->submit->rejected->code, KOSMOS__V1__REJECT_CODE__REJECT_CODE_EXPIRED);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    job_opts soon = {.deadline = fake_now + 1000};
+    c_submit_ok(h, c, "a", &soon, id);
+    fake_now += 1001;
+    h_steps(h, 2);
+    assert_int_equal(c_state(h, c, "a", id, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_EXPIRED);
+    fworker *w = w_new(h, "w0", 1, 1);
+    assert_null(w_try(h, w)); /* never dispatched */
+    w_free(w);
+    zmq_close(c);
+    h_free(h);
+}
+
+/* Worker death: lease lapses, job waits out its backoff, comes back with attempt+1; the old
+ * attempt's late result is fenced off; after the 3rd death the job is DEAD. */
+static void test_lease_lapse_stale_poison(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char id[65], got[65];
+    uint32_t attempt, a2;
+    c_submit_ok(h, c, "a", NULL, id);
+    fworker *w1 = w_new(h, "w1", 1, 1);
+    w_take(h, w1, got, &attempt);
+    assert_int_equal(attempt, 1);
+    /* w1 goes silent: 3 heartbeat intervals later it is dead. */
+    fake_now += 3000;
+    h_steps(h, 2);
+    assert_int_equal(c_state(h, c, "a", id, &a2), KOSMOS__V1__JOB_STATE__JOB_STATE_RETRY_WAIT);
+    Kosmos__V1__ClientReply *r = c_fetch(h, c, "a", id);
+    uint64_t wait = r->fetch->next_attempt_unix_ms - fake_now;
+    assert_true(wait >= 1000 && wait < 2000); /* 1 s * 2^0 + jitter [0, 1 s) */
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    fake_now += 2000;
+    fworker *w2 = w_new(h, "w2", 1, 1);
+    w_take(h, w2, got, &attempt);
+    assert_string_equal(got, id);
+    assert_int_equal(attempt, 2);
+    /* w1 comes back (same name, new instance) and reports attempt 1: stale. */
+    w_ready(h, w1, "w1", 8, 1, NULL, 0);
+    assert_int_equal(w_result(h, w1, id, 1, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STALE);
+    assert_int_equal(c_state(h, c, "a", id, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_RUNNING);
+    /* w2 dies too (2nd crash), backoff 2 s + jitter, then w3 gets attempt 3 and dies: DEAD. */
+    fake_now += 3000;
+    w_heartbeat(w1, NULL, 0);
+    h_steps(h, 2);
+    r = c_fetch(h, c, "a", id);
+    assert_int_equal(r->fetch->state, KOSMOS__V1__JOB_STATE__JOB_STATE_RETRY_WAIT);
+    wait = r->fetch->next_attempt_unix_ms - fake_now;
+    assert_true(wait >= 2000 && wait < 3000);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    fake_now += 3000;
+    w_heartbeat(w1, NULL, 0);
+    fworker *w3 = w_new(h, "w3", 1, 1);
+    /* w1 has no credit (it re-registered), so w3 gets it. */
+    w_take(h, w3, got, &attempt);
+    assert_int_equal(attempt, 3);
+    fake_now += 3000;
+    h_steps(h, 2);
+    r = c_fetch(h, c, "a", id);
+    assert_int_equal(r->fetch->state, KOSMOS__V1__JOB_STATE__JOB_STATE_DEAD);
+    assert_int_equal(r->fetch->result->status, KOSMOS__V1__STATUS__STATUS_DEAD);
+    assert_int_equal(r->fetch->result->prompts[0]->status, KOSMOS__V1__STATUS__STATUS_DEAD);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    kb_stats st;
+    kb_broker_stats(h->b, &st);
+    assert_int_equal(st.lease_lapses, 3);
+    assert_int_equal(st.results_stale, 1);
+    w_free(w1);
+    w_free(w2);
+    w_free(w3);
+    zmq_close(c);
+    h_free(h);
+}
+
+/* Retriable failures: attempts 1..5, with backoff 1, 2, 4, 8 s (+ jitter); the 5th is final. */
+static void test_retry_backoff(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char id[65], got[65];
+    uint32_t attempt;
+    c_submit_ok(h, c, "a", NULL, id);
+    fworker *w = w_new(h, "w", 1, 1);
+    for (uint32_t n = 1; n <= 5; n++) {
+        w_take(h, w, got, &attempt);
+        assert_int_equal(attempt, n);
+        assert_int_equal(w_result(h, w, id, n, KOSMOS__V1__STATUS__STATUS_FAILED, true),
+                         KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
+        Kosmos__V1__ClientReply *r = c_fetch(h, c, "a", id);
+        if (n == 5) {
+            assert_int_equal(r->fetch->state, KOSMOS__V1__JOB_STATE__JOB_STATE_FAILED);
+            assert_true(r->fetch->result->retriable);
+            kosmos__v1__client_reply__free_unpacked(r, NULL);
+            break;
+        }
+        assert_int_equal(r->fetch->state, KOSMOS__V1__JOB_STATE__JOB_STATE_RETRY_WAIT);
+        uint64_t wait = r->fetch->next_attempt_unix_ms - fake_now, base = 1000ull << (n - 1);
+        assert_true(wait >= base && wait < base + 1000);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+        w_credit(w, 1);
+        fake_now += base - 1; /* not yet */
+        w_heartbeat(w, NULL, 0);
+        assert_null(w_try(h, w));
+        fake_now += 1000;
+        w_heartbeat(w, NULL, 0);
+    }
+    w_free(w);
+    zmq_close(c);
+    h_free(h);
+}
+
+static void send_raw(void *sock, int nframes, const void *const *data, const size_t *len)
+{
+    for (int i = 0; i < nframes; i++)
+        assert_true(zmq_send(sock, data[i], len[i], i + 1 < nframes ? ZMQ_SNDMORE : 0) >= 0);
+}
+
+/* Protocol breakers are answered or dropped, counted, and others go on being served. */
+static void test_violations(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *bad = h_socket(h, h->cep);
+    void *good = h_socket(h, h->cep);
+    char id[65];
+    /* Malformed protobuf. */
+    {
+        const void *f[3] = {"", "KOSMOS1", "\xff\xff\xff"};
+        size_t l[3] = {0, 7, 3};
+        send_raw(bad, 3, f, l);
+        Kosmos__V1__ClientReply *r = c_recv(h, bad);
+        assert_int_equal(r->reply_case, KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR);
+        assert_int_equal(r->error->code, KOSMOS__V1__ERROR_CODE__ERROR_CODE_MALFORMED);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    }
+    /* Wrong frame count: a fetch with a stray 4th frame; request_id 5 decodes. */
+    {
+        const void *f[4] = {"", "KOSMOS1", "\x08\x05\x5a\x03\x0a\x01X", "junk"};
+        size_t l[4] = {0, 7, 7, 4};
+        send_raw(bad, 4, f, l);
+        Kosmos__V1__ClientReply *r = c_recv(h, bad);
+        assert_int_equal(r->error->code, KOSMOS__V1__ERROR_CODE__ERROR_CODE_MALFORMED);
+        assert_int_equal(r->request_id, 5);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    }
+    /* Other version. */
+    {
+        const void *f[3] = {"", "KOSMOS2", "\x08\x01"};
+        size_t l[3] = {0, 7, 2};
+        send_raw(bad, 3, f, l);
+        Kosmos__V1__ClientReply *r = c_recv(h, bad);
+        assert_int_equal(r->error->code, KOSMOS__V1__ERROR_CODE__ERROR_CODE_PROTOCOL_VERSION);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    }
+    /* Unknown request (field 30, a later request type). */
+    {
+        const void *f[3] = {"", "KOSMOS1", "\x08\x09\xf2\x01\x00"};
+        size_t l[3] = {0, 7, 5};
+        send_raw(bad, 3, f, l);
+        Kosmos__V1__ClientReply *r = c_recv(h, bad);
+        assert_int_equal(r->error->code, KOSMOS__V1__ERROR_CODE__ERROR_CODE_UNKNOWN_REQUEST);
+        assert_int_equal(r->request_id, 9);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    }
+    /* Invalid field number 0 (overlong tag 80 00): malformed (protocol.md §13). */
+    {
+        const void *f[3] = {"", "KOSMOS1", "\x08\x0a\x80\x00\x01"};
+        size_t l[3] = {0, 7, 5};
+        send_raw(bad, 3, f, l);
+        Kosmos__V1__ClientReply *r = c_recv(h, bad);
+        assert_int_equal(r->error->code, KOSMOS__V1__ERROR_CODE__ERROR_CODE_MALFORMED);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    }
+    /* Not ours: dropped, nothing answered. */
+    {
+        const void *f[2] = {"", "HTTP/1.1"};
+        size_t l[2] = {0, 8};
+        send_raw(bad, 2, f, l);
+    }
+    /* Non-UTF-8 prompt: rejected INVALID. */
+    {
+        Kosmos__V1__ClientReply *r = NULL;
+        job_opts o = {.text = "bad \xff text"};
+        r = c_submit(h, bad, "a", &o);
+        assert_int_equal(r->submit->outcome_case, KOSMOS__V1__SUBMIT_REPLY__OUTCOME_REJECTED);
+        assert_int_equal(r->submit->rejected->code, KOSMOS__V1__REJECT_CODE__REJECT_CODE_INVALID);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    }
+    /* A model nobody offered. */
+    {
+        job_opts o = {.model = "someone/else"};
+        Kosmos__V1__ClientReply *r = c_submit(h, bad, "a", &o);
+        assert_int_equal(r->submit->rejected->code,
+                         KOSMOS__V1__REJECT_CODE__REJECT_CODE_NO_SUCH_MODEL);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    }
+    /* The good client is served all along. */
+    c_submit_ok(h, good, "g", NULL, id);
+    /* A worker sending a result for a job never leased to it: UNKNOWN_JOB / STALE, no harm. */
+    fworker *w = w_new(h, "w", 1, 0);
+    assert_int_equal(w_result(h, w, "01NOSUCHJOB0000000000000000", 1,
+                              KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_UNKNOWN_JOB);
+    assert_int_equal(w_result(h, w, id, 1, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STALE);
+    assert_int_equal(c_state(h, good, "g", id, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED);
+    /* A worker breaking framing is disconnected; a heartbeat from an unknown peer gets
+     * NOT_REGISTERED. */
+    {
+        const void *f[3] = {"", "KOSMOS1", "\xff"};
+        size_t l[3] = {0, 7, 1};
+        send_raw(w->sock, 3, f, l);
+        Kosmos__V1__BrokerToWorker *m = w_recv(h, w);
+        assert_int_equal(m->message_case, KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT);
+        assert_int_equal(m->disconnect->code, KOSMOS__V1__DISCONNECT__CODE__CODE_PROTOCOL_ERROR);
+        kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
+        w_heartbeat(w, NULL, 0);
+        m = w_recv(h, w);
+        assert_int_equal(m->disconnect->code, KOSMOS__V1__DISCONNECT__CODE__CODE_NOT_REGISTERED);
+        kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
+    }
+    kb_stats st;
+    kb_broker_stats(h->b, &st);
+    assert_true(st.violations >= 6);
+    assert_int_equal(c_state(h, good, "g", id, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED);
+    w_free(w);
+    zmq_close(bad);
+    zmq_close(good);
+    h_free(h);
+}
+
+static void test_oversized_frame(void **state)
+{
+    (void)state;
+    harness *h = calloc(1, sizeof *h);
+    snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
+    assert_non_null(mkdtemp(h->dir));
+    snprintf(h->cep, sizeof h->cep, "ipc://%s/c", h->dir);
+    snprintf(h->wep, sizeof h->wep, "ipc://%s/w", h->dir);
+    snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
+    h->log = fopen("/dev/null", "w");
+    h_params(h);
+    h->p.max_message_bytes = 1024;
+    h->p.max_image_bytes = 4096;
+    h->zctx = zmq_ctx_new();
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    void *c = h_socket(h, h->cep);
+    char big[2048];
+    memset(big, 0, sizeof big);
+    const void *f[3] = {"", "KOSMOS1", big};
+    size_t l[3] = {0, 7, sizeof big};
+    send_raw(c, 3, f, l);
+    Kosmos__V1__ClientReply *r = c_recv(h, c);
+    assert_int_equal(r->error->code, KOSMOS__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    char id[65];
+    c_submit_ok(h, c, "a", NULL, id); /* still serving */
+    zmq_close(c);
+    h_free(h);
+}
+
+static void test_isolation(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char id[65];
+    c_submit_ok(h, c, "alice", NULL, id);
+    Kosmos__V1__ClientReply *r = c_fetch(h, c, "bob", id);
+    assert_int_equal(r->error->code, KOSMOS__V1__ERROR_CODE__ERROR_CODE_NOT_FOUND);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__CancelRequest cq = KOSMOS__V1__CANCEL_REQUEST__INIT;
+    cq.job_id = id;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_CANCEL;
+    req.cancel = &cq;
+    r = c_call(h, c, "bob", &req, NULL, 0);
+    assert_int_equal(r->error->code, KOSMOS__V1__ERROR_CODE__ERROR_CODE_NOT_FOUND);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    assert_int_equal(c_state(h, c, "alice", id, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED);
+    r = c_call(h, c, "alice", &req, NULL, 0);
+    assert_true(r->cancel->cancelled);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    r = c_call(h, c, "alice", &req, NULL, 0); /* idempotent */
+    assert_false(r->cancel->cancelled);
+    assert_int_equal(r->cancel->state, KOSMOS__V1__JOB_STATE__JOB_STATE_CANCELLED);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    zmq_close(c);
+    h_free(h);
+}
+
+/* Restart: queued jobs survive; a leased job is re-adopted when its worker re-registers listing
+ * it, another is requeued after the grace without a crash and runs with the next attempt. */
+static void test_restart_recovery(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char ids[3][65], got[65];
+    uint32_t attempt;
+    for (int i = 0; i < 3; i++)
+        c_submit_ok(h, c, "a", NULL, ids[i]);
+    fworker *w1 = w_new(h, "w1", 2, 2);
+    char leased[2][65];
+    w_take(h, w1, leased[0], &attempt);
+    w_take(h, w1, leased[1], &attempt);
+    h_restart(h);
+    for (int i = 0; i < 3; i++)
+        assert_false(TERMINAL(c_state(h, c, "a", ids[i], NULL)));
+    /* The old broker said goodbye; w1 re-registers (same instance) listing only the first
+     * lease (§8.7). */
+    Kosmos__V1__BrokerToWorker *bye = w_recv(h, w1);
+    assert_non_null(bye);
+    assert_int_equal(bye->message_case, KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT);
+    assert_int_equal(bye->disconnect->code, KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN);
+    kosmos__v1__broker_to_worker__free_unpacked(bye, NULL);
+    Kosmos__V1__Lease l = KOSMOS__V1__LEASE__INIT;
+    Kosmos__V1__Lease *ls[1] = {&l};
+    l.job_id = leased[0];
+    l.has_attempt = true;
+    l.attempt = 1;
+    w_ready(h, w1, "w1", 7, 2, ls, 1);
+    fake_now += 5001; /* past the grace */
+    w_heartbeat(w1, ls, 1);
+    h_steps(h, 3);
+    assert_int_equal(c_state(h, c, "a", leased[0], NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_RUNNING);
+    assert_int_equal(c_state(h, c, "a", leased[1], NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED);
+    assert_int_equal(w_result(h, w1, leased[0], 1, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
+    w_credit(w1, 2);
+    w_take(h, w1, got, &attempt);
+    if (strcmp(got, leased[1]) == 0)
+        assert_int_equal(attempt, 2); /* fenced: the old attempt 1 can no longer report */
+    w_take(h, w1, got, &attempt);
+    if (strcmp(got, leased[1]) == 0)
+        assert_int_equal(attempt, 2);
+    assert_int_equal(w_result(h, w1, leased[1], 1, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STALE);
+    kb_stats st;
+    kb_broker_stats(h->b, &st);
+    assert_int_equal(st.lease_lapses, 0); /* a restart is not the job's fault */
+    w_free(w1);
+    zmq_close(c);
+    h_free(h);
+}
+
+/* Disk full: no ACCEPTED without a commit; busy instead; the broker goes on and recovers. An
+ * fsync error stops it (fail-stop) and a restart recovers every accepted job. */
+static void test_disk_full_and_fail_stop(void **state)
+{
+    (void)state;
+    kbf_register();
+    harness *h = calloc(1, sizeof *h);
+    snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
+    assert_non_null(mkdtemp(h->dir));
+    snprintf(h->cep, sizeof h->cep, "ipc://%s/c", h->dir);
+    snprintf(h->wep, sizeof h->wep, "ipc://%s/w", h->dir);
+    snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
+    h->log = fopen("/dev/null", "w");
+    h_params(h);
+    h->p.db_vfs = KB_FAULTVFS_NAME;
+    h->zctx = zmq_ctx_new();
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    void *c = h_socket(h, h->cep);
+    char accepted[16][65];
+    int n_acc = 0;
+    c_submit_ok(h, c, "a", NULL, accepted[n_acc++]);
+    kbf_fail_writes = true;
+    for (int i = 0; i < 3; i++) {
+        Kosmos__V1__ClientReply *r = c_submit(h, c, "a", NULL);
+        assert_int_equal(r->submit->outcome_case, KOSMOS__V1__SUBMIT_REPLY__OUTCOME_BUSY);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    }
+    kb_stats st;
+    kb_broker_stats(h->b, &st);
+    assert_true(st.commit_failures >= 3);
+    kbf_fail_writes = false;
+    c_submit_ok(h, c, "a", NULL, accepted[n_acc++]);
+    c_submit_ok(h, c, "a", NULL, accepted[n_acc++]);
+    /* fsync fails: the broker stops (step returns KS_ERR_IO), no ACCEPTED was sent. */
+    kbf_fail_syncs = true;
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__SubmitRequest sub = KOSMOS__V1__SUBMIT_REQUEST__INIT;
+    Kosmos__V1__Job job;
+    kosmos__v1__job__init(&job);
+    Kosmos__V1__Prompt prompt = KOSMOS__V1__PROMPT__INIT;
+    Kosmos__V1__Prompt *prompts[1] = {&prompt};
+    prompt.text = "x";
+    job.n_prompts = 1;
+    job.prompts = prompts;
+    job.image_case = KOSMOS__V1__JOB__IMAGE_IMAGE_URI;
+    job.image_uri = "file:///nowhere"; /* no roots: rejected without a write... */
+    job.image_case = KOSMOS__V1__JOB__IMAGE_IMAGE_DATA;
+    job.image_data.data = (uint8_t *)test_image;
+    job.image_data.len = sizeof test_image;
+    sub.job = &job;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_SUBMIT;
+    req.submit = &sub;
+    c_send(c, "a", &req, NULL, 0);
+    ks_status s = KS_OK;
+    for (int i = 0; i < 200 && s == KS_OK; i++)
+        s = kb_broker_step(h->b, 5);
+    assert_int_equal(s, KS_ERR_IO);
+    zmq_pollitem_t it = {c, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, 50) > 0) {
+        Kosmos__V1__ClientReply *r = c_recv(h, c);
+        assert_int_not_equal(r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT &&
+                                 r->submit->outcome_case ==
+                                     KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED,
+                             1);
+        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    }
+    kbf_fail_syncs = false;
+    kb_broker_destroy(&h->b);
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    /* Ledger: every accepted job is still there, none lost. */
+    int lost = 0;
+    for (int i = 0; i < n_acc; i++)
+        if (c_state(h, c, "a", accepted[i], NULL) != KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED)
+            lost++;
+    assert_int_equal(lost, 0);
+    zmq_close(c);
+    h_free(h);
+}
+
+static void test_long_poll(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char id[65], got[65];
+    uint32_t attempt;
+    c_submit_ok(h, c, "a", NULL, id);
+    fworker *w = w_new(h, "w", 1, 1);
+    w_take(h, w, got, &attempt);
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__FetchRequest f = KOSMOS__V1__FETCH_REQUEST__INIT;
+    f.job_id = id;
+    f.has_wait_ms = true;
+    f.wait_ms = 20000;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_FETCH;
+    req.fetch = &f;
+    uint64_t rq = c_send(c, "a", &req, NULL, 0);
+    h_steps(h, 5);
+    zmq_pollitem_t it = {c, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&it, 1, 0), 0); /* held */
+    kb_stats st;
+    kb_broker_stats(h->b, &st);
+    assert_int_equal(st.waiters, 1);
+    assert_int_equal(w_result(h, w, id, 1, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
+    Kosmos__V1__ClientReply *r = c_recv(h, c);
+    assert_int_equal(r->request_id, rq);
+    assert_int_equal(r->fetch->state, KOSMOS__V1__JOB_STATE__JOB_STATE_DONE);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    w_free(w);
+    zmq_close(c);
+    h_free(h);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_submit_dispatch_result_fetch_ack),
+        cmocka_unit_test(test_idempotency),
+        cmocka_unit_test(test_credit_priority_fifo),
+        cmocka_unit_test(test_deadline_expired),
+        cmocka_unit_test(test_lease_lapse_stale_poison),
+        cmocka_unit_test(test_retry_backoff),
+        cmocka_unit_test(test_violations),
+        cmocka_unit_test(test_oversized_frame),
+        cmocka_unit_test(test_isolation),
+        cmocka_unit_test(test_restart_recovery),
+        cmocka_unit_test(test_disk_full_and_fail_stop),
+        cmocka_unit_test(test_long_poll),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

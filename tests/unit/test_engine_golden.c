@@ -1,0 +1,598 @@
+/* Golden tests of the reference forward pass and generation: the tiny random checkpoint
+ * (tests/data/tiny-kosmos2, f16 weights) against tensors and ids transformers 5.17 produced
+ * from it (tests/golden/engine, made by tests/golden/make_test_checkpoint.py). Vision taps,
+ * image embeddings and prefill logits within 1e-3; generated ids identical (greedy, n-gram,
+ * beam search, a batch of 3 prompts over 2 images). Plus what needs a model but no golden
+ * data: parameter errors, seeded sampling, requests waiting for slots.
+ * Skips when the golden data is absent. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "generate.h"
+#include "ks_error.h"
+#include "model.h"
+#include "safetensors.h"
+
+#define GOLDEN KOSMOS_GOLDEN_DIR "/engine"
+#define MODEL_DIR KOSMOS_GOLDEN_DIR "/../data/tiny-kosmos2"
+#define TOL 1e-3
+
+/* ---- golden safetensors (f32 tensors), through the engine's reader ---------------------- */
+
+typedef struct golden_file {
+    ke_st_file *st;
+} golden_file;
+
+static bool golden_open(golden_file *g, const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", GOLDEN, name);
+    if (ke_st_open(path, &g->st) != KS_OK) {
+        fprintf(stderr, "%s\n", ks_error_message());
+        return false;
+    }
+    return true;
+}
+
+static void golden_close(golden_file *g)
+{
+    ke_st_close(&g->st);
+}
+
+/* A copy of f32 tensor `name` (caller frees), its element count in *n. */
+static float *golden_f32(const golden_file *g, const char *name, size_t *n)
+{
+    const ke_st_tensor *t = ke_st_find(g->st, name);
+    assert_non_null(t);
+    assert_int_equal(t->dtype, KE_ST_F32);
+    float *out = malloc(t->nbytes ? t->nbytes : 1);
+    assert_non_null(out);
+    memcpy(out, t->data, t->nbytes); /* the data may be unaligned */
+    *n = t->numel;
+    return out;
+}
+
+/* ---- fixture --------------------------------------------------------------------------------- */
+
+typedef struct fixture {
+    json_t *cases;
+    ke_model *model;
+    ke_backend *backend;
+    /* encoded images by name, in cases.json "images" order */
+    int n_images;
+    const char *image_names[8];
+    float *image_embeds; /* (n_images, latent, embed) */
+} fixture;
+
+static fixture fx;
+
+static size_t embeds_per_image(void)
+{
+    return (size_t)fx.model->config.latent_query_num * (size_t)fx.model->config.text.embed_dim;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    memset(&fx, 0, sizeof fx);
+    fx.cases = json_load_file(GOLDEN "/cases.json", 0, NULL);
+    if (fx.cases == NULL)
+        return 0; /* every test skips */
+    ke_model_options opt = {.storage = KE_DTYPE_F16};
+    fx.model = ke_model_load(MODEL_DIR, &opt);
+    if (fx.model == NULL) {
+        fprintf(stderr, "ke_model_load: %s\n", ks_error_message());
+        return -1;
+    }
+    ke_backend_options bo = {.slots = 8, .slot_capacity = 512};
+    fx.backend = ke_backend_ref_new(fx.model, &bo);
+    if (fx.backend == NULL) {
+        fprintf(stderr, "ke_backend_ref_new: %s\n", ks_error_message());
+        return -1;
+    }
+    /* encode every image once (test_vision checks the taps) */
+    json_t *images = json_object_get(fx.cases, "images");
+    const char *key;
+    json_t *val;
+    size_t per = embeds_per_image();
+    fx.image_embeds = malloc(8 * per * sizeof(float));
+    json_object_foreach(images, key, val)
+    {
+        if (fx.n_images == 8)
+            break;
+        golden_file g;
+        if (!golden_open(&g, json_string_value(json_object_get(val, "file"))))
+            return -1;
+        size_t n_pix;
+        float *pix = golden_f32(&g, "pixel_values", &n_pix);
+        ks_status st = fx.backend->ops->encode_images(
+            fx.backend, pix, 1, fx.image_embeds + (size_t)fx.n_images * per, NULL);
+        free(pix);
+        golden_close(&g);
+        if (st != KS_OK)
+            return -1;
+        fx.image_names[fx.n_images] = key;
+        fx.n_images++;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    ke_backend_destroy(&fx.backend);
+    ke_model_destroy(&fx.model);
+    free(fx.image_embeds);
+    json_decref(fx.cases);
+    return 0;
+}
+
+#define REQUIRE_GOLDEN()                                                                       \
+    do {                                                                                       \
+        if (fx.cases == NULL) {                                                                \
+            fprintf(stderr, "no " GOLDEN "/cases.json: skipped\n");                           \
+            skip();                                                                            \
+        }                                                                                      \
+    } while (0)
+
+static double max_abs(const float *a, const float *b, size_t n)
+{
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m))
+            m = d;
+    }
+    return m;
+}
+
+static int image_index(const char *name)
+{
+    for (int i = 0; i < fx.n_images; i++)
+        if (strcmp(fx.image_names[i], name) == 0)
+            return i;
+    fail_msg("unknown image %s", name);
+    return -1;
+}
+
+/* ---- vision ------------------------------------------------------------------------------- */
+
+static void test_vision(void **state)
+{
+    (void)state;
+    REQUIRE_GOLDEN();
+    const ke_config *c = &fx.model->config;
+    size_t grid = (size_t)(c->vision.image_size / c->vision.patch_size);
+    size_t tap_n = (grid * grid + 1) * (size_t)c->vision.hidden_size;
+    size_t per = embeds_per_image();
+    json_t *images = json_object_get(fx.cases, "images");
+    for (int i = 0; i < fx.n_images; i++) {
+        const char *file =
+            json_string_value(json_object_get(json_object_get(images, fx.image_names[i]), "file"));
+        golden_file g;
+        assert_true(golden_open(&g, file));
+        size_t n_pix, n_post, n_emb;
+        float *pix = golden_f32(&g, "pixel_values", &n_pix);
+        float *post = golden_f32(&g, "vision_post_layernorm", &n_post);
+        float *emb = golden_f32(&g, "image_embeds", &n_emb);
+        assert_int_equal(n_post, tap_n);
+        assert_int_equal(n_emb, per);
+        float *my_post = malloc(tap_n * sizeof(float));
+        float *my_emb = malloc(per * sizeof(float));
+        ke_vision_taps taps = {.post_layernorm = my_post};
+        assert_int_equal(fx.backend->ops->encode_images(fx.backend, pix, 1, my_emb, &taps), KS_OK);
+        /* the same as the embeddings the setup made for the generation tests */
+        assert_memory_equal(my_emb, fx.image_embeds + (size_t)i * per, per * sizeof(float));
+        double d_post = max_abs(my_post, post, tap_n);
+        double d_emb = max_abs(my_emb, emb, per);
+        printf("image %-10s vision_post_layernorm max abs diff %.3g, image_embeds %.3g\n",
+               fx.image_names[i], d_post, d_emb);
+        assert_true(d_post < TOL);
+        assert_true(d_emb < TOL);
+        free(pix);
+        free(post);
+        free(emb);
+        free(my_post);
+        free(my_emb);
+        golden_close(&g);
+    }
+}
+
+/* ---- generation cases ------------------------------------------------------------------ */
+
+typedef struct built {
+    int n;
+    ke_gen_request req[8];
+    int32_t *ids[8];
+    uint8_t *mask[8];
+} built;
+
+static void build_requests(json_t *c, built *b)
+{
+    memset(b, 0, sizeof *b);
+    json_t *ids = json_object_get(c, "input_ids");
+    json_t *masks = json_object_get(c, "image_embeds_position_mask");
+    json_t *images = json_object_get(c, "images");
+    json_t *params = json_object_get(c, "params");
+    b->n = (int)json_array_size(ids);
+    assert_true(b->n >= 1 && b->n <= 8);
+    for (int r = 0; r < b->n; r++) {
+        json_t *row = json_array_get(ids, (size_t)r);
+        json_t *mrow = json_array_get(masks, (size_t)r);
+        size_t len = json_array_size(row);
+        assert_int_equal(json_array_size(mrow), len);
+        b->ids[r] = malloc(len * sizeof(int32_t));
+        b->mask[r] = malloc(len);
+        for (size_t t = 0; t < len; t++) {
+            b->ids[r][t] = (int32_t)json_integer_value(json_array_get(row, t));
+            b->mask[r][t] = (uint8_t)json_integer_value(json_array_get(mrow, t));
+        }
+        ke_gen_request *q = &b->req[r];
+        q->input_ids = b->ids[r];
+        q->image_embeds_position_mask = b->mask[r];
+        q->len = len;
+        q->image = image_index(json_string_value(json_array_get(images, (size_t)r)));
+        ke_gen_params_default(&q->params, &fx.model->config);
+        q->params.max_new_tokens = (int)json_integer_value(json_object_get(params, "max_new_tokens"));
+        q->params.min_new_tokens = (int)json_integer_value(json_object_get(params, "min_new_tokens"));
+        q->params.num_beams = (int)json_integer_value(json_object_get(params, "num_beams"));
+        q->params.no_repeat_ngram_size =
+            (int)json_integer_value(json_object_get(params, "no_repeat_ngram_size"));
+        q->params.length_penalty = 1.0f;
+        q->params.early_stopping = false;
+    }
+}
+
+static void free_requests(built *b)
+{
+    for (int r = 0; r < b->n; r++) {
+        free(b->ids[r]);
+        free(b->mask[r]);
+    }
+}
+
+static bool ids_equal(const ke_gen_result *res, json_t *expected)
+{
+    if (res->len != json_array_size(expected))
+        return false;
+    for (size_t i = 0; i < res->len; i++)
+        if (res->ids[i] != (int32_t)json_integer_value(json_array_get(expected, i)))
+            return false;
+    return true;
+}
+
+static void print_ids(const char *what, const ke_gen_result *res, size_t prompt_len)
+{
+    printf("  %s (%zu new):", what, res->new_tokens);
+    for (size_t i = prompt_len; i < res->len; i++)
+        printf(" %d", res->ids[i]);
+    printf("\n");
+}
+
+static void print_expected(json_t *expected, size_t prompt_len)
+{
+    printf("  expected:");
+    for (size_t i = prompt_len; i < json_array_size(expected); i++)
+        printf(" %lld", (long long)json_integer_value(json_array_get(expected, i)));
+    printf("\n");
+}
+
+static void test_single_cases(void **state)
+{
+    (void)state;
+    REQUIRE_GOLDEN();
+    json_t *cases = json_object_get(fx.cases, "cases");
+    size_t ci;
+    json_t *c;
+    int n_run = 0;
+    json_array_foreach(cases, ci, c)
+    {
+        if (json_array_size(json_object_get(c, "input_ids")) != 1)
+            continue;
+        const char *name = json_string_value(json_object_get(c, "name"));
+        built b;
+        build_requests(c, &b);
+        ke_gen_result res;
+        ke_gen_stats stats;
+        ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, b.req, 1, &res, &stats);
+        if (st != KS_OK)
+            fail_msg("%s: %s", name, ks_error_message());
+        golden_file g;
+        assert_true(golden_open(&g, json_string_value(json_object_get(c, "file"))));
+        size_t n;
+        float *logits = golden_f32(&g, "prefill_logits_last", &n);
+        assert_int_equal(n, (size_t)fx.model->config.text.vocab_size);
+        double d = max_abs(res.prefill_logits_last, logits, n);
+        json_t *expected = json_array_get(json_object_get(c, "expected_ids"), 0);
+        bool same = ids_equal(&res, expected);
+        printf("%-24s prefill_logits_last max abs diff %.3g; %zu new ids %s (%.1f ms prefill, "
+               "%d steps %.1f ms)\n",
+               name, d, res.new_tokens, same ? "identical" : "DIFFER", stats.prefill_ms,
+               stats.steps, stats.decode_ms);
+        if (!same) {
+            print_ids("got", &res, b.req[0].len);
+            print_expected(expected, b.req[0].len);
+        }
+        assert_true(d < TOL);
+        assert_true(same);
+        free(logits);
+        golden_close(&g);
+        ke_gen_result_fini(&res);
+        free_requests(&b);
+        n_run++;
+    }
+    assert_true(n_run > 0);
+}
+
+static void test_batch(void **state)
+{
+    (void)state;
+    REQUIRE_GOLDEN();
+    json_t *cases = json_object_get(fx.cases, "cases");
+    size_t ci;
+    json_t *c;
+    int n_run = 0;
+    json_array_foreach(cases, ci, c)
+    {
+        if (json_array_size(json_object_get(c, "input_ids")) < 2)
+            continue;
+        const char *name = json_string_value(json_object_get(c, "name"));
+        built b;
+        build_requests(c, &b);
+        ke_gen_result res[8], one[8];
+        ke_gen_stats stats;
+        /* all together: one forward per step */
+        ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, b.req, b.n, res, &stats);
+        if (st != KS_OK)
+            fail_msg("%s: %s", name, ks_error_message());
+        /* one at a time */
+        for (int r = 0; r < b.n; r++)
+            assert_int_equal(
+                ke_generate(fx.backend, fx.image_embeds, fx.n_images, &b.req[r], 1, &one[r], NULL),
+                KS_OK);
+        golden_file g;
+        assert_true(golden_open(&g, json_string_value(json_object_get(c, "file"))));
+        size_t n;
+        float *logits = golden_f32(&g, "prefill_logits_last", &n);
+        size_t V = (size_t)fx.model->config.text.vocab_size;
+        assert_int_equal(n, (size_t)b.n * V);
+        json_t *hf_batch = json_object_get(c, "expected_ids");
+        json_t *hf_single = json_object_get(c, "expected_ids_unbatched");
+        printf("%s: %d requests in %d steps\n", name, b.n, stats.steps);
+        for (int r = 0; r < b.n; r++) {
+            double d = max_abs(res[r].prefill_logits_last, logits + (size_t)r * V, V);
+            bool eq_one = res[r].len == one[r].len &&
+                          memcmp(res[r].ids, one[r].ids, res[r].len * sizeof(int32_t)) == 0;
+            bool eq_single = hf_single ? ids_equal(&res[r], json_array_get(hf_single, (size_t)r))
+                                       : ids_equal(&res[r], json_array_get(hf_batch, (size_t)r));
+            bool eq_batch = ids_equal(&res[r], json_array_get(hf_batch, (size_t)r));
+            printf("  row %d: prefill_logits_last max abs diff %.3g; %zu new; batch == one at a "
+                   "time: %s; == HF unbatched: %s; == HF left-padded batch: %s\n",
+                   r, d, res[r].new_tokens, eq_one ? "yes" : "NO", eq_single ? "yes" : "NO",
+                   eq_batch ? "yes" : "no");
+            if (!eq_single) {
+                print_ids("got", &res[r], b.req[r].len);
+                print_expected(json_array_get(hf_single ? hf_single : hf_batch, (size_t)r),
+                               b.req[r].len);
+            }
+            assert_true(d < TOL);
+            assert_true(eq_one);
+            assert_true(eq_single);
+            ke_gen_result_fini(&res[r]);
+            ke_gen_result_fini(&one[r]);
+        }
+        free(logits);
+        golden_close(&g);
+        free_requests(&b);
+        n_run++;
+    }
+    assert_true(n_run > 0);
+}
+
+/* ---- behaviour that needs a model but no golden ids ------------------------------------- */
+
+static json_t *first_case(void)
+{
+    return json_array_get(json_object_get(fx.cases, "cases"), 0);
+}
+
+static void test_waiting_for_slots(void **state)
+{
+    (void)state;
+    REQUIRE_GOLDEN();
+    /* 2 slots, requests of 1, 2 and 1 beams: they run in waves, results as alone */
+    ke_backend_options bo = {.slots = 2, .slot_capacity = 512};
+    ke_backend *small = ke_backend_ref_new(fx.model, &bo);
+    assert_non_null(small);
+    built b;
+    build_requests(first_case(), &b);
+    b.req[0].params.max_new_tokens = 6;
+    b.req[0].params.min_new_tokens = 0;
+    b.req[1] = b.req[0];
+    b.req[1].params.num_beams = 2;
+    b.req[2] = b.req[0];
+    b.req[2].params.no_repeat_ngram_size = 1;
+    ke_gen_result all[3], one[3];
+    assert_int_equal(ke_generate(small, fx.image_embeds, fx.n_images, b.req, 3, all, NULL), KS_OK);
+    for (int r = 0; r < 3; r++) {
+        assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &b.req[r], 1,
+                                     &one[r], NULL),
+                         KS_OK);
+        assert_int_equal(all[r].len, one[r].len);
+        assert_memory_equal(all[r].ids, one[r].ids, all[r].len * sizeof(int32_t));
+        ke_gen_result_fini(&all[r]);
+        ke_gen_result_fini(&one[r]);
+    }
+    b.n = 1;
+    free_requests(&b);
+    ke_backend_destroy(&small);
+    assert_null(small);
+}
+
+static void test_sampling(void **state)
+{
+    (void)state;
+    REQUIRE_GOLDEN();
+    built b;
+    build_requests(first_case(), &b);
+    ke_gen_request q = b.req[0];
+    q.params.max_new_tokens = 12;
+    q.params.min_new_tokens = 12;
+    q.params.no_repeat_ngram_size = 0;
+    q.params.do_sample = true;
+    q.params.temperature = 40.0f; /* the tiny model's logits are decisive: flatten them */
+    q.params.top_p = 0.95f;
+    q.params.top_k = 0;
+    q.params.seed = 1234;
+    ke_gen_result a, a2, c, greedy, k1, p1;
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &a, NULL), KS_OK);
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &a2, NULL), KS_OK);
+    assert_int_equal(a.len, a2.len);
+    assert_memory_equal(a.ids, a2.ids, a.len * sizeof(int32_t)); /* same seed, same ids */
+    q.params.seed = 99;
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &c, NULL), KS_OK);
+    assert_true(a.len != c.len || memcmp(a.ids, c.ids, a.len * sizeof(int32_t)) != 0);
+    /* top_k 1, or a tiny top_p, leaves only the argmax: sampling equals greedy */
+    q.params.top_k = 1;
+    q.params.top_p = 1.0f;
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &k1, NULL), KS_OK);
+    q.params.top_k = 0;
+    q.params.top_p = 1e-6f;
+    q.params.temperature = 1.0f;
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &p1, NULL), KS_OK);
+    q.params.do_sample = false;
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &greedy, NULL),
+                     KS_OK);
+    assert_int_equal(k1.len, greedy.len);
+    assert_memory_equal(k1.ids, greedy.ids, k1.len * sizeof(int32_t));
+    assert_int_equal(p1.len, greedy.len);
+    assert_memory_equal(p1.ids, greedy.ids, p1.len * sizeof(int32_t));
+    /* a sampled batch equals its requests sampled alone (one RNG per request) */
+    ke_gen_request two[2] = {q, q};
+    two[0].params.do_sample = two[1].params.do_sample = true;
+    two[0].params.top_k = two[1].params.top_k = 50;
+    two[0].params.top_p = two[1].params.top_p = 0.9f;
+    two[0].params.temperature = two[1].params.temperature = 40.0f;
+    two[1].params.seed = 7;
+    ke_gen_result both[2], alone;
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, two, 2, both, NULL),
+                     KS_OK);
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &two[1], 1, &alone, NULL),
+                     KS_OK);
+    assert_int_equal(both[1].len, alone.len);
+    assert_memory_equal(both[1].ids, alone.ids, alone.len * sizeof(int32_t));
+    ke_gen_result *all[] = {&a, &a2, &c, &greedy, &k1, &p1, &both[0], &both[1], &alone};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        ke_gen_result_fini(all[i]);
+    free_requests(&b);
+}
+
+static void test_invalid_params(void **state)
+{
+    (void)state;
+    REQUIRE_GOLDEN();
+    built b;
+    build_requests(first_case(), &b);
+    ke_gen_request good = b.req[0];
+    good.params.max_new_tokens = 4;
+    good.params.min_new_tokens = 0;
+    struct {
+        const char *what;
+        ke_gen_request q;
+        ks_status want;
+    } bad[16];
+    int n = 0;
+#define BAD(w, field, value, status)                                                           \
+    do {                                                                                       \
+        bad[n].what = w;                                                                       \
+        bad[n].q = good;                                                                       \
+        bad[n].q.field = value;                                                                \
+        bad[n].want = status;                                                                  \
+        n++;                                                                                   \
+    } while (0)
+    BAD("num_beams 0", params.num_beams, 0, KS_ERR_INVALID);
+    BAD("max_new_tokens -1", params.max_new_tokens, -1, KS_ERR_INVALID);
+    BAD("min > max", params.min_new_tokens, 5, KS_ERR_INVALID);
+    BAD("beams > slots", params.num_beams, 9, KS_ERR_LIMIT);
+    BAD("too long", params.max_new_tokens, 500, KS_ERR_LIMIT);
+    BAD("image out of range", image, 7, KS_ERR_INVALID);
+    BAD("no mask", image_embeds_position_mask, NULL, KS_ERR_INVALID);
+    BAD("empty prompt", len, 0, KS_ERR_INVALID);
+    BAD("ngram -1", params.no_repeat_ngram_size, -1, KS_ERR_INVALID);
+    bad[n] = bad[0];
+    bad[n].what = "temperature 0";
+    bad[n].q = good;
+    bad[n].q.params.do_sample = true;
+    bad[n].q.params.temperature = 0.0f;
+    bad[n++].want = KS_ERR_INVALID;
+    bad[n] = bad[n - 1];
+    bad[n].what = "top_p 0";
+    bad[n].q.params.temperature = 1.0f;
+    bad[n].q.params.top_p = 0.0f;
+    bad[n++].want = KS_ERR_INVALID;
+    bad[n] = bad[n - 1];
+    bad[n].what = "top_p 1.5";
+    bad[n].q.params.top_p = 1.5f;
+    bad[n++].want = KS_ERR_INVALID;
+    bad[n] = bad[n - 1];
+    bad[n].what = "sampling with beams";
+    bad[n].q.params.top_p = 1.0f;
+    bad[n].q.params.num_beams = 2;
+    bad[n++].want = KS_ERR_UNSUPPORTED;
+    int32_t *ids = malloc(good.len * sizeof(int32_t));
+    memcpy(ids, good.input_ids, good.len * sizeof(int32_t));
+    ids[good.len - 1] = fx.model->config.text.vocab_size;
+    bad[n] = bad[0];
+    bad[n].what = "id outside vocab";
+    bad[n].q = good;
+    bad[n].q.input_ids = ids;
+    bad[n++].want = KS_ERR_INVALID;
+    for (int i = 0; i < n; i++) {
+        ke_gen_result r;
+        ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, &bad[i].q, 1, &r, NULL);
+        printf("  %-20s -> %s: %s\n", bad[i].what, ks_status_name(st), ks_error_message());
+        assert_int_equal(st, bad[i].want);
+        assert_null(r.ids);
+        assert_true(strlen(ks_error_message()) > 0);
+    }
+    /* max_new_tokens 0 returns the prompt, with the prefill logits */
+    ke_gen_result r;
+    good.params.max_new_tokens = 0;
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &good, 1, &r, NULL),
+                     KS_OK);
+    assert_int_equal(r.len, good.len);
+    assert_int_equal(r.new_tokens, 0);
+    assert_non_null(r.prefill_logits_last);
+    ke_gen_result_fini(&r);
+    /* the backend refuses a step beyond a slot's capacity */
+    int32_t one_id = 0, one_pos = 2;
+    int slot = 0, many = 600;
+    ke_step step = {.n_seqs = 1, .slots = &slot, .n_tokens = &many, .ids = &one_id,
+                    .positions = &one_pos};
+    float *logits = malloc((size_t)fx.model->config.text.vocab_size * sizeof(float));
+    assert_int_equal(fx.backend->ops->forward(fx.backend, &step, logits), KS_ERR_LIMIT);
+    free(logits);
+    free(ids);
+    free_requests(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_vision),         cmocka_unit_test(test_single_cases),
+        cmocka_unit_test(test_batch),          cmocka_unit_test(test_waiting_for_slots),
+        cmocka_unit_test(test_sampling),       cmocka_unit_test(test_invalid_params),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,86 @@
+/* ke_backend: the one seam between the model's math and a compute device. The plain-C
+ * reference path (backend_ref.c, `--device ref`) and the OpenCL path implement the same calls;
+ * everything above it (generation, batching, beam search) is shared and device-agnostic.
+ *
+ * The KV cache is organised in slots: a sequence owns one slot from its prefill until it is
+ * released, and each slot has its own length, so sequences of different lengths run in one
+ * batch without pad rows and sequences can join and leave a running batch. Each sequence's
+ * result equals HF run on it alone. (HF 5.17's own left-padded batch can differ from that: it
+ * gives a decoded token the position pad_id + 1 + padded cache length, so pads shift it.)
+ * Not thread-safe: one thread drives a backend. */
+#ifndef KE_BACKEND_H
+#define KE_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ks_error.h"
+#include "model.h"
+
+typedef struct ke_backend ke_backend;
+
+/* One forward step over several sequences at once: for each sequence, n_tokens[s] new tokens
+ * appended to its slot's cache (the whole prompt at prefill, 1 while decoding). */
+typedef struct ke_step {
+    int n_seqs;
+    const int *slots;          /* [n_seqs] KV-cache slot of each sequence (distinct) */
+    const int *n_tokens;       /* [n_seqs] */
+    const int32_t *ids;        /* [total tokens], sequence after sequence */
+    const int32_t *positions;  /* [total tokens], HF position ids (2, 3, ...) */
+    const uint8_t *image_mask; /* [total tokens] or NULL: 1 = take the next image_embeds row */
+    const float *image_embeds; /* (rows, embed_dim): the rows consumed in token order */
+} ke_step;
+
+/* Optional intermediate results for --dump and tests; any pointer may be NULL. */
+typedef struct ke_vision_taps {
+    float *post_layernorm; /* (n_images, patches + 1, vision hidden), before the L2 norm */
+} ke_vision_taps;
+
+typedef struct ke_backend_ops {
+    const char *name;
+
+    /* pixels (n, channels, image, image) f32 -> image_embeds (n, latent_query_num, embed_dim). */
+    ks_status (*encode_images)(ke_backend *b, const float *pixels, int n, float *image_embeds,
+                               const ke_vision_taps *taps);
+
+    /* Runs `step`, appending to each slot's cache; writes the logits of the last new token of
+     * every sequence to logits (n_seqs, vocab). Fails with KS_ERR_LIMIT if a slot would exceed
+     * its capacity. */
+    ks_status (*forward)(ke_backend *b, const ke_step *step, float *logits);
+
+    /* Makes slot dst a copy of slot src (beam search reorders beams this way). */
+    ks_status (*copy_slot)(ke_backend *b, int src, int dst);
+
+    /* Empties a slot for the next sequence. */
+    void (*release_slot)(ke_backend *b, int slot);
+
+    void (*destroy)(ke_backend *b);
+} ke_backend_ops;
+
+/* The common head of every backend; concrete backends embed it first. */
+struct ke_backend {
+    const ke_backend_ops *ops;
+    const ke_model *model; /* borrowed; outlives the backend */
+    int slots;             /* KV slots */
+    int slot_capacity;     /* tokens per slot */
+};
+
+typedef struct ke_backend_options {
+    int slots;         /* how many sequences can be live at once */
+    int slot_capacity; /* max tokens per sequence (prompt + generated) */
+    /* The resampler's cross-attention. false (default): as transformers 5.17 computes it with
+     * its default SDPA attention - x_attn has is_causal=True and no mask, so SDPA keeps the
+     * first latent_query_num K/V rows and masks them causally: latent query i sees rows 0..i
+     * (the class token and the first patches) only. true: every query sees all 257 + 64 rows,
+     * as HF's eager attention, older transformers and the original unilm model do. */
+    bool resampler_full_attention;
+} ke_backend_options;
+
+/* The plain-C reference backend. NULL with a message on failure (e.g. no memory). */
+ke_backend *ke_backend_ref_new(const ke_model *model, const ke_backend_options *options);
+
+/* Destroys any backend; accepts NULL and sets *b to NULL. */
+void ke_backend_destroy(ke_backend **b);
+
+#endif

@@ -1,0 +1,21 @@
+/* ke_backend_open: turns a --device SPEC into a backend. One function for every program (the
+ * CLI, the worker, the benchmarks), so the device rules live in one place:
+ *   "ref"        the plain-C reference path
+ *   "cpu"/"gpu"  the first OpenCL CPU / GPU device
+ *   an integer   that index in `kosmos devices` order
+ *   other text   the first device whose platform or device name contains it
+ *   NULL or ""   the default: the first GPU, else the first OpenCL device, else "ref". */
+#ifndef KE_BACKEND_OPEN_H
+#define KE_BACKEND_OPEN_H
+
+#include "backend.h"
+
+/* Returns a new backend (destroy with ke_backend_destroy), or NULL with a message naming the
+ * spec and why it cannot be served. `model` is borrowed and must outlive the backend. */
+ke_backend *ke_backend_open(const ke_model *model, const char *spec,
+                            const ke_backend_options *options);
+
+/* The name of the device a backend runs on, for logs and results ("ref" for the C path). */
+const char *ke_backend_device_name(const ke_backend *b);
+
+#endif

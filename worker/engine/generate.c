@@ -1,0 +1,823 @@
+/* generate: transformers 5.17 `generate` for Kosmos-2 above the backend seam (see generate.h).
+ *
+ * What HF does, and is reproduced here:
+ * - Logits processors, in HF's order: no_repeat_ngram (over the whole sequence, prompt and
+ *   image placeholder ids included; nothing before the sequence has ngram_size tokens), then
+ *   min_new_tokens (</s> at -inf while fewer were generated). With sampling the warpers follow:
+ *   temperature (if != 1), top-k (if != 0; HF's default is 50), top-p (if < 1).
+ * - Greedy: argmax of the processed scores, lowest id on ties; stop at </s> (kept) or after
+ *   max_new_tokens.
+ * - Beam search (GenerationMixin._beam_search): scores are log_softmax(logits) then the
+ *   processors, plus the beam's running score; the best 2·num_beams (beam, token) candidates
+ *   over all beams; the best num_beams candidates not ending in </s> or at max length keep
+ *   running; candidates among the first num_beams that end are scored sum / generated_len ^
+ *   length_penalty and merged into the num_beams best finished hypotheses; the search ends when
+ *   the best running score / current generated length cannot beat the worst finished one (once
+ *   num_beams are finished), when every candidate hits the length limit, or (early_stopping)
+ *   when num_beams are finished. It returns the best finished hypothesis with its own length.
+ *   Scores are f32 as in torch, with HF's -1e9 sentinels.
+ * - Positions: at prefill from the ids (pad -> pad_id, else pad_id + count of non-pad so far);
+ *   a decoded token gets pad_id + 1 + (tokens already cached), as HF 5.17 computes it from the
+ *   cache length (prepare_inputs_for_generation drops position_ids), or pad_id if it is pad.
+ *
+ * One forward per step serves every live sequence of every running request (a prefill and
+ * other requests' decode tokens may share a step). */
+#include "generate.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define NEG_SENTINEL (-1.0e9f) /* HF's "impossible" beam score */
+#define MAX_BEAMS 64
+
+/* ---- small helpers -------------------------------------------------------------------- */
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* xoshiro256** seeded through splitmix64: our own, documented, portable RNG. */
+typedef struct rng {
+    uint64_t s[4];
+} rng;
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void rng_seed(rng *r, uint64_t seed)
+{
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64(&seed);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t rng_next(rng *r)
+{
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* uniform in [0, 1) with 53 random bits */
+static double rng_uniform(rng *r)
+{
+    return (double)(rng_next(r) >> 11) * 0x1p-53;
+}
+
+/* ---- logits processors (HF order) -------------------------------------------------------- */
+
+/* NoRepeatNGramLogitsProcessor: every token that followed the last n-1 tokens anywhere in the
+ * sequence is banned. With n == 1 every token already present is banned. */
+static void ban_repeated_ngrams(const int32_t *ids, size_t len, int n, float *scores, int vocab)
+{
+    if (n <= 0 || len < (size_t)n)
+        return;
+    size_t m = (size_t)n - 1;
+    const int32_t *prefix = ids + len - m;
+    for (size_t i = 0; i + (size_t)n <= len; i++) {
+        if (m == 0 || memcmp(ids + i, prefix, m * sizeof *ids) == 0) {
+            int32_t t = ids[i + m];
+            if (t >= 0 && t < vocab)
+                scores[t] = -INFINITY;
+        }
+    }
+}
+
+static void apply_processors(const ke_gen_params *p, const int32_t *ids, size_t len,
+                             size_t prompt_len, int eos, float *scores, int vocab)
+{
+    ban_repeated_ngrams(ids, len, p->no_repeat_ngram_size, scores, vocab);
+    if (p->min_new_tokens > 0 && len - prompt_len < (size_t)p->min_new_tokens)
+        scores[eos] = -INFINITY;
+}
+
+/* log_softmax in f32 as torch: (x - max) - log(sum(exp(x - max))). */
+static void log_softmax(const float *x, float *out, int n)
+{
+    float max = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (x[i] > max)
+            max = x[i];
+    double sum = 0.0;
+    for (int i = 0; i < n; i++)
+        sum += (double)expf(x[i] - max);
+    float lse = (float)log(sum);
+    for (int i = 0; i < n; i++)
+        out[i] = (x[i] - max) - lse;
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+typedef struct scored {
+    float v;
+    int i;
+} scored;
+
+/* ascending by value, then by index (torch.sort's tie order is unspecified; this is ours) */
+static int cmp_scored_asc(const void *a, const void *b)
+{
+    const scored *x = a, *y = b;
+    if (x->v < y->v)
+        return -1;
+    if (x->v > y->v)
+        return 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+/* Temperature, top-k, top-p (HF's warpers, min_tokens_to_keep 1), then a draw from the
+ * softmax. `sorted` is scratch for vocab entries. */
+static int sample_token(const ke_gen_params *p, float *scores, int vocab, scored *sorted, rng *r)
+{
+    if (p->temperature != 1.0f)
+        for (int i = 0; i < vocab; i++)
+            scores[i] = scores[i] / p->temperature;
+
+    bool need_sort = (p->top_k > 0 && p->top_k < vocab) || p->top_p < 1.0f;
+    if (need_sort) {
+        for (int i = 0; i < vocab; i++)
+            sorted[i] = (scored){scores[i], i};
+        qsort(sorted, (size_t)vocab, sizeof *sorted, cmp_scored_asc);
+    }
+    if (p->top_k > 0 && p->top_k < vocab) {
+        /* TopKLogitsWarper: remove scores < the k-th largest (ties with it stay) */
+        float kth = sorted[vocab - p->top_k].v;
+        for (int i = 0; i < vocab; i++)
+            if (scores[i] < kth)
+                scores[i] = -INFINITY;
+        for (int j = 0; j < vocab; j++)
+            if (sorted[j].v < kth)
+                sorted[j].v = -INFINITY;
+    }
+    if (p->top_p < 1.0f) {
+        /* TopPLogitsWarper: ascending softmax, cumulative sum (torch accumulates in double on
+         * the CPU, storing f32), remove cum <= 1 - top_p, always keep the largest */
+        float max = sorted[vocab - 1].v;
+        double sum = 0.0;
+        for (int j = 0; j < vocab; j++)
+            sum += (double)expf(sorted[j].v - max);
+        float threshold = (float)(1.0 - (double)p->top_p);
+        double cum = 0.0;
+        for (int j = 0; j < vocab - 1; j++) {
+            cum += (double)(float)((double)expf(sorted[j].v - max) / sum);
+            if ((float)cum <= threshold)
+                scores[sorted[j].i] = -INFINITY;
+        }
+    }
+
+    /* softmax + one multinomial draw */
+    float max = -INFINITY;
+    for (int i = 0; i < vocab; i++)
+        if (scores[i] > max)
+            max = scores[i];
+    double total = 0.0;
+    for (int i = 0; i < vocab; i++)
+        total += (double)expf(scores[i] - max);
+    double u = rng_uniform(r) * total;
+    double cum = 0.0;
+    int last = argmax(scores, vocab);
+    for (int i = 0; i < vocab; i++) {
+        double w = (double)expf(scores[i] - max);
+        if (w <= 0.0)
+            continue;
+        cum += w;
+        last = i;
+        if (u < cum)
+            return i;
+    }
+    return last;
+}
+
+/* ---- per-request state ------------------------------------------------------------------- */
+
+typedef struct hyp {
+    int32_t *ids; /* prompt + generated, capacity prompt + max_new_tokens */
+    size_t len;
+    float score; /* running: summed log-probs; finished: length-normalised score */
+    int slot;    /* running hypotheses: the KV slot holding ids[0 .. len-2] (or the prompt) */
+    bool finished;
+} hyp;
+
+enum seq_state { SEQ_PENDING, SEQ_PREFILL, SEQ_RUNNING, SEQ_DONE };
+
+typedef struct seq {
+    const ke_gen_request *req;
+    ke_gen_params p;
+    enum seq_state state;
+    int n_beams;   /* live hypotheses (1 for greedy / sampling) */
+    int *slots;    /* [n_beams] reserved slots */
+    hyp *run;      /* [n_beams] running */
+    hyp *fin;      /* [n_beams] finished (beam search) */
+    hyp *next;     /* [n_beams] scratch for the next running set */
+    hyp *merge;    /* [n_beams] scratch for the next finished set */
+    bool improvable; /* HF's is_early_stop_heuristic_unsatisfied */
+    rng rng;
+    int first_row; /* this step: first logits row */
+    ke_gen_result *result;
+} seq;
+
+static void hyp_free(hyp *h, int n)
+{
+    if (h == NULL)
+        return;
+    for (int i = 0; i < n; i++)
+        free(h[i].ids);
+    free(h);
+}
+
+static hyp *hyp_alloc(int n, size_t cap)
+{
+    hyp *h = calloc((size_t)n, sizeof *h);
+    if (h == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        h[i].ids = malloc(cap * sizeof(int32_t));
+        if (h[i].ids == NULL) {
+            hyp_free(h, n);
+            return NULL;
+        }
+    }
+    return h;
+}
+
+static void seq_fini(seq *s)
+{
+    free(s->slots);
+    hyp_free(s->run, s->n_beams);
+    hyp_free(s->fin, s->n_beams);
+    hyp_free(s->next, s->n_beams);
+    hyp_free(s->merge, s->n_beams);
+}
+
+static ks_status seq_init(seq *s, const ke_gen_request *req, ke_gen_result *result)
+{
+    memset(s, 0, sizeof *s);
+    s->req = req;
+    s->p = req->params;
+    s->result = result;
+    s->n_beams = req->params.num_beams;
+    s->improvable = true;
+    rng_seed(&s->rng, req->params.seed);
+    size_t cap = req->len + (size_t)req->params.max_new_tokens;
+    s->slots = calloc((size_t)s->n_beams, sizeof(int));
+    s->run = hyp_alloc(s->n_beams, cap);
+    if (s->n_beams > 1) {
+        s->fin = hyp_alloc(s->n_beams, cap);
+        s->next = hyp_alloc(s->n_beams, cap);
+        s->merge = hyp_alloc(s->n_beams, cap);
+    }
+    if (!s->slots || !s->run || (s->n_beams > 1 && (!s->fin || !s->next || !s->merge)))
+        return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+    for (int b = 0; b < s->n_beams; b++) {
+        memcpy(s->run[b].ids, req->input_ids, req->len * sizeof(int32_t));
+        s->run[b].len = req->len;
+        /* HF: the first beam starts at 0, the others at -1e9, so that the first step expands
+         * the (identical) prompt once */
+        s->run[b].score = b == 0 ? 0.0f : NEG_SENTINEL;
+        if (s->fin) {
+            s->fin[b].len = 0;
+            s->fin[b].score = NEG_SENTINEL;
+            s->fin[b].finished = false;
+        }
+    }
+    return KS_OK;
+}
+
+static ks_status finish_with(seq *s, const hyp *h)
+{
+    ke_gen_result *r = s->result;
+    r->ids = malloc((h->len ? h->len : 1) * sizeof(int32_t));
+    if (r->ids == NULL)
+        return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+    memcpy(r->ids, h->ids, h->len * sizeof(int32_t));
+    r->len = h->len;
+    r->new_tokens = h->len - s->req->len;
+    s->state = SEQ_DONE;
+    return KS_OK;
+}
+
+/* ---- one step of one request ------------------------------------------------------------- */
+
+typedef struct gen_ctx {
+    ke_backend *b;
+    int vocab, eos, pad;
+    float *scores;  /* (vocab) */
+    float *lp;      /* (n_beams_max, vocab) processed log-probs, beam search */
+    scored *sorted; /* (vocab) */
+} gen_ctx;
+
+static ks_status step_single(gen_ctx *g, seq *s, const float *logits)
+{
+    hyp *h = &s->run[0];
+    memcpy(g->scores, logits, (size_t)g->vocab * sizeof(float));
+    apply_processors(&s->p, h->ids, h->len, s->req->len, g->eos, g->scores, g->vocab);
+    int tok = s->p.do_sample ? sample_token(&s->p, g->scores, g->vocab, g->sorted, &s->rng)
+                             : argmax(g->scores, g->vocab);
+    h->ids[h->len++] = tok;
+    if (tok == g->eos || h->len - s->req->len >= (size_t)s->p.max_new_tokens)
+        return finish_with(s, h);
+    return KS_OK;
+}
+
+typedef struct cand {
+    float score;
+    int beam;
+    int token;
+    bool hits; /* ends in </s> or reaches the length limit */
+} cand;
+
+/* Keeps the k best (score desc, then lower flat index) of a stream; `top` holds *n sorted. */
+static void topk_push(cand *top, int *n, int k, cand c)
+{
+    int pos = *n;
+    if (pos == k) {
+        if (!(c.score > top[k - 1].score))
+            return; /* later indices lose ties */
+        pos = k - 1;
+    } else {
+        (*n)++;
+    }
+    while (pos > 0 && c.score > top[pos - 1].score) {
+        top[pos] = top[pos - 1];
+        pos--;
+    }
+    top[pos] = c;
+}
+
+static void hyp_copy_extend(hyp *dst, const hyp *src, int token)
+{
+    memcpy(dst->ids, src->ids, src->len * sizeof(int32_t));
+    dst->len = src->len;
+    if (token >= 0)
+        dst->ids[dst->len++] = token;
+}
+
+static ks_status step_beams(gen_ctx *g, seq *s, const float *logits, int rows)
+{
+    int nb = s->n_beams;
+    int V = g->vocab;
+    size_t prompt_len = s->req->len;
+    size_t cur_len = s->run[0].len; /* every running beam has the same length */
+    size_t max_length = prompt_len + (size_t)s->p.max_new_tokens;
+    int keep = 2 * nb; /* max(2, 1 + n_eos) · num_beams with one </s> */
+
+    /* b. log_softmax, processors per beam, + running score; c. the 2·nb best candidates */
+    cand top[2 * MAX_BEAMS];
+    int n_top = 0;
+    for (int b = 0; b < nb; b++) {
+        const float *row = logits + (size_t)(rows == 1 ? 0 : b) * (size_t)V;
+        float *lp = g->lp + (size_t)b * (size_t)V;
+        log_softmax(row, lp, V);
+        apply_processors(&s->p, s->run[b].ids, cur_len, prompt_len, g->eos, lp, V);
+        for (int t = 0; t < V; t++) {
+            cand c = {lp[t] + s->run[b].score, b, t, false};
+            topk_push(top, &n_top, keep, c);
+        }
+    }
+    bool all_hit = true;
+    for (int c = 0; c < n_top; c++) {
+        top[c].hits = top[c].token == g->eos || cur_len + 1 >= max_length;
+        all_hit = all_hit && top[c].hits;
+    }
+
+    /* e. next running beams: the nb best after pushing finished candidates down by 1e9 */
+    cand run_sel[MAX_BEAMS];
+    int n_run = 0;
+    for (int c = 0; c < n_top; c++) {
+        cand x = top[c];
+        x.score = x.score + (x.hits ? NEG_SENTINEL : 0.0f);
+        topk_push(run_sel, &n_run, nb, x);
+    }
+
+    /* f. finished hypotheses: merge the old ones with the first nb candidates that just ended */
+    bool all_finished = true;
+    for (int b = 0; b < nb; b++)
+        all_finished = all_finished && s->fin[b].finished;
+    float denom = (float)pow((double)(cur_len + 1 - prompt_len), (double)s->p.length_penalty);
+    /* merged entries: m < nb the old finished, m >= nb candidate m - nb; the nb best, ties to
+     * the lower m (topk_push keeps the earlier of equal scores) */
+    cand best[MAX_BEAMS];
+    int n_best = 0;
+    for (int m = 0; m < nb + n_top; m++) {
+        float sc;
+        if (m < nb) {
+            sc = s->fin[m].score;
+        } else {
+            int c = m - nb;
+            bool just = top[c].hits && c < nb;
+            sc = top[c].score / denom;
+            sc += (all_finished && s->p.early_stopping) ? NEG_SENTINEL : 0.0f;
+            sc += s->improvable ? 0.0f : NEG_SENTINEL;
+            sc += just ? 0.0f : NEG_SENTINEL;
+        }
+        topk_push(best, &n_best, nb, (cand){sc, m, 0, false});
+    }
+    for (int j = 0; j < nb; j++) {
+        int m = best[j].beam;
+        hyp *dst = &s->merge[j];
+        if (m < nb) {
+            hyp_copy_extend(dst, &s->fin[m], -1);
+            dst->finished = s->fin[m].finished;
+        } else {
+            int c = m - nb;
+            hyp_copy_extend(dst, &s->run[top[c].beam], top[c].token);
+            dst->finished = top[c].hits && c < nb;
+        }
+        dst->score = best[j].score;
+    }
+    hyp *tmp = s->fin;
+    s->fin = s->merge;
+    s->merge = tmp;
+
+    /* the new running set (sequences and scores), remembering each one's source beam */
+    int src_slot[MAX_BEAMS];
+    for (int j = 0; j < nb; j++) {
+        const cand *c = &run_sel[j];
+        hyp_copy_extend(&s->next[j], &s->run[c->beam], c->token);
+        s->next[j].score = c->score;
+        src_slot[j] = s->run[c->beam].slot;
+    }
+    tmp = s->run;
+    s->run = s->next;
+    s->next = tmp;
+
+    /* g. stopping: can the best running beam still beat the worst finished one? */
+    cur_len += 1;
+    float best_possible =
+        s->run[0].score / (float)pow((double)(cur_len - prompt_len), (double)s->p.length_penalty);
+    float min_fin = s->fin[0].score;
+    all_finished = true;
+    for (int b = 0; b < nb; b++) {
+        if (s->fin[b].score < min_fin)
+            min_fin = s->fin[b].score;
+        all_finished = all_finished && s->fin[b].finished;
+    }
+    bool any = false;
+    for (int b = 0; b < nb; b++) {
+        float worst = s->fin[b].finished ? min_fin : NEG_SENTINEL;
+        any = any || best_possible > worst;
+    }
+    s->improvable = s->improvable && any;
+    bool open_beam = !(all_finished && s->p.early_stopping);
+    if (!(s->improvable && open_beam && !all_hit))
+        return finish_with(s, &s->fin[0]);
+
+    /* reorder the KV slots: the first new beam from a source slot keeps it, the others get a
+     * copy in a reserved slot no new beam keeps (never a source, so no copy overwrites one) */
+    bool taken[MAX_BEAMS] = {false}; /* by index into s->slots */
+    int new_slot[MAX_BEAMS];
+    for (int j = 0; j < nb; j++) {
+        new_slot[j] = -1;
+        for (int r = 0; r < nb; r++)
+            if (s->slots[r] == src_slot[j] && !taken[r]) {
+                taken[r] = true;
+                new_slot[j] = src_slot[j];
+            }
+    }
+    for (int j = 0; j < nb; j++) {
+        if (new_slot[j] < 0) {
+            int r = 0;
+            while (taken[r])
+                r++;
+            taken[r] = true;
+            new_slot[j] = s->slots[r];
+            ks_status st = g->b->ops->copy_slot(g->b, src_slot[j], new_slot[j]);
+            if (st != KS_OK)
+                return st;
+        }
+        s->run[j].slot = new_slot[j];
+    }
+    return KS_OK;
+}
+
+/* ---- validation ---------------------------------------------------------------------- */
+
+static ks_status check_request(const ke_backend *b, const ke_gen_request *r, int i, int n_images)
+{
+    const ke_config *c = &b->model->config;
+    const ke_gen_params *p = &r->params;
+    if (r->input_ids == NULL || r->len == 0)
+        return ks_fail(KS_ERR_INVALID, "request %d: empty prompt", i);
+    for (size_t t = 0; t < r->len; t++)
+        if (r->input_ids[t] < 0 || r->input_ids[t] >= c->text.vocab_size)
+            return ks_fail(KS_ERR_INVALID, "request %d: token %zu id %d outside the vocabulary (%d)",
+                           i, t, r->input_ids[t], c->text.vocab_size);
+    if (r->image_embeds_position_mask == NULL)
+        return ks_fail(KS_ERR_INVALID, "request %d: no image_embeds_position_mask", i);
+    size_t ones = 0;
+    for (size_t t = 0; t < r->len; t++)
+        ones += r->image_embeds_position_mask[t] != 0;
+    if (ones != (size_t)c->latent_query_num)
+        return ks_fail(KS_ERR_INVALID,
+                       "request %d: image_embeds_position_mask has %zu image positions, the model "
+                       "has %d image tokens",
+                       i, ones, c->latent_query_num);
+    if (r->image < 0 || r->image >= n_images)
+        return ks_fail(KS_ERR_INVALID, "request %d: image %d of %d", i, r->image, n_images);
+    if (p->max_new_tokens < 0)
+        return ks_fail(KS_ERR_INVALID, "request %d: max_new_tokens %d < 0", i, p->max_new_tokens);
+    if (p->min_new_tokens < 0 || p->min_new_tokens > p->max_new_tokens)
+        return ks_fail(KS_ERR_INVALID, "request %d: min_new_tokens %d outside [0, max_new_tokens %d]",
+                       i, p->min_new_tokens, p->max_new_tokens);
+    if (p->num_beams < 1)
+        return ks_fail(KS_ERR_INVALID, "request %d: num_beams %d < 1", i, p->num_beams);
+    if (p->num_beams > MAX_BEAMS)
+        return ks_fail(KS_ERR_LIMIT, "request %d: num_beams %d > %d", i, p->num_beams, MAX_BEAMS);
+    if (p->num_beams > b->slots)
+        return ks_fail(KS_ERR_LIMIT, "request %d: %d beams need %d KV slots, the backend has %d", i,
+                       p->num_beams, p->num_beams, b->slots);
+    if (p->no_repeat_ngram_size < 0)
+        return ks_fail(KS_ERR_INVALID, "request %d: no_repeat_ngram_size %d < 0", i,
+                       p->no_repeat_ngram_size);
+    if (!isfinite(p->length_penalty))
+        return ks_fail(KS_ERR_INVALID, "request %d: length_penalty is not finite", i);
+    if (p->do_sample) {
+        if (p->num_beams > 1)
+            return ks_fail(KS_ERR_UNSUPPORTED, "request %d: sampling with %d beams (beam sampling) "
+                           "is not supported", i, p->num_beams);
+        if (!(p->temperature > 0.0f) || !isfinite(p->temperature))
+            return ks_fail(KS_ERR_INVALID, "request %d: temperature %g must be > 0 when sampling",
+                           i, (double)p->temperature);
+        if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
+            return ks_fail(KS_ERR_INVALID, "request %d: top_p %g outside (0, 1]", i,
+                           (double)p->top_p);
+        if (p->top_k < 0)
+            return ks_fail(KS_ERR_INVALID, "request %d: top_k %d < 0", i, p->top_k);
+    }
+    if ((size_t)p->max_new_tokens > (size_t)b->slot_capacity ||
+        r->len > (size_t)b->slot_capacity - (size_t)p->max_new_tokens)
+        return ks_fail(KS_ERR_LIMIT,
+                       "request %d: %zu prompt tokens + %d new tokens exceed the slot capacity %d",
+                       i, r->len, p->max_new_tokens, b->slot_capacity);
+    return KS_OK;
+}
+
+/* ---- the public calls ---------------------------------------------------------------------- */
+
+void ke_gen_params_default(ke_gen_params *p, const ke_config *config)
+{
+    memset(p, 0, sizeof *p);
+    p->max_new_tokens = 128;
+    p->min_new_tokens = 0;
+    p->num_beams = 1;
+    p->no_repeat_ngram_size = 0;
+    p->do_sample = false;
+    p->temperature = 1.0f;
+    p->top_k = 50;
+    p->top_p = 1.0f;
+    p->seed = 0;
+    p->length_penalty = 1.0f;
+    p->early_stopping = false;
+    if (config) {
+        const ke_generation_defaults *d = &config->generation;
+        p->max_new_tokens = d->max_new_tokens;
+        p->no_repeat_ngram_size = d->no_repeat_ngram_size;
+        p->num_beams = d->num_beams;
+        p->length_penalty = d->length_penalty;
+        p->early_stopping = d->early_stopping;
+    }
+}
+
+void ke_gen_result_fini(ke_gen_result *r)
+{
+    if (r == NULL)
+        return;
+    free(r->ids);
+    free(r->prefill_logits_last);
+    memset(r, 0, sizeof *r);
+}
+
+/* The HF position of a decoded token after `past` cached tokens. */
+static int32_t decode_position(int32_t id, size_t past, int pad)
+{
+    return id == pad ? pad : (int32_t)((size_t)pad + 1 + past);
+}
+
+ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_images,
+                      const ke_gen_request *requests, int n_requests, ke_gen_result *results,
+                      ke_gen_stats *stats)
+{
+    if (backend == NULL || (n_requests > 0 && (requests == NULL || results == NULL)) ||
+        n_requests < 0)
+        return ks_fail(KS_ERR_INVALID, "generate: no backend or requests");
+    if (stats)
+        memset(stats, 0, sizeof *stats);
+    for (int i = 0; i < n_requests; i++)
+        memset(&results[i], 0, sizeof results[i]);
+    if (n_images < 0 || (n_images > 0 && image_embeds == NULL))
+        return ks_fail(KS_ERR_INVALID, "generate: %d images without image_embeds", n_images);
+    for (int i = 0; i < n_requests; i++) {
+        ks_status st = check_request(backend, &requests[i], i, n_images);
+        if (st != KS_OK)
+            return st;
+    }
+    if (n_requests == 0)
+        return KS_OK;
+
+    const ke_config *cfg = &backend->model->config;
+    const int V = cfg->text.vocab_size;
+    const size_t E = (size_t)cfg->text.embed_dim;
+    const size_t LQ = (size_t)cfg->latent_query_num;
+    ks_status st = KS_OK;
+    gen_ctx g = {backend, V, cfg->text.eos_id, cfg->text.pad_id, NULL, NULL, NULL};
+    int max_beams = 1;
+    size_t max_prompt = 0;
+    for (int i = 0; i < n_requests; i++) {
+        if (requests[i].params.num_beams > max_beams)
+            max_beams = requests[i].params.num_beams;
+        if (requests[i].len > max_prompt)
+            max_prompt = requests[i].len;
+    }
+    int n_slots = backend->slots;
+    seq *seqs = calloc((size_t)n_requests, sizeof *seqs);
+    bool *slot_free = malloc((size_t)n_slots * sizeof *slot_free);
+    int *st_slots = malloc((size_t)n_slots * sizeof(int));
+    int *st_ntok = malloc((size_t)n_slots * sizeof(int));
+    size_t tok_cap = (size_t)n_slots * (max_prompt > 1 ? max_prompt : 1);
+    int32_t *st_ids = malloc(tok_cap * sizeof(int32_t));
+    int32_t *st_pos = malloc(tok_cap * sizeof(int32_t));
+    uint8_t *st_mask = malloc(tok_cap);
+    float *st_img = malloc((size_t)n_slots * LQ * E * sizeof(float));
+    float *logits = malloc((size_t)n_slots * (size_t)V * sizeof(float));
+    g.scores = malloc((size_t)V * sizeof(float));
+    g.lp = malloc((size_t)max_beams * (size_t)V * sizeof(float));
+    g.sorted = malloc((size_t)V * sizeof(scored));
+    if (!seqs || !slot_free || !st_slots || !st_ntok || !st_ids || !st_pos || !st_mask ||
+        !st_img || !logits || !g.scores || !g.lp || !g.sorted) {
+        st = ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+        goto cleanup;
+    }
+    for (int i = 0; i < n_slots; i++)
+        slot_free[i] = true;
+    for (int i = 0; i < n_requests; i++)
+        if ((st = seq_init(&seqs[i], &requests[i], &results[i])) != KS_OK)
+            goto cleanup;
+
+    int next_pending = 0;
+    int done = 0;
+    while (done < n_requests) {
+        /* admit waiting requests, first come first served, while their beams fit */
+        while (next_pending < n_requests) {
+            seq *s = &seqs[next_pending];
+            int n_free = 0;
+            for (int i = 0; i < n_slots; i++)
+                n_free += slot_free[i];
+            if (s->n_beams > n_free)
+                break;
+            for (int b = 0, i = 0; b < s->n_beams; i++)
+                if (slot_free[i]) {
+                    slot_free[i] = false;
+                    s->slots[b++] = i;
+                }
+            for (int b = 0; b < s->n_beams; b++)
+                s->run[b].slot = s->slots[0]; /* all beams start from the one prefill */
+            s->state = SEQ_PREFILL;
+            next_pending++;
+        }
+
+        /* one step for every live sequence */
+        ke_step step = {0};
+        step.slots = st_slots;
+        step.n_tokens = st_ntok;
+        step.ids = st_ids;
+        step.positions = st_pos;
+        step.image_mask = st_mask;
+        step.image_embeds = st_img;
+        size_t nt = 0, n_img = 0;
+        bool has_prefill = false;
+        for (int i = 0; i < n_requests; i++) {
+            seq *s = &seqs[i];
+            if (s->state == SEQ_PREFILL) {
+                const ke_gen_request *r = s->req;
+                s->first_row = step.n_seqs;
+                st_slots[step.n_seqs] = s->slots[0];
+                st_ntok[step.n_seqs] = (int)r->len;
+                step.n_seqs++;
+                int32_t count = 0;
+                for (size_t t = 0; t < r->len; t++) {
+                    int32_t id = r->input_ids[t];
+                    count += id != g.pad;
+                    st_ids[nt] = id;
+                    st_pos[nt] = id == g.pad ? g.pad : g.pad + count;
+                    st_mask[nt] = r->image_embeds_position_mask[t] != 0;
+                    nt++;
+                }
+                memcpy(st_img + n_img * LQ * E, image_embeds + (size_t)r->image * LQ * E,
+                       LQ * E * sizeof(float));
+                n_img++;
+                has_prefill = true;
+            } else if (s->state == SEQ_RUNNING) {
+                s->first_row = step.n_seqs;
+                for (int b = 0; b < s->n_beams; b++) {
+                    hyp *h = &s->run[b];
+                    st_slots[step.n_seqs] = h->slot;
+                    st_ntok[step.n_seqs] = 1;
+                    step.n_seqs++;
+                    st_ids[nt] = h->ids[h->len - 1];
+                    st_pos[nt] = decode_position(h->ids[h->len - 1], h->len - 1, g.pad);
+                    st_mask[nt] = 0;
+                    nt++;
+                }
+            }
+        }
+        double t0 = now_ms();
+        if ((st = backend->ops->forward(backend, &step, logits)) != KS_OK)
+            goto cleanup;
+        double dt = now_ms() - t0;
+        if (stats) {
+            if (has_prefill) {
+                stats->prefill_ms += dt;
+            } else {
+                stats->decode_ms += dt;
+                stats->steps++;
+            }
+        }
+
+        /* advance every request with its rows of logits */
+        for (int i = 0; i < n_requests; i++) {
+            seq *s = &seqs[i];
+            if (s->state != SEQ_PREFILL && s->state != SEQ_RUNNING)
+                continue;
+            const float *rows = logits + (size_t)s->first_row * (size_t)V;
+            bool prefill = s->state == SEQ_PREFILL;
+            if (prefill) {
+                s->result->prefill_logits_last = malloc((size_t)V * sizeof(float));
+                if (s->result->prefill_logits_last == NULL) {
+                    st = ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+                    goto cleanup;
+                }
+                memcpy(s->result->prefill_logits_last, rows, (size_t)V * sizeof(float));
+                s->state = SEQ_RUNNING;
+            }
+            if (s->p.max_new_tokens == 0)
+                st = finish_with(s, &s->run[0]);
+            else if (s->n_beams == 1)
+                st = step_single(&g, s, rows);
+            else
+                st = step_beams(&g, s, rows, prefill ? 1 : s->n_beams);
+            if (st != KS_OK)
+                goto cleanup;
+            if (s->state == SEQ_DONE) {
+                for (int b = 0; b < s->n_beams; b++) {
+                    backend->ops->release_slot(backend, s->slots[b]);
+                    slot_free[s->slots[b]] = true;
+                }
+                done++;
+            }
+        }
+    }
+
+cleanup:
+    if (seqs) {
+        for (int i = 0; i < n_requests; i++) {
+            if (st != KS_OK && seqs[i].slots && seqs[i].state != SEQ_PENDING &&
+                seqs[i].state != SEQ_DONE)
+                for (int b = 0; b < seqs[i].n_beams; b++)
+                    backend->ops->release_slot(backend, seqs[i].slots[b]);
+            seq_fini(&seqs[i]);
+        }
+    }
+    if (st != KS_OK)
+        for (int i = 0; i < n_requests; i++)
+            ke_gen_result_fini(&results[i]);
+    free(seqs);
+    free(slot_free);
+    free(st_slots);
+    free(st_ntok);
+    free(st_ids);
+    free(st_pos);
+    free(st_mask);
+    free(st_img);
+    free(logits);
+    free(g.scores);
+    free(g.lp);
+    free(g.sorted);
+    return st;
+}

@@ -12,6 +12,8 @@ enum {
 int cmd_tokenize(int argc, char **argv);
 int cmd_encode(int argc, char **argv);
 int cmd_postprocess(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_devices(int argc, char **argv);
 
 /* Prints "kosmos: <message>" on stderr and returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -16,6 +16,10 @@ static const subcommand subcommands[] = {
     {"encode", "prompt + boxes -> model input ids and masks (JSON Lines)", cmd_encode},
     {"postprocess", "generated text -> cleaned text + grounded entities (JSON Lines)",
      cmd_postprocess},
+#ifdef KOSMOS_HAVE_RUN
+    {"run", "run Kosmos-2 on one image: text, grounded phrases and boxes (JSON)", cmd_run},
+#endif
+    {"devices", "list the OpenCL platforms and devices --device can choose", cmd_devices},
 };
 
 static void print_usage(FILE *out)

@@ -20,6 +20,8 @@ static const subcommand subcommands[] = {
     {"run", "run Kosmos-2 on one image: text, grounded phrases and boxes (JSON)", cmd_run},
 #endif
     {"devices", "list the OpenCL platforms and devices --device can choose", cmd_devices},
+    {"bench", "speed figures on one device: vision, prefill, decode, end to end, memory (JSON)",
+     cmd_bench},
 };
 
 static void print_usage(FILE *out)

@@ -1,0 +1,472 @@
+/* ke_bench: timing the engine's phases on one backend; see bench.h.
+ *
+ * One run of a batch does, in this order and each phase only when asked for: vision (encode B
+ * images), prefill (one forward of B prompts) followed by decode (new_tokens single-token
+ * steps of the same B sequences), then end to end (encode + ke_generate of B jobs). The first
+ * `warmup` runs are not timed. Not here: option parsing and the model (cmd_bench.c). */
+#include "bench.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "backend.h"
+#include "backend_open.h"
+#include "generate.h"
+
+/* The processor's ids around the image rows (microsoft/kosmos-2-patch14-224's tokenizer). */
+enum {
+    PROMPT_IMAGE = 64003,     /* <image> */
+    PROMPT_IMAGE_END = 64004, /* </image> */
+    PROMPT_GROUNDING = 64012, /* <grounding> */
+    PROMPT_FIRST_ROW = 4      /* the image rows hold ids 4, 5, ... (masked, replaced) */
+};
+static const int32_t prompt_text[] = {712, 1648, 9}; /* "An image of" */
+
+void ke_bench_params_default(ke_bench_params *p)
+{
+    *p = (ke_bench_params){.repeats = 3, .warmup = 1, .new_tokens = 64,
+                           .no_repeat_ngram_size = 3, .phases = KE_BENCH_ALL};
+}
+
+size_t ke_bench_prompt(const ke_config *config, int32_t *ids, uint8_t *mask, size_t cap)
+{
+    size_t lq = (size_t)config->latent_query_num, len = lq + 7, at = 0;
+    if (cap < len)
+        return len;
+    int32_t vocab = config->text.vocab_size;
+    ids[at++] = config->text.bos_id;
+    ids[at++] = PROMPT_IMAGE;
+    for (size_t i = 0; i < lq; i++)
+        ids[at++] = PROMPT_FIRST_ROW + (int32_t)i;
+    ids[at++] = PROMPT_IMAGE_END;
+    ids[at++] = PROMPT_GROUNDING;
+    for (size_t i = 0; i < 3; i++)
+        ids[at++] = prompt_text[i];
+    for (size_t i = 0; i < len; i++) {
+        ids[i] %= vocab; /* a configuration with a smaller vocabulary still runs */
+        mask[i] = i >= 2 && i < 2 + lq;
+    }
+    return len;
+}
+
+/* ---- clocks and memory ---- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Resets the kernel's peak-RSS mark (VmHWM) to the current RSS. false if not possible. */
+static bool reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f)
+        return false;
+    bool ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+/* Peak RSS in bytes: VmHWM, else getrusage's ru_maxrss (the process's whole life). */
+static size_t peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f) {
+        char line[256];
+        unsigned long long kb = 0;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "VmHWM: %llu kB", &kb) == 1)
+                break;
+        fclose(f);
+        if (kb)
+            return (size_t)kb * 1024;
+    }
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        return (size_t)ru.ru_maxrss * 1024; /* KiB on Linux */
+    return 0;
+}
+
+/* Device memory the backend holds (weights, KV cache, scratch grown to this batch's needs),
+ * read at the end of the batch: for a backend that allocates up front and keeps what it grows,
+ * that is its peak. 0 for the host-only reference backend. */
+static size_t device_bytes(const ke_backend *b)
+{
+    ke_backend_stats st;
+    ke_backend_stats_get(b, &st);
+    return st.device_bytes;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ---- the phases ---- */
+
+typedef struct bench_state {
+    const ke_model *model;
+    const ke_bench_params *p;
+    ke_backend *backend;
+    int batch;
+    size_t prompt_len;
+    int32_t *prompt_ids; /* (prompt_len) */
+    uint8_t *prompt_mask;
+    float *pixels;      /* (batch, channels, image, image) */
+    float *embeds;      /* (batch, latent, embed) */
+    float *logits;      /* (batch, vocab) */
+    int32_t *step_ids;  /* (batch * prompt_len) */
+    int32_t *step_pos;  /* (batch * prompt_len) */
+    uint8_t *step_mask; /* (batch * prompt_len) */
+    int *slots, *n_tokens;
+    int32_t *next;        /* (batch) the greedy ids of the last step */
+    ke_select_row *rows;  /* (batch) */
+    ke_gen_request *requests;
+    ke_gen_result *results;
+} bench_state;
+
+static uint64_t xorshift(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+/* Pixels roughly as CLIP normalisation leaves them (about [-1.8, 2.1]); values do not matter
+ * for the timing, only that they are finite and not all equal. */
+static void fill_pixels(float *v, size_t n, uint64_t seed)
+{
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
+    for (size_t i = 0; i < n; i++)
+        v[i] = (float)(xorshift(&s) >> 40) * 0x1p-24f * 3.9f - 1.8f;
+}
+
+static ks_status run_vision(bench_state *s, double *seconds)
+{
+    double t0 = now_s();
+    ks_status st =
+        s->backend->ops->encode_images(s->backend, s->pixels, s->batch, s->embeds, NULL);
+    *seconds = now_s() - t0;
+    return st;
+}
+
+static int argmax(const float *v, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best])
+            best = i;
+    return best;
+}
+
+/* One forward of `step`, then the greedy next id of every sequence into s->next: on the
+ * device where the backend selects there (only the ids come back, as ke_generate decodes),
+ * else from the host logits. No n-gram ban: the figure is the step's cost. */
+static ks_status forward_pick(bench_state *s, const ke_step *step)
+{
+    ke_backend *b = s->backend;
+    if (b->ops->select_greedy) {
+        ks_status st = b->ops->forward(b, step, NULL);
+        if (st != KS_OK)
+            return st;
+        for (int q = 0; q < step->n_seqs; q++)
+            s->rows[q] = (ke_select_row){.row = q, .ids = s->prompt_ids, .len = s->prompt_len};
+        return b->ops->select_greedy(b, s->rows, step->n_seqs, s->next);
+    }
+    ks_status st = b->ops->forward(b, step, s->logits);
+    int vocab = s->model->config.text.vocab_size;
+    for (int q = 0; q < step->n_seqs && st == KS_OK; q++)
+        s->next[q] = argmax(s->logits + (size_t)q * (size_t)vocab, vocab);
+    return st;
+}
+
+/* Prefill of batch prompts, then new_tokens decode steps; releases the slots. */
+static ks_status run_prefill_decode(bench_state *s, bool decode, double *prefill_s,
+                                    double *decode_s)
+{
+    ke_backend *b = s->backend;
+    size_t len = s->prompt_len;
+    for (int q = 0; q < s->batch; q++) {
+        s->slots[q] = q;
+        s->n_tokens[q] = (int)len;
+        for (size_t i = 0; i < len; i++) {
+            s->step_ids[(size_t)q * len + i] = s->prompt_ids[i];
+            s->step_pos[(size_t)q * len + i] = 2 + (int32_t)i; /* HF: padding_idx + 1 onwards */
+            s->step_mask[(size_t)q * len + i] = s->prompt_mask[i];
+        }
+    }
+    ke_step step = {.n_seqs = s->batch, .slots = s->slots, .n_tokens = s->n_tokens,
+                    .ids = s->step_ids, .positions = s->step_pos, .image_mask = s->step_mask,
+                    .image_embeds = s->embeds};
+    double t0 = now_s();
+    ks_status st = forward_pick(s, &step);
+    *prefill_s = now_s() - t0;
+    if (st == KS_OK && decode) {
+        for (int q = 0; q < s->batch; q++)
+            s->n_tokens[q] = 1;
+        step.ids = s->next;
+        step.image_mask = NULL;
+        step.image_embeds = NULL;
+        t0 = now_s();
+        for (int k = 0; k < s->p->new_tokens && st == KS_OK; k++) {
+            for (int q = 0; q < s->batch; q++)
+                s->step_pos[q] = 2 + (int32_t)len + k;
+            st = forward_pick(s, &step);
+        }
+        *decode_s = now_s() - t0;
+    }
+    for (int q = 0; q < s->batch; q++)
+        b->ops->release_slot(b, q);
+    return st;
+}
+
+static ks_status run_e2e(bench_state *s, double *seconds)
+{
+    ke_backend *b = s->backend;
+    ke_gen_params params;
+    ke_gen_params_default(&params, &s->model->config);
+    params.max_new_tokens = s->p->new_tokens;
+    params.min_new_tokens = s->p->new_tokens;
+    params.num_beams = 1;
+    params.no_repeat_ngram_size = s->p->no_repeat_ngram_size;
+    for (int q = 0; q < s->batch; q++)
+        s->requests[q] = (ke_gen_request){.input_ids = s->prompt_ids,
+                                          .image_embeds_position_mask = s->prompt_mask,
+                                          .len = s->prompt_len, .image = q, .params = params};
+    double t0 = now_s();
+    ks_status st = b->ops->encode_images(b, s->pixels, s->batch, s->embeds, NULL);
+    if (st == KS_OK)
+        st = ke_generate(b, s->embeds, s->batch, s->requests, s->batch, s->results, NULL);
+    *seconds = now_s() - t0;
+    for (int q = 0; q < s->batch && st == KS_OK; q++)
+        if (s->results[q].new_tokens != (size_t)s->p->new_tokens)
+            st = ks_fail(KS_ERR_DEVICE, "bench: job %d made %zu new tokens, %d were forced", q,
+                         s->results[q].new_tokens, s->p->new_tokens);
+    for (int q = 0; q < s->batch; q++)
+        ke_gen_result_fini(&s->results[q]);
+    return st;
+}
+
+static void free_state(bench_state *s)
+{
+    ke_backend_destroy(&s->backend);
+    free(s->prompt_ids);
+    free(s->prompt_mask);
+    free(s->pixels);
+    free(s->embeds);
+    free(s->logits);
+    free(s->step_ids);
+    free(s->step_pos);
+    free(s->step_mask);
+    free(s->slots);
+    free(s->n_tokens);
+    free(s->next);
+    free(s->rows);
+    free(s->requests);
+    free(s->results);
+}
+
+static void log_run(const ke_bench_params *p, int batch, int run, const double *t)
+{
+    if (!p->log)
+        return;
+    fprintf(p->log, "bench: batch %d %s %d/%d:", batch, run < p->warmup ? "warm-up" : "run",
+            run < p->warmup ? run + 1 : run - p->warmup + 1,
+            run < p->warmup ? p->warmup : p->repeats);
+    static const char *names[] = {"vision", "prefill", "decode", "e2e"};
+    for (int i = 0; i < 4; i++)
+        if (t[i] >= 0)
+            fprintf(p->log, " %s %.3f s", names[i], t[i]);
+    fputc('\n', p->log);
+    fflush(p->log);
+}
+
+ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batch,
+                       ke_bench_result *out)
+{
+    const ke_config *c = &model->config;
+    bench_state s = {.model = model, .p = p, .batch = batch};
+    double *times[4] = {NULL, NULL, NULL, NULL};
+    ks_status st = KS_OK;
+    *out = (ke_bench_result){.batch = batch, .new_tokens = p->new_tokens,
+                             .vision_s = -1, .prefill_s = -1, .decode_s = -1, .e2e_s = -1,
+                             .vision_images_per_s = -1, .prefill_tokens_per_s = -1,
+                             .decode_tokens_per_s = -1, .e2e_jobs_per_s = -1};
+    if (batch < 1 || p->repeats < 1 || p->warmup < 0 || p->new_tokens < 1)
+        return ks_fail(KS_ERR_INVALID, "bench: batch, repeats and new tokens must be >= 1");
+
+    size_t lq = (size_t)c->latent_query_num, emb = (size_t)c->text.embed_dim;
+    size_t side = (size_t)c->vision.image_size, vocab = (size_t)c->text.vocab_size;
+    size_t nb = (size_t)batch;
+    s.prompt_len = lq + 7;
+    out->prompt_tokens = (int)s.prompt_len;
+    s.prompt_ids = malloc(s.prompt_len * sizeof *s.prompt_ids);
+    s.prompt_mask = malloc(s.prompt_len);
+    s.pixels = malloc(nb * (size_t)c->vision.channels * side * side * sizeof(float));
+    s.embeds = malloc(nb * lq * emb * sizeof(float));
+    s.logits = malloc(nb * vocab * sizeof(float));
+    s.step_ids = malloc(nb * s.prompt_len * sizeof *s.step_ids);
+    s.step_pos = malloc(nb * s.prompt_len * sizeof *s.step_pos);
+    s.step_mask = malloc(nb * s.prompt_len);
+    s.slots = malloc(nb * sizeof *s.slots);
+    s.n_tokens = malloc(nb * sizeof *s.n_tokens);
+    s.next = malloc(nb * sizeof *s.next);
+    s.rows = malloc(nb * sizeof *s.rows);
+    s.requests = calloc(nb, sizeof *s.requests);
+    s.results = calloc(nb, sizeof *s.results);
+    for (int i = 0; i < 4; i++)
+        times[i] = malloc((size_t)p->repeats * sizeof(double));
+    if (!s.prompt_ids || !s.prompt_mask || !s.pixels || !s.embeds || !s.logits || !s.step_ids ||
+        !s.step_pos || !s.step_mask || !s.slots || !s.n_tokens || !s.next || !s.rows || !s.requests || !s.results ||
+        !times[0] || !times[1] || !times[2] || !times[3]) {
+        st = ks_fail(KS_ERR_NOMEM, "bench: out of memory at batch %d", batch);
+        goto cleanup;
+    }
+    ke_bench_prompt(c, s.prompt_ids, s.prompt_mask, s.prompt_len);
+    fill_pixels(s.pixels, nb * (size_t)c->vision.channels * side * side, p->seed);
+    /* Image rows for a prefill without the vision phase: small values, as the resampler's. */
+    uint64_t rs = p->seed ^ 0x5851F42D4C957F2Dull;
+    for (size_t i = 0; i < nb * lq * emb; i++)
+        s.embeds[i] = ((float)(xorshift(&rs) >> 40) * 0x1p-24f - 0.5f) * 0.2f;
+
+    out->peak_host_per_batch = reset_peak_rss();
+    ke_backend_options bo = {.slots = batch,
+                             .slot_capacity = (int)s.prompt_len + p->new_tokens + 1};
+    s.backend = ke_backend_open(model, p->device, &bo);
+    if (!s.backend) {
+        st = KS_ERR_UNSUPPORTED;
+        goto cleanup;
+    }
+    snprintf(out->device_name, sizeof out->device_name, "%s",
+             ke_backend_device_name(s.backend));
+
+    bool want_prefill = p->phases & (KE_BENCH_PREFILL | KE_BENCH_DECODE);
+    for (int run = 0; run < p->warmup + p->repeats; run++) {
+        double t[4] = {-1, -1, -1, -1};
+        if ((p->phases & KE_BENCH_VISION) && (st = run_vision(&s, &t[0])) != KS_OK)
+            break;
+        if (want_prefill &&
+            (st = run_prefill_decode(&s, p->phases & KE_BENCH_DECODE, &t[1], &t[2])) != KS_OK)
+            break;
+        if ((p->phases & KE_BENCH_E2E) && (st = run_e2e(&s, &t[3])) != KS_OK)
+            break;
+        log_run(p, batch, run, t);
+        if (run >= p->warmup)
+            for (int i = 0; i < 4; i++)
+                times[i][run - p->warmup] = t[i];
+    }
+    if (st != KS_OK) {
+        ks_error_prefix("bench at batch %d", batch);
+        goto cleanup;
+    }
+    out->peak_host_bytes = peak_rss();
+    out->peak_device_bytes = device_bytes(s.backend);
+    if (p->phases & KE_BENCH_VISION) {
+        out->vision_s = median(times[0], p->repeats);
+        out->vision_images_per_s = batch / out->vision_s;
+    }
+    if (p->phases & KE_BENCH_PREFILL) {
+        out->prefill_s = median(times[1], p->repeats);
+        out->prefill_tokens_per_s = (double)batch * (double)s.prompt_len / out->prefill_s;
+    }
+    if (p->phases & KE_BENCH_DECODE) {
+        out->decode_s = median(times[2], p->repeats);
+        out->decode_tokens_per_s = (double)batch * p->new_tokens / out->decode_s;
+    }
+    if (p->phases & KE_BENCH_E2E) {
+        out->e2e_s = median(times[3], p->repeats);
+        out->e2e_jobs_per_s = batch / out->e2e_s;
+    }
+cleanup:
+    for (int i = 0; i < 4; i++)
+        free(times[i]);
+    free_state(&s);
+    return st;
+}
+
+/* ---- output ---- */
+
+static json_t *number_or_null(double v)
+{
+    return v >= 0 && isfinite(v) ? json_real(v) : json_null();
+}
+
+void ke_bench_print_json(FILE *out, const ke_bench_labels *labels, const ke_bench_params *p,
+                         const ke_bench_result *r)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "impl", json_string(labels->impl ? labels->impl : "kosmos"));
+    json_object_set_new(o, "config", json_string(labels->config ? labels->config : ""));
+    json_object_set_new(o, "params", json_integer((json_int_t)labels->params));
+    json_object_set_new(o, "precision", json_string(labels->precision ? labels->precision : ""));
+    json_object_set_new(o, "device", json_string(labels->device ? labels->device : ""));
+    json_object_set_new(o, "device_name", json_string(r->device_name));
+    json_object_set_new(o, "batch", json_integer(r->batch));
+    json_object_set_new(o, "prompt_tokens", json_integer(r->prompt_tokens));
+    json_object_set_new(o, "new_tokens", json_integer(r->new_tokens));
+    json_object_set_new(o, "repeats", json_integer(p->repeats));
+    json_object_set_new(o, "warmup", json_integer(p->warmup));
+    json_object_set_new(o, "vision_images_per_s", number_or_null(r->vision_images_per_s));
+    json_object_set_new(o, "prefill_tokens_per_s", number_or_null(r->prefill_tokens_per_s));
+    json_object_set_new(o, "decode_tokens_per_s", number_or_null(r->decode_tokens_per_s));
+    json_object_set_new(o, "e2e_jobs_per_s", number_or_null(r->e2e_jobs_per_s));
+    json_object_set_new(o, "vision_s", number_or_null(r->vision_s));
+    json_object_set_new(o, "prefill_s", number_or_null(r->prefill_s));
+    json_object_set_new(o, "decode_s", number_or_null(r->decode_s));
+    json_object_set_new(o, "e2e_s", number_or_null(r->e2e_s));
+    json_object_set_new(o, "peak_host_bytes", json_integer((json_int_t)r->peak_host_bytes));
+    json_object_set_new(o, "peak_host_per_batch", json_boolean(r->peak_host_per_batch));
+    json_object_set_new(o, "peak_device_bytes",
+                        r->peak_device_bytes ? json_integer((json_int_t)r->peak_device_bytes)
+                                             : json_null());
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    if (text) {
+        fprintf(out, "%s\n", text);
+        free(text);
+    }
+    fflush(out);
+    json_decref(o);
+}
+
+static void cell(FILE *out, double v)
+{
+    if (v >= 0)
+        fprintf(out, " %12.3f", v);
+    else
+        fprintf(out, " %12s", "-");
+}
+
+void ke_bench_print_table(FILE *out, const ke_bench_labels *labels, const ke_bench_result *r,
+                          int n)
+{
+    fprintf(out, "%s, config %s (%llu params), %s, device %s\n", labels->impl, labels->config,
+            (unsigned long long)labels->params, labels->precision,
+            n > 0 ? r[0].device_name : (labels->device ? labels->device : ""));
+    fprintf(out, "%6s %12s %12s %12s %12s %12s\n", "batch", "vision im/s", "prefill t/s",
+            "decode t/s", "e2e jobs/s", "peak MiB");
+    for (int i = 0; i < n; i++) {
+        fprintf(out, "%6d", r[i].batch);
+        cell(out, r[i].vision_images_per_s);
+        cell(out, r[i].prefill_tokens_per_s);
+        cell(out, r[i].decode_tokens_per_s);
+        cell(out, r[i].e2e_jobs_per_s);
+        size_t peak = r[i].peak_device_bytes ? r[i].peak_device_bytes : r[i].peak_host_bytes;
+        fprintf(out, " %12.0f%s\n", (double)peak / (1024.0 * 1024.0),
+                r[i].peak_device_bytes ? " (device)" : "");
+    }
+    fflush(out);
+}

@@ -1,0 +1,92 @@
+/* ke_bench: the engine's speed figures on one device, as `kosmos bench` and the slim
+ * `kosmos-bench` print them and tests/bench/hf_baseline.py measures them for transformers:
+ *
+ *   vision   images/s  encode_images on B images (vision tower + resampler)
+ *   prefill  tokens/s  one forward of B prompts of the real prompt length (71 tokens:
+ *                      <s><image> 64 image rows </image><grounding>An image of), image rows in
+ *   decode   tokens/s  B sequences after that prefill, one token each per step (greedy: on
+ *                      the device with select_greedy where the backend has it, else argmax of
+ *                      the host logits), new_tokens steps: B * new_tokens / their time
+ *   e2e      jobs/s    B jobs from pixels to new_tokens forced new tokens (min = max), greedy
+ *                      with no_repeat_ngram 3 as the real model decodes: B / time
+ *   memory   bytes     peak resident memory of the process during the batch (host RSS: the
+ *                      weights, KV cache and scratch), and the device memory the backend
+ *                      holds (ke_backend_stats.device_bytes) where it has any
+ *
+ * Each figure is the median of `repeats` timed runs on a monotonic clock, after `warmup`
+ * untimed ones. Not a test: nothing here checks results beyond the forced token count. */
+#ifndef KE_BENCH_H
+#define KE_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ks_error.h"
+#include "model.h"
+
+enum {
+    KE_BENCH_VISION = 1,
+    KE_BENCH_PREFILL = 2,
+    KE_BENCH_DECODE = 4,
+    KE_BENCH_E2E = 8,
+    KE_BENCH_ALL = 15
+};
+
+typedef struct ke_bench_params {
+    const char *device;       /* --device SPEC for ke_backend_open, borrowed; NULL = default */
+    int repeats;              /* timed runs per figure, default 3 (the median is reported) */
+    int warmup;               /* untimed runs first, default 1 */
+    int new_tokens;           /* forced new tokens (e2e) and decode steps, default 64 */
+    int no_repeat_ngram_size; /* e2e, default 3 (the real checkpoint's generation config) */
+    unsigned phases;          /* KE_BENCH_* bits, default KE_BENCH_ALL */
+    uint64_t seed;            /* the random pixels, default 0 */
+    FILE *log;                /* progress lines (one per run), or NULL, default NULL */
+} ke_bench_params;
+
+void ke_bench_params_default(ke_bench_params *p);
+
+/* One batch size's figures. A phase left out has its seconds and rate < 0. */
+typedef struct ke_bench_result {
+    int batch;
+    int prompt_tokens;
+    int new_tokens;
+    char device_name[128];
+    double vision_s, prefill_s, decode_s, e2e_s; /* median seconds of one run over the batch */
+    double vision_images_per_s, prefill_tokens_per_s, decode_tokens_per_s, e2e_jobs_per_s;
+    size_t peak_host_bytes;   /* peak RSS during this batch (weights included) */
+    bool peak_host_per_batch; /* false: the process's peak so far (could not reset it) */
+    size_t peak_device_bytes; /* device memory the backend holds at the end (its stats);
+                               * 0: none or the backend cannot tell */
+} ke_bench_result;
+
+/* The benchmark prompt for `config` (len = latent_query_num + 7, 71 for Kosmos-2): the ids the
+ * processor gives "<grounding>An image of" and its image mask. ids and mask hold len entries;
+ * returns len. */
+size_t ke_bench_prompt(const ke_config *config, int32_t *ids, uint8_t *mask, size_t cap);
+
+/* Runs the phases of `p` at batch size `batch` on a backend opened for it (batch slots) and
+ * fills *out. Fails with the backend's status and message (a device that cannot be opened,
+ * out of memory at that batch size, ...). `model` is borrowed. */
+ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batch,
+                       ke_bench_result *out);
+
+/* Labels for the output lines, borrowed. */
+typedef struct ke_bench_labels {
+    const char *impl;      /* "kosmos" */
+    const char *config;    /* "full", "tiny" or the --model folder */
+    const char *precision; /* "fp16" / "fp32" */
+    const char *device;    /* the --device spec as given ("" = default) */
+    uint64_t params;       /* parameter count */
+} ke_bench_labels;
+
+/* One JSON object on one line, the keys tests/bench/hf_baseline.py prints too. */
+void ke_bench_print_json(FILE *out, const ke_bench_labels *labels, const ke_bench_params *p,
+                         const ke_bench_result *r);
+
+/* A human table of all results (header included). */
+void ke_bench_print_table(FILE *out, const ke_bench_labels *labels, const ke_bench_result *r,
+                          int n);
+
+#endif

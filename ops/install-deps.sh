@@ -10,9 +10,9 @@ packages=(
   # messaging and wire format
   libzmq3-dev libczmq-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   # compute
-  ocl-icd-opencl-dev opencl-c-headers opencl-clhpp-headers pocl-opencl-icd clinfo
+  ocl-icd-opencl-dev opencl-c-headers opencl-clhpp-headers pocl-opencl-icd clinfo libclblast-dev
   # images, storage, JSON
-  libvips-dev libsqlite3-dev libjansson-dev fonts-dejavu-core
+  libvips-dev libsqlite3-dev libjansson-dev libssl-dev fonts-dejavu-core
   # tests
   libcmocka-dev python3
 )

@@ -134,6 +134,33 @@ class Output(unittest.TestCase):
         self.assertEqual(result["generated_ids"][0], 0)
 
 
+class ProgramCache(unittest.TestCase):
+    def test_second_start_skips_compilation(self):
+        # OpenCL devices only: the first start in an empty cache compiles the programs, the
+        # second on the same device loads every one from the binary cache (timings say so).
+        if ARGS.device == "ref":
+            self.skipTest("--device ref builds no OpenCL programs")
+        image = os.path.join(ARGS.shared, "kosmos2", "images", "snowman.png")
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, KOSMOS_CACHE_DIR=cache)
+            timings = []
+            for _ in range(2):
+                cmd = [ARGS.kosmos, "run", "--model", ARGS.model, "--device", ARGS.device,
+                       "--image", image, "--max-new-tokens", "2"]
+                proc = subprocess.run(cmd, capture_output=True, timeout=900, env=env)
+                self.assertEqual(proc.returncode, 0, proc.stderr.decode())
+                timings.append(json.loads(proc.stdout)["timings"])
+        first, second = timings
+        print("first start: %d built, %d cached, %.0f ms; second: %d built, %d cached, %.0f ms"
+              % (first["programs_built"], first["programs_cached"], first["program_build_ms"],
+                 second["programs_built"], second["programs_cached"],
+                 second["program_build_ms"]), file=sys.stderr)
+        self.assertGreater(first["programs_built"], 0)
+        self.assertEqual(second["programs_built"], 0)
+        self.assertEqual(second["programs_cached"],
+                         first["programs_built"] + first["programs_cached"])
+
+
 class Errors(unittest.TestCase):
     def expect_clean_failure(self, proc, words):
         self.assertNotEqual(proc.returncode, 0)

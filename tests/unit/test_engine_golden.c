@@ -4,6 +4,9 @@
  * image embeddings and prefill logits within 1e-3; generated ids identical (greedy, n-gram,
  * beam search, a batch of 3 prompts over 2 images). Plus what needs a model but no golden
  * data: parameter errors, seeded sampling, requests waiting for slots.
+ * The backend is the reference one, or KOSMOS_TEST_DEVICE's (a --device SPEC): ctest runs the
+ * same program as test_engine_golden_cl on the OpenCL CPU device (PoCL), and with
+ * KOSMOS_TEST_PRECISION=fp32 as test_engine_golden_cl_fp32 (f32 weights).
  * Skips when the golden data is absent. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +22,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "backend_open.h"
 #include "generate.h"
 #include "ks_error.h"
 #include "model.h"
@@ -77,6 +81,19 @@ typedef struct fixture {
 
 static fixture fx;
 
+/* The device under test: KOSMOS_TEST_DEVICE (a --device SPEC, e.g. "cpu" for the OpenCL CPU
+ * device: ctest's test_engine_golden_cl), else the reference backend. */
+static const char *test_device(void)
+{
+    const char *spec = getenv("KOSMOS_TEST_DEVICE");
+    return spec && *spec ? spec : "ref";
+}
+
+static ke_backend *open_backend(const ke_backend_options *bo)
+{
+    return ke_backend_open(fx.model, test_device(), bo);
+}
+
 static size_t embeds_per_image(void)
 {
     return (size_t)fx.model->config.latent_query_num * (size_t)fx.model->config.text.embed_dim;
@@ -89,18 +106,26 @@ static int setup(void **state)
     fx.cases = json_load_file(GOLDEN "/cases.json", 0, NULL);
     if (fx.cases == NULL)
         return 0; /* every test skips */
-    ke_model_options opt = {.storage = KE_DTYPE_F16};
+    /* KOSMOS_TEST_PRECISION=fp32 stores the weights as f32 (the f16 file converts exactly) */
+    const char *precision = getenv("KOSMOS_TEST_PRECISION");
+    ke_model_options opt = {.storage = precision && !strcmp(precision, "fp32") ? KE_DTYPE_F32
+                                                                               : KE_DTYPE_F16};
     fx.model = ke_model_load(MODEL_DIR, &opt);
     if (fx.model == NULL) {
         fprintf(stderr, "ke_model_load: %s\n", ks_error_message());
         return -1;
     }
     ke_backend_options bo = {.slots = 8, .slot_capacity = 512};
-    fx.backend = ke_backend_ref_new(fx.model, &bo);
+    fx.backend = open_backend(&bo);
     if (fx.backend == NULL) {
-        fprintf(stderr, "ke_backend_ref_new: %s\n", ks_error_message());
+        fprintf(stderr, "ke_backend_open(%s): %s\n", test_device(), ks_error_message());
         return -1;
     }
+    ke_backend_stats bs;
+    ke_backend_stats_get(fx.backend, &bs);
+    printf("backend %s on '%s' (programs: %u built, %u from the cache)\n",
+           fx.backend->ops->name, bs.device ? bs.device : "?", bs.programs_built,
+           bs.programs_cached);
     /* encode every image once (test_vision checks the taps) */
     json_t *images = json_object_get(fx.cases, "images");
     const char *key;
@@ -207,6 +232,35 @@ static void test_vision(void **state)
         free(my_emb);
         golden_close(&g);
     }
+
+    /* all images in one call (one vision pass over the batch) equal the one-by-one runs */
+    float *pix_all = malloc((size_t)fx.n_images * (size_t)c->vision.channels *
+                            (size_t)c->vision.image_size * (size_t)c->vision.image_size *
+                            sizeof(float));
+    float *emb_all = malloc((size_t)fx.n_images * per * sizeof(float));
+    float *post_all = malloc((size_t)fx.n_images * tap_n * sizeof(float));
+    for (int i = 0; i < fx.n_images; i++) {
+        const char *file =
+            json_string_value(json_object_get(json_object_get(images, fx.image_names[i]), "file"));
+        golden_file g;
+        assert_true(golden_open(&g, file));
+        size_t n_pix;
+        float *pix = golden_f32(&g, "pixel_values", &n_pix);
+        memcpy(pix_all + (size_t)i * n_pix, pix, n_pix * sizeof(float));
+        free(pix);
+        golden_close(&g);
+    }
+    ke_vision_taps taps_all = {.post_layernorm = post_all};
+    assert_int_equal(fx.backend->ops->encode_images(fx.backend, pix_all, fx.n_images, emb_all,
+                                                    &taps_all),
+                     KS_OK);
+    double d_batch = max_abs(emb_all, fx.image_embeds, (size_t)fx.n_images * per);
+    printf("%d images in one encode_images call: image_embeds max abs diff to one by one %.3g\n",
+           fx.n_images, d_batch);
+    assert_true(d_batch < 1e-5);
+    free(pix_all);
+    free(emb_all);
+    free(post_all);
 }
 
 /* ---- generation cases ------------------------------------------------------------------ */
@@ -413,7 +467,7 @@ static void test_waiting_for_slots(void **state)
     REQUIRE_GOLDEN();
     /* 2 slots, requests of 1, 2 and 1 beams: they run in waves, results as alone */
     ke_backend_options bo = {.slots = 2, .slot_capacity = 512};
-    ke_backend *small = ke_backend_ref_new(fx.model, &bo);
+    ke_backend *small = open_backend(&bo);
     assert_non_null(small);
     built b;
     build_requests(first_case(), &b);
@@ -496,6 +550,68 @@ static void test_sampling(void **state)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         ke_gen_result_fini(all[i]);
     free_requests(&b);
+}
+
+/* Greedy selection on the device (select_greedy: the n-gram ban and min_new_tokens there) gives
+ * the ids the host path gives: the same requests with the backend's select_greedy hidden. On
+ * a backend without it (ref) both runs take the host path. */
+static void test_device_select(void **state)
+{
+    (void)state;
+    REQUIRE_GOLDEN();
+    built b;
+    build_requests(first_case(), &b);
+    ke_gen_request q[3] = {b.req[0], b.req[0], b.req[0]};
+    q[0].params.max_new_tokens = 24;
+    q[0].params.min_new_tokens = 24; /* </s> masked throughout */
+    q[0].params.no_repeat_ngram_size = 0;
+    q[1].params.max_new_tokens = 20;
+    q[1].params.min_new_tokens = 10;
+    q[1].params.no_repeat_ngram_size = 2;
+    q[2].params.max_new_tokens = 16;
+    q[2].params.min_new_tokens = 0;
+    q[2].params.no_repeat_ngram_size = 1;
+    q[2].image = fx.n_images - 1;
+    ke_gen_result dev[3], host[3];
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, q, 3, dev, NULL), KS_OK);
+    ke_backend_ops hidden = *fx.backend->ops;
+    hidden.select_greedy = NULL;
+    const ke_backend_ops *saved = fx.backend->ops;
+    fx.backend->ops = &hidden;
+    ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, q, 3, host, NULL);
+    fx.backend->ops = saved;
+    assert_int_equal(st, KS_OK);
+    printf("select on the device: %s\n", saved->select_greedy ? "yes" : "no (host path)");
+    for (int r = 0; r < 3; r++) {
+        bool same = dev[r].len == host[r].len &&
+                    memcmp(dev[r].ids, host[r].ids, dev[r].len * sizeof(int32_t)) == 0;
+        printf("  request %d: %zu new ids, device == host: %s\n", r, dev[r].new_tokens,
+               same ? "yes" : "NO");
+        if (!same) {
+            print_ids("device", &dev[r], q[r].len);
+            print_ids("host", &host[r], q[r].len);
+        }
+        assert_true(same);
+        ke_gen_result_fini(&dev[r]);
+        ke_gen_result_fini(&host[r]);
+    }
+    free_requests(&b);
+}
+
+/* A device that cannot hold what is asked fails the open with a message naming the buffer and
+ * its size, never a crash (OpenCL devices only: the reference backend's calloc may overcommit). */
+static void test_device_out_of_memory(void **state)
+{
+    (void)state;
+    REQUIRE_GOLDEN();
+    if (strcmp(test_device(), "ref") == 0)
+        skip();
+    ke_backend_options bo = {.slots = 64, .slot_capacity = 1 << 20};
+    ke_backend *huge = open_backend(&bo);
+    assert_null(huge);
+    printf("  %s\n", ks_error_message());
+    assert_non_null(strstr(ks_error_message(), "KV cache"));
+    assert_non_null(strstr(ks_error_message(), "bytes"));
 }
 
 static void test_invalid_params(void **state)
@@ -592,7 +708,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vision),         cmocka_unit_test(test_single_cases),
         cmocka_unit_test(test_batch),          cmocka_unit_test(test_waiting_for_slots),
-        cmocka_unit_test(test_sampling),       cmocka_unit_test(test_invalid_params),
+        cmocka_unit_test(test_sampling),       cmocka_unit_test(test_device_select),
+        cmocka_unit_test(test_device_out_of_memory), cmocka_unit_test(test_invalid_params),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

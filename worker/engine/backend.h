@@ -37,6 +37,24 @@ typedef struct ke_vision_taps {
     float *post_layernorm; /* (n_images, patches + 1, vision hidden), before the L2 norm */
 } ke_vision_taps;
 
+/* One sequence of a select_greedy call. */
+typedef struct ke_select_row {
+    int row;              /* logits row of the last forward (its sequence index in the step) */
+    const int32_t *ids;   /* the sequence so far (prompt + generated), borrowed for the call */
+    size_t len;
+    int no_repeat_ngram_size; /* 0 = off */
+    bool ban_eos;         /* fewer than min_new_tokens generated: </s> is masked */
+} ke_select_row;
+
+/* What a backend reports about itself (ke_backend_stats_get). Zero / NULL = not applicable. */
+typedef struct ke_backend_stats {
+    const char *device;        /* the device's name, borrowed from the backend */
+    unsigned programs_built;   /* OpenCL programs compiled from source at start */
+    unsigned programs_cached;  /* ... loaded from the on-disk binary cache instead */
+    double program_build_ms;   /* wall time spent building/loading programs */
+    size_t device_bytes;       /* device memory held: weights, KV cache, scratch */
+} ke_backend_stats;
+
 typedef struct ke_backend_ops {
     const char *name;
 
@@ -46,7 +64,7 @@ typedef struct ke_backend_ops {
 
     /* Runs `step`, appending to each slot's cache; writes the logits of the last new token of
      * every sequence to logits (n_seqs, vocab). Fails with KS_ERR_LIMIT if a slot would exceed
-     * its capacity. */
+     * its capacity. logits may be NULL only for a backend with select_greedy (below). */
     ks_status (*forward)(ke_backend *b, const ke_step *step, float *logits);
 
     /* Makes slot dst a copy of slot src (beam search reorders beams this way). */
@@ -56,6 +74,20 @@ typedef struct ke_backend_ops {
     void (*release_slot)(ke_backend *b, int slot);
 
     void (*destroy)(ke_backend *b);
+
+    /* ---- optional: NULL when a backend has no such operation ---------------------------- */
+
+    /* Greedy selection on the device after forward(b, step, NULL), which then keeps the
+     * logits on the device instead of writing them: for each of the n rows, HF's
+     * no_repeat_ngram ban over rows[i].ids, </s> masked when rows[i].ban_eos, then the argmax
+     * (lowest id on ties) into ids[i]; only the ids come back. The logits are consumed: one
+     * select per forward. Without it (NULL), forward always writes the logits and generation
+     * selects on the host; the results are the same. */
+    ks_status (*select_greedy)(ke_backend *b, const ke_select_row *rows, int n,
+                               int32_t *ids);
+
+    /* Facts for timings and logs (see ke_backend_stats); fills *out. */
+    void (*stats)(const ke_backend *b, ke_backend_stats *out);
 } ke_backend_ops;
 
 /* The common head of every backend; concrete backends embed it first. */
@@ -79,6 +111,9 @@ typedef struct ke_backend_options {
 
 /* The plain-C reference backend. NULL with a message on failure (e.g. no memory). */
 ke_backend *ke_backend_ref_new(const ke_model *model, const ke_backend_options *options);
+
+/* Fills *out from b->ops->stats, or with the backend's name only when it has none. */
+void ke_backend_stats_get(const ke_backend *b, ke_backend_stats *out);
 
 /* Destroys any backend; accepts NULL and sets *b to NULL. */
 void ke_backend_destroy(ke_backend **b);

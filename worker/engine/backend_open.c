@@ -1,16 +1,58 @@
-/* ke_backend_open: see backend_open.h. */
+/* ke_backend_open: see backend_open.h. The device rules themselves (listing order, "cpu",
+ * "gpu", indices, names, the default) are kc_device.h's; this file only maps them to backends. */
 #include "backend_open.h"
 
 #include <string.h>
 
+#ifdef KOSMOS_HAVE_OPENCL
+#include "backend_cl.h"
+#include "kc_device.h"
+#endif
+
 ke_backend *ke_backend_open(const ke_model *model, const char *spec,
                             const ke_backend_options *options)
 {
-    if (!spec || !spec[0] || !strcmp(spec, "ref"))
+    if (spec && !strcmp(spec, "ref"))
+        return ke_backend_ref_new(model, options);
+#ifdef KOSMOS_HAVE_OPENCL
+    kc_device_list *list = NULL;
+    ke_backend *b = NULL;
+    if (kc_device_list_new(&list) != KS_OK) {
+        if (spec && spec[0]) {
+            ks_error_prefix("--device %s", spec);
+            return NULL;
+        }
+        return ke_backend_ref_new(model, options); /* no usable OpenCL: the default is ref */
+    }
+    size_t index = 0;
+    if (spec && spec[0]) {
+        if (kc_device_list_select(list, spec, &index) != KS_OK)
+            goto done; /* the message names the spec and the devices that exist */
+    } else {
+        long d = kc_device_list_default(list);
+        if (d < 0) {
+            kc_device_list_destroy(&list);
+            return ke_backend_ref_new(model, options);
+        }
+        index = (size_t)d;
+    }
+    b = ke_backend_cl_new(model, kc_device_list_get(list, index), options);
+done:
+    kc_device_list_destroy(&list);
+    return b;
+#else
+    if (!spec || !spec[0])
         return ke_backend_ref_new(model, options);
     ks_fail(KS_ERR_UNSUPPORTED,
-            "--device %s: this build has no OpenCL engine yet; use --device ref (plain C)", spec);
+            "--device %s: this build has no OpenCL (configure found no OpenCL headers and "
+            "loader); use --device ref (plain C)", spec);
     return NULL;
+#endif
 }
 
-const char *ke_backend_device_name(const ke_backend *b) { return b->ops->name; }
+const char *ke_backend_device_name(const ke_backend *b)
+{
+    ke_backend_stats st;
+    ke_backend_stats_get(b, &st);
+    return st.device ? st.device : b->ops->name;
+}

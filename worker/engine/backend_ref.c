@@ -449,6 +449,16 @@ nomem:
     return NULL;
 }
 
+void ke_backend_stats_get(const ke_backend *b, ke_backend_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (b == NULL)
+        return;
+    out->device = b->ops->name;
+    if (b->ops->stats)
+        b->ops->stats(b, out);
+}
+
 void ke_backend_destroy(ke_backend **b)
 {
     if (b == NULL || *b == NULL)

@@ -333,6 +333,16 @@ typedef struct gen_ctx {
     scored *sorted; /* (vocab) */
 } gen_ctx;
 
+/* Appends the chosen token of a single-hypothesis request; finishes it at </s> or the limit. */
+static ks_status push_token(gen_ctx *g, seq *s, int tok)
+{
+    hyp *h = &s->run[0];
+    h->ids[h->len++] = tok;
+    if (tok == g->eos || h->len - s->req->len >= (size_t)s->p.max_new_tokens)
+        return finish_with(s, h);
+    return KS_OK;
+}
+
 static ks_status step_single(gen_ctx *g, seq *s, const float *logits)
 {
     hyp *h = &s->run[0];
@@ -340,10 +350,7 @@ static ks_status step_single(gen_ctx *g, seq *s, const float *logits)
     apply_processors(&s->p, h->ids, h->len, s->req->len, g->eos, g->scores, g->vocab);
     int tok = s->p.do_sample ? sample_token(&s->p, g->scores, g->vocab, g->sorted, &s->rng)
                              : argmax(g->scores, g->vocab);
-    h->ids[h->len++] = tok;
-    if (tok == g->eos || h->len - s->req->len >= (size_t)s->p.max_new_tokens)
-        return finish_with(s, h);
-    return KS_OK;
+    return push_token(g, s, tok);
 }
 
 typedef struct cand {
@@ -666,11 +673,13 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
     uint8_t *st_mask = malloc(tok_cap);
     float *st_img = malloc((size_t)n_slots * LQ * E * sizeof(float));
     float *logits = malloc((size_t)n_slots * (size_t)V * sizeof(float));
+    ke_select_row *sel = malloc((size_t)n_slots * sizeof *sel);
+    int32_t *sel_ids = malloc((size_t)n_slots * sizeof *sel_ids);
     g.scores = malloc((size_t)V * sizeof(float));
     g.lp = malloc((size_t)max_beams * (size_t)V * sizeof(float));
     g.sorted = malloc((size_t)V * sizeof(scored));
     if (!seqs || !slot_free || !st_slots || !st_ntok || !st_ids || !st_pos || !st_mask ||
-        !st_img || !logits || !g.scores || !g.lp || !g.sorted) {
+        !st_img || !logits || !sel || !sel_ids || !g.scores || !g.lp || !g.sorted) {
         st = ks_fail(KS_ERR_NOMEM, "generate: out of memory");
         goto cleanup;
     }
@@ -747,9 +756,32 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
                 }
             }
         }
+        /* A decode step of greedy requests only can select on the device (select_greedy):
+         * the logits stay there and only the ids come back. Prefill steps still read the
+         * logits (prefill_logits_last), and beams and sampling select on the host. */
+        bool on_device = backend->ops->select_greedy != NULL && !has_prefill;
+        for (int i = 0; i < n_requests && on_device; i++)
+            if (seqs[i].state == SEQ_RUNNING && (seqs[i].n_beams != 1 || seqs[i].p.do_sample))
+                on_device = false;
         double t0 = now_ms();
-        if ((st = backend->ops->forward(backend, &step, logits)) != KS_OK)
+        if ((st = backend->ops->forward(backend, &step, on_device ? NULL : logits)) != KS_OK)
             goto cleanup;
+        if (on_device) {
+            int n_sel = 0;
+            for (int i = 0; i < n_requests; i++) {
+                seq *s = &seqs[i];
+                if (s->state != SEQ_RUNNING)
+                    continue;
+                const hyp *h = &s->run[0];
+                sel[n_sel++] = (ke_select_row){
+                    .row = s->first_row, .ids = h->ids, .len = h->len,
+                    .no_repeat_ngram_size = s->p.no_repeat_ngram_size,
+                    .ban_eos = s->p.min_new_tokens > 0 &&
+                               h->len - s->req->len < (size_t)s->p.min_new_tokens};
+            }
+            if ((st = backend->ops->select_greedy(backend, sel, n_sel, sel_ids)) != KS_OK)
+                goto cleanup;
+        }
         double dt = now_ms() - t0;
         if (stats) {
             if (has_prefill) {
@@ -760,7 +792,8 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
             }
         }
 
-        /* advance every request with its rows of logits */
+        /* advance every request with its rows of logits (or its selected id) */
+        int n_pushed = 0;
         for (int i = 0; i < n_requests; i++) {
             seq *s = &seqs[i];
             if (s->state != SEQ_PREFILL && s->state != SEQ_RUNNING)
@@ -778,6 +811,8 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
             }
             if (s->p.max_new_tokens == 0)
                 st = finish_with(s, &s->run[0]);
+            else if (on_device)
+                st = push_token(&g, s, sel_ids[n_pushed++]);
             else if (s->n_beams == 1)
                 st = step_single(&g, s, rows);
             else
@@ -816,6 +851,8 @@ cleanup:
     free(st_mask);
     free(st_img);
     free(logits);
+    free(sel);
+    free(sel_ids);
     free(g.scores);
     free(g.lp);
     free(g.sorted);

@@ -1,0 +1,269 @@
+/* bench_cl_gemm: speed of the OpenCL GEMM seam (ke_cl_gemm) on Kosmos-2's shapes, against
+ * CLBlast (where built in) and the plain-C ke_op_linear, in one process (a benchmark, never a
+ * test; correctness is test_cl_gemm's job).
+ *
+ *   bench_cl_gemm [--device SPEC] [--m LIST] [--shapes LIST] [--seconds S] [--no-ref]
+ *                 [--variants LIST]
+ *
+ *   --m 1,8,71,257    batch rows (default): decode 1 and 8, one 71-token prompt, one image
+ *   --shapes a,b      names from the table below (default all)
+ *   --seconds 0.3     minimum time per measurement (at least one run after a warm-up)
+ *   --variants auto,clblast   ours (auto = the seam's own choice, or a variant name), clblast
+ *   --no-ref          skip the plain-C baseline (slow for large m on the lm_head)
+ *
+ * For each shape and m it prints milliseconds per product, GFLOP/s (2·m·n·k), the GB/s of
+ * weight traffic (n·k·bytes per weight, read once), GFLOP per CPU-second of the process (steadier
+ * than wall time on a shared machine) and the wall-time speed-up over ke_op_linear with f16
+ * weights (one thread). Ours runs with f16 and f32 weights; CLBlast only with f32 (it has no
+ * f16-storage/f32-compute mode without cl_khr_fp16), so compare it with ours-f32.
+ * POCL_MEMORY_LIMIT must allow the lm_head's 533 MB f32 buffer (=8 does). */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cl_gemm.h"
+#include "kc_context.h"
+#include "kc_device.h"
+#include "ref_ops.h"
+
+typedef struct shape {
+    const char *name;
+    size_t n, k;
+} shape;
+
+static const shape shapes[] = {
+    {"attn", 2048, 2048},     /* text q/k/v/out projections */
+    {"ffn_up", 8192, 2048},   /* text fc1 */
+    {"ffn_down", 2048, 8192}, /* text fc2 */
+    {"lm_head", 65037, 2048}, /* vocabulary */
+    {"v_attn", 1024, 1024},   /* vision q/k/v/out */
+    {"v_up", 4096, 1024},     /* vision fc1 */
+    {"v_down", 1024, 4096},   /* vision fc2 */
+    {"patch", 1024, 588},     /* patch embedding (3·14·14) */
+};
+#define N_SHAPES (sizeof shapes / sizeof shapes[0])
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds of the whole process (PoCL's worker threads included): on a shared machine,
+ * GFLOP per CPU-second is steadier than per wall-second. */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double last_cpu_s; /* CPU seconds per run of the last measurement */
+
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 11) * 0x1p-53 - 0.5);
+}
+
+static bool in_list(const char *list, const char *item)
+{
+    if (!list)
+        return true;
+    size_t n = strlen(item);
+    for (const char *p = list; (p = strstr(p, item)) != NULL; p += n)
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    return false;
+}
+
+/* Seconds per run of ke_cl_gemm_run (warm-up, then repeats until `min_s`); < 0 on failure. */
+static double time_gemm(kc_context *ctx, ke_cl_gemm *g, const ke_cl_gemm_args *a, double min_s,
+                        char *variant, size_t variant_len)
+{
+    if (ke_cl_gemm_run(g, a) != KS_OK || kc_context_finish(ctx) != KS_OK) {
+        fprintf(stderr, "  %s\n", ks_error_message());
+        return -1.0;
+    }
+    snprintf(variant, variant_len, "%s", ke_cl_gemm_last_variant(g));
+    int runs = 0, batch = 1;
+    double t0 = now(), c0 = cpu_now(), t;
+    do {
+        for (int i = 0; i < batch; i++)
+            if (ke_cl_gemm_run(g, a) != KS_OK)
+                return -1.0;
+        if (kc_context_finish(ctx) != KS_OK)
+            return -1.0;
+        runs += batch;
+        batch *= 2;
+        t = now() - t0;
+    } while (t < min_s);
+    last_cpu_s = (cpu_now() - c0) / runs;
+    return t / runs;
+}
+
+static void report(const char *shape_name, size_t m, size_t n, size_t k, const char *impl,
+                   const char *variant, size_t wbytes, double s, double ref_s)
+{
+    double flops = 2.0 * (double)m * (double)n * (double)k;
+    printf("%-9s %4zu %6zu %5zu  %-11s %-12s %9.3f %8.2f %8.2f %8.2f", shape_name, m, n, k,
+           impl, variant, s * 1e3, flops / s * 1e-9,
+           (double)n * (double)k * (double)wbytes / s * 1e-9, flops / last_cpu_s * 1e-9);
+    if (ref_s > 0)
+        printf(" %8.2fx", ref_s / s);
+    printf("\n");
+    fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+    const char *device = NULL, *m_list = "1,8,71,257", *shape_list = NULL;
+    const char *variants = "auto,clblast";
+    double min_s = 0.3;
+    bool ref = true;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--device") && i + 1 < argc)
+            device = argv[++i];
+        else if (!strcmp(argv[i], "--m") && i + 1 < argc)
+            m_list = argv[++i];
+        else if (!strcmp(argv[i], "--shapes") && i + 1 < argc)
+            shape_list = argv[++i];
+        else if (!strcmp(argv[i], "--variants") && i + 1 < argc)
+            variants = argv[++i];
+        else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+            min_s = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--no-ref"))
+            ref = false;
+        else {
+            fprintf(stderr, "usage: %s [--device SPEC] [--m 1,8,71,257] [--shapes attn,...] "
+                            "[--variants auto,dot,tiled,simple,clblast] [--seconds S] "
+                            "[--no-ref]\n", argv[0]);
+            return 2;
+        }
+    }
+
+    kc_device_list *list = NULL;
+    kc_context *ctx = NULL;
+    ke_cl_gemm *g = NULL;
+    int rc = 1;
+    if (kc_device_list_new(&list) != KS_OK) {
+        fprintf(stderr, "%s\n", ks_error_message());
+        return 1;
+    }
+    size_t index = 0;
+    if (device) {
+        if (kc_device_list_select(list, device, &index) != KS_OK) {
+            fprintf(stderr, "%s\n", ks_error_message());
+            goto done;
+        }
+    } else if (kc_device_list_default(list) >= 0) {
+        index = (size_t)kc_device_list_default(list);
+    } else {
+        fprintf(stderr, "no OpenCL device\n");
+        goto done;
+    }
+    const kc_device_info *dev = kc_device_list_get(list, index);
+    if (kc_context_new(dev, NULL, &ctx) != KS_OK || !(g = ke_cl_gemm_new(ctx))) {
+        fprintf(stderr, "%s\n", ks_error_message());
+        goto done;
+    }
+    printf("device: %s (%s, %s, %u compute units)\n", dev->name, dev->platform_name,
+           dev->driver_version, dev->compute_units);
+    printf("%-9s %4s %6s %5s  %-11s %-12s %9s %8s %8s %8s %9s\n", "shape", "m", "n", "k", "impl",
+           "variant", "ms", "GFLOP/s", "W GB/s", "GF/cpu-s", "vs ref");
+
+    for (size_t si = 0; si < N_SHAPES; si++) {
+        const shape *sh = &shapes[si];
+        if (!in_list(shape_list, sh->name))
+            continue;
+        const size_t n = sh->n, k = sh->k, max_m = 512;
+        /* host data: W as f32 and f16 (the same values), X for up to max_m rows */
+        float *wf = malloc(n * k * sizeof *wf);
+        uint16_t *wh = malloc(n * k * sizeof *wh);
+        float *x = malloc(max_m * k * sizeof *x);
+        float *y = malloc(max_m * n * sizeof *y);
+        float *scratch = malloc(ke_op_linear_scratch(k) * sizeof *scratch);
+        if (!wf || !wh || !x || !y || !scratch) {
+            fprintf(stderr, "out of memory\n");
+            goto done;
+        }
+        for (size_t i = 0; i < n * k; i++) {
+            /* an f16 bit pattern of magnitude < 1 (exponent < 15), and its f32 value */
+            wh[i] = (uint16_t)((rng >> 20) & 0x83ffu) | (uint16_t)((10 + (rng >> 40) % 5) << 10);
+            frand();
+            wf[i] = ke_op_f16_to_f32(wh[i]);
+        }
+        for (size_t i = 0; i < max_m * k; i++)
+            x[i] = frand();
+        cl_mem bx = NULL, bwf = NULL, bwh = NULL, by = NULL;
+        if (kc_context_buffer(ctx, CL_MEM_READ_ONLY, max_m * k * 4, x, &bx) != KS_OK ||
+            kc_context_buffer(ctx, CL_MEM_READ_ONLY, n * k * 4, wf, &bwf) != KS_OK ||
+            kc_context_buffer(ctx, CL_MEM_READ_ONLY, n * k * 2, wh, &bwh) != KS_OK ||
+            kc_context_buffer(ctx, CL_MEM_READ_WRITE, max_m * n * 4, NULL, &by) != KS_OK) {
+            fprintf(stderr, "%s\n", ks_error_message());
+            goto done;
+        }
+        for (const char *mp = m_list; mp && *mp; mp = strchr(mp, ',') ? strchr(mp, ',') + 1 : NULL) {
+            size_t m = (size_t)strtoul(mp, NULL, 10);
+            if (m == 0 || m > max_m)
+                continue;
+            double ref_s = -1.0;
+            if (ref) {
+                ke_tensor tw = {.dtype = KE_DTYPE_F16, .ndim = 2,
+                                .shape = {(int64_t)n, (int64_t)k}, .data = wh};
+                int runs = 0;
+                double t0 = now(), c0 = cpu_now(), t;
+                do {
+                    ke_op_linear(x, m, &tw, NULL, y, scratch);
+                    runs++;
+                    t = now() - t0;
+                } while (t < min_s);
+                ref_s = t / runs;
+                last_cpu_s = (cpu_now() - c0) / runs;
+                report(sh->name, m, n, k, "ref-f16", "ke_op_linear", 2, ref_s, ref_s);
+            }
+            ke_cl_gemm_args a = {.m = m, .n = n, .k = k, .x = bx, .ldx = k, .y = by, .ldy = n};
+            char variant[64];
+            for (int dt = 1; dt >= 0; dt--) {
+                a.w = dt ? bwh : bwf;
+                a.w_dtype = dt ? KE_DTYPE_F16 : KE_DTYPE_F32;
+                for (size_t v = 0; v <= ke_cl_gemm_variant_count(); v++) {
+                    const char *vn = v == 0 ? "auto" : ke_cl_gemm_variant_name(v - 1);
+                    if (!in_list(variants, vn) || (dt && !strcmp(vn, "clblast")))
+                        continue;
+                    if (ke_cl_gemm_force(g, v == 0 ? NULL : vn) != KS_OK)
+                        continue;
+                    double s = time_gemm(ctx, g, &a, min_s, variant, sizeof variant);
+                    if (s > 0)
+                        report(sh->name, m, n, k,
+                               strcmp(vn, "clblast") ? (dt ? "ours-f16" : "ours-f32")
+                                                     : "clblast-f32",
+                               variant, dt ? 2 : 4, s, ref_s);
+                }
+            }
+            ke_cl_gemm_force(g, NULL);
+        }
+        kc_context_buffer_free(ctx, &bx);
+        kc_context_buffer_free(ctx, &bwf);
+        kc_context_buffer_free(ctx, &bwh);
+        kc_context_buffer_free(ctx, &by);
+        free(wf);
+        free(wh);
+        free(x);
+        free(y);
+        free(scratch);
+    }
+    rc = 0;
+done:
+    ke_cl_gemm_destroy(&g);
+    kc_context_destroy(&ctx);
+    kc_device_list_destroy(&list);
+    return rc;
+}

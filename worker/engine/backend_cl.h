@@ -1,0 +1,19 @@
+/* ke_backend_cl: the OpenCL backend (`--device cpu|gpu|N|name`): the whole Kosmos-2 forward
+ * pass on one OpenCL device behind the ke_backend seam (backend.h), equal to the plain-C
+ * reference backend op by op. Built only with kosmos_opencl; open it through ke_backend_open. */
+#ifndef KE_BACKEND_CL_H
+#define KE_BACKEND_CL_H
+
+#include "backend.h"
+#include "kc_device.h"
+
+/* Opens `device` (copied; from a kc_device_list), builds or loads the programs, uploads the
+ * weights of `model` (borrowed; outlives the backend) tensor by tensor from their memory, and
+ * allocates options->slots KV slots of options->slot_capacity tokens on the device. NULL with a
+ * message naming the device, and the tensor, buffer or kernel with its sizes, on failure (a
+ * device without enough memory, a failed build). Program binaries are cached on disk
+ * (KOSMOS_CACHE_DIR, see docs/opencl.md). */
+ke_backend *ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
+                              const ke_backend_options *options);
+
+#endif

@@ -1,0 +1,426 @@
+/* ke_cl_ops: see backend_cl_ops.h. Four programs, one option set each per weight dtype:
+ * layer_norm.cl, ops.cl, attention.cl and select.cl. Work-group sizes start from a preference
+ * capped by the device's limit, and are halved (a rebuild) while any kernel of the program
+ * reports a smaller CL_KERNEL_WORK_GROUP_SIZE, so nothing assumes a particular driver. */
+#include "backend_cl_ops.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "kc_error.h"
+#include "kc_program.h"
+
+enum { K_LAYER_NORM, K_ACTIVATION, K_L2, K_UNFOLD, K_VISION_EMBED, K_TEXT_EMBED, K_KV_STORE,
+       K_GATHER, K_ATTENTION, K_NGRAM_BAN, K_ARGMAX, K_COUNT };
+
+typedef struct prog_spec {
+    const char *file;
+    size_t preferred_wg;
+    bool weights; /* has WEIGHT_HALF */
+    int first, count; /* kernels [first, first + count) */
+} prog_spec;
+
+static const char *const kernel_names[K_COUNT] = {
+    "layer_norm", "activation", "l2_normalize", "unfold_patches", "vision_embed", "text_embed",
+    "kv_store",   "gather_rows", "attention",   "ngram_ban",      "argmax_rows"};
+
+enum { P_LAYER_NORM, P_OPS, P_ATTENTION, P_SELECT, P_COUNT };
+
+static const prog_spec programs[P_COUNT] = {
+    {"layer_norm.cl", 256, true, K_LAYER_NORM, 1},
+    {"ops.cl", 64, true, K_ACTIVATION, 7},
+    {"attention.cl", 64, false, K_ATTENTION, 1},
+    {"select.cl", 64, false, K_NGRAM_BAN, 2},
+};
+
+struct ke_cl_ops {
+    kc_context *ctx; /* borrowed */
+    cl_command_queue queue;
+    cl_kernel k[K_COUNT];
+    size_t wg[P_COUNT];
+    uint64_t local_mem;
+};
+
+static size_t floor_pow2(size_t v)
+{
+    size_t p = 1;
+    while (p * 2 <= v)
+        p *= 2;
+    return p;
+}
+
+static size_t round_up(size_t v, size_t m)
+{
+    return (v + m - 1) / m * m;
+}
+
+/* Builds program `p` with the largest work-group size every one of its kernels accepts. */
+static ks_status build(ke_cl_ops *o, int p, ke_dtype dt)
+{
+    const prog_spec *s = &programs[p];
+    const kc_device_info *dev = kc_context_device(o->ctx);
+    size_t wg = s->preferred_wg;
+    if (dev->max_work_group_size > 0 && dev->max_work_group_size < wg)
+        wg = floor_pow2(dev->max_work_group_size);
+    for (;;) {
+        char opts[128];
+        if (s->weights)
+            snprintf(opts, sizeof opts, "-DWG_SIZE=%zu -DWEIGHT_HALF=%d", wg,
+                     dt == KE_DTYPE_F16 ? 1 : 0);
+        else
+            snprintf(opts, sizeof opts, "-DWG_SIZE=%zu", wg);
+        kc_program *prog = NULL;
+        ks_status st = kc_program_get(o->ctx, s->file, opts, &prog);
+        if (st != KS_OK)
+            return st;
+        size_t fit = wg;
+        for (int i = s->first; i < s->first + s->count; i++) {
+            if ((st = kc_program_kernel(prog, kernel_names[i], &o->k[i])) != KS_OK)
+                return st;
+            size_t kmax = 0;
+            cl_int err = clGetKernelWorkGroupInfo(o->k[i], dev->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                                  sizeof kmax, &kmax, NULL);
+            if (err != CL_SUCCESS)
+                return ks_fail(KS_ERR_DEVICE, "clGetKernelWorkGroupInfo(%s) failed: %s (%d)",
+                               kernel_names[i], kc_error_name(err), (int)err);
+            if (kmax < fit)
+                fit = kmax;
+        }
+        if (fit >= wg) {
+            o->wg[p] = wg;
+            return KS_OK;
+        }
+        if (fit < 1)
+            return ks_fail(KS_ERR_DEVICE, "%s: the device runs no work-group of its kernels",
+                           s->file);
+        wg = floor_pow2(fit);
+    }
+}
+
+ke_cl_ops *ke_cl_ops_new(kc_context *ctx, ke_dtype weight_dtype)
+{
+    ke_cl_ops *o = calloc(1, sizeof *o);
+    if (!o) {
+        ks_fail(KS_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    o->ctx = ctx;
+    o->queue = kc_context_queue(ctx);
+    o->local_mem = kc_context_device(ctx)->local_mem_bytes;
+    for (int p = 0; p < P_COUNT; p++) {
+        if (build(o, p, weight_dtype) != KS_OK) {
+            ks_error_prefix("OpenCL ops");
+            free(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+void ke_cl_ops_destroy(ke_cl_ops **ops)
+{
+    if (!ops || !*ops)
+        return;
+    free(*ops); /* kernels and programs belong to the context */
+    *ops = NULL;
+}
+
+size_t ke_cl_ops_wg_size(const ke_cl_ops *o)
+{
+    return o->wg[P_OPS];
+}
+
+#define ARG(kern, i, value)                                                                        \
+    do {                                                                                           \
+        __typeof__(value) arg_ = (value);                                                          \
+        KC_CHECK(clSetKernelArg((kern), (i), sizeof arg_, &arg_));                                 \
+    } while (0)
+
+#define FITS_INT(v) ((v) <= (size_t)INT_MAX)
+
+static ks_status run(ke_cl_ops *o, cl_kernel k, cl_uint dims, const size_t *global,
+                     const size_t *local)
+{
+    ks_status status = KS_OK;
+    KC_CHECK(clEnqueueNDRangeKernel(o->queue, k, dims, NULL, global, local, 0, NULL, NULL));
+cleanup:
+    return status;
+}
+
+ks_status ke_cl_layer_norm(ke_cl_ops *o, cl_mem x, size_t rows, size_t dim, cl_mem w, cl_mem b,
+                           float eps, cl_mem y)
+{
+    ks_status status = KS_OK;
+    cl_kernel k = o->k[K_LAYER_NORM];
+    if (rows == 0)
+        return KS_OK;
+    if (!FITS_INT(dim) || !w || !b) {
+        status = ks_fail(KS_ERR_INVALID, "bad arguments");
+        goto cleanup;
+    }
+    ARG(k, 0, x);
+    ARG(k, 1, w);
+    ARG(k, 2, b);
+    ARG(k, 3, y);
+    ARG(k, 4, (cl_int)dim);
+    ARG(k, 5, (cl_float)eps);
+    size_t local = o->wg[P_LAYER_NORM], global = rows * local;
+    status = run(o, k, 1, &global, &local);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel layer_norm (rows %zu, dim %zu)", rows, dim);
+    return status;
+}
+
+ks_status ke_cl_activation(ke_cl_ops *o, cl_mem x, size_t n, ke_activation act)
+{
+    ks_status status = KS_OK;
+    cl_kernel k = o->k[K_ACTIVATION];
+    if (n == 0)
+        return KS_OK;
+    if (!FITS_INT(n)) {
+        status = ks_fail(KS_ERR_LIMIT, "more than 2^31 values");
+        goto cleanup;
+    }
+    ARG(k, 0, x);
+    ARG(k, 1, (cl_int)n);
+    ARG(k, 2, (cl_int)act);
+    size_t global = round_up(n, 64);
+    status = run(o, k, 1, &global, NULL);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel activation (n %zu, act %d)", n, (int)act);
+    return status;
+}
+
+ks_status ke_cl_l2_normalize(ke_cl_ops *o, cl_mem x, size_t rows, size_t dim, float eps)
+{
+    ks_status status = KS_OK;
+    cl_kernel k = o->k[K_L2];
+    if (rows == 0)
+        return KS_OK;
+    if (!FITS_INT(dim)) {
+        status = ks_fail(KS_ERR_LIMIT, "dim above 2^31");
+        goto cleanup;
+    }
+    ARG(k, 0, x);
+    ARG(k, 1, (cl_int)dim);
+    ARG(k, 2, (cl_float)eps);
+    size_t local = o->wg[P_OPS], global = rows * local;
+    status = run(o, k, 1, &global, &local);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel l2_normalize (rows %zu, dim %zu)", rows, dim);
+    return status;
+}
+
+ks_status ke_cl_unfold_patches(ke_cl_ops *o, cl_mem pixels, int n, int channels, int size,
+                               int patch, cl_mem out)
+{
+    ks_status status = KS_OK;
+    cl_kernel k = o->k[K_UNFOLD];
+    size_t grid = patch > 0 ? (size_t)(size / patch) : 0;
+    size_t total = (size_t)n * grid * grid * (size_t)channels * (size_t)patch * (size_t)patch;
+    if (total == 0)
+        return KS_OK;
+    if (!FITS_INT(total)) {
+        status = ks_fail(KS_ERR_LIMIT, "more than 2^31 values");
+        goto cleanup;
+    }
+    ARG(k, 0, pixels);
+    ARG(k, 1, out);
+    ARG(k, 2, (cl_int)channels);
+    ARG(k, 3, (cl_int)size);
+    ARG(k, 4, (cl_int)patch);
+    ARG(k, 5, (cl_int)total);
+    size_t global = round_up(total, 64);
+    status = run(o, k, 1, &global, NULL);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel unfold_patches (%d images, %d channels, size %d, patch %d)", n,
+                        channels, size, patch);
+    return status;
+}
+
+ks_status ke_cl_vision_embed(ke_cl_ops *o, cl_mem patch_out, cl_mem cls, cl_mem pos, int n,
+                             int seq, int hid, cl_mem x)
+{
+    ks_status status = KS_OK;
+    cl_kernel k = o->k[K_VISION_EMBED];
+    size_t total = (size_t)n * (size_t)seq * (size_t)hid;
+    if (total == 0)
+        return KS_OK;
+    if (!FITS_INT(total)) {
+        status = ks_fail(KS_ERR_LIMIT, "more than 2^31 values");
+        goto cleanup;
+    }
+    ARG(k, 0, patch_out);
+    ARG(k, 1, cls);
+    ARG(k, 2, pos);
+    ARG(k, 3, x);
+    ARG(k, 4, (cl_int)seq);
+    ARG(k, 5, (cl_int)hid);
+    ARG(k, 6, (cl_int)total);
+    size_t global = round_up(total, 64);
+    status = run(o, k, 1, &global, NULL);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel vision_embed (%d images, seq %d, hidden %d)", n, seq, hid);
+    return status;
+}
+
+ks_status ke_cl_text_embed(ke_cl_ops *o, cl_mem table, cl_mem tok, size_t n, cl_mem image_rows,
+                           cl_mem freq, float scale, int pad, int dim, cl_mem out)
+{
+    ks_status status = KS_OK;
+    cl_kernel k = o->k[K_TEXT_EMBED];
+    if (n == 0)
+        return KS_OK;
+    if (!FITS_INT(n) || dim < 1) {
+        status = ks_fail(KS_ERR_INVALID, "bad sizes");
+        goto cleanup;
+    }
+    ARG(k, 0, table);
+    ARG(k, 1, tok);
+    ARG(k, 2, image_rows);
+    ARG(k, 3, freq);
+    ARG(k, 4, out);
+    ARG(k, 5, (cl_int)dim);
+    ARG(k, 6, (cl_int)n);
+    ARG(k, 7, (cl_float)scale);
+    ARG(k, 8, (cl_int)pad);
+    size_t global[2] = {round_up((size_t)dim, 16), n};
+    status = run(o, k, 2, global, NULL);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel text_embed (%zu tokens, dim %d)", n, dim);
+    return status;
+}
+
+ks_status ke_cl_kv_store(ke_cl_ops *o, cl_mem qkv, int ld, int k_col, int v_col, cl_mem kc,
+                         cl_mem vc, cl_mem dest, int width, size_t n)
+{
+    ks_status status = KS_OK;
+    cl_kernel k = o->k[K_KV_STORE];
+    if (n == 0)
+        return KS_OK;
+    if (!FITS_INT(n) || width < 1) {
+        status = ks_fail(KS_ERR_INVALID, "bad sizes");
+        goto cleanup;
+    }
+    ARG(k, 0, qkv);
+    ARG(k, 1, (cl_int)ld);
+    ARG(k, 2, (cl_int)k_col);
+    ARG(k, 3, (cl_int)v_col);
+    ARG(k, 4, kc);
+    ARG(k, 5, vc);
+    ARG(k, 6, dest);
+    ARG(k, 7, (cl_int)width);
+    ARG(k, 8, (cl_int)n);
+    size_t global[2] = {round_up((size_t)width, 16), n};
+    status = run(o, k, 2, global, NULL);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel kv_store (%zu rows, width %d)", n, width);
+    return status;
+}
+
+ks_status ke_cl_gather_rows(ke_cl_ops *o, cl_mem src, cl_mem idx, size_t n, int width, cl_mem dst)
+{
+    ks_status status = KS_OK;
+    cl_kernel k = o->k[K_GATHER];
+    if (n == 0)
+        return KS_OK;
+    if (!FITS_INT(n) || width < 1) {
+        status = ks_fail(KS_ERR_INVALID, "bad sizes");
+        goto cleanup;
+    }
+    ARG(k, 0, src);
+    ARG(k, 1, idx);
+    ARG(k, 2, dst);
+    ARG(k, 3, (cl_int)width);
+    ARG(k, 4, (cl_int)n);
+    size_t global[2] = {round_up((size_t)width, 16), n};
+    status = run(o, k, 2, global, NULL);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel gather_rows (%zu rows, width %d)", n, width);
+    return status;
+}
+
+ks_status ke_cl_attention(ke_cl_ops *o, const ke_cl_attention_args *a)
+{
+    ks_status status = KS_OK;
+    cl_kernel k = o->k[K_ATTENTION];
+    size_t wg = o->wg[P_ATTENTION];
+    if (a->n_rows == 0)
+        return KS_OK;
+    if (a->heads < 1 || a->head_dim < 1 || !FITS_INT(a->q_off) || !FITS_INT(a->q_stride) ||
+        !FITS_INT(a->k_off) || !FITS_INT(a->v_off) || !FITS_INT(a->kv_stride) ||
+        !FITS_INT(a->out_stride) || a->n_rows > (size_t)INT_MAX / (size_t)a->heads) {
+        status = ks_fail(KS_ERR_INVALID, "sizes out of range");
+        goto cleanup;
+    }
+    size_t local_bytes = (2 * wg + 2 * (size_t)a->head_dim) * sizeof(float);
+    if (o->local_mem > 0 && local_bytes > o->local_mem) {
+        status = ks_fail(KS_ERR_UNSUPPORTED, "needs %zu bytes of local memory, the device has %llu",
+                         local_bytes, (unsigned long long)o->local_mem);
+        goto cleanup;
+    }
+    ARG(k, 0, a->q);
+    ARG(k, 1, (cl_int)a->q_off);
+    ARG(k, 2, (cl_int)a->q_stride);
+    ARG(k, 3, a->k);
+    ARG(k, 4, (cl_int)a->k_off);
+    ARG(k, 5, a->v);
+    ARG(k, 6, (cl_int)a->v_off);
+    ARG(k, 7, (cl_int)a->kv_stride);
+    ARG(k, 8, a->rows);
+    ARG(k, 9, a->out);
+    ARG(k, 10, (cl_int)a->out_stride);
+    ARG(k, 11, (cl_int)a->heads);
+    ARG(k, 12, (cl_int)a->head_dim);
+    ARG(k, 13, (cl_float)a->scale);
+    KC_CHECK(clSetKernelArg(k, 14, (size_t)a->head_dim * sizeof(float), NULL));
+    KC_CHECK(clSetKernelArg(k, 15, (size_t)a->head_dim * sizeof(float), NULL));
+    size_t global = a->n_rows * (size_t)a->heads * wg;
+    status = run(o, k, 1, &global, &wg);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel attention (%zu rows, %d heads, head_dim %d, work-group %zu)",
+                        a->n_rows, a->heads, a->head_dim, wg);
+    return status;
+}
+
+ks_status ke_cl_select_greedy(ke_cl_ops *o, cl_mem logits, int vocab, cl_mem info, cl_mem hist,
+                              int n_sel, int max_len, int eos, cl_mem out)
+{
+    ks_status status = KS_OK;
+    const char *which = "ngram_ban";
+    cl_kernel k = o->k[K_NGRAM_BAN];
+    if (n_sel <= 0)
+        return KS_OK;
+    ARG(k, 0, logits);
+    ARG(k, 1, (cl_int)vocab);
+    ARG(k, 2, info);
+    ARG(k, 3, hist);
+    ARG(k, 4, (cl_int)n_sel);
+    ARG(k, 5, (cl_int)eos);
+    size_t g2[2] = {round_up(max_len > 0 ? (size_t)max_len : 1, 16), (size_t)n_sel};
+    if ((status = run(o, k, 2, g2, NULL)) != KS_OK)
+        goto cleanup;
+    which = "argmax_rows";
+    k = o->k[K_ARGMAX];
+    ARG(k, 0, logits);
+    ARG(k, 1, (cl_int)vocab);
+    ARG(k, 2, info);
+    ARG(k, 3, out);
+    size_t local = o->wg[P_SELECT], global = (size_t)n_sel * local;
+    status = run(o, k, 1, &global, &local);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel %s (%d sequences, vocab %d, longest %d ids)", which, n_sel, vocab,
+                        max_len);
+    return status;
+}

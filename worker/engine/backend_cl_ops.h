@@ -1,0 +1,86 @@
+/* ke_cl_ops: the OpenCL kernels of the forward pass (kernels/ops.cl, attention.cl, select.cl,
+ * layer_norm.cl), one enqueue function per op mirroring ref_ops.h, so each can be tested
+ * against its reference op (tests/unit/test_cl_ops.c) and backend_cl.c reads like
+ * backend_ref.c. Matrix products are not here: they go through cl_gemm.h.
+ *
+ * Every function enqueues on the context's in-order queue and returns without waiting.
+ * Buffers are borrowed; activations are f32, weight buffers hold the dtype given to
+ * ke_cl_ops_new. A failure (KS_ERR_DEVICE, KS_ERR_INVALID) names the kernel and the sizes.
+ * Not thread-safe (one thread drives a context). */
+#ifndef KE_BACKEND_CL_OPS_H
+#define KE_BACKEND_CL_OPS_H
+
+#include <stddef.h>
+
+#include "kc_context.h"
+#include "ks_error.h"
+#include "model.h"
+
+typedef struct ke_cl_ops ke_cl_ops;
+
+/* Builds (or loads from the binary cache) the programs for weights of `weight_dtype`, with
+ * work-group sizes fitted to the device and each kernel's own limit. `ctx` is borrowed and must
+ * outlive the ops. NULL with a message on failure (a failed build names the file and log). */
+ke_cl_ops *ke_cl_ops_new(kc_context *ctx, ke_dtype weight_dtype);
+void ke_cl_ops_destroy(ke_cl_ops **ops);
+
+/* y (rows, dim) = LayerNorm(x) · w + b; y may be x.   (ke_op_layer_norm) */
+ks_status ke_cl_layer_norm(ke_cl_ops *o, cl_mem x, size_t rows, size_t dim, cl_mem w, cl_mem b,
+                           float eps, cl_mem y);
+
+/* In place over n values; act is a ke_activation.   (ke_op_activation) */
+ks_status ke_cl_activation(ke_cl_ops *o, cl_mem x, size_t n, ke_activation act);
+
+/* In place: rows of x (rows, dim) divided by max(L2 norm, eps).   (ke_op_l2_normalize) */
+ks_status ke_cl_l2_normalize(ke_cl_ops *o, cl_mem x, size_t rows, size_t dim, float eps);
+
+/* pixels (n, channels, size, size) -> out (n·grid², channels·patch²).   (ke_op_unfold_patches) */
+ks_status ke_cl_unfold_patches(ke_cl_ops *o, cl_mem pixels, int n, int channels, int size,
+                               int patch, cl_mem out);
+
+/* x (n·seq, hid): per image, row 0 = cls + pos[0], row t = patch_out[t-1] + pos[t].
+ * patch_out (n·(seq-1), hid) f32; cls (hid), pos (seq, hid) weights. */
+ks_status ke_cl_vision_embed(ke_cl_ops *o, cl_mem patch_out, cl_mem cls, cl_mem pos, int n,
+                             int seq, int hid, cl_mem x);
+
+/* out (n, dim) text input embeddings (ke_op_text_embed): tok (n) cl_int4 (id, position, image
+ * row or -1, 0); image_rows (rows, dim) f32 (any valid buffer when no token uses it); freq
+ * (dim / 2) from ke_op_sinusoid_freqs; table (vocab, dim) weights. */
+ks_status ke_cl_text_embed(ke_cl_ops *o, cl_mem table, cl_mem tok, size_t n, cl_mem image_rows,
+                           cl_mem freq, float scale, int pad, int dim, cl_mem out);
+
+/* Copies, for each of n rows t of qkv (n, ld), columns [k_col, k_col + width) to row dest[t]
+ * of kc and [v_col, v_col + width) to row dest[t] of vc (both (rows, width)). dest: n cl_int. */
+ks_status ke_cl_kv_store(ke_cl_ops *o, cl_mem qkv, int ld, int k_col, int v_col, cl_mem kc,
+                         cl_mem vc, cl_mem dest, int width, size_t n);
+
+/* dst (n, width) row r = src row idx[r]. idx: n cl_int. */
+ks_status ke_cl_gather_rows(ke_cl_ops *o, cl_mem src, cl_mem idx, size_t n, int width, cl_mem dst);
+
+/* Attention (ke_op_attention, see kernels/attention.cl): rows (n_rows) cl_int4 (q row, first
+ * key row, key count, 0) says what each output row sees. Offsets and strides in floats. */
+typedef struct ke_cl_attention_args {
+    cl_mem q;
+    size_t q_off, q_stride;
+    cl_mem k, v;
+    size_t k_off, v_off, kv_stride;
+    cl_mem rows;
+    size_t n_rows;
+    int heads, head_dim;
+    float scale;
+    cl_mem out;
+    size_t out_stride;
+} ke_cl_attention_args;
+
+ks_status ke_cl_attention(ke_cl_ops *o, const ke_cl_attention_args *a);
+
+/* Greedy selection over rows of logits (rows, vocab), see kernels/select.cl: info (n_sel, 5)
+ * cl_int (row, history offset, history length, ngram size, ban_eos), hist the histories,
+ * max_len the longest history; out (n_sel) cl_int. Bans are written into logits. */
+ks_status ke_cl_select_greedy(ke_cl_ops *o, cl_mem logits, int vocab, cl_mem info, cl_mem hist,
+                              int n_sel, int max_len, int eos, cl_mem out);
+
+/* The work-group size chosen for each family (for notes and tests). */
+size_t ke_cl_ops_wg_size(const ke_cl_ops *o);
+
+#endif

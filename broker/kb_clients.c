@@ -188,17 +188,6 @@ static ks_status kb_find_own(kb_broker *b, const char *job_id, const char *clien
     return st;
 }
 
-static bool kb_uri_allowed(kb_broker *b, const char *uri)
-{
-    for (size_t i = 0; i < b->p.n_image_roots; i++) {
-        const char *root = b->p.image_roots[i];
-        size_t n = strlen(root);
-        if (strncmp(uri, root, n) == 0 && !strstr(uri, "/../") && !strstr(uri, "/.."))
-            return true;
-    }
-    return false;
-}
-
 static ks_status kb_submit(kb_broker *b, kb_batch *batch, const kp_inbound *in, const char *client,
                            const Kosmos__V1__ClientRequest *req)
 {
@@ -232,7 +221,7 @@ static ks_status kb_submit(kb_broker *b, kb_batch *batch, const kp_inbound *in, 
         snprintf(reason, sizeof reason, "no worker has offered this model since the broker started");
     }
     if (!code && job->image_case == KOSMOS__V1__JOB__IMAGE_IMAGE_URI &&
-        !kb_uri_allowed(b, job->image_uri)) {
+        !kb_job_uri_allowed(job->image_uri, b->p.image_roots, b->p.n_image_roots)) {
         code = KOSMOS__V1__REJECT_CODE__REJECT_CODE_IMAGE_URI_NOT_ALLOWED;
         snprintf(reason, sizeof reason, "image_uri is outside the allowed roots (--image-root)");
     }

@@ -6,13 +6,59 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kb_sha256.h"
+#include "ks_sha256.h"
 
 #define KB_MAX_KEY 128
 #define KB_MAX_LABEL 256
 #define KB_MAX_URI 4096
 #define KB_MAX_PHRASE_BOXES 64
 #define KB_MAX_BOXES 64
+
+/* An absolute path whose components are neither "." nor "..". */
+static bool kb_path_clean(const char *path)
+{
+    if (path[0] != '/')
+        return false;
+    for (const char *c = path; *c;) {
+        while (*c == '/')
+            c++;
+        size_t n = strcspn(c, "/");
+        if ((n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+            return false;
+        c += n;
+    }
+    return true;
+}
+
+bool kb_job_root_valid(const char *root)
+{
+    return root && kb_path_clean(root);
+}
+
+bool kb_job_uri_allowed(const char *uri, const char *const *roots, size_t n_roots)
+{
+    const char *path = uri;
+    if (!uri)
+        return false;
+    if (strncmp(uri, "file://", 7) == 0) {
+        path = uri + 7;
+        if (strncmp(path, "localhost/", 10) == 0)
+            path += 9;
+    }
+    if (!kb_path_clean(path))
+        return false;
+    for (size_t i = 0; i < n_roots; i++) {
+        const char *root = roots[i];
+        if (!kb_job_root_valid(root))
+            continue;
+        size_t n = strlen(root);
+        while (n > 0 && root[n - 1] == '/')
+            n--; /* "/x/img/" is "/x/img"; "/" becomes "" and allows every absolute path */
+        if (strncmp(path, root, n) == 0 && (path[n] == '\0' || path[n] == '/'))
+            return true;
+    }
+    return false;
+}
 
 size_t kb_count_phrases(const char *s)
 {
@@ -136,9 +182,9 @@ void kb_job_fingerprint(const Kosmos__V1__Job *job, const void *image, size_t im
     uint8_t digest[32];
     copy.idempotency_key = NULL;
     if (job->image_case == KOSMOS__V1__JOB__IMAGE_IMAGE_DATA) {
-        kb_sha256(job->image_data.data, job->image_data.len, digest);
+        ks_sha256(job->image_data.data, job->image_data.len, digest);
     } else if (job->image_case == KOSMOS__V1__JOB__IMAGE_IMAGE_ATTACHED_SIZE) {
-        kb_sha256(image, image ? image_len : 0, digest);
+        ks_sha256(image, image ? image_len : 0, digest);
     }
     if (job->image_case != KOSMOS__V1__JOB__IMAGE_IMAGE_URI) {
         copy.image_case = KOSMOS__V1__JOB__IMAGE_IMAGE_DATA;
@@ -153,7 +199,7 @@ void kb_job_fingerprint(const Kosmos__V1__Job *job, const void *image, size_t im
         return;
     }
     kosmos__v1__job__pack(&copy, buf);
-    kb_sha256(buf, n, out);
+    ks_sha256(buf, n, out);
     free(buf);
 }
 

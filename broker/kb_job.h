@@ -32,6 +32,15 @@ void kb_job_fingerprint(const Kosmos__V1__Job *job, const void *image, size_t im
 /* Packs the Job for storage without its image bytes (image_uri kept). Caller frees *blob. */
 ks_status kb_job_pack_stored(const Kosmos__V1__Job *job, void **blob, size_t *len);
 
+/* Whether `uri` may be used as an image_uri under `roots` (§5.1): `/abs/path`, `file:///abs/path`
+ * or `file://localhost/abs/path`; no `.` or `..` component; equal to a root or continuing it
+ * with `/` (whole path components: root /x/img allows /x/img/a.png, not /x/imgx/a.png). Roots
+ * are absolute paths (trailing `/` ignored; kb_job_root_valid checks them). No roots: false. */
+bool kb_job_uri_allowed(const char *uri, const char *const *roots, size_t n_roots);
+
+/* Whether `root` is usable as --image-root: absolute, no `.` or `..` component. */
+bool kb_job_root_valid(const char *root);
+
 /* Counts "<phrase>" in s. */
 size_t kb_count_phrases(const char *s);
 

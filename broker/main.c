@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kb_broker.h"
+#include "kb_job.h"
 
 static volatile sig_atomic_t stop_requested;
 
@@ -40,7 +41,8 @@ static void usage(FILE *out)
             "  --batch N                messages per endpoint per cycle, one commit (default 256)\n"
             "  --retention-days N       job records, keys, unacked results kept (default 7)\n"
             "  --default-max-new-tokens N  set on dispatch when a job leaves it unset (default 128)\n"
-            "  --image-root PREFIX      allow image_uri under PREFIX (repeatable; default none)\n"
+            "  --image-root DIR         allow image_uri under the absolute path DIR, by whole\n"
+            "                           components (repeatable; default none: image_uri refused)\n"
             "  --curve-secret FILE      broker secret certificate (CURVE on; needs both below)\n"
             "  --client-keys DIR        public certificates of allowed clients\n"
             "  --worker-keys DIR        public certificates of allowed workers\n"
@@ -104,6 +106,11 @@ int main(int argc, char **argv)
         case O_ROOT:
             if (nroots == 64) {
                 fprintf(stderr, "kosmos-broker: at most 64 --image-root\n");
+                return 1;
+            }
+            if (!kb_job_root_valid(optarg)) {
+                fprintf(stderr, "kosmos-broker: --image-root must be an absolute path without . or .. "
+                                "components: %s\n", optarg);
                 return 1;
             }
             roots[nroots++] = optarg;

@@ -1,5 +1,5 @@
-/* kb_sha256: see kb_sha256.h. */
-#include "kb_sha256.h"
+/* ks_sha256: see ks_sha256.h. */
+#include "ks_sha256.h"
 
 #include <string.h>
 
@@ -17,7 +17,7 @@ static const uint32_t K[64] = {
 
 #define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
-static void kb_sha256_block(kb_sha256_ctx *s, const uint8_t *p)
+static void ks_sha256_block(ks_sha256_ctx *s, const uint8_t *p)
 {
     uint32_t w[64], a, b, c, d, e, f, g, h;
     for (int i = 0; i < 16; i++)
@@ -39,7 +39,7 @@ static void kb_sha256_block(kb_sha256_ctx *s, const uint8_t *p)
     s->h[4] += e, s->h[5] += f, s->h[6] += g, s->h[7] += h;
 }
 
-void kb_sha256_init(kb_sha256_ctx *s)
+void ks_sha256_init(ks_sha256_ctx *s)
 {
     static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
@@ -48,7 +48,7 @@ void kb_sha256_init(kb_sha256_ctx *s)
     s->used = 0;
 }
 
-void kb_sha256_update(kb_sha256_ctx *s, const void *data, size_t len)
+void ks_sha256_update(ks_sha256_ctx *s, const void *data, size_t len)
 {
     const uint8_t *p = data;
     s->total += len;
@@ -57,22 +57,22 @@ void kb_sha256_update(kb_sha256_ctx *s, const void *data, size_t len)
         memcpy(s->block + s->used, p, n);
         s->used += n, p += n, len -= n;
         if (s->used == 64) {
-            kb_sha256_block(s, s->block);
+            ks_sha256_block(s, s->block);
             s->used = 0;
         }
     }
 }
 
-void kb_sha256_final(kb_sha256_ctx *s, uint8_t out[KB_SHA256_LEN])
+void ks_sha256_final(ks_sha256_ctx *s, uint8_t out[KS_SHA256_LEN])
 {
     uint64_t bits = s->total * 8;
     uint8_t pad = 0x80, zero = 0, len[8];
-    kb_sha256_update(s, &pad, 1);
+    ks_sha256_update(s, &pad, 1);
     while (s->used != 56)
-        kb_sha256_update(s, &zero, 1);
+        ks_sha256_update(s, &zero, 1);
     for (int i = 0; i < 8; i++)
         len[i] = (uint8_t)(bits >> (56 - 8 * i));
-    kb_sha256_update(s, len, 8);
+    ks_sha256_update(s, len, 8);
     for (int i = 0; i < 8; i++) {
         out[4 * i] = (uint8_t)(s->h[i] >> 24);
         out[4 * i + 1] = (uint8_t)(s->h[i] >> 16);
@@ -81,10 +81,10 @@ void kb_sha256_final(kb_sha256_ctx *s, uint8_t out[KB_SHA256_LEN])
     }
 }
 
-void kb_sha256(const void *data, size_t len, uint8_t out[KB_SHA256_LEN])
+void ks_sha256(const void *data, size_t len, uint8_t out[KS_SHA256_LEN])
 {
-    kb_sha256_ctx s;
-    kb_sha256_init(&s);
-    kb_sha256_update(&s, data, len);
-    kb_sha256_final(&s, out);
+    ks_sha256_ctx s;
+    ks_sha256_init(&s);
+    ks_sha256_update(&s, data, len);
+    ks_sha256_final(&s, out);
 }

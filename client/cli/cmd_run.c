@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <jansson.h>
 
@@ -17,6 +16,7 @@
 #include "cli.h"
 #include "generate.h"
 #include "ks_buf.h"
+#include "kw_pipeline.h"
 #include "model.h"
 #include "postprocess.h"
 #include "processor.h"
@@ -71,13 +71,6 @@ typedef struct run_options {
     unsigned long long seed;
     bool top_p_set, seed_set;
 } run_options;
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
 
 static bool parse_int(const char *text, int min, int max, int *out)
 {
@@ -229,23 +222,20 @@ static json_t *ids_json(const int32_t *ids, size_t n)
 }
 
 typedef struct run_state {
-    kt_tokenizer *tokenizer;
-    ke_model *model;
+    kw_model loaded; /* tokenizer + weights */
+    ke_model *model; /* = loaded.model */
     ke_backend *backend;
     run_image image;
     kt_bboxes bboxes;
     kt_encoding encoding;
     float *image_embeds, *post_layernorm;
     ke_gen_result result;
-    kt_grounding grounding;
-    ks_buf text, raw;
+    kw_text out; /* decoded text, raw caption, grounding */
 } run_state;
 
 static void run_state_fini(run_state *s)
 {
-    ks_buf_fini(&s->raw);
-    ks_buf_fini(&s->text);
-    kt_grounding_fini(&s->grounding);
+    kw_text_fini(&s->out);
     ke_gen_result_fini(&s->result);
     free(s->post_layernorm);
     free(s->image_embeds);
@@ -253,8 +243,7 @@ static void run_state_fini(run_state *s)
     kt_bboxes_fini(&s->bboxes);
     run_image_fini(&s->image);
     ke_backend_destroy(&s->backend);
-    ke_model_destroy(&s->model);
-    kt_tokenizer_destroy(&s->tokenizer);
+    kw_model_fini(&s->loaded);
 }
 
 static ks_status write_dump(const char *path, const run_state *s)
@@ -293,22 +282,15 @@ done:
 
 static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
 {
-    double t0 = now_ms();
-    s->tokenizer = kt_tokenizer_new(o->model_dir);
-    if (!s->tokenizer)
-        return KS_ERR_INVALID;
-    ke_model_options model_options = {.storage = o->precision};
-    s->model = ke_model_load(o->model_dir, &model_options);
-    if (!s->model)
-        return KS_ERR_INVALID;
+    double t0 = kw_now_ms();
+    ks_status st = kw_model_load(o->model_dir, o->precision, &s->loaded);
+    if (st)
+        return st;
+    s->model = s->loaded.model;
     const ke_config *config = &s->model->config;
-    if ((size_t)config->text.vocab_size != kt_tokenizer_vocab_size(s->tokenizer))
-        return ks_fail(KS_ERR_FORMAT, "%s: config.json's vocab_size %d does not match the "
-                       "tokenizer's %zu ids", o->model_dir, config->text.vocab_size,
-                       kt_tokenizer_vocab_size(s->tokenizer));
-    double t_loaded = now_ms();
+    double t_loaded = kw_now_ms();
 
-    ks_status st = run_image_load(&s->image, o->image_path, o->pixels_from, o->autorotate,
+    st = run_image_load(&s->image, o->image_path, o->pixels_from, o->autorotate,
                         o->draw_path != NULL, config);
     if (st)
         return st;
@@ -322,29 +304,28 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
         if (st)
             return st;
     }
-    st = kt_processor_encode(s->tokenizer, o->prompt, strlen(o->prompt),
+    st = kt_processor_encode(s->loaded.tokenizer, o->prompt, strlen(o->prompt),
                              o->bboxes_json ? &s->bboxes : NULL, &s->encoding);
     if (st)
         return st;
-    double t_preprocessed = now_ms();
+    double t_preprocessed = kw_now_ms();
 
+    kw_gen_overrides overrides = {
+        .has_max_new_tokens = o->max_new_tokens >= 0, .max_new_tokens = o->max_new_tokens,
+        .has_min_new_tokens = o->min_new_tokens >= 0, .min_new_tokens = o->min_new_tokens,
+        .has_num_beams = o->num_beams >= 1, .num_beams = o->num_beams,
+        .has_no_repeat_ngram_size = o->no_repeat_ngram_size >= 0,
+        .no_repeat_ngram_size = o->no_repeat_ngram_size,
+        .do_sample = o->sample, .has_temperature = true, .temperature = o->temperature,
+        .has_top_p = true, .top_p = o->top_p, .has_seed = true, .seed = o->seed};
     ke_gen_params params;
-    ke_gen_params_default(&params, config);
-    if (o->max_new_tokens >= 0) params.max_new_tokens = o->max_new_tokens;
-    if (o->min_new_tokens >= 0) params.min_new_tokens = o->min_new_tokens;
-    if (o->num_beams >= 1) params.num_beams = o->num_beams;
-    if (o->no_repeat_ngram_size >= 0) params.no_repeat_ngram_size = o->no_repeat_ngram_size;
-    if (o->sample) {
-        params.do_sample = true;
-        params.temperature = (float)o->temperature;
-        params.top_p = (float)o->top_p;
-        params.seed = o->seed;
-    }
+    kw_gen_params(config, &overrides, &params);
     int capacity = (int)s->encoding.len + params.max_new_tokens + 1;
     ke_backend_options backend_options = {.slots = params.num_beams, .slot_capacity = capacity};
     s->backend = ke_backend_open(s->model, o->device, &backend_options);
     if (!s->backend)
         return KS_ERR_UNSUPPORTED;
+    double t_backend = kw_now_ms(); /* device opened, programs built or loaded, weights uploaded */
 
     size_t embeds = (size_t)config->latent_query_num * (size_t)config->text.embed_dim;
     int side = config->vision.image_size / config->vision.patch_size;
@@ -357,7 +338,7 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
     st = s->backend->ops->encode_images(s->backend, s->image.pixels, 1, s->image_embeds, &taps);
     if (st)
         return st;
-    double t_vision = now_ms();
+    double t_vision = kw_now_ms();
 
     ke_gen_request request = {.input_ids = s->encoding.input_ids.v,
                               .image_embeds_position_mask = s->encoding.image_embeds_position_mask,
@@ -367,31 +348,36 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
     if (st)
         return st;
 
-    /* The engine's text: special tokens skipped, as Hugging Face's examples decode. */
-    kt_decode_options decode = {.skip_special_tokens = true, .clean_up_spaces = -1};
-    if ((st = kt_tokenizer_decode(s->tokenizer, s->result.ids, s->result.len, &decode, &s->text)) ||
-        (st = kt_postprocess_raw(s->text.data ? s->text.data : "", s->text.len, &s->raw)) ||
-        (st = kt_postprocess(s->text.data ? s->text.data : "", s->text.len, &s->grounding)))
+    if ((st = kw_text_from_ids(s->loaded.tokenizer, s->result.ids, s->result.len, &s->out)))
         return st;
 
     if (o->dump_path && (st = write_dump(o->dump_path, s)))
         return st;
-    if (o->draw_path && (st = run_image_draw(&s->image, &s->grounding, o->draw_path)))
+    if (o->draw_path && (st = run_image_draw(&s->image, &s->out.grounding, o->draw_path)))
         return st;
 
-    json_t *result = kt_grounding_to_json(&s->grounding);
+    json_t *result = kt_grounding_to_json(&s->out.grounding);
     if (!result)
         return ks_fail(KS_ERR_NOMEM, "out of memory building the result");
-    json_object_set_new(result, "boxes_px", boxes_px_json(&s->grounding, s->image.width,
+    json_object_set_new(result, "boxes_px", boxes_px_json(&s->out.grounding, s->image.width,
                                                          s->image.height));
-    json_object_set_new(result, "raw", json_stringn(s->raw.data ? s->raw.data : "", s->raw.len));
+    json_object_set_new(result, "raw", json_stringn(s->out.raw.data ? s->out.raw.data : "", s->out.raw.len));
     json_object_set_new(result, "generated_ids", ids_json(s->result.ids, s->result.len));
+    /* device: the backend's device; programs_built / programs_cached: OpenCL programs compiled
+     * at start vs loaded from the binary cache (a second start on the same device builds 0) */
+    ke_backend_stats bstats;
+    ke_backend_stats_get(s->backend, &bstats);
     json_object_set_new(result, "timings",
-                        json_pack("{s:f, s:f, s:f, s:f, s:f, s:i}", "load_ms", t_loaded - t0,
-                                  "preprocess_ms", t_preprocessed - t_loaded, "vision_ms",
-                                  t_vision - t_preprocessed, "prefill_ms", stats.prefill_ms,
-                                  "decode_ms", stats.decode_ms, "new_tokens",
-                                  (int)s->result.new_tokens));
+                        json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:s, s:i, s:i, s:f}",
+                                  "load_ms", t_loaded - t0, "preprocess_ms",
+                                  t_preprocessed - t_loaded, "backend_ms",
+                                  t_backend - t_preprocessed, "vision_ms", t_vision - t_backend,
+                                  "prefill_ms", stats.prefill_ms, "decode_ms", stats.decode_ms,
+                                  "new_tokens", (int)s->result.new_tokens, "device",
+                                  bstats.device ? bstats.device : "?", "programs_built",
+                                  (int)bstats.programs_built, "programs_cached",
+                                  (int)bstats.programs_cached, "program_build_ms",
+                                  bstats.program_build_ms));
     *out = result;
     return KS_OK;
 }
@@ -407,9 +393,7 @@ int cmd_run(int argc, char **argv)
     memset(&state, 0, sizeof state);
     kt_bboxes_init(&state.bboxes);
     kt_encoding_init(&state.encoding);
-    kt_grounding_init(&state.grounding);
-    ks_buf_init(&state.text);
-    ks_buf_init(&state.raw);
+    kw_text_init(&state.out);
     run_image_init(&state.image);
 
     json_t *result = NULL;

@@ -7,6 +7,7 @@
 #include "draw.h"
 #include "image_decode.h"
 #include "ks_file.h"
+#include "kw_pipeline.h"
 #include "pixels.h"
 #include "safetensors.h"
 
@@ -48,17 +49,14 @@ ks_status run_image_load(run_image *img, const char *path, const char *pixels_fr
         if (st == KS_OK && keep_decoded)
             st = ki_image_decode(bytes, len, &params, &img->decoded);
     } else {
-        st = ki_image_decode(bytes, len, &params, &img->decoded);
-        ki_pixels *pixels = NULL;
-        if (st == KS_OK && !(pixels = malloc(sizeof *pixels)))
-            st = ks_fail(KS_ERR_NOMEM, "out of memory for the pixels");
-        if (st == KS_OK)
-            st = ki_pixels_from_image(img->decoded, pixels);
-        if (st == KS_OK && !(img->pixels = malloc(sizeof pixels->values)))
-            st = ks_fail(KS_ERR_NOMEM, "out of memory for the pixels");
-        if (st == KS_OK)
-            memcpy(img->pixels, pixels->values, sizeof pixels->values);
-        free(pixels);
+        /* The same decode + preprocess as kosmos-worker (kw_pipeline). */
+        kw_image_params image_params = {.autorotate = autorotate, .keep_decoded = true};
+        kw_image decoded;
+        st = kw_image_decode(&decoded, bytes, len, &image_params, config);
+        if (st == KS_OK) {
+            img->pixels = decoded.pixels;
+            img->decoded = decoded.decoded;
+        }
     }
     if (st == KS_OK && img->decoded) {
         img->width = ki_image_width(img->decoded);

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The GPU check (issue: measure against PyTorch on the GPU machine), one staged script that
+# streams its results to $OUT as it goes, so a stop at any point still tells something:
+#   1. smoke (< 1 min): the carried binaries start, NVIDIA's OpenCL is found, kernel tests pass
+#   2. fidelity: transformers builds a full-size random Kosmos-2 with decisive weights and saves
+#      it; our fp16 path runs it; max logit error and 64 greedy ids against HF fp32
+#   3. speed: kosmos-bench and hf_baseline.py side by side at fixed batch sizes, with ratios
+#
+#   ops/gpu-carry.sh                       # here: build and collect build-gpu/carry
+#   OUT=/some/dir ops/gpu-check.sh         # there (the device tool sets $OUT)
+#
+# Environment: CARRY (default build-gpu/carry), PYTHON (python3), DEVICE (gpu), HF_DEVICE
+# (cuda), CONFIG (full), BATCHES (1,8,64,256), REPEATS (1), NEW_TOKENS (64),
+# STAGES (smoke,fidelity,speed).
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+OUT=${OUT:-$repo/gpu-check-out}
+CARRY=${CARRY:-build-gpu/carry}
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-gpu}
+HF_DEVICE=${HF_DEVICE:-cuda}
+CONFIG=${CONFIG:-full}
+BATCHES=${BATCHES:-1,8,64,256}
+REPEATS=${REPEATS:-1}
+NEW_TOKENS=${NEW_TOKENS:-64}
+STAGES=${STAGES:-smoke,fidelity,speed}
+mkdir -p "$OUT"
+summary=$OUT/summary.jsonl
+note() { printf '%s %s\n' "$(date +%T)" "$*" | tee -a "$OUT/progress.log"; }
+record() { echo "$1" | tee -a "$summary"; }
+wants() { case ",$STAGES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+export LD_LIBRARY_PATH="$repo/$CARRY/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export KOSMOS_CACHE_DIR=${KOSMOS_CACHE_DIR:-/tmp/kosmos-cache}
+bin=$repo/$CARRY/bin
+
+# NVIDIA ships libnvidia-opencl without an ICD file on some hosts: register it for the loader.
+if [ -z "${OCL_ICD_VENDORS:-}" ]; then
+    for lib in /usr/lib/libnvidia-opencl.so.1 /usr/lib/x86_64-linux-gnu/libnvidia-opencl.so.1 \
+               /usr/local/nvidia/lib64/libnvidia-opencl.so.1; do
+        if [ -e "$lib" ]; then
+            mkdir -p /tmp/kosmos-icd && echo "$lib" > /tmp/kosmos-icd/nvidia.icd
+            export OCL_ICD_VENDORS=/tmp/kosmos-icd
+            break
+        fi
+    done
+fi
+note "start: OCL_ICD_VENDORS=${OCL_ICD_VENDORS:-unset} device=$DEVICE config=$CONFIG batches=$BATCHES"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true; } \
+    > "$OUT/gpu.txt"
+status=0
+
+if wants smoke; then
+    note "stage 1: smoke"
+    for t in test_opencl test_cl_gemm test_cl_ops; do
+        if KOSMOS_TEST_DEVICE=$DEVICE timeout 60 "$bin/$t" > "$OUT/smoke-$t.log" 2>&1; then
+            record "{\"stage\": \"smoke\", \"test\": \"$t\", \"ok\": true}"
+        else
+            record "{\"stage\": \"smoke\", \"test\": \"$t\", \"ok\": false}"
+            tail -n 20 "$OUT/smoke-$t.log"
+            status=1
+        fi
+    done
+fi
+
+if wants fidelity; then
+    note "stage 2: fidelity"
+    model=/tmp/kosmos-fidelity-model
+    if "$PYTHON" tests/bench/gpu_fidelity.py make --dir "$model" --config "$CONFIG" \
+           --device "$HF_DEVICE" --new-tokens "$NEW_TOKENS" 2> "$OUT/fidelity-make.log" \
+           | tee -a "$summary" &&
+       "$bin/kosmos-fidelity" --model "$model" --inputs "$model/inputs.safetensors" \
+           --out "$OUT/fidelity-ours.safetensors" --device "$DEVICE" --new-tokens "$NEW_TOKENS" \
+           2> "$OUT/fidelity-ours.log" &&
+       "$PYTHON" tests/bench/gpu_fidelity.py check --dir "$model" \
+           --ours "$OUT/fidelity-ours.safetensors" | tee -a "$summary"; then
+        note "fidelity: ok"
+    else
+        note "fidelity: FAILED"; tail -n 20 "$OUT"/fidelity-*.log; status=1
+    fi
+    rm -rf "$model"
+fi
+
+if wants speed; then
+    note "stage 3: speed"
+    PYTHON=$PYTHON KOSMOS_BENCH=$bin/kosmos-bench HF_DEVICE=$HF_DEVICE \
+        tests/bench/compare.sh --device "$DEVICE" --config "$CONFIG" --batch "$BATCHES" \
+        --repeats "$REPEATS" --warmup 1 --new-tokens "$NEW_TOKENS" --out "$OUT/speed" \
+        2>&1 | tee "$OUT/speed.log" || status=1
+fi
+note "done: status $status"
+exit "$status"

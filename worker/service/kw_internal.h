@@ -1,0 +1,70 @@
+/* kw_internal: what the worker's I/O thread (kw_worker.c) and compute thread (kw_compute.c)
+ * pass over their inproc:// PAIR pipe. Each message is one kw_msg struct sent by value; the
+ * pointers in it transfer ownership to the receiver (same process). Private to worker/service. */
+#ifndef KW_INTERNAL_H
+#define KW_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kw_batch.h"
+#include "wire.h"
+
+#define KW_JOB_ID_MAX 64
+
+typedef enum kw_msg_type {
+    KW_MSG_TASK = 1, /* io -> compute: a dispatch to run (task) */
+    KW_MSG_CANCEL,   /* io -> compute: stop (job_id, attempt) if it is held (reason) */
+    KW_MSG_STOP,     /* io -> compute: finish the running batch, drop the queue, then STOPPED */
+    KW_MSG_RESULT,   /* compute -> io: the packed Result of one task (done) */
+    KW_MSG_STOPPED,  /* compute -> io: the thread is about to exit; nothing more will come */
+    KW_MSG_FATAL     /* compute -> io: the device failed (message); STOPPED follows */
+} kw_msg_type;
+
+/* A dispatch: the received message (it owns the Dispatch and the image frame) and the batch
+ * input pointing into it. */
+typedef struct kw_task {
+    kp_inbound *in;
+    kw_job_in job;
+    char job_id[KW_JOB_ID_MAX + 1];
+} kw_task;
+
+typedef struct kw_done {
+    char job_id[KW_JOB_ID_MAX + 1];
+    uint32_t attempt;
+    kw_packed packed; /* WorkerMessage{result} */
+} kw_done;
+
+typedef struct kw_msg {
+    kw_msg_type type;
+    kw_task *task;
+    kw_done *done;
+    char job_id[KW_JOB_ID_MAX + 1];
+    uint32_t attempt;
+    int reason;
+    char message[512];
+} kw_msg;
+
+void kw_task_destroy(kw_task **t);
+
+/* The compute thread's state; kw_compute_start creates the thread. */
+typedef struct kw_compute {
+    void *zmq_ctx;          /* borrowed */
+    const char *endpoint;   /* inproc:// endpoint the io thread bound */
+    kw_engine *engine;      /* borrowed; driven only by the compute thread once started */
+    int max_batch;
+    kw_result_meta meta;
+    pthread_t thread;
+    bool started;
+} kw_compute;
+
+/* Starts the thread (with SIGTERM/SIGINT blocked in it). KS_ERR_NOMEM/KS_ERR_IO on failure. */
+ks_status kw_compute_start(kw_compute *c);
+
+/* Sends one message on a PAIR socket (blocking); KS_ERR_IO when the socket failed. */
+ks_status kw_msg_send(void *pair, const kw_msg *m);
+/* Receives one message; KS_OK with *got false when flags had ZMQ_DONTWAIT and nothing came. */
+ks_status kw_msg_recv(void *pair, kw_msg *m, int flags, bool *got);
+
+#endif

@@ -1,0 +1,190 @@
+/* kosmos-worker: one worker process per compute device (docs/protocol.md §8). The command line
+ * around kw_worker: options, signals, exit codes. Exit 0 after SIGTERM/SIGINT (running work
+ * finished and acknowledged, the rest handed back), 1 for bad options, a model or device that
+ * cannot be opened or a broker that refuses the worker, 3 when the device failed at run time. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kw_log.h"
+#include "kw_worker.h"
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (stop_requested < 2)
+        stop_requested++;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "usage: kosmos-worker --broker ENDPOINT --model DIR [--device SPEC] [--max-batch N]\n"
+        "                     [--name NAME] [options]\n"
+        "Runs Kosmos-2 for a kosmos-farm broker on one compute device: registers with the\n"
+        "broker's worker endpoint, takes up to --max-batch jobs at once, runs them in dynamic\n"
+        "batches (the prompts of a job share one vision pass) and returns each result until the\n"
+        "broker confirms it is stored. Heartbeats come from their own thread, also while the\n"
+        "device computes. Logs: one JSON object per line on stderr.\n"
+        "SIGTERM/SIGINT: take no new work, finish the running batch, wait for its results to be\n"
+        "acknowledged, hand the jobs not started back (Disconnect), exit 0; a second signal\n"
+        "exits at once. Exit 1: bad options, model/device failed to open, broker refused;\n"
+        "3: the device failed (its jobs are reported retriable and requeued by the broker).\n"
+        "\n"
+        "  --broker EP              the broker's worker endpoint, tcp://HOST:5556 or ipc://PATH\n"
+        "                           (required)\n"
+        "  --model DIR              Hugging Face Kosmos-2 checkpoint folder (required)\n"
+        "  --device SPEC            ref (plain C), cpu, gpu, an index or a name in 'kosmos devices'\n"
+        "                           order (default: the first GPU, else the first OpenCL device,\n"
+        "                           else ref)\n"
+        "  --max-batch N            jobs held at once = credit granted, 1..64 (default 4)\n"
+        "  --name NAME              worker name, unique per process (default HOSTNAME/DEVICE)\n"
+        "  --slots N                KV-cache slots: sequences (beams) computed together; a\n"
+        "                           prompt with more beams fails retriably (default 8)\n"
+        "  --context N              tokens per slot, prompt + new tokens (default: the model's\n"
+        "                           max_position_embeddings)\n"
+        "  --precision P            fp16 (default: weights stored as half) or fp32\n"
+        "  --autorotate             apply the EXIF orientation (default off, as the reference\n"
+        "                           and 'kosmos run')\n"
+        "  --max-pixels N           images whose header claims more pixels fail (default\n"
+        "                           100000000)\n"
+        "  --max-image-bytes N      largest image frame or image_uri file (default 67108864)\n"
+        "  --model-id ID            model id announced in Ready (default config.json's\n"
+        "                           _name_or_path, else the folder's name)\n"
+        "  --model-hash HEX         weights hash announced in Ready (default: SHA-256 of the\n"
+        "                           safetensors files, computed at start)\n"
+        "  --heartbeat-ms N         heartbeat interval until the broker's Welcome sets it\n"
+        "                           (default 1000)\n"
+        "  --heartbeat-liveness N   missed intervals before the broker counts as gone, until\n"
+        "                           Welcome sets it (default 3)\n"
+        "  --reconnect-max-ms N     cap of the reconnect backoff (default 30000)\n"
+        "  --stop-timeout S         SIGTERM: longest wait for the running batch and its\n"
+        "                           acknowledgements, seconds (default 120)\n"
+        "  --curve-secret FILE      this worker's secret certificate (CURVE on; with the next)\n"
+        "  --curve-server-public FILE  the broker's public certificate\n"
+        "  --log-level L            debug, info, warn, error (default info)\n"
+        "  --help                   this text\n");
+}
+
+static int parse_num(const char *s, unsigned long long min, unsigned long long max,
+                     unsigned long long *out)
+{
+    char *end;
+    if (!s || !*s || *s == '-')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_BROKER = 256, O_MODEL, O_DEVICE, O_BATCH, O_NAME, O_SLOTS, O_CONTEXT, O_PREC,
+           O_ROTATE, O_PIXELS, O_IMGB, O_MID, O_MHASH, O_HB, O_HL, O_RECON, O_STOP, O_CS, O_CP,
+           O_LOG, O_HELP };
+    static const struct option opts[] = {
+        {"broker", required_argument, 0, O_BROKER}, {"model", required_argument, 0, O_MODEL},
+        {"device", required_argument, 0, O_DEVICE}, {"max-batch", required_argument, 0, O_BATCH},
+        {"name", required_argument, 0, O_NAME}, {"slots", required_argument, 0, O_SLOTS},
+        {"context", required_argument, 0, O_CONTEXT}, {"precision", required_argument, 0, O_PREC},
+        {"autorotate", no_argument, 0, O_ROTATE}, {"max-pixels", required_argument, 0, O_PIXELS},
+        {"max-image-bytes", required_argument, 0, O_IMGB},
+        {"model-id", required_argument, 0, O_MID}, {"model-hash", required_argument, 0, O_MHASH},
+        {"heartbeat-ms", required_argument, 0, O_HB},
+        {"heartbeat-liveness", required_argument, 0, O_HL},
+        {"reconnect-max-ms", required_argument, 0, O_RECON},
+        {"stop-timeout", required_argument, 0, O_STOP},
+        {"curve-secret", required_argument, 0, O_CS},
+        {"curve-server-public", required_argument, 0, O_CP},
+        {"log-level", required_argument, 0, O_LOG}, {"help", no_argument, 0, O_HELP},
+        {0, 0, 0, 0}};
+    kw_worker_params p;
+    kw_worker_params_default(&p);
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        unsigned long long v = 0;
+        int bad = 0;
+        switch (c) {
+        case O_BROKER: p.broker = optarg; break;
+        case O_MODEL: p.engine.model_dir = optarg; break;
+        case O_DEVICE: p.engine.device = optarg; break;
+        case O_NAME:
+            if (!optarg[0] || strlen(optarg) > 128)
+                bad = 1;
+            p.name = optarg;
+            break;
+        case O_BATCH: bad = parse_num(optarg, 1, 64, &v); p.max_batch = (int)v; break;
+        case O_SLOTS: bad = parse_num(optarg, 1, 1024, &v); p.engine.slots = (int)v; break;
+        case O_CONTEXT: bad = parse_num(optarg, 2, 1 << 20, &v); p.engine.context = (int)v; break;
+        case O_PREC:
+            if (!strcmp(optarg, "fp16"))
+                p.engine.precision = KE_DTYPE_F16;
+            else if (!strcmp(optarg, "fp32"))
+                p.engine.precision = KE_DTYPE_F32;
+            else
+                bad = 1;
+            break;
+        case O_ROTATE: p.engine.autorotate = true; break;
+        case O_PIXELS: bad = parse_num(optarg, 1, 1ull << 40, &v); p.engine.max_pixels = v; break;
+        case O_IMGB:
+            bad = parse_num(optarg, 1, 1ull << 34, &v);
+            p.engine.max_image_bytes = (size_t)v;
+            break;
+        case O_MID: p.model_id = optarg; bad = !optarg[0] || strlen(optarg) > 128; break;
+        case O_MHASH: p.model_hash = optarg; bad = !optarg[0] || strlen(optarg) > 64; break;
+        case O_HB: bad = parse_num(optarg, 10, 3600000, &v); p.heartbeat_ms = (uint32_t)v; break;
+        case O_HL: bad = parse_num(optarg, 1, 100, &v); p.heartbeat_liveness = (uint32_t)v; break;
+        case O_RECON:
+            bad = parse_num(optarg, 100, 3600000, &v);
+            p.reconnect_max_ms = (uint32_t)v;
+            break;
+        case O_STOP:
+            bad = parse_num(optarg, 0, 86400, &v);
+            p.stop_timeout_ms = (uint32_t)(v * 1000);
+            break;
+        case O_CS: p.curve_secret = optarg; break;
+        case O_CP: p.curve_server = optarg; break;
+        case O_LOG:
+            if (!strcmp(optarg, "debug")) kw_log_set_level(KW_DEBUG);
+            else if (!strcmp(optarg, "info")) kw_log_set_level(KW_INFO);
+            else if (!strcmp(optarg, "warn")) kw_log_set_level(KW_WARN);
+            else if (!strcmp(optarg, "error")) kw_log_set_level(KW_ERROR);
+            else bad = 1;
+            break;
+        case O_HELP: usage(stdout); return 0;
+        default: usage(stderr); return KW_EXIT_CONFIG;
+        }
+        if (bad) {
+            fprintf(stderr, "kosmos-worker: bad value for --%s: '%s' (see --help)\n",
+                    opts[c - O_BROKER].name, optarg);
+            return KW_EXIT_CONFIG;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "kosmos-worker: unexpected argument '%s'\n", argv[optind]);
+        return KW_EXIT_CONFIG;
+    }
+    if (!p.broker || !p.engine.model_dir) {
+        fprintf(stderr, "kosmos-worker: --broker and --model are required (see --help)\n");
+        return KW_EXIT_CONFIG;
+    }
+    if ((p.curve_secret != NULL) != (p.curve_server != NULL)) {
+        fprintf(stderr, "kosmos-worker: --curve-secret and --curve-server-public go together\n");
+        return KW_EXIT_CONFIG;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return kw_worker_run(&p, &stop_requested);
+}

@@ -53,8 +53,9 @@ status=0
 
 if wants smoke; then
     note "stage 1: smoke"
-    for t in test_opencl test_cl_gemm test_cl_ops; do
-        if KOSMOS_TEST_DEVICE=$DEVICE timeout 60 "$bin/$t" > "$OUT/smoke-$t.log" 2>&1; then
+    for t in test_opencl test_cl_gemm test_cl_ops test_engine_golden; do
+        if KOSMOS_TEST_DEVICE=$DEVICE KOSMOS_GOLDEN_DIR=$repo/tests/golden \
+           timeout 60 "$bin/$t" > "$OUT/smoke-$t.log" 2>&1; then
             record "{\"stage\": \"smoke\", \"test\": \"$t\", \"ok\": true}"
         else
             record "{\"stage\": \"smoke\", \"test\": \"$t\", \"ok\": false}"

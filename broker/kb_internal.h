@@ -36,6 +36,7 @@ typedef struct kb_worker {
     uint32_t capacity, credit;
     uint64_t connected, last_seen, last_sent, jobs_done;
     bool gone; /* a send failed: forgotten at the next timer run */
+    bool gone_dead; /* ...because its connection is gone (EHOSTUNREACH): a crash, as death */
     kb_lease *leases;
     size_t n_leases, cap_leases;
 } kb_worker;

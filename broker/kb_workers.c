@@ -109,6 +109,10 @@ void kb_send_worker_packed(kb_broker *b, kb_worker *w, zmq_msg_t *body, zmq_msg_
     if (kp_send_packed(b->worker_sock, w->rid, w->rid_len, body, image, ZMQ_DONTWAIT) != KS_OK) {
         b->stats.send_failures++;
         w->gone = true;
+        /* The peer's connection is gone without a Disconnect: the process died (or dropped its
+         * socket), as for missed heartbeats - a crash, or a poison job would never end DEAD.
+         * A full queue (EAGAIN) is a slow worker: its leases go back without a crash. */
+        w->gone_dead = w->gone_dead || errno == EHOSTUNREACH;
         kb_logf(b, KB_WARN, "worker_send_failed", "\"name\":\"%s\",\"error\":\"%s\"", w->name,
                 zmq_strerror(errno));
         return;
@@ -527,7 +531,10 @@ void kb_workers_timers(kb_broker *b, uint64_t now)
     for (size_t i = 0; i < b->n_workers;) {
         kb_worker *w = b->workers[i];
         if (w->gone || w->last_seen + dead_after <= now) {
-            kb_worker_forget(b, w, !w->gone, w->gone ? "send failed (peer gone)" : "missed heartbeats");
+            kb_worker_forget(b, w, !w->gone || w->gone_dead,
+                             !w->gone       ? "missed heartbeats"
+                             : w->gone_dead ? "send failed (peer gone)"
+                                            : "send failed (queue full)");
             continue; /* the slot now holds another worker */
         }
         for (size_t k = 0; k < w->n_leases;) {

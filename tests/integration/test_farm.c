@@ -29,7 +29,15 @@
 
 #include <jansson.h>
 
+#include "farm_harness.h"
 #include "wire.h"
+
+#define CHECK FH_CHECK
+#define die fh_die
+#define sleep_ms fh_sleep_ms
+#define now_ms fh_now_ms
+#define wait_exit fh_wait_exit
+#define alive fh_alive
 
 #define N_PROMPTS 3
 #define MAX_IMAGES 32
@@ -45,114 +53,32 @@ static const double box1[4] = {0.390625, 0.046875, 0.984375, 0.828125};
 static const char *box1_json = "[[[0.390625, 0.046875, 0.984375, 0.828125]]]";
 
 static const char *broker_bin, *worker_bin, *kosmos_bin, *model_dir;
-static char dir[256], cep[300], wep[300], db[300];
-static pid_t broker_pid, worker_pid[2];
-static void *zctx, *client;
+static fh_farm farm; /* folder, endpoints, pids, context */
+static void *client;
 static uint64_t next_request = 1;
-static int failures;
-
-#define CHECK(cond, ...)                                                                         \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                     \
-            fprintf(stderr, __VA_ARGS__);                                                        \
-            fputc('\n', stderr);                                                                 \
-            failures++;                                                                          \
-        }                                                                                        \
-    } while (0)
-
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("FATAL: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    if (broker_pid > 0)
-        kill(broker_pid, SIGKILL);
-    for (int i = 0; i < 2; i++)
-        if (worker_pid[i] > 0)
-            kill(worker_pid[i], SIGKILL);
-    fprintf(stderr, "logs kept in %s\n", dir);
-    exit(1);
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ---- processes ------------------------------------------------------------------------------ */
-
-/* Starts argv[0] with stdout+stderr appended to `log`; returns its pid. */
-static pid_t spawn(char *const argv[], const char *log)
-{
-    pid_t pid = fork();
-    if (pid < 0)
-        die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Waits for pid to exit (at most timeout_ms); returns its exit code, or -1 (killed/timeout). */
-static int wait_exit(pid_t pid, uint64_t timeout_ms)
-{
-    uint64_t end = now_ms() + timeout_ms;
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        if (r < 0 || now_ms() > end) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        sleep_ms(20);
-    }
-}
-
-static bool alive(pid_t pid) { return waitpid(pid, NULL, WNOHANG) == 0; }
 
 static void start_broker(void)
 {
     char log[300], root[300];
-    snprintf(log, sizeof log, "%s/broker.log", dir);
-    snprintf(root, sizeof root, "%s/", dir);
-    char *argv[] = {(char *)broker_bin, "--client-endpoint", cep, "--worker-endpoint", wep,
-                    "--db", db, "--heartbeat-ms", "200", "--image-root", root,
+    snprintf(log, sizeof log, "%s/broker.log", farm.dir);
+    snprintf(root, sizeof root, "%s/", farm.dir);
+    char *argv[] = {(char *)broker_bin, "--client-endpoint", farm.cep, "--worker-endpoint", farm.wep,
+                    "--db", farm.db, "--heartbeat-ms", "200", "--image-root", root,
                     "--default-max-new-tokens", "8", NULL};
-    broker_pid = spawn(argv, log);
+    farm.broker_pid = fh_spawn(argv, log, NULL);
 }
 
 static void start_worker(int i)
 {
     char log[300], name[32];
-    snprintf(log, sizeof log, "%s/worker%d.log", dir, i);
+    snprintf(log, sizeof log, "%s/worker%d.log", farm.dir, i);
     snprintf(name, sizeof name, "test/w%d", i);
-    char *argv[] = {(char *)worker_bin, "--broker", wep, "--model", (char *)model_dir,
+    char *argv[] = {(char *)worker_bin, "--broker", farm.wep, "--model", (char *)model_dir,
                     "--device", "ref", "--name", name, "--max-batch", "3",
                     "--heartbeat-ms", "200", "--stop-timeout", "60", NULL};
-    worker_pid[i] = spawn(argv, log);
+    farm.worker_pid[i] = fh_spawn(argv, log, NULL);
 }
 
 /* ---- the client ----------------------------------------------------------------------------- */
@@ -161,11 +87,11 @@ static void client_open(void)
 {
     if (client)
         zmq_close(client);
-    client = zmq_socket(zctx, ZMQ_DEALER);
+    client = zmq_socket(farm.zctx, ZMQ_DEALER);
     int zero = 0;
     zmq_setsockopt(client, ZMQ_LINGER, &zero, sizeof zero);
-    if (zmq_connect(client, cep) != 0)
-        die("connect %s: %s", cep, zmq_strerror(errno));
+    if (zmq_connect(client, farm.cep) != 0)
+        die("connect %s: %s", farm.cep, zmq_strerror(errno));
 }
 
 /* Sends `req` (+ image) and returns the reply with the same request_id (caller destroys), or
@@ -410,8 +336,8 @@ static size_t make_bomb(uint8_t *out)
 static json_t *kosmos_run(const char *image, const char *prompt, bool with_box)
 {
     char out[300], log[300];
-    snprintf(out, sizeof out, "%s/run.json", dir);
-    snprintf(log, sizeof log, "%s/run.err", dir);
+    snprintf(out, sizeof out, "%s/run.json", farm.dir);
+    snprintf(log, sizeof log, "%s/run.err", farm.dir);
     char mnt[16];
     snprintf(mnt, sizeof mnt, "%d", MAX_NEW_TOKENS);
     char *argv[16] = {(char *)kosmos_bin, "run", "--model", (char *)model_dir, "--image",
@@ -497,7 +423,7 @@ static void compare(const char *what, const Kosmos__V1__PromptResult *p, const K
 static long images_encoded(int worker)
 {
     char path[300], line[4096];
-    snprintf(path, sizeof path, "%s/worker%d.log", dir, worker);
+    snprintf(path, sizeof path, "%s/worker%d.log", farm.dir, worker);
     FILE *f = fopen(path, "r");
     long n = -1;
     while (f && fgets(line, sizeof line, f)) {
@@ -554,19 +480,13 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
 
-    snprintf(dir, sizeof dir, "/tmp/kosmos-farm.XXXXXX");
-    if (!mkdtemp(dir))
-        die("mkdtemp: %s", strerror(errno));
-    snprintf(cep, sizeof cep, "ipc://%s/client", dir);
-    snprintf(wep, sizeof wep, "ipc://%s/worker", dir);
-    snprintf(db, sizeof db, "%s/broker.db", dir);
-    zctx = zmq_ctx_new();
+    fh_init(&farm, broker_bin, worker_bin, model_dir);
     start_broker();
     start_worker(0);
     start_worker(1);
     client_open();
     wait_workers(2, 60000);
-    printf("broker and 2 workers up (%s)\n", dir);
+    printf("broker and 2 workers up (%s)\n", farm.dir);
 
     /* 1. every demo image, 3 prompts each, as one job */
     char *ids[MAX_IMAGES];
@@ -583,7 +503,7 @@ int main(int argc, char **argv)
     /* 2. bad images, between and after the good ones */
     size_t half = lens[0] / 2;
     char empty_path[400];
-    snprintf(empty_path, sizeof empty_path, "%s/empty.png", dir);
+    snprintf(empty_path, sizeof empty_path, "%s/empty.png", farm.dir);
     write_file(empty_path, "", 0);
     uint8_t bomb[128];
     size_t bomb_len = make_bomb(bomb);
@@ -646,7 +566,7 @@ int main(int argc, char **argv)
         printf("%s: FAILED, not retriable: %s\n", bad_names[i], r->message ? r->message : "");
         kp_inbound_destroy(&in);
     }
-    CHECK(alive(worker_pid[0]) && alive(worker_pid[1]), "a worker died");
+    CHECK(alive(farm.worker_pid[0]) && alive(farm.worker_pid[1]), "a worker died");
 
     /* the workers still serve */
     job_spec after = {.image = data[n_images - 1], .image_len = lens[n_images - 1], .n_prompts = 1,
@@ -660,8 +580,8 @@ int main(int argc, char **argv)
     kp_inbound_destroy(&in);
 
     /* 3. the broker restarts; the workers come back by themselves */
-    kill(broker_pid, SIGTERM);
-    CHECK(wait_exit(broker_pid, 30000) == 0, "broker exit after SIGTERM");
+    kill(farm.broker_pid, SIGTERM);
+    CHECK(wait_exit(farm.broker_pid, 30000) == 0, "broker exit after SIGTERM");
     start_broker();
     client_open();
     wait_workers(2, 60000);
@@ -676,11 +596,11 @@ int main(int argc, char **argv)
 
     /* 4. SIGTERM */
     for (int i = 0; i < 2; i++)
-        kill(worker_pid[i], SIGTERM);
+        kill(farm.worker_pid[i], SIGTERM);
     for (int i = 0; i < 2; i++) {
-        int code = wait_exit(worker_pid[i], 60000);
+        int code = wait_exit(farm.worker_pid[i], 60000);
         CHECK(code == 0, "worker %d exit code %d after SIGTERM", i, code);
-        worker_pid[i] = 0;
+        farm.worker_pid[i] = 0;
     }
     /* One vision pass per job that reached the device (the demo jobs and the two after the
      * bad images), not one per prompt; the bad images never reach it. */
@@ -692,12 +612,12 @@ int main(int argc, char **argv)
     while (now_ms() < end && (left = worker_count()) != 0)
         sleep_ms(50);
     CHECK(left == 0, "the broker still lists %d workers after their SIGTERM", left);
-    kill(broker_pid, SIGTERM);
-    CHECK(wait_exit(broker_pid, 30000) == 0, "broker exit after SIGTERM");
-    broker_pid = 0;
+    kill(farm.broker_pid, SIGTERM);
+    CHECK(wait_exit(farm.broker_pid, 30000) == 0, "broker exit after SIGTERM");
+    farm.broker_pid = 0;
 
     zmq_close(client);
-    zmq_ctx_term(zctx);
+    zmq_ctx_term(farm.zctx);
     for (int i = 0; i < n_images; i++) {
         for (int k = 0; k < N_PROMPTS; k++)
             json_decref(expected[i][k]);
@@ -709,11 +629,11 @@ int main(int argc, char **argv)
         free(bad_ids[i]);
     free(after_id);
     free(restart_id);
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed; logs kept in %s\n", failures, dir);
+    if (fh_failures) {
+        fprintf(stderr, "%d check(s) failed; logs kept in %s\n", fh_failures, farm.dir);
         return 1;
     }
-    char *rm[] = {"/bin/rm", "-rf", dir, NULL};
+    char *rm[] = {"/bin/rm", "-rf", farm.dir, NULL};
     pid_t pid = fork();
     if (pid == 0) {
         execv(rm[0], rm);

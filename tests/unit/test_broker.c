@@ -15,6 +15,7 @@
 
 #include "kb_broker.h"
 #include "kb_faultvfs.h"
+#include "kb_job.h"
 #include "wire.h"
 
 /* ---- Harness -------------------------------------------------------------------------------- */
@@ -1065,6 +1066,32 @@ static void test_long_poll(void **state)
     h_free(h);
 }
 
+/* docs/protocol.md 5.1: image_uri under --image-root by whole path components. */
+static void test_image_uri_roots(void **state)
+{
+    (void)state;
+    const char *roots[] = {"/x/root", "/y/img/"};
+    static const char *const ok[] = {
+        "/x/root", "/x/root/a.png", "/x/root/sub/a.png", "file:///x/root/a.png",
+        "file://localhost/x/root/a.png", "/y/img/a.png", "/y/img", "/x/root//a.png"};
+    static const char *const bad[] = {
+        "/x/rootx", "/x/rootx/a.png", "/x/roo", "/x/root/../etc/passwd", "/x/root/..",
+        "/x/root/./a.png", "/x/root/.", "x/root/a.png", "file://x/root/a.png",
+        "file://localhost", "http:///x/root/a.png", "", "/y/imgx/a.png", "/x", "/"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        assert_true(kb_job_uri_allowed(ok[i], roots, 2));
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(kb_job_uri_allowed(bad[i], roots, 2));
+    assert_false(kb_job_uri_allowed("/x/root/a.png", roots, 0)); /* no roots: none */
+    const char *slash[] = {"/"};
+    assert_true(kb_job_uri_allowed("/any/a.png", slash, 1));
+    assert_false(kb_job_uri_allowed("/any/../a.png", slash, 1));
+    assert_true(kb_job_root_valid("/x/root"));
+    assert_false(kb_job_root_valid("x/root"));
+    assert_false(kb_job_root_valid("/x/../root"));
+    assert_false(kb_job_root_valid(""));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1080,6 +1107,7 @@ int main(void)
         cmocka_unit_test(test_restart_recovery),
         cmocka_unit_test(test_disk_full_and_fail_stop),
         cmocka_unit_test(test_long_poll),
+        cmocka_unit_test(test_image_uri_roots),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

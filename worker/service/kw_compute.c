@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kw_internal.h"
 #include "kw_log.h"
@@ -142,6 +143,35 @@ static void poll_cb(void *ctx)
         p->jobs[i].cancel_reason = p->s->batch[i]->job.cancel_reason;
 }
 
+/* Test-only fault hooks, read from the environment; unset (always, outside tests) they do
+ * nothing. tests/integration/test_faults.c uses them to make a slow device and a poison job:
+ *   KOSMOS_WORKER_TEST_SLEEP_MS=N     sleep N ms before each batch (heartbeats go on)
+ *   KOSMOS_WORKER_TEST_ABORT_MARKER=S abort() the process when a prompt of the batch contains S
+ * They are not options on purpose: no deployment has a reason to set them. */
+static void test_hooks(const kw_job_in *jobs, size_t n)
+{
+    const char *marker = getenv("KOSMOS_WORKER_TEST_ABORT_MARKER");
+    const char *sleep_ms = getenv("KOSMOS_WORKER_TEST_SLEEP_MS");
+    if (marker && *marker) {
+        for (size_t i = 0; i < n; i++) {
+            const Kosmos__V1__Job *job = jobs[i].job;
+            for (size_t k = 0; job && k < job->n_prompts; k++) {
+                if (job->prompts[k]->text && strstr(job->prompts[k]->text, marker)) {
+                    kw_log(KW_ERROR, "test_abort", "\"job\":\"%s\",\"attempt\":%u",
+                           jobs[i].job_id, jobs[i].attempt);
+                    abort();
+                }
+            }
+        }
+    }
+    if (sleep_ms && *sleep_ms) {
+        long ms = strtol(sleep_ms, NULL, 10);
+        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+        while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+    }
+}
+
 /* Runs the first max_batch queued tasks; returns the batch's status (a device error ends the
  * thread). */
 static ks_status run_batch(compute_state *s)
@@ -162,6 +192,7 @@ static ks_status run_batch(compute_state *s)
         double t0 = kw_now_ms();
         for (size_t i = 0; i < n; i++)
             jobs[i] = s->batch[i]->job;
+        test_hooks(jobs, n);
         poll_ctx pc = {s, jobs};
         st = kw_batch_run(c->engine, jobs, n, &c->meta, poll_cb, &pc, out);
         kw_log(KW_INFO, "batch", "\"jobs\":%zu,\"ms\":%.1f,\"images_encoded\":%llu", n,

@@ -16,6 +16,7 @@ int cmd_run(int argc, char **argv);
 int cmd_devices(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+int cmd_submit(int argc, char **argv);
 
 /* Prints "kosmos: <message>" on stderr and returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -25,6 +25,8 @@ static const subcommand subcommands[] = {
 #ifdef KOSMOS_HAVE_CLIENT
     {"status", "a broker's jobs per state, workers, totals and throughput (table or --json)",
      cmd_status},
+    {"submit", "annotate many images through a broker, or in-process (JSON Lines, COCO)",
+     cmd_submit},
 #endif
 };
 

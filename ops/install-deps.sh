@@ -14,7 +14,7 @@ packages=(
   # images, storage, JSON
   libvips-dev libsqlite3-dev libjansson-dev libssl-dev fonts-dejavu-core
   # tests
-  libcmocka-dev python3 bubblewrap
+  libcmocka-dev python3 python3-venv bubblewrap
 )
 
 missing=()

@@ -1,7 +1,9 @@
 /* Unit tests for worker/engine/backend_cl_ops (the OpenCL kernels of the forward pass): every
  * kernel against its plain-C reference op of ref_ops.h (or, for selection, generate.c's host
  * logic written out here) on PoCL, on random data and edge shapes: head_dim 8, 16 and 64, odd
- * widths, 1 and 3 rows or images, sequences of 1 and 257 tokens, f16 and f32 weights.
+ * widths, 1 and 3 rows or images, sequences of 1 and 257 tokens, f16 and f32 weights. Sampling's
+ * selection (topk_rows + generate.c's list sampler) gives the token of generate.c's full host
+ * path for every seed, or defers to it.
  *
  * Needs an OpenCL device (KOSMOS_TEST_DEVICE=<spec>, else the default rule); skips without one. */
 #include <setjmp.h>
@@ -17,6 +19,7 @@
 #include <string.h>
 
 #include "backend_cl_ops.h"
+#include "generate.h"
 #include "kc_context.h"
 #include "kc_device.h"
 #include "kc_error.h"
@@ -165,6 +168,14 @@ static void from_device(cl_mem m, void *out, size_t bytes)
                                      NULL);
     if (err != CL_SUCCESS)
         fail_msg("clEnqueueReadBuffer: %s", kc_error_name(err));
+}
+
+static void from_device_row(cl_mem m, int row, int vocab, float *out)
+{
+    cl_int err = clEnqueueReadBuffer(kc_context_queue(fx.ctx), m, CL_TRUE,
+                                     (size_t)row * (size_t)vocab * sizeof(float),
+                                     (size_t)vocab * sizeof(float), out, 0, NULL, NULL);
+    assert_int_equal(err, CL_SUCCESS);
 }
 
 static void check_ok(ks_status st)
@@ -556,12 +567,9 @@ static void test_attention(void **state)
 
 /* ---- greedy selection --------------------------------------------------------------------- */
 
-/* generate.c's host path: no_repeat_ngram ban, </s> mask, argmax (lowest id on ties). */
-static int host_select(const float *logits, int vocab, const int32_t *ids, size_t len, int n,
-                       bool ban_eos, int eos)
+/* generate.c's host processors: no_repeat_ngram ban, </s> mask (in place). */
+static void host_process(float *s, const int32_t *ids, size_t len, int n, bool ban_eos, int eos)
 {
-    float *s = malloc((size_t)vocab * sizeof(float));
-    memcpy(s, logits, (size_t)vocab * sizeof(float));
     if (n > 0 && len >= (size_t)n) {
         size_t m = (size_t)n - 1;
         for (size_t i = 0; i + (size_t)n <= len; i++)
@@ -570,6 +578,15 @@ static int host_select(const float *logits, int vocab, const int32_t *ids, size_
     }
     if (ban_eos)
         s[eos] = -INFINITY;
+}
+
+/* generate.c's greedy host path: the processors, argmax (lowest id on ties). */
+static int host_select(const float *logits, int vocab, const int32_t *ids, size_t len, int n,
+                       bool ban_eos, int eos)
+{
+    float *s = malloc((size_t)vocab * sizeof(float));
+    memcpy(s, logits, (size_t)vocab * sizeof(float));
+    host_process(s, ids, len, n, ban_eos, eos);
     int best = 0;
     for (int i = 1; i < vocab; i++)
         if (s[i] > s[best])
@@ -646,6 +663,392 @@ static void test_select_greedy(void **state)
     free(logits);
 }
 
+
+/* ---- sampling selection ------------------------------------------------------------------- */
+
+/* Rows of several shapes (flat, peaked, boundary ties, masked) under every combination of
+ * temperature, top-k and top-p and several seeds: the token from the device's list
+ * (ke_sample_candidates) equals generate.c's full host path (ke_sample_row) on the same row, or
+ * the list defers (-1, RNG untouched) and the full row read back from the device gives it. The
+ * lists themselves are checked: the best values of the row, and tail bounds that hold. */
+enum { S_FLAT, S_PEAKED, S_TIES_FIT, S_TIES_WIDE, S_MASKED, S_FEW, S_LARGE, S_ROWS };
+
+static void make_sample_rows(float *lg, int vocab)
+{
+    for (int r = 0; r < S_ROWS; r++) {
+        float *x = lg + (size_t)r * (size_t)vocab;
+        for (int i = 0; i < vocab; i++) {
+            double u = (frand() + 1.0) / 2.0 + 1e-9; /* (0, 1] */
+            switch (r) {
+            case S_FLAT: x[i] = (float)(frand() * 4.0); break;
+            case S_PEAKED: x[i] = (float)(2.0 * log(u) * 3.0 + frand()); break;
+            case S_TIES_FIT:
+            case S_TIES_WIDE: x[i] = (float)(frand() * 2.0); break;
+            case S_MASKED: x[i] = -INFINITY; break;
+            case S_FEW: x[i] = -INFINITY; break;
+            default: x[i] = (float)(frand() * 60.0 + 8.0 * log(u)); break;
+            }
+        }
+    }
+    float *p = lg + (size_t)S_PEAKED * (size_t)vocab;
+    for (int t = 0; t < 40; t++) /* a head of decisive tokens, as a language model has */
+        p[(t * 7919 + 11) % vocab] = 14.0f - 0.35f * (float)t;
+    for (int r = S_TIES_FIT; r <= S_TIES_WIDE; r++) {
+        float *x = lg + (size_t)r * (size_t)vocab;
+        x[100] = x[7] = x[3000] = 10.0f;  /* ties at the top: lowest id for greedy */
+        int n_ties = r == S_TIES_FIT ? 60 : 70; /* at top-k 50's boundary: 63 fit in 66 */
+        for (int t = 0; t < n_ties; t++)
+            x[(t * 131 + 17) % vocab] = 5.0f;
+    }
+    float *f = lg + (size_t)S_FEW * (size_t)vocab;
+    f[5] = 1.0f;
+    f[9] = 2.5f;
+    f[vocab - 1] = 0.5f;
+}
+
+static void test_select_sample(void **state)
+{
+    (void)state;
+    REQUIRE_DEVICE();
+    const int vocab = 20011, eos = 2, n_sel = S_ROWS;
+    float *logits = malloc((size_t)n_sel * (size_t)vocab * sizeof(float));
+    assert_non_null(logits);
+    make_sample_rows(logits, vocab);
+    /* histories: n-gram bans and </s> masks on some rows */
+    int32_t h_flat[] = {5, 6, 7, 1, 5, 6, 8, 3, 5, 6}; /* 3-gram (5, 6) -> 7, 8 banned */
+    int32_t h_peak[] = {11, 2, 7930, 11};              /* 2-gram (11) -> 2, 7930 banned */
+    int32_t h_one[] = {1};
+    struct {
+        const int32_t *ids;
+        size_t len;
+        int n;
+        bool ban_eos;
+    } hr[S_ROWS] = {{h_flat, 10, 3, false}, {h_peak, 4, 2, true}, {h_one, 1, 0, false},
+                    {h_one, 1, 0, true},    {h_one, 1, 0, false}, {h_one, 1, 1, false},
+                    {h_peak, 4, 1, true}};
+    cl_int info[S_ROWS * 5];
+    int32_t hist[64];
+    size_t off = 0, max_len = 0;
+    for (int i = 0; i < n_sel; i++) {
+        info[i * 5 + 0] = i;
+        info[i * 5 + 1] = (cl_int)off;
+        info[i * 5 + 2] = (cl_int)hr[i].len;
+        info[i * 5 + 3] = hr[i].n;
+        info[i * 5 + 4] = hr[i].ban_eos;
+        memcpy(hist + off, hr[i].ids, hr[i].len * sizeof(int32_t));
+        off += hr[i].len;
+        if (hr[i].len > max_len)
+            max_len = hr[i].len;
+    }
+    /* the host's processed rows (the device writes the same bans into its logits) */
+    float *proc = malloc((size_t)n_sel * (size_t)vocab * sizeof(float));
+    float *row = malloc((size_t)vocab * sizeof(float));
+    memcpy(proc, logits, (size_t)n_sel * (size_t)vocab * sizeof(float));
+    for (int i = 0; i < n_sel; i++)
+        host_process(proc + (size_t)i * (size_t)vocab, hr[i].ids, hr[i].len, hr[i].n,
+                     hr[i].ban_eos, eos);
+    const size_t cap = 1024;
+    cl_mem ml = to_device(logits, (size_t)n_sel * (size_t)vocab * 4);
+    cl_mem mi = to_device(info, sizeof info);
+    cl_mem mh = to_device(hist, off * sizeof(int32_t));
+    cl_mem mo = to_device(NULL, (size_t)n_sel * sizeof(cl_int));
+    cl_mem mci = to_device(NULL, (size_t)n_sel * 4 * sizeof(cl_int));
+    cl_mem mcv = to_device(NULL, (size_t)n_sel * cap * sizeof(float));
+    cl_mem mcd = to_device(NULL, (size_t)n_sel * cap * sizeof(cl_int));
+    cl_mem mcs = to_device(NULL, (size_t)n_sel * 4 * sizeof(cl_ulong));
+    float *cval = malloc((size_t)n_sel * cap * sizeof(float));
+    int32_t *cid = malloc((size_t)n_sel * cap * sizeof(int32_t));
+
+    const float temps[] = {0.7f, 1.0f, 1.5f};
+    const int topks[] = {0, 1, 50};
+    const float topps[] = {0.1f, 0.9f, 1.0f};
+    const uint64_t seeds[] = {1, 42, 977};
+    int decided = 0, deferred = 0, total = 0, decided_row[S_ROWS] = {0};
+    for (int ti = 0; ti < 3; ti++)
+        for (int ki = 0; ki < 3; ki++)
+            for (int pi = 0; pi < 3; pi++) {
+                ke_gen_params p;
+                ke_gen_params_default(&p, NULL);
+                p.do_sample = true;
+                p.temperature = temps[ti];
+                p.top_k = topks[ki];
+                p.top_p = topps[pi];
+                cl_int cinfo[S_ROWS * 4];
+                float tail_t[S_ROWS];
+                int want[S_ROWS], n_cand = 0, list_of[S_ROWS];
+                for (int i = 0; i < n_sel; i++) {
+                    want[i] = ke_sample_candidates_wanted(&p, vocab, &tail_t[i]);
+                    assert_true(want[i] >= 0 && (size_t)want[i] <= cap);
+                    list_of[i] = -1;
+                    if (want[i] == 0)
+                        continue;
+                    list_of[i] = n_cand;
+                    cinfo[n_cand * 4 + 0] = i;
+                    cinfo[n_cand * 4 + 1] = want[i];
+                    cinfo[n_cand * 4 + 2] = (cl_int)((size_t)n_cand * cap);
+                    memcpy(&cinfo[n_cand * 4 + 3], &tail_t[i], sizeof(float));
+                    n_cand++;
+                }
+                cl_ulong cstat[S_ROWS * 4];
+                cl_int ids[S_ROWS];
+                check_ok(clEnqueueWriteBuffer(kc_context_queue(fx.ctx), mci, CL_TRUE, 0,
+                                              sizeof cinfo, cinfo, 0, NULL, NULL) == CL_SUCCESS
+                             ? KS_OK
+                             : KS_ERR_DEVICE);
+                ke_cl_select_sample_args a = {.logits = ml, .vocab = vocab, .info = mi,
+                                              .hist = mh, .n_sel = n_sel,
+                                              .max_len = (int)max_len, .eos = eos, .out = mo,
+                                              .cinfo = mci, .n_cand = n_cand, .cval = mcv,
+                                              .cid = mcd, .cstat = mcs};
+                check_ok(ke_cl_select_sample(fx.ops[1], &a));
+                from_device(mo, ids, sizeof ids);
+                if (n_cand > 0) {
+                    from_device(mcs, cstat, (size_t)n_cand * 4 * sizeof(cl_ulong));
+                    from_device(mcv, cval, (size_t)n_cand * cap * sizeof(float));
+                    from_device(mcd, cid, (size_t)n_cand * cap * sizeof(int32_t));
+                }
+                for (int i = 0; i < n_sel; i++) {
+                    const float *pr = proc + (size_t)i * (size_t)vocab;
+                    /* the greedy id of every row, as select_greedy gives it */
+                    int best = 0;
+                    for (int v = 1; v < vocab; v++)
+                        if (pr[v] > pr[best])
+                            best = v;
+                    assert_int_equal(ids[i], best);
+                    ke_select_out o = {0};
+                    if (list_of[i] >= 0) {
+                        int c = list_of[i];
+                        o.values = cval + (size_t)c * cap;
+                        o.ids = cid + (size_t)c * cap;
+                        ke_cl_sample_stat_decode(cstat + (size_t)c * 4, vocab, tail_t[i], &o);
+                        /* the list: the best of the row, the rest no larger than rest_max */
+                        assert_true(o.n >= 0 && o.n <= want[i]);
+                        char *in = calloc((size_t)vocab, 1);
+                        float mx = -INFINITY;
+                        for (int v = 0; v < vocab; v++)
+                            mx = pr[v] > mx ? pr[v] : mx;
+                        for (int j = 0; j < o.n; j++) {
+                            assert_true(o.ids[j] >= 0 && o.ids[j] < vocab && !in[o.ids[j]]);
+                            in[o.ids[j]] = 1;
+                            assert_true(o.values[j] == pr[o.ids[j]]);
+                            assert_true(o.values[j] >= o.rest_max);
+                        }
+                        float rest = -INFINITY;
+                        double tail = 0.0;
+                        for (int v = 0; v < vocab; v++)
+                            if (!in[v]) {
+                                rest = pr[v] > rest ? pr[v] : rest;
+                                if (tail_t[i] > 0.0f)
+                                    tail += (double)expf(pr[v] / tail_t[i] - mx / tail_t[i]);
+                            }
+                        assert_true(rest == o.rest_max || (rest == -INFINITY && o.n == vocab));
+                        if (tail_t[i] > 0.0f && o.valid && isfinite(mx)) {
+                            if (!(o.tail_lo <= tail * (1 + 1e-9) && tail <= o.tail_hi * (1 + 1e-9)))
+                                print_message("row %d T %g: tail %.17g outside [%.17g, %.17g]\n",
+                                              i, (double)tail_t[i], tail, o.tail_lo, o.tail_hi);
+                            assert_true(o.tail_lo <= tail * (1 + 1e-9));
+                            assert_true(tail <= o.tail_hi * (1 + 1e-9));
+                        }
+                        free(in);
+                    }
+                    for (size_t si = 0; si < sizeof seeds / sizeof seeds[0]; si++) {
+                        ke_rng r_host, r_dev, r_seed;
+                        ke_rng_seed(&r_host, seeds[si]);
+                        ke_rng_seed(&r_dev, seeds[si]);
+                        ke_rng_seed(&r_seed, seeds[si]);
+                        memcpy(row, pr, (size_t)vocab * sizeof(float));
+                        int want_tok = ke_sample_row(&p, row, vocab, &r_host);
+                        assert_true(want_tok >= 0 && want_tok < vocab);
+                        int got = list_of[i] >= 0 ? ke_sample_candidates(&p, &o, vocab, &r_dev)
+                                                  : -1;
+                        total++;
+                        if (got >= 0) {
+                            decided++;
+                            decided_row[i]++;
+                        } else {
+                            /* deferred: the RNG untouched, the device's row takes the host path */
+                            deferred++;
+                            assert_memory_equal(&r_dev, &r_seed, sizeof r_dev);
+                            from_device_row(ml, i, vocab, row);
+                            host_process(row, hr[i].ids, hr[i].len, hr[i].n, hr[i].ban_eos, eos);
+                            got = ke_sample_row(&p, row, vocab, &r_dev);
+                        }
+                        if (got != want_tok)
+                            print_message("row %d T %g top_k %d top_p %g seed %llu: device %d, "
+                                          "host %d\n",
+                                          i, (double)p.temperature, p.top_k, (double)p.top_p,
+                                          (unsigned long long)seeds[si], got, want_tok);
+                        assert_int_equal(got, want_tok);
+                        assert_memory_equal(&r_dev, &r_host, sizeof r_dev);
+                        if (i == S_MASKED)
+                            assert_int_equal(want_tok, vocab - 1); /* the host's NaN walk */
+                    }
+                }
+            }
+    print_message("sampling: %d tokens, %d decided from the device's list, %d deferred\n", total,
+                  decided, deferred);
+    for (int i = 0; i < n_sel; i++)
+        print_message("  row kind %d: %d decided\n", i, decided_row[i]);
+    /* the lists decide the usual cases: top-k 50 (or 1) on every row with a clear boundary,
+     * top-p alone on the peaked rows */
+    assert_true(decided_row[S_PEAKED] >= 3 * 3 * 3 * 2);
+    assert_true(decided_row[S_FLAT] >= 3 * 2 * 2 * 3);
+    assert_int_equal(decided_row[S_MASKED], 0);
+    cl_mem *all[] = {&ml, &mi, &mh, &mo, &mci, &mcv, &mcd, &mcs};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        kc_context_buffer_free(fx.ctx, all[i]);
+    free(cval);
+    free(cid);
+    free(proc);
+    free(row);
+    free(logits);
+}
+
+/* Random rows and random parameters (top-p alone mostly, the case with tail bounds), plus rows
+ * built so that top-p's threshold falls exactly on a cumulative-sum step behind a heavy tail
+ * (the cut too close to call: the list defers) or halfway between two steps (the list decides
+ * through the tail's bounds): every token equals the host path's. */
+static void test_select_sample_random(void **state)
+{
+    (void)state;
+    REQUIRE_DEVICE();
+    const int vocab = 12007, n_sel = 8, rounds = 12;
+    const size_t cap = 1024;
+    float *logits = malloc((size_t)n_sel * (size_t)vocab * sizeof(float));
+    float *row = malloc((size_t)vocab * sizeof(float));
+    float *cval = malloc((size_t)n_sel * cap * sizeof(float));
+    int32_t *cid = malloc((size_t)n_sel * cap * sizeof(int32_t));
+    cl_int info[8 * 5];
+    int32_t hist[8];
+    for (int i = 0; i < n_sel; i++) {
+        cl_int in[5] = {i, i, 1, 0, 0};
+        memcpy(info + i * 5, in, sizeof in);
+        hist[i] = 0;
+    }
+    cl_mem ml = to_device(NULL, (size_t)n_sel * (size_t)vocab * 4);
+    cl_mem mi = to_device(info, sizeof info);
+    cl_mem mh = to_device(hist, sizeof hist);
+    cl_mem mo = to_device(NULL, (size_t)n_sel * sizeof(cl_int));
+    cl_mem mci = to_device(NULL, (size_t)n_sel * 4 * sizeof(cl_int));
+    cl_mem mcv = to_device(NULL, (size_t)n_sel * cap * sizeof(float));
+    cl_mem mcd = to_device(NULL, (size_t)n_sel * cap * sizeof(cl_int));
+    cl_mem mcs = to_device(NULL, (size_t)n_sel * 4 * sizeof(cl_ulong));
+    int decided = 0, total = 0, edge_rows = 0, edge_decided = 0, mid_decided = 0;
+    for (int round = 0; round < rounds; round++) {
+        ke_gen_params p[8];
+        cl_int cinfo[8 * 4];
+        float tail_t[8];
+        int n_cand = 0, list_of[8];
+        for (int i = 0; i < n_sel; i++) {
+            float *x = logits + (size_t)i * (size_t)vocab;
+            ke_gen_params_default(&p[i], NULL);
+            p[i].do_sample = true;
+            p[i].temperature = (float)(0.4 + 1.2 * (frand() + 1.0));
+            p[i].top_k = (i % 4 == 3) ? 1 + (int)((frand() + 1.0) * 100.0) : 0;
+            p[i].top_p = (float)(0.05 + 0.47 * (frand() + 1.0));
+            int head = 1 + (int)((frand() + 1.0) * 40.0);
+            double spread = 1.0 + (frand() + 1.0) * 3.0;
+            for (int v = 0; v < vocab; v++)
+                x[v] = (float)(frand() * spread - 4.0);
+            for (int t = 0; t < head; t++)
+                x[(t * 4099 + round * 31 + i) % vocab] = (float)(6.0 + frand() * 3.0);
+            if (i == n_sel - 1) {
+                /* top-p exactly on a step of the host's cumulative sum: equal head tokens over a
+                 * heavy flat tail, top_p = 1 - (that cumulative sum, as f32) */
+                for (int v = 0; v < vocab; v++)
+                    x[v] = -2.0f;
+                for (int t = 0; t < 8; t++)
+                    x[t * 97 + 5] = 3.0f;
+                p[i].temperature = 1.0f;
+                p[i].top_k = 0;
+                double sum = 0.0, cum = 0.0;
+                float e_tail = expf(-2.0f - 3.0f), e_head = expf(0.0f);
+                for (int v = 0; v < vocab - 8; v++)
+                    sum += (double)e_tail;
+                for (int t = 0; t < 8; t++)
+                    sum += (double)e_head;
+                for (int v = 0; v < vocab - 8; v++)
+                    cum += (double)(float)((double)e_tail / sum);
+                for (int t = 0; t < 1 + round % 5; t++)
+                    cum += (double)(float)((double)e_head / sum);
+                if (round % 2) /* odd rounds: halfway between two steps, clearly decidable */
+                    cum += 0.5 * (double)e_head / sum;
+                p[i].top_p = 1.0f - (float)cum;
+                edge_rows += round % 2 == 0;
+            }
+            list_of[i] = -1;
+            int w = ke_sample_candidates_wanted(&p[i], vocab, &tail_t[i]);
+            if (w > 0) {
+                list_of[i] = n_cand;
+                cl_int c4[4] = {i, w, (cl_int)((size_t)n_cand * cap), 0};
+                memcpy(&c4[3], &tail_t[i], sizeof(float));
+                memcpy(cinfo + n_cand * 4, c4, sizeof c4);
+                n_cand++;
+            }
+        }
+        check_ok(clEnqueueWriteBuffer(kc_context_queue(fx.ctx), ml, CL_TRUE, 0,
+                                      (size_t)n_sel * (size_t)vocab * 4, logits, 0, NULL,
+                                      NULL) == CL_SUCCESS && n_cand > 0 &&
+                         clEnqueueWriteBuffer(kc_context_queue(fx.ctx), mci, CL_TRUE, 0,
+                                              (size_t)n_cand * 4 * sizeof(cl_int), cinfo, 0, NULL,
+                                              NULL) == CL_SUCCESS
+                     ? KS_OK
+                     : KS_ERR_DEVICE);
+        ke_cl_select_sample_args a = {.logits = ml, .vocab = vocab, .info = mi, .hist = mh,
+                                      .n_sel = n_sel, .max_len = 1, .eos = 2, .out = mo,
+                                      .cinfo = mci, .n_cand = n_cand, .cval = mcv, .cid = mcd,
+                                      .cstat = mcs};
+        check_ok(ke_cl_select_sample(fx.ops[1], &a));
+        cl_ulong cstat[8 * 4];
+        from_device(mcs, cstat, (size_t)n_cand * 4 * sizeof(cl_ulong));
+        from_device(mcv, cval, (size_t)n_cand * cap * sizeof(float));
+        from_device(mcd, cid, (size_t)n_cand * cap * sizeof(int32_t));
+        for (int i = 0; i < n_sel; i++) {
+            ke_select_out o = {0};
+            if (list_of[i] >= 0) {
+                o.values = cval + (size_t)list_of[i] * cap;
+                o.ids = cid + (size_t)list_of[i] * cap;
+                ke_cl_sample_stat_decode(cstat + (size_t)list_of[i] * 4, vocab, tail_t[i], &o);
+            }
+            for (uint64_t seed = 1; seed <= 3; seed++) {
+                ke_rng rh, rd;
+                ke_rng_seed(&rh, seed + 100 * (uint64_t)round);
+                ke_rng_seed(&rd, seed + 100 * (uint64_t)round);
+                memcpy(row, logits + (size_t)i * (size_t)vocab, (size_t)vocab * sizeof(float));
+                int want_tok = ke_sample_row(&p[i], row, vocab, &rh);
+                int got = list_of[i] >= 0 ? ke_sample_candidates(&p[i], &o, vocab, &rd) : -1;
+                total++;
+                if (got >= 0) {
+                    decided++;
+                    edge_decided += i == n_sel - 1 && round % 2 == 0;
+                    mid_decided += i == n_sel - 1 && round % 2 == 1;
+                } else {
+                    memcpy(row, logits + (size_t)i * (size_t)vocab, (size_t)vocab * sizeof(float));
+                    got = ke_sample_row(&p[i], row, vocab, &rd);
+                }
+                if (got != want_tok)
+                    print_message("round %d row %d T %g top_k %d top_p %.9g: device %d, host %d\n",
+                                  round, i, (double)p[i].temperature, p[i].top_k,
+                                  (double)p[i].top_p, got, want_tok);
+                assert_int_equal(got, want_tok);
+                assert_memory_equal(&rd, &rh, sizeof rd);
+            }
+        }
+    }
+    print_message("random sampling: %d tokens, %d decided from lists; rows on a top-p edge: %d, "
+                  "tokens decided there %d (halfway: %d of %d)\n",
+                  total, decided, edge_rows, edge_decided, mid_decided, 3 * (rounds - edge_rows));
+    assert_true(decided > total / 3);
+    assert_int_equal(mid_decided, 3 * (rounds - edge_rows)); /* the tail bounds are tight enough */
+    cl_mem *all[] = {&ml, &mi, &mh, &mo, &mci, &mcv, &mcd, &mcs};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        kc_context_buffer_free(fx.ctx, all[i]);
+    free(cval);
+    free(cid);
+    free(row);
+    free(logits);
+}
+
 /* ---- errors ------------------------------------------------------------------------------- */
 
 static void test_errors_name_the_kernel(void **state)
@@ -678,6 +1081,8 @@ int main(void)
         cmocka_unit_test(test_kv_store_and_gather),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_select_greedy),
+        cmocka_unit_test(test_select_sample),
+        cmocka_unit_test(test_select_sample_random),
         cmocka_unit_test(test_errors_name_the_kernel),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

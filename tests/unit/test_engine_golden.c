@@ -609,6 +609,95 @@ static void test_device_select(void **state)
     free_requests(&b);
 }
 
+/* Sampling's selection on the device (select_sample: candidate lists, the host finishing
+ * top-p and the draw, fetch_logits where a list cannot decide) gives, seed for seed, the ids of
+ * the host path on the same backend: the same requests with select_sample and fetch_logits
+ * hidden. One batch mixes greedy and sampling requests and every kind of list: top-k (50; 5
+ * with top-p), top-p alone (decided from the list with the tail's bounds, or deferred), no
+ * filter (always the full row), n-gram bans and min_new_tokens. (The reference backend's own
+ * logits differ from a device's within 1e-3, so a flattened distribution may draw differently
+ * there: the host path on the device's logits is the specification.) On the reference backend
+ * both runs take the host path. */
+static void test_device_sample(void **state)
+{
+    (void)state;
+    REQUIRE_GOLDEN();
+    built b;
+    build_requests(first_case(), &b);
+    enum { NQ = 6 };
+    ke_gen_request q[NQ];
+    for (int r = 0; r < NQ; r++) {
+        q[r] = b.req[0];
+        q[r].params.max_new_tokens = 16;
+        q[r].params.min_new_tokens = 0;
+        q[r].params.no_repeat_ngram_size = 0;
+        q[r].params.do_sample = true;
+        q[r].params.top_k = 50;
+        q[r].params.top_p = 1.0f;
+        q[r].params.temperature = 1.0f;
+        q[r].image = r % fx.n_images;
+    }
+    q[0].params.temperature = 40.0f; /* flattened: top-k 50 decides on the list */
+    q[0].params.min_new_tokens = 16;
+    q[1].params.top_k = 0;           /* top-p alone: list + tail bounds, or the full row */
+    q[1].params.top_p = 0.9f;
+    q[1].params.temperature = 2.0f;
+    q[1].params.no_repeat_ngram_size = 2;
+    q[2].params.top_k = 0;           /* no filter: always the full row */
+    q[2].params.temperature = 20.0f;
+    q[3].params.top_k = 5;
+    q[3].params.top_p = 0.5f;
+    q[3].params.temperature = 30.0f;
+    q[3].params.no_repeat_ngram_size = 1;
+    q[4].params.do_sample = false;   /* a greedy request in the same steps */
+    q[4].params.min_new_tokens = 8;
+    q[5].params.top_k = 0;           /* top-p alone, flattened: the nucleus leaves the list */
+    q[5].params.top_p = 0.95f;
+    q[5].params.temperature = 40.0f;
+    const bool has = fx.backend->ops->select_sample != NULL;
+    int on_device = 0, on_host = 0;
+    /* without select_sample both runs take the host path: one seed is enough there */
+    const uint64_t n_seeds = has ? 4 : 1;
+    for (uint64_t seed = 1; seed <= n_seeds; seed++) {
+        for (int r = 0; r < NQ; r++)
+            q[r].params.seed = seed * 1000 + (uint64_t)r;
+        ke_gen_result dev[NQ], host[NQ];
+        ke_gen_stats gs;
+        assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, q, NQ, dev, &gs),
+                         KS_OK);
+        on_device += gs.sampled_on_device;
+        on_host += gs.sampled_on_host;
+        ke_backend_ops hidden = *fx.backend->ops;
+        hidden.select_sample = NULL;
+        hidden.fetch_logits = NULL;
+        const ke_backend_ops *saved = fx.backend->ops;
+        fx.backend->ops = &hidden;
+        ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, q, NQ, host, &gs);
+        fx.backend->ops = saved;
+        assert_int_equal(st, KS_OK);
+        assert_int_equal(gs.sampled_on_device, 0);
+        for (int r = 0; r < NQ; r++) {
+            bool same = dev[r].len == host[r].len &&
+                        memcmp(dev[r].ids, host[r].ids, dev[r].len * sizeof(int32_t)) == 0;
+            if (!same) {
+                printf("  seed %llu request %d: device != host\n", (unsigned long long)seed, r);
+                print_ids("device", &dev[r], q[r].len);
+                print_ids("host", &host[r], q[r].len);
+            }
+            assert_true(same);
+            ke_gen_result_fini(&dev[r]);
+            ke_gen_result_fini(&host[r]);
+        }
+    }
+    printf("sampling on the device: %s; %d tokens decided from lists, %d from full rows\n",
+           has ? "yes" : "no (host path)", on_device, on_host);
+    if (has)
+        assert_true(on_device > 0 && on_host > 0);
+    else
+        assert_int_equal(on_device, 0);
+    free_requests(&b);
+}
+
 /* A device that cannot hold what is asked fails the open with a message naming the buffer and
  * its size, never a crash (OpenCL devices only: the reference backend's calloc may overcommit). */
 static void test_device_out_of_memory(void **state)
@@ -721,6 +810,7 @@ int main(void)
         cmocka_unit_test(test_vision),         cmocka_unit_test(test_single_cases),
         cmocka_unit_test(test_batch),          cmocka_unit_test(test_waiting_for_slots),
         cmocka_unit_test(test_sampling),       cmocka_unit_test(test_device_select),
+        cmocka_unit_test(test_device_sample),
         cmocka_unit_test(test_device_out_of_memory), cmocka_unit_test(test_invalid_params),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -37,14 +37,37 @@ typedef struct ke_vision_taps {
     float *post_layernorm; /* (n_images, patches + 1, vision hidden), before the L2 norm */
 } ke_vision_taps;
 
-/* One sequence of a select_greedy call. */
+/* One sequence of a select_greedy or select_sample call. */
 typedef struct ke_select_row {
     int row;              /* logits row of the last forward (its sequence index in the step) */
     const int32_t *ids;   /* the sequence so far (prompt + generated), borrowed for the call */
     size_t len;
     int no_repeat_ngram_size; /* 0 = off */
     bool ban_eos;         /* fewer than min_new_tokens generated: </s> is masked */
+    /* select_sample only (select_greedy ignores them): */
+    int candidates;       /* 0: greedy, the argmax into out.id; > 0: a candidate list of at most
+                           * this many tokens (at most vocab) */
+    float tail_temperature; /* candidate rows: > 0 also bounds the mass of the tokens left out
+                             * at this temperature (out.tail_lo/hi); 0: no bounds */
 } ke_select_row;
+
+/* What select_sample gives for one row. For candidate rows the caller provides values and ids
+ * with room for rows[i].candidates entries. The candidates are processed logits (n-gram ban and
+ * </s> mask applied, no temperature), in no particular order: the n best of the row up to the
+ * ties at the boundary. Every token left out has a value <= rest_max, and none is larger than a
+ * candidate (a boundary tie with more tokens than fit leaves all of them out). */
+typedef struct ke_select_out {
+    int32_t id;       /* greedy rows: the argmax, lowest id on ties */
+    float *values;    /* [candidates] caller's buffer */
+    int32_t *ids;     /* [candidates] caller's buffer */
+    int n;            /* candidates returned (0 possible: a tie wider than the list) */
+    float rest_max;   /* the largest value left out; -inf when none (or all -inf) */
+    /* tail_temperature T > 0: bounds on the sum, over the tokens left out, of
+     * expf(v / T - max / T) as the host computes it (f32 quotients, f32 difference; max the
+     * row's largest value): tail_lo <= sum <= tail_hi. Else 0 and +inf. */
+    double tail_lo, tail_hi;
+    bool valid;       /* false: the row holds NaN or +inf; the host must take the full row */
+} ke_select_out;
 
 /* What a backend reports about itself (ke_backend_stats_get). Zero / NULL = not applicable. */
 typedef struct ke_backend_stats {
@@ -64,7 +87,8 @@ typedef struct ke_backend_ops {
 
     /* Runs `step`, appending to each slot's cache; writes the logits of the last new token of
      * every sequence to logits (n_seqs, vocab). Fails with KS_ERR_LIMIT if a slot would exceed
-     * its capacity. logits may be NULL only for a backend with select_greedy (below). */
+     * its capacity. logits may be NULL only for a backend with select_greedy or select_sample
+     * (below). */
     ks_status (*forward)(ke_backend *b, const ke_step *step, float *logits);
 
     /* Makes slot dst a copy of slot src (beam search reorders beams this way). */
@@ -80,14 +104,28 @@ typedef struct ke_backend_ops {
     /* Greedy selection on the device after forward(b, step, NULL), which then keeps the
      * logits on the device instead of writing them: for each of the n rows, HF's
      * no_repeat_ngram ban over rows[i].ids, </s> masked when rows[i].ban_eos, then the argmax
-     * (lowest id on ties) into ids[i]; only the ids come back. The logits are consumed: one
-     * select per forward. Without it (NULL), forward always writes the logits and generation
-     * selects on the host; the results are the same. */
+     * (lowest id on ties) into ids[i]; only the ids come back. One select (this or
+     * select_sample) per forward; the bans stay in the logits. Without it (NULL), forward always
+     * writes the logits and generation selects on the host; the results are the same. */
     ks_status (*select_greedy)(ke_backend *b, const ke_select_row *rows, int n,
                                int32_t *ids);
 
     /* Facts for timings and logs (see ke_backend_stats); fills *out. */
     void (*stats)(const ke_backend *b, ke_backend_stats *out);
+
+    /* Sampling's selection on the device, after forward(b, step, NULL) (one select per
+     * forward, like select_greedy): for each row the same n-gram ban and </s> mask, then for
+     * greedy rows (candidates 0) the argmax into out[i].id, for the others a short candidate
+     * list (ke_select_out), so that only it comes back. The host finishes temperature, top-k,
+     * top-p and the seeded draw on the list with the code of its full path, or, when the list
+     * cannot decide exactly (generate.c: ke_sample_candidates), reads the row with
+     * fetch_logits. Both or neither are set. */
+    ks_status (*select_sample)(ke_backend *b, const ke_select_row *rows, int n,
+                               ke_select_out *out);
+
+    /* After forward(b, step, NULL) and at most one select: copies logits row `row` (with that
+     * select's bans applied to its rows) into out (vocab floats). */
+    ks_status (*fetch_logits)(ke_backend *b, int row, float *out);
 } ke_backend_ops;
 
 /* The common head of every backend; concrete backends embed it first. */

@@ -14,7 +14,8 @@
  *             allocates its own for the images of the call and frees them.
  * Every step runs each op over the tokens of all its sequences at once; attention is told per
  * row which keys it sees (kernels/attention.cl), so one launch serves sequences of different
- * lengths. forward(..., NULL) keeps the logits on the device for select_greedy. */
+ * lengths. forward(..., NULL) keeps the logits on the device for select_greedy or
+ * select_sample (then fetch_logits reads single rows the host path needs). */
 #include "backend_cl.h"
 
 #include <math.h>
@@ -82,7 +83,15 @@ typedef struct cl_backend {
     cl_mem sel_info, sel_hist, sel_out; /* (sel_rows, 5) int, (hist_len) int, (sel_rows) int */
     cl_int4 *h_tok, *h_arows;          /* host staging, live until the step completes */
     cl_int *h_dest, *h_gidx, *h_info, *h_hist, *h_out;
+    /* select_sample's lists: (cand_rows, 4) int info, (cand_cap) values and ids, (cand_rows, 4)
+     * ulong stats */
+    size_t cand_rows, cand_cap;
+    cl_mem cand_info, cand_val, cand_id, cand_stat;
+    cl_int *h_cinfo, *h_cid;
+    float *h_cval;
+    cl_ulong *h_cstat;
     int logits_rows; /* rows left on the device by forward(NULL), for select_greedy */
+    bool selected;   /* a select ran since the last forward (its bans are in the logits) */
     bool pending;    /* commands from host staging may still be queued */
 } cl_backend;
 
@@ -522,6 +531,7 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
         goto cleanup;
     cb->pending = false;
     cb->logits_rows = 0;
+    cb->selected = false;
     if ((status = grow_tokens(cb, T)) != KS_OK || (status = grow_seqs(cb, S)) != KS_OK)
         goto cleanup;
 
@@ -615,28 +625,28 @@ cleanup:
     return status;
 }
 
-static ks_status cl_select_greedy(ke_backend *b, const ke_select_row *rows, int n, int32_t *ids)
+/* Stages the rows of a select (info, histories) for select_greedy / select_sample. */
+static ks_status stage_select(cl_backend *cb, const char *what, const ke_select_row *rows, int n,
+                              size_t *hist_out, size_t *max_len_out)
 {
-    cl_backend *cb = (cl_backend *)b;
-    const ke_text_config *tc = &b->model->config.text;
     ks_status status = KS_OK;
-    if (n < 1 || rows == NULL || ids == NULL)
-        return ks_fail(KS_ERR_INVALID, "select_greedy: no rows");
-    if (cb->logits_rows == 0)
-        return ks_fail(KS_ERR_INVALID, "select_greedy: no logits on the device (call forward "
-                                       "with logits NULL first; one select per forward)");
+    if (n < 1 || rows == NULL)
+        return ks_fail(KS_ERR_INVALID, "%s: no rows", what);
+    if (cb->logits_rows == 0 || cb->selected)
+        return ks_fail(KS_ERR_INVALID, "%s: no logits on the device (call forward with logits "
+                                       "NULL first; one select per forward)", what);
     size_t hist = 0, max_len = 0;
     for (int i = 0; i < n; i++) {
         if (rows[i].row < 0 || rows[i].row >= cb->logits_rows || (rows[i].len && !rows[i].ids) ||
             rows[i].no_repeat_ngram_size < 0)
-            return ks_fail(KS_ERR_INVALID, "select_greedy: row %d (logits row %d of %d)", i,
+            return ks_fail(KS_ERR_INVALID, "%s: row %d (logits row %d of %d)", what, i,
                            rows[i].row, cb->logits_rows);
         hist += rows[i].len;
         if (rows[i].len > max_len)
             max_len = rows[i].len;
     }
     if (hist > (size_t)INT32_MAX / 2)
-        return ks_fail(KS_ERR_LIMIT, "select_greedy: %zu ids of history", hist);
+        return ks_fail(KS_ERR_LIMIT, "%s: %zu ids of history", what, hist);
     if ((size_t)n > cb->sel_rows) {
         cb->sel_rows = 0;
         free_buffer(cb, &cb->sel_info);
@@ -679,12 +689,27 @@ static ks_status cl_select_greedy(ke_backend *b, const ke_select_row *rows, int 
             cb->h_hist[off + t] = rows[i].ids[t];
         off += rows[i].len;
     }
-    cb->logits_rows = 0; /* the bans overwrite the logits */
     if ((status = write_buf(cb, cb->sel_info, true, (size_t)n * 5 * sizeof(cl_int),
                             cb->h_info)) != KS_OK ||
-        (status = write_buf(cb, cb->sel_hist, true, hist * sizeof(cl_int), cb->h_hist)) !=
-            KS_OK ||
-        (status = ke_cl_select_greedy(cb->ops, cb->logits, tc->vocab_size, cb->sel_info,
+        (status = write_buf(cb, cb->sel_hist, true, hist * sizeof(cl_int), cb->h_hist)) != KS_OK)
+        return status;
+    *hist_out = hist;
+    *max_len_out = max_len;
+    return KS_OK;
+}
+
+static ks_status cl_select_greedy(ke_backend *b, const ke_select_row *rows, int n, int32_t *ids)
+{
+    cl_backend *cb = (cl_backend *)b;
+    const ke_text_config *tc = &b->model->config.text;
+    ks_status status = KS_OK;
+    size_t hist = 0, max_len = 0;
+    if (ids == NULL)
+        return ks_fail(KS_ERR_INVALID, "select_greedy: no rows");
+    if ((status = stage_select(cb, "select_greedy", rows, n, &hist, &max_len)) != KS_OK)
+        return status;
+    cb->selected = true; /* the bans are in the logits; fetch_logits may read rows */
+    if ((status = ke_cl_select_greedy(cb->ops, cb->logits, tc->vocab_size, cb->sel_info,
                                       cb->sel_hist, n, (int)max_len, tc->eos_id, cb->sel_out)) !=
             KS_OK ||
         (status = read_buf(cb, cb->sel_out, (size_t)n * sizeof(cl_int), cb->h_out)) != KS_OK) {
@@ -695,6 +720,142 @@ static ks_status cl_select_greedy(ke_backend *b, const ke_select_row *rows, int 
     for (int i = 0; i < n; i++)
         ids[i] = cb->h_out[i];
     return KS_OK;
+}
+
+static ks_status grow_lists(cl_backend *cb, size_t rows, size_t cap)
+{
+    ks_status status = KS_OK;
+    if (rows > cb->cand_rows) {
+        cb->cand_rows = 0;
+        free_buffer(cb, &cb->cand_info);
+        free_buffer(cb, &cb->cand_stat);
+        free(cb->h_cinfo);
+        free(cb->h_cstat);
+        cb->h_cinfo = malloc(rows * 4 * sizeof(cl_int));
+        cb->h_cstat = malloc(rows * 4 * sizeof(cl_ulong));
+        if (!cb->h_cinfo || !cb->h_cstat)
+            return ks_fail(KS_ERR_NOMEM, "out of memory");
+        if ((status = new_buffer(cb, CL_MEM_READ_ONLY, rows * 4 * sizeof(cl_int), NULL,
+                                 &cb->cand_info, "candidate list rows")) != KS_OK ||
+            (status = new_buffer(cb, CL_MEM_WRITE_ONLY, rows * 4 * sizeof(cl_ulong), NULL,
+                                 &cb->cand_stat, "candidate list sums")) != KS_OK)
+            return status;
+        cb->cand_rows = rows;
+    }
+    if (cap > cb->cand_cap) {
+        cb->cand_cap = 0;
+        free_buffer(cb, &cb->cand_val);
+        free_buffer(cb, &cb->cand_id);
+        free(cb->h_cval);
+        free(cb->h_cid);
+        cb->h_cval = malloc(cap * sizeof(float));
+        cb->h_cid = malloc(cap * sizeof(cl_int));
+        if (!cb->h_cval || !cb->h_cid)
+            return ks_fail(KS_ERR_NOMEM, "out of memory");
+        if ((status = new_buffer(cb, CL_MEM_WRITE_ONLY, cap * sizeof(float), NULL,
+                                 &cb->cand_val, "candidate values")) != KS_OK ||
+            (status = new_buffer(cb, CL_MEM_WRITE_ONLY, cap * sizeof(cl_int), NULL,
+                                 &cb->cand_id, "candidate ids")) != KS_OK)
+            return status;
+        cb->cand_cap = cap;
+    }
+    return KS_OK;
+}
+
+static ks_status cl_select_sample(ke_backend *b, const ke_select_row *rows, int n,
+                                  ke_select_out *out)
+{
+    cl_backend *cb = (cl_backend *)b;
+    const ke_text_config *tc = &b->model->config.text;
+    const int V = tc->vocab_size;
+    ks_status status = KS_OK;
+    size_t hist = 0, max_len = 0, n_cand = 0, cap = 0;
+    if (out == NULL)
+        return ks_fail(KS_ERR_INVALID, "select_sample: no rows");
+    for (int i = 0; i < n && rows; i++) {
+        if (rows[i].candidates < 0 || rows[i].candidates > V ||
+            (rows[i].candidates > 0 && (!out[i].values || !out[i].ids)) ||
+            !(rows[i].tail_temperature >= 0.0f))
+            return ks_fail(KS_ERR_INVALID, "select_sample: row %d wants %d candidates", i,
+                           rows[i].candidates);
+        if (rows[i].candidates > 0) {
+            n_cand++;
+            cap += (size_t)rows[i].candidates;
+        }
+    }
+    if (cap > (size_t)INT32_MAX / 2)
+        return ks_fail(KS_ERR_LIMIT, "select_sample: %zu candidates", cap);
+    if ((status = stage_select(cb, "select_sample", rows, n, &hist, &max_len)) != KS_OK ||
+        (status = grow_lists(cb, n_cand, cap)) != KS_OK)
+        return status;
+    size_t c = 0, off = 0;
+    for (int i = 0; i < n; i++) {
+        if (rows[i].candidates == 0)
+            continue;
+        cl_int *in = cb->h_cinfo + c * 4;
+        in[0] = rows[i].row;
+        in[1] = rows[i].candidates;
+        in[2] = (cl_int)off;
+        memcpy(&in[3], &rows[i].tail_temperature, sizeof(float));
+        off += (size_t)rows[i].candidates;
+        c++;
+    }
+    cb->selected = true; /* the bans are in the logits; fetch_logits may read rows */
+    ke_cl_select_sample_args a = {.logits = cb->logits, .vocab = V, .info = cb->sel_info,
+                                  .hist = cb->sel_hist, .n_sel = n, .max_len = (int)max_len,
+                                  .eos = tc->eos_id, .out = cb->sel_out,
+                                  .cinfo = cb->cand_info, .n_cand = (int)n_cand,
+                                  .cval = cb->cand_val, .cid = cb->cand_id,
+                                  .cstat = cb->cand_stat};
+    if ((n_cand > 0 && (status = write_buf(cb, cb->cand_info, true, n_cand * 4 * sizeof(cl_int),
+                                           cb->h_cinfo)) != KS_OK) ||
+        (status = ke_cl_select_sample(cb->ops, &a)) != KS_OK ||
+        (status = read_buf(cb, cb->sel_out, (size_t)n * sizeof(cl_int), cb->h_out)) != KS_OK ||
+        (n_cand > 0 &&
+         ((status = read_buf(cb, cb->cand_stat, n_cand * 4 * sizeof(cl_ulong), cb->h_cstat)) !=
+              KS_OK ||
+          (status = read_buf(cb, cb->cand_val, cap * sizeof(float), cb->h_cval)) != KS_OK ||
+          (status = read_buf(cb, cb->cand_id, cap * sizeof(cl_int), cb->h_cid)) != KS_OK))) {
+        ks_error_prefix("OpenCL select_sample (%d sequences, %zu lists)", n, n_cand);
+        cb->logits_rows = 0;
+        return status;
+    }
+    cb->pending = false;
+    c = 0;
+    off = 0;
+    for (int i = 0; i < n; i++) {
+        out[i].id = cb->h_out[i];
+        if (rows[i].candidates == 0) {
+            out[i].n = 0;
+            out[i].valid = true;
+            continue;
+        }
+        ke_cl_sample_stat_decode(cb->h_cstat + c * 4, V, rows[i].tail_temperature, &out[i]);
+        if (out[i].n > rows[i].candidates) /* never: the kernel's lists fit */
+            out[i].valid = false, out[i].n = 0;
+        memcpy(out[i].values, cb->h_cval + off, (size_t)out[i].n * sizeof(float));
+        memcpy(out[i].ids, cb->h_cid + off, (size_t)out[i].n * sizeof(int32_t));
+        off += (size_t)rows[i].candidates;
+        c++;
+    }
+    return KS_OK;
+}
+
+static ks_status cl_fetch_logits(ke_backend *b, int row, float *out)
+{
+    cl_backend *cb = (cl_backend *)b;
+    size_t V = (size_t)b->model->config.text.vocab_size;
+    if (row < 0 || row >= cb->logits_rows || out == NULL)
+        return ks_fail(KS_ERR_INVALID, "fetch_logits: row %d of %d on the device", row,
+                       cb->logits_rows);
+    ks_status status = KS_OK;
+    KC_CHECK(clEnqueueReadBuffer(cb->queue, cb->logits, CL_TRUE, (size_t)row * V * 4, V * 4, out,
+                                 0, NULL, NULL));
+    cb->pending = false;
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("OpenCL fetch_logits (row %d)", row);
+    return status;
 }
 
 static ks_status cl_copy_slot(ke_backend *b, int src, int dst)
@@ -756,6 +917,10 @@ static void cl_destroy(ke_backend *b)
     free(cb->h_info);
     free(cb->h_hist);
     free(cb->h_out);
+    free(cb->h_cinfo);
+    free(cb->h_cid);
+    free(cb->h_cval);
+    free(cb->h_cstat);
     free(cb);
 }
 
@@ -768,6 +933,8 @@ static const ke_backend_ops cl_ops_table = {
     .destroy = cl_destroy,
     .select_greedy = cl_select_greedy,
     .stats = cl_stats,
+    .select_sample = cl_select_sample,
+    .fetch_logits = cl_fetch_logits,
 };
 
 /* ---- construction ------------------------------------------------------------------------ */

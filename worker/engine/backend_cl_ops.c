@@ -5,14 +5,17 @@
 #include "backend_cl_ops.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#include <string.h>
 
 #include "kc_error.h"
 #include "kc_program.h"
 
 enum { K_LAYER_NORM, K_ACTIVATION, K_L2, K_UNFOLD, K_VISION_EMBED, K_TEXT_EMBED, K_KV_STORE,
-       K_GATHER, K_ATTENTION, K_NGRAM_BAN, K_ARGMAX, K_COUNT };
+       K_GATHER, K_ATTENTION, K_NGRAM_BAN, K_ARGMAX, K_TOPK, K_COUNT };
 
 typedef struct prog_spec {
     const char *file;
@@ -23,7 +26,8 @@ typedef struct prog_spec {
 
 static const char *const kernel_names[K_COUNT] = {
     "layer_norm", "activation", "l2_normalize", "unfold_patches", "vision_embed", "text_embed",
-    "kv_store",   "gather_rows", "attention",   "ngram_ban",      "argmax_rows"};
+    "kv_store",   "gather_rows", "attention",   "ngram_ban",      "argmax_rows",
+    "topk_rows"};
 
 enum { P_LAYER_NORM, P_OPS, P_ATTENTION, P_SELECT, P_COUNT };
 
@@ -31,7 +35,7 @@ static const prog_spec programs[P_COUNT] = {
     {"layer_norm.cl", 256, true, K_LAYER_NORM, 1},
     {"ops.cl", 64, true, K_ACTIVATION, 7},
     {"attention.cl", 64, false, K_ATTENTION, 1},
-    {"select.cl", 64, false, K_NGRAM_BAN, 2},
+    {"select.cl", 64, false, K_NGRAM_BAN, 3},
 };
 
 struct ke_cl_ops {
@@ -423,4 +427,58 @@ cleanup:
         ks_error_prefix("kernel %s (%d sequences, vocab %d, longest %d ids)", which, n_sel, vocab,
                         max_len);
     return status;
+}
+
+ks_status ke_cl_select_sample(ke_cl_ops *o, const ke_cl_select_sample_args *a)
+{
+    ks_status status = KS_OK;
+    const char *which = "topk_rows";
+    if (a->n_sel > 0 && (status = ke_cl_select_greedy(o, a->logits, a->vocab, a->info, a->hist,
+                                                      a->n_sel, a->max_len, a->eos, a->out)) !=
+                            KS_OK)
+        return status;
+    if (a->n_cand <= 0)
+        return KS_OK;
+    cl_kernel k = o->k[K_TOPK];
+    ARG(k, 0, a->logits);
+    ARG(k, 1, (cl_int)a->vocab);
+    ARG(k, 2, a->cinfo);
+    ARG(k, 3, a->cval);
+    ARG(k, 4, a->cid);
+    ARG(k, 5, a->cstat);
+    size_t local = o->wg[P_SELECT], global = (size_t)a->n_cand * local;
+    status = run(o, k, 1, &global, &local);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel %s (%d lists, vocab %d)", which, a->n_cand, a->vocab);
+    return status;
+}
+
+void ke_cl_sample_stat_decode(const cl_ulong stat[4], int vocab, float tail_temperature,
+                              ke_select_out *out)
+{
+    const double unit = 0x1p-46;
+    cl_ulong n = stat[0] & 0xffffffffu, flags = stat[0] >> 32;
+    out->n = (int)n;
+    out->valid = (flags & 1) == 0 && n <= (cl_ulong)vocab;
+    uint32_t key = (uint32_t)stat[1];
+    if (key == 0) {
+        out->rest_max = -INFINITY;
+    } else {
+        uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+        memcpy(&out->rest_max, &u, sizeof u);
+    }
+    double left = (double)vocab - (double)n;
+    if ((flags & 2) || !(tail_temperature > 0.0f)) {
+        out->tail_lo = 0.0;
+        out->tail_hi = INFINITY;
+        return;
+    }
+    /* sum of e' in [d, d + left) units, |e_host - e'| summed below r units; the conversions
+     * to double and a subnormal exp's absolute error within the margins */
+    cl_ulong d = stat[2], r = stat[3];
+    out->tail_lo = d > r ? (double)(d - r) * unit * (1.0 - 0x1p-40) - left * 0x1p-100 : 0.0;
+    if (out->tail_lo < 0.0)
+        out->tail_lo = 0.0;
+    out->tail_hi = ((double)d + (double)r + left) * unit * (1.0 + 0x1p-40) + left * 0x1p-100;
 }

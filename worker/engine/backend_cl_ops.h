@@ -14,6 +14,7 @@
 
 #include "kc_context.h"
 #include "ks_error.h"
+#include "backend.h"
 #include "model.h"
 
 typedef struct ke_cl_ops ke_cl_ops;
@@ -79,6 +80,29 @@ ks_status ke_cl_attention(ke_cl_ops *o, const ke_cl_attention_args *a);
  * max_len the longest history; out (n_sel) cl_int. Bans are written into logits. */
 ks_status ke_cl_select_greedy(ke_cl_ops *o, cl_mem logits, int vocab, cl_mem info, cl_mem hist,
                               int n_sel, int max_len, int eos, cl_mem out);
+
+/* Sampling's selection (backend.h select_sample, kernels/select.cl topk_rows): the bans and
+ * argmax of ke_cl_select_greedy over all n_sel rows (out gets every row's argmax), then for
+ * n_cand rows a candidate list: cinfo (n_cand, 4) cl_int (logits row, want, list offset,
+ * tail temperature as f32 bits or 0), lists into cval (f32) / cid (int), per list cstat (n_cand,
+ * 4) cl_ulong, which ke_cl_sample_stat_decode turns into a ke_select_out. */
+typedef struct ke_cl_select_sample_args {
+    cl_mem logits;
+    int vocab;
+    cl_mem info, hist;
+    int n_sel, max_len, eos;
+    cl_mem out;
+    cl_mem cinfo;
+    int n_cand;
+    cl_mem cval, cid, cstat;
+} ke_cl_select_sample_args;
+
+ks_status ke_cl_select_sample(ke_cl_ops *o, const ke_cl_select_sample_args *a);
+
+/* One list's cstat (asked with tail_temperature) into out's n, rest_max, tail_lo/hi and valid
+ * (values/ids untouched). */
+void ke_cl_sample_stat_decode(const cl_ulong stat[4], int vocab, float tail_temperature,
+                              ke_select_out *out);
 
 /* The work-group size chosen for each family (for notes and tests). */
 size_t ke_cl_ops_wg_size(const ke_cl_ops *o);

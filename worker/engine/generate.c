@@ -21,7 +21,9 @@
  *   cache length (prepare_inputs_for_generation drops position_ids), or pad_id if it is pad.
  *
  * One forward per step serves every live sequence of every running request (a prefill and
- * other requests' decode tokens may share a step). */
+ * other requests' decode tokens may share a step). Decode steps select on the device where the
+ * backend can: select_greedy (all greedy), select_sample (with sampling: a short candidate list
+ * per row that sample_list finishes as it does a full row, or defers to the full row). */
 #include "generate.h"
 
 #include <math.h>
@@ -42,9 +44,7 @@ static double now_ms(void)
 }
 
 /* xoshiro256** seeded through splitmix64: our own, documented, portable RNG. */
-typedef struct rng {
-    uint64_t s[4];
-} rng;
+typedef ke_rng rng;
 
 static uint64_t splitmix64(uint64_t *x)
 {
@@ -58,6 +58,11 @@ static void rng_seed(rng *r, uint64_t seed)
 {
     for (int i = 0; i < 4; i++)
         r->s[i] = splitmix64(&seed);
+}
+
+void ke_rng_seed(ke_rng *r, uint64_t seed)
+{
+    rng_seed(r, seed);
 }
 
 static uint64_t rotl(uint64_t x, int k)
@@ -152,67 +157,216 @@ static int cmp_scored_asc(const void *a, const void *b)
     return (x->i > y->i) - (x->i < y->i);
 }
 
-/* Temperature, top-k, top-p (HF's warpers, min_tokens_to_keep 1), then a draw from the
- * softmax. `sorted` is scratch for vocab entries. */
-static int sample_token(const ke_gen_params *p, float *scores, int vocab, scored *sorted, rng *r)
-{
-    if (p->temperature != 1.0f)
-        for (int i = 0; i < vocab; i++)
-            scores[i] = scores[i] / p->temperature;
+/* The tokens a candidate list leaves out (the "tail"): none for a full row. */
+typedef struct sample_tail {
+    int n;        /* tokens left out */
+    float max;    /* their largest processed logit (before temperature), -inf if none */
+    double lo, hi; /* bounds on the sum of their expf(v / T - max / T) (ke_select_out) */
+} sample_tail;
 
-    bool need_sort = (p->top_k > 0 && p->top_k < vocab) || p->top_p < 1.0f;
-    if (need_sort) {
-        for (int i = 0; i < vocab; i++)
-            sorted[i] = (scored){scores[i], i};
-        qsort(sorted, (size_t)vocab, sizeof *sorted, cmp_scored_asc);
+/* Temperature, top-k, top-p (HF's warpers, min_tokens_to_keep 1), then a draw from the
+ * softmax, over the list c[0 .. n): processed logits in ascending id order (c[j].i the token).
+ * The full row is the list of every token (tail->n == 0) and is always decided. A short list
+ * (a device's candidates, tail->n > 0) gives the very token the full row would give, or -1
+ * when it cannot prove it; the RNG is drawn only when a token is returned. Every value the
+ * full row's result depends on is computed here by the same expressions in the same order:
+ * left-out tokens end at -inf (top-k, or a top-p cut proven to remove them all) and so add
+ * exact zeros to every sum; only the top-p sums over a tail without top-k are bounded, and a
+ * cut that the bounds cannot place exactly returns -1. c is overwritten; `sorted` is scratch
+ * for n entries. */
+static int sample_list(const ke_gen_params *p, scored *c, int n, int vocab,
+                       const sample_tail *tail, scored *sorted, rng *r)
+{
+    const bool list = tail->n > 0;
+    const bool topk = p->top_k > 0 && p->top_k < vocab;
+    const bool topp = p->top_p < 1.0f;
+    if (n < 1 || (list && !topk && !topp))
+        return -1; /* without top-k or top-p every token may be drawn */
+    if (p->temperature != 1.0f)
+        for (int i = 0; i < n; i++)
+            c[i].v = c[i].v / p->temperature;
+    float rest = list ? tail->max : -INFINITY; /* the tail's largest value, scaled */
+    if (list && p->temperature != 1.0f)
+        rest = rest / p->temperature;
+
+    /* sorted[j].i is the list position; positions ascend with ids, so (value, position) sorts
+     * as (value, id) */
+    if (topk || topp) {
+        for (int i = 0; i < n; i++)
+            sorted[i] = (scored){c[i].v, i};
+        qsort(sorted, (size_t)n, sizeof *sorted, cmp_scored_asc);
     }
-    if (p->top_k > 0 && p->top_k < vocab) {
+    if (topk) {
         /* TopKLogitsWarper: remove scores < the k-th largest (ties with it stay) */
-        float kth = sorted[vocab - p->top_k].v;
-        for (int i = 0; i < vocab; i++)
-            if (scores[i] < kth)
-                scores[i] = -INFINITY;
-        for (int j = 0; j < vocab; j++)
+        if (n < p->top_k)
+            return -1;
+        float kth = sorted[n - p->top_k].v;
+        if (list && !(rest < kth))
+            return -1; /* a left-out token could tie with the k-th: it would stay */
+        for (int i = 0; i < n; i++)
+            if (c[i].v < kth)
+                c[i].v = -INFINITY;
+        for (int j = 0; j < n; j++)
             if (sorted[j].v < kth)
                 sorted[j].v = -INFINITY;
     }
-    if (p->top_p < 1.0f) {
+    if (topp) {
         /* TopPLogitsWarper: ascending softmax, cumulative sum (torch accumulates in double on
-         * the CPU, storing f32), remove cum <= 1 - top_p, always keep the largest */
-        float max = sorted[vocab - 1].v;
-        double sum = 0.0;
-        for (int j = 0; j < vocab; j++)
-            sum += (double)expf(sorted[j].v - max);
+         * the CPU, storing f32), remove cum <= 1 - top_p, always keep the largest. The sums
+         * start with the tail's: exactly 0 for a full row or after top-k, else an interval
+         * [lo, hi] that every value below is carried through (all the roundings are monotone). */
+        float max = sorted[n - 1].v;
+        double a_lo = 0.0, a_hi = 0.0, slack = 0.0;
+        bool bounded = list && !topk;
+        if (bounded) {
+            if (!(rest < sorted[0].v) || !(max > -INFINITY) || !(tail->hi < INFINITY))
+                return -1; /* the tail must sort wholly below the list */
+            /* the host's sequential double sum of tail->n terms, and these bounds' own
+             * roundings, are within slack (relative) of the exact sum */
+            slack = (double)(tail->n + 16) * 0x1p-50;
+            a_lo = tail->lo * (1.0 - slack);
+            a_hi = tail->hi * (1.0 + slack);
+        }
+        double sum_lo = a_lo, sum_hi = a_hi;
+        for (int j = 0; j < n; j++) {
+            double e = (double)expf(sorted[j].v - max);
+            sum_lo += e;
+            sum_hi += e;
+        }
         float threshold = (float)(1.0 - (double)p->top_p);
-        double cum = 0.0;
-        for (int j = 0; j < vocab - 1; j++) {
-            cum += (double)(float)((double)expf(sorted[j].v - max) / sum);
-            if ((float)cum <= threshold)
-                scores[sorted[j].i] = -INFINITY;
+        double cum_lo = 0.0, cum_hi = 0.0;
+        if (bounded) {
+            /* the tail's cumulative sum: its terms (double)(float)(e / sum) within 2^-24
+             * (relative) or 2^-150 (absolute) of e / sum, summed in order */
+            cum_lo = tail->lo / sum_hi * (1.0 - 0x1p-22 - slack) - (double)tail->n * 0x1p-140;
+            if (cum_lo < 0.0)
+                cum_lo = 0.0;
+            cum_hi = tail->hi / sum_lo * (1.0 + 0x1p-22 + slack) + (double)tail->n * 0x1p-140;
+            if (!((float)cum_hi <= threshold))
+                return -1; /* the nucleus may reach into the tail */
+        }
+        for (int j = 0; j < n - 1; j++) {
+            double e = (double)expf(sorted[j].v - max);
+            cum_lo += (double)(float)(e / sum_hi);
+            cum_hi += (double)(float)(e / sum_lo);
+            bool removed = (float)cum_hi <= threshold;
+            if (removed != ((float)cum_lo <= threshold))
+                return -1; /* the cut is too close to call */
+            if (removed)
+                c[sorted[j].i].v = -INFINITY;
         }
     }
 
-    /* softmax + one multinomial draw */
+    /* softmax + one multinomial draw (in id order) */
     float max = -INFINITY;
-    for (int i = 0; i < vocab; i++)
-        if (scores[i] > max)
-            max = scores[i];
+    for (int i = 0; i < n; i++)
+        if (c[i].v > max)
+            max = c[i].v;
+    if (list && !(max > -INFINITY))
+        return -1; /* all masked: the full row's NaN walk ends at its last id */
     double total = 0.0;
-    for (int i = 0; i < vocab; i++)
-        total += (double)expf(scores[i] - max);
+    for (int i = 0; i < n; i++)
+        total += (double)expf(c[i].v - max);
     double u = rng_uniform(r) * total;
     double cum = 0.0;
-    int last = argmax(scores, vocab);
-    for (int i = 0; i < vocab; i++) {
-        double w = (double)expf(scores[i] - max);
+    int last = 0;
+    for (int i = 1; i < n; i++)
+        if (c[i].v > c[last].v)
+            last = i;
+    for (int i = 0; i < n; i++) {
+        double w = (double)expf(c[i].v - max);
         if (w <= 0.0)
             continue;
         cum += w;
         last = i;
         if (u < cum)
-            return i;
+            return c[i].i;
     }
-    return last;
+    return c[last].i;
+}
+
+/* The full row as a list of every token. `list` and `sorted` are scratch for vocab entries. */
+static int sample_token(const ke_gen_params *p, const float *scores, int vocab, scored *list,
+                        scored *sorted, rng *r)
+{
+    for (int i = 0; i < vocab; i++)
+        list[i] = (scored){scores[i], i};
+    const sample_tail none = {0, -INFINITY, 0.0, 0.0};
+    return sample_list(p, list, vocab, vocab, &none, sorted, r);
+}
+
+static int cmp_scored_id(const void *a, const void *b)
+{
+    const scored *x = a, *y = b;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+/* A select_sample list; `list` and `sorted` are scratch for o->n entries. */
+static int sample_from(const ke_gen_params *p, const ke_select_out *o, int vocab, scored *list,
+                       scored *sorted, rng *r)
+{
+    if (!o->valid || o->n < 1 || o->n > vocab)
+        return -1;
+    for (int j = 0; j < o->n; j++) {
+        if (o->ids[j] < 0 || o->ids[j] >= vocab)
+            return -1;
+        list[j] = (scored){o->values[j], o->ids[j]};
+    }
+    qsort(list, (size_t)o->n, sizeof *list, cmp_scored_id);
+    for (int j = 1; j < o->n; j++)
+        if (list[j].i == list[j - 1].i)
+            return -1;
+    const sample_tail tail = {vocab - o->n, o->rest_max, o->tail_lo, o->tail_hi};
+    return sample_list(p, list, o->n, vocab, &tail, sorted, r);
+}
+
+/* The longest list select_sample is asked for; top-k needs its k plus room for ties made by
+ * the temperature's rounding. */
+#define SAMPLE_LIST_MAX 1024
+#define SAMPLE_TOPK_SLACK 16
+
+static int candidates_wanted(const ke_gen_params *p, int vocab, float *tail_temperature)
+{
+    *tail_temperature = 0.0f;
+    int want;
+    if (p->top_k > 0 && p->top_k < vocab) {
+        if (p->top_k > SAMPLE_LIST_MAX - SAMPLE_TOPK_SLACK)
+            return 0;
+        want = p->top_k + SAMPLE_TOPK_SLACK;
+    } else if (p->top_p < 1.0f) {
+        want = SAMPLE_LIST_MAX;
+        *tail_temperature = p->temperature;
+    } else {
+        return 0;
+    }
+    return want < vocab ? want : vocab;
+}
+
+int ke_sample_candidates_wanted(const ke_gen_params *p, int vocab, float *tail_temperature)
+{
+    return candidates_wanted(p, vocab, tail_temperature);
+}
+
+int ke_sample_row(const ke_gen_params *p, float *scores, int vocab, ke_rng *r)
+{
+    scored *list = malloc((size_t)vocab * sizeof *list);
+    scored *sorted = malloc((size_t)vocab * sizeof *sorted);
+    int tok = list && sorted ? sample_token(p, scores, vocab, list, sorted, r) : -1;
+    free(list);
+    free(sorted);
+    return tok;
+}
+
+int ke_sample_candidates(const ke_gen_params *p, const ke_select_out *o, int vocab, ke_rng *r)
+{
+    if (o->n < 1)
+        return -1;
+    scored *list = malloc((size_t)o->n * sizeof *list);
+    scored *sorted = malloc((size_t)o->n * sizeof *sorted);
+    int tok = list && sorted ? sample_from(p, o, vocab, list, sorted, r) : -1;
+    free(list);
+    free(sorted);
+    return tok;
 }
 
 /* ---- per-request state ------------------------------------------------------------------- */
@@ -240,6 +394,7 @@ typedef struct seq {
     bool improvable; /* HF's is_early_stop_heuristic_unsatisfied */
     rng rng;
     int first_row; /* this step: first logits row */
+    int sel;       /* this step: its select_greedy / select_sample row, -1 = none */
     ke_gen_result *result;
 } seq;
 
@@ -331,6 +486,8 @@ typedef struct gen_ctx {
     float *scores;  /* (vocab) */
     float *lp;      /* (n_beams_max, vocab) processed log-probs, beam search */
     scored *sorted; /* (vocab) */
+    scored *list;   /* (vocab) */
+    ke_gen_stats *stats; /* or NULL */
 } gen_ctx;
 
 /* Appends the chosen token of a single-hypothesis request; finishes it at </s> or the limit. */
@@ -348,9 +505,35 @@ static ks_status step_single(gen_ctx *g, seq *s, const float *logits)
     hyp *h = &s->run[0];
     memcpy(g->scores, logits, (size_t)g->vocab * sizeof(float));
     apply_processors(&s->p, h->ids, h->len, s->req->len, g->eos, g->scores, g->vocab);
-    int tok = s->p.do_sample ? sample_token(&s->p, g->scores, g->vocab, g->sorted, &s->rng)
-                             : argmax(g->scores, g->vocab);
+    int tok = s->p.do_sample
+                  ? sample_token(&s->p, g->scores, g->vocab, g->list, g->sorted, &s->rng)
+                  : argmax(g->scores, g->vocab);
+    if (s->p.do_sample && g->stats)
+        g->stats->sampled_on_host++;
     return push_token(g, s, tok);
+}
+
+/* A request's token after a device select: the greedy id, a token its candidate list proves,
+ * or the host path on its fetched logits row (`row_buf`, vocab floats). */
+static ks_status push_selected(gen_ctx *g, seq *s, bool sampled, const int32_t *ids,
+                               const ke_select_out *out, float *row_buf)
+{
+    if (!sampled)
+        return push_token(g, s, ids[s->sel]);
+    if (s->sel >= 0 && !s->p.do_sample)
+        return push_token(g, s, out[s->sel].id);
+    if (s->sel >= 0) {
+        int tok = sample_from(&s->p, &out[s->sel], g->vocab, g->list, g->sorted, &s->rng);
+        if (tok >= 0) {
+            if (g->stats)
+                g->stats->sampled_on_device++;
+            return push_token(g, s, tok);
+        }
+    }
+    ks_status st = g->b->ops->fetch_logits(g->b, s->first_row, row_buf);
+    if (st != KS_OK)
+        return st;
+    return step_single(g, s, row_buf);
 }
 
 typedef struct cand {
@@ -653,7 +836,7 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
     const size_t E = (size_t)cfg->text.embed_dim;
     const size_t LQ = (size_t)cfg->latent_query_num;
     ks_status st = KS_OK;
-    gen_ctx g = {backend, V, cfg->text.eos_id, cfg->text.pad_id, NULL, NULL, NULL};
+    gen_ctx g = {backend, V, cfg->text.eos_id, cfg->text.pad_id, NULL, NULL, NULL, NULL, stats};
     int max_beams = 1;
     size_t max_prompt = 0;
     for (int i = 0; i < n_requests; i++) {
@@ -675,11 +858,19 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
     float *logits = malloc((size_t)n_slots * (size_t)V * sizeof(float));
     ke_select_row *sel = malloc((size_t)n_slots * sizeof *sel);
     int32_t *sel_ids = malloc((size_t)n_slots * sizeof *sel_ids);
+    ke_select_out *sel_out = NULL;
+    float *cand_vals = NULL;
+    int32_t *cand_ids = NULL;
     g.scores = malloc((size_t)V * sizeof(float));
     g.lp = malloc((size_t)max_beams * (size_t)V * sizeof(float));
     g.sorted = malloc((size_t)V * sizeof(scored));
+    g.list = malloc((size_t)V * sizeof(scored));
+    sel_out = calloc((size_t)n_slots, sizeof *sel_out);
+    cand_vals = malloc((size_t)n_slots * SAMPLE_LIST_MAX * sizeof *cand_vals);
+    cand_ids = malloc((size_t)n_slots * SAMPLE_LIST_MAX * sizeof *cand_ids);
     if (!seqs || !slot_free || !st_slots || !st_ntok || !st_ids || !st_pos || !st_mask ||
-        !st_img || !logits || !sel || !sel_ids || !g.scores || !g.lp || !g.sorted) {
+        !st_img || !logits || !sel || !sel_ids || !g.scores || !g.lp || !g.sorted || !g.list ||
+        !sel_out || !cand_vals || !cand_ids) {
         st = ks_fail(KS_ERR_NOMEM, "generate: out of memory");
         goto cleanup;
     }
@@ -756,13 +947,20 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
                 }
             }
         }
-        /* A decode step of greedy requests only can select on the device (select_greedy):
-         * the logits stay there and only the ids come back. Prefill steps still read the
-         * logits (prefill_logits_last), and beams and sampling select on the host. */
-        bool on_device = backend->ops->select_greedy != NULL && !has_prefill;
-        for (int i = 0; i < n_requests && on_device; i++)
-            if (seqs[i].state == SEQ_RUNNING && (seqs[i].n_beams != 1 || seqs[i].p.do_sample))
-                on_device = false;
+        /* A decode step of single-hypothesis requests can select on the device: the logits
+         * stay there and only ids (select_greedy, all greedy) or short candidate lists
+         * (select_sample, some sampling) come back; a sampling row whose list cannot decide
+         * exactly reads its logits row (fetch_logits) and takes the host path. Prefill steps
+         * still read the logits (prefill_logits_last), and beams select on the host. */
+        bool singles = !has_prefill, any_sample = false;
+        for (int i = 0; i < n_requests; i++)
+            if (seqs[i].state == SEQ_RUNNING) {
+                singles = singles && seqs[i].n_beams == 1;
+                any_sample = any_sample || seqs[i].p.do_sample;
+            }
+        bool on_device = singles && (any_sample ? backend->ops->select_sample != NULL &&
+                                                      backend->ops->fetch_logits != NULL
+                                                : backend->ops->select_greedy != NULL);
         double t0 = now_ms();
         if ((st = backend->ops->forward(backend, &step, on_device ? NULL : logits)) != KS_OK)
             goto cleanup;
@@ -773,13 +971,26 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
                 if (s->state != SEQ_RUNNING)
                     continue;
                 const hyp *h = &s->run[0];
-                sel[n_sel++] = (ke_select_row){
+                ke_select_row row = {
                     .row = s->first_row, .ids = h->ids, .len = h->len,
                     .no_repeat_ngram_size = s->p.no_repeat_ngram_size,
                     .ban_eos = s->p.min_new_tokens > 0 &&
                                h->len - s->req->len < (size_t)s->p.min_new_tokens};
+                s->sel = -1;
+                if (s->p.do_sample) {
+                    row.candidates = candidates_wanted(&s->p, V, &row.tail_temperature);
+                    if (row.candidates == 0)
+                        continue; /* no list can decide: the full row (fetch_logits) */
+                    sel_out[n_sel].values = cand_vals + (size_t)n_sel * SAMPLE_LIST_MAX;
+                    sel_out[n_sel].ids = cand_ids + (size_t)n_sel * SAMPLE_LIST_MAX;
+                }
+                s->sel = n_sel;
+                sel[n_sel++] = row;
             }
-            if ((st = backend->ops->select_greedy(backend, sel, n_sel, sel_ids)) != KS_OK)
+            if (n_sel > 0)
+                st = any_sample ? backend->ops->select_sample(backend, sel, n_sel, sel_out)
+                                : backend->ops->select_greedy(backend, sel, n_sel, sel_ids);
+            if (st != KS_OK)
                 goto cleanup;
         }
         double dt = now_ms() - t0;
@@ -793,7 +1004,6 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
         }
 
         /* advance every request with its rows of logits (or its selected id) */
-        int n_pushed = 0;
         for (int i = 0; i < n_requests; i++) {
             seq *s = &seqs[i];
             if (s->state != SEQ_PREFILL && s->state != SEQ_RUNNING)
@@ -812,7 +1022,7 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
             if (s->p.max_new_tokens == 0)
                 st = finish_with(s, &s->run[0]);
             else if (on_device)
-                st = push_token(&g, s, sel_ids[n_pushed++]);
+                st = push_selected(&g, s, any_sample, sel_ids, sel_out, logits);
             else if (s->n_beams == 1)
                 st = step_single(&g, s, rows);
             else
@@ -856,5 +1066,9 @@ cleanup:
     free(g.scores);
     free(g.lp);
     free(g.sorted);
+    free(g.list);
+    free(sel_out);
+    free(cand_vals);
+    free(cand_ids);
     return st;
 }

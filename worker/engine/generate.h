@@ -57,6 +57,8 @@ typedef struct ke_gen_stats {
     double prefill_ms;
     double decode_ms;
     int steps; /* forward calls after the prefill */
+    int sampled_on_device; /* sampled tokens decided from a select_sample candidate list */
+    int sampled_on_host;   /* ... from the full logits row */
 } ke_gen_stats;
 
 /* Runs every request to completion. image_embeds is (n_images, latent_query_num, embed_dim) as
@@ -70,5 +72,29 @@ typedef struct ke_gen_stats {
 ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_images,
                       const ke_gen_request *requests, int n_requests, ke_gen_result *results,
                       ke_gen_stats *stats);
+
+/* ---- sampling, as ke_generate does it (exposed for backends' tests) --------------------
+ * One code path: the full row is a candidate list holding every token, so a device's short list
+ * and the host's row cannot diverge (see docs/opencl.md, "Sampling on the device"). */
+
+/* ke_generate's RNG: xoshiro256** seeded through splitmix64, one uniform draw per token. */
+typedef struct ke_rng {
+    uint64_t s[4];
+} ke_rng;
+
+void ke_rng_seed(ke_rng *r, uint64_t seed);
+
+/* The token sampled from a full row of processed logits (n-gram ban and </s> mask applied):
+ * temperature, top-k, top-p, one draw. scores (vocab) is overwritten. -1 only without memory. */
+int ke_sample_row(const ke_gen_params *p, float *scores, int vocab, ke_rng *r);
+
+/* What to ask select_sample for a sampling row: the candidates wanted (0: the list could never
+ * decide, take the full row) and *tail_temperature for ke_select_row. */
+int ke_sample_candidates_wanted(const ke_gen_params *p, int vocab, float *tail_temperature);
+
+/* The token ke_sample_row gives for the row behind a select_sample list, or -1 when the list
+ * cannot prove it (a tie or the top-p cut too close to call, a nucleus reaching past the list,
+ * an invalid row): the RNG is then untouched and the caller samples the full row. */
+int ke_sample_candidates(const ke_gen_params *p, const ke_select_out *o, int vocab, ke_rng *r);
 
 #endif

@@ -15,6 +15,7 @@
 
 #include "bench.h"
 #include "cli.h"
+#include "cli_args.h"
 #include "model.h"
 #include "model_random.h"
 
@@ -76,17 +77,6 @@ static int usage_error(const char *fmt, ...)
     return CLI_EXIT_USAGE;
 }
 
-static bool parse_int(const char *text, int min, int max, int *out)
-{
-    char *end;
-    errno = 0;
-    long value = strtol(text, &end, 10);
-    if (errno || end == text || *end || value < min || value > max)
-        return false;
-    *out = (int)value;
-    return true;
-}
-
 /* "1,8,64[,max]" */
 static bool parse_batches(const char *text, bench_options *o)
 {
@@ -107,7 +97,7 @@ static bool parse_batches(const char *text, bench_options *o)
             continue;
         }
         if (o->n_batches == BENCH_MAX_BATCHES ||
-            !parse_int(tok, 1, BENCH_MAX_BATCH, &o->batches[o->n_batches]))
+            !cli_parse_int(tok, 1, BENCH_MAX_BATCH, &o->batches[o->n_batches]))
             return false;
         o->n_batches++;
     }
@@ -190,15 +180,15 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
                 return usage_error("--precision is fp16 or fp32, not '%s'", optarg);
             break;
         case REPEATS:
-            if (!parse_int(optarg, 1, 1000, &o->params.repeats))
+            if (!cli_parse_int(optarg, 1, 1000, &o->params.repeats))
                 return usage_error("--repeats wants an integer in 1..1000, not '%s'", optarg);
             break;
         case WARMUP:
-            if (!parse_int(optarg, 0, 1000, &o->params.warmup))
+            if (!cli_parse_int(optarg, 0, 1000, &o->params.warmup))
                 return usage_error("--warmup wants an integer in 0..1000, not '%s'", optarg);
             break;
         case NEW_TOKENS:
-            if (!parse_int(optarg, 1, 1 << 16, &o->params.new_tokens))
+            if (!cli_parse_int(optarg, 1, 1 << 16, &o->params.new_tokens))
                 return usage_error("--new-tokens wants an integer >= 1, not '%s'", optarg);
             break;
         case PHASES:

@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "backend_open.h"
 #include "cli.h"
+#include "cli_args.h"
 #include "generate.h"
 #include "ks_buf.h"
 #include "kw_pipeline.h"
@@ -72,28 +73,6 @@ typedef struct run_options {
     bool top_p_set, seed_set;
 } run_options;
 
-static bool parse_int(const char *text, int min, int max, int *out)
-{
-    char *end;
-    errno = 0;
-    long value = strtol(text, &end, 10);
-    if (errno || end == text || *end || value < min || value > max)
-        return false;
-    *out = (int)value;
-    return true;
-}
-
-static bool parse_double(const char *text, double *out)
-{
-    char *end;
-    errno = 0;
-    double value = strtod(text, &end);
-    if (errno || end == text || *end || !isfinite(value))
-        return false;
-    *out = value;
-    return true;
-}
-
 /* Returns CLI_EXIT_OK, or the exit code of a usage error after printing it. */
 static int parse_run_options(int argc, char **argv, run_options *o)
 {
@@ -131,29 +110,29 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         case 'p': o->prompt = optarg; break;
         case BBOXES: o->bboxes_json = optarg; break;
         case MAX_NEW:
-            if (!parse_int(optarg, 0, 1 << 20, &o->max_new_tokens))
+            if (!cli_parse_int(optarg, 0, 1 << 20, &o->max_new_tokens))
                 return cli_usage_error("run: --max-new-tokens wants an integer >= 0, not '%s'", optarg);
             break;
         case MIN_NEW:
-            if (!parse_int(optarg, 0, 1 << 20, &o->min_new_tokens))
+            if (!cli_parse_int(optarg, 0, 1 << 20, &o->min_new_tokens))
                 return cli_usage_error("run: --min-new-tokens wants an integer >= 0, not '%s'", optarg);
             break;
         case BEAMS:
-            if (!parse_int(optarg, 1, 64, &o->num_beams))
+            if (!cli_parse_int(optarg, 1, 64, &o->num_beams))
                 return cli_usage_error("run: --num-beams wants an integer in 1..64, not '%s'", optarg);
             break;
         case NGRAM:
-            if (!parse_int(optarg, 0, 1 << 16, &o->no_repeat_ngram_size))
+            if (!cli_parse_int(optarg, 0, 1 << 16, &o->no_repeat_ngram_size))
                 return cli_usage_error("run: --no-repeat-ngram-size wants an integer >= 0, not '%s'",
                                        optarg);
             break;
         case TEMP:
-            if (!parse_double(optarg, &o->temperature) || o->temperature <= 0)
+            if (!cli_parse_double(optarg, &o->temperature) || o->temperature <= 0)
                 return cli_usage_error("run: --temperature wants a number > 0, not '%s'", optarg);
             o->sample = true;
             break;
         case TOP_P:
-            if (!parse_double(optarg, &o->top_p) || o->top_p <= 0 || o->top_p > 1)
+            if (!cli_parse_double(optarg, &o->top_p) || o->top_p <= 0 || o->top_p > 1)
                 return cli_usage_error("run: --top-p wants a number in (0, 1], not '%s'", optarg);
             o->top_p_set = true;
             break;

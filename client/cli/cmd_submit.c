@@ -29,6 +29,7 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "cli_args.h"
 #include "coco.h"
 #include "kosmos/client.h"
 #include "ks_error.h"
@@ -210,17 +211,6 @@ static void slot_free(slot *sl)
 
 /* ---- options -------------------------------------------------------------------------------- */
 
-static bool parse_int(const char *text, long min, long max, int *out)
-{
-    char *end;
-    errno = 0;
-    long value = strtol(text, &end, 10);
-    if (errno || end == text || *end || value < min || value > max)
-        return false;
-    *out = (int)value;
-    return true;
-}
-
 static bool valid_text(const char *s, size_t max)
 {
     size_t len = strlen(s);
@@ -267,7 +257,7 @@ static int parse_options(int argc, char **argv, submit_options *o)
         case QUESTION: o->question = optarg; break;
         case JOBS: o->jobs_path = optarg; break;
         case MAX_NEW:
-            if (!parse_int(optarg, 1, 1024, &o->max_new_tokens))
+            if (!cli_parse_int(optarg, 1, 1024, &o->max_new_tokens))
                 return cli_usage_error("submit: --max-new-tokens wants an integer in 1..1024, "
                                        "not '%s'", optarg);
             break;
@@ -276,12 +266,12 @@ static int parse_options(int argc, char **argv, submit_options *o)
         case DRAW: o->draw_dir = optarg; break;
         case COCO: o->coco_path = optarg; break;
         case PRIORITY:
-            if (!parse_int(optarg, -100, 100, &o->priority))
+            if (!cli_parse_int(optarg, -100, 100, &o->priority))
                 return cli_usage_error("submit: --priority wants an integer in -100..100, not "
                                        "'%s'", optarg);
             break;
         case WINDOW:
-            if (!parse_int(optarg, 1, 100000, &o->window))
+            if (!cli_parse_int(optarg, 1, 100000, &o->window))
                 return cli_usage_error("submit: --window wants an integer in 1..100000, not "
                                        "'%s'", optarg);
             break;

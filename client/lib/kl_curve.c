@@ -6,38 +6,7 @@
 #include <string.h>
 
 #include "kl_internal.h"
-
-/* Finds `key = "value"` (quoted or bare) on a line of `text`; copies a 40-character value. */
-static bool kl_zpl_key(const char *text, const char *key, char out[KOSMOS_Z85_KEY_SIZE])
-{
-    size_t klen = strlen(key);
-    for (const char *line = text; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
-        const char *p = line;
-        while (*p == ' ' || *p == '\t')
-            p++;
-        if (*p == '#' || strncmp(p, key, klen) != 0)
-            continue;
-        p += klen;
-        while (*p == ' ' || *p == '\t')
-            p++;
-        if (*p++ != '=')
-            continue;
-        while (*p == ' ' || *p == '\t')
-            p++;
-        char quote = (*p == '"' || *p == '\'') ? *p++ : 0;
-        size_t n = 0;
-        /* Z85 uses '#' and '=' too: a quoted value ends at its quote, a bare one at a space */
-        while (p[n] && p[n] != '\n' && p[n] != '\r' &&
-               (quote ? p[n] != quote : (p[n] != ' ' && p[n] != '\t')))
-            n++;
-        if (n != 40)
-            return false;
-        memcpy(out, p, 40);
-        out[40] = '\0';
-        return true;
-    }
-    return false;
-}
+#include "ks_zpl.h"
 
 KOSMOS_API kosmos_error_t kosmos_curve_load_cert(const char *path,
                                                  char public_key[KOSMOS_Z85_KEY_SIZE],
@@ -56,9 +25,9 @@ KOSMOS_API kosmos_error_t kosmos_curve_load_cert(const char *path,
         return kl_fail(KOSMOS_ERR_IO, "cannot read certificate %s", path);
     text[n] = '\0';
     kosmos_error_t err = KOSMOS_OK;
-    if (!kl_zpl_key(text, "public-key", public_key))
+    if (!ks_zpl_z85_key(text, "public-key", public_key))
         err = kl_fail(KOSMOS_ERR_INVALID, "certificate %s has no valid public-key", path);
-    else if (secret_key && !kl_zpl_key(text, "secret-key", secret_key))
+    else if (secret_key && !ks_zpl_z85_key(text, "secret-key", secret_key))
         err = kl_fail(KOSMOS_ERR_INVALID, "certificate %s has no valid secret-key", path);
     memset(text, 0, sizeof text);
     return err;

@@ -153,6 +153,12 @@ ke_backend *ke_backend_ref_new(const ke_model *model, const ke_backend_options *
 /* Fills *out from b->ops->stats, or with the backend's name only when it has none. */
 void ke_backend_stats_get(const ke_backend *b, ke_backend_stats *out);
 
+/* Checks a step against the backend's slots (slot_len[s]: tokens already in slot s): slots in
+ * range and distinct, at least one new token per sequence, capacity, ids in the vocabulary,
+ * positions >= 0, image rows present. Sets *total to the step's token count. For backends. */
+ks_status ke_step_check(const ke_backend *b, const ke_step *step, const int *slot_len,
+                        size_t *total);
+
 /* Destroys any backend; accepts NULL and sets *b to NULL. */
 void ke_backend_destroy(ke_backend **b);
 

@@ -404,46 +404,6 @@ cleanup:
 
 /* ---- text decoder ------------------------------------------------------------------------ */
 
-static ks_status check_step(const cl_backend *cb, const ke_step *step, size_t *total)
-{
-    const ke_backend *b = &cb->base;
-    const ke_text_config *tc = &b->model->config.text;
-    if (step == NULL || step->n_seqs < 1 || step->slots == NULL || step->n_tokens == NULL ||
-        step->ids == NULL || step->positions == NULL)
-        return ks_fail(KS_ERR_INVALID, "forward: empty or incomplete step");
-    size_t t = 0;
-    for (int s = 0; s < step->n_seqs; s++) {
-        int slot = step->slots[s];
-        if (slot < 0 || slot >= b->slots)
-            return ks_fail(KS_ERR_INVALID, "forward: slot %d out of range (0..%d)", slot,
-                           b->slots - 1);
-        for (int r = 0; r < s; r++)
-            if (step->slots[r] == slot)
-                return ks_fail(KS_ERR_INVALID, "forward: slot %d used twice in one step", slot);
-        int n = step->n_tokens[s];
-        if (n < 1)
-            return ks_fail(KS_ERR_INVALID, "forward: sequence %d has %d new tokens", s, n);
-        if (n > b->slot_capacity - cb->slot_len[slot])
-            return ks_fail(KS_ERR_LIMIT,
-                           "forward: slot %d holds %d tokens, %d more exceed its capacity %d",
-                           slot, cb->slot_len[slot], n, b->slot_capacity);
-        t += (size_t)n;
-    }
-    for (size_t i = 0; i < t; i++) {
-        if (step->ids[i] < 0 || step->ids[i] >= tc->vocab_size)
-            return ks_fail(KS_ERR_INVALID, "forward: token id %d outside the vocabulary (%d)",
-                           step->ids[i], tc->vocab_size);
-        if (step->positions[i] < 0)
-            return ks_fail(KS_ERR_INVALID, "forward: negative position id %d", step->positions[i]);
-        if (step->image_mask && step->image_mask[i] && step->image_embeds == NULL)
-            return ks_fail(KS_ERR_INVALID, "forward: image positions without image_embeds");
-    }
-    if (t > (size_t)INT32_MAX / 4)
-        return ks_fail(KS_ERR_LIMIT, "forward: %zu tokens in one step", t);
-    *total = t;
-    return KS_OK;
-}
-
 /* Grows a set of buffers (and their host staging) to `want` rows. */
 static ks_status grow_tokens(cl_backend *cb, size_t want)
 {
@@ -523,7 +483,7 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
     int heads = tc->heads, hd = tc->embed_dim / heads;
     size_t T = 0;
     char stage[64] = "preparing";
-    ks_status status = check_step(cb, step, &T);
+    ks_status status = ke_step_check(&cb->base, step, cb->slot_len, &T);
     if (status != KS_OK)
         return status;
     size_t S = (size_t)step->n_seqs;

@@ -1,0 +1,65 @@
+/* backend: what every backend shares above its own ops: the checks of a ke_step, statistics
+ * and destruction. One place, so the reference and OpenCL paths refuse exactly the same
+ * inputs with the same messages. */
+#include "backend.h"
+
+#include <stdint.h>
+#include <string.h>
+
+ks_status ke_step_check(const ke_backend *b, const ke_step *step, const int *slot_len,
+                        size_t *total)
+{
+    const ke_text_config *tc = &b->model->config.text;
+    if (step == NULL || step->n_seqs < 1 || step->slots == NULL || step->n_tokens == NULL ||
+        step->ids == NULL || step->positions == NULL)
+        return ks_fail(KS_ERR_INVALID, "forward: empty or incomplete step");
+    size_t t = 0;
+    for (int s = 0; s < step->n_seqs; s++) {
+        int slot = step->slots[s];
+        if (slot < 0 || slot >= b->slots)
+            return ks_fail(KS_ERR_INVALID, "forward: slot %d out of range (0..%d)", slot,
+                           b->slots - 1);
+        for (int r = 0; r < s; r++)
+            if (step->slots[r] == slot)
+                return ks_fail(KS_ERR_INVALID, "forward: slot %d used twice in one step", slot);
+        int n = step->n_tokens[s];
+        if (n < 1)
+            return ks_fail(KS_ERR_INVALID, "forward: sequence %d has %d new tokens", s, n);
+        if (n > b->slot_capacity - slot_len[slot])
+            return ks_fail(KS_ERR_LIMIT,
+                           "forward: slot %d holds %d tokens, %d more exceed its capacity %d",
+                           slot, slot_len[slot], n, b->slot_capacity);
+        t += (size_t)n;
+    }
+    for (size_t i = 0; i < t; i++) {
+        if (step->ids[i] < 0 || step->ids[i] >= tc->vocab_size)
+            return ks_fail(KS_ERR_INVALID, "forward: token id %d outside the vocabulary (%d)",
+                           step->ids[i], tc->vocab_size);
+        if (step->positions[i] < 0)
+            return ks_fail(KS_ERR_INVALID, "forward: negative position id %d", step->positions[i]);
+        if (step->image_mask && step->image_mask[i] && step->image_embeds == NULL)
+            return ks_fail(KS_ERR_INVALID, "forward: image positions without image_embeds");
+    }
+    if (t > (size_t)INT32_MAX / 4)
+        return ks_fail(KS_ERR_LIMIT, "forward: %zu tokens in one step", t);
+    *total = t;
+    return KS_OK;
+}
+
+void ke_backend_stats_get(const ke_backend *b, ke_backend_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (b == NULL)
+        return;
+    out->device = b->ops->name;
+    if (b->ops->stats)
+        b->ops->stats(b, out);
+}
+
+void ke_backend_destroy(ke_backend **b)
+{
+    if (b == NULL || *b == NULL)
+        return;
+    (*b)->ops->destroy(*b);
+    *b = NULL;
+}

@@ -12,6 +12,7 @@
 #include "backend_open.h"
 #include "ks_file.h"
 #include "ks_sha256.h"
+#include "ks_zpl.h"
 
 #ifdef KW_HAVE_LIBCRYPTO
 #include <openssl/evp.h>
@@ -157,38 +158,6 @@ void kw_device_info_get(const ke_backend *b, kw_device_info *out)
     }
 }
 
-/* Finds `key = "value"` (quotes optional) in ZPL text; copies a 40-character Z85 value. */
-static bool zpl_key(const char *text, const char *key, char out[KW_Z85_KEY])
-{
-    size_t klen = strlen(key);
-    for (const char *line = text; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
-        const char *p = line;
-        while (*p == ' ' || *p == '\t')
-            p++;
-        if (*p == '#' || strncmp(p, key, klen) != 0)
-            continue;
-        p += klen;
-        while (*p == ' ' || *p == '\t')
-            p++;
-        if (*p++ != '=')
-            continue;
-        while (*p == ' ' || *p == '\t')
-            p++;
-        char quote = (*p == '"' || *p == '\'') ? *p++ : 0;
-        size_t n = 0;
-        /* Z85 uses '#' and '=' too: a quoted value ends at its quote, a bare one at a space */
-        while (p[n] && p[n] != '\n' && p[n] != '\r' &&
-               (quote ? p[n] != quote : (p[n] != ' ' && p[n] != '\t')))
-            n++;
-        if (n != 40)
-            return false;
-        memcpy(out, p, 40);
-        out[40] = '\0';
-        return true;
-    }
-    return false;
-}
-
 ks_status kw_curve_load(const char *path, char public_key[KW_Z85_KEY], char *secret)
 {
     char *text = NULL;
@@ -196,9 +165,9 @@ ks_status kw_curve_load(const char *path, char public_key[KW_Z85_KEY], char *sec
     ks_status st = ks_file_read(path, 1 << 16, &text, &len);
     if (st != KS_OK)
         return st;
-    if (!zpl_key(text, "public-key", public_key))
+    if (!ks_zpl_z85_key(text, "public-key", public_key))
         st = ks_fail(KS_ERR_FORMAT, "certificate %s has no valid public-key", path);
-    else if (secret && !zpl_key(text, "secret-key", secret))
+    else if (secret && !ks_zpl_z85_key(text, "secret-key", secret))
         st = ks_fail(KS_ERR_FORMAT, "certificate %s has no valid secret-key", path);
     free(text);
     return st;

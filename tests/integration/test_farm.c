@@ -65,7 +65,11 @@ static void start_broker(void)
     snprintf(log, sizeof log, "%s/broker.log", farm.dir);
     snprintf(root, sizeof root, "%s/", farm.dir);
     char *argv[] = {(char *)broker_bin, "--client-endpoint", farm.cep, "--worker-endpoint", farm.wep,
-                    "--db", farm.db, "--heartbeat-ms", "200", "--image-root", root,
+                    /* Heartbeats every 250 ms, dead after 12 missed (3 s): batches still outlast
+                     * the window, so attempt 1 everywhere shows heartbeats sent while computing,
+                     * and a busy 2-core machine (ASan, parallel tests) has a wide margin. */
+                    "--db", farm.db, "--heartbeat-ms", "250", "--heartbeat-liveness", "12",
+                    "--image-root", root,
                     "--default-max-new-tokens", "8", NULL};
     farm.broker_pid = fh_spawn(argv, log, NULL);
 }
@@ -77,7 +81,7 @@ static void start_worker(int i)
     snprintf(name, sizeof name, "test/w%d", i);
     char *argv[] = {(char *)worker_bin, "--broker", farm.wep, "--model", (char *)model_dir,
                     "--device", "ref", "--name", name, "--max-batch", "3",
-                    "--heartbeat-ms", "200", "--stop-timeout", "60", NULL};
+                    "--heartbeat-ms", "250", "--stop-timeout", "60", NULL};
     farm.worker_pid[i] = fh_spawn(argv, log, NULL);
 }
 

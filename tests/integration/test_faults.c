@@ -12,6 +12,18 @@
  *   reconnect    a client process submits 500 jobs and exits; a new socket collects all 500
  *   same_key     100 concurrent submits with one key from 4 processes: one job; other payload:
  *                CONFLICT
+ *   curve        CURVE on: known client and worker keys served; an unknown key, a NULL-mechanism
+ *                client and a client key on the worker endpoint get no connection (curve_denied
+ *                logged, nothing stored); client B cannot fetch or cancel A's job; a broker
+ *                with an unreadable or empty key folder, a missing secret or partial options
+ *                refuses to start
+ *   bad_input    malformed envelope, wrong frame counts, another version, not ours, unknown
+ *                request, frames over the limits (and over ZMQ_MAXMSGSIZE), a Result before
+ *                Ready, for an unknown job, for a job never leased, a malformed worker message:
+ *                each answered as protocol.md §7 says, a normal client served after each
+ *   backpressure 4 clients, 40 submits of 8 MB images, --max-queued 6 --max-client-jobs 2, one
+ *                slow worker: every submit answered ACCEPTED or BUSY, memory_bytes under
+ *                memory_bound_bytes at every status poll, every accepted job DONE
  *
  * Every scenario ends with the ledger oracle (farm_harness.h): lost 0, unexpected 0, duplicates
  * only as later attempts. No wall-clock thresholds except generous ones stated where the issue
@@ -28,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -778,6 +791,769 @@ static void scenario_same_key(void)
     fh_client_destroy(&c);
 }
 
+/* ---- curve: CURVE on both endpoints --------------------------------------------------------- */
+
+typedef struct cv_key {
+    char pub[41], sec[41];
+} cv_key;
+
+/* A new key pair; its certificate in CZMQ's ZPL format (zcert_save): DIR/NAME.key (public) and,
+ * when secret_dir is set, SECRET_DIR/NAME.key_secret. */
+static cv_key cv_cert(const char *dir, const char *secret_dir, const char *name)
+{
+    cv_key k;
+    if (zmq_curve_keypair(k.pub, k.sec) != 0)
+        fh_die("zmq_curve_keypair: %s (libzmq without CURVE?)", zmq_strerror(errno));
+    char path[600];
+    for (int secret = 0; secret < 2; secret++) {
+        if (secret && !secret_dir)
+            break;
+        snprintf(path, sizeof path, "%s/%s.key%s", secret ? secret_dir : dir, name,
+                 secret ? "_secret" : "");
+        FILE *f = fopen(path, "w");
+        if (!f)
+            fh_die("cannot write %s", path);
+        fprintf(f, "#   ZeroMQ CURVE %s Certificate\n#   made by test_faults\n\nmetadata\n"
+                   "    name = \"%s\"\ncurve\n    public-key = \"%s\"\n",
+                secret ? "**Secret**" : "Public", name, k.pub);
+        if (secret)
+            fprintf(f, "    secret-key = \"%s\"\n", k.sec);
+        fclose(f);
+    }
+    return k;
+}
+
+static void cv_mkdir(const char *path)
+{
+    if (mkdir(path, 0700) != 0)
+        fh_die("mkdir %s: %s", path, strerror(errno));
+}
+
+/* Waits until `path` has a line holding both needles (at most timeout_ms). */
+static bool cv_log_has(const char *path, const char *a, const char *b, uint64_t timeout_ms)
+{
+    uint64_t end = fh_now_ms() + timeout_ms;
+    do {
+        FILE *f = fopen(path, "r");
+        char line[4096];
+        while (f && fgets(line, sizeof line, f))
+            if (strstr(line, a) && strstr(line, b)) {
+                fclose(f);
+                return true;
+            }
+        if (f)
+            fclose(f);
+        fh_sleep_ms(100);
+    } while (fh_now_ms() < end);
+    return false;
+}
+
+/* A reply to a cancel or fetch that must be ERROR_CODE_NOT_FOUND. */
+static bool cv_not_found(kp_inbound *in)
+{
+    const Kosmos__V1__ClientReply *r = in ? fh_reply(in) : NULL;
+    return r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR && r->error->has_code &&
+           r->error->code == KOSMOS__V1__ERROR_CODE__ERROR_CODE_NOT_FOUND;
+}
+
+/* One fetch, whatever the reply (fh_fetch keeps only FetchReply). */
+static kp_inbound *cv_fetch(fh_client *c, const char *job_id)
+{
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__FetchRequest f = KOSMOS__V1__FETCH_REQUEST__INIT;
+    f.job_id = (char *)job_id;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_FETCH;
+    req.fetch = &f;
+    return fh_call(c, &req, NULL, 0, 10000);
+}
+
+/* A status call retried while the CURVE handshake completes (fh_call sends DONTWAIT). */
+static kp_inbound *cv_status(fh_client *c, uint64_t timeout_ms)
+{
+    uint64_t end = fh_now_ms() + timeout_ms;
+    kp_inbound *in = NULL;
+    while (!in && fh_now_ms() < end)
+        if (!(in = fh_status(c, 2000))) {
+            fh_sleep_ms(100);
+            fh_client_reopen(c); /* a fresh connection (and handshake) each try */
+        }
+    return in;
+}
+
+/* A broker that must refuse to start (exit 1, start_failed in its log). */
+static void cv_refuses(const char *what, const char *secret, const char *clients,
+                       const char *workers)
+{
+    char log[400], db[400], cep[400], wep[400];
+    snprintf(log, sizeof log, "%s/broker-refused.log", farm.dir);
+    snprintf(db, sizeof db, "%s/refused.db", farm.dir);
+    snprintf(cep, sizeof cep, "ipc://%s/refused-c", farm.dir);
+    snprintf(wep, sizeof wep, "ipc://%s/refused-w", farm.dir);
+    char *argv[16] = {(char *)farm.broker_bin, "--client-endpoint", cep, "--worker-endpoint", wep,
+                      "--db", db};
+    int n = 7;
+    if (secret) {
+        argv[n++] = "--curve-secret";
+        argv[n++] = (char *)secret;
+    }
+    if (clients) {
+        argv[n++] = "--client-keys";
+        argv[n++] = (char *)clients;
+    }
+    if (workers) {
+        argv[n++] = "--worker-keys";
+        argv[n++] = (char *)workers;
+    }
+    argv[n] = NULL;
+    size_t before = fh_log_count(log, "start_failed");
+    pid_t pid = fh_spawn(argv, log, NULL);
+    int code = fh_wait_exit(pid, 60000);
+    FH_CHECK(code == 1, "broker with %s: exit code %d, not 1 (refused)", what, code);
+    FH_CHECK(fh_log_count(log, "start_failed") == before + 1, "broker with %s: no start_failed",
+             what);
+    printf("broker with %s: refused to start (exit %d)\n", what, code);
+}
+
+static void scenario_curve(void)
+{
+    char keys[300], clients[300], workers[300], empty[300], sec[400], pub[400], wsec[400];
+    snprintf(keys, sizeof keys, "%s/keys", farm.dir);         /* secrets, not a key folder */
+    snprintf(clients, sizeof clients, "%s/clients", farm.dir);
+    snprintf(workers, sizeof workers, "%s/workers", farm.dir);
+    snprintf(empty, sizeof empty, "%s/empty", farm.dir);
+    cv_mkdir(keys);
+    cv_mkdir(clients);
+    cv_mkdir(workers);
+    cv_mkdir(empty);
+    cv_key broker = cv_cert(keys, keys, "broker");
+    cv_key a = cv_cert(clients, keys, "client-a");
+    cv_key b = cv_cert(clients, keys, "client-b");
+    cv_key w = cv_cert(workers, keys, "worker");
+    cv_key stranger = cv_cert(keys, NULL, "stranger"); /* in no allowed folder */
+    (void)w;
+    snprintf(sec, sizeof sec, "%s/broker.key_secret", keys);
+    snprintf(pub, sizeof pub, "%s/broker.key", keys);
+    snprintf(wsec, sizeof wsec, "%s/worker.key_secret", keys);
+
+    /* Fail closed at start: a folder that cannot be read, a folder without a certificate, a
+     * missing secret, CURVE options given only in part. (The handler thread dying at run time
+     * stops the broker too - kb_broker_step, authenticator_died - but nothing outside the
+     * process can provoke it.) */
+    char missing[300], bad[400];
+    snprintf(missing, sizeof missing, "%s/no-such-folder", farm.dir);
+    snprintf(bad, sizeof bad, "%s/bad.key", empty);
+    FILE *f = fopen(bad, "w");
+    if (!f)
+        fh_die("cannot write %s", bad);
+    fputs("curve\n    public-key = \"not a key\"\n", f);
+    fclose(f);
+    cv_refuses("an unreadable client key folder", sec, missing, workers);
+    cv_refuses("an unreadable worker key folder", sec, clients, missing);
+    cv_refuses("a key folder without a valid certificate", sec, empty, workers);
+    cv_refuses("a missing secret certificate", missing, clients, workers);
+    cv_refuses("--curve-secret alone", sec, NULL, NULL);
+    cv_refuses("no --worker-keys", sec, clients, NULL);
+
+    const char *extra[] = {"--curve-secret", sec, "--client-keys", clients, "--worker-keys",
+                           workers, NULL};
+    fh_start_broker(&farm, extra);
+    const char *wextra[] = {"--curve-secret", wsec, "--curve-server-public", pub, NULL};
+    fh_start_worker(&farm, 0, NULL, wextra, NULL);
+    char blog[400];
+    snprintf(blog, sizeof blog, "%s/broker.log", farm.dir);
+
+    /* A known client key: accepted; a known worker key: the job is computed. */
+    fh_client *ca = fh_client_new(&farm, "ignored-with-curve", false);
+    fh_client_set_curve(ca, a.pub, a.sec, broker.pub);
+    kp_inbound *in = cv_status(ca, 60000);
+    if (!in)
+        fh_die("a known client key got no status reply");
+    kp_inbound_destroy(&in);
+    fh_wait_workers(ca, 1, 60000);
+    fh_job j = plain_job("curve-a");
+    char id[65] = "";
+    int out = -1;
+    for (int tries = 0; tries < 20 && out == -1; tries++)
+        out = fh_submit(ca, &j, id, NULL, 5000);
+    FH_CHECK(out == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED, "known key: submit outcome %d", out);
+    fh_ledger l = {0};
+    fh_ledger_add(&l, id);
+    fh_oracle o;
+    fh_oracle_run(ca, &l, FH_STATE(DONE), 120000, &o);
+    fh_oracle_assert(&o, "curve");
+    FH_CHECK(o.by_state[KOSMOS__V1__JOB_STATE__JOB_STATE_DONE] == 1, "client A's job is not DONE");
+    FH_CHECK(fh_log_count(worker_log(0), "\"event\":\"dispatch\"") >= 1, "the worker ran nothing");
+
+    /* Identity = public key: client B (allowed) cannot fetch or cancel A's job. */
+    fh_client *cb = fh_client_new(&farm, "ignored-with-curve", false);
+    fh_client_set_curve(cb, b.pub, b.sec, broker.pub);
+    in = cv_status(cb, 60000);
+    FH_CHECK(in != NULL, "client B got no status reply");
+    kp_inbound_destroy(&in);
+    in = cv_fetch(cb, id);
+    FH_CHECK(cv_not_found(in), "client B fetched client A's job");
+    kp_inbound_destroy(&in);
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__CancelRequest cr = KOSMOS__V1__CANCEL_REQUEST__INIT;
+    cr.job_id = id;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_CANCEL;
+    req.cancel = &cr;
+    in = fh_call(cb, &req, NULL, 0, 10000);
+    FH_CHECK(cv_not_found(in), "client B cancelled client A's job");
+    kp_inbound_destroy(&in);
+    /* ...even naming A's key as its client_id (ignored with CURVE on) */
+    snprintf(cb->client_id, sizeof cb->client_id, "%s", a.pub);
+    in = cv_fetch(cb, id);
+    FH_CHECK(cv_not_found(in), "client B fetched client A's job with A's key as client_id");
+    kp_inbound_destroy(&in);
+    in = fh_fetch(ca, id, 10000); /* A still can */
+    FH_CHECK(in && fh_reply(in)->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_FETCH,
+             "client A cannot fetch its own job");
+    kp_inbound_destroy(&in);
+
+    /* An unknown client key: no connection, no reply, nothing stored; the broker logs it. */
+    fh_client *cu = fh_client_new(&farm, "stranger", false);
+    fh_client_set_curve(cu, stranger.pub, stranger.sec, broker.pub);
+    fh_job ju = plain_job("curve-stranger");
+    for (int i = 0; i < 3; i++)
+        FH_CHECK(fh_submit(cu, &ju, NULL, NULL, 3000) == -1, "an unknown key got a reply");
+    FH_CHECK(cv_log_has(blog, "\"curve_denied\"", stranger.pub, 60000),
+             "no curve_denied for the unknown key in the broker's log");
+
+    /* A NULL-mechanism client (no CURVE at all): no connection, no reply. */
+    fh_client *cn = fh_client_new(&farm, "plain", false);
+    for (int i = 0; i < 3; i++)
+        FH_CHECK(fh_submit(cn, &ju, NULL, NULL, 3000) == -1, "a NULL-mechanism client got a reply");
+
+    /* A client key on the worker endpoint: refused in the kosmos-worker domain. */
+    void *ws = zmq_socket(farm.zctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(ws, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(ws, ZMQ_CURVE_PUBLICKEY, a.pub, 40);
+    zmq_setsockopt(ws, ZMQ_CURVE_SECRETKEY, a.sec, 40);
+    zmq_setsockopt(ws, ZMQ_CURVE_SERVERKEY, broker.pub, 40);
+    if (zmq_connect(ws, farm.wep) != 0)
+        fh_die("connect %s: %s", farm.wep, zmq_strerror(errno));
+    FH_CHECK(cv_log_has(blog, "\"domain\":\"kosmos-worker\"", a.pub, 60000),
+             "a client key on the worker endpoint was not denied");
+    zmq_close(ws);
+
+    /* Counters: only A's job was ever stored, one worker registered. */
+    in = cv_status(ca, 30000);
+    FH_CHECK(in != NULL, "no status reply at the end");
+    if (in) {
+        const Kosmos__V1__StatusReply *s = fh_reply(in)->status;
+        FH_CHECK(s->total_submitted == 1, "%llu jobs stored, expected 1",
+                 (unsigned long long)s->total_submitted);
+        FH_CHECK(s->n_workers == 1, "%zu workers registered, expected 1", s->n_workers);
+        kp_inbound_destroy(&in);
+    }
+    FH_CHECK(!cv_log_has(blog, "\"curve_denied\"", a.pub, 0) ||
+                 cv_log_has(blog, "\"kosmos-worker\"", a.pub, 0),
+             "client A's key was denied on the client endpoint");
+    printf("curve: known key served (job %s DONE), B cannot fetch/cancel it, unknown key and "
+           "NULL mechanism unanswered, client key refused on the worker endpoint\n", id);
+    fh_ledger_free(&l);
+    fh_client_destroy(&cn);
+    fh_client_destroy(&cu);
+    fh_client_destroy(&cb);
+    fh_client_destroy(&ca);
+}
+
+static char *blog_path(void)
+{
+    static char path[400];
+    snprintf(path, sizeof path, "%s/broker.log", farm.dir);
+    return path;
+}
+
+/* ---- bad_input: malformed traffic against a running broker ---------------------------------- */
+
+/* A raw DEALER on `ep` (LINGER 0). */
+static void *bi_socket(const char *ep)
+{
+    void *s = zmq_socket(farm.zctx, ZMQ_DEALER);
+    int zero = 0;
+    if (!s || zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) != 0 || zmq_connect(s, ep) != 0)
+        fh_die("raw socket on %s: %s", ep, zmq_strerror(errno));
+    return s;
+}
+
+/* Sends frames as given (no framing added). */
+static void bi_send(void *s, const void *const *frames, const size_t *lens, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (zmq_send(s, frames[i], lens[i], i + 1 < n ? ZMQ_SNDMORE : 0) < 0)
+            fh_die("zmq_send: %s", zmq_strerror(errno));
+}
+
+/* The next message on a raw socket, classified as `kind`, or NULL after timeout_ms. */
+static kp_inbound *bi_recv(void *s, kp_kind kind, int timeout_ms)
+{
+    zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, timeout_ms) <= 0)
+        return NULL;
+    kp_inbound *in = NULL;
+    if (kp_recv(s, false, kind, NULL, 0, &in) != KS_OK || !in)
+        fh_die("kp_recv on a raw socket failed");
+    return in;
+}
+
+/* Expects an ErrorReply with `code` and `request_id` on the raw client socket. */
+static void bi_expect_error(void *s, const char *what, int code, uint64_t request_id)
+{
+    kp_inbound *in = bi_recv(s, KP_CLIENT_REPLY, 30000);
+    const Kosmos__V1__ClientReply *r =
+        in && kp_inbound_verdict(in) == KP_VALID ? (const Kosmos__V1__ClientReply *)kp_inbound_envelope(in) : NULL;
+    FH_CHECK(r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR && (int)r->error->code == code &&
+                 r->request_id == request_id,
+             "%s: expected error %d for request %llu, got %s (case %d, code %d, request %llu)", what,
+             code, (unsigned long long)request_id, r ? "a reply" : "no reply",
+             r ? (int)r->reply_case : -1,
+             r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR ? (int)r->error->code : -1,
+             r ? (unsigned long long)r->request_id : 0ull);
+    kp_inbound_destroy(&in);
+}
+
+/* A well-behaved client is served right after each bad input. */
+static void bi_served(fh_client *c, const char *after)
+{
+    kp_inbound *in = fh_status(c, 30000);
+    FH_CHECK(in != NULL, "no status reply for a normal client after %s", after);
+    kp_inbound_destroy(&in);
+}
+
+/* A packed envelope (caller frees). */
+static uint8_t *bi_pack(const ProtobufCMessage *m, size_t *len)
+{
+    *len = protobuf_c_message_get_packed_size(m);
+    uint8_t *p = malloc(*len ? *len : 1);
+    if (!p)
+        fh_die("out of memory");
+    protobuf_c_message_pack(m, p);
+    return p;
+}
+
+/* The BrokerToWorker the fake worker gets next (skipping heartbeats), or NULL. */
+static kp_inbound *bi_worker_next(void *s)
+{
+    uint64_t end = fh_now_ms() + 30000;
+    while (fh_now_ms() < end) {
+        kp_inbound *in = bi_recv(s, KP_BROKER_TO_WORKER, 1000);
+        if (!in)
+            continue;
+        const Kosmos__V1__BrokerToWorker *m =
+            kp_inbound_verdict(in) == KP_VALID ? (const Kosmos__V1__BrokerToWorker *)kp_inbound_envelope(in) : NULL;
+        if (m && m->message_case != KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_HEARTBEAT)
+            return in;
+        kp_inbound_destroy(&in);
+    }
+    return NULL;
+}
+
+static const Kosmos__V1__BrokerToWorker *bi_b2w(const kp_inbound *in)
+{
+    return in ? (const Kosmos__V1__BrokerToWorker *)kp_inbound_envelope(in) : NULL;
+}
+
+/* A Result for job_id/attempt from the fake worker; returns the disposition of the ResultAck,
+ * 100 + the code of a Disconnect, or -1 for anything else. */
+static int bi_fake_result(void *s, const char *job_id, uint32_t attempt)
+{
+    Kosmos__V1__WorkerMessage wm = KOSMOS__V1__WORKER_MESSAGE__INIT;
+    Kosmos__V1__Result res = KOSMOS__V1__RESULT__INIT;
+    res.job_id = (char *)job_id;
+    res.has_attempt = true;
+    res.attempt = attempt;
+    res.has_status = true;
+    res.status = KOSMOS__V1__STATUS__STATUS_OK;
+    wm.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_RESULT;
+    wm.result = &res;
+    if (kp_send(s, NULL, 0, &wm.base, NULL, 0) != KS_OK)
+        fh_die("fake worker send failed");
+    kp_inbound *in = bi_worker_next(s);
+    const Kosmos__V1__BrokerToWorker *m = bi_b2w(in);
+    int d = m && m->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_RESULT_ACK
+                ? (int)m->result_ack->disposition
+            : m && m->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT
+                ? 100 + (int)m->disconnect->code
+                : -1;
+    kp_inbound_destroy(&in);
+    return d;
+}
+
+static void scenario_bad_input(void)
+{
+    /* Small limits so that frames over them stay under ZMQ_MAXMSGSIZE (max of both + 64 KiB). */
+    const char *extra[] = {"--max-message-bytes", "65536", "--max-image-bytes", "1048576", NULL};
+    fh_start_broker(&farm, extra);
+    fh_client *c = fh_client_new(&farm, "bad-input-normal", false);
+    kp_inbound *st = NULL;
+    for (int i = 0; i < 60 && !st; i++)
+        if (!(st = fh_status(c, 1000)))
+            fh_client_reopen(c); /* a fresh connection each try */
+    if (!st)
+        fh_die("the broker does not answer");
+    kp_inbound_destroy(&st);
+    void *raw = bi_socket(farm.cep);
+    static const char ver[] = KP_VERSION;
+    static const uint8_t garbage[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+    /* Malformed protobuf: MALFORMED, request_id 0. */
+    {
+        const void *f[] = {"", ver, garbage};
+        size_t l[] = {0, KP_VERSION_LEN, sizeof garbage};
+        bi_send(raw, f, l, 3);
+        bi_expect_error(raw, "malformed protobuf", KOSMOS__V1__ERROR_CODE__ERROR_CODE_MALFORMED, 0);
+        bi_served(c, "malformed protobuf");
+    }
+    /* A valid status request, packed, for the framing cases. */
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__StatusRequest sr = KOSMOS__V1__STATUS_REQUEST__INIT;
+    req.has_request_id = true;
+    req.request_id = 41;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_STATUS;
+    req.status = &sr;
+    size_t status_len;
+    uint8_t *status = bi_pack(&req.base, &status_len);
+    /* Wrong frame counts: MALFORMED (request_id once the envelope decodes). */
+    {
+        const void *f[] = {"", ver};
+        size_t l[] = {0, KP_VERSION_LEN};
+        bi_send(raw, f, l, 2);
+        bi_expect_error(raw, "2 frames", KOSMOS__V1__ERROR_CODE__ERROR_CODE_MALFORMED, 0);
+        bi_served(c, "2 frames");
+        const void *g[] = {"", ver, status, garbage};
+        size_t m[] = {0, KP_VERSION_LEN, status_len, sizeof garbage};
+        bi_send(raw, g, m, 4);
+        bi_expect_error(raw, "an unannounced frame 3", KOSMOS__V1__ERROR_CODE__ERROR_CODE_MALFORMED, 41);
+        bi_served(c, "an unannounced frame 3");
+        const void *h[] = {ver, status};
+        size_t n[] = {KP_VERSION_LEN, status_len};
+        bi_send(raw, h, n, 2);
+        bi_expect_error(raw, "no delimiter", KOSMOS__V1__ERROR_CODE__ERROR_CODE_MALFORMED, 41);
+        bi_served(c, "no delimiter");
+    }
+    /* Another protocol version: PROTOCOL_VERSION. Not ours at all: dropped, no reply. */
+    {
+        const void *f[] = {"", "KOSMOS2", status};
+        size_t l[] = {0, 7, status_len};
+        bi_send(raw, f, l, 3);
+        bi_expect_error(raw, "KOSMOS2", KOSMOS__V1__ERROR_CODE__ERROR_CODE_PROTOCOL_VERSION, 0);
+        bi_served(c, "KOSMOS2");
+        const void *g[] = {"", "HTTP/1.1", status};
+        size_t m[] = {0, 8, status_len};
+        bi_send(raw, g, m, 3);
+        bi_served(c, "a message not ours");
+        kp_inbound *in = bi_recv(raw, KP_CLIENT_REPLY, 2000);
+        FH_CHECK(in == NULL, "a message that is not ours was answered");
+        kp_inbound_destroy(&in);
+    }
+    /* An unknown request (oneof member 29, a later version's): UNKNOWN_REQUEST. */
+    {
+        static const uint8_t unknown[] = {0x08, 0x07, 0xea, 0x01, 0x00}; /* id 7, field 29 {} */
+        const void *f[] = {"", ver, unknown};
+        size_t l[] = {0, KP_VERSION_LEN, sizeof unknown};
+        bi_send(raw, f, l, 3);
+        bi_expect_error(raw, "unknown request", KOSMOS__V1__ERROR_CODE__ERROR_CODE_UNKNOWN_REQUEST, 7);
+        bi_served(c, "an unknown request");
+    }
+    /* Frame 2 over --max-message-bytes: TOO_LARGE, request_id 0. Frame 3 over
+     * --max-image-bytes: TOO_LARGE. */
+    size_t big_len = 2u << 20;
+    uint8_t *big = calloc(1, big_len);
+    if (!big)
+        fh_die("out of memory");
+    {
+        const void *f[] = {"", ver, big};
+        size_t l[] = {0, KP_VERSION_LEN, 100000};
+        bi_send(raw, f, l, 3);
+        bi_expect_error(raw, "frame 2 over the limit", KOSMOS__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE, 0);
+        bi_served(c, "frame 2 over the limit");
+        fh_job j = {.image = big, .image_len = (1u << 20) + 4096, .key = "too-large"};
+        Kosmos__V1__ClientRequest sub;
+        fh_submit_store store;
+        fh_submit_request(&j, &sub, &store);
+        sub.has_request_id = true;
+        sub.request_id = 42;
+        size_t sub_len;
+        uint8_t *packed = bi_pack(&sub.base, &sub_len);
+        const void *g[] = {"", ver, packed, big};
+        size_t m[] = {0, KP_VERSION_LEN, sub_len, j.image_len};
+        bi_send(raw, g, m, 4);
+        bi_expect_error(raw, "frame 3 over the limit", KOSMOS__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE, 42);
+        bi_served(c, "frame 3 over the limit");
+        free(packed);
+    }
+    /* A frame over ZMQ_MAXMSGSIZE: libzmq drops the connection, no reply (protocol.md §7). */
+    {
+        void *raw2 = bi_socket(farm.cep);
+        const void *f[] = {"", ver, big};
+        size_t l[] = {0, KP_VERSION_LEN, big_len};
+        bi_send(raw2, f, l, 3);
+        bi_served(c, "a frame over ZMQ_MAXMSGSIZE");
+        kp_inbound *in = bi_recv(raw2, KP_CLIENT_REPLY, 3000);
+        FH_CHECK(in == NULL, "a frame over ZMQ_MAXMSGSIZE was answered");
+        kp_inbound_destroy(&in);
+        zmq_close(raw2);
+    }
+    free(big);
+    free(status);
+
+    /* Worker endpoint. A queued job (no worker yet) for the never-leased result. */
+    char queued[65];
+    fh_job j = plain_job("bad-input-queued");
+    FH_CHECK(fh_submit(c, &j, queued, NULL, 30000) == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED,
+             "normal submit not accepted");
+    void *fw = bi_socket(farm.wep);
+    int d;
+    /* A Result before Ready: Disconnect{NOT_REGISTERED}. */
+    d = bi_fake_result(fw, queued, 1);
+    FH_CHECK(d == 100 + KOSMOS__V1__DISCONNECT__CODE__CODE_NOT_REGISTERED,
+             "a Result before Ready: %d, not Disconnect{NOT_REGISTERED}", d);
+    bi_served(c, "a result before Ready");
+    Kosmos__V1__WorkerMessage wm = KOSMOS__V1__WORKER_MESSAGE__INIT;
+    Kosmos__V1__Ready ready = KOSMOS__V1__READY__INIT;
+    ready.has_protocol_version = ready.has_worker_instance = ready.has_batch_capacity = true;
+    ready.protocol_version = 1;
+    ready.worker_name = "fake-worker";
+    ready.worker_instance = 12345;
+    ready.batch_capacity = 1;
+    ready.model_id = "fake";
+    ready.model_hash = "0000";
+    wm.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
+    wm.ready = &ready;
+    if (kp_send(fw, NULL, 0, &wm.base, NULL, 0) != KS_OK)
+        fh_die("fake worker send failed");
+    kp_inbound *in = bi_worker_next(fw);
+    FH_CHECK(bi_b2w(in) && bi_b2w(in)->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME,
+             "the fake worker's Ready was not welcomed");
+    kp_inbound_destroy(&in);
+    /* A Result for a job that does not exist: UNKNOWN_JOB; for a queued job never leased:
+     * STALE. Nothing stored either way. */
+    d = bi_fake_result(fw, "01NOSUCHJOB0000000000000000", 1);
+    FH_CHECK(d == KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_UNKNOWN_JOB,
+             "result for an unknown job: disposition %d", d);
+    bi_served(c, "a result for an unknown job");
+    d = bi_fake_result(fw, queued, 1);
+    FH_CHECK(d == KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STALE,
+             "result for a job never leased: disposition %d", d);
+    bi_served(c, "a result for a job never leased");
+    in = fh_fetch(c, queued, 30000);
+    FH_CHECK(in && fh_reply(in)->fetch->state == KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED,
+             "the never-leased job is no longer QUEUED");
+    kp_inbound_destroy(&in);
+    /* A malformed worker message: Disconnect{PROTOCOL_ERROR}. */
+    {
+        static const uint8_t junk[] = {0xff, 0xff, 0xff};
+        const void *f[] = {"", ver, junk};
+        size_t l[] = {0, KP_VERSION_LEN, sizeof junk};
+        bi_send(fw, f, l, 3);
+        in = bi_worker_next(fw);
+        const Kosmos__V1__BrokerToWorker *m = bi_b2w(in);
+        FH_CHECK(m && m->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT &&
+                     m->disconnect->code == KOSMOS__V1__DISCONNECT__CODE__CODE_PROTOCOL_ERROR,
+                 "a malformed worker message was not answered Disconnect{PROTOCOL_ERROR}");
+        kp_inbound_destroy(&in);
+        bi_served(c, "a malformed worker message");
+    }
+    zmq_close(fw);
+    zmq_close(raw);
+
+    /* Counters, then the real work still runs: a real worker computes both jobs. */
+    kp_inbound *s = fh_status(c, 30000);
+    FH_CHECK(s && fh_reply(s)->status->total_submitted == 1, "jobs stored: expected 1");
+    kp_inbound_destroy(&s);
+    fh_start_worker(&farm, 0, NULL, NULL, NULL);
+    fh_ledger l = {0};
+    fh_ledger_add(&l, queued);
+    submit_n(c, "bad-input-after", 2, &l);
+    fh_oracle o;
+    fh_oracle_run(c, &l, FH_STATE(DONE), 300000, &o);
+    fh_oracle_assert(&o, "bad_input");
+    FH_CHECK(o.by_state[KOSMOS__V1__JOB_STATE__JOB_STATE_DONE] == 3, "%zu of 3 jobs DONE",
+             o.by_state[KOSMOS__V1__JOB_STATE__JOB_STATE_DONE]);
+    FH_CHECK(fh_log_count(blog_path(), "protocol_violation") >= 5,
+             "fewer than 5 protocol_violation lines in the broker's log");
+    printf("bad_input: every bad message refused as protocol.md says; a normal client served "
+           "after each; 3 jobs DONE afterwards\n");
+    fh_ledger_free(&l);
+    fh_client_destroy(&c);
+}
+
+/* ---- backpressure: 4 clients, 8 MB images, 1 slow worker, small limits ---------------------- */
+
+#define BP_CLIENTS 4
+#define BP_PER_CLIENT 10
+
+typedef struct bp_state {
+    fh_client *c[BP_CLIENTS];
+    fh_client *watch; /* polls status throughout */
+    int sent[BP_CLIENTS], inflight[BP_CLIENTS];
+    int accepted, busy, other, replies;
+    uint64_t mem_max, bound;
+    int polls;
+    fh_ledger l, lc[BP_CLIENTS]; /* accepted jobs: all, per client (identity = client_id) */
+    const uint8_t *img;
+    size_t img_len;
+} bp_state;
+
+/* Polls the broker's own accounting: memory_bytes must stay under memory_bound_bytes. */
+static void bp_watch(bp_state *s)
+{
+    kp_inbound *in = fh_status(s->watch, 30000);
+    FH_CHECK(in != NULL, "no status reply during the run");
+    if (!in)
+        return;
+    const Kosmos__V1__StatusReply *r = fh_reply(in)->status;
+    FH_CHECK(r->has_memory_bytes && r->has_memory_bound_bytes && r->memory_bound_bytes > 0,
+             "status without memory accounting");
+    FH_CHECK(r->memory_bytes <= r->memory_bound_bytes, "memory %llu over the bound %llu",
+             (unsigned long long)r->memory_bytes, (unsigned long long)r->memory_bound_bytes);
+    if (r->memory_bytes > s->mem_max)
+        s->mem_max = r->memory_bytes;
+    s->bound = r->memory_bound_bytes;
+    s->polls++;
+    kp_inbound_destroy(&in);
+}
+
+/* Sends client i's next submit (its own key) without waiting for the reply. */
+static void bp_send(bp_state *s, int i)
+{
+    char key[64];
+    snprintf(key, sizeof key, "bp-%d-%d", i, s->sent[i]);
+    fh_job j = {.image = s->img, .image_len = s->img_len, .key = key};
+    Kosmos__V1__ClientRequest req;
+    fh_submit_store store;
+    fh_submit_request(&j, &req, &store);
+    fh_client *c = s->c[i];
+    req.has_request_id = true;
+    req.request_id = c->next_rid++;
+    req.client_id = c->client_id;
+    zmq_msg_t img;
+    zmq_msg_init_size(&img, s->img_len);
+    memcpy(zmq_msg_data(&img), s->img, s->img_len);
+    if (kp_send(c->sock, NULL, 0, &req.base, &img, 0) != KS_OK) /* blocking: nothing dropped here */
+        fh_die("client %d: send failed", i);
+    s->sent[i]++;
+    s->inflight[i]++;
+}
+
+/* Reads every reply that is there (waiting up to wait_ms for the first). */
+static void bp_collect(bp_state *s, int wait_ms)
+{
+    zmq_pollitem_t it[BP_CLIENTS];
+    for (int i = 0; i < BP_CLIENTS; i++)
+        it[i] = (zmq_pollitem_t){s->c[i]->sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(it, BP_CLIENTS, wait_ms) <= 0)
+        return;
+    for (int i = 0; i < BP_CLIENTS; i++) {
+        kp_inbound *in = NULL;
+        while (kp_recv(s->c[i]->sock, false, KP_CLIENT_REPLY, NULL, ZMQ_DONTWAIT, &in) == KS_OK && in) {
+            const Kosmos__V1__ClientReply *r = kp_inbound_verdict(in) == KP_VALID ? fh_reply(in) : NULL;
+            s->replies++;
+            s->inflight[i]--;
+            if (r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT &&
+                r->submit->outcome_case == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED) {
+                s->accepted++;
+                fh_ledger_add(&s->l, r->submit->accepted->job_id);
+                fh_ledger_add(&s->lc[i], r->submit->accepted->job_id);
+            } else if (r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT &&
+                       r->submit->outcome_case == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_BUSY) {
+                s->busy++;
+            } else {
+                s->other++;
+                fprintf(stderr, "client %d: reply case %d outcome %d\n", i, r ? (int)r->reply_case : -1,
+                        r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT
+                            ? (int)r->submit->outcome_case : -1);
+            }
+            kp_inbound_destroy(&in);
+        }
+    }
+}
+
+/* Until every client has `target` replies (each within a generous time), `window` in flight
+ * per client, watching memory all along. */
+static void bp_run(bp_state *s, int target, int window)
+{
+    uint64_t end = fh_now_ms() + 300000;
+    for (;;) {
+        int open = 0;
+        for (int i = 0; i < BP_CLIENTS; i++) {
+            while (s->sent[i] < target && s->inflight[i] < window)
+                bp_send(s, i);
+            open += s->inflight[i] + (target - s->sent[i]);
+        }
+        if (open == 0)
+            break;
+        if (fh_now_ms() > end)
+            fh_die("backpressure: %d submits unanswered after 300 s", open);
+        bp_collect(s, 100);
+        bp_watch(s);
+    }
+}
+
+static void scenario_backpressure(void)
+{
+    /* At most 6 jobs not yet terminal, 2 per client. */
+    const char *extra[] = {"--max-queued", "6", "--max-client-jobs", "2", NULL};
+    fh_start_broker(&farm, extra);
+    bp_state s = {0};
+    s.img = fh_make_png(1632, 1632, 11, &s.img_len); /* 8 MB: a stored-deflate RGB PNG */
+    printf("image %zu bytes\n", s.img_len);
+    s.watch = fh_client_new(&farm, "bp-watch", false);
+    kp_inbound *in = NULL;
+    for (int i = 0; i < 60 && !in; i++)
+        if (!(in = fh_status(s.watch, 1000)))
+            fh_client_reopen(s.watch); /* a fresh connection each try */
+    if (!in)
+        fh_die("the broker does not answer");
+    kp_inbound_destroy(&in);
+    for (int i = 0; i < BP_CLIENTS; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "bp-client-%d", i);
+        s.c[i] = fh_client_new(&farm, id, false);
+    }
+    /* Wave 1, no worker yet: 3 submits per client at once. Nothing can finish, so with 2 per
+     * client (and 6 in all) at least 4 must be answered BUSY - an ordering, not a timing. */
+    bp_run(&s, 3, 3);
+    printf("wave 1: %d accepted, %d busy\n", s.accepted, s.busy);
+    FH_CHECK(s.accepted <= 6 && s.busy >= 12 - 6, "wave 1: %d accepted, %d busy", s.accepted, s.busy);
+    int busy1 = s.busy;
+    /* Wave 2: a slow worker, the remaining 28 submits, 2 in flight per client. */
+    const char *env[] = {"KOSMOS_WORKER_TEST_SLEEP_MS=300", NULL};
+    fh_start_worker(&farm, 0, NULL, NULL, env);
+    bp_run(&s, BP_PER_CLIENT, 2);
+    printf("40 submits: %d replies, %d accepted, %d busy, %d other; memory max %llu of bound "
+           "%llu over %d status polls\n", s.replies, s.accepted, s.busy, s.other,
+           (unsigned long long)s.mem_max, (unsigned long long)s.bound, s.polls);
+    FH_CHECK(s.replies == BP_CLIENTS * BP_PER_CLIENT, "%d replies to %d submits", s.replies,
+             BP_CLIENTS * BP_PER_CLIENT);
+    FH_CHECK(s.accepted + s.busy == s.replies && s.other == 0, "%d replies neither ACCEPTED nor BUSY",
+             s.other);
+    FH_CHECK(busy1 >= 6 && s.accepted >= 1, "no backpressure seen or nothing accepted");
+    /* Every accepted job is computed (each client fetches its own); the broker stored exactly
+     * those. */
+    size_t done = 0;
+    for (int i = 0; i < BP_CLIENTS; i++) {
+        fh_oracle o;
+        fh_oracle_run_in(s.c[i], &s.lc[i], &s.l, FH_STATE(DONE), 300000, &o);
+        fh_oracle_assert(&o, "backpressure");
+        done += o.by_state[KOSMOS__V1__JOB_STATE__JOB_STATE_DONE];
+        fh_ledger_free(&s.lc[i]);
+    }
+    FH_CHECK(done == (size_t)s.accepted, "%zu of %d accepted jobs DONE", done, s.accepted);
+    FH_CHECK(status_total(s.watch, 0) == s.accepted, "the broker stored %ld jobs, %d accepted",
+             status_total(s.watch, 0), s.accepted);
+    bp_watch(&s);
+    fh_ledger_free(&s.l);
+    for (int i = 0; i < BP_CLIENTS; i++)
+        fh_client_destroy(&s.c[i]);
+    fh_client_destroy(&s.watch);
+    free((void *)s.img);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 5) {
@@ -805,6 +1581,12 @@ int main(int argc, char **argv)
         scenario_reconnect();
     else if (strcmp(s, "same_key") == 0)
         scenario_same_key();
+    else if (strcmp(s, "curve") == 0)
+        scenario_curve();
+    else if (strcmp(s, "bad_input") == 0)
+        scenario_bad_input();
+    else if (strcmp(s, "backpressure") == 0)
+        scenario_backpressure();
     else
         fh_die("unknown scenario %s", s);
     free(png);

@@ -300,7 +300,7 @@ static void scenario_sigstop(void)
     end = fh_now_ms() + 30000;
     size_t stale = 0;
     while (fh_now_ms() < end &&
-           (stale = fh_log_count(worker_log(0), "\"disposition\":\"STALE\"") +
+           (stale = fh_log_count(worker_log(0), "\"disposition\":\"stale\"") +
                     fh_log_count(worker_log(0), "\"event\":\"cancel\"")) == 0)
         fh_sleep_ms(50);
     FH_CHECK(stale > 0, "worker 0 never learned its attempt was stale");

@@ -56,8 +56,9 @@ static void draw(submit_progress *p)
     snprintf(count, sizeof count, "%llu/%s%llu", (unsigned long long)done, known ? "" : ">=",
              (unsigned long long)total);
     if (p->tty) {
-        char bar[26];
-        int width = 24, filled = known && total ? (int)((double)width * (double)done / (double)total) : 0;
+        enum { width = 24 };
+        char bar[width + 3]; /* '[' + width cells + ']' + NUL */
+        int filled = known && total ? (int)((double)width * (double)done / (double)total) : 0;
         bar[0] = '[';
         for (int i = 0; i < width; i++)
             bar[1 + i] = i < filled ? '#' : (known ? '.' : ' ');

@@ -177,14 +177,29 @@ void kb_waiters_run(kb_broker *b)
 
 /* ---- Requests ------------------------------------------------------------------------- */
 
-static ks_status kb_find_own(kb_broker *b, const char *job_id, const char *client, bool *found,
-                             kb_job *job)
+/* The job a fetch, ack or cancel names, if it is this client's. Otherwise answers the request
+ * (INVALID_ARGUMENT without a job id, NOT_FOUND for none or another client's job: the two are
+ * indistinguishable, §4) and leaves *found false; the caller then has nothing more to do. */
+static ks_status kb_request_job(kb_broker *b, const void *rid, size_t rid_len, uint64_t request_id,
+                                const char *client, const char *job_id, const char *verb,
+                                bool *found, kb_job *job)
 {
+    *found = false;
+    if (!job_id) {
+        char message[64];
+        snprintf(message, sizeof message, "%s needs job_id", verb);
+        kb_error_now(b, rid, rid_len, request_id,
+                     KOSMOS__V1__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT, message);
+        return KS_OK;
+    }
     ks_status st = kb_store_get(b->store, job_id, found, job);
     if (st == KS_OK && *found && strcmp(job->client, client) != 0) {
         kb_job_fini(job);
-        *found = false; /* another client's job: indistinguishable from none (§4) */
+        *found = false;
     }
+    if (st == KS_OK && !*found)
+        kb_error_now(b, rid, rid_len, request_id, KOSMOS__V1__ERROR_CODE__ERROR_CODE_NOT_FOUND,
+                     "no such job");
     return st;
 }
 
@@ -326,18 +341,9 @@ static ks_status kb_fetch(kb_broker *b, const kp_inbound *in, const char *client
     Kosmos__V1__ClientReply r;
     Kosmos__V1__FetchReply f;
     ks_status st = KS_OK;
-    if (!fq || !fq->job_id) {
-        kb_error_now(b, rid, rid_len, req->request_id,
-                     KOSMOS__V1__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT, "fetch needs job_id");
-        return KS_OK;
-    }
-    if ((st = kb_find_own(b, fq->job_id, client, &found, &job)) != KS_OK)
+    if ((st = kb_request_job(b, rid, rid_len, req->request_id, client, fq ? fq->job_id : NULL,
+                             "fetch", &found, &job)) != KS_OK || !found)
         return st;
-    if (!found) {
-        kb_error_now(b, rid, rid_len, req->request_id,
-                     KOSMOS__V1__ERROR_CODE__ERROR_CODE_NOT_FOUND, "no such job");
-        return KS_OK;
-    }
     if (!kb_state_terminal(job.state) && fq->has_wait_ms && fq->wait_ms > 0 &&
         b->n_waiters < b->p.max_waiters) {
         kb_out *o = kb_out_push(b, false, rid, rid_len, NULL);
@@ -378,18 +384,10 @@ static ks_status kb_ack(kb_broker *b, const kp_inbound *in, const char *client,
     bool found = false;
     ks_status st;
     const char *id = req->ack ? req->ack->job_id : NULL;
-    if (!id) {
-        kb_error_now(b, rid, rid_len, req->request_id,
-                     KOSMOS__V1__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT, "ack needs job_id");
-        return KS_OK;
-    }
-    if ((st = kb_find_own(b, id, client, &found, &job)) != KS_OK)
+    if ((st = kb_request_job(b, rid, rid_len, req->request_id, client, id, "ack", &found, &job)) !=
+            KS_OK ||
+        !found)
         return st;
-    if (!found) {
-        kb_error_now(b, rid, rid_len, req->request_id,
-                     KOSMOS__V1__ERROR_CODE__ERROR_CODE_NOT_FOUND, "no such job");
-        return KS_OK;
-    }
     if (!kb_state_terminal(job.state)) {
         kb_error_now(b, rid, rid_len, req->request_id,
                      KOSMOS__V1__ERROR_CODE__ERROR_CODE_INVALID_STATE, "job is not terminal");
@@ -423,18 +421,10 @@ static ks_status kb_cancel(kb_broker *b, const kp_inbound *in, const char *clien
     void *blob = NULL;
     size_t len = 0;
     const char *id = req->cancel ? req->cancel->job_id : NULL;
-    if (!id) {
-        kb_error_now(b, rid, rid_len, req->request_id,
-                     KOSMOS__V1__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT, "cancel needs job_id");
-        return KS_OK;
-    }
-    if ((st = kb_find_own(b, id, client, &found, &job)) != KS_OK)
+    if ((st = kb_request_job(b, rid, rid_len, req->request_id, client, id, "cancel", &found, &job)) !=
+            KS_OK ||
+        !found)
         return st;
-    if (!found) {
-        kb_error_now(b, rid, rid_len, req->request_id,
-                     KOSMOS__V1__ERROR_CODE__ERROR_CODE_NOT_FOUND, "no such job");
-        return KS_OK;
-    }
     Kosmos__V1__ClientReply r;
     Kosmos__V1__CancelReply c = KOSMOS__V1__CANCEL_REPLY__INIT;
     kb_reply_init(b, &r, req->request_id);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "kb_auth.h"
+#include "kb_metrics.h"
 
 #define KB_GC_INTERVAL_MS 3600000u
 #define KB_EXPIRE_BATCH 256
@@ -116,6 +117,8 @@ void kb_mem_recount(kb_broker *b)
     m += b->cap_woken * sizeof *b->woken;
     m += b->n_orphans * sizeof *b->orphans;
     m += b->n_models * (sizeof *b->models + 2 * (KB_CLIENT_MAX + 1));
+    if (b->admit)
+        m += KB_ADMIT_SLOTS * sizeof *b->admit + b->admit_used * (KB_IDENTITY_MAX + 1);
     b->mem_fixed = m;
     size_t total = m + b->mem_batch + atomic_load(&b->mem_zmq);
     b->stats.memory_bytes = total;
@@ -135,7 +138,9 @@ static size_t kb_mem_bound(const kb_params *p)
     size_t inflight = p->max_inflight_bytes + p->max_image_bytes;
     size_t tables = (size_t)p->max_workers * (sizeof(kb_worker) + 64 * sizeof(kb_lease) + 1024) +
                     (size_t)p->max_waiters * sizeof(kb_waiter) +
-                    (size_t)p->max_workers * 4 * (sizeof(kb_model) + 260) + sizeof(kb_broker);
+                    (size_t)p->max_workers * 4 * (sizeof(kb_model) + 260) + sizeof(kb_broker) +
+                    KB_ADMIT_SLOTS * sizeof(kb_admit_slot) +
+                    KB_ADMIT_SLOTS / 2 * (KB_IDENTITY_MAX + 1);
     return batch + out + inflight + tables;
 }
 
@@ -861,8 +866,39 @@ void kb_broker_destroy(kb_broker **pb)
     free(b->out);
     free(b->woken);
     free(b->orphans);
+    kb_admit_free(b);
     free(b);
     *pb = NULL;
+}
+
+/* --metrics: copies what StatusReply reports into the endpoint's snapshot (kb_metrics.h); the
+ * HTTP thread never touches the broker. The store is counted at most once a second. */
+static void kb_metrics_update(kb_broker *b)
+{
+    bool counts_due = false;
+    if (!kb_metrics_due(b->p.metrics, &counts_due))
+        return;
+    kb_metrics_snapshot s;
+    memset(&s, 0, sizeof s);
+    kb_broker_stats(b, &s.stats);
+    s.uptime_ms = kb_now(b) - b->started;
+    if (counts_due) {
+        s.has_jobs = kb_store_counts(b->store, s.jobs) == KS_OK &&
+                     kb_store_totals(b->store, s.totals) == KS_OK;
+        if (!s.has_jobs)
+            kb_store_fatal(b); /* an I/O error stops the broker as in any query */
+    }
+    kb_metrics_worker *ws = b->n_workers ? calloc(b->n_workers, sizeof *ws) : NULL;
+    for (size_t i = 0; ws && i < b->n_workers; i++) {
+        ws[i].name = b->workers[i]->name;
+        ws[i].capacity = b->workers[i]->capacity;
+        ws[i].credit = b->workers[i]->credit;
+        ws[i].running = (uint32_t)b->workers[i]->n_leases;
+    }
+    s.workers = ws;
+    s.n_workers = ws ? b->n_workers : 0;
+    kb_metrics_publish(b->p.metrics, &s);
+    free(ws);
 }
 
 ks_status kb_broker_step(kb_broker *b, int timeout_ms)
@@ -891,6 +927,8 @@ ks_status kb_broker_step(kb_broker *b, int timeout_ms)
     if (!b->fatal)
         kb_waiters_run(b);
     kb_mem_recount(b);
+    if (!b->fatal && b->p.metrics)
+        kb_metrics_update(b);
     if (b->fatal)
         return ks_fail(KS_ERR_IO, "the store failed; the broker stopped (fail-stop)");
     return KS_OK;

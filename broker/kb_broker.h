@@ -60,6 +60,9 @@ typedef struct kb_params {
     void *rand_ctx;
     FILE *log;                       /* NULL = stderr */
     kb_level log_level;              /* KB_INFO */
+    /* NULL = off. The Prometheus endpoint (kb_metrics.h) that kb_broker_step hands a snapshot
+     * to (every 250 ms, job counts every second). Borrowed: outlives the broker. */
+    struct kb_metrics *metrics;
 } kb_params;
 
 /* Counters for tests and metrics (since start). */

@@ -10,12 +10,6 @@
 
 #define KB_VIOLATION_LOGS_PER_SECOND 10
 
-/* Per-batch state: the queue depth is counted once per batch, then kept up to date. */
-typedef struct kb_batch {
-    bool have_active;
-    uint64_t active;
-} kb_batch;
-
 static uint64_t kb_violation_second, kb_violation_logged;
 
 static void kb_violation(kb_broker *b, const char *endpoint, const void *rid, size_t rid_len,
@@ -203,7 +197,84 @@ static ks_status kb_request_job(kb_broker *b, const void *rid, size_t rid_len, u
     return st;
 }
 
-static ks_status kb_submit(kb_broker *b, kb_batch *batch, const kp_inbound *in, const char *client,
+/* ---- Admission (kb_internal.h: the counts, and why they may only overstate) ---------------- */
+
+static void kb_admit_clear(kb_broker *b)
+{
+    for (size_t i = 0; b->admit && i < KB_ADMIT_SLOTS; i++) {
+        free(b->admit[i].client);
+        b->admit[i].client = NULL;
+    }
+    b->admit_used = 0;
+}
+
+void kb_admit_free(kb_broker *b)
+{
+    kb_admit_clear(b);
+    free(b->admit);
+    b->admit = NULL;
+}
+
+/* The slot holding `client`, or the free one it would take; NULL when out of memory. */
+static kb_admit_slot *kb_admit_slot_for(kb_broker *b, const char *client)
+{
+    if (!b->admit && !(b->admit = calloc(KB_ADMIT_SLOTS, sizeof *b->admit)))
+        return NULL;
+    if (b->admit_used >= KB_ADMIT_SLOTS / 2)
+        kb_admit_clear(b); /* many clients: start again; each recounts once */
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const unsigned char *c = (const unsigned char *)client; *c; c++)
+        h = (h ^ *c) * 1099511628211ull;
+    size_t i = (size_t)h & (KB_ADMIT_SLOTS - 1);
+    while (b->admit[i].client && strcmp(b->admit[i].client, client) != 0)
+        i = (i + 1) & (KB_ADMIT_SLOTS - 1);
+    return &b->admit[i];
+}
+
+/* Whether one more job of `client` fits --max-queued and --max-client-jobs. *depth: the queue
+ * depth for a busy reply; *slot: what kb_admitted counts the job in. */
+static ks_status kb_admit(kb_broker *b, const char *client, bool *fits, uint64_t *depth,
+                          kb_admit_slot **slot)
+{
+    ks_status st;
+    *fits = false;
+    if (!b->admit_total_known ||
+        (b->admit_total >= b->p.max_queued && b->admit_total_counted_in != b->batch_number)) {
+        if ((st = kb_store_active(b->store, &b->admit_total)) != KS_OK)
+            return st;
+        b->admit_total_known = true;
+        b->admit_total_counted_in = b->batch_number;
+    }
+    *depth = b->admit_total;
+    if (b->admit_total >= b->p.max_queued)
+        return KS_OK;
+    kb_admit_slot *s = kb_admit_slot_for(b, client);
+    if (!s)
+        return ks_fail(KS_ERR_NOMEM, "out of memory counting a client's jobs");
+    if (!s->client || (s->active >= b->p.max_client_jobs && s->counted_in != b->batch_number)) {
+        uint64_t n;
+        if ((st = kb_store_client_active(b->store, client, &n)) != KS_OK)
+            return st;
+        if (!s->client) {
+            if (!(s->client = strdup(client)))
+                return ks_fail(KS_ERR_NOMEM, "out of memory counting a client's jobs");
+            b->admit_used++;
+        }
+        s->active = n;
+        s->counted_in = b->batch_number;
+    }
+    *slot = s;
+    *fits = s->active < b->p.max_client_jobs;
+    return KS_OK;
+}
+
+static void kb_admitted(kb_broker *b, kb_admit_slot *slot)
+{
+    b->admit_total++;
+    slot->active++;
+}
+
+static ks_status kb_submit(kb_broker *b, const kp_inbound *in, const char *client,
                            const Kosmos__V1__ClientRequest *req)
 {
     ks_status st = KS_OK;
@@ -268,22 +339,16 @@ static ks_status kb_submit(kb_broker *b, kb_batch *batch, const kp_inbound *in, 
             goto reply;
         }
     }
-    if (!batch->have_active) {
-        uint64_t counts[10];
-        if ((st = kb_store_counts(b->store, counts)) != KS_OK)
-            goto cleanup;
-        batch->active = counts[1] + counts[2] + counts[3];
-        batch->have_active = true;
-    }
-    uint64_t mine = 0;
-    if (batch->active < b->p.max_queued &&
-        (st = kb_store_client_active(b->store, client, &mine)) != KS_OK)
+    bool fits;
+    uint64_t depth;
+    kb_admit_slot *slot = NULL;
+    if ((st = kb_admit(b, client, &fits, &depth, &slot)) != KS_OK)
         goto cleanup;
-    if (batch->active >= b->p.max_queued || mine >= b->p.max_client_jobs) {
+    if (!fits) {
         busy.has_retry_after_ms = true;
         busy.retry_after_ms = 1000;
         busy.has_queue_depth = true;
-        busy.queue_depth = batch->active;
+        busy.queue_depth = depth;
         sr.outcome_case = KOSMOS__V1__SUBMIT_REPLY__OUTCOME_BUSY;
         sr.busy = &busy;
         goto reply;
@@ -314,7 +379,7 @@ static ks_status kb_submit(kb_broker *b, kb_batch *batch, const kp_inbound *in, 
     }
     if ((st = kb_store_insert(b->store, &row, blob, blob_len, img, img_len)) != KS_OK)
         goto cleanup;
-    batch->active++;
+    kb_admitted(b, slot);
     acc.job_id = row.id;
     acc.has_duplicate = true;
     acc.duplicate = false;
@@ -540,7 +605,7 @@ static ks_status kb_status(kb_broker *b, const kp_inbound *in, const Kosmos__V1_
 }
 
 /* Handles one received message. Returns non-OK only for store failures (the batch rolls back). */
-static ks_status kb_client_handle(kb_broker *b, kb_batch *batch, kp_inbound *in)
+static ks_status kb_client_handle(kb_broker *b, kp_inbound *in)
 {
     size_t rid_len;
     const void *rid = kp_inbound_routing_id(in, &rid_len);
@@ -618,7 +683,7 @@ static ks_status kb_client_handle(kb_broker *b, kb_batch *batch, kp_inbound *in)
     }
     switch (req->request_case) {
     case KOSMOS__V1__CLIENT_REQUEST__REQUEST_SUBMIT:
-        return kb_submit(b, batch, in, client, req);
+        return kb_submit(b, in, client, req);
     case KOSMOS__V1__CLIENT_REQUEST__REQUEST_FETCH:
         return kb_fetch(b, in, client, req);
     case KOSMOS__V1__CLIENT_REQUEST__REQUEST_ACK:
@@ -638,7 +703,6 @@ void kb_clients_batch(kb_broker *b)
 {
     kp_inbound **batch = calloc(b->p.batch_max, sizeof *batch);
     size_t n = 0, done = 0;
-    kb_batch state = {false, 0};
     ks_status st = KS_OK;
     if (!batch)
         return;
@@ -655,13 +719,14 @@ void kb_clients_batch(kb_broker *b)
     kb_mem_recount(b);
     if (n == 0)
         goto cleanup;
+    b->batch_number++;
     size_t failed = n; /* first request the transaction did not answer */
     if (kb_store_begin(b->store) != KS_OK) {
         kb_store_fatal(b);
         failed = 0;
     } else {
         for (done = 0; done < n; done++) {
-            if ((st = kb_client_handle(b, &state, batch[done])) != KS_OK) {
+            if ((st = kb_client_handle(b, batch[done])) != KS_OK) {
                 failed = done;
                 break;
             }

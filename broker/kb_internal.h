@@ -80,6 +80,17 @@ typedef struct kb_model {
     char *id, *hash;
 } kb_model;
 
+/* Admission (--max-queued, --max-client-jobs): non-terminal job counts, kept without a
+ * query per submit. A count only grows between queries (accepted jobs are added, finished ones
+ * are not subtracted), so it never understates; a submit it would refuse first recounts, at
+ * most once per batch and key, so `busy` always rests on an exact count. */
+#define KB_ADMIT_SLOTS 4096 /* clients cached (open addressing); emptied when half full */
+typedef struct kb_admit_slot {
+    char *client;        /* NULL = free */
+    uint64_t active;
+    uint64_t counted_in; /* batch number of the last exact count */
+} kb_admit_slot;
+
 struct kb_broker {
     kb_params p;
     char client_ep[256], worker_ep[256];
@@ -109,6 +120,12 @@ struct kb_broker {
     size_t mem_fixed;          /* workers, waiters, models, outbox */
     atomic_size_t mem_zmq;     /* image buffers handed to ZeroMQ, not yet freed */
     size_t mem_batch;          /* received messages held in this cycle */
+    kb_admit_slot *admit;      /* KB_ADMIT_SLOTS, allocated on first use */
+    size_t admit_used;
+    uint64_t admit_total;      /* all clients; valid when admit_total_known */
+    bool admit_total_known;
+    uint64_t admit_total_counted_in;
+    uint64_t batch_number;     /* client batches so far */
     bool fatal;
 };
 
@@ -141,6 +158,7 @@ bool kb_store_fatal(kb_broker *b);
 void kb_throughput_add(kb_broker *b, uint64_t jobs, uint64_t tokens);
 
 /* kb_clients.c */
+void kb_admit_free(kb_broker *b);
 void kb_clients_batch(kb_broker *b);
 ks_status kb_fetch_reply(kb_broker *b, const char *job_id, const char *client,
                          uint64_t request_id, const void *rid, size_t rid_len, bool *sent);

@@ -44,7 +44,11 @@ static const char *const kb_migrations[] = {
     "CREATE TABLE totals(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
     "INSERT INTO totals VALUES('submitted',0),('done',0),('failed',0),('dead',0),"
     "  ('expired',0),('cancelled',0);",
+    /* The timers look for passed deadlines often; without this they scanned the queue. */
+    "CREATE INDEX jobs_deadline ON jobs(deadline) WHERE deadline > 0 AND state IN (1, 3);",
 };
+_Static_assert(sizeof kb_migrations / sizeof kb_migrations[0] == KB_SCHEMA_VERSION,
+               "KB_SCHEMA_VERSION counts the migrations");
 
 enum {
     Q_FIND_KEY,
@@ -68,6 +72,7 @@ enum {
     Q_GC_IMAGES,
     Q_GC,
     Q_COUNTS,
+    Q_ACTIVE,
     Q_CLIENT_ACTIVE,
     Q_QUEUE_POS,
     Q_TOTALS,
@@ -106,13 +111,15 @@ static const char *const kb_sql[Q_COUNT] = {
     [Q_TOTAL_ADD] = "UPDATE totals SET value = value + 1 WHERE name = ?1",
     [Q_ACK] = "UPDATE jobs SET state = 9, result = NULL WHERE id = ?1 AND state >= 4",
     [Q_PROMOTE] = "UPDATE jobs SET state = 1, retry_after = 0 WHERE state = 3 AND retry_after <= ?1",
-    [Q_PAST_DEADLINE] = "SELECT " KB_JOB_COLUMNS " FROM jobs WHERE state IN (1, 3)"
-                        " AND deadline > 0 AND deadline <= ?1 LIMIT ?2",
+    [Q_PAST_DEADLINE] = "SELECT " KB_JOB_COLUMNS " FROM jobs INDEXED BY jobs_deadline"
+                        " WHERE state IN (1, 3) AND deadline > 0 AND deadline <= ?1"
+                        " ORDER BY deadline LIMIT ?2",
     [Q_RUNNING] = "SELECT " KB_JOB_COLUMNS " FROM jobs WHERE state = 2",
     [Q_GC_IMAGES] = "DELETE FROM images WHERE id IN"
                     " (SELECT id FROM jobs WHERE finished > 0 AND finished < ?1)",
     [Q_GC] = "DELETE FROM jobs WHERE finished > 0 AND finished < ?1",
     [Q_COUNTS] = "SELECT state, count(*) FROM jobs GROUP BY state",
+    [Q_ACTIVE] = "SELECT count(*) FROM jobs WHERE state IN (1, 2, 3)",
     [Q_CLIENT_ACTIVE] = "SELECT count(*) FROM jobs WHERE client = ?1 AND state IN (1, 2, 3)",
     [Q_QUEUE_POS] = "SELECT count(*) FROM jobs WHERE state = 1"
                     " AND (priority > ?1 OR (priority = ?1 AND seq < ?2))",
@@ -161,8 +168,11 @@ static ks_status kb_exec(kb_store *s, const char *sql)
     char *err = NULL;
     int rc = sqlite3_exec(s->db, sql, NULL, NULL, &err);
     sqlite3_free(err);
-    if (rc != SQLITE_OK)
-        return kb_sqlfail(s, rc, sql);
+    if (rc != SQLITE_OK) {
+        char what[80]; /* the statement's start: a whole migration would hide the reason */
+        snprintf(what, sizeof what, "%.60s%s", sql, strlen(sql) > 60 ? "..." : "");
+        return kb_sqlfail(s, rc, what);
+    }
     return KS_OK;
 }
 
@@ -265,6 +275,8 @@ static ks_status kb_migrate(kb_store *s)
         goto cleanup;
     }
     version = sqlite3_column_int(q, 0);
+    sqlite3_finalize(q); /* an open read would lock the tables a migration drops */
+    q = NULL;
     int known = (int)(sizeof kb_migrations / sizeof kb_migrations[0]);
     if (version > known) {
         st = ks_fail(KS_ERR_UNSUPPORTED, "database schema version %d is newer than this broker (%d)",
@@ -304,6 +316,7 @@ ks_status kb_store_open(const char *path, const char *vfs, kb_store **out)
     sqlite3_busy_timeout(s->db, 5000);
     if ((st = kb_exec(s, "PRAGMA journal_mode=WAL")) != KS_OK ||
         (st = kb_exec(s, "PRAGMA synchronous=FULL")) != KS_OK ||
+        (st = kb_exec(s, "PRAGMA cache_size=-" KB_STORE_CACHE_KIB_TEXT)) != KS_OK ||
         (st = kb_exec(s, "PRAGMA foreign_keys=ON")) != KS_OK || (st = kb_migrate(s)) != KS_OK)
         goto cleanup;
     *out = s;
@@ -648,6 +661,14 @@ static ks_status kb_count_query(kb_store *s, sqlite3_stmt *st, uint64_t *n, cons
     *n = (uint64_t)sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
     return KS_OK;
+}
+
+ks_status kb_store_active(kb_store *s, uint64_t *n)
+{
+    sqlite3_stmt *st = kb_q(s, Q_ACTIVE);
+    if (!st)
+        return KS_ERR_IO;
+    return kb_count_query(s, st, n, "active");
 }
 
 ks_status kb_store_client_active(kb_store *s, const char *client, uint64_t *n)

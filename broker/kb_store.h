@@ -16,7 +16,11 @@
 #include "ks_error.h"
 
 #define KB_JOB_ID_MAX 64
-#define KB_SCHEMA_VERSION 1
+#define KB_SCHEMA_VERSION 2 /* = the number of migrations in kb_store.c */
+/* SQLite's page cache: the job indexes of a busy queue stay in memory (SQLite's default,
+ * 2 MiB, made every submit read pages back). Part of the memory bound (docs/broker.md). */
+#define KB_STORE_CACHE_KIB 65536
+#define KB_STORE_CACHE_KIB_TEXT "65536"
 
 typedef enum kb_fault { KB_FAULT_NONE = 0, KB_FAULT_FULL, KB_FAULT_IO, KB_FAULT_OTHER } kb_fault;
 
@@ -103,9 +107,11 @@ ks_status kb_store_running(kb_store *s, kb_job **jobs, size_t *n);
 /* Deletes terminal jobs finished before `before`; *n how many. */
 ks_status kb_store_gc(kb_store *s, uint64_t before, int *n);
 
-/* Jobs per state (counts[state], states 0..9). */
+/* Jobs per state (counts[state], states 0..9); reads every row. */
 ks_status kb_store_counts(kb_store *s, uint64_t counts[10]);
-/* Non-terminal jobs of one client. */
+/* Non-terminal jobs (queued, running, retry-wait): an index range, O(their number). */
+ks_status kb_store_active(kb_store *s, uint64_t *n);
+/* Non-terminal jobs of one client: an index range, O(their number). */
 ks_status kb_store_client_active(kb_store *s, const char *client, uint64_t *n);
 /* QUEUED jobs ahead of `job`. */
 ks_status kb_store_queue_position(kb_store *s, const kb_job *job, uint64_t *n);

@@ -6,9 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kb_broker.h"
 #include "kb_job.h"
+#include "kb_metrics.h"
 
 static volatile sig_atomic_t stop_requested;
 
@@ -46,6 +48,9 @@ static void usage(FILE *out)
             "  --curve-secret FILE      broker secret certificate (CURVE on; needs both below)\n"
             "  --client-keys DIR        public certificates of allowed clients\n"
             "  --worker-keys DIR        public certificates of allowed workers\n"
+            "  --metrics HOST:PORT      serve Prometheus metrics on http://HOST:PORT/metrics\n"
+            "                           (IPv4 address or name, * = all; port 0 = any free;\n"
+            "                           default off; needs a build with libmicrohttpd)\n"
             "  --log-level L            debug, info, warn, error (default info)\n"
             "  --help                   this text\n");
 }
@@ -62,7 +67,7 @@ static int parse_u64(const char *s, unsigned long long *out)
 int main(int argc, char **argv)
 {
     enum { O_CEP = 256, O_WEP, O_DB, O_MSG, O_IMG, O_MQ, O_MC, O_HB, O_HL, O_MJ, O_MW, O_MWK,
-           O_BATCH, O_RET, O_DMNT, O_ROOT, O_CS, O_CK, O_WK, O_LOG, O_HELP };
+           O_BATCH, O_RET, O_DMNT, O_ROOT, O_CS, O_CK, O_WK, O_LOG, O_HELP, O_METRICS };
     static const struct option opts[] = {
         {"client-endpoint", required_argument, 0, O_CEP}, {"worker-endpoint", required_argument, 0, O_WEP},
         {"db", required_argument, 0, O_DB}, {"max-message-bytes", required_argument, 0, O_MSG},
@@ -74,11 +79,13 @@ int main(int argc, char **argv)
         {"default-max-new-tokens", required_argument, 0, O_DMNT}, {"image-root", required_argument, 0, O_ROOT},
         {"curve-secret", required_argument, 0, O_CS}, {"client-keys", required_argument, 0, O_CK},
         {"worker-keys", required_argument, 0, O_WK}, {"log-level", required_argument, 0, O_LOG},
-        {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+        {"help", no_argument, 0, O_HELP}, {"metrics", required_argument, 0, O_METRICS},
+        {0, 0, 0, 0}};
     kb_params p;
     kb_params_init(&p);
     const char *roots[64];
     size_t nroots = 0;
+    const char *metrics_address = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         unsigned long long v = 0;
@@ -128,6 +135,21 @@ int main(int argc, char **argv)
                 return 1;
             }
             break;
+        case O_METRICS: {
+            char host[256];
+            uint16_t port;
+            if (!kb_metrics_available()) {
+                fprintf(stderr, "kosmos-broker: --metrics: this kosmos-broker was built without "
+                                "libmicrohttpd; install libmicrohttpd-dev and rebuild\n");
+                return 1;
+            }
+            if (kb_metrics_parse_address(optarg, host, sizeof host, &port) != KS_OK) {
+                fprintf(stderr, "kosmos-broker: bad --metrics: %s\n", ks_error_message());
+                return 1;
+            }
+            metrics_address = optarg;
+            break;
+        }
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 1;
         }
@@ -144,13 +166,33 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     kb_broker *b = NULL;
-    if (kb_broker_new(&p, &b) != KS_OK) {
-        fprintf(stderr, "{\"level\":\"error\",\"event\":\"start_failed\",\"error\":\"%s\"}\n",
-                ks_error_message());
+    kb_metrics *metrics = NULL;
+    /* The metrics port first: a taken port fails the start before the store is opened. */
+    ks_status st = metrics_address ? kb_metrics_new(metrics_address, &metrics) : KS_OK;
+    p.metrics = metrics;
+    if (st == KS_OK)
+        st = kb_broker_new(&p, &b);
+    if (st != KS_OK) {
+        char esc[1200];
+        const char *why = ks_error_message();
+        fprintf(stderr, "{\"level\":\"error\",\"event\":\"start_failed\",\"error\":%s}\n",
+                kb_json_str(esc, sizeof esc, why, strlen(why)));
+        kb_metrics_destroy(&metrics);
         return 1;
     }
-    ks_status st = kb_broker_run(b, &stop_requested);
+    if (metrics) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        char esc[300];
+        const char *addr = kb_metrics_address(metrics);
+        kb_log(NULL, p.log_level, KB_INFO,
+               (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u, "metrics_listening",
+               "\"address\":%s,\"path\":\"/metrics\"",
+               kb_json_str(esc, sizeof esc, addr, strlen(addr)));
+    }
+    st = kb_broker_run(b, &stop_requested);
     kb_broker_destroy(&b);
+    kb_metrics_destroy(&metrics);
     if (st != KS_OK) {
         fprintf(stderr, "{\"level\":\"error\",\"event\":\"stopped\",\"error\":\"%s\"}\n",
                 ks_error_message());

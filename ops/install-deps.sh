@@ -13,6 +13,8 @@ packages=(
   ocl-icd-opencl-dev opencl-c-headers opencl-clhpp-headers pocl-opencl-icd clinfo libclblast-dev
   # images, storage, JSON
   libvips-dev libsqlite3-dev libjansson-dev libssl-dev fonts-dejavu-core
+  # the broker's optional Prometheus endpoint (kosmos-broker --metrics)
+  libmicrohttpd-dev
   # tests
   libcmocka-dev python3 python3-venv bubblewrap
 )

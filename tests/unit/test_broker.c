@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "kb_broker.h"
+#include "kb_internal.h" /* KB_ADMIT_SLOTS */
 #include "kb_faultvfs.h"
 #include "kb_job.h"
 #include "wire.h"
@@ -615,6 +616,65 @@ static void test_deadline_expired(void **state)
     h_free(h);
 }
 
+static int c_submit_outcome(harness *h, void *sock, const char *client)
+{
+    Kosmos__V1__ClientReply *r = c_submit(h, sock, client, NULL);
+    assert_int_equal(r->reply_case, KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT);
+    int outcome = (int)r->submit->outcome_case;
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    return outcome;
+}
+
+static void c_cancel_ok(harness *h, void *sock, const char *client, const char *id)
+{
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__CancelRequest cr = KOSMOS__V1__CANCEL_REQUEST__INIT;
+    cr.job_id = (char *)id;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_CANCEL;
+    req.cancel = &cr;
+    Kosmos__V1__ClientReply *r = c_call(h, sock, client, &req, NULL, 0);
+    assert_int_equal(r->reply_case, KOSMOS__V1__CLIENT_REPLY__REPLY_CANCEL);
+    assert_true(r->cancel->cancelled);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+}
+
+/* The queue limits use cached counts that may only overstate: busy must still rest on an exact
+ * count, so a job that ends frees its place at once (the clock does not move here). */
+static void test_admission_limits(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    h->p.max_queued = 3;
+    h->p.max_client_jobs = 2;
+    h_restart(h);
+    void *c = h_socket(h, h->cep);
+    char a1[65], a2[65], b1[65];
+    const int accepted = KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED;
+    const int busy = KOSMOS__V1__SUBMIT_REPLY__OUTCOME_BUSY;
+    c_submit_ok(h, c, "a", NULL, a1);
+    c_submit_ok(h, c, "a", NULL, a2);
+    assert_int_equal(c_submit_outcome(h, c, "a"), busy); /* a's window */
+    c_submit_ok(h, c, "b", NULL, b1);
+    assert_int_equal(c_submit_outcome(h, c, "c"), busy); /* the queue */
+    c_cancel_ok(h, c, "a", a1);
+    assert_int_equal(c_submit_outcome(h, c, "a"), accepted);
+    assert_int_equal(c_submit_outcome(h, c, "a"), busy);
+    c_cancel_ok(h, c, "b", b1);
+    assert_int_equal(c_submit_outcome(h, c, "c"), accepted);
+    assert_int_equal(c_submit_outcome(h, c, "c"), busy);
+    /* Many clients (past the cache's size) keep exact answers too. */
+    h->p.max_queued = 100000;
+    h_restart(h);
+    for (int i = 0; i < KB_ADMIT_SLOTS / 2 + 10; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "client-%d", i);
+        assert_int_equal(c_submit_outcome(h, c, name), accepted);
+    }
+    assert_int_equal(c_submit_outcome(h, c, "a"), busy); /* still 2 of a's jobs queued */
+    zmq_close(c);
+    h_free(h);
+}
+
 /* Worker death: lease lapses, job waits out its backoff, comes back with attempt+1; the old
  * attempt's late result is fenced off; after the 3rd death the job is DEAD. */
 static void test_lease_lapse_stale_poison(void **state)
@@ -1099,6 +1159,7 @@ int main(void)
         cmocka_unit_test(test_idempotency),
         cmocka_unit_test(test_credit_priority_fifo),
         cmocka_unit_test(test_deadline_expired),
+        cmocka_unit_test(test_admission_limits),
         cmocka_unit_test(test_lease_lapse_stale_poison),
         cmocka_unit_test(test_retry_backoff),
         cmocka_unit_test(test_violations),

@@ -287,8 +287,16 @@ static bool kb_begin(kb_broker *b)
     return false;
 }
 
+bool kb_txn_need(kb_broker *b)
+{
+    if (b->in_txn)
+        return true;
+    b->in_txn = kb_begin(b);
+    return b->in_txn;
+}
+
 /* Commits (when st is KS_OK) or rolls back, then flushes the outbox accordingly. */
-void kb_commit_or_rollback(kb_broker *b, ks_status st)
+static void kb_commit_or_rollback(kb_broker *b, ks_status st)
 {
     if (st == KS_OK)
         st = kb_store_commit(b->store);
@@ -314,6 +322,14 @@ void kb_commit_or_rollback(kb_broker *b, ks_status st)
             if (strcmp(b->waiters[k].job_id, b->woken[i]) == 0)
                 b->waiters[k].wake = true;
     b->n_woken = 0;
+}
+
+void kb_txn_end(kb_broker *b, ks_status st)
+{
+    if (!b->in_txn)
+        return;
+    b->in_txn = false;
+    kb_commit_or_rollback(b, st);
 }
 
 void kb_note_terminal(kb_broker *b, const char *job_id)
@@ -533,9 +549,9 @@ static ks_status kb_timers_in_txn(kb_broker *b, uint64_t now)
 static void kb_timers(kb_broker *b)
 {
     uint64_t now = kb_now(b);
-    if (!kb_begin(b))
-        return;
-    kb_commit_or_rollback(b, kb_timers_in_txn(b, now));
+    ks_status st;
+    if (kb_txn_need(b) && (st = kb_timers_in_txn(b, now)) != KS_OK)
+        kb_txn_end(b, st);
 }
 
 /* ---- Dispatch ----------------------------------------------------------------------------- */
@@ -685,9 +701,9 @@ static void kb_dispatch(kb_broker *b)
         any = any || b->workers[i]->credit > 0;
     if (!any)
         return;
-    if (!kb_begin(b))
-        return;
-    kb_commit_or_rollback(b, kb_dispatch_in_txn(b, kb_now(b)));
+    ks_status st;
+    if (kb_txn_need(b) && (st = kb_dispatch_in_txn(b, kb_now(b))) != KS_OK)
+        kb_txn_end(b, st);
 }
 
 /* ---- Life cycle -------------------------------------------------------------------------- */
@@ -924,6 +940,7 @@ ks_status kb_broker_step(kb_broker *b, int timeout_ms)
         kb_timers(b);
     if (!b->fatal)
         kb_dispatch(b);
+    kb_txn_end(b, b->fatal ? ks_fail(KS_ERR_IO, "the store failed") : KS_OK);
     if (!b->fatal)
         kb_waiters_run(b);
     kb_mem_recount(b);

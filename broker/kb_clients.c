@@ -721,8 +721,7 @@ void kb_clients_batch(kb_broker *b)
         goto cleanup;
     b->batch_number++;
     size_t failed = n; /* first request the transaction did not answer */
-    if (kb_store_begin(b->store) != KS_OK) {
-        kb_store_fatal(b);
+    if (!kb_txn_need(b)) {
         failed = 0;
     } else {
         for (done = 0; done < n; done++) {
@@ -731,7 +730,8 @@ void kb_clients_batch(kb_broker *b)
                 break;
             }
         }
-        kb_commit_or_rollback(b, st); /* a failed commit answers what the outbox held */
+        if (st != KS_OK)
+            kb_txn_end(b, st); /* answers what the outbox held */
     }
     /* Requests the failed transaction never reached get an error (busy for submits). */
     bool full = kb_store_fault(b->store) == KB_FAULT_FULL;

@@ -126,6 +126,7 @@ struct kb_broker {
     bool admit_total_known;
     uint64_t admit_total_counted_in;
     uint64_t batch_number;     /* client batches so far */
+    bool in_txn;               /* the cycle's transaction is open (kb_txn_need) */
     bool fatal;
 };
 
@@ -138,8 +139,15 @@ kb_out *kb_out_push(kb_broker *b, bool to_worker, const void *rid, size_t rid_le
                     const ProtobufCMessage *msg);
 void kb_note_terminal(kb_broker *b, const char *job_id);
 void kb_new_job_id(kb_broker *b, char out[27]);
-/* Commits (st KS_OK) or rolls back, then sends or discards the outbox. */
-void kb_commit_or_rollback(kb_broker *b, ks_status st);
+/* The cycle's transaction: every phase of kb_broker_step (client requests, worker messages,
+ * timers, dispatch) works in one transaction, committed once at the end of the cycle, so a
+ * cycle costs one fsync and a job is accepted and dispatched by the same commit. The outbox
+ * waits for that commit. kb_txn_need opens it unless it is open (false: the store failed, the
+ * broker is stopping); kb_txn_end commits (st KS_OK) or rolls back, then sends or discards the
+ * outbox (client replies become errors, busy for submits when the disk is full). A phase that
+ * fails ends it at once; the next phase opens a new one. */
+bool kb_txn_need(kb_broker *b);
+void kb_txn_end(kb_broker *b, ks_status st);
 /* An error reply at once; `busy`: a submit answered busy (disk full) instead. */
 void kb_send_client_error(kb_broker *b, const void *rid, size_t rid_len, uint64_t request_id,
                           int code, const char *message, bool busy);

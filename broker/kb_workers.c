@@ -512,12 +512,11 @@ void kb_workers_batch(kb_broker *b)
         batch[n++] = in;
     }
     kb_mem_recount(b);
-    if (n && kb_store_begin(b->store) == KS_OK) {
+    if (n && kb_txn_need(b)) {
         for (size_t i = 0; i < n && st == KS_OK; i++)
             st = kb_worker_handle(b, batch[i]);
-        kb_commit_or_rollback(b, st);
-    } else if (n) {
-        kb_store_fatal(b);
+        if (st != KS_OK)
+            kb_txn_end(b, st);
     }
     for (size_t i = 0; i < n; i++)
         kp_inbound_destroy(&batch[i]);

@@ -2,7 +2,18 @@
 # Installs every Debian package kosmos-farm needs to build, test and fuzz.
 # Idempotent and non-interactive: run it as root (or with sudo) on Debian 12.
 # What each package is for is written in docs/dependencies.md.
+#   --bench   also the benchmarks' baselines (beanstalkd for tests/bench/farm.sh); CI does not
+#             need them, and Debian's beanstalkd package would enable a system service.
 set -euo pipefail
+
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) bench=1 ;;
+    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install-deps: unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   # toolchain
@@ -18,6 +29,10 @@ packages=(
   # tests
   libcmocka-dev python3 python3-venv bubblewrap
 )
+
+if [ "$bench" -eq 1 ]; then
+  packages+=(beanstalkd)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

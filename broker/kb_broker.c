@@ -649,11 +649,29 @@ cleanup:
     return st;
 }
 
+static bool kb_opt_str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static bool kb_class_empty(const kb_dispatch_class *c, size_t n, const kb_worker *w)
+{
+    for (size_t i = 0; i < n; i++)
+        if (c[i].memory == w->memory && kb_opt_str_eq(c[i].model_id, w->model_id) &&
+            kb_opt_str_eq(c[i].model_hash, w->model_hash))
+            return true;
+    return false;
+}
+
 static ks_status kb_dispatch_in_txn(kb_broker *b, uint64_t now)
 {
     ks_status st = KS_OK;
     uint32_t sent = 0;
     bool progress = true;
+    if (b->empty_epoch != kb_store_queue_epoch(b->store)) {
+        b->n_empty = 0;
+        b->empty_epoch = kb_store_queue_epoch(b->store);
+    }
     /* Round robin: one job per worker per pass, so that credit spreads the load. */
     while (progress && sent < b->p.batch_max) {
         progress = false;
@@ -663,13 +681,19 @@ static ks_status kb_dispatch_in_txn(kb_broker *b, uint64_t now)
                 continue;
             if (atomic_load(&b->mem_zmq) >= b->p.max_inflight_bytes)
                 return KS_OK; /* images still queued for slow workers: wait */
+            if (kb_class_empty(b->empty, b->n_empty, w))
+                continue;
             kb_job job;
             bool found = false;
             if ((st = kb_store_pick(b->store, w->model_id, w->model_hash, w->memory, &found,
                                     &job)) != KS_OK)
                 return st;
-            if (!found)
+            if (!found) {
+                if (b->n_empty < KB_DISPATCH_CLASSES)
+                    b->empty[b->n_empty++] =
+                        (kb_dispatch_class){w->model_id, w->model_hash, w->memory};
                 continue;
+            }
             progress = true;
             if (job.deadline && job.deadline <= now) {
                 st = kb_finish_made(b, &job, KOSMOS__V1__JOB_STATE__JOB_STATE_EXPIRED,

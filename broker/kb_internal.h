@@ -91,6 +91,17 @@ typedef struct kb_admit_slot {
     uint64_t counted_in; /* batch number of the last exact count */
 } kb_admit_slot;
 
+/* Workers that can run the same jobs (model id, hash, device memory). Once a pick found no
+ * job for one of them, none of them can get one until a job becomes QUEUED again
+ * (kb_store_queue_epoch), so dispatch skips them: a farm of 1,000 idle workers cost 1,000
+ * queries per cycle. The strings are borrowed from a worker; the list is emptied whenever
+ * a worker is forgotten. */
+#define KB_DISPATCH_CLASSES 16
+typedef struct kb_dispatch_class {
+    const char *model_id, *model_hash;
+    uint64_t memory;
+} kb_dispatch_class;
+
 struct kb_broker {
     kb_params p;
     char client_ep[256], worker_ep[256];
@@ -127,6 +138,9 @@ struct kb_broker {
     uint64_t admit_total_counted_in;
     uint64_t batch_number;     /* client batches so far */
     bool in_txn;               /* the cycle's transaction is open (kb_txn_need) */
+    kb_dispatch_class empty[KB_DISPATCH_CLASSES]; /* no queued job for these (dispatch) */
+    size_t n_empty;
+    uint64_t empty_epoch;
     bool fatal;
 };
 

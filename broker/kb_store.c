@@ -130,6 +130,7 @@ struct kb_store {
     sqlite3 *db;
     sqlite3_stmt *stmt[Q_COUNT];
     kb_fault fault;
+    uint64_t queue_epoch; /* kb_store_queue_epoch */
 };
 
 bool kb_state_terminal(int state) { return state >= KOSMOS__V1__JOB_STATE__JOB_STATE_DONE; }
@@ -348,8 +349,11 @@ ks_status kb_store_begin(kb_store *s)
 
 ks_status kb_store_commit(kb_store *s) { return kb_exec(s, "COMMIT"); }
 
+uint64_t kb_store_queue_epoch(const kb_store *s) { return s->queue_epoch; }
+
 void kb_store_rollback(kb_store *s)
 {
+    s->queue_epoch++; /* leases undone: their jobs are queued again */
     if (!sqlite3_get_autocommit(s->db))
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 }
@@ -368,6 +372,7 @@ ks_status kb_store_find_key(kb_store *s, const char *client, const char *key, bo
 ks_status kb_store_insert(kb_store *s, const kb_job *j, const void *job_blob, size_t job_len,
                           const void *image, size_t image_len)
 {
+    s->queue_epoch++;
     ks_status rc;
     sqlite3_stmt *st = kb_q(s, Q_INSERT);
     if (!st)
@@ -508,6 +513,7 @@ ks_status kb_store_requeue(kb_store *s, const char *id, uint64_t retry_after, bo
     sqlite3_bind_int64(st, 2, (sqlite3_int64)retry_after);
     sqlite3_bind_int(st, 3, crash ? 1 : 0);
     kb_bind_text(st, 4, message);
+    s->queue_epoch++;
     return kb_step_done(s, st, "requeue");
 }
 
@@ -562,6 +568,8 @@ ks_status kb_store_promote(kb_store *s, uint64_t now, int *n)
     sqlite3_bind_int64(st, 1, (sqlite3_int64)now);
     ks_status rc = kb_step_done(s, st, "promote");
     *n = rc == KS_OK ? sqlite3_changes(s->db) : 0;
+    if (*n)
+        s->queue_epoch++;
     return rc;
 }
 

@@ -60,6 +60,10 @@ void kb_store_destroy(kb_store **s);
 /* The class of the last failure of this store (reset by kb_store_begin). */
 kb_fault kb_store_fault(const kb_store *s);
 
+/* Changes whenever a job may have become QUEUED (insert, requeue, promote, rollback): a
+ * dispatcher that found no job for some workers need not ask again until it changes. */
+uint64_t kb_store_queue_epoch(const kb_store *s);
+
 ks_status kb_store_begin(kb_store *s);
 ks_status kb_store_commit(kb_store *s);
 void kb_store_rollback(kb_store *s);

@@ -101,6 +101,7 @@ void kb_worker_forget(kb_broker *b, kb_worker *w, bool crash, const char *why)
         }
     if (why)
         kb_logf(b, KB_INFO, "worker_gone", "\"name\":\"%s\",\"why\":\"%s\"", w->name, why);
+    b->n_empty = 0; /* it may have lent its strings to the dispatch classes */
     kb_worker_free(w);
 }
 

@@ -3,7 +3,8 @@
  * tests/bench/farm.sh, which starts the broker (and beanstalkd, the baseline) for each run.
  *
  *   submit     C clients, each with W submits in flight: durable accepted jobs/s
- *   beanstalk  the same load as beanstalkd `put`s (same payload bytes, same C and W)
+ *   beanstalk  the same load as beanstalkd `put`s (same payload bytes, same C and W), and
+ *              beanstalk-route / beanstalk-latency: the same with consumers (reserve, delete)
  *   route      submitters plus K echo workers: jobs/s through submit, dispatch, result, ack
  *   latency    paced submits at --rate jobs/s plus K echo workers: client send -> Dispatch
  *              arrival at the worker (an upper bound of the broker's receipt-to-dispatch time),
@@ -15,6 +16,7 @@
  * all processes of the machine) in Job.label. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -45,6 +47,7 @@ typedef struct bf_opts {
     double rate, seconds, idle_seconds;
     long broker_pid;
     const char *tag; /* makes idempotency keys unique across runs on one database */
+    const char *dir; /* mode fsync: where to write */
 } bf_opts;
 
 static bf_opts opt = {
@@ -695,14 +698,29 @@ static int mode_broker(void)
 
 /* ---- beanstalkd ------------------------------------------------------------------------------- */
 
+/* The same three loads against beanstalkd: `beanstalk` puts only (durable accepts),
+ * `beanstalk-route` puts plus consumers that reserve and delete each job (a work queue's
+ * routing), `beanstalk-latency` paced puts plus consumers (put -> reserved). Each payload
+ * starts with its send time, as Job.label does for the broker. */
+
 typedef struct bf_bean {
     pthread_t thread;
-    long count;
+    long first, count;
     long inserted, other;
     uint64_t t_last;
-    const uint8_t *payload;
-    size_t payload_len;
+    bf_samples accept_latency;
 } bf_bean;
+
+typedef struct bf_bean_consumer {
+    pthread_t thread;
+    long deleted;
+    bf_samples dispatch_latency;
+} bf_bean_consumer;
+
+static uint8_t *bean_payload_bytes;
+static size_t bean_payload_len;
+static atomic_long bean_deleted;
+static atomic_int bean_stop;
 
 static int bean_connect(void)
 {
@@ -720,6 +738,8 @@ static int bean_connect(void)
     if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0)
         die("connect %s: %s", opt.beanstalk, strerror(errno));
     freeaddrinfo(ai);
+    struct timeval tv = {30, 0}; /* a silent beanstalkd fails the run instead of hanging it */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
 }
 
@@ -737,55 +757,151 @@ static void write_all(int fd, const void *data, size_t len)
     }
 }
 
-/* Closed loop like the submitters: `window` puts in flight, one reply line each. */
-static void *bean_main(void *arg)
+/* A line reader over one connection. */
+typedef struct bf_lines {
+    int fd;
+    char buf[1 << 17];
+    size_t len, pos;
+} bf_lines;
+
+/* Waits (blocking) until at least `need` unread bytes are buffered. */
+static bool lines_fill(bf_lines *l, size_t need)
 {
-    bf_bean *b = arg;
-    int fd = bean_connect();
-    char head[64];
-    int hl = snprintf(head, sizeof head, "put 0 0 60 %zu\r\n", b->payload_len);
-    size_t put_len = (size_t)hl + b->payload_len + 2;
-    uint8_t *put = malloc(put_len);
-    char rbuf[65536];
-    size_t rlen = 0;
-    if (!put)
-        die("out of memory");
-    memcpy(put, head, (size_t)hl);
-    memcpy(put + hl, b->payload, b->payload_len);
-    memcpy(put + hl + b->payload_len, "\r\n", 2);
-    long sent = 0, replied = 0;
-    while (replied < b->count) {
-        while (sent < b->count && sent - replied < opt.window) {
-            write_all(fd, put, put_len);
-            sent++;
+    while (l->len - l->pos < need) {
+        if (l->pos) {
+            memmove(l->buf, l->buf + l->pos, l->len - l->pos);
+            l->len -= l->pos;
+            l->pos = 0;
         }
-        ssize_t n = read(fd, rbuf + rlen, sizeof rbuf - rlen - 1);
+        if (l->len == sizeof l->buf)
+            die("beanstalkd reply too long");
+        ssize_t n = read(l->fd, l->buf + l->len, sizeof l->buf - l->len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            die("beanstalkd read: %s", n ? strerror(errno) : "connection closed");
-        rlen += (size_t)n;
-        char *line = rbuf, *nl;
-        while ((nl = memchr(line, '\n', (size_t)(rbuf + rlen - line)))) {
-            if (strncmp(line, "INSERTED ", 9) == 0)
-                b->inserted++;
-            else if (b->other++ < 3)
-                fprintf(stderr, "bench-farm: beanstalkd said %.*s\n", (int)(nl - line), line);
-            replied++;
-            line = nl + 1;
+            return false;
+        l->len += (size_t)n;
+    }
+    return true;
+}
+
+/* The next "\r\n"-terminated line (NUL-terminated in place), or NULL when the peer closed. */
+static char *lines_next(bf_lines *l)
+{
+    for (;;) {
+        char *start = l->buf + l->pos;
+        char *nl = memchr(start, '\n', l->len - l->pos);
+        if (nl) {
+            *nl = 0;
+            if (nl > start && nl[-1] == '\r')
+                nl[-1] = 0;
+            l->pos = (size_t)(nl + 1 - l->buf);
+            return start;
         }
-        rlen = (size_t)(rbuf + rlen - line);
-        memmove(rbuf, line, rlen);
+        if (!lines_fill(l, l->len - l->pos + 1))
+            return NULL;
+    }
+}
+
+static void *bean_producer(void *arg)
+{
+    bf_bean *b = arg;
+    bf_lines *in = calloc(1, sizeof *in);
+    char head[64];
+    int hl = snprintf(head, sizeof head, "put 0 0 60 %zu\r\n", bean_payload_len);
+    size_t put_len = (size_t)hl + bean_payload_len + 2;
+    uint8_t *put = malloc(put_len);
+    uint64_t *sent_at = calloc((size_t)b->count + 1, sizeof *sent_at);
+    if (!in || !put || !sent_at)
+        die("out of memory");
+    in->fd = bean_connect();
+    memcpy(put, head, (size_t)hl);
+    memcpy(put + hl, bean_payload_bytes, bean_payload_len);
+    memcpy(put + hl + bean_payload_len, "\r\n", 2);
+    bool paced = strcmp(opt.mode, "beanstalk-latency") == 0;
+    double interval_ns = paced ? 1e9 * (double)opt.clients / opt.rate : 0;
+    uint64_t start = now_ns();
+    long sent = 0, replied = 0;
+    while (replied < b->count) {
+        while (sent < b->count && (paced || sent - replied < opt.window)) {
+            if (paced && (double)(now_ns() - start) < interval_ns * (double)sent)
+                break;
+            sent_at[sent] = now_ns();
+            char stamp[21];
+            snprintf(stamp, sizeof stamp, "%020" PRIu64, sent_at[sent]);
+            memcpy(put + hl, stamp, 20);
+            write_all(in->fd, put, put_len);
+            sent++;
+        }
+        if (paced && sent < b->count && sent == replied) {
+            double due = interval_ns * (double)sent - (double)(now_ns() - start);
+            if (due > 0)
+                sleep_ns((uint64_t)due);
+            continue;
+        }
+        char *line = lines_next(in);
+        if (!line)
+            die("beanstalkd closed the connection");
+        if (strncmp(line, "INSERTED ", 9) == 0)
+            b->inserted++;
+        else if (b->other++ < 3)
+            fprintf(stderr, "bench-farm: beanstalkd said %s\n", line);
+        samples_add(&b->accept_latency, now_ns() - sent_at[replied]);
+        replied++;
     }
     b->t_last = now_ns();
+    close(in->fd);
+    free(in);
     free(put);
-    close(fd);
+    free(sent_at);
+    return NULL;
+}
+
+/* reserve -> delete, one job at a time per connection (a worker with credit 1). */
+static void *bean_consumer(void *arg)
+{
+    bf_bean_consumer *c = arg;
+    bf_lines *in = calloc(1, sizeof *in);
+    if (!in)
+        die("out of memory");
+    in->fd = bean_connect();
+    static const char reserve[] = "reserve-with-timeout 1\r\n";
+    while (!atomic_load(&bean_stop)) {
+        write_all(in->fd, reserve, sizeof reserve - 1);
+        char *line = lines_next(in);
+        if (!line)
+            die("beanstalkd closed the connection");
+        unsigned long long id;
+        size_t bytes;
+        if (strncmp(line, "TIMED_OUT", 9) == 0 || strncmp(line, "DEADLINE_SOON", 13) == 0)
+            continue;
+        if (sscanf(line, "RESERVED %llu %zu", &id, &bytes) != 2)
+            die("beanstalkd answered reserve with %s", line);
+        if (!lines_fill(in, bytes + 2))
+            die("beanstalkd closed the connection");
+        char stamp[21];
+        memcpy(stamp, in->buf + in->pos, 20);
+        stamp[20] = 0;
+        in->pos += bytes + 2;
+        uint64_t t = now_ns(), sent = strtoull(stamp, NULL, 10);
+        if (sent && sent <= t)
+            samples_add(&c->dispatch_latency, t - sent);
+        char del[64];
+        int dl = snprintf(del, sizeof del, "delete %llu\r\n", id);
+        write_all(in->fd, del, (size_t)dl);
+        if (!(line = lines_next(in)) || strcmp(line, "DELETED") != 0)
+            die("beanstalkd answered delete with %s", line ? line : "nothing");
+        c->deleted++;
+        atomic_fetch_add(&bean_deleted, 1);
+    }
+    close(in->fd);
+    free(in);
     return NULL;
 }
 
 /* The payload a beanstalkd user would store: the same packed Job the broker gets, plus the
- * attached image bytes when there are some. */
-static uint8_t *bean_payload(size_t *len)
+ * attached image bytes when there are some (its first 20 bytes then carry the send time). */
+static void bean_payload_make(void)
 {
     Kosmos__V1__Job job;
     Kosmos__V1__Prompt prompt = KOSMOS__V1__PROMPT__INIT;
@@ -794,49 +910,119 @@ static uint8_t *bean_payload(size_t *len)
     fill_job(&job, &prompt, pp, key, sizeof key, label, sizeof label, 0);
     size_t jl = kosmos__v1__job__get_packed_size(&job);
     size_t il = opt.image_bytes > 0 ? (size_t)opt.image_bytes : 0;
-    uint8_t *p = malloc(jl + il);
-    if (!p)
+    bean_payload_bytes = malloc(20 + jl + il);
+    if (!bean_payload_bytes)
         die("out of memory");
-    kosmos__v1__job__pack(&job, p);
+    memset(bean_payload_bytes, '0', 20);
+    kosmos__v1__job__pack(&job, bean_payload_bytes + 20);
     if (il)
-        memcpy(p + jl, image_block, il);
-    *len = jl + il;
-    return p;
+        memcpy(bean_payload_bytes + 20 + jl, image_block, il);
+    bean_payload_len = 20 + jl + il;
 }
 
 static int mode_beanstalk(void)
 {
-    size_t plen;
-    uint8_t *payload = bean_payload(&plen);
+    bool consume = strcmp(opt.mode, "beanstalk") != 0;
+    if (strcmp(opt.mode, "beanstalk-latency") == 0)
+        opt.jobs = (long)(opt.rate * opt.seconds);
+    bean_payload_make();
     bf_bean *b = calloc((size_t)opt.clients, sizeof *b);
-    if (!b)
+    long n_cons = consume ? opt.workers : 0;
+    bf_bean_consumer *cons = calloc((size_t)(n_cons ? n_cons : 1), sizeof *cons);
+    if (!b || !cons)
         die("out of memory");
-    long per = opt.jobs / opt.clients, extra = opt.jobs % opt.clients;
+    for (long i = 0; i < n_cons; i++)
+        if (pthread_create(&cons[i].thread, NULL, bean_consumer, &cons[i]) != 0)
+            die("pthread_create failed");
+    long per = opt.jobs / opt.clients, extra = opt.jobs % opt.clients, next = 0;
     uint64_t t0 = now_ns();
     for (long i = 0; i < opt.clients; i++) {
+        b[i].first = next;
         b[i].count = per + (i < extra);
-        b[i].payload = payload;
-        b[i].payload_len = plen;
-        if (pthread_create(&b[i].thread, NULL, bean_main, &b[i]) != 0)
+        next += b[i].count;
+        if (pthread_create(&b[i].thread, NULL, bean_producer, &b[i]) != 0)
             die("pthread_create failed");
     }
     long inserted = 0, other = 0;
     uint64_t t_end = t0;
+    bf_samples accept_lat = {0}, dispatch_lat = {0};
     for (long i = 0; i < opt.clients; i++) {
         pthread_join(b[i].thread, NULL);
         inserted += b[i].inserted;
         other += b[i].other;
         if (b[i].t_last > t_end)
             t_end = b[i].t_last;
+        samples_merge(&accept_lat, &b[i].accept_latency);
+        free(b[i].accept_latency.v);
+    }
+    if (consume) {
+        uint64_t deadline = now_ns() + 300ull * 1000000000ull;
+        while (atomic_load(&bean_deleted) < inserted && now_ns() < deadline)
+            sleep_ns(1000000);
+        t_end = now_ns();
+        atomic_store(&bean_stop, 1);
+        for (long i = 0; i < n_cons; i++) {
+            pthread_join(cons[i].thread, NULL);
+            samples_merge(&dispatch_lat, &cons[i].dispatch_latency);
+            free(cons[i].dispatch_latency.v);
+        }
     }
     double secs = (double)(t_end - t0) / 1e9;
-    printf("{\"mode\":\"beanstalk\",\"jobs\":%ld,\"clients\":%ld,\"window\":%ld,"
-           "\"payload_bytes\":%zu,\"accepted\":%ld,\"other\":%ld,\"seconds\":%.3f,"
-           "\"jobs_per_s\":%.1f}\n",
-           opt.jobs, opt.clients, opt.window, plen, inserted, other, secs, (double)inserted / secs);
+    long done = consume ? (long)atomic_load(&bean_deleted) : inserted;
+    printf("{\"mode\":\"%s\",\"jobs\":%ld,\"clients\":%ld,\"window\":%ld,\"payload_bytes\":%zu,"
+           "\"accepted\":%ld,\"other\":%ld,\"seconds\":%.3f,\"jobs_per_s\":%.1f,"
+           "\"accept_p50_ms\":%.3f,\"accept_p99_ms\":%.3f,\"accept_max_ms\":%.3f",
+           opt.mode, opt.jobs, opt.clients, opt.window, bean_payload_len, inserted, other, secs,
+           (double)done / secs, samples_pct_ms(&accept_lat, 50), samples_pct_ms(&accept_lat, 99),
+           samples_pct_ms(&accept_lat, 100));
+    if (consume)
+        printf(",\"consumers\":%ld,\"deleted\":%ld,\"dispatch_p50_ms\":%.3f,\"dispatch_p99_ms\":%.3f,"
+               "\"dispatch_max_ms\":%.3f",
+               n_cons, done, samples_pct_ms(&dispatch_lat, 50), samples_pct_ms(&dispatch_lat, 99),
+               samples_pct_ms(&dispatch_lat, 100));
+    printf("}\n");
+    free(accept_lat.v);
+    free(dispatch_lat.v);
     free(b);
-    free(payload);
-    return inserted == opt.jobs ? 0 : 1;
+    free(cons);
+    free(bean_payload_bytes);
+    return inserted == opt.jobs && other == 0 && done == inserted ? 0 : 1;
+}
+
+/* ---- the disk ------------------------------------------------------------------------------ */
+
+/* What one durable write costs on this disk: a 4 KiB append and fdatasync, paced at --rate
+ * for --seconds, in --dir. The floor under every durable figure above. */
+static int mode_fsync(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/bench-farm-fsync.%ld", dir, (long)getpid());
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        die("%s: %s", path, strerror(errno));
+    static uint8_t block[4096];
+    memset(block, 'k', sizeof block);
+    long n = (long)(opt.rate * opt.seconds);
+    bf_samples lat = {0};
+    uint64_t start = now_ns();
+    for (long i = 0; i < n; i++) {
+        uint64_t due = start + (uint64_t)(1e9 * (double)i / opt.rate), t = now_ns();
+        if (due > t)
+            sleep_ns(due - t);
+        t = now_ns();
+        write_all(fd, block, sizeof block);
+        if (fdatasync(fd) != 0)
+            die("fdatasync: %s", strerror(errno));
+        samples_add(&lat, now_ns() - t);
+    }
+    close(fd);
+    unlink(path);
+    printf("{\"mode\":\"fsync\",\"writes\":%ld,\"rate\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
+           "\"p999_ms\":%.3f,\"max_ms\":%.3f}\n",
+           n, opt.rate, samples_pct_ms(&lat, 50), samples_pct_ms(&lat, 99),
+           samples_pct_ms(&lat, 99.9), samples_pct_ms(&lat, 100));
+    free(lat.v);
+    return 0;
 }
 
 /* ---- main ------------------------------------------------------------------------------------ */
@@ -847,7 +1033,10 @@ static void usage(FILE *out)
             "usage: bench-farm MODE [options]   (a benchmark load generator; see tests/bench/farm.sh)\n"
             "modes:\n"
             "  submit     durable accepted jobs/s against kosmos-broker\n"
-            "  beanstalk  the same load as beanstalkd puts (the baseline)\n"
+            "  beanstalk  the submit load as beanstalkd puts (the baseline)\n"
+            "  beanstalk-route    puts + --workers consumers that reserve and delete\n"
+            "  beanstalk-latency  paced puts (--rate) + consumers: put -> reserved p50/p99\n"
+            "  fsync      4 KiB append + fdatasync at --rate for --seconds in --dir (the disk)\n"
             "  route      submits + echo workers: jobs/s through dispatch, result and ack\n"
             "  latency    paced submits (--rate) + echo workers: send-to-dispatch p50/p99\n"
             "options:\n"
@@ -864,7 +1053,10 @@ static void usage(FILE *out)
             "  --rate R --seconds S   latency mode: R submits/s for S seconds (default 1000, 10)\n"
             "  --idle-seconds S       with --broker-pid: broker CPU while workers only heartbeat\n"
             "  --broker-pid PID       report the broker's CPU use (from /proc)\n"
-            "  --tag S                idempotency keys and names are S-<n> (default: pid)\n");
+            "  --tag S                idempotency keys and names are S-<n> (default: pid)\n"
+            "  --dir DIR              fsync mode: the folder to write in (default .)\n"
+            "Prints one JSON object; exits 1 when the run did not complete (every job accepted,\n"
+            "and with workers every result stored).\n");
 }
 
 int main(int argc, char **argv)
@@ -877,7 +1069,8 @@ int main(int argc, char **argv)
         {"worker-threads", required_argument, 0, 'T'}, {"credit", required_argument, 0, 'r'},
         {"rate", required_argument, 0, 'R'}, {"seconds", required_argument, 0, 's'},
         {"idle-seconds", required_argument, 0, 'I'}, {"broker-pid", required_argument, 0, 'p'},
-        {"tag", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"tag", required_argument, 0, 't'}, {"dir", required_argument, 0, 'd'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     if (argc < 2 || strcmp(argv[1], "--help") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2;
@@ -902,6 +1095,7 @@ int main(int argc, char **argv)
         case 'I': opt.idle_seconds = atof(optarg); break;
         case 'p': opt.broker_pid = atol(optarg); break;
         case 't': opt.tag = optarg; break;
+        case 'd': opt.dir = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 1;
         }
@@ -927,8 +1121,10 @@ int main(int argc, char **argv)
     zmq_ctx_set(zctx, ZMQ_MAX_SOCKETS, 8192);
     zmq_ctx_set(zctx, ZMQ_IO_THREADS, 1);
     int rc;
-    if (strcmp(opt.mode, "beanstalk") == 0)
+    if (strncmp(opt.mode, "beanstalk", 9) == 0)
         rc = mode_beanstalk();
+    else if (strcmp(opt.mode, "fsync") == 0)
+        rc = mode_fsync(opt.dir ? opt.dir : ".");
     else if (strcmp(opt.mode, "submit") == 0 || strcmp(opt.mode, "route") == 0 ||
              strcmp(opt.mode, "latency") == 0)
         rc = mode_broker();

@@ -305,6 +305,8 @@ static Kosmos__V1__BrokerToWorker *w_try(harness *h, fworker *w)
     }
 }
 
+static const char *w_model = "microsoft/kosmos-2-patch14-224"; /* what w_ready offers */
+
 static void w_ready(harness *h, fworker *w, const char *name, uint64_t instance, uint32_t capacity,
                     Kosmos__V1__Lease **running, size_t n_running)
 {
@@ -317,7 +319,7 @@ static void w_ready(harness *h, fworker *w, const char *name, uint64_t instance,
     r.worker_name = (char *)name;
     r.has_worker_instance = true;
     r.worker_instance = instance;
-    r.model_id = "microsoft/kosmos-2-patch14-224";
+    r.model_id = (char *)w_model;
     r.has_batch_capacity = true;
     r.batch_capacity = capacity;
     r.n_running = n_running;
@@ -686,6 +688,37 @@ static void test_admission_limits(void **state)
         kosmos__v1__client_reply__free_unpacked(r, NULL);
     }
     assert_int_equal(c_submit_outcome(h, c, "a"), busy); /* still 2 of a's jobs queued */
+    zmq_close(c);
+    h_free(h);
+}
+
+/* Dispatch skips workers whose kind (model, hash, memory) found no queued job until a job is
+ * queued again: that must not starve a worker of another kind whose credit comes later, nor
+ * a job submitted after the queue was found empty. */
+static void test_dispatch_skips_by_worker_kind(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    w_model = "other/model";
+    fworker *other = w_new(h, "w-other", 1, 0); /* offers the model, no credit yet */
+    w_model = "microsoft/kosmos-2-patch14-224";
+    fworker *plain = w_new(h, "w-plain", 1, 1);
+    h_steps(h, 3); /* the queue is empty: plain's kind is found empty */
+    char id[65], got[65];
+    uint32_t attempt;
+    job_opts o = {.model = "other/model"};
+    c_submit_ok(h, c, "a", &o, id);
+    h_steps(h, 3); /* plain cannot run it; its kind is empty again, nothing queued since */
+    assert_null(w_try(h, plain));
+    w_credit(other, 1);
+    w_take(h, other, got, &attempt);
+    assert_string_equal(got, id);
+    c_submit_ok(h, c, "a", NULL, id); /* queued after plain's kind was found empty */
+    w_take(h, plain, got, &attempt);
+    assert_string_equal(got, id);
+    w_free(other);
+    w_free(plain);
     zmq_close(c);
     h_free(h);
 }
@@ -1175,6 +1208,7 @@ int main(void)
         cmocka_unit_test(test_credit_priority_fifo),
         cmocka_unit_test(test_deadline_expired),
         cmocka_unit_test(test_admission_limits),
+        cmocka_unit_test(test_dispatch_skips_by_worker_kind),
         cmocka_unit_test(test_lease_lapse_stale_poison),
         cmocka_unit_test(test_retry_backoff),
         cmocka_unit_test(test_violations),

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kb_job.h"
+#include "ks_hash.h"
 
 #define KB_VIOLATION_LOGS_PER_SECOND 10
 
@@ -222,10 +223,7 @@ static kb_admit_slot *kb_admit_slot_for(kb_broker *b, const char *client)
         return NULL;
     if (b->admit_used >= KB_ADMIT_SLOTS / 2)
         kb_admit_clear(b); /* many clients: start again; each recounts once */
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const unsigned char *c = (const unsigned char *)client; *c; c++)
-        h = (h ^ *c) * 1099511628211ull;
-    size_t i = (size_t)h & (KB_ADMIT_SLOTS - 1);
+    size_t i = (size_t)ks_fnv1a(KS_FNV1A_BASIS, client, strlen(client)) & (KB_ADMIT_SLOTS - 1);
     while (b->admit[i].client && strcmp(b->admit[i].client, client) != 0)
         i = (i + 1) & (KB_ADMIT_SLOTS - 1);
     return &b->admit[i];

@@ -317,7 +317,9 @@ ks_status kb_store_open(const char *path, const char *vfs, kb_store **out)
     sqlite3_busy_timeout(s->db, 5000);
     if ((st = kb_exec(s, "PRAGMA journal_mode=WAL")) != KS_OK ||
         (st = kb_exec(s, "PRAGMA synchronous=FULL")) != KS_OK ||
-        (st = kb_exec(s, "PRAGMA cache_size=-" KB_STORE_CACHE_KIB_TEXT)) != KS_OK ||
+        /* 64 MiB of page cache: the job indexes of a busy queue stay in memory (SQLite's
+         * default, 2 MiB, made every submit read pages back); docs/broker.md "Memory bound". */
+        (st = kb_exec(s, "PRAGMA cache_size=-65536")) != KS_OK ||
         (st = kb_exec(s, "PRAGMA foreign_keys=ON")) != KS_OK || (st = kb_migrate(s)) != KS_OK)
         goto cleanup;
     *out = s;

@@ -17,10 +17,6 @@
 
 #define KB_JOB_ID_MAX 64
 #define KB_SCHEMA_VERSION 2 /* = the number of migrations in kb_store.c */
-/* SQLite's page cache: the job indexes of a busy queue stay in memory (SQLite's default,
- * 2 MiB, made every submit read pages back). Part of the memory bound (docs/broker.md). */
-#define KB_STORE_CACHE_KIB 65536
-#define KB_STORE_CACHE_KIB_TEXT "65536"
 
 typedef enum kb_fault { KB_FAULT_NONE = 0, KB_FAULT_FULL, KB_FAULT_IO, KB_FAULT_OTHER } kb_fault;
 

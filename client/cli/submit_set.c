@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ks_hash.h"
+
 void submit_set_init(submit_set *s)
 {
     memset(s, 0, sizeof *s);
@@ -73,21 +75,12 @@ ks_status submit_set_put(submit_set *s, uint64_t key, uint32_t value)
     return KS_OK;
 }
 
-static uint64_t fnv(uint64_t h, const char *p)
-{
-    for (; *p; p++) {
-        h ^= (unsigned char)*p;
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 uint64_t submit_set_hash(const char *a, const char *b)
 {
-    uint64_t h = fnv(0xcbf29ce484222325ull, a);
+    uint64_t h = ks_fnv1a(KS_FNV1A_BASIS, a, strlen(a));
     if (b) {
-        h *= 0x100000001b3ull; /* the NUL between them */
-        h = fnv(h, b);
+        h = ks_fnv1a(h, "", 1); /* the NUL between them */
+        h = ks_fnv1a(h, b, strlen(b));
     }
     return h;
 }

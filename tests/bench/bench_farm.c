@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -244,8 +245,11 @@ static void *client_main(void *arg)
         }
         long wait_ms = 1000;
         if (paced && sent < c->count) {
+            /* Rounded up: a wait of 0 for a send due in under a millisecond made this thread
+             * spin, and on a 2-core machine the spinning load generator set the broker's tail
+             * latency. A send made late is timed from when it went out. */
             double due = interval_ns * (double)sent - (double)(now_ns() - start);
-            wait_ms = due <= 0 ? 0 : (long)(due / 1e6);
+            wait_ms = due <= 0 ? 0 : (long)ceil(due / 1e6);
         }
         zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
         int rc = zmq_poll(&item, 1, wait_ms);

@@ -657,8 +657,8 @@ static bool kb_opt_str_eq(const char *a, const char *b)
 static bool kb_class_empty(const kb_dispatch_class *c, size_t n, const kb_worker *w)
 {
     for (size_t i = 0; i < n; i++)
-        if (c[i].memory == w->memory && kb_opt_str_eq(c[i].model_id, w->model_id) &&
-            kb_opt_str_eq(c[i].model_hash, w->model_hash))
+        if (c[i].memory == w->memory && kb_opt_str_eq(c[i].model_id, w->kind_id) &&
+            kb_opt_str_eq(c[i].model_hash, w->kind_hash))
             return true;
     return false;
 }
@@ -691,7 +691,7 @@ static ks_status kb_dispatch_in_txn(kb_broker *b, uint64_t now)
             if (!found) {
                 if (b->n_empty < KB_DISPATCH_CLASSES)
                     b->empty[b->n_empty++] =
-                        (kb_dispatch_class){w->model_id, w->model_hash, w->memory};
+                        (kb_dispatch_class){w->kind_id, w->kind_hash, w->memory};
                 continue;
             }
             progress = true;

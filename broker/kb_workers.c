@@ -59,20 +59,33 @@ bool kb_model_known(kb_broker *b, const char *id, const char *hash)
     return false;
 }
 
-static void kb_model_offer(kb_broker *b, const char *id, const char *hash)
+/* The table's entry for exactly (id, hash), added when absent; NULL when id is NULL or the
+ * table is full. Entries live as long as the broker, so their strings may be shared. */
+static const kb_model *kb_model_intern(kb_broker *b, const char *id, const char *hash)
 {
-    if (!id || kb_model_known(b, id, hash ? hash : NULL))
-        return;
+    if (!id)
+        return NULL;
+    for (size_t i = 0; i < b->n_models; i++)
+        if (strcmp(b->models[i].id, id) == 0 &&
+            (hash ? b->models[i].hash && strcmp(b->models[i].hash, hash) == 0
+                  : !b->models[i].hash))
+            return &b->models[i];
     if (b->n_models >= 4u * b->p.max_workers)
-        return; /* bounded; a broker restart forgets them anyway */
+        return NULL; /* bounded; a broker restart forgets them anyway */
     kb_model *grown = realloc(b->models, (b->n_models + 1) * sizeof *grown);
     if (!grown)
-        return;
+        return NULL;
     b->models = grown;
-    b->models[b->n_models].id = strdup(id);
-    b->models[b->n_models].hash = hash ? strdup(hash) : NULL;
-    if (b->models[b->n_models].id)
-        b->n_models++;
+    kb_model *m = &b->models[b->n_models];
+    m->id = strdup(id);
+    m->hash = hash ? strdup(hash) : NULL;
+    if (!m->id || (hash && !m->hash)) {
+        free(m->id);
+        free(m->hash);
+        return NULL;
+    }
+    b->n_models++;
+    return m;
 }
 
 static void kb_worker_free(kb_worker *w)
@@ -242,7 +255,9 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
         return ks_fail(KS_ERR_NOMEM, "out of memory");
     }
     b->workers[b->n_workers++] = w;
-    kb_model_offer(b, w->model_id, w->model_hash);
+    const kb_model *kind = kb_model_intern(b, w->model_id, w->model_hash);
+    w->kind_id = kind ? kind->id : w->model_id;
+    w->kind_hash = kind ? kind->hash : w->model_hash;
 
     Kosmos__V1__Welcome wel = KOSMOS__V1__WELCOME__INIT;
     Kosmos__V1__BrokerToWorker env = KOSMOS__V1__BROKER_TO_WORKER__INIT;

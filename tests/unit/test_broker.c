@@ -723,6 +723,48 @@ static void test_dispatch_skips_by_worker_kind(void **state)
     h_free(h);
 }
 
+/* The model table is bounded (4 x --max-workers). A worker whose model no longer fits compares
+ * its kind by its own strings; dispatch reaches it, also after its kind was found empty. */
+static void test_dispatch_when_model_table_full(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    h->p.max_workers = 1;
+    h_restart(h);
+    void *c = h_socket(h, h->cep);
+    char model[4][32];
+    for (int i = 0; i < 4; i++) {
+        snprintf(model[i], sizeof model[i], "fill/model-%d", i);
+        w_model = model[i];
+        fworker *w = w_new(h, "w-fill", 1, 0);
+        fake_now += 3000; /* silent for 3 heartbeats: forgotten, its model stays known */
+        h_steps(h, 2);
+        w_free(w);
+    }
+    assert_int_equal(h->b->n_models, 4);
+    w_model = "microsoft/kosmos-2-patch14-224";
+    fworker *last = w_new(h, "w-last", 1, 1);
+    h_steps(h, 2);
+    assert_int_equal(h->b->n_workers, 1);
+    assert_int_equal(h->b->n_models, 4); /* full: not interned */
+    assert_ptr_equal(h->b->workers[0]->kind_id, h->b->workers[0]->model_id);
+    char id[65], got[65];
+    uint32_t attempt;
+    c_submit_ok(h, c, "a", NULL, id);
+    w_take(h, last, got, &attempt);
+    assert_string_equal(got, id);
+    assert_int_equal(w_result(h, last, id, attempt, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
+    w_credit(last, 1);
+    h_steps(h, 3); /* nothing queued: its kind is found empty */
+    c_submit_ok(h, c, "a", NULL, id);
+    w_take(h, last, got, &attempt);
+    assert_string_equal(got, id);
+    w_free(last);
+    zmq_close(c);
+    h_free(h);
+}
+
 /* Worker death: lease lapses, job waits out its backoff, comes back with attempt+1; the old
  * attempt's late result is fenced off; after the 3rd death the job is DEAD. */
 static void test_lease_lapse_stale_poison(void **state)
@@ -1209,6 +1251,7 @@ int main(void)
         cmocka_unit_test(test_deadline_expired),
         cmocka_unit_test(test_admission_limits),
         cmocka_unit_test(test_dispatch_skips_by_worker_kind),
+        cmocka_unit_test(test_dispatch_when_model_table_full),
         cmocka_unit_test(test_lease_lapse_stale_poison),
         cmocka_unit_test(test_retry_backoff),
         cmocka_unit_test(test_violations),

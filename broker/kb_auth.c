@@ -204,14 +204,20 @@ ks_status kb_auth_server_socket(kb_auth *a, void *sock, const char *domain)
 
 bool kb_auth_alive(const kb_auth *a) { return atomic_load(&((kb_auth *)a)->alive); }
 
+void kb_auth_halt(kb_auth *a)
+{
+    atomic_store(&a->stop, true);
+    if (a->started)
+        pthread_join(a->thread, NULL);
+    a->started = false;
+}
+
 void kb_auth_stop(kb_auth **pa)
 {
     if (!pa || !*pa)
         return;
     kb_auth *a = *pa;
-    atomic_store(&a->stop, true);
-    if (a->started)
-        pthread_join(a->thread, NULL);
+    kb_auth_halt(a);
     if (a->zap)
         zmq_close(a->zap);
     free(a->clients.keys);

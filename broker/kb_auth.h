@@ -21,6 +21,10 @@ ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_
 /* Makes `sock` a CURVE server with the broker's keys in ZAP domain `domain`; before bind. */
 ks_status kb_auth_server_socket(kb_auth *a, void *sock, const char *domain);
 bool kb_auth_alive(const kb_auth *a);
+/* Ends the handler thread and keeps the rest: ZAP requests then go unanswered (no peer gets in)
+ * and kb_auth_alive turns false. The first half of kb_auth_stop; the fail-closed test calls
+ * it alone to stand for a handler that died. */
+void kb_auth_halt(kb_auth *a);
 void kb_auth_stop(kb_auth **a);
 
 #endif

@@ -937,8 +937,8 @@ static void scenario_curve(void)
 
     /* Fail closed at start: a folder that cannot be read, a folder without a certificate, a
      * missing secret, CURVE options given only in part. (The handler thread dying at run time
-     * stops the broker too - kb_broker_step, authenticator_died - but nothing outside the
-     * process can provoke it.) */
+     * stops the broker too; nothing outside the process can provoke it, so test_broker does,
+     * in process: test_curve_handler_death_stops_broker.) */
     char missing[300], bad[400];
     snprintf(missing, sizeof missing, "%s/no-such-folder", farm.dir);
     snprintf(bad, sizeof bad, "%s/bad.key", empty);

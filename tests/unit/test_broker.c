@@ -9,10 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "kb_auth.h"
 #include "kb_broker.h"
 #include "kb_internal.h" /* KB_ADMIT_SLOTS */
 #include "kb_faultvfs.h"
@@ -765,6 +767,72 @@ static void test_dispatch_when_model_table_full(void **state)
     h_free(h);
 }
 
+/* A ZeroMQ certificate file with `pub` (and `sec` when not NULL), as czmq's zcert writes. */
+static void write_cert(const char *path, const char *pub, const char *sec)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "metadata\ncurve\n    public-key = \"%s\"\n", pub);
+    if (sec)
+        fprintf(f, "    secret-key = \"%s\"\n", sec);
+    fclose(f);
+}
+
+/* CURVE fails closed at run time too: once the ZAP handler thread is gone, the next cycle stops
+ * the broker (libzmq 4.3.4 would let any client in with no handler bound, docs/broker.md). */
+static void test_curve_handler_death_stops_broker(void **state)
+{
+    (void)state;
+    if (!zmq_has("curve"))
+        skip();
+    harness *h = h_new();
+    char keys[128], clients[128], workers[128], secret[160], path[200];
+    char bpub[41], bsec[41], cpub[41], csec[41], wpub[41], wsec[41];
+    snprintf(keys, sizeof keys, "%s/keys", h->dir);
+    snprintf(clients, sizeof clients, "%s/clients", h->dir);
+    snprintf(workers, sizeof workers, "%s/workers", h->dir);
+    assert_int_equal(mkdir(keys, 0700), 0);
+    assert_int_equal(mkdir(clients, 0700), 0);
+    assert_int_equal(mkdir(workers, 0700), 0);
+    assert_int_equal(zmq_curve_keypair(bpub, bsec), 0);
+    assert_int_equal(zmq_curve_keypair(cpub, csec), 0);
+    assert_int_equal(zmq_curve_keypair(wpub, wsec), 0);
+    snprintf(secret, sizeof secret, "%s/broker.key_secret", keys);
+    write_cert(secret, bpub, bsec);
+    snprintf(path, sizeof path, "%s/client.key", clients);
+    write_cert(path, cpub, NULL);
+    snprintf(path, sizeof path, "%s/worker.key", workers);
+    write_cert(path, wpub, NULL);
+    h->p.curve_secret = secret;
+    h->p.curve_clients = clients;
+    h->p.curve_workers = workers;
+    h_restart(h);
+
+    /* The handler runs: a known client key is served. */
+    void *c = zmq_socket(h->zctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(c, ZMQ_LINGER, &zero, sizeof zero);
+    assert_int_equal(zmq_setsockopt(c, ZMQ_CURVE_SERVERKEY, bpub, 40), 0);
+    assert_int_equal(zmq_setsockopt(c, ZMQ_CURVE_PUBLICKEY, cpub, 40), 0);
+    assert_int_equal(zmq_setsockopt(c, ZMQ_CURVE_SECRETKEY, csec, 40), 0);
+    assert_int_equal(zmq_connect(c, h->cep), 0);
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__StatusRequest sreq = KOSMOS__V1__STATUS_REQUEST__INIT;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_STATUS;
+    req.status = &sreq;
+    c_send(c, "ignored-with-curve", &req, NULL, 0);
+    Kosmos__V1__ClientReply *r = c_recv(h, c);
+    assert_int_equal(r->reply_case, KOSMOS__V1__CLIENT_REPLY__REPLY_STATUS);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+
+    /* The handler dies: the broker stops at its next cycle, and stays stopped. */
+    kb_auth_halt((kb_auth *)h->b->curve_state);
+    assert_int_equal(kb_broker_step(h->b, 5), KS_ERR_IO);
+    assert_int_equal(kb_broker_step(h->b, 5), KS_ERR_IO);
+    zmq_close(c);
+    h_free(h);
+}
+
 /* Worker death: lease lapses, job waits out its backoff, comes back with attempt+1; the old
  * attempt's late result is fenced off; after the 3rd death the job is DEAD. */
 static void test_lease_lapse_stale_poison(void **state)
@@ -1252,6 +1320,7 @@ int main(void)
         cmocka_unit_test(test_admission_limits),
         cmocka_unit_test(test_dispatch_skips_by_worker_kind),
         cmocka_unit_test(test_dispatch_when_model_table_full),
+        cmocka_unit_test(test_curve_handler_death_stops_broker),
         cmocka_unit_test(test_lease_lapse_stale_poison),
         cmocka_unit_test(test_retry_backoff),
         cmocka_unit_test(test_violations),

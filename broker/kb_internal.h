@@ -99,8 +99,8 @@ typedef struct kb_admit_slot {
 /* Workers that can run the same jobs (model id, hash, device memory). Once a pick found no
  * job for one of them, none of them can get one until a job becomes QUEUED again
  * (kb_store_queue_epoch), so dispatch skips them: a farm of 1,000 idle workers cost 1,000
- * queries per cycle. The strings are borrowed from a worker; the list is emptied whenever
- * a worker is forgotten. */
+ * queries per cycle. The strings are a worker's kind_id and kind_hash (interned, or its own
+ * when the model table is full); the list is emptied whenever a worker is forgotten. */
 #define KB_DISPATCH_CLASSES 16
 typedef struct kb_dispatch_class {
     const char *model_id, *model_hash;

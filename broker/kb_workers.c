@@ -50,13 +50,21 @@ ks_status kb_worker_add_lease(kb_worker *w, const kb_lease *l)
     return KS_OK;
 }
 
+/* The entry for (id, hash); a NULL hash matches any hash when `any_hash`, else only a NULL. */
+static kb_model *kb_model_find(kb_broker *b, const char *id, const char *hash, bool any_hash)
+{
+    for (size_t i = 0; i < b->n_models; i++) {
+        const char *h = b->models[i].hash;
+        if (strcmp(b->models[i].id, id) == 0 &&
+            (hash ? h && strcmp(h, hash) == 0 : any_hash || !h))
+            return &b->models[i];
+    }
+    return NULL;
+}
+
 bool kb_model_known(kb_broker *b, const char *id, const char *hash)
 {
-    for (size_t i = 0; i < b->n_models; i++)
-        if (strcmp(b->models[i].id, id) == 0 &&
-            (!hash || (b->models[i].hash && strcmp(b->models[i].hash, hash) == 0)))
-            return true;
-    return false;
+    return kb_model_find(b, id, hash, true) != NULL;
 }
 
 /* The table's entry for exactly (id, hash), added when absent; NULL when id is NULL or the
@@ -65,11 +73,9 @@ static const kb_model *kb_model_intern(kb_broker *b, const char *id, const char 
 {
     if (!id)
         return NULL;
-    for (size_t i = 0; i < b->n_models; i++)
-        if (strcmp(b->models[i].id, id) == 0 &&
-            (hash ? b->models[i].hash && strcmp(b->models[i].hash, hash) == 0
-                  : !b->models[i].hash))
-            return &b->models[i];
+    const kb_model *found = kb_model_find(b, id, hash, false);
+    if (found)
+        return found;
     if (b->n_models >= 4u * b->p.max_workers)
         return NULL; /* bounded; a broker restart forgets them anyway */
     kb_model *grown = realloc(b->models, (b->n_models + 1) * sizeof *grown);

@@ -90,13 +90,25 @@ static void h_free(harness *h)
     free(h);
 }
 
-static void *h_socket(harness *h, const char *ep)
+/* A DEALER connected to `ep`; a CURVE client of `server_key` with (pub, sec) when given (Z85). */
+static void *h_socket_curve(harness *h, const char *ep, const char *server_key, const char *pub,
+                            const char *sec)
 {
     void *s = zmq_socket(h->zctx, ZMQ_DEALER);
     int zero = 0;
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    if (server_key) {
+        assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server_key, 40), 0);
+        assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, pub, 40), 0);
+        assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, sec, 40), 0);
+    }
     assert_int_equal(zmq_connect(s, ep), 0);
     return s;
+}
+
+static void *h_socket(harness *h, const char *ep)
+{
+    return h_socket_curve(h, ep, NULL, NULL, NULL);
 }
 
 /* Steps the broker until `sock` has a message (or a bounded number of cycles passed). */
@@ -809,13 +821,7 @@ static void test_curve_handler_death_stops_broker(void **state)
     h_restart(h);
 
     /* The handler runs: a known client key is served. */
-    void *c = zmq_socket(h->zctx, ZMQ_DEALER);
-    int zero = 0;
-    zmq_setsockopt(c, ZMQ_LINGER, &zero, sizeof zero);
-    assert_int_equal(zmq_setsockopt(c, ZMQ_CURVE_SERVERKEY, bpub, 40), 0);
-    assert_int_equal(zmq_setsockopt(c, ZMQ_CURVE_PUBLICKEY, cpub, 40), 0);
-    assert_int_equal(zmq_setsockopt(c, ZMQ_CURVE_SECRETKEY, csec, 40), 0);
-    assert_int_equal(zmq_connect(c, h->cep), 0);
+    void *c = h_socket_curve(h, h->cep, bpub, cpub, csec);
     Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
     Kosmos__V1__StatusRequest sreq = KOSMOS__V1__STATUS_REQUEST__INIT;
     req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_STATUS;

@@ -23,13 +23,17 @@ usage() {
   cat <<'EOF'
 
 usage: tests/bench/farm.sh [--build DIR] [--dir DIR] [--quick] [--only LIST] [--keep]
+                          [--e2e-device SPEC]
   --build DIR   the build folder (default: build)
   --dir DIR     where brokers and beanstalkd keep their files (default: a new /var/tmp folder)
   --quick       smaller runs (a minute or two instead of about ten)
   --only LIST   comma-separated subset of durable,routing,latency,workers,e2e
   --keep        keep DIR afterwards
-Needs beanstalkd (ops/install-deps.sh --bench) and a build with the broker, the worker, the
-kosmos CLI and bench-farm. The e2e part needs PoCL (pocl-opencl-icd) and ../shared demo images.
+  --e2e-device SPEC   the OpenCL device of the e2e workers, as `kosmos devices` names it
+                (default: cpu, PoCL)
+durable, routing, latency and workers need the broker, bench-farm and beanstalkd
+(ops/install-deps.sh --bench); e2e needs the worker, the kosmos CLI, an OpenCL device (PoCL:
+pocl-opencl-icd) and the ../shared demo images (or KOSMOS_SHARED_DIR).
 EOF
 }
 
@@ -39,6 +43,7 @@ dir=""
 quick=0
 only="durable,routing,latency,workers,e2e"
 keep=0
+e2e_device=cpu
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build=$(cd "$2" && pwd); shift 2 ;;
@@ -46,17 +51,24 @@ while [ $# -gt 0 ]; do
     --quick) quick=1; shift ;;
     --only) only="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
+    --e2e-device) e2e_device="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "farm.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
+want() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 bin="$build/bin"
-for b in kosmos-broker kosmos-worker kosmos bench-farm; do
+needed=()
+if want durable || want routing || want latency || want workers; then
+  needed+=(kosmos-broker bench-farm)
+  command -v beanstalkd >/dev/null || {
+    echo "farm.sh: beanstalkd is missing: sudo ops/install-deps.sh --bench" >&2; exit 1; }
+fi
+if want e2e; then needed+=(kosmos-broker kosmos-worker kosmos); fi
+for b in "${needed[@]}"; do
   [ -x "$bin/$b" ] || { echo "farm.sh: $bin/$b is missing (build first)" >&2; exit 1; }
 done
-command -v beanstalkd >/dev/null || {
-  echo "farm.sh: beanstalkd is missing: sudo ops/install-deps.sh --bench" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "farm.sh: python3 is missing" >&2; exit 1; }
 
 if [ -z "$dir" ]; then dir=$(mktemp -d /var/tmp/kosmos-farm-bench.XXXXXX); fi
@@ -81,7 +93,6 @@ port=$((20000 + RANDOM % 20000))
 cep="tcp://127.0.0.1:$port"
 wep="tcp://127.0.0.1:$((port + 1))"
 bport=$((port + 2))
-want() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 note() { printf '[farm.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # A fresh broker with its database in $1; sets broker_pid. Limits are raised so that the
@@ -192,8 +203,14 @@ fi
 if want e2e; then
   shared="${KOSMOS_SHARED_DIR:-$root/../shared}/kosmos2/images"
   model="$root/tests/data/tiny-kosmos2"
-  if ! "$bin/kosmos" devices 2>/dev/null | grep -qi "cpu\|pocl"; then
-    echo "farm.sh: e2e skipped: no PoCL device (kosmos devices)" >&2
+  if ! "$bin/kosmos" devices --json 2>/dev/null | python3 -c '
+import json, sys
+spec = sys.argv[1].lower()
+devs = json.load(sys.stdin)
+def named(d):
+    return spec in json.dumps(d).lower() or (spec.isdigit() and int(spec) < len(devs))
+sys.exit(0 if any(named(d) for d in devs) else 1)' "$e2e_device"; then
+    echo "farm.sh: e2e skipped: no OpenCL device matches '$e2e_device' (kosmos devices)" >&2
   elif [ ! -d "$shared" ]; then
     echo "farm.sh: e2e skipped: no demo images in $shared" >&2
   else
@@ -214,7 +231,7 @@ if want e2e; then
     # PoCL compiles each kernel variant (they differ by batch size) on first use and keeps it
     # in the program cache: one untimed pass over the same images first.
     export XDG_CACHE_HOME="$dir/cache"
-    "$bin/kosmos" submit --model "$model" --device cpu --quiet -o "$dir/warm.jsonl" "$imgs"
+    "$bin/kosmos" submit --model "$model" --device "$e2e_device" --quiet -o "$dir/warm.jsonl" "$imgs"
     e2e() { # name, then the kosmos submit arguments
       local name="$1"; shift
       note "$name"
@@ -225,18 +242,19 @@ if want e2e; then
       ok=$(grep -c '"status":"ok"' "$dir/$name.jsonl" || true)
       [ "$ok" -eq "$n_img" ] || { echo "farm.sh: $name: $ok of $n_img images ok" >&2; exit 1; }
       python3 -c 'import json,sys; n=int(sys.argv[2]); s=float(sys.argv[4])-float(sys.argv[3]);
-print(json.dumps({"run":sys.argv[1],"images":n,"seconds":round(s,3),"images_per_s":round(n/s,3)}))' \
-        "$name" "$n_img" "$t0" "$t1" >>"$results"
+print(json.dumps({"run":sys.argv[1],"images":n,"seconds":round(s,3),"images_per_s":round(n/s,3),
+                  "device":sys.argv[5]}))' \
+        "$name" "$n_img" "$t0" "$t1" "$e2e_device" >>"$results"
     }
     # In one process: broker, worker and client (its start-up, model load included, is timed).
-    e2e e2e.in_process --model "$model" --device cpu
+    e2e e2e.in_process --model "$model" --device "$e2e_device"
     # The farm: workers registered before the clock starts (a farm's workers are up already).
     for n in 1 2; do
       start_broker "$dir/broker"
       wpids=()
       for i in $(seq "$n"); do
-        "$bin/kosmos-worker" --broker "$wep" --model "$model" --device cpu \
-          --name "bench-pocl-$i" 2>"$dir/worker$i.log" &
+        "$bin/kosmos-worker" --broker "$wep" --model "$model" --device "$e2e_device" \
+          --name "bench-e2e-$i" 2>"$dir/worker$i.log" &
         wpids+=("$!"); pids+=("$!")
       done
       for _ in $(seq 300); do
@@ -297,12 +315,14 @@ for key in ("dispatch_p50_ms", "dispatch_p99_ms"):
     if a:
         row(f"1,000 workers: dispatch {key.split('_')[1]} at 1,000 jobs/s", f"{a:.2f} ms", f"{b:.2f} ms", "8 workers", ratio(a, b))
 one, two, local = (get(n, "images_per_s") for n in ("e2e.farm_1_workers", "e2e.farm_2_workers", "e2e.in_process"))
+device = get("e2e.farm_1_workers", "device")
+device = "PoCL" if device == "cpu" else f"'{device}'"
 if one:
     n_img = get("e2e.farm_1_workers", "images")
-    row(f"end to end images/s, 1 PoCL worker (tiny model, {n_img} images)", f"{one:.2f}", f"{local:.2f}",
+    row(f"end to end images/s, 1 worker on {device} (tiny model, {n_img} images)", f"{one:.2f}", f"{local:.2f}",
         "kosmos submit --model (one process, start-up timed)", ratio(one, local))
 if two:
-    row(f"end to end images/s, 2 PoCL workers", f"{two:.2f}", f"{one:.2f}", "1 PoCL worker", ratio(two, one))
+    row(f"end to end images/s, 2 workers on {device}", f"{two:.2f}", f"{one:.2f}", "1 worker", ratio(two, one))
 
 print("| measurement | kosmos-farm | baseline | baseline is | ratio |")
 print("|---|---|---|---|---|")

@@ -690,16 +690,21 @@ static void test_admission_limits(void **state)
     /* Many clients (past the cache's size) keep exact answers too. */
     h->p.max_queued = 100000;
     h_restart(h);
-    enum { MANY = KB_ADMIT_SLOTS / 2 + 10 };
-    for (int i = 0; i < MANY; i++) { /* in flight together: a few batches, a few commits */
-        char name[32];
-        snprintf(name, sizeof name, "client-%d", i);
-        c_submit_send(c, name, NULL);
-    }
-    for (int i = 0; i < MANY; i++) {
-        Kosmos__V1__ClientReply *r = c_recv(h, c);
-        assert_int_equal(r->submit->outcome_case, accepted);
-        kosmos__v1__client_reply__free_unpacked(r, NULL);
+    enum { MANY = KB_ADMIT_SLOTS / 2 + 10, IN_FLIGHT = 256 };
+    /* Sent IN_FLIGHT at a time (a few batches, a few commits each): more would fill the
+     * sockets' high-water marks while this thread, which also steps the broker, is sending. */
+    for (int sent = 0; sent < MANY; sent += IN_FLIGHT) {
+        int n = MANY - sent < IN_FLIGHT ? MANY - sent : IN_FLIGHT;
+        for (int i = sent; i < sent + n; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "client-%d", i);
+            c_submit_send(c, name, NULL);
+        }
+        for (int i = 0; i < n; i++) {
+            Kosmos__V1__ClientReply *r = c_recv(h, c);
+            assert_int_equal(r->submit->outcome_case, accepted);
+            kosmos__v1__client_reply__free_unpacked(r, NULL);
+        }
     }
     assert_int_equal(c_submit_outcome(h, c, "a"), busy); /* still 2 of a's jobs queued */
     zmq_close(c);

@@ -706,7 +706,7 @@ static ks_status kb_dispatch_in_txn(kb_broker *b, uint64_t now)
             }
             uint32_t attempt = 0;
             uint64_t expires = now + b->p.max_job_ms;
-            st = kb_store_lease(b->store, job.id, w->name, expires, &attempt);
+            st = kb_store_lease(b->store, &job, w->name, expires, &attempt);
             if (st == KS_OK)
                 st = kb_dispatch_one(b, w, &job, attempt, expires);
             kb_job_fini(&job);

@@ -76,6 +76,9 @@ enum {
     Q_CLIENT_ACTIVE,
     Q_QUEUE_POS,
     Q_TOTALS,
+    Q_BEGIN,
+    Q_COMMIT,
+    Q_NEXT_RETRY,
     Q_COUNT
 };
 
@@ -98,15 +101,14 @@ static const char *const kb_sql[Q_COUNT] = {
                " AND (model_id IS NULL OR model_id = ?1)"
                " AND (model_hash IS NULL OR model_hash = ?2) AND min_mem <= ?3"
                " ORDER BY priority DESC, seq LIMIT 1",
-    [Q_LEASE] = "UPDATE jobs SET state = 2, attempt = attempt + 1, worker = ?2,"
-                " lease_expires = ?3, retry_after = 0 WHERE id = ?1 AND state = 1"
-                " RETURNING attempt",
+    [Q_LEASE] = "UPDATE jobs SET state = 2, attempt = ?4, worker = ?2,"
+                " lease_expires = ?3, retry_after = 0 WHERE id = ?1 AND state = 1",
     [Q_SET_WORKER] = "UPDATE jobs SET worker = ?2 WHERE id = ?1 AND state = 2",
     [Q_REQUEUE] = "UPDATE jobs SET state = CASE WHEN ?2 > 0 THEN 3 ELSE 1 END, retry_after = ?2,"
                   " crash_count = crash_count + ?3, worker = NULL, lease_expires = 0,"
-                  " last_message = ?4 WHERE id = ?1 AND state IN (1, 2, 3)",
+                  " last_message = ?4 WHERE id = ?1 AND state BETWEEN 1 AND 3",
     [Q_FINISH] = "UPDATE jobs SET state = ?2, result = ?3, result_attempt = ?4, finished = ?5,"
-                 " worker = NULL, lease_expires = 0 WHERE id = ?1 AND state IN (1, 2, 3)",
+                 " worker = NULL, lease_expires = 0 WHERE id = ?1 AND state BETWEEN 1 AND 3",
     [Q_DELETE_IMAGE] = "DELETE FROM images WHERE id = ?1",
     [Q_TOTAL_ADD] = "UPDATE totals SET value = value + 1 WHERE name = ?1",
     [Q_ACK] = "UPDATE jobs SET state = 9, result = NULL WHERE id = ?1 AND state >= 4",
@@ -119,18 +121,27 @@ static const char *const kb_sql[Q_COUNT] = {
                     " (SELECT id FROM jobs WHERE finished > 0 AND finished < ?1)",
     [Q_GC] = "DELETE FROM jobs WHERE finished > 0 AND finished < ?1",
     [Q_COUNTS] = "SELECT state, count(*) FROM jobs GROUP BY state",
-    [Q_ACTIVE] = "SELECT count(*) FROM jobs WHERE state IN (1, 2, 3)",
-    [Q_CLIENT_ACTIVE] = "SELECT count(*) FROM jobs WHERE client = ?1 AND state IN (1, 2, 3)",
+    [Q_ACTIVE] = "SELECT count(*) FROM jobs WHERE state BETWEEN 1 AND 3",
+    [Q_CLIENT_ACTIVE] = "SELECT count(*) FROM jobs WHERE client = ?1 AND state BETWEEN 1 AND 3",
     [Q_QUEUE_POS] = "SELECT count(*) FROM jobs WHERE state = 1"
                     " AND (priority > ?1 OR (priority = ?1 AND seq < ?2))",
     [Q_TOTALS] = "SELECT name, value FROM totals",
+    [Q_BEGIN] = "BEGIN IMMEDIATE",
+    [Q_COMMIT] = "COMMIT",
+    [Q_NEXT_RETRY] = "SELECT min(retry_after) FROM jobs WHERE state = 3",
 };
+/* Per job, every statement above runs once or more a cycle, so none may open a temporary
+ * b-tree (EXPLAIN shows OpenEphemeral): an IN list, RETURNING, or an UPDATE of the indexed
+ * column it searches by each allocate one per run (malloc, and the heap grown and trimmed). The
+ * states 1 to 3 are QUEUED, RUNNING and RETRY_WAIT, hence BETWEEN instead of IN; the lease
+ * writes the attempt it was given; promote runs only when a retry is due (promote_due). */
 
 struct kb_store {
     sqlite3 *db;
     sqlite3_stmt *stmt[Q_COUNT];
     kb_fault fault;
     uint64_t queue_epoch; /* kb_store_queue_epoch */
+    uint64_t promote_due; /* no RETRY_WAIT job is due before this; 0: unknown, ask */
 };
 
 bool kb_state_terminal(int state) { return state >= KOSMOS__V1__JOB_STATE__JOB_STATE_DONE; }
@@ -346,16 +357,22 @@ void kb_store_destroy(kb_store **ps)
 ks_status kb_store_begin(kb_store *s)
 {
     s->fault = KB_FAULT_NONE;
-    return kb_exec(s, "BEGIN IMMEDIATE");
+    sqlite3_stmt *st = kb_q(s, Q_BEGIN);
+    return st ? kb_step_done(s, st, "BEGIN IMMEDIATE") : KS_ERR_IO;
 }
 
-ks_status kb_store_commit(kb_store *s) { return kb_exec(s, "COMMIT"); }
+ks_status kb_store_commit(kb_store *s)
+{
+    sqlite3_stmt *st = kb_q(s, Q_COMMIT);
+    return st ? kb_step_done(s, st, "COMMIT") : KS_ERR_IO;
+}
 
 uint64_t kb_store_queue_epoch(const kb_store *s) { return s->queue_epoch; }
 
 void kb_store_rollback(kb_store *s)
 {
     s->queue_epoch++; /* leases undone: their jobs are queued again */
+    s->promote_due = 0; /* a promotion may be undone too */
     if (!sqlite3_get_autocommit(s->db))
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 }
@@ -476,23 +493,23 @@ ks_status kb_store_pick(kb_store *s, const char *model_id, const char *model_has
     return kb_step_job(s, st, found, job, "pick");
 }
 
-ks_status kb_store_lease(kb_store *s, const char *id, const char *worker, uint64_t lease_expires,
-                         uint32_t *attempt)
+ks_status kb_store_lease(kb_store *s, const kb_job *job, const char *worker,
+                         uint64_t lease_expires, uint32_t *attempt)
 {
     sqlite3_stmt *st = kb_q(s, Q_LEASE);
     if (!st)
         return KS_ERR_IO;
-    kb_bind_text(st, 1, id);
+    kb_bind_text(st, 1, job->id);
     kb_bind_text(st, 2, worker);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)lease_expires);
-    int rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW) {
-        if (rc == SQLITE_DONE)
-            return ks_fail(KS_ERR_INVALID, "job %s is not queued", id);
-        return kb_sqlfail(s, rc, "lease");
-    }
-    *attempt = (uint32_t)sqlite3_column_int(st, 0);
-    return kb_step_done(s, st, "lease");
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)job->attempt + 1);
+    ks_status rc = kb_step_done(s, st, "lease");
+    if (rc != KS_OK)
+        return rc;
+    if (sqlite3_changes(s->db) != 1)
+        return ks_fail(KS_ERR_INVALID, "job %s is not queued", job->id);
+    *attempt = job->attempt + 1;
+    return KS_OK;
 }
 
 ks_status kb_store_set_worker(kb_store *s, const char *id, const char *worker)
@@ -516,6 +533,8 @@ ks_status kb_store_requeue(kb_store *s, const char *id, uint64_t retry_after, bo
     sqlite3_bind_int(st, 3, crash ? 1 : 0);
     kb_bind_text(st, 4, message);
     s->queue_epoch++;
+    if (retry_after && retry_after < s->promote_due)
+        s->promote_due = retry_after;
     return kb_step_done(s, st, "requeue");
 }
 
@@ -564,15 +583,28 @@ ks_status kb_store_ack(kb_store *s, const char *id)
 
 ks_status kb_store_promote(kb_store *s, uint64_t now, int *n)
 {
+    *n = 0;
+    if (s->promote_due && now < s->promote_due)
+        return KS_OK;
     sqlite3_stmt *st = kb_q(s, Q_PROMOTE);
     if (!st)
         return KS_ERR_IO;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)now);
     ks_status rc = kb_step_done(s, st, "promote");
-    *n = rc == KS_OK ? sqlite3_changes(s->db) : 0;
+    if (rc != KS_OK)
+        return rc;
+    *n = sqlite3_changes(s->db);
     if (*n)
         s->queue_epoch++;
-    return rc;
+    if (!(st = kb_q(s, Q_NEXT_RETRY)))
+        return KS_ERR_IO;
+    int r = sqlite3_step(st);
+    if (r != SQLITE_ROW)
+        return kb_sqlfail(s, r, "next retry");
+    s->promote_due = sqlite3_column_type(st, 0) == SQLITE_NULL
+                         ? UINT64_MAX
+                         : (uint64_t)sqlite3_column_int64(st, 0);
+    return kb_step_done(s, st, "next retry");
 }
 
 /* Runs a job-row query into a growing array. */

@@ -82,9 +82,10 @@ ks_status kb_store_load_result(kb_store *s, const char *id, void **blob, size_t 
 /* Highest-priority, oldest QUEUED job a worker with this model and memory can run. */
 ks_status kb_store_pick(kb_store *s, const char *model_id, const char *model_hash,
                         uint64_t memory, bool *found, kb_job *job);
-/* QUEUED -> RUNNING with attempt+1, worker and lease expiry; *attempt gets the new attempt. */
-ks_status kb_store_lease(kb_store *s, const char *id, const char *worker, uint64_t lease_expires,
-                         uint32_t *attempt);
+/* QUEUED -> RUNNING with job->attempt + 1, worker and lease expiry; *attempt gets the new
+ * attempt. `job` must come from kb_store_pick in the same transaction (its attempt is current). */
+ks_status kb_store_lease(kb_store *s, const kb_job *job, const char *worker,
+                         uint64_t lease_expires, uint32_t *attempt);
 /* RUNNING: records a re-adopting worker's name. */
 ks_status kb_store_set_worker(kb_store *s, const char *id, const char *worker);
 /* Any non-terminal state -> RETRY_WAIT (retry_after) or QUEUED (retry_after 0); crash adds to

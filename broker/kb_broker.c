@@ -126,6 +126,28 @@ void kb_mem_recount(kb_broker *b)
         b->stats.memory_peak = total;
 }
 
+size_t kb_batch_read(kb_broker *b, void *sock, kp_kind kind)
+{
+    size_t n = 0;
+    b->mem_batch = 0;
+    while (n < b->p.batch_max && b->mem_batch < b->p.batch_max_bytes) {
+        kp_inbound *in = NULL;
+        if (kp_recv(sock, true, kind, &b->limits, ZMQ_DONTWAIT, &in) != KS_OK || !in)
+            break;
+        b->mem_batch += kp_inbound_bytes(in);
+        b->batch[n++] = in;
+    }
+    kb_mem_recount(b);
+    return n;
+}
+
+void kb_batch_release(kb_broker *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        kp_inbound_destroy(&b->batch[i]);
+    b->mem_batch = 0;
+}
+
 /* The bound docs/broker.md derives: one cycle's received messages (the byte cap is checked
  * before each read, so one message may overshoot it), one cycle's outbox (a reply per request
  * and a dispatch per message slot, each at most one protobuf frame), dispatched images still
@@ -804,6 +826,10 @@ ks_status kb_broker_new(const kb_params *p, kb_broker **out)
     b->limits.max_message_bytes = p->max_message_bytes;
     b->limits.max_image_bytes = p->max_image_bytes;
     b->stats.memory_bound = kb_mem_bound(p);
+    if (!(b->batch = calloc(p->batch_max ? p->batch_max : 1, sizeof *b->batch))) {
+        free(b);
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
+    }
     {
         uint64_t seed = 0;
         int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
@@ -901,6 +927,7 @@ void kb_broker_destroy(kb_broker **pb)
         free(b->models[i].hash);
     }
     free(b->models);
+    free(b->batch);
     free(b->workers);
     free(b->waiters);
     free(b->out);

@@ -699,24 +699,11 @@ static ks_status kb_client_handle(kb_broker *b, kp_inbound *in)
 
 void kb_clients_batch(kb_broker *b)
 {
-    kp_inbound **batch = calloc(b->p.batch_max, sizeof *batch);
-    size_t n = 0, done = 0;
+    kp_inbound **batch = b->batch;
+    size_t n = kb_batch_read(b, b->client_sock, KP_CLIENT_REQUEST), done = 0;
     ks_status st = KS_OK;
-    if (!batch)
-        return;
-    b->mem_batch = 0;
-    while (n < b->p.batch_max && b->mem_batch < b->p.batch_max_bytes) {
-        kp_inbound *in = NULL;
-        if (kp_recv(b->client_sock, true, KP_CLIENT_REQUEST, &b->limits, ZMQ_DONTWAIT, &in) !=
-                KS_OK ||
-            !in)
-            break;
-        b->mem_batch += kp_inbound_bytes(in);
-        batch[n++] = in;
-    }
-    kb_mem_recount(b);
     if (n == 0)
-        goto cleanup;
+        return;
     b->batch_number++;
     size_t failed = n; /* first request the transaction did not answer */
     if (!kb_txn_need(b)) {
@@ -745,9 +732,5 @@ void kb_clients_batch(kb_broker *b)
                              "database write failed; retry later",
                              full && req->request_case == KOSMOS__V1__CLIENT_REQUEST__REQUEST_SUBMIT);
     }
-cleanup:
-    for (size_t i = 0; i < n; i++)
-        kp_inbound_destroy(&batch[i]);
-    free(batch);
-    b->mem_batch = 0;
+    kb_batch_release(b, n);
 }

@@ -136,6 +136,7 @@ struct kb_broker {
     size_t mem_fixed;          /* workers, waiters, models, outbox */
     atomic_size_t mem_zmq;     /* image buffers handed to ZeroMQ, not yet freed */
     size_t mem_batch;          /* received messages held in this cycle */
+    kp_inbound **batch;        /* p.batch_max slots: this cycle's messages (kb_batch_read) */
     kb_admit_slot *admit;      /* KB_ADMIT_SLOTS, allocated on first use */
     size_t admit_used;
     uint64_t admit_total;      /* all clients; valid when admit_total_known */
@@ -171,6 +172,11 @@ void kb_txn_end(kb_broker *b, ks_status st);
 void kb_send_client_error(kb_broker *b, const void *rid, size_t rid_len, uint64_t request_id,
                           int code, const char *message, bool busy);
 void kb_mem_recount(kb_broker *b);
+
+/* Reads what `sock` holds, up to p.batch_max messages and p.batch_max_bytes, into b->batch
+ * (owned by the broker; kb_batch_release destroys them) and returns how many. */
+size_t kb_batch_read(kb_broker *b, void *sock, kp_kind kind);
+void kb_batch_release(kb_broker *b, size_t n);
 /* A broker-made Result (EXPIRED, DEAD, CANCELLED) packed for storage. */
 ks_status kb_make_result(const kb_job *job, int status, const char *message, void **blob,
                          size_t *len);

@@ -518,32 +518,15 @@ static ks_status kb_worker_handle(kb_broker *b, kp_inbound *in)
 
 void kb_workers_batch(kb_broker *b)
 {
-    kp_inbound **batch = calloc(b->p.batch_max, sizeof *batch);
-    size_t n = 0;
+    size_t n = kb_batch_read(b, b->worker_sock, KP_WORKER_MESSAGE);
     ks_status st = KS_OK;
-    if (!batch)
-        return;
-    b->mem_batch = 0;
-    while (n < b->p.batch_max && b->mem_batch < b->p.batch_max_bytes) {
-        kp_inbound *in = NULL;
-        if (kp_recv(b->worker_sock, true, KP_WORKER_MESSAGE, &b->limits, ZMQ_DONTWAIT, &in) !=
-                KS_OK ||
-            !in)
-            break;
-        b->mem_batch += kp_inbound_bytes(in);
-        batch[n++] = in;
-    }
-    kb_mem_recount(b);
     if (n && kb_txn_need(b)) {
         for (size_t i = 0; i < n && st == KS_OK; i++)
-            st = kb_worker_handle(b, batch[i]);
+            st = kb_worker_handle(b, b->batch[i]);
         if (st != KS_OK)
             kb_txn_end(b, st);
     }
-    for (size_t i = 0; i < n; i++)
-        kp_inbound_destroy(&batch[i]);
-    free(batch);
-    b->mem_batch = 0;
+    kb_batch_release(b, n);
 }
 
 void kb_workers_timers(kb_broker *b, uint64_t now)

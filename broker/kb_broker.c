@@ -317,11 +317,35 @@ bool kb_txn_need(kb_broker *b)
     return b->in_txn;
 }
 
-/* Commits (when st is KS_OK) or rolls back, then flushes the outbox accordingly. */
+const uint32_t kb_commit_bucket_us[KB_COMMIT_BUCKETS - 1] = {250,  500,  1000,  2000,
+                                                              4000, 8000, 16000, 32000};
+
+static uint64_t kb_elapsed_us(const struct timespec *since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t us = (int64_t)(now.tv_sec - since->tv_sec) * 1000000 +
+                 (now.tv_nsec - since->tv_nsec) / 1000;
+    return us > 0 ? (uint64_t)us : 0;
+}
+
+/* Commits (when st is KS_OK) or rolls back, then flushes the outbox accordingly. The commit's
+ * duration is measured on the real clock (never the injected one): it is the disk's. */
 static void kb_commit_or_rollback(kb_broker *b, ks_status st)
 {
-    if (st == KS_OK)
+    if (st == KS_OK) {
+        struct timespec started;
+        clock_gettime(CLOCK_MONOTONIC, &started);
         st = kb_store_commit(b->store);
+        if (st == KS_OK) {
+            uint64_t us = kb_elapsed_us(&started);
+            size_t k = 0;
+            while (k < KB_COMMIT_BUCKETS - 1 && us > kb_commit_bucket_us[k])
+                k++;
+            b->stats.commit_buckets[k]++;
+            b->stats.commit_us_total += us;
+        }
+    }
     if (st != KS_OK) {
         char why[256];
         snprintf(why, sizeof why, "%s", ks_error_message());

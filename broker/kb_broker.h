@@ -66,6 +66,12 @@ typedef struct kb_params {
 } kb_params;
 
 /* Counters for tests and metrics (since start). */
+/* Commit durations (the COMMIT statement: writing the WAL frames and their fsync) are counted
+ * in buckets with these upper bounds in microseconds, then one for the rest: docs/operations.md
+ * "Monitoring", kosmos_broker_commit_seconds. */
+#define KB_COMMIT_BUCKETS 9
+extern const uint32_t kb_commit_bucket_us[KB_COMMIT_BUCKETS - 1];
+
 typedef struct kb_stats {
     uint64_t violations;      /* protocol-breaking messages, both endpoints */
     uint64_t dispatches;
@@ -74,6 +80,8 @@ typedef struct kb_stats {
     uint64_t results_unknown; /* acknowledged UNKNOWN_JOB */
     uint64_t lease_lapses;    /* counted as crashes */
     uint64_t commits;
+    uint64_t commit_buckets[KB_COMMIT_BUCKETS]; /* commits per duration bucket (not cumulative) */
+    uint64_t commit_us_total;                   /* their durations added up */
     uint64_t commit_failures; /* disk full and friends: rolled back, broker kept running */
     uint64_t send_failures;   /* ROUTER_MANDATORY: peer gone, or its queue full */
     size_t memory_bytes;      /* the broker's own buffers now */

@@ -189,6 +189,20 @@ ks_status kb_metrics_render(const kb_metrics_snapshot *s, double age_s, double j
               st->lease_lapses);
     kb_metric(&t, "kosmos_broker_commits_total", "counter",
               "Store transactions committed since the broker started.", st->commits);
+    kb_family(&t, "kosmos_broker_commit_seconds", "histogram",
+              "Store commits by duration (the WAL fsync above all), since the broker started.");
+    uint64_t below = 0;
+    for (int k = 0; k < KB_COMMIT_BUCKETS; k++) {
+        below += st->commit_buckets[k];
+        if (k < KB_COMMIT_BUCKETS - 1)
+            kb_text_printf(&t, "kosmos_broker_commit_seconds_bucket{le=\"%g\"} %llu\n",
+                           kb_commit_bucket_us[k] / 1e6, (unsigned long long)below);
+        else
+            kb_text_printf(&t, "kosmos_broker_commit_seconds_bucket{le=\"+Inf\"} %llu\n",
+                           (unsigned long long)below);
+    }
+    kb_text_printf(&t, "kosmos_broker_commit_seconds_sum %.6f\n", st->commit_us_total / 1e6);
+    kb_text_printf(&t, "kosmos_broker_commit_seconds_count %llu\n", (unsigned long long)below);
     kb_metric(&t, "kosmos_broker_commit_failures_total", "counter",
               "Store transactions rolled back (disk full and friends) since the broker started.",
               st->commit_failures);

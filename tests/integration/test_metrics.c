@@ -6,7 +6,8 @@
  *     or a sample of a declared family with a number, kosmos_broker_up 1, a jobs gauge per
  *     JobState;
  *   - after one submit (no worker), kosmos_broker_jobs_submitted_total becomes 1 and the queued
- *     gauge 1 (polled: the snapshot is up to a second old);
+ *     gauge 1 (polled: the snapshot is up to a second old), and the commit-duration histogram
+ *     has counted that commit, its buckets cumulative up to +Inf = _count;
  *   - GET /nope 404, POST /metrics 405;
  *   - a second broker given --metrics on a port already taken, or a malformed --metrics, exits 1.
  *
@@ -118,7 +119,8 @@ static int check_exposition(const char *body)
         if (strncmp(line, "# TYPE ", 7) == 0) {
             char type[20];
             if (sscanf(line + 7, "%79s %19s", name, type) != 2 || n_types == 200 ||
-                (strcmp(type, "gauge") != 0 && strcmp(type, "counter") != 0))
+                (strcmp(type, "gauge") != 0 && strcmp(type, "counter") != 0 &&
+                 strcmp(type, "histogram") != 0))
                 goto bad;
             snprintf(types[n_types++], sizeof types[0], "%s", name);
             continue;
@@ -139,8 +141,13 @@ static int check_exposition(const char *body)
         if (*rest != ' ' || (strtod(rest + 1, &end), end == rest + 1 || *end))
             goto bad;
         bool declared = false;
-        for (int i = 0; i < n_types; i++)
-            declared = declared || strcmp(types[i], name) == 0;
+        for (int i = 0; i < n_types; i++) { /* a histogram's samples carry a suffix */
+            size_t fl = strlen(types[i]);
+            declared = declared || strcmp(types[i], name) == 0 ||
+                       (strncmp(types[i], name, fl) == 0 &&
+                        (strcmp(name + fl, "_bucket") == 0 || strcmp(name + fl, "_sum") == 0 ||
+                         strcmp(name + fl, "_count") == 0));
+        }
         if (!declared)
             goto bad;
         samples++;
@@ -267,6 +274,25 @@ int main(int argc, char **argv)
     FH_CHECK(submitted == 1, "kosmos_broker_jobs_submitted_total %g, not 1", submitted);
     FH_CHECK(queued == 1, "kosmos_broker_jobs{state=\"queued\"} %g, not 1", queued);
     printf("after one submit: submitted_total %g, queued %g\n", submitted, queued);
+
+    r = get_metrics(port);
+    static const char *const le[] = {"0.00025", "0.0005", "0.001", "0.002", "0.004",
+                                     "0.008",   "0.016",  "0.032", "+Inf"};
+    double below = 0;
+    for (size_t i = 0; i < sizeof le / sizeof le[0]; i++) {
+        char name[80];
+        snprintf(name, sizeof name, "kosmos_broker_commit_seconds_bucket{le=\"%s\"}", le[i]);
+        double v = sample(r.body, name);
+        FH_CHECK(v >= below, "%s is %g, below the bucket before it (%g)", name, v, below);
+        below = v;
+    }
+    double commits = sample(r.body, "kosmos_broker_commit_seconds_count");
+    double seconds = sample(r.body, "kosmos_broker_commit_seconds_sum");
+    FH_CHECK(commits >= 1 && below == commits, "commit histogram: +Inf %g, count %g", below,
+             commits);
+    FH_CHECK(seconds > 0, "commit histogram: sum %g", seconds);
+    printf("commit histogram: %g commits, %g s in all\n", commits, seconds);
+    free(r.body);
 
     FH_CHECK(http_call(port, "GET", "/nope", &r) && r.status == 404, "GET /nope: %d", r.status);
     free(r.body);

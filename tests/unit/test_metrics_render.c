@@ -26,6 +26,10 @@ static void fill(kb_metrics_snapshot *s, const kb_metrics_worker *ws, size_t n)
     s->stats.dispatches = 7;
     s->stats.violations = 3;
     s->stats.memory_bound = 1000;
+    s->stats.commit_buckets[0] = 1;                     /* <= 0.25 ms */
+    s->stats.commit_buckets[2] = 2;                     /* <= 1 ms */
+    s->stats.commit_buckets[KB_COMMIT_BUCKETS - 1] = 1; /* > 32 ms */
+    s->stats.commit_us_total = 123456;
     s->stats.workers = (uint32_t)n;
     s->workers = ws;
     s->n_workers = n;
@@ -49,6 +53,14 @@ static void test_render_escapes_labels(void **state)
     assert_non_null(strstr(text, "# TYPE kosmos_broker_dispatches_total counter\n"
                                  "kosmos_broker_dispatches_total 7\n"));
     assert_non_null(strstr(text, "\nkosmos_broker_protocol_violations_total 3\n"));
+    assert_non_null(strstr(text, "# TYPE kosmos_broker_commit_seconds histogram\n"
+                                 "kosmos_broker_commit_seconds_bucket{le=\"0.00025\"} 1\n"
+                                 "kosmos_broker_commit_seconds_bucket{le=\"0.0005\"} 1\n"
+                                 "kosmos_broker_commit_seconds_bucket{le=\"0.001\"} 3\n"));
+    assert_non_null(strstr(text, "\nkosmos_broker_commit_seconds_bucket{le=\"0.032\"} 3\n"
+                                 "kosmos_broker_commit_seconds_bucket{le=\"+Inf\"} 4\n"
+                                 "kosmos_broker_commit_seconds_sum 0.123456\n"
+                                 "kosmos_broker_commit_seconds_count 4\n"));
     assert_non_null(strstr(text, "\nkosmos_broker_worker_credit{worker=\"gpu-01/0\"} 2\n"));
     assert_non_null(strstr(text, "\nkosmos_broker_worker_credit{worker=\"back\\\\slash\"} 1\n"));
     assert_non_null(strstr(text, "\nkosmos_broker_worker_running{worker=\"say \\\"hi\\\"\"} 1\n"));
@@ -62,6 +74,14 @@ static void test_render_escapes_labels(void **state)
             size_t k = strcspn(line, "{ ");
             snprintf(type, sizeof type, "# TYPE %.*s ", (int)k, line);
             char *at = strstr(text, type);
+            static const char *const suffixes[] = {"_bucket", "_sum", "_count"};
+            for (size_t i = 0; !at && i < 3; i++) { /* a histogram's samples */
+                size_t sl = strlen(suffixes[i]);
+                if (k > sl && strncmp(line + k - sl, suffixes[i], sl) == 0) {
+                    snprintf(type, sizeof type, "# TYPE %.*s histogram", (int)(k - sl), line);
+                    at = strstr(text, type);
+                }
+            }
             assert_non_null(at);
             assert_true(at < line);
         }

@@ -335,9 +335,10 @@ static void kb_commit_or_rollback(kb_broker *b, ks_status st)
 {
     if (st == KS_OK) {
         struct timespec started;
+        bool wrote = kb_store_wrote(b->store);
         clock_gettime(CLOCK_MONOTONIC, &started);
         st = kb_store_commit(b->store);
-        if (st == KS_OK) {
+        if (st == KS_OK && wrote) {
             uint64_t us = kb_elapsed_us(&started);
             size_t k = 0;
             while (k < KB_COMMIT_BUCKETS - 1 && us > kb_commit_bucket_us[k])

@@ -66,8 +66,8 @@ typedef struct kb_params {
 } kb_params;
 
 /* Counters for tests and metrics (since start). */
-/* Commit durations (the COMMIT statement: writing the WAL frames and their fsync) are counted
- * in buckets with these upper bounds in microseconds, then one for the rest: docs/operations.md
+/* Durations of the commits that wrote (the COMMIT statement: the WAL frames and their fsync)
+ * are counted in buckets with these upper bounds in microseconds, then one for the rest: docs/operations.md
  * "Monitoring", kosmos_broker_commit_seconds. */
 #define KB_COMMIT_BUCKETS 9
 extern const uint32_t kb_commit_bucket_us[KB_COMMIT_BUCKETS - 1];

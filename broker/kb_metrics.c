@@ -190,7 +190,8 @@ ks_status kb_metrics_render(const kb_metrics_snapshot *s, double age_s, double j
     kb_metric(&t, "kosmos_broker_commits_total", "counter",
               "Store transactions committed since the broker started.", st->commits);
     kb_family(&t, "kosmos_broker_commit_seconds", "histogram",
-              "Store commits by duration (the WAL fsync above all), since the broker started.");
+              "Store commits that wrote, by duration (the WAL fsync above all), since the broker "
+              "started.");
     uint64_t below = 0;
     for (int k = 0; k < KB_COMMIT_BUCKETS; k++) {
         below += st->commit_buckets[k];

@@ -142,6 +142,7 @@ struct kb_store {
     kb_fault fault;
     uint64_t queue_epoch; /* kb_store_queue_epoch */
     uint64_t promote_due; /* no RETRY_WAIT job is due before this; 0: unknown, ask */
+    sqlite3_int64 changes_at_begin; /* kb_store_wrote */
 };
 
 bool kb_state_terminal(int state) { return state >= KOSMOS__V1__JOB_STATE__JOB_STATE_DONE; }
@@ -357,8 +358,14 @@ void kb_store_destroy(kb_store **ps)
 ks_status kb_store_begin(kb_store *s)
 {
     s->fault = KB_FAULT_NONE;
+    s->changes_at_begin = sqlite3_total_changes64(s->db);
     sqlite3_stmt *st = kb_q(s, Q_BEGIN);
     return st ? kb_step_done(s, st, "BEGIN IMMEDIATE") : KS_ERR_IO;
+}
+
+bool kb_store_wrote(const kb_store *s)
+{
+    return sqlite3_total_changes64(s->db) != s->changes_at_begin;
 }
 
 ks_status kb_store_commit(kb_store *s)

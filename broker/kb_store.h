@@ -62,6 +62,8 @@ uint64_t kb_store_queue_epoch(const kb_store *s);
 
 ks_status kb_store_begin(kb_store *s);
 ks_status kb_store_commit(kb_store *s);
+/* Whether the open transaction changed a row (one that did not commits without a write). */
+bool kb_store_wrote(const kb_store *s);
 void kb_store_rollback(kb_store *s);
 
 /* Looks up (client, key): *found false when absent; else *job filled (caller finis it). */

@@ -320,26 +320,16 @@ bool kb_txn_need(kb_broker *b)
 const uint32_t kb_commit_bucket_us[KB_COMMIT_BUCKETS - 1] = {250,  500,  1000,  2000,
                                                               4000, 8000, 16000, 32000};
 
-static uint64_t kb_elapsed_us(const struct timespec *since)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    int64_t us = (int64_t)(now.tv_sec - since->tv_sec) * 1000000 +
-                 (now.tv_nsec - since->tv_nsec) / 1000;
-    return us > 0 ? (uint64_t)us : 0;
-}
-
 /* Commits (when st is KS_OK) or rolls back, then flushes the outbox accordingly. The commit's
  * duration is measured on the real clock (never the injected one): it is the disk's. */
 static void kb_commit_or_rollback(kb_broker *b, ks_status st)
 {
     if (st == KS_OK) {
-        struct timespec started;
         bool wrote = kb_store_wrote(b->store);
-        clock_gettime(CLOCK_MONOTONIC, &started);
+        uint64_t started = kb_mono_ns();
         st = kb_store_commit(b->store);
         if (st == KS_OK && wrote) {
-            uint64_t us = kb_elapsed_us(&started);
+            uint64_t us = (kb_mono_ns() - started) / 1000;
             size_t k = 0;
             while (k < KB_COMMIT_BUCKETS - 1 && us > kb_commit_bucket_us[k])
                 k++;

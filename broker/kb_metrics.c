@@ -49,7 +49,7 @@ struct kb_metrics {
     char address[INET_ADDRSTRLEN + 8];
 };
 
-static uint64_t kb_mono_ns(void)
+uint64_t kb_mono_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

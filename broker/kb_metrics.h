@@ -27,6 +27,10 @@
 
 typedef struct kb_metrics kb_metrics;
 
+/* CLOCK_MONOTONIC in nanoseconds: the real clock for durations the metrics report (the
+ * broker's injectable clock is for its timers, not for measuring the disk). */
+uint64_t kb_mono_ns(void);
+
 typedef struct kb_metrics_worker {
     const char *name; /* borrowed for the kb_metrics_publish call */
     uint32_t capacity, credit, running;

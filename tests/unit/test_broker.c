@@ -18,6 +18,7 @@
 #include "kb_broker.h"
 #include "kb_internal.h" /* KB_ADMIT_SLOTS */
 #include "kb_faultvfs.h"
+#include "test_curve_cert.h"
 #include "kb_job.h"
 #include "wire.h"
 
@@ -782,17 +783,6 @@ static void test_dispatch_when_model_table_full(void **state)
     w_free(last);
     zmq_close(c);
     h_free(h);
-}
-
-/* A ZeroMQ certificate file with `pub` (and `sec` when not NULL), as czmq's zcert writes. */
-static void write_cert(const char *path, const char *pub, const char *sec)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fprintf(f, "metadata\ncurve\n    public-key = \"%s\"\n", pub);
-    if (sec)
-        fprintf(f, "    secret-key = \"%s\"\n", sec);
-    fclose(f);
 }
 
 /* CURVE fails closed at run time too: once the ZAP handler thread is gone, the next cycle stops

@@ -26,6 +26,7 @@
 
 #include "kb_broker.h"
 #include "kosmos/client.h"
+#include "test_curve_cert.h"
 #include "wire.h"
 
 static const uint8_t test_image[] = {0x89, 'P', 'N', 'G', 1, 2, 3, 4, 5, 6, 7, 8};
@@ -815,17 +816,6 @@ static void test_resend_and_version(void **state)
 }
 
 /* ---- CURVE: a broker that fails closed, keys read from ZPL certificates ---------------------- */
-
-static void write_cert(const char *path, const char *pub, const char *sec)
-{
-    FILE *fp = fopen(path, "w");
-    assert_non_null(fp);
-    fprintf(fp, "#   ZeroMQ CURVE Certificate (test)\n\nmetadata\ncurve\n    public-key = \"%s\"\n",
-            pub);
-    if (sec)
-        fprintf(fp, "    secret-key = \"%s\"\n", sec);
-    fclose(fp);
-}
 
 static void test_curve(void **state)
 {

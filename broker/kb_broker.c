@@ -2,7 +2,8 @@
  * dispatch and the shared job transitions; kb_clients.c and kb_workers.c handle the two
  * endpoints. The rule everywhere: a message whose meaning depends on a database change is put
  * in the outbox and sent only after that change committed; a rollback turns client replies into
- * errors (busy for submits) and drops the rest. */
+ * errors (busy for submits) and drops the rest. Client replies wait further, until the syncer
+ * made every commit before them durable (kb_send_client, docs/broker.md "Durability"). */
 #include "kb_internal.h"
 
 #include <errno.h>
@@ -114,6 +115,7 @@ void kb_mem_recount(kb_broker *b)
     m += b->cap_out * sizeof *b->out;
     for (size_t i = 0; i < b->n_out; i++)
         m += b->out[i].bytes;
+    m += (b->cap_held - b->n_held) * sizeof *b->held + b->held_bytes;
     m += b->cap_woken * sizeof *b->woken;
     m += b->n_orphans * sizeof *b->orphans;
     m += b->n_models * (sizeof *b->models + 2 * (KB_CLIENT_MAX + 1));
@@ -148,15 +150,24 @@ void kb_batch_release(kb_broker *b, size_t n)
     b->mem_batch = 0;
 }
 
+/* One cycle's outbox: a reply per request and a dispatch per message slot, each at most one
+ * protobuf frame. A cycle's client replies (its requests', and at most batch_max waiters')
+ * fit it too. */
+static size_t kb_outbox_bound(const kb_params *p)
+{
+    return (size_t)p->batch_max * 2 * (p->max_message_bytes + sizeof(kb_out));
+}
+
 /* The bound docs/broker.md derives: one cycle's received messages (the byte cap is checked
- * before each read, so one message may overshoot it), one cycle's outbox (a reply per request
- * and a dispatch per message slot, each at most one protobuf frame), dispatched images still
- * queued in ZeroMQ (checked before each dispatch, so one image may overshoot), and the tables. */
+ * before each read, so one message may overshoot it), one cycle's outbox, the client replies
+ * held for the disk (a cycle reads only while they are under one outbox, so they stay under
+ * two, and their array's spare slots under one more), dispatched images still queued in
+ * ZeroMQ (checked before each dispatch, so one image may overshoot), and the tables. */
 static size_t kb_mem_bound(const kb_params *p)
 {
     size_t per_msg = p->max_message_bytes * 3 + p->max_image_bytes + 4096;
     size_t batch = p->batch_max_bytes + per_msg;
-    size_t out = (size_t)p->batch_max * 2 * (p->max_message_bytes + sizeof(kb_out));
+    size_t out = 4 * kb_outbox_bound(p);
     size_t inflight = p->max_inflight_bytes + p->max_image_bytes;
     size_t tables = (size_t)p->max_workers * (sizeof(kb_worker) + 64 * sizeof(kb_lease) + 1024) +
                     (size_t)p->max_waiters * sizeof(kb_waiter) +
@@ -194,8 +205,9 @@ kb_out *kb_out_push(kb_broker *b, bool to_worker, const void *rid, size_t rid_le
     return o;
 }
 
-void kb_send_client_error(kb_broker *b, const void *rid, size_t rid_len, uint64_t request_id,
-                                 int code, const char *message, bool busy)
+/* A ClientReply carrying an error (or, for `busy`, a submit's BUSY), packed into *out. */
+static ks_status kb_pack_client_error(kb_broker *b, uint64_t request_id, int code,
+                                      const char *message, bool busy, zmq_msg_t *out)
 {
     Kosmos__V1__ClientReply reply = KOSMOS__V1__CLIENT_REPLY__INIT;
     Kosmos__V1__ErrorReply err = KOSMOS__V1__ERROR_REPLY__INIT;
@@ -219,8 +231,106 @@ void kb_send_client_error(kb_broker *b, const void *rid, size_t rid_len, uint64_
         reply.reply_case = KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR;
         reply.error = &err;
     }
-    if (kp_send(b->client_sock, rid, rid_len, &reply.base, NULL, ZMQ_DONTWAIT) != KS_OK)
+    return kp_pack(&reply.base, out);
+}
+
+static void kb_client_send_now(kb_broker *b, const void *rid, size_t rid_len, zmq_msg_t *body)
+{
+    if (kp_send_packed(b->client_sock, rid, rid_len, body, NULL, ZMQ_DONTWAIT) != KS_OK) {
         b->stats.send_failures++;
+        kb_logf(b, KB_DEBUG, "client_send_failed", "\"error\":\"%s\"", zmq_strerror(errno));
+    }
+}
+
+/* Sends `body` (taken) now when every commit is durable, else holds it behind the last one. */
+static void kb_client_deliver(kb_broker *b, const void *rid, size_t rid_len, zmq_msg_t *body,
+                              uint64_t request_id, bool is_submit)
+{
+    if (!b->syncer || (b->n_held == 0 && kb_syncer_durable(b->syncer) >= b->commits_written)) {
+        kb_client_send_now(b, rid, rid_len, body);
+        return;
+    }
+    if (b->n_held == b->cap_held) {
+        size_t ncap = b->cap_held ? b->cap_held * 2 : 64;
+        kb_out *grown = realloc(b->held, ncap * sizeof *grown);
+        if (!grown) {
+            zmq_msg_close(body); /* the client's request times out and it asks again */
+            b->stats.send_failures++;
+            return;
+        }
+        b->held = grown;
+        b->cap_held = ncap;
+    }
+    kb_out *h = &b->held[b->n_held++];
+    memset(h, 0, sizeof *h);
+    memcpy(h->rid, rid, rid_len);
+    h->rid_len = rid_len;
+    zmq_msg_init(&h->body);
+    zmq_msg_move(&h->body, body);
+    h->has_body = true;
+    h->bytes = zmq_msg_size(&h->body) + sizeof *h; /* the slot too: replies may be tiny */
+    h->request_id = request_id;
+    h->is_submit = is_submit;
+    h->commit = b->commits_written;
+    b->held_bytes += h->bytes;
+}
+
+void kb_send_client(kb_broker *b, const void *rid, size_t rid_len, const ProtobufCMessage *msg,
+                    uint64_t request_id, bool is_submit)
+{
+    zmq_msg_t body;
+    if (kp_pack(msg, &body) != KS_OK) {
+        b->stats.send_failures++;
+        return;
+    }
+    kb_client_deliver(b, rid, rid_len, &body, request_id, is_submit);
+}
+
+void kb_send_client_error(kb_broker *b, const void *rid, size_t rid_len, uint64_t request_id,
+                          int code, const char *message, bool busy)
+{
+    zmq_msg_t body;
+    if (kb_pack_client_error(b, request_id, code, message, busy, &body) != KS_OK) {
+        b->stats.send_failures++;
+        return;
+    }
+    kb_client_deliver(b, rid, rid_len, &body, request_id, false);
+}
+
+/* Sends the held replies whose commit is durable. When the syncer failed, the rest can never
+ * be: requests become errors, and the broker stops (fail-stop). */
+static void kb_held_release(kb_broker *b)
+{
+    if (!b->syncer)
+        return;
+    kb_syncer_drain(b->syncer);
+    const char *why = NULL;
+    bool failed = kb_syncer_failed(b->syncer, &why);
+    if (failed && !b->fatal) {
+        b->fatal = true;
+        char esc[300];
+        kb_logf(b, KB_ERROR, "store_io_error", "\"error\":%s,\"action\":\"fail-stop\"",
+                kb_json_str(esc, sizeof esc, why, strlen(why)));
+    }
+    uint64_t durable = kb_syncer_durable(b->syncer);
+    size_t i = 0;
+    for (; i < b->n_held && (failed || b->held[i].commit <= durable); i++) {
+        kb_out *h = &b->held[i];
+        if (h->commit <= durable)
+            kb_client_send_now(b, h->rid, h->rid_len, &h->body);
+        else if (h->request_id) {
+            zmq_msg_t err;
+            if (kb_pack_client_error(b, h->request_id, KOSMOS__V1__ERROR_CODE__ERROR_CODE_INTERNAL,
+                                     "database sync failed; retry later", false, &err) == KS_OK)
+                kb_client_send_now(b, h->rid, h->rid_len, &err);
+        }
+        zmq_msg_close(&h->body);
+        b->held_bytes -= h->bytes;
+    }
+    if (i) {
+        memmove(b->held, b->held + i, (b->n_held - i) * sizeof *b->held);
+        b->n_held -= i;
+    }
 }
 
 /* Sends (committed) or discards (rolled back) the outbox. */
@@ -272,12 +382,7 @@ static void kb_flush(kb_broker *b, bool committed)
             }
         } else if (o->has_body) {
             o->has_body = false;
-            if (kp_send_packed(b->client_sock, o->rid, o->rid_len, &o->body, NULL,
-                               ZMQ_DONTWAIT) != KS_OK) {
-                b->stats.send_failures++;
-                kb_logf(b, KB_DEBUG, "client_send_failed", "\"error\":\"%s\"",
-                        zmq_strerror(errno));
-            }
+            kb_client_deliver(b, o->rid, o->rid_len, &o->body, o->request_id, o->is_submit);
         }
     next:
         if (o->has_body)
@@ -317,8 +422,22 @@ bool kb_txn_need(kb_broker *b)
     return b->in_txn;
 }
 
-const uint32_t kb_commit_bucket_us[KB_COMMIT_BUCKETS - 1] = {250,  500,  1000,  2000,
-                                                              4000, 8000, 16000, 32000};
+const uint32_t kb_duration_bucket_us[KB_DURATION_BUCKETS - 1] = {250,  500,  1000,  2000,
+                                                                  4000, 8000, 16000, 32000};
+
+void kb_durations_add(kb_durations *d, uint64_t us)
+{
+    size_t k = 0;
+    while (k < KB_DURATION_BUCKETS - 1 && us > kb_duration_bucket_us[k])
+        k++;
+    d->buckets[k]++;
+    d->us_total += us;
+}
+
+/* Far past the syncer's checkpoint threshold, the WAL is not being copied back (passive
+ * checkpoints never caught up): the loop checkpoints itself, once a cycle, until it shrinks. */
+#define KB_WAL_CHECKPOINT_FRAMES 1000
+#define KB_WAL_FRAMES_MAX (64 * KB_WAL_CHECKPOINT_FRAMES)
 
 /* Commits (when st is KS_OK) or rolls back, then flushes the outbox accordingly. The commit's
  * duration is measured on the real clock (never the injected one): it is the disk's. */
@@ -329,12 +448,13 @@ static void kb_commit_or_rollback(kb_broker *b, ks_status st)
         uint64_t started = kb_mono_ns();
         st = kb_store_commit(b->store);
         if (st == KS_OK && wrote) {
-            uint64_t us = (kb_mono_ns() - started) / 1000;
-            size_t k = 0;
-            while (k < KB_COMMIT_BUCKETS - 1 && us > kb_commit_bucket_us[k])
-                k++;
-            b->stats.commit_buckets[k]++;
-            b->stats.commit_us_total += us;
+            kb_durations_add(&b->stats.commit_durations, (kb_mono_ns() - started) / 1000);
+            uint32_t frames = kb_store_wal_frames(b->store);
+            kb_syncer_request(b->syncer, ++b->commits_written, frames);
+            if (frames >= KB_WAL_FRAMES_MAX && kb_store_checkpoint(b->store) != KS_OK) {
+                kb_logf(b, KB_WARN, "checkpoint_failed", "\"wal_frames\":%u", frames);
+                kb_store_fatal(b);
+            }
         }
     }
     if (st != KS_OK) {
@@ -866,7 +986,9 @@ ks_status kb_broker_new(const kb_params *p, kb_broker **out)
                                      "--worker-keys together (fail closed)");
         goto cleanup;
     }
-    if ((st = kb_store_open(p->db_path, p->db_vfs, &b->store)) != KS_OK)
+    if ((st = kb_store_open(p->db_path, p->db_vfs, &b->store)) != KS_OK ||
+        (st = kb_syncer_new(p->db_path, p->db_vfs, KB_WAL_CHECKPOINT_FRAMES, &b->syncer)) !=
+            KS_OK)
         goto cleanup;
     if ((st = kb_recover(b)) != KS_OK)
         goto cleanup;
@@ -927,6 +1049,12 @@ void kb_broker_destroy(kb_broker **pb)
                                  KOSMOS__V1__ERROR_CODE__ERROR_CODE_UNAVAILABLE,
                                  "broker shutting down", false);
     kb_flush(b, false);
+    if (b->syncer && b->n_held) {
+        kb_syncer_wait(b->syncer, b->commits_written);
+        kb_held_release(b);
+    }
+    kb_syncer_destroy(&b->syncer);
+    kb_held_release(b); /* after a failed sync: what is left becomes errors */
     while (b->n_workers)
         kb_worker_forget(b, b->workers[b->n_workers - 1], false, NULL);
     if (b->client_sock)
@@ -946,6 +1074,7 @@ void kb_broker_destroy(kb_broker **pb)
     free(b->workers);
     free(b->waiters);
     free(b->out);
+    free(b->held);
     free(b->woken);
     free(b->orphans);
     kb_admit_free(b);
@@ -992,23 +1121,30 @@ ks_status kb_broker_step(kb_broker *b, int timeout_ms)
         kb_logf(b, KB_ERROR, "authenticator_died", NULL);
         return ks_fail(KS_ERR_IO, "the CURVE authenticator stopped (fail closed)");
     }
-    zmq_pollitem_t items[2] = {{b->client_sock, 0, ZMQ_POLLIN, 0},
+    /* Past one outbox of replies held for the disk, the cycle reads nothing and answers no
+     * waiter: it waits for the syncer (docs/broker.md "Memory bound"). */
+    bool intake = b->held_bytes <= kb_outbox_bound(&b->p);
+    zmq_pollitem_t items[3] = {{NULL, kb_syncer_fd(b->syncer), ZMQ_POLLIN, 0},
+                               {b->client_sock, 0, ZMQ_POLLIN, 0},
                                {b->worker_sock, 0, ZMQ_POLLIN, 0}};
     int wait = timeout_ms;
     if (wait < 0 || wait > (int)b->p.heartbeat_ms / 2)
         wait = (int)b->p.heartbeat_ms / 2; /* timers run at least twice per heartbeat */
-    if (zmq_poll(items, 2, wait) < 0 && errno != EINTR)
+    if (zmq_poll(items, intake ? 3 : 1, wait) < 0 && errno != EINTR)
         return ks_fail(KS_ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
-    kb_clients_batch(b);
-    if (!b->fatal)
+    kb_held_release(b);
+    if (intake && !b->fatal)
+        kb_clients_batch(b);
+    if (intake && !b->fatal)
         kb_workers_batch(b);
     if (!b->fatal)
         kb_timers(b);
     if (!b->fatal)
         kb_dispatch(b);
     kb_txn_end(b, b->fatal ? ks_fail(KS_ERR_IO, "the store failed") : KS_OK);
-    if (!b->fatal)
+    if (intake && !b->fatal)
         kb_waiters_run(b);
+    kb_held_release(b);
     kb_mem_recount(b);
     if (!b->fatal && b->p.metrics)
         kb_metrics_update(b);
@@ -1051,6 +1187,12 @@ ks_status kb_broker_run(kb_broker *b, volatile sig_atomic_t *stop)
                                  "broker shutting down", false);
         kp_inbound_destroy(&in);
     }
+    /* Finish the commits: every held reply goes out once the disk has what it promises. */
+    if (!kb_syncer_wait(b->syncer, b->commits_written)) {
+        kb_held_release(b);
+        return ks_fail(KS_ERR_IO, "the store failed; the broker stopped (fail-stop)");
+    }
+    kb_held_release(b);
     kb_logf(b, KB_INFO, "stopping", NULL);
     return KS_OK;
 }
@@ -1058,6 +1200,12 @@ ks_status kb_broker_run(kb_broker *b, volatile sig_atomic_t *stop)
 void kb_broker_stats(const kb_broker *b, kb_stats *out)
 {
     *out = b->stats;
+    if (b->syncer) {
+        kb_syncer_stats ss;
+        kb_syncer_stats_get(b->syncer, &ss);
+        out->sync_durations = ss.syncs;
+        out->checkpoints = ss.checkpoints;
+    }
     out->workers = (uint32_t)b->n_workers;
     out->waiters = (uint32_t)b->n_waiters;
 }

@@ -1,8 +1,9 @@
 /* kb_broker: the kosmos-farm job broker core (docs/protocol.md, docs/broker.md). Two ROUTER
  * sockets (clients, workers), a SQLite store, credit-based dispatch with leases fenced by
- * attempt numbers. Single-threaded: kb_broker_step runs one poll cycle (read a batch of client
+ * attempt numbers. One loop thread: kb_broker_step runs one poll cycle (read a batch of client
  * requests and commit them in one transaction before any reply, read worker messages, run the
- * timers, dispatch), so tests drive it step by step with an injected clock.
+ * timers, dispatch), so tests drive it step by step with an injected clock. Beside it, one
+ * thread makes the commits durable (kb_syncer.h); replies to clients wait for it.
  *
  * What it is not: a worker, or the engine; the CLI options live in main.c. Module prefix kb_. */
 #ifndef KB_BROKER_H
@@ -66,11 +67,15 @@ typedef struct kb_params {
 } kb_params;
 
 /* Counters for tests and metrics (since start). */
-/* Durations of the commits that wrote (the COMMIT statement: the WAL frames and their fsync)
- * are counted in buckets with these upper bounds in microseconds, then one for the rest: docs/operations.md
- * "Monitoring", kosmos_broker_commit_seconds. */
-#define KB_COMMIT_BUCKETS 9
-extern const uint32_t kb_commit_bucket_us[KB_COMMIT_BUCKETS - 1];
+/* Durations of the store's disk work, counted in buckets with these upper bounds in
+ * microseconds, then one for the rest (docs/operations.md "Monitoring"). */
+#define KB_DURATION_BUCKETS 9
+extern const uint32_t kb_duration_bucket_us[KB_DURATION_BUCKETS - 1];
+typedef struct kb_durations {
+    uint64_t buckets[KB_DURATION_BUCKETS]; /* per bucket, not cumulative */
+    uint64_t us_total;                     /* all of them added up */
+} kb_durations;
+void kb_durations_add(kb_durations *d, uint64_t us);
 
 typedef struct kb_stats {
     uint64_t violations;      /* protocol-breaking messages, both endpoints */
@@ -80,8 +85,9 @@ typedef struct kb_stats {
     uint64_t results_unknown; /* acknowledged UNKNOWN_JOB */
     uint64_t lease_lapses;    /* counted as crashes */
     uint64_t commits;
-    uint64_t commit_buckets[KB_COMMIT_BUCKETS]; /* commits per duration bucket (not cumulative) */
-    uint64_t commit_us_total;                   /* their durations added up */
+    kb_durations commit_durations; /* COMMITs that wrote: the WAL frames written to the kernel */
+    kb_durations sync_durations;   /* the syncer's fdatasyncs of the WAL: the disk */
+    uint64_t checkpoints;          /* the syncer's passive checkpoints */
     uint64_t commit_failures; /* disk full and friends: rolled back, broker kept running */
     uint64_t send_failures;   /* ROUTER_MANDATORY: peer gone, or its queue full */
     size_t memory_bytes;      /* the broker's own buffers now */

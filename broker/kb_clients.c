@@ -42,11 +42,11 @@ static void kb_reply_init(kb_broker *b, Kosmos__V1__ClientReply *r, uint64_t req
     r->broker_instance = b->instance;
 }
 
-/* Sends a reply at once (no database change behind it). */
+/* Sends a reply without a database change of its own behind it (still after the disk has
+ * every earlier commit: kb_send_client). */
 static void kb_reply_now(kb_broker *b, const void *rid, size_t rid_len, Kosmos__V1__ClientReply *r)
 {
-    if (kp_send(b->client_sock, rid, rid_len, &r->base, NULL, ZMQ_DONTWAIT) != KS_OK)
-        b->stats.send_failures++;
+    kb_send_client(b, rid, rid_len, &r->base, r->request_id, false);
 }
 
 /* Queues a reply behind the current transaction. */
@@ -152,12 +152,14 @@ cleanup:
 void kb_waiters_run(kb_broker *b)
 {
     uint64_t now = kb_now(b);
-    for (size_t i = 0; i < b->n_waiters;) {
+    size_t answered = 0; /* at most a batch a cycle: docs/broker.md "Memory bound" */
+    for (size_t i = 0; i < b->n_waiters && answered < b->p.batch_max;) {
         kb_waiter *w = &b->waiters[i];
         if (!w->wake && w->until > now) {
             i++;
             continue;
         }
+        answered++;
         bool sent = false;
         if (kb_fetch_reply(b, w->job_id, w->client, w->request_id, w->rid, w->rid_len, &sent) !=
                 KS_OK &&

@@ -10,6 +10,7 @@
 
 #include "kb_broker.h"
 #include "kb_store.h"
+#include "kb_syncer.h"
 #include "kosmos.pb-c.h"
 #include "wire.h"
 
@@ -74,6 +75,7 @@ typedef struct kb_out {
     kb_waiter waiter;
     kb_lease lease;
     size_t bytes;
+    uint64_t commit; /* a held client reply: sent once this commit is durable */
 } kb_out;
 
 typedef struct kb_orphan { /* RUNNING at start-up, waiting for its worker (§8.7) */
@@ -114,6 +116,10 @@ struct kb_broker {
     void *zap_sock;      /* CURVE: our ZAP handler (inproc://zeromq.zap.01) */
     void *curve_state;   /* kb_auth */
     kb_store *store;
+    kb_syncer *syncer;
+    uint64_t commits_written;  /* commits that wrote, numbered for kb_syncer_request */
+    kb_out *held;              /* client replies waiting for durability, in sending order */
+    size_t n_held, cap_held, held_bytes;
     uint64_t instance, started, rng;
     kp_limits limits;
     kb_worker **workers;
@@ -161,14 +167,19 @@ void kb_note_terminal(kb_broker *b, const char *job_id);
 void kb_new_job_id(kb_broker *b, char out[27]);
 /* The cycle's transaction: every phase of kb_broker_step (client requests, worker messages,
  * timers, dispatch) works in one transaction, committed once at the end of the cycle, so a
- * cycle costs one fsync and a job is accepted and dispatched by the same commit. The outbox
- * waits for that commit. kb_txn_need opens it unless it is open (false: the store failed, the
- * broker is stopping); kb_txn_end commits (st KS_OK) or rolls back, then sends or discards the
- * outbox (client replies become errors, busy for submits when the disk is full). A phase that
- * fails ends it at once; the next phase opens a new one. */
+ * cycle costs one WAL write and a job is accepted and dispatched by the same commit. The outbox
+ * waits for that commit; its client replies then wait for the fdatasync (kb_send_client).
+ * kb_txn_need opens it unless it is open (false: the store failed, the broker is stopping);
+ * kb_txn_end commits (st KS_OK) or rolls back, then sends or discards the outbox (client
+ * replies become errors, busy for submits when the disk is full). A phase that fails ends it
+ * at once; the next phase opens a new one. */
 bool kb_txn_need(kb_broker *b);
 void kb_txn_end(kb_broker *b, ks_status st);
-/* An error reply at once; `busy`: a submit answered busy (disk full) instead. */
+/* Sends a reply to a client once every commit so far is durable (at once when it is): no
+ * client reads state that a power loss could take back. Takes `msg` packed. */
+void kb_send_client(kb_broker *b, const void *rid, size_t rid_len, const ProtobufCMessage *msg,
+                    uint64_t request_id, bool is_submit);
+/* An error reply (through kb_send_client); `busy`: a submit answered busy (disk full) instead. */
 void kb_send_client_error(kb_broker *b, const void *rid, size_t rid_len, uint64_t request_id,
                           int code, const char *message, bool busy);
 void kb_mem_recount(kb_broker *b);

@@ -127,6 +127,23 @@ static void kb_metric_seconds(kb_text *t, const char *name, const char *help, do
     kb_text_printf(t, "%s %.3f\n", name, v);
 }
 
+/* A histogram family from per-bucket counts (kb_durations): Prometheus wants them cumulative. */
+static void kb_histogram(kb_text *t, const char *name, const char *help, const kb_durations *d)
+{
+    kb_family(t, name, "histogram", help);
+    uint64_t below = 0;
+    for (int k = 0; k < KB_DURATION_BUCKETS; k++) {
+        below += d->buckets[k];
+        if (k < KB_DURATION_BUCKETS - 1)
+            kb_text_printf(t, "%s_bucket{le=\"%g\"} %llu\n", name,
+                           kb_duration_bucket_us[k] / 1e6, (unsigned long long)below);
+        else
+            kb_text_printf(t, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)below);
+    }
+    kb_text_printf(t, "%s_sum %.6f\n", name, d->us_total / 1e6);
+    kb_text_printf(t, "%s_count %llu\n", name, (unsigned long long)below);
+}
+
 /* Lower-case JobState names (proto/kosmos.proto), index = enum value; 0 is never stored. */
 static const char *const kb_state_names[KB_METRICS_STATES] = {
     NULL, "queued", "running", "retry_wait", "done", "failed", "expired", "dead", "cancelled",
@@ -189,21 +206,17 @@ ks_status kb_metrics_render(const kb_metrics_snapshot *s, double age_s, double j
               st->lease_lapses);
     kb_metric(&t, "kosmos_broker_commits_total", "counter",
               "Store transactions committed since the broker started.", st->commits);
-    kb_family(&t, "kosmos_broker_commit_seconds", "histogram",
-              "Store commits that wrote, by duration (the WAL fsync above all), since the broker "
-              "started.");
-    uint64_t below = 0;
-    for (int k = 0; k < KB_COMMIT_BUCKETS; k++) {
-        below += st->commit_buckets[k];
-        if (k < KB_COMMIT_BUCKETS - 1)
-            kb_text_printf(&t, "kosmos_broker_commit_seconds_bucket{le=\"%g\"} %llu\n",
-                           kb_commit_bucket_us[k] / 1e6, (unsigned long long)below);
-        else
-            kb_text_printf(&t, "kosmos_broker_commit_seconds_bucket{le=\"+Inf\"} %llu\n",
-                           (unsigned long long)below);
-    }
-    kb_text_printf(&t, "kosmos_broker_commit_seconds_sum %.6f\n", st->commit_us_total / 1e6);
-    kb_text_printf(&t, "kosmos_broker_commit_seconds_count %llu\n", (unsigned long long)below);
+    kb_histogram(&t, "kosmos_broker_commit_seconds",
+                 "Store commits that wrote, by duration (the WAL frames written to the kernel; "
+                 "dispatches wait for them), since the broker started.",
+                 &st->commit_durations);
+    kb_histogram(&t, "kosmos_broker_sync_seconds",
+                 "fdatasyncs of the store's WAL, by duration (client replies wait for them), "
+                 "since the broker started.",
+                 &st->sync_durations);
+    kb_metric(&t, "kosmos_broker_checkpoints_total", "counter",
+              "Checkpoints of the store's WAL into its database since the broker started.",
+              st->checkpoints);
     kb_metric(&t, "kosmos_broker_commit_failures_total", "counter",
               "Store transactions rolled back (disk full and friends) since the broker started.",
               st->commit_failures);

@@ -143,7 +143,17 @@ struct kb_store {
     uint64_t queue_epoch; /* kb_store_queue_epoch */
     uint64_t promote_due; /* no RETRY_WAIT job is due before this; 0: unknown, ask */
     sqlite3_int64 changes_at_begin; /* kb_store_wrote */
+    uint32_t wal_frames;            /* the WAL's size after the last commit (kb_store_wal_frames) */
 };
+
+/* Replaces SQLite's automatic checkpoint (kb_syncer checkpoints instead) and notes the size. */
+static int kb_store_wal_hook(void *ctx, sqlite3 *db, const char *name, int frames)
+{
+    (void)db;
+    (void)name;
+    ((kb_store *)ctx)->wal_frames = frames > 0 ? (uint32_t)frames : 0;
+    return SQLITE_OK;
+}
 
 bool kb_state_terminal(int state) { return state >= KOSMOS__V1__JOB_STATE__JOB_STATE_DONE; }
 
@@ -327,13 +337,16 @@ ks_status kb_store_open(const char *path, const char *vfs, kb_store **out)
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, 5000);
+    /* NORMAL: a commit writes the WAL without waiting for the disk; kb_syncer fdatasyncs it
+     * and the broker holds client replies until then (kb_syncer.h). */
     if ((st = kb_exec(s, "PRAGMA journal_mode=WAL")) != KS_OK ||
-        (st = kb_exec(s, "PRAGMA synchronous=FULL")) != KS_OK ||
+        (st = kb_exec(s, "PRAGMA synchronous=NORMAL")) != KS_OK ||
         /* 64 MiB of page cache: the job indexes of a busy queue stay in memory (SQLite's
          * default, 2 MiB, made every submit read pages back); docs/broker.md "Memory bound". */
         (st = kb_exec(s, "PRAGMA cache_size=-65536")) != KS_OK ||
         (st = kb_exec(s, "PRAGMA foreign_keys=ON")) != KS_OK || (st = kb_migrate(s)) != KS_OK)
         goto cleanup;
+    sqlite3_wal_hook(s->db, kb_store_wal_hook, s);
     *out = s;
     s = NULL;
 cleanup:
@@ -375,6 +388,16 @@ ks_status kb_store_commit(kb_store *s)
 }
 
 uint64_t kb_store_queue_epoch(const kb_store *s) { return s->queue_epoch; }
+
+uint32_t kb_store_wal_frames(const kb_store *s) { return s->wal_frames; }
+
+ks_status kb_store_checkpoint(kb_store *s)
+{
+    int rc = sqlite3_wal_checkpoint_v2(s->db, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED)
+        return KS_OK;
+    return rc == SQLITE_OK ? KS_OK : kb_sqlfail(s, rc, "checkpoint");
+}
 
 void kb_store_rollback(kb_store *s)
 {

@@ -1,4 +1,5 @@
-/* kb_store: the broker's durable state in SQLite (WAL, synchronous=FULL): jobs, their images,
+/* kb_store: the broker's durable state in SQLite (WAL; a commit reaches the kernel, kb_syncer
+ * makes it durable, and the broker holds client replies until then): jobs, their images,
  * results and lifetime totals, with a versioned schema. What it is not: policy. The broker core
  * decides transitions; the store runs them inside the transaction the core opened, so that a
  * batch of submits is one commit (group commit) and no reply leaves before that commit.
@@ -62,6 +63,11 @@ uint64_t kb_store_queue_epoch(const kb_store *s);
 
 ks_status kb_store_begin(kb_store *s);
 ks_status kb_store_commit(kb_store *s);
+/* The WAL's size in frames after the last commit. SQLite's automatic checkpoints are off: the
+ * syncer checkpoints (kb_syncer.h), and kb_store_checkpoint is the loop's own, for a WAL that
+ * outgrew what the syncer's passive checkpoints keep up with. */
+uint32_t kb_store_wal_frames(const kb_store *s);
+ks_status kb_store_checkpoint(kb_store *s);
 /* Whether the open transaction changed a row (one that did not commits without a write). */
 bool kb_store_wrote(const kb_store *s);
 void kb_store_rollback(kb_store *s);

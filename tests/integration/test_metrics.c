@@ -6,8 +6,8 @@
  *     or a sample of a declared family with a number, kosmos_broker_up 1, a jobs gauge per
  *     JobState;
  *   - after one submit (no worker), kosmos_broker_jobs_submitted_total becomes 1 and the queued
- *     gauge 1 (polled: the snapshot is up to a second old), and the commit-duration histogram
- *     has counted that commit, its buckets cumulative up to +Inf = _count;
+ *     gauge 1 (polled: the snapshot is up to a second old), and the commit- and sync-duration
+ *     histograms have counted that commit and its sync, buckets cumulative up to +Inf = _count;
  *   - GET /nope 404, POST /metrics 405;
  *   - a second broker given --metrics on a port already taken, or a malformed --metrics, exits 1.
  *
@@ -218,6 +218,29 @@ static void refuses(const char *value, const char *needle)
     printf("--metrics %s: refused (exit %d)\n", value, code);
 }
 
+/* A duration histogram that has counted at least one event: its buckets cumulative, +Inf
+ * equal to _count, a positive _sum. */
+static void check_histogram(const char *body, const char *family)
+{
+    static const char *const le[] = {"0.00025", "0.0005", "0.001", "0.002", "0.004",
+                                     "0.008",   "0.016",  "0.032", "+Inf"};
+    char name[96];
+    double below = 0;
+    for (size_t i = 0; i < sizeof le / sizeof le[0]; i++) {
+        snprintf(name, sizeof name, "%s_bucket{le=\"%s\"}", family, le[i]);
+        double v = sample(body, name);
+        FH_CHECK(v >= below, "%s is %g, below the bucket before it (%g)", name, v, below);
+        below = v;
+    }
+    snprintf(name, sizeof name, "%s_count", family);
+    double count = sample(body, name);
+    snprintf(name, sizeof name, "%s_sum", family);
+    double seconds = sample(body, name);
+    FH_CHECK(count >= 1 && below == count, "%s: +Inf %g, count %g", family, below, count);
+    FH_CHECK(seconds > 0, "%s: sum %g", family, seconds);
+    printf("%s: %g events, %g s in all\n", family, count, seconds);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -276,22 +299,8 @@ int main(int argc, char **argv)
     printf("after one submit: submitted_total %g, queued %g\n", submitted, queued);
 
     r = get_metrics(port);
-    static const char *const le[] = {"0.00025", "0.0005", "0.001", "0.002", "0.004",
-                                     "0.008",   "0.016",  "0.032", "+Inf"};
-    double below = 0;
-    for (size_t i = 0; i < sizeof le / sizeof le[0]; i++) {
-        char name[80];
-        snprintf(name, sizeof name, "kosmos_broker_commit_seconds_bucket{le=\"%s\"}", le[i]);
-        double v = sample(r.body, name);
-        FH_CHECK(v >= below, "%s is %g, below the bucket before it (%g)", name, v, below);
-        below = v;
-    }
-    double commits = sample(r.body, "kosmos_broker_commit_seconds_count");
-    double seconds = sample(r.body, "kosmos_broker_commit_seconds_sum");
-    FH_CHECK(commits >= 1 && below == commits, "commit histogram: +Inf %g, count %g", below,
-             commits);
-    FH_CHECK(seconds > 0, "commit histogram: sum %g", seconds);
-    printf("commit histogram: %g commits, %g s in all\n", commits, seconds);
+    check_histogram(r.body, "kosmos_broker_commit_seconds");
+    check_histogram(r.body, "kosmos_broker_sync_seconds"); /* ACCEPTED waited for a sync */
     free(r.body);
 
     FH_CHECK(http_call(port, "GET", "/nope", &r) && r.status == 404, "GET /nope: %d", r.status);

@@ -1,18 +1,22 @@
 /* kb_faultvfs: a test-only SQLite VFS over the default one that fails writes (SQLITE_FULL) or
- * syncs (SQLITE_IOERR_FSYNC) on demand, for the broker's disk-full and fail-stop tests. Header
- * only; include it in one test file. */
+ * syncs (SQLITE_IOERR_FSYNC), or holds syncs back, on demand, for the broker's disk-full,
+ * fail-stop and durability tests. The switches are atomic: the broker's syncer thread reads
+ * them. Header only; include it in one test file. */
 #ifndef KB_FAULTVFS_H
 #define KB_FAULTVFS_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
+#include <time.h>
 
 #include <sqlite3.h>
 
 #define KB_FAULTVFS_NAME "kb-faultvfs"
 
-static bool kbf_fail_writes; /* xWrite/xTruncate -> SQLITE_FULL */
-static bool kbf_fail_syncs;  /* xSync -> SQLITE_IOERR_FSYNC */
+static atomic_bool kbf_fail_writes; /* xWrite/xTruncate -> SQLITE_FULL */
+static atomic_bool kbf_fail_syncs;  /* xSync -> SQLITE_IOERR_FSYNC */
+static atomic_bool kbf_hold_syncs;  /* xSync waits while set (a disk that is slow to sync) */
 static sqlite3_vfs *kbf_real;
 
 typedef struct kbf_file {
@@ -47,6 +51,9 @@ static int kbf_truncate(sqlite3_file *f, sqlite3_int64 size)
 static int kbf_sync(sqlite3_file *f, int flags)
 {
     kbf_file *k = (kbf_file *)f;
+    const struct timespec ms = {0, 1000000};
+    while (atomic_load(&kbf_hold_syncs))
+        nanosleep(&ms, NULL);
     if (kbf_fail_syncs)
         return SQLITE_IOERR_FSYNC;
     return k->real->pMethods->xSync(k->real, flags);

@@ -1171,6 +1171,58 @@ static void test_restart_recovery(void **state)
     h_free(h);
 }
 
+/* A dispatch leaves once its commit is written; the submit's ACCEPTED only once an fdatasync
+ * made that commit durable (kb_syncer.h). With the disk's syncs held back, the worker has the
+ * job and the client has heard nothing; once they complete, the client hears ACCEPTED for the
+ * same job. */
+static void test_dispatch_before_sync_accepted_after(void **state)
+{
+    (void)state;
+    kbf_register();
+    harness *h = calloc(1, sizeof *h);
+    snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
+    assert_non_null(mkdtemp(h->dir));
+    snprintf(h->cep, sizeof h->cep, "ipc://%s/c", h->dir);
+    snprintf(h->wep, sizeof h->wep, "ipc://%s/w", h->dir);
+    snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
+    h->log = fopen("/dev/null", "w");
+    h_params(h);
+    h->p.db_vfs = KB_FAULTVFS_NAME;
+    h->zctx = zmq_ctx_new();
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    void *c = h_socket(h, h->cep);
+    fworker *w = w_new(h, "host/gpu0", 1, 1);
+    h_steps(h, 3);
+
+    atomic_store(&kbf_hold_syncs, true);
+    uint64_t request = c_submit_send(c, "a", NULL);
+    char dispatched[65];
+    uint32_t attempt;
+    w_take(h, w, dispatched, &attempt);
+    assert_int_equal(attempt, 1);
+    h_steps(h, 20);
+    zmq_pollitem_t it = {c, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&it, 1, 0), 0); /* no reply before the disk has the job */
+    kb_stats st;
+    kb_broker_stats(h->b, &st);
+    assert_int_equal(st.dispatches, 1);
+
+    atomic_store(&kbf_hold_syncs, false);
+    Kosmos__V1__ClientReply *r = c_recv(h, c);
+    assert_int_equal(r->request_id, request);
+    assert_int_equal(r->submit->outcome_case, KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED);
+    assert_string_equal(r->submit->accepted->job_id, dispatched);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    kb_broker_stats(h->b, &st);
+    uint64_t syncs = 0;
+    for (int k = 0; k < KB_DURATION_BUCKETS; k++)
+        syncs += st.sync_durations.buckets[k];
+    assert_true(syncs >= 1);
+    w_free(w);
+    zmq_close(c);
+    h_free(h);
+}
+
 /* Disk full: no ACCEPTED without a commit; busy instead; the broker goes on and recovers. An
  * fsync error stops it (fail-stop) and a restart recovers every accepted job. */
 static void test_disk_full_and_fail_stop(void **state)
@@ -1329,6 +1381,7 @@ int main(void)
         cmocka_unit_test(test_isolation),
         cmocka_unit_test(test_restart_recovery),
         cmocka_unit_test(test_disk_full_and_fail_stop),
+        cmocka_unit_test(test_dispatch_before_sync_accepted_after),
         cmocka_unit_test(test_long_poll),
         cmocka_unit_test(test_image_uri_roots),
     };

@@ -26,10 +26,13 @@ static void fill(kb_metrics_snapshot *s, const kb_metrics_worker *ws, size_t n)
     s->stats.dispatches = 7;
     s->stats.violations = 3;
     s->stats.memory_bound = 1000;
-    s->stats.commit_buckets[0] = 1;                     /* <= 0.25 ms */
-    s->stats.commit_buckets[2] = 2;                     /* <= 1 ms */
-    s->stats.commit_buckets[KB_COMMIT_BUCKETS - 1] = 1; /* > 32 ms */
-    s->stats.commit_us_total = 123456;
+    s->stats.commit_durations.buckets[0] = 1;                    /* <= 0.25 ms */
+    s->stats.commit_durations.buckets[2] = 2;                    /* <= 1 ms */
+    s->stats.commit_durations.buckets[KB_DURATION_BUCKETS - 1] = 1; /* > 32 ms */
+    s->stats.commit_durations.us_total = 123456;
+    s->stats.sync_durations.buckets[3] = 5; /* <= 2 ms */
+    s->stats.sync_durations.us_total = 7500;
+    s->stats.checkpoints = 9;
     s->stats.workers = (uint32_t)n;
     s->workers = ws;
     s->n_workers = n;
@@ -61,6 +64,13 @@ static void test_render_escapes_labels(void **state)
                                  "kosmos_broker_commit_seconds_bucket{le=\"+Inf\"} 4\n"
                                  "kosmos_broker_commit_seconds_sum 0.123456\n"
                                  "kosmos_broker_commit_seconds_count 4\n"));
+    assert_non_null(strstr(text, "# TYPE kosmos_broker_sync_seconds histogram\n"
+                                 "kosmos_broker_sync_seconds_bucket{le=\"0.00025\"} 0\n"));
+    assert_non_null(strstr(text, "\nkosmos_broker_sync_seconds_bucket{le=\"0.001\"} 0\n"
+                                 "kosmos_broker_sync_seconds_bucket{le=\"0.002\"} 5\n"));
+    assert_non_null(strstr(text, "\nkosmos_broker_sync_seconds_sum 0.007500\n"
+                                 "kosmos_broker_sync_seconds_count 5\n"));
+    assert_non_null(strstr(text, "\nkosmos_broker_checkpoints_total 9\n"));
     assert_non_null(strstr(text, "\nkosmos_broker_worker_credit{worker=\"gpu-01/0\"} 2\n"));
     assert_non_null(strstr(text, "\nkosmos_broker_worker_credit{worker=\"back\\\\slash\"} 1\n"));
     assert_non_null(strstr(text, "\nkosmos_broker_worker_running{worker=\"say \\\"hi\\\"\"} 1\n"));

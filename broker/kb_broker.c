@@ -434,10 +434,13 @@ void kb_durations_add(kb_durations *d, uint64_t us)
     d->us_total += us;
 }
 
-/* Far past the syncer's checkpoint threshold, the WAL is not being copied back (passive
- * checkpoints never caught up): the loop checkpoints itself, once a cycle, until it shrinks. */
+/* The syncer copies the WAL into the database every KB_WAL_CHECKPOINT_FRAMES, in the
+ * background. Starting the WAL over takes a checkpoint with no commit after it, which a busy
+ * loop never leaves the syncer: the loop checkpoints itself (the frames not copied yet, and two
+ * syncs: a stall of a millisecond or so) once the WAL holds KB_WAL_RESTART_FRAMES (256 MiB),
+ * and its next commit starts the WAL over. */
 #define KB_WAL_CHECKPOINT_FRAMES 1000
-#define KB_WAL_FRAMES_MAX (64 * KB_WAL_CHECKPOINT_FRAMES)
+#define KB_WAL_RESTART_FRAMES (64 * KB_WAL_CHECKPOINT_FRAMES)
 
 /* Commits (when st is KS_OK) or rolls back, then flushes the outbox accordingly. The commit's
  * duration is measured on the real clock (never the injected one): it is the disk's. */
@@ -451,7 +454,7 @@ static void kb_commit_or_rollback(kb_broker *b, ks_status st)
             kb_durations_add(&b->stats.commit_durations, (kb_mono_ns() - started) / 1000);
             uint32_t frames = kb_store_wal_frames(b->store);
             kb_syncer_request(b->syncer, ++b->commits_written, frames);
-            if (frames >= KB_WAL_FRAMES_MAX && kb_store_checkpoint(b->store) != KS_OK) {
+            if (frames >= KB_WAL_RESTART_FRAMES && kb_store_checkpoint(b->store) != KS_OK) {
                 kb_logf(b, KB_WARN, "checkpoint_failed", "\"wal_frames\":%u", frames);
                 kb_store_fatal(b);
             }
@@ -1049,12 +1052,15 @@ void kb_broker_destroy(kb_broker **pb)
                                  KOSMOS__V1__ERROR_CODE__ERROR_CODE_UNAVAILABLE,
                                  "broker shutting down", false);
     kb_flush(b, false);
-    if (b->syncer && b->n_held) {
-        kb_syncer_wait(b->syncer, b->commits_written);
+    if (b->syncer) {
+        /* Durable (sent) or never to be (errors, when the syncer failed): nothing stays held. */
+        if (b->n_held)
+            kb_syncer_wait(b->syncer, b->commits_written);
         kb_held_release(b);
     }
     kb_syncer_destroy(&b->syncer);
-    kb_held_release(b); /* after a failed sync: what is left becomes errors */
+    for (size_t i = 0; i < b->n_held; i++)
+        zmq_msg_close(&b->held[i].body);
     while (b->n_workers)
         kb_worker_forget(b, b->workers[b->n_workers - 1], false, NULL);
     if (b->client_sock)

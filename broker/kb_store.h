@@ -64,8 +64,8 @@ uint64_t kb_store_queue_epoch(const kb_store *s);
 ks_status kb_store_begin(kb_store *s);
 ks_status kb_store_commit(kb_store *s);
 /* The WAL's size in frames after the last commit. SQLite's automatic checkpoints are off: the
- * syncer checkpoints (kb_syncer.h), and kb_store_checkpoint is the loop's own, for a WAL that
- * outgrew what the syncer's passive checkpoints keep up with. */
+ * syncer checkpoints (kb_syncer.h), and kb_store_checkpoint (passive) is the loop's own, after
+ * which its next commit starts the WAL over (kb_broker.c, KB_WAL_RESTART_FRAMES). */
 uint32_t kb_store_wal_frames(const kb_store *s);
 ks_status kb_store_checkpoint(kb_store *s);
 /* Whether the open transaction changed a row (one that did not commits without a write). */

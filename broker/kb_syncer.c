@@ -68,6 +68,10 @@ static void *kb_syncer_main(void *arg)
 {
     kb_syncer *s = arg;
     uint64_t done = 0;
+    /* The WAL's size at the last checkpoint. A checkpoint during which the loop committed
+     * cannot restart the WAL, which then keeps its size: the next one waits until another
+     * threshold's worth of frames came, instead of copying a handful after every sync. */
+    uint32_t checkpointed_at = 0;
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->stop && s->requested == done)
@@ -75,7 +79,10 @@ static void *kb_syncer_main(void *arg)
         if (s->requested == done)
             break; /* stopping, and everything asked for is durable */
         uint64_t target = s->requested;
-        bool checkpoint = s->wal_frames >= s->checkpoint_frames;
+        uint32_t frames = s->wal_frames;
+        if (frames < checkpointed_at)
+            checkpointed_at = 0; /* the WAL restarted */
+        bool checkpoint = frames >= checkpointed_at + s->checkpoint_frames;
         pthread_mutex_unlock(&s->mu);
 
         uint64_t started = kb_mono_ns() / 1000;
@@ -104,6 +111,7 @@ static void *kb_syncer_main(void *arg)
                 kb_syncer_fail(s, "checkpoint of the WAL", rc);
                 return NULL;
             }
+            checkpointed_at = frames;
             pthread_mutex_lock(&s->mu);
             s->stats.checkpoints++;
             pthread_mutex_unlock(&s->mu);

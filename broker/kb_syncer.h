@@ -32,8 +32,8 @@ typedef struct kb_syncer_stats {
 } kb_syncer_stats;
 
 /* Opens its connection to `db_path` (already a WAL database: kb_store_open made it) with the
- * SQLite VFS `vfs` (NULL = default) and starts the thread. `checkpoint_frames`: the WAL size,
- * in frames, from which it checkpoints. */
+ * SQLite VFS `vfs` (NULL = default) and starts the thread. `checkpoint_frames`: how many
+ * frames the WAL grows by between two checkpoints. */
 ks_status kb_syncer_new(const char *db_path, const char *vfs, uint32_t checkpoint_frames,
                         kb_syncer **out);
 /* Syncs what was requested, stops the thread and closes its connection. */

@@ -66,6 +66,7 @@ for _ in $(seq "$rounds"); do
       kill -0 "$broker_pid" 2>/dev/null || { cat "$data/broker.log" >&2; exit 1; }
       sleep 0.1
     done
+    sync # the previous run's writeback, off this run's disk
     out=$("$bf" latency --rate 1000 --seconds "$seconds" --clients 1 --workers 8 --credit 64 \
       --client-endpoint "$cep" --worker-endpoint "$wep" --broker-pid "$broker_pid")
     kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true

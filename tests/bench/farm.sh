@@ -127,9 +127,12 @@ start_beanstalkd() {
   echo "farm.sh: beanstalkd did not start" >&2; exit 1
 }
 
-# run NAME COMMAND...: one measurement, its JSON tagged with NAME, appended to results.
+# run NAME COMMAND...: one measurement, its JSON tagged with NAME, appended to results. The
+# dirty pages of the parts before (gigabytes, after the durable part) are written out first, so
+# that their writeback does not fall on this part's disk.
 run() {
   local name="$1"; shift
+  sync
   note "$name"
   local out
   if ! out=$("$@"); then echo "farm.sh: $name failed" >&2; exit 1; fi

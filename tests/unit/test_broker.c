@@ -59,7 +59,8 @@ static void h_params(harness *h)
     h->p.log_level = KB_WARN;
 }
 
-static harness *h_new(void)
+/* A broker in a fresh folder, its store on the SQLite VFS `vfs` (NULL: the default). */
+static harness *h_new_vfs(const char *vfs)
 {
     harness *h = calloc(1, sizeof *h);
     snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
@@ -69,10 +70,13 @@ static harness *h_new(void)
     snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
     h->log = fopen("/dev/null", "w");
     h_params(h);
+    h->p.db_vfs = vfs;
     h->zctx = zmq_ctx_new();
     assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
     return h;
 }
+
+static harness *h_new(void) { return h_new_vfs(NULL); }
 
 static void h_restart(harness *h)
 {
@@ -1179,17 +1183,7 @@ static void test_dispatch_before_sync_accepted_after(void **state)
 {
     (void)state;
     kbf_register();
-    harness *h = calloc(1, sizeof *h);
-    snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
-    assert_non_null(mkdtemp(h->dir));
-    snprintf(h->cep, sizeof h->cep, "ipc://%s/c", h->dir);
-    snprintf(h->wep, sizeof h->wep, "ipc://%s/w", h->dir);
-    snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
-    h->log = fopen("/dev/null", "w");
-    h_params(h);
-    h->p.db_vfs = KB_FAULTVFS_NAME;
-    h->zctx = zmq_ctx_new();
-    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    harness *h = h_new_vfs(KB_FAULTVFS_NAME);
     void *c = h_socket(h, h->cep);
     fworker *w = w_new(h, "host/gpu0", 1, 1);
     h_steps(h, 3);
@@ -1229,17 +1223,7 @@ static void test_disk_full_and_fail_stop(void **state)
 {
     (void)state;
     kbf_register();
-    harness *h = calloc(1, sizeof *h);
-    snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
-    assert_non_null(mkdtemp(h->dir));
-    snprintf(h->cep, sizeof h->cep, "ipc://%s/c", h->dir);
-    snprintf(h->wep, sizeof h->wep, "ipc://%s/w", h->dir);
-    snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
-    h->log = fopen("/dev/null", "w");
-    h_params(h);
-    h->p.db_vfs = KB_FAULTVFS_NAME;
-    h->zctx = zmq_ctx_new();
-    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    harness *h = h_new_vfs(KB_FAULTVFS_NAME);
     void *c = h_socket(h, h->cep);
     char accepted[16][65];
     int n_acc = 0;

@@ -49,8 +49,8 @@ typedef struct kb_job {
 void kb_job_fini(kb_job *j);
 
 /* Opens (creating if needed) the database at `path` with the SQLite VFS `vfs` (NULL = the
- * default; tests pass a fault-injecting one), sets WAL and synchronous=FULL, and migrates the
- * schema. Caller owns *out. */
+ * default; tests pass a fault-injecting one), sets WAL and synchronous=NORMAL (kb_syncer makes
+ * the commits durable), and migrates the schema. Caller owns *out. */
 ks_status kb_store_open(const char *path, const char *vfs, kb_store **out);
 void kb_store_destroy(kb_store **s);
 

@@ -453,7 +453,8 @@ static void kb_commit_or_rollback(kb_broker *b, ks_status st)
         if (st == KS_OK && wrote) {
             kb_durations_add(&b->stats.commit_durations, (kb_mono_ns() - started) / 1000);
             uint32_t frames = kb_store_wal_frames(b->store);
-            kb_syncer_request(b->syncer, ++b->commits_written, frames);
+            if (b->syncer)
+                kb_syncer_request(b->syncer, ++b->commits_written, frames);
             if (frames >= KB_WAL_RESTART_FRAMES && kb_store_checkpoint(b->store) != KS_OK) {
                 kb_logf(b, KB_WARN, "checkpoint_failed", "\"wal_frames\":%u", frames);
                 kb_store_fatal(b);
@@ -989,7 +990,10 @@ ks_status kb_broker_new(const kb_params *p, kb_broker **out)
                                      "--worker-keys together (fail closed)");
         goto cleanup;
     }
-    if ((st = kb_store_open(p->db_path, p->db_vfs, &b->store)) != KS_OK ||
+    if ((st = kb_store_open(p->db_path, p->db_vfs, &b->store)) != KS_OK)
+        goto cleanup;
+    /* Without a WAL (":memory:") nothing outlives the process anyway: replies follow COMMIT. */
+    if (kb_store_is_wal(b->store) &&
         (st = kb_syncer_new(p->db_path, p->db_vfs, KB_WAL_CHECKPOINT_FRAMES, &b->syncer)) !=
             KS_OK)
         goto cleanup;
@@ -1130,13 +1134,18 @@ ks_status kb_broker_step(kb_broker *b, int timeout_ms)
     /* Past one outbox of replies held for the disk, the cycle reads nothing and answers no
      * waiter: it waits for the syncer (docs/broker.md "Memory bound"). */
     bool intake = b->held_bytes <= kb_outbox_bound(&b->p);
-    zmq_pollitem_t items[3] = {{NULL, kb_syncer_fd(b->syncer), ZMQ_POLLIN, 0},
-                               {b->client_sock, 0, ZMQ_POLLIN, 0},
-                               {b->worker_sock, 0, ZMQ_POLLIN, 0}};
+    zmq_pollitem_t items[3];
+    int n_items = 0;
+    if (intake) {
+        items[n_items++] = (zmq_pollitem_t){b->client_sock, 0, ZMQ_POLLIN, 0};
+        items[n_items++] = (zmq_pollitem_t){b->worker_sock, 0, ZMQ_POLLIN, 0};
+    }
+    if (b->syncer)
+        items[n_items++] = (zmq_pollitem_t){NULL, kb_syncer_fd(b->syncer), ZMQ_POLLIN, 0};
     int wait = timeout_ms;
     if (wait < 0 || wait > (int)b->p.heartbeat_ms / 2)
         wait = (int)b->p.heartbeat_ms / 2; /* timers run at least twice per heartbeat */
-    if (zmq_poll(items, intake ? 3 : 1, wait) < 0 && errno != EINTR)
+    if (zmq_poll(items, n_items, wait) < 0 && errno != EINTR)
         return ks_fail(KS_ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
     kb_held_release(b);
     if (intake && !b->fatal)
@@ -1194,7 +1203,7 @@ ks_status kb_broker_run(kb_broker *b, volatile sig_atomic_t *stop)
         kp_inbound_destroy(&in);
     }
     /* Finish the commits: every held reply goes out once the disk has what it promises. */
-    if (!kb_syncer_wait(b->syncer, b->commits_written)) {
+    if (b->syncer && !kb_syncer_wait(b->syncer, b->commits_written)) {
         kb_held_release(b);
         return ks_fail(KS_ERR_IO, "the store failed; the broker stopped (fail-stop)");
     }

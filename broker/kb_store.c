@@ -144,6 +144,7 @@ struct kb_store {
     uint64_t promote_due; /* no RETRY_WAIT job is due before this; 0: unknown, ask */
     sqlite3_int64 changes_at_begin; /* kb_store_wrote */
     uint32_t wal_frames;            /* the WAL's size after the last commit (kb_store_wal_frames) */
+    bool wal;                       /* journal_mode is WAL (not so for ":memory:") */
 };
 
 /* Replaces SQLite's automatic checkpoint (kb_syncer checkpoints instead) and notes the size. */
@@ -346,6 +347,14 @@ ks_status kb_store_open(const char *path, const char *vfs, kb_store **out)
         (st = kb_exec(s, "PRAGMA cache_size=-65536")) != KS_OK ||
         (st = kb_exec(s, "PRAGMA foreign_keys=ON")) != KS_OK || (st = kb_migrate(s)) != KS_OK)
         goto cleanup;
+    sqlite3_stmt *mode = NULL;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode", -1, &mode, NULL) == SQLITE_OK &&
+        sqlite3_step(mode) == SQLITE_ROW && sqlite3_column_text(mode, 0))
+        s->wal = strcmp((const char *)sqlite3_column_text(mode, 0), "wal") == 0;
+    sqlite3_finalize(mode);
+    /* Without a WAL, no syncer runs: each commit must sync by itself. */
+    if (!s->wal && (st = kb_exec(s, "PRAGMA synchronous=FULL")) != KS_OK)
+        goto cleanup;
     sqlite3_wal_hook(s->db, kb_store_wal_hook, s);
     *out = s;
     s = NULL;
@@ -390,6 +399,8 @@ ks_status kb_store_commit(kb_store *s)
 uint64_t kb_store_queue_epoch(const kb_store *s) { return s->queue_epoch; }
 
 uint32_t kb_store_wal_frames(const kb_store *s) { return s->wal_frames; }
+
+bool kb_store_is_wal(const kb_store *s) { return s->wal; }
 
 ks_status kb_store_checkpoint(kb_store *s)
 {

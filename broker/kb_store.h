@@ -67,6 +67,9 @@ ks_status kb_store_commit(kb_store *s);
  * syncer checkpoints (kb_syncer.h), and kb_store_checkpoint (passive) is the loop's own, after
  * which its next commit starts the WAL over (kb_broker.c, KB_WAL_RESTART_FRAMES). */
 uint32_t kb_store_wal_frames(const kb_store *s);
+/* Whether the database is in WAL mode: any file is; ":memory:" (tests, fuzzing) is not, and
+ * has nothing to sync. */
+bool kb_store_is_wal(const kb_store *s);
 ks_status kb_store_checkpoint(kb_store *s);
 /* Whether the open transaction changed a row (one that did not commits without a write). */
 bool kb_store_wrote(const kb_store *s);

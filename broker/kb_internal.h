@@ -140,6 +140,8 @@ struct kb_broker {
     struct { uint64_t second, jobs, tokens; } tput[60];
     kb_stats stats;
     size_t mem_fixed;          /* workers, waiters, models, outbox */
+    size_t mem_workers;        /* the workers' share of it, summed when mem_workers_stale */
+    bool mem_workers_stale;
     atomic_size_t mem_zmq;     /* image buffers handed to ZeroMQ, not yet freed */
     size_t mem_batch;          /* received messages held in this cycle */
     kp_inbound **batch;        /* p.batch_max slots: this cycle's messages (kb_batch_read) */
@@ -215,7 +217,7 @@ kb_worker *kb_worker_by_name(kb_broker *b, const char *name);
 kb_worker *kb_worker_by_rid(kb_broker *b, const void *rid, size_t len);
 void kb_worker_forget(kb_broker *b, kb_worker *w, bool crash, const char *why);
 bool kb_worker_drop_lease(kb_worker *w, const char *job_id, uint32_t attempt);
-ks_status kb_worker_add_lease(kb_worker *w, const kb_lease *l);
+ks_status kb_worker_add_lease(kb_broker *b, kb_worker *w, const kb_lease *l);
 bool kb_model_known(kb_broker *b, const char *id, const char *hash);
 void kb_workers_timers(kb_broker *b, uint64_t now);
 /* Sends to a worker now; a failed send (peer gone, queue full) marks it gone. */

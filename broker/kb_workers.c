@@ -36,7 +36,7 @@ bool kb_worker_drop_lease(kb_worker *w, const char *job_id, uint32_t attempt)
     return false;
 }
 
-ks_status kb_worker_add_lease(kb_worker *w, const kb_lease *l)
+ks_status kb_worker_add_lease(kb_broker *b, kb_worker *w, const kb_lease *l)
 {
     if (w->n_leases == w->cap_leases) {
         size_t ncap = w->cap_leases ? w->cap_leases * 2 : 4;
@@ -45,6 +45,7 @@ ks_status kb_worker_add_lease(kb_worker *w, const kb_lease *l)
             return ks_fail(KS_ERR_NOMEM, "out of memory");
         w->leases = grown;
         w->cap_leases = ncap;
+        b->mem_workers_stale = true;
     }
     w->leases[w->n_leases++] = *l;
     return KS_OK;
@@ -118,6 +119,7 @@ void kb_worker_forget(kb_broker *b, kb_worker *w, bool crash, const char *why)
             b->workers[i] = b->workers[--b->n_workers];
             break;
         }
+    b->mem_workers_stale = true;
     if (why)
         kb_logf(b, KB_INFO, "worker_gone", "\"name\":\"%s\",\"why\":\"%s\"", w->name, why);
     b->n_empty = 0; /* it may have lent its strings to the dispatch classes */
@@ -261,6 +263,7 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
         return ks_fail(KS_ERR_NOMEM, "out of memory");
     }
     b->workers[b->n_workers++] = w;
+    b->mem_workers_stale = true;
     const kb_model *kind = kb_model_intern(b, w->model_id, w->model_hash);
     w->kind_id = kind ? kind->id : w->model_id;
     w->kind_hash = kind ? kind->hash : w->model_hash;
@@ -294,7 +297,7 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
             lease.expires = job.lease_expires;
             lease.deadline = job.deadline;
             lease.seen = true;
-            kb_worker_add_lease(w, &lease);
+            kb_worker_add_lease(b, w, &lease);
             if (!job.worker || strcmp(job.worker, w->name) != 0)
                 st = kb_store_set_worker(b->store, job.id, w->name);
             for (size_t k = 0; k < b->n_orphans; k++)

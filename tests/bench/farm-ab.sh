@@ -50,7 +50,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$((30000 + RANDOM % 20000))
+# Ports below the kernel's ephemeral range. With them inside it, 1,000-worker runs failed now
+# and then (3 of 14) with an echo worker reading a worker's Ready message instead of the
+# broker's reply; none did in 4 runs below it. The cause is not established (docs/
+# benchmarks-farm.md "Notes on the other figures").
+low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+port=$((10000 + RANDOM % (low - 10010)))
 for _ in $(seq "$rounds"); do
   for which in old new; do
     broker="$old"; [ "$which" = new ] && broker="$new"

@@ -89,7 +89,12 @@ if [ "$quick" -eq 1 ]; then
 else
   n_durable=100000; n_route=40000; lat_seconds=20; n_workers_jobs=40000; e2e_copies=4
 fi
-port=$((20000 + RANDOM % 20000))
+# Ports below the kernel's ephemeral range. With them inside it, 1,000-worker runs failed now
+# and then (3 of 14) with an echo worker reading a worker's Ready message instead of the
+# broker's reply; none did in 4 runs below it. The cause is not established (docs/
+# benchmarks-farm.md "Notes on the other figures").
+low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+port=$((10000 + RANDOM % (low - 10010)))
 cep="tcp://127.0.0.1:$port"
 wep="tcp://127.0.0.1:$((port + 1))"
 bport=$((port + 2))

@@ -311,7 +311,6 @@ static void kb_held_release(kb_broker *b)
 {
     if (!b->syncer)
         return;
-    kb_syncer_drain(b->syncer);
     const char *why = NULL;
     bool failed = kb_syncer_failed(b->syncer, &why);
     if (failed && !b->fatal) {
@@ -339,6 +338,15 @@ static void kb_held_release(kb_broker *b)
         memmove(b->held, b->held + i, (b->n_held - i) * sizeof *b->held);
         b->n_held -= i;
     }
+}
+
+/* Waits until every commit is durable or the syncer failed, then releases every held reply:
+ * sent, or answered with an error. For stopping. */
+static void kb_held_drain(kb_broker *b)
+{
+    if (b->syncer && b->n_held)
+        kb_syncer_wait(b->syncer, b->commits_written);
+    kb_held_release(b);
 }
 
 /* Sends (committed) or discards (rolled back) the outbox. */
@@ -1064,15 +1072,8 @@ void kb_broker_destroy(kb_broker **pb)
                                  KOSMOS__V1__ERROR_CODE__ERROR_CODE_UNAVAILABLE,
                                  "broker shutting down", false);
     kb_flush(b, false);
-    if (b->syncer) {
-        /* Durable (sent) or never to be (errors, when the syncer failed): nothing stays held. */
-        if (b->n_held)
-            kb_syncer_wait(b->syncer, b->commits_written);
-        kb_held_release(b);
-    }
+    kb_held_drain(b);
     kb_syncer_destroy(&b->syncer);
-    for (size_t i = 0; i < b->n_held; i++)
-        zmq_msg_close(&b->held[i].body);
     while (b->n_workers)
         kb_worker_forget(b, b->workers[b->n_workers - 1], false, NULL);
     if (b->client_sock)
@@ -1148,13 +1149,18 @@ ks_status kb_broker_step(kb_broker *b, int timeout_ms)
         items[n_items++] = (zmq_pollitem_t){b->client_sock, 0, ZMQ_POLLIN, 0};
         items[n_items++] = (zmq_pollitem_t){b->worker_sock, 0, ZMQ_POLLIN, 0};
     }
-    if (b->syncer)
-        items[n_items++] = (zmq_pollitem_t){NULL, kb_syncer_fd(b->syncer), ZMQ_POLLIN, 0};
+    zmq_pollitem_t *durable = NULL;
+    if (b->syncer) {
+        durable = &items[n_items++];
+        *durable = (zmq_pollitem_t){NULL, kb_syncer_fd(b->syncer), ZMQ_POLLIN, 0};
+    }
     int wait = timeout_ms;
     if (wait < 0 || wait > (int)b->p.heartbeat_ms / 2)
         wait = (int)b->p.heartbeat_ms / 2; /* timers run at least twice per heartbeat */
     if (zmq_poll(items, n_items, wait) < 0 && errno != EINTR)
         return ks_fail(KS_ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
+    if (durable && (durable->revents & ZMQ_POLLIN))
+        kb_syncer_drain(b->syncer);
     kb_held_release(b);
     if (intake && !b->fatal)
         kb_clients_batch(b);
@@ -1211,11 +1217,9 @@ ks_status kb_broker_run(kb_broker *b, volatile sig_atomic_t *stop)
         kp_inbound_destroy(&in);
     }
     /* Finish the commits: every held reply goes out once the disk has what it promises. */
-    if (b->syncer && !kb_syncer_wait(b->syncer, b->commits_written)) {
-        kb_held_release(b);
+    kb_held_drain(b);
+    if (b->fatal)
         return ks_fail(KS_ERR_IO, "the store failed; the broker stopped (fail-stop)");
-    }
-    kb_held_release(b);
     kb_logf(b, KB_INFO, "stopping", NULL);
     return KS_OK;
 }

@@ -338,22 +338,27 @@ ks_status kb_store_open(const char *path, const char *vfs, kb_store **out)
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, 5000);
+    /* The pragma answers the mode it got: WAL for any file, not for ":memory:". */
+    sqlite3_stmt *mode = NULL;
+    rc = sqlite3_prepare_v2(s->db, "PRAGMA journal_mode=WAL", -1, &mode, NULL);
+    if (rc == SQLITE_OK && sqlite3_step(mode) == SQLITE_ROW && sqlite3_column_text(mode, 0))
+        s->wal = strcmp((const char *)sqlite3_column_text(mode, 0), "wal") == 0;
+    else if (rc == SQLITE_OK)
+        rc = sqlite3_errcode(s->db);
+    sqlite3_finalize(mode);
+    if (rc != SQLITE_OK) {
+        st = kb_sqlfail(s, rc, "PRAGMA journal_mode=WAL");
+        goto cleanup;
+    }
     /* NORMAL: a commit writes the WAL without waiting for the disk; kb_syncer fdatasyncs it
-     * and the broker holds client replies until then (kb_syncer.h). */
-    if ((st = kb_exec(s, "PRAGMA journal_mode=WAL")) != KS_OK ||
-        (st = kb_exec(s, "PRAGMA synchronous=NORMAL")) != KS_OK ||
+     * and the broker holds client replies until then (kb_syncer.h). Without a WAL no syncer
+     * runs, and each commit syncs by itself. */
+    if ((st = kb_exec(s, s->wal ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL")) !=
+            KS_OK ||
         /* 64 MiB of page cache: the job indexes of a busy queue stay in memory (SQLite's
          * default, 2 MiB, made every submit read pages back); docs/broker.md "Memory bound". */
         (st = kb_exec(s, "PRAGMA cache_size=-65536")) != KS_OK ||
         (st = kb_exec(s, "PRAGMA foreign_keys=ON")) != KS_OK || (st = kb_migrate(s)) != KS_OK)
-        goto cleanup;
-    sqlite3_stmt *mode = NULL;
-    if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode", -1, &mode, NULL) == SQLITE_OK &&
-        sqlite3_step(mode) == SQLITE_ROW && sqlite3_column_text(mode, 0))
-        s->wal = strcmp((const char *)sqlite3_column_text(mode, 0), "wal") == 0;
-    sqlite3_finalize(mode);
-    /* Without a WAL, no syncer runs: each commit must sync by itself. */
-    if (!s->wal && (st = kb_exec(s, "PRAGMA synchronous=FULL")) != KS_OK)
         goto cleanup;
     sqlite3_wal_hook(s->db, kb_store_wal_hook, s);
     *out = s;

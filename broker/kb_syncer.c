@@ -220,13 +220,12 @@ void kb_syncer_request(kb_syncer *s, uint64_t commit, uint32_t wal_frames)
 
 uint64_t kb_syncer_durable(kb_syncer *s) { return atomic_load(&s->durable); }
 
-bool kb_syncer_wait(kb_syncer *s, uint64_t commit)
+void kb_syncer_wait(kb_syncer *s, uint64_t commit)
 {
     pthread_mutex_lock(&s->mu);
     while (atomic_load(&s->durable) < commit && !atomic_load(&s->failed))
         pthread_cond_wait(&s->progress_cv, &s->mu);
     pthread_mutex_unlock(&s->mu);
-    return atomic_load(&s->durable) >= commit;
 }
 
 int kb_syncer_fd(const kb_syncer *s) { return s->wake[0]; }

@@ -44,8 +44,8 @@ void kb_syncer_destroy(kb_syncer **s);
 void kb_syncer_request(kb_syncer *s, uint64_t commit, uint32_t wal_frames);
 /* The highest commit known durable. */
 uint64_t kb_syncer_durable(kb_syncer *s);
-/* Blocks until commit `commit` is durable or the syncer failed (false). */
-bool kb_syncer_wait(kb_syncer *s, uint64_t commit);
+/* Blocks until commit `commit` is durable or the syncer failed (kb_syncer_failed tells). */
+void kb_syncer_wait(kb_syncer *s, uint64_t commit);
 /* Readable when kb_syncer_durable advanced or the syncer failed; kb_syncer_drain empties it. */
 int kb_syncer_fd(const kb_syncer *s);
 void kb_syncer_drain(kb_syncer *s);

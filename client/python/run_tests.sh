@@ -9,7 +9,8 @@
 # reinstalled. Without it a temporary directory is used and removed afterwards.
 # PYTHON: the interpreter to make the venv with (default python3, >= 3.8, with venv and pip).
 # Integration tests run when KOSMOS_BROKER_BIN (and KOSMOS_WORKER_BIN) name the binaries
-# (see tests/test_integration.py); otherwise they are skipped with the reason.
+# (see tests/test_integration.py); otherwise they are skipped with the reason, and with
+# KOSMOS_TEST_NO_SKIP=1 (as ctest runs it) every skip is a failure.
 # The source tree is not written to: the package is built from a copy.
 set -euo pipefail
 

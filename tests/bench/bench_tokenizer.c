@@ -51,7 +51,7 @@ static ks_status make_corpus(const kt_tokenizer *t, size_t bytes, ks_buf *out)
 
 int main(int argc, char **argv)
 {
-    const char *model_dir = KOSMOS_SHARED_DIR "/kosmos2";
+    const char *model_dir = KOSMOS_TEST_DATA_DIR "/kosmos2";
     const char *input = NULL, *dump = NULL;
     double seconds = 3.0;
     for (int i = 1; i < argc; i++) {

@@ -33,7 +33,7 @@ usage: tests/bench/farm.sh [--build DIR] [--dir DIR] [--quick] [--only LIST] [--
                 (default: cpu, PoCL)
 durable, routing, latency and workers need the broker, bench-farm and beanstalkd
 (ops/install-deps.sh --bench); e2e needs the worker, the kosmos CLI, an OpenCL device (PoCL:
-pocl-opencl-icd) and the ../shared demo images (or KOSMOS_SHARED_DIR).
+pocl-opencl-icd) and the demo images in tests/data/kosmos2/images.
 EOF
 }
 
@@ -209,7 +209,7 @@ if want workers; then
 fi
 
 if want e2e; then
-  shared="${KOSMOS_SHARED_DIR:-$root/../shared}/kosmos2/images"
+  demo="$root/tests/data/kosmos2/images"
   model="$root/tests/data/tiny-kosmos2"
   if ! "$bin/kosmos" devices --json 2>/dev/null | python3 -c '
 import json, sys
@@ -219,15 +219,15 @@ def named(d):
     return spec in json.dumps(d).lower() or (spec.isdigit() and int(spec) < len(devs))
 sys.exit(0 if any(named(d) for d in devs) else 1)' "$e2e_device"; then
     echo "farm.sh: e2e skipped: no OpenCL device matches '$e2e_device' (kosmos devices)" >&2
-  elif [ ! -d "$shared" ]; then
-    echo "farm.sh: e2e skipped: no demo images in $shared" >&2
+  elif [ ! -d "$demo" ]; then
+    echo "farm.sh: e2e skipped: no demo images in $demo" >&2
   else
     imgs="$dir/images"
     rm -rf "$imgs"; mkdir -p "$imgs"
     # Copies made distinct by a few trailing bytes (decoders ignore them): identical files
     # would be one job each, as `kosmos submit` deduplicates by content.
     for c in $(seq "$e2e_copies"); do
-      for f in "$shared"/*; do
+      for f in "$demo"/*; do
         case "$f" in
           *.jpg|*.jpeg|*.png)
             cp "$f" "$imgs/c$c-$(basename "$f")"

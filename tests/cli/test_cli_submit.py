@@ -5,9 +5,9 @@ pipeline): complete JSON Lines over the demo images, --resume after a killed run
 kosmos-broker + kosmos-worker processes (deduplication by idempotency key). Standard library
 only.
 
-    test_cli_submit.py --kosmos build/bin/kosmos --shared ../shared \
+    test_cli_submit.py --kosmos build/bin/kosmos --data tests/data \
         --model tests/data/tiny-kosmos2 [--device ref] \
-        [--broker-bin build/bin/kosmos-broker --worker-bin build/bin/kosmos-worker]
+        --broker-bin build/bin/kosmos-broker --worker-bin build/bin/kosmos-worker
 """
 import argparse
 import json
@@ -21,6 +21,8 @@ import tempfile
 import time
 import unittest
 
+import strict_unittest
+
 ARGS = None
 MAX_NEW = "4"
 REG_PROMPT = "<grounding><phrase> It</phrase> is"
@@ -29,7 +31,7 @@ LINE_KEYS = {"path", "prompt", "status", "text", "entities", "boxes_px", "timing
 
 
 def images_dir():
-    return os.path.join(ARGS.shared, "kosmos2", "images")
+    return os.path.join(ARGS.data, "kosmos2", "images")
 
 
 def image_names():
@@ -291,8 +293,6 @@ class RealBroker(Scratch):
 
     def setUp(self):
         super().setUp()
-        if not ARGS.broker_bin or not ARGS.worker_bin:
-            self.skipTest("kosmos-broker / kosmos-worker not built")
         self.client_ep = "ipc://" + self.path("client.sock")
         worker_ep = "ipc://" + self.path("worker.sock")
         self.logs = [open(self.path(n), "wb") for n in ("broker.log", "worker.log")]
@@ -383,13 +383,13 @@ def main():
     global ARGS
     parser = argparse.ArgumentParser()
     parser.add_argument("--kosmos", required=True)
-    parser.add_argument("--shared", required=True)
+    parser.add_argument("--data", required=True, help="the repository's tests/data folder")
     parser.add_argument("--model", required=True)
     parser.add_argument("--device", default="ref")
-    parser.add_argument("--broker-bin")
-    parser.add_argument("--worker-bin")
+    parser.add_argument("--broker-bin", required=True)
+    parser.add_argument("--worker-bin", required=True)
     ARGS, rest = parser.parse_known_args()
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    strict_unittest.main([sys.argv[0]] + rest)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 """The `kosmos tokenize | encode | postprocess` command-line contract, checked against the
 golden fixtures (tests/golden/text/) by running the real binary. Standard library only.
 
-    test_cli_text.py --kosmos build/client/cli/kosmos --shared ../shared --golden tests/golden
+    test_cli_text.py --kosmos build/client/cli/kosmos --data tests/data --golden tests/golden
 """
 import argparse
 import json
@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import unittest
+
+import strict_unittest
 
 ARGS = None
 
@@ -49,7 +51,7 @@ def entities_equal(got, want):
 
 class Tokenize(unittest.TestCase):
     def setUp(self):
-        self.model = os.path.join(ARGS.shared, "kosmos2")
+        self.model = os.path.join(ARGS.data, "kosmos2")
 
     def test_ids_match_reference(self):
         rows = load_jsonl("tokenizer.jsonl")
@@ -122,7 +124,7 @@ class Encode(unittest.TestCase):
     def test_matches_reference(self):
         rows = load_jsonl("processor.jsonl")
         inputs = [{"prompt": r["prompt"], "bboxes": r["bboxes"]} for r in rows]
-        code, out, _ = run(["encode", "--model", os.path.join(ARGS.shared, "kosmos2")], inputs)
+        code, out, _ = run(["encode", "--model", os.path.join(ARGS.data, "kosmos2")], inputs)
         self.assertEqual(len(out), len(rows))
         bad = []
         for r, o in zip(rows, out):
@@ -135,7 +137,7 @@ class Encode(unittest.TestCase):
         self.assertEqual(code, 1 if any("error" in r for r in rows) else 0)
 
     def test_missing_bboxes_key_means_none(self):
-        model = os.path.join(ARGS.shared, "kosmos2")
+        model = os.path.join(ARGS.data, "kosmos2")
         _, a, _ = run(["encode", "--model", model], [{"prompt": "<grounding>An image of"}], 0)
         _, b, _ = run(["encode", "--model", model],
                       [{"prompt": "<grounding>An image of", "bboxes": None}], 0)
@@ -163,10 +165,10 @@ def main():
     global ARGS
     parser = argparse.ArgumentParser()
     parser.add_argument("--kosmos", required=True)
-    parser.add_argument("--shared", required=True)
+    parser.add_argument("--data", required=True, help="the repository's tests/data folder")
     parser.add_argument("--golden", required=True)
     ARGS, rest = parser.parse_known_args()
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    strict_unittest.main([sys.argv[0]] + rest)
 
 
 if __name__ == "__main__":

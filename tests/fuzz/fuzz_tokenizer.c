@@ -17,7 +17,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
-    tokenizer = kt_tokenizer_new(KOSMOS_SHARED_DIR "/kosmos2");
+    tokenizer = kt_tokenizer_new(KOSMOS_TEST_DATA_DIR "/kosmos2");
     if (!tokenizer) {
         fprintf(stderr, "fuzz_tokenizer: %s\n", ks_error_message());
         abort();

@@ -1,6 +1,6 @@
 """Writes the small test images of tests/data/images/ that exercise PIL's mode conversions and
 the formats the worker decodes. Deterministic: each is cut from a demo image in
-shared/kosmos2/images and saved with fixed options, so rerunning gives the same bytes (for a
+tests/data/kosmos2/images and saved with fixed options, so rerunning gives the same bytes (for a
 given Pillow; see tests/golden/requirements.txt).
 
     /work/venv/bin/python tests/golden/make_mode_images.py
@@ -31,8 +31,7 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-SHARED = os.environ.get("KOSMOS_SHARED_DIR", os.path.join(os.path.dirname(REPO), "shared"))
-IMAGES = os.path.join(SHARED, "kosmos2", "images")
+IMAGES = os.path.join(REPO, "tests", "data", "demo-images")
 OUT = os.path.join(REPO, "tests", "data", "images")
 
 

@@ -1,5 +1,5 @@
-"""Writes tests/golden/pixels/<file>.safetensors for every demo image in shared/kosmos2/images and
-every test image in tests/data/images (made by make_mode_images.py):
+"""Writes tests/golden/pixels/<file>.safetensors for every demo image in tests/data/kosmos2/images
+and every test image in tests/data/images (made by make_mode_images.py):
 
   pixel_values  F32 [3, 224, 224]  (demo images) transformers 5.17.0's processor output for the
                                    image as PIL opens it (reference.build_image_processor(); in
@@ -34,7 +34,7 @@ import reference  # noqa: E402
 
 REPO = reference.REPO
 OUT = os.path.join(HERE, "pixels")
-DEMO = os.path.join(reference.KOSMOS2, "images")
+DEMO = reference.DEMO_IMAGES
 MODES = os.path.join(REPO, "tests", "data", "images")
 
 

@@ -29,7 +29,7 @@ import reference  # noqa: E402
 REPO = reference.REPO
 OUT_MODEL = os.path.join(REPO, "tests", "data", "tiny-kosmos2")
 OUT_GOLDEN = os.path.join(HERE, "engine")
-IMAGES = os.path.join(reference.KOSMOS2, "images")
+IMAGES = reference.DEMO_IMAGES
 SEED = 7  # chosen among seeds 1..8 for the largest smallest greedy top-2 margin
 
 TEXT_CONFIG = {

@@ -17,10 +17,11 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-SHARED = os.environ.get("KOSMOS_SHARED_DIR", os.path.join(os.path.dirname(REPO), "shared"))
-KOSMOS2 = os.path.join(SHARED, "kosmos2")
+# Real Kosmos-2 files committed for the tests (tests/data/README.md says where each came from).
+KOSMOS2 = os.path.join(REPO, "tests", "data", "kosmos2")
 SPM_MODEL = os.path.join(KOSMOS2, "sentencepiece.bpe.model")
 CHECKPOINT = os.path.join(KOSMOS2, "checkpoint")
+DEMO_IMAGES = os.path.join(KOSMOS2, "images")
 
 
 def versions():

@@ -15,7 +15,8 @@
 #   tests/integration/test_bundle.sh BUILD_DIR MODEL_DIR IMAGE [IMAGE...]   (first IMAGE found)
 #
 # KOSMOS_TEST_KEEP=1 keeps the temporary folder (bundle, outputs, logs) for a look.
-# Exit 77 (skipped, with the reason) without bwrap, user namespaces, python3 or PoCL.
+# Exit 77 (skipped, with the reason) without bwrap, user namespaces, python3 or PoCL; exit 1
+# instead with KOSMOS_TEST_REQUIRE_ALL=1.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 build=$(cd "$1" && pwd)
@@ -25,7 +26,15 @@ image=""
 for i in "$@"; do
     if [ -f "$i" ]; then image=$(cd "$(dirname "$i")" && pwd)/$(basename "$i"); break; fi
 done
-skip() { echo "test_bundle: SKIPPED: $*"; exit 77; }
+# Where everything must be present (KOSMOS_TEST_REQUIRE_ALL=1, as CI sets), a skip is a failure.
+skip() {
+    if [ "${KOSMOS_TEST_REQUIRE_ALL:-0}" != 0 ]; then
+        echo "test_bundle: FAILED: $* (KOSMOS_TEST_REQUIRE_ALL=1: no skips)" >&2
+        exit 1
+    fi
+    echo "test_bundle: SKIPPED: $*"
+    exit 77
+}
 fail() { echo "test_bundle: FAILED: $*" >&2; exit 1; }
 note() { echo "test_bundle: $*"; }
 [ -n "$image" ] || fail "none of the images exists: $*"

@@ -1,7 +1,7 @@
 /* test_farm: end to end - the real kosmos-broker, two real kosmos-worker processes (tiny
  * random model, --device ref) and a C client over ipc:// in a temporary folder.
  *
- *   1. every shared demo image with 3 prompts (one with a box for its phrase) as one job each:
+ *   1. every demo image (tests/data/kosmos2/images) with 3 prompts (one with a box for its phrase) as one job each:
  *      every prompt's text, raw caption, entities (spans, normalized and pixel boxes) and new
  *      token ids must be identical to `kosmos run` on the same input;
  *   2. bad images - truncated JPEG, a zero-byte file (image_uri), a PNG header claiming
@@ -10,7 +10,7 @@
  *   3. the broker restarts: the workers re-register by themselves and serve a new job;
  *   4. SIGTERM: every worker and the broker exit 0.
  * No wall-clock thresholds: orderings, states and counters only (generous deadlines only
- * against hangs). Exit 0 = pass, 77 = skipped (no demo images), 1 = failure. */
+ * against hangs). Exit 0 = pass, 1 = failure. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -450,23 +450,21 @@ static int name_cmp(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    if (argc != 5) {
-        fprintf(stderr, "usage: test_farm BROKER WORKER KOSMOS MODEL_DIR\n");
+    if (argc != 6) {
+        fprintf(stderr, "usage: test_farm BROKER WORKER KOSMOS MODEL_DIR IMAGES_DIR\n");
         return 1;
     }
     broker_bin = argv[1];
     worker_bin = argv[2];
     kosmos_bin = argv[3];
     model_dir = argv[4];
-    const char *shared = getenv("KOSMOS_SHARED_DIR");
-    char images_dir[512];
-    snprintf(images_dir, sizeof images_dir, "%s/kosmos2/images", shared ? shared : KOSMOS_SHARED_DIR);
+    const char *images_dir = argv[5];
     char *images[MAX_IMAGES];
     int n_images = 0;
     DIR *d = opendir(images_dir);
     if (!d) {
-        printf("SKIP: no demo images in %s\n", images_dir);
-        return 77;
+        printf("FAIL: cannot open the demo images folder %s\n", images_dir);
+        return 1;
     }
     struct dirent *e;
     while ((e = readdir(d)) != NULL && n_images < MAX_IMAGES) {
@@ -479,8 +477,8 @@ int main(int argc, char **argv)
     closedir(d);
     qsort(images, (size_t)n_images, sizeof *images, name_cmp);
     if (n_images == 0) {
-        printf("SKIP: no demo images in %s\n", images_dir);
-        return 77;
+        printf("FAIL: no demo images in %s\n", images_dir);
+        return 1;
     }
     signal(SIGPIPE, SIG_IGN);
 

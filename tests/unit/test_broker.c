@@ -21,6 +21,7 @@
 #include "test_curve_cert.h"
 #include "kb_job.h"
 #include "wire.h"
+#include "test_skip.h"
 
 /* ---- Harness -------------------------------------------------------------------------------- */
 
@@ -795,7 +796,7 @@ static void test_curve_handler_death_stops_broker(void **state)
 {
     (void)state;
     if (!zmq_has("curve"))
-        skip();
+        KT_CANNOT_RUN("libzmq without CURVE");
     harness *h = h_new();
     char keys[128], clients[128], workers[128], secret[160], path[200];
     char bpub[41], bsec[41], cpub[41], csec[41], wpub[41], wsec[41];

@@ -23,6 +23,7 @@
 #include "kc_context.h"
 #include "kc_device.h"
 #include "ref_ops.h"
+#include "test_skip.h"
 
 typedef struct fixture {
     kc_device_list *list;
@@ -32,10 +33,8 @@ typedef struct fixture {
 
 #define REQUIRE_DEVICE(fx)                                                                         \
     do {                                                                                           \
-        if (!(fx)->gemm) {                                                                         \
-            print_message("no OpenCL device: skipped\n");                                         \
-            skip();                                                                                \
-        }                                                                                          \
+        if (!(fx)->gemm)                                                                           \
+            KT_CANNOT_RUN("no OpenCL device");                                                     \
     } while (0)
 
 static int group_setup(void **state)

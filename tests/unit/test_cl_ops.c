@@ -25,6 +25,7 @@
 #include "kc_error.h"
 #include "model.h"
 #include "ref_ops.h"
+#include "test_skip.h"
 
 typedef struct fixture {
     kc_device_list *list;
@@ -36,10 +37,8 @@ static fixture fx;
 
 #define REQUIRE_DEVICE()                                                                           \
     do {                                                                                           \
-        if (!fx.ctx) {                                                                             \
-            print_message("no OpenCL device: skipped\n");                                         \
-            skip();                                                                                \
-        }                                                                                          \
+        if (!fx.ctx)                                                                               \
+            KT_CANNOT_RUN("no OpenCL device");                                                     \
     } while (0)
 
 static int setup(void **state)

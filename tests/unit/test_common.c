@@ -90,7 +90,9 @@ static void test_file_read_limits(void **state)
     size_t len = 0;
     assert_int_equal(ks_file_read("/nonexistent/kosmos", 10, &data, &len), KS_ERR_IO);
     assert_non_null(strstr(ks_error_message(), "/nonexistent/kosmos"));
-    assert_int_equal(ks_file_read(KOSMOS_SHARED_DIR "/kosmos2/dict.txt", 10, &data, &len), KS_ERR_LIMIT);
+    assert_int_equal(ks_file_read(KOSMOS_TEST_DATA_DIR "/kosmos2/checkpoint/preprocessor_config.json",
+                                  10, &data, &len),
+                     KS_ERR_LIMIT);
     assert_int_equal(ks_file_read("/", 100, &data, &len), KS_ERR_IO);
     char *joined = ks_path_join("a/b/", "c");
     assert_string_equal(joined, "a/b/c");

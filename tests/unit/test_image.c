@@ -2,7 +2,7 @@
  *
  * Fixtures: tests/golden/pixels/<file>.safetensors from tests/golden/make_pixel_fixtures.py
  * (transformers 5.17.0's pixel_values and PIL's 224x224 bicubic resize) for every demo image in
- * shared/kosmos2/images and every test image in tests/data/images (make_mode_images.py).
+ * tests/data/kosmos2/images and every test image in tests/data/images (make_mode_images.py).
  * Checks: the Pillow resize bit for bit (decoding included); pixel_values within one 8-bit step
  * of transformers (its torch resize differs from Pillow by at most one step); the mode
  * conversions; bad input (truncated, empty, not an image, a huge header); the pixel limit;
@@ -28,8 +28,8 @@
 #include "pixels.h"
 #include "test_safetensors_min.h"
 
-#define DEMO_DIR KOSMOS_SHARED_DIR "/kosmos2/images"
-#define MODE_DIR KOSMOS_GOLDEN_DIR "/../data/images"
+#define DEMO_DIR KOSMOS_TEST_DATA_DIR "/kosmos2/images"
+#define MODE_DIR KOSMOS_TEST_DATA_DIR "/images"
 #define FIXTURE_DIR KOSMOS_GOLDEN_DIR "/pixels"
 #define NPIX (3 * KI_IMAGE_SIZE * KI_IMAGE_SIZE)
 #define MAX_FILE ((size_t)64 << 20)

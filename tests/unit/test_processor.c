@@ -178,7 +178,7 @@ static int compare_array(json_t *want, const void *got, size_t len, bool ids, si
 static void test_golden_ids(void **state)
 {
     (void)state;
-    kt_tokenizer *t = kt_tokenizer_new(KOSMOS_SHARED_DIR "/kosmos2");
+    kt_tokenizer *t = kt_tokenizer_new(KOSMOS_TEST_DATA_DIR "/kosmos2");
     if (!t)
         fail_msg("cannot load the tokenizer: %s", ks_error_message());
     fixture f;
@@ -379,7 +379,7 @@ static void test_linear_phrase_search(void **state)
 static void test_brief_prompt_ids(void **state)
 {
     (void)state;
-    kt_tokenizer *t = kt_tokenizer_new(KOSMOS_SHARED_DIR "/kosmos2");
+    kt_tokenizer *t = kt_tokenizer_new(KOSMOS_TEST_DATA_DIR "/kosmos2");
     if (!t)
         fail_msg("cannot load the tokenizer: %s", ks_error_message());
     kt_encoding e;

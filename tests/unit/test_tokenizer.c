@@ -20,7 +20,7 @@
 #include "sentencepiece_model.pb-c.h"
 #include "tokenizer.h"
 
-#define MODEL_DIR KOSMOS_SHARED_DIR "/kosmos2"
+#define MODEL_DIR KOSMOS_TEST_DATA_DIR "/kosmos2"
 #define MODEL_PATH MODEL_DIR "/sentencepiece.bpe.model"
 #define CHECKPOINT_CONFIG MODEL_DIR "/checkpoint/tokenizer_config.json"
 #define FIXTURES KOSMOS_GOLDEN_DIR "/text/tokenizer.jsonl"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Grounds every image of a folder through a kosmos-farm broker; writes one JSON line per image.
 
-    python ground_folder.py ../shared/kosmos2/images --broker tcp://localhost:5555 > out.jsonl
+    python ground_folder.py client/examples/images --broker tcp://localhost:5555 > out.jsonl
 
 All images are submitted first (so that the workers can run them in parallel), then the results
 are collected with long polls and acked. Each image's idempotency key is derived from the

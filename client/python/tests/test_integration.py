@@ -3,8 +3,8 @@
 Skipped unless KOSMOS_BROKER_BIN (and, for the tests that run jobs, KOSMOS_WORKER_BIN) name
 existing executables. The processes run on ipc:// endpoints in a temporary directory; the
 worker serves the committed tiny random model tests/data/tiny-kosmos2 (its text is
-meaningless, so results are checked for shape and consistency, not content) on the shared demo
-images ../shared/kosmos2/images.
+meaningless, so results are checked for shape and consistency, not content) on the demo images
+committed in tests/data/kosmos2/images.
 
 Command lines (docs/broker.md / `kosmos-broker --help`); override with these variables, as
 Python format strings over {bin} {client} {worker} {db} {tmp} {model} {name}:
@@ -29,7 +29,7 @@ import kosmos_client as kc
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL = Path(os.environ.get("KOSMOS_TEST_MODEL", REPO / "tests" / "data" / "tiny-kosmos2"))
-IMAGES = Path(os.environ.get("KOSMOS_TEST_IMAGES", REPO.parent / "shared" / "kosmos2" / "images"))
+IMAGES = Path(os.environ.get("KOSMOS_TEST_IMAGES", REPO / "tests" / "data" / "kosmos2" / "images"))
 JOB_TIMEOUT = float(os.environ.get("KOSMOS_TEST_JOB_TIMEOUT", "300"))
 BROKER_ARGS = os.environ.get(
     "KOSMOS_BROKER_ARGS",

@@ -46,6 +46,19 @@ done:
     return st;
 }
 
+ks_status ks_dir_require(const char *path, const char *what)
+{
+    struct stat info;
+    if (stat(path, &info) != 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return ks_fail(KS_ERR_IO, "no such %s: %s", what, path);
+        return ks_fail(KS_ERR_IO, "cannot open the %s %s: %s", what, path, strerror(errno));
+    }
+    if (!S_ISDIR(info.st_mode))
+        return ks_fail(KS_ERR_IO, "%s %s is not a folder", what, path);
+    return KS_OK;
+}
+
 bool ks_file_exists(const char *path)
 {
     struct stat info;

@@ -185,6 +185,10 @@ class Errors(unittest.TestCase):
 
     def test_bad_model_folders(self):
         with tempfile.TemporaryDirectory() as scratch:
+            missing = os.path.join(scratch, "no-such-model")
+            self.expect_clean_failure(self.run_with_model(missing),
+                                      ["no such model folder: " + missing])
+        with tempfile.TemporaryDirectory() as scratch:
             folder = self.model_copy(scratch)
             os.remove(os.path.join(folder, "config.json"))
             self.expect_clean_failure(self.run_with_model(folder), ["config.json"])

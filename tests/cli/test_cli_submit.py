@@ -118,6 +118,20 @@ class UsageErrors(Scratch):
         self.assertEqual(proc.returncode, 2, proc.stderr)
         self.assertIn(b"does not answer", proc.stderr)
 
+    def test_missing_model_folder(self):
+        # kosmos submit --model and kosmos-worker --model name the folder itself.
+        missing = self.path("no-such-model")
+        proc = submit("--model", missing, "--device", ARGS.device, images_dir(), env=self.env,
+                      timeout=120)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertIn(b"no such model folder: " + missing.encode(), proc.stderr)
+        proc = subprocess.run([ARGS.worker_bin, "--broker", "ipc://" + self.path("nobody"),
+                               "--model", missing, "--device", ARGS.device],
+                              capture_output=True, timeout=120, env=self.env)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertLess(proc.returncode, 128, "killed by a signal")
+        self.assertIn(b"no such model folder: " + missing.encode(), proc.stderr + proc.stdout)
+
     def test_bad_model(self):
         empty = self.path("empty-model")
         os.mkdir(empty)

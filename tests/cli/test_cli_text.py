@@ -106,6 +106,13 @@ class Tokenize(unittest.TestCase):
         self.assertIn("error", out[2])
         self.assertIsInstance(out[3], list)
 
+    def test_missing_model_folder(self):
+        for command in ("tokenize", "encode"):
+            proc = subprocess.run([ARGS.kosmos, command, "--model", "/nonexistent/model"],
+                                  input=b"", capture_output=True)
+            self.assertEqual(proc.returncode, 2, command)
+            self.assertIn(b"no such model folder: /nonexistent/model", proc.stderr, command)
+
     def test_usage_errors(self):
         for args in (["tokenize"], ["tokenize", "--model", "/nonexistent"], ["tokenize", "--bogus"],
                      ["encode"], ["nosuchcommand"], [], ["postprocess", "extra"]):

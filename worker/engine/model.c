@@ -516,6 +516,8 @@ void ke_model_options_default(ke_model_options *options)
 
 ke_model *ke_model_load(const char *model_dir, const ke_model_options *options)
 {
+    if (ks_dir_require(model_dir, "model folder") != KS_OK)
+        return NULL;
     ke_model *m = calloc(1, sizeof *m);
     loader ld = {.m = m, .dir = model_dir, .st = KS_OK};
     if (!m || !(m->private_storage = calloc(1, sizeof *m->private_storage))) {

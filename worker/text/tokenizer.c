@@ -296,6 +296,8 @@ fail:
 
 kt_tokenizer *kt_tokenizer_new(const char *model_dir)
 {
+    if (ks_dir_require(model_dir, "model folder") != KS_OK)
+        return NULL;
     char *spm = ks_path_join(model_dir, SPM_FILE);
     char *config = ks_path_join(model_dir, CONFIG_FILE);
     kt_tokenizer *t = NULL;

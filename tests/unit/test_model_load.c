@@ -876,7 +876,8 @@ static void test_bad_folders(void **state)
     expect_load_error(d.dir, KE_DTYPE_F16, "generation_config.json", "no_repeat_ngram_size", NULL);
     folder_remove(&d);
 
-    expect_load_error("/nonexistent/model", KE_DTYPE_F16, "config.json", NULL);
+    expect_load_error("/nonexistent/model", KE_DTYPE_F16, "no such model folder: /nonexistent/model",
+                      NULL);
 }
 
 int main(void)

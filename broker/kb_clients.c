@@ -301,7 +301,8 @@ static ks_status kb_submit(kb_broker *b, const kp_inbound *in, const char *clien
 
     kb_job_limits lim = {b->p.max_image_bytes, 64, 4096};
     int code = kb_job_validate(job, &lim, kb_now(b), reason, sizeof reason);
-    if (!code && job->requirements && job->requirements->model_id &&
+    if (!code && job->requirements &&
+        (job->requirements->model_id || job->requirements->model_hash) &&
         !kb_model_known(b, job->requirements->model_id, job->requirements->model_hash)) {
         code = KOSMOS__V1__REJECT_CODE__REJECT_CODE_NO_SUCH_MODEL;
         snprintf(reason, sizeof reason, "no worker has offered this model since the broker started");

@@ -218,6 +218,8 @@ kb_worker *kb_worker_by_rid(kb_broker *b, const void *rid, size_t len);
 void kb_worker_forget(kb_broker *b, kb_worker *w, bool crash, const char *why);
 bool kb_worker_drop_lease(kb_worker *w, const char *job_id, uint32_t attempt);
 ks_status kb_worker_add_lease(kb_broker *b, kb_worker *w, const kb_lease *l);
+/* True when a worker has offered a model matching a job's (id, hash) since the broker started;
+ * either may be NULL (any), as in dispatch. */
 bool kb_model_known(kb_broker *b, const char *id, const char *hash);
 void kb_workers_timers(kb_broker *b, uint64_t now);
 /* Sends to a worker now; a failed send (peer gone, queue full) marks it gone. */

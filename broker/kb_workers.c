@@ -51,13 +51,14 @@ ks_status kb_worker_add_lease(kb_broker *b, kb_worker *w, const kb_lease *l)
     return KS_OK;
 }
 
-/* The entry for (id, hash); a NULL hash matches any hash when `any_hash`, else only a NULL. */
-static kb_model *kb_model_find(kb_broker *b, const char *id, const char *hash, bool any_hash)
+/* The entry for (id, hash). With `any`, a NULL id or hash matches every id or hash, as a job's
+ * requirements match workers; without it, a NULL hash matches only a NULL (id is never NULL). */
+static kb_model *kb_model_find(kb_broker *b, const char *id, const char *hash, bool any)
 {
     for (size_t i = 0; i < b->n_models; i++) {
         const char *h = b->models[i].hash;
-        if (strcmp(b->models[i].id, id) == 0 &&
-            (hash ? h && strcmp(h, hash) == 0 : any_hash || !h))
+        if ((id ? strcmp(b->models[i].id, id) == 0 : any) &&
+            (hash ? h && strcmp(h, hash) == 0 : any || !h))
             return &b->models[i];
     }
     return NULL;

@@ -273,10 +273,12 @@ ks_status kp_recv(void *socket, bool router, kp_kind kind, const kp_limits *limi
     size_t count = nframes - first; /* frames after the routing id */
     bool framing_ok = count >= 3 && count <= 4 && zmq_msg_size(&frames[first]) == 0;
 
-    /* Locate the version frame: normally right after the delimiter; a peer that forgot the
-     * delimiter still gets an answer when its envelope decodes (§7). */
+    /* Locate the version frame: normally right after the delimiter. A peer that forgot the
+     * delimiter, or sent a non-empty one, still gets MALFORMED when its envelope decodes (§7):
+     * only a message with no KOSMOS frame in either place is not ours. */
     size_t ver = first + 1;
-    if (nkept > first && zmq_msg_size(&frames[first]) != 0)
+    if (nkept > first && zmq_msg_size(&frames[first]) != 0 &&
+        (first + 1 >= nkept || !kp_starts_with_kosmos(&frames[first + 1])))
         ver = first;
     if (ver >= nkept || !kp_starts_with_kosmos(&frames[ver])) {
         kp_judge(in, KP_NOT_OURS, "no KOSMOS version frame");

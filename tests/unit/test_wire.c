@@ -85,6 +85,14 @@ static void test_verdicts(void **state)
     raw(2, nodelim, nodelimlen);
     assert_int_equal(judge(KP_CLIENT_REQUEST, NULL, NULL), KP_MALFORMED);
 
+    /* A non-empty delimiter before KOSMOS1 is ours and malformed, with its request id. */
+    const void *fulldelim[3] = {"x", "KOSMOS1", "\x08\x04"};
+    size_t fulldelimlen[3] = {1, 7, 2};
+    raw(3, fulldelim, fulldelimlen);
+    assert_int_equal(judge(KP_CLIENT_REQUEST, NULL, &in), KP_MALFORMED);
+    assert_int_equal(kp_inbound_request_id(in), 4);
+    kp_inbound_destroy(&in);
+
     const void *junk[3] = {"", "KOSMOS1", "\x0a\xff"};
     raw(3, junk, okl);
     assert_int_equal(judge(KP_CLIENT_REQUEST, NULL, NULL), KP_MALFORMED);

@@ -171,11 +171,13 @@ def check_result(result, n_prompts, image=None, max_new_tokens=None):
         if p.timings is not None and "new_tokens" in p.timings:
             assert p.timings["new_tokens"] == len(p.generated_ids)
         for e in p.entities:
+            # An empty span points at no text: a bare <object> or a blank phrase (protocol §5.3).
             start, end = e.span
-            if 0 <= start <= end:
+            if start < end:
                 assert p.text[start:end] == e.phrase
             bstart, bend = e.byte_span
-            if bstart <= bend:
+            assert bstart <= bend
+            if start < end:
                 assert p.text.encode()[bstart:bend].decode() == e.phrase
             for b in e.boxes:
                 assert 0 <= b.x1 < b.x2 <= 1 and 0 <= b.y1 < b.y2 <= 1

@@ -5,8 +5,8 @@
  *   make_proto_seeds --check CORPUS_ROOT  exits 1 if a committed seed differs from the samples
  *
  * Writing only adds or overwrites the files it owns; inputs a fuzzer found and someone committed
- * next to them stay. The samples follow docs/protocol.md and the Kosmos-2 reference examples
- * (docs/kosmos2-reference.md §11.1), so the fuzzers start from messages real peers send. */
+ * next to them stay. The samples follow docs/protocol.md and the Kosmos-2 reference example (the
+ * snowman caption of docs/protocol.md §12), so the fuzzers start from messages real peers send. */
 #include "make_proto_seeds.h"
 
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* image_decode: image bytes -> the 8-bit RGB image the Kosmos-2 reference sees.
  *
  * Decodes with libvips from memory and converts to 8-bit RGB the way the reference does (PIL
- * Image.open + convert("RGB"), docs/kosmos2-reference.md §3.1 step 1):
+ * Image.open + convert("RGB"), the image transformers' processor receives):
  *   - alpha is dropped, never composited (RGBA, LA, palette with tRNS);
  *   - grayscale, bilevel and palette images are expanded to R = G = B (palette via its colours);
  *   - CMYK with PIL's formula: nk = 255 - K; R = nk - (C*nk)/255 (rounded as PIL's MULDIV255);

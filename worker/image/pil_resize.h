@@ -2,10 +2,10 @@
  *
  * A transcription of Pillow's libImaging/Resample.c (precompute_coeffs, normalize_coeffs_8bpc,
  * ImagingResampleHorizontal_8bpc / Vertical_8bpc, ImagingResampleInner) for the one filter
- * Kosmos-2 uses (BICUBIC, a = -0.5) and a whole-image box; see
- * docs/kosmos2-reference.md §3.3. Horizontal pass first into an 8-bit intermediate (only the
- * source rows the vertical pass reads), then the vertical pass; a pass whose size is unchanged
- * is skipped. Not a general resampler: no other filters, no reducing_gap, no alpha
+ * Kosmos-2 uses (BICUBIC, a = -0.5) and a whole-image box, as Image.resize((224, 224), BICUBIC)
+ * runs it (tests/golden/pixels holds Pillow's output for every test image). Horizontal pass
+ * first into an 8-bit intermediate (only the source rows the vertical pass reads), then the
+ * vertical pass; a pass whose size is unchanged is skipped. Not a general resampler: no other filters, no reducing_gap, no alpha
  * premultiplication (callers convert to RGB first, as the reference does). Pure C, no libvips.
  */
 #ifndef KI_PIL_RESIZE_H

@@ -1,7 +1,9 @@
 /* pixels: a decoded image -> Kosmos-2's pixel_values, exactly as the reference pipeline.
  *
- * docs/kosmos2-reference.md §3.1: resize to 224x224 (aspect not kept, nothing cropped) with
- * Pillow's bicubic on the 8-bit RGB image (pil_resize.h), then per value
+ * transformers' CLIPImageProcessor with the checkpoint's preprocessor_config.json
+ * (tests/golden/reference.py builds it from tests/data/kosmos2/checkpoint): resize to 224x224
+ * (aspect not kept, nothing cropped) with Pillow's bicubic on the 8-bit RGB image
+ * (pil_resize.h), then per value
  * x = (float)((double)u8 * 0.00392156862745098) and v = (x - mean_c) / std_c in float32 (a
  * division, not a multiplication by the reciprocal), laid out channel-first. transformers
  * 5.17's own processor resizes with torch instead and lands within one 8-bit step of this;

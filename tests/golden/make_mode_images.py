@@ -31,7 +31,7 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-IMAGES = os.path.join(REPO, "tests", "data", "demo-images")
+IMAGES = os.path.join(REPO, "tests", "data", "kosmos2", "images")
 OUT = os.path.join(REPO, "tests", "data", "images")
 
 

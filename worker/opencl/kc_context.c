@@ -19,6 +19,9 @@ struct kc_context {
     size_t n_buffers, cap_buffers;
     kc_build_stats stats;
     char *build_log;          /* last failed build, or NULL */
+    kc_profile *profile;      /* counts always; events only with `profiling` */
+    bool profiling;
+    uint64_t enqueued;        /* commands enqueued so far (kc_pending.seq) */
 };
 
 void kc_context_params_init(kc_context_params *params)
@@ -39,6 +42,9 @@ ks_status kc_context_new(const kc_device_info *device, const kc_context_params *
     if (!ctx)
         return ks_fail(KS_ERR_NOMEM, "out of memory creating an OpenCL context");
     ctx->device = *device;
+    ctx->profiling = params->profiling;
+    if ((status = kc_profile_new(&ctx->profile)) != KS_OK)
+        goto cleanup;
 
     cl_int err = CL_SUCCESS;
     cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)device->platform,
@@ -76,6 +82,7 @@ void kc_context_destroy(kc_context **pctx)
     if (ctx->context)
         clReleaseContext(ctx->context);
     kc_cache_destroy(&ctx->cache);
+    kc_profile_destroy(&ctx->profile);
     free(ctx->programs);
     free(ctx->buffers);
     free(ctx->build_log);
@@ -90,10 +97,90 @@ cl_command_queue kc_context_queue(const kc_context *ctx) { return ctx->queue; }
 ks_status kc_context_finish(kc_context *ctx)
 {
     ks_status status = KS_OK;
+    kc_profile_wait(ctx->profile, "clFinish", false);
     KC_CHECK(clFinish(ctx->queue));
 cleanup:
     return status;
 }
+
+ks_status kc_context_launch(kc_context *ctx, cl_kernel kernel, const char *name, cl_uint dims,
+                            const size_t *global, const size_t *local, const kc_cost *cost)
+{
+    ks_status status = KS_OK;
+    cl_event ev = NULL;
+    KC_CHECK(clEnqueueNDRangeKernel(ctx->queue, kernel, dims, NULL, global, local, 0, NULL,
+                                    ctx->profiling ? &ev : NULL));
+    ctx->enqueued++;
+    kc_profile_launch(ctx->profile, name, ev, cost);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("%s (global %zu x %zu)", name, global[0], dims > 1 ? global[1] : 1);
+    return status;
+}
+
+static ks_status transfer(kc_context *ctx, bool write, cl_mem buf, bool blocking, size_t offset,
+                          size_t bytes, void *host, kc_pending *pending)
+{
+    ks_status status = KS_OK;
+    cl_event ev = NULL;
+    if (pending)
+        *pending = (kc_pending){0};
+    if (bytes == 0)
+        return KS_OK;
+    cl_event *evp = !blocking && pending ? &ev : NULL;
+    if (blocking)
+        kc_profile_wait(ctx->profile, write ? "blocking write" : "blocking read", false);
+    if (write)
+        KC_CHECK(clEnqueueWriteBuffer(ctx->queue, buf, blocking ? CL_TRUE : CL_FALSE, offset,
+                                      bytes, host, 0, NULL, evp));
+    else
+        KC_CHECK(clEnqueueReadBuffer(ctx->queue, buf, blocking ? CL_TRUE : CL_FALSE, offset,
+                                     bytes, host, 0, NULL, evp));
+    ctx->enqueued++;
+    if (evp)
+        *pending = (kc_pending){ev, ctx->enqueued};
+cleanup:
+    return status;
+}
+
+ks_status kc_context_read(kc_context *ctx, cl_mem buf, bool blocking, size_t offset, size_t bytes,
+                          void *host, kc_pending *pending)
+{
+    return transfer(ctx, false, buf, blocking, offset, bytes, host, pending);
+}
+
+ks_status kc_context_write(kc_context *ctx, cl_mem buf, bool blocking, size_t offset,
+                           size_t bytes, const void *host, kc_pending *pending)
+{
+    return transfer(ctx, true, buf, blocking, offset, bytes, (void *)host, pending);
+}
+
+ks_status kc_context_wait(kc_context *ctx, kc_pending *pending, const char *what)
+{
+    ks_status status = KS_OK;
+    if (!pending->event)
+        return KS_OK;
+    /* Flushing first: a driver may hold the later commands back until asked, and the point of
+     * waiting for an old transfer is that the device works on them meanwhile. */
+    KC_CHECK(clFlush(ctx->queue));
+    kc_profile_wait(ctx->profile, what, ctx->enqueued > pending->seq);
+    KC_CHECK(clWaitForEvents(1, &pending->event));
+cleanup:
+    kc_pending_release(pending);
+    return status;
+}
+
+void kc_pending_release(kc_pending *pending)
+{
+    if (pending && pending->event) {
+        clReleaseEvent(pending->event);
+        pending->event = NULL;
+    }
+}
+
+kc_profile *kc_context_profile(kc_context *ctx) { return ctx->profile; }
+
+bool kc_context_profiling(const kc_context *ctx) { return ctx->profiling; }
 
 ks_status kc_context_buffer(kc_context *ctx, cl_mem_flags flags, size_t bytes, const void *host,
                             cl_mem *out)

@@ -20,7 +20,9 @@ const char *kc_kernel_embedded(const char *name, size_t *length);
 /* The source to build for `name`: read from $KOSMOS_KERNELS_DIR/<name> when that variable is set
  * and non-empty (a missing or unreadable file is then an error, never a silent fallback), else
  * the embedded copy. *text is a new NUL-terminated buffer the caller frees; *from_disk (may be
- * NULL) says which was used. KS_ERR_INVALID for an unknown name, KS_ERR_IO for a file error. */
+ * NULL) says which was used. KS_ERR_INVALID for an unknown name, KS_ERR_IO for a file error.
+ * A line `#include "other.cl"` (at the start of a line) is replaced by other.cl's text from the
+ * same place, with #line markers, so files can share helpers; included files may not include. */
 ks_status kc_kernel_source(const char *name, char **text, size_t *length, bool *from_disk);
 
 #endif

@@ -21,6 +21,18 @@ typedef struct kc_kernel_entry {
     cl_kernel kernel;
 } kc_kernel_entry;
 
+#define KC_BOUND_MAX_ARGS 40
+#define KC_BOUND_MAX_SIZE 16
+
+struct kc_bound {
+    cl_kernel kernel;
+    kc_profile *profile; /* borrowed from the context */
+    unsigned char value[KC_BOUND_MAX_ARGS][KC_BOUND_MAX_SIZE];
+    size_t size[KC_BOUND_MAX_ARGS]; /* 0: never set */
+    bool null_buffer[KC_BOUND_MAX_ARGS];
+    struct kc_bound *next; /* the program's list */
+};
+
 struct kc_program {
     char *name;               /* "layer_norm.cl" */
     char *options;            /* as the caller gave them ("" for none) */
@@ -30,6 +42,8 @@ struct kc_program {
     bool cache_hit;
     bool from_disk;
     double seconds;
+    kc_context *ctx;   /* the owner (for the profile of bound kernels) */
+    kc_bound *bounds;  /* owned */
 };
 
 static double now_seconds(void)
@@ -122,6 +136,12 @@ void kc_program_destroy(kc_program **program)
     if (!program || !*program)
         return;
     kc_program *p = *program;
+    while (p->bounds) {
+        kc_bound *next = p->bounds->next;
+        clReleaseKernel(p->bounds->kernel);
+        free(p->bounds);
+        p->bounds = next;
+    }
     for (size_t i = 0; i < p->n_kernels; i++) {
         clReleaseKernel(p->kernels[i].kernel);
         free(p->kernels[i].name);
@@ -162,6 +182,7 @@ ks_status kc_program_from_source(kc_context *ctx, const char *name, const char *
     if (p) {
         p->name = strdup(name);
         p->options = strdup(options);
+        p->ctx = ctx;
     }
     if (!p || !opts || !key || !stem || !p->name || !p->options) {
         status = ks_fail(KS_ERR_NOMEM, "out of memory building %s", name);
@@ -273,6 +294,49 @@ cleanup:
         ks_error_prefix("kernel '%s' of %s", kernel_name, program->name);
     return status;
 }
+
+ks_status kc_bound_new(kc_program *program, const char *kernel_name, kc_bound **out)
+{
+    ks_status status = KS_OK;
+    *out = NULL;
+    kc_bound *b = calloc(1, sizeof *b);
+    if (!b)
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
+    cl_int err = CL_SUCCESS;
+    b->kernel = clCreateKernel(program->program, kernel_name, &err);
+    KC_CHECK_ERR(err, "clCreateKernel");
+    b->profile = kc_context_profile(program->ctx);
+    b->next = program->bounds;
+    program->bounds = b;
+    *out = b;
+    b = NULL;
+cleanup:
+    free(b);
+    if (status != KS_OK)
+        ks_error_prefix("kernel '%s' of %s", kernel_name, program->name);
+    return status;
+}
+
+ks_status kc_bound_arg(kc_bound *b, cl_uint index, size_t size, const void *value)
+{
+    ks_status status = KS_OK;
+    bool is_null = value == NULL;
+    if (index >= KC_BOUND_MAX_ARGS || (!is_null && size > KC_BOUND_MAX_SIZE) || size == 0)
+        return ks_fail(KS_ERR_INVALID, "kernel argument %u of %zu bytes", index, size);
+    if (b->size[index] == size && b->null_buffer[index] == is_null &&
+        (is_null || memcmp(b->value[index], value, size) == 0))
+        return KS_OK;
+    KC_CHECK(clSetKernelArg(b->kernel, index, size, value));
+    b->size[index] = size;
+    b->null_buffer[index] = is_null;
+    if (!is_null)
+        memcpy(b->value[index], value, size);
+    kc_profile_count(b->profile, "kernel arguments set");
+cleanup:
+    return status;
+}
+
+cl_kernel kc_bound_kernel(const kc_bound *b) { return b->kernel; }
 
 bool kc_program_cache_hit(const kc_program *program) { return program->cache_hit; }
 double kc_program_build_seconds(const kc_program *program) { return program->seconds; }

@@ -32,6 +32,21 @@ ks_status kc_program_from_source(kc_context *ctx, const char *name, const char *
  * until the context is destroyed). KS_ERR_DEVICE naming the kernel when it does not exist. */
 ks_status kc_program_kernel(kc_program *program, const char *kernel_name, cl_kernel *out);
 
+/* A kernel object of a call site's own, which remembers the arguments it was given: a site that
+ * launches the same kernel again and again (a layer's GEMM, once per decode step) sets only the
+ * arguments that changed, instead of every one per launch. Owned by the program (released with
+ * the context); not thread-safe. */
+typedef struct kc_bound kc_bound;
+
+ks_status kc_bound_new(kc_program *program, const char *kernel_name, kc_bound **out);
+
+/* Sets argument `index` unless it already holds these `size` bytes (size <= 16). NULL value: a
+ * NULL buffer (size sizeof(cl_mem)) or a __local argument of `size` bytes. Counts the calls it
+ * makes in the context's profile ("kernel arguments set"). */
+ks_status kc_bound_arg(kc_bound *bound, cl_uint index, size_t size, const void *value);
+
+cl_kernel kc_bound_kernel(const kc_bound *bound);
+
 /* True when the binary came from the on-disk cache (the compiler did not run). */
 bool kc_program_cache_hit(const kc_program *program);
 

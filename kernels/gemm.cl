@@ -1,78 +1,71 @@
-/* gemm.cl: the matrix products of the model (nn.Linear), Y = X · Wᵀ + bias, f32 arithmetic.
+/* gemm.cl: every matrix product of the model (nn.Linear), with the LayerNorm in front of it and
+ * what follows it fused in, so that a decoder layer is five launches.
  *
- *   Y[r, c] (=|+=) sum_i X[r, i] * W[c, i]  (+ bias[c])       r < m, c < n, i < k
+ *   xn[r, i]  = LN(X[src(r)])[i]  = (X[src, i] - mean) * rstd * ln_w[i] + ln_b[i]   (or X[src, i])
+ *   Y[r, c]   = epilogue(sum_i xn[r, i] * Wt[i, c])        r < m, c < n, i < k
+ *   epilogue  : + bias[c], then activation, then (accumulate) + Y_old[r, c]
  *
- * Shapes and memory layout (row-major, element offsets and leading dimensions):
+ * The canonical sum. Every kernel here computes each output the same way, bit for bit, so that a
+ * row's result does not depend on m, on the kernel chosen for m, or on the other rows of the
+ * launch (a sequence in a continuous batch must get the ids it gets alone):
  *
- *                 <------- k ------->                       <------- n ------->
- *   X  f32   row r | x[x_off + r*ldx + i] |     Y  f32   row r | y[y_off + r*ldy + c] |
- *   (m, k)         |   (ldx >= k)         |     (m, n)         |   (ldy >= n)         |
+ *   k is cut into chunks of chunk_len (the last one shorter); chain_q = fma(xn, w, chain_q) over
+ *   the chunk's i in increasing order, from 0; total = ((chain_0 + chain_1) + chain_2) + ...
  *
- *                 <------- k ------->
- *   W  f32   row c | w[w_off + c*k + i]   |     bias  (n) of W's type, at b_off, or NULL
- *   or half  (n, k), rows k long (nn.Linear's (out, in)), half read with vload_half(N)
+ * chunk_len is fixed per layer and device by the host (never per m). A kernel either walks all
+ * chunks in one work-group (adding each chain to its total) or gives each chunk its own group
+ * (grid dimension 2 = the number of chunks): those write their chains to `partial`, and the last
+ * group to finish a tile (an atomic counter per tile, reset by that group) adds them in chunk
+ * order and runs the epilogue. The two give the same bits.
  *
- * Kernels (all take the same arguments, see below; they differ in the NDRange):
+ * Memory layout (row-major, element offsets; W is stored transposed, once, at upload):
  *
- *   gemm_simple   one work-item per output: the        global (roundup(n,16), roundup(m,4)),
- *                 reference kernel, any shape, slow.   local (16, 4)
+ *                  <------ k ------>                          <------ n ------>
+ *   X   f32   row src | x[x_off + src*ldx + i] |   Y  f32  row r | y[y_off + r*ldy + c] |
+ *   src = gather[r] (when gather is set) else r
  *
- *   gemm_dot_rR   (R = 1, 2, 4, 8 up to DOT_MAX_R) the small-m kernel (decode: W streamed once
- *                 per R rows of X at full bandwidth). Each work-item computes R rows x DOT_CPI
- *                 columns as dot products along k with DOT_VW-wide loads (vload_halfN / vloadN);
- *                 DOT_LANES work-items share one column group, splitting k, and are summed in
- *                 local memory. A work-group covers DOT_COLS column groups:
+ *                  <-------- ldw --------->   ldw >= n, a multiple of 8; columns n .. ldw-1
+ *   Wt  (k, ldw)  row i | w[w_off + i*ldw + c] |  are zero (vector loads need no edge case)
+ *   half or f32 (WEIGHT_HALF); bias (n), ln_w/ln_b (k) of the same type, NULL when absent
  *
- *                     W rows c0 .. c0+DOT_CPI-1 <- one column group     k ->
- *                     | lane0: i=0..VW-1 | lane1: VW.. | ... | lane0 again (stride LANES*VW)
+ *   ln_stats  (rows of X, ln_nb) float2: X's row statistics in blocks of ln_sb columns
+ *             (common.cl); NULL: no LayerNorm
+ *   stats_out (m, stats_nb) float2: the same for Y's rows, blocks of STAT_SB columns; NULL: none
+ *   split_q   0, or q: columns [0, q) go to Y (ldy), [q, 2q) to row tokrow[r].x of kpool and
+ *             [2q, 3q) to that row of vpool (the KV cache, rows of q values, f32 or half when
+ *             kv_half): the fused Q/K/V projection appends K and V to the cache itself
+ *   partial   (chunks, m, n rounded up to 4) f32 and counters (one int per group of grid
+ *             dimensions 0 and 1, zero on entry and on return) when chunks have groups
  *
- *                 global (ceil(n / (DOT_CPI*DOT_COLS)) * DOT_LANES*DOT_COLS, ceil(m / R)),
- *                 local (DOT_LANES*DOT_COLS, 1). Rows and columns past the edge are clamped
- *                 for reading and not stored; k % DOT_VW is a scalar tail.
- *
- *   gemm_tiled    the large-m kernel (prefill, vision): a TILE_M x TILE_N block of Y per
- *                 work-group, X (TILE_M x TILE_K) and W (TILE_N x TILE_K) tiles staged in local
- *                 memory (W converted to f32 there), each work-item WPT_M x WPT_N outputs in
- *                 registers (rows ty + i*(TILE_M/WPT_M), columns tx + j*(TILE_N/WPT_N)):
- *
- *                     Xs[TILE_K][TILE_M+1], Ws[TILE_K][TILE_N+1]  (k-major, padded)
- *
- *                 global (ceil(n/TILE_N) * TILE_N/WPT_N, ceil(m/TILE_M) * TILE_M/WPT_M),
- *                 local (TILE_N/WPT_N, TILE_M/WPT_M). Tiles past m, n or k are zero-filled.
- *
- * Arguments: m, n, k (int); x, x_off (ulong), ldx (int); w, w_off (ulong); bias (may be NULL),
- * b_off (ulong), has_bias (int); y, y_off (ulong), ldy (int); accumulate (int: 1 = Y += ...).
- * X and Y must not overlap. All arithmetic is f32; OpenCL 1.2 core only (no cl_khr_fp16).
+ * Kernels:
+ *   gemm_rowsR  (R = 1, 2, 4, 8) the few-rows kernel (decode): a group of ROWS_NT work-items
+ *               covers ROWS_NT*4 columns of R rows; each work-item R x 4 outputs, W read once per
+ *               group as 4-wide vectors along n (coalesced), X staged ROWS_XK at a time in local
+ *               memory, normalized on the way in.
+ *               global (ceil(n / (ROWS_NT*4)) * ROWS_NT, ceil(m / R), 1 or chunks),
+ *               local (ROWS_NT, 1, 1)
+ *   gemm_tiles  the many-rows kernel (prefill, vision): TILE_M x TILE_N of Y per group, X and W
+ *               tiles of TILE_K staged in local memory, WPT_M x WPT_N outputs per work-item.
+ *               global (ceil(n/TILE_N) * TILE_N/WPT_N, ceil(m/TILE_M) * TILE_M/WPT_M, 1),
+ *               local (TILE_N/WPT_N, TILE_M/WPT_M, 1). Needs chunk_len % TILE_K == 0 when
+ *               there is more than one chunk.
  *
  * Tunables (-D), constraints checked below:
- *   WEIGHT_HALF   1: W and bias are IEEE half (read with vload_half*); 0: f32 (0)
- *   DOT_VW        vector width of the dot kernels' loads, 4 or 8 (8)
- *   DOT_LANES     work-items splitting k per column group, a power of two (1 = none) (1)
- *   DOT_COLS      column groups per work-group (8)
- *   DOT_CPI       columns per work-item, 1..4 (4)
- *   DOT_MAX_R     largest R compiled, 1, 2, 4 or 8 (4)
- *   TILE_M, TILE_N, TILE_K, WPT_M, WPT_N   the tiled kernel's blocking (64, 64, 16, 4, 4);
- *                 TILE_M % WPT_M == 0, TILE_N % WPT_N == 0 and the work-group
- *                 (TILE_M/WPT_M)*(TILE_N/WPT_N) must divide TILE_M*TILE_K and TILE_N*TILE_K
+ *   WEIGHT_HALF  1: weights half, 0: f32 (0)
+ *   ROWS_NT      work-items of gemm_rows (32);  ROWS_XK  k staged per pass (64)
+ *   ROWS_STAGE   1: gemm_rows stages X in local memory (GPUs); 0: each work-item reads it
+ *                (CPUs: no barrier in the k loop, which PoCL compiles and runs far better) (1)
+ *   ROWS_SPLIT   1: gemm_rows can give chunks groups of their own; 0: it never does (CPUs) (1)
+ *   TILE_M, TILE_N, TILE_K, WPT_M, WPT_N  gemm_tiles' blocking (64, 64, 16, 4, 4)
+ *   STAT_SB      columns per statistics block of stats_out (32); divides ROWS_NT*4 and TILE_N
  */
+#include "common.cl"
 
-#ifndef WEIGHT_HALF
-#define WEIGHT_HALF 0
+#ifndef ROWS_NT
+#define ROWS_NT 32
 #endif
-#ifndef DOT_VW
-#define DOT_VW 8
-#endif
-#ifndef DOT_LANES
-#define DOT_LANES 1
-#endif
-#ifndef DOT_COLS
-#define DOT_COLS 8
-#endif
-#ifndef DOT_CPI
-#define DOT_CPI 4
-#endif
-#ifndef DOT_MAX_R
-#define DOT_MAX_R 4
+#ifndef ROWS_XK
+#define ROWS_XK 64
 #endif
 #ifndef TILE_M
 #define TILE_M 64
@@ -89,231 +82,337 @@
 #ifndef WPT_N
 #define WPT_N 4
 #endif
+#ifndef ROWS_STAGE
+#define ROWS_STAGE 1
+#endif
+#ifndef ROWS_SPLIT
+#define ROWS_SPLIT 1
+#endif
 
-#if DOT_VW != 4 && DOT_VW != 8
-#error "DOT_VW must be 4 or 8"
+#define ROWS_MAX 8
+#define ROWS_COLS (ROWS_NT * 4)
+#if ROWS_NT < 1 || ROWS_XK < 1
+#error "ROWS_NT and ROWS_XK must be positive"
 #endif
-#if DOT_LANES < 1 || (DOT_LANES & (DOT_LANES - 1)) != 0
-#error "DOT_LANES must be a power of two"
-#endif
-#if DOT_CPI < 1 || DOT_CPI > 4 || DOT_COLS < 1
-#error "DOT_CPI must be 1..4 and DOT_COLS >= 1"
-#endif
-#if DOT_MAX_R != 1 && DOT_MAX_R != 2 && DOT_MAX_R != 4 && DOT_MAX_R != 8
-#error "DOT_MAX_R must be 1, 2, 4 or 8"
+#if ROWS_NT < ROWS_MAX * (ROWS_COLS / STAT_SB)
+#error "gemm_rows needs a work-item per (row, statistics block): ROWS_NT >= 8 * ROWS_NT*4/STAT_SB"
 #endif
 #if TILE_M % WPT_M != 0 || TILE_N % WPT_N != 0
 #error "TILE_M and TILE_N must be multiples of WPT_M and WPT_N"
 #endif
-#define TILE_WG ((TILE_M / WPT_M) * (TILE_N / WPT_N))
+#define TILE_RX (TILE_M / WPT_M) /* work-items along m */
+#define TILE_RY (TILE_N / WPT_N) /* work-items along n */
+#define TILE_WG (TILE_RX * TILE_RY)
 #if (TILE_M * TILE_K) % TILE_WG != 0 || (TILE_N * TILE_K) % TILE_WG != 0
 #error "the tiled work-group must divide the X and W tiles"
 #endif
-
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-#define floatV CAT(float, DOT_VW)
-#define VLOAD_F CAT(vload, DOT_VW)
-#define VLOAD_H CAT(vload_half, DOT_VW)
+#if ROWS_COLS % STAT_SB != 0 || TILE_N % STAT_SB != 0
+#error "STAT_SB must divide ROWS_NT*4 and TILE_N"
+#endif
+#if TILE_WG < TILE_M || TILE_WG < TILE_M * (TILE_N / STAT_SB)
+#error "gemm_tiles needs a work-item per row and per (row, statistics block)"
+#endif
 
 #if WEIGHT_HALF
-#define WEIGHT_T half
-#define LOAD_W(p, i) vload_half((size_t)(i), (p))
-#define LOAD_WV(p, i) VLOAD_H(0, (p) + (i)) /* vload_halfN needs only 2-byte alignment */
+#define LOAD_W4(p, i) vload_half4(0, (p) + (i))
 #else
-#define WEIGHT_T float
-#define LOAD_W(p, i) ((p)[(i)])
-#define LOAD_WV(p, i) VLOAD_F(0, (p) + (i))
+#define LOAD_W4(p, i) vload4(0, (p) + (i))
 #endif
 
 #define GEMM_ARGS                                                                                  \
-    const int m, const int n, const int k, __global const float *x, const ulong x_off,            \
-        const int ldx, __global const WEIGHT_T *w, const ulong w_off,                              \
-        __global const WEIGHT_T *bias, const ulong b_off, const int has_bias, __global float *y,  \
-        const ulong y_off, const int ldy, const int accumulate
+    const int m, const int n, const int k, const int chunk_len, __global const float *x,          \
+        const ulong x_off, const int ldx, __global const int *gather,                              \
+        __global const float2 *ln_stats, const int ln_nb, const int ln_sb,                         \
+        __global const WEIGHT_T *ln_w, __global const WEIGHT_T *ln_b, const float ln_eps,          \
+        __global const WEIGHT_T *w, const ulong w_off, const int ldw,                              \
+        __global const WEIGHT_T *bias, __global float *y, const ulong y_off, const int ldy,        \
+        const int act, const int accumulate, __global float2 *stats_out, const int stats_nb,       \
+        const int split_q, __global float *kpool, __global float *vpool,                           \
+        __global const int4 *tokrow, const int kv_half, __global float *partial,                   \
+        __global int *counters
 
-/* Writes one output: the product plus bias, stored or accumulated. */
-inline void store_out(__global float *y, const size_t idx, float v, __global const WEIGHT_T *bias,
-                      const ulong b_off, const int has_bias, const int c, const int accumulate)
+/* X's source row of output row r (r clamped into the matrix: masked rows read valid memory). */
+inline int source_row(const int r, const int m, __global const int *gather)
 {
-    if (has_bias)
-        v += LOAD_W(bias, b_off + (ulong)c);
+    const int rr = min(r, m - 1);
+    return gather ? gather[rr] : rr;
+}
+
+inline float load_xn(__global const float *x, const ulong x_off, const int ldx, const int src,
+                     const int i, const float mean, const float rstd,
+                     __global const WEIGHT_T *ln_w, __global const WEIGHT_T *ln_b,
+                     const int has_ln)
+{
+    const float v = x[x_off + (size_t)src * (size_t)ldx + (size_t)i];
+    if (!has_ln)
+        return v;
+    return (v - mean) * rstd * LOAD_W(ln_w, i) + LOAD_W(ln_b, i);
+}
+
+/* Output (r, c) after the epilogue, stored where it goes; returns the value (for statistics). */
+inline float store_out(const int r, const int c, float v, __global const WEIGHT_T *bias,
+                       const int act, const int accumulate, __global float *y, const ulong y_off,
+                       const int ldy, const int split_q, __global float *kpool,
+                       __global float *vpool, __global const int4 *tokrow, const int kv_half)
+{
+    if (bias)
+        v = v + LOAD_W(bias, c);
+    v = activate(v, act);
+    if (split_q > 0 && c >= split_q) {
+        const int part = c / split_q; /* 1: K, 2: V */
+        __global float *pool = part == 1 ? kpool : vpool;
+        const size_t at = (size_t)tokrow[r].x * (size_t)split_q + (size_t)(c - part * split_q);
+        if (kv_half)
+            vstore_half_rte(v, at, (__global half *)pool);
+        else
+            pool[at] = v;
+        return v;
+    }
+    const size_t idx = y_off + (size_t)r * (size_t)ldy + (size_t)c;
     if (accumulate)
-        v += y[idx];
+        v = v + y[idx];
     y[idx] = v;
+    return v;
 }
 
-__kernel void gemm_simple(GEMM_ARGS)
+/* The statistics of the rows [r0, r0 + rows) x columns [c0, c0 + cols) held in vals (row stride
+ * `stride`), one (row, block) per work-item `t` of `nt`. */
+inline void write_stats(__local const float *vals, const int stride, const int rows, const int cols,
+                        const int r0, const int c0, const int m, const int n, const int t,
+                        const int nt, __global float2 *stats_out, const int stats_nb)
 {
-    const int c = (int)get_global_id(0);
-    const int r = (int)get_global_id(1);
-    if (c >= n || r >= m)
-        return;
-    __global const float *xr = x + x_off + (size_t)r * (size_t)ldx;
-    const size_t wr = (size_t)w_off + (size_t)c * (size_t)k;
-    float acc = 0.0f;
-    for (int i = 0; i < k; i++)
-        acc = fma(xr[i], LOAD_W(w, wr + (size_t)i), acc);
-    store_out(y, (size_t)y_off + (size_t)r * (size_t)ldy + (size_t)c, acc, bias, b_off, has_bias,
-              c, accumulate);
+    const int nblk = cols / STAT_SB;
+    for (int p = t; p < rows * nblk; p += nt) {
+        const int rr = p / nblk, b = p % nblk;
+        const int row = r0 + rr, col = c0 + b * STAT_SB;
+        if (row < m && col < n)
+            stats_out[(size_t)row * (size_t)stats_nb + (size_t)(col / STAT_SB)] =
+                block_stats(vals + rr * stride + b * STAT_SB, min(STAT_SB, n - col));
+    }
 }
 
-/* ---- gemm_dot_rR: small m ------------------------------------------------------------------ */
+/* ---- gemm_rows: few rows ------------------------------------------------------------------ */
 
-/* The R x DOT_CPI register block is spelled out by the preprocessor (REP_R*, REP_C*) rather
- * than with loops over private arrays: PoCL's kernel compiler does not unroll such loops, and
- * the accumulators then live in memory (3x slower there). acc<r>_<j> are vectors along k,
- * s<r>_<j> their sums. */
-#define REP_R1(M, a) M(0, a)
-#define REP_R2(M, a) REP_R1(M, a) M(1, a)
-#define REP_R4(M, a) REP_R2(M, a) M(2, a) M(3, a)
-#define REP_R8(M, a) REP_R4(M, a) M(4, a) M(5, a) M(6, a) M(7, a)
-#define REPR(R, M, a) REP_R##R(M, a)
-#define REP_C1(M, a) M(0, a)
-#define REP_C2(M, a) REP_C1(M, a) M(1, a)
-#define REP_C3(M, a) REP_C2(M, a) M(2, a)
-#define REP_C4(M, a) REP_C3(M, a) M(3, a)
-#define REPC__(c, M, a) REP_C##c(M, a)
-#define REPC_(c, M, a) REPC__(c, M, a)
-#define REPC(M, a) REPC_(DOT_CPI, M, a)
+/* The R-row register block is spelled out by the preprocessor: PoCL does not unroll loops over
+ * private arrays, and accumulators in memory are 3x slower there. */
+#define REP_R1(M) M(0)
+#define REP_R2(M) REP_R1(M) M(1)
+#define REP_R4(M) REP_R2(M) M(2) M(3)
+#define REP_R8(M) REP_R4(M) M(4) M(5) M(6) M(7)
+#define REPR(R, M) REP_R##R(M)
 
-#define ACC(r, j) acc##r##_##j
-#define SUM(r, j) s##r##_##j
-#define XP(r) xp##r
-#define WP(j) wp##j
-#define WV(j) wv##j
+#define R_ACC(r) float4 acc##r = (float4)(0.0f), tot##r = (float4)(0.0f);
+#define R_ZERO(r) acc##r = (float4)(0.0f);
+#define R_FOLD(r) tot##r = first ? acc##r : tot##r + acc##r;
+#define R_STORE(r) store4(r, tot##r)
 
-#define D_XPTR(r, _) __global const float *XP(r) = x + x_off + (size_t)min(r0 + r, m - 1) * (size_t)ldx;
-#define D_WPTR(j, _) __global const WEIGHT_T *WP(j) = w + w_off + (size_t)min(c0 + j, n - 1) * (size_t)k;
-#define D_ACC_J(j, r) floatV ACC(r, j) = (floatV)(0.0f);
-#define D_ACC(r, _) REPC(D_ACC_J, r)
-#define D_LOADW(j, _) const floatV WV(j) = LOAD_WV(WP(j), i);
-#define D_FMA_J(j, r) ACC(r, j) = fma(xv##r, WV(j), ACC(r, j));
-#define D_FMA(r, _) const floatV xv##r = VLOAD_F(0, XP(r) + i); REPC(D_FMA_J, r)
-#define D_SUM_J(j, r) float SUM(r, j) = hsum(ACC(r, j));
-#define D_SUM(r, _) REPC(D_SUM_J, r)
-#define D_TAIL_J(j, r) SUM(r, j) = fma(XP(r)[i], LOAD_W(WP(j), i), SUM(r, j));
-#define D_TAIL(r, _) REPC(D_TAIL_J, r)
-#define D_RED_J(j, r) mine[((r) * DOT_CPI + (j)) * DOT_COLS * DOT_LANES + lane] = SUM(r, j);
-#define D_RED(r, _) REPC(D_RED_J, r)
-#define D_STORE_J(j, r)                                                                            \
-    if (r0 + (r) < m && c0 + (j) < n)                                                              \
-        store_out(y, (size_t)y_off + (size_t)(r0 + (r)) * (size_t)ldy + (size_t)(c0 + (j)),       \
-                  SUM(r, j), bias, b_off, has_bias, c0 + (j), accumulate);
-#define D_STORE(r, _) REPC(D_STORE_J, r)
-
-inline float hsum(floatV v)
-{
-#if DOT_VW == 8
-    const float4 h = v.lo + v.hi;
+#if ROWS_STAGE
+/* X staged ROWS_XK at a time in local memory, normalized once per group (GPUs) */
+#define R_XN(r) xs[(r) * ROWS_XK + kk]
+#define R_ROW(r)
 #else
-    const float4 h = v;
+/* every work-item reads X itself (CPUs: the cache serves it; no barrier in the k loop) */
+#define R_XN(r) load_xn(x, x_off, ldx, src##r, kb + kk, st##r.x, st##r.y, ln_w, ln_b, has_ln)
+#define R_ROW(r)                                                                                   \
+    const int src##r = source_row(r0 + (r), m, gather);                                            \
+    const float2 st##r = has_ln ? merge_stats(ln_stats + (size_t)src##r * (size_t)ln_nb, ln_nb,    \
+                                              ln_sb, k, ln_eps)                                    \
+                                : (float2)(0.0f, 1.0f);
 #endif
-    return (h.x + h.y) + (h.z + h.w);
-}
+#define R_FMA(r) acc##r = fma((float4)(R_XN(r)), wv, acc##r);
 
-#define DOT_RED_SIZE (DOT_LANES > 1 ? DOT_MAX_R * DOT_CPI * DOT_COLS * DOT_LANES : 1)
+/* Stores the 4 outputs of row r0 + r (columns c0 .. c0+3) and keeps them for the statistics. */
+#define store4(r, t)                                                                               \
+    do {                                                                                           \
+        const float4 tv = (t);                                                                     \
+        for (int j = 0; j < 4; j++) {                                                              \
+            const int c = c0 + j;                                                                  \
+            const float v = j == 0 ? tv.x : j == 1 ? tv.y : j == 2 ? tv.z : tv.w;                  \
+            if (r0 + (r) < m && c < n)                                                             \
+                vals[(r) * ROWS_COLS + lid * 4 + j] =                                              \
+                    store_out(r0 + (r), c, v, bias, act, accumulate, y, y_off, ldy, split_q,       \
+                              kpool, vpool, tokrow, kv_half);                                      \
+        }                                                                                          \
+    } while (0);
 
-/* gemm_dot_r<R>: work-item (lane, cg) of group g computes rows r0 .. r0+R-1 and columns
- * c0 .. c0+DOT_CPI-1 over its share of k; lanes are fastest in the work-group so that
- * neighbouring work-items read neighbouring k of one W row (coalesced on GPUs). */
-#define DOT_KERNEL(R)                                                                              \
-    __kernel __attribute__((reqd_work_group_size(DOT_LANES * DOT_COLS, 1, 1)))                     \
-    void gemm_dot_r##R(GEMM_ARGS)                                                                  \
+#if ROWS_STAGE
+#define ROWS_PROLOGUE(R)                                                                           \
+    __local float xs[R * ROWS_XK];                                                                 \
+    __local float lmean[R], lrstd[R];                                                              \
+    __local int lsrc[R];                                                                           \
+    if (lid < R) {                                                                                 \
+        const int src = source_row(r0 + lid, m, gather);                                           \
+        lsrc[lid] = src;                                                                           \
+        const float2 s = has_ln ? merge_stats(ln_stats + (size_t)src * (size_t)ln_nb, ln_nb, ln_sb, \
+                                              k, ln_eps)                                           \
+                                : (float2)(0.0f, 1.0f);                                            \
+        lmean[lid] = s.x;                                                                          \
+        lrstd[lid] = s.y;                                                                          \
+    }                                                                                              \
+    barrier(CLK_LOCAL_MEM_FENCE);
+#define ROWS_PASS(R)                                                                               \
+    for (int e = lid; e < R * ROWS_XK; e += ROWS_NT) {                                             \
+        const int rr = e / ROWS_XK, kk = e % ROWS_XK;                                              \
+        if (kk < kn)                                                                               \
+            xs[e] = load_xn(x, x_off, ldx, lsrc[rr], kb + kk, lmean[rr], lrstd[rr], ln_w, ln_b,    \
+                            has_ln);                                                               \
+    }                                                                                              \
+    barrier(CLK_LOCAL_MEM_FENCE);
+#define ROWS_PASS_END barrier(CLK_LOCAL_MEM_FENCE);
+#define ROWS_STEP ROWS_XK
+#else
+#define ROWS_PROLOGUE(R) REPR(R, R_ROW)
+#define ROWS_PASS(R)
+#define ROWS_PASS_END
+#define ROWS_STEP (1 << 30) /* one pass over the whole chunk */
+#endif
+
+#if ROWS_SPLIT
+/* Chunks in groups of their own: each writes its chains to `partial`; the last group of a tile
+ * adds them in chunk order (volatile reads: another group's writes, not a cached copy). */
+#define R_PART_OUT(r)                                                                              \
+    if (r0 + (r) < m)                                                                              \
+        vstore4(tot##r, 0, partial + ((size_t)cbeg * (size_t)m + (size_t)(r0 + (r))) *             \
+                                         (size_t)n4 + (size_t)c0);
+#define R_PART_IN(r)                                                                               \
+    if (r0 + (r) < m) {                                                                            \
+        __global volatile const float *pp = partial +                                              \
+            ((size_t)q * (size_t)m + (size_t)(r0 + (r))) * (size_t)n4 + (size_t)c0;                \
+        const float4 p = (float4)(pp[0], pp[1], pp[2], pp[3]);                                     \
+        tot##r = q == 0 ? p : tot##r + p;                                                          \
+    }
+#define ROWS_SPLIT_DECL __local int last;
+#define ROWS_SPLIT_COMBINE(R)                                                                      \
+    if (split) {                                                                                   \
+        if (c0 < n) {                                                                              \
+            REPR(R, R_PART_OUT)                                                                    \
+        }                                                                                          \
+        mem_fence(CLK_GLOBAL_MEM_FENCE);                                                           \
+        barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);                                       \
+        if (lid == 0) {                                                                            \
+            const size_t tile = (size_t)get_group_id(1) * get_num_groups(0) + get_group_id(0);     \
+            last = atomic_inc(counters + tile) == n_chunks - 1;                                    \
+            if (last)                                                                              \
+                atomic_xchg(counters + tile, 0);                                                   \
+        }                                                                                          \
+        barrier(CLK_LOCAL_MEM_FENCE);                                                              \
+        if (!last)                                                                                 \
+            return;                                                                                \
+        mem_fence(CLK_GLOBAL_MEM_FENCE);                                                           \
+        for (int q = 0; q < n_chunks && c0 < n; q++) {                                             \
+            REPR(R, R_PART_IN)                                                                     \
+        }                                                                                          \
+    }
+#else
+#define ROWS_SPLIT_DECL
+#define ROWS_SPLIT_COMBINE(R)
+#endif
+
+#define ROWS_KERNEL(R)                                                                             \
+    __kernel __attribute__((reqd_work_group_size(ROWS_NT, 1, 1))) void gemm_rows##R(GEMM_ARGS)    \
     {                                                                                              \
-        __local float red[DOT_RED_SIZE];                                                           \
+        __local float vals[R * ROWS_COLS];                                                         \
+        ROWS_SPLIT_DECL                                                                            \
         const int lid = (int)get_local_id(0);                                                      \
-        const int lane = lid % DOT_LANES;                                                          \
-        const int cg = lid / DOT_LANES;                                                            \
-        const int c0 = ((int)get_group_id(0) * DOT_COLS + cg) * DOT_CPI;                           \
-        const int r0 = (int)get_global_id(1) * R;                                                  \
-        REPR(R, D_XPTR, _)                                                                         \
-        REPC(D_WPTR, _)                                                                            \
-        REPR(R, D_ACC, _)                                                                          \
-        const int kv = k - k % DOT_VW;                                                             \
-        for (int i = lane * DOT_VW; i < kv; i += DOT_LANES * DOT_VW) {                             \
-            REPC(D_LOADW, _)                                                                       \
-            REPR(R, D_FMA, _)                                                                      \
+        const int c0 = ((int)get_group_id(0) * ROWS_NT + lid) * 4;                                 \
+        const int r0 = (int)get_group_id(1) * R;                                                   \
+        const int n_chunks = (k + chunk_len - 1) / chunk_len;                                      \
+        const int n4 = (n + 3) & ~3; /* partial's row stride */                                    \
+        const int split = ROWS_SPLIT && (int)get_num_groups(2) > 1;                                \
+        const int cbeg = split ? (int)get_group_id(2) : 0;                                         \
+        const int cend = split ? cbeg + 1 : n_chunks;                                              \
+        const int has_ln = ln_stats != 0;                                                          \
+        (void)n4;                                                                                  \
+        ROWS_PROLOGUE(R)                                                                           \
+        REPR(R, R_ACC)                                                                             \
+        for (int chunk = cbeg; chunk < cend; chunk++) {                                            \
+            const bool first = chunk == cbeg;                                                      \
+            const int kend = min(k, (chunk + 1) * chunk_len);                                      \
+            REPR(R, R_ZERO)                                                                        \
+            for (int kb = chunk * chunk_len; kb < kend; kb += ROWS_STEP) {                         \
+                const int kn = min(ROWS_STEP, kend - kb);                                          \
+                ROWS_PASS(R)                                                                       \
+                if (c0 < n) {                                                                      \
+                    __global const WEIGHT_T *wp = w + w_off + (size_t)kb * (size_t)ldw + c0;       \
+                    for (int kk = 0; kk < kn; kk++) {                                              \
+                        const float4 wv = LOAD_W4(wp, (size_t)kk * (size_t)ldw);                   \
+                        REPR(R, R_FMA)                                                             \
+                    }                                                                              \
+                }                                                                                  \
+                ROWS_PASS_END                                                                      \
+            }                                                                                      \
+            REPR(R, R_FOLD)                                                                        \
         }                                                                                          \
-        REPR(R, D_SUM, _)                                                                          \
-        for (int i = kv + lane; i < k; i += DOT_LANES) {                                           \
-            REPR(R, D_TAIL, _)                                                                     \
-        }                                                                                          \
-        if (DOT_LANES > 1) {                                                                       \
-            /* red[q][cg][lane], q = r*DOT_CPI + j: one tree over the lanes for all outputs */    \
-            __local float *mine = red + cg * DOT_LANES;                                            \
-            REPR(R, D_RED, _)                                                                      \
+        ROWS_SPLIT_COMBINE(R)                                                                      \
+        REPR(R, R_STORE)                                                                           \
+        if (stats_out) {                                                                           \
             barrier(CLK_LOCAL_MEM_FENCE);                                                          \
-            for (int h = DOT_LANES / 2; h > 0; h >>= 1) {                                          \
-                if (lane < h)                                                                      \
-                    for (int q = 0; q < R * DOT_CPI; q++)                                          \
-                        mine[q * DOT_COLS * DOT_LANES + lane] +=                                   \
-                            mine[q * DOT_COLS * DOT_LANES + lane + h];                             \
-                barrier(CLK_LOCAL_MEM_FENCE);                                                      \
-            }                                                                                      \
-            /* lane q stores output q (lanes loop when there are more outputs than lanes) */      \
-            for (int q = lane; q < R * DOT_CPI; q += DOT_LANES) {                                  \
-                const int r = r0 + q / DOT_CPI, c = c0 + q % DOT_CPI;                              \
-                if (r < m && c < n)                                                                \
-                    store_out(y, (size_t)y_off + (size_t)r * (size_t)ldy + (size_t)c,             \
-                              mine[q * DOT_COLS * DOT_LANES], bias, b_off, has_bias, c,            \
-                              accumulate);                                                         \
-            }                                                                                      \
-        } else {                                                                                   \
-            REPR(R, D_STORE, _)                                                                    \
+            write_stats(vals, ROWS_COLS, R, ROWS_COLS, r0, (int)get_group_id(0) * ROWS_COLS, m,   \
+                        n, lid, ROWS_NT, stats_out, stats_nb);                                     \
         }                                                                                          \
     }
 
-DOT_KERNEL(1)
-#if DOT_MAX_R >= 2
-DOT_KERNEL(2)
-#endif
-#if DOT_MAX_R >= 4
-DOT_KERNEL(4)
-#endif
-#if DOT_MAX_R >= 8
-DOT_KERNEL(8)
-#endif
+ROWS_KERNEL(1)
+ROWS_KERNEL(2)
+ROWS_KERNEL(4)
+ROWS_KERNEL(8)
 
-/* ---- gemm_tiled: large m ------------------------------------------------------------------- */
+/* ---- gemm_tiles: many rows ---------------------------------------------------------------- */
 
-#define TILE_RX (TILE_M / WPT_M) /* work-items along m */
-#define TILE_RY (TILE_N / WPT_N) /* work-items along n */
-
-__kernel __attribute__((reqd_work_group_size(TILE_N / WPT_N, TILE_M / WPT_M, 1)))
-void gemm_tiled(GEMM_ARGS)
+__kernel __attribute__((reqd_work_group_size(TILE_RY, TILE_RX, 1))) void gemm_tiles(GEMM_ARGS)
 {
     __local float xs[TILE_K][TILE_M + 1];
     __local float ws[TILE_K][TILE_N + 1];
+    __local float lmean[TILE_M], lrstd[TILE_M];
+    __local int lsrc[TILE_M];
+    __local float vals[TILE_M * TILE_N];
     const int tx = (int)get_local_id(0); /* along n */
     const int ty = (int)get_local_id(1); /* along m */
     const int tid = ty * TILE_RY + tx;
     const int mb = (int)get_group_id(1) * TILE_M;
     const int nb = (int)get_group_id(0) * TILE_N;
+    const int has_ln = ln_stats != 0;
+    if (tid < TILE_M) {
+        const int src = source_row(mb + tid, m, gather);
+        lsrc[tid] = src;
+        const float2 s = has_ln ? merge_stats(ln_stats + (size_t)src * (size_t)ln_nb, ln_nb, ln_sb,
+                                              k, ln_eps)
+                                : (float2)(0.0f, 1.0f);
+        lmean[tid] = s.x;
+        lrstd[tid] = s.y;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
 
-    float acc[WPT_M][WPT_N];
+    float acc[WPT_M][WPT_N], tot[WPT_M][WPT_N];
     for (int i = 0; i < WPT_M; i++)
         for (int j = 0; j < WPT_N; j++)
-            acc[i][j] = 0.0f;
+            acc[i][j] = tot[i][j] = 0.0f;
 
     for (int kb = 0; kb < k; kb += TILE_K) {
-        /* stage: element e of a tile is (row e / TILE_K, kk e % TILE_K): neighbours read
-           neighbouring k of one row */
+        if (kb > 0 && kb % chunk_len == 0) { /* a chunk ends: add its chains to the totals */
+            for (int i = 0; i < WPT_M; i++)
+                for (int j = 0; j < WPT_N; j++) {
+                    tot[i][j] = kb == chunk_len ? acc[i][j] : tot[i][j] + acc[i][j];
+                    acc[i][j] = 0.0f;
+                }
+        }
         for (int e = tid; e < TILE_M * TILE_K; e += TILE_WG) {
             const int row = e / TILE_K, kk = e % TILE_K;
-            const int gr = mb + row, gk = kb + kk;
-            xs[kk][row] = (gr < m && gk < k) ? x[x_off + (size_t)gr * (size_t)ldx + (size_t)gk]
-                                             : 0.0f;
-        }
-        for (int e = tid; e < TILE_N * TILE_K; e += TILE_WG) {
-            const int col = e / TILE_K, kk = e % TILE_K;
-            const int gc = nb + col, gk = kb + kk;
-            ws[kk][col] = (gc < n && gk < k)
-                              ? LOAD_W(w, w_off + (size_t)gc * (size_t)k + (size_t)gk)
+            const int gk = kb + kk;
+            xs[kk][row] = (mb + row < m && gk < k)
+                              ? load_xn(x, x_off, ldx, lsrc[row], gk, lmean[row], lrstd[row], ln_w,
+                                        ln_b, has_ln)
                               : 0.0f;
         }
+        for (int e = tid; e < TILE_N * TILE_K; e += TILE_WG) {
+            const int kk = e / TILE_N, col = e % TILE_N; /* neighbours read neighbouring columns */
+            const int gc = nb + col, gk = kb + kk;
+            ws[kk][col] =
+                (gc < n && gk < k) ? LOAD_W(w, w_off + (size_t)gk * (size_t)ldw + (size_t)gc) : 0.0f;
+        }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int kk = 0; kk < TILE_K; kk++) {
+        const int kn = min(TILE_K, k - kb);
+        for (int kk = 0; kk < kn; kk++) {
             float xv[WPT_M], wv[WPT_N];
             for (int i = 0; i < WPT_M; i++)
                 xv[i] = xs[kk][ty + i * TILE_RX];
@@ -325,13 +424,19 @@ void gemm_tiled(GEMM_ARGS)
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
+    const bool one_chunk = chunk_len >= k;
     for (int i = 0; i < WPT_M; i++) {
-        const int r = mb + ty + i * TILE_RX;
+        const int rr = ty + i * TILE_RX, r = mb + rr;
         for (int j = 0; j < WPT_N; j++) {
-            const int c = nb + tx + j * TILE_RY;
+            const int cc = tx + j * TILE_RY, c = nb + cc;
+            const float t = one_chunk ? acc[i][j] : tot[i][j] + acc[i][j];
             if (r < m && c < n)
-                store_out(y, (size_t)y_off + (size_t)r * (size_t)ldy + (size_t)c, acc[i][j], bias,
-                          b_off, has_bias, c, accumulate);
+                vals[rr * TILE_N + cc] = store_out(r, c, t, bias, act, accumulate, y, y_off, ldy,
+                                                   split_q, kpool, vpool, tokrow, kv_half);
         }
+    }
+    if (stats_out) {
+        barrier(CLK_LOCAL_MEM_FENCE);
+        write_stats(vals, TILE_N, TILE_M, TILE_N, mb, nb, m, n, tid, TILE_WG, stats_out, stats_nb);
     }
 }

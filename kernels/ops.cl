@@ -1,9 +1,8 @@
-/* ops.cl: the small operations of the Kosmos-2 forward pass around the GEMMs and attention:
- * activations, the L2 normalisation of the image features, the patch unfolding and the vision
- * input embeddings, the text input embeddings (token or image row, scale, sinusoidal positions),
- * the KV-cache store, and a row gather. Each mirrors one reference op of
- * worker/engine/ref_ops.h (named below) and is tested against it in tests/unit/test_cl_ops.c.
- * Not here: LayerNorm (layer_norm.cl), matrix products (gemm.cl), attention (attention.cl).
+/* ops.cl: the small operations of the vision pass around the GEMMs and attention: activations,
+ * the L2 normalisation of the image features, the patch unfolding and the vision input
+ * embeddings. Each mirrors one reference op of worker/engine/ref_ops.h (named below) and is
+ * tested against it in tests/unit/test_cl_ops.c. Not here: LayerNorm (layer_norm.cl), matrix
+ * products (gemm.cl), attention (attention.cl), the text decoder's ops (decoder.cl).
  *
  * Activations are f32 row-major; weights (WEIGHT_T) are f32 or IEEE half read with vload_half.
  * Counts and strides are int (the host checks they fit); index arithmetic is size_t.
@@ -27,64 +26,25 @@
  *       patch_out (n*(seq-1), hid) f32, cls (hid) W, pos (seq, hid) W -> x (n*seq, hid) f32:
  *       x[img, 0] = cls + pos[0];  x[img, t] = patch_out[img*(seq-1) + t-1] + pos[t]
  *
- *   text_embed(table, tok, image_rows, freq, out, dim, n, scale, pad)
- *       global (>= dim, n), any local
- *       table (vocab, dim) W; tok (n) int4 = (id, position, image row or -1, unused);
- *       image_rows (rows, dim) f32; freq (dim/2) f32 -> out (n, dim) f32:
- *       out[t] = (image_rows[tok.z] if tok.z >= 0 else table[tok.x]) * scale
- *                + (pos == pad ? 0 : [sin(pos*freq) | cos(pos*freq) | 0 for an odd dim])
- *       sin/cos are the accurate built-ins (not native_*)   (ke_op_text_embed)
- *
- *   kv_store(qkv, ld, k_col, v_col, kc, vc, dest, width, n)     global (>= width, n)
- *       qkv (n, ld) f32, dest (n) int -> kc, vc (cache rows, width) f32:
- *       kc[dest[t]] = qkv[t, k_col .. k_col+width);  vc[dest[t]] = qkv[t, v_col ..)
- *
- *   gather_rows(src, idx, dst, width, n)      global (>= width, n)
- *       dst[r] = src[idx[r]] (rows of width f32)
- *
  * Tunables (-D):
  *   WG_SIZE      work-items of l2_normalize, a power of two <= the kernel's work-group limit (64)
  *   WEIGHT_HALF  1: weight tensors are half; 0: f32 (0)
  */
-#pragma OPENCL FP_CONTRACT OFF
+#include "common.cl"
 
 #ifndef WG_SIZE
 #define WG_SIZE 64
-#endif
-#ifndef WEIGHT_HALF
-#define WEIGHT_HALF 0
 #endif
 
 #if WG_SIZE < 1 || (WG_SIZE & (WG_SIZE - 1)) != 0
 #error "WG_SIZE must be a power of two"
 #endif
 
-#if WEIGHT_HALF
-#define WEIGHT_T half
-#define LOAD_W(p, i) vload_half((size_t)(i), (p))
-#else
-#define WEIGHT_T float
-#define LOAD_W(p, i) ((p)[(i)])
-#endif
-
 __kernel void activation(__global float *x, const int n, const int act)
 {
     const size_t i = get_global_id(0);
-    if (i >= (size_t)n)
-        return;
-    const float v = x[i];
-    float r;
-    if (act == 0) {
-        r = 0.5f * v * (1.0f + erf(v * 0.70710678118654752f));
-    } else if (act == 1) {
-        r = v * (1.0f / (1.0f + exp(-(1.702f * v))));
-    } else if (act == 2) {
-        const float k = 0.7978845608028654f;
-        r = 0.5f * v * (1.0f + tanh(k * (v + 0.044715f * v * v * v)));
-    } else {
-        r = v > 0.0f ? v : 0.0f;
-    }
-    x[i] = r;
+    if (i < (size_t)n)
+        x[i] = activate(x[i], act);
 }
 
 __kernel __attribute__((reqd_work_group_size(WG_SIZE, 1, 1)))
@@ -143,53 +103,3 @@ __kernel void vision_embed(__global const float *patch_out, __global const WEIGH
     x[e] = v + LOAD_W(pos, t * (size_t)hid + i);
 }
 
-__kernel void text_embed(__global const WEIGHT_T *table, __global const int4 *tok,
-                         __global const float *image_rows, __global const float *freq,
-                         __global float *out, const int dim, const int n, const float scale,
-                         const int pad)
-{
-    const int i = (int)get_global_id(0);
-    const int t = (int)get_global_id(1);
-    if (i >= dim || t >= n)
-        return;
-    const int4 info = tok[t];
-    float v = info.z >= 0 ? image_rows[(size_t)info.z * (size_t)dim + (size_t)i]
-                          : LOAD_W(table, (size_t)info.x * (size_t)dim + (size_t)i);
-    v = v * scale;
-    const int half_dim = dim / 2;
-    if (info.y != pad) {
-        const float p = (float)info.y;
-        if (i < half_dim) {
-            const float a = p * freq[i];
-            v = v + sin(a);
-        } else if (i < 2 * half_dim) {
-            const float a = p * freq[i - half_dim];
-            v = v + cos(a);
-        }
-    }
-    out[(size_t)t * (size_t)dim + (size_t)i] = v;
-}
-
-__kernel void kv_store(__global const float *qkv, const int ld, const int k_col, const int v_col,
-                       __global float *kc, __global float *vc, __global const int *dest,
-                       const int width, const int n)
-{
-    const int i = (int)get_global_id(0);
-    const int t = (int)get_global_id(1);
-    if (i >= width || t >= n)
-        return;
-    const size_t src = (size_t)t * (size_t)ld + (size_t)i;
-    const size_t dst = (size_t)dest[t] * (size_t)width + (size_t)i;
-    kc[dst] = qkv[src + (size_t)k_col];
-    vc[dst] = qkv[src + (size_t)v_col];
-}
-
-__kernel void gather_rows(__global const float *src, __global const int *idx, __global float *dst,
-                          const int width, const int n)
-{
-    const int i = (int)get_global_id(0);
-    const int r = (int)get_global_id(1);
-    if (i >= width || r >= n)
-        return;
-    dst[(size_t)r * (size_t)width + (size_t)i] = src[(size_t)idx[r] * (size_t)width + (size_t)i];
-}

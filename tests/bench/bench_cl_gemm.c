@@ -8,7 +8,7 @@
  *   --m 1,8,71,257    batch rows (default): decode 1 and 8, one 71-token prompt, one image
  *   --shapes a,b      names from the table below (default all)
  *   --seconds 0.3     minimum time per measurement (at least one run after a warm-up)
- *   --variants auto,clblast   ours (auto = the seam's own choice, or a variant name), clblast
+ *   --variants auto,clblast   ours (auto = the seam's own choice, or a family: rows, tiles), clblast
  *   --no-ref          skip the plain-C baseline (slow for large m on the lm_head)
  *
  * For each shape and m it prints milliseconds per product, GFLOP/s (2·m·n·k), the GB/s of
@@ -23,6 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#ifdef KOSMOS_HAVE_CLBLAST
+#include <clblast_c.h>
+#endif
 
 #include "cl_gemm.h"
 #include "kc_context.h"
@@ -84,20 +88,42 @@ static bool in_list(const char *list, const char *item)
     return false;
 }
 
-/* Seconds per run of ke_cl_gemm_run (warm-up, then repeats until `min_s`); < 0 on failure. */
-static double time_gemm(kc_context *ctx, ke_cl_gemm *g, const ke_cl_gemm_args *a, double min_s,
-                        char *variant, size_t variant_len)
+/* One product: ours through the seam, or (clblast) CLBlastSgemm on the untransposed f32 W. */
+static ks_status run_once(ke_cl_gemm *g, const ke_cl_gemm_args *a, bool clblast, cl_mem w_rows,
+                          kc_context *ctx)
 {
-    if (ke_cl_gemm_run(g, a) != KS_OK || kc_context_finish(ctx) != KS_OK) {
+#ifdef KOSMOS_HAVE_CLBLAST
+    if (clblast) {
+        cl_command_queue q = kc_context_queue(ctx);
+        CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo,
+                                           CLBlastTransposeYes, a->m, a->w->n, a->w->k, 1.0f,
+                                           a->x, 0, a->ldx, w_rows, 0, a->w->k, 0.0f, a->y, 0,
+                                           a->ldy, &q, NULL);
+        return s == CLBlastSuccess ? KS_OK : ks_fail(KS_ERR_DEVICE, "CLBlastSgemm: %d", (int)s);
+    }
+#else
+    (void)w_rows;
+    (void)ctx;
+    if (clblast)
+        return ks_fail(KS_ERR_UNSUPPORTED, "built without CLBlast");
+#endif
+    return ke_cl_gemm_run(g, NULL, a, "bench");
+}
+
+/* Seconds per run (warm-up, then repeats until `min_s`); < 0 on failure. */
+static double time_gemm(kc_context *ctx, ke_cl_gemm *g, const ke_cl_gemm_args *a, bool clblast,
+                        cl_mem w_rows, double min_s, char *variant, size_t variant_len)
+{
+    if (run_once(g, a, clblast, w_rows, ctx) != KS_OK || kc_context_finish(ctx) != KS_OK) {
         fprintf(stderr, "  %s\n", ks_error_message());
         return -1.0;
     }
-    snprintf(variant, variant_len, "%s", ke_cl_gemm_last_variant(g));
+    snprintf(variant, variant_len, "%s", clblast ? "CLBlastSgemm" : ke_cl_gemm_last_variant(g));
     int runs = 0, batch = 1;
     double t0 = now(), c0 = cpu_now(), t;
     do {
         for (int i = 0; i < batch; i++)
-            if (ke_cl_gemm_run(g, a) != KS_OK)
+            if (run_once(g, a, clblast, w_rows, ctx) != KS_OK)
                 return -1.0;
         if (kc_context_finish(ctx) != KS_OK)
             return -1.0;
@@ -143,7 +169,7 @@ int main(int argc, char **argv)
             ref = false;
         else {
             fprintf(stderr, "usage: %s [--device SPEC] [--m 1,8,71,257] [--shapes attn,...] "
-                            "[--variants auto,dot,tiled,simple,clblast] [--seconds S] "
+                            "[--variants auto,rows,tiles,clblast] [--seconds S] "
                             "[--no-ref]\n", argv[0]);
             return 2;
         }
@@ -202,11 +228,18 @@ int main(int argc, char **argv)
         }
         for (size_t i = 0; i < max_m * k; i++)
             x[i] = frand();
-        cl_mem bx = NULL, bwf = NULL, bwh = NULL, by = NULL;
+        cl_mem bx = NULL, bwf = NULL, by = NULL;
+        ke_tensor tf = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+                        .data = wf};
+        ke_tensor th = {.dtype = KE_DTYPE_F16, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+                        .data = wh};
+        const ke_tensor *pf[1] = {&tf}, *ph[1] = {&th}, *nob[1] = {NULL};
+        ke_cl_weight wt[2]; /* [ke_dtype] */
         if (kc_context_buffer(ctx, CL_MEM_READ_ONLY, max_m * k * 4, x, &bx) != KS_OK ||
             kc_context_buffer(ctx, CL_MEM_READ_ONLY, n * k * 4, wf, &bwf) != KS_OK ||
-            kc_context_buffer(ctx, CL_MEM_READ_ONLY, n * k * 2, wh, &bwh) != KS_OK ||
-            kc_context_buffer(ctx, CL_MEM_READ_WRITE, max_m * n * 4, NULL, &by) != KS_OK) {
+            kc_context_buffer(ctx, CL_MEM_READ_WRITE, max_m * n * 4, NULL, &by) != KS_OK ||
+            ke_cl_weight_upload(g, pf, nob, 1, sh->name, &wt[KE_DTYPE_F32], NULL) != KS_OK ||
+            ke_cl_weight_upload(g, ph, nob, 1, sh->name, &wt[KE_DTYPE_F16], NULL) != KS_OK) {
             fprintf(stderr, "%s\n", ks_error_message());
             goto done;
         }
@@ -229,31 +262,36 @@ int main(int argc, char **argv)
                 last_cpu_s = (cpu_now() - c0) / runs;
                 report(sh->name, m, n, k, "ref-f16", "ke_op_linear", 2, ref_s, ref_s);
             }
-            ke_cl_gemm_args a = {.m = m, .n = n, .k = k, .x = bx, .ldx = k, .y = by, .ldy = n};
+            ke_cl_gemm_args a = {.m = m, .x = bx, .ldx = k, .y = by, .ldy = n, .act = -1};
             char variant[64];
             for (int dt = 1; dt >= 0; dt--) {
-                a.w = dt ? bwh : bwf;
-                a.w_dtype = dt ? KE_DTYPE_F16 : KE_DTYPE_F32;
-                for (size_t v = 0; v <= ke_cl_gemm_variant_count(); v++) {
-                    const char *vn = v == 0 ? "auto" : ke_cl_gemm_variant_name(v - 1);
-                    if (!in_list(variants, vn) || (dt && !strcmp(vn, "clblast")))
+                a.w = &wt[dt];
+                /* ours: auto and each family; CLBlast: f32 only (no f16-storage mode) */
+                for (size_t v = 0; v <= ke_cl_gemm_variant_count() + 1; v++) {
+                    bool clblast = v == ke_cl_gemm_variant_count() + 1;
+                    const char *vn = v == 0 ? "auto" : clblast ? "clblast"
+                                                               : ke_cl_gemm_variant_name(v - 1);
+                    if (!in_list(variants, vn) || (dt && clblast))
                         continue;
-                    if (ke_cl_gemm_force(g, v == 0 ? NULL : vn) != KS_OK)
+                    if (!clblast && ke_cl_gemm_force(g, v == 0 ? NULL : vn, -1) != KS_OK)
                         continue;
-                    double s = time_gemm(ctx, g, &a, min_s, variant, sizeof variant);
+                    double s = time_gemm(ctx, g, &a, clblast, bwf, min_s, variant,
+                                         sizeof variant);
                     if (s > 0)
                         report(sh->name, m, n, k,
-                               strcmp(vn, "clblast") ? (dt ? "ours-f16" : "ours-f32")
-                                                     : "clblast-f32",
-                               variant, dt ? 2 : 4, s, ref_s);
+                               clblast ? "clblast-f32" : dt ? "ours-f16" : "ours-f32", variant,
+                               dt ? 2 : 4, s, ref_s);
                 }
             }
-            ke_cl_gemm_force(g, NULL);
+            ke_cl_gemm_force(g, NULL, -1);
         }
         kc_context_buffer_free(ctx, &bx);
         kc_context_buffer_free(ctx, &bwf);
-        kc_context_buffer_free(ctx, &bwh);
         kc_context_buffer_free(ctx, &by);
+        for (int dt = 0; dt < 2; dt++) {
+            kc_context_buffer_free(ctx, &wt[dt].w);
+            kc_context_buffer_free(ctx, &wt[dt].bias);
+        }
         free(wf);
         free(wh);
         free(x);

@@ -1,12 +1,17 @@
-/* Unit tests for worker/engine/cl_gemm (ke_cl_gemm): every kernel of kernels/gemm.cl against the
- * plain-C ke_op_linear on random data and edge shapes: m in {1, 3, 64, 257, 321}, odd and even
- * n and k, f16 and f32 weights, with and without bias, accumulate, offsets and leading
- * dimensions, and the canaries around Y left untouched. Each shape runs through the automatic
- * choice and through every variant forced (ke_cl_gemm_force), so the small-m and the tiled
- * kernels are both checked on odd shapes.
+/* Unit tests for worker/engine/cl_gemm (ke_cl_gemm, kernels/gemm.cl):
+ *   - every kernel family against a double-precision reference on random data and edge shapes
+ *     (m, n, k odd and even, f16 and f32 weights, bias, activation, residual, offsets, strides,
+ *     row gathers, the LayerNorm prologue from row statistics, the statistics epilogue, the
+ *     fused Q/K/V split into a KV cache of f32 or half rows);
+ *   - the canonical order: a row's output is the same bits whatever m is, whichever kernel runs
+ *     it, whatever other rows share the launch and wherever in the launch it sits, with chunks
+ *     in one group or in groups of their own (what continuous batching relies on);
+ *   - argument checks.
  *
- * Needs an OpenCL device (PoCL's CPU device on CI); without one every test skips.
- * KOSMOS_TEST_DEVICE=<spec> picks the device (default: the default rule). */
+ * Needs an OpenCL device (PoCL's CPU device on CI); without one every test skips
+ * (KOSMOS_TEST_REQUIRE_ALL=1 makes that a failure). KOSMOS_TEST_DEVICE=<spec> picks the device;
+ * ctest also runs it with KOSMOS_GEMM_TUNE=nvidia (the GPU kernels' staging and split paths on
+ * PoCL). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,7 +27,7 @@
 #include "cl_gemm.h"
 #include "kc_context.h"
 #include "kc_device.h"
-#include "ref_ops.h"
+#include "model.h"
 #include "test_skip.h"
 
 typedef struct fixture {
@@ -98,305 +103,468 @@ static float frand(void) /* uniform in [-1, 1) */
     return (float)((double)(rng_state >> 11) * 0x1p-52 - 1.0);
 }
 
-/* f32 -> f16 bits, round to nearest even; finite values of magnitude < 65504 only. */
-static uint16_t f32_to_f16(float f)
+/* n values of dtype dt rounded from v (f16: as torch's .half()); v gets the rounded values. */
+static void *to_dtype(float *v, size_t n, ke_dtype dt)
 {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000u;
-    float a = fabsf(f);
-    if (a == 0.0f)
-        return (uint16_t)sign;
-    int e;
-    frexpf(a, &e);
-    int exp16 = e - 1 + 15;
-    if (exp16 <= 0)
-        return (uint16_t)(sign | (uint32_t)nearbyint((double)a * 0x1p24));
-    double q = nearbyint(ldexp((double)a, 10 - (e - 1)));
-    if (q >= 2048.0) {
-        q /= 2;
-        exp16++;
+    if (dt == KE_DTYPE_F32) {
+        float *out = malloc((n ? n : 1) * sizeof *out);
+        assert_non_null(out);
+        memcpy(out, v, n * sizeof *out);
+        return out;
     }
-    return (uint16_t)(sign | ((uint32_t)exp16 << 10) | ((uint32_t)q - 1024u));
+    uint16_t *out = malloc((n ? n : 1) * sizeof *out);
+    assert_non_null(out);
+    for (size_t i = 0; i < n; i++) {
+        out[i] = ke_f32_to_f16(v[i]);
+        v[i] = ke_f16_to_f32(out[i]);
+    }
+    return out;
 }
 
-/* One product to check: shape, types and where everything sits in its buffer. */
+static cl_mem device_copy(fixture *fx, const void *host, size_t bytes)
+{
+    cl_mem b = NULL;
+    if (kc_context_buffer(fx->ctx, CL_MEM_READ_WRITE, bytes, host, &b) != KS_OK)
+        fail_msg("%s", ks_error_message());
+    return b;
+}
+
+static void device_read(fixture *fx, cl_mem b, size_t bytes, void *host)
+{
+    if (kc_context_read(fx->ctx, b, true, 0, bytes, host, NULL) != KS_OK)
+        fail_msg("%s", ks_error_message());
+}
+
+/* Row statistics as the kernels' producers write them: blocks of sb values, (mean, M2) summed
+ * in order in f32 (kernels/common.cl block_stats). */
+static void block_stats(const float *row, size_t dim, size_t sb, cl_float2 *out)
+{
+    for (size_t j = 0; j * sb < dim; j++) {
+        size_t c = dim - j * sb < sb ? dim - j * sb : sb;
+        float sum = 0.0f;
+        for (size_t i = 0; i < c; i++)
+            sum += row[j * sb + i];
+        float mean = sum / (float)c, m2 = 0.0f;
+        for (size_t i = 0; i < c; i++) {
+            float d = row[j * sb + i] - mean;
+            m2 += d * d;
+        }
+        out[j].s[0] = mean;
+        out[j].s[1] = m2;
+    }
+}
+
+static double act_ref(double v, int act)
+{
+    switch (act) {
+    case KE_ACT_GELU:
+        return 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
+    case KE_ACT_QUICK_GELU:
+        return v / (1.0 + exp(-1.702 * v));
+    case KE_ACT_GELU_TANH:
+        return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+    case KE_ACT_RELU:
+        return v > 0 ? v : 0;
+    default:
+        return v;
+    }
+}
+
+/* One product to check. */
 typedef struct gemm_case {
     size_t m, n, k;
     ke_dtype dt;
-    bool bias, accumulate;
-    size_t x_off, x_pad; /* ldx = k + x_pad */
-    size_t w_off, b_off;
-    size_t y_off, y_pad; /* ldy = n + y_pad */
+    bool bias, accumulate, ln, gather, stats;
+    int act;               /* -1 none */
+    size_t x_off, x_pad;   /* ldx = k + x_pad */
+    size_t y_off, y_pad;   /* ldy = n + y_pad */
+    size_t ln_sb;
+    const char *force;     /* "rows", "tiles" or NULL */
+    int split;             /* -1 auto, 0 / 1 forced */
+    size_t chunk;          /* 0: the device's rule */
 } gemm_case;
 
 #define CANARY 1234.5f
 
-/* Runs `c` with the variant `force` (NULL = automatic choice) and checks every output against
- * ke_op_linear, and that nothing outside Y's (m, n) window changed. */
-static void run_case(fixture *fx, const gemm_case *c, const char *force)
+/* Runs c and checks every output, the canaries around Y, and (stats) the statistics. */
+static void run_case(fixture *fx, const gemm_case *c)
 {
     const size_t m = c->m, n = c->n, k = c->k, ldx = k + c->x_pad, ldy = n + c->y_pad;
-    const size_t wsz = c->dt == KE_DTYPE_F16 ? 2 : 4;
-    const size_t x_len = c->x_off + m * ldx + 2, y_len = c->y_off + m * ldy + 5;
-    const size_t w_len = c->w_off + n * k + 3, b_len = c->b_off + n + 1;
+    const size_t src_rows = m + 3; /* X has more rows than m: the gather picks among them */
+    const size_t x_len = c->x_off + src_rows * ldx + 2, y_len = c->y_off + m * ldy + 5;
+    const size_t sb = c->ln_sb ? c->ln_sb : KE_CL_STAT_SB, ln_nb = (k + sb - 1) / sb;
+    const size_t out_nb = (n + KE_CL_STAT_SB - 1) / KE_CL_STAT_SB;
 
-    float *x = malloc(x_len * sizeof *x);
-    float *xc = malloc((m * k + 1) * sizeof *xc); /* X compacted for the reference */
-    float *wf = malloc((n * k + 1) * sizeof *wf);
-    void *w = malloc(w_len * wsz);
-    void *b = malloc(b_len * wsz);
-    float *bf = malloc(n * sizeof *bf);
-    float *y0 = malloc(y_len * sizeof *y0);
-    float *y = malloc(y_len * sizeof *y);
-    float *ref = malloc(m * n * sizeof *ref);
-    float *scratch = malloc((ke_op_linear_scratch(k) + 1) * sizeof *scratch);
-    assert_true(x && xc && wf && w && b && bf && y0 && y && ref && scratch);
-
+    float *x = malloc(x_len * sizeof *x), *wf = malloc(n * k * sizeof *wf);
+    float *bf = malloc(n * sizeof *bf), *gf = malloc(k * sizeof *gf), *betaf = malloc(k * 4);
+    float *y0 = malloc(y_len * sizeof *y0), *y = malloc(y_len * sizeof *y);
+    float *want = malloc(m * n * sizeof *want);
+    cl_float2 *xst = malloc(src_rows * ln_nb * sizeof *xst);
+    cl_float2 *ost = malloc(m * out_nb * sizeof *ost), *ost_want = malloc(out_nb * sizeof *ost);
+    cl_int *gather = malloc(m * sizeof *gather);
+    assert_true(x && wf && bf && gf && betaf && y0 && y && want && xst && ost && ost_want &&
+                gather);
     for (size_t i = 0; i < x_len; i++)
-        x[i] = frand();
-    for (size_t r = 0; r < m; r++)
-        memcpy(xc + r * k, x + c->x_off + r * ldx, k * sizeof *xc);
-    /* weights around 1/sqrt(k), as a trained model's; the padding around them is garbage */
-    const float ws = 1.0f / sqrtf((float)(k ? k : 1));
-    for (size_t i = 0; i < w_len; i++) {
-        float v = frand() * ws * 2.0f;
-        if (c->dt == KE_DTYPE_F16) {
-            uint16_t h = f32_to_f16(v);
-            ((uint16_t *)w)[i] = h;
-            v = ke_op_f16_to_f32(h);
-        } else {
-            ((float *)w)[i] = v;
-        }
-        if (i >= c->w_off && i < c->w_off + n * k)
-            wf[i - c->w_off] = v;
+        x[i] = frand() * 2.0f + 0.5f; /* an offset: LayerNorm has a mean to remove */
+    const float ws = 1.0f / sqrtf((float)k);
+    for (size_t i = 0; i < n * k; i++)
+        wf[i] = frand() * ws * 2.0f;
+    for (size_t i = 0; i < n; i++)
+        bf[i] = frand();
+    for (size_t i = 0; i < k; i++) {
+        gf[i] = 1.0f + 0.1f * frand();
+        betaf[i] = 0.1f * frand();
     }
-    for (size_t i = 0; i < b_len; i++) {
-        float v = frand();
-        if (c->dt == KE_DTYPE_F16) {
-            uint16_t h = f32_to_f16(v);
-            ((uint16_t *)b)[i] = h;
-            v = ke_op_f16_to_f32(h);
-        } else {
-            ((float *)b)[i] = v;
-        }
-        if (i >= c->b_off && i < c->b_off + n)
-            bf[i - c->b_off] = v;
-    }
+    void *w = to_dtype(wf, n * k, c->dt), *b = to_dtype(bf, n, c->dt);
+    void *g = to_dtype(gf, k, c->dt), *beta = to_dtype(betaf, k, c->dt);
     for (size_t i = 0; i < y_len; i++)
         y0[i] = CANARY;
     for (size_t r = 0; r < m; r++)
         for (size_t j = 0; j < n; j++)
             y0[c->y_off + r * ldy + j] = frand();
+    for (size_t r = 0; r < m; r++)
+        gather[r] = c->gather ? (cl_int)((r * 7 + 2) % src_rows) : (cl_int)r;
+    for (size_t r = 0; r < src_rows; r++)
+        block_stats(x + c->x_off + r * ldx, k, sb, xst + r * ln_nb);
 
-    /* the reference: the f32 weights (exact f16 values) through ke_op_linear */
-    ke_tensor tw = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {(int64_t)n, (int64_t)k}, .data = wf};
-    ke_tensor tb = {.dtype = KE_DTYPE_F32, .ndim = 1, .shape = {(int64_t)n}, .data = bf};
-    ke_op_linear(xc, m, &tw, c->bias ? &tb : NULL, ref, scratch);
+    /* the reference, in double */
+    for (size_t r = 0; r < m; r++) {
+        const float *xr = x + c->x_off + (size_t)gather[r] * ldx;
+        double mean = 0, var = 0;
+        for (size_t i = 0; i < k; i++)
+            mean += xr[i];
+        mean /= (double)k;
+        for (size_t i = 0; i < k; i++)
+            var += (xr[i] - mean) * (xr[i] - mean);
+        double rstd = 1.0 / sqrt(var / (double)k + 1e-5);
+        for (size_t j = 0; j < n; j++) {
+            double s = 0;
+            for (size_t i = 0; i < k; i++) {
+                double xn = c->ln ? (xr[i] - mean) * rstd * gf[i] + betaf[i] : xr[i];
+                s += xn * wf[j * k + i];
+            }
+            s = act_ref(s + (c->bias ? bf[j] : 0.0), c->act);
+            want[r * n + j] = (float)(s + (c->accumulate ? y0[c->y_off + r * ldy + j] : 0.0));
+        }
+    }
 
-    cl_mem bx = NULL, bw = NULL, bb = NULL, by = NULL;
-    assert_int_equal(kc_context_buffer(fx->ctx, CL_MEM_READ_ONLY, x_len * 4, x, &bx), KS_OK);
-    assert_int_equal(kc_context_buffer(fx->ctx, CL_MEM_READ_ONLY, w_len * wsz, w, &bw), KS_OK);
-    assert_int_equal(kc_context_buffer(fx->ctx, CL_MEM_READ_ONLY, b_len * wsz, b, &bb), KS_OK);
-    assert_int_equal(kc_context_buffer(fx->ctx, CL_MEM_READ_WRITE, y_len * 4, y0, &by), KS_OK);
-
-    ke_cl_gemm_args a = {.m = m, .n = n, .k = k, .x = bx, .x_offset = c->x_off, .ldx = ldx,
-                         .w = bw, .w_offset = c->w_off, .w_dtype = c->dt,
-                         .bias = c->bias ? bb : NULL, .bias_offset = c->b_off, .y = by,
-                         .y_offset = c->y_off, .ldy = ldy, .accumulate = c->accumulate};
-    ks_status st = ke_cl_gemm_force(fx->gemm, force);
-    if (st != KS_OK)
-        fail_msg("force %s: %s", force ? force : "auto", ks_error_message());
-    st = ke_cl_gemm_run(fx->gemm, &a);
-    if (st != KS_OK)
+    ke_tensor tw = {.dtype = c->dt, .ndim = 2, .shape = {(int64_t)n, (int64_t)k}, .data = w};
+    ke_tensor tb = {.dtype = c->dt, .ndim = 1, .shape = {(int64_t)n}, .data = b};
+    const ke_tensor *wp[1] = {&tw}, *bp[1] = {&tb};
+    ke_cl_weight wt;
+    ke_cl_gemm_force_chunk(fx->gemm, c->chunk);
+    if (ke_cl_weight_upload(fx->gemm, wp, bp, 1, "test", &wt, NULL) != KS_OK)
+        fail_msg("upload: %s", ks_error_message());
+    if (!c->bias)
+        kc_context_buffer_free(fx->ctx, &wt.bias);
+    size_t es = c->dt == KE_DTYPE_F16 ? 2 : 4;
+    cl_mem bx = device_copy(fx, x, x_len * 4), by = device_copy(fx, y0, y_len * 4);
+    cl_mem bg = device_copy(fx, g, k * es), bbeta = device_copy(fx, beta, k * es);
+    cl_mem bst = device_copy(fx, xst, src_rows * ln_nb * sizeof *xst);
+    cl_mem bgat = device_copy(fx, gather, m * sizeof *gather);
+    cl_mem bost = device_copy(fx, ost, m * out_nb * sizeof *ost);
+    ke_cl_gemm_args a = {.m = m, .w = &wt, .x = bx, .x_offset = c->x_off, .ldx = ldx,
+                         .gather = c->gather ? bgat : NULL, .ln_stats = c->ln ? bst : NULL,
+                         .ln_w = bg, .ln_b = bbeta, .ln_sb = sb, .ln_eps = 1e-5f, .y = by,
+                         .y_offset = c->y_off, .ldy = ldy, .act = c->act,
+                         .accumulate = c->accumulate, .stats_out = c->stats ? bost : NULL};
+    if (ke_cl_gemm_force(fx->gemm, c->force, c->split) != KS_OK)
+        fail_msg("force: %s", ks_error_message());
+    if (ke_cl_gemm_run(fx->gemm, NULL, &a, "test") != KS_OK)
         fail_msg("ke_cl_gemm_run: %s", ks_error_message());
     const char *variant = ke_cl_gemm_last_variant(fx->gemm);
-    assert_int_equal(clEnqueueReadBuffer(kc_context_queue(fx->ctx), by, CL_TRUE, 0, y_len * 4, y,
-                                         0, NULL, NULL),
-                     CL_SUCCESS);
-    assert_int_equal(ke_cl_gemm_force(fx->gemm, NULL), KS_OK);
+    device_read(fx, by, y_len * 4, y);
+    if (c->stats)
+        device_read(fx, bost, m * out_nb * sizeof *ost, ost);
+    assert_int_equal(ke_cl_gemm_force(fx->gemm, NULL, -1), KS_OK);
+    ke_cl_gemm_force_chunk(fx->gemm, 0);
 
     size_t bad = 0;
     for (size_t i = 0; i < y_len; i++) {
         size_t rel = i - c->y_off, r = rel / ldy, j = rel % ldy;
         bool inside = i >= c->y_off && r < m && j < n;
-        float want;
-        double tol;
-        if (inside) {
-            /* tolerance relative to the magnitude of the terms (the sum order differs) */
-            double mag = fabs(bf[j]) * c->bias + fabs(y0[i]) * c->accumulate;
-            for (size_t t = 0; t < k; t++)
-                mag += fabs((double)xc[r * k + t] * wf[j * k + t]);
-            want = ref[r * n + j] + (c->accumulate ? y0[i] : 0.0f);
-            tol = 1e-5 * mag + 1e-6;
-        } else {
-            want = y0[i];
-            tol = 0.0;
-        }
-        if (!(fabs((double)y[i] - want) <= tol)) {
-            if (bad++ < 5)
-                print_message("  %s (%s): y[%zu] (row %zu col %zu%s) = %.8g, want %.8g\n",
-                              variant, force ? force : "auto", i, r, j,
-                              inside ? "" : ", outside Y", (double)y[i], (double)want);
+        double tol = inside ? 2e-4 * sqrt((double)k) * (1.0 + fabs((double)want[r * n + j])) : 0;
+        float expect = inside ? want[r * n + j] : y0[i];
+        if (!(fabs((double)y[i] - expect) <= tol) && bad++ < 5)
+            print_message("  %s: y[%zu] (row %zu col %zu%s) = %.8g, want %.8g\n", variant, i, r,
+                          j, inside ? "" : ", outside Y", (double)y[i], (double)expect);
+    }
+    for (size_t r = 0; c->stats && r < m; r++) {
+        block_stats(want + r * n, n, KE_CL_STAT_SB, ost_want);
+        for (size_t j = 0; j < out_nb; j++) {
+            double dm = fabs((double)ost[r * out_nb + j].s[0] - ost_want[j].s[0]);
+            double d2 = fabs((double)ost[r * out_nb + j].s[1] - ost_want[j].s[1]);
+            if ((dm > 1e-3 || d2 > 1e-3 * (1.0 + ost_want[j].s[1])) && bad++ < 5)
+                print_message("  %s: statistics of row %zu block %zu: (%g, %g), want (%g, %g)\n",
+                              variant, r, j, (double)ost[r * out_nb + j].s[0],
+                              (double)ost[r * out_nb + j].s[1], (double)ost_want[j].s[0],
+                              (double)ost_want[j].s[1]);
         }
     }
     if (bad)
-        fail_msg("m %zu n %zu k %zu %s bias %d acc %d offsets x%zu w%zu b%zu y%zu pads %zu/%zu "
-                 "variant %s: %zu wrong", m, n, k, c->dt == KE_DTYPE_F16 ? "f16" : "f32",
-                 c->bias, c->accumulate, c->x_off, c->w_off, c->b_off, c->y_off, c->x_pad,
-                 c->y_pad, variant, bad);
+        fail_msg("m %zu n %zu k %zu %s bias %d acc %d ln %d gather %d act %d stats %d variant %s "
+                 "chunk %zu: %zu wrong", m, n, k, c->dt == KE_DTYPE_F16 ? "f16" : "f32", c->bias,
+                 c->accumulate, c->ln, c->gather, c->act, c->stats, variant, wt.chunk_len, bad);
 
-    kc_context_buffer_free(fx->ctx, &bx);
-    kc_context_buffer_free(fx->ctx, &bw);
-    kc_context_buffer_free(fx->ctx, &bb);
-    kc_context_buffer_free(fx->ctx, &by);
-    free(x);
-    free(xc);
-    free(wf);
-    free(w);
-    free(b);
-    free(bf);
-    free(y0);
-    free(y);
-    free(ref);
-    free(scratch);
+    cl_mem bufs[] = {bx, by, bg, bbeta, bst, bgat, bost, wt.w, wt.bias};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        kc_context_buffer_free(fx->ctx, &bufs[i]);
+    free(x), free(wf), free(bf), free(gf), free(betaf), free(y0), free(y), free(want);
+    free(xst), free(ost), free(ost_want), free(gather), free(w), free(b), free(g), free(beta);
 }
 
-/* Runs `c` automatically and with each variant forced. */
-static void run_all_variants(fixture *fx, const gemm_case *c)
+/* Runs c automatically and through each family forced, chunks in one group and split. */
+static void run_all_variants(fixture *fx, gemm_case c)
 {
-    run_case(fx, c, NULL);
+    run_case(fx, &c);
     for (size_t v = 0; v < ke_cl_gemm_variant_count(); v++) {
-        const char *name = ke_cl_gemm_variant_name(v);
-        /* CLBlast (where built) serves f32 weights without bias only: see test_invalid */
-        if (strcmp(name, "clblast") == 0 && (c->dt == KE_DTYPE_F16 || c->bias))
-            continue;
-        run_case(fx, c, name);
+        c.force = ke_cl_gemm_variant_name(v);
+        c.split = 0;
+        run_case(fx, &c);
+        c.split = 1;
+        run_case(fx, &c);
     }
 }
 
 /* ---- tests -------------------------------------------------------------------------------- */
 
-/* Edge shapes: tiny, odd, not multiples of any tile or vector width, both dtypes. */
+/* Edge shapes: tiny, odd, not multiples of any tile or vector width; both dtypes. */
 static void test_edge_shapes(void **state)
 {
     fixture *fx = *state;
     REQUIRE_DEVICE(fx);
-    static const size_t ms[] = {1, 3, 64, 257};
-    static const size_t nks[][2] = {{1, 1}, {7, 1}, {1, 7}, {7, 48}, {48, 7}, {33, 100},
-                                    {100, 257}, {257, 33}, {64, 64}, {5, 1024}};
+    static const size_t shapes[][3] = {{1, 1, 1},  {1, 4, 5},   {3, 7, 9},   {8, 33, 17},
+                                       {9, 64, 64}, {65, 129, 31}, {130, 5, 200}};
     for (int dt = 0; dt < 2; dt++)
-        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
-            for (size_t j = 0; j < sizeof nks / sizeof nks[0]; j++) {
-                gemm_case c = {.m = ms[i], .n = nks[j][0], .k = nks[j][1], .dt = (ke_dtype)dt,
-                               .bias = (i + j) % 2 == 0};
-                run_all_variants(fx, &c);
-            }
-}
-
-/* Offsets (odd, so nothing is vector-aligned), leading dimensions, bias offsets, accumulate. */
-static void test_offsets_strides_accumulate(void **state)
-{
-    fixture *fx = *state;
-    REQUIRE_DEVICE(fx);
-    static const size_t ms[] = {1, 3, 64, 321};
-    for (int dt = 0; dt < 2; dt++)
-        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
-            gemm_case c = {.m = ms[i], .n = 97, .k = 130, .dt = (ke_dtype)dt, .bias = true,
-                           .accumulate = true, .x_off = 3, .x_pad = 5, .w_off = 1, .b_off = 7,
-                           .y_off = 11, .y_pad = 3};
-            run_all_variants(fx, &c);
-            c.accumulate = false;
-            c.bias = false;
-            c.w_off = 8;
-            c.n = 256;
-            c.k = 1024;
-            run_all_variants(fx, &c);
-            c.accumulate = true;
-            c.x_off = 0;
-            c.x_pad = 1024; /* a column slice of a wider buffer */
-            c.w_off = 5;
-            run_all_variants(fx, &c);
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            gemm_case c = {.m = shapes[s][0], .n = shapes[s][1], .k = shapes[s][2],
+                           .dt = (ke_dtype)dt, .bias = s % 2 == 0, .act = -1, .split = -1,
+                           .chunk = s % 3 == 1 ? 16 : 0};
+            run_all_variants(fx, c);
         }
 }
 
-/* The model's shapes, scaled: even sizes and the lm_head's odd n (65037 -> 1037). */
-static void test_model_like(void **state)
-{
-    fixture *fx = *state;
-    REQUIRE_DEVICE(fx);
-    static const size_t shapes[][3] = {{1, 1037, 2048}, {8, 2048, 512}, {71, 512, 2048},
-                                       {257, 256, 1024}, {321, 100, 588}, {3, 1024, 2048}};
-    for (int dt = 0; dt < 2; dt++)
-        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-            gemm_case c = {.m = shapes[i][0], .n = shapes[i][1], .k = shapes[i][2],
-                           .dt = (ke_dtype)dt, .bias = i % 2 == 1, .accumulate = i % 3 == 2};
-            run_case(fx, &c, NULL);
-        }
-}
-
-/* k = 0: Y = bias (or Y + bias); m = 0 / n = 0: nothing happens. */
-static void test_degenerate(void **state)
+/* Offsets, strides, residual, activation, gathered rows, the LayerNorm prologue and the
+ * statistics epilogue, together and alone. */
+static void test_fused_prologue_epilogue(void **state)
 {
     fixture *fx = *state;
     REQUIRE_DEVICE(fx);
     for (int dt = 0; dt < 2; dt++) {
-        gemm_case c = {.m = 3, .n = 9, .k = 0, .dt = (ke_dtype)dt, .bias = true};
-        run_all_variants(fx, &c);
-        c.accumulate = true;
-        run_all_variants(fx, &c);
+        gemm_case c = {.m = 5, .n = 100, .k = 48, .dt = (ke_dtype)dt, .bias = true,
+                       .accumulate = true, .ln = true, .stats = true, .act = -1, .x_off = 3,
+                       .x_pad = 5, .y_off = 7, .y_pad = 3, .split = -1};
+        run_all_variants(fx, c);
+        c = (gemm_case){.m = 71, .n = 64, .k = 100, .dt = (ke_dtype)dt, .bias = true, .ln = true,
+                        .gather = true, .act = KE_ACT_GELU, .stats = true, .split = -1,
+                        .chunk = 32};
+        run_all_variants(fx, c);
+        c = (gemm_case){.m = 2, .n = 48, .k = 48, .dt = (ke_dtype)dt, .ln = true, .ln_sb = 16,
+                        .act = KE_ACT_QUICK_GELU, .split = -1};
+        run_all_variants(fx, c);
     }
-    cl_mem buf = NULL;
-    assert_int_equal(kc_context_buffer(fx->ctx, CL_MEM_READ_WRITE, 64, NULL, &buf), KS_OK);
-    ke_cl_gemm_args a = {.m = 0, .n = 4, .k = 4, .x = buf, .ldx = 4, .w = buf,
-                         .w_dtype = KE_DTYPE_F32, .y = buf, .ldy = 4};
-    assert_int_equal(ke_cl_gemm_run(fx->gemm, &a), KS_OK);
-    a.m = 2;
-    a.n = 0;
-    assert_int_equal(ke_cl_gemm_run(fx->gemm, &a), KS_OK);
-    kc_context_buffer_free(fx->ctx, &buf);
 }
 
-/* Inconsistent arguments are KS_ERR_INVALID with a message, never a device fault. */
+/* The model's shapes at the tiny checkpoint's widths, a decode and a prefill of each. */
+static void test_model_like(void **state)
+{
+    fixture *fx = *state;
+    REQUIRE_DEVICE(fx);
+    static const size_t nk[][2] = {{144, 48}, {48, 48}, {100, 48}, {48, 100}, {65037, 48}};
+    for (size_t s = 0; s < sizeof nk / sizeof nk[0]; s++)
+        for (size_t m = 1; m <= 71; m += 70) {
+            gemm_case c = {.m = m, .n = nk[s][0], .k = nk[s][1], .dt = KE_DTYPE_F16,
+                           .bias = s < 4, .ln = true, .act = -1, .split = -1};
+            run_case(fx, &c);
+        }
+}
+
+/* The canonical order: every row's result is the same bits however the launch is made. */
+static void test_rows_do_not_depend_on_the_batch(void **state)
+{
+    fixture *fx = *state;
+    REQUIRE_DEVICE(fx);
+    const size_t n = 100, k = 96, rows = 150;
+    for (int dt = 0; dt < 2; dt++) {
+        float *wf = malloc(n * k * sizeof *wf), *x = malloc(rows * k * sizeof *x);
+        float *bf = malloc(n * sizeof *bf), *gf = malloc(k * 4), *betaf = malloc(k * 4);
+        float *full = malloc(rows * n * 4), *part = malloc(rows * n * 4);
+        cl_float2 *st = malloc(rows * 3 * sizeof *st);
+        cl_int *gat = malloc(rows * sizeof *gat);
+        assert_true(wf && x && bf && gf && betaf && full && part && st && gat);
+        for (size_t i = 0; i < n * k; i++)
+            wf[i] = frand() * 0.2f;
+        for (size_t i = 0; i < rows * k; i++)
+            x[i] = frand() * 3.0f;
+        for (size_t i = 0; i < n; i++)
+            bf[i] = frand();
+        for (size_t i = 0; i < k; i++)
+            gf[i] = 1.0f + 0.1f * frand(), betaf[i] = 0.1f * frand();
+        for (size_t r = 0; r < rows; r++)
+            block_stats(x + r * k, k, KE_CL_STAT_SB, st + r * 3);
+        void *w = to_dtype(wf, n * k, (ke_dtype)dt), *b = to_dtype(bf, n, (ke_dtype)dt);
+        void *g = to_dtype(gf, k, (ke_dtype)dt), *beta = to_dtype(betaf, k, (ke_dtype)dt);
+        ke_tensor tw = {.dtype = (ke_dtype)dt, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+                        .data = w};
+        ke_tensor tb = {.dtype = (ke_dtype)dt, .ndim = 1, .shape = {(int64_t)n}, .data = b};
+        const ke_tensor *wp[1] = {&tw}, *bp[1] = {&tb};
+        ke_cl_weight wt;
+        ke_cl_gemm_force_chunk(fx->gemm, 32); /* three chunks: the split path has work */
+        assert_int_equal(ke_cl_weight_upload(fx->gemm, wp, bp, 1, "test", &wt, NULL), KS_OK);
+        ke_cl_gemm_force_chunk(fx->gemm, 0);
+        size_t es = dt ? 2 : 4;
+        cl_mem bx = device_copy(fx, x, rows * k * 4), by = device_copy(fx, full, rows * n * 4);
+        cl_mem bg = device_copy(fx, g, k * es), bbeta = device_copy(fx, beta, k * es);
+        cl_mem bst = device_copy(fx, st, rows * 3 * sizeof *st);
+        cl_mem bgat = device_copy(fx, gat, rows * sizeof *gat);
+        ke_cl_gemm_args a = {.m = rows, .w = &wt, .x = bx, .ldx = k, .ln_stats = bst,
+                             .ln_w = bg, .ln_b = bbeta, .ln_sb = KE_CL_STAT_SB, .ln_eps = 1e-5f,
+                             .y = by, .ldy = n, .act = KE_ACT_GELU};
+        assert_int_equal(ke_cl_gemm_force(fx->gemm, "tiles", -1), KS_OK);
+        assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "test"), KS_OK);
+        device_read(fx, by, rows * n * 4, full);
+        static const size_t ms[] = {1, 2, 3, 5, 8, 9, 17, 33, 64, 65, 150};
+        const char *force[] = {NULL, "rows", "tiles"};
+        size_t diff = 0;
+        for (size_t f = 0; f < 3; f++)
+            for (int split = 0; split < 2; split++)
+                for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+                    /* rows gathered back to front: each row sits elsewhere in the launch */
+                    size_t m = ms[i];
+                    for (size_t r = 0; r < m; r++)
+                        gat[r] = (cl_int)(m - 1 - r);
+                    assert_int_equal(kc_context_write(fx->ctx, bgat, true, 0, m * sizeof *gat,
+                                                      gat, NULL),
+                                     KS_OK);
+                    a.m = m;
+                    a.gather = bgat;
+                    assert_int_equal(ke_cl_gemm_force(fx->gemm, force[f], split), KS_OK);
+                    if (ke_cl_gemm_run(fx->gemm, NULL, &a, "test") != KS_OK)
+                        fail_msg("%s", ks_error_message());
+                    device_read(fx, by, m * n * 4, part);
+                    for (size_t r = 0; r < m; r++)
+                        if (memcmp(part + r * n, full + (m - 1 - r) * n, n * 4) != 0 &&
+                            diff++ < 5)
+                            print_message("  %s split %d m %zu: row %zu differs from the "
+                                          "150-row launch\n",
+                                          ke_cl_gemm_last_variant(fx->gemm), split, m, m - 1 - r);
+                }
+        assert_int_equal(ke_cl_gemm_force(fx->gemm, NULL, -1), KS_OK);
+        if (diff)
+            fail_msg("%zu rows changed with the batch (%s weights)", diff, dt ? "f16" : "f32");
+        cl_mem bufs[] = {bx, by, bg, bbeta, bst, bgat, wt.w, wt.bias};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            kc_context_buffer_free(fx->ctx, &bufs[i]);
+        free(wf), free(x), free(bf), free(gf), free(betaf), free(full), free(part), free(st);
+        free(gat), free(w), free(b), free(g), free(beta);
+    }
+}
+
+/* The fused Q/K/V projection: Q to Y, K and V to their cache rows, f32 and half. */
+static void test_qkv_split_into_cache(void **state)
+{
+    fixture *fx = *state;
+    REQUIRE_DEVICE(fx);
+    const size_t q = 16, n = 3 * q, k = 24, m = 5, cache_rows = 40;
+    float *wf = malloc(n * k * 4), *x = malloc(m * k * 4), *y = calloc(m * q, 4);
+    float *kc = calloc(cache_rows * q, 4), *vc = calloc(cache_rows * q, 4);
+    uint16_t *kh = calloc(cache_rows * q, 2), *vh = calloc(cache_rows * q, 2);
+    cl_int4 *tok = calloc(m, sizeof *tok);
+    assert_true(wf && x && y && kc && vc && kh && vh && tok);
+    for (size_t i = 0; i < n * k; i++)
+        wf[i] = frand() * 0.3f;
+    for (size_t i = 0; i < m * k; i++)
+        x[i] = frand();
+    for (size_t r = 0; r < m; r++)
+        tok[r].s[0] = (cl_int)(37 - 7 * r);
+    ke_tensor tw = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+                    .data = wf};
+    const ke_tensor *wp[1] = {&tw}, *bp[1] = {NULL};
+    ke_cl_weight wt;
+    assert_int_equal(ke_cl_weight_upload(fx->gemm, wp, bp, 1, "qkv", &wt, NULL), KS_OK);
+    for (int half = 0; half < 2; half++) {
+        size_t es = half ? 2 : 4;
+        cl_mem bx = device_copy(fx, x, m * k * 4), by = device_copy(fx, y, m * q * 4);
+        cl_mem bk = device_copy(fx, half ? (void *)kh : (void *)kc, cache_rows * q * es);
+        cl_mem bv = device_copy(fx, half ? (void *)vh : (void *)vc, cache_rows * q * es);
+        cl_mem bt = device_copy(fx, tok, m * sizeof *tok);
+        ke_cl_gemm_args a = {.m = m, .w = &wt, .x = bx, .ldx = k, .y = by, .ldy = q, .act = -1,
+                             .split_q = q, .kpool = bk, .vpool = bv, .tokrow = bt,
+                             .kv_half = half};
+        assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "qkv"), KS_OK);
+        device_read(fx, by, m * q * 4, y);
+        device_read(fx, bk, cache_rows * q * es, half ? (void *)kh : (void *)kc);
+        device_read(fx, bv, cache_rows * q * es, half ? (void *)vh : (void *)vc);
+        for (size_t r = 0; r < m; r++)
+            for (size_t j = 0; j < n; j++) {
+                double s = 0;
+                for (size_t i = 0; i < k; i++)
+                    s += (double)x[r * k + i] * wf[j * k + i];
+                size_t part = j / q, col = j % q, at = (size_t)tok[r].s[0] * q + col;
+                float got = part == 0 ? y[r * q + col]
+                            : half  ? ke_f16_to_f32(part == 1 ? kh[at] : vh[at])
+                            : part == 1 ? kc[at]
+                                        : vc[at];
+                double tol = half ? 2e-3 * (1 + fabs(s)) : 1e-5 * (1 + fabs(s));
+                if (!(fabs(got - s) <= tol))
+                    fail_msg("half %d row %zu column %zu (part %zu): %g, want %g", half, r, j,
+                             part, (double)got, s);
+            }
+        cl_mem bufs[] = {bx, by, bk, bv, bt};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            kc_context_buffer_free(fx->ctx, &bufs[i]);
+    }
+    kc_context_buffer_free(fx->ctx, &wt.w);
+    free(wf), free(x), free(y), free(kc), free(vc), free(kh), free(vh), free(tok);
+}
+
 static void test_invalid(void **state)
 {
     fixture *fx = *state;
     REQUIRE_DEVICE(fx);
-    cl_mem buf = NULL;
-    assert_int_equal(kc_context_buffer(fx->ctx, CL_MEM_READ_WRITE, 64 * 4, NULL, &buf), KS_OK);
-    ke_cl_gemm_args a = {.m = 2, .n = 4, .k = 4, .x = buf, .ldx = 4, .w = buf,
-                         .w_dtype = KE_DTYPE_F32, .y = buf, .ldy = 4};
+    float wf[12] = {0};
+    ke_tensor tw = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {3, 4}, .data = wf};
+    const ke_tensor *wp[1] = {&tw}, *bp[1] = {NULL};
+    ke_cl_weight wt;
+    assert_int_equal(ke_cl_weight_upload(fx->gemm, wp, bp, 1, "w", &wt, NULL), KS_OK);
+    assert_int_equal(wt.ldw, 8);
+    cl_mem x = device_copy(fx, wf, 12 * 4), y = device_copy(fx, wf, 12 * 4);
+    ke_cl_gemm_args a = {.m = 3, .w = &wt, .x = x, .ldx = 4, .y = y, .ldy = 3, .act = -1};
+    assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "ok"), KS_OK);
+    a.m = 0;
+    assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "nothing"), KS_OK);
+    a.m = 3;
     a.ldx = 3;
-    assert_int_equal(ke_cl_gemm_run(fx->gemm, &a), KS_ERR_INVALID);
+    assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "bad"), KS_ERR_INVALID);
     a.ldx = 4;
-    a.ldy = 2;
-    assert_int_equal(ke_cl_gemm_run(fx->gemm, &a), KS_ERR_INVALID);
-    a.ldy = 4;
-    a.w_offset = 60; /* 16 weights from 60 in a 64-float buffer */
-    assert_int_equal(ke_cl_gemm_run(fx->gemm, &a), KS_ERR_INVALID);
-    assert_non_null(strstr(ks_error_message(), "w "));
-    a.w_offset = 0;
-    a.x = NULL;
-    assert_int_equal(ke_cl_gemm_run(fx->gemm, &a), KS_ERR_INVALID);
-    a.x = buf;
-    a.w_dtype = (ke_dtype)7;
-    assert_int_equal(ke_cl_gemm_run(fx->gemm, &a), KS_ERR_INVALID);
-    if (ke_cl_gemm_force(fx->gemm, "clblast") == KS_OK) { /* built with CLBlast */
-        a.w_dtype = KE_DTYPE_F16;
-        assert_int_equal(ke_cl_gemm_run(fx->gemm, &a), KS_ERR_UNSUPPORTED);
-    }
-    assert_int_equal(ke_cl_gemm_force(fx->gemm, "no-such-kernel"), KS_ERR_INVALID);
-    assert_int_equal(ke_cl_gemm_force(fx->gemm, NULL), KS_OK);
-    kc_context_buffer_free(fx->ctx, &buf);
+    a.m = 4; /* x and y hold 3 rows */
+    assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "bad"), KS_ERR_INVALID);
+    assert_non_null(strstr(ks_error_message(), "exceeds its buffer"));
+    a.m = 3;
+    a.split_q = 1; /* without a cache */
+    assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "bad"), KS_ERR_INVALID);
+    a.split_q = 0;
+    a.ln_stats = x; /* without the LayerNorm's parameters */
+    assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "bad"), KS_ERR_INVALID);
+    assert_int_equal(ke_cl_gemm_force(fx->gemm, "nope", -1), KS_ERR_INVALID);
+    float other[8] = {0};
+    ke_tensor t2 = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {2, 4}, .data = other};
+    ke_tensor t3 = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {2, 3}, .data = other};
+    const ke_tensor *mixed[2] = {&t2, &t3}, *nob[2] = {NULL, NULL};
+    assert_int_equal(ke_cl_weight_upload(fx->gemm, mixed, nob, 2, "mixed", &wt, NULL),
+                     KS_ERR_INVALID);
+    kc_context_buffer_free(fx->ctx, &x);
+    kc_context_buffer_free(fx->ctx, &y);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_edge_shapes),
-        cmocka_unit_test(test_offsets_strides_accumulate),
+        cmocka_unit_test(test_fused_prologue_epilogue),
         cmocka_unit_test(test_model_like),
-        cmocka_unit_test(test_degenerate),
+        cmocka_unit_test(test_rows_do_not_depend_on_the_batch),
+        cmocka_unit_test(test_qkv_split_into_cache),
         cmocka_unit_test(test_invalid),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -364,101 +364,210 @@ static void test_unfold_and_vision_embed(void **state)
     }
 }
 
-/* ---- text input --------------------------------------------------------------------------- */
+/* ---- the text decoder's kernels (kernels/decoder.cl) ------------------------------------- */
 
-static void test_text_embed(void **state)
+#define PAGE 4 /* tokens per page in these tests */
+
+/* Host block statistics, as kernels/common.cl block_stats computes them. */
+static void host_stats(const float *v, int dim, int sb, cl_float2 *out)
+{
+    for (int j = 0; j * sb < dim; j++) {
+        int c = dim - j * sb < sb ? dim - j * sb : sb;
+        float sum = 0.0f;
+        for (int i = 0; i < c; i++)
+            sum += v[j * sb + i];
+        float mean = sum / (float)c, m2 = 0.0f;
+        for (int i = 0; i < c; i++) {
+            float d = v[j * sb + i] - mean;
+            m2 += d * d;
+        }
+        out[j].s[0] = mean;
+        out[j].s[1] = m2;
+    }
+}
+
+static void expect_stats(const char *what, const cl_float2 *got, const cl_float2 *want, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)got[i].s[0] - want[i].s[0]) <= 1e-5 * (1 + fabs(want[i].s[0])) &&
+              fabs((double)got[i].s[1] - want[i].s[1]) <= 1e-4 * (1 + fabs(want[i].s[1]))))
+            fail_msg("%s: block %zu is (%g, %g), want (%g, %g)", what, i, (double)got[i].s[0],
+                     (double)got[i].s[1], (double)want[i].s[0], (double)want[i].s[1]);
+}
+
+/* decoder_embed: ids from the plan or from the slot's last selection, positions given or
+ * computed, image rows; the rows equal ke_op_text_embed's, with their statistics, cache rows
+ * through the page table, and the ids written to the slots' histories. */
+static void test_decoder_embed(void **state)
 {
     (void)state;
     REQUIRE_DEVICE();
     const int dims[] = {48, 7, 2048};
     for (int dt = 0; dt < 2; dt++)
         for (size_t d = 0; d < 3; d++) {
-            int dim = dims[d], vocab = 50, pad = 1;
-            size_t n = 9;
+            int dim = dims[d], vocab = 50, pad = 1, slots = 3, max_pages = 4, cap = 16;
+            size_t n = 7, ldv = 56; /* the transposed table (dim, ldv), ldv >= vocab */
             float *table = rand_floats((size_t)vocab * (size_t)dim, 1.0);
             int64_t shape[2] = {vocab, dim};
-            weight w = make_weight((ke_dtype)dt, table, 2, shape);
-            int32_t ids[9] = {0, 5, 1, 49, 7, 7, 3, 2, 1};
-            int32_t pos[9] = {2, 3, 1, 4, 5, 6, 2047, 2100, 1}; /* pad positions, large ones */
-            uint8_t mask[9] = {0, 1, 0, 1, 1, 0, 0, 0, 1};
-            float *img = rand_floats(4 * (size_t)dim, 1.0);
+            weight w = make_weight((ke_dtype)dt, table, 2, shape); /* rounds `table` */
+            size_t es = dt ? 2 : 4;
+            unsigned char *tt = calloc((size_t)dim * ldv, es);
+            for (int id = 0; id < vocab; id++)
+                for (int i = 0; i < dim; i++)
+                    memcpy(tt + ((size_t)i * ldv + (size_t)id) * es,
+                           (unsigned char *)w.host + ((size_t)id * (size_t)dim + (size_t)i) * es,
+                           es);
+            cl_int slot_next[3] = {17, 1, 42};
+            cl_int pages[3 * 4] = {5, 2, 0, 0, 1, 0, 0, 0, 3, 4, 6, 0};
+            /* (id or -1, position or -1, image row or -1, slot, idx) */
+            cl_int8 plan[7] = {{{0, 2, -1, 0, 0}},  {{5, 3, 0, 0, 1}},  {{-1, -1, -1, 0, 6}},
+                               {{-1, -1, -1, 1, 3}}, {{49, 2047, -1, 2, 9}}, {{7, 1, 1, 2, 10}},
+                               {{-1, 2100, -1, 2, 11}}};
+            int32_t ids[7], pos[7], slot_of[7], idx[7];
+            uint8_t mask[7];
+            for (size_t t = 0; t < n; t++) {
+                const cl_int *p = plan[t].s;
+                slot_of[t] = p[3];
+                idx[t] = p[4];
+                ids[t] = p[0] >= 0 ? p[0] : slot_next[p[3]];
+                pos[t] = p[1] >= 0 ? p[1] : ids[t] == pad ? pad : pad + 1 + p[4];
+                mask[t] = p[2] >= 0;
+            }
+            assert_int_equal(pos[3], pad); /* slot 1's next token is the pad */
+            float *img = rand_floats(2 * (size_t)dim, 1.0);
             float *freq = malloc((size_t)(dim / 2) * sizeof(float));
             ke_op_sinusoid_freqs(dim, freq);
             float scale = sqrtf((float)dim);
             float *want = malloc(n * (size_t)dim * sizeof(float));
             float *got = malloc(n * (size_t)dim * sizeof(float));
-            size_t used = ke_op_text_embed(&w.t, ids, n, mask, img, scale, pos, pad, freq, want);
-            assert_int_equal(used, 4);
-            cl_int4 tok[9];
-            int row = 0;
-            for (size_t t = 0; t < n; t++)
-                tok[t] = (cl_int4){{ids[t], pos[t], mask[t] ? row++ : -1, 0}};
-            cl_mem mt = to_device(tok, sizeof tok);
-            cl_mem mi = to_device(img, 4 * (size_t)dim * 4);
-            cl_mem mf = to_device(freq, (size_t)(dim / 2) * 4);
-            cl_mem mo = to_device(NULL, n * (size_t)dim * 4);
-            check_ok(ke_cl_text_embed(fx.ops[dt], w.mem, mt, n, mi, mf, scale, pad, dim, mo));
-            from_device(mo, got, n * (size_t)dim * 4);
+            assert_int_equal(ke_op_text_embed(&w.t, ids, n, mask, img, scale, pos, pad, freq, want),
+                             2);
+            size_t nb = ((size_t)dim + 31) / 32;
+            cl_float2 *st = malloc(n * nb * sizeof *st), *st_want = malloc(nb * sizeof *st);
+            cl_int *hist = calloc((size_t)slots * (size_t)cap, sizeof(cl_int));
+            cl_int4 tok[7];
+            cl_mem mtab = to_device(tt, (size_t)dim * ldv * es);
+            cl_mem mplan = to_device(plan, sizeof plan), mimg = to_device(img, 2 * (size_t)dim * 4);
+            cl_mem mfreq = to_device(freq, (size_t)(dim / 2) * 4);
+            cl_mem mnext = to_device(slot_next, sizeof slot_next);
+            cl_mem mpages = to_device(pages, sizeof pages);
+            cl_mem mhist = to_device(hist, (size_t)slots * (size_t)cap * sizeof(cl_int));
+            cl_mem mx = to_device(NULL, n * (size_t)dim * 4);
+            cl_mem mst = to_device(NULL, n * nb * sizeof *st), mtok = to_device(NULL, sizeof tok);
+            ke_cl_decoder_embed_args a = {
+                .plan = mplan, .n_tokens = n, .table = mtab, .ldv = ldv, .image_rows = mimg,
+                .freq = mfreq, .scale = scale, .pad = pad, .dim = dim, .slot_next = mnext,
+                .pages = mpages, .max_pages = max_pages, .page_tokens = PAGE, .hist = mhist,
+                .hist_cap = cap, .x = mx, .x_stats = mst, .tokrow = mtok};
+            check_ok(ke_cl_decoder_embed(fx.ops[dt], &a));
+            from_device(mx, got, n * (size_t)dim * 4);
+            from_device(mst, st, n * nb * sizeof *st);
+            from_device(mtok, tok, sizeof tok);
+            from_device(mhist, hist, (size_t)slots * (size_t)cap * sizeof(cl_int));
             char what[64];
-            snprintf(what, sizeof what, "text_embed %s dim %d", dt ? "f16" : "f32", dim);
+            snprintf(what, sizeof what, "decoder_embed %s dim %d", dt ? "f16" : "f32", dim);
             EXPECT_CLOSE(what, got, want, n * (size_t)dim, 2e-6);
-            kc_context_buffer_free(fx.ctx, &mt);
-            kc_context_buffer_free(fx.ctx, &mi);
-            kc_context_buffer_free(fx.ctx, &mf);
-            kc_context_buffer_free(fx.ctx, &mo);
+            for (size_t t = 0; t < n; t++) {
+                host_stats(got + t * (size_t)dim, dim, 32, st_want);
+                expect_stats(what, st + t * nb, st_want, nb);
+                int row = pages[slot_of[t] * max_pages + idx[t] / PAGE] * PAGE + idx[t] % PAGE;
+                assert_int_equal(tok[t].s[0], row);
+                assert_int_equal(tok[t].s[1], slot_of[t]);
+                assert_int_equal(tok[t].s[2], idx[t] + 1);
+                assert_int_equal(tok[t].s[3], ids[t]);
+                assert_int_equal(hist[slot_of[t] * cap + idx[t]], ids[t]);
+            }
+            cl_mem *all[] = {&mtab, &mplan, &mimg, &mfreq, &mnext, &mpages, &mhist, &mx, &mst,
+                             &mtok};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+                kc_context_buffer_free(fx.ctx, all[i]);
             free_weight(&w);
-            free(table);
-            free(img);
-            free(freq);
-            free(want);
-            free(got);
+            free(table), free(tt), free(img), free(freq), free(want), free(got), free(st);
+            free(st_want), free(hist);
         }
 }
 
-/* ---- kv_store, gather_rows ---------------------------------------------------------------- */
-
-static void test_kv_store_and_gather(void **state)
+/* paged_attention: each new token over its slot's keys through a scattered page table, f32
+ * and half cache rows, equals ke_op_attention on the same keys laid out contiguously; and the
+ * per-head statistics of the output. */
+static void test_paged_attention(void **state)
 {
     (void)state;
     REQUIRE_DEVICE();
-    const int width = 13, ld = 3 * width;
-    const size_t n = 5, cache_rows = 20;
-    float *qkv = rand_floats(n * (size_t)ld, 1.0);
-    cl_int dest[5] = {0, 1, 7, 19, 10};
-    float *kc = calloc(cache_rows * (size_t)width, sizeof(float));
-    float *vc = calloc(cache_rows * (size_t)width, sizeof(float));
-    cl_mem mq = to_device(qkv, n * (size_t)ld * 4);
-    cl_mem md = to_device(dest, sizeof dest);
-    cl_mem mk = to_device(kc, cache_rows * (size_t)width * 4);
-    cl_mem mv = to_device(vc, cache_rows * (size_t)width * 4);
-    check_ok(ke_cl_kv_store(fx.ops[1], mq, ld, width, 2 * width, mk, mv, md, width, n));
-    for (size_t t = 0; t < n; t++) {
-        memcpy(kc + (size_t)dest[t] * (size_t)width, qkv + t * (size_t)ld + width,
-               (size_t)width * 4);
-        memcpy(vc + (size_t)dest[t] * (size_t)width, qkv + t * (size_t)ld + 2 * width,
-               (size_t)width * 4);
-    }
-    float *got = malloc(cache_rows * (size_t)width * sizeof(float));
-    from_device(mk, got, cache_rows * (size_t)width * 4);
-    assert_memory_equal(got, kc, cache_rows * (size_t)width * 4);
-    from_device(mv, got, cache_rows * (size_t)width * 4);
-    assert_memory_equal(got, vc, cache_rows * (size_t)width * 4);
-
-    cl_int idx[3] = {19, 0, 7};
-    cl_mem mi = to_device(idx, sizeof idx);
-    cl_mem mo = to_device(NULL, 3 * (size_t)width * 4);
-    check_ok(ke_cl_gather_rows(fx.ops[1], mk, mi, 3, width, mo));
-    from_device(mo, got, 3 * (size_t)width * 4);
-    for (size_t r = 0; r < 3; r++)
-        assert_memory_equal(got + r * (size_t)width, kc + (size_t)idx[r] * (size_t)width,
-                            (size_t)width * 4);
-    cl_mem *all[] = {&mq, &md, &mk, &mv, &mi, &mo};
-    for (size_t i = 0; i < 6; i++)
-        kc_context_buffer_free(fx.ctx, all[i]);
-    free(qkv);
-    free(kc);
-    free(vc);
-    free(got);
+    static const int shapes[][2] = {{3, 16}, {4, 8}, {2, 64}, {3, 5}}; /* heads, head_dim */
+    for (int half = 0; half < 2; half++)
+        for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
+            int heads = shapes[sh][0], hd = shapes[sh][1], width = heads * hd;
+            /* tokens: (slot, keys it sees); slot 1 holds 300 keys over 75 pages */
+            static const int toks[][2] = {{0, 1}, {0, 2}, {0, 7}, {1, 300}, {2, 5}, {1, 299}};
+            const int n = 6, slots = 3, max_pages = 80, n_pages = 100;
+            cl_int *pages = malloc((size_t)slots * max_pages * sizeof(cl_int));
+            for (int s = 0; s < slots; s++)
+                for (int p = 0; p < max_pages; p++) /* a permutation, so pages interleave */
+                    pages[s * max_pages + p] = (s * max_pages + p) * 37 % n_pages;
+            size_t pool_rows = (size_t)n_pages * PAGE;
+            float *kp = rand_floats(pool_rows * (size_t)width, 2.0);
+            float *vp = rand_floats(pool_rows * (size_t)width, 2.0);
+            uint16_t *kh = malloc(pool_rows * (size_t)width * 2), *vh = malloc(pool_rows * (size_t)width * 2);
+            for (size_t i = 0; i < pool_rows * (size_t)width; i++) {
+                kh[i] = ke_f32_to_f16(kp[i]);
+                vh[i] = ke_f32_to_f16(vp[i]);
+                if (half) {
+                    kp[i] = ke_f16_to_f32(kh[i]);
+                    vp[i] = ke_f16_to_f32(vh[i]);
+                }
+            }
+            float *q = rand_floats((size_t)n * (size_t)width, 2.0);
+            float *want = malloc((size_t)n * (size_t)width * sizeof(float));
+            float *got = malloc((size_t)n * (size_t)width * sizeof(float));
+            float *kc = malloc(300 * (size_t)width * sizeof(float));
+            float *vc = malloc(300 * (size_t)width * sizeof(float));
+            float *scratch = malloc(301 * sizeof(float));
+            cl_int4 tok[6];
+            float scale = (float)pow((double)hd, -0.5);
+            for (int t = 0; t < n; t++) {
+                int slot = toks[t][0], nk = toks[t][1];
+                for (int j = 0; j < nk; j++) {
+                    size_t row = (size_t)pages[slot * max_pages + j / PAGE] * PAGE + j % PAGE;
+                    memcpy(kc + (size_t)j * width, kp + row * width, (size_t)width * 4);
+                    memcpy(vc + (size_t)j * width, vp + row * width, (size_t)width * 4);
+                }
+                ke_op_attention(q + (size_t)t * width, (size_t)width, kc, vc, (size_t)width, 1, nk,
+                                heads, hd, scale, -1, want + (size_t)t * width, (size_t)width,
+                                scratch);
+                tok[t] = (cl_int4){{0, slot, nk, 0}};
+            }
+            cl_mem mq = to_device(q, (size_t)n * width * 4);
+            cl_mem mk = half ? to_device(kh, pool_rows * width * 2) : to_device(kp, pool_rows * width * 4);
+            cl_mem mv = half ? to_device(vh, pool_rows * width * 2) : to_device(vp, pool_rows * width * 4);
+            cl_mem mt = to_device(tok, sizeof tok);
+            cl_mem mp = to_device(pages, (size_t)slots * max_pages * sizeof(cl_int));
+            cl_mem mo = to_device(NULL, (size_t)n * width * 4);
+            cl_mem ms = to_device(NULL, (size_t)n * heads * sizeof(cl_float2));
+            ke_cl_paged_attention_args a = {.q = mq, .kpool = mk, .vpool = mv, .kv_half = half,
+                                            .tokrow = mt, .pages = mp, .max_pages = max_pages,
+                                            .page_tokens = PAGE, .out = mo, .out_stats = ms,
+                                            .n_tokens = (size_t)n, .heads = heads,
+                                            .head_dim = hd, .scale = scale};
+            check_ok(ke_cl_paged_attention(fx.ops[1], NULL, &a));
+            from_device(mo, got, (size_t)n * width * 4);
+            char what[64];
+            snprintf(what, sizeof what, "paged_attention %s heads %d hd %d", half ? "half" : "f32",
+                     heads, hd);
+            EXPECT_CLOSE(what, got, want, (size_t)n * width, 1e-5);
+            cl_float2 *st = malloc((size_t)n * heads * sizeof *st), sw[1];
+            from_device(ms, st, (size_t)n * heads * sizeof *st);
+            for (int t = 0; t < n; t++)
+                for (int h = 0; h < heads; h++) {
+                    host_stats(got + (size_t)t * width + (size_t)h * hd, hd, hd, sw);
+                    expect_stats(what, &st[t * heads + h], sw, 1);
+                }
+            cl_mem *all[] = {&mq, &mk, &mv, &mt, &mp, &mo, &ms};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+                kc_context_buffer_free(fx.ctx, all[i]);
+            free(pages), free(kp), free(vp), free(kh), free(vh), free(q), free(want), free(got);
+            free(kc), free(vc), free(scratch), free(st);
+        }
 }
 
 /* ---- attention ---------------------------------------------------------------------------- */
@@ -656,10 +765,39 @@ static void test_select_greedy(void **state)
         print_message("selection %d: device %d, host %d\n", i, got[i], want[i]);
         assert_int_equal(got[i], want[i]);
     }
-    cl_mem *all[] = {&ml, &mi, &mh, &mo};
-    for (size_t i = 0; i < 4; i++)
+
+    /* select_greedy_slots: the same rows with each history in its slot's row of the device
+     * history (slot 2i+1 of 10, capacity 16); the ids also become the slots' next tokens */
+    const int cap = 16, slots = 10;
+    cl_int *shist = calloc((size_t)slots * cap, sizeof(cl_int));
+    cl_int8 sinfo[5];
+    cl_int next[10];
+    for (int i = 0; i < slots; i++)
+        next[i] = -7;
+    for (int i = 0; i < n_sel; i++) {
+        int slot = 2 * i + 1;
+        memcpy(shist + slot * cap, rows[i].ids, rows[i].len * sizeof(int32_t));
+        sinfo[i] = (cl_int8){{rows[i].row, slot, (cl_int)rows[i].len, rows[i].n, rows[i].ban_eos,
+                              0, 0, 0}};
+    }
+    cl_mem ml2 = to_device(logits, (size_t)n_sel * (size_t)vocab * 4); /* unbanned again */
+    cl_mem msi = to_device(sinfo, sizeof sinfo);
+    cl_mem msh = to_device(shist, (size_t)slots * cap * sizeof(cl_int));
+    cl_mem mnext = to_device(next, sizeof next);
+    check_ok(ke_cl_select_greedy_slots(fx.ops[1], ml2, vocab, msi, n_sel, msh, cap, eos, mo,
+                                       mnext));
+    from_device(mo, got, sizeof got);
+    from_device(mnext, next, sizeof next);
+    for (int i = 0; i < n_sel; i++) {
+        assert_int_equal(got[i], want[i]);
+        assert_int_equal(next[2 * i + 1], want[i]);
+        assert_int_equal(next[2 * i], -7); /* other slots untouched */
+    }
+    cl_mem *all[] = {&ml, &mi, &mh, &mo, &ml2, &msi, &msh, &mnext};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         kc_context_buffer_free(fx.ctx, all[i]);
     free(logits);
+    free(shist);
 }
 
 
@@ -1076,8 +1214,8 @@ int main(void)
         cmocka_unit_test(test_activation),
         cmocka_unit_test(test_l2_normalize),
         cmocka_unit_test(test_unfold_and_vision_embed),
-        cmocka_unit_test(test_text_embed),
-        cmocka_unit_test(test_kv_store_and_gather),
+        cmocka_unit_test(test_decoder_embed),
+        cmocka_unit_test(test_paged_attention),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_select_greedy),
         cmocka_unit_test(test_select_sample),

@@ -335,6 +335,14 @@ static void test_kernel_table(void **state)
     free(text);
     assert_int_equal(kc_kernel_source("no_such.cl", &text, &n, NULL), KS_ERR_INVALID);
     assert_non_null(strstr(ks_error_message(), "no_such.cl"));
+    /* #include "common.cl" is expanded in place, with #line markers back to each file */
+    assert_int_equal(kc_kernel_source("gemm.cl", &text, &n, NULL), KS_OK);
+    assert_non_null(strstr(text, "inline float2 merge_stats"));
+    assert_non_null(strstr(text, "#line 1 \"common.cl\""));
+    assert_non_null(strstr(text, "\"gemm.cl\"\n"));
+    assert_null(strstr(text, "\n#include \"common.cl\""));
+    assert_int_equal(strlen(text), n);
+    free(text);
     assert_int_equal(kc_kernel_source("../etc/passwd", &text, &n, NULL), KS_ERR_INVALID);
 }
 
@@ -367,6 +375,18 @@ static void test_developer_switch_reads_disk(void **state)
     /* A file missing from the folder is an error, never a silent fallback to the embedded. */
     assert_int_equal(kc_kernel_source("softmax.cl", &text, &n, &from_disk), KS_ERR_IO);
     assert_non_null(strstr(ks_error_message(), "KOSMOS_KERNELS_DIR"));
+    /* includes come from the same folder; a missing one is an error naming both files, and
+     * an included file may not include in turn */
+    char inc_path[340];
+    snprintf(inc_path, sizeof inc_path, "%s/uses.cl", dir);
+    write_file(inc_path, "#include \"gone.cl\"\n", 19);
+    assert_int_equal(kc_kernel_source("uses.cl", &text, &n, &from_disk), KS_ERR_IO);
+    assert_non_null(strstr(ks_error_message(), "uses.cl"));
+    assert_non_null(strstr(ks_error_message(), "gone.cl"));
+    snprintf(inc_path, sizeof inc_path, "%s/gone.cl", dir);
+    write_file(inc_path, "#include \"layer_norm.cl\"\n", 26);
+    assert_int_equal(kc_kernel_source("uses.cl", &text, &n, &from_disk), KS_ERR_INVALID);
+    assert_non_null(strstr(ks_error_message(), "one level"));
 
     if (fx->dev) { /* and a build compiles the disk copy */
         kc_context *ctx = open_context(fx, NULL, true);

@@ -25,20 +25,33 @@ ks_status ke_step_check(const ke_backend *b, const ke_step *step, const int *slo
         int n = step->n_tokens[s];
         if (n < 1)
             return ks_fail(KS_ERR_INVALID, "forward: sequence %d has %d new tokens", s, n);
+        if (step->from_device && step->from_device[s] && n != 1)
+            return ks_fail(KS_ERR_INVALID, "forward: sequence %d takes its token from the device "
+                           "but has %d new tokens", s, n);
         if (n > b->slot_capacity - slot_len[slot])
             return ks_fail(KS_ERR_LIMIT,
                            "forward: slot %d holds %d tokens, %d more exceed its capacity %d",
                            slot, slot_len[slot], n, b->slot_capacity);
         t += (size_t)n;
     }
-    for (size_t i = 0; i < t; i++) {
-        if (step->ids[i] < 0 || step->ids[i] >= tc->vocab_size)
-            return ks_fail(KS_ERR_INVALID, "forward: token id %d outside the vocabulary (%d)",
-                           step->ids[i], tc->vocab_size);
-        if (step->positions[i] < 0)
-            return ks_fail(KS_ERR_INVALID, "forward: negative position id %d", step->positions[i]);
-        if (step->image_mask && step->image_mask[i] && step->image_embeds == NULL)
-            return ks_fail(KS_ERR_INVALID, "forward: image positions without image_embeds");
+    size_t row = 0;
+    for (int s = 0; s < step->n_seqs; s++) {
+        bool device = step->from_device && step->from_device[s];
+        for (int j = 0; j < step->n_tokens[s]; j++, row++) {
+            if (step->image_mask && step->image_mask[row] && step->image_embeds == NULL)
+                return ks_fail(KS_ERR_INVALID, "forward: image positions without image_embeds");
+            if (device && step->image_mask && step->image_mask[row])
+                return ks_fail(KS_ERR_INVALID, "forward: a token from the device at an image "
+                               "position");
+            if (device)
+                continue;
+            if (step->ids[row] < 0 || step->ids[row] >= tc->vocab_size)
+                return ks_fail(KS_ERR_INVALID, "forward: token id %d outside the vocabulary (%d)",
+                               step->ids[row], tc->vocab_size);
+            if (step->positions[row] < 0)
+                return ks_fail(KS_ERR_INVALID, "forward: negative position id %d",
+                               step->positions[row]);
+        }
     }
     if (t > (size_t)INT32_MAX / 4)
         return ks_fail(KS_ERR_LIMIT, "forward: %zu tokens in one step", t);

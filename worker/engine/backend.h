@@ -7,7 +7,14 @@
  * batch without pad rows and sequences can join and leave a running batch. Each sequence's
  * result equals HF run on it alone. (HF 5.17's own left-padded batch can differ from that: it
  * gives a decoded token the position pad_id + 1 + padded cache length, so pads shift it.)
- * Not thread-safe: one thread drives a backend. */
+ * A slot's cache may be paged (the OpenCL backend): it holds room for the tokens reserved for
+ * it (reserve), not a whole context's worth.
+ *
+ * Decoding without the host in the loop: a greedy select leaves each row's id on the device as
+ * its slot's next token, so the next forward can feed it (ke_step.from_device) before the host
+ * has read it; select_greedy_enqueue returns before the ids exist, and wait_selected delivers
+ * them later. A backend's per-slot id history (what the n-gram ban reads) is the ids fed to the
+ * slot, in order. Not thread-safe: one thread drives a backend. */
 #ifndef KE_BACKEND_H
 #define KE_BACKEND_H
 
@@ -30,6 +37,10 @@ typedef struct ke_step {
     const int32_t *positions;  /* [total tokens], HF position ids (2, 3, ...) */
     const uint8_t *image_mask; /* [total tokens] or NULL: 1 = take the next image_embeds row */
     const float *image_embeds; /* (rows, embed_dim): the rows consumed in token order */
+    /* [n_seqs] or NULL: 1 = the sequence's one new token is the id the last greedy select
+     * chose for its slot, still on the device (its ids/positions entries are ignored; its
+     * position is pad_id + 1 + tokens cached, or pad_id when that id is pad) */
+    const uint8_t *from_device;
 } ke_step;
 
 /* Optional intermediate results for --dump and tests; any pointer may be NULL. */
@@ -40,7 +51,9 @@ typedef struct ke_vision_taps {
 /* One sequence of a select_greedy or select_sample call. */
 typedef struct ke_select_row {
     int row;              /* logits row of the last forward (its sequence index in the step) */
-    const int32_t *ids;   /* the sequence so far (prompt + generated), borrowed for the call */
+    int slot;             /* the sequence's slot: its history there is ids[0 .. len) */
+    const int32_t *ids;   /* the sequence so far (prompt + generated), borrowed for the call;
+                           * may be NULL for a backend that keeps the history itself */
     size_t len;
     int no_repeat_ngram_size; /* 0 = off */
     bool ban_eos;         /* fewer than min_new_tokens generated: </s> is masked */
@@ -126,7 +139,23 @@ typedef struct ke_backend_ops {
     /* After forward(b, step, NULL) and at most one select: copies logits row `row` (with that
      * select's bans applied to its rows) into out (vocab floats). */
     ks_status (*fetch_logits)(ke_backend *b, int row, float *out);
+
+    /* Cache room for `tokens` tokens in an empty slot, held until release_slot: KS_ERR_LIMIT
+     * when the cache cannot hold them now (the caller waits for others to finish). Without it
+     * (NULL) every slot holds slot_capacity tokens from the start. A forward past a slot's
+     * reservation reserves more if it can. */
+    ks_status (*reserve)(ke_backend *b, int slot, int tokens);
+
+    /* select_greedy without waiting for the ids: enqueues the selection and returns; `ids`
+     * must stay valid until the matching wait_selected, which blocks until the oldest
+     * outstanding selection's ids are in its array. At most KE_MAX_OUTSTANDING selections are
+     * outstanding. Both or neither are set; select_greedy must be set too. */
+    ks_status (*select_greedy_enqueue)(ke_backend *b, const ke_select_row *rows, int n,
+                                       int32_t *ids);
+    ks_status (*wait_selected)(ke_backend *b);
 } ke_backend_ops;
+
+#define KE_MAX_OUTSTANDING 2
 
 /* The common head of every backend; concrete backends embed it first. */
 struct ke_backend {
@@ -139,6 +168,11 @@ struct ke_backend {
 typedef struct ke_backend_options {
     int slots;         /* how many sequences can be live at once */
     int slot_capacity; /* max tokens per sequence (prompt + generated) */
+    /* The KV cache (backends with reserve): tokens it holds in all (0: slots * slot_capacity),
+     * stored in half precision (kv_half) or f32 */
+    size_t kv_tokens;
+    bool kv_half;
+    bool profiling; /* OpenCL: device times in the profile (kosmos bench --profile) */
     /* The resampler's cross-attention. false (default): as transformers 5.17 computes it with
      * its default SDPA attention - x_attn has is_causal=True and no mask, so SDPA keeps the
      * first latent_query_num K/V rows and masks them causally: latent query i sees rows 0..i

@@ -1,21 +1,26 @@
 /* backend_cl: the OpenCL backend (see backend_cl.h). The same forward pass as backend_ref.c,
- * step for step, with the ops of backend_cl_ops.h and every matrix product through cl_gemm.h.
- * Not here: kernel code (the .cl files of kernels/), the GEMM, device listing (kc_device.h).
+ * with the kernels of kernels/ through backend_cl_ops.h and every matrix product through
+ * cl_gemm.h. Not here: kernel code, the GEMM, device listing (kc_device.h).
  *
  * Device memory:
- *   weights   one read-only buffer per tensor, created straight from the model's memory (the
- *             safetensors map) with CL_MEM_COPY_HOST_PTR; q/k/v are fused into one (3E, E)
- *             buffer per layer (and the resampler's k/v into (2E, E)), written part by part,
- *             so one GEMM makes Q, K and V.
- *   KV cache  per text layer, K and V of (slots · capacity, embed) f32: slot s owns rows
- *             [s · capacity, (s + 1) · capacity), as backend_ref.c lays it out per slot. Each
- *             slot has its own length; sequences join and leave without touching the others.
+ *   weights   transposed at upload (ke_cl_weight), in bounded chunks; q/k/v fused into one
+ *             matrix per layer (the resampler's k/v into one), so one GEMM makes Q, K and V;
+ *             the token embedding is held once, as the tied lm_head's matrix, and the lookup
+ *             reads its columns
+ *   KV cache  per text layer a pool of rows (f32, or half with kv_half) cut into pages of
+ *             PAGE_TOKENS rows; a slot holds the pages its reservation needs (reserve), listed
+ *             in its row of the page table, so memory follows what sequences use
+ *   state     per slot: the ids fed so far (the n-gram history) and the id its last greedy
+ *             select chose (the next token a decode step feeds without the host)
  *   scratch   text activations for the largest step so far (grown on demand); the vision pass
- *             allocates its own for the images of the call and frees them.
- * Every step runs each op over the tokens of all its sequences at once; attention is told per
- * row which keys it sees (kernels/attention.cl), so one launch serves sequences of different
- * lengths. forward(..., NULL) keeps the logits on the device for select_greedy or
- * select_sample (then fetch_logits reads single rows the host path needs). */
+ *             allocates its own for the images of the call and frees them
+ *
+ * A text step is five launches per decoder layer (kernels/gemm.cl fuses each LayerNorm into the
+ * GEMM after it from row statistics the previous kernel wrote, and bias, activation, residual
+ * and the KV-cache append into the GEMM's epilogue), plus the embedding, the lm_head and the
+ * selection. Nothing in a step waits for the device: the host's inputs go through a ring of
+ * staging buffers with non-blocking writes, and a greedy select's ids come back through
+ * select_greedy_enqueue / wait_selected while the next step runs. */
 #include "backend_cl.h"
 
 #include <math.h>
@@ -30,9 +35,9 @@
 #include "kc_error.h"
 #include "ref_ops.h"
 
-typedef struct cl_lin {
-    cl_mem w, b; /* b NULL when absent */
-} cl_lin;
+#define PAGE_TOKENS 16 /* KV-cache rows per page */
+#define N_STAGE 6      /* staging buffers for a step's host inputs, used in turn: a forward and
+                        * a select take one each, and two steps may be in flight */
 
 typedef struct cl_ln {
     cl_mem w, b;
@@ -40,65 +45,104 @@ typedef struct cl_ln {
 
 typedef struct cl_vlayer {
     cl_ln ln1, ln2;
-    cl_lin qkv; /* (3·hid, hid) */
-    cl_lin out, fc1, fc2;
+    ke_cl_weight qkv, out, fc1, fc2; /* qkv: (3·hid) outputs */
 } cl_vlayer;
 
 typedef struct cl_tlayer {
     cl_ln ln_attn, ln_inner, ln_final, ln_ffn;
-    cl_lin qkv; /* (3·E, E) */
-    cl_lin out, fc1, fc2;
-    cl_mem kc, vc; /* (slots · capacity, E) f32 */
+    ke_cl_weight qkv, out, fc1, fc2; /* qkv: (3·E) outputs */
+    cl_mem kpool, vpool;             /* (pages · PAGE_TOKENS, E) f32 or half */
+    ke_cl_gemm_site *s_qkv, *s_out, *s_fc1, *s_fc2;
+    kc_bound *s_att;
 } cl_tlayer;
+
+/* One set of host staging for a step's inputs; `done` marks the last write reading it. */
+typedef struct cl_stage {
+    cl_int8 *plan;      /* [tokens] */
+    cl_int *gidx;       /* [seqs] */
+    float *img;         /* [img_rows * E] */
+    cl_int *pages;      /* [dirty slots * max_pages] */
+    cl_int8 *sel;       /* [seqs] selection rows */
+    size_t tokens, seqs, img_rows, page_rows;
+    kc_pending done;
+} cl_stage;
+
+/* A greedy selection whose ids are still on their way to the host. */
+typedef struct cl_outstanding {
+    kc_pending read;
+    int n;
+} cl_outstanding;
 
 typedef struct cl_backend {
     ke_backend base;
     kc_context *ctx;
-    cl_command_queue queue;
     ke_cl_gemm *gemm;
     ke_cl_ops *ops;
     ke_dtype wdt;
     bool resampler_full;
     size_t device_bytes;
 
-    cl_mem patch_w, class_emb, pos_emb;
+    /* vision tower and resampler */
+    ke_cl_weight patch;
+    cl_mem class_emb, pos_emb;
     cl_ln pre_ln, post_ln;
     cl_vlayer *vl;
-    cl_lin dense, xq, xkv, xout;
+    ke_cl_weight dense, xq, xkv, xout;
     cl_mem latent; /* (latent_query_num, E) f32 */
-    cl_mem embed, lm_head;
+
+    /* text decoder */
+    ke_cl_weight embed;   /* embed_tokens transposed (E, ldv): the lookup table and tied head */
+    ke_cl_weight lm_head; /* = embed when tied */
+    ke_cl_gemm_site *s_lm;
     cl_tlayer *tl;
     cl_ln final_ln;
-    cl_mem freq; /* (E / 2) f32 */
+    cl_mem freq;  /* (E / 2) f32 */
     cl_mem dummy; /* a valid buffer for arguments a kernel does not read */
 
-    int *slot_len; /* [slots] */
+    /* KV pages and per-slot state */
+    bool kv_half;
+    int max_pages;     /* pages a slot may hold (slot_capacity / PAGE_TOKENS, rounded up) */
+    int n_pages;       /* in the pool */
+    int *free_pages;   /* stack of free page numbers */
+    int n_free;
+    int *slot_pages;   /* [slots * max_pages] host copy of the page table */
+    int *slot_npages;  /* [slots] */
+    bool *slot_dirty;  /* [slots] the device's row of the page table is stale */
+    int *slot_len;     /* [slots] tokens cached */
+    cl_mem pages;      /* (slots, max_pages) int */
+    cl_mem hist;       /* (slots, slot_capacity) int */
+    cl_mem slot_next;  /* (slots) int */
 
     /* text scratch, for up to `tokens` tokens / `seqs` sequences */
-    size_t tokens, seqs, img_rows, sel_rows, hist_len;
-    cl_mem x, h, att, qkv, ffn;        /* (tokens, E / E / E / 3E / ffn) */
-    cl_mem tok, dest, arows;           /* (tokens) int4, int, int4 */
-    cl_mem gidx, last, logits;         /* (seqs) int, (seqs, E), (seqs, vocab) */
-    cl_mem image_rows;                 /* (img_rows, E) */
-    cl_mem sel_info, sel_hist, sel_out; /* (sel_rows, 5) int, (hist_len) int, (sel_rows) int */
-    cl_int4 *h_tok, *h_arows;          /* host staging, live until the step completes */
-    cl_int *h_dest, *h_gidx, *h_info, *h_hist, *h_out;
+    size_t tokens, seqs, img_rows;
+    cl_mem x, q, att, ffn;                /* (tokens, E / E / E / ffn) f32 */
+    cl_mem x_stats, att_stats, ffn_stats; /* row statistics (cl_float2 blocks) */
+    cl_mem plan, tokrow, gidx;            /* (tokens) int8, (tokens) int4, (seqs) int */
+    cl_mem logits;                        /* (seqs, vocab) */
+    cl_mem image_rows;                    /* (img_rows, E) */
+    cl_mem sel_info, sel_out;             /* (seqs) int8, (KE_MAX_OUTSTANDING + 1, seqs) int */
+    cl_stage stage[N_STAGE];
+    int stage_at;
+    cl_outstanding outstanding[KE_MAX_OUTSTANDING];
+    int n_outstanding, sel_at;
+
     /* select_sample's lists: (cand_rows, 4) int info, (cand_cap) values and ids, (cand_rows, 4)
-     * ulong stats */
-    size_t cand_rows, cand_cap;
-    cl_mem cand_info, cand_val, cand_id, cand_stat;
-    cl_int *h_cinfo, *h_cid;
+     * ulong stats; the sampling rows' (rows, 5) int info */
+    size_t cand_rows, cand_cap, samp_rows;
+    cl_mem cand_info, cand_val, cand_id, cand_stat, samp_info;
+    cl_int *h_cinfo, *h_cid, *h_sinfo, *h_out;
     float *h_cval;
     cl_ulong *h_cstat;
-    int logits_rows; /* rows left on the device by forward(NULL), for select_greedy */
+    int logits_rows; /* rows left on the device by forward(NULL), for the selects */
     bool selected;   /* a select ran since the last forward (its bans are in the logits) */
-    bool pending;    /* commands from host staging may still be queued */
 } cl_backend;
 
 static float inv_sqrt_head_dim(int head_dim)
 {
     return (float)pow((double)head_dim, -0.5); /* as backend_ref.c */
 }
+
+static size_t ceil_div(size_t v, size_t d) { return (v + d - 1) / d; }
 
 /* ---- buffers ------------------------------------------------------------------------------ */
 
@@ -129,7 +173,7 @@ static size_t tensor_bytes(const ke_tensor *t)
     return ke_tensor_numel(t) * (t->dtype == KE_DTYPE_F16 ? 2 : 4);
 }
 
-/* One weight tensor, copied to the device straight from its memory (NULL buffer if absent). */
+/* One weight vector or table, copied as it is (NULL buffer if absent). */
 static ks_status upload(cl_backend *cb, const ke_tensor *t, const char *name, cl_mem *out)
 {
     *out = NULL;
@@ -138,52 +182,6 @@ static ks_status upload(cl_backend *cb, const ke_tensor *t, const char *name, cl
     if (t->dtype != cb->wdt)
         return ks_fail(KS_ERR_INVALID, "tensor %s is not in the model's storage dtype", name);
     return new_buffer(cb, CL_MEM_READ_ONLY, tensor_bytes(t), t->data, out, name);
-}
-
-/* Several tensors of the same dtype back to back in one buffer (absent parts are zeros), each
- * written from its own memory; NULL when every part is absent. */
-static ks_status upload_cat(cl_backend *cb, const ke_tensor *const *parts, int n, const char *name,
-                            cl_mem *out)
-{
-    ks_status status = KS_OK;
-    size_t total = 0, each = 0;
-    bool any = false;
-    *out = NULL;
-    for (int i = 0; i < n; i++) {
-        if (parts[i]->data) {
-            any = true;
-            each = tensor_bytes(parts[i]);
-            if (parts[i]->dtype != cb->wdt)
-                return ks_fail(KS_ERR_INVALID, "tensor %s is not in the storage dtype", name);
-        }
-    }
-    if (!any)
-        return KS_OK;
-    total = each * (size_t)n; /* parts of one fused linear all have the same shape */
-    if ((status = new_buffer(cb, CL_MEM_READ_ONLY, total, NULL, out, name)) != KS_OK)
-        return status;
-    for (int i = 0; i < n; i++) {
-        if (parts[i]->data) {
-            KC_CHECK(clEnqueueWriteBuffer(cb->queue, *out, CL_TRUE, (size_t)i * each, each,
-                                          parts[i]->data, 0, NULL, NULL));
-        } else {
-            cl_ushort zero = 0;
-            KC_CHECK(clEnqueueFillBuffer(cb->queue, *out, &zero, sizeof zero, (size_t)i * each,
-                                         each, 0, NULL, NULL));
-        }
-    }
-cleanup:
-    if (status != KS_OK)
-        ks_error_prefix("uploading %s (%zu bytes)", name, total);
-    return status;
-}
-
-static ks_status upload_lin(cl_backend *cb, const ke_linear *l, const char *name, cl_lin *out)
-{
-    ks_status st = upload(cb, &l->weight, name, &out->w);
-    if (st == KS_OK)
-        st = upload(cb, &l->bias, name, &out->b);
-    return st;
 }
 
 static ks_status upload_ln(cl_backend *cb, const ke_layer_norm *l, const char *name, cl_ln *out)
@@ -196,57 +194,50 @@ static ks_status upload_ln(cl_backend *cb, const ke_layer_norm *l, const char *n
     return st;
 }
 
-static ks_status upload_fused(cl_backend *cb, const ke_linear *const *lins, int n,
-                              const char *name, cl_lin *out)
+/* n nn.Linear concatenated along their outputs, transposed for gemm.cl. */
+static ks_status upload_lin(cl_backend *cb, const ke_linear *const *lins, int n, const char *name,
+                            ke_cl_weight *out)
 {
     const ke_tensor *w[3], *b[3];
     for (int i = 0; i < n; i++) {
         w[i] = &lins[i]->weight;
         b[i] = &lins[i]->bias;
     }
-    ks_status st = upload_cat(cb, w, n, name, &out->w);
-    if (st == KS_OK)
-        st = upload_cat(cb, b, n, name, &out->b);
+    size_t bytes = 0;
+    ks_status st = ke_cl_weight_upload(cb->gemm, w, b, n, name, out, &bytes);
+    cb->device_bytes += bytes;
     return st;
 }
 
-/* ---- GEMM shorthand ----------------------------------------------------------------------- */
-
-/* y (m, n) [+]= x (m, k) · Wᵀ + b with contiguous rows (offsets in floats). */
-static ks_status linear(cl_backend *cb, cl_mem x, size_t x_off, size_t m, size_t k, cl_lin w,
-                        size_t n, cl_mem y, size_t y_off, size_t ldy, bool acc, const char *what)
+static ks_status upload_one(cl_backend *cb, const ke_linear *l, const char *name,
+                            ke_cl_weight *out)
 {
-    if (m == 0)
-        return KS_OK;
-    ke_cl_gemm_args a = {.m = m, .n = n, .k = k, .x = x, .x_offset = x_off, .ldx = k, .w = w.w,
-                         .w_dtype = cb->wdt, .bias = w.b, .y = y, .y_offset = y_off, .ldy = ldy,
-                         .accumulate = acc};
-    ks_status st = ke_cl_gemm_run(cb->gemm, &a);
+    const ke_linear *one[1] = {l};
+    return upload_lin(cb, one, 1, name, out);
+}
+
+/* ---- GEMM shorthand (the vision tower) ----------------------------------------------------- */
+
+/* y (m, n) [+]= x (m, k) · W + b [, act] with contiguous rows (offsets in floats). */
+static ks_status linear(cl_backend *cb, cl_mem x, size_t x_off, size_t m, const ke_cl_weight *w,
+                        cl_mem y, size_t y_off, bool acc, int act, const char *what)
+{
+    ke_cl_gemm_args a = {.m = m, .w = w, .x = x, .x_offset = x_off, .ldx = w->k, .y = y,
+                         .y_offset = y_off, .ldy = w->n, .act = act, .accumulate = acc};
+    ks_status st = ke_cl_gemm_run(cb->gemm, NULL, &a, what);
     if (st != KS_OK)
-        ks_error_prefix("%s (gemm m %zu, n %zu, k %zu)", what, m, n, k);
+        ks_error_prefix("%s", what);
     return st;
 }
 
-static ks_status write_buf(cl_backend *cb, cl_mem buf, bool blocking, size_t bytes,
-                           const void *host)
+static ks_status write_now(cl_backend *cb, cl_mem buf, size_t bytes, const void *host)
 {
-    ks_status status = KS_OK;
-    if (bytes == 0)
-        return KS_OK;
-    KC_CHECK(clEnqueueWriteBuffer(cb->queue, buf, blocking ? CL_TRUE : CL_FALSE, 0, bytes, host, 0,
-                                  NULL, NULL));
-cleanup:
-    return status;
+    return kc_context_write(cb->ctx, buf, true, 0, bytes, host, NULL);
 }
 
-static ks_status read_buf(cl_backend *cb, cl_mem buf, size_t bytes, void *host)
+static ks_status read_now(cl_backend *cb, cl_mem buf, size_t offset, size_t bytes, void *host)
 {
-    ks_status status = KS_OK;
-    if (bytes == 0)
-        return KS_OK;
-    KC_CHECK(clEnqueueReadBuffer(cb->queue, buf, CL_TRUE, 0, bytes, host, 0, NULL, NULL));
-cleanup:
-    return status;
+    return kc_context_read(cb->ctx, buf, true, offset, bytes, host, NULL);
 }
 
 /* ---- vision tower + resampler ------------------------------------------------------------- */
@@ -289,10 +280,8 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
     cl_int4 *arows = NULL;
     ks_status status = KS_OK;
     const char *stage = "allocating";
+    kc_profile_scope(kc_context_profile(cb->ctx), "vision");
 
-    if (cb->pending && (status = kc_context_finish(cb->ctx)) != KS_OK)
-        goto cleanup;
-    cb->pending = false;
     for (int i = 0; i < V_COUNT; i++)
         if ((status = new_buffer(cb, CL_MEM_READ_WRITE, sizes[i], i == V_PIX ? pixels : NULL,
                                  &buf[i], names[i])) != KS_OK)
@@ -307,8 +296,8 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
     stage = "vision embeddings";
     if ((status = ke_cl_unfold_patches(cb->ops, buf[V_PIX], n, vc->channels, vc->image_size,
                                        vc->patch_size, buf[V_PATCH])) != KS_OK ||
-        (status = linear(cb, buf[V_PATCH], 0, N * np, pw, (cl_lin){cb->patch_w, NULL}, hid,
-                         buf[V_POUT], 0, hid, false, "patch embedding")) != KS_OK ||
+        (status = linear(cb, buf[V_PATCH], 0, N * np, &cb->patch, buf[V_POUT], 0, false, -1,
+                         "patch embedding")) != KS_OK ||
         (status = ke_cl_vision_embed(cb->ops, buf[V_POUT], cb->class_emb, cb->pos_emb, n,
                                      (int)seq, (int)hid, buf[V_X])) != KS_OK ||
         (status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, cb->pre_ln.w, cb->pre_ln.b,
@@ -317,7 +306,7 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
 
     for (size_t r = 0; r < rows; r++)
         arows[r] = (cl_int4){{(cl_int)r, (cl_int)(r / seq * seq), (cl_int)seq, 0}};
-    if ((status = write_buf(cb, buf[V_ROWS], true, rows * sizeof *arows, arows)) != KS_OK)
+    if ((status = write_now(cb, buf[V_ROWS], rows * sizeof *arows, arows)) != KS_OK)
         goto cleanup;
 
     int vheads = vc->heads, vhd = vc->hidden_size / vheads;
@@ -334,19 +323,17 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
                                     .out_stride = hid};
         if ((status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, L->ln1.w, L->ln1.b,
                                        vc->layer_norm_eps, buf[V_H])) != KS_OK ||
-            (status = linear(cb, buf[V_H], 0, rows, hid, L->qkv, 3 * hid, buf[V_QKV], 0, 3 * hid,
-                             false, "q/k/v")) != KS_OK ||
+            (status = linear(cb, buf[V_H], 0, rows, &L->qkv, buf[V_QKV], 0, false, -1,
+                             "vision q/k/v")) != KS_OK ||
             (status = ke_cl_attention(cb->ops, &att)) != KS_OK ||
-            (status = linear(cb, buf[V_ATT], 0, rows, hid, L->out, hid, buf[V_X], 0, hid, true,
-                             "out_proj")) != KS_OK ||
+            (status = linear(cb, buf[V_ATT], 0, rows, &L->out, buf[V_X], 0, true, -1,
+                             "vision out_proj")) != KS_OK ||
             (status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, L->ln2.w, L->ln2.b,
                                        vc->layer_norm_eps, buf[V_H])) != KS_OK ||
-            (status = linear(cb, buf[V_H], 0, rows, hid, L->fc1, inter, buf[V_MLP], 0, inter,
-                             false, "fc1")) != KS_OK ||
-            (status = ke_cl_activation(cb->ops, buf[V_MLP], rows * inter, vc->activation)) !=
-                KS_OK ||
-            (status = linear(cb, buf[V_MLP], 0, rows, inter, L->fc2, hid, buf[V_X], 0, hid, true,
-                             "fc2")) != KS_OK)
+            (status = linear(cb, buf[V_H], 0, rows, &L->fc1, buf[V_MLP], 0, false,
+                             (int)vc->activation, "vision fc1")) != KS_OK ||
+            (status = linear(cb, buf[V_MLP], 0, rows, &L->fc2, buf[V_X], 0, true, -1,
+                             "vision fc2")) != KS_OK)
             goto cleanup;
     }
 
@@ -356,7 +343,7 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
                                    vc->layer_norm_eps, buf[V_X])) != KS_OK)
         goto cleanup;
     if (taps && taps->post_layernorm &&
-        (status = read_buf(cb, buf[V_X], rows * hid * 4, taps->post_layernorm)) != KS_OK)
+        (status = read_now(cb, buf[V_X], 0, rows * hid * 4, taps->post_layernorm)) != KS_OK)
         goto cleanup;
     if ((status = ke_cl_l2_normalize(cb->ops, buf[V_X], rows, hid, 1e-12f)) != KS_OK)
         goto cleanup;
@@ -365,10 +352,10 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
      * latent queries (the same for every image); attention rows per image */
     stage = "resampler";
     for (size_t i = 0; i < N; i++) {
-        if ((status = linear(cb, buf[V_X], i * seq * hid, seq, hid, cb->dense, E, buf[V_KV],
-                             i * kvr * E, E, false, "dense")) != KS_OK)
+        if ((status = linear(cb, buf[V_X], i * seq * hid, seq, &cb->dense, buf[V_KV], i * kvr * E,
+                             false, -1, "resampler dense")) != KS_OK)
             goto cleanup;
-        KC_CHECK(clEnqueueCopyBuffer(cb->queue, cb->latent, buf[V_KV], 0,
+        KC_CHECK(clEnqueueCopyBuffer(kc_context_queue(cb->ctx), cb->latent, buf[V_KV], 0,
                                      (i * kvr + seq) * E * sizeof(float), lq * E * sizeof(float),
                                      0, NULL, NULL));
     }
@@ -382,15 +369,15 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
                                  .rows = buf[V_ROWS], .n_rows = N * lq, .heads = theads,
                                  .head_dim = thd, .scale = inv_sqrt_head_dim(thd),
                                  .out = buf[V_RATT], .out_stride = E};
-    if ((status = write_buf(cb, buf[V_ROWS], true, N * lq * sizeof *arows, arows)) != KS_OK ||
-        (status = linear(cb, cb->latent, 0, lq, E, cb->xq, E, buf[V_RQ], 0, E, false,
-                         "x_q_proj")) != KS_OK ||
-        (status = linear(cb, buf[V_KV], 0, N * kvr, E, cb->xkv, 2 * E, buf[V_RKV], 0, 2 * E,
-                         false, "x_k_proj/x_v_proj")) != KS_OK ||
+    if ((status = write_now(cb, buf[V_ROWS], N * lq * sizeof *arows, arows)) != KS_OK ||
+        (status = linear(cb, cb->latent, 0, lq, &cb->xq, buf[V_RQ], 0, false, -1,
+                         "resampler x_q_proj")) != KS_OK ||
+        (status = linear(cb, buf[V_KV], 0, N * kvr, &cb->xkv, buf[V_RKV], 0, false, -1,
+                         "resampler x_k_proj/x_v_proj")) != KS_OK ||
         (status = ke_cl_attention(cb->ops, &ratt)) != KS_OK ||
-        (status = linear(cb, buf[V_RATT], 0, N * lq, E, cb->xout, E, buf[V_EMB], 0, E, false,
-                         "x_out_proj")) != KS_OK ||
-        (status = read_buf(cb, buf[V_EMB], N * lq * E * 4, image_embeds)) != KS_OK)
+        (status = linear(cb, buf[V_RATT], 0, N * lq, &cb->xout, buf[V_EMB], 0, false, -1,
+                         "resampler x_out_proj")) != KS_OK ||
+        (status = read_now(cb, buf[V_EMB], 0, N * lq * E * 4, image_embeds)) != KS_OK)
         goto cleanup;
 
 cleanup:
@@ -399,32 +386,123 @@ cleanup:
     for (int i = 0; i < V_COUNT; i++)
         free_buffer(cb, &buf[i]);
     free(arows);
+    kc_profile_scope(kc_context_profile(cb->ctx), NULL);
     return status;
+}
+
+/* ---- KV pages ----------------------------------------------------------------------------- */
+
+/* Gives `slot` pages until it holds `tokens` tokens; KS_ERR_LIMIT (nothing taken) when the pool
+ * has too few free pages. */
+static ks_status hold_pages(cl_backend *cb, int slot, int tokens)
+{
+    int want = (int)ceil_div((size_t)tokens, PAGE_TOKENS);
+    int have = cb->slot_npages[slot];
+    if (want <= have)
+        return KS_OK;
+    if (want > cb->max_pages)
+        return ks_fail(KS_ERR_LIMIT, "slot %d: %d tokens exceed the slot capacity %d", slot,
+                       tokens, cb->base.slot_capacity);
+    if (want - have > cb->n_free)
+        return ks_fail(KS_ERR_LIMIT, "the KV cache has %d free pages of %d tokens, %d more are "
+                       "needed", cb->n_free, PAGE_TOKENS, want - have);
+    for (int p = have; p < want; p++)
+        cb->slot_pages[(size_t)slot * (size_t)cb->max_pages + (size_t)p] =
+            cb->free_pages[--cb->n_free];
+    cb->slot_npages[slot] = want;
+    cb->slot_dirty[slot] = true;
+    return KS_OK;
+}
+
+static ks_status cl_reserve(ke_backend *b, int slot, int tokens)
+{
+    cl_backend *cb = (cl_backend *)b;
+    if (slot < 0 || slot >= b->slots || tokens < 0)
+        return ks_fail(KS_ERR_INVALID, "reserve: slot %d of %d, %d tokens", slot, b->slots,
+                       tokens);
+    return hold_pages(cb, slot, tokens);
+}
+
+static void cl_release_slot(ke_backend *b, int slot)
+{
+    cl_backend *cb = (cl_backend *)b;
+    if (slot < 0 || slot >= b->slots)
+        return;
+    for (int p = 0; p < cb->slot_npages[slot]; p++)
+        cb->free_pages[cb->n_free++] =
+            cb->slot_pages[(size_t)slot * (size_t)cb->max_pages + (size_t)p];
+    cb->slot_npages[slot] = 0;
+    cb->slot_len[slot] = 0;
+}
+
+/* ---- staging ------------------------------------------------------------------------------ */
+
+/* The next staging set, big enough for the sizes asked; waits (a profiled wait, which a caller
+ * that waits for its selections never meets) if the device still reads it. */
+static ks_status next_stage(cl_backend *cb, size_t tokens, size_t seqs, size_t img_rows,
+                            size_t page_rows, cl_stage **out)
+{
+    cl_stage *s = &cb->stage[cb->stage_at];
+    cb->stage_at = (cb->stage_at + 1) % N_STAGE;
+    ks_status st = kc_context_wait(cb->ctx, &s->done, "staging reuse");
+    if (st != KS_OK)
+        return st;
+    size_t E = (size_t)cb->base.model->config.text.embed_dim;
+#define GROW(field, count, want, elem)                                                             \
+    if ((want) > s->count) {                                                                       \
+        void *grown = realloc(s->field, (want) * (elem));                                          \
+        if (!grown)                                                                                \
+            return ks_fail(KS_ERR_NOMEM, "out of memory for a step's inputs");                    \
+        s->field = grown;                                                                          \
+    }
+    GROW(plan, tokens, tokens, sizeof(cl_int8))
+    if (tokens > s->tokens)
+        s->tokens = tokens;
+    GROW(gidx, seqs, seqs, sizeof(cl_int))
+    GROW(sel, seqs, seqs, sizeof(cl_int8))
+    if (seqs > s->seqs)
+        s->seqs = seqs;
+    GROW(img, img_rows, img_rows, E * sizeof(float))
+    if (img_rows > s->img_rows)
+        s->img_rows = img_rows;
+    GROW(pages, page_rows, page_rows, (size_t)cb->max_pages * sizeof(cl_int))
+    if (page_rows > s->page_rows)
+        s->page_rows = page_rows;
+#undef GROW
+    *out = s;
+    return KS_OK;
+}
+
+/* A non-blocking write from staging set s; the set is busy until the last of them is done. */
+static ks_status stage_write(cl_backend *cb, cl_stage *s, cl_mem buf, size_t offset,
+                             size_t bytes, const void *host)
+{
+    if (bytes == 0)
+        return KS_OK;
+    kc_pending_release(&s->done);
+    return kc_context_write(cb->ctx, buf, false, offset, bytes, host, &s->done);
 }
 
 /* ---- text decoder ------------------------------------------------------------------------ */
 
-/* Grows a set of buffers (and their host staging) to `want` rows. */
 static ks_status grow_tokens(cl_backend *cb, size_t want)
 {
     if (want <= cb->tokens)
         return KS_OK;
     const ke_text_config *tc = &cb->base.model->config.text;
-    size_t E = (size_t)tc->embed_dim;
-    cl_mem *bufs[] = {&cb->x, &cb->h, &cb->att, &cb->qkv, &cb->ffn, &cb->tok, &cb->dest,
-                      &cb->arows};
-    size_t bytes[] = {want * E * 4, want * E * 4, want * E * 4, want * 3 * E * 4,
-                      want * (size_t)tc->ffn_dim * 4, want * sizeof(cl_int4),
-                      want * sizeof(cl_int), want * sizeof(cl_int4)};
+    size_t E = (size_t)tc->embed_dim, F = (size_t)tc->ffn_dim;
+    cl_mem *bufs[] = {&cb->x,         &cb->q,         &cb->att,       &cb->ffn,   &cb->x_stats,
+                      &cb->att_stats, &cb->ffn_stats, &cb->plan,      &cb->tokrow};
+    size_t bytes[] = {want * E * 4,
+                      want * E * 4,
+                      want * E * 4,
+                      want * F * 4,
+                      want * ceil_div(E, KE_CL_STAT_SB) * sizeof(cl_float2),
+                      want * (size_t)tc->heads * sizeof(cl_float2),
+                      want * ceil_div(F, KE_CL_STAT_SB) * sizeof(cl_float2),
+                      want * sizeof(cl_int8),
+                      want * sizeof(cl_int4)};
     cb->tokens = 0;
-    free(cb->h_tok);
-    free(cb->h_arows);
-    free(cb->h_dest);
-    cb->h_tok = malloc(want * sizeof(cl_int4));
-    cb->h_arows = malloc(want * sizeof(cl_int4));
-    cb->h_dest = malloc(want * sizeof(cl_int));
-    if (!cb->h_tok || !cb->h_arows || !cb->h_dest)
-        return ks_fail(KS_ERR_NOMEM, "out of memory for %zu tokens", want);
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         free_buffer(cb, bufs[i]);
         ks_status st = new_buffer(cb, CL_MEM_READ_WRITE, bytes[i], NULL, bufs[i],
@@ -441,13 +519,13 @@ static ks_status grow_seqs(cl_backend *cb, size_t want)
     if (want <= cb->seqs)
         return KS_OK;
     const ke_text_config *tc = &cb->base.model->config.text;
-    cl_mem *bufs[] = {&cb->gidx, &cb->last, &cb->logits};
-    size_t bytes[] = {want * sizeof(cl_int), want * (size_t)tc->embed_dim * 4,
-                      want * (size_t)tc->vocab_size * 4};
+    cl_mem *bufs[] = {&cb->gidx, &cb->logits, &cb->sel_info, &cb->sel_out};
+    size_t bytes[] = {want * sizeof(cl_int), want * (size_t)tc->vocab_size * 4,
+                      want * sizeof(cl_int8), (KE_MAX_OUTSTANDING + 1) * want * sizeof(cl_int)};
     cb->seqs = 0;
-    free(cb->h_gidx);
-    cb->h_gidx = malloc(want * sizeof(cl_int));
-    if (!cb->h_gidx)
+    free(cb->h_out);
+    cb->h_out = malloc(want * sizeof(cl_int));
+    if (!cb->h_out)
         return ks_fail(KS_ERR_NOMEM, "out of memory for %zu sequences", want);
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         free_buffer(cb, bufs[i]);
@@ -473,111 +551,147 @@ static ks_status grow_images(cl_backend *cb, size_t want)
     return st;
 }
 
+/* The outstanding selections must be collected before their output rows or the logits are
+ * reused in a way they could observe: a forward only appends, so it needs no wait. */
 static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
 {
     cl_backend *cb = (cl_backend *)b;
     const ke_model *m = b->model;
     const ke_text_config *tc = &m->config.text;
-    size_t E = (size_t)tc->embed_dim, F = (size_t)tc->ffn_dim, V = (size_t)tc->vocab_size;
-    size_t cap = (size_t)b->slot_capacity;
+    size_t E = (size_t)tc->embed_dim, V = (size_t)tc->vocab_size;
     int heads = tc->heads, hd = tc->embed_dim / heads;
     size_t T = 0;
     char stage[64] = "preparing";
+    kc_profile *prof = kc_context_profile(cb->ctx);
     ks_status status = ke_step_check(&cb->base, step, cb->slot_len, &T);
     if (status != KS_OK)
         return status;
     size_t S = (size_t)step->n_seqs;
-    if (cb->pending && (status = kc_context_finish(cb->ctx)) != KS_OK)
-        goto cleanup;
-    cb->pending = false;
+    kc_profile_scope(prof, "text step");
+    kc_profile_count(prof, "text steps");
     cb->logits_rows = 0;
     cb->selected = false;
-    if ((status = grow_tokens(cb, T)) != KS_OK || (status = grow_seqs(cb, S)) != KS_OK)
+    size_t img_used = 0, dirty = 0;
+    for (size_t s = 0, row = 0; s < S; s++) {
+        int slot = step->slots[s];
+        if ((status = hold_pages(cb, slot, cb->slot_len[slot] + step->n_tokens[s])) != KS_OK)
+            goto cleanup;
+        for (int i = 0; i < step->n_tokens[s]; i++, row++)
+            img_used += step->image_mask && step->image_mask[row];
+    }
+    for (int slot = 0; slot < b->slots; slot++)
+        dirty += cb->slot_dirty[slot];
+    cl_stage *sg = NULL;
+    if ((status = grow_tokens(cb, T)) != KS_OK || (status = grow_seqs(cb, S)) != KS_OK ||
+        (status = grow_images(cb, img_used)) != KS_OK ||
+        (status = next_stage(cb, T, S, img_used, dirty, &sg)) != KS_OK)
         goto cleanup;
 
-    /* per token: (id, position, image row), its cache row, the keys it sees; per sequence: its
-     * last row */
+    /* the plan: per token (id or -1, position or -1, image row or -1, slot, cache position) */
     size_t row = 0, used = 0;
     for (size_t s = 0; s < S; s++) {
         int slot = step->slots[s];
-        size_t past = (size_t)cb->slot_len[slot];
+        bool device = step->from_device && step->from_device[s];
         for (int i = 0; i < step->n_tokens[s]; i++, row++) {
             bool img = step->image_mask && step->image_mask[row];
-            cb->h_tok[row] = (cl_int4){
-                {step->ids[row], step->positions[row], img ? (cl_int)used : -1, 0}};
+            if (img)
+                memcpy(sg->img + used * E, step->image_embeds + used * E, E * sizeof(float));
+            sg->plan[row] = (cl_int8){{device ? -1 : step->ids[row],
+                                       device ? -1 : step->positions[row],
+                                       img ? (cl_int)used : -1, slot, cb->slot_len[slot] + i, 0, 0,
+                                       0}};
             used += img;
-            cb->h_dest[row] = (cl_int)((size_t)slot * cap + past + (size_t)i);
-            cb->h_arows[row] = (cl_int4){
-                {(cl_int)row, (cl_int)((size_t)slot * cap), (cl_int)(past + (size_t)i + 1), 0}};
         }
-        cb->h_gidx[s] = (cl_int)(row - 1);
+        sg->gidx[s] = (cl_int)(row - 1);
     }
-    if ((status = grow_images(cb, used)) != KS_OK)
-        goto cleanup;
-    cb->pending = true; /* the non-blocking writes below read the staging arrays */
-    if ((status = write_buf(cb, cb->tok, false, T * sizeof(cl_int4), cb->h_tok)) != KS_OK ||
-        (status = write_buf(cb, cb->dest, false, T * sizeof(cl_int), cb->h_dest)) != KS_OK ||
-        (status = write_buf(cb, cb->arows, false, T * sizeof(cl_int4), cb->h_arows)) != KS_OK ||
-        (status = write_buf(cb, cb->gidx, false, S * sizeof(cl_int), cb->h_gidx)) != KS_OK ||
-        (status = write_buf(cb, cb->image_rows, true, used * E * 4, step->image_embeds)) != KS_OK)
+    size_t page_row_bytes = (size_t)cb->max_pages * sizeof(cl_int);
+    for (int slot = 0, d = 0; slot < b->slots; slot++) {
+        if (!cb->slot_dirty[slot])
+            continue;
+        memcpy(sg->pages + (size_t)d * (size_t)cb->max_pages,
+               cb->slot_pages + (size_t)slot * (size_t)cb->max_pages, page_row_bytes);
+        if ((status = stage_write(cb, sg, cb->pages, (size_t)slot * page_row_bytes,
+                                  page_row_bytes, sg->pages + (size_t)d * (size_t)cb->max_pages)) !=
+            KS_OK)
+            goto cleanup;
+        cb->slot_dirty[slot] = false;
+        d++;
+    }
+    if ((status = stage_write(cb, sg, cb->plan, 0, T * sizeof(cl_int8), sg->plan)) != KS_OK ||
+        (status = stage_write(cb, sg, cb->gidx, 0, S * sizeof(cl_int), sg->gidx)) != KS_OK ||
+        (status = stage_write(cb, sg, cb->image_rows, 0, used * E * 4, sg->img)) != KS_OK)
         goto cleanup;
 
     float embed_scale = tc->scale_embedding ? (float)sqrt((double)tc->embed_dim) : 1.0f;
-    if ((status = ke_cl_text_embed(cb->ops, cb->embed, cb->tok, T,
-                                   cb->image_rows ? cb->image_rows : cb->dummy, cb->freq,
-                                   embed_scale, tc->pad_id, tc->embed_dim, cb->x)) != KS_OK)
+    ke_cl_decoder_embed_args ea = {
+        .plan = cb->plan, .n_tokens = T, .table = cb->embed.w, .ldv = cb->embed.ldw,
+        .image_rows = cb->image_rows ? cb->image_rows : cb->dummy, .freq = cb->freq,
+        .scale = embed_scale, .pad = tc->pad_id, .dim = tc->embed_dim,
+        .slot_next = cb->slot_next, .pages = cb->pages, .max_pages = cb->max_pages,
+        .page_tokens = PAGE_TOKENS, .hist = cb->hist, .hist_cap = b->slot_capacity, .x = cb->x,
+        .x_stats = cb->x_stats, .tokrow = cb->tokrow};
+    if ((status = ke_cl_decoder_embed(cb->ops, &ea)) != KS_OK)
         goto cleanup;
 
+    kc_profile_scope(prof, "text layer");
     for (int l = 0; l < tc->layers; l++) {
         const cl_tlayer *L = &cb->tl[l];
         float eps = tc->layer_norm_eps;
         snprintf(stage, sizeof stage, "text layer %d", l);
-        ke_cl_attention_args att = {.q = cb->qkv, .q_off = 0, .q_stride = 3 * E, .k = L->kc,
-                                    .v = L->vc, .k_off = 0, .v_off = 0, .kv_stride = E,
-                                    .rows = cb->arows, .n_rows = T, .heads = heads,
-                                    .head_dim = hd, .scale = inv_sqrt_head_dim(hd),
-                                    .out = cb->att, .out_stride = E};
-        if ((status = ke_cl_layer_norm(cb->ops, cb->x, T, E, L->ln_attn.w, L->ln_attn.b, eps,
-                                       cb->h)) != KS_OK ||
-            (status = linear(cb, cb->h, 0, T, E, L->qkv, 3 * E, cb->qkv, 0, 3 * E, false,
-                             "q/k/v")) != KS_OK ||
-            (status = ke_cl_kv_store(cb->ops, cb->qkv, (int)(3 * E), (int)E, (int)(2 * E), L->kc,
-                                     L->vc, cb->dest, (int)E, T)) != KS_OK ||
-            (status = ke_cl_attention(cb->ops, &att)) != KS_OK ||
-            (status = ke_cl_layer_norm(cb->ops, cb->att, T, E, L->ln_inner.w, L->ln_inner.b, eps,
-                                       cb->att)) != KS_OK ||
-            (status = linear(cb, cb->att, 0, T, E, L->out, E, cb->x, 0, E, true, "out_proj")) !=
-                KS_OK ||
-            (status = ke_cl_layer_norm(cb->ops, cb->x, T, E, L->ln_final.w, L->ln_final.b, eps,
-                                       cb->h)) != KS_OK ||
-            (status = linear(cb, cb->h, 0, T, E, L->fc1, F, cb->ffn, 0, F, false, "fc1")) !=
-                KS_OK ||
-            (status = ke_cl_activation(cb->ops, cb->ffn, T * F, tc->activation)) != KS_OK ||
-            (status = ke_cl_layer_norm(cb->ops, cb->ffn, T, F, L->ln_ffn.w, L->ln_ffn.b, eps,
-                                       cb->ffn)) != KS_OK ||
-            (status = linear(cb, cb->ffn, 0, T, F, L->fc2, E, cb->x, 0, E, true, "fc2")) != KS_OK)
+        ke_cl_gemm_args qkv = {.m = T, .w = &L->qkv, .x = cb->x, .ldx = E,
+                               .ln_stats = cb->x_stats, .ln_sb = KE_CL_STAT_SB,
+                               .ln_w = L->ln_attn.w, .ln_b = L->ln_attn.b, .ln_eps = eps,
+                               .y = cb->q, .ldy = E, .act = -1, .split_q = E,
+                               .kpool = L->kpool, .vpool = L->vpool, .tokrow = cb->tokrow,
+                               .kv_half = cb->kv_half};
+        ke_cl_paged_attention_args att = {
+            .q = cb->q, .kpool = L->kpool, .vpool = L->vpool, .kv_half = cb->kv_half,
+            .tokrow = cb->tokrow, .pages = cb->pages, .max_pages = cb->max_pages,
+            .page_tokens = PAGE_TOKENS, .out = cb->att, .out_stats = cb->att_stats,
+            .n_tokens = T, .heads = heads, .head_dim = hd, .scale = inv_sqrt_head_dim(hd)};
+        ke_cl_gemm_args out = {.m = T, .w = &L->out, .x = cb->att, .ldx = E,
+                               .ln_stats = cb->att_stats, .ln_sb = (size_t)hd,
+                               .ln_w = L->ln_inner.w, .ln_b = L->ln_inner.b, .ln_eps = eps,
+                               .y = cb->x, .ldy = E, .act = -1, .accumulate = true,
+                               .stats_out = cb->x_stats};
+        ke_cl_gemm_args fc1 = {.m = T, .w = &L->fc1, .x = cb->x, .ldx = E,
+                               .ln_stats = cb->x_stats, .ln_sb = KE_CL_STAT_SB,
+                               .ln_w = L->ln_final.w, .ln_b = L->ln_final.b, .ln_eps = eps,
+                               .y = cb->ffn, .ldy = L->fc1.n, .act = (int)tc->activation,
+                               .stats_out = cb->ffn_stats};
+        ke_cl_gemm_args fc2 = {.m = T, .w = &L->fc2, .x = cb->ffn, .ldx = L->fc1.n,
+                               .ln_stats = cb->ffn_stats, .ln_sb = KE_CL_STAT_SB,
+                               .ln_w = L->ln_ffn.w, .ln_b = L->ln_ffn.b, .ln_eps = eps,
+                               .y = cb->x, .ldy = E, .act = -1, .accumulate = true,
+                               .stats_out = cb->x_stats};
+        if ((status = ke_cl_gemm_run(cb->gemm, L->s_qkv, &qkv, "q/k/v + KV append")) != KS_OK ||
+            (status = ke_cl_paged_attention(cb->ops, L->s_att, &att)) != KS_OK ||
+            (status = ke_cl_gemm_run(cb->gemm, L->s_out, &out, "out_proj + residual")) != KS_OK ||
+            (status = ke_cl_gemm_run(cb->gemm, L->s_fc1, &fc1, "fc1 + activation")) != KS_OK ||
+            (status = ke_cl_gemm_run(cb->gemm, L->s_fc2, &fc2, "fc2 + residual")) != KS_OK)
             goto cleanup;
     }
 
     /* final LayerNorm and lm_head on the last new token of each sequence only */
+    kc_profile_scope(prof, "text step");
     snprintf(stage, sizeof stage, "logits");
-    if ((status = ke_cl_gather_rows(cb->ops, cb->x, cb->gidx, S, (int)E, cb->last)) != KS_OK ||
-        (status = ke_cl_layer_norm(cb->ops, cb->last, S, E, cb->final_ln.w, cb->final_ln.b,
-                                   tc->layer_norm_eps, cb->last)) != KS_OK ||
-        (status = linear(cb, cb->last, 0, S, E, (cl_lin){cb->lm_head, NULL}, V, cb->logits, 0, V,
-                         false, "lm_head")) != KS_OK)
+    ke_cl_gemm_args lm = {.m = S, .w = &cb->lm_head, .x = cb->x, .ldx = E, .gather = cb->gidx,
+                          .ln_stats = cb->x_stats, .ln_sb = KE_CL_STAT_SB,
+                          .ln_w = cb->final_ln.w, .ln_b = cb->final_ln.b,
+                          .ln_eps = tc->layer_norm_eps, .y = cb->logits, .ldy = V, .act = -1};
+    if ((status = ke_cl_gemm_run(cb->gemm, cb->s_lm, &lm, "lm_head")) != KS_OK)
         goto cleanup;
     for (size_t s = 0; s < S; s++)
         cb->slot_len[step->slots[s]] += step->n_tokens[s];
     if (logits) {
         snprintf(stage, sizeof stage, "reading %zu x %zu logits", S, V);
-        if ((status = read_buf(cb, cb->logits, S * V * 4, logits)) != KS_OK)
+        if ((status = read_now(cb, cb->logits, 0, S * V * 4, logits)) != KS_OK)
             goto cleanup;
-        cb->pending = false; /* a blocking read completes everything before it */
     }
     cb->logits_rows = (int)S;
 
 cleanup:
+    kc_profile_scope(prof, NULL);
     if (status != KS_OK) {
         ks_error_prefix("OpenCL forward (%zu sequences, %zu tokens), %s", S, T, stage);
         cb->logits_rows = 0;
@@ -585,101 +699,99 @@ cleanup:
     return status;
 }
 
-/* Stages the rows of a select (info, histories) for select_greedy / select_sample. */
-static ks_status stage_select(cl_backend *cb, const char *what, const ke_select_row *rows, int n,
-                              size_t *hist_out, size_t *max_len_out)
+/* Checks select rows against the last forward and fills `info` with (row, slot, len, ngram,
+ * ban_eos) for the kernels that read the device history. */
+static ks_status check_select(cl_backend *cb, const char *what, const ke_select_row *rows, int n)
 {
-    ks_status status = KS_OK;
     if (n < 1 || rows == NULL)
         return ks_fail(KS_ERR_INVALID, "%s: no rows", what);
     if (cb->logits_rows == 0 || cb->selected)
         return ks_fail(KS_ERR_INVALID, "%s: no logits on the device (call forward with logits "
                                        "NULL first; one select per forward)", what);
-    size_t hist = 0, max_len = 0;
     for (int i = 0; i < n; i++) {
-        if (rows[i].row < 0 || rows[i].row >= cb->logits_rows || (rows[i].len && !rows[i].ids) ||
-            rows[i].no_repeat_ngram_size < 0)
-            return ks_fail(KS_ERR_INVALID, "%s: row %d (logits row %d of %d)", what, i,
-                           rows[i].row, cb->logits_rows);
-        hist += rows[i].len;
-        if (rows[i].len > max_len)
-            max_len = rows[i].len;
+        const ke_select_row *r = &rows[i];
+        if (r->row < 0 || r->row >= cb->logits_rows || r->slot < 0 || r->slot >= cb->base.slots ||
+            r->len != (size_t)cb->slot_len[r->slot] || r->no_repeat_ngram_size < 0)
+            return ks_fail(KS_ERR_INVALID, "%s: row %d (logits row %d of %d, slot %d holding %d "
+                           "ids, %zu given)", what, i, r->row, cb->logits_rows, r->slot,
+                           r->slot >= 0 && r->slot < cb->base.slots ? cb->slot_len[r->slot] : -1,
+                           r->len);
     }
-    if (hist > (size_t)INT32_MAX / 2)
-        return ks_fail(KS_ERR_LIMIT, "%s: %zu ids of history", what, hist);
-    if ((size_t)n > cb->sel_rows) {
-        cb->sel_rows = 0;
-        free_buffer(cb, &cb->sel_info);
-        free_buffer(cb, &cb->sel_out);
-        free(cb->h_info);
-        free(cb->h_out);
-        cb->h_info = malloc((size_t)n * 5 * sizeof(cl_int));
-        cb->h_out = malloc((size_t)n * sizeof(cl_int));
-        if (!cb->h_info || !cb->h_out)
-            return ks_fail(KS_ERR_NOMEM, "out of memory");
-        if ((status = new_buffer(cb, CL_MEM_READ_ONLY, (size_t)n * 5 * sizeof(cl_int), NULL,
-                                 &cb->sel_info, "selection rows")) != KS_OK ||
-            (status = new_buffer(cb, CL_MEM_WRITE_ONLY, (size_t)n * sizeof(cl_int), NULL,
-                                 &cb->sel_out, "selected ids")) != KS_OK)
-            return status;
-        cb->sel_rows = (size_t)n;
-    }
-    if (hist > cb->hist_len) {
-        size_t want = hist * 2;
-        cb->hist_len = 0;
-        free_buffer(cb, &cb->sel_hist);
-        free(cb->h_hist);
-        cb->h_hist = malloc(want * sizeof(cl_int));
-        if (!cb->h_hist)
-            return ks_fail(KS_ERR_NOMEM, "out of memory");
-        if ((status = new_buffer(cb, CL_MEM_READ_ONLY, want * sizeof(cl_int), NULL,
-                                 &cb->sel_hist, "id histories")) != KS_OK)
-            return status;
-        cb->hist_len = want;
-    }
-    size_t off = 0;
-    for (int i = 0; i < n; i++) {
-        cl_int *in = cb->h_info + (size_t)i * 5;
-        in[0] = rows[i].row;
-        in[1] = (cl_int)off;
-        in[2] = (cl_int)rows[i].len;
-        in[3] = rows[i].no_repeat_ngram_size;
-        in[4] = rows[i].ban_eos ? 1 : 0;
-        for (size_t t = 0; t < rows[i].len; t++)
-            cb->h_hist[off + t] = rows[i].ids[t];
-        off += rows[i].len;
-    }
-    if ((status = write_buf(cb, cb->sel_info, true, (size_t)n * 5 * sizeof(cl_int),
-                            cb->h_info)) != KS_OK ||
-        (status = write_buf(cb, cb->sel_hist, true, hist * sizeof(cl_int), cb->h_hist)) != KS_OK)
-        return status;
-    *hist_out = hist;
-    *max_len_out = max_len;
     return KS_OK;
+}
+
+static ks_status cl_select_greedy_enqueue(ke_backend *b, const ke_select_row *rows, int n,
+                                          int32_t *ids)
+{
+    cl_backend *cb = (cl_backend *)b;
+    const ke_text_config *tc = &b->model->config.text;
+    ks_status status = KS_OK;
+    cl_stage *sg = NULL;
+    kc_profile *prof = kc_context_profile(cb->ctx);
+    if (ids == NULL)
+        return ks_fail(KS_ERR_INVALID, "select_greedy: no ids");
+    if (cb->n_outstanding >= KE_MAX_OUTSTANDING)
+        return ks_fail(KS_ERR_INVALID, "select_greedy: %d selections outstanding already",
+                       cb->n_outstanding);
+    if ((status = check_select(cb, "select_greedy", rows, n)) != KS_OK ||
+        (status = next_stage(cb, 0, (size_t)n, 0, 0, &sg)) != KS_OK)
+        return status;
+    kc_profile_scope(prof, "text step");
+    for (int i = 0; i < n; i++)
+        sg->sel[i] = (cl_int8){{rows[i].row, rows[i].slot, (cl_int)rows[i].len,
+                                rows[i].no_repeat_ngram_size, rows[i].ban_eos ? 1 : 0, 0, 0, 0}};
+    cb->selected = true; /* the bans are in the logits; fetch_logits may read rows */
+    size_t out_off = (size_t)cb->sel_at * cb->seqs * sizeof(cl_int);
+    cl_outstanding *o = &cb->outstanding[cb->n_outstanding];
+    if ((status = stage_write(cb, sg, cb->sel_info, 0, (size_t)n * sizeof(cl_int8), sg->sel)) !=
+            KS_OK ||
+        (status = ke_cl_select_greedy_slots(cb->ops, cb->logits, tc->vocab_size, cb->sel_info, n,
+                                            cb->hist, b->slot_capacity, tc->eos_id, cb->sel_out,
+                                            cb->slot_next)) != KS_OK)
+        goto cleanup;
+    /* the ids go to their own row of sel_out, so a later select cannot overwrite them before
+     * this read: copy them there on the device, then read without waiting */
+    KC_CHECK(clEnqueueCopyBuffer(kc_context_queue(cb->ctx), cb->sel_out, cb->sel_out, 0,
+                                 out_off + cb->seqs * sizeof(cl_int), (size_t)n * sizeof(cl_int),
+                                 0, NULL, NULL));
+    if ((status = kc_context_read(cb->ctx, cb->sel_out, false, out_off + cb->seqs * sizeof(cl_int),
+                                  (size_t)n * sizeof(cl_int), ids, &o->read)) != KS_OK)
+        goto cleanup;
+    o->n = n;
+    cb->n_outstanding++;
+    cb->sel_at = (cb->sel_at + 1) % KE_MAX_OUTSTANDING;
+cleanup:
+    kc_profile_scope(prof, NULL);
+    if (status != KS_OK)
+        ks_error_prefix("OpenCL select_greedy (%d sequences)", n);
+    return status;
+}
+
+static ks_status cl_wait_selected(ke_backend *b)
+{
+    cl_backend *cb = (cl_backend *)b;
+    if (cb->n_outstanding == 0)
+        return ks_fail(KS_ERR_INVALID, "wait_selected: nothing outstanding");
+    ks_status st = kc_context_wait(cb->ctx, &cb->outstanding[0].read, "ids of a selection");
+    memmove(cb->outstanding, cb->outstanding + 1,
+            (size_t)(cb->n_outstanding - 1) * sizeof *cb->outstanding);
+    cb->n_outstanding--;
+    if (st != KS_OK)
+        ks_error_prefix("OpenCL wait_selected");
+    return st;
 }
 
 static ks_status cl_select_greedy(ke_backend *b, const ke_select_row *rows, int n, int32_t *ids)
 {
     cl_backend *cb = (cl_backend *)b;
-    const ke_text_config *tc = &b->model->config.text;
-    ks_status status = KS_OK;
-    size_t hist = 0, max_len = 0;
-    if (ids == NULL)
-        return ks_fail(KS_ERR_INVALID, "select_greedy: no rows");
-    if ((status = stage_select(cb, "select_greedy", rows, n, &hist, &max_len)) != KS_OK)
-        return status;
-    cb->selected = true; /* the bans are in the logits; fetch_logits may read rows */
-    if ((status = ke_cl_select_greedy(cb->ops, cb->logits, tc->vocab_size, cb->sel_info,
-                                      cb->sel_hist, n, (int)max_len, tc->eos_id, cb->sel_out)) !=
-            KS_OK ||
-        (status = read_buf(cb, cb->sel_out, (size_t)n * sizeof(cl_int), cb->h_out)) != KS_OK) {
-        ks_error_prefix("OpenCL select_greedy (%d sequences)", n);
-        return status;
-    }
-    cb->pending = false;
-    for (int i = 0; i < n; i++)
-        ids[i] = cb->h_out[i];
-    return KS_OK;
+    ks_status st = KS_OK;
+    while (cb->n_outstanding > 0 && st == KS_OK)
+        st = cl_wait_selected(b);
+    if (st == KS_OK)
+        st = cl_select_greedy_enqueue(b, rows, n, ids);
+    if (st == KS_OK)
+        st = cl_wait_selected(b);
+    return st;
 }
 
 static ks_status grow_lists(cl_backend *cb, size_t rows, size_t cap)
@@ -729,7 +841,7 @@ static ks_status cl_select_sample(ke_backend *b, const ke_select_row *rows, int 
     const ke_text_config *tc = &b->model->config.text;
     const int V = tc->vocab_size;
     ks_status status = KS_OK;
-    size_t hist = 0, max_len = 0, n_cand = 0, cap = 0;
+    size_t n_cand = 0, cap = 0, max_len = 0;
     if (out == NULL)
         return ks_fail(KS_ERR_INVALID, "select_sample: no rows");
     for (int i = 0; i < n && rows; i++) {
@@ -742,45 +854,70 @@ static ks_status cl_select_sample(ke_backend *b, const ke_select_row *rows, int 
             n_cand++;
             cap += (size_t)rows[i].candidates;
         }
+        if (rows[i].len > max_len)
+            max_len = rows[i].len;
     }
     if (cap > (size_t)INT32_MAX / 2)
         return ks_fail(KS_ERR_LIMIT, "select_sample: %zu candidates", cap);
-    if ((status = stage_select(cb, "select_sample", rows, n, &hist, &max_len)) != KS_OK ||
+    if ((status = check_select(cb, "select_sample", rows, n)) != KS_OK ||
         (status = grow_lists(cb, n_cand, cap)) != KS_OK)
         return status;
+    while (cb->n_outstanding > 0)
+        if ((status = cl_wait_selected(b)) != KS_OK)
+            return status;
+    if ((size_t)n > cb->samp_rows) {
+        cb->samp_rows = 0;
+        free_buffer(cb, &cb->samp_info);
+        free(cb->h_sinfo);
+        cb->h_sinfo = malloc((size_t)n * 5 * sizeof(cl_int));
+        if (!cb->h_sinfo)
+            return ks_fail(KS_ERR_NOMEM, "out of memory");
+        if ((status = new_buffer(cb, CL_MEM_READ_ONLY, (size_t)n * 5 * sizeof(cl_int), NULL,
+                                 &cb->samp_info, "selection rows")) != KS_OK)
+            return status;
+        cb->samp_rows = (size_t)n;
+    }
     size_t c = 0, off = 0;
     for (int i = 0; i < n; i++) {
+        cl_int *in = cb->h_sinfo + (size_t)i * 5; /* the history is the slot's, on the device */
+        in[0] = rows[i].row;
+        in[1] = (cl_int)((size_t)rows[i].slot * (size_t)b->slot_capacity);
+        in[2] = (cl_int)rows[i].len;
+        in[3] = rows[i].no_repeat_ngram_size;
+        in[4] = rows[i].ban_eos ? 1 : 0;
         if (rows[i].candidates == 0)
             continue;
-        cl_int *in = cb->h_cinfo + c * 4;
-        in[0] = rows[i].row;
-        in[1] = rows[i].candidates;
-        in[2] = (cl_int)off;
-        memcpy(&in[3], &rows[i].tail_temperature, sizeof(float));
+        cl_int *ci = cb->h_cinfo + c * 4;
+        ci[0] = rows[i].row;
+        ci[1] = rows[i].candidates;
+        ci[2] = (cl_int)off;
+        memcpy(&ci[3], &rows[i].tail_temperature, sizeof(float));
         off += (size_t)rows[i].candidates;
         c++;
     }
     cb->selected = true; /* the bans are in the logits; fetch_logits may read rows */
-    ke_cl_select_sample_args a = {.logits = cb->logits, .vocab = V, .info = cb->sel_info,
-                                  .hist = cb->sel_hist, .n_sel = n, .max_len = (int)max_len,
+    ke_cl_select_sample_args a = {.logits = cb->logits, .vocab = V, .info = cb->samp_info,
+                                  .hist = cb->hist, .n_sel = n, .max_len = (int)max_len,
                                   .eos = tc->eos_id, .out = cb->sel_out,
                                   .cinfo = cb->cand_info, .n_cand = (int)n_cand,
                                   .cval = cb->cand_val, .cid = cb->cand_id,
                                   .cstat = cb->cand_stat};
-    if ((n_cand > 0 && (status = write_buf(cb, cb->cand_info, true, n_cand * 4 * sizeof(cl_int),
-                                           cb->h_cinfo)) != KS_OK) ||
-        (status = ke_cl_select_sample(cb->ops, &a)) != KS_OK ||
-        (status = read_buf(cb, cb->sel_out, (size_t)n * sizeof(cl_int), cb->h_out)) != KS_OK ||
+    if ((status = write_now(cb, cb->samp_info, (size_t)n * 5 * sizeof(cl_int), cb->h_sinfo)) !=
+            KS_OK ||
         (n_cand > 0 &&
-         ((status = read_buf(cb, cb->cand_stat, n_cand * 4 * sizeof(cl_ulong), cb->h_cstat)) !=
+         (status = write_now(cb, cb->cand_info, n_cand * 4 * sizeof(cl_int), cb->h_cinfo)) !=
+             KS_OK) ||
+        (status = ke_cl_select_sample(cb->ops, &a)) != KS_OK ||
+        (status = read_now(cb, cb->sel_out, 0, (size_t)n * sizeof(cl_int), cb->h_out)) != KS_OK ||
+        (n_cand > 0 &&
+         ((status = read_now(cb, cb->cand_stat, 0, n_cand * 4 * sizeof(cl_ulong), cb->h_cstat)) !=
               KS_OK ||
-          (status = read_buf(cb, cb->cand_val, cap * sizeof(float), cb->h_cval)) != KS_OK ||
-          (status = read_buf(cb, cb->cand_id, cap * sizeof(cl_int), cb->h_cid)) != KS_OK))) {
+          (status = read_now(cb, cb->cand_val, 0, cap * sizeof(float), cb->h_cval)) != KS_OK ||
+          (status = read_now(cb, cb->cand_id, 0, cap * sizeof(cl_int), cb->h_cid)) != KS_OK))) {
         ks_error_prefix("OpenCL select_sample (%d sequences, %zu lists)", n, n_cand);
         cb->logits_rows = 0;
         return status;
     }
-    cb->pending = false;
     c = 0;
     off = 0;
     for (int i = 0; i < n; i++) {
@@ -808,11 +945,7 @@ static ks_status cl_fetch_logits(ke_backend *b, int row, float *out)
     if (row < 0 || row >= cb->logits_rows || out == NULL)
         return ks_fail(KS_ERR_INVALID, "fetch_logits: row %d of %d on the device", row,
                        cb->logits_rows);
-    ks_status status = KS_OK;
-    KC_CHECK(clEnqueueReadBuffer(cb->queue, cb->logits, CL_TRUE, (size_t)row * V * 4, V * 4, out,
-                                 0, NULL, NULL));
-    cb->pending = false;
-cleanup:
+    ks_status status = read_now(cb, cb->logits, (size_t)row * V * 4, V * 4, out);
     if (status != KS_OK)
         ks_error_prefix("OpenCL fetch_logits (row %d)", row);
     return status;
@@ -827,27 +960,36 @@ static ks_status cl_copy_slot(ke_backend *b, int src, int dst)
                        b->slots - 1);
     if (src == dst)
         return KS_OK;
-    size_t row = (size_t)b->model->config.text.embed_dim * sizeof(float);
-    size_t cap = (size_t)b->slot_capacity;
-    size_t bytes = (size_t)cb->slot_len[src] * row;
-    for (int l = 0; bytes > 0 && l < b->model->config.text.layers; l++) {
-        KC_CHECK(clEnqueueCopyBuffer(cb->queue, cb->tl[l].kc, cb->tl[l].kc, (size_t)src * cap * row,
-                                     (size_t)dst * cap * row, bytes, 0, NULL, NULL));
-        KC_CHECK(clEnqueueCopyBuffer(cb->queue, cb->tl[l].vc, cb->tl[l].vc, (size_t)src * cap * row,
-                                     (size_t)dst * cap * row, bytes, 0, NULL, NULL));
+    int len = cb->slot_len[src];
+    if ((status = hold_pages(cb, dst, len)) != KS_OK)
+        return status;
+    cl_command_queue q = kc_context_queue(cb->ctx);
+    size_t row = (size_t)b->model->config.text.embed_dim * (cb->kv_half ? 2 : 4);
+    size_t page_bytes = PAGE_TOKENS * row;
+    for (int p = 0; p * PAGE_TOKENS < len; p++) {
+        size_t from = (size_t)cb->slot_pages[(size_t)src * (size_t)cb->max_pages + (size_t)p];
+        size_t to = (size_t)cb->slot_pages[(size_t)dst * (size_t)cb->max_pages + (size_t)p];
+        size_t bytes = (size_t)(len - p * PAGE_TOKENS < PAGE_TOKENS ? len - p * PAGE_TOKENS
+                                                                     : PAGE_TOKENS) * row;
+        for (int l = 0; l < b->model->config.text.layers; l++) {
+            KC_CHECK(clEnqueueCopyBuffer(q, cb->tl[l].kpool, cb->tl[l].kpool, from * page_bytes,
+                                         to * page_bytes, bytes, 0, NULL, NULL));
+            KC_CHECK(clEnqueueCopyBuffer(q, cb->tl[l].vpool, cb->tl[l].vpool, from * page_bytes,
+                                         to * page_bytes, bytes, 0, NULL, NULL));
+        }
     }
-    cb->slot_len[dst] = cb->slot_len[src];
+    size_t hist_row = (size_t)b->slot_capacity * sizeof(cl_int);
+    if (len > 0)
+        KC_CHECK(clEnqueueCopyBuffer(q, cb->hist, cb->hist, (size_t)src * hist_row,
+                                     (size_t)dst * hist_row, (size_t)len * sizeof(cl_int), 0,
+                                     NULL, NULL));
+    KC_CHECK(clEnqueueCopyBuffer(q, cb->slot_next, cb->slot_next, (size_t)src * sizeof(cl_int),
+                                 (size_t)dst * sizeof(cl_int), sizeof(cl_int), 0, NULL, NULL));
+    cb->slot_len[dst] = len;
 cleanup:
     if (status != KS_OK)
-        ks_error_prefix("OpenCL copy_slot %d -> %d (%zu bytes per layer)", src, dst, bytes);
+        ks_error_prefix("OpenCL copy_slot %d -> %d (%d tokens)", src, dst, len);
     return status;
-}
-
-static void cl_release_slot(ke_backend *b, int slot)
-{
-    cl_backend *cb = (cl_backend *)b;
-    if (slot >= 0 && slot < b->slots)
-        cb->slot_len[slot] = 0;
 }
 
 static void cl_stats(const ke_backend *b, ke_backend_stats *out)
@@ -864,23 +1006,34 @@ static void cl_stats(const ke_backend *b, ke_backend_stats *out)
 static void cl_destroy(ke_backend *b)
 {
     cl_backend *cb = (cl_backend *)b;
+    for (int i = 0; i < cb->n_outstanding; i++)
+        kc_pending_release(&cb->outstanding[i].read);
+    if (cb->ctx)
+        kc_context_finish(cb->ctx); /* staging memory is read until the queue is done */
+    for (int i = 0; i < N_STAGE; i++) {
+        kc_pending_release(&cb->stage[i].done);
+        free(cb->stage[i].plan);
+        free(cb->stage[i].gidx);
+        free(cb->stage[i].img);
+        free(cb->stage[i].pages);
+        free(cb->stage[i].sel);
+    }
     ke_cl_gemm_destroy(&cb->gemm);
     ke_cl_ops_destroy(&cb->ops);
     kc_context_destroy(&cb->ctx); /* every buffer, program and kernel */
     free(cb->vl);
     free(cb->tl);
+    free(cb->free_pages);
+    free(cb->slot_pages);
+    free(cb->slot_npages);
+    free(cb->slot_dirty);
     free(cb->slot_len);
-    free(cb->h_tok);
-    free(cb->h_arows);
-    free(cb->h_dest);
-    free(cb->h_gidx);
-    free(cb->h_info);
-    free(cb->h_hist);
     free(cb->h_out);
     free(cb->h_cinfo);
     free(cb->h_cid);
     free(cb->h_cval);
     free(cb->h_cstat);
+    free(cb->h_sinfo);
     free(cb);
 }
 
@@ -895,6 +1048,9 @@ static const ke_backend_ops cl_ops_table = {
     .stats = cl_stats,
     .select_sample = cl_select_sample,
     .fetch_logits = cl_fetch_logits,
+    .reserve = cl_reserve,
+    .select_greedy_enqueue = cl_select_greedy_enqueue,
+    .wait_selected = cl_wait_selected,
 };
 
 /* ---- construction ------------------------------------------------------------------------ */
@@ -916,40 +1072,44 @@ static ks_status check_config(const ke_config *c)
     return KS_OK;
 }
 
-static ks_status upload_weights(cl_backend *cb)
+static ks_status upload_vision(cl_backend *cb)
 {
     const ke_model *m = cb->base.model;
     const ke_config *c = &m->config;
-    const ke_text_config *tc = &c->text;
+    const ke_vision_config *vc = &c->vision;
     char name[96];
     ks_status st;
-    if ((st = upload(cb, &m->patch_embedding, "patch_embedding", &cb->patch_w)) ||
+    /* the patch embedding (hidden, channels, p, p) is a linear map of the unfolded patch */
+    ke_linear patch = {.weight = m->patch_embedding};
+    patch.weight.ndim = 2;
+    patch.weight.shape[1] = (int64_t)vc->channels * vc->patch_size * vc->patch_size;
+    if ((st = upload_one(cb, &patch, "patch_embedding", &cb->patch)) ||
         (st = upload(cb, &m->class_embedding, "class_embedding", &cb->class_emb)) ||
         (st = upload(cb, &m->position_embedding, "position_embedding", &cb->pos_emb)) ||
         (st = upload_ln(cb, &m->pre_layrnorm, "pre_layrnorm", &cb->pre_ln)) ||
         (st = upload_ln(cb, &m->post_layernorm, "post_layernorm", &cb->post_ln)))
         return st;
-    for (int l = 0; l < c->vision.layers; l++) {
+    for (int l = 0; l < vc->layers; l++) {
         const ke_vision_layer *L = &m->vision_layers[l];
         cl_vlayer *D = &cb->vl[l];
         const ke_linear *qkv[3] = {&L->q_proj, &L->k_proj, &L->v_proj};
         snprintf(name, sizeof name, "vision layer %d", l);
         if ((st = upload_ln(cb, &L->layer_norm1, name, &D->ln1)) ||
             (st = upload_ln(cb, &L->layer_norm2, name, &D->ln2)) ||
-            (st = upload_fused(cb, qkv, 3, name, &D->qkv)) ||
-            (st = upload_lin(cb, &L->out_proj, name, &D->out)) ||
-            (st = upload_lin(cb, &L->fc1, name, &D->fc1)) ||
-            (st = upload_lin(cb, &L->fc2, name, &D->fc2)))
+            (st = upload_lin(cb, qkv, 3, name, &D->qkv)) ||
+            (st = upload_one(cb, &L->out_proj, name, &D->out)) ||
+            (st = upload_one(cb, &L->fc1, name, &D->fc1)) ||
+            (st = upload_one(cb, &L->fc2, name, &D->fc2)))
             return st;
     }
     const ke_linear *xkv[2] = {&m->x_k_proj, &m->x_v_proj};
-    if ((st = upload_lin(cb, &m->dense, "image_to_text_projection.dense", &cb->dense)) ||
-        (st = upload_lin(cb, &m->x_q_proj, "x_q_proj", &cb->xq)) ||
-        (st = upload_fused(cb, xkv, 2, "x_k_proj/x_v_proj", &cb->xkv)) ||
-        (st = upload_lin(cb, &m->x_out_proj, "x_out_proj", &cb->xout)))
+    if ((st = upload_one(cb, &m->dense, "image_to_text_projection.dense", &cb->dense)) ||
+        (st = upload_one(cb, &m->x_q_proj, "x_q_proj", &cb->xq)) ||
+        (st = upload_lin(cb, xkv, 2, "x_k_proj/x_v_proj", &cb->xkv)) ||
+        (st = upload_one(cb, &m->x_out_proj, "x_out_proj", &cb->xout)))
         return st;
     /* the latent queries as f32 rows: they are copied into each image's K/V input */
-    size_t lq_n = (size_t)c->latent_query_num * (size_t)tc->embed_dim;
+    size_t lq_n = (size_t)c->latent_query_num * (size_t)c->text.embed_dim;
     float *latent = malloc(lq_n * sizeof(float));
     if (!latent)
         return ks_fail(KS_ERR_NOMEM, "out of memory");
@@ -957,17 +1117,29 @@ static ks_status upload_weights(cl_backend *cb)
     st = new_buffer(cb, CL_MEM_READ_ONLY, lq_n * sizeof(float), latent, &cb->latent,
                     "latent_query");
     free(latent);
-    if (st)
-        return st;
+    return st;
+}
 
-    if ((st = upload(cb, &m->embed_tokens, "embed_tokens", &cb->embed)))
+static ks_status upload_text(cl_backend *cb)
+{
+    const ke_model *m = cb->base.model;
+    const ke_text_config *tc = &m->config.text;
+    char name[96];
+    ks_status st;
+    ke_linear embed = {.weight = m->embed_tokens};
+    if ((st = upload_one(cb, &embed, "embed_tokens", &cb->embed)))
         return st;
-    if (m->lm_head.data == m->embed_tokens.data)
+    if (m->lm_head.data == m->embed_tokens.data) {
         cb->lm_head = cb->embed; /* tied */
-    else if ((st = upload(cb, &m->lm_head, "lm_head", &cb->lm_head)))
+    } else {
+        ke_linear head = {.weight = m->lm_head};
+        if ((st = upload_one(cb, &head, "lm_head", &cb->lm_head)))
+            return st;
+    }
+    if ((st = ke_cl_gemm_site_new(cb->gemm, "lm_head", &cb->s_lm)))
         return st;
-    size_t kv_bytes = (size_t)cb->base.slots * (size_t)cb->base.slot_capacity *
-                      (size_t)tc->embed_dim * sizeof(float);
+    size_t kv_rows = (size_t)cb->n_pages * PAGE_TOKENS;
+    size_t kv_bytes = kv_rows * (size_t)tc->embed_dim * (cb->kv_half ? 2 : 4);
     for (int l = 0; l < tc->layers; l++) {
         const ke_text_layer *L = &m->text_layers[l];
         cl_tlayer *D = &cb->tl[l];
@@ -977,15 +1149,19 @@ static ks_status upload_weights(cl_backend *cb)
             (st = upload_ln(cb, &L->inner_attn_ln, name, &D->ln_inner)) ||
             (st = upload_ln(cb, &L->final_layer_norm, name, &D->ln_final)) ||
             (st = upload_ln(cb, &L->ffn_layernorm, name, &D->ln_ffn)) ||
-            (st = upload_fused(cb, qkv, 3, name, &D->qkv)) ||
-            (st = upload_lin(cb, &L->out_proj, name, &D->out)) ||
-            (st = upload_lin(cb, &L->fc1, name, &D->fc1)) ||
-            (st = upload_lin(cb, &L->fc2, name, &D->fc2)))
+            (st = upload_lin(cb, qkv, 3, name, &D->qkv)) ||
+            (st = upload_one(cb, &L->out_proj, name, &D->out)) ||
+            (st = upload_one(cb, &L->fc1, name, &D->fc1)) ||
+            (st = upload_one(cb, &L->fc2, name, &D->fc2)) ||
+            (st = ke_cl_gemm_site_new(cb->gemm, "q/k/v", &D->s_qkv)) ||
+            (st = ke_cl_gemm_site_new(cb->gemm, "out_proj", &D->s_out)) ||
+            (st = ke_cl_gemm_site_new(cb->gemm, "fc1", &D->s_fc1)) ||
+            (st = ke_cl_gemm_site_new(cb->gemm, "fc2", &D->s_fc2)) ||
+            (st = ke_cl_ops_site(cb->ops, "paged_attention", &D->s_att)))
             return st;
-        snprintf(name, sizeof name, "text layer %d KV cache (%d slots of %d tokens)", l,
-                 cb->base.slots, cb->base.slot_capacity);
-        if ((st = new_buffer(cb, CL_MEM_READ_WRITE, kv_bytes, NULL, &D->kc, name)) ||
-            (st = new_buffer(cb, CL_MEM_READ_WRITE, kv_bytes, NULL, &D->vc, name)))
+        snprintf(name, sizeof name, "text layer %d KV cache (%zu tokens)", l, kv_rows);
+        if ((st = new_buffer(cb, CL_MEM_READ_WRITE, kv_bytes, NULL, &D->kpool, name)) ||
+            (st = new_buffer(cb, CL_MEM_READ_WRITE, kv_bytes, NULL, &D->vpool, name)))
             return st;
     }
     if ((st = upload_ln(cb, &m->final_layer_norm, "text layer_norm", &cb->final_ln)))
@@ -999,7 +1175,45 @@ static ks_status upload_weights(cl_backend *cb)
     free(freq);
     if (st)
         return st;
+    int slots = cb->base.slots;
+    if ((st = new_buffer(cb, CL_MEM_READ_WRITE,
+                         (size_t)slots * (size_t)cb->max_pages * sizeof(cl_int), NULL, &cb->pages,
+                         "KV page table")) ||
+        (st = new_buffer(cb, CL_MEM_READ_WRITE,
+                         (size_t)slots * (size_t)cb->base.slot_capacity * sizeof(cl_int), NULL,
+                         &cb->hist, "id histories")) ||
+        (st = new_buffer(cb, CL_MEM_READ_WRITE, (size_t)slots * sizeof(cl_int), NULL,
+                         &cb->slot_next, "next tokens")))
+        return st;
     return new_buffer(cb, CL_MEM_READ_ONLY, 16, NULL, &cb->dummy, "placeholder");
+}
+
+/* The page bookkeeping for `kv_tokens` tokens in all, on `device`. */
+static ks_status init_pages(cl_backend *cb, size_t kv_tokens, const kc_device_info *device)
+{
+    int slots = cb->base.slots;
+    cb->max_pages = (int)ceil_div((size_t)cb->base.slot_capacity, PAGE_TOKENS);
+    size_t pages = ceil_div(kv_tokens, PAGE_TOKENS);
+    double layer_bytes = (double)pages * PAGE_TOKENS *
+                         (double)cb->base.model->config.text.embed_dim * (cb->kv_half ? 2 : 4);
+    if (pages < 1 || pages > (size_t)INT32_MAX / PAGE_TOKENS ||
+        layer_bytes > (double)device->max_alloc_bytes)
+        return ks_fail(KS_ERR_LIMIT, "a KV cache of %zu tokens needs %.0f bytes per layer for K "
+                       "(as many for V), more than the device's largest allocation of %llu bytes "
+                       "(fewer --slots or a smaller --context)",
+                       kv_tokens, layer_bytes, (unsigned long long)device->max_alloc_bytes);
+    cb->n_pages = (int)pages;
+    cb->free_pages = malloc(pages * sizeof(int));
+    cb->slot_pages = calloc((size_t)slots * (size_t)cb->max_pages, sizeof(int));
+    cb->slot_npages = calloc((size_t)slots, sizeof(int));
+    cb->slot_dirty = calloc((size_t)slots, sizeof(bool));
+    cb->slot_len = calloc((size_t)slots, sizeof(int));
+    if (!cb->free_pages || !cb->slot_pages || !cb->slot_npages || !cb->slot_dirty || !cb->slot_len)
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
+    for (int p = 0; p < cb->n_pages; p++)
+        cb->free_pages[p] = cb->n_pages - 1 - p; /* page 0 is handed out first */
+    cb->n_free = cb->n_pages;
+    return KS_OK;
 }
 
 ke_backend *ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
@@ -1028,32 +1242,46 @@ ke_backend *ke_backend_cl_new(const ke_model *model, const kc_device_info *devic
     cb->base.slots = options->slots;
     cb->base.slot_capacity = options->slot_capacity;
     cb->resampler_full = options->resampler_full_attention;
+    cb->kv_half = options->kv_half;
     cb->wdt = model->storage;
     cb->vl = calloc((size_t)(model->config.vision.layers ? model->config.vision.layers : 1),
                     sizeof *cb->vl);
     cb->tl = calloc((size_t)(model->config.text.layers ? model->config.text.layers : 1),
                     sizeof *cb->tl);
-    cb->slot_len = calloc((size_t)options->slots, sizeof(int));
-    if (!cb->vl || !cb->tl || !cb->slot_len) {
+    /* by default every slot can hold slot_capacity tokens at once (whole pages each) */
+    size_t kv_tokens = options->kv_tokens
+                           ? options->kv_tokens
+                           : (size_t)options->slots *
+                                 (ceil_div((size_t)options->slot_capacity, PAGE_TOKENS) *
+                                  PAGE_TOKENS);
+    if (!cb->vl || !cb->tl) {
         ks_fail(KS_ERR_NOMEM, "out of memory");
         goto fail;
     }
+    if (init_pages(cb, kv_tokens, device) != KS_OK)
+        goto fail;
     kc_context_params params;
     kc_context_params_init(&params);
+    params.profiling = options->profiling;
     if (kc_context_new(device, &params, &cb->ctx) != KS_OK)
         goto fail;
-    cb->queue = kc_context_queue(cb->ctx);
     if ((cb->gemm = ke_cl_gemm_new(cb->ctx)) == NULL ||
         (cb->ops = ke_cl_ops_new(cb->ctx, cb->wdt)) == NULL)
         goto fail;
-    if (upload_weights(cb) != KS_OK)
+    if (upload_vision(cb) != KS_OK || upload_text(cb) != KS_OK)
         goto fail;
     if (kc_context_finish(cb->ctx) != KS_OK)
         goto fail;
+    kc_profile_reset(kc_context_profile(cb->ctx)); /* the profile starts with the first call */
     return &cb->base;
 
 fail:
     ks_error_prefix("OpenCL backend on device %zu '%s'", device->index, device->name);
     cl_destroy(&cb->base);
     return NULL;
+}
+
+kc_context *ke_backend_cl_context(ke_backend *b)
+{
+    return b && b->ops == &cl_ops_table ? ((cl_backend *)b)->ctx : NULL;
 }

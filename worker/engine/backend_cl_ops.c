@@ -11,11 +11,18 @@
 
 #include <string.h>
 
+#include "cl_gemm.h"
 #include "kc_error.h"
 #include "kc_program.h"
 
-enum { K_LAYER_NORM, K_ACTIVATION, K_L2, K_UNFOLD, K_VISION_EMBED, K_TEXT_EMBED, K_KV_STORE,
-       K_GATHER, K_ATTENTION, K_NGRAM_BAN, K_ARGMAX, K_TOPK, K_COUNT };
+enum { K_LAYER_NORM, K_ACTIVATION, K_L2, K_UNFOLD, K_VISION_EMBED, K_ATTENTION, K_NGRAM_BAN,
+       K_ARGMAX, K_TOPK, K_COUNT };
+
+/* The text decoder's kernels run every step from one call site each: kernel objects of their
+ * own that keep their arguments (kc_bound), so a step sets only what changed. */
+enum { B_EMBED, B_PAGED_ATTENTION, B_SELECT_SLOTS, B_COUNT };
+static const char *const bound_names[B_COUNT] = {"decoder_embed", "paged_attention",
+                                                 "select_greedy_slots"};
 
 typedef struct prog_spec {
     const char *file;
@@ -25,23 +32,25 @@ typedef struct prog_spec {
 } prog_spec;
 
 static const char *const kernel_names[K_COUNT] = {
-    "layer_norm", "activation", "l2_normalize", "unfold_patches", "vision_embed", "text_embed",
-    "kv_store",   "gather_rows", "attention",   "ngram_ban",      "argmax_rows",
-    "topk_rows"};
+    "layer_norm", "activation", "l2_normalize", "unfold_patches", "vision_embed",
+    "attention",  "ngram_ban",  "argmax_rows",  "topk_rows"};
 
-enum { P_LAYER_NORM, P_OPS, P_ATTENTION, P_SELECT, P_COUNT };
+enum { P_LAYER_NORM, P_OPS, P_ATTENTION, P_SELECT, P_DECODER, P_COUNT };
 
 static const prog_spec programs[P_COUNT] = {
     {"layer_norm.cl", 256, true, K_LAYER_NORM, 1},
-    {"ops.cl", 64, true, K_ACTIVATION, 7},
+    {"ops.cl", 64, true, K_ACTIVATION, 4},
     {"attention.cl", 64, false, K_ATTENTION, 1},
     {"select.cl", 64, false, K_NGRAM_BAN, 3},
+    {"decoder.cl", 64, true, 0, 0},
 };
 
 struct ke_cl_ops {
     kc_context *ctx; /* borrowed */
+    ke_dtype weight_dtype;
     cl_command_queue queue;
     cl_kernel k[K_COUNT];
+    kc_bound *bound[B_COUNT];
     size_t wg[P_COUNT];
     uint64_t local_mem;
 };
@@ -59,6 +68,21 @@ static size_t round_up(size_t v, size_t m)
     return (v + m - 1) / m * m;
 }
 
+/* Lowers *fit to the work-group size the device allows for kernel k. */
+static ks_status kernel_limit(const kc_device_info *dev, cl_kernel k, const char *name,
+                              size_t *fit)
+{
+    size_t kmax = 0;
+    cl_int err = clGetKernelWorkGroupInfo(k, dev->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax,
+                                          &kmax, NULL);
+    if (err != CL_SUCCESS)
+        return ks_fail(KS_ERR_DEVICE, "clGetKernelWorkGroupInfo(%s) failed: %s (%d)", name,
+                       kc_error_name(err), (int)err);
+    if (kmax < *fit)
+        *fit = kmax;
+    return KS_OK;
+}
+
 /* Builds program `p` with the largest work-group size every one of its kernels accepts. */
 static ks_status build(ke_cl_ops *o, int p, ke_dtype dt)
 {
@@ -68,10 +92,14 @@ static ks_status build(ke_cl_ops *o, int p, ke_dtype dt)
     if (dev->max_work_group_size > 0 && dev->max_work_group_size < wg)
         wg = floor_pow2(dev->max_work_group_size);
     for (;;) {
-        char opts[128];
-        if (s->weights)
-            snprintf(opts, sizeof opts, "-DWG_SIZE=%zu -DWEIGHT_HALF=%d", wg,
-                     dt == KE_DTYPE_F16 ? 1 : 0);
+        char opts[160];
+        int half = dt == KE_DTYPE_F16 ? 1 : 0;
+        if (p == P_DECODER)
+            snprintf(opts, sizeof opts,
+                     "-DEMB_NT=%zu -DAT_NT=%zu -DSEL_NT=%zu -DWEIGHT_HALF=%d -DSTAT_SB=%d", wg, wg,
+                     wg, half, KE_CL_STAT_SB);
+        else if (s->weights)
+            snprintf(opts, sizeof opts, "-DWG_SIZE=%zu -DWEIGHT_HALF=%d", wg, half);
         else
             snprintf(opts, sizeof opts, "-DWG_SIZE=%zu", wg);
         kc_program *prog = NULL;
@@ -80,16 +108,15 @@ static ks_status build(ke_cl_ops *o, int p, ke_dtype dt)
             return st;
         size_t fit = wg;
         for (int i = s->first; i < s->first + s->count; i++) {
-            if ((st = kc_program_kernel(prog, kernel_names[i], &o->k[i])) != KS_OK)
+            if ((st = kc_program_kernel(prog, kernel_names[i], &o->k[i])) != KS_OK ||
+                (st = kernel_limit(dev, o->k[i], kernel_names[i], &fit)) != KS_OK)
                 return st;
-            size_t kmax = 0;
-            cl_int err = clGetKernelWorkGroupInfo(o->k[i], dev->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                                  sizeof kmax, &kmax, NULL);
-            if (err != CL_SUCCESS)
-                return ks_fail(KS_ERR_DEVICE, "clGetKernelWorkGroupInfo(%s) failed: %s (%d)",
-                               kernel_names[i], kc_error_name(err), (int)err);
-            if (kmax < fit)
-                fit = kmax;
+        }
+        for (int b = 0; p == P_DECODER && b < B_COUNT; b++) {
+            if ((st = kc_bound_new(prog, bound_names[b], &o->bound[b])) != KS_OK ||
+                (st = kernel_limit(dev, kc_bound_kernel(o->bound[b]), bound_names[b], &fit)) !=
+                    KS_OK)
+                return st;
         }
         if (fit >= wg) {
             o->wg[p] = wg;
@@ -110,6 +137,7 @@ ke_cl_ops *ke_cl_ops_new(kc_context *ctx, ke_dtype weight_dtype)
         return NULL;
     }
     o->ctx = ctx;
+    o->weight_dtype = weight_dtype;
     o->queue = kc_context_queue(ctx);
     o->local_mem = kc_context_device(ctx)->local_mem_bytes;
     for (int p = 0; p < P_COUNT; p++) {
@@ -143,13 +171,10 @@ size_t ke_cl_ops_wg_size(const ke_cl_ops *o)
 
 #define FITS_INT(v) ((v) <= (size_t)INT_MAX)
 
-static ks_status run(ke_cl_ops *o, cl_kernel k, cl_uint dims, const size_t *global,
-                     const size_t *local)
+static ks_status run(ke_cl_ops *o, cl_kernel k, const char *name, cl_uint dims,
+                     const size_t *global, const size_t *local, const kc_cost *cost)
 {
-    ks_status status = KS_OK;
-    KC_CHECK(clEnqueueNDRangeKernel(o->queue, k, dims, NULL, global, local, 0, NULL, NULL));
-cleanup:
-    return status;
+    return kc_context_launch(o->ctx, k, name, dims, global, local, cost);
 }
 
 ks_status ke_cl_layer_norm(ke_cl_ops *o, cl_mem x, size_t rows, size_t dim, cl_mem w, cl_mem b,
@@ -170,7 +195,7 @@ ks_status ke_cl_layer_norm(ke_cl_ops *o, cl_mem x, size_t rows, size_t dim, cl_m
     ARG(k, 4, (cl_int)dim);
     ARG(k, 5, (cl_float)eps);
     size_t local = o->wg[P_LAYER_NORM], global = rows * local;
-    status = run(o, k, 1, &global, &local);
+    status = run(o, k, "layer_norm", 1, &global, &local, NULL);
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel layer_norm (rows %zu, dim %zu)", rows, dim);
@@ -191,7 +216,7 @@ ks_status ke_cl_activation(ke_cl_ops *o, cl_mem x, size_t n, ke_activation act)
     ARG(k, 1, (cl_int)n);
     ARG(k, 2, (cl_int)act);
     size_t global = round_up(n, 64);
-    status = run(o, k, 1, &global, NULL);
+    status = run(o, k, "activation", 1, &global, NULL, NULL);
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel activation (n %zu, act %d)", n, (int)act);
@@ -212,7 +237,7 @@ ks_status ke_cl_l2_normalize(ke_cl_ops *o, cl_mem x, size_t rows, size_t dim, fl
     ARG(k, 1, (cl_int)dim);
     ARG(k, 2, (cl_float)eps);
     size_t local = o->wg[P_OPS], global = rows * local;
-    status = run(o, k, 1, &global, &local);
+    status = run(o, k, "l2_normalize", 1, &global, &local, NULL);
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel l2_normalize (rows %zu, dim %zu)", rows, dim);
@@ -239,7 +264,7 @@ ks_status ke_cl_unfold_patches(ke_cl_ops *o, cl_mem pixels, int n, int channels,
     ARG(k, 4, (cl_int)patch);
     ARG(k, 5, (cl_int)total);
     size_t global = round_up(total, 64);
-    status = run(o, k, 1, &global, NULL);
+    status = run(o, k, "unfold_patches", 1, &global, NULL, NULL);
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel unfold_patches (%d images, %d channels, size %d, patch %d)", n,
@@ -267,89 +292,10 @@ ks_status ke_cl_vision_embed(ke_cl_ops *o, cl_mem patch_out, cl_mem cls, cl_mem 
     ARG(k, 5, (cl_int)hid);
     ARG(k, 6, (cl_int)total);
     size_t global = round_up(total, 64);
-    status = run(o, k, 1, &global, NULL);
+    status = run(o, k, "vision_embed", 1, &global, NULL, NULL);
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel vision_embed (%d images, seq %d, hidden %d)", n, seq, hid);
-    return status;
-}
-
-ks_status ke_cl_text_embed(ke_cl_ops *o, cl_mem table, cl_mem tok, size_t n, cl_mem image_rows,
-                           cl_mem freq, float scale, int pad, int dim, cl_mem out)
-{
-    ks_status status = KS_OK;
-    cl_kernel k = o->k[K_TEXT_EMBED];
-    if (n == 0)
-        return KS_OK;
-    if (!FITS_INT(n) || dim < 1) {
-        status = ks_fail(KS_ERR_INVALID, "bad sizes");
-        goto cleanup;
-    }
-    ARG(k, 0, table);
-    ARG(k, 1, tok);
-    ARG(k, 2, image_rows);
-    ARG(k, 3, freq);
-    ARG(k, 4, out);
-    ARG(k, 5, (cl_int)dim);
-    ARG(k, 6, (cl_int)n);
-    ARG(k, 7, (cl_float)scale);
-    ARG(k, 8, (cl_int)pad);
-    size_t global[2] = {round_up((size_t)dim, 16), n};
-    status = run(o, k, 2, global, NULL);
-cleanup:
-    if (status != KS_OK)
-        ks_error_prefix("kernel text_embed (%zu tokens, dim %d)", n, dim);
-    return status;
-}
-
-ks_status ke_cl_kv_store(ke_cl_ops *o, cl_mem qkv, int ld, int k_col, int v_col, cl_mem kc,
-                         cl_mem vc, cl_mem dest, int width, size_t n)
-{
-    ks_status status = KS_OK;
-    cl_kernel k = o->k[K_KV_STORE];
-    if (n == 0)
-        return KS_OK;
-    if (!FITS_INT(n) || width < 1) {
-        status = ks_fail(KS_ERR_INVALID, "bad sizes");
-        goto cleanup;
-    }
-    ARG(k, 0, qkv);
-    ARG(k, 1, (cl_int)ld);
-    ARG(k, 2, (cl_int)k_col);
-    ARG(k, 3, (cl_int)v_col);
-    ARG(k, 4, kc);
-    ARG(k, 5, vc);
-    ARG(k, 6, dest);
-    ARG(k, 7, (cl_int)width);
-    ARG(k, 8, (cl_int)n);
-    size_t global[2] = {round_up((size_t)width, 16), n};
-    status = run(o, k, 2, global, NULL);
-cleanup:
-    if (status != KS_OK)
-        ks_error_prefix("kernel kv_store (%zu rows, width %d)", n, width);
-    return status;
-}
-
-ks_status ke_cl_gather_rows(ke_cl_ops *o, cl_mem src, cl_mem idx, size_t n, int width, cl_mem dst)
-{
-    ks_status status = KS_OK;
-    cl_kernel k = o->k[K_GATHER];
-    if (n == 0)
-        return KS_OK;
-    if (!FITS_INT(n) || width < 1) {
-        status = ks_fail(KS_ERR_INVALID, "bad sizes");
-        goto cleanup;
-    }
-    ARG(k, 0, src);
-    ARG(k, 1, idx);
-    ARG(k, 2, dst);
-    ARG(k, 3, (cl_int)width);
-    ARG(k, 4, (cl_int)n);
-    size_t global[2] = {round_up((size_t)width, 16), n};
-    status = run(o, k, 2, global, NULL);
-cleanup:
-    if (status != KS_OK)
-        ks_error_prefix("kernel gather_rows (%zu rows, width %d)", n, width);
     return status;
 }
 
@@ -389,7 +335,7 @@ ks_status ke_cl_attention(ke_cl_ops *o, const ke_cl_attention_args *a)
     KC_CHECK(clSetKernelArg(k, 14, (size_t)a->head_dim * sizeof(float), NULL));
     KC_CHECK(clSetKernelArg(k, 15, (size_t)a->head_dim * sizeof(float), NULL));
     size_t global = a->n_rows * (size_t)a->heads * wg;
-    status = run(o, k, 1, &global, &wg);
+    status = run(o, k, "attention", 1, &global, &wg, NULL);
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel attention (%zu rows, %d heads, head_dim %d, work-group %zu)",
@@ -412,7 +358,7 @@ ks_status ke_cl_select_greedy(ke_cl_ops *o, cl_mem logits, int vocab, cl_mem inf
     ARG(k, 4, (cl_int)n_sel);
     ARG(k, 5, (cl_int)eos);
     size_t g2[2] = {round_up(max_len > 0 ? (size_t)max_len : 1, 16), (size_t)n_sel};
-    if ((status = run(o, k, 2, g2, NULL)) != KS_OK)
+    if ((status = run(o, k, "ngram_ban", 2, g2, NULL, NULL)) != KS_OK)
         goto cleanup;
     which = "argmax_rows";
     k = o->k[K_ARGMAX];
@@ -421,7 +367,7 @@ ks_status ke_cl_select_greedy(ke_cl_ops *o, cl_mem logits, int vocab, cl_mem inf
     ARG(k, 2, info);
     ARG(k, 3, out);
     size_t local = o->wg[P_SELECT], global = (size_t)n_sel * local;
-    status = run(o, k, 1, &global, &local);
+    status = run(o, k, "argmax_rows", 1, &global, &local, NULL);
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel %s (%d sequences, vocab %d, longest %d ids)", which, n_sel, vocab,
@@ -447,10 +393,139 @@ ks_status ke_cl_select_sample(ke_cl_ops *o, const ke_cl_select_sample_args *a)
     ARG(k, 4, a->cid);
     ARG(k, 5, a->cstat);
     size_t local = o->wg[P_SELECT], global = (size_t)a->n_cand * local;
-    status = run(o, k, 1, &global, &local);
+    status = run(o, k, "topk_rows", 1, &global, &local, NULL);
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel %s (%d lists, vocab %d)", which, a->n_cand, a->vocab);
+    return status;
+}
+
+/* ---- the text decoder --------------------------------------------------------------------- */
+
+#define BARG(b, i, value)                                                                          \
+    do {                                                                                           \
+        __typeof__(value) barg_ = (value);                                                         \
+        if ((status = kc_bound_arg((b), (i), sizeof barg_, &barg_)) != KS_OK)                     \
+            goto cleanup;                                                                          \
+    } while (0)
+
+ks_status ke_cl_ops_site(ke_cl_ops *o, const char *kernel_name, kc_bound **out)
+{
+    kc_program *prog = NULL;
+    char opts[160];
+    size_t wg = o->wg[P_DECODER];
+    snprintf(opts, sizeof opts, "-DEMB_NT=%zu -DAT_NT=%zu -DSEL_NT=%zu -DWEIGHT_HALF=%d -DSTAT_SB=%d",
+             wg, wg, wg, o->weight_dtype == KE_DTYPE_F16 ? 1 : 0, KE_CL_STAT_SB);
+    ks_status st = kc_program_get(o->ctx, "decoder.cl", opts, &prog);
+    if (st == KS_OK)
+        st = kc_bound_new(prog, kernel_name, out);
+    return st;
+}
+
+ks_status ke_cl_decoder_embed(ke_cl_ops *o, const ke_cl_decoder_embed_args *a)
+{
+    ks_status status = KS_OK;
+    kc_bound *b = o->bound[B_EMBED];
+    if (a->n_tokens == 0)
+        return KS_OK;
+    if (!FITS_INT(a->n_tokens) || a->dim < 1 || !FITS_INT(a->ldv)) {
+        status = ks_fail(KS_ERR_INVALID, "bad sizes");
+        goto cleanup;
+    }
+    cl_int stats_nb = (a->dim + KE_CL_STAT_SB - 1) / KE_CL_STAT_SB;
+    BARG(b, 0, a->plan);
+    BARG(b, 1, a->table);
+    BARG(b, 2, (cl_int)a->ldv);
+    BARG(b, 3, a->image_rows);
+    BARG(b, 4, a->freq);
+    BARG(b, 5, (cl_float)a->scale);
+    BARG(b, 6, (cl_int)a->pad);
+    BARG(b, 7, (cl_int)a->dim);
+    BARG(b, 8, a->slot_next);
+    BARG(b, 9, a->pages);
+    BARG(b, 10, (cl_int)a->max_pages);
+    BARG(b, 11, (cl_int)a->page_tokens);
+    BARG(b, 12, a->hist);
+    BARG(b, 13, (cl_int)a->hist_cap);
+    BARG(b, 14, a->x);
+    BARG(b, 15, a->x_stats);
+    BARG(b, 16, stats_nb);
+    BARG(b, 17, a->tokrow);
+    if ((status = kc_bound_arg(b, 18, (size_t)a->dim * sizeof(float), NULL)) != KS_OK)
+        goto cleanup;
+    size_t local = o->wg[P_DECODER], global = a->n_tokens * local;
+    kc_cost cost = {.bytes = (double)a->n_tokens * (double)a->dim * 12.0};
+    status = run(o, kc_bound_kernel(b), "decoder_embed", 1, &global, &local, &cost);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel decoder_embed (%zu tokens, dim %d)", a->n_tokens, a->dim);
+    return status;
+}
+
+ks_status ke_cl_paged_attention(ke_cl_ops *o, kc_bound *site, const ke_cl_paged_attention_args *a)
+{
+    ks_status status = KS_OK;
+    kc_bound *b = site ? site : o->bound[B_PAGED_ATTENTION];
+    size_t wg = o->wg[P_DECODER];
+    if (a->n_tokens == 0)
+        return KS_OK;
+    if (a->heads < 1 || a->head_dim < 1 || a->n_tokens > (size_t)INT_MAX / (size_t)a->heads) {
+        status = ks_fail(KS_ERR_INVALID, "sizes out of range");
+        goto cleanup;
+    }
+    size_t local_bytes = (3 * wg + 2 * (size_t)a->head_dim) * sizeof(float);
+    if (o->local_mem > 0 && local_bytes > o->local_mem) {
+        status = ks_fail(KS_ERR_UNSUPPORTED, "needs %zu bytes of local memory, the device has %llu",
+                         local_bytes, (unsigned long long)o->local_mem);
+        goto cleanup;
+    }
+    BARG(b, 0, a->q);
+    BARG(b, 1, a->kpool);
+    BARG(b, 2, a->vpool);
+    BARG(b, 3, (cl_int)a->kv_half);
+    BARG(b, 4, a->tokrow);
+    BARG(b, 5, a->pages);
+    BARG(b, 6, (cl_int)a->max_pages);
+    BARG(b, 7, (cl_int)a->page_tokens);
+    BARG(b, 8, a->out);
+    BARG(b, 9, a->out_stats);
+    BARG(b, 10, (cl_int)a->heads);
+    BARG(b, 11, (cl_int)a->head_dim);
+    BARG(b, 12, (cl_float)a->scale);
+    if ((status = kc_bound_arg(b, 13, (size_t)a->head_dim * sizeof(float), NULL)) != KS_OK ||
+        (status = kc_bound_arg(b, 14, (size_t)a->head_dim * sizeof(float), NULL)) != KS_OK)
+        goto cleanup;
+    size_t global = a->n_tokens * (size_t)a->heads * wg;
+    status = run(o, kc_bound_kernel(b), "paged_attention", 1, &global, &wg, NULL);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel paged_attention (%zu tokens, %d heads, head_dim %d)", a->n_tokens,
+                        a->heads, a->head_dim);
+    return status;
+}
+
+ks_status ke_cl_select_greedy_slots(ke_cl_ops *o, cl_mem logits, int vocab, cl_mem info, int n,
+                                    cl_mem hist, int hist_cap, int eos, cl_mem out,
+                                    cl_mem slot_next)
+{
+    ks_status status = KS_OK;
+    kc_bound *b = o->bound[B_SELECT_SLOTS];
+    if (n <= 0)
+        return KS_OK;
+    BARG(b, 0, logits);
+    BARG(b, 1, (cl_int)vocab);
+    BARG(b, 2, info);
+    BARG(b, 3, hist);
+    BARG(b, 4, (cl_int)hist_cap);
+    BARG(b, 5, (cl_int)eos);
+    BARG(b, 6, out);
+    BARG(b, 7, slot_next);
+    size_t local = o->wg[P_DECODER], global = (size_t)n * local;
+    kc_cost cost = {.bytes = (double)n * (double)vocab * 4.0};
+    status = run(o, kc_bound_kernel(b), "select_greedy_slots", 1, &global, &local, &cost);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel select_greedy_slots (%d sequences, vocab %d)", n, vocab);
     return status;
 }
 

@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 #include "kc_context.h"
+#include "kc_program.h"
 #include "ks_error.h"
 #include "backend.h"
 #include "model.h"
@@ -43,20 +44,6 @@ ks_status ke_cl_unfold_patches(ke_cl_ops *o, cl_mem pixels, int n, int channels,
  * patch_out (n·(seq-1), hid) f32; cls (hid), pos (seq, hid) weights. */
 ks_status ke_cl_vision_embed(ke_cl_ops *o, cl_mem patch_out, cl_mem cls, cl_mem pos, int n,
                              int seq, int hid, cl_mem x);
-
-/* out (n, dim) text input embeddings (ke_op_text_embed): tok (n) cl_int4 (id, position, image
- * row or -1, 0); image_rows (rows, dim) f32 (any valid buffer when no token uses it); freq
- * (dim / 2) from ke_op_sinusoid_freqs; table (vocab, dim) weights. */
-ks_status ke_cl_text_embed(ke_cl_ops *o, cl_mem table, cl_mem tok, size_t n, cl_mem image_rows,
-                           cl_mem freq, float scale, int pad, int dim, cl_mem out);
-
-/* Copies, for each of n rows t of qkv (n, ld), columns [k_col, k_col + width) to row dest[t]
- * of kc and [v_col, v_col + width) to row dest[t] of vc (both (rows, width)). dest: n cl_int. */
-ks_status ke_cl_kv_store(ke_cl_ops *o, cl_mem qkv, int ld, int k_col, int v_col, cl_mem kc,
-                         cl_mem vc, cl_mem dest, int width, size_t n);
-
-/* dst (n, width) row r = src row idx[r]. idx: n cl_int. */
-ks_status ke_cl_gather_rows(ke_cl_ops *o, cl_mem src, cl_mem idx, size_t n, int width, cl_mem dst);
 
 /* Attention (ke_op_attention, see kernels/attention.cl): rows (n_rows) cl_int4 (q row, first
  * key row, key count, 0) says what each output row sees. Offsets and strides in floats. */
@@ -103,6 +90,57 @@ ks_status ke_cl_select_sample(ke_cl_ops *o, const ke_cl_select_sample_args *a);
  * (values/ids untouched). */
 void ke_cl_sample_stat_decode(const cl_ulong stat[4], int vocab, float tail_temperature,
                               ke_select_out *out);
+
+/* ---- the text decoder over the paged KV cache (kernels/decoder.cl) ----------------------- */
+
+/* The step's input rows (ke_op_text_embed from the step plan), their LayerNorm statistics
+ * (blocks of KE_CL_STAT_SB), each token's cache row (tokrow) and the slots' id histories. */
+typedef struct ke_cl_decoder_embed_args {
+    cl_mem plan;         /* (n_tokens) cl_int8, kernels/decoder.cl */
+    size_t n_tokens;
+    cl_mem table;        /* the transposed embedding Wt (dim, ldv) */
+    size_t ldv;
+    cl_mem image_rows;   /* (rows, dim) f32; any valid buffer when no token uses it */
+    cl_mem freq;         /* (dim / 2) ke_op_sinusoid_freqs */
+    float scale;
+    int pad, dim;
+    cl_mem slot_next, pages;
+    int max_pages, page_tokens;
+    cl_mem hist;
+    int hist_cap;
+    cl_mem x, x_stats, tokrow; /* outputs */
+} ke_cl_decoder_embed_args;
+
+ks_status ke_cl_decoder_embed(ke_cl_ops *o, const ke_cl_decoder_embed_args *a);
+
+/* Attention of n_tokens new tokens over their slots' cached keys (ke_op_attention with the
+ * decoder's causal rows), and per head the statistics of the output for inner_attn_ln. `site`
+ * (may be NULL) is a kernel object of the caller's (ke_cl_ops_site: one per layer keeps the
+ * arguments set across steps). */
+typedef struct ke_cl_paged_attention_args {
+    cl_mem q;            /* (n_tokens, heads * head_dim) */
+    cl_mem kpool, vpool; /* the layer's cache rows, f32 or half */
+    bool kv_half;
+    cl_mem tokrow, pages;
+    int max_pages, page_tokens;
+    cl_mem out, out_stats; /* (n_tokens, heads * head_dim) f32, (n_tokens, heads) cl_float2 */
+    size_t n_tokens;
+    int heads, head_dim;
+    float scale;
+} ke_cl_paged_attention_args;
+
+ks_status ke_cl_paged_attention(ke_cl_ops *o, kc_bound *site, const ke_cl_paged_attention_args *a);
+
+/* Greedy selection of n rows from the device histories: info (n) cl_int8 (logits row, slot,
+ * length, ngram size, ban_eos, 0, 0, 0); bans written into logits; ids into out (n) and into
+ * slot_next[slot]. */
+ks_status ke_cl_select_greedy_slots(ke_cl_ops *o, cl_mem logits, int vocab, cl_mem info, int n,
+                                    cl_mem hist, int hist_cap, int eos, cl_mem out,
+                                    cl_mem slot_next);
+
+/* A kernel object of the decoder program for a call site of the caller's ("paged_attention"),
+ * owned by the context. */
+ks_status ke_cl_ops_site(ke_cl_ops *o, const char *kernel_name, kc_bound **out);
 
 /* The work-group size chosen for each family (for notes and tests). */
 size_t ke_cl_ops_wg_size(const ke_cl_ops *o);

@@ -228,6 +228,11 @@ static ks_status ref_forward(ke_backend *b, const ke_step *step, float *logits)
     size_t total = 0;
 
     ks_status st = ke_step_check(&rb->base, step, rb->slot_len, &total);
+    if (st == KS_OK && step->from_device)
+        for (int s = 0; s < step->n_seqs; s++)
+            if (step->from_device[s])
+                return ks_fail(KS_ERR_UNSUPPORTED, "forward: the reference backend selects on "
+                               "the host; it keeps no token on a device");
     if (st != KS_OK)
         return st;
     if ((st = grow_scratch(rb, total)) != KS_OK)

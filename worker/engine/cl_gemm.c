@@ -1,8 +1,7 @@
-/* cl_gemm: the GEMM seam of the OpenCL engine (see cl_gemm.h): argument checks, the choice of
- * kernel per shape, and the per-device tunables. The kernels are kernels/gemm.cl; the numbers
- * behind the choices are in docs/gemm.md. CLBlast (optional, KOSMOS_HAVE_CLBLAST) is offered as
- * the variant "clblast" for f32 weights, for comparison; the automatic choice never uses it
- * (see docs/gemm.md for why). */
+/* cl_gemm: the GEMM seam of the OpenCL engine (see cl_gemm.h): the transposed weight layout and
+ * its upload, argument checks, the choice of kernel per m, the canonical chunking per shape, and
+ * the per-device tunables. The kernels are kernels/gemm.cl; the numbers behind the choices are
+ * in docs/gemm.md. */
 #include "cl_gemm.h"
 
 #include <stddef.h>
@@ -12,32 +11,27 @@
 #include <string.h>
 
 #include "kc_error.h"
-#include "kc_program.h"
-
-#ifdef KOSMOS_HAVE_CLBLAST
-#include <clblast_c.h>
-#endif
 
 #define GEMM_FILE "gemm.cl"
+#define UPLOAD_BLOCK_BYTES ((size_t)4 << 20) /* host memory an upload holds at a time */
 
-/* Per-device tunables (the -D options of gemm.cl, documented there) and the crossover between
- * the small-m dot kernels and the tiled kernel, chosen from the device type and vendor. */
+/* Per-device tunables: the -D options of gemm.cl (documented there), the largest m the rows
+ * kernel serves (above it gemm_tiles), and the parallelism the chunking aims for. */
 typedef struct gemm_tune {
     const char *label;
-    int dot_vw, dot_lanes, dot_cols, dot_cpi, dot_max_r;
+    int rows_nt, rows_xk, rows_stage, rows_split;
     int tile_m, tile_n, tile_k, wpt_m, wpt_n;
-    size_t dot_max_m; /* m <= this: gemm_dot_rR; above: gemm_tiled */
+    int rows_max_m;   /* m <= this: gemm_rowsR; above: gemm_tiles */
+    int groups_goal;  /* GPUs: enough groups per product; 0 = one chunk (CPUs) */
 } gemm_tune;
 
 static const gemm_tune tune_table[] = {
-    /* PoCL and other CPUs: one work-item streams 4 whole W rows (no lanes, no local memory)
-       against up to 4 rows of X, float8 accumulators; the dot kernels for every m (gemm_tiled's
-       local-memory tiles and barriers are 10-30x slower on PoCL). */
-    {"cpu", 8, 1, 8, 4, 4, 64, 64, 16, 4, 4, SIZE_MAX},
-    /* NVIDIA: a warp (32 lanes) per W row, coalesced 16-byte loads; 64x64 tiles, 4x4 per item. */
-    {"nvidia", 8, 32, 4, 1, 8, 64, 64, 16, 4, 4, 16},
-    /* other GPUs (AMD, Intel): 16 lanes per row. */
-    {"gpu", 8, 16, 4, 1, 8, 64, 64, 16, 4, 4, 16},
+    /* PoCL and other CPUs: no split of k (a core streams its columns of W for all rows). */
+    {"cpu", 32, 64, 0, 0, 64, 64, 16, 4, 4, 32, 0},
+    /* NVIDIA: chunks across groups so that a decode product fills the device. */
+    {"nvidia", 32, 64, 1, 1, 64, 64, 16, 4, 4, 64, 4},
+    /* other GPUs (AMD, Intel) */
+    {"gpu", 32, 64, 1, 1, 64, 64, 16, 4, 4, 64, 4},
 };
 
 static const gemm_tune *tune_for(const kc_device_info *dev)
@@ -49,9 +43,6 @@ static const gemm_tune *tune_for(const kc_device_info *dev)
     return &tune_table[2];
 }
 
-/* The developer switch KOSMOS_GEMM_TUNE="<label>[,key=value...]": the table row named
- * <label> ("cpu", "nvidia", "gpu") whatever the device, with fields overridden by name; for
- * tuning and for testing the GPU rows on PoCL. Bad text is an error (never silently ignored). */
 /* The next comma-separated item of *cursor (NUL-terminated in place), or NULL at the end. */
 static char *next_item(char **cursor)
 {
@@ -65,6 +56,9 @@ static char *next_item(char **cursor)
     return item;
 }
 
+/* The developer switch KOSMOS_GEMM_TUNE="<label>[,key=value...]": the table row named <label>
+ * ("cpu", "nvidia", "gpu") whatever the device, with fields overridden by name; for tuning and
+ * for testing the GPU rows on PoCL. Bad text is an error (never silently ignored). */
 static ks_status tune_from_env(const char *text, gemm_tune *out)
 {
     char buf[256];
@@ -84,24 +78,21 @@ static ks_status tune_from_env(const char *text, gemm_tune *out)
         const char *key;
         size_t offset;
     } fields[] = {
-        {"dot_vw", offsetof(gemm_tune, dot_vw)},       {"dot_lanes", offsetof(gemm_tune, dot_lanes)},
-        {"dot_cols", offsetof(gemm_tune, dot_cols)},   {"dot_cpi", offsetof(gemm_tune, dot_cpi)},
-        {"dot_max_r", offsetof(gemm_tune, dot_max_r)}, {"tile_m", offsetof(gemm_tune, tile_m)},
-        {"tile_n", offsetof(gemm_tune, tile_n)},       {"tile_k", offsetof(gemm_tune, tile_k)},
-        {"wpt_m", offsetof(gemm_tune, wpt_m)},         {"wpt_n", offsetof(gemm_tune, wpt_n)},
+        {"rows_nt", offsetof(gemm_tune, rows_nt)},         {"rows_xk", offsetof(gemm_tune, rows_xk)},
+        {"rows_stage", offsetof(gemm_tune, rows_stage)},   {"rows_split", offsetof(gemm_tune, rows_split)},
+        {"tile_m", offsetof(gemm_tune, tile_m)},           {"tile_n", offsetof(gemm_tune, tile_n)},
+        {"tile_k", offsetof(gemm_tune, tile_k)},           {"wpt_m", offsetof(gemm_tune, wpt_m)},
+        {"wpt_n", offsetof(gemm_tune, wpt_n)},             {"rows_max_m", offsetof(gemm_tune, rows_max_m)},
+        {"groups_goal", offsetof(gemm_tune, groups_goal)},
     };
     while ((tok = next_item(&next)) != NULL) {
         char *eq = strchr(tok, '=');
         char *end = NULL;
         long v = eq ? strtol(eq + 1, &end, 10) : 0;
-        if (!eq || end == eq + 1 || *end || v < 1 || v > 4096)
+        if (!eq || end == eq + 1 || *end || v < 0 || v > 4096)
             return ks_fail(KS_ERR_INVALID, "KOSMOS_GEMM_TUNE: bad item '%s'", tok);
         *eq = '\0';
         bool known = false;
-        if (strcmp(tok, "dot_max_m") == 0) {
-            out->dot_max_m = (size_t)v;
-            known = true;
-        }
         for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
             if (strcmp(tok, fields[i].key) == 0) {
                 *(int *)((char *)out + fields[i].offset) = (int)v;
@@ -113,56 +104,42 @@ static ks_status tune_from_env(const char *text, gemm_tune *out)
     return KS_OK;
 }
 
-typedef enum gemm_variant {
-    V_SIMPLE = 0,
-    V_DOT,
-    V_TILED,
-#ifdef KOSMOS_HAVE_CLBLAST
-    V_CLBLAST,
-#endif
-    V_COUNT,
-    V_AUTO = -1
-} gemm_variant;
+enum { V_ROWS, V_TILES, V_COUNT, V_AUTO = -1 };
+static const char *const variant_names[V_COUNT] = {"rows", "tiles"};
 
-static const char *const variant_names[V_COUNT] = {"simple", "dot", "tiled",
-#ifdef KOSMOS_HAVE_CLBLAST
-                                                   "clblast"
-#endif
+/* gemm_rowsR by R; the smallest R that covers m in one group row is chosen. */
+#define N_ROWS_R 4
+static const int rows_r[N_ROWS_R] = {1, 2, 4, 8};
+static const char *const rows_kernel[N_ROWS_R] = {"gemm_rows1", "gemm_rows2", "gemm_rows4",
+                                                  "gemm_rows8"};
+
+struct ke_cl_gemm_site {
+    kc_bound *rows[2][N_ROWS_R]; /* [ke_dtype][R index], created on first use */
+    kc_bound *tiles[2];
+    struct ke_cl_gemm_site *next;
 };
-
-/* The dot kernels by R: gemm_dot_r1, _r2, _r4, _r8 (those up to dot_max_r exist). */
-#define DOT_RS 4
-static const int dot_r[DOT_RS] = {1, 2, 4, 8};
-
-/* One build of gemm.cl (per weight dtype) and its kernels, owned by the context. */
-typedef struct gemm_prog {
-    kc_program *prog;
-    cl_kernel simple, tiled;
-    cl_kernel dot[DOT_RS]; /* NULL above dot_max_r */
-} gemm_prog;
 
 struct ke_cl_gemm {
     kc_context *ctx; /* borrowed */
     gemm_tune tune;
-    gemm_prog p[2]; /* [ke_dtype] */
-    int forced;     /* gemm_variant or V_AUTO */
+    kc_program *prog[2]; /* [ke_dtype] */
+    unsigned compute_units;
+    ke_cl_gemm_site *sites;   /* owned */
+    ke_cl_gemm_site fallback; /* for runs without a site of their own */
+    cl_mem partial, counters; /* split-chunk scratch, grown on demand */
+    size_t partial_floats, counter_ints;
+    int forced, forced_split;
+    size_t forced_chunk;
     char last[48];
 };
 
-size_t ke_cl_gemm_variant_count(void)
-{
-    return V_COUNT;
-}
+size_t ke_cl_gemm_variant_count(void) { return V_COUNT; }
 
-const char *ke_cl_gemm_variant_name(size_t i)
-{
-    return i < V_COUNT ? variant_names[i] : NULL;
-}
+const char *ke_cl_gemm_variant_name(size_t i) { return i < V_COUNT ? variant_names[i] : NULL; }
 
-ks_status ke_cl_gemm_force(ke_cl_gemm *g, const char *name)
+ks_status ke_cl_gemm_force(ke_cl_gemm *g, const char *name, int split)
 {
-    if (!g)
-        return ks_fail(KS_ERR_INVALID, "gemm: no gemm");
+    g->forced_split = split;
     if (!name) {
         g->forced = V_AUTO;
         return KS_OK;
@@ -175,27 +152,19 @@ ks_status ke_cl_gemm_force(ke_cl_gemm *g, const char *name)
     return ks_fail(KS_ERR_INVALID, "gemm: no variant '%s'", name);
 }
 
+void ke_cl_gemm_force_chunk(ke_cl_gemm *g, size_t chunk_len) { g->forced_chunk = chunk_len; }
+
 static ks_status build(ke_cl_gemm *g, ke_dtype dt)
 {
     const gemm_tune *t = &g->tune;
-    char opts[512];
+    char opts[256];
     snprintf(opts, sizeof opts,
-             "-DWEIGHT_HALF=%d -DDOT_VW=%d -DDOT_LANES=%d -DDOT_COLS=%d -DDOT_CPI=%d "
-             "-DDOT_MAX_R=%d -DTILE_M=%d -DTILE_N=%d -DTILE_K=%d -DWPT_M=%d -DWPT_N=%d",
-             dt == KE_DTYPE_F16 ? 1 : 0, t->dot_vw, t->dot_lanes, t->dot_cols, t->dot_cpi,
-             t->dot_max_r, t->tile_m, t->tile_n, t->tile_k, t->wpt_m, t->wpt_n);
-    gemm_prog *p = &g->p[dt];
-    ks_status st = kc_program_get(g->ctx, GEMM_FILE, opts, &p->prog);
-    if (st == KS_OK)
-        st = kc_program_kernel(p->prog, "gemm_simple", &p->simple);
-    if (st == KS_OK)
-        st = kc_program_kernel(p->prog, "gemm_tiled", &p->tiled);
-    for (int i = 0; i < DOT_RS && st == KS_OK && dot_r[i] <= t->dot_max_r; i++) {
-        char name[32];
-        snprintf(name, sizeof name, "gemm_dot_r%d", dot_r[i]);
-        st = kc_program_kernel(p->prog, name, &p->dot[i]);
-    }
-    return st;
+             "-DWEIGHT_HALF=%d -DROWS_NT=%d -DROWS_XK=%d -DROWS_STAGE=%d -DROWS_SPLIT=%d "
+             "-DTILE_M=%d -DTILE_N=%d -DTILE_K=%d -DWPT_M=%d -DWPT_N=%d -DSTAT_SB=%d",
+             dt == KE_DTYPE_F16 ? 1 : 0, t->rows_nt, t->rows_xk, t->rows_stage ? 1 : 0,
+             t->rows_split ? 1 : 0, t->tile_m, t->tile_n, t->tile_k, t->wpt_m, t->wpt_n,
+             KE_CL_STAT_SB);
+    return kc_program_get(g->ctx, GEMM_FILE, opts, &g->prog[dt]);
 }
 
 ke_cl_gemm *ke_cl_gemm_new(kc_context *ctx)
@@ -209,9 +178,12 @@ ke_cl_gemm *ke_cl_gemm_new(kc_context *ctx)
         ks_fail(KS_ERR_NOMEM, "ke_cl_gemm_new: out of memory");
         return NULL;
     }
+    const kc_device_info *dev = kc_context_device(ctx);
     g->ctx = ctx;
-    g->tune = *tune_for(kc_context_device(ctx));
+    g->tune = *tune_for(dev);
+    g->compute_units = dev->compute_units ? dev->compute_units : 1;
     g->forced = V_AUTO;
+    g->forced_split = -1;
     snprintf(g->last, sizeof g->last, "none");
     const char *env = getenv("KOSMOS_GEMM_TUNE");
     if ((env && *env && tune_from_env(env, &g->tune) != KS_OK) || build(g, KE_DTYPE_F32) != KS_OK ||
@@ -227,15 +199,141 @@ void ke_cl_gemm_destroy(ke_cl_gemm **g)
 {
     if (!g || !*g)
         return;
-    /* programs and kernels belong to the context */
+    ke_cl_gemm_site *s = (*g)->sites;
+    while (s) {
+        ke_cl_gemm_site *next = s->next;
+        free(s); /* its kernel objects belong to the program */
+        s = next;
+    }
+    kc_context_buffer_free((*g)->ctx, &(*g)->partial);
+    kc_context_buffer_free((*g)->ctx, &(*g)->counters);
     free(*g);
     *g = NULL;
 }
 
-const char *ke_cl_gemm_last_variant(const ke_cl_gemm *g)
+const char *ke_cl_gemm_last_variant(const ke_cl_gemm *g) { return g ? g->last : "none"; }
+
+static size_t ceil_div(size_t v, size_t d) { return (v + d - 1) / d; }
+
+static size_t round_up(size_t v, size_t m) { return ceil_div(v, m) * m; }
+
+size_t ke_cl_gemm_chunk(const ke_cl_gemm *g, size_t n, size_t k)
 {
-    return g ? g->last : "none";
+    if (g->forced_chunk)
+        return g->forced_chunk >= k ? k : round_up(g->forced_chunk, (size_t)g->tune.tile_k);
+    if (g->tune.groups_goal <= 0 || k <= 256)
+        return k;
+    size_t col_groups = ceil_div(n, (size_t)g->tune.rows_nt * 4);
+    size_t want = ceil_div((size_t)g->tune.groups_goal * g->compute_units, col_groups);
+    size_t most = k / 256; /* chunks of at least 256 keep the partial sums cheap */
+    if (want > most)
+        want = most;
+    if (want <= 1)
+        return k;
+    return round_up(ceil_div(k, want), (size_t)g->tune.tile_k);
 }
+
+ks_status ke_cl_gemm_site_new(ke_cl_gemm *g, const char *name, ke_cl_gemm_site **out)
+{
+    (void)name;
+    *out = calloc(1, sizeof **out);
+    if (!*out)
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
+    (*out)->next = g->sites;
+    g->sites = *out;
+    return KS_OK;
+}
+
+/* ---- weights -------------------------------------------------------------------------------- */
+
+static size_t dtype_size(ke_dtype dt) { return dt == KE_DTYPE_F16 ? 2 : 4; }
+
+ks_status ke_cl_weight_upload(ke_cl_gemm *g, const ke_tensor *const *w_parts,
+                              const ke_tensor *const *b_parts, int n_parts, const char *name,
+                              ke_cl_weight *out, size_t *bytes)
+{
+    ks_status status = KS_OK;
+    memset(out, 0, sizeof *out);
+    if (bytes)
+        *bytes = 0;
+    if (n_parts < 1)
+        return ks_fail(KS_ERR_INVALID, "%s: no weights", name);
+    size_t n = 0, k = (size_t)w_parts[0]->shape[1];
+    ke_dtype dt = w_parts[0]->dtype;
+    bool any_bias = false;
+    for (int p = 0; p < n_parts; p++) {
+        const ke_tensor *t = w_parts[p];
+        if (!t->data || t->ndim < 2 || (size_t)t->shape[1] != k || t->dtype != dt)
+            return ks_fail(KS_ERR_INVALID, "%s: part %d is absent or of another shape or dtype",
+                           name, p);
+        n += (size_t)t->shape[0];
+        any_bias = any_bias || (b_parts && b_parts[p] && b_parts[p]->data);
+    }
+    const size_t es = dtype_size(dt), ldw = round_up(n, 8);
+    size_t block_rows = UPLOAD_BLOCK_BYTES / (ldw * es);
+    if (block_rows < 1)
+        block_rows = 1;
+    if (block_rows > k)
+        block_rows = k;
+    unsigned char *host = malloc(block_rows * ldw * es);
+    if (!host)
+        return ks_fail(KS_ERR_NOMEM, "%s: out of memory for the upload buffer", name);
+    if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_ONLY, k * ldw * es, NULL, &out->w)) !=
+        KS_OK)
+        goto cleanup;
+    for (size_t i0 = 0; i0 < k; i0 += block_rows) {
+        size_t rows = k - i0 < block_rows ? k - i0 : block_rows;
+        memset(host, 0, rows * ldw * es);
+        size_t col = 0;
+        for (int p = 0; p < n_parts; p++) {
+            const ke_tensor *t = w_parts[p];
+            const unsigned char *src = t->data;
+            for (size_t c = 0; c < (size_t)t->shape[0]; c++, col++) {
+                const unsigned char *row = src + (c * k + i0) * es;
+                for (size_t i = 0; i < rows; i++)
+                    memcpy(host + (i * ldw + col) * es, row + i * es, es);
+            }
+        }
+        if ((status = kc_context_write(g->ctx, out->w, true, i0 * ldw * es, rows * ldw * es, host,
+                                       NULL)) != KS_OK)
+            goto cleanup;
+    }
+    if (any_bias) {
+        unsigned char *bias = calloc(n, es); /* absent parts stay zero */
+        if (!bias) {
+            status = ks_fail(KS_ERR_NOMEM, "%s: out of memory for the bias", name);
+            goto cleanup;
+        }
+        size_t col = 0;
+        for (int p = 0; p < n_parts; p++) {
+            size_t np = (size_t)w_parts[p]->shape[0];
+            if (b_parts[p] && b_parts[p]->data)
+                memcpy(bias + col * es, b_parts[p]->data, np * es);
+            col += np;
+        }
+        status = kc_context_buffer(g->ctx, CL_MEM_READ_ONLY, n * es, bias, &out->bias);
+        free(bias);
+        if (status != KS_OK)
+            goto cleanup;
+    }
+    out->n = n;
+    out->k = k;
+    out->ldw = ldw;
+    out->dtype = dt;
+    out->chunk_len = ke_cl_gemm_chunk(g, n, k);
+    if (bytes)
+        *bytes = k * ldw * es + (any_bias ? n * es : 0);
+cleanup:
+    free(host);
+    if (status != KS_OK) {
+        kc_context_buffer_free(g->ctx, &out->w);
+        kc_context_buffer_free(g->ctx, &out->bias);
+        ks_error_prefix("uploading %s", name);
+    }
+    return status;
+}
+
+/* ---- runs ----------------------------------------------------------------------------------- */
 
 /* True when elements [off, off + count) of `elem` bytes lie inside `buf`. */
 static bool fits(cl_mem buf, size_t off, size_t count, size_t elem)
@@ -249,148 +347,178 @@ static bool fits(cl_mem buf, size_t off, size_t count, size_t elem)
 
 static ks_status check(const ke_cl_gemm_args *a)
 {
-    if (!a->x || !a->w || !a->y)
+    const ke_cl_weight *w = a->w;
+    if (!w || !w->w || !a->x || (!a->y && !a->split_q))
         return ks_fail(KS_ERR_INVALID, "gemm: x, w and y are required");
-    if (a->w_dtype != KE_DTYPE_F32 && a->w_dtype != KE_DTYPE_F16)
-        return ks_fail(KS_ERR_INVALID, "gemm: unknown weight dtype %d", (int)a->w_dtype);
-    if (a->ldx < a->k || a->ldy < a->n)
-        return ks_fail(KS_ERR_INVALID, "gemm: ldx %zu < k %zu or ldy %zu < n %zu", a->ldx, a->k,
-                       a->ldy, a->n);
-    if (a->m > INT32_MAX || a->n > INT32_MAX || a->k > INT32_MAX || a->ldx > INT32_MAX ||
-        a->ldy > INT32_MAX)
-        return ks_fail(KS_ERR_INVALID, "gemm: sizes above 2^31 (m %zu n %zu k %zu)", a->m, a->n,
-                       a->k);
-    const size_t wsz = a->w_dtype == KE_DTYPE_F16 ? 2 : 4;
-    /* extents: the last row needs only its own k (or n) elements, not a full stride */
-    if (!fits(a->x, a->x_offset, (a->m - 1) * a->ldx + a->k, sizeof(float)))
+    size_t width = a->split_q ? a->split_q : w->n;
+    if (a->ldx < w->k || a->ldy < width)
+        return ks_fail(KS_ERR_INVALID, "gemm: ldx %zu < k %zu or ldy %zu < %zu", a->ldx, w->k,
+                       a->ldy, width);
+    if (a->m > INT32_MAX || w->n > INT32_MAX || w->k > INT32_MAX || a->ldx > INT32_MAX ||
+        a->ldy > INT32_MAX || w->ldw > INT32_MAX)
+        return ks_fail(KS_ERR_INVALID, "gemm: sizes above 2^31 (m %zu n %zu k %zu)", a->m, w->n,
+                       w->k);
+    if (a->split_q && (3 * a->split_q != w->n || !a->kpool || !a->vpool || !a->tokrow))
+        return ks_fail(KS_ERR_INVALID, "gemm: a Q/K/V split of %zu for n %zu without the cache",
+                       a->split_q, w->n);
+    if (a->ln_stats && (!a->ln_w || !a->ln_b || a->ln_sb == 0))
+        return ks_fail(KS_ERR_INVALID, "gemm: a LayerNorm without its parameters");
+    if (!a->gather && !fits(a->x, a->x_offset, (a->m - 1) * a->ldx + w->k, sizeof(float)))
         return ks_fail(KS_ERR_INVALID, "gemm: x (m %zu, k %zu, ldx %zu, offset %zu) exceeds its "
-                       "buffer", a->m, a->k, a->ldx, a->x_offset);
-    if (!fits(a->w, a->w_offset, a->n * a->k, wsz))
-        return ks_fail(KS_ERR_INVALID, "gemm: w (n %zu, k %zu, offset %zu) exceeds its buffer",
-                       a->n, a->k, a->w_offset);
-    if (a->bias && !fits(a->bias, a->bias_offset, a->n, wsz))
-        return ks_fail(KS_ERR_INVALID, "gemm: bias (n %zu, offset %zu) exceeds its buffer", a->n,
-                       a->bias_offset);
-    if (!fits(a->y, a->y_offset, (a->m - 1) * a->ldy + a->n, sizeof(float)))
+                       "buffer", a->m, w->k, a->ldx, a->x_offset);
+    if (a->y && !fits(a->y, a->y_offset, (a->m - 1) * a->ldy + width, sizeof(float)))
         return ks_fail(KS_ERR_INVALID, "gemm: y (m %zu, n %zu, ldy %zu, offset %zu) exceeds its "
-                       "buffer", a->m, a->n, a->ldy, a->y_offset);
+                       "buffer", a->m, width, a->ldy, a->y_offset);
     return KS_OK;
 }
 
-/* Sets the arguments common to every kernel of gemm.cl (GEMM_ARGS there). */
-static ks_status set_args(cl_kernel kern, const ke_cl_gemm_args *a)
+/* Grows the split scratch: partial (chunks, m, n rounded to 4) floats and a counter per tile. */
+static ks_status grow_scratch(ke_cl_gemm *g, size_t floats, size_t counters)
 {
     ks_status status = KS_OK;
-    cl_int m = (cl_int)a->m, n = (cl_int)a->n, k = (cl_int)a->k;
-    cl_int ldx = (cl_int)a->ldx, ldy = (cl_int)a->ldy;
-    cl_ulong xo = a->x_offset, wo = a->w_offset, bo = a->bias_offset, yo = a->y_offset;
-    cl_int has_bias = a->bias != NULL, acc = a->accumulate;
-    cl_mem bias = a->bias; /* NULL: the kernel sees a NULL pointer and has_bias 0 */
-    cl_uint i = 0;
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof m, &m));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof n, &n));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof k, &k));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof(cl_mem), &a->x));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof xo, &xo));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof ldx, &ldx));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof(cl_mem), &a->w));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof wo, &wo));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof(cl_mem), bias ? &bias : NULL));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof bo, &bo));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof has_bias, &has_bias));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof(cl_mem), &a->y));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof yo, &yo));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof ldy, &ldy));
-    KC_CHECK(clSetKernelArg(kern, i++, sizeof acc, &acc));
+    if (floats > g->partial_floats) {
+        kc_context_buffer_free(g->ctx, &g->partial);
+        g->partial_floats = 0;
+        if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, floats * sizeof(float), NULL,
+                                        &g->partial)) != KS_OK)
+            return status;
+        g->partial_floats = floats;
+    }
+    if (counters > g->counter_ints) {
+        kc_context_buffer_free(g->ctx, &g->counters);
+        g->counter_ints = 0;
+        if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, counters * sizeof(cl_int),
+                                        NULL, &g->counters)) != KS_OK)
+            return status;
+        cl_int zero = 0;
+        KC_CHECK(clEnqueueFillBuffer(kc_context_queue(g->ctx), g->counters, &zero, sizeof zero, 0,
+                                     counters * sizeof(cl_int), 0, NULL, NULL));
+        g->counter_ints = counters;
+    }
 cleanup:
     return status;
 }
 
-static size_t ceil_div(size_t v, size_t d)
+#define ARG(i, value)                                                                              \
+    do {                                                                                           \
+        __typeof__(value) arg_ = (value);                                                          \
+        if ((status = kc_bound_arg(kern, (i), sizeof arg_, &arg_)) != KS_OK)                       \
+            goto cleanup;                                                                          \
+    } while (0)
+#define ARG_BUF(i, buf)                                                                            \
+    do {                                                                                           \
+        cl_mem buf_ = (buf);                                                                       \
+        if ((status = kc_bound_arg(kern, (i), sizeof(cl_mem), buf_ ? &buf_ : NULL)) != KS_OK)      \
+            goto cleanup;                                                                          \
+    } while (0)
+
+/* Sets GEMM_ARGS (kernels/gemm.cl) from a. */
+static ks_status set_args(kc_bound *kern, const ke_cl_gemm *g, const ke_cl_gemm_args *a)
 {
-    return (v + d - 1) / d;
+    ks_status status = KS_OK;
+    const ke_cl_weight *w = a->w;
+    cl_int stats_nb = (cl_int)ceil_div(w->n, KE_CL_STAT_SB);
+    cl_int ln_nb = a->ln_stats ? (cl_int)ceil_div(w->k, a->ln_sb) : 0;
+    ARG(0, (cl_int)a->m);
+    ARG(1, (cl_int)w->n);
+    ARG(2, (cl_int)w->k);
+    ARG(3, (cl_int)w->chunk_len);
+    ARG_BUF(4, a->x);
+    ARG(5, (cl_ulong)a->x_offset);
+    ARG(6, (cl_int)a->ldx);
+    ARG_BUF(7, a->gather);
+    ARG_BUF(8, a->ln_stats);
+    ARG(9, ln_nb);
+    ARG(10, (cl_int)a->ln_sb);
+    ARG_BUF(11, a->ln_stats ? a->ln_w : NULL);
+    ARG_BUF(12, a->ln_stats ? a->ln_b : NULL);
+    ARG(13, (cl_float)a->ln_eps);
+    ARG_BUF(14, w->w);
+    ARG(15, (cl_ulong)0);
+    ARG(16, (cl_int)w->ldw);
+    ARG_BUF(17, w->bias);
+    ARG_BUF(18, a->y);
+    ARG(19, (cl_ulong)a->y_offset);
+    ARG(20, (cl_int)a->ldy);
+    ARG(21, (cl_int)a->act);
+    ARG(22, (cl_int)a->accumulate);
+    ARG_BUF(23, a->stats_out);
+    ARG(24, stats_nb);
+    ARG(25, (cl_int)a->split_q);
+    ARG_BUF(26, a->kpool);
+    ARG_BUF(27, a->vpool);
+    ARG_BUF(28, a->tokrow);
+    ARG(29, (cl_int)a->kv_half);
+    ARG_BUF(30, g->partial);
+    ARG_BUF(31, g->counters);
+cleanup:
+    return status;
 }
 
-#ifdef KOSMOS_HAVE_CLBLAST
-/* Y = X·Wᵀ (+ Y) through CLBlastSgemm (f32 W only); a bias is not supported by Sgemm and is
- * refused (the comparison in bench_cl_gemm runs without bias). */
-static ks_status run_clblast(ke_cl_gemm *g, const ke_cl_gemm_args *a)
-{
-    if (a->w_dtype != KE_DTYPE_F32 || a->bias)
-        return ks_fail(KS_ERR_UNSUPPORTED,
-                       "gemm: the clblast variant takes f32 weights and no bias");
-    cl_command_queue q = kc_context_queue(g->ctx);
-    CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo,
-                                       CLBlastTransposeYes, a->m, a->n, a->k, 1.0f, a->x,
-                                       a->x_offset, a->ldx, a->w, a->w_offset, a->k,
-                                       a->accumulate ? 1.0f : 0.0f, a->y, a->y_offset, a->ldy,
-                                       &q, NULL);
-    if (s != CLBlastSuccess)
-        return ks_fail(KS_ERR_DEVICE, "CLBlastSgemm (m %zu, n %zu, k %zu) failed: status %d",
-                       a->m, a->n, a->k, (int)s);
-    snprintf(g->last, sizeof g->last, "clblast");
-    return KS_OK;
-}
-#endif
-
-ks_status ke_cl_gemm_run(ke_cl_gemm *g, const ke_cl_gemm_args *a)
+ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_args *a,
+                         const char *name)
 {
     if (!g || !a)
         return ks_fail(KS_ERR_INVALID, "gemm: no gemm or arguments");
-    if (a->m == 0 || a->n == 0)
+    if (a->m == 0)
         return KS_OK;
     ks_status status = check(a);
     if (status != KS_OK)
         return status;
+    if (!site)
+        site = &g->fallback;
     const gemm_tune *t = &g->tune;
-    const gemm_prog *p = &g->p[a->w_dtype];
-    int v = g->forced;
-    if (v == V_AUTO)
-        v = a->m <= t->dot_max_m ? V_DOT : V_TILED;
-#ifdef KOSMOS_HAVE_CLBLAST
-    if (v == V_CLBLAST)
-        return run_clblast(g, a);
-#endif
-
-    cl_kernel kern = NULL;
-    char name[32];
-    size_t global[2], local[2];
-    if (v == V_DOT) {
-        /* the smallest R that covers m in one pass, else the largest (several passes) */
+    const ke_cl_weight *w = a->w;
+    const ke_dtype dt = w->dtype;
+    int v = g->forced != V_AUTO ? g->forced : a->m <= (size_t)t->rows_max_m ? V_ROWS : V_TILES;
+    size_t chunks = ceil_div(w->k, w->chunk_len);
+    size_t global[3], local[3];
+    kc_bound *kern = NULL;
+    kc_bound **slot = NULL;
+    const char *kname = NULL;
+    bool split = false;
+    if (v == V_ROWS) {
         int ri = 0;
-        while (ri + 1 < DOT_RS && p->dot[ri + 1] && (size_t)dot_r[ri] < a->m)
+        while (ri + 1 < N_ROWS_R && (size_t)rows_r[ri] < a->m)
             ri++;
-        const size_t cols = (size_t)(t->dot_cpi * t->dot_cols);
-        kern = p->dot[ri];
-        snprintf(name, sizeof name, "gemm_dot_r%d", dot_r[ri]);
-        local[0] = (size_t)(t->dot_lanes * t->dot_cols);
-        local[1] = 1;
-        global[0] = ceil_div(a->n, cols) * local[0];
-        global[1] = ceil_div(a->m, (size_t)dot_r[ri]);
-    } else if (v == V_TILED) {
-        kern = p->tiled;
-        snprintf(name, sizeof name, "gemm_tiled");
+        split = chunks > 1 && t->rows_split && g->forced_split != 0;
+        slot = &site->rows[dt][ri];
+        kname = rows_kernel[ri];
+        local[0] = (size_t)t->rows_nt;
+        local[1] = local[2] = 1;
+        global[0] = ceil_div(w->n, (size_t)t->rows_nt * 4) * local[0];
+        global[1] = ceil_div(a->m, (size_t)rows_r[ri]);
+        global[2] = split ? chunks : 1;
+        snprintf(g->last, sizeof g->last, "rows%d%s", rows_r[ri], split ? " split" : "");
+    } else {
+        slot = &site->tiles[dt];
+        kname = "gemm_tiles";
         local[0] = (size_t)(t->tile_n / t->wpt_n);
         local[1] = (size_t)(t->tile_m / t->wpt_m);
-        global[0] = ceil_div(a->n, (size_t)t->tile_n) * local[0];
+        local[2] = 1;
+        global[0] = ceil_div(w->n, (size_t)t->tile_n) * local[0];
         global[1] = ceil_div(a->m, (size_t)t->tile_m) * local[1];
-    } else {
-        kern = p->simple;
-        snprintf(name, sizeof name, "gemm_simple");
-        local[0] = 16;
-        local[1] = 4;
-        global[0] = ceil_div(a->n, local[0]) * local[0];
-        global[1] = ceil_div(a->m, local[1]) * local[1];
+        global[2] = 1;
+        snprintf(g->last, sizeof g->last, "tiles");
     }
-    status = set_args(kern, a);
-    if (status != KS_OK)
+    if (split &&
+        (status = grow_scratch(g, chunks * a->m * round_up(w->n, 4),
+                               (global[0] / local[0]) * global[1])) != KS_OK)
         goto cleanup;
-    KC_CHECK(clEnqueueNDRangeKernel(kc_context_queue(g->ctx), kern, 2, NULL, global, local, 0,
-                                    NULL, NULL));
-    snprintf(g->last, sizeof g->last, "ours:%s", name + strlen("gemm_"));
+    if (!*slot && (status = kc_bound_new(g->prog[dt], kname, slot)) != KS_OK)
+        goto cleanup;
+    kern = *slot;
+    if ((status = set_args(kern, g, a)) != KS_OK)
+        goto cleanup;
+    kc_cost cost = {.bytes = (double)(w->k * w->ldw * dtype_size(dt)) +
+                             (double)(a->m * w->k * sizeof(float)) +
+                             (double)(a->m * w->n * sizeof(float)) * (a->accumulate ? 2.0 : 1.0),
+                    .flops = 2.0 * (double)a->m * (double)w->n * (double)w->k};
+    status = kc_context_launch(g->ctx, kc_bound_kernel(kern), name ? name : "gemm", 3, global,
+                               local, &cost);
 cleanup:
     if (status != KS_OK)
-        ks_error_prefix("%s (m %zu, n %zu, k %zu, %s)", name, a->m, a->n, a->k,
-                        a->w_dtype == KE_DTYPE_F16 ? "f16" : "f32");
+        ks_error_prefix("%s (m %zu, n %zu, k %zu, %s)", kname ? kname : "gemm", a->m, w->n, w->k,
+                        dt == KE_DTYPE_F16 ? "f16" : "f32");
     return status;
 }

@@ -1,13 +1,18 @@
-/* ke_cl_gemm: the one GEMM seam of the OpenCL engine. Every matrix product of the model goes
- * through it, so kernels (ours, or CLBlast where it wins) can be chosen per device and shape
- * in one place without touching the forward pass.
+/* ke_cl_gemm: the one GEMM seam of the OpenCL engine (kernels/gemm.cl). Every matrix product of
+ * the model goes through it, with what comes before and after it fused in:
  *
- *   Y (m, n) [+]= X (m, k) · Wᵀ + bias      W is (n, k) row-major, as nn.Linear stores it
+ *   Y (m, n) = epilogue(LN(X) (m, k) · W)     W held transposed on the device (ke_cl_weight)
+ *   epilogue: + bias, activation, + Y (residual); and, for the fused Q/K/V projection, K and V
+ *             written into the KV cache rows instead of Y; optionally Y's row statistics for
+ *             the next LayerNorm (kernels/common.cl)
  *
- * X and Y are f32; W and bias are f16 (read with vload_half, f32 arithmetic) or f32, both of
- * the model's storage dtype. Offsets and leading dimensions are in elements, so callers can
- * address row blocks and head slices of larger buffers. Buffers are borrowed. Not thread-safe
- * (one thread drives a context). */
+ * Every output is computed in one canonical order (gemm.cl): a row's result is the same bits
+ * whatever m is and whichever kernel ran, so continuous batching cannot change a sequence's ids.
+ * The order depends on the device and the layer's (n, k) only (the chunking, ke_cl_gemm_chunk).
+ *
+ * X and Y are f32; weights, bias and LayerNorm parameters are of the model's storage dtype.
+ * Offsets and leading dimensions are in elements. Buffers are borrowed. Not thread-safe (one
+ * thread drives a context). */
 #ifndef KE_CL_GEMM_H
 #define KE_CL_GEMM_H
 
@@ -15,50 +20,93 @@
 #include <stddef.h>
 
 #include "kc_context.h"
+#include "kc_program.h"
 #include "ks_error.h"
 #include "model.h"
 
 typedef struct ke_cl_gemm ke_cl_gemm;
 
+/* Columns per statistics block of the rows GEMMs write (STAT_SB of kernels/common.cl). */
+#define KE_CL_STAT_SB 32
+
+/* A weight matrix in gemm.cl's layout: Wt (k, ldw), row i holding W[:, i] (ldw >= n, a multiple
+ * of 8, zero-padded), and the bias (n) or NULL, both of `dtype`. Several nn.Linear may be
+ * concatenated along n (the fused Q/K/V projection). The buffers belong to the context. */
+typedef struct ke_cl_weight {
+    cl_mem w, bias;
+    size_t n, k, ldw;
+    ke_dtype dtype;
+    size_t chunk_len; /* the canonical chunking for this shape on this device (set at upload) */
+} ke_cl_weight;
+
+/* Uploads the concatenation (along the output dimension) of n_parts weights, each (n_i, k) row
+ * major as nn.Linear stores it, transposed into one ke_cl_weight, with their biases (absent ones
+ * are zero; all absent: no bias). Converted and written through a bounded host buffer (a few MiB
+ * whatever the matrix), never a whole host copy. *bytes (may be NULL) gets the device bytes. */
+ks_status ke_cl_weight_upload(ke_cl_gemm *g, const ke_tensor *const *w_parts,
+                              const ke_tensor *const *b_parts, int n_parts, const char *name,
+                              ke_cl_weight *out, size_t *bytes);
+
 typedef struct ke_cl_gemm_args {
-    size_t m, n, k;
+    size_t m;
+    const ke_cl_weight *w;
     cl_mem x;
     size_t x_offset, ldx; /* ldx >= k */
-    cl_mem w;
-    size_t w_offset; /* rows are k long (no row padding) */
-    ke_dtype w_dtype;
-    cl_mem bias; /* (n) of w_dtype, or NULL */
-    size_t bias_offset;
+    cl_mem gather;        /* (m) cl_int: row r of X is row gather[r] of x; NULL: row r */
+    /* LayerNorm in front (ln_stats NULL: none): X's row statistics (blocks of ln_sb columns,
+     * indexed by X's row), weight and bias (k) of the storage dtype, eps */
+    cl_mem ln_stats, ln_w, ln_b;
+    size_t ln_sb;
+    float ln_eps;
     cl_mem y;
-    size_t y_offset, ldy; /* ldy >= n */
-    bool accumulate;      /* Y += product (+ bias): residual connections for free */
+    size_t y_offset, ldy; /* ldy >= n (or >= split_q) */
+    int act;              /* ke_activation, or -1 */
+    bool accumulate;      /* Y = Y + result: the residual connection */
+    cl_mem stats_out;     /* (m, ceil(n / KE_CL_STAT_SB)) cl_float2, or NULL */
+    /* The fused Q/K/V projection: split_q > 0 sends columns [q, 2q) and [2q, 3q) to rows
+     * tokrow[r].x (cl_int4) of kpool and vpool (rows of q values; half when kv_half) */
+    size_t split_q;
+    cl_mem kpool, vpool, tokrow;
+    bool kv_half;
 } ke_cl_gemm_args;
 
-/* Builds (or loads from the program cache) the GEMM kernels for ctx's device: kernels/gemm.cl
- * twice (f32 and f16 weights) with the device's tunables (docs/gemm.md; the developer switch
- * KOSMOS_GEMM_TUNE overrides them). NULL with a message on failure. `ctx` is borrowed and must
- * outlive the gemm. */
+/* Builds (or loads from the program cache) kernels/gemm.cl for both weight dtypes with the
+ * device's tunables (docs/gemm.md; the developer switch KOSMOS_GEMM_TUNE overrides them). NULL
+ * with a message on failure. `ctx` is borrowed and must outlive the gemm. */
 ke_cl_gemm *ke_cl_gemm_new(kc_context *ctx);
 void ke_cl_gemm_destroy(ke_cl_gemm **g);
 
-/* Enqueues the product on ctx's queue (no wait). m or n = 0 enqueues nothing; k = 0 gives
- * Y (+)= bias. Buffer extents are checked against the offsets and strides. KS_ERR_INVALID on
- * inconsistent sizes, KS_ERR_DEVICE with the kernel name and sizes when the device refuses. */
-ks_status ke_cl_gemm_run(ke_cl_gemm *g, const ke_cl_gemm_args *args);
+/* The canonical chunk length of the products with this (n, k) on this device. */
+size_t ke_cl_gemm_chunk(const ke_cl_gemm *g, size_t n, size_t k);
 
-/* Which implementation ran last ("ours:dot_r4", "ours:tiled", "clblast", ...; "none" before the
- * first run), for benchmarks and notes. Borrowed until the next run. */
+/* A launch site: its own kernel objects with their arguments remembered, for a product that
+ * runs again and again (a decoder layer's projections, every step): a launch then sets only
+ * what changed (usually just m). Owned by the gemm's context. */
+typedef struct ke_cl_gemm_site ke_cl_gemm_site;
+
+ks_status ke_cl_gemm_site_new(ke_cl_gemm *g, const char *name, ke_cl_gemm_site **out);
+
+/* Enqueues the product on the context's queue (no wait), profiled under `name` (a literal).
+ * m = 0 enqueues nothing. Buffer extents are checked. KS_ERR_INVALID on inconsistent sizes,
+ * KS_ERR_DEVICE with the kernel name and sizes when the device refuses. */
+ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_args *args,
+                         const char *name);
+
+/* Which kernel ran last ("rows4", "tiles", "rows8 x4 chunks"; "none" before the first run), for
+ * benchmarks and notes. Borrowed until the next run. */
 const char *ke_cl_gemm_last_variant(const ke_cl_gemm *g);
 
-/* For tests and benchmarks: the variants this build has ("simple", "dot", "tiled", and
- * "clblast" where CLBlast was found), by index < count (static storage; NULL out of range). */
+/* For tests and benchmarks: the kernel families ("rows", "tiles"), by index < count (static
+ * storage; NULL out of range). */
 size_t ke_cl_gemm_variant_count(void);
 const char *ke_cl_gemm_variant_name(size_t i);
 
-/* For tests and benchmarks: every later run uses variant `name` (one of the above) whatever
- * the shape, until called again; NULL restores the automatic choice. KS_ERR_INVALID for an
- * unknown name; a variant that cannot serve a run (clblast with f16 weights) fails that run
- * with KS_ERR_UNSUPPORTED. */
-ks_status ke_cl_gemm_force(ke_cl_gemm *g, const char *name);
+/* For tests and benchmarks: later runs use the family `name` whatever m is, until called again
+ * (NULL: the automatic choice); `split` (when >= 0) forces chunks to run in groups of their own
+ * (1) or in one group (0) where the rows kernel runs. KS_ERR_INVALID for an unknown name. */
+ks_status ke_cl_gemm_force(ke_cl_gemm *g, const char *name, int split);
+
+/* For tests: the chunk length of later uploads (0: the device's own rule). */
+void ke_cl_gemm_force_chunk(ke_cl_gemm *g, size_t chunk_len);
 
 #endif

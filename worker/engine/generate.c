@@ -972,7 +972,7 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
                     continue;
                 const hyp *h = &s->run[0];
                 ke_select_row row = {
-                    .row = s->first_row, .ids = h->ids, .len = h->len,
+                    .row = s->first_row, .slot = h->slot, .ids = h->ids, .len = h->len,
                     .no_repeat_ngram_size = s->p.no_repeat_ngram_size,
                     .ban_eos = s->p.min_new_tokens > 0 &&
                                h->len - s->req->len < (size_t)s->p.min_new_tokens};

@@ -1,0 +1,113 @@
+/* common.cl: helpers shared by several kernel files, pulled in with `#include "common.cl"`
+ * (kc_kernels.c expands it; it may not include in turn). Nothing here is a kernel.
+ *
+ *   WEIGHT_T, LOAD_W(p, i)   a weight element as f32: IEEE half through vload_half
+ *                            (WEIGHT_HALF 1) or f32 (WEIGHT_HALF 0)
+ *   activate(v, act)         the activations of ke_activation: 0 gelu (erf), 1 quick_gelu
+ *                            x*sigmoid(1.702x), 2 gelu_tanh, 3 relu; -1 none
+ *   block_stats(v, n)        (mean, M2) of n values in local memory, summed in index order:
+ *                            M2 = sum (v - mean)^2 (two passes, as LayerNorm computes them)
+ *   merge_stats(p, nb, ...)  the mean and 1/sqrt(var + eps) of a row from its nb blocks of
+ *                            (mean, M2), merged in block order (Chan et al.'s pairwise update)
+ *   STAT_SB                  the block width of the row statistics kernels write (32)
+ *   text_embed_value(...)    one value of a text input embedding: the token's (or image row's)
+ *                            value times the scale, plus the sinusoidal position
+ *                            (ke_op_text_embed)
+ *
+ * Row statistics travel as blocks so that the kernel that produces a row (which holds a few
+ * columns of it per work-group) can hand LayerNorm's mean and variance to the kernel that
+ * consumes it, without a LayerNorm launch in between: block j of a row of `dim` values covers
+ * columns [j*sb, min(dim, (j+1)*sb)). The merge order is fixed, so every consumer computes the
+ * same bits for a row whatever else is in the batch.
+ *
+ * FP_CONTRACT is off: a*b + c rounds twice, as the C reference computes it; kernels that want a
+ * fused multiply-add call fma() explicitly.
+ */
+#pragma OPENCL FP_CONTRACT OFF
+
+#ifndef WEIGHT_HALF
+#define WEIGHT_HALF 0
+#endif
+
+#if WEIGHT_HALF
+#define WEIGHT_T half
+#define LOAD_W(p, i) vload_half((size_t)(i), (p))
+#else
+#define WEIGHT_T float
+#define LOAD_W(p, i) ((p)[(i)])
+#endif
+
+#ifndef STAT_SB
+#define STAT_SB 32
+#endif
+
+inline float activate(const float v, const int act)
+{
+    if (act == 0)
+        return 0.5f * v * (1.0f + erf(v * 0.70710678118654752f));
+    if (act == 1)
+        return v * (1.0f / (1.0f + exp(-(1.702f * v))));
+    if (act == 2) {
+        const float k = 0.7978845608028654f;
+        return 0.5f * v * (1.0f + tanh(k * (v + 0.044715f * v * v * v)));
+    }
+    if (act == 3)
+        return v > 0.0f ? v : 0.0f;
+    return v;
+}
+
+inline float2 block_stats(__local const float *v, const int n)
+{
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++)
+        sum += v[i];
+    const float mean = sum / (float)n;
+    float m2 = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float d = v[i] - mean;
+        m2 += d * d;
+    }
+    return (float2)(mean, m2);
+}
+
+/* mean and rstd of a row of `dim` values from its blocks p[0 .. nb) of sb columns. */
+inline float2 merge_stats(__global const float2 *p, const int nb, const int sb, const int dim,
+                          const float eps)
+{
+    float cnt = 0.0f, mean = 0.0f, m2 = 0.0f;
+    for (int j = 0; j < nb; j++) {
+        const float c = (float)min(sb, dim - j * sb);
+        const float2 s = p[j];
+        if (j == 0) {
+            cnt = c;
+            mean = s.x;
+            m2 = s.y;
+            continue;
+        }
+        const float tot = cnt + c;
+        const float delta = s.x - mean;
+        mean = mean + delta * (c / tot);
+        m2 = m2 + s.y + delta * delta * (cnt * c / tot);
+        cnt = tot;
+    }
+    const float var = m2 / (float)dim;
+    return (float2)(mean, 1.0f / sqrt(var + eps));
+}
+
+/* Column i of a text input embedding: `v` (the token's table value or the image row's value)
+ * times `scale`, plus sin(pos * freq[i]) in the first half and cos in the second (0 for an odd
+ * dim's last column), nothing for a pad position. sin/cos are the accurate built-ins. */
+inline float text_embed_value(float v, const float scale, const int pos, const int pad, const int i,
+                              const int dim, __global const float *freq)
+{
+    v = v * scale;
+    const int half_dim = dim / 2;
+    if (pos != pad) {
+        const float p = (float)pos;
+        if (i < half_dim)
+            v = v + sin(p * freq[i]);
+        else if (i < 2 * half_dim)
+            v = v + cos(p * freq[i - half_dim]);
+    }
+    return v;
+}

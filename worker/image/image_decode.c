@@ -69,8 +69,8 @@ ks_status ki_image_from_rgb(const uint8_t *rgb, int width, int height, ki_image 
 
 /* Which format the bytes are, admitting only what image_formats.h accepts: the formats we
  * decode ourselves (and those we refuse by name) by their signatures first, so that libvips
- * never hands them to ImageMagick; then libvips' own loaders; then the formats that have no
- * signature, only so that the message can name them. */
+ * never hands them to ImageMagick; then libvips' loaders, of which we admit ours; then the
+ * formats that have no signature, only so that the message can name them. */
 static ks_status identify(const void *bytes, size_t len, const ki_format **out) {
     const ki_format *f;
     const char *nick = NULL;
@@ -94,7 +94,7 @@ static ks_status identify(const void *bytes, size_t len, const ki_format **out) 
             vips_error_clear();
         }
     }
-    if (!f && !nick) {
+    if (!f) { /* ImageMagick claims TGA too, so this comes before its message */
         f = ki_format_sniff(bytes, len, true);
     }
     if (!f) {

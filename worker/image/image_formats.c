@@ -19,7 +19,7 @@ static const ki_format formats[] = {
     {"bmp", "BMP", "bmp", KI_DECODER_BMP, NULL, NULL},
     {"pnm", "PPM/PGM/PBM", "ppm pgm pbm pnm", KI_DECODER_PNM, NULL, NULL},
     {"heif", "HEIF/HEIC/AVIF", "heic heif avif", KI_DECODER_VIPS, "heifload_buffer", NULL},
-    {"ico", "ICO (Windows icon)", "", KI_DECODER_NONE, NULL,
+    {"ico", "ICO/CUR (Windows icon)", "", KI_DECODER_NONE, NULL,
      "a container of PNG or BMP icons; convert it to PNG"},
     {"tga", "TGA (Truevision Targa)", "", KI_DECODER_NONE, NULL,
      "it has no signature to recognise it by; convert it to PNG"},
@@ -106,8 +106,10 @@ const ki_format *ki_format_sniff(const void *bytes, size_t len, bool guess) {
     if (len >= 2 && b[0] == 'P' && b[1] && strchr("0123456fy", b[1])) {
         return ki_format_by_name("pnm");
     }
-    /* ICO and CUR (Pillow: IcoImagePlugin, CurImagePlugin). */
-    if (len >= 4 && b[0] == 0 && b[1] == 0 && (b[2] == 1 || b[2] == 2) && b[3] == 0) {
+    /* ICO and CUR (Pillow: IcoImagePlugin, CurImagePlugin) with at least one image: an
+     * uncompressed TGA without colour map starts with the same 0 0 2 0, then a count of 0. */
+    if (len >= 6 + 16 && b[0] == 0 && b[1] == 0 && (b[2] == 1 || b[2] == 2) && b[3] == 0 &&
+        le16(b + 4) > 0) {
         return ki_format_by_name("ico");
     }
     return NULL;

@@ -12,6 +12,7 @@ decodes them to:
       __metadata__  pil_mode, pil_format, width, height, reference ("pillow", or "pillow_heif" for HEIC,
                     which Pillow opens only with the pillow-heif plugin)
   tests/golden/decoded/versions.json
+  tests/fuzz/corpus/fuzz_image_decoders/  the BMP and PNM variants again, a few pixels each
 
 Deterministic: each image is cut from a demo image in tests/data/kosmos2/images and encoded
 here byte by byte (Pillow writes only 1-, 8-, 24- and 32-bit BMPs with the 40-byte header, so
@@ -184,68 +185,74 @@ def quantized(im, colors):
     return np.asarray(p), [tuple(pal[i:i + 3]) for i in range(0, len(pal), 3)]
 
 
-def make_bmps(folder):
-    base = demo("man_ball.png", (200, 100, 700, 500), (97, 65))
-    dogs = demo("two_dogs.jpg", (100, 50, 700, 450), (61, 43))
-    corgi = demo("corgi.jpg", (300, 100, 1500, 1000), (83, 59))
+FULL = {"base": (97, 65), "dogs": (61, 43), "corgi": (83, 59), "small": (37, 29)}
+TINY = {"base": (13, 7), "dogs": (9, 5), "corgi": (11, 6), "small": (7, 4)}  # fuzz seeds
+
+
+def make_bmps(folder, size=FULL):
+    base = demo("man_ball.png", (200, 100, 700, 500), size["base"])
+    dogs = demo("two_dogs.jpg", (100, 50, 700, 450), size["dogs"])
+    corgi = demo("corgi.jpg", (300, 100, 1500, 1000), size["corgi"])
+    (bw_, bh), (dw, dh), (cw, ch) = size["base"], size["dogs"], size["corgi"]
     files = {}
 
     idx, pal = quantized(dogs, 2)
-    files["p1.bmp"] = (bmp(61, 43, 1, rows(idx, 1), pal), idx, pal)
+    files["p1.bmp"] = (bmp(dw, dh, 1, rows(idx, 1), pal), idx, pal)
     bw = dogs.convert("1")
     buf = io.BytesIO()
     bw.save(buf, "BMP")
     files["bw1.bmp"] = (buf.getvalue(), None, None)
     idx, pal = quantized(base, 16)
-    files["p4.bmp"] = (bmp(97, 65, 4, rows(idx, 4), pal), idx, pal)
+    files["p4.bmp"] = (bmp(bw_, bh, 4, rows(idx, 4), pal), idx, pal)
     for name, im in [("p8.bmp", corgi.quantize(256, dither=Image.Dither.NONE)),
                      ("gray8.bmp", corgi.convert("L")), ("rgb24.bmp", corgi)]:
         buf = io.BytesIO()
         im.save(buf, "BMP")
         files[name] = (buf.getvalue(), None, None)
     idx, pal = quantized(dogs, 20)
-    files["p8_colors_used.bmp"] = (bmp(61, 43, 8, rows(idx, 8), pal), idx, pal)
+    files["p8_colors_used.bmp"] = (bmp(dw, dh, 8, rows(idx, 8), pal), idx, pal)
 
     # RLE: a checkerboard of index 0 cut into the picture gives zero stretches for deltas.
     idx, pal = quantized(base, 200)
-    yy, xx = np.mgrid[0:65, 0:97]
-    idx = np.where(((xx // 9 + yy // 7) % 4 == 0) | (yy < 3) | (xx > 90), 0, idx)
-    files["rle8.bmp"] = (bmp(97, 65, 8, rle(idx, False), pal, compression=1), idx, pal)
-    files["rle8_topdown.bmp"] = (bmp(97, 65, 8, rle(idx, False, top_down=True), pal,
+    yy, xx = np.mgrid[0:bh, 0:bw_]
+    idx = np.where(((xx // 9 + yy // 7) % 4 == 0) | (yy < 3) | (xx > bw_ - 7), 0, idx)
+    files["rle8.bmp"] = (bmp(bw_, bh, 8, rle(idx, False), pal, compression=1), idx, pal)
+    files["rle8_topdown.bmp"] = (bmp(bw_, bh, 8, rle(idx, False, top_down=True), pal,
                                      compression=1, top_down=True), idx, pal)
     idx, pal = quantized(dogs, 16)
-    yy, xx = np.mgrid[0:43, 0:61]
-    idx = np.where(((xx // 6 + yy // 5) % 3 == 0) | (xx > 55), 0, idx)
-    idx[10, 5:25] = np.array([3, 7] * 10)  # a two-index alternating run
-    files["rle4.bmp"] = (bmp(61, 43, 4, rle(idx, True), pal, compression=2), idx, pal)
+    yy, xx = np.mgrid[0:dh, 0:dw]
+    idx = np.where(((xx // 6 + yy // 5) % 3 == 0) | (xx > dw - 6), 0, idx)
+    run = min(dw - 1, 20)
+    idx[dh // 4, 1:1 + run] = np.array([3, 7] * (run // 2) + [3] * (run % 2))  # alternating
+    files["rle4.bmp"] = (bmp(dw, dh, 4, rle(idx, True), pal, compression=2), idx, pal)
 
     rgb = np.asarray(base).astype(np.uint32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     p555 = (r >> 3) << 10 | (g >> 3) << 5 | b >> 3
-    files["rgb555.bmp"] = (bmp(97, 65, 16, rows(p555, 16)), None, None)
+    files["rgb555.bmp"] = (bmp(bw_, bh, 16, rows(p555, 16)), None, None)
     p565 = (r >> 3) << 11 | (g >> 2) << 5 | b >> 3
-    files["rgb565.bmp"] = (bmp(97, 65, 16, rows(p565, 16), compression=3,
+    files["rgb565.bmp"] = (bmp(bw_, bh, 16, rows(p565, 16), compression=3,
                                masks=(0xF800, 0x7E0, 0x1F, 0)), None, None)
 
     c = np.asarray(dogs)
     bgr = c[..., ::-1]
-    alpha = np.tile(np.linspace(0, 255, 61).astype(np.uint8), (43, 1))[..., None]
-    files["bgrx32.bmp"] = (bmp(61, 43, 32, rows(np.concatenate([bgr, 255 - alpha], 2), 32)),
+    alpha = np.tile(np.linspace(0, 255, dw).astype(np.uint8), (dh, 1))[..., None]
+    files["bgrx32.bmp"] = (bmp(dw, dh, 32, rows(np.concatenate([bgr, 255 - alpha], 2), 32)),
                            None, None)
-    files["rgba32_v5.bmp"] = (bmp(61, 43, 32, rows(np.concatenate([bgr, alpha], 2), 32),
+    files["rgba32_v5.bmp"] = (bmp(dw, dh, 32, rows(np.concatenate([bgr, alpha], 2), 32),
                                   header=124, compression=3,
                                   masks=(0xFF0000, 0xFF00, 0xFF, 0xFF000000)), None, None)
     xbgr = np.concatenate([alpha, c[..., ::-1]], 2)  # bytes X, B, G, R
-    files["xbgr32_v4.bmp"] = (bmp(61, 43, 32, rows(xbgr, 32), header=108, compression=3,
+    files["xbgr32_v4.bmp"] = (bmp(dw, dh, 32, rows(xbgr, 32), header=108, compression=3,
                                   masks=(0xFF000000, 0xFF0000, 0xFF00, 0)), None, None)
-    files["rgb24_v4.bmp"] = (bmp(61, 43, 24, rows(bgr, 24), header=108), None, None)
-    files["rgb24_topdown.bmp"] = (bmp(61, 43, 24, rows(bgr, 24, True), top_down=True),
+    files["rgb24_v4.bmp"] = (bmp(dw, dh, 24, rows(bgr, 24), header=108), None, None)
+    files["rgb24_topdown.bmp"] = (bmp(dw, dh, 24, rows(bgr, 24, True), top_down=True),
                                   None, None)
     idx, pal = quantized(corgi, 100)
-    files["p8_v5_topdown.bmp"] = (bmp(83, 59, 8, rows(idx, 8, True), pal, header=124,
+    files["p8_v5_topdown.bmp"] = (bmp(cw, ch, 8, rows(idx, 8, True), pal, header=124,
                                       top_down=True), idx, pal)
     idx, pal = quantized(base, 256)
-    files["os2_p8.bmp"] = (bmp(97, 65, 8, rows(idx, 8), pal, header=12, entry=3), idx, pal)
+    files["os2_p8.bmp"] = (bmp(bw_, bh, 8, rows(idx, 8), pal, header=12, entry=3), idx, pal)
 
     os.makedirs(folder, exist_ok=True)
     for name, (data, idx, pal) in sorted(files.items()):
@@ -270,9 +277,10 @@ def plain(magic, width, height, maxval, values, per_line=12):
     return (head + "\n".join(lines) + "\n").encode()
 
 
-def make_pnms(folder):
-    dogs = demo("two_dogs.jpg", (100, 50, 700, 450), (61, 43))
-    small = demo("snowman.png", (100, 100, 500, 400), (37, 29))
+def make_pnms(folder, size=FULL):
+    dogs = demo("two_dogs.jpg", (100, 50, 700, 450), size["dogs"])
+    small = demo("snowman.png", (100, 100, 500, 400), size["small"])
+    (dw, dh), (sw, sh) = size["dogs"], size["small"]
     gray = np.asarray(dogs.convert("L")).astype(np.uint32)
     rgb = np.asarray(dogs).astype(np.uint32)
     files = {}
@@ -288,19 +296,19 @@ def make_pnms(folder):
     files["gray16.pgm"] = buf.getvalue()
     # maxval 100 (1 byte) and 1023 (2 bytes): scaled by Pillow with round-half-even.
     g100 = (gray * 100 + 127) // 255
-    files["gray_maxval100.pgm"] = b"P5\n61 43\n100\n" + bytes(g100.astype(np.uint8).flatten())
+    files["gray_maxval100.pgm"] = b"P5\n%d %d\n100\n" % (dw, dh) + bytes(g100.astype(np.uint8).flatten())
     s = np.asarray(small).astype(np.uint32)
     r1023 = (s * 1023 + 127) // 255
-    files["rgb_maxval1023.ppm"] = (b"P6\n# 10-bit\n37 29\n1023\n" +
+    files["rgb_maxval1023.ppm"] = (b"P6\n# 10-bit\n%d %d\n1023\n" % (sw, sh) +
                                    r1023.astype(">u2").tobytes())
     # Plain text: P1, P2 (maxval 255 and 1000: the latter is Pillow's "I"), P3 (maxval 7).
     bits = np.asarray(small.convert("1")) == 0  # 1 is black
-    files["plain.pbm"] = plain("P1", 37, 29, None, bits.flatten(), per_line=37)
-    files["plain.pgm"] = plain("P2", 37, 29, 255, np.asarray(small.convert("L")).flatten())
+    files["plain.pbm"] = plain("P1", sw, sh, None, bits.flatten(), per_line=sw)
+    files["plain.pgm"] = plain("P2", sw, sh, 255, np.asarray(small.convert("L")).flatten())
     g1000 = (np.asarray(small.convert("L")).astype(np.uint32) * 1000 + 127) // 255
-    files["plain_maxval1000.pgm"] = plain("P2", 37, 29, 1000, g1000.flatten())
-    files["plain_maxval7.ppm"] = plain("P3", 37, 29, 7, ((s * 7 + 127) // 255).flatten())
-    files["rgb.pnm"] = b"P6\n# any of the three may be named .pnm\n37 29 255\n" + s.astype(
+    files["plain_maxval1000.pgm"] = plain("P2", sw, sh, 1000, g1000.flatten())
+    files["plain_maxval7.ppm"] = plain("P3", sw, sh, 7, ((s * 7 + 127) // 255).flatten())
+    files["rgb.pnm"] = b"P6\n# any of the three may be named .pnm\n%d %d 255\n" % (sw, sh) + s.astype(
         np.uint8).tobytes()
 
     os.makedirs(folder, exist_ok=True)
@@ -355,6 +363,10 @@ def main():
     made += [("pnm", n) for n in make_pnms(os.path.join(IMAGES, "pnm"))]
     made += [("heif", n) for n in make_heif(os.path.join(IMAGES, "heif"))]
     made += [("", "small.avif")]  # made by make_mode_images.py
+    # The fuzz target's seeds: every BMP and PNM variant again, a few pixels in size.
+    seeds = os.path.join(REPO, "tests", "fuzz", "corpus", "fuzz_image_decoders")
+    make_bmps(seeds, TINY)
+    make_pnms(seeds, TINY)
     written = []
     for sub, name in made:
         path = os.path.join(IMAGES, sub, name)

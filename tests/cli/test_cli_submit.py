@@ -442,8 +442,8 @@ class Formats(Scratch):
         self.assertEqual(summary(proc.stderr)["ok"], len(names))
 
     def test_one_list(self):
-        """--help, docs/submit.md, docs/protocol.md and the worker name the same formats and
-        extensions; a folder with a file under every extension is walked and annotated in
+        """--help, docs/submit.md, docs/protocol.md, the worker and the Python example's folder
+        walk name the same formats and extensions; a folder with a file under every extension is walked and annotated in
         full, and nothing else in it is walked."""
         exts = help_extensions()
         self.assertIn(".bmp", exts)
@@ -453,6 +453,11 @@ class Formats(Scratch):
             self.assertEqual(refused, ["ico", "tga"], name)
         names = [n for n, _ in docs["submit.md"][0]]
         self.assertEqual(names, [n for n, _ in docs["protocol.md"][0]])
+        example = os.path.join(ARGS.data, os.pardir, os.pardir, "client", "python", "examples",
+                               "ground_folder.py")
+        with open(example, encoding="utf-8") as f:
+            m = re.search(r"^EXTENSIONS = \{(.*?)\}", f.read(), re.S | re.M)
+        self.assertEqual(set(re.findall(r'"(\.\w+)"', m.group(1))), set(exts), example)
 
         imgs = self.path("imgs")
         os.makedirs(imgs)

@@ -130,8 +130,11 @@ static const own_decoder *own_decoder_of(const ki_format *f) {
 static ks_status check_size(uint64_t width, uint64_t height, uint64_t max_pixels) {
     bool over = height && width > UINT64_MAX / height;
     uint64_t pixels = over ? UINT64_MAX : width * height;
-    if (width < 1 || height < 1 || over || pixels > max_pixels || width > INT_MAX ||
-        height > INT_MAX || pixels > SIZE_MAX / 3) {
+    if (over || width > INT_MAX || height > INT_MAX || pixels > SIZE_MAX / 3) {
+        return ks_fail(KS_ERR_LIMIT, "image: %llux%llu is too large to decode",
+                       (unsigned long long)width, (unsigned long long)height);
+    }
+    if (width < 1 || height < 1 || pixels > max_pixels) {
         return ks_fail(KS_ERR_LIMIT,
                        "image: %llux%llu (%llu pixels) is over the limit of %llu pixels",
                        (unsigned long long)width, (unsigned long long)height,

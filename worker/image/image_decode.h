@@ -4,8 +4,8 @@
  * strict decoders (bmp_decode.h, pnm_decode.h), recognised by their signatures before libvips
  * sees them: libvips reaches BMP only through ImageMagick, and its PPM loader is flagged
  * untrusted, both blocked. The other formats are decoded with libvips from memory and
- * converted to 8-bit RGB the way the reference does (PIL Image.open + convert("RGB"),
- * docs/kosmos2-reference.md §3.1 step 1):
+ * converted to 8-bit RGB the way the reference does (PIL Image.open + convert("RGB"), the
+ * image transformers' processor receives):
  *   - alpha is dropped, never composited (RGBA, LA, palette with tRNS);
  *   - grayscale, bilevel and palette images are expanded to R = G = B (palette via its colours);
  *   - CMYK with PIL's formula: nk = 255 - K; R = nk - (C*nk)/255 (rounded as PIL's MULDIV255);

@@ -15,6 +15,7 @@
 #include "backend_open.h"
 #include "cli.h"
 #include "cli_args.h"
+#include "cli_help.h"
 #include "generate.h"
 #include "ks_buf.h"
 #include "kw_pipeline.h"
@@ -39,7 +40,8 @@ static const char run_help[] =
     "\n"
     "  --model DIR             Hugging Face checkpoint folder of microsoft/kosmos-2-patch14-224\n"
     "                          (config.json, model.safetensors, sentencepiece.bpe.model, ...)\n"
-    "  --image FILE            JPEG, PNG, WebP, TIFF, GIF (HEIF/AVIF where libvips has them)\n"
+    "  --image FILE            {image-formats}\n"
+    "                          (HEIF/HEIC/AVIF only where libvips has its HEIF loader)\n"
     "  --prompt TEXT           default \"<grounding>An image of\"\n"
     "  --bboxes JSON           boxes per <phrase> of the prompt, as 'kosmos encode' takes them\n"
     "  --max-new-tokens N      default 128 (or the checkpoint's generation_config.json)\n"
@@ -158,7 +160,7 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         case PIXELS: o->pixels_from = optarg; break;
         case DUMP: o->dump_path = optarg; break;
         case DRAW: o->draw_path = optarg; break;
-        case 'h': fputs(run_help, stdout); return -1;
+        case 'h': cli_help_print(run_help); return -1;
         default: return cli_usage_error("run: see 'kosmos run --help'");
         }
     }

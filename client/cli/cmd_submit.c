@@ -37,6 +37,7 @@
 #include "ks_file.h"
 #include "ks_sha256.h"
 #include "ks_utf8.h"
+#include "cli_help.h"
 #include "processor.h"
 #include "submit_draw.h"
 #include "submit_embedded.h"
@@ -60,9 +61,10 @@ static const char submit_help[] =
     "status is ok, failed, expired, dead or cancelled; entities and boxes_px are as\n"
     "'kosmos run' gives them. A failure does not stop the run.\n"
     "\n"
-    "PATH is an image file, a folder (walked recursively for .jpg .jpeg .png .webp .tif\n"
-    ".tiff .gif .bmp .heic .heif .avif files, sorted; hidden entries skipped; links followed,\n"
-    "each folder once) or @LIST (a file with one such path per line; @- = stdin).\n"
+    "PATH is an image file, a folder or @LIST (a file with one such path per line;\n"
+    "@- = stdin). Folders are walked recursively, in sorted order, for files ending in\n"
+    "  {image-extensions}\n"
+    "(any case); hidden entries are skipped, links followed, each folder entered once.\n"
     "\n"
     "  --broker EP             the broker's client endpoint, e.g. tcp://broker:5555\n"
     "  --model DIR             no broker: run a broker and a worker in this process, over\n"
@@ -282,7 +284,7 @@ static int parse_options(int argc, char **argv, submit_options *o)
             break;
         case ACK: o->ack = true; break;
         case QUIET: o->quiet = true; break;
-        case 'h': fputs(submit_help, stdout); return -1;
+        case 'h': cli_help_print(submit_help); return -1;
         default: return cli_usage_error("submit: see 'kosmos submit --help'");
         }
     }

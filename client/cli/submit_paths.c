@@ -7,9 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 
+#include "image_formats.h"
 #include "ks_error.h"
 #include "submit_set.h"
 
@@ -32,18 +32,9 @@ struct submit_paths {
     size_t line_cap;
 };
 
-static const char *const image_ext[] = {"jpg", "jpeg", "png", "webp", "tif", "tiff", "gif",
-                                        "bmp", "heic", "heif", "avif"};
-
 bool submit_paths_is_image(const char *name)
 {
-    const char *dot = strrchr(name, '.');
-    if (!dot || dot == name)
-        return false;
-    for (size_t i = 0; i < sizeof image_ext / sizeof image_ext[0]; i++)
-        if (!strcasecmp(dot + 1, image_ext[i]))
-            return true;
-    return false;
+    return ki_format_by_path(name) != NULL;
 }
 
 submit_paths *submit_paths_new(char *const *args, size_t n)

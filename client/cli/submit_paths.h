@@ -26,8 +26,8 @@ void submit_paths_destroy(submit_paths **w);
  * (the walk goes on at the next call). */
 int submit_paths_next(submit_paths *w, const char **path);
 
-/* True when `name` ends in an image extension (jpg jpeg png webp tif tiff gif bmp heic heif
- * avif, any case). */
+/* True when `name` ends in the extension of a format a worker accepts (any case): the one
+ * list, worker/image/image_formats.h. */
 bool submit_paths_is_image(const char *name);
 
 /* Checks that every argument exists (a file, a folder, or @LIST readable); on failure returns

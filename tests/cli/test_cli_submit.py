@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The `kosmos submit` command-line contract on the tiny test checkpoint (meaningless text, real
 pipeline): complete JSON Lines over the demo images, --resume after a killed run, COCO and
---draw outputs, a broken image, usage errors, and a run against separately started
-kosmos-broker + kosmos-worker processes (deduplication by idempotency key). Standard library
-only.
+--draw outputs, a broken image, usage errors, a run against separately started
+kosmos-broker + kosmos-worker processes (deduplication by idempotency key), every BMP variant,
+and the one list of image formats (--help, docs/submit.md, docs/protocol.md, the worker and
+the folder walk agree). Standard library only.
 
     test_cli_submit.py --kosmos build/bin/kosmos --data tests/data \
         --model tests/data/tiny-kosmos2 [--device ref] \
@@ -391,6 +392,112 @@ class RealBroker(Scratch):
         self.assertEqual((s["skipped"], s["submitted"], s["deduplicated"]),
                          (len(before), missing, missing))
         self.assertEqual(len({l["job_id"] for l in after}), 7)
+
+
+def help_extensions():
+    """The extensions `kosmos submit --help` says a folder walk takes, in its order."""
+    out = subprocess.run([ARGS.kosmos, "submit", "--help"], capture_output=True, timeout=60,
+                         check=True).stdout.decode()
+    m = re.search(r"files ending in\n(.*?)\n\(any case\)", out, re.S)
+    assert m, out
+    return m.group(1).split()
+
+
+def doc_formats(name):
+    """(accepted [(format, [extensions])], refused [format]) from the marked part of a doc."""
+    path = os.path.join(ARGS.data, os.pardir, os.pardir, "docs", name)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r"<!-- image formats:.*?-->\n(.*?)<!-- end of image formats -->", text, re.S)
+    assert m, path + ": no marked list of image formats"
+    part = m.group(1)
+    accepted, refused = [], []
+    if part.lstrip().startswith("|"):  # submit.md: a table
+        for row in re.findall(r"^\| `(\w+)` \| ([^|]*) \|", part, re.M):
+            exts = re.findall(r"`(\.\w+)`", row[1])
+            (accepted.append((row[0], exts)) if exts else refused.append(row[0]))
+    else:  # protocol.md: `name` (`.ext` ...), then "Refused by name: ..."
+        accepted = [(n, re.findall(r"`(\.\w+)`", e))
+                    for n, e in re.findall(r"`(\w+)` \(((?:`\.\w+`\s*)+)", part)]
+        refused = re.findall(r"`(\w+)`", part.split("Refused by name:")[1])
+    return accepted, refused
+
+
+# A test file of each format, copied under each of its extensions.
+FORMAT_SAMPLES = {"jpeg": "kosmos2/images/two_dogs.jpg", "png": "images/rgba.png",
+                  "webp": "images/lossless.webp", "tiff": "images/rgb.tiff",
+                  "gif": "images/opaque.gif", "bmp": "images/bmp/rgb24.bmp",
+                  "pnm": "images/pnm/pillow.ppm", "heif": "images/heif/small.heic",
+                  ".avif": "images/small.avif"}
+
+
+class Formats(Scratch):
+    def test_bmp_folder(self):
+        """Every BMP variant (tests/data/images/bmp, made with Pillow) is annotated; the size
+        of each is the one its header gives."""
+        folder = os.path.join(ARGS.data, "images", "bmp")
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".bmp"))
+        self.assertGreaterEqual(len(names), 19)
+        out = self.path("out.jsonl")
+        proc = embedded(folder, "-o", out, env=self.env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        lines = {os.path.basename(l["path"]): l for l in read_lines(out)}
+        self.assertEqual(sorted(lines), names)
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                head = f.read(26)
+            if head[14] == 12:  # OS/2 1.x: 16-bit sizes
+                w, h = int.from_bytes(head[18:20], "little"), int.from_bytes(head[20:22], "little")
+            else:
+                w = int.from_bytes(head[18:22], "little")
+                h = abs(int.from_bytes(head[22:26], "little", signed=True))
+            self.assertEqual(lines[name]["status"], "ok", lines[name])
+            self.assertEqual((lines[name]["width"], lines[name]["height"]), (w, h), name)
+        self.assertEqual(summary(proc.stderr)["ok"], len(names))
+
+    def test_one_list(self):
+        """--help, docs/submit.md, docs/protocol.md, the worker and the Python example's folder
+        walk name the same formats and extensions; a folder with a file under every extension is walked and annotated in
+        full, and nothing else in it is walked."""
+        exts = help_extensions()
+        self.assertIn(".bmp", exts)
+        docs = {name: doc_formats(name) for name in ("submit.md", "protocol.md")}
+        for name, (accepted, refused) in docs.items():
+            self.assertEqual([e for _, es in accepted for e in es], exts, name)
+            self.assertEqual(refused, ["ico", "tga"], name)
+        names = [n for n, _ in docs["submit.md"][0]]
+        self.assertEqual(names, [n for n, _ in docs["protocol.md"][0]])
+        example = os.path.join(ARGS.data, os.pardir, os.pardir, "client", "python", "examples",
+                               "ground_folder.py")
+        with open(example, encoding="utf-8") as f:
+            m = re.search(r"^EXTENSIONS = \{(.*?)\}", f.read(), re.S | re.M)
+        self.assertEqual(set(re.findall(r'"(\.\w+)"', m.group(1))), set(exts), example)
+
+        imgs = self.path("imgs")
+        os.makedirs(imgs)
+        walked = []
+        for fmt, fmt_exts in docs["submit.md"][0]:
+            for ext in fmt_exts:
+                sample = FORMAT_SAMPLES.get(ext, FORMAT_SAMPLES[fmt])
+                name = "sample" + (ext.upper() if ext == ".jpeg" else ext)  # any case
+                shutil.copy(os.path.join(ARGS.data, sample), os.path.join(imgs, name))
+                walked.append(os.path.join(imgs, name))
+        for decoy in ("x.tga", "x.ico", "notes.txt", ".hidden.png", "bmp"):
+            with open(os.path.join(imgs, decoy), "wb") as f:
+                f.write(b"\0\0\1\0\1\0" + b"\0" * 40)  # an ICO directory
+        ico = os.path.join(imgs, "x.ico")  # named on the command line: submitted anyway
+        out = self.path("out.jsonl")
+        proc = embedded(imgs, ico, "-o", out, env=self.env)
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        lines = {l["path"]: l for l in read_lines(out)}
+        self.assertEqual(sorted(lines), sorted(walked + [ico]))
+        for path in walked:
+            self.assertEqual(lines[path]["status"], "ok", lines[path])
+        error = lines[ico]["error"]
+        self.assertIn("ICO/CUR", error)
+        m = re.search(r"accepted: ([a-z ]+)\)", error)
+        self.assertTrue(m, error)
+        self.assertEqual(m.group(1).split(), names)  # every worker format is in the docs
 
 
 def main():

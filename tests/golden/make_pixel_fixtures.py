@@ -86,7 +86,10 @@ def main():
     backend = [c.__name__ for c in type(processor).__mro__ if "Backend" in c.__name__]
     backend = backend[0] if backend else "unknown"
     files = [os.path.join(DEMO, n) for n in sorted(os.listdir(DEMO))]
-    files += [os.path.join(MODES, n) for n in sorted(os.listdir(MODES))]
+    # Files only: the subfolders (bmp/, pnm/, heif/) have decoded-RGB fixtures of their own
+    # (make_format_images.py).
+    files += [os.path.join(MODES, n) for n in sorted(os.listdir(MODES))
+              if os.path.isfile(os.path.join(MODES, n))]
     written = []
     for path in files:
         name = os.path.basename(path)

@@ -7,7 +7,14 @@
  * of transformers (its torch resize differs from Pillow by at most one step); the mode
  * conversions; bad input (truncated, empty, not an image, a huge header); the pixel limit;
  * decoding from several threads; and drawing boxes. Bad images are made at run time from the
- * good ones. Safetensors are read with the test-only test_safetensors_min.h. */
+ * good ones. Safetensors are read with the test-only test_safetensors_min.h.
+ *
+ * The formats of our own decoders and the YUV formats: every file of tests/data/images/bmp,
+ * pnm and heif (and small.avif) against tests/golden/decoded/<file>.safetensors from
+ * tests/golden/make_format_images.py, Pillow's decoded RGB: BMP and PNM bit for bit, HEIF and
+ * AVIF within the steps docs/submit.md states; the format list (image_formats.h) against the
+ * files: every accepted format decodes from a test file whose extension names it; the refused
+ * formats; every length and header byte of the BMP and PNM files. */
 #include <dirent.h>
 #include <math.h>
 #include <pthread.h>
@@ -23,14 +30,17 @@
 
 #include "draw.h"
 #include "image_decode.h"
+#include "image_formats.h"
 #include "ks_file.h"
 #include "pil_resize.h"
 #include "pixels.h"
 #include "test_safetensors_min.h"
+#include "test_skip.h"
 
 #define DEMO_DIR KOSMOS_TEST_DATA_DIR "/kosmos2/images"
 #define MODE_DIR KOSMOS_TEST_DATA_DIR "/images"
 #define FIXTURE_DIR KOSMOS_GOLDEN_DIR "/pixels"
+#define DECODED_DIR KOSMOS_GOLDEN_DIR "/decoded"
 #define NPIX (3 * KI_IMAGE_SIZE * KI_IMAGE_SIZE)
 #define MAX_FILE ((size_t)64 << 20)
 
@@ -152,6 +162,10 @@ static void test_mode_images(void **state) {
     for (size_t i = 0; i < n; i++) {
         bool avif = strstr(names[i], ".avif") != NULL;
         if (avif && !ki_format_available("heif")) {
+            if (kt_require_all()) {
+                fail_msg("%s: libvips has no HEIF loader here (KOSMOS_TEST_REQUIRE_ALL=1)",
+                         names[i]);
+            }
             printf("  %s skipped: libvips has no HEIF/AVIF loader here\n", names[i]);
             continue;
         }
@@ -317,6 +331,301 @@ static void test_pixel_limit(void **state) {
     free(bytes);
 }
 
+/* The most a YUV file's RGB may differ from its reference, in 8-bit steps (docs/submit.md,
+ * "Formats"): YUV-to-RGB rounding gives one step; for 4:2:0 AVIF, libheif (ours, through
+ * libvips) repeats each chroma sample where libavif (Pillow's) interpolates, up to 16 steps
+ * at colour edges. HEIC is compared with pillow-heif, Pillow's HEIF plugin. */
+static int yuv_steps(const char *name) {
+    return strcmp(name, "small.avif") == 0 ? 16 : 1;
+}
+
+static bool is_yuv(const char *name) {
+    return strstr(name, ".avif") || strstr(name, ".heic") || strstr(name, ".heif");
+}
+
+/* One file against Pillow's decoded RGB; also checks that the file's extension names the
+ * format it decodes as (the walk and the decoder use the same list) and that probing agrees. */
+static void check_decoded(const char *dir, const char *name) {
+    char path[512], fix[512];
+    size_t len = 0;
+    st_min st;
+    ki_image *img = NULL;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(fix, sizeof fix, "%s/%s.safetensors", DECODED_DIR, name);
+    if (st_min_open(&st, fix) != 0) {
+        fail_msg("%s (run tests/golden/make_format_images.py)", ks_error_message());
+    }
+    char *bytes = read_all(path, &len);
+    if (ki_image_decode(bytes, len, NULL, &img) != KS_OK) {
+        fail_msg("%s: %s", name, ks_error_message());
+    }
+    int w = ki_image_width(img), h = ki_image_height(img), pw = 0, ph = 0;
+    const char *probed = NULL;
+    assert_int_equal(w, atoi(st_min_meta(&st, "width")));
+    assert_int_equal(h, atoi(st_min_meta(&st, "height")));
+    assert_int_equal(ki_image_probe(bytes, len, &pw, &ph, &probed), KS_OK);
+    assert_int_equal(pw, w);
+    assert_int_equal(ph, h);
+    const ki_format *by_ext = ki_format_by_path(name);
+    assert_non_null(by_ext);
+    assert_string_equal(by_ext->name, ki_image_format(img));
+    assert_string_equal(probed, ki_image_format(img));
+
+    size_t n = (size_t)w * (size_t)h * 3, differ = 0;
+    const uint8_t *want = st_min_tensor(&st, "rgb", "U8", n), *got = ki_image_rgb(img);
+    assert_non_null(want);
+    int maxd = 0;
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        int d = abs((int)got[i] - (int)want[i]);
+        differ += d != 0;
+        maxd = d > maxd ? d : maxd;
+        sum += d;
+    }
+    printf("  %-22s %-4s %-5s %3dx%-3d vs %-11s %s", name, ki_image_format(img),
+           st_min_meta(&st, "pil_mode"), w, h, st_min_meta(&st, "reference"),
+           differ ? "" : "identical\n");
+    if (differ) {
+        printf("%zu of %zu samples differ, max %d, mean %.3f steps\n", differ, n, maxd,
+               sum / (double)n);
+    }
+    assert_true(maxd <= (is_yuv(name) ? yuv_steps(name) : 0));
+    ki_image_destroy(&img);
+    free(bytes);
+    st_min_close(&st);
+}
+
+static size_t check_folder(const char *dir) {
+    char names[64][64];
+    size_t n = list_images(dir, names, 64);
+    for (size_t i = 0; i < n; i++) {
+        check_decoded(dir, names[i]);
+    }
+    return n;
+}
+
+/* Every BMP variant and every PNM against Pillow, bit for bit. */
+static void test_own_decoders(void **state) {
+    assert_true(check_folder(MODE_DIR "/bmp") >= 19);
+    assert_true(check_folder(MODE_DIR "/pnm") >= 11);
+}
+
+static void test_heif_avif(void **state) {
+    if (!ki_format_available("heif")) {
+        KT_CANNOT_RUN("libvips has no HEIF loader here");
+    }
+    assert_true(check_folder(MODE_DIR "/heif") >= 2);
+    check_decoded(MODE_DIR, "small.avif");
+}
+
+/* The one list against the test files: each accepted format's extensions lead back to it,
+ * each accepted format decodes from some test file named with one of its extensions, and
+ * ki_formats() names exactly the accepted formats. */
+static void test_format_list(void **state) {
+    static const char *const dirs[] = {DEMO_DIR, MODE_DIR, MODE_DIR "/bmp", MODE_DIR "/pnm",
+                                       MODE_DIR "/heif"};
+    size_t n;
+    const ki_format *list = ki_format_list(&n);
+    bool decoded[32] = {false};
+    char expect[256] = "";
+    assert_true(n <= 32);
+    for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
+        char names[64][64];
+        size_t k = list_images(dirs[d], names, 64);
+        for (size_t i = 0; i < k; i++) {
+            char path[512];
+            size_t len;
+            int w, h;
+            const char *fmt = NULL;
+            const ki_format *f = ki_format_by_path(names[i]);
+            assert_non_null(f);
+            if (!ki_format_available(f->name)) {
+                continue; /* heif without libheif: test_heif_avif fails or skips */
+            }
+            snprintf(path, sizeof path, "%s/%s", dirs[d], names[i]);
+            char *bytes = read_all(path, &len);
+            assert_int_equal(ki_image_probe(bytes, len, &w, &h, &fmt), KS_OK);
+            assert_string_equal(f->name, fmt);
+            decoded[f - list] = true;
+            free(bytes);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        const ki_format *f = &list[i];
+        if (f->decoder == KI_DECODER_NONE) {
+            assert_string_equal(f->extensions, "");
+            assert_non_null(f->refused);
+            continue;
+        }
+        bool here = ki_format_available(f->name);
+        printf("  %-5s %-16s %s\n", f->name, f->extensions,
+               !here ? "not in this build" : decoded[i] ? "decoded" : "MISSING");
+        assert_true(decoded[i] || !here);
+        assert_true(f->extensions[0] != '\0');
+        for (const char *p = f->extensions; *p;) {
+            char file[32], upper[32];
+            size_t w = strcspn(p, " ");
+            snprintf(file, sizeof file, "dir/x.%.*s", (int)w, p);
+            snprintf(upper, sizeof upper, "X.%.*s", (int)w, p);
+            for (char *c = upper; *c; c++) {
+                *c = (char)(*c >= 'a' && *c <= 'z' ? *c - 32 : *c);
+            }
+            assert_ptr_equal(ki_format_by_path(file), f);
+            assert_ptr_equal(ki_format_by_path(upper), f);
+            p += w;
+            p += *p == ' ';
+        }
+        if (here) {
+            snprintf(expect + strlen(expect), sizeof expect - strlen(expect), "%s%s",
+                     expect[0] ? " " : "", f->name);
+        }
+    }
+    assert_string_equal(ki_formats(), expect);
+    assert_null(ki_format_by_path("x.txt"));
+    assert_null(ki_format_by_path(".png"));
+    assert_null(ki_format_by_path("png"));
+    assert_null(ki_format_by_path("a.png/b"));
+    assert_null(ki_format_by_path("x.ico"));
+    assert_null(ki_format_by_path("x.tga"));
+    char ext[256];
+    size_t need = ki_format_extensions(ext, sizeof ext);
+    assert_int_equal(need, strlen(ext));
+    printf("  walked: %s\n", ext);
+    assert_int_equal(ki_format_extensions(ext, 5), need);
+    assert_string_equal(ext, ".jpg");
+}
+
+static void expect_message(const char *what, const void *bytes, size_t len, ks_status want,
+                           const char *needle) {
+    ki_image *img = (ki_image *)&img;
+    ks_status rc = ki_image_decode(bytes, len, NULL, &img);
+    printf("  %-28s -> %s: %s\n", what, ks_status_name(rc), ks_error_message());
+    assert_int_equal(rc, want);
+    assert_null(img);
+    assert_non_null(strstr(ks_error_message(), needle));
+}
+
+/* Formats we recognise only to refuse, and variants the decoders refuse, each by name. */
+static void test_refused(void **state) {
+    static const uint8_t ico[] = {0, 0, 1, 0, 1, 0, 16, 16, 0, 0, 1, 0, 32, 0, 0, 0, 0, 0,
+                                  22, 0, 0, 0};
+    static const uint8_t cur[] = {0, 0, 2, 0, 1, 0, 16, 16, 0, 0, 1, 0, 32, 0, 0, 0, 0, 0,
+                                  22, 0, 0, 0};
+    /* An uncompressed 24-bit 2x1 TGA: no signature, a plausible header. */
+    static const uint8_t tga[] = {0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 24, 0,
+                                  1, 2, 3, 4, 5, 6};
+    static const char pfm[] = "Pf\n2 1\n-1.0\n\0\0\0\0\0\0\0\0";
+    static const char pam[] = "P7\nWIDTH 1\nHEIGHT 1\nDEPTH 3\nMAXVAL 255\nENDHDR\nabc";
+    static const char pil_p[] = "PyP\n1 1\n255\nx";
+    expect_message("ICO", ico, sizeof ico, KS_ERR_FORMAT, "ICO");
+    expect_message("CUR", cur, sizeof cur, KS_ERR_FORMAT, "ICO");
+    expect_message("TGA", tga, sizeof tga, KS_ERR_FORMAT, "TGA");
+    expect_message("PFM", pfm, sizeof pfm - 1, KS_ERR_UNSUPPORTED, "PFM");
+    expect_message("PAM (P7)", pam, sizeof pam - 1, KS_ERR_FORMAT, "format");
+    expect_message("PIL's PyP", pil_p, sizeof pil_p - 1, KS_ERR_FORMAT, "pnm");
+
+    size_t len;
+    char *b = read_all(MODE_DIR "/bmp/rgb24.bmp", &len);
+    b[30] = 4; /* compression: JPEG inside */
+    expect_message("BMP with a JPEG inside", b, len, KS_ERR_FORMAT, "JPEG");
+    b[30] = 3; /* bit fields: not the masks 24 bits may have (the file's pixels as masks) */
+    expect_message("BMP 24-bit odd bit fields", b, len, KS_ERR_FORMAT, "bit fields");
+    b[30] = 1; /* RLE8 with 24 bits */
+    expect_message("BMP RLE with 24 bits", b, len, KS_ERR_FORMAT, "RLE");
+    b[30] = 0;
+    b[28] = 2; /* 2 bits per pixel */
+    expect_message("BMP 2 bits per pixel", b, len, KS_ERR_FORMAT, "depth");
+    b[28] = 24;
+    b[14] = 41; /* an unknown header size */
+    expect_message("BMP header of 41 bytes", b, len, KS_ERR_FORMAT, "header");
+    free(b);
+}
+
+/* Headers claiming huge images fail on the limit before any allocation; probing reads them. */
+static void test_own_limits(void **state) {
+    uint8_t bmp[54] = {'B', 'M'};
+    const uint32_t fields[][2] = {{10, 54}, {14, 40}, {18, 100000}, {22, 100000}};
+    for (size_t i = 0; i < 4; i++) {
+        for (int k = 0; k < 4; k++) {
+            bmp[fields[i][0] + (size_t)k] = (uint8_t)(fields[i][1] >> (8 * k));
+        }
+    }
+    bmp[26] = 1;
+    bmp[28] = 24;
+    int w = 0, h = 0;
+    assert_int_equal(ki_image_probe(bmp, sizeof bmp, &w, &h, NULL), KS_OK);
+    assert_int_equal(w, 100000);
+    assert_int_equal(h, 100000);
+    expect_failure("BMP header 100000x100000", bmp, sizeof bmp, KS_ERR_LIMIT);
+    bmp[25] = 0xFF; /* height field 0xFFFF86A0: top byte 0xFF, so top-down, 2^32 - field rows */
+    bmp[24] = 0xFF;
+    assert_int_equal(ki_image_probe(bmp, sizeof bmp, &w, &h, NULL), KS_OK);
+    printf("  top-down BMP height field ffff86a0 -> %d rows\n", h);
+    assert_int_equal(h, 0x7960);
+    bmp[25] = 0xFE; /* 0xFEFF86A0: bottom-up (Pillow looks at the top byte only), > INT_MAX */
+    assert_int_equal(ki_image_probe(bmp, sizeof bmp, &w, &h, NULL), KS_ERR_LIMIT);
+    static const char ppm[] = "P6\n100000 100000\n255\n";
+    expect_failure("PPM header 100000x100000", ppm, sizeof ppm - 1, KS_ERR_LIMIT);
+    static const char pgm[] = "P5 9999999999 1 255 ";
+    expect_failure("PGM header 9999999999x1", pgm, sizeof pgm - 1, KS_ERR_LIMIT);
+
+    size_t len;
+    char *bytes = read_all(MODE_DIR "/bmp/rle8.bmp", &len); /* 97 x 65 */
+    ki_decode_params p;
+    ki_image *img = NULL;
+    ki_decode_params_default(&p);
+    p.max_pixels = 97 * 65 - 1;
+    assert_int_equal(ki_image_decode(bytes, len, &p, &img), KS_ERR_LIMIT);
+    assert_null(img);
+    p.max_pixels = 97 * 65;
+    assert_int_equal(ki_image_decode(bytes, len, &p, &img), KS_OK);
+    ki_image_destroy(&img);
+    free(bytes);
+}
+
+/* Each BMP and PNM test file cut at every length, and each of its first 160 bytes set to 5
+ * values: any status, no crash (the ASan build runs this too), no image on failure. */
+static void test_own_decoders_bad(void **state) {
+    static const char *const dirs[] = {MODE_DIR "/bmp", MODE_DIR "/pnm"};
+    static const uint8_t values[] = {0x00, 0x01, 0x7F, 0xFF, '#'};
+    size_t tried = 0, failed = 0;
+    for (size_t d = 0; d < 2; d++) {
+        char names[64][64];
+        size_t n = list_images(dirs[d], names, 64);
+        for (size_t f = 0; f < n; f++) {
+            char path[512];
+            size_t len;
+            ki_image *img = NULL;
+            ki_decode_params p;
+            ki_decode_params_default(&p);
+            p.max_pixels = 1 << 20; /* a flipped size byte must not allocate gigabytes */
+            snprintf(path, sizeof path, "%s/%s", dirs[d], names[f]);
+            char *data = read_all(path, &len);
+            for (size_t cut = 0; cut < len; cut++) {
+                ks_status r = ki_image_decode(data, cut, &p, &img);
+                assert_true(r == KS_OK ? img != NULL : img == NULL);
+                failed += r != KS_OK;
+                tried++;
+                ki_image_destroy(&img);
+            }
+            for (size_t at = 0; at < len && at < 160; at++) {
+                char keep = data[at];
+                for (size_t v = 0; v < sizeof values; v++) {
+                    data[at] = (char)values[v];
+                    ks_status r = ki_image_decode(data, len, &p, &img);
+                    assert_true(r == KS_OK ? img != NULL : img == NULL);
+                    failed += r != KS_OK;
+                    tried++;
+                    ki_image_destroy(&img);
+                }
+                data[at] = keep;
+            }
+            free(data);
+        }
+    }
+    printf("  %zu cut or changed BMP and PNM files: %zu rejected, none crashed\n", tried, failed);
+}
+
 static void test_resize_edges(void **state) {
     uint8_t one[3] = {10, 200, 255}, out[6 * 5 * 3], same[2 * 2 * 3];
     uint8_t src[2 * 2 * 3] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
@@ -424,7 +733,10 @@ static void test_draw(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resize_edges), cmocka_unit_test(test_demo_images),
-        cmocka_unit_test(test_mode_images),  cmocka_unit_test(test_exif_orientation),
+        cmocka_unit_test(test_mode_images),  cmocka_unit_test(test_own_decoders),
+        cmocka_unit_test(test_heif_avif),    cmocka_unit_test(test_format_list),
+        cmocka_unit_test(test_refused),      cmocka_unit_test(test_own_limits),
+        cmocka_unit_test(test_own_decoders_bad), cmocka_unit_test(test_exif_orientation),
         cmocka_unit_test(test_bad_images),   cmocka_unit_test(test_pixel_limit),
         cmocka_unit_test(test_threads),      cmocka_unit_test(test_draw),
     };

@@ -1,26 +1,23 @@
-/* image_decode: libvips decoding and the PIL-equivalent conversion to 8-bit RGB (see
- * image_decode.h). The conversion is done here in C on the decoded samples rather than with
- * libvips colour operations, because those (vips_colourspace, vips_flatten, ICC) do not give
- * PIL's results. */
+/* image_decode: admission by the format list, our own decoders, libvips decoding and the
+ * PIL-equivalent conversion to 8-bit RGB (see image_decode.h). The conversion is done here in
+ * C on the decoded samples rather than with libvips colour operations, because those
+ * (vips_colourspace, vips_flatten, ICC) do not give PIL's results. */
 #include "image_decode.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <vips/vips.h>
 
+#include "bmp_decode.h"
+#include "image_formats.h"
+#include "pnm_decode.h"
+
 struct ki_image {
     int width, height;
     uint8_t *rgb; /* (height, width, 3), owned */
     const char *format;
-};
-
-static const struct {
-    const char *loader;
-    const char *name;
-} loaders[] = {
-    {"jpegload_buffer", "jpeg"}, {"pngload_buffer", "png"}, {"webpload_buffer", "webp"},
-    {"tiffload_buffer", "tiff"}, {"gifload_buffer", "gif"}, {"heifload_buffer", "heif"},
 };
 
 void ki_decode_params_default(ki_decode_params *p) {
@@ -70,42 +67,84 @@ ks_status ki_image_from_rgb(const uint8_t *rgb, int width, int height, ki_image 
     return st;
 }
 
-/* Finds the loader libvips would use and admits only ours. Sets *format. */
-static ks_status sniff(const void *bytes, size_t len, const char **format) {
-    const char *loader;
+/* Which format the bytes are, admitting only what image_formats.h accepts: the formats we
+ * decode ourselves (and those we refuse by name) by their signatures first, so that libvips
+ * never hands them to ImageMagick; then libvips' loaders, of which we admit ours; then the
+ * formats that have no signature, only so that the message can name them. */
+static ks_status identify(const void *bytes, size_t len, const ki_format **out) {
+    const ki_format *f;
+    const char *nick = NULL;
     if (len == 0) {
         return ks_fail(KS_ERR_FORMAT, "image: the image is empty (0 bytes)");
     }
-    loader = vips_foreign_find_load_buffer(bytes, len);
-    if (!loader) {
-        vips_error_clear();
+    f = ki_format_sniff(bytes, len, false);
+    if (!f) {
+        ks_status st = ki_init();
+        if (st != KS_OK) {
+            return st;
+        }
+        const char *loader = vips_foreign_find_load_buffer(bytes, len);
+        if (loader) {
+            /* libvips names the class (VipsForeignLoadJpegBuffer); we list nicknames. */
+            GType type = g_type_from_name(loader);
+            nick = type ? vips_nickname_find(type) : loader;
+            nick = nick ? nick : loader;
+            f = ki_format_by_vips_loader(nick);
+        } else {
+            vips_error_clear();
+        }
+    }
+    if (!f) { /* ImageMagick claims TGA too, so this comes before its message */
+        f = ki_format_sniff(bytes, len, true);
+    }
+    if (!f) {
+        if (nick) {
+            return ks_fail(KS_ERR_FORMAT,
+                           "image: format not accepted (only libvips' %s reads it; accepted: %s)",
+                           nick, ki_formats());
+        }
         return ks_fail(KS_ERR_FORMAT, "image: not an image in a supported format (%s)",
                        ki_formats());
     }
-    /* libvips names the class (VipsForeignLoadJpegBuffer); compare its nickname. */
-    GType type = g_type_from_name(loader);
-    const char *nick = type ? vips_nickname_find(type) : NULL;
-    for (size_t i = 0; nick && i < sizeof loaders / sizeof loaders[0]; i++) {
-        if (strcmp(nick, loaders[i].loader) == 0) {
-            *format = loaders[i].name;
-            return KS_OK;
-        }
+    if (f->decoder == KI_DECODER_NONE) {
+        return ks_fail(KS_ERR_FORMAT, "image: %s is not accepted: %s (accepted: %s)", f->title,
+                       f->refused, ki_formats());
     }
-    return ks_fail(KS_ERR_FORMAT, "image: format not accepted (libvips loader %s; accepted: %s)",
-                   loader, ki_formats());
+    *out = f;
+    return KS_OK;
+}
+
+/* Our decoders, for the formats image_formats.h gives to them. */
+typedef struct own_decoder {
+    ks_status (*size)(const uint8_t *bytes, size_t len, uint64_t *width, uint64_t *height);
+    ks_status (*decode)(const uint8_t *bytes, size_t len, uint8_t *rgb);
+} own_decoder;
+
+static const own_decoder *own_decoder_of(const ki_format *f) {
+    static const own_decoder bmp = {ki_bmp_size, ki_bmp_decode};
+    static const own_decoder pnm = {ki_pnm_size, ki_pnm_decode};
+    return f->decoder == KI_DECODER_BMP ? &bmp : f->decoder == KI_DECODER_PNM ? &pnm : NULL;
+}
+
+/* The pixel limit, checked on the header before any pixel is decoded, for every decoder. */
+static ks_status check_size(uint64_t width, uint64_t height, uint64_t max_pixels) {
+    bool over = height && width > UINT64_MAX / height;
+    uint64_t pixels = over ? UINT64_MAX : width * height;
+    if (over || width > INT_MAX || height > INT_MAX || pixels > SIZE_MAX / 3) {
+        return ks_fail(KS_ERR_LIMIT, "image: %llux%llu is too large to decode",
+                       (unsigned long long)width, (unsigned long long)height);
+    }
+    if (width < 1 || height < 1 || pixels > max_pixels) {
+        return ks_fail(KS_ERR_LIMIT,
+                       "image: %llux%llu (%llu pixels) is over the limit of %llu pixels",
+                       (unsigned long long)width, (unsigned long long)height,
+                       (unsigned long long)pixels, (unsigned long long)max_pixels);
+    }
+    return KS_OK;
 }
 
 /* Opens the header only (libvips loads lazily). */
-static ks_status open_header(const void *bytes, size_t len, bool random_access, VipsImage **out,
-                             const char **format) {
-    ks_status st = ki_init();
-    if (st != KS_OK) {
-        return st;
-    }
-    st = sniff(bytes, len, format);
-    if (st != KS_OK) {
-        return st;
-    }
+static ks_status open_header(const void *bytes, size_t len, bool random_access, VipsImage **out) {
     *out = vips_image_new_from_buffer(bytes, len, "", "fail_on", VIPS_FAIL_ON_TRUNCATED,
                                       "access",
                                       random_access ? VIPS_ACCESS_RANDOM : VIPS_ACCESS_SEQUENTIAL,
@@ -119,18 +158,57 @@ static ks_status open_header(const void *bytes, size_t len, bool random_access, 
 ks_status ki_image_probe(const void *bytes, size_t len, int *width, int *height,
                          const char **format) {
     VipsImage *im = NULL;
-    const char *fmt = NULL;
-    ks_status st = open_header(bytes, len, false, &im, &fmt);
+    const ki_format *f = NULL;
+    const own_decoder *own;
+    uint64_t w, h;
+    ks_status st = identify(bytes, len, &f);
     if (st != KS_OK) {
         return st;
     }
-    *width = vips_image_get_width(im);
-    *height = vips_image_get_height(im);
-    if (format) {
-        *format = fmt;
+    if ((own = own_decoder_of(f))) {
+        st = own->size(bytes, len, &w, &h);
+        if (st == KS_OK) {
+            st = check_size(w, h, UINT64_MAX);
+        }
+        if (st != KS_OK) {
+            return st;
+        }
+        *width = (int)w;
+        *height = (int)h;
+    } else {
+        if ((st = open_header(bytes, len, false, &im)) != KS_OK) {
+            return st;
+        }
+        *width = vips_image_get_width(im);
+        *height = vips_image_get_height(im);
+        g_object_unref(im);
     }
-    g_object_unref(im);
+    if (format) {
+        *format = f->name;
+    }
     return KS_OK;
+}
+
+/* Decodes a format of ours: the header, the limit, then the pixels straight into the image. */
+static ks_status decode_own(const own_decoder *own, const ki_format *f, const uint8_t *bytes,
+                            size_t len, uint64_t max_pixels, ki_image **out) {
+    uint64_t w, h;
+    ki_image *img = NULL;
+    ks_status st = own->size(bytes, len, &w, &h);
+    if (st == KS_OK) {
+        st = check_size(w, h, max_pixels);
+    }
+    if (st == KS_OK) {
+        st = image_alloc((int)w, (int)h, f->name, &img);
+    }
+    if (st == KS_OK) {
+        st = own->decode(bytes, len, img->rgb);
+    }
+    if (st != KS_OK) {
+        ki_image_destroy(&img);
+    }
+    *out = img;
+    return st;
 }
 
 /* PIL's cmyk2rgb (Convert.c): MULDIV255(a, b) = ((a*b + 128) >> 8 + a*b + 128) >> 8. */
@@ -178,10 +256,11 @@ ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params 
     VipsImage *im = NULL, *tmp = NULL;
     void *mem = NULL;
     size_t mem_len = 0;
-    const char *format = NULL;
+    const ki_format *format = NULL;
+    const own_decoder *own;
     ki_image *img = NULL;
     ks_status st;
-    uint64_t max_pixels, pixels;
+    uint64_t max_pixels;
     int width, height, bands;
     VipsBandFormat bf;
     bool cmyk;
@@ -192,17 +271,23 @@ ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params 
         params = &defaults;
     }
     max_pixels = params->max_pixels ? params->max_pixels : KI_DEFAULT_MAX_PIXELS;
-    st = open_header(bytes, len, params->autorotate, &im, &format);
+    st = identify(bytes, len, &format);
+    if (st != KS_OK) {
+        goto done;
+    }
+    if ((own = own_decoder_of(format))) { /* no EXIF in these: autorotate has nothing to do */
+        st = decode_own(own, format, bytes, len, max_pixels, out);
+        goto done;
+    }
+    st = open_header(bytes, len, params->autorotate, &im);
     if (st != KS_OK) {
         goto done;
     }
     width = vips_image_get_width(im);
     height = vips_image_get_height(im);
-    pixels = (uint64_t)width * (uint64_t)height;
-    if (width < 1 || height < 1 || pixels > max_pixels) {
-        st = ks_fail(KS_ERR_LIMIT,
-                     "image: %dx%d (%llu pixels) is over the limit of %llu pixels", width,
-                     height, (unsigned long long)pixels, (unsigned long long)max_pixels);
+    st = check_size((uint64_t)(width > 0 ? width : 0), (uint64_t)(height > 0 ? height : 0),
+                    max_pixels);
+    if (st != KS_OK) {
         goto done;
     }
     if (params->autorotate) {
@@ -245,7 +330,7 @@ ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params 
         st = ks_fail(KS_ERR_FORMAT, "image: libvips returned an unexpected buffer size");
         goto done;
     }
-    st = image_alloc(width, height, format, &img);
+    st = image_alloc(width, height, format->name, &img);
     if (st != KS_OK) {
         goto done;
     }

@@ -1,7 +1,11 @@
 /* image_decode: image bytes -> the 8-bit RGB image the Kosmos-2 reference sees.
  *
- * Decodes with libvips from memory and converts to 8-bit RGB the way the reference does (PIL
- * Image.open + convert("RGB"), the image transformers' processor receives):
+ * Admits only the accepted formats of image_formats.h. BMP and PNM are decoded by our own
+ * strict decoders (bmp_decode.h, pnm_decode.h), recognised by their signatures before libvips
+ * sees them: libvips reaches BMP only through ImageMagick, and its PPM loader is flagged
+ * untrusted, both blocked. The other formats are decoded with libvips from memory and
+ * converted to 8-bit RGB the way the reference does (PIL Image.open + convert("RGB"), the
+ * image transformers' processor receives):
  *   - alpha is dropped, never composited (RGBA, LA, palette with tRNS);
  *   - grayscale, bilevel and palette images are expanded to R = G = B (palette via its colours);
  *   - CMYK with PIL's formula: nk = 255 - K; R = nk - (C*nk)/255 (rounded as PIL's MULDIV255);
@@ -11,8 +15,9 @@
  *   - no ICC transform (PIL applies none).
  * A truncated JPEG or PNG is an error (libvips' fail_on = truncated; PIL raises on these), as is
  * a header claiming more than params.max_pixels pixels, checked before any pixel is decoded.
- * Formats: those ki_formats() lists (jpeg png webp tiff gif, heif where built). Not here: the
- * resize and normalisation (pixels.h).
+ * Formats: those ki_formats() lists (jpeg png webp tiff gif bmp pnm, heif where built); ICO and
+ * TGA are refused with a message naming them. Not here: the resize and normalisation
+ * (pixels.h).
  */
 #ifndef KI_IMAGE_DECODE_H
 #define KI_IMAGE_DECODE_H
@@ -40,9 +45,9 @@ typedef struct ki_image ki_image;
 
 /* Decodes `len` bytes (borrowed for the call only) into a new image the caller owns (free
  * with ki_image_destroy). `params` may be NULL for the defaults. Errors: KS_ERR_FORMAT
- * (empty, not an image, an unsupported format, corrupt or truncated data), KS_ERR_LIMIT (too
- * many pixels), KS_ERR_UNSUPPORTED (a sample format with no PIL-equivalent conversion here,
- * e.g. float TIFF), KS_ERR_NOMEM. On failure *out is NULL. */
+ * (empty, not an image, an unsupported or refused format, corrupt or truncated data),
+ * KS_ERR_LIMIT (too many pixels), KS_ERR_UNSUPPORTED (a sample format with no PIL-equivalent
+ * conversion here, e.g. float TIFF or PFM), KS_ERR_NOMEM. On failure *out is NULL. */
 ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params *params,
                           ki_image **out);
 

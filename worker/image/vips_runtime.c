@@ -7,19 +7,12 @@
 
 #include <vips/vips.h>
 
+#include "image_formats.h"
+
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static ks_status init_status = KS_ERR_UNSUPPORTED;
 static char init_message[256];
-static char formats[64];
-
-/* The loaders we admit, by libvips nickname, and the name we report. */
-static const struct {
-    const char *loader;
-    const char *name;
-} known_formats[] = {
-    {"jpegload_buffer", "jpeg"}, {"pngload_buffer", "png"}, {"webpload_buffer", "webp"},
-    {"tiffload_buffer", "tiff"}, {"gifload_buffer", "gif"}, {"heifload_buffer", "heif"},
-};
+static char formats[128];
 
 static void init_once_fn(void) {
     if (VIPS_INIT("kosmos")) {
@@ -32,13 +25,17 @@ static void init_once_fn(void) {
     vips_cache_set_max(0);
     vips_cache_set_max_mem(0);
     vips_block_untrusted_set(TRUE);
-    for (size_t i = 0; i < sizeof known_formats / sizeof known_formats[0]; i++) {
-        if (vips_type_find("VipsOperation", known_formats[i].loader)) {
-            if (formats[0]) {
-                strcat(formats, " ");
-            }
-            strcat(formats, known_formats[i].name);
+    /* The accepted formats of image_formats.h, less libvips loaders this build lacks. */
+    size_t n, used = 0;
+    const ki_format *list = ki_format_list(&n);
+    for (size_t i = 0; i < n; i++) {
+        const ki_format *f = &list[i];
+        if (f->decoder == KI_DECODER_NONE ||
+            (f->decoder == KI_DECODER_VIPS && !vips_type_find("VipsOperation", f->vips_loader))) {
+            continue;
         }
+        int w = snprintf(formats + used, sizeof formats - used, "%s%s", used ? " " : "", f->name);
+        used += w > 0 && (size_t)w < sizeof formats - used ? (size_t)w : 0;
     }
     init_status = KS_OK;
 }

@@ -5,8 +5,8 @@
  *   - VIPS_INIT;
  *   - the operation cache off (vips_cache_set_max(0)): a worker decodes each image once, and a
  *     cached operation would keep the decoded pixels alive;
- *   - untrusted loaders blocked (ImageMagick, PDF, SVG, ... : vips_block_untrusted_set); the
- *     decoder also admits only the formats listed by ki_formats().
+ *   - untrusted loaders blocked (ImageMagick, PDF, SVG, PPM, ... : vips_block_untrusted_set);
+ *     the decoder also admits only the formats listed by ki_formats().
  * libvips is thread-safe after that; a thread that used libvips should call
  * ki_thread_shutdown() before it exits, to free libvips' per-thread buffers.
  */
@@ -24,12 +24,13 @@ ks_status ki_init(void);
 /* Frees this thread's libvips buffers; call on a worker thread before it exits. */
 void ki_thread_shutdown(void);
 
-/* Space-separated names of the formats this build decodes, e.g. "jpeg png webp tiff gif heif"
- * (heif covers HEIC and AVIF, where libvips was built with libheif). Static storage. Calls
+/* Space-separated names of the formats this build decodes, the accepted ones of
+ * image_formats.h whose decoder is here, e.g. "jpeg png webp tiff gif bmp pnm heif" (heif
+ * covers HEIC and AVIF, where libvips was built with libheif). Static storage. Calls
  * ki_init(); "" if libvips cannot start. */
 const char *ki_formats(void);
 
-/* True when `name` (one of jpeg png webp tiff gif heif) is decodable here. */
+/* True when the format called `name` (image_formats.h) is decodable here. */
 bool ki_format_available(const char *name);
 
 /* Internal to kosmos_image: records `code` with "<what>: <libvips' error text>" and clears

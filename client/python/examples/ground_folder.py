@@ -17,7 +17,10 @@ from pathlib import Path
 
 from kosmos_client import (OUTPUT_ALL, BusyError, Client, KosmosError, RejectedError)
 
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp"}
+# What `kosmos submit` walks for: the formats a worker accepts (docs/submit.md, "Formats"; the
+# list is worker/image/image_formats.c, and tests/cli/test_cli_submit.py keeps this copy equal).
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp", ".ppm", ".pgm",
+              ".pbm", ".pnm", ".heic", ".heif", ".avif"}
 
 
 def main():

@@ -323,7 +323,8 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
 
     ke_gen_request request = {.input_ids = s->encoding.input_ids.v,
                               .image_embeds_position_mask = s->encoding.image_embeds_position_mask,
-                              .len = s->encoding.len, .image = 0, .params = params};
+                              .len = s->encoding.len, .image = 0, .params = params,
+                              .want_prefill_logits = o->dump_path != NULL};
     ke_gen_stats stats = {0};
     st = ke_generate(s->backend, s->image_embeds, 1, &request, 1, &s->result, &stats);
     if (st)

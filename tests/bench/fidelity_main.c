@@ -99,7 +99,8 @@ static ks_status run(const fidelity_args *a)
     }
     if ((st = backend->ops->encode_images(backend, pixels, 1, image_embeds, NULL)))
         goto done;
-    ke_gen_request request = {.input_ids = ids, .image_embeds_position_mask = mask, .len = n_ids};
+    ke_gen_request request = {.input_ids = ids, .image_embeds_position_mask = mask, .len = n_ids,
+                              .want_prefill_logits = true};
     ke_gen_params_default(&request.params, c);
     request.params.max_new_tokens = request.params.min_new_tokens = a->new_tokens;
     if ((st = ke_generate(backend, image_embeds, 1, &request, 1, &result, NULL)))

@@ -299,6 +299,7 @@ static void build_requests(json_t *c, built *b)
         q->input_ids = b->ids[r];
         q->image_embeds_position_mask = b->mask[r];
         q->len = len;
+        q->want_prefill_logits = true;
         q->image = image_index(json_string_value(json_array_get(images, (size_t)r)));
         ke_gen_params_default(&q->params, &fx.model->config);
         q->params.max_new_tokens = (int)json_integer_value(json_object_get(params, "max_new_tokens"));
@@ -765,9 +766,10 @@ static void test_invalid_params(void **state)
         assert_null(r.ids);
         assert_true(strlen(ks_error_message()) > 0);
     }
-    /* max_new_tokens 0 returns the prompt, with the prefill logits */
+    /* max_new_tokens 0 returns the prompt, with the prefill logits when asked for */
     ke_gen_result r;
     good.params.max_new_tokens = 0;
+    good.want_prefill_logits = true;
     assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &good, 1, &r, NULL),
                      KS_OK);
     assert_int_equal(r.len, good.len);

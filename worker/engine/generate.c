@@ -396,6 +396,17 @@ typedef struct seq {
     int first_row; /* this step: first logits row */
     int sel;       /* this step: its select_greedy / select_sample row, -1 = none */
     ke_gen_result *result;
+    /* the scheduler's (ke_sched) */
+    ke_gen_request own_req; /* the request as added (its arrays borrowed from the caller) */
+    ke_gen_result own_result;
+    uint64_t tag;
+    size_t prefilled;  /* prompt tokens fed so far */
+    int32_t nonpad;    /* non-pad prompt tokens fed so far (HF prefill positions) */
+    size_t image_rows; /* image rows fed so far */
+    int in_flight;     /* tokens selected on the device and not yet read (0 or 1): the next
+                        * step feeds it from the device */
+    bool stop;         /* ke_sched_stop: finish at the next step */
+    bool in_step;      /* has rows in the step being built */
 } seq;
 
 static void hyp_free(hyp *h, int n)
@@ -810,6 +821,599 @@ static int32_t decode_position(int32_t id, size_t past, int pad)
     return id == pad ? pad : (int32_t)((size_t)pad + 1 + past);
 }
 
+
+/* ---- the scheduler ---------------------------------------------------------------------- */
+
+struct ke_sched {
+    ke_backend *b;
+    ke_sched_params p;
+    int V, eos, pad;
+    size_t row_floats;   /* latent_query_num * embed_dim: one image's embeds */
+    /* images: copies of the embeds, shared by the requests that name them */
+    float **img;         /* [n_img]; NULL = free */
+    int *img_refs;       /* the caller's reference + one per live request */
+    int n_img;
+    /* requests in arrival order (queued first-come-first-served, then live) */
+    seq **seqs;
+    int n_seqs, cap_seqs;
+    bool *slot_free;     /* [backend slots] */
+    int max_beams;
+    /* a step's host buffers, grown on demand */
+    size_t cap_rows, cap_tok, cap_img_rows;
+    int *st_slots, *st_ntok;
+    uint8_t *st_dev;
+    int32_t *st_ids, *st_pos;
+    uint8_t *st_mask;
+    float *st_img;
+    float *logits;           /* (cap_rows, V) */
+    ke_select_row *sel;      /* [cap_rows] */
+    ke_select_out *sel_out;  /* [cap_rows] */
+    float *cand_vals;        /* [cap_rows * SAMPLE_LIST_MAX] */
+    int32_t *cand_ids;
+    int32_t *sel_ids;        /* [cap_rows]: a synchronous select's ids */
+    /* the one greedy selection whose ids are still on their way (KE_MAX_OUTSTANDING >= 1):
+     * whose row each id is (NULL: a row to ignore), and the two arrays ids land in in turn */
+    seq **flight;            /* [cap_rows] */
+    int32_t *flight_ids[2];  /* [cap_rows] each */
+    int flight_at;           /* which array the one in flight writes */
+    int n_flight;
+    bool flying;
+    gen_ctx g;
+    ke_sched_done *done;
+    int n_done, cap_done;
+    ke_gen_stats stats;
+};
+
+static void *grow_array(void *p, size_t n, size_t elem, bool *ok)
+{
+    void *q = realloc(p, (n ? n : 1) * elem);
+    if (!q)
+        *ok = false;
+    return q ? q : p;
+}
+
+/* Host buffers for a step of `rows` sequences and `tokens` tokens. */
+static ks_status sched_grow(ke_sched *s, size_t rows, size_t tokens, size_t img_rows)
+{
+    bool ok = true;
+    if (rows > s->cap_rows) {
+        size_t n = rows * 2;
+        s->st_slots = grow_array(s->st_slots, n, sizeof(int), &ok);
+        s->st_ntok = grow_array(s->st_ntok, n, sizeof(int), &ok);
+        s->st_dev = grow_array(s->st_dev, n, 1, &ok);
+        s->logits = grow_array(s->logits, n * (size_t)s->V, sizeof(float), &ok);
+        s->sel = grow_array(s->sel, n, sizeof *s->sel, &ok);
+        s->sel_out = grow_array(s->sel_out, n, sizeof *s->sel_out, &ok);
+        s->cand_vals = grow_array(s->cand_vals, n * SAMPLE_LIST_MAX, sizeof(float), &ok);
+        s->cand_ids = grow_array(s->cand_ids, n * SAMPLE_LIST_MAX, sizeof(int32_t), &ok);
+        s->sel_ids = grow_array(s->sel_ids, n, sizeof(int32_t), &ok);
+        if (s->flying) /* their contents are needed until the ids arrive */
+            return ks_fail(KS_ERR_INVALID, "generate: growing during a selection");
+        s->flight = grow_array(s->flight, n, sizeof(seq *), &ok);
+        s->flight_ids[0] = grow_array(s->flight_ids[0], n, sizeof(int32_t), &ok);
+        s->flight_ids[1] = grow_array(s->flight_ids[1], n, sizeof(int32_t), &ok);
+        if (ok)
+            s->cap_rows = n;
+    }
+    if (tokens > s->cap_tok) {
+        size_t n = tokens * 2;
+        s->st_ids = grow_array(s->st_ids, n, sizeof(int32_t), &ok);
+        s->st_pos = grow_array(s->st_pos, n, sizeof(int32_t), &ok);
+        s->st_mask = grow_array(s->st_mask, n, 1, &ok);
+        if (ok)
+            s->cap_tok = n;
+    }
+    if (img_rows > s->cap_img_rows) {
+        s->st_img = grow_array(s->st_img, img_rows, (size_t)s->b->model->config.text.embed_dim *
+                                                        sizeof(float), &ok);
+        if (ok)
+            s->cap_img_rows = img_rows;
+    }
+    return ok ? KS_OK : ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+}
+
+ks_status ke_sched_new(ke_backend *backend, const ke_sched_params *params, ke_sched **out)
+{
+    *out = NULL;
+    if (!backend)
+        return ks_fail(KS_ERR_INVALID, "generate: no backend");
+    ke_sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+    const ke_config *c = &backend->model->config;
+    s->b = backend;
+    if (params)
+        s->p = *params;
+    s->V = c->text.vocab_size;
+    s->eos = c->text.eos_id;
+    s->pad = c->text.pad_id;
+    s->row_floats = (size_t)c->latent_query_num * (size_t)c->text.embed_dim;
+    s->slot_free = malloc((size_t)backend->slots * sizeof *s->slot_free);
+    s->g = (gen_ctx){backend, s->V, s->eos, s->pad, NULL, NULL, NULL, NULL, &s->stats};
+    s->g.scores = malloc((size_t)s->V * sizeof(float));
+    s->g.sorted = malloc((size_t)s->V * sizeof(scored));
+    s->g.list = malloc((size_t)s->V * sizeof(scored));
+    if (!s->slot_free || !s->g.scores || !s->g.sorted || !s->g.list) {
+        ke_sched_destroy(&s);
+        return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+    }
+    for (int i = 0; i < backend->slots; i++)
+        s->slot_free[i] = true;
+    *out = s;
+    return KS_OK;
+}
+
+static void release_seq(ke_sched *s, seq *q)
+{
+    if (q->slots && q->state != SEQ_PENDING)
+        for (int b = 0; b < q->n_beams; b++) {
+            if (!s->slot_free[q->slots[b]])
+                s->b->ops->release_slot(s->b, q->slots[b]);
+            s->slot_free[q->slots[b]] = true;
+        }
+    if (q->own_req.image >= 0 && q->own_req.image < s->n_img)
+        ke_sched_drop_image(s, q->own_req.image);
+    q->own_req.image = -1;
+    ke_gen_result_fini(&q->own_result);
+    seq_fini(q);
+}
+
+void ke_sched_destroy(ke_sched **ps)
+{
+    if (!ps || !*ps)
+        return;
+    ke_sched *s = *ps;
+    if (s->flying && s->b->ops->wait_selected)
+        s->b->ops->wait_selected(s->b); /* the ids' memory is freed below */
+    for (int i = 0; i < s->n_seqs; i++) {
+        release_seq(s, s->seqs[i]);
+        free(s->seqs[i]);
+    }
+    for (int i = 0; i < s->n_done; i++)
+        ke_gen_result_fini(&s->done[i].result);
+    for (int i = 0; i < s->n_img; i++)
+        free(s->img[i]);
+    free(s->img);
+    free(s->img_refs);
+    free(s->seqs);
+    free(s->slot_free);
+    free(s->st_slots), free(s->st_ntok), free(s->st_dev), free(s->st_ids), free(s->st_pos);
+    free(s->st_mask), free(s->st_img), free(s->logits), free(s->sel), free(s->sel_out);
+    free(s->cand_vals), free(s->cand_ids), free(s->sel_ids), free(s->flight);
+    free(s->flight_ids[0]), free(s->flight_ids[1]);
+    free(s->g.scores), free(s->g.lp), free(s->g.sorted), free(s->g.list);
+    free(s->done);
+    free(s);
+    *ps = NULL;
+}
+
+ks_status ke_sched_add_image(ke_sched *s, const float *embeds, int *image)
+{
+    int at = -1;
+    for (int i = 0; i < s->n_img && at < 0; i++)
+        if (!s->img[i])
+            at = i;
+    if (at < 0) {
+        bool ok = true;
+        s->img = grow_array(s->img, (size_t)s->n_img + 1, sizeof *s->img, &ok);
+        s->img_refs = grow_array(s->img_refs, (size_t)s->n_img + 1, sizeof *s->img_refs, &ok);
+        if (!ok)
+            return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+        at = s->n_img++;
+        s->img[at] = NULL;
+    }
+    s->img[at] = malloc(s->row_floats * sizeof(float));
+    if (!s->img[at])
+        return ks_fail(KS_ERR_NOMEM, "generate: out of memory for an image's embeddings");
+    memcpy(s->img[at], embeds, s->row_floats * sizeof(float));
+    s->img_refs[at] = 1;
+    *image = at;
+    return KS_OK;
+}
+
+void ke_sched_drop_image(ke_sched *s, int image)
+{
+    if (image < 0 || image >= s->n_img || !s->img[image])
+        return;
+    if (--s->img_refs[image] == 0) {
+        free(s->img[image]);
+        s->img[image] = NULL;
+    }
+}
+
+ks_status ke_sched_add(ke_sched *s, const ke_gen_request *request, uint64_t tag)
+{
+    ks_status st = check_request(s->b, request, s->n_seqs, s->n_img);
+    if (st != KS_OK)
+        return st;
+    if (!s->img[request->image])
+        return ks_fail(KS_ERR_INVALID, "generate: image %d was dropped", request->image);
+    int beams = request->params.num_beams;
+    if (beams > s->max_beams) {
+        float *lp = realloc(s->g.lp, (size_t)beams * (size_t)s->V * sizeof(float));
+        if (!lp)
+            return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+        s->g.lp = lp;
+        s->max_beams = beams;
+    }
+    if (s->n_seqs == s->cap_seqs) {
+        bool ok = true;
+        s->seqs = grow_array(s->seqs, (size_t)s->cap_seqs * 2 + 8, sizeof *s->seqs, &ok);
+        if (!ok)
+            return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+        s->cap_seqs = s->cap_seqs * 2 + 8;
+    }
+    seq *q = calloc(1, sizeof *q);
+    if (!q)
+        return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+    if ((st = seq_init(q, request, &q->own_result)) != KS_OK) {
+        seq_fini(q);
+        free(q);
+        return st;
+    }
+    q->own_req = *request; /* seq_init zeroed the struct: the copy it keeps comes after */
+    q->req = &q->own_req;
+    q->tag = tag;
+    s->img_refs[request->image]++;
+    s->seqs[s->n_seqs++] = q;
+    return KS_OK;
+}
+
+void ke_sched_stop(ke_sched *s, uint64_t tag)
+{
+    for (int i = 0; i < s->n_seqs; i++)
+        if (s->seqs[i]->tag == tag)
+            s->seqs[i]->stop = true;
+}
+
+int ke_sched_pending(const ke_sched *s) { return s->n_seqs; }
+
+void ke_sched_stats(const ke_sched *s, ke_gen_stats *out) { *out = s->stats; }
+
+/* Moves a finished (or stopped) request to the done list and forgets it. */
+static ks_status retire(ke_sched *s, int i, bool stopped)
+{
+    seq *q = s->seqs[i];
+    if (s->n_done == s->cap_done) {
+        bool ok = true;
+        s->done = grow_array(s->done, (size_t)s->cap_done * 2 + 8, sizeof *s->done, &ok);
+        if (!ok)
+            return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+        s->cap_done = s->cap_done * 2 + 8;
+    }
+    s->done[s->n_done++] = (ke_sched_done){q->tag, q->own_result, stopped};
+    memset(&q->own_result, 0, sizeof q->own_result);
+    for (int f = 0; f < s->n_flight; f++) /* its id still on the way is not its any more */
+        if (s->flight[f] == q)
+            s->flight[f] = NULL;
+    release_seq(s, q);
+    free(q);
+    memmove(s->seqs + i, s->seqs + i + 1, (size_t)(s->n_seqs - i - 1) * sizeof *s->seqs);
+    s->n_seqs--;
+    return KS_OK;
+}
+
+/* A stopped request ends with what it has: its best finished hypothesis (beams) or its
+ * running one. */
+static ks_status finish_stopped(seq *q)
+{
+    if (q->state == SEQ_DONE)
+        return KS_OK;
+    const hyp *h = &q->run[0];
+    if (q->n_beams > 1 && q->fin[0].finished)
+        h = &q->fin[0];
+    return finish_with(q, h);
+}
+
+/* Collects the ids of the selection in flight and appends them to their sequences. */
+static ks_status land_flight(ke_sched *s)
+{
+    if (!s->flying)
+        return KS_OK;
+    s->flying = false;
+    ks_status st = s->b->ops->wait_selected(s->b);
+    const int32_t *ids = s->flight_ids[s->flight_at];
+    for (int f = 0; f < s->n_flight && st == KS_OK; f++) {
+        seq *q = s->flight[f];
+        if (!q)
+            continue;
+        q->in_flight--;
+        if (q->state == SEQ_RUNNING)
+            st = push_token(&s->g, q, ids[f]);
+    }
+    s->n_flight = 0;
+    return st;
+}
+
+/* Takes queued requests, first come first served, while their slots and cache room fit. */
+static ks_status admit(ke_sched *s)
+{
+    ke_backend *b = s->b;
+    for (int i = 0; i < s->n_seqs; i++) {
+        seq *q = s->seqs[i];
+        if (q->state != SEQ_PENDING)
+            continue;
+        int free_slots = 0;
+        for (int k = 0; k < b->slots; k++)
+            free_slots += s->slot_free[k];
+        if (q->n_beams > free_slots)
+            return KS_OK;
+        /* the prompt, the new tokens and one more: a step may run a sequence once past its
+         * end before the host reads that it ended */
+        int tokens = (int)q->req->len + q->p.max_new_tokens + 1;
+        if (tokens > b->slot_capacity)
+            tokens = b->slot_capacity;
+        int got = 0;
+        for (int k = 0; k < b->slots && got < q->n_beams; k++) {
+            if (!s->slot_free[k])
+                continue;
+            ks_status st = b->ops->reserve ? b->ops->reserve(b, k, tokens) : KS_OK;
+            if (st == KS_ERR_LIMIT) {
+                for (int r = 0; r < got; r++) {
+                    b->ops->release_slot(b, q->slots[r]);
+                    s->slot_free[q->slots[r]] = true;
+                }
+                ks_error_clear();
+                return KS_OK; /* waits for cache room, as for slots */
+            }
+            if (st != KS_OK)
+                return st;
+            s->slot_free[k] = false;
+            q->slots[got++] = k;
+        }
+        for (int k = 0; k < q->n_beams; k++)
+            q->run[k].slot = q->slots[0]; /* all beams start from the one prefill */
+        q->state = SEQ_PREFILL;
+    }
+    return KS_OK;
+}
+
+/* Appends sequence q's rows to the step: its next prompt chunk, or one token per hypothesis
+ * (the in-flight one from the device). budget: prompt tokens this step may still take. */
+static void add_rows(ke_sched *s, seq *q, ke_step *st, size_t *nt, size_t *n_img, size_t *budget)
+{
+    const size_t E = (size_t)s->b->model->config.text.embed_dim;
+    q->in_step = false;
+    q->first_row = st->n_seqs;
+    if (q->state == SEQ_PREFILL) {
+        size_t left = q->req->len - q->prefilled;
+        size_t chunk = left < *budget ? left : *budget;
+        if (chunk == 0)
+            return;
+        *budget -= chunk;
+        s->st_slots[st->n_seqs] = q->slots[0];
+        s->st_ntok[st->n_seqs] = (int)chunk;
+        s->st_dev[st->n_seqs] = 0;
+        st->n_seqs++;
+        for (size_t t = q->prefilled; t < q->prefilled + chunk; t++, (*nt)++) {
+            int32_t id = q->req->input_ids[t];
+            q->nonpad += id != s->pad;
+            s->st_ids[*nt] = id;
+            s->st_pos[*nt] = id == s->pad ? s->pad : s->pad + q->nonpad;
+            s->st_mask[*nt] = q->req->image_embeds_position_mask[t] != 0;
+            if (s->st_mask[*nt]) {
+                memcpy(s->st_img + *n_img * E, s->img[q->req->image] + q->image_rows * E,
+                       E * sizeof(float));
+                q->image_rows++;
+                (*n_img)++;
+            }
+        }
+        q->prefilled += chunk;
+        q->in_step = true;
+        return;
+    }
+    /* no row once the last new token is chosen (in flight) or the sequence is done */
+    if (q->state != SEQ_RUNNING ||
+        q->run[0].len + (size_t)q->in_flight - q->req->len >= (size_t)q->p.max_new_tokens)
+        return;
+    for (int b = 0; b < q->n_beams; b++) {
+        hyp *h = &q->run[b];
+        s->st_slots[st->n_seqs] = h->slot;
+        s->st_ntok[st->n_seqs] = 1;
+        s->st_dev[st->n_seqs] = q->in_flight > 0;
+        st->n_seqs++;
+        int32_t id = q->in_flight > 0 ? 0 : h->ids[h->len - 1];
+        s->st_ids[*nt] = id;
+        s->st_pos[*nt] = decode_position(id, h->len - 1 + (size_t)q->in_flight, s->pad);
+        s->st_mask[*nt] = 0;
+        (*nt)++;
+    }
+    q->in_step = true;
+}
+
+/* Moves every finished request to the done list. */
+static ks_status collect(ke_sched *s, ke_sched_done **done, int *n_done)
+{
+    ks_status st = KS_OK;
+    for (int i = 0; i < s->n_seqs && st == KS_OK;)
+        if (s->seqs[i]->state == SEQ_DONE)
+            st = retire(s, i, false);
+        else
+            i++;
+    *done = s->done;
+    *n_done = s->n_done;
+    return st;
+}
+
+/* The rows of sequences whose prompt is complete select; the first time is the end of the
+ * prefill. Fills s->sel for a device selection (none when `host`). */
+static ks_status select_rows(ke_sched *s, bool host, int *n_sel)
+{
+    *n_sel = 0;
+    for (int i = 0; i < s->n_seqs; i++) {
+        seq *q = s->seqs[i];
+        q->sel = -1;
+        if (!q->in_step || (q->state == SEQ_PREFILL && q->prefilled < q->req->len))
+            continue;
+        if (q->state == SEQ_PREFILL) {
+            q->state = SEQ_RUNNING;
+            if (q->req->want_prefill_logits) {
+                q->result->prefill_logits_last = malloc((size_t)s->V * sizeof(float));
+                if (!q->result->prefill_logits_last)
+                    return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
+                memcpy(q->result->prefill_logits_last,
+                       s->logits + (size_t)q->first_row * (size_t)s->V,
+                       (size_t)s->V * sizeof(float));
+            }
+            if (q->p.max_new_tokens == 0) {
+                ks_status st = finish_with(q, &q->run[0]);
+                if (st != KS_OK)
+                    return st;
+                continue;
+            }
+        }
+        if (host)
+            continue;
+        const hyp *h = &q->run[0];
+        size_t len = h->len + (size_t)q->in_flight; /* ids fed so far */
+        ke_select_row row = {
+            .row = q->first_row, .slot = h->slot, .ids = q->in_flight ? NULL : h->ids,
+            .len = len, .no_repeat_ngram_size = q->p.no_repeat_ngram_size,
+            .ban_eos = q->p.min_new_tokens > 0 &&
+                       len - q->req->len < (size_t)q->p.min_new_tokens};
+        if (q->p.do_sample) {
+            row.candidates = candidates_wanted(&q->p, s->V, &row.tail_temperature);
+            if (row.candidates == 0)
+                continue; /* no list can decide: the full row (fetch_logits) */
+            s->sel_out[*n_sel].values = s->cand_vals + (size_t)*n_sel * SAMPLE_LIST_MAX;
+            s->sel_out[*n_sel].ids = s->cand_ids + (size_t)*n_sel * SAMPLE_LIST_MAX;
+        }
+        q->sel = *n_sel;
+        s->sel[(*n_sel)++] = row;
+    }
+    return KS_OK;
+}
+
+ks_status ke_sched_step(ke_sched *s, ke_sched_done **done, int *n_done)
+{
+    ke_backend *b = s->b;
+    const ke_backend_ops *ops = b->ops;
+    ks_status st = KS_OK;
+    for (int i = 0; i < s->n_done; i++)
+        ke_gen_result_fini(&s->done[i].result); /* results the caller did not take */
+    s->n_done = 0;
+    *done = NULL;
+    *n_done = 0;
+
+    /* stopped requests end now, with what they have */
+    for (int i = 0; i < s->n_seqs;) {
+        seq *q = s->seqs[i];
+        if (!q->stop) {
+            i++;
+            continue;
+        }
+        if ((st = finish_stopped(q)) != KS_OK || (st = retire(s, i, true)) != KS_OK)
+            return st;
+    }
+    if ((st = admit(s)) != KS_OK)
+        return st;
+
+    /* How this step selects: on the host from read logits (beams, prefill logits asked for,
+     * a backend without device selection), on the device and waited for (sampling), or
+     * greedily on the device without waiting (the ids are read during the next step). */
+    size_t rows = 0, tokens = 0, img_rows = 0;
+    bool beams = false, sampling = false, want_logits = false;
+    for (int i = 0; i < s->n_seqs; i++) {
+        seq *q = s->seqs[i];
+        if (q->state != SEQ_PREFILL && q->state != SEQ_RUNNING)
+            continue;
+        beams = beams || q->n_beams > 1;
+        sampling = sampling || q->p.do_sample;
+        want_logits = want_logits || (q->state == SEQ_PREFILL && q->req->want_prefill_logits);
+        rows += (size_t)q->n_beams;
+        tokens += q->state == SEQ_PREFILL ? q->req->len - q->prefilled : (size_t)q->n_beams;
+        img_rows += q->state == SEQ_PREFILL ? (size_t)b->model->config.latent_query_num : 0;
+    }
+    bool host = beams || want_logits || !ops->select_greedy ||
+                (sampling && (!ops->select_sample || !ops->fetch_logits));
+    bool async = !host && !sampling && ops->select_greedy_enqueue && ops->wait_selected;
+    double t0 = now_ms();
+    if (!async && (st = land_flight(s)) != KS_OK) /* a synchronous step feeds known tokens */
+        return st;
+    if ((st = sched_grow(s, rows, tokens, img_rows)) != KS_OK)
+        return st;
+    ke_step step = {.slots = s->st_slots, .n_tokens = s->st_ntok, .ids = s->st_ids,
+                    .positions = s->st_pos, .image_mask = s->st_mask, .image_embeds = s->st_img,
+                    .from_device = s->st_dev};
+    size_t nt = 0, n_img = 0;
+    size_t budget = s->p.prefill_tokens > 0 ? (size_t)s->p.prefill_tokens : SIZE_MAX;
+    bool has_prefill = false;
+    for (int i = 0; i < s->n_seqs; i++) {
+        bool prefill = s->seqs[i]->state == SEQ_PREFILL;
+        add_rows(s, s->seqs[i], &step, &nt, &n_img, &budget);
+        has_prefill = has_prefill || (prefill && s->seqs[i]->in_step);
+    }
+    if (step.n_seqs == 0) { /* nothing to compute: ids still on their way at most */
+        bool was_flying = s->flying;
+        if ((st = land_flight(s)) != KS_OK || (st = collect(s, done, n_done)) != KS_OK)
+            return st;
+        if (!was_flying && *n_done == 0 && s->n_seqs > 0) /* would wait for ever */
+            return ks_fail(KS_ERR_LIMIT, "generate: request %llu cannot start: it needs %d slots "
+                           "and cache room for %zu tokens, more than the backend has free with "
+                           "nothing running", (unsigned long long)s->seqs[0]->tag,
+                           s->seqs[0]->n_beams,
+                           s->seqs[0]->req->len + (size_t)s->seqs[0]->p.max_new_tokens + 1);
+        return KS_OK;
+    }
+    if ((st = ops->forward(b, &step, host ? s->logits : NULL)) != KS_OK)
+        return st;
+    int n_sel = 0;
+    if ((st = select_rows(s, host, &n_sel)) != KS_OK)
+        return st;
+
+    if (async) {
+        /* this step's selection is enqueued before the previous one's ids are read: the device
+         * computes this step while the host takes those in */
+        int at = s->flying ? 1 - s->flight_at : s->flight_at;
+        if (n_sel > 0 &&
+            (st = ops->select_greedy_enqueue(b, s->sel, n_sel, s->flight_ids[at])) != KS_OK)
+            return st;
+        if ((st = land_flight(s)) != KS_OK)
+            return st;
+        if (n_sel > 0) {
+            s->flight_at = at;
+            s->flying = true;
+            s->n_flight = n_sel;
+            for (int f = 0; f < n_sel; f++)
+                s->flight[f] = NULL;
+            for (int i = 0; i < s->n_seqs; i++) {
+                seq *q = s->seqs[i];
+                if (q->sel < 0 || q->state != SEQ_RUNNING)
+                    continue; /* finished while its row was computed: its id is dropped */
+                s->flight[q->sel] = q;
+                q->in_flight++;
+            }
+        }
+    } else {
+        if (!host && n_sel > 0 &&
+            (st = sampling ? ops->select_sample(b, s->sel, n_sel, s->sel_out)
+                           : ops->select_greedy(b, s->sel, n_sel, s->sel_ids)) != KS_OK)
+            return st;
+        for (int i = 0; i < s->n_seqs && st == KS_OK; i++) {
+            seq *q = s->seqs[i];
+            if (!q->in_step || q->state != SEQ_RUNNING)
+                continue;
+            const float *lg = s->logits + (size_t)q->first_row * (size_t)s->V;
+            if (host && q->n_beams > 1)
+                st = step_beams(&s->g, q, lg, q->run[0].len == q->req->len ? 1 : q->n_beams);
+            else if (host)
+                st = step_single(&s->g, q, lg);
+            else if (q->sel >= 0 || q->p.do_sample)
+                st = push_selected(&s->g, q, sampling, s->sel_ids, s->sel_out, s->logits);
+        }
+        if (st != KS_OK)
+            return st;
+    }
+    double dt = now_ms() - t0;
+    if (has_prefill) {
+        s->stats.prefill_ms += dt;
+    } else {
+        s->stats.decode_ms += dt;
+        s->stats.steps++;
+    }
+    return collect(s, done, n_done);
+}
+
 ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_images,
                       const ke_gen_request *requests, int n_requests, ke_gen_result *results,
                       ke_gen_stats *stats)
@@ -830,245 +1434,39 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
     }
     if (n_requests == 0)
         return KS_OK;
-
-    const ke_config *cfg = &backend->model->config;
-    const int V = cfg->text.vocab_size;
-    const size_t E = (size_t)cfg->text.embed_dim;
-    const size_t LQ = (size_t)cfg->latent_query_num;
-    ks_status st = KS_OK;
-    gen_ctx g = {backend, V, cfg->text.eos_id, cfg->text.pad_id, NULL, NULL, NULL, NULL, stats};
-    int max_beams = 1;
-    size_t max_prompt = 0;
-    for (int i = 0; i < n_requests; i++) {
-        if (requests[i].params.num_beams > max_beams)
-            max_beams = requests[i].params.num_beams;
-        if (requests[i].len > max_prompt)
-            max_prompt = requests[i].len;
-    }
-    int n_slots = backend->slots;
-    seq *seqs = calloc((size_t)n_requests, sizeof *seqs);
-    bool *slot_free = malloc((size_t)n_slots * sizeof *slot_free);
-    int *st_slots = malloc((size_t)n_slots * sizeof(int));
-    int *st_ntok = malloc((size_t)n_slots * sizeof(int));
-    size_t tok_cap = (size_t)n_slots * (max_prompt > 1 ? max_prompt : 1);
-    int32_t *st_ids = malloc(tok_cap * sizeof(int32_t));
-    int32_t *st_pos = malloc(tok_cap * sizeof(int32_t));
-    uint8_t *st_mask = malloc(tok_cap);
-    float *st_img = malloc((size_t)n_slots * LQ * E * sizeof(float));
-    float *logits = malloc((size_t)n_slots * (size_t)V * sizeof(float));
-    ke_select_row *sel = malloc((size_t)n_slots * sizeof *sel);
-    int32_t *sel_ids = malloc((size_t)n_slots * sizeof *sel_ids);
-    ke_select_out *sel_out = NULL;
-    float *cand_vals = NULL;
-    int32_t *cand_ids = NULL;
-    g.scores = malloc((size_t)V * sizeof(float));
-    g.lp = malloc((size_t)max_beams * (size_t)V * sizeof(float));
-    g.sorted = malloc((size_t)V * sizeof(scored));
-    g.list = malloc((size_t)V * sizeof(scored));
-    sel_out = calloc((size_t)n_slots, sizeof *sel_out);
-    cand_vals = malloc((size_t)n_slots * SAMPLE_LIST_MAX * sizeof *cand_vals);
-    cand_ids = malloc((size_t)n_slots * SAMPLE_LIST_MAX * sizeof *cand_ids);
-    if (!seqs || !slot_free || !st_slots || !st_ntok || !st_ids || !st_pos || !st_mask ||
-        !st_img || !logits || !sel || !sel_ids || !g.scores || !g.lp || !g.sorted || !g.list ||
-        !sel_out || !cand_vals || !cand_ids) {
+    ke_sched *s = NULL;
+    ks_status st = ke_sched_new(backend, NULL, &s);
+    if (st != KS_OK)
+        return st;
+    const ke_config *c = &backend->model->config;
+    size_t per_image = (size_t)c->latent_query_num * (size_t)c->text.embed_dim;
+    int *ids = malloc((size_t)n_images * sizeof *ids + 1);
+    if (!ids)
         st = ks_fail(KS_ERR_NOMEM, "generate: out of memory");
-        goto cleanup;
+    for (int i = 0; i < n_images && st == KS_OK; i++)
+        st = ke_sched_add_image(s, image_embeds + (size_t)i * per_image, &ids[i]);
+    for (int i = 0; i < n_requests && st == KS_OK; i++) {
+        ke_gen_request r = requests[i];
+        r.image = ids[r.image];
+        st = ke_sched_add(s, &r, (uint64_t)i);
     }
-    for (int i = 0; i < n_slots; i++)
-        slot_free[i] = true;
-    for (int i = 0; i < n_requests; i++)
-        if ((st = seq_init(&seqs[i], &requests[i], &results[i])) != KS_OK)
-            goto cleanup;
-
-    int next_pending = 0;
-    int done = 0;
-    while (done < n_requests) {
-        /* admit waiting requests, first come first served, while their beams fit */
-        while (next_pending < n_requests) {
-            seq *s = &seqs[next_pending];
-            int n_free = 0;
-            for (int i = 0; i < n_slots; i++)
-                n_free += slot_free[i];
-            if (s->n_beams > n_free)
-                break;
-            for (int b = 0, i = 0; b < s->n_beams; i++)
-                if (slot_free[i]) {
-                    slot_free[i] = false;
-                    s->slots[b++] = i;
-                }
-            for (int b = 0; b < s->n_beams; b++)
-                s->run[b].slot = s->slots[0]; /* all beams start from the one prefill */
-            s->state = SEQ_PREFILL;
-            next_pending++;
-        }
-
-        /* one step for every live sequence */
-        ke_step step = {0};
-        step.slots = st_slots;
-        step.n_tokens = st_ntok;
-        step.ids = st_ids;
-        step.positions = st_pos;
-        step.image_mask = st_mask;
-        step.image_embeds = st_img;
-        size_t nt = 0, n_img = 0;
-        bool has_prefill = false;
-        for (int i = 0; i < n_requests; i++) {
-            seq *s = &seqs[i];
-            if (s->state == SEQ_PREFILL) {
-                const ke_gen_request *r = s->req;
-                s->first_row = step.n_seqs;
-                st_slots[step.n_seqs] = s->slots[0];
-                st_ntok[step.n_seqs] = (int)r->len;
-                step.n_seqs++;
-                int32_t count = 0;
-                for (size_t t = 0; t < r->len; t++) {
-                    int32_t id = r->input_ids[t];
-                    count += id != g.pad;
-                    st_ids[nt] = id;
-                    st_pos[nt] = id == g.pad ? g.pad : g.pad + count;
-                    st_mask[nt] = r->image_embeds_position_mask[t] != 0;
-                    nt++;
-                }
-                memcpy(st_img + n_img * LQ * E, image_embeds + (size_t)r->image * LQ * E,
-                       LQ * E * sizeof(float));
-                n_img++;
-                has_prefill = true;
-            } else if (s->state == SEQ_RUNNING) {
-                s->first_row = step.n_seqs;
-                for (int b = 0; b < s->n_beams; b++) {
-                    hyp *h = &s->run[b];
-                    st_slots[step.n_seqs] = h->slot;
-                    st_ntok[step.n_seqs] = 1;
-                    step.n_seqs++;
-                    st_ids[nt] = h->ids[h->len - 1];
-                    st_pos[nt] = decode_position(h->ids[h->len - 1], h->len - 1, g.pad);
-                    st_mask[nt] = 0;
-                    nt++;
-                }
-            }
-        }
-        /* A decode step of single-hypothesis requests can select on the device: the logits
-         * stay there and only ids (select_greedy, all greedy) or short candidate lists
-         * (select_sample, some sampling) come back; a sampling row whose list cannot decide
-         * exactly reads its logits row (fetch_logits) and takes the host path. Prefill steps
-         * still read the logits (prefill_logits_last), and beams select on the host. */
-        bool singles = !has_prefill, any_sample = false;
-        for (int i = 0; i < n_requests; i++)
-            if (seqs[i].state == SEQ_RUNNING) {
-                singles = singles && seqs[i].n_beams == 1;
-                any_sample = any_sample || seqs[i].p.do_sample;
-            }
-        bool on_device = singles && (any_sample ? backend->ops->select_sample != NULL &&
-                                                      backend->ops->fetch_logits != NULL
-                                                : backend->ops->select_greedy != NULL);
-        double t0 = now_ms();
-        if ((st = backend->ops->forward(backend, &step, on_device ? NULL : logits)) != KS_OK)
-            goto cleanup;
-        if (on_device) {
-            int n_sel = 0;
-            for (int i = 0; i < n_requests; i++) {
-                seq *s = &seqs[i];
-                if (s->state != SEQ_RUNNING)
-                    continue;
-                const hyp *h = &s->run[0];
-                ke_select_row row = {
-                    .row = s->first_row, .slot = h->slot, .ids = h->ids, .len = h->len,
-                    .no_repeat_ngram_size = s->p.no_repeat_ngram_size,
-                    .ban_eos = s->p.min_new_tokens > 0 &&
-                               h->len - s->req->len < (size_t)s->p.min_new_tokens};
-                s->sel = -1;
-                if (s->p.do_sample) {
-                    row.candidates = candidates_wanted(&s->p, V, &row.tail_temperature);
-                    if (row.candidates == 0)
-                        continue; /* no list can decide: the full row (fetch_logits) */
-                    sel_out[n_sel].values = cand_vals + (size_t)n_sel * SAMPLE_LIST_MAX;
-                    sel_out[n_sel].ids = cand_ids + (size_t)n_sel * SAMPLE_LIST_MAX;
-                }
-                s->sel = n_sel;
-                sel[n_sel++] = row;
-            }
-            if (n_sel > 0)
-                st = any_sample ? backend->ops->select_sample(backend, sel, n_sel, sel_out)
-                                : backend->ops->select_greedy(backend, sel, n_sel, sel_ids);
-            if (st != KS_OK)
-                goto cleanup;
-        }
-        double dt = now_ms() - t0;
-        if (stats) {
-            if (has_prefill) {
-                stats->prefill_ms += dt;
-            } else {
-                stats->decode_ms += dt;
-                stats->steps++;
-            }
-        }
-
-        /* advance every request with its rows of logits (or its selected id) */
-        for (int i = 0; i < n_requests; i++) {
-            seq *s = &seqs[i];
-            if (s->state != SEQ_PREFILL && s->state != SEQ_RUNNING)
-                continue;
-            const float *rows = logits + (size_t)s->first_row * (size_t)V;
-            bool prefill = s->state == SEQ_PREFILL;
-            if (prefill) {
-                s->result->prefill_logits_last = malloc((size_t)V * sizeof(float));
-                if (s->result->prefill_logits_last == NULL) {
-                    st = ks_fail(KS_ERR_NOMEM, "generate: out of memory");
-                    goto cleanup;
-                }
-                memcpy(s->result->prefill_logits_last, rows, (size_t)V * sizeof(float));
-                s->state = SEQ_RUNNING;
-            }
-            if (s->p.max_new_tokens == 0)
-                st = finish_with(s, &s->run[0]);
-            else if (on_device)
-                st = push_selected(&g, s, any_sample, sel_ids, sel_out, logits);
-            else if (s->n_beams == 1)
-                st = step_single(&g, s, rows);
-            else
-                st = step_beams(&g, s, rows, prefill ? 1 : s->n_beams);
-            if (st != KS_OK)
-                goto cleanup;
-            if (s->state == SEQ_DONE) {
-                for (int b = 0; b < s->n_beams; b++) {
-                    backend->ops->release_slot(backend, s->slots[b]);
-                    slot_free[s->slots[b]] = true;
-                }
-                done++;
-            }
+    for (int i = 0; i < n_images && st == KS_OK; i++)
+        ke_sched_drop_image(s, ids[i]); /* the requests hold them now */
+    while (st == KS_OK && ke_sched_pending(s) > 0) {
+        ke_sched_done *done = NULL;
+        int n_done = 0;
+        st = ke_sched_step(s, &done, &n_done);
+        for (int d = 0; d < n_done; d++) {
+            results[done[d].tag] = done[d].result;
+            memset(&done[d].result, 0, sizeof done[d].result);
         }
     }
-
-cleanup:
-    if (seqs) {
-        for (int i = 0; i < n_requests; i++) {
-            if (st != KS_OK && seqs[i].slots && seqs[i].state != SEQ_PENDING &&
-                seqs[i].state != SEQ_DONE)
-                for (int b = 0; b < seqs[i].n_beams; b++)
-                    backend->ops->release_slot(backend, seqs[i].slots[b]);
-            seq_fini(&seqs[i]);
-        }
-    }
+    if (stats && st == KS_OK)
+        ke_sched_stats(s, stats);
+    ke_sched_destroy(&s);
+    free(ids);
     if (st != KS_OK)
         for (int i = 0; i < n_requests; i++)
             ke_gen_result_fini(&results[i]);
-    free(seqs);
-    free(slot_free);
-    free(st_slots);
-    free(st_ntok);
-    free(st_ids);
-    free(st_pos);
-    free(st_mask);
-    free(st_img);
-    free(logits);
-    free(sel);
-    free(sel_ids);
-    free(g.scores);
-    free(g.lp);
-    free(g.sorted);
-    free(g.list);
-    free(sel_out);
-    free(cand_vals);
-    free(cand_ids);
     return st;
 }

@@ -5,7 +5,15 @@
  *
  * Several requests (different prompts and images, different lengths) run as one batch: one
  * forward per step for all live sequences; each request finishes on its own. Requests that
- * share an image share its image_embeds row block (one vision pass per image). */
+ * share an image share its image_embeds row block (one vision pass per image).
+ *
+ * The scheduler (ke_sched) is the engine's continuous batching: requests arrive and leave
+ * between steps; each step admits what fits (slots and KV-cache room), feeds prompts in chunks
+ * under a token budget, and decodes every running sequence. Greedy decoding keeps each
+ * sequence's next token on the device and reads the ids of a step while the next one runs, so
+ * the device never waits for the host. A sequence's ids do not depend on what runs beside it
+ * (the backend computes every row the same way whatever the batch; see kernels/gemm.cl).
+ * ke_generate runs a fixed set of requests through it. */
 #ifndef KE_GENERATE_H
 #define KE_GENERATE_H
 
@@ -40,15 +48,19 @@ typedef struct ke_gen_request {
     const int32_t *input_ids;                  /* (len) the processor's ids, borrowed */
     const uint8_t *image_embeds_position_mask; /* (len), exactly latent_query_num ones */
     size_t len;
-    int image; /* which image's embeds (index into the images of ke_generate) */
+    int image; /* which image's embeds (ke_generate: index into its images; ke_sched: an id
+                * from ke_sched_add_image) */
     ke_gen_params params;
+    bool want_prefill_logits; /* keep the raw logits at the last prompt position in
+                               * result.prefill_logits_last (the prefill then reads them) */
 } ke_gen_request;
 
 typedef struct ke_gen_result {
     int32_t *ids; /* owned: prompt + generated ids, as HF generate returns them (unpadded) */
     size_t len;
     size_t new_tokens;
-    float *prefill_logits_last; /* owned: (vocab) raw logits at the last prompt position */
+    float *prefill_logits_last; /* owned: (vocab) raw logits at the last prompt position, when
+                                 * the request wanted them; else NULL */
 } ke_gen_result;
 
 void ke_gen_result_fini(ke_gen_result *r);
@@ -72,6 +84,53 @@ typedef struct ke_gen_stats {
 ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_images,
                       const ke_gen_request *requests, int n_requests, ke_gen_result *results,
                       ke_gen_stats *stats);
+
+/* ---- the scheduler: continuous batching ------------------------------------------------ */
+
+typedef struct ke_sched ke_sched;
+
+typedef struct ke_sched_params {
+    int prefill_tokens; /* the most prompt tokens one step feeds (0: no limit): a long prompt
+                         * takes several steps while running sequences go on decoding */
+} ke_sched_params;
+
+/* A scheduler over `backend` (borrowed; its slots must be empty, and it must outlive the
+ * scheduler). params may be NULL (no prefill limit). */
+ks_status ke_sched_new(ke_backend *backend, const ke_sched_params *params, ke_sched **out);
+
+/* Releases everything, the slots of unfinished requests included. Accepts NULL. */
+void ke_sched_destroy(ke_sched **s);
+
+/* Copies one image's embeds (latent_query_num x embed_dim floats) and gives its id. The caller
+ * holds a reference until ke_sched_drop_image; each request naming it holds one until it ends,
+ * and the copy is freed with the last. */
+ks_status ke_sched_add_image(ke_sched *s, const float *embeds, int *image);
+void ke_sched_drop_image(ke_sched *s, int image);
+
+/* Queues a request, validated as ke_generate validates them (the same errors). Its arrays are
+ * borrowed until its result comes back; `tag` comes back with it. */
+ks_status ke_sched_add(ke_sched *s, const ke_gen_request *request, uint64_t tag);
+
+/* Ends request `tag` at the next step with what it generated so far (a queued one with no new
+ * tokens); its result says stopped. Unknown tags are ignored. */
+void ke_sched_stop(ke_sched *s, uint64_t tag);
+
+typedef struct ke_sched_done {
+    uint64_t tag;
+    ke_gen_result result; /* the caller's to take (and fini); else freed at the next step */
+    bool stopped;         /* by ke_sched_stop */
+} ke_sched_done;
+
+/* Runs one step and gives the requests that ended in it: *done (n entries) belongs to the
+ * scheduler until the next call. A backend failure is returned as is; the scheduler should
+ * then be destroyed. */
+ks_status ke_sched_step(ke_sched *s, ke_sched_done **done, int *n_done);
+
+/* Requests queued or running (0: idle). */
+int ke_sched_pending(const ke_sched *s);
+
+/* Totals since the scheduler started. */
+void ke_sched_stats(const ke_sched *s, ke_gen_stats *out);
 
 /* ---- sampling, as ke_generate does it (exposed for backends' tests) --------------------
  * One code path: the full row is a candidate list holding every token, so a device's short list

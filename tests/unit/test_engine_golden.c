@@ -495,6 +495,103 @@ static void test_waiting_for_slots(void **state)
     assert_null(small);
 }
 
+/* Continuous batching: requests arrive while others decode, one is stopped, prompts are fed in
+ * chunks, the KV cache holds only some of them at a time (so admission waits), and greedy,
+ * beam and sampling requests share steps. Every request that ends by itself has exactly the ids
+ * of its run alone; the stopped one has a prefix of them. */
+static void test_continuous_batching(void **state)
+{
+    (void)state;
+    built b;
+    build_requests(first_case(), &b);
+    enum { N = 7 };
+    ke_gen_request q[N];
+    static const int max_new[N] = {3, 17, 8, 30, 6, 12, 9};
+    for (int i = 0; i < N; i++) {
+        q[i] = b.req[0];
+        q[i].want_prefill_logits = false;
+        q[i].image = i % fx.n_images;
+        q[i].params.max_new_tokens = max_new[i];
+        q[i].params.min_new_tokens = i == 2 ? 8 : 0;
+        q[i].params.no_repeat_ngram_size = i % 2 ? 3 : 0;
+    }
+    q[4].params.num_beams = 2;
+    q[5].params.do_sample = true;
+    q[5].params.temperature = 40.0f;
+    q[5].params.top_k = 0;
+    q[5].params.top_p = 0.95f;
+    q[5].params.seed = 7;
+    /* room for about three sequences at a time */
+    ke_backend_options bo = {.slots = 8, .slot_capacity = 512,
+                             .kv_tokens = 3 * (b.req[0].len + 32)};
+    ke_backend *small = open_backend(&bo);
+    assert_non_null(small);
+    ke_sched *s = NULL;
+    ke_sched_params sp = {.prefill_tokens = 40}; /* a prompt takes two steps */
+    assert_int_equal(ke_sched_new(small, &sp, &s), KS_OK);
+    int img[2];
+    for (int i = 0; i < fx.n_images && i < 2; i++)
+        assert_int_equal(ke_sched_add_image(s, fx.image_embeds + (size_t)i * embeds_per_image(),
+                                            &img[i]),
+                         KS_OK);
+    /* when each request arrives (the step before which it is added), and when 1 is stopped */
+    static const int arrive[N] = {0, 0, 2, 3, 5, 7, 9};
+    const int stop_at = 6;
+    ke_gen_result got[N];
+    bool have[N] = {false}, stopped[N] = {false};
+    int added = 0;
+    for (int step = 0; step < 1000 && (added < N || ke_sched_pending(s) > 0); step++) {
+        while (added < N && arrive[added] <= step) {
+            ke_gen_request r = q[added];
+            r.image = img[r.image];
+            assert_int_equal(ke_sched_add(s, &r, (uint64_t)added), KS_OK);
+            added++;
+        }
+        if (step == stop_at)
+            ke_sched_stop(s, 1);
+        ke_sched_done *done = NULL;
+        int n_done = 0;
+        if (ke_sched_step(s, &done, &n_done) != KS_OK)
+            fail_msg("step %d: %s", step, ks_error_message());
+        for (int d = 0; d < n_done; d++) {
+            int t = (int)done[d].tag;
+            assert_false(have[t]);
+            got[t] = done[d].result;
+            memset(&done[d].result, 0, sizeof done[d].result);
+            have[t] = true;
+            stopped[t] = done[d].stopped;
+        }
+    }
+    ke_gen_stats st;
+    ke_sched_stats(s, &st);
+    printf("  %d steps after the prefills; %d tokens sampled from device lists\n", st.steps,
+           st.sampled_on_device);
+    ke_sched_drop_image(s, img[0]);
+    ke_sched_drop_image(s, img[1]);
+    ke_sched_destroy(&s);
+    for (int i = 0; i < N; i++) {
+        assert_true(have[i]);
+        assert_true(stopped[i] == (i == 1));
+        ke_gen_result alone;
+        assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q[i], 1, &alone,
+                                     NULL),
+                         KS_OK);
+        printf("  request %d: %zu new ids%s, alone %zu\n", i, got[i].new_tokens,
+               stopped[i] ? " (stopped)" : "", alone.new_tokens);
+        if (stopped[i]) {
+            assert_true(got[i].len <= alone.len);
+        } else {
+            assert_int_equal(got[i].len, alone.len);
+        }
+        assert_memory_equal(got[i].ids, alone.ids, got[i].len * sizeof(int32_t));
+        ke_gen_result_fini(&got[i]);
+        ke_gen_result_fini(&alone);
+    }
+    b.n = 1;
+    free_requests(&b);
+    ke_backend_destroy(&small);
+}
+
 static void test_sampling(void **state)
 {
     (void)state;
@@ -795,6 +892,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vision),         cmocka_unit_test(test_single_cases),
         cmocka_unit_test(test_batch),          cmocka_unit_test(test_waiting_for_slots),
+        cmocka_unit_test(test_continuous_batching),
         cmocka_unit_test(test_sampling),       cmocka_unit_test(test_device_select),
         cmocka_unit_test(test_device_sample),  cmocka_unit_test(test_invalid_params),
         cmocka_unit_test(test_device_out_of_memory),

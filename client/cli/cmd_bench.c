@@ -26,7 +26,7 @@ static const char bench_help[] =
     "usage: kosmos bench [--model DIR | --config full|tiny] [--batch 1,8,...[,max]]\n"
     "                    [--device SPEC] [--precision fp16|fp32] [--repeats N] [--warmup N]\n"
     "                    [--new-tokens N] [--phases vision,prefill,decode,e2e] [--seed S]\n"
-    "                    [--json]\n"
+    "                    [--json] [--profile]\n"
     "\n"
     "Measures, at each batch size B (a fresh backend with B KV slots each time):\n"
     "  vision   images/s   the vision tower + resampler on B images\n"
@@ -53,7 +53,13 @@ static const char bench_help[] =
     "  --new-tokens N      forced new tokens and decode steps, default 64\n"
     "  --phases LIST       what to measure, default vision,prefill,decode,e2e\n"
     "  --seed S            weights and pixels seed, default 0\n"
-    "  --json              JSON lines only (no table, no progress)\n";
+    "  --json              JSON lines only (no table, no progress)\n"
+    "  --profile           OpenCL devices: after each batch, where the last decode run's time\n"
+    "                      went, per kernel (calls and device ms per step, GB/s and TFLOP/s\n"
+    "                      achieved, share of the peaks probed on the device), launches per\n"
+    "                      text layer and step, kernel arguments set, and the waits: inside a\n"
+    "                      step (none should be) and for each step's ids (with the next step\n"
+    "                      already queued); on stdout\n";
 
 typedef struct bench_options {
     const char *model_dir, *config, *device;
@@ -130,7 +136,7 @@ static bool parse_phases(const char *text, unsigned *out)
 static int parse_bench_options(int argc, char **argv, bench_options *o)
 {
     enum { CONFIG = 256, BATCH, DEVICE, PRECISION, REPEATS, WARMUP, NEW_TOKENS, PHASES, SEED,
-           JSON };
+           JSON, PROFILE };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
         {"config", required_argument, NULL, CONFIG},
@@ -144,6 +150,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         {"phases", required_argument, NULL, PHASES},
         {"seed", required_argument, NULL, SEED},
         {"json", no_argument, NULL, JSON},
+        {"profile", no_argument, NULL, PROFILE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -206,6 +213,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
             break;
         }
         case JSON: o->json_only = true; break;
+        case PROFILE: o->params.profile = true; break;
         case 'h': fputs(bench_help, stdout); return -1;
         default: return usage_error("see 'kosmos bench --help'");
         }
@@ -279,6 +287,8 @@ int cmd_bench(int argc, char **argv)
             break;
         }
         ke_bench_print_json(stdout, &labels, &o.params, &results[n_results]);
+        if (o.params.profile)
+            ke_bench_print_profile(stdout, &results[n_results]);
         n_results++;
     }
     if (!o.json_only && n_results > 0)

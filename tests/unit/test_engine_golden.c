@@ -27,6 +27,9 @@
 #include "ks_error.h"
 #include "model.h"
 #include "safetensors.h"
+#ifdef KOSMOS_HAVE_OPENCL
+#include "backend_cl.h"
+#endif
 
 /* tests/golden of the source tree, or $KOSMOS_GOLDEN_DIR for a build carried to another host
  * (ops/gpu-check.sh). */
@@ -782,6 +785,47 @@ static void test_device_sample(void **state)
     free_requests(&b);
 }
 
+/* A greedy decode step on an OpenCL device, counted (never timed) through the context's
+ * profile: at most six launches per text layer (five today: the fused GEMMs and the paged
+ * attention), and no call that makes the host wait while a step is enqueued; the host waits
+ * only for a step's ids, with the next step already queued. */
+static void test_decode_step_launches_and_waits(void **state)
+{
+    (void)state;
+#ifdef KOSMOS_HAVE_OPENCL
+    kc_context *ctx = ke_backend_cl_context(fx.backend);
+    assert_non_null(ctx);
+    kc_profile *prof = kc_context_profile(ctx);
+    built b;
+    build_requests(first_case(), &b);
+    ke_gen_request q = b.req[0];
+    q.want_prefill_logits = false;
+    q.params.max_new_tokens = q.params.min_new_tokens = 20;
+    q.params.num_beams = 1;
+    kc_profile_reset(prof);
+    ke_gen_result r;
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &r, NULL), KS_OK);
+    assert_int_equal(r.new_tokens, 20);
+    uint64_t steps = kc_profile_counter_value(prof, "text steps"); /* the prefill and 19 more */
+    uint64_t layer = kc_profile_launches(prof, "text layer");
+    uint64_t busy = 0, in_step = kc_profile_waits(prof, "text step", NULL) +
+                                 kc_profile_waits(prof, "text layer", NULL);
+    uint64_t ids = kc_profile_waits(prof, NULL, &busy) - in_step;
+    int layers = fx.model->config.text.layers;
+    printf("  %llu steps: %.2f launches per text layer and step, %llu waits inside steps, "
+           "%llu waits for ids (%llu with the next step queued)\n", (unsigned long long)steps,
+           (double)layer / (double)steps / layers, (unsigned long long)in_step,
+           (unsigned long long)ids, (unsigned long long)busy);
+    assert_int_equal(steps, 20);
+    assert_true(layer <= 6 * steps * (uint64_t)layers);
+    assert_int_equal(in_step, 0);
+    assert_true(busy + 1 >= ids); /* only the last step's ids are waited for with nothing after */
+    ke_gen_result_fini(&r);
+    b.n = 1;
+    free_requests(&b);
+#endif
+}
+
 /* A device that cannot hold what is asked fails the open with a message naming the buffer and
  * its size, never a crash (OpenCL devices only: the reference backend's calloc may overcommit). */
 static void test_device_out_of_memory(void **state)
@@ -887,8 +931,8 @@ static void test_invalid_params(void **state)
 
 int main(void)
 {
-    /* test_device_out_of_memory runs on OpenCL devices only (last in the list): the reference
-     * backend's calloc may overcommit, so there is no failure to check. */
+    /* the last two run on OpenCL devices only: the reference backend's calloc may overcommit,
+     * so there is no failure to check, and it has no launches to count */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vision),         cmocka_unit_test(test_single_cases),
         cmocka_unit_test(test_batch),          cmocka_unit_test(test_waiting_for_slots),
@@ -896,9 +940,10 @@ int main(void)
         cmocka_unit_test(test_sampling),       cmocka_unit_test(test_device_select),
         cmocka_unit_test(test_device_sample),  cmocka_unit_test(test_invalid_params),
         cmocka_unit_test(test_device_out_of_memory),
+        cmocka_unit_test(test_decode_step_launches_and_waits),
     };
     size_t count = sizeof tests / sizeof tests[0];
     if (strcmp(test_device(), "ref") == 0)
-        count--;
+        count -= 2;
     return _cmocka_run_group_tests("test_engine_golden", tests, count, setup, teardown);
 }

@@ -16,6 +16,10 @@
 #include "backend.h"
 #include "backend_open.h"
 #include "generate.h"
+#ifdef KOSMOS_HAVE_OPENCL
+#include "backend_cl.h"
+#include "kc_probe.h"
+#endif
 
 /* The processor's ids around the image rows (microsoft/kosmos-2-patch14-224's tokenizer). */
 enum {
@@ -132,6 +136,8 @@ typedef struct bench_state {
     uint8_t *step_mask; /* (batch * prompt_len) */
     int *slots, *n_tokens;
     int32_t *next;        /* (batch) the greedy ids of the last step */
+    int32_t *next_ring[2]; /* (batch) each: the ids of the selections in flight */
+    uint8_t *step_dev;    /* (batch) 1: the token is the device's */
     ke_select_row *rows;  /* (batch) */
     ke_gen_request *requests;
     ke_gen_result *results;
@@ -173,18 +179,25 @@ static int argmax(const float *v, int n)
     return best;
 }
 
+/* The greedy selection rows of the batch after a forward: sequence q in slot q, holding `len`
+ * ids. No n-gram ban: the figure is the step's cost. */
+static void select_rows(bench_state *s, int n, size_t len)
+{
+    for (int q = 0; q < n; q++)
+        s->rows[q] = (ke_select_row){.row = q, .slot = q, .ids = NULL, .len = len};
+}
+
 /* One forward of `step`, then the greedy next id of every sequence into s->next: on the
- * device where the backend selects there (only the ids come back, as ke_generate decodes),
- * else from the host logits. No n-gram ban: the figure is the step's cost. */
-static ks_status forward_pick(bench_state *s, const ke_step *step)
+ * device where the backend selects there (only the ids come back), else from the host logits.
+ * len: ids each sequence holds after the step. */
+static ks_status forward_pick(bench_state *s, const ke_step *step, size_t len)
 {
     ke_backend *b = s->backend;
     if (b->ops->select_greedy) {
         ks_status st = b->ops->forward(b, step, NULL);
         if (st != KS_OK)
             return st;
-        for (int q = 0; q < step->n_seqs; q++)
-            s->rows[q] = (ke_select_row){.row = q, .ids = s->prompt_ids, .len = s->prompt_len};
+        select_rows(s, step->n_seqs, len);
         return b->ops->select_greedy(b, s->rows, step->n_seqs, s->next);
     }
     ks_status st = b->ops->forward(b, step, s->logits);
@@ -194,11 +207,82 @@ static ks_status forward_pick(bench_state *s, const ke_step *step)
     return st;
 }
 
-/* Prefill of batch prompts, then new_tokens decode steps; releases the slots. */
+#ifdef KOSMOS_HAVE_OPENCL
+/* The decode profile of the steps just run (the profile was reset before them). */
+static void capture_profile(bench_state *s, ke_bench_profile *out)
+{
+    kc_context *ctx = ke_backend_cl_context(s->backend);
+    kc_profile *prof = ctx ? kc_context_profile(ctx) : NULL;
+    kc_profile_summary sum;
+    memset(out, 0, sizeof *out);
+    if (!prof || kc_context_finish(ctx) != KS_OK || kc_profile_summarize(prof, &sum) != KS_OK)
+        return;
+    kc_peaks peaks = {0};
+    if (kc_probe_peaks(ctx, &peaks) != KS_OK)
+        ks_error_clear(); /* no shares, the rest stands */
+    double steps = (double)s->p->new_tokens;
+    out->valid = true;
+    out->steps = s->p->new_tokens;
+    out->layers = s->model->config.text.layers;
+    out->peak_gbytes_per_s = peaks.bytes_per_s * 1e-9;
+    out->peak_tflops = peaks.flops_per_s * 1e-12;
+    double launches = 0, layer_launches = 0, waits_in = 0, waits_between = 0, busy = 0;
+    for (size_t i = 0; i < sum.n_rows; i++) {
+        const kc_profile_row *r = &sum.rows[i];
+        bool in_step = !strcmp(r->scope, "text step") || !strcmp(r->scope, "text layer");
+        if (r->is_wait) {
+            if (in_step && strcmp(r->name, "ids of a selection") != 0) {
+                waits_in += (double)r->calls;
+            } else {
+                waits_between += (double)r->calls;
+                busy += (double)r->busy_waits;
+            }
+        } else {
+            launches += (double)r->calls;
+            if (!strcmp(r->scope, "text layer"))
+                layer_launches += (double)r->calls;
+        }
+        if (out->n_rows == KE_BENCH_PROFILE_ROWS)
+            continue;
+        ke_bench_profile_row *o = &out->rows[out->n_rows++];
+        snprintf(o->scope, sizeof o->scope, "%s", r->scope);
+        snprintf(o->name, sizeof o->name, "%s", r->name);
+        o->is_wait = r->is_wait;
+        o->calls_per_step = (double)r->calls / steps;
+        o->busy_share = r->calls ? (double)r->busy_waits / (double)r->calls : 0;
+        o->ms_per_step = r->device_ms / steps;
+        double sec = r->device_ms * 1e-3;
+        o->gbytes_per_s = sec > 0 ? r->bytes / sec * 1e-9 : 0;
+        o->tflops_per_s = sec > 0 ? r->flops / sec * 1e-12 : 0;
+        double bw = peaks.bytes_per_s > 0 ? o->gbytes_per_s * 1e9 / peaks.bytes_per_s : 0;
+        double fl = peaks.flops_per_s > 0 ? o->tflops_per_s * 1e12 / peaks.flops_per_s : 0;
+        o->roofline = bw > fl ? bw : fl;
+    }
+    out->launches_per_step = launches / steps;
+    out->launches_per_layer = layer_launches / steps / out->layers;
+    out->args_set_per_step =
+        (double)kc_profile_counter_value(prof, "kernel arguments set") / steps;
+    out->waits_in_steps = waits_in / steps;
+    out->waits_between = waits_between / steps;
+    out->waits_busy_share = waits_between > 0 ? busy / waits_between : 0;
+}
+
+static void reset_profile(bench_state *s)
+{
+    kc_context *ctx = ke_backend_cl_context(s->backend);
+    if (ctx)
+        kc_profile_reset(kc_context_profile(ctx));
+}
+#endif
+
+/* Prefill of batch prompts, then new_tokens decode steps as ke_generate runs them (each
+ * step's token fed from the device, its ids read while the next step runs, where the backend
+ * can); releases the slots. `profile`: the decode steps' profile goes there. */
 static ks_status run_prefill_decode(bench_state *s, bool decode, double *prefill_s,
-                                    double *decode_s)
+                                    double *decode_s, ke_bench_profile *profile)
 {
     ke_backend *b = s->backend;
+    const ke_backend_ops *ops = b->ops;
     size_t len = s->prompt_len;
     for (int q = 0; q < s->batch; q++) {
         s->slots[q] = q;
@@ -213,21 +297,50 @@ static ks_status run_prefill_decode(bench_state *s, bool decode, double *prefill
                     .ids = s->step_ids, .positions = s->step_pos, .image_mask = s->step_mask,
                     .image_embeds = s->embeds};
     double t0 = now_s();
-    ks_status st = forward_pick(s, &step);
+    ks_status st = forward_pick(s, &step, len);
     *prefill_s = now_s() - t0;
     if (st == KS_OK && decode) {
-        for (int q = 0; q < s->batch; q++)
+        bool async = ops->select_greedy_enqueue && ops->wait_selected;
+        for (int q = 0; q < s->batch; q++) {
             s->n_tokens[q] = 1;
+            s->step_dev[q] = async;
+        }
         step.ids = s->next;
         step.image_mask = NULL;
         step.image_embeds = NULL;
+        step.from_device = s->step_dev;
+#ifdef KOSMOS_HAVE_OPENCL
+        if (profile)
+            reset_profile(s);
+#endif
         t0 = now_s();
+        int outstanding = 0;
         for (int k = 0; k < s->p->new_tokens && st == KS_OK; k++) {
             for (int q = 0; q < s->batch; q++)
                 s->step_pos[q] = 2 + (int32_t)len + k;
-            st = forward_pick(s, &step);
+            if (!async) {
+                st = forward_pick(s, &step, len + (size_t)k + 1);
+                continue;
+            }
+            if ((st = ops->forward(b, &step, NULL)) != KS_OK)
+                break;
+            select_rows(s, s->batch, len + (size_t)k + 1);
+            if ((st = ops->select_greedy_enqueue(b, s->rows, s->batch,
+                                                 s->next_ring[k % 2])) != KS_OK)
+                break;
+            if (outstanding && (st = ops->wait_selected(b)) != KS_OK)
+                break;
+            outstanding = 1;
         }
+        if (st == KS_OK && outstanding)
+            st = ops->wait_selected(b);
         *decode_s = now_s() - t0;
+#ifdef KOSMOS_HAVE_OPENCL
+        if (st == KS_OK && profile)
+            capture_profile(s, profile);
+#else
+        (void)profile;
+#endif
     }
     for (int q = 0; q < s->batch; q++)
         b->ops->release_slot(b, q);
@@ -275,6 +388,9 @@ static void free_state(bench_state *s)
     free(s->slots);
     free(s->n_tokens);
     free(s->next);
+    free(s->next_ring[0]);
+    free(s->next_ring[1]);
+    free(s->step_dev);
     free(s->rows);
     free(s->requests);
     free(s->results);
@@ -325,13 +441,17 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
     s.slots = malloc(nb * sizeof *s.slots);
     s.n_tokens = malloc(nb * sizeof *s.n_tokens);
     s.next = malloc(nb * sizeof *s.next);
+    s.next_ring[0] = malloc(nb * sizeof *s.next);
+    s.next_ring[1] = malloc(nb * sizeof *s.next);
+    s.step_dev = malloc(nb);
     s.rows = malloc(nb * sizeof *s.rows);
     s.requests = calloc(nb, sizeof *s.requests);
     s.results = calloc(nb, sizeof *s.results);
     for (int i = 0; i < 4; i++)
         times[i] = malloc((size_t)p->repeats * sizeof(double));
     if (!s.prompt_ids || !s.prompt_mask || !s.pixels || !s.embeds || !s.logits || !s.step_ids ||
-        !s.step_pos || !s.step_mask || !s.slots || !s.n_tokens || !s.next || !s.rows || !s.requests || !s.results ||
+        !s.step_pos || !s.step_mask || !s.slots || !s.n_tokens || !s.next || !s.next_ring[0] ||
+        !s.next_ring[1] || !s.step_dev || !s.rows || !s.requests || !s.results ||
         !times[0] || !times[1] || !times[2] || !times[3]) {
         st = ks_fail(KS_ERR_NOMEM, "bench: out of memory at batch %d", batch);
         goto cleanup;
@@ -345,7 +465,8 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
 
     out->peak_host_per_batch = reset_peak_rss();
     ke_backend_options bo = {.slots = batch,
-                             .slot_capacity = (int)s.prompt_len + p->new_tokens + 1};
+                             .slot_capacity = (int)s.prompt_len + p->new_tokens + 1,
+                             .profiling = p->profile};
     s.backend = ke_backend_open(model, p->device, &bo);
     if (!s.backend) {
         st = KS_ERR_UNSUPPORTED;
@@ -359,8 +480,10 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
         double t[4] = {-1, -1, -1, -1};
         if ((p->phases & KE_BENCH_VISION) && (st = run_vision(&s, &t[0])) != KS_OK)
             break;
+        bool last = run == p->warmup + p->repeats - 1;
         if (want_prefill &&
-            (st = run_prefill_decode(&s, p->phases & KE_BENCH_DECODE, &t[1], &t[2])) != KS_OK)
+            (st = run_prefill_decode(&s, p->phases & KE_BENCH_DECODE, &t[1], &t[2],
+                                     p->profile && last ? &out->profile : NULL)) != KS_OK)
             break;
         if ((p->phases & KE_BENCH_E2E) && (st = run_e2e(&s, &t[3])) != KS_OK)
             break;
@@ -468,5 +591,38 @@ void ke_bench_print_table(FILE *out, const ke_bench_labels *labels, const ke_ben
         fprintf(out, " %12.0f%s\n", (double)peak / (1024.0 * 1024.0),
                 r[i].peak_device_bytes ? " (device)" : "");
     }
+    fflush(out);
+}
+
+void ke_bench_print_profile(FILE *out, const ke_bench_result *r)
+{
+    const ke_bench_profile *p = &r->profile;
+    if (!p->valid)
+        return;
+    fprintf(out, "\nprofile: batch %d, %d decode steps, %d text layers, on %s\n", r->batch,
+            p->steps, p->layers, r->device_name);
+    if (p->peak_gbytes_per_s > 0)
+        fprintf(out, "probed peaks: %.1f GB/s memory, %.2f TFLOP/s f32\n", p->peak_gbytes_per_s,
+                p->peak_tflops);
+    fprintf(out, "%-11s %-26s %9s %10s %9s %9s %8s\n", "scope", "kernel / wait", "per step",
+            "ms / step", "GB/s", "TFLOP/s", "roofline");
+    for (int i = 0; i < p->n_rows; i++) {
+        const ke_bench_profile_row *w = &p->rows[i];
+        if (w->is_wait) {
+            fprintf(out, "%-11s %-26s %9.2f %10s %9s %9s %7.0f%% of them with work queued\n",
+                    w->scope, w->name, w->calls_per_step, "wait", "", "",
+                    w->busy_share * 100.0);
+            continue;
+        }
+        fprintf(out, "%-11s %-26s %9.2f %10.3f %9.1f %9.3f %7.1f%%\n", w->scope, w->name,
+                w->calls_per_step, w->ms_per_step, w->gbytes_per_s, w->tflops_per_s,
+                w->roofline * 100.0);
+    }
+    fprintf(out, "launches per decode step: %.1f; per text layer and step: %.2f\n",
+            p->launches_per_step, p->launches_per_layer);
+    fprintf(out, "kernel arguments set per step: %.1f\n", p->args_set_per_step);
+    fprintf(out, "blocking calls inside a step: %.2f per step; waits for ids between steps: "
+            "%.2f per step, %.0f%% with the next step already queued\n",
+            p->waits_in_steps, p->waits_between, p->waits_busy_share * 100.0);
     fflush(out);
 }

@@ -43,9 +43,37 @@ typedef struct ke_bench_params {
     unsigned phases;          /* KE_BENCH_* bits, default KE_BENCH_ALL */
     uint64_t seed;            /* the random pixels, default 0 */
     FILE *log;                /* progress lines (one per run), or NULL, default NULL */
+    bool profile;             /* OpenCL: profile the last timed decode run (ke_bench_profile) */
 } ke_bench_params;
 
 void ke_bench_params_default(ke_bench_params *p);
+
+/* One row of a decode profile: a kernel (or a wait) within a scope ("text layer", "text step"). */
+typedef struct ke_bench_profile_row {
+    char scope[24], name[40];
+    bool is_wait;
+    double calls_per_step;
+    double busy_share;   /* waits: the share made with later work queued */
+    double ms_per_step;  /* device time (0 without a timed queue) */
+    double gbytes_per_s, tflops_per_s;
+    double roofline;     /* the larger of bandwidth and arithmetic share of the probed peaks */
+} ke_bench_profile_row;
+
+#define KE_BENCH_PROFILE_ROWS 48
+
+/* What the profiled decode run did, per decode step (kosmos bench --profile). */
+typedef struct ke_bench_profile {
+    bool valid;
+    int steps, layers;
+    double launches_per_step, launches_per_layer; /* per text layer and step */
+    double args_set_per_step;                     /* clSetKernelArg calls */
+    double waits_in_steps;     /* blocking calls made while a step was being enqueued */
+    double waits_between;      /* waits for a step's ids (outside the enqueueing) */
+    double waits_busy_share;   /* ... of which the device had the next step queued */
+    double peak_gbytes_per_s, peak_tflops;
+    int n_rows;
+    ke_bench_profile_row rows[KE_BENCH_PROFILE_ROWS];
+} ke_bench_profile;
 
 /* One batch size's figures. A phase left out has its seconds and rate < 0. */
 typedef struct ke_bench_result {
@@ -59,6 +87,7 @@ typedef struct ke_bench_result {
     bool peak_host_per_batch; /* false: the process's peak so far (could not reset it) */
     size_t peak_device_bytes; /* device memory the backend holds at the end (its stats);
                                * 0: none or the backend cannot tell */
+    ke_bench_profile profile; /* with params.profile on an OpenCL device */
 } ke_bench_result;
 
 /* The benchmark prompt for `config` (len = latent_query_num + 7, 71 for Kosmos-2): the ids the
@@ -84,6 +113,9 @@ typedef struct ke_bench_labels {
 /* One JSON object on one line, the keys tests/bench/hf_baseline.py prints too. */
 void ke_bench_print_json(FILE *out, const ke_bench_labels *labels, const ke_bench_params *p,
                          const ke_bench_result *r);
+
+/* The decode profile of one result as a table; nothing when it has none. */
+void ke_bench_print_profile(FILE *out, const ke_bench_result *r);
 
 /* A human table of all results (header included). */
 void ke_bench_print_table(FILE *out, const ke_bench_labels *labels, const ke_bench_result *r,

@@ -160,6 +160,13 @@ ks_status kc_context_wait(kc_context *ctx, kc_pending *pending, const char *what
     ks_status status = KS_OK;
     if (!pending->event)
         return KS_OK;
+    cl_int state = CL_QUEUED;
+    if (clGetEventInfo(pending->event, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof state, &state,
+                       NULL) == CL_SUCCESS &&
+        state == CL_COMPLETE) { /* done already: no wait */
+        kc_pending_release(pending);
+        return KS_OK;
+    }
     /* Flushing first: a driver may hold the later commands back until asked, and the point of
      * waiting for an old transfer is that the device works on them meanwhile. */
     KC_CHECK(clFlush(ctx->queue));
@@ -168,6 +175,17 @@ ks_status kc_context_wait(kc_context *ctx, kc_pending *pending, const char *what
 cleanup:
     kc_pending_release(pending);
     return status;
+}
+
+bool kc_pending_done(const kc_pending *pending)
+{
+    cl_int state = CL_COMPLETE;
+    if (!pending->event)
+        return true;
+    if (clGetEventInfo(pending->event, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof state, &state,
+                       NULL) != CL_SUCCESS)
+        return false;
+    return state == CL_COMPLETE || state < 0; /* a failed command: the wait reports it */
 }
 
 void kc_pending_release(kc_pending *pending)

@@ -67,12 +67,16 @@ ks_status kc_context_read(kc_context *ctx, cl_mem buf, bool blocking, size_t off
 ks_status kc_context_write(kc_context *ctx, cl_mem buf, bool blocking, size_t offset,
                            size_t bytes, const void *host, kc_pending *pending);
 
-/* Waits for a pending transfer and releases it (a profiled wait named `what`, a literal: "busy"
- * when something was enqueued after it, so the device had work while the host waited). */
+/* Waits for a pending transfer and releases it: a profiled wait named `what` (a literal; "busy"
+ * when something was enqueued after it, so the device had work while the host waited), unless
+ * it had completed already. */
 ks_status kc_context_wait(kc_context *ctx, kc_pending *pending, const char *what);
 
 /* Releases a pending transfer without waiting (its memory must still outlive it). */
 void kc_pending_release(kc_pending *pending);
+
+/* True when the transfer has completed (or there is none): checked without waiting. */
+bool kc_pending_done(const kc_pending *pending);
 
 /* The profile of this context's queue (always counting; timed with params.profiling).
  * Borrowed until the context is destroyed. */

@@ -238,8 +238,8 @@ int main(int argc, char **argv)
         if (kc_context_buffer(ctx, CL_MEM_READ_ONLY, max_m * k * 4, x, &bx) != KS_OK ||
             kc_context_buffer(ctx, CL_MEM_READ_ONLY, n * k * 4, wf, &bwf) != KS_OK ||
             kc_context_buffer(ctx, CL_MEM_READ_WRITE, max_m * n * 4, NULL, &by) != KS_OK ||
-            ke_cl_weight_upload(g, pf, nob, 1, sh->name, &wt[KE_DTYPE_F32], NULL) != KS_OK ||
-            ke_cl_weight_upload(g, ph, nob, 1, sh->name, &wt[KE_DTYPE_F16], NULL) != KS_OK) {
+            ke_cl_weight_upload(g, KE_DTYPE_F32, pf, nob, 1, sh->name, &wt[KE_DTYPE_F32], NULL) != KS_OK ||
+            ke_cl_weight_upload(g, KE_DTYPE_F16, ph, nob, 1, sh->name, &wt[KE_DTYPE_F16], NULL) != KS_OK) {
             fprintf(stderr, "%s\n", ks_error_message());
             goto done;
         }

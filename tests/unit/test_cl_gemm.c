@@ -253,7 +253,7 @@ static void run_case(fixture *fx, const gemm_case *c)
     const ke_tensor *wp[1] = {&tw}, *bp[1] = {&tb};
     ke_cl_weight wt;
     ke_cl_gemm_force_chunk(fx->gemm, c->chunk);
-    if (ke_cl_weight_upload(fx->gemm, wp, bp, 1, "test", &wt, NULL) != KS_OK)
+    if (ke_cl_weight_upload(fx->gemm, c->dt, wp, bp, 1, "test", &wt, NULL) != KS_OK)
         fail_msg("upload: %s", ks_error_message());
     if (!c->bias)
         kc_context_buffer_free(fx->ctx, &wt.bias);
@@ -410,7 +410,8 @@ static void test_rows_do_not_depend_on_the_batch(void **state)
         const ke_tensor *wp[1] = {&tw}, *bp[1] = {&tb};
         ke_cl_weight wt;
         ke_cl_gemm_force_chunk(fx->gemm, 32); /* three chunks: the split path has work */
-        assert_int_equal(ke_cl_weight_upload(fx->gemm, wp, bp, 1, "test", &wt, NULL), KS_OK);
+        assert_int_equal(
+            ke_cl_weight_upload(fx->gemm, (ke_dtype)dt, wp, bp, 1, "test", &wt, NULL), KS_OK);
         ke_cl_gemm_force_chunk(fx->gemm, 0);
         size_t es = dt ? 2 : 4;
         cl_mem bx = device_copy(fx, x, rows * k * 4), by = device_copy(fx, full, rows * n * 4);
@@ -481,7 +482,8 @@ static void test_qkv_split_into_cache(void **state)
                     .data = wf};
     const ke_tensor *wp[1] = {&tw}, *bp[1] = {NULL};
     ke_cl_weight wt;
-    assert_int_equal(ke_cl_weight_upload(fx->gemm, wp, bp, 1, "qkv", &wt, NULL), KS_OK);
+    assert_int_equal(ke_cl_weight_upload(fx->gemm, KE_DTYPE_F32, wp, bp, 1, "qkv", &wt, NULL),
+                     KS_OK);
     for (int half = 0; half < 2; half++) {
         size_t es = half ? 2 : 4;
         cl_mem bx = device_copy(fx, x, m * k * 4), by = device_copy(fx, y, m * q * 4);
@@ -526,7 +528,7 @@ static void test_invalid(void **state)
     ke_tensor tw = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {3, 4}, .data = wf};
     const ke_tensor *wp[1] = {&tw}, *bp[1] = {NULL};
     ke_cl_weight wt;
-    assert_int_equal(ke_cl_weight_upload(fx->gemm, wp, bp, 1, "w", &wt, NULL), KS_OK);
+    assert_int_equal(ke_cl_weight_upload(fx->gemm, KE_DTYPE_F32, wp, bp, 1, "w", &wt, NULL), KS_OK);
     assert_int_equal(wt.ldw, 8);
     cl_mem x = device_copy(fx, wf, 12 * 4), y = device_copy(fx, wf, 12 * 4);
     ke_cl_gemm_args a = {.m = 3, .w = &wt, .x = x, .ldx = 4, .y = y, .ldy = 3, .act = -1};
@@ -551,7 +553,7 @@ static void test_invalid(void **state)
     ke_tensor t2 = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {2, 4}, .data = other};
     ke_tensor t3 = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {2, 3}, .data = other};
     const ke_tensor *mixed[2] = {&t2, &t3}, *nob[2] = {NULL, NULL};
-    assert_int_equal(ke_cl_weight_upload(fx->gemm, mixed, nob, 2, "mixed", &wt, NULL),
+    assert_int_equal(ke_cl_weight_upload(fx->gemm, KE_DTYPE_F32, mixed, nob, 2, "mixed", &wt, NULL),
                      KS_ERR_INVALID);
     kc_context_buffer_free(fx->ctx, &x);
     kc_context_buffer_free(fx->ctx, &y);

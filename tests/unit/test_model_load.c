@@ -497,7 +497,9 @@ static void check_shapes(const ke_model *m)
         assert_int_equal(m->vision_layers[i].fc1.weight.shape[1], 32);
         assert_int_equal(m->vision_layers[i].fc2.weight.shape[0], 32);
         assert_non_null(m->vision_layers[i].q_proj.bias.data);
-        assert_int_equal(m->vision_layers[i].layer_norm2.weight.dtype, m->storage);
+        /* The file's f16 stays in the map whatever the device stores (no host copy). */
+        assert_int_equal(m->vision_layers[i].layer_norm2.weight.dtype, KE_DTYPE_F16);
+        assert_false(m->vision_layers[i].layer_norm2.weight.round_f16);
     }
     assert_int_equal(m->dense.weight.shape[0], 48);
     assert_int_equal(m->dense.weight.shape[1], 32);
@@ -686,6 +688,9 @@ static void test_load_sharded_untied_bf16(void **state)
         if (!m)
             fail_msg("%s", ks_error_message());
         assert_ptr_not_equal(m->lm_head.data, m->embed_tokens.data);
+        /* The f32 head stays f32 in the map; read, it has the values the device stores. */
+        assert_int_equal(m->lm_head.dtype, KE_DTYPE_F32);
+        assert_int_equal(m->lm_head.round_f16, !s);
         float row[48];
         ke_tensor_read_f32(&m->lm_head, (size_t)1 * 48, 48, row); /* not zeroed: not embed */
         assert_float_equal(row[0], s ? 0.001f : ke_f16_to_f32(ke_f32_to_f16(0.001f)), 0);

@@ -168,20 +168,23 @@ static void free_buffer(cl_backend *cb, cl_mem *buf)
     kc_context_buffer_free(cb->ctx, buf);
 }
 
-static size_t tensor_bytes(const ke_tensor *t)
-{
-    return ke_tensor_numel(t) * (t->dtype == KE_DTYPE_F16 ? 2 : 4);
-}
-
-/* One weight vector or table, copied as it is (NULL buffer if absent). */
+/* One weight vector or small table in the storage dtype (NULL buffer if absent); converted
+ * through a temporary copy when the file's dtype differs (these are small). */
 static ks_status upload(cl_backend *cb, const ke_tensor *t, const char *name, cl_mem *out)
 {
     *out = NULL;
     if (t->data == NULL)
         return KS_OK;
-    if (t->dtype != cb->wdt)
-        return ks_fail(KS_ERR_INVALID, "tensor %s is not in the model's storage dtype", name);
-    return new_buffer(cb, CL_MEM_READ_ONLY, tensor_bytes(t), t->data, out, name);
+    size_t n = ke_tensor_numel(t), bytes = n * (cb->wdt == KE_DTYPE_F16 ? 2 : 4);
+    if (t->dtype == cb->wdt)
+        return new_buffer(cb, CL_MEM_READ_ONLY, bytes, t->data, out, name);
+    void *conv = malloc(bytes ? bytes : 1);
+    if (!conv)
+        return ks_fail(KS_ERR_NOMEM, "out of memory converting %s", name);
+    ke_convert(conv, cb->wdt, t->data, t->dtype, n);
+    ks_status st = new_buffer(cb, CL_MEM_READ_ONLY, bytes, conv, out, name);
+    free(conv);
+    return st;
 }
 
 static ks_status upload_ln(cl_backend *cb, const ke_layer_norm *l, const char *name, cl_ln *out)
@@ -204,7 +207,7 @@ static ks_status upload_lin(cl_backend *cb, const ke_linear *const *lins, int n,
         b[i] = &lins[i]->bias;
     }
     size_t bytes = 0;
-    ks_status st = ke_cl_weight_upload(cb->gemm, w, b, n, name, out, &bytes);
+    ks_status st = ke_cl_weight_upload(cb->gemm, cb->wdt, w, b, n, name, out, &bytes);
     cb->device_bytes += bytes;
     return st;
 }

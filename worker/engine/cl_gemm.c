@@ -248,7 +248,20 @@ ks_status ke_cl_gemm_site_new(ke_cl_gemm *g, const char *name, ke_cl_gemm_site *
 
 static size_t dtype_size(ke_dtype dt) { return dt == KE_DTYPE_F16 ? 2 : 4; }
 
-ks_status ke_cl_weight_upload(ke_cl_gemm *g, const ke_tensor *const *w_parts,
+void ke_convert(void *dst, ke_dtype dst_dtype, const void *src, ke_dtype src_dtype, size_t n)
+{
+    if (dst_dtype == src_dtype) {
+        memcpy(dst, src, n * dtype_size(dst_dtype));
+    } else if (dst_dtype == KE_DTYPE_F16) {
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = ke_f32_to_f16(((const float *)src)[i]);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            ((float *)dst)[i] = ke_f16_to_f32(((const uint16_t *)src)[i]);
+    }
+}
+
+ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dt, const ke_tensor *const *w_parts,
                               const ke_tensor *const *b_parts, int n_parts, const char *name,
                               ke_cl_weight *out, size_t *bytes)
 {
@@ -259,13 +272,11 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, const ke_tensor *const *w_parts,
     if (n_parts < 1)
         return ks_fail(KS_ERR_INVALID, "%s: no weights", name);
     size_t n = 0, k = (size_t)w_parts[0]->shape[1];
-    ke_dtype dt = w_parts[0]->dtype;
     bool any_bias = false;
     for (int p = 0; p < n_parts; p++) {
         const ke_tensor *t = w_parts[p];
-        if (!t->data || t->ndim < 2 || (size_t)t->shape[1] != k || t->dtype != dt)
-            return ks_fail(KS_ERR_INVALID, "%s: part %d is absent or of another shape or dtype",
-                           name, p);
+        if (!t->data || t->ndim < 2 || (size_t)t->shape[1] != k)
+            return ks_fail(KS_ERR_INVALID, "%s: part %d is absent or of another shape", name, p);
         n += (size_t)t->shape[0];
         any_bias = any_bias || (b_parts && b_parts[p] && b_parts[p]->data);
     }
@@ -287,11 +298,12 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, const ke_tensor *const *w_parts,
         size_t col = 0;
         for (int p = 0; p < n_parts; p++) {
             const ke_tensor *t = w_parts[p];
+            const size_t ts = dtype_size(t->dtype);
             const unsigned char *src = t->data;
             for (size_t c = 0; c < (size_t)t->shape[0]; c++, col++) {
-                const unsigned char *row = src + (c * k + i0) * es;
+                const unsigned char *row = src + (c * k + i0) * ts;
                 for (size_t i = 0; i < rows; i++)
-                    memcpy(host + (i * ldw + col) * es, row + i * es, es);
+                    ke_convert(host + (i * ldw + col) * es, dt, row + i * ts, t->dtype, 1);
             }
         }
         if ((status = kc_context_write(g->ctx, out->w, true, i0 * ldw * es, rows * ldw * es, host,
@@ -308,7 +320,7 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, const ke_tensor *const *w_parts,
         for (int p = 0; p < n_parts; p++) {
             size_t np = (size_t)w_parts[p]->shape[0];
             if (b_parts[p] && b_parts[p]->data)
-                memcpy(bias + col * es, b_parts[p]->data, np * es);
+                ke_convert(bias + col * es, dt, b_parts[p]->data, b_parts[p]->dtype, np);
             col += np;
         }
         status = kc_context_buffer(g->ctx, CL_MEM_READ_ONLY, n * es, bias, &out->bias);

@@ -40,12 +40,17 @@ typedef struct ke_cl_weight {
 } ke_cl_weight;
 
 /* Uploads the concatenation (along the output dimension) of n_parts weights, each (n_i, k) row
- * major as nn.Linear stores it, transposed into one ke_cl_weight, with their biases (absent ones
- * are zero; all absent: no bias). Converted and written through a bounded host buffer (a few MiB
- * whatever the matrix), never a whole host copy. *bytes (may be NULL) gets the device bytes. */
-ks_status ke_cl_weight_upload(ke_cl_gemm *g, const ke_tensor *const *w_parts,
+ * major as nn.Linear stores it, transposed into one ke_cl_weight of `dtype`, with their biases
+ * (absent ones are zero; all absent: no bias). The parts may be f32 or f16 whatever `dtype` is:
+ * they are converted and written through a bounded host buffer (a few MiB whatever the matrix),
+ * never a whole host copy. *bytes (may be NULL) gets the device bytes. */
+ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dtype, const ke_tensor *const *w_parts,
                               const ke_tensor *const *b_parts, int n_parts, const char *name,
                               ke_cl_weight *out, size_t *bytes);
+
+/* Converts n elements of src (of src_dtype) to dst (of dst_dtype), f32 and f16 either way, as
+ * torch's .half() rounds. */
+void ke_convert(void *dst, ke_dtype dst_dtype, const void *src, ke_dtype src_dtype, size_t n);
 
 typedef struct ke_cl_gemm_args {
     size_t m;

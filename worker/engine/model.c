@@ -99,6 +99,9 @@ void ke_tensor_read_f32(const ke_tensor *t, size_t offset, size_t n, float *out)
 {
     if (t->dtype == KE_DTYPE_F32) {
         memcpy(out, (const float *)t->data + offset, n * sizeof(float));
+        if (t->round_f16)
+            for (size_t i = 0; i < n; i++)
+                out[i] = ke_f16_to_f32(ke_f32_to_f16(out[i]));
         return;
     }
     const uint16_t *h = (const uint16_t *)t->data + offset;
@@ -287,10 +290,13 @@ static void take(loader *ld, ke_tensor *out, const char *name, int ndim, const i
     }
     ke_dtype storage = ld->m->storage;
     size_t esize = storage == KE_DTYPE_F32 ? 4 : 2;
-    int direct = ((t->dtype == KE_ST_F32 && storage == KE_DTYPE_F32) ||
-                  (t->dtype == KE_ST_F16 && storage == KE_DTYPE_F16)) &&
-                 (uintptr_t)t->data % esize == 0;
-    out->dtype = storage;
+    /* F32 and F16 tensors stay in the map in their own dtype: a backend that copies the weights
+     * converts them on the way (in bounded chunks), so no host copy is ever made of them */
+    size_t file_esize = t->dtype == KE_ST_F32 ? 4 : 2;
+    int direct = (t->dtype == KE_ST_F32 || t->dtype == KE_ST_F16) &&
+                 (uintptr_t)t->data % file_esize == 0;
+    out->dtype = direct ? (t->dtype == KE_ST_F32 ? KE_DTYPE_F32 : KE_DTYPE_F16) : storage;
+    out->round_f16 = out->dtype == KE_DTYPE_F32 && storage == KE_DTYPE_F16;
     out->ndim = ndim;
     memset(out->shape, 0, sizeof out->shape);
     for (int d = 0; d < ndim; d++)
@@ -384,7 +390,7 @@ static void zero_pad_row(loader *ld, const origin *where)
     int pad = m->config.text.pad_id;
     if (ld->st != KS_OK || pad < 0)
         return;
-    size_t esize = m->storage == KE_DTYPE_F32 ? 4 : 2;
+    size_t esize = m->embed_tokens.dtype == KE_DTYPE_F32 ? 4 : 2;
     size_t row = (size_t)m->config.text.embed_dim * esize;
     const unsigned char *p = (const unsigned char *)m->embed_tokens.data + (size_t)pad * row;
     size_t nz = 0;

@@ -2,14 +2,17 @@
  * (model.safetensors, or model-0000N-of-0000M.safetensors + model.safetensors.index.json),
  * memory-mapped and validated, in f32, f16 or bf16 on disk.
  *
- * Weights are stored in the precision the caller asks for: KE_DTYPE_F16 (the default: half the
- * memory, arithmetic stays f32) or KE_DTYPE_F32. A tensor whose file dtype already matches points
- * into the memory map (no copy); others are converted once at load into owned memory.
+ * F32 and F16 tensors point into the memory map, in the file's dtype (ke_tensor.dtype says
+ * which): no host copy is made, and a backend that copies the weights to a device converts them
+ * to its storage dtype on the way, in bounded chunks. `storage` is that dtype: KE_DTYPE_F16 (the
+ * default: half the memory, arithmetic stays f32) or KE_DTYPE_F32; BF16 (and misaligned)
+ * tensors are converted to it once at load, into owned memory.
  * The struct is read-only after ke_model_load; backends read the tensors directly. */
 #ifndef KE_MODEL_H
 #define KE_MODEL_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "ks_error.h"
@@ -20,7 +23,9 @@ typedef enum ke_dtype { KE_DTYPE_F32 = 0, KE_DTYPE_F16 = 1 } ke_dtype;
 /* A weight tensor; `data` is borrowed from the model (the map or its owned buffers). Row-major,
  * shape[0] slowest. data == NULL means "absent" (e.g. a bias that does not exist). */
 typedef struct ke_tensor {
-    ke_dtype dtype;
+    ke_dtype dtype;   /* of the data in memory */
+    bool round_f16;   /* f32 data of a model stored in f16: its values are the f16 roundings,
+                       * as the device copy holds them (ke_tensor_read_f32 rounds) */
     int ndim;
     int64_t shape[4];
     const void *data;
@@ -55,7 +60,8 @@ typedef struct ke_text_layer {
 
 typedef struct ke_model {
     ke_config config;
-    ke_dtype storage; /* dtype of every tensor below */
+    ke_dtype storage; /* the dtype a device copy of the weights is stored in (each tensor below
+                       * has its own dtype, the file's or this one) */
 
     /* vision_model.model.* */
     ke_tensor patch_embedding;    /* (hidden, channels, patch, patch), no bias */
@@ -80,7 +86,8 @@ typedef struct ke_model {
 } ke_model;
 
 typedef struct ke_model_options {
-    ke_dtype storage; /* KE_DTYPE_F16 by ke_model_options_default (NB: a zeroed struct is F32) */
+    ke_dtype storage; /* KE_DTYPE_F16 by ke_model_options_default (NB: a zeroed struct is F32):
+                       * the device's weight dtype, and what BF16 tensors are converted to */
 } ke_model_options;
 
 /* Fills the defaults: storage KE_DTYPE_F16 (what options == NULL gives ke_model_load). */

@@ -39,7 +39,8 @@ float ke_op_tensor_get(const ke_tensor *t, size_t i)
 {
     if (t->dtype == KE_DTYPE_F16)
         return ke_op_f16_to_f32(((const uint16_t *)t->data)[i]);
-    return ((const float *)t->data)[i];
+    float v = ((const float *)t->data)[i];
+    return t->round_f16 ? ke_op_f16_to_f32(ke_f32_to_f16(v)) : v;
 }
 
 /* Every f16 value as f32, built once: weight rows convert by table lookup (the conversion
@@ -55,8 +56,12 @@ static void f16_table_build(void)
 
 static void read_row(const ke_tensor *t, size_t offset, size_t n, float *out)
 {
-    if (t->dtype == KE_DTYPE_F32) {
+    if (t->dtype == KE_DTYPE_F32 && !t->round_f16) {
         memcpy(out, (const float *)t->data + offset, n * sizeof(float));
+        return;
+    }
+    if (t->dtype == KE_DTYPE_F32) {
+        ke_tensor_read_f32(t, offset, n, out);
         return;
     }
     call_once(&f16_table_once, f16_table_build);

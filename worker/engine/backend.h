@@ -89,6 +89,8 @@ typedef struct ke_backend_stats {
     unsigned programs_cached;  /* ... loaded from the on-disk binary cache instead */
     double program_build_ms;   /* wall time spent building/loading programs */
     size_t device_bytes;       /* device memory held: weights, KV cache, scratch */
+    size_t weight_bytes;       /* ... of which the model's weights (written, so resident even
+                                * where a device lives in host memory and commits lazily) */
 } ke_backend_stats;
 
 typedef struct ke_backend_ops {

@@ -81,6 +81,7 @@ typedef struct cl_backend {
     ke_dtype wdt;
     bool resampler_full;
     size_t device_bytes;
+    size_t weight_bytes; /* the part of device_bytes that holds the model's weights */
 
     /* vision tower and resampler */
     ke_cl_weight patch;
@@ -176,6 +177,7 @@ static ks_status upload(cl_backend *cb, const ke_tensor *t, const char *name, cl
     if (t->data == NULL)
         return KS_OK;
     size_t n = ke_tensor_numel(t), bytes = n * (cb->wdt == KE_DTYPE_F16 ? 2 : 4);
+    cb->weight_bytes += bytes;
     if (t->dtype == cb->wdt)
         return new_buffer(cb, CL_MEM_READ_ONLY, bytes, t->data, out, name);
     void *conv = malloc(bytes ? bytes : 1);
@@ -209,6 +211,7 @@ static ks_status upload_lin(cl_backend *cb, const ke_linear *const *lins, int n,
     size_t bytes = 0;
     ks_status st = ke_cl_weight_upload(cb->gemm, cb->wdt, w, b, n, name, out, &bytes);
     cb->device_bytes += bytes;
+    cb->weight_bytes += bytes;
     return st;
 }
 
@@ -1004,6 +1007,7 @@ static void cl_stats(const ke_backend *b, ke_backend_stats *out)
     out->programs_cached = bs.cache_hits;
     out->program_build_ms = bs.seconds * 1e3;
     out->device_bytes = cb->device_bytes;
+    out->weight_bytes = cb->weight_bytes;
 }
 
 static void cl_destroy(ke_backend *b)

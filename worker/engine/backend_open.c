@@ -37,6 +37,8 @@ ke_backend *ke_backend_open(const ke_model *model, const char *spec,
         index = (size_t)d;
     }
     b = ke_backend_cl_new(model, kc_device_list_get(list, index), options);
+    if (b)
+        ke_model_page_out(model); /* the device has its copy; the map's pages are not read */
 done:
     kc_device_list_destroy(&list);
     return b;

@@ -557,6 +557,14 @@ fail:
     return NULL;
 }
 
+void ke_model_page_out(const ke_model *model)
+{
+    if (!model || !model->private_storage)
+        return;
+    for (size_t i = 0; i < model->private_storage->n_files; i++)
+        ke_st_page_out(model->private_storage->files[i]);
+}
+
 void ke_model_destroy(ke_model **pm)
 {
     if (!pm || !*pm)

@@ -104,6 +104,10 @@ ke_model *ke_model_load(const char *model_dir, const ke_model_options *options);
 
 void ke_model_destroy(ke_model **model);
 
+/* Once a backend holds its own copy of the weights on a device, the mapped files' pages are
+ * no longer read: lets the kernel reclaim them (ke_st_page_out). The model stays usable. */
+void ke_model_page_out(const ke_model *model);
+
 /* Converts n elements of a tensor, starting at element `offset`, to f32 in `out`. */
 void ke_tensor_read_f32(const ke_tensor *t, size_t offset, size_t n, float *out);
 

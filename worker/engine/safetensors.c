@@ -1,4 +1,5 @@
 /* ke_st: safetensors reading (mmap + full validation) and writing; see safetensors.h. */
+#define _DEFAULT_SOURCE /* madvise's MADV_PAGEOUT and MADV_COLD */
 #include "safetensors.h"
 
 #include <errno.h>
@@ -310,6 +311,21 @@ void ke_st_close(ke_st_file **pf)
     free(f->path);
     free(f);
     *pf = NULL;
+}
+
+void ke_st_page_out(const ke_st_file *f)
+{
+    if (!f || !f->map)
+        return;
+    /* PAGEOUT reclaims now; COLD (older kernels) only moves the pages to the front of the
+     * reclaim queue. Neither discards data, unlike DONTNEED on a private mapping. */
+#if defined(MADV_PAGEOUT)
+    if (madvise(f->map, f->map_size, MADV_PAGEOUT) == 0)
+        return;
+#endif
+#if defined(MADV_COLD)
+    (void)madvise(f->map, f->map_size, MADV_COLD);
+#endif
 }
 
 const char *ke_st_path(const ke_st_file *f)

@@ -63,6 +63,13 @@ ks_status ke_st_open(const char *path, ke_st_file **out);
 /* Unmaps; accepts NULL and sets *f to NULL. Every pointer obtained from the file dies here. */
 void ke_st_close(ke_st_file **f);
 
+/* Tells the kernel this process is done reading the file's pages for now (a backend that
+ * copied the weights to its device): it may reclaim them, so they stop counting in this
+ * process's resident memory. Pointers stay valid; a later read faults the pages back in, and
+ * copy-on-write patches (ke_st_writable) are kept. Advisory: does nothing where the kernel
+ * offers no such hint. */
+void ke_st_page_out(const ke_st_file *f);
+
 /* The path given to ke_st_open; borrowed until ke_st_close. */
 const char *ke_st_path(const ke_st_file *f);
 

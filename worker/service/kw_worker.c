@@ -676,11 +676,17 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
         io.model_hash[0] = '\0';
     }
     kw_device_info_get(engine.backend, &io.device);
+    ke_backend_stats backend_stats;
+    ke_backend_stats_get(engine.backend, &backend_stats);
+    /* device_bytes: what the device holds for us (weights, KV cache, scratch). On a CPU device
+     * (PoCL) it lives in this process's anonymous memory, committed as it is first touched; the
+     * weights are written at start, so RssAnon - weight_bytes is what the host itself holds. */
     kw_log(KW_INFO, "started", "\"name\":%s,\"model_id\":\"%s\",\"model_hash\":\"%s\","
-           "\"device\":\"%s\",\"max_batch\":%d,\"slots\":%d,\"context\":%d,\"load_ms\":%.0f",
+           "\"device\":\"%s\",\"max_batch\":%d,\"slots\":%d,\"context\":%d,\"load_ms\":%.0f,"
+           "\"device_bytes\":%zu,\"weight_bytes\":%zu",
            kw_log_str(esc, sizeof esc, io.name), io.model_id ? io.model_id : "", io.model_hash,
            io.device.name, p->max_batch, engine.backend->slots, engine.backend->slot_capacity,
-           kw_now_ms() - t0);
+           kw_now_ms() - t0, backend_stats.device_bytes, backend_stats.weight_bytes);
 
     io.ctx = zmq_ctx_new();
     snprintf(io.pipe_endpoint, sizeof io.pipe_endpoint, "inproc://kw-compute-%llx",

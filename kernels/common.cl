@@ -10,6 +10,10 @@
  *   merge_stats(p, nb, ...)  the mean and 1/sqrt(var + eps) of a row from its nb blocks of
  *                            (mean, M2), merged in block order (Chan et al.'s pairwise update)
  *   STAT_SB                  the block width of the row statistics kernels write (32)
+ *   weight_index(i, c, ...)  where element (i, c) of a transposed weight Wt (k, ldw) lives:
+ *                            row-major (panel 0), or in panels of `panel` columns, each a
+ *                            contiguous (k, panel) block (CPUs: a work-item's columns are one
+ *                            sequential stream)
  *   text_embed_value(...)    one value of a text input embedding: the token's (or image row's)
  *                            value times the scale, plus the sinusoidal position
  *                            (ke_op_text_embed)
@@ -40,6 +44,14 @@
 #ifndef STAT_SB
 #define STAT_SB 32
 #endif
+
+inline size_t weight_index(const int i, const int c, const int k, const int ldw, const int panel)
+{
+    if (panel > 0)
+        return (size_t)(c / panel) * (size_t)k * (size_t)panel + (size_t)i * (size_t)panel +
+               (size_t)(c % panel);
+    return (size_t)i * (size_t)ldw + (size_t)c;
+}
 
 inline float activate(const float v, const int act)
 {

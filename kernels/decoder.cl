@@ -23,10 +23,12 @@
  * decoder_embed turns it into tokrow[t] = (cache row, slot, keys it sees = idx + 1, id).
  *
  * Kernels and NDRanges (one work-group per item; local sizes are the tunables):
- *   decoder_embed(plan, table, ldv, image_rows, freq, scale, pad, dim, slot_next, pages,
- *                 max_pages, page_tokens, hist, hist_cap, x, x_stats, stats_nb, tokrow, vals)
+ *   decoder_embed(plan, table, ldv, panel, image_rows, freq, scale, pad, dim, slot_next,
+ *                 pages, max_pages, page_tokens, hist, hist_cap, x, x_stats, stats_nb, tokrow,
+ *                 vals)
  *       global T*EMB_NT, local EMB_NT. table is the transposed embedding Wt (dim, ldv) of
- *       gemm.cl (the tied lm_head's layout): token id's value i is table[i*ldv + id].
+ *       gemm.cl (the tied lm_head's layout, panels of `panel` columns or none): token id's
+ *       value i is table[weight_index(i, id, dim, ldv, panel)].
  *       x (T, dim) f32, x_stats (T, stats_nb) float2 (blocks of STAT_SB), vals __local dim floats
  *   paged_attention(q, kpool, vpool, kv_half, tokrow, pages, max_pages, page_tokens, out,
  *                   out_stats, heads, head_dim, scale, qh, acc)
@@ -65,6 +67,7 @@ inline int cache_row(__global const int *pages, const int max_pages, const int p
 
 __kernel __attribute__((reqd_work_group_size(EMB_NT, 1, 1)))
 void decoder_embed(__global const int8 *plan, __global const WEIGHT_T *table, const int ldv,
+                   const int panel,
                    __global const float *image_rows, __global const float *freq, const float scale,
                    const int pad, const int dim, __global const int *slot_next,
                    __global const int *pages, const int max_pages, const int page_tokens,
@@ -80,7 +83,7 @@ void decoder_embed(__global const int8 *plan, __global const WEIGHT_T *table, co
     const int pos = p.s1 >= 0 ? p.s1 : (id == pad ? pad : pad + 1 + idx);
     for (int i = lid; i < dim; i += EMB_NT) {
         const float e = p.s2 >= 0 ? image_rows[(size_t)p.s2 * (size_t)dim + (size_t)i]
-                                  : LOAD_W(table, (size_t)i * (size_t)ldv + (size_t)id);
+                                  : LOAD_W(table, weight_index(i, id, dim, ldv, panel));
         const float v = text_embed_value(e, scale, pos, pad, i, dim, freq);
         x[(size_t)t * (size_t)dim + (size_t)i] = v;
         vals[i] = v;

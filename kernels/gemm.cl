@@ -24,8 +24,12 @@
  *   X   f32   row src | x[x_off + src*ldx + i] |   Y  f32  row r | y[y_off + r*ldy + c] |
  *   src = gather[r] (when gather is set) else r
  *
- *                  <-------- ldw --------->   ldw >= n, a multiple of 8; columns n .. ldw-1
- *   Wt  (k, ldw)  row i | w[w_off + i*ldw + c] |  are zero (vector loads need no edge case)
+ *                  <-------- ldw --------->   ldw >= n, a multiple of 8 and of W_PANEL;
+ *   Wt  (k, ldw)  row i | w[w_off + i*ldw + c] |  columns n .. ldw-1 are zero (vector loads
+ *                                                 need no edge case)
+ *   or, when W_PANEL > 0, in panels of W_PANEL columns, each a contiguous (k, W_PANEL) block:
+ *   element (i, c) at w[w_off + weight_index(i, c, k, ldw, W_PANEL)] (common.cl). The layout
+ *   changes where a weight is read from, never the order of the sums.
  *   half or f32 (WEIGHT_HALF); bias (n), ln_w/ln_b (k) of the same type, NULL when absent
  *
  *   ln_stats  (rows of X, ln_nb) float2: X's row statistics in blocks of ln_sb columns
@@ -39,10 +43,11 @@
  *
  * Kernels:
  *   gemm_rowsR  (R = 1, 2, 4, 8) the few-rows kernel (decode): a group of ROWS_NT work-items
- *               covers ROWS_NT*4 columns of R rows; each work-item R x 4 outputs, W read once per
- *               group as 4-wide vectors along n (coalesced), X staged ROWS_XK at a time in local
- *               memory, normalized on the way in.
- *               global (ceil(n / (ROWS_NT*4)) * ROWS_NT, ceil(m / R), 1 or chunks),
+ *               covers ROWS_NT*ROWS_CW columns of R rows; each work-item R x ROWS_CW outputs, W
+ *               read once per group as ROWS_CW-wide vectors along n (coalesced), X staged
+ *               ROWS_XK at a time in local memory, normalized on the way in (or read by each
+ *               work-item, ROWS_STAGE 0).
+ *               global (ceil(n / (ROWS_NT*ROWS_CW)) * ROWS_NT, ceil(m / R), 1 or chunks),
  *               local (ROWS_NT, 1, 1)
  *   gemm_tiles  the many-rows kernel (prefill, vision): TILE_M x TILE_N of Y per group, X and W
  *               tiles of TILE_K staged in local memory, WPT_M x WPT_N outputs per work-item.
@@ -53,11 +58,14 @@
  * Tunables (-D), constraints checked below:
  *   WEIGHT_HALF  1: weights half, 0: f32 (0)
  *   ROWS_NT      work-items of gemm_rows (32);  ROWS_XK  k staged per pass (64)
+ *   ROWS_CW      columns per work-item of gemm_rows: 4, 8 or 16 (4)
+ *   W_PANEL      0: Wt row-major; else the panel width, a multiple of ROWS_CW (0)
  *   ROWS_STAGE   1: gemm_rows stages X in local memory (GPUs); 0: each work-item reads it
  *                (CPUs: no barrier in the k loop, which PoCL compiles and runs far better) (1)
  *   ROWS_SPLIT   1: gemm_rows can give chunks groups of their own; 0: it never does (CPUs) (1)
  *   TILE_M, TILE_N, TILE_K, WPT_M, WPT_N  gemm_tiles' blocking (64, 64, 16, 4, 4)
- *   STAT_SB      columns per statistics block of stats_out (32); divides ROWS_NT*4 and TILE_N
+ *   STAT_SB      columns per statistics block of stats_out (32); divides ROWS_NT*ROWS_CW and
+ *                TILE_N
  */
 #include "common.cl"
 
@@ -88,14 +96,28 @@
 #ifndef ROWS_SPLIT
 #define ROWS_SPLIT 1
 #endif
+#ifndef ROWS_CW
+#define ROWS_CW 4
+#endif
+#ifndef W_PANEL
+#define W_PANEL 0
+#endif
 
-#define ROWS_MAX 8
-#define ROWS_COLS (ROWS_NT * 4)
+#define ROWS_COLS (ROWS_NT * ROWS_CW)
 #if ROWS_NT < 1 || ROWS_XK < 1
 #error "ROWS_NT and ROWS_XK must be positive"
 #endif
-#if ROWS_NT < ROWS_MAX * (ROWS_COLS / STAT_SB)
-#error "gemm_rows needs a work-item per (row, statistics block): ROWS_NT >= 8 * ROWS_NT*4/STAT_SB"
+#if ROWS_CW != 4 && ROWS_CW != 8 && ROWS_CW != 16
+#error "ROWS_CW must be 4, 8 or 16"
+#endif
+#if W_PANEL < 0 || (W_PANEL > 0 && W_PANEL % ROWS_CW != 0)
+#error "W_PANEL must be 0 or a multiple of ROWS_CW"
+#endif
+/* The row stride of Wt inside a panel (where a work-item's columns are). */
+#if W_PANEL
+#define W_STRIDE W_PANEL
+#else
+#define W_STRIDE ldw
 #endif
 #if TILE_M % WPT_M != 0 || TILE_N % WPT_N != 0
 #error "TILE_M and TILE_N must be multiples of WPT_M and WPT_N"
@@ -113,11 +135,15 @@
 #error "gemm_tiles needs a work-item per row and per (row, statistics block)"
 #endif
 
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define floatCW CAT(float, ROWS_CW)
 #if WEIGHT_HALF
-#define LOAD_W4(p, i) vload_half4(0, (p) + (i))
+#define LOAD_WCW(p, i) CAT(vload_half, ROWS_CW)(0, (p) + (i))
 #else
-#define LOAD_W4(p, i) vload4(0, (p) + (i))
+#define LOAD_WCW(p, i) CAT(vload, ROWS_CW)(0, (p) + (i))
 #endif
+#define VSTORE_CW CAT(vstore, ROWS_CW)
 
 #define GEMM_ARGS                                                                                  \
     const int m, const int n, const int k, const int chunk_len, __global const float *x,          \
@@ -201,8 +227,8 @@ inline void write_stats(__local const float *vals, const int stride, const int r
 #define REP_R8(M) REP_R4(M) M(4) M(5) M(6) M(7)
 #define REPR(R, M) REP_R##R(M)
 
-#define R_ACC(r) float4 acc##r = (float4)(0.0f), tot##r = (float4)(0.0f);
-#define R_ZERO(r) acc##r = (float4)(0.0f);
+#define R_ACC(r) floatCW acc##r = (floatCW)(0.0f), tot##r = (floatCW)(0.0f);
+#define R_ZERO(r) acc##r = (floatCW)(0.0f);
 #define R_FOLD(r) tot##r = first ? acc##r : tot##r + acc##r;
 #define R_STORE(r) store4(r, tot##r)
 
@@ -219,18 +245,18 @@ inline void write_stats(__local const float *vals, const int stride, const int r
                                               ln_sb, k, ln_eps)                                    \
                                 : (float2)(0.0f, 1.0f);
 #endif
-#define R_FMA(r) acc##r = fma((float4)(R_XN(r)), wv, acc##r);
+#define R_FMA(r) acc##r = fma((floatCW)(R_XN(r)), wv, acc##r);
 
-/* Stores the 4 outputs of row r0 + r (columns c0 .. c0+3) and keeps them for the statistics. */
+/* Stores the ROWS_CW outputs of row r0 + r (columns c0 ..) and keeps them for the statistics. */
 #define store4(r, t)                                                                               \
     do {                                                                                           \
-        const float4 tv = (t);                                                                     \
-        for (int j = 0; j < 4; j++) {                                                              \
+        float tv[ROWS_CW];                                                                         \
+        VSTORE_CW((t), 0, tv);                                                                     \
+        for (int j = 0; j < ROWS_CW; j++) {                                                        \
             const int c = c0 + j;                                                                  \
-            const float v = j == 0 ? tv.x : j == 1 ? tv.y : j == 2 ? tv.z : tv.w;                  \
             if (r0 + (r) < m && c < n)                                                             \
-                vals[(r) * ROWS_COLS + lid * 4 + j] =                                              \
-                    store_out(r0 + (r), c, v, bias, act, accumulate, y, y_off, ldy, split_q,       \
+                vals[(r) * ROWS_COLS + lid * ROWS_CW + j] =                                        \
+                    store_out(r0 + (r), c, tv[j], bias, act, accumulate, y, y_off, ldy, split_q,   \
                               kpool, vpool, tokrow, kv_half);                                      \
         }                                                                                          \
     } while (0);
@@ -272,13 +298,16 @@ inline void write_stats(__local const float *vals, const int stride, const int r
  * adds them in chunk order (volatile reads: another group's writes, not a cached copy). */
 #define R_PART_OUT(r)                                                                              \
     if (r0 + (r) < m)                                                                              \
-        vstore4(tot##r, 0, partial + ((size_t)cbeg * (size_t)m + (size_t)(r0 + (r))) *             \
-                                         (size_t)n4 + (size_t)c0);
+        VSTORE_CW(tot##r, 0, partial + ((size_t)cbeg * (size_t)m + (size_t)(r0 + (r))) *           \
+                                           (size_t)n4 + (size_t)c0);
 #define R_PART_IN(r)                                                                               \
     if (r0 + (r) < m) {                                                                            \
         __global volatile const float *pp = partial +                                              \
             ((size_t)q * (size_t)m + (size_t)(r0 + (r))) * (size_t)n4 + (size_t)c0;                \
-        const float4 p = (float4)(pp[0], pp[1], pp[2], pp[3]);                                     \
+        float pv[ROWS_CW];                                                                         \
+        for (int j = 0; j < ROWS_CW; j++)                                                          \
+            pv[j] = pp[j];                                                                         \
+        const floatCW p = CAT(vload, ROWS_CW)(0, pv);                                              \
         tot##r = q == 0 ? p : tot##r + p;                                                          \
     }
 #define ROWS_SPLIT_DECL __local int last;
@@ -314,10 +343,10 @@ inline void write_stats(__local const float *vals, const int stride, const int r
         __local float vals[R * ROWS_COLS];                                                         \
         ROWS_SPLIT_DECL                                                                            \
         const int lid = (int)get_local_id(0);                                                      \
-        const int c0 = ((int)get_group_id(0) * ROWS_NT + lid) * 4;                                 \
+        const int c0 = ((int)get_group_id(0) * ROWS_NT + lid) * ROWS_CW;                           \
         const int r0 = (int)get_group_id(1) * R;                                                   \
         const int n_chunks = (k + chunk_len - 1) / chunk_len;                                      \
-        const int n4 = (n + 3) & ~3; /* partial's row stride */                                    \
+        const int n4 = (n + 15) & ~15; /* partial's row stride */                                  \
         const int split = ROWS_SPLIT && (int)get_num_groups(2) > 1;                                \
         const int cbeg = split ? (int)get_group_id(2) : 0;                                         \
         const int cend = split ? cbeg + 1 : n_chunks;                                              \
@@ -333,9 +362,9 @@ inline void write_stats(__local const float *vals, const int stride, const int r
                 const int kn = min(ROWS_STEP, kend - kb);                                          \
                 ROWS_PASS(R)                                                                       \
                 if (c0 < n) {                                                                      \
-                    __global const WEIGHT_T *wp = w + w_off + (size_t)kb * (size_t)ldw + c0;       \
+                    __global const WEIGHT_T *wp = w + w_off + weight_index(kb, c0, k, ldw, W_PANEL); \
                     for (int kk = 0; kk < kn; kk++) {                                              \
-                        const float4 wv = LOAD_W4(wp, (size_t)kk * (size_t)ldw);                   \
+                        const floatCW wv = LOAD_WCW(wp, (size_t)kk * (size_t)W_STRIDE);            \
                         REPR(R, R_FMA)                                                             \
                     }                                                                              \
                 }                                                                                  \
@@ -408,7 +437,7 @@ __kernel __attribute__((reqd_work_group_size(TILE_RY, TILE_RX, 1))) void gemm_ti
             const int kk = e / TILE_N, col = e % TILE_N; /* neighbours read neighbouring columns */
             const int gc = nb + col, gk = kb + kk;
             ws[kk][col] =
-                (gc < n && gk < k) ? LOAD_W(w, w_off + (size_t)gk * (size_t)ldw + (size_t)gc) : 0.0f;
+                (gc < n && gk < k) ? LOAD_W(w, w_off + weight_index(gk, gc, k, ldw, W_PANEL)) : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         const int kn = min(TILE_K, k - kb);

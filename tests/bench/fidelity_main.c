@@ -4,10 +4,12 @@
  *
  *   kosmos-fidelity --model DIR --inputs IN.safetensors --out OUT.safetensors
  *                   [--device SPEC] [--precision fp16|fp32] [--new-tokens N]
+ *                   [--kv-cache f32|f16]
  *
  * IN holds pixel_values [1,3,S,S] f32, input_ids [T] i64, image_embeds_position_mask [T] i64.
  * OUT gets prefill_logits_last [V] f32, image_embeds [1,64,D] f32 and generated_ids [N] i64
  * (greedy, exactly N new tokens, the checkpoint's no_repeat_ngram_size). */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,12 +23,14 @@ typedef struct fidelity_args {
     const char *model, *inputs, *out, *device;
     ke_dtype precision;
     int new_tokens;
+    bool kv_half; /* --kv-cache f16: keys and values stored as half (an OpenCL device only) */
 } fidelity_args;
 
 static int usage(void)
 {
     fputs("usage: kosmos-fidelity --model DIR --inputs IN.safetensors --out OUT.safetensors\n"
-          "                       [--device SPEC] [--precision fp16|fp32] [--new-tokens N]\n",
+          "                       [--device SPEC] [--precision fp16|fp32] [--new-tokens N]\n"
+          "                       [--kv-cache f32|f16]\n",
           stderr);
     return 2;
 }
@@ -92,7 +96,8 @@ static ks_status run(const fidelity_args *a)
         mask[i] = (uint8_t)(mask32[i] != 0);
 
     ke_backend_options backend_options = {.slots = 1,
-                                          .slot_capacity = (int)n_ids + a->new_tokens + 1};
+                                          .slot_capacity = (int)n_ids + a->new_tokens + 1,
+                                          .kv_half = a->kv_half};
     if (!(backend = ke_backend_open(model, a->device, &backend_options))) {
         st = KS_ERR_DEVICE;
         goto done;
@@ -160,6 +165,8 @@ int main(int argc, char **argv)
             a.device = value;
         else if (!strcmp(argv[i], "--precision") && (!strcmp(value, "fp16") || !strcmp(value, "fp32")))
             a.precision = !strcmp(value, "fp16") ? KE_DTYPE_F16 : KE_DTYPE_F32;
+        else if (!strcmp(argv[i], "--kv-cache") && (!strcmp(value, "f16") || !strcmp(value, "f32")))
+            a.kv_half = !strcmp(value, "f16");
         else if (!strcmp(argv[i], "--new-tokens") && atoi(value) > 0)
             a.new_tokens = atoi(value);
         else

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "backend_cl_ops.h"
+#include "cl_gemm.h"
 #include "generate.h"
 #include "kc_context.h"
 #include "kc_device.h"
@@ -404,9 +405,11 @@ static void test_decoder_embed(void **state)
     REQUIRE_DEVICE();
     const int dims[] = {48, 7, 2048};
     for (int dt = 0; dt < 2; dt++)
-        for (size_t d = 0; d < 3; d++) {
-            int dim = dims[d], vocab = 50, pad = 1, slots = 3, max_pages = 4, cap = 16;
-            size_t n = 7, ldv = 56; /* the transposed table (dim, ldv), ldv >= vocab */
+        for (size_t d = 0; d < 6; d++) {
+            int dim = dims[d % 3], vocab = 50, pad = 1, slots = 3, max_pages = 4, cap = 16;
+            /* the transposed table (dim, ldv), ldv >= vocab: row-major, or in panels of 8
+             * columns (the CPU layout) */
+            size_t n = 7, ldv = 56, panel = d < 3 ? 0 : 8;
             float *table = rand_floats((size_t)vocab * (size_t)dim, 1.0);
             int64_t shape[2] = {vocab, dim};
             weight w = make_weight((ke_dtype)dt, table, 2, shape); /* rounds `table` */
@@ -414,7 +417,7 @@ static void test_decoder_embed(void **state)
             unsigned char *tt = calloc((size_t)dim * ldv, es);
             for (int id = 0; id < vocab; id++)
                 for (int i = 0; i < dim; i++)
-                    memcpy(tt + ((size_t)i * ldv + (size_t)id) * es,
+                    memcpy(tt + ke_cl_weight_index(dim, ldv, panel, i, id) * es,
                            (unsigned char *)w.host + ((size_t)id * (size_t)dim + (size_t)i) * es,
                            es);
             cl_int slot_next[3] = {17, 1, 42};
@@ -455,7 +458,8 @@ static void test_decoder_embed(void **state)
             cl_mem mx = to_device(NULL, n * (size_t)dim * 4);
             cl_mem mst = to_device(NULL, n * nb * sizeof *st), mtok = to_device(NULL, sizeof tok);
             ke_cl_decoder_embed_args a = {
-                .plan = mplan, .n_tokens = n, .table = mtab, .ldv = ldv, .image_rows = mimg,
+                .plan = mplan, .n_tokens = n, .table = mtab, .ldv = ldv, .panel = panel,
+                .image_rows = mimg,
                 .freq = mfreq, .scale = scale, .pad = pad, .dim = dim, .slot_next = mnext,
                 .pages = mpages, .max_pages = max_pages, .page_tokens = PAGE, .hist = mhist,
                 .hist_cap = cap, .x = mx, .x_stats = mst, .tokrow = mtok};
@@ -465,7 +469,8 @@ static void test_decoder_embed(void **state)
             from_device(mtok, tok, sizeof tok);
             from_device(mhist, hist, (size_t)slots * (size_t)cap * sizeof(cl_int));
             char what[64];
-            snprintf(what, sizeof what, "decoder_embed %s dim %d", dt ? "f16" : "f32", dim);
+            snprintf(what, sizeof what, "decoder_embed %s dim %d panel %zu", dt ? "f16" : "f32",
+                     dim, panel);
             EXPECT_CLOSE(what, got, want, n * (size_t)dim, 2e-6);
             for (size_t t = 0; t < n; t++) {
                 host_stats(got + t * (size_t)dim, dim, 32, st_want);

@@ -630,7 +630,7 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
 
     float embed_scale = tc->scale_embedding ? (float)sqrt((double)tc->embed_dim) : 1.0f;
     ke_cl_decoder_embed_args ea = {
-        .plan = cb->plan, .n_tokens = T, .table = cb->embed.w, .ldv = cb->embed.ldw,
+        .plan = cb->plan, .n_tokens = T, .table = cb->embed.w, .ldv = cb->embed.ldw, .panel = cb->embed.panel,
         .image_rows = cb->image_rows ? cb->image_rows : cb->dummy, .freq = cb->freq,
         .scale = embed_scale, .pad = tc->pad_id, .dim = tc->embed_dim,
         .slot_next = cb->slot_next, .pages = cb->pages, .max_pages = cb->max_pages,

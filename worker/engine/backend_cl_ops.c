@@ -428,7 +428,7 @@ ks_status ke_cl_decoder_embed(ke_cl_ops *o, const ke_cl_decoder_embed_args *a)
     kc_bound *b = o->bound[B_EMBED];
     if (a->n_tokens == 0)
         return KS_OK;
-    if (!FITS_INT(a->n_tokens) || a->dim < 1 || !FITS_INT(a->ldv)) {
+    if (!FITS_INT(a->n_tokens) || a->dim < 1 || !FITS_INT(a->ldv) || !FITS_INT(a->panel)) {
         status = ks_fail(KS_ERR_INVALID, "bad sizes");
         goto cleanup;
     }
@@ -436,22 +436,23 @@ ks_status ke_cl_decoder_embed(ke_cl_ops *o, const ke_cl_decoder_embed_args *a)
     BARG(b, 0, a->plan);
     BARG(b, 1, a->table);
     BARG(b, 2, (cl_int)a->ldv);
-    BARG(b, 3, a->image_rows);
-    BARG(b, 4, a->freq);
-    BARG(b, 5, (cl_float)a->scale);
-    BARG(b, 6, (cl_int)a->pad);
-    BARG(b, 7, (cl_int)a->dim);
-    BARG(b, 8, a->slot_next);
-    BARG(b, 9, a->pages);
-    BARG(b, 10, (cl_int)a->max_pages);
-    BARG(b, 11, (cl_int)a->page_tokens);
-    BARG(b, 12, a->hist);
-    BARG(b, 13, (cl_int)a->hist_cap);
-    BARG(b, 14, a->x);
-    BARG(b, 15, a->x_stats);
-    BARG(b, 16, stats_nb);
-    BARG(b, 17, a->tokrow);
-    if ((status = kc_bound_arg(b, 18, (size_t)a->dim * sizeof(float), NULL)) != KS_OK)
+    BARG(b, 3, (cl_int)a->panel);
+    BARG(b, 4, a->image_rows);
+    BARG(b, 5, a->freq);
+    BARG(b, 6, (cl_float)a->scale);
+    BARG(b, 7, (cl_int)a->pad);
+    BARG(b, 8, (cl_int)a->dim);
+    BARG(b, 9, a->slot_next);
+    BARG(b, 10, a->pages);
+    BARG(b, 11, (cl_int)a->max_pages);
+    BARG(b, 12, (cl_int)a->page_tokens);
+    BARG(b, 13, a->hist);
+    BARG(b, 14, (cl_int)a->hist_cap);
+    BARG(b, 15, a->x);
+    BARG(b, 16, a->x_stats);
+    BARG(b, 17, stats_nb);
+    BARG(b, 18, a->tokrow);
+    if ((status = kc_bound_arg(b, 19, (size_t)a->dim * sizeof(float), NULL)) != KS_OK)
         goto cleanup;
     size_t local = o->wg[P_DECODER], global = a->n_tokens * local;
     kc_cost cost = {.bytes = (double)a->n_tokens * (double)a->dim * 12.0};

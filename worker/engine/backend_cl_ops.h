@@ -98,8 +98,8 @@ void ke_cl_sample_stat_decode(const cl_ulong stat[4], int vocab, float tail_temp
 typedef struct ke_cl_decoder_embed_args {
     cl_mem plan;         /* (n_tokens) cl_int8, kernels/decoder.cl */
     size_t n_tokens;
-    cl_mem table;        /* the transposed embedding Wt (dim, ldv) */
-    size_t ldv;
+    cl_mem table;        /* the transposed embedding Wt (dim, ldv), in ke_cl_weight's layout */
+    size_t ldv, panel;
     cl_mem image_rows;   /* (rows, dim) f32; any valid buffer when no token uses it */
     cl_mem freq;         /* (dim / 2) ke_op_sinusoid_freqs */
     float scale;

@@ -19,19 +19,22 @@
  * kernel serves (above it gemm_tiles), and the parallelism the chunking aims for. */
 typedef struct gemm_tune {
     const char *label;
-    int rows_nt, rows_xk, rows_stage, rows_split;
+    int rows_nt, rows_xk, rows_stage, rows_split, rows_cw, w_panel;
     int tile_m, tile_n, tile_k, wpt_m, wpt_n;
     int rows_max_m;   /* m <= this: gemm_rowsR; above: gemm_tiles */
     int groups_goal;  /* GPUs: enough groups per product; 0 = one chunk (CPUs) */
 } gemm_tune;
 
 static const gemm_tune tune_table[] = {
-    /* PoCL and other CPUs: no split of k (a core streams its columns of W for all rows). */
-    {"cpu", 32, 64, 0, 0, 64, 64, 16, 4, 4, 32, 0},
-    /* NVIDIA: chunks across groups so that a decode product fills the device. */
-    {"nvidia", 32, 64, 1, 1, 64, 64, 16, 4, 4, 64, 4},
+    /* PoCL and other CPUs: a work-item holds 16 columns (one AVX-512 vector) of up to 8 rows
+     * and streams its own panel of W, k x 16 contiguous values, for every m (gemm_tiles'
+     * barriers cost a CPU more than re-reading W per 8 rows); no split of k. */
+    {"cpu", 8, 64, 0, 0, 16, 16, 64, 64, 16, 4, 4, 1 << 30, 0},
+    /* NVIDIA: chunks across groups so that a decode product fills the device; W row-major so
+     * that neighbouring work-items read neighbouring columns. */
+    {"nvidia", 32, 64, 1, 1, 4, 0, 64, 64, 16, 4, 4, 64, 4},
     /* other GPUs (AMD, Intel) */
-    {"gpu", 32, 64, 1, 1, 64, 64, 16, 4, 4, 64, 4},
+    {"gpu", 32, 64, 1, 1, 4, 0, 64, 64, 16, 4, 4, 64, 4},
 };
 
 static const gemm_tune *tune_for(const kc_device_info *dev)
@@ -80,6 +83,7 @@ static ks_status tune_from_env(const char *text, gemm_tune *out)
     } fields[] = {
         {"rows_nt", offsetof(gemm_tune, rows_nt)},         {"rows_xk", offsetof(gemm_tune, rows_xk)},
         {"rows_stage", offsetof(gemm_tune, rows_stage)},   {"rows_split", offsetof(gemm_tune, rows_split)},
+        {"rows_cw", offsetof(gemm_tune, rows_cw)},         {"w_panel", offsetof(gemm_tune, w_panel)},
         {"tile_m", offsetof(gemm_tune, tile_m)},           {"tile_n", offsetof(gemm_tune, tile_n)},
         {"tile_k", offsetof(gemm_tune, tile_k)},           {"wpt_m", offsetof(gemm_tune, wpt_m)},
         {"wpt_n", offsetof(gemm_tune, wpt_n)},             {"rows_max_m", offsetof(gemm_tune, rows_max_m)},
@@ -89,7 +93,7 @@ static ks_status tune_from_env(const char *text, gemm_tune *out)
         char *eq = strchr(tok, '=');
         char *end = NULL;
         long v = eq ? strtol(eq + 1, &end, 10) : 0;
-        if (!eq || end == eq + 1 || *end || v < 0 || v > 4096)
+        if (!eq || end == eq + 1 || *end || v < 0 || v > (1L << 30))
             return ks_fail(KS_ERR_INVALID, "KOSMOS_GEMM_TUNE: bad item '%s'", tok);
         *eq = '\0';
         bool known = false;
@@ -160,10 +164,11 @@ static ks_status build(ke_cl_gemm *g, ke_dtype dt)
     char opts[256];
     snprintf(opts, sizeof opts,
              "-DWEIGHT_HALF=%d -DROWS_NT=%d -DROWS_XK=%d -DROWS_STAGE=%d -DROWS_SPLIT=%d "
+             "-DROWS_CW=%d -DW_PANEL=%d "
              "-DTILE_M=%d -DTILE_N=%d -DTILE_K=%d -DWPT_M=%d -DWPT_N=%d -DSTAT_SB=%d",
              dt == KE_DTYPE_F16 ? 1 : 0, t->rows_nt, t->rows_xk, t->rows_stage ? 1 : 0,
-             t->rows_split ? 1 : 0, t->tile_m, t->tile_n, t->tile_k, t->wpt_m, t->wpt_n,
-             KE_CL_STAT_SB);
+             t->rows_split ? 1 : 0, t->rows_cw, t->w_panel, t->tile_m, t->tile_n, t->tile_k,
+             t->wpt_m, t->wpt_n, KE_CL_STAT_SB);
     return kc_program_get(g->ctx, GEMM_FILE, opts, &g->prog[dt]);
 }
 
@@ -223,7 +228,7 @@ size_t ke_cl_gemm_chunk(const ke_cl_gemm *g, size_t n, size_t k)
         return g->forced_chunk >= k ? k : round_up(g->forced_chunk, (size_t)g->tune.tile_k);
     if (g->tune.groups_goal <= 0 || k <= 256)
         return k;
-    size_t col_groups = ceil_div(n, (size_t)g->tune.rows_nt * 4);
+    size_t col_groups = ceil_div(n, (size_t)g->tune.rows_nt * (size_t)g->tune.rows_cw);
     size_t want = ceil_div((size_t)g->tune.groups_goal * g->compute_units, col_groups);
     size_t most = k / 256; /* chunks of at least 256 keep the partial sums cheap */
     if (want > most)
@@ -280,35 +285,60 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dt, const ke_tensor *const
         n += (size_t)t->shape[0];
         any_bias = any_bias || (b_parts && b_parts[p] && b_parts[p]->data);
     }
-    const size_t es = dtype_size(dt), ldw = round_up(n, 8);
-    size_t block_rows = UPLOAD_BLOCK_BYTES / (ldw * es);
-    if (block_rows < 1)
-        block_rows = 1;
-    if (block_rows > k)
-        block_rows = k;
-    unsigned char *host = malloc(block_rows * ldw * es);
+    /* Blocks of the buffer, each contiguous, filled on the host and written in turn: whole
+     * panels, or rows of one panel when a panel alone exceeds the budget (the row-major layout
+     * is one panel of ldw columns). */
+    const size_t es = dtype_size(dt), panel = (size_t)g->tune.w_panel;
+    size_t ldw_multiple = panel ? panel : 8; /* a multiple of 8 and of the panel width */
+    while (ldw_multiple % 8)
+        ldw_multiple += panel;
+    const size_t ldw = round_up(n, ldw_multiple);
+    const size_t pw = panel ? panel : ldw, n_panels = ldw / pw, panel_bytes = k * pw * es;
+    size_t panels_per_block = UPLOAD_BLOCK_BYTES / panel_bytes, rows_per_block = k;
+    if (panels_per_block < 1) {
+        panels_per_block = 1;
+        rows_per_block = UPLOAD_BLOCK_BYTES / (pw * es);
+        if (rows_per_block < 1)
+            rows_per_block = 1;
+    }
+    if (panels_per_block > n_panels)
+        panels_per_block = n_panels;
+    unsigned char *host = malloc(panels_per_block * rows_per_block * pw * es);
     if (!host)
         return ks_fail(KS_ERR_NOMEM, "%s: out of memory for the upload buffer", name);
     if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_ONLY, k * ldw * es, NULL, &out->w)) !=
         KS_OK)
         goto cleanup;
-    for (size_t i0 = 0; i0 < k; i0 += block_rows) {
-        size_t rows = k - i0 < block_rows ? k - i0 : block_rows;
-        memset(host, 0, rows * ldw * es);
-        size_t col = 0;
-        for (int p = 0; p < n_parts; p++) {
-            const ke_tensor *t = w_parts[p];
-            const size_t ts = dtype_size(t->dtype);
-            const unsigned char *src = t->data;
-            for (size_t c = 0; c < (size_t)t->shape[0]; c++, col++) {
-                const unsigned char *row = src + (c * k + i0) * ts;
-                for (size_t i = 0; i < rows; i++)
-                    ke_convert(host + (i * ldw + col) * es, dt, row + i * ts, t->dtype, 1);
+    for (size_t p0 = 0; p0 < n_panels; p0 += panels_per_block) {
+        const size_t np = n_panels - p0 < panels_per_block ? n_panels - p0 : panels_per_block;
+        for (size_t i0 = 0; i0 < k; i0 += rows_per_block) {
+            const size_t rows = k - i0 < rows_per_block ? k - i0 : rows_per_block;
+            memset(host, 0, np * rows * pw * es);
+            /* Columns [p0 * pw, (p0 + np) * pw) of the concatenated parts, rows [i0, i0+rows). */
+            size_t col0 = 0;
+            for (int p = 0; p < n_parts; p++) {
+                const ke_tensor *t = w_parts[p];
+                const size_t ts = dtype_size(t->dtype), nc = (size_t)t->shape[0];
+                const unsigned char *src = t->data;
+                const size_t lo = p0 * pw > col0 ? p0 * pw - col0 : 0;
+                const size_t hi = (p0 + np) * pw - col0 < nc ? (p0 + np) * pw - col0 : nc;
+                for (size_t c = lo; c < hi; c++) {
+                    const size_t col = col0 + c - p0 * pw; /* within the block's panels */
+                    const unsigned char *row = src + (c * k + i0) * ts;
+                    unsigned char *dst = host + ((col / pw) * rows * pw + col % pw) * es;
+                    for (size_t i = 0; i < rows; i++)
+                        ke_convert(dst + i * pw * es, dt, row + i * ts, t->dtype, 1);
+                }
+                col0 += nc;
+                if (col0 >= (p0 + np) * pw)
+                    break;
             }
+            /* np > 1 only with whole panels (rows == k): the panels are back to back. */
+            const size_t offset = (p0 * k + i0) * pw * es;
+            if ((status = kc_context_write(g->ctx, out->w, true, offset, np * rows * pw * es, host,
+                                           NULL)) != KS_OK)
+                goto cleanup;
         }
-        if ((status = kc_context_write(g->ctx, out->w, true, i0 * ldw * es, rows * ldw * es, host,
-                                       NULL)) != KS_OK)
-            goto cleanup;
     }
     if (any_bias) {
         unsigned char *bias = calloc(n, es); /* absent parts stay zero */
@@ -331,6 +361,7 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dt, const ke_tensor *const
     out->n = n;
     out->k = k;
     out->ldw = ldw;
+    out->panel = panel;
     out->dtype = dt;
     out->chunk_len = ke_cl_gemm_chunk(g, n, k);
     if (bytes)
@@ -384,7 +415,7 @@ static ks_status check(const ke_cl_gemm_args *a)
     return KS_OK;
 }
 
-/* Grows the split scratch: partial (chunks, m, n rounded to 4) floats and a counter per tile. */
+/* Grows the split scratch: partial (chunks, m, n rounded to 16) floats and a counter per tile. */
 static ks_status grow_scratch(ke_cl_gemm *g, size_t floats, size_t counters)
 {
     ks_status status = KS_OK;
@@ -482,6 +513,9 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
     const gemm_tune *t = &g->tune;
     const ke_cl_weight *w = a->w;
     const ke_dtype dt = w->dtype;
+    if (w->panel != (size_t)t->w_panel)
+        return ks_fail(KS_ERR_INVALID, "gemm: a weight in panels of %zu for kernels built for %d "
+                       "(uploaded by another ke_cl_gemm?)", w->panel, t->w_panel);
     int v = g->forced != V_AUTO ? g->forced : a->m <= (size_t)t->rows_max_m ? V_ROWS : V_TILES;
     size_t chunks = ceil_div(w->k, w->chunk_len);
     size_t global[3], local[3];
@@ -498,7 +532,7 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
         kname = rows_kernel[ri];
         local[0] = (size_t)t->rows_nt;
         local[1] = local[2] = 1;
-        global[0] = ceil_div(w->n, (size_t)t->rows_nt * 4) * local[0];
+        global[0] = ceil_div(w->n, (size_t)t->rows_nt * (size_t)t->rows_cw) * local[0];
         global[1] = ceil_div(a->m, (size_t)rows_r[ri]);
         global[2] = split ? chunks : 1;
         snprintf(g->last, sizeof g->last, "rows%d%s", rows_r[ri], split ? " split" : "");
@@ -514,7 +548,7 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
         snprintf(g->last, sizeof g->last, "tiles");
     }
     if (split &&
-        (status = grow_scratch(g, chunks * a->m * round_up(w->n, 4),
+        (status = grow_scratch(g, chunks * a->m * round_up(w->n, 16),
                                (global[0] / local[0]) * global[1])) != KS_OK)
         goto cleanup;
     if (!*slot && (status = kc_bound_new(g->prog[dt], kname, slot)) != KS_OK)

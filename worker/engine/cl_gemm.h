@@ -30,11 +30,13 @@ typedef struct ke_cl_gemm ke_cl_gemm;
 #define KE_CL_STAT_SB 32
 
 /* A weight matrix in gemm.cl's layout: Wt (k, ldw), row i holding W[:, i] (ldw >= n, a multiple
- * of 8, zero-padded), and the bias (n) or NULL, both of `dtype`. Several nn.Linear may be
- * concatenated along n (the fused Q/K/V projection). The buffers belong to the context. */
+ * of 8, zero-padded), row-major (panel 0) or, on devices whose work-items stream their own
+ * columns (CPUs), in panels of `panel` columns each stored as a contiguous (k, panel) block;
+ * and the bias (n) or NULL, both of `dtype`. Several nn.Linear may be concatenated along n (the
+ * fused Q/K/V projection). The buffers belong to the context. */
 typedef struct ke_cl_weight {
     cl_mem w, bias;
-    size_t n, k, ldw;
+    size_t n, k, ldw, panel;
     ke_dtype dtype;
     size_t chunk_len; /* the canonical chunking for this shape on this device (set at upload) */
 } ke_cl_weight;
@@ -47,6 +49,13 @@ typedef struct ke_cl_weight {
 ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dtype, const ke_tensor *const *w_parts,
                               const ke_tensor *const *b_parts, int n_parts, const char *name,
                               ke_cl_weight *out, size_t *bytes);
+
+/* Where element (i, c) of a (k, ldw) weight in panels of `panel` columns (0: row-major) lives,
+ * in elements: gemm.cl's weight_index. */
+static inline size_t ke_cl_weight_index(size_t k, size_t ldw, size_t panel, size_t i, size_t c)
+{
+    return panel ? (c / panel) * k * panel + i * panel + c % panel : i * ldw + c;
+}
 
 /* Converts n elements of src (of src_dtype) to dst (of dst_dtype), f32 and f16 either way, as
  * torch's .half() rounds. */

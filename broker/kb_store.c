@@ -9,6 +9,7 @@
 #include <sqlite3.h>
 
 #include "kosmos.pb-c.h"
+#include "ks_sat.h"
 
 /* Migrations: entry i brings the schema from version i to i+1. Append, never edit. */
 static const char *const kb_migrations[] = {
@@ -447,7 +448,8 @@ ks_status kb_store_insert(kb_store *s, const kb_job *j, const void *job_blob, si
     kb_bind_text(st, 3, j->idem_key);
     sqlite3_bind_blob(st, 4, j->fingerprint, 32, SQLITE_STATIC);
     sqlite3_bind_int(st, 5, j->priority);
-    sqlite3_bind_int64(st, 6, (sqlite3_int64)j->deadline);
+    /* Saturated: a deadline past INT64_MAX ("never") stays the latest time, not a negative one. */
+    sqlite3_bind_int64(st, 6, ks_sat_i64(j->deadline));
     kb_bind_text(st, 7, j->model_id);
     kb_bind_text(st, 8, j->model_hash);
     sqlite3_bind_int64(st, 9, (sqlite3_int64)j->min_mem);

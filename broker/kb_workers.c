@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ks_sat.h"
+
 #define KB_MAX_CAPACITY 64 /* batch_capacity a worker may announce (memory bound, docs/broker.md) */
 #define KB_MAX_NAME 128
 
@@ -555,7 +557,8 @@ void kb_workers_timers(kb_broker *b, uint64_t now)
                 kb_lapse(b, copy.job_id, copy.attempt, true, "ran past --max-job-seconds");
                 continue;
             }
-            if (l->deadline && !l->cancel_sent && l->deadline + b->p.heartbeat_ms <= now) {
+            if (l->deadline && !l->cancel_sent &&
+                ks_sat_add_u64(l->deadline, b->p.heartbeat_ms) <= now) {
                 l->cancel_sent = true;
                 kb_send_cancel(b, w, l->job_id, l->attempt,
                                KOSMOS__V1__CANCEL__REASON__REASON_DEADLINE);

@@ -647,6 +647,40 @@ static void test_deadline_expired(void **state)
     h_free(h);
 }
 
+/* A deadline of 2^64 - 1 means never: a queued job with it stays queued, and a running one is
+ * never cancelled for it (deadline + heartbeat_ms used to wrap round to the past). */
+static void test_deadline_never(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char id[65], queued[65], got[65];
+    uint32_t attempt;
+    job_opts never = {.deadline = UINT64_MAX};
+    c_submit_ok(h, c, "a", &never, id);
+    c_submit_ok(h, c, "a", &never, queued);
+    fworker *w = w_new(h, "w0", 1, 1);
+    w_take(h, w, got, &attempt);
+    assert_string_equal(got, id);
+    Kosmos__V1__Lease l = KOSMOS__V1__LEASE__INIT;
+    Kosmos__V1__Lease *ls[1] = {&l};
+    l.job_id = got;
+    l.has_attempt = true;
+    l.attempt = attempt;
+    for (int i = 0; i < 5; i++) {
+        fake_now += 1000;
+        w_heartbeat(w, ls, 1);
+        assert_null(w_try(h, w)); /* no Cancel{DEADLINE} */
+    }
+    assert_int_equal(c_state(h, c, "a", queued, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED);
+    assert_int_equal(w_result(h, w, id, attempt, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
+    assert_int_equal(c_state(h, c, "a", id, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_DONE);
+    w_free(w);
+    zmq_close(c);
+    h_free(h);
+}
+
 static int c_submit_outcome(harness *h, void *sock, const char *client)
 {
     Kosmos__V1__ClientReply *r = c_submit(h, sock, client, NULL);
@@ -1355,6 +1389,7 @@ int main(void)
         cmocka_unit_test(test_idempotency),
         cmocka_unit_test(test_credit_priority_fifo),
         cmocka_unit_test(test_deadline_expired),
+        cmocka_unit_test(test_deadline_never),
         cmocka_unit_test(test_admission_limits),
         cmocka_unit_test(test_dispatch_skips_by_worker_kind),
         cmocka_unit_test(test_dispatch_when_model_table_full),

@@ -279,6 +279,9 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
     wel.heartbeat_interval_ms = b->p.heartbeat_ms;
     wel.heartbeat_liveness = b->p.heartbeat_liveness;
     wel.max_job_ms = b->p.max_job_ms;
+    /* The roots image_uri was checked against, so that the worker reads beneath them (§2). */
+    wel.image_roots = (char **)b->p.image_roots;
+    wel.n_image_roots = b->p.n_image_roots;
     env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME;
     env.welcome = &wel;
     kb_send_worker(b, w, &env.base);

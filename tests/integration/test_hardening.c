@@ -3,6 +3,9 @@
  * sockets in a temporary folder - one scenario per run (`test_hardening BROKER WORKER MODEL
  * SCENARIO`), each a CTest test and a scenario of ops/soak-farm.sh:
  *
+ *   image_paths  image_uri jobs naming a FIFO and a symlink that leads out of the image root
+ *                fail at once (not retriable), and the worker goes on: a job behind the FIFO
+ *                on the same one-slot worker ends DONE, a symlink within the root is read
  *   two_brokers  a second kosmos-broker on the same --db exits 3 at once (database_locked) and
  *                the first goes on serving; after the first stops, a new one starts
  *
@@ -47,6 +50,83 @@ static int final_state(fh_client *c, const char *id, uint64_t timeout_ms)
     int s = in ? (int)fh_reply(in)->fetch->state : -1;
     kp_inbound_destroy(&in);
     return s;
+}
+
+/* The final Result's message (static buffer), "" without one. */
+static const char *final_message(fh_client *c, const char *id, int *state)
+{
+    static char msg[600];
+    kp_inbound *in = fh_fetch_final(c, id, 120000);
+    const Kosmos__V1__FetchReply *f = in ? fh_reply(in)->fetch : NULL;
+    *state = f ? (int)f->state : -1;
+    snprintf(msg, sizeof msg, "%s", f && f->result && f->result->message ? f->result->message : "");
+    kp_inbound_destroy(&in);
+    return msg;
+}
+
+static void write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, len, f) != len || fclose(f) != 0)
+        fh_die("cannot write %s", path);
+}
+
+/* ---- failures 1 and 2: a FIFO, a symlink out of the root ----------------------------------- */
+
+static void scenario_image_paths(void)
+{
+    /* The broker's root is the farm's folder (fh_start_broker); the worker has no root of its
+     * own and reads beneath the one Welcome names. The secret lies in a folder beside it. */
+    char outside[300], secret[400], fifo[400], escape[400], inside[400], linked[400];
+    snprintf(outside, sizeof outside, "%s.outside", farm.dir);
+    if (mkdir(outside, 0700) != 0)
+        fh_die("mkdir %s: %s", outside, strerror(errno));
+    snprintf(secret, sizeof secret, "%s/secret.png", outside);
+    write_file(secret, png, png_len);
+    snprintf(fifo, sizeof fifo, "%s/fifo.png", farm.dir);
+    if (mkfifo(fifo, 0600) != 0)
+        fh_die("mkfifo: %s", strerror(errno));
+    snprintf(escape, sizeof escape, "%s/escape.png", farm.dir);
+    char target[400];
+    snprintf(target, sizeof target, "../%s/secret.png", strrchr(outside, '/') + 1);
+    snprintf(inside, sizeof inside, "%s/inside.png", farm.dir);
+    snprintf(linked, sizeof linked, "%s/linked.png", farm.dir);
+    write_file(inside, png, png_len);
+    if (symlink(target, escape) != 0 || symlink("inside.png", linked) != 0)
+        fh_die("symlink: %s", strerror(errno));
+    fh_start_broker(&farm, NULL);
+    const char *one[] = {"--max-batch", "1", NULL};
+    fh_start_worker(&farm, 0, NULL, one, NULL);
+    fh_client *c = fh_client_new(&farm, "image-paths", false);
+    fh_wait_workers(c, 1, 60000);
+    char fifo_id[65], escape_id[65], linked_id[65], after_id[65];
+    fh_job j = {.uri = fifo, .key = "fifo"};
+    submit_ok(c, &j, fifo_id);
+    j = (fh_job){.uri = escape, .key = "escape"};
+    submit_ok(c, &j, escape_id);
+    j = (fh_job){.uri = linked, .key = "linked"};
+    submit_ok(c, &j, linked_id);
+    j = (fh_job){.uri = inside, .key = "after"};
+    submit_ok(c, &j, after_id);
+    /* Behind the FIFO on a one-slot worker: it runs only if the FIFO did not wedge it. The
+     * limit is a guard against the hang, not a measure. */
+    FH_CHECK(final_state(c, after_id, 120000) == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE,
+             "the job behind the FIFO did not run");
+    int st;
+    const char *msg = final_message(c, fifo_id, &st);
+    FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_FAILED && strstr(msg, "not a regular file"),
+             "FIFO job: state %d, %s", st, msg);
+    msg = final_message(c, escape_id, &st);
+    FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_FAILED && strstr(msg, "out of the image root"),
+             "symlink out of the root: state %d, %s", st, msg);
+    FH_CHECK(final_state(c, linked_id, 120000) == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE,
+             "a symlink within the root was not read");
+    /* Not retriable: each ran once. */
+    FH_CHECK(fh_log_count(farm_file("worker0.log"), "\"event\":\"dispatch\"") == 4,
+             "%zu dispatches for 4 jobs", fh_log_count(farm_file("worker0.log"), "\"event\":\"dispatch\""));
+    fh_client_destroy(&c);
+    unlink(secret);
+    rmdir(outside);
 }
 
 /* ---- failure 4: two brokers on one database ------------------------------------------------- */
@@ -101,7 +181,9 @@ int main(int argc, char **argv)
     printf("%s in %s\n", argv[4], farm.dir);
     png = fh_make_png(32, 24, 7, &png_len);
     const char *s = argv[4];
-    if (strcmp(s, "two_brokers") == 0)
+    if (strcmp(s, "image_paths") == 0)
+        scenario_image_paths();
+    else if (strcmp(s, "two_brokers") == 0)
         scenario_two_brokers();
     else
         fh_die("unknown scenario %s", s);

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,6 +100,54 @@ static void test_file_read_limits(void **state)
     free(joined);
 }
 
+/* ks_path_beneath by whole components; ks_file_read_beneath in a folder made here: a file
+ * and a symlink within the root are read, a symlink out of it (relative or absolute), a FIFO
+ * (without blocking) and a path outside every root are refused. */
+static void test_file_read_beneath(void **state)
+{
+    (void)state;
+    assert_string_equal(ks_path_beneath("/x/img/a.png", "/x/img"), "a.png");
+    assert_string_equal(ks_path_beneath("/x/img/a.png", "/x/img/"), "a.png");
+    assert_string_equal(ks_path_beneath("/x/img", "/x/img"), "");
+    assert_string_equal(ks_path_beneath("/x/img//a", "/"), "x/img//a");
+    assert_null(ks_path_beneath("/x/imgx/a.png", "/x/img"));
+    assert_true(ks_path_clean("/a/b"));
+    assert_false(ks_path_clean("/a/../b"));
+    assert_false(ks_path_clean("a/b"));
+
+    char dir[64], root[128], path[192], cmd[1024];
+    snprintf(dir, sizeof dir, "/tmp/kstest.XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(root, sizeof root, "%s/root", dir);
+    snprintf(cmd, sizeof cmd,
+             "mkdir %s && echo secret > %s/secret && echo ok > %s/a && ln -s a %s/in && "
+             "ln -s ../secret %s/out && ln -s %s/secret %s/abs && mkfifo %s/fifo",
+             root, dir, root, root, root, dir, root, root);
+    assert_int_equal(system(cmd), 0);
+    const char *roots[] = {"/nonexistent-root", root};
+    char *data = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/in", root);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_OK);
+    assert_string_equal(data, "ok\n");
+    free(data);
+    snprintf(path, sizeof path, "%s/out", root);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_ERR_INVALID);
+    snprintf(path, sizeof path, "%s/abs", root);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_ERR_INVALID);
+    snprintf(path, sizeof path, "%s/fifo", root);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_ERR_INVALID);
+    assert_non_null(strstr(ks_error_message(), "not a regular file"));
+    assert_int_equal(ks_file_read(path, 100, &data, &len), KS_ERR_IO); /* no wait either */
+    snprintf(path, sizeof path, "%s/secret", dir);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_ERR_INVALID);
+    snprintf(path, sizeof path, "%s/missing", root);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_ERR_IO);
+    assert_int_equal(ks_file_read_beneath(roots, 0, path, 100, &data, &len), KS_ERR_IO);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -107,6 +156,7 @@ int main(void)
         cmocka_unit_test(test_utf8_decode_encode),
         cmocka_unit_test(test_python_isspace),
         cmocka_unit_test(test_file_read_limits),
+        cmocka_unit_test(test_file_read_beneath),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -216,7 +216,8 @@ static ks_status job_image_bytes(const kw_engine *e, const kw_job_in *in, const 
         if (path[0] != '/')
             return ks_fail(KS_ERR_UNSUPPORTED, "image_uri %.200s is not an absolute path", uri);
         char *data = NULL;
-        ks_status st = ks_file_read(path, e->params.max_image_bytes, &data, len);
+        ks_status st = ks_file_read_beneath(e->params.image_roots, e->params.n_image_roots, path,
+                                            e->params.max_image_bytes, &data, len);
         if (st != KS_OK) {
             ks_error_prefix("image_uri");
             return st;

@@ -29,6 +29,10 @@ typedef struct kw_engine_params {
     bool autorotate;         /* EXIF orientation; default false (as `kosmos run`) */
     uint64_t max_pixels;     /* decoder pixel limit; 0 = the decoder's default (100 MP) */
     size_t max_image_bytes;  /* largest image read from an image_uri; default 64 MiB */
+    /* Folders an image_uri may be read beneath (ks_file_read_beneath), borrowed; none = no
+     * image_uri is read. kosmos-worker sets its --image-root here, else the broker's. */
+    const char *const *image_roots;
+    size_t n_image_roots;
 } kw_engine_params;
 
 void kw_engine_params_default(kw_engine_params *p);

@@ -47,9 +47,21 @@ ks_status kw_msg_recv(void *pair, kw_msg *m, int flags, bool *got)
     return KS_OK;
 }
 
+void kw_roots_destroy(kw_roots **r)
+{
+    if (!r || !*r)
+        return;
+    for (size_t i = 0; i < (*r)->n; i++)
+        free((*r)->paths[i]);
+    free((*r)->paths);
+    free(*r);
+    *r = NULL;
+}
+
 typedef struct compute_state {
     kw_compute *c;
     void *pipe;
+    kw_roots *roots; /* the Welcome's image roots in use (the engine borrows them) */
     kw_task **queue; /* FIFO of tasks not yet in a batch */
     size_t n_queue, cap_queue;
     kw_task **batch; /* the batch running now */
@@ -108,6 +120,15 @@ static void handle(compute_state *s, const kw_msg *m)
     case KW_MSG_STOP:
         s->stopping = true;
         break;
+    case KW_MSG_ROOTS: {
+        /* Only between the batch's image reads and the next batch's: this thread reads them. */
+        kw_roots *old = s->roots;
+        s->roots = m->roots;
+        s->c->engine->params.image_roots = (const char *const *)s->roots->paths;
+        s->c->engine->params.n_image_roots = s->roots->n;
+        kw_roots_destroy(&old);
+        break;
+    }
     default:
         break;
     }
@@ -273,6 +294,11 @@ done:;
         kw_msg_send(s.pipe, &stopped);
     free(s.queue);
     free(s.batch);
+    if (s.roots) {
+        c->engine->params.image_roots = NULL;
+        c->engine->params.n_image_roots = 0;
+        kw_roots_destroy(&s.roots);
+    }
     if (s.pipe) {
         int linger = 1000;
         zmq_setsockopt(s.pipe, ZMQ_LINGER, &linger, sizeof linger);

@@ -19,7 +19,8 @@ typedef enum kw_msg_type {
     KW_MSG_STOP,     /* io -> compute: finish the running batch, drop the queue, then STOPPED */
     KW_MSG_RESULT,   /* compute -> io: the packed Result of one task (done) */
     KW_MSG_STOPPED,  /* compute -> io: the thread is about to exit; nothing more will come */
-    KW_MSG_FATAL     /* compute -> io: the device failed (message); STOPPED follows */
+    KW_MSG_FATAL,    /* compute -> io: the device failed (message); STOPPED follows */
+    KW_MSG_ROOTS     /* io -> compute: the image roots the broker's Welcome named (roots) */
 } kw_msg_type;
 
 /* A dispatch: the received message (it owns the Dispatch and the image frame) and the batch
@@ -36,10 +37,19 @@ typedef struct kw_done {
     kw_packed packed; /* WorkerMessage{result} */
 } kw_done;
 
+/* A list of image roots (kw_engine_params.image_roots) that travels between the threads. */
+typedef struct kw_roots {
+    char **paths;
+    size_t n;
+} kw_roots;
+
+void kw_roots_destroy(kw_roots **r);
+
 typedef struct kw_msg {
     kw_msg_type type;
     kw_task *task;
     kw_done *done;
+    kw_roots *roots;
     char job_id[KW_JOB_ID_MAX + 1];
     uint32_t attempt;
     int reason;

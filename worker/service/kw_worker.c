@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ks_file.h"
 #include "kw_identity.h"
 #include "kw_internal.h"
 #include "kw_log.h"
@@ -412,6 +413,29 @@ static void on_dispatch(kw_io *io, kp_inbound **inp)
     }
 }
 
+/* The broker's image roots, for a worker without --image-root of its own (§2): handed to the
+ * compute thread, which reads image_uri files. */
+static void send_roots(kw_io *io, const Kosmos__V1__Welcome *w)
+{
+    if (io->p->engine.n_image_roots > 0 || io->compute_stopped)
+        return;
+    kw_roots *r = calloc(1, sizeof *r);
+    if (r)
+        r->paths = calloc(w->n_image_roots ? w->n_image_roots : 1, sizeof *r->paths);
+    for (size_t i = 0; r && r->paths && i < w->n_image_roots; i++)
+        if (ks_path_clean(w->image_roots[i]) && (r->paths[r->n] = strdup(w->image_roots[i])))
+            r->n++;
+    if (!r || !r->paths) {
+        kw_roots_destroy(&r);
+        kw_log(KW_ERROR, "image_roots_dropped", "\"why\":\"out of memory\"");
+        return;
+    }
+    kw_log(KW_INFO, "image_roots", "\"from\":\"broker\",\"count\":%zu", r->n);
+    kw_msg m = {.type = KW_MSG_ROOTS, .roots = r};
+    if (kw_msg_send(io->pipe, &m) != KS_OK)
+        kw_roots_destroy(&r);
+}
+
 static void on_disconnect(kw_io *io, const Kosmos__V1__Disconnect *d)
 {
     int code = d && d->has_code ? (int)d->code : 0;
@@ -471,6 +495,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
                "\"heartbeat_ms\":%u,\"liveness\":%u,\"running\":%zu,\"unacked\":%zu",
                (unsigned long long)w->broker_instance, restarted ? "true" : "false", io->hb_ms,
                io->liveness, io->n_leases, io->n_pending);
+        send_roots(io, w);
         for (size_t i = 0; i < io->n_pending; i++)
             send_pending(io, &io->pending[i]);
         if (!io->stopping && (size_t)io->p->max_batch > io->n_leases)

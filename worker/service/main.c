@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ks_file.h"
 #include "kw_log.h"
 #include "kw_worker.h"
 
@@ -54,6 +55,11 @@ static void usage(FILE *out)
         "  --max-pixels N           images whose header claims more pixels fail (default\n"
         "                           100000000)\n"
         "  --max-image-bytes N      largest image frame or image_uri file (default 67108864)\n"
+        "  --image-root DIR         read an image_uri only beneath DIR, an absolute path\n"
+        "                           (repeatable; default: the roots the broker's Welcome\n"
+        "                           sends, its --image-root). The file is opened beneath the\n"
+        "                           root by the kernel: a symlink out of it, a FIFO or a\n"
+        "                           device fails the job; it never blocks the worker\n"
         "  --model-id ID            model id announced in Ready (default config.json's\n"
         "                           _name_or_path, else the folder's name)\n"
         "  --model-hash HEX         weights hash announced in Ready (default: SHA-256 of the\n"
@@ -89,7 +95,7 @@ int main(int argc, char **argv)
 {
     enum { O_BROKER = 256, O_MODEL, O_DEVICE, O_BATCH, O_NAME, O_SLOTS, O_CONTEXT, O_PREC,
            O_ROTATE, O_PIXELS, O_IMGB, O_MID, O_MHASH, O_HB, O_HL, O_RECON, O_STOP, O_CS, O_CP,
-           O_LOG, O_HELP };
+           O_LOG, O_HELP, O_ROOT };
     static const struct option opts[] = {
         {"broker", required_argument, 0, O_BROKER}, {"model", required_argument, 0, O_MODEL},
         {"device", required_argument, 0, O_DEVICE}, {"max-batch", required_argument, 0, O_BATCH},
@@ -105,7 +111,9 @@ int main(int argc, char **argv)
         {"curve-secret", required_argument, 0, O_CS},
         {"curve-server-public", required_argument, 0, O_CP},
         {"log-level", required_argument, 0, O_LOG}, {"help", no_argument, 0, O_HELP},
+        {"image-root", required_argument, 0, O_ROOT},
         {0, 0, 0, 0}};
+    const char *roots[64];
     kw_worker_params p;
     kw_worker_params_default(&p);
     int c;
@@ -158,6 +166,12 @@ int main(int argc, char **argv)
             else if (!strcmp(optarg, "warn")) kw_log_set_level(KW_WARN);
             else if (!strcmp(optarg, "error")) kw_log_set_level(KW_ERROR);
             else bad = 1;
+            break;
+        case O_ROOT:
+            bad = p.engine.n_image_roots == 64 || !ks_path_clean(optarg);
+            if (!bad)
+                roots[p.engine.n_image_roots++] = optarg;
+            p.engine.image_roots = roots;
             break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return KW_EXIT_CONFIG;

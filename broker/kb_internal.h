@@ -109,8 +109,19 @@ typedef struct kb_dispatch_class {
     uint64_t memory;
 } kb_dispatch_class;
 
+/* A peer refused for now (--max-workers): answered at most once per heartbeat interval, so a
+ * worker that does not know CODE_RETRY_LATER (and registers again at once) cannot make the
+ * broker answer at network speed. */
+#define KB_REFUSED_SLOTS 16
+typedef struct kb_refused {
+    unsigned char rid[KP_MAX_ROUTING_ID];
+    size_t rid_len;
+    uint64_t until;
+} kb_refused;
+
 struct kb_broker {
     kb_params p;
+    kb_refused refused[KB_REFUSED_SLOTS];
     char client_ep[256], worker_ep[256];
     void *zctx, *client_sock, *worker_sock;
     void *zap_sock;      /* CURVE: our ZAP handler (inproc://zeromq.zap.01) */

@@ -200,6 +200,29 @@ static void kb_protocol_error(kb_broker *b, const void *rid, size_t rid_len, con
         kb_worker_forget(b, w, true, "protocol error");
 }
 
+/* Whether a refusal for now may be answered to `rid` (and notes that it is): once per
+ * heartbeat interval per peer (kb_refused). */
+static bool kb_refusal_due(kb_broker *b, const void *rid, size_t rid_len)
+{
+    uint64_t now = kb_now(b);
+    kb_refused *slot = &b->refused[0];
+    for (size_t i = 0; i < KB_REFUSED_SLOTS; i++) {
+        kb_refused *r = &b->refused[i];
+        if (r->rid_len == rid_len && memcmp(r->rid, rid, rid_len) == 0) {
+            if (now < r->until)
+                return false;
+            slot = r;
+            break;
+        }
+        if (r->until < slot->until)
+            slot = r; /* the oldest, or a free one */
+    }
+    memcpy(slot->rid, rid, rid_len);
+    slot->rid_len = rid_len;
+    slot->until = now + b->p.heartbeat_ms;
+    return true;
+}
+
 static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const Kosmos__V1__Ready *r)
 {
     ks_status st = KS_OK;
@@ -211,8 +234,23 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
     else if (!r->has_batch_capacity || r->batch_capacity < 1 || r->batch_capacity > KB_MAX_CAPACITY)
         why = "batch_capacity must be 1..64";
     else if (!kb_worker_by_rid(b, rid, rid_len) && !kb_worker_by_name(b, r->worker_name) &&
-             b->n_workers >= b->p.max_workers)
-        why = "too many workers (--max-workers)";
+             b->n_workers >= b->p.max_workers) {
+        /* Full for now, not for good: a slot frees when a worker leaves (§8.1). */
+        if (kb_refusal_due(b, rid, rid_len)) {
+            Kosmos__V1__Disconnect dc = KOSMOS__V1__DISCONNECT__INIT;
+            Kosmos__V1__BrokerToWorker env = KOSMOS__V1__BROKER_TO_WORKER__INIT;
+            dc.has_code = dc.has_retry_after_ms = true;
+            dc.code = KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER;
+            dc.message = "too many workers (--max-workers): retry later";
+            dc.retry_after_ms = b->p.heartbeat_ms * b->p.heartbeat_liveness;
+            env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT;
+            env.disconnect = &dc;
+            kb_send_rid(b, rid, rid_len, &env);
+            kb_logf(b, KB_WARN, "worker_refused_for_now",
+                    "\"why\":\"too many workers (--max-workers)\",\"workers\":%zu", b->n_workers);
+        }
+        return KS_OK;
+    }
     if (why) {
         kb_disconnect(b, rid, rid_len, KOSMOS__V1__DISCONNECT__CODE__CODE_REJECTED, why);
         kb_logf(b, KB_WARN, "worker_rejected", "\"why\":\"%s\"", why);

@@ -8,6 +8,10 @@
  *                on the same one-slot worker ends DONE, a symlink within the root is read
  *   two_brokers  a second kosmos-broker on the same --db exits 3 at once (database_locked) and
  *                the first goes on serving; after the first stops, a new one starts
+ *   refusal      a worker refused for now (--max-workers 1) keeps retrying with backoff and
+ *                serves once a slot frees; refused for good (Disconnect{REJECTED} from a fake
+ *                broker, a CURVE key the broker does not know) it exits with a code that
+ *                ops/kosmos-worker@.service's RestartPreventExitStatus keeps down
  *
  * No wall-clock thresholds: orderings, counters and exit codes; the only time limits are
  * generous ones against hangs. */
@@ -170,6 +174,129 @@ static void scenario_two_brokers(void)
     fh_client_destroy(&c);
 }
 
+/* ---- failure 6: a temporary refusal stopped a worker for good ------------------------------ */
+
+/* Whether ops/kosmos-worker@.service's RestartPreventExitStatus= lists `code`: systemd then
+ * leaves the unit down after that exit. */
+static bool unit_prevents_restart(int code)
+{
+    const char *path = KOSMOS_SOURCE_DIR "/ops/kosmos-worker@.service";
+    FILE *f = fopen(path, "r");
+    if (!f)
+        fh_die("cannot read %s", path);
+    char line[512];
+    bool listed = false;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "RestartPreventExitStatus=", 25) != 0)
+            continue;
+        for (char *t = strtok(line + 25, " \t\n"); t; t = strtok(NULL, " \t\n"))
+            listed = listed || atoi(t) == code;
+    }
+    fclose(f);
+    return listed;
+}
+
+static void scenario_refusal(void)
+{
+    const char *one_worker[] = {"--max-workers", "1", NULL};
+    fh_start_broker(&farm, one_worker);
+    fh_client *c = fh_client_new(&farm, "refusal", false);
+    fh_start_worker(&farm, 0, NULL, NULL, NULL);
+    fh_wait_workers(c, 1, 60000);
+    /* Refused for now: it stays up and asks again, backing off. */
+    fh_start_worker(&farm, 1, NULL, NULL, NULL);
+    uint64_t end = fh_now_ms() + 60000;
+    while (fh_now_ms() < end && fh_alive(farm.worker_pid[1]) &&
+           fh_log_count(farm_file("worker1.log"), "\"event\":\"refused_for_now\"") < 2)
+        fh_sleep_ms(50);
+    FH_CHECK(fh_log_count(farm_file("worker1.log"), "\"event\":\"refused_for_now\"") >= 2,
+             "the refused worker did not retry");
+    FH_CHECK(fh_alive(farm.worker_pid[1]), "a worker refused for now exited");
+    FH_CHECK(fh_log_count(farm_file("broker.log"), "\"event\":\"worker_refused_for_now\"") >= 2,
+             "the broker did not refuse for now");
+    /* A slot frees: the refused worker registers and serves. */
+    kill(farm.worker_pid[0], SIGTERM);
+    FH_CHECK(fh_wait_exit(farm.worker_pid[0], 60000) == 0, "worker 0 did not stop cleanly");
+    farm.worker_pid[0] = 0;
+    char id[65];
+    fh_job j = {.image = png, .image_len = png_len, .key = "after-refusal"};
+    submit_ok(c, &j, id);
+    kp_inbound *in = fh_fetch_final(c, id, 120000);
+    const Kosmos__V1__FetchReply *f = in ? fh_reply(in)->fetch : NULL;
+    FH_CHECK(f && f->state == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE && f->result &&
+                 f->result->worker_name && strcmp(f->result->worker_name, "test/w1") == 0,
+             "the once-refused worker did not compute the job");
+    kp_inbound_destroy(&in);
+    FH_CHECK(!unit_prevents_restart(0), "the unit would keep a cleanly stopped worker down");
+
+    /* Refused for good by a broker (a fake one here: a real one refuses only what a real worker
+     * never sends, e.g. another protocol version): the exit code keeps the unit down. */
+    char ep[400];
+    snprintf(ep, sizeof ep, "ipc://%s/fake-broker", farm.dir);
+    void *fake = zmq_socket(farm.zctx, ZMQ_ROUTER);
+    int zero = 0;
+    zmq_setsockopt(fake, ZMQ_LINGER, &zero, sizeof zero);
+    if (zmq_bind(fake, ep) != 0)
+        fh_die("bind %s: %s", ep, zmq_strerror(errno));
+    fh_start_worker(&farm, 2, ep, NULL, NULL);
+    kp_inbound *ready = NULL;
+    zmq_pollitem_t it = {fake, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, 60000) <= 0 ||
+        kp_recv(fake, true, KP_WORKER_MESSAGE, NULL, 0, &ready) != KS_OK || !ready)
+        fh_die("no Ready at the fake broker");
+    size_t rid_len;
+    const void *rid = kp_inbound_routing_id(ready, &rid_len);
+    Kosmos__V1__Disconnect dc = KOSMOS__V1__DISCONNECT__INIT;
+    Kosmos__V1__BrokerToWorker env = KOSMOS__V1__BROKER_TO_WORKER__INIT;
+    dc.has_code = true;
+    dc.code = KOSMOS__V1__DISCONNECT__CODE__CODE_REJECTED;
+    dc.message = "protocol_version must be 1";
+    env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT;
+    env.disconnect = &dc;
+    if (kp_send(fake, rid, rid_len, &env.base, NULL, 0) != KS_OK)
+        fh_die("fake broker: send");
+    kp_inbound_destroy(&ready);
+    int code = fh_wait_exit(farm.worker_pid[2], 60000);
+    farm.worker_pid[2] = 0;
+    FH_CHECK(code > 0 && unit_prevents_restart(code),
+             "refused for good: exit code %d, which the unit %s", code,
+             unit_prevents_restart(code) ? "keeps down" : "restarts");
+    zmq_close(fake);
+
+    /* A CURVE key the broker does not know: refused for good too (ZAP status 400). */
+    char keys[300], clients[300], workers[300], sec[400], pub[400], wsec[400];
+    snprintf(keys, sizeof keys, "%s/keys", farm.dir);
+    snprintf(clients, sizeof clients, "%s/clients", farm.dir);
+    snprintf(workers, sizeof workers, "%s/workers", farm.dir);
+    if (mkdir(keys, 0700) || mkdir(clients, 0700) || mkdir(workers, 0700))
+        fh_die("mkdir: %s", strerror(errno));
+    fh_cert(keys, keys, "broker");
+    fh_cert(clients, keys, "client");
+    fh_cert(workers, keys, "known-worker");
+    fh_cert(keys, keys, "stranger"); /* in no allowed folder */
+    snprintf(sec, sizeof sec, "%s/broker.key_secret", keys);
+    snprintf(pub, sizeof pub, "%s/broker.key", keys);
+    snprintf(wsec, sizeof wsec, "%s/stranger.key_secret", keys);
+    char cep[400], wep[400], db[400];
+    snprintf(cep, sizeof cep, "ipc://%s/curve-client", farm.dir);
+    snprintf(wep, sizeof wep, "ipc://%s/curve-worker", farm.dir);
+    snprintf(db, sizeof db, "%s/curve.db", farm.dir);
+    char *argv[] = {(char *)farm.broker_bin, "--client-endpoint", cep, "--worker-endpoint", wep,
+                    "--db", db, "--curve-secret", sec, "--client-keys", clients, "--worker-keys",
+                    workers, NULL};
+    pid_t curve_broker = fh_spawn(argv, farm_file("curve-broker.log"), NULL);
+    const char *wextra[] = {"--curve-secret", wsec, "--curve-server-public", pub, NULL};
+    fh_start_worker(&farm, 2, wep, wextra, NULL);
+    code = fh_wait_exit(farm.worker_pid[2], 60000);
+    farm.worker_pid[2] = 0;
+    FH_CHECK(code > 0 && unit_prevents_restart(code), "unknown CURVE key: exit code %d", code);
+    FH_CHECK(fh_log_count(farm_file("worker2.log"), "CURVE key") >= 1,
+             "the worker did not say its key was refused");
+    kill(curve_broker, SIGTERM);
+    FH_CHECK(fh_wait_exit(curve_broker, 30000) == 0, "the CURVE broker did not stop");
+    fh_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 5) {
@@ -185,6 +312,8 @@ int main(int argc, char **argv)
         scenario_image_paths();
     else if (strcmp(s, "two_brokers") == 0)
         scenario_two_brokers();
+    else if (strcmp(s, "refusal") == 0)
+        scenario_refusal();
     else
         fh_die("unknown scenario %s", s);
     free(png);

@@ -60,12 +60,15 @@ typedef struct kw_io {
     uint64_t instance;
     bool curve;
     char curve_public[KW_Z85_KEY], curve_secret[KW_Z85_KEY], curve_server[KW_Z85_KEY];
+    void *monitor;     /* CURVE: the socket's handshake events (a refused key), or NULL */
+    unsigned monitors; /* monitor endpoints made so far (each socket gets its own) */
     /* connection */
     bool welcomed;
     uint64_t broker_instance;
     uint32_t hb_ms, liveness;
     uint64_t last_recv, next_hb, next_ready, next_reconnect;
     uint32_t backoff_ms;
+    uint32_t refused_ms; /* CODE_RETRY_LATER backoff: 0, or the last wait (doubling, capped) */
     /* work */
     kw_lease *leases;
     size_t n_leases, cap_leases;
@@ -202,6 +205,10 @@ static void send_pending(kw_io *io, kw_pending *pr)
 
 static void socket_close(kw_io *io, int linger_ms)
 {
+    if (io->monitor) {
+        zmq_close(io->monitor);
+        io->monitor = NULL;
+    }
     if (!io->sock)
         return;
     zmq_setsockopt(io->sock, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
@@ -230,6 +237,16 @@ static ks_status socket_open(kw_io *io)
                       zmq_setsockopt(io->sock, ZMQ_CURVE_PUBLICKEY, io->curve_public, 41) ||
                       zmq_setsockopt(io->sock, ZMQ_CURVE_SECRETKEY, io->curve_secret, 41)))
         goto failed;
+    if (io->curve) {
+        /* A key the broker's ZAP handler refuses (status 400) is a refusal for good: the
+         * worker hears of it only through this event (§11). */
+        char ep[96];
+        snprintf(ep, sizeof ep, "inproc://kw-monitor-%llx-%u", (unsigned long long)io->instance,
+                 io->monitors++);
+        if (zmq_socket_monitor(io->sock, ep, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0 ||
+            !(io->monitor = zmq_socket(io->ctx, ZMQ_PAIR)) || zmq_connect(io->monitor, ep) != 0)
+            goto failed;
+    }
     if (zmq_connect(io->sock, io->p->broker) != 0)
         goto failed;
     return KS_OK;
@@ -444,9 +461,32 @@ static void on_disconnect(kw_io *io, const Kosmos__V1__Disconnect *d)
     kw_log(KW_WARN, "broker_disconnect", "\"code\":%d,\"message\":%s", code, msg);
     switch (code) {
     case KOSMOS__V1__DISCONNECT__CODE__CODE_REJECTED:
+        /* For good (wrong protocol, invalid name or capacity): only a new configuration helps,
+         * so exit 1, which the systemd unit does not restart (RestartPreventExitStatus). */
         kw_log(KW_ERROR, "rejected", "\"message\":%s", msg);
         begin_stop(io, KW_EXIT_CONFIG, 0, "the broker refused this worker");
         break;
+    case KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER: {
+        /* For now (the broker is full): Ready again after a capped exponential backoff, at
+         * least what the broker asked for; never exit. */
+        uint64_t wait = io->refused_ms ? (uint64_t)io->refused_ms * 2 : io->hb_ms;
+        if (d->has_retry_after_ms && wait < d->retry_after_ms)
+            wait = d->retry_after_ms;
+        if (wait > io->p->reconnect_max_ms)
+            wait = io->p->reconnect_max_ms;
+        io->refused_ms = (uint32_t)wait;
+        kw_log(KW_WARN, "refused_for_now", "\"message\":%s,\"retry_in_ms\":%llu", msg,
+               (unsigned long long)wait);
+        if (!io->stopping) {
+            uint64_t now = now_ms();
+            io->welcomed = false;
+            io->next_ready = now + wait;
+            /* the broker answered: no reason to open a new socket before the retry */
+            io->next_reconnect = io->next_ready + (uint64_t)io->hb_ms * io->liveness;
+            io->last_recv = now;
+        }
+        break;
+    }
     case KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN:
         if (!io->stopping)
             start_registering(io, true); /* it will come back (§8.7) */
@@ -483,6 +523,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
             break; /* an answer to an earlier Ready of the same registration */
         const Kosmos__V1__Welcome *w = m->welcome;
         io->welcomed = true;
+        io->refused_ms = 0;
         if (w->has_heartbeat_interval_ms && w->heartbeat_interval_ms > 0)
             io->hb_ms = w->heartbeat_interval_ms;
         if (w->has_heartbeat_liveness && w->heartbeat_liveness > 0)
@@ -534,6 +575,30 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
         break;
     }
     kp_inbound_destroy(&in);
+}
+
+/* A handshake event of the broker socket (CURVE): a key refused by the broker stops the worker
+ * as a permanent refusal does. */
+static void on_monitor(kw_io *io)
+{
+    zmq_msg_t event, endpoint;
+    zmq_msg_init(&event);
+    zmq_msg_init(&endpoint);
+    if (zmq_msg_recv(&event, io->monitor, ZMQ_DONTWAIT) >= 0 && zmq_msg_more(&event) &&
+        zmq_msg_recv(&endpoint, io->monitor, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&event) >= 6) {
+        const uint8_t *d = zmq_msg_data(&event);
+        uint16_t id;
+        uint32_t status;
+        memcpy(&id, d, sizeof id);
+        memcpy(&status, d + 2, sizeof status);
+        if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH && status == 400) {
+            kw_log(KW_ERROR, "rejected", "\"message\":\"the broker refused this worker's CURVE "
+                   "key (ZAP status 400)\"");
+            begin_stop(io, KW_EXIT_CONFIG, 0, "the broker refused this worker's key");
+        }
+    }
+    zmq_msg_close(&event);
+    zmq_msg_close(&endpoint);
 }
 
 static void on_pipe(kw_io *io)
@@ -609,9 +674,10 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
         long timeout = next > now ? (long)(next - now) : 0;
         if (timeout > 100)
             timeout = 100;
-        zmq_pollitem_t items[2] = {{io->sock, 0, ZMQ_POLLIN, 0}, {io->pipe, 0, ZMQ_POLLIN, 0}};
+        zmq_pollitem_t items[3] = {{io->sock, 0, ZMQ_POLLIN, 0}, {io->pipe, 0, ZMQ_POLLIN, 0},
+                                   {io->monitor, 0, ZMQ_POLLIN, 0}};
         int first = io->sock ? 0 : 1;
-        if (zmq_poll(items + first, 2 - first, timeout) < 0) {
+        if (zmq_poll(items + first, (io->monitor ? 3 : 2) - first, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             kw_log(KW_ERROR, "poll_failed", "\"error\":\"%s\"", zmq_strerror(errno));
@@ -620,6 +686,8 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
         }
         if (items[1].revents & ZMQ_POLLIN)
             on_pipe(io);
+        if (io->monitor && (items[2].revents & ZMQ_POLLIN))
+            on_monitor(io);
         for (int i = 0; io->sock && (items[0].revents & ZMQ_POLLIN) && i < 64; i++) {
             kp_inbound *in = NULL;
             void *sock = io->sock;

@@ -32,7 +32,8 @@ void kw_worker_params_default(kw_worker_params *p);
 /* Exit codes of kw_worker_run (and of kosmos-worker). */
 enum {
     KW_EXIT_OK = 0,       /* stopped on request (SIGTERM/SIGINT) */
-    KW_EXIT_CONFIG = 1,   /* bad options, model or device could not be opened, broker refused */
+    KW_EXIT_CONFIG = 1,   /* bad options, model or device could not be opened, the broker
+                           * refused the worker for good (CODE_REJECTED, its CURVE key) */
     KW_EXIT_DEVICE = 3    /* the device failed while running; its jobs were reported/handed back */
 };
 

@@ -1,7 +1,8 @@
 /* kosmos-worker: one worker process per compute device (docs/protocol.md §8). The command line
  * around kw_worker: options, signals, exit codes. Exit 0 after SIGTERM/SIGINT (running work
  * finished and acknowledged, the rest handed back), 1 for bad options, a model or device that
- * cannot be opened or a broker that refuses the worker, 3 when the device failed at run time. */
+ * cannot be opened or a broker that refuses the worker for good, 3 when the device failed at run
+ * time. A broker that is full only for now is retried, never an exit. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -34,8 +35,11 @@ static void usage(FILE *out)
         "device computes. Logs: one JSON object per line on stderr.\n"
         "SIGTERM/SIGINT: take no new work, finish the running batch, wait for its results to be\n"
         "acknowledged, hand the jobs not started back (Disconnect), exit 0; a second signal\n"
-        "exits at once. Exit 1: bad options, model/device failed to open, broker refused;\n"
-        "3: the device failed (its jobs are reported retriable and requeued by the broker).\n"
+        "exits at once. Exit 1: bad options, model/device failed to open, or the broker\n"
+        "refused this worker for good (another protocol version, an invalid name or capacity,\n"
+        "a CURVE key it does not know); 3: the device failed (its jobs are reported retriable\n"
+        "and requeued by the broker). A broker that is full (--max-workers) is asked again\n"
+        "with a backoff capped at --reconnect-max-ms: the worker never exits for that.\n"
         "\n"
         "  --broker EP              the broker's worker endpoint, tcp://HOST:5556 or ipc://PATH\n"
         "                           (required)\n"
@@ -68,7 +72,8 @@ static void usage(FILE *out)
         "                           (default 1000)\n"
         "  --heartbeat-liveness N   missed intervals before the broker counts as gone, until\n"
         "                           Welcome sets it (default 3)\n"
-        "  --reconnect-max-ms N     cap of the reconnect backoff (default 30000)\n"
+        "  --reconnect-max-ms N     cap of the reconnect backoff and of the wait after a\n"
+        "                           broker that is full (default 30000)\n"
         "  --stop-timeout S         SIGTERM: longest wait for the running batch and its\n"
         "                           acknowledgements, seconds (default 120)\n"
         "  --curve-secret FILE      this worker's secret certificate (CURVE on; with the next)\n"

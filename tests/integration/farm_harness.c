@@ -320,6 +320,8 @@ void fh_submit_request(const fh_job *j, Kosmos__V1__ClientRequest *req, fh_submi
     }
     s->gen.has_max_new_tokens = true;
     s->gen.max_new_tokens = j->max_new_tokens ? j->max_new_tokens : 2;
+    s->gen.has_min_new_tokens = j->min_new_tokens > 0;
+    s->gen.min_new_tokens = j->min_new_tokens;
     s->job.generation = &s->gen;
     if (j->deadline_unix_ms) {
         s->job.has_deadline_unix_ms = true;

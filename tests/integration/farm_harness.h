@@ -107,6 +107,7 @@ typedef struct fh_job {
     const char *uri;         /* image_uri */
     const char *prompt;      /* default "<grounding>An image of" */
     uint32_t max_new_tokens; /* 0 = 2 */
+    uint32_t min_new_tokens; /* 0 = unset */
     uint64_t deadline_unix_ms;
     const char *key;         /* idempotency key or NULL */
 } fh_job;

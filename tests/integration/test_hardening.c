@@ -3,6 +3,15 @@
  * sockets in a temporary folder - one scenario per run (`test_hardening BROKER WORKER MODEL
  * SCENARIO`), each a CTest test and a scenario of ops/soak-farm.sh:
  *
+ *   cancel_step  a long job (1,024 tokens) is cancelled while it computes: it stops within a
+ *                decode step, the short job in the same batch and one queued after end DONE
+ *   compute_cap  --max-job-seconds shorter than a long job's compute time, a short job queued
+ *                behind it on a one-slot worker: the short job ends DONE at its first attempt,
+ *                the long one is stopped at the cap each time and ends DEAD (3 crashes)
+ *   unstarted    kill -9 a worker computing one job and holding another queued: only the
+ *                computing one is charged a crash; both end DONE elsewhere
+ *   stop_grace   SIGTERM a worker in the middle of a long job with --stop-grace 1: it stops the
+ *                job at the next step, exits 0, and the job goes back without penalty
  *   image_paths  image_uri jobs naming a FIFO and a symlink that leads out of the image root
  *                fail at once (not retriable), and the worker goes on: a job behind the FIFO
  *                on the same one-slot worker ends DONE, a symlink within the root is read
@@ -73,6 +82,220 @@ static void write_file(const char *path, const void *data, size_t len)
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(data, 1, len, f) != len || fclose(f) != 0)
         fh_die("cannot write %s", path);
+}
+
+/* ---- failure 3: stops at every decode step, lease accounting ------------------------------ */
+
+/* A long job: its prompt carries the marker that KOSMOS_WORKER_TEST_SLOW_MARKER names, so that
+ * each decode step of it takes KOSMOS_WORKER_TEST_STEP_MS longer on a worker started with
+ * slow_env (kw_compute.c's test hooks), and it generates exactly 1,024 tokens. */
+#define LONG_MARKER "LONG-JOB"
+static const char *const slow_env[] = {"KOSMOS_WORKER_TEST_SLOW_MARKER=" LONG_MARKER,
+                                       "KOSMOS_WORKER_TEST_STEP_MS=500", NULL};
+
+static fh_job long_job(const char *key)
+{
+    fh_job j = {.image = png, .image_len = png_len, .key = key,
+                .prompt = "<grounding>" LONG_MARKER " An image of", .max_new_tokens = 1024,
+                .min_new_tokens = 1024};
+    return j;
+}
+
+static fh_job short_job(const char *key)
+{
+    fh_job j = {.image = png, .image_len = png_len, .key = key, .max_new_tokens = 8};
+    return j;
+}
+
+/* `"job":"ID"` for log searches (static buffer). */
+static const char *job_field(const char *id)
+{
+    static char field[2][100];
+    static int next;
+    char *f = field[next++ % 2];
+    snprintf(f, sizeof field[0], "\"job\":\"%s\"", id);
+    return f;
+}
+
+/* Lines of `path` holding both needles. */
+static size_t log_count2(const char *path, const char *a, const char *b)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    size_t n = 0;
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, a) && strstr(line, b);
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* Waits (a guard against hangs, not a measure) until `path` has `count` lines holding both
+ * needles (b NULL: only a). */
+static bool wait_log(const char *path, const char *a, const char *b, size_t count,
+                     uint64_t guard_ms)
+{
+    uint64_t end = fh_now_ms() + guard_ms;
+    while ((b ? log_count2(path, a, b) : fh_log_count(path, a)) < count) {
+        if (fh_now_ms() > end)
+            return false;
+        fh_sleep_ms(20);
+    }
+    return true;
+}
+
+static void cancel_job(fh_client *c, const char *id)
+{
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__CancelRequest cr = KOSMOS__V1__CANCEL_REQUEST__INIT;
+    cr.job_id = (char *)id;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_CANCEL;
+    req.cancel = &cr;
+    kp_inbound *in = fh_call(c, &req, NULL, 0, 10000);
+    FH_CHECK(in && fh_reply(in)->cancel && fh_reply(in)->cancel->cancelled, "cancel refused");
+    kp_inbound_destroy(&in);
+}
+
+/* The final result's attempt, 0 without one. */
+static uint32_t final_attempt(fh_client *c, const char *id, int *state)
+{
+    kp_inbound *in = fh_fetch_final(c, id, 120000);
+    const Kosmos__V1__FetchReply *f = in ? fh_reply(in)->fetch : NULL;
+    *state = f ? (int)f->state : -1;
+    uint32_t a = f && f->result ? f->result->attempt : 0;
+    kp_inbound_destroy(&in);
+    return a;
+}
+
+static void scenario_cancel_step(void)
+{
+    fh_start_broker(&farm, NULL);
+    fh_client *c = fh_client_new(&farm, "cancel-step", false);
+    fh_wait_workers(c, 0, 30000);
+    /* Both dispatched in the worker's first cycle, so usually one batch; the checks hold
+     * either way. Uncancelled, the long job computes 1,024 steps of 500 ms: 8.5 minutes. */
+    char long_id[65], short_id[65], after_id[65];
+    fh_job l = long_job("long");
+    submit_ok(c, &l, long_id);
+    fh_job j = short_job("short");
+    submit_ok(c, &j, short_id);
+    const char *two[] = {"--max-batch", "2", NULL};
+    fh_start_worker(&farm, 0, NULL, two, slow_env);
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"computing\"", job_field(long_id), 1,
+                      120000),
+             "the long job never started computing");
+    fh_sleep_ms(1000); /* a few steps in */
+    cancel_job(c, long_id);
+    /* The guards are against the 8.5-minute hang of a generation that does not stop. */
+    FH_CHECK(final_state(c, short_id, 120000) == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE,
+             "the short job did not finish while the long one was cancelled");
+    FH_CHECK(final_state(c, long_id, 10000) == KOSMOS__V1__JOB_STATE__JOB_STATE_CANCELLED,
+             "the long job is not CANCELLED");
+    /* The worker stopped computing it: its result came back (STALE: the job was cancelled). */
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"disposition\":\"stale\"", NULL, 1, 120000),
+             "the cancelled job's generation never ended");
+    fh_job a = short_job("after");
+    submit_ok(c, &a, after_id);
+    FH_CHECK(final_state(c, after_id, 120000) == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE,
+             "a job after the cancel did not run");
+    fh_client_destroy(&c);
+}
+
+static void scenario_compute_cap(void)
+{
+    const char *cap[] = {"--max-job-seconds", "2", NULL};
+    fh_start_broker(&farm, cap);
+    fh_client *c = fh_client_new(&farm, "compute-cap", false);
+    const char *one[] = {"--max-batch", "1", NULL};
+    fh_start_worker(&farm, 0, NULL, one, slow_env);
+    fh_wait_workers(c, 1, 60000);
+    char long_id[65], short_id[65];
+    fh_job l = long_job("long");
+    submit_ok(c, &l, long_id);
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"computing\"", NULL, 1, 120000),
+             "the long job never started");
+    /* Queued behind it on the one slot: its lease must not lapse while it waits. */
+    fh_job j = short_job("short");
+    submit_ok(c, &j, short_id);
+    int st;
+    uint32_t attempt = final_attempt(c, short_id, &st);
+    FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE && attempt == 1,
+             "the short job: state %d at attempt %u (it must run once, uncharged)", st, attempt);
+    const char *msg = final_message(c, long_id, &st);
+    FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DEAD && strstr(msg, "--max-job-seconds"),
+             "the long job: state %d, %s", st, msg);
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"event\":\"lease_lapsed\"", job_field(short_id)) == 0,
+             "the queued short job's lease lapsed");
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":true", job_field(long_id)) == 3,
+             "the long job was not charged exactly its 3 capped attempts");
+    /* Each capped attempt was stopped by the worker at a step, not run to its end. */
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"result\"", job_field(long_id), 3,
+                      120000),
+             "the worker did not stop each capped attempt");
+    fh_client_destroy(&c);
+}
+
+static void scenario_unstarted(void)
+{
+    fh_start_broker(&farm, NULL);
+    fh_client *c = fh_client_new(&farm, "unstarted", false);
+    /* Two slots: the long job computes alone (it came first), the second waits in the worker. */
+    const char *two[] = {"--max-batch", "2", NULL};
+    fh_start_worker(&farm, 0, NULL, two, slow_env);
+    fh_wait_workers(c, 1, 60000);
+    char long_id[65], queued_id[65];
+    fh_job l = long_job("long");
+    submit_ok(c, &l, long_id);
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"computing\"", NULL, 1, 120000),
+             "the long job never started");
+    fh_job j = short_job("queued");
+    submit_ok(c, &j, queued_id);
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"dispatch\"", job_field(queued_id), 1,
+                      60000),
+             "the second job was not dispatched to the busy worker");
+    fh_sleep_ms(600); /* a few heartbeats list it queued */
+    fh_kill9(&farm.worker_pid[0]);
+    fh_start_worker(&farm, 1, NULL, two, NULL);
+    int st;
+    uint32_t a = final_attempt(c, queued_id, &st);
+    FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE && a == 2, "queued job: %d at %u", st, a);
+    a = final_attempt(c, long_id, &st);
+    FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE && a == 2, "long job: %d at %u", st, a);
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":true", job_field(long_id)) == 1,
+             "the computing job was not charged its crash");
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":false", job_field(queued_id)) == 1 &&
+                 log_count2(farm_file("broker.log"), "\"crash\":true", job_field(queued_id)) == 0,
+             "the queued job was charged a crash it did not cause");
+    fh_client_destroy(&c);
+}
+
+static void scenario_stop_grace(void)
+{
+    fh_start_broker(&farm, NULL);
+    fh_client *c = fh_client_new(&farm, "stop-grace", false);
+    const char *grace[] = {"--max-batch", "1", "--stop-timeout", "600", "--stop-grace", "1", NULL};
+    fh_start_worker(&farm, 0, NULL, grace, slow_env);
+    fh_wait_workers(c, 1, 60000);
+    char long_id[65];
+    fh_job l = long_job("long");
+    submit_ok(c, &l, long_id);
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"computing\"", NULL, 1, 120000),
+             "the long job never started");
+    kill(farm.worker_pid[0], SIGTERM);
+    /* A guard against the 8.5 minutes the batch would take if nothing stopped it. */
+    int code = fh_wait_exit(farm.worker_pid[0], 120000);
+    farm.worker_pid[0] = 0;
+    FH_CHECK(code == 0, "worker exit code %d after SIGTERM", code);
+    FH_CHECK(fh_log_count(farm_file("worker0.log"), "\"event\":\"handed_back\"") == 1,
+             "the running job was not handed back");
+    fh_start_worker(&farm, 1, NULL, NULL, NULL);
+    int st;
+    uint32_t a = final_attempt(c, long_id, &st);
+    FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE && a == 2, "long job: %d at %u", st, a);
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":false", job_field(long_id)) == 1 &&
+                 log_count2(farm_file("broker.log"), "\"crash\":true", job_field(long_id)) == 0,
+             "the handed-back job was charged a crash");
+    fh_client_destroy(&c);
 }
 
 /* ---- failures 1 and 2: a FIFO, a symlink out of the root ----------------------------------- */
@@ -310,6 +533,14 @@ int main(int argc, char **argv)
     const char *s = argv[4];
     if (strcmp(s, "image_paths") == 0)
         scenario_image_paths();
+    else if (strcmp(s, "cancel_step") == 0)
+        scenario_cancel_step();
+    else if (strcmp(s, "compute_cap") == 0)
+        scenario_compute_cap();
+    else if (strcmp(s, "unstarted") == 0)
+        scenario_unstarted();
+    else if (strcmp(s, "stop_grace") == 0)
+        scenario_stop_grace();
     else if (strcmp(s, "two_brokers") == 0)
         scenario_two_brokers();
     else if (strcmp(s, "refusal") == 0)

@@ -804,6 +804,25 @@ void ke_gen_result_fini(ke_gen_result *r)
     memset(r, 0, sizeof *r);
 }
 
+/* Gives a finished request's slots back. */
+static void seq_release(ke_backend *backend, seq *s, bool *slot_free)
+{
+    for (int b = 0; b < s->n_beams; b++) {
+        backend->ops->release_slot(backend, s->slots[b]);
+        slot_free[s->slots[b]] = true;
+    }
+}
+
+/* The request's stop (ke_gen_request.stop): ends it with the ids it has. */
+static ks_status seq_stop_if_asked(seq *s, bool *stopped)
+{
+    *stopped = s->req->stop && s->req->stop(s->req->stop_ctx);
+    if (!*stopped)
+        return KS_OK;
+    s->result->stopped = true;
+    return finish_with(s, &s->run[0]);
+}
+
 /* The HF position of a decoded token after `past` cached tokens. */
 static int32_t decode_position(int32_t id, size_t past, int pad)
 {
@@ -883,9 +902,29 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
     int next_pending = 0;
     int done = 0;
     while (done < n_requests) {
+        /* stopped by the caller: end there, free the slots for the others */
+        bool stopped = false;
+        for (int i = 0; i < n_requests; i++) {
+            seq *s = &seqs[i];
+            if (s->state != SEQ_RUNNING)
+                continue;
+            if ((st = seq_stop_if_asked(s, &stopped)) != KS_OK)
+                goto cleanup;
+            if (stopped) {
+                seq_release(backend, s, slot_free);
+                done++;
+            }
+        }
         /* admit waiting requests, first come first served, while their beams fit */
         while (next_pending < n_requests) {
             seq *s = &seqs[next_pending];
+            if ((st = seq_stop_if_asked(s, &stopped)) != KS_OK)
+                goto cleanup;
+            if (stopped) {
+                next_pending++;
+                done++;
+                continue;
+            }
             int n_free = 0;
             for (int i = 0; i < n_slots; i++)
                 n_free += slot_free[i];
@@ -901,6 +940,8 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
             s->state = SEQ_PREFILL;
             next_pending++;
         }
+        if (done == n_requests)
+            break; /* the last ones were stopped */
 
         /* one step for every live sequence */
         ke_step step = {0};
@@ -1030,10 +1071,7 @@ ks_status ke_generate(ke_backend *backend, const float *image_embeds, int n_imag
             if (st != KS_OK)
                 goto cleanup;
             if (s->state == SEQ_DONE) {
-                for (int b = 0; b < s->n_beams; b++) {
-                    backend->ops->release_slot(backend, s->slots[b]);
-                    slot_free[s->slots[b]] = true;
-                }
+                seq_release(backend, s, slot_free);
                 done++;
             }
         }

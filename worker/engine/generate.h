@@ -42,6 +42,12 @@ typedef struct ke_gen_request {
     size_t len;
     int image; /* which image's embeds (index into the images of ke_generate) */
     ke_gen_params params;
+    /* The caller's stop (a cancel, a deadline, a compute cap), asked once per step while the
+     * request runs or waits for slots: true ends this request there, with the ids it has
+     * (result.stopped set), and frees its slots; the other requests go on. NULL = never.
+     * Called on ke_generate's thread. */
+    bool (*stop)(void *ctx);
+    void *stop_ctx;
 } ke_gen_request;
 
 typedef struct ke_gen_result {
@@ -49,6 +55,7 @@ typedef struct ke_gen_result {
     size_t len;
     size_t new_tokens;
     float *prefill_logits_last; /* owned: (vocab) raw logits at the last prompt position */
+    bool stopped; /* ended by its request's stop, not by </s> or max_new_tokens */
 } ke_gen_result;
 
 void ke_gen_result_fini(ke_gen_result *r);

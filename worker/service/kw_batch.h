@@ -60,9 +60,11 @@ typedef struct kw_job_in {
     int cancel_reason;           /* 0, or the Kosmos__V1__Cancel__Reason that stopped it */
 } kw_job_in;
 
-/* Called between the phases of a batch so the caller can record cancels (set
- * jobs[i].cancel_reason); may be NULL. */
-typedef void kw_batch_poll_fn(void *ctx);
+/* Called between the phases of a batch (`job` NULL) and at every decode step of each prompt
+ * still generating (`job` = its job, through ke_gen_request.stop), so the caller can record
+ * cancels and deadlines (set jobs[i].cancel_reason): a job whose reason is set stops within
+ * one step, the others go on. May be NULL. */
+typedef void kw_batch_poll_fn(void *ctx, const kw_job_in *job);
 
 /* Identity stamped on every result. */
 typedef struct kw_result_meta {

@@ -20,8 +20,15 @@ typedef enum kw_msg_type {
     KW_MSG_RESULT,   /* compute -> io: the packed Result of one task (done) */
     KW_MSG_STOPPED,  /* compute -> io: the thread is about to exit; nothing more will come */
     KW_MSG_FATAL,    /* compute -> io: the device failed (message); STOPPED follows */
-    KW_MSG_ROOTS     /* io -> compute: the image roots the broker's Welcome named (roots) */
+    KW_MSG_ROOTS,    /* io -> compute: the image roots the broker's Welcome named (roots) */
+    KW_MSG_STARTED,  /* compute -> io: about to compute (job_id, attempt); wait for START_OK */
+    KW_MSG_START_OK  /* io -> compute: the broker knows (job_id, attempt) started, or need not */
 } kw_msg_type;
+
+/* cancel_reason of a job the worker stopped because it is shutting down (its --stop-grace ran
+ * out): no Result is sent; the Disconnect hands the job back (protocol.md §8.8). Outside the
+ * range of Kosmos__V1__Cancel__Reason. */
+#define KW_REASON_HANDBACK 1000
 
 /* A dispatch: the received message (it owns the Dispatch and the image frame) and the batch
  * input pointing into it. */
@@ -53,6 +60,7 @@ typedef struct kw_msg {
     char job_id[KW_JOB_ID_MAX + 1];
     uint32_t attempt;
     int reason;
+    uint64_t at;      /* STOP: unix ms when the running sequences' grace ends */
     char message[512];
 } kw_msg;
 

@@ -34,11 +34,15 @@ void kw_worker_params_default(kw_worker_params *p)
     p->heartbeat_liveness = 3;
     p->reconnect_max_ms = 30000;
     p->stop_timeout_ms = 120000;
+    p->stop_grace_ms = 60000;
 }
 
 typedef struct kw_lease {
     char job_id[KW_JOB_ID_MAX + 1];
     uint32_t attempt;
+    bool started;        /* the compute thread began it (Lease.started in every heartbeat) */
+    uint64_t start_wait; /* the compute thread waits for the broker's confirmation until this
+                          * time (unix ms); 0: not waiting */
 } kw_lease;
 
 typedef struct kw_pending {
@@ -64,6 +68,7 @@ typedef struct kw_io {
     unsigned monitors; /* monitor endpoints made so far (each socket gets its own) */
     /* connection */
     bool welcomed;
+    bool confirms_start; /* this broker answers started leases (Welcome.confirms_start) */
     uint64_t broker_instance;
     uint32_t hb_ms, liveness;
     uint64_t last_recv, next_hb, next_ready, next_reconnect;
@@ -101,8 +106,9 @@ static Kosmos__V1__Lease **lease_list(kw_io *io, Kosmos__V1__Lease *storage)
     for (size_t i = 0; list && i < io->n_leases; i++) {
         kosmos__v1__lease__init(&storage[i]);
         storage[i].job_id = io->leases[i].job_id;
-        storage[i].has_attempt = true;
+        storage[i].has_attempt = storage[i].has_started = true;
         storage[i].attempt = io->leases[i].attempt;
+        storage[i].started = io->leases[i].started;
         list[i] = &storage[i];
     }
     return list;
@@ -293,9 +299,62 @@ static bool lease_add(kw_io *io, const char *job_id, uint32_t attempt)
         io->cap_leases = ncap;
     }
     kw_lease *l = &io->leases[io->n_leases++];
+    memset(l, 0, sizeof *l);
     snprintf(l->job_id, sizeof l->job_id, "%s", job_id);
     l->attempt = attempt;
     return true;
+}
+
+/* Lets the compute thread compute (job_id, attempt): the broker knows it started. */
+static void start_ok(kw_io *io, const char *job_id, uint32_t attempt)
+{
+    kw_msg m = {.type = KW_MSG_START_OK, .attempt = attempt};
+    snprintf(m.job_id, sizeof m.job_id, "%s", job_id);
+    kw_msg_send(io->pipe, &m);
+}
+
+/* The compute thread is about to compute (job_id, attempt). The broker must know before it
+ * does (a job that kills the worker is charged a crash, a queued one is not: §8.4), so the
+ * lease is reported started at once and the compute thread waits for the broker's answer -
+ * at most liveness intervals (a broker that does not answer considers this worker dead
+ * anyway). No wait with a broker that does not confirm (older), without a connection, or
+ * while stopping. */
+static void on_started(kw_io *io, const char *job_id, uint32_t attempt)
+{
+    kw_lease *l = lease_find(io, job_id, attempt);
+    if (l)
+        l->started = true;
+    if (!l || !io->welcomed || !io->confirms_start || io->stopping) {
+        start_ok(io, job_id, attempt);
+        return;
+    }
+    l->start_wait = now_ms() + (uint64_t)io->hb_ms * io->liveness;
+    send_heartbeat(io);
+    io->next_hb = now_ms() + io->hb_ms;
+}
+
+/* Releases every start still waiting: all of them (force), or those the broker confirmed in
+ * `hb` (its Heartbeat.running), or those whose wait ran out. */
+static void release_starts(kw_io *io, const Kosmos__V1__Heartbeat *hb, bool force)
+{
+    uint64_t now = now_ms();
+    for (size_t i = 0; i < io->n_leases; i++) {
+        kw_lease *l = &io->leases[i];
+        if (!l->start_wait)
+            continue;
+        bool confirmed = false;
+        for (size_t k = 0; hb && k < hb->n_running && !confirmed; k++)
+            confirmed = hb->running[k] && hb->running[k]->job_id &&
+                        hb->running[k]->has_attempt && hb->running[k]->attempt == l->attempt &&
+                        strcmp(hb->running[k]->job_id, l->job_id) == 0;
+        if (!force && !confirmed && now < l->start_wait)
+            continue;
+        if (!confirmed && !force)
+            kw_log(KW_WARN, "start_unconfirmed", "\"job\":\"%s\",\"attempt\":%u",
+                   l->job_id, l->attempt);
+        l->start_wait = 0;
+        start_ok(io, l->job_id, l->attempt);
+    }
 }
 
 static void lease_drop(kw_io *io, const char *job_id, uint32_t attempt)
@@ -378,9 +437,12 @@ static void begin_stop(kw_io *io, int exit_code, uint32_t timeout_ms, const char
         kw_log(KW_INFO, "stopping", "\"why\":\"%s\",\"running\":%zu,\"unacked\":%zu", why,
                io->n_leases, io->n_pending);
         if (!io->compute_stopped) {
-            kw_msg m = {.type = KW_MSG_STOP};
+            /* Running sequences get the grace; what is left then is handed back. */
+            uint32_t grace = io->p->stop_grace_ms < timeout_ms ? io->p->stop_grace_ms : timeout_ms;
+            kw_msg m = {.type = KW_MSG_STOP, .at = now_ms() + grace};
             kw_msg_send(io->pipe, &m);
         }
+        release_starts(io, NULL, true);
     } else if (exit_code != KW_EXIT_OK && io->exit_code == KW_EXIT_OK) {
         io->exit_code = exit_code;
     }
@@ -524,6 +586,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
         const Kosmos__V1__Welcome *w = m->welcome;
         io->welcomed = true;
         io->refused_ms = 0;
+        io->confirms_start = w->has_confirms_start && w->confirms_start;
         if (w->has_heartbeat_interval_ms && w->heartbeat_interval_ms > 0)
             io->hb_ms = w->heartbeat_interval_ms;
         if (w->has_heartbeat_liveness && w->heartbeat_liveness > 0)
@@ -541,9 +604,15 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
             send_pending(io, &io->pending[i]);
         if (!io->stopping && (size_t)io->p->max_batch > io->n_leases)
             send_credit(io, (uint32_t)((size_t)io->p->max_batch - io->n_leases));
+        if (!io->confirms_start)
+            release_starts(io, NULL, true); /* a broker that does not confirm: do not wait */
+        else
+            send_heartbeat(io); /* starts still waiting are confirmed in the answer */
         break;
     }
     case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_HEARTBEAT:
+        if (m->heartbeat && m->heartbeat->n_running)
+            release_starts(io, m->heartbeat, false);
         break;
     case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH:
         on_dispatch(io, &in);
@@ -619,6 +688,9 @@ static void on_pipe(kw_io *io)
             begin_stop(io, KW_EXIT_DEVICE, io->p->stop_timeout_ms, "device failure");
             break;
         }
+        case KW_MSG_STARTED:
+            on_started(io, m.job_id, m.attempt);
+            break;
         case KW_MSG_STOPPED:
             io->compute_stopped = true;
             break;
@@ -669,6 +741,7 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
                 io->next_hb = now + io->hb_ms;
             }
         }
+        release_starts(io, NULL, false); /* waits that ran out */
         uint64_t next = io->welcomed ? io->next_hb : (io->next_ready < io->next_reconnect
                                                           ? io->next_ready : io->next_reconnect);
         long timeout = next > now ? (long)(next - now) : 0;

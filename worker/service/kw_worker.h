@@ -23,6 +23,9 @@ typedef struct kw_worker_params {
     uint32_t heartbeat_liveness; /* idem; default 3 */
     uint32_t reconnect_max_ms;   /* socket re-creation backoff cap; default 30000 */
     uint32_t stop_timeout_ms;    /* SIGTERM: longest wait for running work and acks; 120000 */
+    uint32_t stop_grace_ms;      /* SIGTERM: running sequences finish within this (at most
+                                  * stop_timeout_ms); then they stop at their next decode step
+                                  * and their jobs are handed back; 60000 */
     const char *curve_secret;    /* this worker's secret certificate (CURVE on), or NULL */
     const char *curve_server;    /* the broker's public certificate; both or neither */
 } kw_worker_params;

@@ -33,9 +33,10 @@ static void usage(FILE *out)
         "batches (the prompts of a job share one vision pass) and returns each result until the\n"
         "broker confirms it is stored. Heartbeats come from their own thread, also while the\n"
         "device computes. Logs: one JSON object per line on stderr.\n"
-        "SIGTERM/SIGINT: take no new work, finish the running batch, wait for its results to be\n"
-        "acknowledged, hand the jobs not started back (Disconnect), exit 0; a second signal\n"
-        "exits at once. Exit 1: bad options, model/device failed to open, or the broker\n"
+        "SIGTERM/SIGINT: take no new work; the running sequences have --stop-grace seconds to\n"
+        "finish, then each stops at its next decode step and its job is handed back with those\n"
+        "not started (Disconnect: requeued at once, no penalty); wait for the results' acks,\n"
+        "exit 0; a second signal exits at once. Exit 1: bad options, model/device failed to open, or the broker\n"
         "refused this worker for good (another protocol version, an invalid name or capacity,\n"
         "a CURVE key it does not know); 3: the device failed (its jobs are reported retriable\n"
         "and requeued by the broker). A broker that is full (--max-workers) is asked again\n"
@@ -76,6 +77,10 @@ static void usage(FILE *out)
         "                           broker that is full (default 30000)\n"
         "  --stop-timeout S         SIGTERM: longest wait for the running batch and its\n"
         "                           acknowledgements, seconds (default 120)\n"
+        "  --stop-grace S           SIGTERM: how long running sequences may go on, seconds,\n"
+        "                           at most --stop-timeout (default 60); then they stop at\n"
+        "                           their next decode step and their jobs go back to the\n"
+        "                           broker without a result and without penalty\n"
         "  --curve-secret FILE      this worker's secret certificate (CURVE on; with the next)\n"
         "  --curve-server-public FILE  the broker's public certificate\n"
         "  --log-level L            debug, info, warn, error (default info)\n"
@@ -100,7 +105,7 @@ int main(int argc, char **argv)
 {
     enum { O_BROKER = 256, O_MODEL, O_DEVICE, O_BATCH, O_NAME, O_SLOTS, O_CONTEXT, O_PREC,
            O_ROTATE, O_PIXELS, O_IMGB, O_MID, O_MHASH, O_HB, O_HL, O_RECON, O_STOP, O_CS, O_CP,
-           O_LOG, O_HELP, O_ROOT };
+           O_LOG, O_HELP, O_ROOT, O_GRACE };
     static const struct option opts[] = {
         {"broker", required_argument, 0, O_BROKER}, {"model", required_argument, 0, O_MODEL},
         {"device", required_argument, 0, O_DEVICE}, {"max-batch", required_argument, 0, O_BATCH},
@@ -117,6 +122,7 @@ int main(int argc, char **argv)
         {"curve-server-public", required_argument, 0, O_CP},
         {"log-level", required_argument, 0, O_LOG}, {"help", no_argument, 0, O_HELP},
         {"image-root", required_argument, 0, O_ROOT},
+        {"stop-grace", required_argument, 0, O_GRACE},
         {0, 0, 0, 0}};
     const char *roots[64];
     kw_worker_params p;
@@ -162,6 +168,10 @@ int main(int argc, char **argv)
         case O_STOP:
             bad = parse_num(optarg, 0, 86400, &v);
             p.stop_timeout_ms = (uint32_t)(v * 1000);
+            break;
+        case O_GRACE:
+            bad = parse_num(optarg, 0, 86400, &v);
+            p.stop_grace_ms = (uint32_t)(v * 1000);
             break;
         case O_CS: p.curve_secret = optarg; break;
         case O_CP: p.curve_server = optarg; break;

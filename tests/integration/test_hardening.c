@@ -17,6 +17,10 @@
  *                on the same one-slot worker ends DONE, a symlink within the root is read
  *   two_brokers  a second kosmos-broker on the same --db exits 3 at once (database_locked) and
  *                the first goes on serving; after the first stops, a new one starts
+ *   raw_zmtp     a broker on a non-loopback TCP endpoint without CURVE warns at start
+ *                (curve_off, per endpoint; a broker on ipc:// does not); a raw ZMTP 3 peer (a
+ *                plain TCP socket) that sends the worker endpoint a frame bigger than any
+ *                worker message is disconnected by libzmq before it is buffered
  *   refusal      a worker refused for now (--max-workers 1) keeps retrying with backoff and
  *                serves once a slot frees; refused for good (Disconnect{REJECTED} from a fake
  *                broker, a CURVE key the broker does not know) it exits with a code that
@@ -24,11 +28,15 @@
  *
  * No wall-clock thresholds: orderings, counters and exit codes; the only time limits are
  * generous ones against hangs. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -397,6 +405,161 @@ static void scenario_two_brokers(void)
     fh_client_destroy(&c);
 }
 
+/* ---- failure 5: a hostile peer, CURVE off ------------------------------------------------- */
+
+static bool send_all(int fd, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    while (n) {
+        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return false;
+        b += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+static bool recv_all(int fd, void *p, size_t n)
+{
+    uint8_t *b = p;
+    while (n) {
+        ssize_t r = recv(fd, b, n, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return false;
+        b += r;
+        n -= (size_t)r;
+    }
+    return true;
+}
+
+/* A raw ZMTP 3.0 DEALER on a plain TCP socket (RFC 23): greeting with the NULL mechanism, then
+ * its READY command; reads the broker's greeting and READY. Returns the socket. */
+static int zmtp_connect(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        fh_die("connect to port %u: %s", port, strerror(errno));
+    uint8_t greeting[64] = {0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x7F, 3, 0, 'N', 'U', 'L', 'L'};
+    static const uint8_t ready[] = {0x04, 28, 5, 'R', 'E', 'A', 'D', 'Y', 11, 'S', 'o', 'c',
+                                    'k', 'e', 't', '-', 'T', 'y', 'p', 'e', 0, 0, 0, 6,
+                                    'D', 'E', 'A', 'L', 'E', 'R'};
+    uint8_t peer[64], head[2], body[256];
+    if (!send_all(fd, greeting, sizeof greeting) || !recv_all(fd, peer, sizeof peer) ||
+        peer[0] != 0xFF || peer[10] != 3 || !send_all(fd, ready, sizeof ready) ||
+        !recv_all(fd, head, 2) || head[0] != 0x04 || !recv_all(fd, body, head[1]))
+        fh_die("ZMTP handshake with port %u failed", port);
+    return fd;
+}
+
+/* Sends one data frame of `size` zero bytes (a long frame: flag 0x02, 8-byte size); false as
+ * soon as the peer closed the connection. */
+static bool zmtp_send_frame(int fd, uint64_t size, bool more)
+{
+    uint8_t head[9] = {(uint8_t)(0x02 | (more ? 0x01 : 0))};
+    for (int i = 0; i < 8; i++)
+        head[1 + i] = (uint8_t)(size >> (56 - 8 * i));
+    static uint8_t chunk[65536];
+    if (!send_all(fd, head, sizeof head))
+        return false;
+    while (size) {
+        size_t n = size < sizeof chunk ? (size_t)size : sizeof chunk;
+        if (!send_all(fd, chunk, n))
+            return false;
+        size -= n;
+    }
+    return true;
+}
+
+/* Whether the peer closes `fd` within guard_ms (a guard against waiting for ever). */
+static bool closed_by_peer(int fd, uint64_t guard_ms)
+{
+    uint64_t end = fh_now_ms() + guard_ms;
+    uint8_t buf[4096];
+    while (fh_now_ms() < end) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        ssize_t r = recv(fd, buf, sizeof buf, 0);
+        if (r == 0 || (r < 0 && errno != EINTR && errno != EAGAIN))
+            return true;
+    }
+    return false;
+}
+
+/* The port of `"key":"tcp://0.0.0.0:PORT"` in the log's "started" line, 0 if none. */
+static uint16_t log_port(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    uint16_t port = 0;
+    while (f && !port && fgets(line, sizeof line, f)) {
+        const char *at = strstr(line, "\"event\":\"started\"") ? strstr(line, key) : NULL;
+        const char *colon = at ? strchr(at + strlen(key) + 6, ':') : NULL; /* after tcp:/ */
+        if (colon)
+            port = (uint16_t)atoi(colon + 1);
+    }
+    if (f)
+        fclose(f);
+    return port;
+}
+
+static void scenario_raw_zmtp(void)
+{
+    /* A broker bound on every address, CURVE off: it says so at start, per endpoint. */
+    char db[400];
+    snprintf(db, sizeof db, "%s/open.db", farm.dir);
+    char *argv[] = {(char *)farm.broker_bin, "--client-endpoint", "tcp://*:*", "--worker-endpoint",
+                    "tcp://*:*", "--db", db, "--max-message-bytes", "1048576", NULL};
+    pid_t open_broker = fh_spawn(argv, farm_file("open-broker.log"), NULL);
+    FH_CHECK(wait_log(farm_file("open-broker.log"), "\"event\":\"started\"", NULL, 1, 60000),
+             "the broker did not start");
+    uint16_t wport = log_port(farm_file("open-broker.log"), "\"worker_endpoint\"");
+    uint16_t cport = log_port(farm_file("open-broker.log"), "\"client_endpoint\"");
+    if (!wport || !cport)
+        fh_die("no ports in the broker's log");
+    FH_CHECK(fh_log_count(farm_file("open-broker.log"), "\"event\":\"curve_off\"") == 2,
+             "no start-up warning for the endpoints without CURVE");
+    /* A broker on ipc:// only (the farm's) reaches no other host: no warning. */
+    fh_start_broker(&farm, NULL);
+    fh_client *c = fh_client_new(&farm, "raw-zmtp", false);
+    fh_wait_workers(c, 0, 30000);
+    FH_CHECK(fh_log_count(farm_file("broker.log"), "\"event\":\"curve_off\"") == 0,
+             "a warning for ipc:// endpoints");
+
+    /* The bound: a frame bigger than any worker message (1 MiB protobuf limit here) on the
+     * worker endpoint, announced in its header, makes libzmq drop the connection before it
+     * buffers the body. */
+    int fd = zmtp_connect(wport);
+    zmtp_send_frame(fd, 0, true);                     /* the empty delimiter */
+    bool sent = zmtp_send_frame(fd, 2u << 20, false); /* 2 MiB: over 1 MiB + 64 KiB */
+    FH_CHECK(!sent || closed_by_peer(fd, 30000),
+             "the broker kept a connection that sent a 2 MiB frame to the worker endpoint");
+    close(fd);
+    /* Frames within the limit, all marked "more": libzmq holds the incomplete message where
+     * the broker cannot count it (docs/broker.md); a healthy peer is still served. */
+    fd = zmtp_connect(cport);
+    for (int i = 0; i < 8; i++)
+        FH_CHECK(zmtp_send_frame(fd, 1u << 20, true), "a 1 MiB frame on the client endpoint refused");
+    fh_farm tcp = farm;
+    snprintf(tcp.cep, sizeof tcp.cep, "tcp://127.0.0.1:%u", cport);
+    fh_client *tc = fh_client_new(&tcp, "beside-the-hostile-peer", false);
+    kp_inbound *in = fh_status(tc, 30000);
+    FH_CHECK(in != NULL, "the broker did not serve a client beside the hostile peer");
+    kp_inbound_destroy(&in);
+    fh_client_destroy(&tc);
+    close(fd);
+    kill(open_broker, SIGTERM);
+    FH_CHECK(fh_wait_exit(open_broker, 30000) == 0, "the open broker did not stop");
+    fh_client_destroy(&c);
+}
+
 /* ---- failure 6: a temporary refusal stopped a worker for good ------------------------------ */
 
 /* Whether ops/kosmos-worker@.service's RestartPreventExitStatus= lists `code`: systemd then
@@ -545,6 +708,8 @@ int main(int argc, char **argv)
         scenario_two_brokers();
     else if (strcmp(s, "refusal") == 0)
         scenario_refusal();
+    else if (strcmp(s, "raw_zmtp") == 0)
+        scenario_raw_zmtp();
     else
         fh_die("unknown scenario %s", s);
     free(png);

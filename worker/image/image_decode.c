@@ -172,32 +172,71 @@ static void to_rgb(uint8_t *rgb, const uint8_t *u8, const uint16_t *u16, size_t 
     }
 }
 
-ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params *params,
-                          ki_image **out) {
+/* Rows per strip: up to 64, and about a million samples, so that a wide image's strip stays
+ * small. */
+#define KI_STRIP_SAMPLES (1u << 20)
+#define KI_STRIP_ROWS 64
+
+struct ki_image_reader {
+    VipsImage *im;      /* after autorotate and the cast to 8 or 16 bits */
+    VipsRegion *region; /* the strip being read */
+    const char *format;
+    int width, height, bands;
+    bool u16, cmyk;
+    int y;              /* the next row */
+    int strip_end;      /* rows below this are in the region */
+    int strip_rows;
+    uint8_t *rgb;       /* (width, 3) */
+    size_t len;         /* the encoded size, for messages */
+};
+
+void ki_image_reader_destroy(ki_image_reader **pr) {
+    if (!pr || !*pr) {
+        return;
+    }
+    ki_image_reader *r = *pr;
+    if (r->region) {
+        g_object_unref(r->region);
+    }
+    if (r->im) {
+        g_object_unref(r->im);
+    }
+    free(r->rgb);
+    free(r);
+    *pr = NULL;
+}
+
+int ki_image_reader_width(const ki_image_reader *r) { return r->width; }
+int ki_image_reader_height(const ki_image_reader *r) { return r->height; }
+const char *ki_image_reader_format(const ki_image_reader *r) { return r->format; }
+
+ks_status ki_image_reader_new(const void *bytes, size_t len, const ki_decode_params *params,
+                              ki_image_reader **out) {
     ki_decode_params defaults;
-    VipsImage *im = NULL, *tmp = NULL;
-    void *mem = NULL;
-    size_t mem_len = 0;
-    const char *format = NULL;
-    ki_image *img = NULL;
+    VipsImage *tmp = NULL;
+    ki_image_reader *r = NULL;
     ks_status st;
     uint64_t max_pixels, pixels;
-    int width, height, bands;
+    int width, height;
     VipsBandFormat bf;
-    bool cmyk;
 
     *out = NULL;
     if (!params) {
         ki_decode_params_default(&defaults);
         params = &defaults;
     }
+    r = calloc(1, sizeof *r);
+    if (!r) {
+        return ks_fail(KS_ERR_NOMEM, "image: out of memory");
+    }
+    r->len = len;
     max_pixels = params->max_pixels ? params->max_pixels : KI_DEFAULT_MAX_PIXELS;
-    st = open_header(bytes, len, params->autorotate, &im, &format);
+    st = open_header(bytes, len, params->autorotate, &r->im, &r->format);
     if (st != KS_OK) {
         goto done;
     }
-    width = vips_image_get_width(im);
-    height = vips_image_get_height(im);
+    width = vips_image_get_width(r->im);
+    height = vips_image_get_height(r->im);
     pixels = (uint64_t)width * (uint64_t)height;
     if (width < 1 || height < 1 || pixels > max_pixels) {
         st = ks_fail(KS_ERR_LIMIT,
@@ -205,16 +244,21 @@ ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params 
                      height, (unsigned long long)pixels, (unsigned long long)max_pixels);
         goto done;
     }
+    if (width > KI_MAX_SIDE || height > KI_MAX_SIDE) {
+        st = ks_fail(KS_ERR_LIMIT, "image: %dx%d has a side over the limit of %d pixels", width,
+                     height, KI_MAX_SIDE);
+        goto done;
+    }
     if (params->autorotate) {
-        if (vips_autorot(im, &tmp, NULL)) {
+        if (vips_autorot(r->im, &tmp, NULL)) {
             st = ki_vips_fail(KS_ERR_FORMAT, "image: cannot apply the EXIF orientation");
             goto done;
         }
-        g_object_unref(im);
-        im = tmp;
+        g_object_unref(r->im);
+        r->im = tmp;
         tmp = NULL;
     }
-    bf = vips_image_get_format(im);
+    bf = vips_image_get_format(r->im);
     if (bf != VIPS_FORMAT_UCHAR && bf != VIPS_FORMAT_USHORT) {
         if (vips_band_format_isfloat(bf) || vips_band_format_iscomplex(bf)) {
             st = ks_fail(KS_ERR_UNSUPPORTED, "image: %s samples are not supported",
@@ -222,47 +266,87 @@ ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params 
             goto done;
         }
         /* Other integer samples: clip to 0..255 (PIL "I" -> RGB clips too). */
-        if (vips_cast(im, &tmp, VIPS_FORMAT_UCHAR, NULL)) {
+        if (vips_cast(r->im, &tmp, VIPS_FORMAT_UCHAR, NULL)) {
             st = ki_vips_fail(KS_ERR_FORMAT, "image: cannot convert the samples");
             goto done;
         }
-        g_object_unref(im);
-        im = tmp;
+        g_object_unref(r->im);
+        r->im = tmp;
         tmp = NULL;
         bf = VIPS_FORMAT_UCHAR;
     }
-    width = vips_image_get_width(im); /* autorotate may swap them */
-    height = vips_image_get_height(im);
-    bands = vips_image_get_bands(im);
-    cmyk = vips_image_get_interpretation(im) == VIPS_INTERPRETATION_CMYK && bands >= 4;
-    mem = vips_image_write_to_memory(im, &mem_len); /* decodes; fails on truncation */
-    if (!mem) {
-        st = ki_vips_fail(KS_ERR_FORMAT, "image: cannot decode the pixels");
+    r->width = vips_image_get_width(r->im); /* autorotate may swap them */
+    r->height = vips_image_get_height(r->im);
+    r->bands = vips_image_get_bands(r->im);
+    r->u16 = bf == VIPS_FORMAT_USHORT;
+    r->cmyk = vips_image_get_interpretation(r->im) == VIPS_INTERPRETATION_CMYK && r->bands >= 4;
+    size_t per_row = (size_t)r->width * (size_t)r->bands;
+    r->strip_rows = per_row >= KI_STRIP_SAMPLES ? 1 : (int)(KI_STRIP_SAMPLES / per_row);
+    if (r->strip_rows > KI_STRIP_ROWS) {
+        r->strip_rows = KI_STRIP_ROWS;
+    }
+    r->rgb = malloc((size_t)r->width * 3);
+    r->region = vips_region_new(r->im);
+    if (!r->rgb || !r->region) {
+        st = ks_fail(KS_ERR_NOMEM, "image: out of memory for a %d-pixel row", r->width);
         goto done;
     }
-    if (mem_len != (size_t)width * (size_t)height * (size_t)bands *
-                       (bf == VIPS_FORMAT_USHORT ? 2u : 1u)) {
-        st = ks_fail(KS_ERR_FORMAT, "image: libvips returned an unexpected buffer size");
-        goto done;
-    }
-    st = image_alloc(width, height, format, &img);
-    if (st != KS_OK) {
-        goto done;
-    }
-    to_rgb(img->rgb, bf == VIPS_FORMAT_UCHAR ? mem : NULL,
-           bf == VIPS_FORMAT_USHORT ? mem : NULL, (size_t)width * (size_t)height, bands, cmyk);
-    *out = img;
-    img = NULL;
+    *out = r;
+    r = NULL;
 done:
     if (st != KS_OK) {
         ks_error_prefix("decoding %zu bytes", len);
     }
-    g_free(mem);
     if (tmp) {
         g_object_unref(tmp);
     }
-    if (im) {
-        g_object_unref(im);
+    ki_image_reader_destroy(&r);
+    return st;
+}
+
+ks_status ki_image_reader_row(ki_image_reader *r, const uint8_t **rgb) {
+    if (r->y >= r->height) {
+        return ks_fail(KS_ERR_INVALID, "image: no row %d in a %d-row image", r->y, r->height);
+    }
+    if (r->y >= r->strip_end) {
+        int n = r->height - r->y < r->strip_rows ? r->height - r->y : r->strip_rows;
+        VipsRect strip = {.left = 0, .top = r->y, .width = r->width, .height = n};
+        if (vips_region_prepare(r->region, &strip)) { /* decodes; fails on truncation */
+            ks_status st = ki_vips_fail(KS_ERR_FORMAT, "image: cannot decode the pixels");
+            ks_error_prefix("decoding %zu bytes", r->len);
+            return st;
+        }
+        r->strip_end = r->y + n;
+    }
+    const void *row = VIPS_REGION_ADDR(r->region, 0, r->y);
+    to_rgb(r->rgb, r->u16 ? NULL : row, r->u16 ? row : NULL, (size_t)r->width, r->bands,
+           r->cmyk);
+    r->y++;
+    *rgb = r->rgb;
+    return KS_OK;
+}
+
+ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params *params,
+                          ki_image **out) {
+    ki_image_reader *r = NULL;
+    ki_image *img = NULL;
+    *out = NULL;
+    ks_status st = ki_image_reader_new(bytes, len, params, &r);
+    if (st == KS_OK) {
+        st = image_alloc(r->width, r->height, r->format, &img);
+    }
+    size_t stride = r ? (size_t)r->width * 3 : 0;
+    for (int y = 0; st == KS_OK && y < r->height; y++) {
+        const uint8_t *row;
+        st = ki_image_reader_row(r, &row);
+        if (st == KS_OK) {
+            memcpy(img->rgb + (size_t)y * stride, row, stride);
+        }
+    }
+    ki_image_reader_destroy(&r);
+    if (st == KS_OK) {
+        *out = img;
+        img = NULL;
     }
     ki_image_destroy(&img);
     return st;

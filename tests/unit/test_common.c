@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "ks_base64.h"
 #include "ks_buf.h"
 #include "ks_error.h"
 #include "ks_file.h"
@@ -148,6 +149,38 @@ static void test_file_read_beneath(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* RFC 4648's test vectors both ways; bytes that are not UTF-8 come back exactly; text that is
+ * not base64 is refused. */
+static void test_base64(void **state)
+{
+    (void)state;
+    static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    static const char *const coded[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=",
+                                        "Zm9vYmFy"};
+    for (size_t i = 0; i < 7; i++) {
+        char *e = ks_base64_encode(plain[i], strlen(plain[i]));
+        assert_string_equal(e, coded[i]);
+        size_t len = 0;
+        uint8_t *d = ks_base64_decode(e, &len);
+        assert_int_equal(len, strlen(plain[i]));
+        assert_memory_equal(d, plain[i], len);
+        free(d);
+        free(e);
+    }
+    const char name[] = "bad\xff\xfe.jpg";
+    char *e = ks_base64_encode(name, sizeof name - 1);
+    size_t len = 0;
+    uint8_t *d = ks_base64_decode(e, &len);
+    assert_int_equal(len, sizeof name - 1);
+    assert_memory_equal(d, name, len);
+    free(d);
+    free(e);
+    assert_null(ks_base64_decode("Zm9", &len));
+    assert_null(ks_base64_decode("Zm9v!A==", &len));
+    assert_null(ks_base64_decode("Zg==Zg==", &len));
+    assert_null(ks_base64_decode("Z=g=", &len));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -157,6 +190,7 @@ int main(void)
         cmocka_unit_test(test_python_isspace),
         cmocka_unit_test(test_file_read_limits),
         cmocka_unit_test(test_file_read_beneath),
+        cmocka_unit_test(test_base64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

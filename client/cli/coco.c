@@ -195,7 +195,9 @@ static ks_status write_annotations(const json_t *rec, void *ctx)
     const json_t *ann;
     json_array_foreach(json_array_get(rec, 3), i, ann) {
         const char *phrase = json_string_value(json_array_get(ann, 0));
-        char **found = bsearch(&phrase, w->cats->v, w->cats->n, sizeof *w->cats->v, compare_names);
+        char **found = w->cats->n ? bsearch(&phrase, w->cats->v, w->cats->n, sizeof *w->cats->v,
+                                            compare_names)
+                                  : NULL;
         double x1 = json_number_value(json_array_get(ann, 1));
         double y1 = json_number_value(json_array_get(ann, 2));
         double x2 = json_number_value(json_array_get(ann, 3));
@@ -230,7 +232,8 @@ ks_status coco_write(coco *c, const char *path)
     }
     if ((st = each_record(c, collect_phrase, &cats)))
         goto done;
-    qsort(cats.v, cats.n, sizeof *cats.v, compare_names);
+    if (cats.n) /* qsort's base must not be NULL, even for no element */
+        qsort(cats.v, cats.n, sizeof *cats.v, compare_names);
     size_t k = 0;
     for (size_t j = 0; j < cats.n; j++)
         if (k && !strcmp(cats.v[k - 1], cats.v[j]))

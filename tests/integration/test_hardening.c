@@ -3,7 +3,7 @@
  * sockets in a temporary folder - one scenario per run (`test_hardening BROKER WORKER MODEL
  * SCENARIO`), each a CTest test and a scenario of ops/soak-farm.sh:
  *
- *   cancel_step  a long job (1,024 tokens) is cancelled while it computes: it stops within a
+ *   cancel_step  a long job (256 tokens) is cancelled while it computes: it stops within a
  *                decode step, the short job in the same batch and one queued after end DONE
  *   compute_cap  --max-job-seconds shorter than a long job's compute time, a short job queued
  *                behind it on a one-slot worker: the short job ends DONE at its first attempt,
@@ -96,16 +96,17 @@ static void write_file(const char *path, const void *data, size_t len)
 
 /* A long job: its prompt carries the marker that KOSMOS_WORKER_TEST_SLOW_MARKER names, so that
  * each decode step of it takes KOSMOS_WORKER_TEST_STEP_MS longer on a worker started with
- * slow_env (kw_compute.c's test hooks), and it generates exactly 1,024 tokens. */
+ * slow_env (kw_compute.c's test hooks), and it generates exactly 256 tokens: over 4 minutes
+ * there, fast elsewhere (a worker without slow_env computes it for real). */
 #define LONG_MARKER "LONG-JOB"
 static const char *const slow_env[] = {"KOSMOS_WORKER_TEST_SLOW_MARKER=" LONG_MARKER,
-                                       "KOSMOS_WORKER_TEST_STEP_MS=500", NULL};
+                                       "KOSMOS_WORKER_TEST_STEP_MS=1000", NULL};
 
 static fh_job long_job(const char *key)
 {
     fh_job j = {.image = png, .image_len = png_len, .key = key,
-                .prompt = "<grounding>" LONG_MARKER " An image of", .max_new_tokens = 1024,
-                .min_new_tokens = 1024};
+                .prompt = "<grounding>" LONG_MARKER " An image of", .max_new_tokens = 256,
+                .min_new_tokens = 256};
     return j;
 }
 
@@ -181,7 +182,7 @@ static void scenario_cancel_step(void)
     fh_client *c = fh_client_new(&farm, "cancel-step", false);
     fh_wait_workers(c, 0, 30000);
     /* Both dispatched in the worker's first cycle, so usually one batch; the checks hold
-     * either way. Uncancelled, the long job computes 1,024 steps of 500 ms: 8.5 minutes. */
+     * either way. Uncancelled, the long job computes 256 steps of 1 s: over 4 minutes. */
     char long_id[65], short_id[65], after_id[65];
     fh_job l = long_job("long");
     submit_ok(c, &l, long_id);
@@ -192,9 +193,9 @@ static void scenario_cancel_step(void)
     FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"computing\"", job_field(long_id), 1,
                       120000),
              "the long job never started computing");
-    fh_sleep_ms(1000); /* a few steps in */
+    fh_sleep_ms(2500); /* a few steps in */
     cancel_job(c, long_id);
-    /* The guards are against the 8.5-minute hang of a generation that does not stop. */
+    /* The guards are against the 4-minute hang of a generation that does not stop. */
     FH_CHECK(final_state(c, short_id, 120000) == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE,
              "the short job did not finish while the long one was cancelled");
     FH_CHECK(final_state(c, long_id, 10000) == KOSMOS__V1__JOB_STATE__JOB_STATE_CANCELLED,
@@ -290,7 +291,7 @@ static void scenario_stop_grace(void)
     FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"computing\"", NULL, 1, 120000),
              "the long job never started");
     kill(farm.worker_pid[0], SIGTERM);
-    /* A guard against the 8.5 minutes the batch would take if nothing stopped it. */
+    /* A guard against the 4 minutes the batch would take if nothing stopped it. */
     int code = fh_wait_exit(farm.worker_pid[0], 120000);
     farm.worker_pid[0] = 0;
     FH_CHECK(code == 0, "worker exit code %d after SIGTERM", code);

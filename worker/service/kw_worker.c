@@ -428,6 +428,10 @@ static void on_result_ack(kw_io *io, const Kosmos__V1__ResultAck *a)
 
 /* ---- stopping ------------------------------------------------------------------------------- */
 
+/* Stops taking work and ends the loop once the compute thread stopped and the results are
+ * acknowledged, or after timeout_ms. A refusal for good waits one heartbeat interval: enough
+ * for an idle compute thread to stop (and a running batch to be handed back), so that the
+ * process exits through its cleanup. */
 static void begin_stop(kw_io *io, int exit_code, uint32_t timeout_ms, const char *why)
 {
     if (!io->stopping) {
@@ -526,7 +530,7 @@ static void on_disconnect(kw_io *io, const Kosmos__V1__Disconnect *d)
         /* For good (wrong protocol, invalid name or capacity): only a new configuration helps,
          * so exit 1, which the systemd unit does not restart (RestartPreventExitStatus). */
         kw_log(KW_ERROR, "rejected", "\"message\":%s", msg);
-        begin_stop(io, KW_EXIT_CONFIG, 0, "the broker refused this worker");
+        begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "the broker refused this worker");
         break;
     case KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER: {
         /* For now (the broker is full): Ready again after a capped exponential backoff, at
@@ -566,7 +570,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
     if (v == KP_BAD_VERSION) {
         kw_log(KW_ERROR, "protocol_version", "\"message\":\"broker speaks a different protocol "
                "version (%s)\"", kp_inbound_reason(in));
-        begin_stop(io, KW_EXIT_CONFIG, 0, "protocol version mismatch");
+        begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "protocol version mismatch");
         kp_inbound_destroy(&in);
         return;
     }
@@ -663,7 +667,7 @@ static void on_monitor(kw_io *io)
         if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH && status == 400) {
             kw_log(KW_ERROR, "rejected", "\"message\":\"the broker refused this worker's CURVE "
                    "key (ZAP status 400)\"");
-            begin_stop(io, KW_EXIT_CONFIG, 0, "the broker refused this worker's key");
+            begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "the broker refused this worker's key");
         }
     }
     zmq_msg_close(&event);

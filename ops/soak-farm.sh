@@ -16,12 +16,14 @@
 #                      kosmos-worker (build)
 #   --minutes N        how long (60)
 #   --scenarios LIST   default: worker_kill broker_kill sigstop partition poison same_key
-#                      cancel_step compute_cap unstarted stop_grace image_paths two_brokers
-#                      raw_zmtp refusal (reconnect is long; add it for overnight runs)
+#                      cancel_step compute_cap unstarted stop_grace image_paths
+#                      deadline_never two_brokers raw_zmtp refusal (reconnect is long; add it
+#                      for overnight runs)
 set -euo pipefail
 build=build
 minutes=60
-hardening="cancel_step compute_cap unstarted stop_grace image_paths two_brokers raw_zmtp refusal"
+hardening="cancel_step compute_cap unstarted stop_grace image_paths deadline_never two_brokers
+  raw_zmtp refusal"
 scenarios="worker_kill broker_kill sigstop partition poison same_key $hardening"
 while [[ $# -gt 0 ]]; do
   case "$1" in

@@ -15,6 +15,9 @@
  *   image_paths  image_uri jobs naming a FIFO and a symlink that leads out of the image root
  *                fail at once (not retriable), and the worker goes on: a job behind the FIFO
  *                on the same one-slot worker ends DONE, a symlink within the root is read
+ *   deadline_never  jobs with the deadline 2^64 - 1 ("never") end DONE on a slow worker, the
+ *                one running and the one queued behind it (deadline + heartbeat used to wrap
+ *                round: the broker sent Cancel{DEADLINE} at once and the job ended EXPIRED)
  *   two_brokers  a second kosmos-broker on the same --db exits 3 at once (database_locked) and
  *                the first goes on serving; after the first stops, a new one starts
  *   raw_zmtp     a broker on a non-loopback TCP endpoint without CURVE warns at start
@@ -365,6 +368,34 @@ static void scenario_image_paths(void)
     rmdir(outside);
 }
 
+/* ---- failure 8: a deadline of 2^64 - 1 ---------------------------------------------------- */
+
+static void scenario_deadline_never(void)
+{
+    fh_start_broker(&farm, NULL);
+    fh_client *c = fh_client_new(&farm, "deadline-never", false);
+    /* A slow device: the broker's timers run many times while the jobs are held. */
+    const char *slow[] = {"KOSMOS_WORKER_TEST_SLEEP_MS=1500", NULL};
+    const char *one[] = {"--max-batch", "1", NULL};
+    fh_start_worker(&farm, 0, NULL, one, slow);
+    fh_wait_workers(c, 1, 60000);
+    char ids[2][65];
+    for (int i = 0; i < 2; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "never-%d", i);
+        fh_job j = {.image = png, .image_len = png_len, .key = key, .deadline_unix_ms = UINT64_MAX};
+        submit_ok(c, &j, ids[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        int st = final_state(c, ids[i], 120000);
+        FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE, "job %d with the deadline 2^64-1: "
+                 "state %d, not DONE", i, st);
+    }
+    FH_CHECK(fh_log_count(farm_file("worker0.log"), "\"reason\":4") == 0,
+             "the broker sent Cancel{DEADLINE} for a deadline that never comes");
+    fh_client_destroy(&c);
+}
+
 /* ---- failure 4: two brokers on one database ------------------------------------------------- */
 
 static void scenario_two_brokers(void)
@@ -705,6 +736,8 @@ int main(int argc, char **argv)
         scenario_unstarted();
     else if (strcmp(s, "stop_grace") == 0)
         scenario_stop_grace();
+    else if (strcmp(s, "deadline_never") == 0)
+        scenario_deadline_never();
     else if (strcmp(s, "two_brokers") == 0)
         scenario_two_brokers();
     else if (strcmp(s, "refusal") == 0)

@@ -22,8 +22,8 @@
 set -euo pipefail
 build=build
 minutes=60
-hardening="cancel_step compute_cap unstarted stop_grace image_paths deadline_never two_brokers
-  raw_zmtp refusal"
+hardening="cancel_step compute_cap unstarted stop_grace image_paths deadline_never"
+hardening+=" two_brokers raw_zmtp refusal"
 scenarios="worker_kill broker_kill sigstop partition poison same_key $hardening"
 while [[ $# -gt 0 ]]; do
   case "$1" in

@@ -909,14 +909,19 @@ static void kb_dispatch(kb_broker *b)
 
 /* ---- Life cycle -------------------------------------------------------------------------- */
 
+/* Binds one endpoint. ZMQ_MAXMSGSIZE is the largest frame that endpoint can legitimately
+ * receive (+ 64 KiB, so that a frame just over our limit is answered TOO_LARGE rather than
+ * dropped): the larger of the two limits on the client endpoint, the protobuf limit on the
+ * worker endpoint (workers never send an image frame). libzmq closes a connection that sends
+ * a bigger frame before buffering it; it bounds frames, not messages (docs/broker.md "Memory
+ * bound"). */
 static ks_status kb_bind(kb_broker *b, void *sock, const char *ep, char *resolved, size_t cap,
-                         const char *domain, int is_curve)
+                         const char *domain, int is_curve, bool images)
 {
     int one = 1, zero = 0;
-    int64_t maxmsg = (int64_t)(b->p.max_message_bytes > b->p.max_image_bytes
-                                   ? b->p.max_message_bytes
-                                   : b->p.max_image_bytes) +
-                     65536;
+    size_t frame = images && b->p.max_image_bytes > b->p.max_message_bytes ? b->p.max_image_bytes
+                                                                          : b->p.max_message_bytes;
+    int64_t maxmsg = (int64_t)frame + 65536;
     if (zmq_setsockopt(sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
         zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0 ||
         zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero) != 0)
@@ -931,6 +936,30 @@ static ks_status kb_bind(kb_broker *b, void *sock, const char *ep, char *resolve
     if (zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, resolved, &len) != 0)
         snprintf(resolved, cap, "%s", ep);
     return KS_OK;
+}
+
+/* Whether a resolved endpoint is reachable from this host only: ipc://, inproc://, or TCP on a
+ * loopback address. */
+static bool kb_endpoint_local(const char *ep)
+{
+    return strncmp(ep, "ipc://", 6) == 0 || strncmp(ep, "inproc://", 9) == 0 ||
+           strncmp(ep, "tcp://127.", 10) == 0 || strncmp(ep, "tcp://[::1]", 11) == 0 ||
+           strncmp(ep, "tcp://localhost:", 16) == 0;
+}
+
+/* Without CURVE a reachable endpoint serves anyone who reaches it: they can submit, pose as a
+ * worker, fill --max-workers, and make libzmq buffer what the broker cannot count. Said once at
+ * start, per endpoint, so that no one runs that way without knowing. */
+static void kb_warn_open(kb_broker *b, const char *ep)
+{
+    if (kb_endpoint_local(ep))
+        return;
+    kb_logf(b, KB_WARN, "curve_off",
+            "\"endpoint\":\"%s\",\"why\":\"CURVE is off on an endpoint other hosts can reach: "
+            "anyone there can submit jobs, register as a worker and take --max-workers slots, and "
+            "make libzmq buffer incomplete messages without bound (docs/broker.md, Memory bound); "
+            "turn CURVE on or firewall the port\"",
+            ep);
 }
 
 static ks_status kb_recover(kb_broker *b)
@@ -1031,10 +1060,14 @@ ks_status kb_broker_new(const kb_params *p, kb_broker **out)
         goto cleanup;
     }
     if ((st = kb_bind(b, b->client_sock, p->client_endpoint, b->client_ep, sizeof b->client_ep,
-                      "kosmos-client", curve)) != KS_OK ||
+                      "kosmos-client", curve, true)) != KS_OK ||
         (st = kb_bind(b, b->worker_sock, p->worker_endpoint, b->worker_ep, sizeof b->worker_ep,
-                      "kosmos-worker", curve)) != KS_OK)
+                      "kosmos-worker", curve, false)) != KS_OK)
         goto cleanup;
+    if (!curve) {
+        kb_warn_open(b, b->client_ep);
+        kb_warn_open(b, b->worker_ep);
+    }
     kb_mem_recount(b);
     kb_logf(b, KB_INFO, "started",
             "\"client_endpoint\":\"%s\",\"worker_endpoint\":\"%s\",\"db\":\"%s\",\"curve\":%s,"

@@ -17,13 +17,18 @@
 #define KB_CLIENT_MAX 128
 #define KB_IDENTITY_MAX 129 /* client_id <= 128 bytes, or a 40-character Z85 key */
 
+/* A job leased to a worker. The worker extends it while it lists it (§8.4); only a started one
+ * is capped by max_job_ms and charged a crash when it lapses (kb_lease_started). */
 typedef struct kb_lease {
     char job_id[KB_JOB_ID_MAX + 1];
     uint32_t attempt;
-    uint64_t expires;  /* dispatch + max_job_ms */
+    uint64_t expires;  /* the compute cap: start + max_job_ms (dispatch + max_job_ms until a
+                        * heartbeat reports the start) */
     uint64_t deadline; /* the job's deadline, 0 = none */
     bool seen;         /* listed by a heartbeat at least once */
     bool cancel_sent;
+    bool started;      /* a heartbeat (or Ready) reported Lease.started */
+    bool confirmed;    /* the broker told the worker it knows (Heartbeat.running) */
 } kb_lease;
 
 typedef struct kb_worker {
@@ -41,6 +46,7 @@ typedef struct kb_worker {
     uint64_t memory;
     uint32_t capacity, credit;
     uint64_t connected, last_seen, last_sent, jobs_done;
+    bool reports_start; /* its leases carry Lease.started (v1.1); else all count as started */
     bool gone; /* a send failed: forgotten at the next timer run */
     bool gone_dead; /* ...because its connection is gone (EHOSTUNREACH): a crash, as death */
     kb_lease *leases;
@@ -109,8 +115,19 @@ typedef struct kb_dispatch_class {
     uint64_t memory;
 } kb_dispatch_class;
 
+/* A peer refused for now (--max-workers): answered at most once per heartbeat interval, so a
+ * worker that does not know CODE_RETRY_LATER (and registers again at once) cannot make the
+ * broker answer at network speed. */
+#define KB_REFUSED_SLOTS 16
+typedef struct kb_refused {
+    unsigned char rid[KP_MAX_ROUTING_ID];
+    size_t rid_len;
+    uint64_t until;
+} kb_refused;
+
 struct kb_broker {
     kb_params p;
+    kb_refused refused[KB_REFUSED_SLOTS];
     char client_ep[256], worker_ep[256];
     void *zctx, *client_sock, *worker_sock;
     void *zap_sock;      /* CURVE: our ZAP handler (inproc://zeromq.zap.01) */
@@ -216,6 +233,9 @@ void kb_workers_batch(kb_broker *b);
 kb_worker *kb_worker_by_name(kb_broker *b, const char *name);
 kb_worker *kb_worker_by_rid(kb_broker *b, const void *rid, size_t len);
 void kb_worker_forget(kb_broker *b, kb_worker *w, bool crash, const char *why);
+/* Whether the lease counts as computing: reported started, or held by a worker that does not
+ * report starts (an older one: then every lease counts as started at dispatch, as in v1.0). */
+bool kb_lease_started(const kb_worker *w, const kb_lease *l);
 bool kb_worker_drop_lease(kb_worker *w, const char *job_id, uint32_t attempt);
 ks_status kb_worker_add_lease(kb_broker *b, kb_worker *w, const kb_lease *l);
 /* True when a worker has offered a model matching a job's (id, hash) since the broker started;

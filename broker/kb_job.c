@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ks_file.h"
 #include "ks_sha256.h"
 
 #define KB_MAX_KEY 128
@@ -14,26 +15,7 @@
 #define KB_MAX_PHRASE_BOXES 64
 #define KB_MAX_BOXES 64
 
-/* An absolute path whose components are neither "." nor "..". */
-static bool kb_path_clean(const char *path)
-{
-    if (path[0] != '/')
-        return false;
-    for (const char *c = path; *c;) {
-        while (*c == '/')
-            c++;
-        size_t n = strcspn(c, "/");
-        if ((n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
-            return false;
-        c += n;
-    }
-    return true;
-}
-
-bool kb_job_root_valid(const char *root)
-{
-    return root && kb_path_clean(root);
-}
+bool kb_job_root_valid(const char *root) { return ks_path_clean(root); }
 
 bool kb_job_uri_allowed(const char *uri, const char *const *roots, size_t n_roots)
 {
@@ -45,18 +27,11 @@ bool kb_job_uri_allowed(const char *uri, const char *const *roots, size_t n_root
         if (strncmp(path, "localhost/", 10) == 0)
             path += 9;
     }
-    if (!kb_path_clean(path))
+    if (!ks_path_clean(path))
         return false;
-    for (size_t i = 0; i < n_roots; i++) {
-        const char *root = roots[i];
-        if (!kb_job_root_valid(root))
-            continue;
-        size_t n = strlen(root);
-        while (n > 0 && root[n - 1] == '/')
-            n--; /* "/x/img/" is "/x/img"; "/" becomes "" and allows every absolute path */
-        if (strncmp(path, root, n) == 0 && (path[n] == '\0' || path[n] == '/'))
+    for (size_t i = 0; i < n_roots; i++)
+        if (kb_job_root_valid(roots[i]) && ks_path_beneath(path, roots[i]))
             return true;
-    }
     return false;
 }
 

@@ -27,7 +27,12 @@
 #define KB_METRICS_COUNTS_SHARE 100u         /* ... and at most 1% of the broker's time */
 #define KB_METRICS_MAX_CONNECTIONS 16u
 #define KB_METRICS_MAX_PER_IP 4u /* one stranger cannot take all 16 */
-#define KB_METRICS_TIMEOUT_S 10u
+#define KB_METRICS_TIMEOUT_S 5u  /* idle: libmicrohttpd's own timeout */
+/* A connection's whole life, from accept to close, whatever it does: libmicrohttpd's timeout
+ * counts idle time only, so clients trickling a byte at a time held every slot for ever. A
+ * scrape takes milliseconds; Prometheus reconnects at its next scrape. */
+#define KB_METRICS_CONNECTION_S 5u
+#define KB_METRICS_REAP_NS 200000000ull /* the reaper looks every 200 ms */
 #define KB_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
 struct kb_metrics {
@@ -44,6 +49,18 @@ struct kb_metrics {
     bool counting;
 #ifdef KOSMOS_HAVE_METRICS
     struct MHD_Daemon *daemon;
+    /* The connections open now, for the reaper thread (KB_METRICS_CONNECTION_S). Guarded by
+     * conn_lock; libmicrohttpd reports a close before it closes the socket, so a socket in the
+     * table is still that connection's. */
+    pthread_mutex_t conn_lock;
+    pthread_cond_t conn_wake;
+    bool conn_ready, reaper_started, reaper_stop;
+    pthread_t reaper;
+    struct kb_metrics_conn {
+        int fd;          /* -1: free */
+        uint64_t since_ns;
+        bool cut;        /* shut down by the reaper; libmicrohttpd closes it next */
+    } conns[KB_METRICS_MAX_CONNECTIONS + 8];
 #endif
     int fd; /* ours until the daemon starts, then the daemon's */
     char address[INET_ADDRSTRLEN + 8];
@@ -419,6 +436,57 @@ static enum MHD_Result kb_metrics_answer(void *cls, struct MHD_Connection *conn,
     return r;
 }
 
+/* libmicrohttpd's connection notifications: the table the reaper reads. */
+static void kb_metrics_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                              enum MHD_ConnectionNotificationCode toe)
+{
+    kb_metrics *m = cls;
+    pthread_mutex_lock(&m->conn_lock);
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *info =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        for (size_t i = 0; info && i < sizeof m->conns / sizeof m->conns[0]; i++)
+            if (m->conns[i].fd < 0) {
+                m->conns[i] = (struct kb_metrics_conn){info->connect_fd, kb_mono_ns(), false};
+                *socket_context = &m->conns[i];
+                break;
+            }
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        ((struct kb_metrics_conn *)*socket_context)->fd = -1;
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&m->conn_lock);
+}
+
+/* Shuts down every connection older than KB_METRICS_CONNECTION_S; libmicrohttpd then sees it
+ * end and closes it. */
+static void *kb_metrics_reaper(void *arg)
+{
+    kb_metrics *m = arg;
+    pthread_mutex_lock(&m->conn_lock);
+    while (!m->reaper_stop) {
+        uint64_t now = kb_mono_ns();
+        for (size_t i = 0; i < sizeof m->conns / sizeof m->conns[0]; i++) {
+            struct kb_metrics_conn *c = &m->conns[i];
+            if (c->fd >= 0 && !c->cut &&
+                now - c->since_ns >= (uint64_t)KB_METRICS_CONNECTION_S * 1000000000ull) {
+                shutdown(c->fd, SHUT_RDWR);
+                c->cut = true;
+            }
+        }
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += (long)KB_METRICS_REAP_NS;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&m->conn_wake, &m->conn_lock, &until);
+    }
+    pthread_mutex_unlock(&m->conn_lock);
+    return NULL;
+}
+
 /* A listening IPv4 socket on host:port, and the address it got. */
 static ks_status kb_metrics_listen(kb_metrics *m, const char *address, const char *host,
                                    uint16_t port)
@@ -485,6 +553,14 @@ ks_status kb_metrics_new(const char *address, kb_metrics **out)
     }
     m->lock_ready = true;
 #ifdef KOSMOS_HAVE_METRICS
+    for (size_t i = 0; i < sizeof m->conns / sizeof m->conns[0]; i++)
+        m->conns[i].fd = -1;
+    if (pthread_mutex_init(&m->conn_lock, NULL) != 0 ||
+        pthread_cond_init(&m->conn_wake, NULL) != 0) {
+        st = ks_fail(KS_ERR_NOMEM, "pthread_mutex_init failed");
+        goto cleanup;
+    }
+    m->conn_ready = true;
     if ((st = kb_metrics_listen(m, address, host, port)) != KS_OK)
         goto cleanup;
     /* The server thread inherits a mask with every signal blocked: SIGTERM and SIGINT reach
@@ -497,9 +573,12 @@ ks_status kb_metrics_new(const char *address, kb_metrics **out)
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)m->fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)KB_METRICS_MAX_CONNECTIONS,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)KB_METRICS_MAX_PER_IP,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)KB_METRICS_TIMEOUT_S, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)KB_METRICS_TIMEOUT_S,
+        MHD_OPTION_NOTIFY_CONNECTION, kb_metrics_notify, m, MHD_OPTION_END);
+    if (m->daemon)
+        m->reaper_started = pthread_create(&m->reaper, NULL, kb_metrics_reaper, m) == 0;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (!m->daemon) {
+    if (!m->daemon || !m->reaper_started) {
         st = ks_fail(KS_ERR_IO, "--metrics %s: the HTTP server (libmicrohttpd) did not start",
                      address);
         goto cleanup;
@@ -519,8 +598,21 @@ void kb_metrics_destroy(kb_metrics **pm)
         return;
     kb_metrics *m = *pm;
 #ifdef KOSMOS_HAVE_METRICS
-    if (m->daemon)
+    if (m->reaper_started) {
+        pthread_mutex_lock(&m->conn_lock);
+        m->reaper_stop = true;
+        pthread_cond_signal(&m->conn_wake);
+        pthread_mutex_unlock(&m->conn_lock);
+        pthread_join(m->reaper, NULL);
+    }
+    if (m->daemon) {
         MHD_stop_daemon(m->daemon);
+        m->fd = -1; /* the daemon closed it, even before it was ours to forget */
+    }
+    if (m->conn_ready) {
+        pthread_mutex_destroy(&m->conn_lock);
+        pthread_cond_destroy(&m->conn_wake);
+    }
 #endif
     if (m->fd >= 0)
         close(m->fd);

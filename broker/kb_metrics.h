@@ -56,7 +56,9 @@ bool kb_metrics_available(void);
 ks_status kb_metrics_parse_address(const char *address, char *host, size_t cap, uint16_t *port);
 
 /* Binds `address` (as kb_metrics_parse_address) and starts the server thread: at most 16
- * connections, 4 per client address, each closed after 10 s idle. KS_ERR_INVALID for a bad address, KS_ERR_IO when it
+ * connections, 4 per client address, each closed 5 s after it was accepted whatever it does
+ * (a thread of its own cuts it: libmicrohttpd's timeout counts idle time only). KS_ERR_INVALID
+ * for a bad address, KS_ERR_IO when it
  * cannot listen (port taken), KS_ERR_UNSUPPORTED in a build without libmicrohttpd. Until the
  * first kb_metrics_publish, /metrics answers 503. Caller owns *out. */
 ks_status kb_metrics_new(const char *address, kb_metrics **out);

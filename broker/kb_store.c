@@ -2,13 +2,18 @@
  * the caller's transaction. */
 #include "kb_store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
 #include "kosmos.pb-c.h"
+#include "ks_sat.h"
 
 /* Migrations: entry i brings the schema from version i to i+1. Append, never edit. */
 static const char *const kb_migrations[] = {
@@ -145,6 +150,7 @@ struct kb_store {
     sqlite3_int64 changes_at_begin; /* kb_store_wrote */
     uint32_t wal_frames;            /* the WAL's size after the last commit (kb_store_wal_frames) */
     bool wal;                       /* journal_mode is WAL (not so for ":memory:") */
+    int lock_fd;                    /* PATH.lock, flocked for the store's life; -1: none */
 };
 
 /* Replaces SQLite's automatic checkpoint (kb_syncer checkpoints instead) and notes the size. */
@@ -324,6 +330,38 @@ cleanup:
     return st;
 }
 
+/* Takes PATH.lock for the store's life (see kb_store_open), writing our pid into it for the
+ * message a second broker prints. */
+static ks_status kb_store_lock(kb_store *s, const char *path)
+{
+    char lock[4200];
+    if (snprintf(lock, sizeof lock, "%s.lock", path) >= (int)sizeof lock)
+        return ks_fail(KS_ERR_INVALID, "database path too long: %.100s...", path);
+    s->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (s->lock_fd < 0)
+        return ks_fail(KS_ERR_IO, "cannot open the lock file %s: %s", lock, strerror(errno));
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        int err = errno;
+        char pid[32] = "";
+        ssize_t n = pread(s->lock_fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(s->lock_fd);
+        s->lock_fd = -1;
+        if (err == EWOULDBLOCK)
+            return ks_fail(KS_ERR_BUSY, "another kosmos-broker (pid %s) holds the database %s "
+                           "(lock file %s): one broker per database", pid[0] ? pid : "?", path,
+                           lock);
+        return ks_fail(KS_ERR_IO, "cannot lock %s: %s", lock, strerror(err));
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(s->lock_fd, 0) != 0 || pwrite(s->lock_fd, pid, (size_t)len, 0) != len) {
+        /* The pid is only for the message; the lock is what counts. */
+    }
+    return KS_OK;
+}
+
 ks_status kb_store_open(const char *path, const char *vfs, kb_store **out)
 {
     ks_status st = KS_OK;
@@ -331,6 +369,11 @@ ks_status kb_store_open(const char *path, const char *vfs, kb_store **out)
     *out = NULL;
     if (!s)
         return ks_fail(KS_ERR_NOMEM, "out of memory");
+    s->lock_fd = -1;
+    if (strcmp(path, ":memory:") != 0 && (st = kb_store_lock(s, path)) != KS_OK) {
+        free(s);
+        return st;
+    }
     int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, vfs);
     if (rc != SQLITE_OK) {
         st = s->db ? kb_sqlfail(s, rc, "open") : ks_fail(KS_ERR_NOMEM, "sqlite open");
@@ -378,6 +421,8 @@ void kb_store_destroy(kb_store **ps)
     for (int i = 0; i < Q_COUNT; i++)
         sqlite3_finalize(s->stmt[i]);
     sqlite3_close_v2(s->db);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd); /* releases the flock */
     free(s);
     *ps = NULL;
 }
@@ -447,7 +492,8 @@ ks_status kb_store_insert(kb_store *s, const kb_job *j, const void *job_blob, si
     kb_bind_text(st, 3, j->idem_key);
     sqlite3_bind_blob(st, 4, j->fingerprint, 32, SQLITE_STATIC);
     sqlite3_bind_int(st, 5, j->priority);
-    sqlite3_bind_int64(st, 6, (sqlite3_int64)j->deadline);
+    /* Saturated: a deadline past INT64_MAX ("never") stays the latest time, not a negative one. */
+    sqlite3_bind_int64(st, 6, ks_sat_i64(j->deadline));
     kb_bind_text(st, 7, j->model_id);
     kb_bind_text(st, 8, j->model_hash);
     sqlite3_bind_int64(st, 9, (sqlite3_int64)j->min_mem);

@@ -50,7 +50,11 @@ void kb_job_fini(kb_job *j);
 
 /* Opens (creating if needed) the database at `path` with the SQLite VFS `vfs` (NULL = the
  * default; tests pass a fault-injecting one), sets WAL and synchronous=NORMAL (kb_syncer makes
- * the commits durable), and migrates the schema. Caller owns *out. */
+ * the commits durable), and migrates the schema. Caller owns *out.
+ * One broker per database: the store holds an exclusive flock on `path`.lock (beside it,
+ * holding the owner's pid) until kb_store_destroy, and fails with KS_ERR_BUSY at once when
+ * another process holds it (SQLite's own locks let two WAL writers take turns, which would
+ * have two brokers lease the same jobs). ":memory:" has no lock. */
 ks_status kb_store_open(const char *path, const char *vfs, kb_store **out);
 void kb_store_destroy(kb_store **s);
 

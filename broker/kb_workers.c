@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ks_sat.h"
+
 #define KB_MAX_CAPACITY 64 /* batch_capacity a worker may announce (memory bound, docs/broker.md) */
 #define KB_MAX_NAME 128
 
@@ -109,12 +111,31 @@ static void kb_worker_free(kb_worker *w)
     free(w);
 }
 
+bool kb_lease_started(const kb_worker *w, const kb_lease *l)
+{
+    return l->started || !w->reports_start;
+}
+
+/* Lapses one lease of `w` (inside a transaction): a crash only when `crash` and the lease was
+ * computing - a job the worker only held queued did nothing to it (§9). */
+static void kb_lease_lapse(kb_broker *b, const kb_worker *w, const kb_lease *l, bool crash,
+                           const char *why)
+{
+    char msg[200];
+    if (crash && !kb_lease_started(w, l)) {
+        snprintf(msg, sizeof msg, "%s; it had not started: no penalty", why);
+        why = msg;
+        crash = false;
+    }
+    kb_lapse(b, l->job_id, l->attempt, crash, why);
+}
+
 /* Removes a worker from the table. `why` NULL: no database work (shutdown); else its leases
- * lapse (inside a transaction), as crashes when `crash`. */
+ * lapse (inside a transaction), as crashes when `crash` and they had started. */
 void kb_worker_forget(kb_broker *b, kb_worker *w, bool crash, const char *why)
 {
     for (size_t i = 0; why && i < w->n_leases; i++)
-        kb_lapse(b, w->leases[i].job_id, w->leases[i].attempt, crash, why);
+        kb_lease_lapse(b, w, &w->leases[i], crash, why);
     for (size_t i = 0; i < b->n_workers; i++)
         if (b->workers[i] == w) {
             b->workers[i] = b->workers[--b->n_workers];
@@ -186,6 +207,40 @@ static void kb_send_cancel(kb_broker *b, kb_worker *w, const char *job_id, uint3
     kb_send_worker(b, w, &env.base);
 }
 
+/* A heartbeat to the worker; with `confirm`, listing every lease the broker knows started
+ * (the start confirmation the worker waits for, §8.4), which marks them confirmed. */
+static void kb_send_heartbeat(kb_broker *b, kb_worker *w, bool confirm)
+{
+    Kosmos__V1__Heartbeat h = KOSMOS__V1__HEARTBEAT__INIT;
+    Kosmos__V1__BrokerToWorker env = KOSMOS__V1__BROKER_TO_WORKER__INIT;
+    Kosmos__V1__Lease *storage = NULL, **list = NULL;
+    h.has_sent_unix_ms = true;
+    h.sent_unix_ms = kb_now(b);
+    if (confirm && w->n_leases) {
+        storage = calloc(w->n_leases, sizeof *storage);
+        list = calloc(w->n_leases, sizeof *list);
+        for (size_t i = 0; storage && list && i < w->n_leases; i++) {
+            kb_lease *l = &w->leases[i];
+            if (!l->started)
+                continue;
+            kosmos__v1__lease__init(&storage[h.n_running]);
+            storage[h.n_running].job_id = l->job_id;
+            storage[h.n_running].has_attempt = storage[h.n_running].has_started = true;
+            storage[h.n_running].attempt = l->attempt;
+            storage[h.n_running].started = true;
+            list[h.n_running] = &storage[h.n_running];
+            h.n_running++;
+            l->confirmed = true;
+        }
+        h.running = list;
+    }
+    env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_HEARTBEAT;
+    env.heartbeat = &h;
+    kb_send_worker(b, w, &env.base);
+    free(list);
+    free(storage);
+}
+
 static void kb_protocol_error(kb_broker *b, const void *rid, size_t rid_len, const char *what)
 {
     char esc[300];
@@ -196,6 +251,29 @@ static void kb_protocol_error(kb_broker *b, const void *rid, size_t rid_len, con
     kb_worker *w = kb_worker_by_rid(b, rid, rid_len);
     if (w)
         kb_worker_forget(b, w, true, "protocol error");
+}
+
+/* Whether a refusal for now may be answered to `rid` (and notes that it is): once per
+ * heartbeat interval per peer (kb_refused). */
+static bool kb_refusal_due(kb_broker *b, const void *rid, size_t rid_len)
+{
+    uint64_t now = kb_now(b);
+    kb_refused *slot = &b->refused[0];
+    for (size_t i = 0; i < KB_REFUSED_SLOTS; i++) {
+        kb_refused *r = &b->refused[i];
+        if (r->rid_len == rid_len && memcmp(r->rid, rid, rid_len) == 0) {
+            if (now < r->until)
+                return false;
+            slot = r;
+            break;
+        }
+        if (r->until < slot->until)
+            slot = r; /* the oldest, or a free one */
+    }
+    memcpy(slot->rid, rid, rid_len);
+    slot->rid_len = rid_len;
+    slot->until = now + b->p.heartbeat_ms;
+    return true;
 }
 
 static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const Kosmos__V1__Ready *r)
@@ -209,8 +287,23 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
     else if (!r->has_batch_capacity || r->batch_capacity < 1 || r->batch_capacity > KB_MAX_CAPACITY)
         why = "batch_capacity must be 1..64";
     else if (!kb_worker_by_rid(b, rid, rid_len) && !kb_worker_by_name(b, r->worker_name) &&
-             b->n_workers >= b->p.max_workers)
-        why = "too many workers (--max-workers)";
+             b->n_workers >= b->p.max_workers) {
+        /* Full for now, not for good: a slot frees when a worker leaves (§8.1). */
+        if (kb_refusal_due(b, rid, rid_len)) {
+            Kosmos__V1__Disconnect dc = KOSMOS__V1__DISCONNECT__INIT;
+            Kosmos__V1__BrokerToWorker env = KOSMOS__V1__BROKER_TO_WORKER__INIT;
+            dc.has_code = dc.has_retry_after_ms = true;
+            dc.code = KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER;
+            dc.message = "too many workers (--max-workers): retry later";
+            dc.retry_after_ms = b->p.heartbeat_ms * b->p.heartbeat_liveness;
+            env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT;
+            env.disconnect = &dc;
+            kb_send_rid(b, rid, rid_len, &env);
+            kb_logf(b, KB_WARN, "worker_refused_for_now",
+                    "\"why\":\"too many workers (--max-workers)\",\"workers\":%zu", b->n_workers);
+        }
+        return KS_OK;
+    }
     if (why) {
         kb_disconnect(b, rid, rid_len, KOSMOS__V1__DISCONNECT__CODE__CODE_REJECTED, why);
         kb_logf(b, KB_WARN, "worker_rejected", "\"why\":\"%s\"", why);
@@ -272,15 +365,20 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
     Kosmos__V1__Welcome wel = KOSMOS__V1__WELCOME__INIT;
     Kosmos__V1__BrokerToWorker env = KOSMOS__V1__BROKER_TO_WORKER__INIT;
     wel.has_broker_instance = wel.has_heartbeat_interval_ms = wel.has_heartbeat_liveness = true;
-    wel.has_max_job_ms = true;
+    wel.has_max_job_ms = wel.has_confirms_start = wel.confirms_start = true;
     wel.broker_instance = b->instance;
     wel.heartbeat_interval_ms = b->p.heartbeat_ms;
     wel.heartbeat_liveness = b->p.heartbeat_liveness;
     wel.max_job_ms = b->p.max_job_ms;
+    /* The roots image_uri was checked against, so that the worker reads beneath them (§2). */
+    wel.image_roots = (char **)b->p.image_roots;
+    wel.n_image_roots = b->p.n_image_roots;
     env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME;
     env.welcome = &wel;
     kb_send_worker(b, w, &env.base);
 
+    for (size_t i = 0; i < r->n_running; i++)
+        w->reports_start = w->reports_start || (r->running[i] && r->running[i]->has_started);
     for (size_t i = 0; i < r->n_running; i++) {
         const Kosmos__V1__Lease *l = r->running[i];
         if (!l || !l->job_id || !l->has_attempt)
@@ -298,6 +396,11 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
             lease.expires = job.lease_expires;
             lease.deadline = job.deadline;
             lease.seen = true;
+            if (l->has_started && l->started) {
+                /* The compute clock starts over at adoption: this broker never saw the start. */
+                lease.started = true;
+                lease.expires = ks_sat_add_u64(kb_now(b), b->p.max_job_ms);
+            }
             kb_worker_add_lease(b, w, &lease);
             if (!job.worker || strcmp(job.worker, w->name) != 0)
                 st = kb_store_set_worker(b->store, job.id, w->name);
@@ -319,21 +422,37 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
     return KS_OK;
 }
 
+/* Renews the listed leases (a live worker extends every lease it lists, started or queued),
+ * records starts - from then the compute cap runs - and confirms new ones at once (§8.4);
+ * lapses the leases no longer listed. */
 static void kb_heartbeat(kb_broker *b, kb_worker *w, const Kosmos__V1__Heartbeat *h)
 {
+    bool confirm = false;
     for (size_t i = 0; i < h->n_running; i++) {
         const Kosmos__V1__Lease *l = h->running[i];
         if (!l || !l->job_id)
             continue;
+        w->reports_start = w->reports_start || l->has_started;
         bool ours = false;
-        for (size_t k = 0; k < w->n_leases; k++)
-            if (w->leases[k].attempt == l->attempt && strcmp(w->leases[k].job_id, l->job_id) == 0) {
-                w->leases[k].seen = true;
-                ours = true;
+        for (size_t k = 0; k < w->n_leases; k++) {
+            kb_lease *lease = &w->leases[k];
+            if (lease->attempt != l->attempt || strcmp(lease->job_id, l->job_id) != 0)
+                continue;
+            lease->seen = true;
+            ours = true;
+            if (l->has_started && l->started && !lease->started) {
+                lease->started = true;
+                lease->expires = ks_sat_add_u64(kb_now(b), b->p.max_job_ms);
+                kb_logf(b, KB_DEBUG, "job_started", "\"job\":\"%s\",\"attempt\":%u",
+                        lease->job_id, lease->attempt);
             }
+            confirm = confirm || (lease->started && !lease->confirmed);
+        }
         if (!ours)
             kb_send_cancel(b, w, l->job_id, l->attempt, KOSMOS__V1__CANCEL__REASON__REASON_STALE);
     }
+    if (confirm)
+        kb_send_heartbeat(b, w, true);
     for (size_t k = 0; k < w->n_leases;) {
         bool listed = false;
         for (size_t i = 0; i < h->n_running && !listed; i++)
@@ -343,7 +462,7 @@ static void kb_heartbeat(kb_broker *b, kb_worker *w, const Kosmos__V1__Heartbeat
         if (w->leases[k].seen && !listed) {
             kb_lease l = w->leases[k];
             w->leases[k] = w->leases[--w->n_leases];
-            kb_lapse(b, l.job_id, l.attempt, true, "worker no longer lists it");
+            kb_lease_lapse(b, w, &l, true, "worker no longer lists it");
             continue;
         }
         k++;
@@ -547,30 +666,25 @@ void kb_workers_timers(kb_broker *b, uint64_t now)
         }
         for (size_t k = 0; k < w->n_leases;) {
             kb_lease *l = &w->leases[k];
-            if (l->expires <= now) {
+            /* --max-job-seconds caps computing, not waiting in the worker's queue. */
+            if (kb_lease_started(w, l) && l->expires <= now) {
                 kb_lease copy = *l;
                 kb_send_cancel(b, w, copy.job_id, copy.attempt,
                                KOSMOS__V1__CANCEL__REASON__REASON_LEASE_EXPIRED);
                 w->leases[k] = w->leases[--w->n_leases];
-                kb_lapse(b, copy.job_id, copy.attempt, true, "ran past --max-job-seconds");
+                kb_lapse(b, copy.job_id, copy.attempt, true, "computed past --max-job-seconds");
                 continue;
             }
-            if (l->deadline && !l->cancel_sent && l->deadline + b->p.heartbeat_ms <= now) {
+            if (l->deadline && !l->cancel_sent &&
+                ks_sat_add_u64(l->deadline, b->p.heartbeat_ms) <= now) {
                 l->cancel_sent = true;
                 kb_send_cancel(b, w, l->job_id, l->attempt,
                                KOSMOS__V1__CANCEL__REASON__REASON_DEADLINE);
             }
             k++;
         }
-        if (now >= w->last_sent + b->p.heartbeat_ms) {
-            Kosmos__V1__Heartbeat h = KOSMOS__V1__HEARTBEAT__INIT;
-            Kosmos__V1__BrokerToWorker env = KOSMOS__V1__BROKER_TO_WORKER__INIT;
-            h.has_sent_unix_ms = true;
-            h.sent_unix_ms = now;
-            env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_HEARTBEAT;
-            env.heartbeat = &h;
-            kb_send_worker(b, w, &env.base);
-        }
+        if (now >= w->last_sent + b->p.heartbeat_ms)
+            kb_send_heartbeat(b, w, false);
         i++;
     }
 }

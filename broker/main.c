@@ -1,6 +1,7 @@
 /* kosmos-broker: the command line around kb_broker (options, signals, exit codes). Exit 0
  * after SIGTERM/SIGINT, 1 for bad options or a failed start, 2 when the store failed at run
- * time (fail-stop; the next start recovers). */
+ * time (fail-stop; the next start recovers), 3 when another broker holds the database (its
+ * lock file, kb_store.h). */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,17 +28,23 @@ static void usage(FILE *out)
             "The kosmos-farm job broker: durable queue (SQLite), ZeroMQ endpoints for clients\n"
             "and workers, credit-based dispatch, leases fenced by attempt numbers.\n"
             "Logs: one JSON object per line on stderr. SIGTERM/SIGINT: stop intake, exit 0.\n"
+            "Exit 1: bad options or a failed start; 2: the database failed at run time;\n"
+            "3: another kosmos-broker holds the database (one broker per --db: an exclusive\n"
+            "lock on PATH.lock, held for the broker's life).\n"
             "\n"
             "  --client-endpoint EP     client ROUTER endpoint (default tcp://*:5555)\n"
             "  --worker-endpoint EP     worker ROUTER endpoint (default tcp://*:5556)\n"
-            "  --db PATH                SQLite database (default kosmos-broker.db; WAL files beside it)\n"
+            "  --db PATH                SQLite database (default kosmos-broker.db; WAL files and\n"
+            "                           the lock file PATH.lock beside it)\n"
             "  --max-message-bytes N    protobuf frame limit (default 8388608)\n"
             "  --max-image-bytes N      image frame / inline image limit (default 67108864)\n"
             "  --max-queued N           non-terminal jobs before submits get busy (default 100000)\n"
             "  --max-client-jobs N      non-terminal jobs per client identity (default 10000)\n"
             "  --heartbeat-ms N         heartbeat interval, both ways (default 1000)\n"
             "  --heartbeat-liveness N   missed heartbeats before a worker is dead (default 3)\n"
-            "  --max-job-seconds N      lease lapses after this long (default 600)\n"
+            "  --max-job-seconds N      cap on one attempt's compute time, from the heartbeat that\n"
+            "                           reports it started: then Cancel and a crash (default 600);\n"
+            "                           a job queued in a live worker is not capped\n"
             "  --max-waiters N          long polls held at once (default 10000)\n"
             "  --max-workers N          worker registrations (default 1024)\n"
             "  --batch N                messages per endpoint per cycle, one commit (default 256)\n"
@@ -175,10 +182,11 @@ int main(int argc, char **argv)
     if (st != KS_OK) {
         char esc[1200];
         const char *why = ks_error_message();
-        fprintf(stderr, "{\"level\":\"error\",\"event\":\"start_failed\",\"error\":%s}\n",
+        fprintf(stderr, "{\"level\":\"error\",\"event\":\"%s\",\"error\":%s}\n",
+                st == KS_ERR_BUSY ? "database_locked" : "start_failed",
                 kb_json_str(esc, sizeof esc, why, strlen(why)));
         kb_metrics_destroy(&metrics);
-        return 1;
+        return st == KS_ERR_BUSY ? 3 : 1;
     }
     if (metrics) {
         struct timespec ts;

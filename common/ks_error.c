@@ -54,6 +54,7 @@ const char *ks_status_name(ks_status code)
     case KS_ERR_LIMIT: return "limit exceeded";
     case KS_ERR_UNSUPPORTED: return "unsupported";
     case KS_ERR_DEVICE: return "device error";
+    case KS_ERR_BUSY: return "busy";
     }
     return "unknown error";
 }

@@ -16,7 +16,8 @@ typedef enum ks_status {
     KS_ERR_FORMAT,      /* a file or message is corrupt or of the wrong kind */
     KS_ERR_LIMIT,       /* an input is larger than a configured limit */
     KS_ERR_UNSUPPORTED, /* a valid request this build or device cannot serve */
-    KS_ERR_DEVICE       /* a compute device failed */
+    KS_ERR_DEVICE,      /* a compute device failed */
+    KS_ERR_BUSY         /* another process holds what this one needs (a lock) */
 } ks_status;
 
 /* Records a message (printf-style) for this thread and returns `code`, so that

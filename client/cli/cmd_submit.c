@@ -59,7 +59,9 @@ static const char submit_help[] =
     "  {\"path\", \"prompt\", \"status\", \"text\", \"entities\", \"boxes_px\", \"timings\",\n"
     "   \"worker\", \"job_id\", \"width\", \"height\", \"error\" (when status is not \"ok\")}\n"
     "status is ok, failed, expired, dead or cancelled; entities and boxes_px are as\n"
-    "'kosmos run' gives them. A failure does not stop the run.\n"
+    "'kosmos run' gives them. A failure does not stop the run. \"path\" is readable text: a\n"
+    "file name that is not UTF-8 shows U+FFFD for its odd bytes there, and its line also has\n"
+    "\"path_bytes\", the exact name in base64, which --resume and --coco go by.\n"
     "\n"
     "PATH is an image file, a folder or @LIST (a file with one such path per line;\n"
     "@- = stdin). Folders are walked recursively, in sorted order, for files ending in\n"
@@ -83,12 +85,14 @@ static const char submit_help[] =
     "                          expression generation)}\n"
     "  --max-new-tokens N      1..1024 (default: the broker's, 128)\n"
     "  -o, --output FILE       write the lines to FILE (default stdout), flushed per line\n"
-    "  --resume                with -o: skip the (path, prompt) pairs already \"ok\" in FILE,\n"
-    "                          retry the others, append to FILE\n"
+    "  --resume                with -o: skip the (path, prompt) pairs already \"ok\" in FILE\n"
+    "                          (the exact path: path_bytes when the line has it), retry the\n"
+    "                          others, append to FILE\n"
     "  --draw DIR              write each image with its boxes and phrases as a PNG in DIR\n"
     "                          (named after the path, made safe, plus a hash: never clashes)\n"
     "  --coco FILE             write a COCO file at the end: images, annotations in pixels\n"
-    "                          [x, y, w, h], the phrases as categories (ids by name order)\n"
+    "                          [x, y, w, h], the phrases as categories (ids by name order);\n"
+    "                          an image whose name is not UTF-8 also has file_name_bytes\n"
     "  --priority N            -100..100, higher runs first (default 0)\n"
     "  --window N              jobs in flight at once, 1..100000 (default 64)\n"
     "  --client-id ID          the identity jobs are stored under at the broker (default\n"
@@ -130,7 +134,6 @@ typedef struct submit_options {
 typedef struct slot {
     struct slot *next;
     char *path;      /* as given or walked */
-    char *path_text; /* its UTF-8 form, as written in the output */
     char *prompt;
     json_t *bboxes;  /* the --jobs line's "bboxes", or NULL */
     char *error;     /* set when the item failed before it could be submitted */
@@ -204,7 +207,6 @@ static void slot_free(slot *sl)
     if (!sl)
         return;
     free(sl->path);
-    free(sl->path_text);
     free(sl->prompt);
     json_decref(sl->bboxes);
     free(sl->error);
@@ -388,12 +390,9 @@ static slot *slot_new(const char *path, const char *prompt)
     slot *sl = calloc(1, sizeof *sl);
     if (!sl)
         return NULL;
-    json_t *text = submit_output_string(path);
     sl->path = strdup(path);
     sl->prompt = strdup(prompt);
-    sl->path_text = text ? strdup(json_string_value(text)) : NULL;
-    json_decref(text);
-    if (!sl->path || !sl->prompt || !sl->path_text) {
+    if (!sl->path || !sl->prompt) {
         slot_free(sl);
         return NULL;
     }
@@ -691,7 +690,7 @@ static void write_line(run_state *s, json_t *line, bool ok)
 
 static void write_error(run_state *s, const slot *sl, const char *status, const char *message)
 {
-    json_t *line = submit_output_error_line(sl->path_text, sl->prompt, status,
+    json_t *line = submit_output_error_line(sl->path, sl->prompt, status,
                                             sl->job_id[0] ? sl->job_id : NULL, message);
     write_line(s, line, false);
     json_decref(line);
@@ -700,7 +699,7 @@ static void write_error(run_state *s, const slot *sl, const char *status, const 
 static void finish_result(run_state *s, kosmos_client_t *c, const slot *sl,
                           const kosmos_result_t *r)
 {
-    json_t *line = submit_output_result_line(sl->path_text, sl->prompt, r, 0);
+    json_t *line = submit_output_result_line(sl->path, sl->prompt, r, 0);
     bool ok = line && !strcmp(json_string_value(json_object_get(line, "status")), "ok");
     if (ok && s->o->draw_dir && submit_draw(s->o->draw_dir, sl->path, sl->prompt, r, 0)) {
         fprintf(stderr, "kosmos submit: %s\n", ks_error_message());
@@ -876,10 +875,10 @@ static void feed(run_state *s, kosmos_client_t *c, const submit_resume *resume)
         submit_progress_add(s->progress, &(submit_counts){.seen = 1});
         if (sl->error) {
             write_error(s, sl, "failed", sl->error);
-        } else if (resume && submit_resume_is_done(resume, sl->path_text, sl->prompt)) {
+        } else if (resume && submit_resume_is_done(resume, sl->path, sl->prompt)) {
             submit_progress_add(s->progress, &(submit_counts){.skipped = 1});
         } else {
-            sl->round = resume ? submit_resume_round(resume, sl->path_text, sl->prompt) : 0;
+            sl->round = resume ? submit_resume_round(resume, sl->path, sl->prompt) : 0;
             kosmos_job_t *job = NULL;
             ks_error_clear();
             if (prepare(s->o, sl, &job)) {

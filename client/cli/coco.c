@@ -66,9 +66,13 @@ ks_status coco_add(coco *c, const json_t *line)
                                                   json_number_value(json_array_get(box, 3))));
         }
     }
-    json_t *record = json_pack("[OIIo]", json_object_get(line, "path"),
+    /* [path, width, height, annotations, path_bytes or null]: images are told apart by the
+     * exact name (submit_output.h), not by its readable form. */
+    const json_t *bytes = json_object_get(line, "path_bytes");
+    json_t *record = json_pack("[OIIoO]", json_object_get(line, "path"),
                                json_integer_value(json_object_get(line, "width")),
-                               json_integer_value(json_object_get(line, "height")), anns);
+                               json_integer_value(json_object_get(line, "height")), anns,
+                               bytes ? bytes : json_null());
     char *text = record ? json_dumps(record, JSON_COMPACT) : NULL;
     json_decref(record);
     if (!text)
@@ -148,11 +152,19 @@ typedef struct write_ctx {
     bool first;
 } write_ctx;
 
+/* The key of a record's image: its exact name (path_bytes when there is one). */
+static uint64_t image_key(const json_t *rec)
+{
+    const char *bytes = json_string_value(json_array_get(rec, 4));
+    return bytes ? submit_set_hash(bytes, "path_bytes")
+                 : submit_set_hash(json_string_value(json_array_get(rec, 0)), NULL);
+}
+
 static ks_status write_image(const json_t *rec, void *ctx)
 {
     write_ctx *w = ctx;
-    const json_t *path = json_array_get(rec, 0);
-    uint64_t key = submit_set_hash(json_string_value(path), NULL);
+    const json_t *path = json_array_get(rec, 0), *bytes = json_array_get(rec, 4);
+    uint64_t key = image_key(rec);
     if (submit_set_find(&w->images, key))
         return KS_OK;
     ks_status st = submit_set_put(&w->images, key, ++w->next_image);
@@ -161,6 +173,10 @@ static ks_status write_image(const json_t *rec, void *ctx)
     json_t *image = json_pack("{s:I, s:O, s:O, s:O}", "id", (json_int_t)w->next_image,
                               "file_name", path, "width", json_array_get(rec, 1), "height",
                               json_array_get(rec, 2));
+    if (image && json_is_string(bytes) && json_object_set(image, "file_name_bytes", (json_t *)bytes)) {
+        json_decref(image);
+        image = NULL;
+    }
     char *text = image ? json_dumps(image, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(image);
     if (!text)
@@ -174,13 +190,14 @@ static ks_status write_image(const json_t *rec, void *ctx)
 static ks_status write_annotations(const json_t *rec, void *ctx)
 {
     write_ctx *w = ctx;
-    const uint32_t *image_id = submit_set_find(&w->images,
-                                               submit_set_hash(json_string_value(json_array_get(rec, 0)), NULL));
+    const uint32_t *image_id = submit_set_find(&w->images, image_key(rec));
     size_t i;
     const json_t *ann;
     json_array_foreach(json_array_get(rec, 3), i, ann) {
         const char *phrase = json_string_value(json_array_get(ann, 0));
-        char **found = bsearch(&phrase, w->cats->v, w->cats->n, sizeof *w->cats->v, compare_names);
+        char **found = w->cats->n ? bsearch(&phrase, w->cats->v, w->cats->n, sizeof *w->cats->v,
+                                            compare_names)
+                                  : NULL;
         double x1 = json_number_value(json_array_get(ann, 1));
         double y1 = json_number_value(json_array_get(ann, 2));
         double x2 = json_number_value(json_array_get(ann, 3));
@@ -215,7 +232,8 @@ ks_status coco_write(coco *c, const char *path)
     }
     if ((st = each_record(c, collect_phrase, &cats)))
         goto done;
-    qsort(cats.v, cats.n, sizeof *cats.v, compare_names);
+    if (cats.n) /* qsort's base must not be NULL, even for no element */
+        qsort(cats.v, cats.n, sizeof *cats.v, compare_names);
     size_t k = 0;
     for (size_t j = 0; j < cats.n; j++)
         if (k && !strcmp(cats.v[k - 1], cats.v[j]))

@@ -6,7 +6,9 @@
  *    "categories": [{"id", "name", "supercategory": "phrase"}]}
  * Categories are the grounded phrases, with ids 1..n in bytewise order of their names, so the
  * same set of phrases always gets the same ids. Images are the distinct paths, ids 1..n in the
- * order their first result came; annotation ids 1..n in that order too.
+ * order their first result came; annotation ids 1..n in that order too. A path is the exact
+ * file name: one that is not UTF-8 is told apart by its bytes and its image also has
+ * "file_name_bytes" (base64; "file_name" shows its invalid bytes as U+FFFD).
  * Lines are kept in a temporary file until coco_write, so memory holds only the phrases and a
  * 16-byte entry per image. Thread-safe (coco_add from several threads). */
 #ifndef KOSMOS_COCO_H

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ks_base64.h"
 #include "ks_buf.h"
 #include "ks_utf8.h"
 
@@ -59,6 +60,36 @@ ks_status submit_output_write(submit_output *o, const json_t *line)
     pthread_mutex_unlock(&o->lock);
     free(text);
     return ok ? KS_OK : ks_fail(KS_ERR_IO, "writing the output failed: %s", strerror(err));
+}
+
+/* Sets "path" (readable) and, for a name that is not UTF-8, "path_bytes" (exact). -1 on
+ * failure (jansson's convention). */
+static int set_path(json_t *line, const char *path)
+{
+    if (json_object_set_new(line, "path", submit_output_string(path)))
+        return -1;
+    size_t len = strlen(path);
+    if (ks_utf8_valid(path, len))
+        return 0;
+    char *b64 = ks_base64_encode(path, len);
+    int rc = b64 ? json_object_set_new(line, "path_bytes", json_string(b64)) : -1;
+    free(b64);
+    return rc;
+}
+
+char *submit_output_line_path(const json_t *line)
+{
+    const char *b64 = json_string_value(json_object_get(line, "path_bytes"));
+    size_t len;
+    if (b64) {
+        uint8_t *bytes = ks_base64_decode(b64, &len);
+        if (bytes && len > 0 && memchr(bytes, 0, len) == NULL)
+            return (char *)bytes;
+        free(bytes);
+        return NULL; /* a damaged line: it names no file */
+    }
+    const char *path = json_string_value(json_object_get(line, "path"));
+    return path ? strdup(path) : NULL;
 }
 
 json_t *submit_output_string(const char *s)
@@ -145,8 +176,7 @@ json_t *submit_output_result_line(const char *path, const char *prompt, const ko
     const char *message = kosmos_result_prompt_message(r, i);
     if (!message[0])
         message = kosmos_result_message(r);
-    if (json_object_set_new(line, "path", submit_output_string(path)) ||
-        json_object_set_new(line, "prompt", json_string(prompt)) ||
+    if (set_path(line, path) || json_object_set_new(line, "prompt", json_string(prompt)) ||
         json_object_set_new(line, "status", json_string(kosmos_result_status_name(status))) ||
         json_object_set_new(line, "text", json_string(kosmos_result_text(r, i))) ||
         json_object_set(line, "entities", entities) ||
@@ -173,8 +203,14 @@ fail:
 json_t *submit_output_error_line(const char *path, const char *prompt, const char *status,
                                  const char *job_id, const char *message)
 {
-    return json_pack("{s:o, s:s, s:s, s:s, s:[], s:[], s:n, s:s, s:s, s:i, s:i, s:s}", "path",
-                     submit_output_string(path), "prompt", prompt, "status", status, "text", "", "entities",
-                     "boxes_px", "timings", "worker", "", "job_id", job_id ? job_id : "",
-                     "width", 0, "height", 0, "error", message && message[0] ? message : "failed");
+    json_t *line = json_pack("{s:s, s:s, s:s, s:s, s:[], s:[], s:n, s:s, s:s, s:i, s:i, s:s}",
+                             "path", "", "prompt", prompt, "status", status, "text", "", "entities",
+                             "boxes_px", "timings", "worker", "", "job_id", job_id ? job_id : "",
+                             "width", 0, "height", 0, "error",
+                             message && message[0] ? message : "failed");
+    if (line && set_path(line, path)) {
+        json_decref(line);
+        return NULL;
+    }
+    return line;
 }

@@ -1,6 +1,8 @@
 /* submit_resume: see submit_resume.h. */
 #include "submit_resume.h"
 
+#include "submit_output.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +35,7 @@ ks_status submit_resume_load(submit_resume *r, const char *path,
     while (!st && (len = getline(&line, &cap, in)) >= 0) {
         r->partial_last_line = len > 0 && line[len - 1] != '\n';
         json_t *value = json_loadb(line, (size_t)len, 0, NULL);
-        const char *p = json_string_value(json_object_get(value, "path"));
+        char *p = value ? submit_output_line_path(value) : NULL; /* exact, submit_output.h */
         const char *prompt = json_string_value(json_object_get(value, "prompt"));
         const char *status = json_string_value(json_object_get(value, "status"));
         if (!p || !prompt || !status) {
@@ -51,6 +53,7 @@ ks_status submit_resume_load(submit_resume *r, const char *path,
                 st = submit_set_put(&r->failed, key, n ? *n + 1 : 1);
             }
         }
+        free(p);
         json_decref(value);
     }
     if (!st && ferror(in))

@@ -1,7 +1,11 @@
 /* submit_resume: what an earlier `kosmos submit -o OUT.jsonl` already wrote, for --resume: the
  * (path, prompt) pairs with an "ok" line (skipped) and, per pair, how many lines were not ok
- * (the round of its retry: submit_key.h). Lines that do not parse (a run killed while writing)
- * are ignored. Memory: two submit_set tables, 16 bytes per pair. */
+ * (the round of its retry: submit_key.h). A pair's path is the exact file a line names
+ * (submit_output_line_path: "path_bytes" when the name is not UTF-8), so names that differ
+ * only in invalid bytes stay apart; files written before "path_bytes" existed are read by
+ * their "path" (a name that was not UTF-8 then matches no file: it runs again, it is never
+ * skipped wrongly). Lines that do not parse (a run killed while writing) are ignored. Memory:
+ * two submit_set tables, 16 bytes per pair. */
 #ifndef KOSMOS_SUBMIT_RESUME_H
 #define KOSMOS_SUBMIT_RESUME_H
 

@@ -11,6 +11,7 @@ the folder walk agree). Standard library only.
         --broker-bin build/bin/kosmos-broker --worker-bin build/bin/kosmos-worker
 """
 import argparse
+import base64
 import json
 import os
 import re
@@ -301,6 +302,59 @@ class Embedded(Scratch):
         proc = embedded(imgs, "-o", out, "--resume", env=self.env)
         s = summary(proc.stderr)
         self.assertEqual((s["skipped"], s["submitted"]), (7, 1))
+
+    def test_names_not_utf8(self):
+        """File names that differ only in bytes that are not UTF-8 (bad\\xff\\xfe.jpg and
+        bad\\xff\\xfd.jpg) stay apart: each line names its exact file in "path_bytes" ("path"
+        shows U+FFFD for both), COCO keeps both images, and --resume skips exactly the file
+        that is done. A file written before "path_bytes" existed is still read: its UTF-8 names
+        resume as before, and a name it wrote lossily matches no file, so it runs again rather
+        than being skipped wrongly."""
+        d = os.fsencode(self.path("imgs"))
+        os.mkdir(d)
+        a, b = os.path.join(d, b"bad\xff\xfe.jpg"), os.path.join(d, b"bad\xff\xfd.jpg")
+        good = os.path.join(d, b"good.jpg")
+        shutil.copy(os.path.join(images_dir(), "corgi.jpg"), a)
+        shutil.copy(os.path.join(images_dir(), "two_dogs.jpg"), b)
+        shutil.copy(os.path.join(images_dir(), "carnaby_street.jpg"), good)
+        out, coco = self.path("out.jsonl"), self.path("coco.json")
+        proc = embedded(os.fsdecode(d), "-o", out, "--coco", coco, env=self.env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        lines = read_lines(out)
+        self.assertEqual(len(lines), 3)
+
+        def exact(line):
+            return base64.b64decode(line["path_bytes"]) if "path_bytes" in line \
+                else os.fsencode(line["path"])
+        self.assertEqual({exact(l) for l in lines}, {a, b, good})
+        lossy = os.path.join(self.path("imgs"), "bad\ufffd\ufffd.jpg")
+        self.assertEqual(sorted(l["path"] for l in lines if "path_bytes" in l), [lossy, lossy])
+        self.assertNotIn("path_bytes", [l for l in lines if exact(l) == good][0])
+        with open(coco, encoding="utf-8") as f:
+            images = json.load(f)["images"]
+        self.assertEqual(len(images), 3)
+        self.assertEqual({base64.b64decode(i["file_name_bytes"]) for i in images
+                          if "file_name_bytes" in i}, {a, b})
+
+        # --resume with only a's line: b and good run again, a is skipped.
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(json.dumps([l for l in lines if exact(l) == a][0]) + "\n")
+        proc = embedded(os.fsdecode(d), "-o", out, "--resume", env=self.env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        s = summary(proc.stderr)
+        self.assertEqual((s["skipped"], s["submitted"]), (1, 2))
+        self.assertEqual({exact(l) for l in read_lines(out)[1:]}, {b, good})
+
+        # The same lines as a file written before "path_bytes" existed.
+        with open(out, "w", encoding="utf-8") as f:
+            for l in lines:
+                l.pop("path_bytes", None)
+                f.write(json.dumps(l) + "\n")
+        proc = embedded(os.fsdecode(d), "-o", out, "--resume", env=self.env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        s = summary(proc.stderr)
+        self.assertEqual((s["skipped"], s["submitted"]), (1, 2))
+        self.assertEqual({exact(l) for l in read_lines(out)[3:]}, {a, b})
 
 
 class RealBroker(Scratch):

@@ -709,6 +709,12 @@ static void visit_worker_messages(kps_visit_fn fn, void *user)
     w.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_HEARTBEAT;
     w.heartbeat = &hb;
     fn("worker_message", "heartbeat", &w.base, user);
+    /* v1.1: the first lease computing, the second queued behind it */
+    lease[0].has_started = lease[1].has_started = 1;
+    lease[0].started = 1;
+    fn("worker_message", "heartbeat_started", &w.base, user);
+    lease[0].has_started = lease[1].has_started = 0;
+    lease[0].started = 0;
 
     static void (*const results[])(result_parts *) = {result_snowman, result_two_dogs,
                                                       result_failed};
@@ -750,6 +756,11 @@ static void visit_broker_to_worker(kps_visit_fn fn, void *user)
     b.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME;
     b.welcome = &wel;
     fn("broker_to_worker", "welcome", &b.base, user);
+    char *roots[] = {"/srv/kosmos/images", "/mnt/shared"};
+    wel.image_roots = roots; /* v1.1 */
+    wel.n_image_roots = 2;
+    wel.has_confirms_start = wel.confirms_start = 1;
+    fn("broker_to_worker", "welcome_roots_confirms", &b.base, user);
 
     Kosmos__V1__Heartbeat hb;
     kosmos__v1__heartbeat__init(&hb);
@@ -759,6 +770,14 @@ static void visit_broker_to_worker(kps_visit_fn fn, void *user)
     b.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_HEARTBEAT;
     b.heartbeat = &hb;
     fn("broker_to_worker", "heartbeat", &b.base, user);
+    Kosmos__V1__Lease started, *started_ptr[1] = {&started};
+    kosmos__v1__lease__init(&started);
+    started.job_id = "01JDQ7Z9K3M4N5P6Q7R8S9T0VW";
+    started.has_attempt = started.has_started = started.started = 1;
+    started.attempt = 1;
+    hb.n_running = 1; /* v1.1: the start confirmation */
+    hb.running = started_ptr;
+    fn("broker_to_worker", "heartbeat_confirms_start", &b.base, user);
 
     static void (*const jobs[])(job_parts *) = {job_attached, job_uri};
     static const char *const names[] = {"dispatch_attached_image", "dispatch_image_uri"};
@@ -809,6 +828,11 @@ static void visit_broker_to_worker(kps_visit_fn fn, void *user)
     b.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT;
     b.disconnect = &dis;
     fn("broker_to_worker", "disconnect_not_registered", &b.base, user);
+    dis.code = KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER; /* v1.1 */
+    dis.message = "too many workers (--max-workers): retry later";
+    dis.has_retry_after_ms = 1;
+    dis.retry_after_ms = 3000;
+    fn("broker_to_worker", "disconnect_retry_later", &b.base, user);
 }
 
 void kps_for_each_sample(kps_visit_fn fn, void *user)

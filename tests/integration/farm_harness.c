@@ -190,6 +190,32 @@ int fh_finish(fh_farm *f)
     return 0;
 }
 
+/* ---- CURVE certificates ---------------------------------------------------------------------- */
+
+fh_key fh_cert(const char *dir, const char *secret_dir, const char *name)
+{
+    fh_key k;
+    if (zmq_curve_keypair(k.pub, k.sec) != 0)
+        fh_die("zmq_curve_keypair: %s (libzmq without CURVE?)", zmq_strerror(errno));
+    char path[600];
+    for (int secret = 0; secret < 2; secret++) {
+        if (secret && !secret_dir)
+            break;
+        snprintf(path, sizeof path, "%s/%s.key%s", secret ? secret_dir : dir, name,
+                 secret ? "_secret" : "");
+        FILE *f = fopen(path, "w");
+        if (!f)
+            fh_die("cannot write %s", path);
+        fprintf(f, "#   ZeroMQ CURVE %s Certificate\n#   made by farm_harness\n\nmetadata\n"
+                   "    name = \"%s\"\ncurve\n    public-key = \"%s\"\n",
+                secret ? "**Secret**" : "Public", name, k.pub);
+        if (secret)
+            fprintf(f, "    secret-key = \"%s\"\n", k.sec);
+        fclose(f);
+    }
+    return k;
+}
+
 /* ---- client --------------------------------------------------------------------------------- */
 
 void fh_client_reopen(fh_client *c)
@@ -294,6 +320,8 @@ void fh_submit_request(const fh_job *j, Kosmos__V1__ClientRequest *req, fh_submi
     }
     s->gen.has_max_new_tokens = true;
     s->gen.max_new_tokens = j->max_new_tokens ? j->max_new_tokens : 2;
+    s->gen.has_min_new_tokens = j->min_new_tokens > 0;
+    s->gen.min_new_tokens = j->min_new_tokens;
     s->job.generation = &s->gen;
     if (j->deadline_unix_ms) {
         s->job.has_deadline_unix_ms = true;

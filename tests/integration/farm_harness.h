@@ -107,6 +107,7 @@ typedef struct fh_job {
     const char *uri;         /* image_uri */
     const char *prompt;      /* default "<grounding>An image of" */
     uint32_t max_new_tokens; /* 0 = 2 */
+    uint32_t min_new_tokens; /* 0 = unset */
     uint64_t deadline_unix_ms;
     const char *key;         /* idempotency key or NULL */
 } fh_job;
@@ -138,6 +139,16 @@ long fh_state_count(const Kosmos__V1__StatusReply *s, int state);
 
 /* A valid w x h RGB PNG (stored deflate), content varied by seed. Caller frees. */
 uint8_t *fh_make_png(uint32_t w, uint32_t h, uint32_t seed, size_t *len);
+
+/* ---- CURVE certificates ---- */
+
+typedef struct fh_key {
+    char pub[41], sec[41]; /* Z85 */
+} fh_key;
+
+/* A new key pair; its certificate in CZMQ's ZPL format (zcert_save): DIR/NAME.key (public) and,
+ * when secret_dir is set, SECRET_DIR/NAME.key_secret. */
+fh_key fh_cert(const char *dir, const char *secret_dir, const char *name);
 
 /* ---- ledger + oracle ---- */
 

@@ -793,36 +793,6 @@ static void scenario_same_key(void)
 
 /* ---- curve: CURVE on both endpoints --------------------------------------------------------- */
 
-typedef struct cv_key {
-    char pub[41], sec[41];
-} cv_key;
-
-/* A new key pair; its certificate in CZMQ's ZPL format (zcert_save): DIR/NAME.key (public) and,
- * when secret_dir is set, SECRET_DIR/NAME.key_secret. */
-static cv_key cv_cert(const char *dir, const char *secret_dir, const char *name)
-{
-    cv_key k;
-    if (zmq_curve_keypair(k.pub, k.sec) != 0)
-        fh_die("zmq_curve_keypair: %s (libzmq without CURVE?)", zmq_strerror(errno));
-    char path[600];
-    for (int secret = 0; secret < 2; secret++) {
-        if (secret && !secret_dir)
-            break;
-        snprintf(path, sizeof path, "%s/%s.key%s", secret ? secret_dir : dir, name,
-                 secret ? "_secret" : "");
-        FILE *f = fopen(path, "w");
-        if (!f)
-            fh_die("cannot write %s", path);
-        fprintf(f, "#   ZeroMQ CURVE %s Certificate\n#   made by test_faults\n\nmetadata\n"
-                   "    name = \"%s\"\ncurve\n    public-key = \"%s\"\n",
-                secret ? "**Secret**" : "Public", name, k.pub);
-        if (secret)
-            fprintf(f, "    secret-key = \"%s\"\n", k.sec);
-        fclose(f);
-    }
-    return k;
-}
-
 static void cv_mkdir(const char *path)
 {
     if (mkdir(path, 0700) != 0)
@@ -925,11 +895,11 @@ static void scenario_curve(void)
     cv_mkdir(clients);
     cv_mkdir(workers);
     cv_mkdir(empty);
-    cv_key broker = cv_cert(keys, keys, "broker");
-    cv_key a = cv_cert(clients, keys, "client-a");
-    cv_key b = cv_cert(clients, keys, "client-b");
-    cv_key w = cv_cert(workers, keys, "worker");
-    cv_key stranger = cv_cert(keys, NULL, "stranger"); /* in no allowed folder */
+    fh_key broker = fh_cert(keys, keys, "broker");
+    fh_key a = fh_cert(clients, keys, "client-a");
+    fh_key b = fh_cert(clients, keys, "client-b");
+    fh_key w = fh_cert(workers, keys, "worker");
+    fh_key stranger = fh_cert(keys, NULL, "stranger"); /* in no allowed folder */
     (void)w;
     snprintf(sec, sizeof sec, "%s/broker.key_secret", keys);
     snprintf(pub, sizeof pub, "%s/broker.key", keys);

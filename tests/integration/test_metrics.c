@@ -9,13 +9,18 @@
  *     gauge 1 (polled: the snapshot is up to a second old), and the commit- and sync-duration
  *     histograms have counted that commit and its sync, buckets cumulative up to +Inf = _count;
  *   - GET /nope 404, POST /metrics 405;
- *   - a second broker given --metrics on a port already taken, or a malformed --metrics, exits 1.
+ *   - a second broker given --metrics on a port already taken, or a malformed --metrics, exits 1;
+ *   - 16 connections from four addresses (127.0.0.2-5, the per-address limit) trickling a byte
+ *     every half second, the slow-client attack that held every slot for ever: each connection
+ *     is cut once it has lived KB_METRICS_CONNECTION_S, and a scrape from 127.0.0.1 succeeds.
  *
  * Usage: test_metrics BROKER. No timing thresholds: every wait is a generous poll. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +181,105 @@ static http_reply get_metrics(int port)
     }
 }
 
+/* A connection from 127.0.0.`host` to the metrics port that has sent the start of a request
+ * and goes on trickling (slow_trickle); -1 when the server refused it. */
+static int slow_open(int port, int host)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in src = {.sin_family = AF_INET,
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK + (uint32_t)host - 1)};
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (fd < 0 || bind(fd, (struct sockaddr *)&src, sizeof src) != 0)
+        fh_die("bind 127.0.0.%d: %s", host, strerror(errno));
+    if (connect(fd, (struct sockaddr *)&dst, sizeof dst) != 0 ||
+        write(fd, "GET /metrics HTTP/1.1\r\nX-Slow: ", 32) != 32) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* One more byte on each open slow connection; a connection the server closed is closed here
+ * too (-1) and counted in *cut. */
+static void slow_trickle(int *fds, size_t n, size_t *cut)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (fds[i] < 0)
+            continue;
+        char buf[256];
+        ssize_t r = recv(fds[i], buf, sizeof buf, MSG_DONTWAIT);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) ||
+            send(fds[i], "a", 1, MSG_NOSIGNAL) != 1) {
+            close(fds[i]);
+            fds[i] = -1;
+            (*cut)++;
+        }
+    }
+}
+
+/* The slow clients, trickling on their own thread so that a scrape waiting for its answer
+ * never lets them go idle. */
+static struct {
+    int fds[16];
+    size_t n, cut;
+    atomic_bool stop;
+} slow;
+
+static void *slow_main(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&slow.stop)) {
+        slow_trickle(slow.fds, slow.n, &slow.cut);
+        fh_sleep_ms(500);
+    }
+    return NULL;
+}
+
+/* The slow-client attack: while 16 connections trickle, a scrape from another address must get
+ * through. The limit is a guard against the old behaviour (the slots were held for ever). */
+static void check_slow_clients(int port)
+{
+    for (int host = 2; host <= 5; host++)
+        for (int k = 0; k < 4; k++)
+            slow.fds[slow.n++] = slow_open(port, host);
+    size_t held = 0;
+    for (size_t i = 0; i < slow.n; i++)
+        held += slow.fds[i] >= 0;
+    FH_CHECK(held == 16, "only %zu slow connections accepted", held);
+    pthread_t t;
+    if (pthread_create(&t, NULL, slow_main, NULL) != 0)
+        fh_die("pthread_create");
+    bool scraped = false;
+    uint64_t end = fh_now_ms() + 60000;
+    while (!scraped && fh_now_ms() < end) {
+        http_reply r;
+        scraped = http_call(port, "GET", "/metrics", &r) && r.status == 200;
+        free(r.body);
+        if (!scraped)
+            fh_sleep_ms(200);
+    }
+    FH_CHECK(scraped, "no scrape got through 16 slow clients");
+    end = fh_now_ms() + 30000;
+    while (fh_now_ms() < end) {
+        bool open = false;
+        for (size_t i = 0; i < slow.n; i++)
+            open = open || slow.fds[i] >= 0;
+        if (!open)
+            break;
+        fh_sleep_ms(200);
+    }
+    atomic_store(&slow.stop, true);
+    pthread_join(t, NULL);
+    FH_CHECK(slow.cut == held, "%zu of %zu slow connections were never cut", held - slow.cut,
+             held);
+    printf("slow clients: a scrape %s; %zu slow connections cut\n",
+           scraped ? "got through" : "never got through", slow.cut);
+    for (size_t i = 0; i < slow.n; i++)
+        if (slow.fds[i] >= 0)
+            close(slow.fds[i]);
+}
+
 static int metrics_port(const char *log)
 {
     uint64_t end = fh_now_ms() + 30000;
@@ -308,6 +412,7 @@ int main(int argc, char **argv)
     FH_CHECK(http_call(port, "POST", "/metrics", &r) && r.status == 405, "POST: %d", r.status);
     free(r.body);
     printf("GET /nope 404, POST /metrics 405\n");
+    check_slow_clients(port);
 
     /* A port someone listens on: the second broker refuses to start. */
     int taken = socket(AF_INET, SOCK_STREAM, 0);

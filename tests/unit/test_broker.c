@@ -647,6 +647,40 @@ static void test_deadline_expired(void **state)
     h_free(h);
 }
 
+/* A deadline of 2^64 - 1 means never: a queued job with it stays queued, and a running one is
+ * never cancelled for it (deadline + heartbeat_ms used to wrap round to the past). */
+static void test_deadline_never(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    void *c = h_socket(h, h->cep);
+    char id[65], queued[65], got[65];
+    uint32_t attempt;
+    job_opts never = {.deadline = UINT64_MAX};
+    c_submit_ok(h, c, "a", &never, id);
+    c_submit_ok(h, c, "a", &never, queued);
+    fworker *w = w_new(h, "w0", 1, 1);
+    w_take(h, w, got, &attempt);
+    assert_string_equal(got, id);
+    Kosmos__V1__Lease l = KOSMOS__V1__LEASE__INIT;
+    Kosmos__V1__Lease *ls[1] = {&l};
+    l.job_id = got;
+    l.has_attempt = true;
+    l.attempt = attempt;
+    for (int i = 0; i < 5; i++) {
+        fake_now += 1000;
+        w_heartbeat(w, ls, 1);
+        assert_null(w_try(h, w)); /* no Cancel{DEADLINE} */
+    }
+    assert_int_equal(c_state(h, c, "a", queued, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED);
+    assert_int_equal(w_result(h, w, id, attempt, KOSMOS__V1__STATUS__STATUS_OK, false),
+                     KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
+    assert_int_equal(c_state(h, c, "a", id, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_DONE);
+    w_free(w);
+    zmq_close(c);
+    h_free(h);
+}
+
 static int c_submit_outcome(harness *h, void *sock, const char *client)
 {
     Kosmos__V1__ClientReply *r = c_submit(h, sock, client, NULL);
@@ -900,6 +934,134 @@ static void test_lease_lapse_stale_poison(void **state)
     w_free(w2);
     w_free(w3);
     zmq_close(c);
+    h_free(h);
+}
+
+/* A v1.1 worker reports which leases it computes (Lease.started). A lease it lists queued is
+ * extended as long as it lists it, whatever --max-job-seconds says; the start is confirmed at
+ * once (Heartbeat.running) and the cap runs from it; a queued lease that lapses with its
+ * worker is not charged a crash and goes straight back to the queue. */
+static void test_lease_started_accounting(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    h->p.max_job_ms = 5000;
+    h_restart(h);
+    void *c = h_socket(h, h->cep);
+    char a[65], b[65], got_a[65], got_b[65];
+    uint32_t att_a, att_b;
+    c_submit_ok(h, c, "a", NULL, a);
+    c_submit_ok(h, c, "a", NULL, b);
+    fworker *w = w_new(h, "w1", 2, 2);
+    w_take(h, w, got_a, &att_a);
+    w_take(h, w, got_b, &att_b);
+    Kosmos__V1__Lease la = KOSMOS__V1__LEASE__INIT, lb = KOSMOS__V1__LEASE__INIT;
+    Kosmos__V1__Lease *ls[2] = {&la, &lb};
+    la.job_id = got_a;
+    lb.job_id = got_b;
+    la.has_attempt = lb.has_attempt = la.has_started = lb.has_started = true;
+    la.attempt = att_a;
+    lb.attempt = att_b;
+    /* Both queued in the worker for 3 x max_job_ms: no Cancel, no lapse. */
+    for (int i = 0; i < 15; i++) {
+        fake_now += 1000;
+        w_heartbeat(w, ls, 2);
+        assert_null(w_try(h, w));
+    }
+    /* A starts: confirmed at once. */
+    la.started = true;
+    w_heartbeat(w, ls, 2);
+    Kosmos__V1__BrokerToWorker *m = NULL;
+    for (int i = 0; i < 50 && !m; i++) {
+        h_steps(h, 1);
+        zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) > 0) {
+            kp_inbound *in = NULL;
+            assert_int_equal(kp_recv(w->sock, false, KP_BROKER_TO_WORKER, NULL, 0, &in), KS_OK);
+            const Kosmos__V1__BrokerToWorker *env = (const void *)kp_inbound_envelope(in);
+            if (env->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_HEARTBEAT &&
+                env->heartbeat->n_running == 1) {
+                assert_string_equal(env->heartbeat->running[0]->job_id, got_a);
+                assert_true(env->heartbeat->running[0]->started);
+                m = (void *)1;
+            }
+            kp_inbound_destroy(&in);
+        }
+    }
+    assert_non_null(m);
+    /* The cap runs from the start: 4 s in, nothing; 5 s in, Cancel{LEASE_EXPIRED} for A only. */
+    fake_now += 4000;
+    w_heartbeat(w, ls, 2);
+    assert_null(w_try(h, w));
+    fake_now += 1000;
+    w_heartbeat(w, ls, 2);
+    Kosmos__V1__BrokerToWorker *cancel = w_try(h, w);
+    assert_non_null(cancel);
+    assert_int_equal(cancel->message_case, KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_CANCEL);
+    assert_string_equal(cancel->cancel->job_id, got_a);
+    assert_int_equal(cancel->cancel->reason, KOSMOS__V1__CANCEL__REASON__REASON_LEASE_EXPIRED);
+    kosmos__v1__broker_to_worker__free_unpacked(cancel, NULL);
+    assert_int_equal(c_state(h, c, "a", got_a, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_RETRY_WAIT);
+    /* The worker dies holding B queued: B goes back at once, uncharged. */
+    fake_now += 5000;
+    h_steps(h, 2);
+    assert_int_equal(c_state(h, c, "a", got_b, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED);
+    kb_stats st;
+    kb_broker_stats(h->b, &st);
+    assert_int_equal(st.lease_lapses, 1); /* A's cap only */
+    w_free(w);
+    zmq_close(c);
+    h_free(h);
+}
+
+/* --max-workers: a Ready beyond it is refused for now (CODE_RETRY_LATER), at most once per
+ * heartbeat interval for one peer; once a slot frees, the same peer registers. */
+static void test_refused_for_now(void **state)
+{
+    (void)state;
+    harness *h = h_new();
+    h->p.max_workers = 1;
+    h_restart(h);
+    fworker *w1 = w_new(h, "w1", 1, 0);
+    fworker w2 = {.sock = h_socket(h, h->wep), .name = "w2", .instance = 9};
+    Kosmos__V1__WorkerMessage msg = KOSMOS__V1__WORKER_MESSAGE__INIT;
+    Kosmos__V1__Ready r = KOSMOS__V1__READY__INIT;
+    r.has_protocol_version = r.has_worker_instance = r.has_batch_capacity = true;
+    r.protocol_version = 1;
+    r.worker_name = "w2";
+    r.worker_instance = 9;
+    r.batch_capacity = 1;
+    msg.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
+    msg.ready = &r;
+    w_send(&w2, &msg);
+    Kosmos__V1__BrokerToWorker *m = w_recv(h, &w2);
+    assert_non_null(m);
+    assert_int_equal(m->message_case, KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT);
+    assert_int_equal(m->disconnect->code, KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER);
+    assert_true(m->disconnect->has_retry_after_ms && m->disconnect->retry_after_ms > 0);
+    kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
+    /* An older worker sends Ready again at once: not answered within the interval. */
+    w_send(&w2, &msg);
+    w_send(&w2, &msg);
+    assert_null(w_try(h, &w2));
+    fake_now += 1000;
+    w_send(&w2, &msg);
+    m = w_try(h, &w2);
+    assert_non_null(m);
+    assert_int_equal(m->disconnect->code, KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER);
+    kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
+    /* w1 leaves; w2 gets in. */
+    Kosmos__V1__WorkerMessage bye = KOSMOS__V1__WORKER_MESSAGE__INIT;
+    Kosmos__V1__Disconnect d = KOSMOS__V1__DISCONNECT__INIT;
+    d.has_code = true;
+    d.code = KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN;
+    bye.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_DISCONNECT;
+    bye.disconnect = &d;
+    w_send(w1, &bye);
+    h_steps(h, 3);
+    w_ready(h, &w2, "w2", 9, 1, NULL, 0);
+    w_free(w1);
+    zmq_close(w2.sock);
     h_free(h);
 }
 
@@ -1355,12 +1517,15 @@ int main(void)
         cmocka_unit_test(test_idempotency),
         cmocka_unit_test(test_credit_priority_fifo),
         cmocka_unit_test(test_deadline_expired),
+        cmocka_unit_test(test_deadline_never),
         cmocka_unit_test(test_admission_limits),
         cmocka_unit_test(test_dispatch_skips_by_worker_kind),
         cmocka_unit_test(test_dispatch_when_model_table_full),
         cmocka_unit_test(test_curve_handler_death_stops_broker),
         cmocka_unit_test(test_lease_lapse_stale_poison),
         cmocka_unit_test(test_retry_backoff),
+        cmocka_unit_test(test_lease_started_accounting),
+        cmocka_unit_test(test_refused_for_now),
         cmocka_unit_test(test_violations),
         cmocka_unit_test(test_oversized_frame),
         cmocka_unit_test(test_isolation),

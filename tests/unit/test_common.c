@@ -3,11 +3,13 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
 
+#include "ks_base64.h"
 #include "ks_buf.h"
 #include "ks_error.h"
 #include "ks_file.h"
@@ -99,6 +101,86 @@ static void test_file_read_limits(void **state)
     free(joined);
 }
 
+/* ks_path_beneath by whole components; ks_file_read_beneath in a folder made here: a file
+ * and a symlink within the root are read, a symlink out of it (relative or absolute), a FIFO
+ * (without blocking) and a path outside every root are refused. */
+static void test_file_read_beneath(void **state)
+{
+    (void)state;
+    assert_string_equal(ks_path_beneath("/x/img/a.png", "/x/img"), "a.png");
+    assert_string_equal(ks_path_beneath("/x/img/a.png", "/x/img/"), "a.png");
+    assert_string_equal(ks_path_beneath("/x/img", "/x/img"), "");
+    assert_string_equal(ks_path_beneath("/x/img//a", "/"), "x/img//a");
+    assert_null(ks_path_beneath("/x/imgx/a.png", "/x/img"));
+    assert_true(ks_path_clean("/a/b"));
+    assert_false(ks_path_clean("/a/../b"));
+    assert_false(ks_path_clean("a/b"));
+
+    char dir[64], root[128], path[192], cmd[1024];
+    snprintf(dir, sizeof dir, "/tmp/kstest.XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(root, sizeof root, "%s/root", dir);
+    snprintf(cmd, sizeof cmd,
+             "mkdir %s && echo secret > %s/secret && echo ok > %s/a && ln -s a %s/in && "
+             "ln -s ../secret %s/out && ln -s %s/secret %s/abs && mkfifo %s/fifo",
+             root, dir, root, root, root, dir, root, root);
+    assert_int_equal(system(cmd), 0);
+    const char *roots[] = {"/nonexistent-root", root};
+    char *data = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/in", root);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_OK);
+    assert_string_equal(data, "ok\n");
+    free(data);
+    snprintf(path, sizeof path, "%s/out", root);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_ERR_INVALID);
+    snprintf(path, sizeof path, "%s/abs", root);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_ERR_INVALID);
+    snprintf(path, sizeof path, "%s/fifo", root);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_ERR_INVALID);
+    assert_non_null(strstr(ks_error_message(), "not a regular file"));
+    assert_int_equal(ks_file_read(path, 100, &data, &len), KS_ERR_IO); /* no wait either */
+    snprintf(path, sizeof path, "%s/secret", dir);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_ERR_INVALID);
+    snprintf(path, sizeof path, "%s/missing", root);
+    assert_int_equal(ks_file_read_beneath(roots, 2, path, 100, &data, &len), KS_ERR_IO);
+    assert_int_equal(ks_file_read_beneath(roots, 0, path, 100, &data, &len), KS_ERR_IO);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* RFC 4648's test vectors both ways; bytes that are not UTF-8 come back exactly; text that is
+ * not base64 is refused. */
+static void test_base64(void **state)
+{
+    (void)state;
+    static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    static const char *const coded[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=",
+                                        "Zm9vYmFy"};
+    for (size_t i = 0; i < 7; i++) {
+        char *e = ks_base64_encode(plain[i], strlen(plain[i]));
+        assert_string_equal(e, coded[i]);
+        size_t len = 0;
+        uint8_t *d = ks_base64_decode(e, &len);
+        assert_int_equal(len, strlen(plain[i]));
+        assert_memory_equal(d, plain[i], len);
+        free(d);
+        free(e);
+    }
+    const char name[] = "bad\xff\xfe.jpg";
+    char *e = ks_base64_encode(name, sizeof name - 1);
+    size_t len = 0;
+    uint8_t *d = ks_base64_decode(e, &len);
+    assert_int_equal(len, sizeof name - 1);
+    assert_memory_equal(d, name, len);
+    free(d);
+    free(e);
+    assert_null(ks_base64_decode("Zm9", &len));
+    assert_null(ks_base64_decode("Zm9v!A==", &len));
+    assert_null(ks_base64_decode("Zg==Zg==", &len));
+    assert_null(ks_base64_decode("Z=g=", &len));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -107,6 +189,8 @@ int main(void)
         cmocka_unit_test(test_utf8_decode_encode),
         cmocka_unit_test(test_python_isspace),
         cmocka_unit_test(test_file_read_limits),
+        cmocka_unit_test(test_file_read_beneath),
+        cmocka_unit_test(test_base64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

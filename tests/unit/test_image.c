@@ -6,7 +6,8 @@
  * Checks: the Pillow resize bit for bit (decoding included); pixel_values within one 8-bit step
  * of transformers (its torch resize differs from Pillow by at most one step); the mode
  * conversions; bad input (truncated, empty, not an image, a huge header); the pixel limit;
- * decoding from several threads; and drawing boxes. Bad images are made at run time from the
+ * the memory a large image costs (measured as this process's peak resident size); decoding
+ * from several threads; and drawing boxes. Bad images are made at run time from the
  * good ones. Safetensors are read with the test-only test_safetensors_min.h.
  *
  * The formats of our own decoders and the YUV formats: every file of tests/data/images/bmp,
@@ -27,6 +28,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <vips/vips.h>
 
 #include "draw.h"
 #include "image_decode.h"
@@ -87,7 +89,7 @@ static void check_image(const char *dir, const char *name, bool demo, bool exact
         fail_msg("%s (run tests/golden/make_pixel_fixtures.py)", ks_error_message());
     }
     char *bytes = read_all(path, &len);
-    ks_status rc = ki_pixels_from_buffer(bytes, len, NULL, px);
+    ks_status rc = ki_pixels_from_buffer(bytes, len, NULL, px, NULL);
     if (rc != KS_OK) {
         fail_msg("%s: %s", name, ks_error_message());
     }
@@ -626,6 +628,70 @@ static void test_own_decoders_bad(void **state) {
     printf("  %zu cut or changed BMP and PNM files: %zu rejected, none crashed\n", tried, failed);
 }
 
+/* A w x h 16-bit RGBA PNG (8 bytes per decoded pixel: the most a source takes), made here. */
+static void *make_png16(int w, int h, size_t *len) {
+    VipsImage *black = NULL, *wide = NULL, *rgb16 = NULL;
+    void *png = NULL;
+    assert_int_equal(vips_black(&black, w, h, "bands", 4, NULL), 0);
+    assert_int_equal(vips_cast(black, &wide, VIPS_FORMAT_USHORT, NULL), 0);
+    /* RGB16: pngsave writes 16-bit samples only for a 16-bit interpretation */
+    assert_int_equal(vips_copy(wide, &rgb16, "interpretation", VIPS_INTERPRETATION_RGB16, NULL), 0);
+    assert_int_equal(vips_pngsave_buffer(rgb16, &png, len, "compression", 1, NULL), 0);
+    assert_true(*len > 26 && ((const uint8_t *)png)[24] == 16 && ((const uint8_t *)png)[25] == 6);
+    g_object_unref(black);
+    g_object_unref(wide);
+    g_object_unref(rgb16);
+    return png;
+}
+
+/* kB of VmRSS or VmHWM in /proc/self/status. */
+static long status_kb(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    size_t n = strlen(key);
+    while (f && fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, n) == 0 && line[n] == ':') {
+            kb = strtol(line + n + 1, NULL, 10);
+        }
+    }
+    if (f) {
+        fclose(f);
+    }
+    return kb;
+}
+
+/* Decoding and resizing a large image keeps at most a strip of it: the peak resident size it
+ * adds is well under the 8 bytes per pixel its decoded samples would take, let alone the 11
+ * the decode took when it held the decoded image and an 8-bit copy (issue 17). A memory
+ * bound, not a time: this process's VmHWM, reset first (/proc/self/clear_refs). */
+static void test_large_image_memory(void **state) {
+    const int w = 6000, h = 6000;
+    size_t len = 0;
+    void *png = make_png16(w, h, &len);
+    ki_pixels *px = calloc(1, sizeof *px);
+    assert_non_null(px);
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    assert_non_null(f);
+    assert_true(fputs("5", f) >= 0);
+    assert_int_equal(fclose(f), 0); /* VmHWM := VmRSS */
+    long base = status_kb("VmRSS");
+    assert_int_equal(ki_pixels_from_buffer(png, len, NULL, px, NULL), KS_OK);
+    long peak = status_kb("VmHWM");
+    double per_pixel = (double)(peak - base) * 1024.0 / ((double)w * h);
+    printf("  %dx%d 16-bit RGBA PNG: +%ld kB peak, %.2f bytes per source pixel\n", w, h,
+           peak - base, per_pixel);
+    assert_int_equal(px->src_width, w);
+    assert_true(per_pixel < 4.0);
+    /* A side over 65,535 pixels is refused on the header, whatever the pixel count. */
+    g_free(png);
+    png = make_png16(70000, 1, &len);
+    assert_int_equal(ki_pixels_from_buffer(png, len, NULL, px, NULL), KS_ERR_LIMIT);
+    printf("  70000x1 -> %s\n", ks_error_message());
+    g_free(png);
+    free(px);
+}
+
 static void test_resize_edges(void **state) {
     uint8_t one[3] = {10, 200, 255}, out[6 * 5 * 3], same[2 * 2 * 3];
     uint8_t src[2 * 2 * 3] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
@@ -655,7 +721,7 @@ typedef struct job {
 
 static void *decode_job(void *arg) {
     job *j = arg;
-    j->rc = ki_pixels_from_buffer(j->bytes, j->len, NULL, j->px);
+    j->rc = ki_pixels_from_buffer(j->bytes, j->len, NULL, j->px, NULL);
     ki_thread_shutdown();
     return NULL;
 }
@@ -667,7 +733,7 @@ static void test_threads(void **state) {
     job jobs[3];
     pthread_t th[3];
     assert_non_null(one);
-    assert_int_equal(ki_pixels_from_buffer(bytes, len, NULL, one), KS_OK);
+    assert_int_equal(ki_pixels_from_buffer(bytes, len, NULL, one, NULL), KS_OK);
     for (int i = 0; i < 3; i++) {
         jobs[i] = (job){bytes, len, calloc(1, sizeof(ki_pixels)), KS_ERR_INVALID};
         assert_non_null(jobs[i].px);
@@ -738,6 +804,7 @@ int main(void) {
         cmocka_unit_test(test_refused),      cmocka_unit_test(test_own_limits),
         cmocka_unit_test(test_own_decoders_bad), cmocka_unit_test(test_exif_orientation),
         cmocka_unit_test(test_bad_images),   cmocka_unit_test(test_pixel_limit),
+        cmocka_unit_test(test_large_image_memory),
         cmocka_unit_test(test_threads),      cmocka_unit_test(test_draw),
     };
     if (ki_init() != KS_OK) {

@@ -1081,6 +1081,7 @@ static ks_status retire(ke_sched *s, int i, bool stopped)
             return ks_fail(KS_ERR_NOMEM, "generate: out of memory");
         s->cap_done = s->cap_done * 2 + 8;
     }
+    q->own_result.stopped = stopped;
     s->done[s->n_done++] = (ke_sched_done){q->tag, q->own_result, stopped};
     memset(&q->own_result, 0, sizeof q->own_result);
     for (int f = 0; f < s->n_flight; f++) /* its id still on the way is not its any more */
@@ -1295,9 +1296,12 @@ ks_status ke_sched_step(ke_sched *s, ke_sched_done **done, int *n_done)
     *done = NULL;
     *n_done = 0;
 
-    /* stopped requests end now, with what they have */
+    /* stopped requests (ke_sched_stop, or their own stop hook, asked once a step whether they
+     * run or wait) end now, with what they have */
     for (int i = 0; i < s->n_seqs;) {
         seq *q = s->seqs[i];
+        if (!q->stop && q->req->stop && q->req->stop(q->req->stop_ctx))
+            q->stop = true;
         if (!q->stop) {
             i++;
             continue;

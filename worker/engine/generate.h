@@ -53,6 +53,12 @@ typedef struct ke_gen_request {
     ke_gen_params params;
     bool want_prefill_logits; /* keep the raw logits at the last prompt position in
                                * result.prefill_logits_last (the prefill then reads them) */
+    /* The caller's stop (a cancel, a deadline, a compute cap), asked once per step while the
+     * request runs or waits for slots: true ends this request there, with the ids it has
+     * (result.stopped set), and frees its slots; the other requests go on. NULL = never.
+     * Called on the thread that steps (ke_generate's, ke_sched_step's). */
+    bool (*stop)(void *ctx);
+    void *stop_ctx;
 } ke_gen_request;
 
 typedef struct ke_gen_result {
@@ -61,6 +67,8 @@ typedef struct ke_gen_result {
     size_t new_tokens;
     float *prefill_logits_last; /* owned: (vocab) raw logits at the last prompt position, when
                                  * the request wanted them; else NULL */
+    bool stopped; /* ended by its request's stop or ke_sched_stop, not by </s> or
+                   * max_new_tokens */
 } ke_gen_result;
 
 void ke_gen_result_fini(ke_gen_result *r);
@@ -118,7 +126,7 @@ void ke_sched_stop(ke_sched *s, uint64_t tag);
 typedef struct ke_sched_done {
     uint64_t tag;
     ke_gen_result result; /* the caller's to take (and fini); else freed at the next step */
-    bool stopped;         /* by ke_sched_stop */
+    bool stopped;         /* by ke_sched_stop or the request's stop (as result.stopped) */
 } ke_sched_done;
 
 /* Runs one step and gives the requests that ended in it: *done (n entries) belongs to the

@@ -143,6 +143,15 @@ static ks_status check_size(uint64_t width, uint64_t height, uint64_t max_pixels
     return KS_OK;
 }
 
+/* The longest side, for every decoder (image_decode.h, KI_MAX_SIDE). */
+static ks_status check_side(uint64_t width, uint64_t height) {
+    if (width > KI_MAX_SIDE || height > KI_MAX_SIDE) {
+        return ks_fail(KS_ERR_LIMIT, "image: %llux%llu has a side over the limit of %d pixels",
+                       (unsigned long long)width, (unsigned long long)height, KI_MAX_SIDE);
+    }
+    return KS_OK;
+}
+
 /* Opens the header only (libvips loads lazily). */
 static ks_status open_header(const void *bytes, size_t len, bool random_access, VipsImage **out) {
     *out = vips_image_new_from_buffer(bytes, len, "", "fail_on", VIPS_FAIL_ON_TRUNCATED,
@@ -199,6 +208,9 @@ static ks_status decode_own(const own_decoder *own, const ki_format *f, const ui
         st = check_size(w, h, max_pixels);
     }
     if (st == KS_OK) {
+        st = check_side(w, h);
+    }
+    if (st == KS_OK) {
         st = image_alloc((int)w, (int)h, f->name, &img);
     }
     if (st == KS_OK) {
@@ -250,56 +262,109 @@ static void to_rgb(uint8_t *rgb, const uint8_t *u8, const uint16_t *u16, size_t 
     }
 }
 
-ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params *params,
-                          ki_image **out) {
+/* Rows per strip: up to 64, and about a million samples, so that a wide image's strip stays
+ * small. */
+#define KI_STRIP_SAMPLES (1u << 20)
+#define KI_STRIP_ROWS 64
+
+struct ki_image_reader {
+    ki_image *whole;    /* a format of ours, decoded at once (rows point into it); or NULL */
+    VipsImage *im;      /* after autorotate and the cast to 8 or 16 bits */
+    VipsRegion *region; /* the strip being read */
+    const char *format;
+    int width, height, bands;
+    bool u16, cmyk;
+    int y;              /* the next row */
+    int strip_end;      /* rows below this are in the region */
+    int strip_rows;
+    uint8_t *rgb;       /* (width, 3) */
+    size_t len;         /* the encoded size, for messages */
+};
+
+void ki_image_reader_destroy(ki_image_reader **pr) {
+    if (!pr || !*pr) {
+        return;
+    }
+    ki_image_reader *r = *pr;
+    if (r->region) {
+        g_object_unref(r->region);
+    }
+    if (r->im) {
+        g_object_unref(r->im);
+    }
+    ki_image_destroy(&r->whole);
+    free(r->rgb);
+    free(r);
+    *pr = NULL;
+}
+
+int ki_image_reader_width(const ki_image_reader *r) { return r->width; }
+int ki_image_reader_height(const ki_image_reader *r) { return r->height; }
+const char *ki_image_reader_format(const ki_image_reader *r) { return r->format; }
+
+ks_status ki_image_reader_new(const void *bytes, size_t len, const ki_decode_params *params,
+                              ki_image_reader **out) {
     ki_decode_params defaults;
-    VipsImage *im = NULL, *tmp = NULL;
-    void *mem = NULL;
-    size_t mem_len = 0;
+    VipsImage *tmp = NULL;
+    ki_image_reader *r = NULL;
     const ki_format *format = NULL;
     const own_decoder *own;
-    ki_image *img = NULL;
     ks_status st;
     uint64_t max_pixels;
-    int width, height, bands;
+    int width, height;
     VipsBandFormat bf;
-    bool cmyk;
 
     *out = NULL;
     if (!params) {
         ki_decode_params_default(&defaults);
         params = &defaults;
     }
+    r = calloc(1, sizeof *r);
+    if (!r) {
+        return ks_fail(KS_ERR_NOMEM, "image: out of memory");
+    }
+    r->len = len;
     max_pixels = params->max_pixels ? params->max_pixels : KI_DEFAULT_MAX_PIXELS;
     st = identify(bytes, len, &format);
     if (st != KS_OK) {
         goto done;
     }
+    r->format = format->name;
     if ((own = own_decoder_of(format))) { /* no EXIF in these: autorotate has nothing to do */
-        st = decode_own(own, format, bytes, len, max_pixels, out);
+        /* Uncompressed formats: the decoded image is about the size of the bytes themselves. */
+        st = decode_own(own, format, bytes, len, max_pixels, &r->whole);
+        if (st == KS_OK) {
+            r->width = ki_image_width(r->whole);
+            r->height = ki_image_height(r->whole);
+            *out = r;
+            r = NULL;
+        }
         goto done;
     }
-    st = open_header(bytes, len, params->autorotate, &im);
+    st = open_header(bytes, len, params->autorotate, &r->im);
     if (st != KS_OK) {
         goto done;
     }
-    width = vips_image_get_width(im);
-    height = vips_image_get_height(im);
+    width = vips_image_get_width(r->im);
+    height = vips_image_get_height(r->im);
     st = check_size((uint64_t)(width > 0 ? width : 0), (uint64_t)(height > 0 ? height : 0),
                     max_pixels);
     if (st != KS_OK) {
         goto done;
     }
+    if ((st = check_side((uint64_t)width, (uint64_t)height)) != KS_OK) {
+        goto done;
+    }
     if (params->autorotate) {
-        if (vips_autorot(im, &tmp, NULL)) {
+        if (vips_autorot(r->im, &tmp, NULL)) {
             st = ki_vips_fail(KS_ERR_FORMAT, "image: cannot apply the EXIF orientation");
             goto done;
         }
-        g_object_unref(im);
-        im = tmp;
+        g_object_unref(r->im);
+        r->im = tmp;
         tmp = NULL;
     }
-    bf = vips_image_get_format(im);
+    bf = vips_image_get_format(r->im);
     if (bf != VIPS_FORMAT_UCHAR && bf != VIPS_FORMAT_USHORT) {
         if (vips_band_format_isfloat(bf) || vips_band_format_iscomplex(bf)) {
             st = ks_fail(KS_ERR_UNSUPPORTED, "image: %s samples are not supported",
@@ -307,47 +372,97 @@ ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params 
             goto done;
         }
         /* Other integer samples: clip to 0..255 (PIL "I" -> RGB clips too). */
-        if (vips_cast(im, &tmp, VIPS_FORMAT_UCHAR, NULL)) {
+        if (vips_cast(r->im, &tmp, VIPS_FORMAT_UCHAR, NULL)) {
             st = ki_vips_fail(KS_ERR_FORMAT, "image: cannot convert the samples");
             goto done;
         }
-        g_object_unref(im);
-        im = tmp;
+        g_object_unref(r->im);
+        r->im = tmp;
         tmp = NULL;
         bf = VIPS_FORMAT_UCHAR;
     }
-    width = vips_image_get_width(im); /* autorotate may swap them */
-    height = vips_image_get_height(im);
-    bands = vips_image_get_bands(im);
-    cmyk = vips_image_get_interpretation(im) == VIPS_INTERPRETATION_CMYK && bands >= 4;
-    mem = vips_image_write_to_memory(im, &mem_len); /* decodes; fails on truncation */
-    if (!mem) {
-        st = ki_vips_fail(KS_ERR_FORMAT, "image: cannot decode the pixels");
+    r->width = vips_image_get_width(r->im); /* autorotate may swap them */
+    r->height = vips_image_get_height(r->im);
+    r->bands = vips_image_get_bands(r->im);
+    r->u16 = bf == VIPS_FORMAT_USHORT;
+    r->cmyk = vips_image_get_interpretation(r->im) == VIPS_INTERPRETATION_CMYK && r->bands >= 4;
+    size_t per_row = (size_t)r->width * (size_t)r->bands;
+    r->strip_rows = per_row >= KI_STRIP_SAMPLES ? 1 : (int)(KI_STRIP_SAMPLES / per_row);
+    if (r->strip_rows > KI_STRIP_ROWS) {
+        r->strip_rows = KI_STRIP_ROWS;
+    }
+    r->rgb = malloc((size_t)r->width * 3);
+    r->region = vips_region_new(r->im);
+    if (!r->rgb || !r->region) {
+        st = ks_fail(KS_ERR_NOMEM, "image: out of memory for a %d-pixel row", r->width);
         goto done;
     }
-    if (mem_len != (size_t)width * (size_t)height * (size_t)bands *
-                       (bf == VIPS_FORMAT_USHORT ? 2u : 1u)) {
-        st = ks_fail(KS_ERR_FORMAT, "image: libvips returned an unexpected buffer size");
-        goto done;
-    }
-    st = image_alloc(width, height, format->name, &img);
-    if (st != KS_OK) {
-        goto done;
-    }
-    to_rgb(img->rgb, bf == VIPS_FORMAT_UCHAR ? mem : NULL,
-           bf == VIPS_FORMAT_USHORT ? mem : NULL, (size_t)width * (size_t)height, bands, cmyk);
-    *out = img;
-    img = NULL;
+    *out = r;
+    r = NULL;
 done:
     if (st != KS_OK) {
         ks_error_prefix("decoding %zu bytes", len);
     }
-    g_free(mem);
     if (tmp) {
         g_object_unref(tmp);
     }
-    if (im) {
-        g_object_unref(im);
+    ki_image_reader_destroy(&r);
+    return st;
+}
+
+ks_status ki_image_reader_row(ki_image_reader *r, const uint8_t **rgb) {
+    if (r->y >= r->height) {
+        return ks_fail(KS_ERR_INVALID, "image: no row %d in a %d-row image", r->y, r->height);
+    }
+    if (r->whole) {
+        *rgb = r->whole->rgb + (size_t)r->y++ * (size_t)r->width * 3;
+        return KS_OK;
+    }
+    if (r->y >= r->strip_end) {
+        int n = r->height - r->y < r->strip_rows ? r->height - r->y : r->strip_rows;
+        VipsRect strip = {.left = 0, .top = r->y, .width = r->width, .height = n};
+        if (vips_region_prepare(r->region, &strip)) { /* decodes; fails on truncation */
+            ks_status st = ki_vips_fail(KS_ERR_FORMAT, "image: cannot decode the pixels");
+            ks_error_prefix("decoding %zu bytes", r->len);
+            return st;
+        }
+        r->strip_end = r->y + n;
+    }
+    const void *row = VIPS_REGION_ADDR(r->region, 0, r->y);
+    to_rgb(r->rgb, r->u16 ? NULL : row, r->u16 ? row : NULL, (size_t)r->width, r->bands,
+           r->cmyk);
+    r->y++;
+    *rgb = r->rgb;
+    return KS_OK;
+}
+
+ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params *params,
+                          ki_image **out) {
+    ki_image_reader *r = NULL;
+    ki_image *img = NULL;
+    *out = NULL;
+    ks_status st = ki_image_reader_new(bytes, len, params, &r);
+    if (st == KS_OK && r->whole) { /* already whole: hand it over */
+        *out = r->whole;
+        r->whole = NULL;
+        ki_image_reader_destroy(&r);
+        return KS_OK;
+    }
+    if (st == KS_OK) {
+        st = image_alloc(r->width, r->height, r->format, &img);
+    }
+    size_t stride = r ? (size_t)r->width * 3 : 0;
+    for (int y = 0; st == KS_OK && y < r->height; y++) {
+        const uint8_t *row;
+        st = ki_image_reader_row(r, &row);
+        if (st == KS_OK) {
+            memcpy(img->rgb + (size_t)y * stride, row, stride);
+        }
+    }
+    ki_image_reader_destroy(&r);
+    if (st == KS_OK) {
+        *out = img;
+        img = NULL;
     }
     ki_image_destroy(&img);
     return st;

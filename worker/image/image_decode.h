@@ -14,7 +14,8 @@
  *   - no EXIF rotation unless the caller asks (params.autorotate);
  *   - no ICC transform (PIL applies none).
  * A truncated JPEG or PNG is an error (libvips' fail_on = truncated; PIL raises on these), as is
- * a header claiming more than params.max_pixels pixels, checked before any pixel is decoded.
+ * a header claiming more than params.max_pixels pixels or a side over KI_MAX_SIDE, checked
+ * before any pixel is decoded.
  * Formats: those ki_formats() lists (jpeg png webp tiff gif bmp pnm, heif where built); ICO and
  * TGA are refused with a message naming them. Not here: the resize and normalisation
  * (pixels.h).
@@ -30,6 +31,10 @@
 #include "vips_runtime.h"
 
 #define KI_DEFAULT_MAX_PIXELS 100000000ULL /* 100 megapixels */
+/* The longest side decoded (JPEG's own limit; WebP's is 16,383): Pillow's resize keeps
+ * 224 x (4 * side / 224) coefficients per axis, and a row holds a whole side, so a side is
+ * bounded as well as the pixel count (a 100,000,000 x 1 image would take gigabytes). */
+#define KI_MAX_SIDE 65535
 
 /* Decoder options. Defaults from ki_decode_params_default(). */
 typedef struct ki_decode_params {
@@ -50,6 +55,26 @@ typedef struct ki_image ki_image;
  * conversion here, e.g. float TIFF or PFM), KS_ERR_NOMEM. On failure *out is NULL. */
 ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params *params,
                           ki_image **out);
+
+/* The same decode, one row at a time, so that the image need not be in memory whole: the
+ * reader converts each row to 8-bit RGB as ki_image_decode does, from strips of at most 64
+ * rows (fewer for wide images: about a million samples a strip) that libvips decodes in order.
+ * Memory: one strip of decoded samples and one RGB row, plus libvips' own buffers (a few rows
+ * for the formats it streams, JPEG, PNG, TIFF in strips; the whole frame for WebP and GIF, and
+ * with autorotate, which needs random access). Opaque. */
+typedef struct ki_image_reader ki_image_reader;
+
+/* Opens the header and checks it as ki_image_decode does (same errors); no pixel is decoded
+ * yet. `bytes` is borrowed until destroy. Caller owns *out. */
+ks_status ki_image_reader_new(const void *bytes, size_t len, const ki_decode_params *params,
+                              ki_image_reader **out);
+/* The next row, top to bottom: (width, 3) u8, borrowed until the next call. KS_ERR_FORMAT
+ * when the data is corrupt or truncated there, KS_ERR_INVALID past the last row. */
+ks_status ki_image_reader_row(ki_image_reader *r, const uint8_t **rgb);
+int ki_image_reader_width(const ki_image_reader *r);  /* after autorotate */
+int ki_image_reader_height(const ki_image_reader *r);
+const char *ki_image_reader_format(const ki_image_reader *r);
+void ki_image_reader_destroy(ki_image_reader **r);
 
 /* Reads only the header: the size the image claims and the format name (static storage; may
  * be NULL). Same format errors as ki_image_decode, no pixel limit. */

@@ -131,72 +131,123 @@ static void resample_horizontal(uint8_t *out, int out_w, int out_h, const uint8_
     }
 }
 
-static void resample_vertical(uint8_t *out, int out_w, int out_h, const uint8_t *in, int ch,
-                              int ksize, const int *bounds, const int32_t *kk) {
-    size_t stride = (size_t)out_w * (size_t)ch;
-    for (int yy = 0; yy < out_h; yy++) {
-        int ymin = bounds[yy * 2 + 0], ymax = bounds[yy * 2 + 1];
-        const int32_t *k = &kk[(size_t)yy * (size_t)ksize];
-        uint8_t *orow = out + (size_t)yy * stride;
-        for (size_t i = 0; i < stride; i++) {
-            int ss0 = 1 << (PRECISION_BITS - 1);
-            for (int y = 0; y < ymax; y++) {
-                ss0 += in[(size_t)(y + ymin) * stride + i] * k[y];
+struct ki_resizer {
+    int sw, sh, ch, dw, dh;
+    uint8_t *dst;            /* borrowed: (dh, dw, ch) */
+    int ksh, ksv;
+    int *bh, *bv;            /* bounds of the horizontal and vertical passes */
+    int32_t *kh, *kv;        /* their 22-bit weights */
+    uint8_t *ring;           /* (cap, dw, ch): intermediate rows, row y at y % cap */
+    int cap;
+    int next_in, next_out;   /* the next source row expected, the next output row to make */
+};
+
+void ki_resizer_destroy(ki_resizer **pr) {
+    if (!pr || !*pr) {
+        return;
+    }
+    ki_resizer *r = *pr;
+    free(r->bh);
+    free(r->bv);
+    free(r->kh);
+    free(r->kv);
+    free(r->ring);
+    free(r);
+    *pr = NULL;
+}
+
+ks_status ki_resizer_new(int sw, int sh, int channels, uint8_t *dst, int dw, int dh,
+                         ki_resizer **out) {
+    *out = NULL;
+    if (!dst || sw < 1 || sh < 1 || dw < 1 || dh < 1 || channels < 1 || channels > 4) {
+        return ks_fail(KS_ERR_INVALID, "resize: bad arguments (%dx%d -> %dx%d, %d channels)", sw,
+                       sh, dw, dh, channels);
+    }
+    ki_resizer *r = calloc(1, sizeof *r);
+    if (!r) {
+        return ks_fail(KS_ERR_NOMEM, "resize: out of memory");
+    }
+    *r = (ki_resizer){.sw = sw, .sh = sh, .ch = channels, .dw = dw, .dh = dh, .dst = dst};
+    ks_status st = KS_OK;
+    if (sw != dw) {
+        st = precompute_coeffs(sw, dw, &r->ksh, &r->bh, &r->kh);
+    }
+    if (st == KS_OK && sh != dh) {
+        st = precompute_coeffs(sh, dh, &r->ksv, &r->bv, &r->kv);
+    }
+    if (st == KS_OK && sh != dh) {
+        /* While output row o waits, the rows kept are those from its first one on, and no
+         * output reads more than its own count: the largest count is the ring's size. */
+        for (int o = 0; o < dh; o++) {
+            if (r->bv[o * 2 + 1] > r->cap) {
+                r->cap = r->bv[o * 2 + 1];
             }
-            orow[i] = clip8(ss0);
+        }
+        if (r->cap < 1) {
+            r->cap = 1;
+        }
+        r->ring = malloc((size_t)r->cap * (size_t)dw * (size_t)channels);
+        if (!r->ring) {
+            st = ks_fail(KS_ERR_NOMEM, "resize: out of memory for the intermediate rows");
         }
     }
+    if (st != KS_OK) {
+        ki_resizer_destroy(&r);
+        return st;
+    }
+    *out = r;
+    return KS_OK;
+}
+
+/* Output row o of the vertical pass, from the ring. */
+static void resample_vertical_row(ki_resizer *r, int o) {
+    size_t stride = (size_t)r->dw * (size_t)r->ch;
+    int ymin = r->bv[o * 2 + 0], ymax = r->bv[o * 2 + 1];
+    const int32_t *k = &r->kv[(size_t)o * (size_t)r->ksv];
+    uint8_t *orow = r->dst + (size_t)o * stride;
+    for (size_t i = 0; i < stride; i++) {
+        int ss0 = 1 << (PRECISION_BITS - 1);
+        for (int y = 0; y < ymax; y++) {
+            ss0 += r->ring[(size_t)((y + ymin) % r->cap) * stride + i] * k[y];
+        }
+        orow[i] = clip8(ss0);
+    }
+}
+
+ks_status ki_resizer_push(ki_resizer *r, int y, const uint8_t *row) {
+    if (y != r->next_in || y >= r->sh || !row) {
+        return ks_fail(KS_ERR_INVALID, "resize: row %d pushed, row %d expected", y, r->next_in);
+    }
+    r->next_in++;
+    size_t stride = (size_t)r->dw * (size_t)r->ch;
+    /* Without a vertical pass the horizontal one writes the output row itself. */
+    uint8_t *h = r->sh == r->dh ? r->dst + (size_t)y * stride
+                                : r->ring + (size_t)(y % r->cap) * stride;
+    if (r->sw != r->dw) {
+        resample_horizontal(h, r->dw, 1, row, r->sw, 0, r->ch, r->ksh, r->bh, r->kh);
+    } else {
+        memcpy(h, row, stride); /* Image.resize returns a copy when nothing changes */
+    }
+    if (r->sh == r->dh) {
+        return KS_OK;
+    }
+    while (r->next_out < r->dh && r->bv[r->next_out * 2] + r->bv[r->next_out * 2 + 1] <= y + 1) {
+        resample_vertical_row(r, r->next_out++);
+    }
+    return KS_OK;
 }
 
 ks_status ki_pil_resize_bicubic(const uint8_t *src, int sw, int sh, int channels, uint8_t *dst,
                                 int dw, int dh) {
-    ks_status st = KS_OK;
-    int *bh = NULL, *bv = NULL;
-    int32_t *kh = NULL, *kv = NULL;
-    uint8_t *tmp = NULL;
-    int ksh = 0, ksv = 0;
-
-    if (!src || !dst || sw < 1 || sh < 1 || dw < 1 || dh < 1 || channels < 1 || channels > 4) {
-        return ks_fail(KS_ERR_INVALID, "resize: bad arguments (%dx%d -> %dx%d, %d channels)", sw,
-                       sh, dw, dh, channels);
+    if (!src) {
+        return ks_fail(KS_ERR_INVALID, "resize: no source");
     }
-    if (sw == dw && sh == dh) { /* Image.resize returns a copy */
-        memcpy(dst, src, (size_t)sw * (size_t)sh * (size_t)channels);
-        return KS_OK;
+    ki_resizer *r = NULL;
+    ks_status st = ki_resizer_new(sw, sh, channels, dst, dw, dh, &r);
+    size_t stride = (size_t)sw * (size_t)channels;
+    for (int y = 0; st == KS_OK && y < sh; y++) {
+        st = ki_resizer_push(r, y, src + (size_t)y * stride);
     }
-    st = precompute_coeffs(sw, dw, &ksh, &bh, &kh);
-    if (st == KS_OK) {
-        st = precompute_coeffs(sh, dh, &ksv, &bv, &kv);
-    }
-    if (st != KS_OK) {
-        goto done;
-    }
-    if (sw != dw) {
-        /* Only the rows the vertical pass reads; shift its bounds to the intermediate. */
-        int first = bv[0], last = bv[dh * 2 - 2] + bv[dh * 2 - 1];
-        int rows = last - first;
-        if (sh == dh) {
-            resample_horizontal(dst, dw, dh, src, sw, 0, channels, ksh, bh, kh);
-            goto done;
-        }
-        tmp = malloc((size_t)dw * (size_t)rows * (size_t)channels);
-        if (!tmp) {
-            st = ks_fail(KS_ERR_NOMEM, "resize: out of memory for the intermediate image");
-            goto done;
-        }
-        for (int i = 0; i < dh; i++) {
-            bv[i * 2] -= first;
-        }
-        resample_horizontal(tmp, dw, rows, src, sw, first, channels, ksh, bh, kh);
-        resample_vertical(dst, dw, dh, tmp, channels, ksv, bv, kv);
-    } else {
-        resample_vertical(dst, dw, dh, src, channels, ksv, bv, kv);
-    }
-done:
-    free(tmp);
-    free(bh);
-    free(bv);
-    free(kh);
-    free(kv);
+    ki_resizer_destroy(&r);
     return st;
 }

@@ -1,6 +1,8 @@
 /* pixels: Pillow-bicubic resize to 224x224, rescale and normalize (see pixels.h). */
 #include "pixels.h"
 
+#include <time.h>
+
 #include "pil_resize.h"
 
 const float ki_image_mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
@@ -32,13 +34,41 @@ ks_status ki_pixels_from_image(const ki_image *img, ki_pixels *out) {
     return KS_OK;
 }
 
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 ks_status ki_pixels_from_buffer(const void *bytes, size_t len, const ki_decode_params *params,
-                                ki_pixels *out) {
-    ki_image *img = NULL;
-    ks_status st = ki_image_decode(bytes, len, params, &img);
+                                ki_pixels *out, double *decode_ms) {
+    ki_image_reader *reader = NULL;
+    ki_resizer *resizer = NULL;
+    double decoding = 0, t0 = now_ms();
+    ks_status st = ki_image_reader_new(bytes, len, params, &reader);
     if (st == KS_OK) {
-        st = ki_pixels_from_image(img, out);
+        out->src_width = ki_image_reader_width(reader);
+        out->src_height = ki_image_reader_height(reader);
+        decoding = now_ms() - t0;
+        st = ki_resizer_new(out->src_width, out->src_height, 3, out->rgb, KI_IMAGE_SIZE,
+                            KI_IMAGE_SIZE, &resizer);
     }
-    ki_image_destroy(&img);
+    for (int y = 0; st == KS_OK && y < out->src_height; y++) {
+        const uint8_t *row;
+        double t = now_ms();
+        st = ki_image_reader_row(reader, &row);
+        decoding += now_ms() - t;
+        if (st == KS_OK) {
+            st = ki_resizer_push(resizer, y, row);
+        }
+    }
+    ki_resizer_destroy(&resizer);
+    ki_image_reader_destroy(&reader);
+    if (st == KS_OK) {
+        ki_normalize(out->rgb, out->values);
+    }
+    if (decode_ms) {
+        *decode_ms = decoding;
+    }
     return st;
 }

@@ -39,8 +39,14 @@ void ki_normalize(const uint8_t *rgb224, float *values);
 ks_status ki_pixels_from_image(const ki_image *img, ki_pixels *out);
 
 /* Decode + resize + normalize: image bytes (borrowed) into *out. `params` may be NULL for the
- * decoder defaults. Errors as ki_image_decode. */
+ * decoder defaults. Errors as ki_image_decode. The image is never in memory whole: each row is
+ * decoded (ki_image_reader), converted to 8-bit RGB and resized (ki_resizer) before the next,
+ * so memory is a strip of decoded rows, one RGB row and the resize's kept rows (224 pixels
+ * wide, at most 2 * ceil(2 * height / 224) + 1 of them), plus libvips' own buffers: bytes per
+ * source pixel fall with the image's height (docs/operations.md "Image memory").
+ * *decode_ms, when not NULL, gets the time spent decoding; the rest is resizing and
+ * normalizing. */
 ks_status ki_pixels_from_buffer(const void *bytes, size_t len, const ki_decode_params *params,
-                                ki_pixels *out);
+                                ki_pixels *out, double *decode_ms);
 
 #endif

@@ -216,7 +216,8 @@ static ks_status job_image_bytes(const kw_engine *e, const kw_job_in *in, const 
         if (path[0] != '/')
             return ks_fail(KS_ERR_UNSUPPORTED, "image_uri %.200s is not an absolute path", uri);
         char *data = NULL;
-        ks_status st = ks_file_read(path, e->params.max_image_bytes, &data, len);
+        ks_status st = ks_file_read_beneath(e->params.image_roots, e->params.n_image_roots, path,
+                                            e->params.max_image_bytes, &data, len);
         if (st != KS_OK) {
             ks_error_prefix("image_uri");
             return st;
@@ -672,11 +673,27 @@ static void apply_cancels(kw_job_in *jobs, job_state *js, size_t n, kw_batch_pol
                           void *ctx)
 {
     if (poll)
-        poll(ctx);
+        poll(ctx, NULL);
     for (size_t i = 0; i < n; i++)
         if (jobs[i].cancel_reason && js[i].status == 0)
             job_fail(&js[i], cancel_status(jobs[i].cancel_reason), false,
                      "cancelled by the broker (reason %d)", jobs[i].cancel_reason);
+}
+
+/* ke_gen_request.stop for a prompt of jobs[i]: the caller's poll (which records cancels, and
+ * decides deadlines) once per decode step, then that job's cancel_reason. */
+typedef struct request_stop_ctx {
+    kw_batch_poll_fn *poll;
+    void *poll_ctx;
+    const kw_job_in *job;
+} request_stop_ctx;
+
+static bool request_stop(void *ctx)
+{
+    const request_stop_ctx *r = ctx;
+    if (r->poll)
+        r->poll(r->poll_ctx, r->job);
+    return r->job->cancel_reason != 0;
 }
 
 /* A ke_generate error that comes from the requests rather than the device. */
@@ -696,6 +713,7 @@ ks_status kw_batch_run(kw_engine *e, kw_job_in *jobs, size_t n, const kw_result_
     ke_gen_request *requests = NULL;
     ke_gen_result *results = NULL;
     prompt_state **owners = NULL;
+    request_stop_ctx *stops = NULL;
     ke_gen_stats stats = {0};
     double vision_ms = 0;
     size_t n_req = 0;
@@ -745,7 +763,8 @@ ks_status kw_batch_run(kw_engine *e, kw_job_in *jobs, size_t n, const kw_result_
     requests = calloc(total_prompts ? total_prompts : 1, sizeof *requests);
     results = calloc(total_prompts ? total_prompts : 1, sizeof *results);
     owners = calloc(total_prompts ? total_prompts : 1, sizeof *owners);
-    if (!pixels || !embeds || !requests || !results || !owners) {
+    stops = calloc(total_prompts ? total_prompts : 1, sizeof *stops);
+    if (!pixels || !embeds || !requests || !results || !owners || !stops) {
         st = ks_fail(KS_ERR_NOMEM, "out of memory for a batch");
         for (size_t i = 0; i < n; i++)
             if (!js[i].status)
@@ -792,10 +811,13 @@ ks_status kw_batch_run(kw_engine *e, kw_job_in *jobs, size_t n, const kw_result_
                 continue;
             p->request = (int)n_req;
             owners[n_req] = p;
-            requests[n_req++] = (ke_gen_request){
+            stops[n_req] = (request_stop_ctx){poll, poll_ctx, &jobs[i]};
+            requests[n_req] = (ke_gen_request){
                 .input_ids = p->encoding.input_ids.v,
                 .image_embeds_position_mask = p->encoding.image_embeds_position_mask,
-                .len = p->encoding.len, .image = j->image_index, .params = p->params};
+                .len = p->encoding.len, .image = j->image_index, .params = p->params,
+                .stop = request_stop, .stop_ctx = &stops[n_req]};
+            n_req++;
         }
     }
     if (n_req > 0) {
@@ -889,6 +911,7 @@ results:
     free(requests);
     free(results);
     free(owners);
+    free(stops);
     if (device_st != KS_OK)
         return ks_fail(device_st, "%s", device_msg);
     return st;

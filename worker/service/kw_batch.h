@@ -29,6 +29,10 @@ typedef struct kw_engine_params {
     bool autorotate;         /* EXIF orientation; default false (as `kosmos run`) */
     uint64_t max_pixels;     /* decoder pixel limit; 0 = the decoder's default (100 MP) */
     size_t max_image_bytes;  /* largest image read from an image_uri; default 64 MiB */
+    /* Folders an image_uri may be read beneath (ks_file_read_beneath), borrowed; none = no
+     * image_uri is read. kosmos-worker sets its --image-root here, else the broker's. */
+    const char *const *image_roots;
+    size_t n_image_roots;
 } kw_engine_params;
 
 void kw_engine_params_default(kw_engine_params *p);
@@ -56,9 +60,11 @@ typedef struct kw_job_in {
     int cancel_reason;           /* 0, or the Kosmos__V1__Cancel__Reason that stopped it */
 } kw_job_in;
 
-/* Called between the phases of a batch so the caller can record cancels (set
- * jobs[i].cancel_reason); may be NULL. */
-typedef void kw_batch_poll_fn(void *ctx);
+/* Called between the phases of a batch (`job` NULL) and at every decode step of each prompt
+ * still generating (`job` = its job, through ke_gen_request.stop), so the caller can record
+ * cancels and deadlines (set jobs[i].cancel_reason): a job whose reason is set stops within
+ * one step, the others go on. May be NULL. */
+typedef void kw_batch_poll_fn(void *ctx, const kw_job_in *job);
 
 /* Identity stamped on every result. */
 typedef struct kw_result_meta {

@@ -1,9 +1,13 @@
 /* kw_compute: the worker's compute thread. It owns the engine and the compute end of the
  * inproc pipe: it queues the dispatches the I/O thread hands it (never more than the credit
  * the worker granted, i.e. --max-batch), and runs whatever is queued, up to --max-batch jobs,
- * as one batch (dynamic batching: jobs that arrive during a batch form the next one). Between
- * the phases of a batch it reads the pipe, so cancels reach the batch (protocol.md §8.6). It
- * never touches the broker socket. */
+ * as one batch (dynamic batching: jobs that arrive during a batch form the next one). Before a
+ * batch computes, the broker learns that its jobs started (STARTED, then START_OK from the I/O
+ * thread once the broker confirmed it: a job that kills the worker is charged a crash, one
+ * still queued is not, protocol.md §8.4). Between the phases of a batch and at every decode
+ * step it reads the pipe and decides stops, so a cancel, a passed deadline or the end of the
+ * shutdown grace stops that job within one step while the others go on (§8.6). It never
+ * touches the broker socket. */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -47,15 +51,32 @@ ks_status kw_msg_recv(void *pair, kw_msg *m, int flags, bool *got)
     return KS_OK;
 }
 
+void kw_roots_destroy(kw_roots **r)
+{
+    if (!r || !*r)
+        return;
+    for (size_t i = 0; i < (*r)->n; i++)
+        free((*r)->paths[i]);
+    free((*r)->paths);
+    free(*r);
+    *r = NULL;
+}
+
 typedef struct compute_state {
     kw_compute *c;
     void *pipe;
+    kw_roots *roots; /* the Welcome's image roots in use (the engine borrows them) */
     kw_task **queue; /* FIFO of tasks not yet in a batch */
     size_t n_queue, cap_queue;
     kw_task **batch; /* the batch running now */
     size_t n_batch;
+    size_t start_oks; /* START_OKs received for the batch about to compute */
     bool stopping;
+    uint64_t stop_at; /* with stopping: the end of the running sequences' grace (unix ms) */
     bool failed; /* the pipe broke: stop */
+    /* test hooks (test_hooks below), read once */
+    const char *slow_marker;
+    long step_ms;
 } compute_state;
 
 static void queue_push(compute_state *s, kw_task *t)
@@ -107,7 +128,20 @@ static void handle(compute_state *s, const kw_msg *m)
         break;
     case KW_MSG_STOP:
         s->stopping = true;
+        s->stop_at = m->at;
         break;
+    case KW_MSG_START_OK:
+        s->start_oks++;
+        break;
+    case KW_MSG_ROOTS: {
+        /* Only between the batch's image reads and the next batch's: this thread reads them. */
+        kw_roots *old = s->roots;
+        s->roots = m->roots;
+        s->c->engine->params.image_roots = (const char *const *)s->roots->paths;
+        s->c->engine->params.n_image_roots = s->roots->n;
+        kw_roots_destroy(&old);
+        break;
+    }
     default:
         break;
     }
@@ -134,42 +168,91 @@ typedef struct poll_ctx {
     kw_job_in *jobs; /* the batch's inputs, parallel to s->batch */
 } poll_ctx;
 
-/* Between the phases of a batch: read the pipe, and pass cancels on to the batch's inputs. */
-static void poll_cb(void *ctx)
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static bool job_has_marker(const kw_job_in *in, const char *marker)
+{
+    const Kosmos__V1__Job *job = in->job;
+    for (size_t k = 0; marker && *marker && job && k < job->n_prompts; k++)
+        if (job->prompts[k]->text && strstr(job->prompts[k]->text, marker))
+            return true;
+    return false;
+}
+
+/* Between the phases of a batch and at each decode step (kw_batch_poll_fn): read the pipe and
+ * decide which jobs stop - a cancel from the broker, a deadline that passed, the shutdown
+ * grace that ran out (handed back) - on the batch's inputs. The first reason stays. */
+static void poll_cb(void *ctx, const kw_job_in *job)
 {
     poll_ctx *p = ctx;
-    drain(p->s);
-    for (size_t i = 0; i < p->s->n_batch; i++)
-        p->jobs[i].cancel_reason = p->s->batch[i]->job.cancel_reason;
+    compute_state *s = p->s;
+    if (job && s->step_ms > 0 && job_has_marker(job, s->slow_marker))
+        sleep_ms(s->step_ms); /* test hook: a decode step of a long job */
+    drain(s);
+    uint64_t now = kw_unix_ms();
+    for (size_t i = 0; i < s->n_batch; i++) {
+        kw_job_in *in = &s->batch[i]->job;
+        const Kosmos__V1__Job *pj = in->job;
+        if (!in->cancel_reason && pj && pj->has_deadline_unix_ms && pj->deadline_unix_ms <= now)
+            in->cancel_reason = KOSMOS__V1__CANCEL__REASON__REASON_DEADLINE;
+        if (!in->cancel_reason && s->stopping && now >= s->stop_at)
+            in->cancel_reason = KW_REASON_HANDBACK;
+        p->jobs[i].cancel_reason = in->cancel_reason;
+    }
 }
 
 /* Test-only fault hooks, read from the environment; unset (always, outside tests) they do
- * nothing. tests/integration/test_faults.c uses them to make a slow device and a poison job:
+ * nothing. tests/integration/test_faults.c and test_hardening.c use them to make a slow device,
+ * a poison job and a long job:
  *   KOSMOS_WORKER_TEST_SLEEP_MS=N     sleep N ms before each batch (heartbeats go on)
  *   KOSMOS_WORKER_TEST_ABORT_MARKER=S abort() the process when a prompt of the batch contains S
+ *   KOSMOS_WORKER_TEST_SLOW_MARKER=S with KOSMOS_WORKER_TEST_STEP_MS=N: each decode step of
+ *                                     each prompt of a job whose prompt contains S takes N ms
+ *                                     more, for as long as the engine keeps generating it: a
+ *                                     long job (on the tiny model real ones take milliseconds)
  * They are not options on purpose: no deployment has a reason to set them. */
 static void test_hooks(const kw_job_in *jobs, size_t n)
 {
     const char *marker = getenv("KOSMOS_WORKER_TEST_ABORT_MARKER");
-    const char *sleep_ms = getenv("KOSMOS_WORKER_TEST_SLEEP_MS");
-    if (marker && *marker) {
-        for (size_t i = 0; i < n; i++) {
-            const Kosmos__V1__Job *job = jobs[i].job;
-            for (size_t k = 0; job && k < job->n_prompts; k++) {
-                if (job->prompts[k]->text && strstr(job->prompts[k]->text, marker)) {
-                    kw_log(KW_ERROR, "test_abort", "\"job\":\"%s\",\"attempt\":%u",
-                           jobs[i].job_id, jobs[i].attempt);
-                    abort();
-                }
-            }
+    const char *ms = getenv("KOSMOS_WORKER_TEST_SLEEP_MS");
+    for (size_t i = 0; i < n; i++) {
+        if (job_has_marker(&jobs[i], marker)) {
+            kw_log(KW_ERROR, "test_abort", "\"job\":\"%s\",\"attempt\":%u", jobs[i].job_id,
+                   jobs[i].attempt);
+            abort();
         }
     }
-    if (sleep_ms && *sleep_ms) {
-        long ms = strtol(sleep_ms, NULL, 10);
-        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-        while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-        }
+    if (ms && *ms)
+        sleep_ms(strtol(ms, NULL, 10));
+}
+
+/* Tells the I/O thread that the batch's jobs start, and waits until it says the broker knows
+ * (or need not: an older broker, no connection, a bounded wait; kw_worker.c). */
+static void announce_start(compute_state *s)
+{
+    s->start_oks = 0;
+    for (size_t i = 0; i < s->n_batch && !s->failed; i++) {
+        kw_msg m = {.type = KW_MSG_STARTED, .attempt = s->batch[i]->job.attempt};
+        snprintf(m.job_id, sizeof m.job_id, "%s", s->batch[i]->job_id);
+        if (kw_msg_send(s->pipe, &m) != KS_OK)
+            s->failed = true;
     }
+    while (!s->failed && s->start_oks < s->n_batch) {
+        kw_msg m;
+        bool got = false;
+        if (kw_msg_recv(s->pipe, &m, 0, &got) != KS_OK)
+            s->failed = true;
+        else if (got)
+            handle(s, &m);
+    }
+    for (size_t i = 0; i < s->n_batch; i++)
+        kw_log(KW_INFO, "computing", "\"job\":\"%s\",\"attempt\":%u", s->batch[i]->job_id,
+               s->batch[i]->job.attempt);
 }
 
 /* Runs the first max_batch queued tasks; returns the batch's status (a device error ends the
@@ -190,6 +273,7 @@ static ks_status run_batch(compute_state *s)
         st = ks_fail(KS_ERR_NOMEM, "out of memory for a batch");
     } else {
         double t0 = kw_now_ms();
+        announce_start(s);
         for (size_t i = 0; i < n; i++)
             jobs[i] = s->batch[i]->job;
         test_hooks(jobs, n);
@@ -200,6 +284,13 @@ static ks_status run_batch(compute_state *s)
     }
     for (size_t i = 0; i < n; i++) {
         kw_task *t = s->batch[i];
+        if (t->job.cancel_reason == KW_REASON_HANDBACK) {
+            /* Not finished in the shutdown grace: no Result; the Disconnect hands it back. */
+            kw_log(KW_INFO, "handed_back", "\"job\":\"%s\",\"attempt\":%u", t->job_id,
+                   t->job.attempt);
+            kw_task_destroy(&s->batch[i]);
+            continue;
+        }
         kw_done *d = calloc(1, sizeof *d);
         if (d && out && out[i].data) {
             snprintf(d->job_id, sizeof d->job_id, "%s", t->job_id);
@@ -230,6 +321,9 @@ static void *compute_main(void *arg)
     kw_compute *c = arg;
     compute_state s = {.c = c};
     char fatal[512] = "";
+    const char *step_ms = getenv("KOSMOS_WORKER_TEST_STEP_MS");
+    s.slow_marker = getenv("KOSMOS_WORKER_TEST_SLOW_MARKER");
+    s.step_ms = step_ms ? strtol(step_ms, NULL, 10) : 0;
     s.pipe = zmq_socket(c->zmq_ctx, ZMQ_PAIR);
     s.batch = calloc((size_t)c->max_batch, sizeof *s.batch);
     if (!s.pipe || !s.batch || zmq_connect(s.pipe, c->endpoint) != 0) {
@@ -273,6 +367,11 @@ done:;
         kw_msg_send(s.pipe, &stopped);
     free(s.queue);
     free(s.batch);
+    if (s.roots) {
+        c->engine->params.image_roots = NULL;
+        c->engine->params.n_image_roots = 0;
+        kw_roots_destroy(&s.roots);
+    }
     if (s.pipe) {
         int linger = 1000;
         zmq_setsockopt(s.pipe, ZMQ_LINGER, &linger, sizeof linger);

@@ -19,8 +19,16 @@ typedef enum kw_msg_type {
     KW_MSG_STOP,     /* io -> compute: finish the running batch, drop the queue, then STOPPED */
     KW_MSG_RESULT,   /* compute -> io: the packed Result of one task (done) */
     KW_MSG_STOPPED,  /* compute -> io: the thread is about to exit; nothing more will come */
-    KW_MSG_FATAL     /* compute -> io: the device failed (message); STOPPED follows */
+    KW_MSG_FATAL,    /* compute -> io: the device failed (message); STOPPED follows */
+    KW_MSG_ROOTS,    /* io -> compute: the image roots the broker's Welcome named (roots) */
+    KW_MSG_STARTED,  /* compute -> io: about to compute (job_id, attempt); wait for START_OK */
+    KW_MSG_START_OK  /* io -> compute: the broker knows (job_id, attempt) started, or need not */
 } kw_msg_type;
+
+/* cancel_reason of a job the worker stopped because it is shutting down (its --stop-grace ran
+ * out): no Result is sent; the Disconnect hands the job back (protocol.md §8.8). Outside the
+ * range of Kosmos__V1__Cancel__Reason. */
+#define KW_REASON_HANDBACK 1000
 
 /* A dispatch: the received message (it owns the Dispatch and the image frame) and the batch
  * input pointing into it. */
@@ -36,13 +44,23 @@ typedef struct kw_done {
     kw_packed packed; /* WorkerMessage{result} */
 } kw_done;
 
+/* A list of image roots (kw_engine_params.image_roots) that travels between the threads. */
+typedef struct kw_roots {
+    char **paths;
+    size_t n;
+} kw_roots;
+
+void kw_roots_destroy(kw_roots **r);
+
 typedef struct kw_msg {
     kw_msg_type type;
     kw_task *task;
     kw_done *done;
+    kw_roots *roots;
     char job_id[KW_JOB_ID_MAX + 1];
     uint32_t attempt;
     int reason;
+    uint64_t at;      /* STOP: unix ms when the running sequences' grace ends */
     char message[512];
 } kw_msg;
 

@@ -76,24 +76,27 @@ ks_status kw_image_decode(kw_image *img, const void *bytes, size_t len,
     if (params->max_pixels)
         decode.max_pixels = params->max_pixels;
 
-    double t0 = kw_now_ms();
-    ki_pixels *pixels = NULL;
-    ks_status st = ki_image_decode(bytes, len, &decode, &img->decoded);
-    double t1 = kw_now_ms();
-    if (st == KS_OK && !(pixels = malloc(sizeof *pixels)))
-        st = ks_fail(KS_ERR_NOMEM, "out of memory for the pixels");
-    if (st == KS_OK)
-        st = ki_pixels_from_image(img->decoded, pixels);
+    double t0 = kw_now_ms(), decode_ms = 0;
+    ki_pixels *pixels = malloc(sizeof *pixels);
+    ks_status st = pixels ? KS_OK : ks_fail(KS_ERR_NOMEM, "out of memory for the pixels");
+    if (st == KS_OK && params->keep_decoded) {
+        /* The whole RGB image is wanted (boxes drawn on it): decode it, then resize. */
+        st = ki_image_decode(bytes, len, &decode, &img->decoded);
+        decode_ms = kw_now_ms() - t0;
+        if (st == KS_OK)
+            st = ki_pixels_from_image(img->decoded, pixels);
+    } else if (st == KS_OK) {
+        /* Row by row: the decoded image is never in memory whole (docs/operations.md). */
+        st = ki_pixels_from_buffer(bytes, len, &decode, pixels, &decode_ms);
+    }
     if (st == KS_OK && !(img->pixels = malloc(sizeof pixels->values)))
         st = ks_fail(KS_ERR_NOMEM, "out of memory for the pixels");
     if (st == KS_OK) {
         memcpy(img->pixels, pixels->values, sizeof pixels->values);
-        img->width = ki_image_width(img->decoded);
-        img->height = ki_image_height(img->decoded);
-        img->decode_ms = t1 - t0;
-        img->preprocess_ms = kw_now_ms() - t1;
-        if (!params->keep_decoded)
-            ki_image_destroy(&img->decoded);
+        img->width = pixels->src_width;
+        img->height = pixels->src_height;
+        img->decode_ms = decode_ms;
+        img->preprocess_ms = kw_now_ms() - t0 - decode_ms;
     }
     free(pixels);
     if (st != KS_OK)

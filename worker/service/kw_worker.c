@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ks_file.h"
 #include "kw_identity.h"
 #include "kw_internal.h"
 #include "kw_log.h"
@@ -33,11 +34,15 @@ void kw_worker_params_default(kw_worker_params *p)
     p->heartbeat_liveness = 3;
     p->reconnect_max_ms = 30000;
     p->stop_timeout_ms = 120000;
+    p->stop_grace_ms = 60000;
 }
 
 typedef struct kw_lease {
     char job_id[KW_JOB_ID_MAX + 1];
     uint32_t attempt;
+    bool started;        /* the compute thread began it (Lease.started in every heartbeat) */
+    uint64_t start_wait; /* the compute thread waits for the broker's confirmation until this
+                          * time (unix ms); 0: not waiting */
 } kw_lease;
 
 typedef struct kw_pending {
@@ -59,12 +64,16 @@ typedef struct kw_io {
     uint64_t instance;
     bool curve;
     char curve_public[KW_Z85_KEY], curve_secret[KW_Z85_KEY], curve_server[KW_Z85_KEY];
+    void *monitor;     /* CURVE: the socket's handshake events (a refused key), or NULL */
+    unsigned monitors; /* monitor endpoints made so far (each socket gets its own) */
     /* connection */
     bool welcomed;
+    bool confirms_start; /* this broker answers started leases (Welcome.confirms_start) */
     uint64_t broker_instance;
     uint32_t hb_ms, liveness;
     uint64_t last_recv, next_hb, next_ready, next_reconnect;
     uint32_t backoff_ms;
+    uint32_t refused_ms; /* CODE_RETRY_LATER backoff: 0, or the last wait (doubling, capped) */
     /* work */
     kw_lease *leases;
     size_t n_leases, cap_leases;
@@ -97,8 +106,9 @@ static Kosmos__V1__Lease **lease_list(kw_io *io, Kosmos__V1__Lease *storage)
     for (size_t i = 0; list && i < io->n_leases; i++) {
         kosmos__v1__lease__init(&storage[i]);
         storage[i].job_id = io->leases[i].job_id;
-        storage[i].has_attempt = true;
+        storage[i].has_attempt = storage[i].has_started = true;
         storage[i].attempt = io->leases[i].attempt;
+        storage[i].started = io->leases[i].started;
         list[i] = &storage[i];
     }
     return list;
@@ -201,6 +211,10 @@ static void send_pending(kw_io *io, kw_pending *pr)
 
 static void socket_close(kw_io *io, int linger_ms)
 {
+    if (io->monitor) {
+        zmq_close(io->monitor);
+        io->monitor = NULL;
+    }
     if (!io->sock)
         return;
     zmq_setsockopt(io->sock, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
@@ -229,6 +243,16 @@ static ks_status socket_open(kw_io *io)
                       zmq_setsockopt(io->sock, ZMQ_CURVE_PUBLICKEY, io->curve_public, 41) ||
                       zmq_setsockopt(io->sock, ZMQ_CURVE_SECRETKEY, io->curve_secret, 41)))
         goto failed;
+    if (io->curve) {
+        /* A key the broker's ZAP handler refuses (status 400) is a refusal for good: the
+         * worker hears of it only through this event (§11). */
+        char ep[96];
+        snprintf(ep, sizeof ep, "inproc://kw-monitor-%llx-%u", (unsigned long long)io->instance,
+                 io->monitors++);
+        if (zmq_socket_monitor(io->sock, ep, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0 ||
+            !(io->monitor = zmq_socket(io->ctx, ZMQ_PAIR)) || zmq_connect(io->monitor, ep) != 0)
+            goto failed;
+    }
     if (zmq_connect(io->sock, io->p->broker) != 0)
         goto failed;
     return KS_OK;
@@ -275,9 +299,62 @@ static bool lease_add(kw_io *io, const char *job_id, uint32_t attempt)
         io->cap_leases = ncap;
     }
     kw_lease *l = &io->leases[io->n_leases++];
+    memset(l, 0, sizeof *l);
     snprintf(l->job_id, sizeof l->job_id, "%s", job_id);
     l->attempt = attempt;
     return true;
+}
+
+/* Lets the compute thread compute (job_id, attempt): the broker knows it started. */
+static void start_ok(kw_io *io, const char *job_id, uint32_t attempt)
+{
+    kw_msg m = {.type = KW_MSG_START_OK, .attempt = attempt};
+    snprintf(m.job_id, sizeof m.job_id, "%s", job_id);
+    kw_msg_send(io->pipe, &m);
+}
+
+/* The compute thread is about to compute (job_id, attempt). The broker must know before it
+ * does (a job that kills the worker is charged a crash, a queued one is not: §8.4), so the
+ * lease is reported started at once and the compute thread waits for the broker's answer -
+ * at most liveness intervals (a broker that does not answer considers this worker dead
+ * anyway). No wait with a broker that does not confirm (older), without a connection, or
+ * while stopping. */
+static void on_started(kw_io *io, const char *job_id, uint32_t attempt)
+{
+    kw_lease *l = lease_find(io, job_id, attempt);
+    if (l)
+        l->started = true;
+    if (!l || !io->welcomed || !io->confirms_start || io->stopping) {
+        start_ok(io, job_id, attempt);
+        return;
+    }
+    l->start_wait = now_ms() + (uint64_t)io->hb_ms * io->liveness;
+    send_heartbeat(io);
+    io->next_hb = now_ms() + io->hb_ms;
+}
+
+/* Releases every start still waiting: all of them (force), or those the broker confirmed in
+ * `hb` (its Heartbeat.running), or those whose wait ran out. */
+static void release_starts(kw_io *io, const Kosmos__V1__Heartbeat *hb, bool force)
+{
+    uint64_t now = now_ms();
+    for (size_t i = 0; i < io->n_leases; i++) {
+        kw_lease *l = &io->leases[i];
+        if (!l->start_wait)
+            continue;
+        bool confirmed = false;
+        for (size_t k = 0; hb && k < hb->n_running && !confirmed; k++)
+            confirmed = hb->running[k] && hb->running[k]->job_id &&
+                        hb->running[k]->has_attempt && hb->running[k]->attempt == l->attempt &&
+                        strcmp(hb->running[k]->job_id, l->job_id) == 0;
+        if (!force && !confirmed && now < l->start_wait)
+            continue;
+        if (!confirmed && !force)
+            kw_log(KW_WARN, "start_unconfirmed", "\"job\":\"%s\",\"attempt\":%u",
+                   l->job_id, l->attempt);
+        l->start_wait = 0;
+        start_ok(io, l->job_id, l->attempt);
+    }
 }
 
 static void lease_drop(kw_io *io, const char *job_id, uint32_t attempt)
@@ -351,6 +428,10 @@ static void on_result_ack(kw_io *io, const Kosmos__V1__ResultAck *a)
 
 /* ---- stopping ------------------------------------------------------------------------------- */
 
+/* Stops taking work and ends the loop once the compute thread stopped and the results are
+ * acknowledged, or after timeout_ms. A refusal for good waits one heartbeat interval: enough
+ * for an idle compute thread to stop (and a running batch to be handed back), so that the
+ * process exits through its cleanup. */
 static void begin_stop(kw_io *io, int exit_code, uint32_t timeout_ms, const char *why)
 {
     if (!io->stopping) {
@@ -360,9 +441,12 @@ static void begin_stop(kw_io *io, int exit_code, uint32_t timeout_ms, const char
         kw_log(KW_INFO, "stopping", "\"why\":\"%s\",\"running\":%zu,\"unacked\":%zu", why,
                io->n_leases, io->n_pending);
         if (!io->compute_stopped) {
-            kw_msg m = {.type = KW_MSG_STOP};
+            /* Running sequences get the grace; what is left then is handed back. */
+            uint32_t grace = io->p->stop_grace_ms < timeout_ms ? io->p->stop_grace_ms : timeout_ms;
+            kw_msg m = {.type = KW_MSG_STOP, .at = now_ms() + grace};
             kw_msg_send(io->pipe, &m);
         }
+        release_starts(io, NULL, true);
     } else if (exit_code != KW_EXIT_OK && io->exit_code == KW_EXIT_OK) {
         io->exit_code = exit_code;
     }
@@ -412,6 +496,29 @@ static void on_dispatch(kw_io *io, kp_inbound **inp)
     }
 }
 
+/* The broker's image roots, for a worker without --image-root of its own (§2): handed to the
+ * compute thread, which reads image_uri files. */
+static void send_roots(kw_io *io, const Kosmos__V1__Welcome *w)
+{
+    if (io->p->engine.n_image_roots > 0 || io->compute_stopped)
+        return;
+    kw_roots *r = calloc(1, sizeof *r);
+    if (r)
+        r->paths = calloc(w->n_image_roots ? w->n_image_roots : 1, sizeof *r->paths);
+    for (size_t i = 0; r && r->paths && i < w->n_image_roots; i++)
+        if (ks_path_clean(w->image_roots[i]) && (r->paths[r->n] = strdup(w->image_roots[i])))
+            r->n++;
+    if (!r || !r->paths) {
+        kw_roots_destroy(&r);
+        kw_log(KW_ERROR, "image_roots_dropped", "\"why\":\"out of memory\"");
+        return;
+    }
+    kw_log(KW_INFO, "image_roots", "\"from\":\"broker\",\"count\":%zu", r->n);
+    kw_msg m = {.type = KW_MSG_ROOTS, .roots = r};
+    if (kw_msg_send(io->pipe, &m) != KS_OK)
+        kw_roots_destroy(&r);
+}
+
 static void on_disconnect(kw_io *io, const Kosmos__V1__Disconnect *d)
 {
     int code = d && d->has_code ? (int)d->code : 0;
@@ -420,9 +527,32 @@ static void on_disconnect(kw_io *io, const Kosmos__V1__Disconnect *d)
     kw_log(KW_WARN, "broker_disconnect", "\"code\":%d,\"message\":%s", code, msg);
     switch (code) {
     case KOSMOS__V1__DISCONNECT__CODE__CODE_REJECTED:
+        /* For good (wrong protocol, invalid name or capacity): only a new configuration helps,
+         * so exit 1, which the systemd unit does not restart (RestartPreventExitStatus). */
         kw_log(KW_ERROR, "rejected", "\"message\":%s", msg);
-        begin_stop(io, KW_EXIT_CONFIG, 0, "the broker refused this worker");
+        begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "the broker refused this worker");
         break;
+    case KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER: {
+        /* For now (the broker is full): Ready again after a capped exponential backoff, at
+         * least what the broker asked for; never exit. */
+        uint64_t wait = io->refused_ms ? (uint64_t)io->refused_ms * 2 : io->hb_ms;
+        if (d->has_retry_after_ms && wait < d->retry_after_ms)
+            wait = d->retry_after_ms;
+        if (wait > io->p->reconnect_max_ms)
+            wait = io->p->reconnect_max_ms;
+        io->refused_ms = (uint32_t)wait;
+        kw_log(KW_WARN, "refused_for_now", "\"message\":%s,\"retry_in_ms\":%llu", msg,
+               (unsigned long long)wait);
+        if (!io->stopping) {
+            uint64_t now = now_ms();
+            io->welcomed = false;
+            io->next_ready = now + wait;
+            /* the broker answered: no reason to open a new socket before the retry */
+            io->next_reconnect = io->next_ready + (uint64_t)io->hb_ms * io->liveness;
+            io->last_recv = now;
+        }
+        break;
+    }
     case KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN:
         if (!io->stopping)
             start_registering(io, true); /* it will come back (§8.7) */
@@ -440,7 +570,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
     if (v == KP_BAD_VERSION) {
         kw_log(KW_ERROR, "protocol_version", "\"message\":\"broker speaks a different protocol "
                "version (%s)\"", kp_inbound_reason(in));
-        begin_stop(io, KW_EXIT_CONFIG, 0, "protocol version mismatch");
+        begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "protocol version mismatch");
         kp_inbound_destroy(&in);
         return;
     }
@@ -459,6 +589,8 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
             break; /* an answer to an earlier Ready of the same registration */
         const Kosmos__V1__Welcome *w = m->welcome;
         io->welcomed = true;
+        io->refused_ms = 0;
+        io->confirms_start = w->has_confirms_start && w->confirms_start;
         if (w->has_heartbeat_interval_ms && w->heartbeat_interval_ms > 0)
             io->hb_ms = w->heartbeat_interval_ms;
         if (w->has_heartbeat_liveness && w->heartbeat_liveness > 0)
@@ -471,13 +603,20 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
                "\"heartbeat_ms\":%u,\"liveness\":%u,\"running\":%zu,\"unacked\":%zu",
                (unsigned long long)w->broker_instance, restarted ? "true" : "false", io->hb_ms,
                io->liveness, io->n_leases, io->n_pending);
+        send_roots(io, w);
         for (size_t i = 0; i < io->n_pending; i++)
             send_pending(io, &io->pending[i]);
         if (!io->stopping && (size_t)io->p->max_batch > io->n_leases)
             send_credit(io, (uint32_t)((size_t)io->p->max_batch - io->n_leases));
+        if (!io->confirms_start)
+            release_starts(io, NULL, true); /* a broker that does not confirm: do not wait */
+        else
+            send_heartbeat(io); /* starts still waiting are confirmed in the answer */
         break;
     }
     case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_HEARTBEAT:
+        if (m->heartbeat && m->heartbeat->n_running)
+            release_starts(io, m->heartbeat, false);
         break;
     case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH:
         on_dispatch(io, &in);
@@ -511,6 +650,30 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
     kp_inbound_destroy(&in);
 }
 
+/* A handshake event of the broker socket (CURVE): a key refused by the broker stops the worker
+ * as a permanent refusal does. */
+static void on_monitor(kw_io *io)
+{
+    zmq_msg_t event, endpoint;
+    zmq_msg_init(&event);
+    zmq_msg_init(&endpoint);
+    if (zmq_msg_recv(&event, io->monitor, ZMQ_DONTWAIT) >= 0 && zmq_msg_more(&event) &&
+        zmq_msg_recv(&endpoint, io->monitor, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&event) >= 6) {
+        const uint8_t *d = zmq_msg_data(&event);
+        uint16_t id;
+        uint32_t status;
+        memcpy(&id, d, sizeof id);
+        memcpy(&status, d + 2, sizeof status);
+        if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH && status == 400) {
+            kw_log(KW_ERROR, "rejected", "\"message\":\"the broker refused this worker's CURVE "
+                   "key (ZAP status 400)\"");
+            begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "the broker refused this worker's key");
+        }
+    }
+    zmq_msg_close(&event);
+    zmq_msg_close(&endpoint);
+}
+
 static void on_pipe(kw_io *io)
 {
     for (;;) {
@@ -529,6 +692,9 @@ static void on_pipe(kw_io *io)
             begin_stop(io, KW_EXIT_DEVICE, io->p->stop_timeout_ms, "device failure");
             break;
         }
+        case KW_MSG_STARTED:
+            on_started(io, m.job_id, m.attempt);
+            break;
         case KW_MSG_STOPPED:
             io->compute_stopped = true;
             break;
@@ -579,14 +745,16 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
                 io->next_hb = now + io->hb_ms;
             }
         }
+        release_starts(io, NULL, false); /* waits that ran out */
         uint64_t next = io->welcomed ? io->next_hb : (io->next_ready < io->next_reconnect
                                                           ? io->next_ready : io->next_reconnect);
         long timeout = next > now ? (long)(next - now) : 0;
         if (timeout > 100)
             timeout = 100;
-        zmq_pollitem_t items[2] = {{io->sock, 0, ZMQ_POLLIN, 0}, {io->pipe, 0, ZMQ_POLLIN, 0}};
+        zmq_pollitem_t items[3] = {{io->sock, 0, ZMQ_POLLIN, 0}, {io->pipe, 0, ZMQ_POLLIN, 0},
+                                   {io->monitor, 0, ZMQ_POLLIN, 0}};
         int first = io->sock ? 0 : 1;
-        if (zmq_poll(items + first, 2 - first, timeout) < 0) {
+        if (zmq_poll(items + first, (io->monitor ? 3 : 2) - first, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             kw_log(KW_ERROR, "poll_failed", "\"error\":\"%s\"", zmq_strerror(errno));
@@ -595,6 +763,8 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
         }
         if (items[1].revents & ZMQ_POLLIN)
             on_pipe(io);
+        if (io->monitor && (items[2].revents & ZMQ_POLLIN))
+            on_monitor(io);
         for (int i = 0; io->sock && (items[0].revents & ZMQ_POLLIN) && i < 64; i++) {
             kp_inbound *in = NULL;
             void *sock = io->sock;

@@ -23,6 +23,9 @@ typedef struct kw_worker_params {
     uint32_t heartbeat_liveness; /* idem; default 3 */
     uint32_t reconnect_max_ms;   /* socket re-creation backoff cap; default 30000 */
     uint32_t stop_timeout_ms;    /* SIGTERM: longest wait for running work and acks; 120000 */
+    uint32_t stop_grace_ms;      /* SIGTERM: running sequences finish within this (at most
+                                  * stop_timeout_ms); then they stop at their next decode step
+                                  * and their jobs are handed back; 60000 */
     const char *curve_secret;    /* this worker's secret certificate (CURVE on), or NULL */
     const char *curve_server;    /* the broker's public certificate; both or neither */
 } kw_worker_params;
@@ -32,7 +35,8 @@ void kw_worker_params_default(kw_worker_params *p);
 /* Exit codes of kw_worker_run (and of kosmos-worker). */
 enum {
     KW_EXIT_OK = 0,       /* stopped on request (SIGTERM/SIGINT) */
-    KW_EXIT_CONFIG = 1,   /* bad options, model or device could not be opened, broker refused */
+    KW_EXIT_CONFIG = 1,   /* bad options, model or device could not be opened, the broker
+                           * refused the worker for good (CODE_REJECTED, its CURVE key) */
     KW_EXIT_DEVICE = 3    /* the device failed while running; its jobs were reported/handed back */
 };
 

@@ -1,7 +1,8 @@
 /* kosmos-worker: one worker process per compute device (docs/protocol.md §8). The command line
  * around kw_worker: options, signals, exit codes. Exit 0 after SIGTERM/SIGINT (running work
  * finished and acknowledged, the rest handed back), 1 for bad options, a model or device that
- * cannot be opened or a broker that refuses the worker, 3 when the device failed at run time. */
+ * cannot be opened or a broker that refuses the worker for good, 3 when the device failed at run
+ * time. A broker that is full only for now is retried, never an exit. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ks_file.h"
 #include "kw_log.h"
 #include "kw_worker.h"
 
@@ -31,10 +33,14 @@ static void usage(FILE *out)
         "batches (the prompts of a job share one vision pass) and returns each result until the\n"
         "broker confirms it is stored. Heartbeats come from their own thread, also while the\n"
         "device computes. Logs: one JSON object per line on stderr.\n"
-        "SIGTERM/SIGINT: take no new work, finish the running batch, wait for its results to be\n"
-        "acknowledged, hand the jobs not started back (Disconnect), exit 0; a second signal\n"
-        "exits at once. Exit 1: bad options, model/device failed to open, broker refused;\n"
-        "3: the device failed (its jobs are reported retriable and requeued by the broker).\n"
+        "SIGTERM/SIGINT: take no new work; the running sequences have --stop-grace seconds to\n"
+        "finish, then each stops at its next decode step and its job is handed back with those\n"
+        "not started (Disconnect: requeued at once, no penalty); wait for the results' acks,\n"
+        "exit 0; a second signal exits at once. Exit 1: bad options, model/device failed to open, or the broker\n"
+        "refused this worker for good (another protocol version, an invalid name or capacity,\n"
+        "a CURVE key it does not know); 3: the device failed (its jobs are reported retriable\n"
+        "and requeued by the broker). A broker that is full (--max-workers) is asked again\n"
+        "with a backoff capped at --reconnect-max-ms: the worker never exits for that.\n"
         "\n"
         "  --broker EP              the broker's worker endpoint, tcp://HOST:5556 or ipc://PATH\n"
         "                           (required)\n"
@@ -51,9 +57,16 @@ static void usage(FILE *out)
         "  --precision P            fp16 (default: weights stored as half) or fp32\n"
         "  --autorotate             apply the EXIF orientation (default off, as the reference\n"
         "                           and 'kosmos run')\n"
-        "  --max-pixels N           images whose header claims more pixels fail (default\n"
-        "                           100000000)\n"
+        "  --max-pixels N           images whose header claims more pixels, or a side over\n"
+        "                           65535, fail (default 100000000). One image costs at most\n"
+        "                           about 8 bytes per pixel while it is decoded (WebP; PNG and\n"
+        "                           JPEG under 3, typically 0.5): docs/operations.md\n"
         "  --max-image-bytes N      largest image frame or image_uri file (default 67108864)\n"
+        "  --image-root DIR         read an image_uri only beneath DIR, an absolute path\n"
+        "                           (repeatable; default: the roots the broker's Welcome\n"
+        "                           sends, its --image-root). The file is opened beneath the\n"
+        "                           root by the kernel: a symlink out of it, a FIFO or a\n"
+        "                           device fails the job; it never blocks the worker\n"
         "  --model-id ID            model id announced in Ready (default config.json's\n"
         "                           _name_or_path, else the folder's name)\n"
         "  --model-hash HEX         weights hash announced in Ready (default: SHA-256 of the\n"
@@ -62,9 +75,14 @@ static void usage(FILE *out)
         "                           (default 1000)\n"
         "  --heartbeat-liveness N   missed intervals before the broker counts as gone, until\n"
         "                           Welcome sets it (default 3)\n"
-        "  --reconnect-max-ms N     cap of the reconnect backoff (default 30000)\n"
+        "  --reconnect-max-ms N     cap of the reconnect backoff and of the wait after a\n"
+        "                           broker that is full (default 30000)\n"
         "  --stop-timeout S         SIGTERM: longest wait for the running batch and its\n"
         "                           acknowledgements, seconds (default 120)\n"
+        "  --stop-grace S           SIGTERM: how long running sequences may go on, seconds,\n"
+        "                           at most --stop-timeout (default 60); then they stop at\n"
+        "                           their next decode step and their jobs go back to the\n"
+        "                           broker without a result and without penalty\n"
         "  --curve-secret FILE      this worker's secret certificate (CURVE on; with the next)\n"
         "  --curve-server-public FILE  the broker's public certificate\n"
         "  --log-level L            debug, info, warn, error (default info)\n"
@@ -89,7 +107,7 @@ int main(int argc, char **argv)
 {
     enum { O_BROKER = 256, O_MODEL, O_DEVICE, O_BATCH, O_NAME, O_SLOTS, O_CONTEXT, O_PREC,
            O_ROTATE, O_PIXELS, O_IMGB, O_MID, O_MHASH, O_HB, O_HL, O_RECON, O_STOP, O_CS, O_CP,
-           O_LOG, O_HELP };
+           O_LOG, O_HELP, O_ROOT, O_GRACE };
     static const struct option opts[] = {
         {"broker", required_argument, 0, O_BROKER}, {"model", required_argument, 0, O_MODEL},
         {"device", required_argument, 0, O_DEVICE}, {"max-batch", required_argument, 0, O_BATCH},
@@ -105,7 +123,10 @@ int main(int argc, char **argv)
         {"curve-secret", required_argument, 0, O_CS},
         {"curve-server-public", required_argument, 0, O_CP},
         {"log-level", required_argument, 0, O_LOG}, {"help", no_argument, 0, O_HELP},
+        {"image-root", required_argument, 0, O_ROOT},
+        {"stop-grace", required_argument, 0, O_GRACE},
         {0, 0, 0, 0}};
+    const char *roots[64];
     kw_worker_params p;
     kw_worker_params_default(&p);
     int c;
@@ -150,6 +171,10 @@ int main(int argc, char **argv)
             bad = parse_num(optarg, 0, 86400, &v);
             p.stop_timeout_ms = (uint32_t)(v * 1000);
             break;
+        case O_GRACE:
+            bad = parse_num(optarg, 0, 86400, &v);
+            p.stop_grace_ms = (uint32_t)(v * 1000);
+            break;
         case O_CS: p.curve_secret = optarg; break;
         case O_CP: p.curve_server = optarg; break;
         case O_LOG:
@@ -158,6 +183,12 @@ int main(int argc, char **argv)
             else if (!strcmp(optarg, "warn")) kw_log_set_level(KW_WARN);
             else if (!strcmp(optarg, "error")) kw_log_set_level(KW_ERROR);
             else bad = 1;
+            break;
+        case O_ROOT:
+            bad = p.engine.n_image_roots == 64 || !ks_path_clean(optarg);
+            if (!bad)
+                roots[p.engine.n_image_roots++] = optarg;
+            p.engine.image_roots = roots;
             break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return KW_EXIT_CONFIG;

@@ -1,0 +1,1 @@
+z4-too many workers (--max-workers): retry later¸

@@ -1,0 +1,1 @@
+R6´¤ø×Üüö^è ÀÏ$*/srv/kosmos/images*/mnt/shared0

@@ -57,12 +57,16 @@ typedef struct cl_tlayer {
 } cl_tlayer;
 
 /* One set of host staging for a step's inputs; `done` marks the last write reading it. */
+/* Rows of eight ints as the kernels read cl_int8, kept as plain arrays: cl_int8 itself asks for
+ * 32-byte alignment, which realloc'd staging does not give. */
+typedef cl_int cl_row8[8];
+
 typedef struct cl_stage {
-    cl_int8 *plan;      /* [tokens] */
+    cl_row8 *plan;      /* [tokens] */
     cl_int *gidx;       /* [seqs] */
     float *img;         /* [img_rows * E] */
     cl_int *pages;      /* [dirty slots * max_pages] */
-    cl_int8 *sel;       /* [seqs] selection rows */
+    cl_row8 *sel;       /* [seqs] selection rows */
     size_t tokens, seqs, img_rows, page_rows;
     kc_pending done;
 } cl_stage;
@@ -461,11 +465,11 @@ static ks_status next_stage(cl_backend *cb, size_t tokens, size_t seqs, size_t i
             return ks_fail(KS_ERR_NOMEM, "out of memory for a step's inputs");                    \
         s->field = grown;                                                                          \
     }
-    GROW(plan, tokens, tokens, sizeof(cl_int8))
+    GROW(plan, tokens, tokens, sizeof(cl_row8))
     if (tokens > s->tokens)
         s->tokens = tokens;
     GROW(gidx, seqs, seqs, sizeof(cl_int))
-    GROW(sel, seqs, seqs, sizeof(cl_int8))
+    GROW(sel, seqs, seqs, sizeof(cl_row8))
     if (seqs > s->seqs)
         s->seqs = seqs;
     GROW(img, img_rows, img_rows, E * sizeof(float))
@@ -602,10 +606,10 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
             bool img = step->image_mask && step->image_mask[row];
             if (img)
                 memcpy(sg->img + used * E, step->image_embeds + used * E, E * sizeof(float));
-            sg->plan[row] = (cl_int8){{device ? -1 : step->ids[row],
-                                       device ? -1 : step->positions[row],
-                                       img ? (cl_int)used : -1, slot, cb->slot_len[slot] + i, 0, 0,
-                                       0}};
+            const cl_row8 plan = {device ? -1 : step->ids[row],
+                                  device ? -1 : step->positions[row],
+                                  img ? (cl_int)used : -1, slot, cb->slot_len[slot] + i, 0, 0, 0};
+            memcpy(sg->plan[row], plan, sizeof plan);
             used += img;
         }
         sg->gidx[s] = (cl_int)(row - 1);
@@ -623,7 +627,7 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
         cb->slot_dirty[slot] = false;
         d++;
     }
-    if ((status = stage_write(cb, sg, cb->plan, 0, T * sizeof(cl_int8), sg->plan)) != KS_OK ||
+    if ((status = stage_write(cb, sg, cb->plan, 0, T * sizeof(cl_row8), sg->plan)) != KS_OK ||
         (status = stage_write(cb, sg, cb->gidx, 0, S * sizeof(cl_int), sg->gidx)) != KS_OK ||
         (status = stage_write(cb, sg, cb->image_rows, 0, used * E * 4, sg->img)) != KS_OK)
         goto cleanup;
@@ -743,13 +747,15 @@ static ks_status cl_select_greedy_enqueue(ke_backend *b, const ke_select_row *ro
         (status = next_stage(cb, 0, (size_t)n, 0, 0, &sg)) != KS_OK)
         return status;
     kc_profile_scope(prof, "text step");
-    for (int i = 0; i < n; i++)
-        sg->sel[i] = (cl_int8){{rows[i].row, rows[i].slot, (cl_int)rows[i].len,
-                                rows[i].no_repeat_ngram_size, rows[i].ban_eos ? 1 : 0, 0, 0, 0}};
+    for (int i = 0; i < n; i++) {
+        const cl_row8 sel = {rows[i].row, rows[i].slot, (cl_int)rows[i].len,
+                             rows[i].no_repeat_ngram_size, rows[i].ban_eos ? 1 : 0, 0, 0, 0};
+        memcpy(sg->sel[i], sel, sizeof sel);
+    }
     cb->selected = true; /* the bans are in the logits; fetch_logits may read rows */
     size_t out_off = (size_t)cb->sel_at * cb->seqs * sizeof(cl_int);
     cl_outstanding *o = &cb->outstanding[cb->n_outstanding];
-    if ((status = stage_write(cb, sg, cb->sel_info, 0, (size_t)n * sizeof(cl_int8), sg->sel)) !=
+    if ((status = stage_write(cb, sg, cb->sel_info, 0, (size_t)n * sizeof(cl_row8), sg->sel)) !=
             KS_OK ||
         (status = ke_cl_select_greedy_slots(cb->ops, cb->logits, tc->vocab_size, cb->sel_info, n,
                                             cb->hist, b->slot_capacity, tc->eos_id, cb->sel_out,

@@ -144,6 +144,11 @@
 #define LOAD_WCW(p, i) CAT(vload, ROWS_CW)(0, (p) + (i))
 #endif
 #define VSTORE_CW CAT(vstore, ROWS_CW)
+/* ROWS_CW floats read one by one through a volatile pointer (another group's writes). */
+#define VOLATILE_LOAD_4(p) (float4)((p)[0], (p)[1], (p)[2], (p)[3])
+#define VOLATILE_LOAD_8(p) (float8)(VOLATILE_LOAD_4(p), VOLATILE_LOAD_4((p) + 4))
+#define VOLATILE_LOAD_16(p) (float16)(VOLATILE_LOAD_8(p), VOLATILE_LOAD_8((p) + 8))
+#define VOLATILE_LOAD_CW CAT(VOLATILE_LOAD_, ROWS_CW)
 
 #define GEMM_ARGS                                                                                  \
     const int m, const int n, const int k, const int chunk_len, __global const float *x,          \
@@ -247,17 +252,18 @@ inline void write_stats(__local const float *vals, const int stride, const int r
 #endif
 #define R_FMA(r) acc##r = fma((floatCW)(R_XN(r)), wv, acc##r);
 
-/* Stores the ROWS_CW outputs of row r0 + r (columns c0 ..) and keeps them for the statistics. */
+/* Stores the ROWS_CW outputs of row r0 + r (columns c0 ..) and keeps them for the statistics:
+ * through this work-item's own part of `vals` (no private array, which PoCL keeps in memory
+ * and compiles slowly next to barriers). */
 #define store4(r, t)                                                                               \
     do {                                                                                           \
-        float tv[ROWS_CW];                                                                         \
-        VSTORE_CW((t), 0, tv);                                                                     \
+        __local float *own = vals + (r) * ROWS_COLS + lid * ROWS_CW;                               \
+        VSTORE_CW((t), 0, own);                                                                    \
         for (int j = 0; j < ROWS_CW; j++) {                                                        \
             const int c = c0 + j;                                                                  \
             if (r0 + (r) < m && c < n)                                                             \
-                vals[(r) * ROWS_COLS + lid * ROWS_CW + j] =                                        \
-                    store_out(r0 + (r), c, tv[j], bias, act, accumulate, y, y_off, ldy, split_q,   \
-                              kpool, vpool, tokrow, kv_half);                                      \
+                own[j] = store_out(r0 + (r), c, own[j], bias, act, accumulate, y, y_off, ldy,      \
+                                   split_q, kpool, vpool, tokrow, kv_half);                        \
         }                                                                                          \
     } while (0);
 
@@ -304,29 +310,28 @@ inline void write_stats(__local const float *vals, const int stride, const int r
     if (r0 + (r) < m) {                                                                            \
         __global volatile const float *pp = partial +                                              \
             ((size_t)q * (size_t)m + (size_t)(r0 + (r))) * (size_t)n4 + (size_t)c0;                \
-        float pv[ROWS_CW];                                                                         \
-        for (int j = 0; j < ROWS_CW; j++)                                                          \
-            pv[j] = pp[j];                                                                         \
-        const floatCW p = CAT(vload, ROWS_CW)(0, pv);                                              \
+        const floatCW p = VOLATILE_LOAD_CW(pp);                                                    \
         tot##r = q == 0 ? p : tot##r + p;                                                          \
     }
 #define ROWS_SPLIT_DECL __local int last;
+/* Every barrier here is reached by the whole group unconditionally: PoCL replicates the code
+ * after a barrier under a condition (or after a return) once per path, which made this kernel
+ * take minutes to compile. Groups that are not the tile's last keep going and store nothing. */
 #define ROWS_SPLIT_COMBINE(R)                                                                      \
-    if (split) {                                                                                   \
-        if (c0 < n) {                                                                              \
-            REPR(R, R_PART_OUT)                                                                    \
-        }                                                                                          \
-        mem_fence(CLK_GLOBAL_MEM_FENCE);                                                           \
-        barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);                                       \
-        if (lid == 0) {                                                                            \
-            const size_t tile = (size_t)get_group_id(1) * get_num_groups(0) + get_group_id(0);     \
-            last = atomic_inc(counters + tile) == n_chunks - 1;                                    \
-            if (last)                                                                              \
-                atomic_xchg(counters + tile, 0);                                                   \
-        }                                                                                          \
-        barrier(CLK_LOCAL_MEM_FENCE);                                                              \
-        if (!last)                                                                                 \
-            return;                                                                                \
+    if (split && c0 < n) {                                                                         \
+        REPR(R, R_PART_OUT)                                                                        \
+    }                                                                                              \
+    mem_fence(CLK_GLOBAL_MEM_FENCE);                                                               \
+    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);                                           \
+    if (split && lid == 0) {                                                                       \
+        const size_t tile = (size_t)get_group_id(1) * get_num_groups(0) + get_group_id(0);         \
+        last = atomic_inc(counters + tile) == n_chunks - 1;                                        \
+        if (last)                                                                                  \
+            atomic_xchg(counters + tile, 0);                                                       \
+    }                                                                                              \
+    barrier(CLK_LOCAL_MEM_FENCE);                                                                  \
+    const int keep = !split || last;                                                               \
+    if (split && keep) {                                                                           \
         mem_fence(CLK_GLOBAL_MEM_FENCE);                                                           \
         for (int q = 0; q < n_chunks && c0 < n; q++) {                                             \
             REPR(R, R_PART_IN)                                                                     \
@@ -334,7 +339,7 @@ inline void write_stats(__local const float *vals, const int stride, const int r
     }
 #else
 #define ROWS_SPLIT_DECL
-#define ROWS_SPLIT_COMBINE(R)
+#define ROWS_SPLIT_COMBINE(R) const int keep = 1;
 #endif
 
 #define ROWS_KERNEL(R)                                                                             \
@@ -373,12 +378,13 @@ inline void write_stats(__local const float *vals, const int stride, const int r
             REPR(R, R_FOLD)                                                                        \
         }                                                                                          \
         ROWS_SPLIT_COMBINE(R)                                                                      \
-        REPR(R, R_STORE)                                                                           \
-        if (stats_out) {                                                                           \
-            barrier(CLK_LOCAL_MEM_FENCE);                                                          \
+        if (keep) {                                                                                \
+            REPR(R, R_STORE)                                                                       \
+        }                                                                                          \
+        barrier(CLK_LOCAL_MEM_FENCE);                                                              \
+        if (keep && stats_out)                                                                     \
             write_stats(vals, ROWS_COLS, R, ROWS_COLS, r0, (int)get_group_id(0) * ROWS_COLS, m,   \
                         n, lid, ROWS_NT, stats_out, stats_nb);                                     \
-        }                                                                                          \
     }
 
 ROWS_KERNEL(1)
@@ -464,8 +470,7 @@ __kernel __attribute__((reqd_work_group_size(TILE_RY, TILE_RX, 1))) void gemm_ti
                                                    split_q, kpool, vpool, tokrow, kv_half);
         }
     }
-    if (stats_out) {
-        barrier(CLK_LOCAL_MEM_FENCE);
+    barrier(CLK_LOCAL_MEM_FENCE); /* unconditional: see ROWS_SPLIT_COMBINE */
+    if (stats_out)
         write_stats(vals, TILE_N, TILE_M, TILE_N, mb, nb, m, n, tid, TILE_WG, stats_out, stats_nb);
-    }
 }

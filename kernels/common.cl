@@ -36,9 +36,11 @@
 #if WEIGHT_HALF
 #define WEIGHT_T half
 #define LOAD_W(p, i) vload_half((size_t)(i), (p))
+#define LOAD_W4(p, i) vload_half4(0, (p) + (i))
 #else
 #define WEIGHT_T float
 #define LOAD_W(p, i) ((p)[(i)])
+#define LOAD_W4(p, i) vload4(0, (p) + (i))
 #endif
 
 #ifndef STAT_SB

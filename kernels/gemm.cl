@@ -180,6 +180,20 @@ inline float load_xn(__global const float *x, const ulong x_off, const int ldx, 
     return (v - mean) * rstd * LOAD_W(ln_w, i) + LOAD_W(ln_b, i);
 }
 
+/* load_xn for i .. i + 3 at once: the same arithmetic per element, with the LayerNorm's
+ * parameters converted four at a time (PoCL converts a lone half in software, which made the
+ * prologue cost three times the product on CPUs). */
+inline float4 load_xn4(__global const float *x, const ulong x_off, const int ldx, const int src,
+                       const int i, const float mean, const float rstd,
+                       __global const WEIGHT_T *ln_w, __global const WEIGHT_T *ln_b,
+                       const int has_ln)
+{
+    const float4 v = vload4(0, x + x_off + (size_t)src * (size_t)ldx + (size_t)i);
+    if (!has_ln)
+        return v;
+    return (v - mean) * rstd * LOAD_W4(ln_w, i) + LOAD_W4(ln_b, i);
+}
+
 /* Output (r, c) after the epilogue, stored where it goes; returns the value (for statistics). */
 inline float store_out(const int r, const int c, float v, __global const WEIGHT_T *bias,
                        const int act, const int accumulate, __global float *y, const ulong y_off,
@@ -251,6 +265,30 @@ inline void write_stats(__local const float *vals, const int stride, const int r
                                 : (float2)(0.0f, 1.0f);
 #endif
 #define R_FMA(r) acc##r = fma((floatCW)(R_XN(r)), wv, acc##r);
+#if !ROWS_STAGE
+/* four steps of k at once: X (normalized) read as a vector, the chains in the same order */
+#define R_X4(r)                                                                                    \
+    const float4 xq##r =                                                                           \
+        load_xn4(x, x_off, ldx, src##r, kb + kk, st##r.x, st##r.y, ln_w, ln_b, has_ln);
+#define R_FMA_S0(r) acc##r = fma((floatCW)(xq##r.s0), wv0, acc##r);
+#define R_FMA_S1(r) acc##r = fma((floatCW)(xq##r.s1), wv1, acc##r);
+#define R_FMA_S2(r) acc##r = fma((floatCW)(xq##r.s2), wv2, acc##r);
+#define R_FMA_S3(r) acc##r = fma((floatCW)(xq##r.s3), wv3, acc##r);
+#define ROWS_K_BLOCK4(R)                                                                           \
+    for (; kk + 4 <= kn; kk += 4) {                                                                \
+        REPR(R, R_X4)                                                                              \
+        const floatCW wv0 = LOAD_WCW(wp, (size_t)kk * (size_t)W_STRIDE);                           \
+        const floatCW wv1 = LOAD_WCW(wp, (size_t)(kk + 1) * (size_t)W_STRIDE);                     \
+        const floatCW wv2 = LOAD_WCW(wp, (size_t)(kk + 2) * (size_t)W_STRIDE);                     \
+        const floatCW wv3 = LOAD_WCW(wp, (size_t)(kk + 3) * (size_t)W_STRIDE);                     \
+        REPR(R, R_FMA_S0)                                                                          \
+        REPR(R, R_FMA_S1)                                                                          \
+        REPR(R, R_FMA_S2)                                                                          \
+        REPR(R, R_FMA_S3)                                                                          \
+    }
+#else
+#define ROWS_K_BLOCK4(R)
+#endif
 
 /* Stores the ROWS_CW outputs of row r0 + r (columns c0 ..) and keeps them for the statistics:
  * through this work-item's own part of `vals` (no private array, which PoCL keeps in memory
@@ -368,7 +406,9 @@ inline void write_stats(__local const float *vals, const int stride, const int r
                 ROWS_PASS(R)                                                                       \
                 if (c0 < n) {                                                                      \
                     __global const WEIGHT_T *wp = w + w_off + weight_index(kb, c0, k, ldw, W_PANEL); \
-                    for (int kk = 0; kk < kn; kk++) {                                              \
+                    int kk = 0;                                                                    \
+                    ROWS_K_BLOCK4(R)                                                               \
+                    for (; kk < kn; kk++) {                                                        \
                         const floatCW wv = LOAD_WCW(wp, (size_t)kk * (size_t)W_STRIDE);            \
                         REPR(R, R_FMA)                                                             \
                     }                                                                              \

@@ -10,6 +10,8 @@
  *   --seconds 0.3     minimum time per measurement (at least one run after a warm-up)
  *   --variants auto,clblast   ours (auto = the seam's own choice, or a family: rows, tiles), clblast
  *   --no-ref          skip the plain-C baseline (slow for large m on the lm_head)
+ *   --fused LIST      what the decoder's layers fuse around the product: ln (LayerNorm
+ *                     prologue), bias, resid (Y += ...), stats (row statistics out), or all
  *
  * For each shape and m it prints milliseconds per product, GFLOP/s (2·m·n·k), the GB/s of
  * weight traffic (n·k·bytes per weight, read once), GFLOP per CPU-second of the process (steadier
@@ -154,6 +156,7 @@ int main(int argc, char **argv)
     const char *variants = "auto,clblast";
     double min_s = 0.3;
     bool ref = true;
+    const char *fused = "";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc)
             device = argv[++i];
@@ -167,10 +170,12 @@ int main(int argc, char **argv)
             min_s = atof(argv[++i]);
         else if (!strcmp(argv[i], "--no-ref"))
             ref = false;
+        else if (!strcmp(argv[i], "--fused") && i + 1 < argc)
+            fused = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--device SPEC] [--m 1,8,71,257] [--shapes attn,...] "
                             "[--variants auto,rows,tiles,clblast] [--seconds S] "
-                            "[--no-ref]\n", argv[0]);
+                            "[--no-ref] [--fused ln,bias,resid,stats|all]\n", argv[0]);
             return 2;
         }
     }
@@ -228,7 +233,8 @@ int main(int argc, char **argv)
         }
         for (size_t i = 0; i < max_m * k; i++)
             x[i] = frand();
-        cl_mem bx = NULL, bwf = NULL, by = NULL;
+        cl_mem bx = NULL, bwf = NULL, by = NULL, ln_stats = NULL, stats_out = NULL;
+        cl_mem ln_wb[2] = {NULL, NULL}, bias[2] = {NULL, NULL}; /* [ke_dtype] */
         ke_tensor tf = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
                         .data = wf};
         ke_tensor th = {.dtype = KE_DTYPE_F16, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
@@ -240,6 +246,39 @@ int main(int argc, char **argv)
             kc_context_buffer(ctx, CL_MEM_READ_WRITE, max_m * n * 4, NULL, &by) != KS_OK ||
             ke_cl_weight_upload(g, KE_DTYPE_F32, pf, nob, 1, sh->name, &wt[KE_DTYPE_F32], NULL) != KS_OK ||
             ke_cl_weight_upload(g, KE_DTYPE_F16, ph, nob, 1, sh->name, &wt[KE_DTYPE_F16], NULL) != KS_OK) {
+            fprintf(stderr, "%s\n", ks_error_message());
+            goto done;
+        }
+        bool all = in_list(fused, "all");
+        /* the LayerNorm's inputs: blocks of (mean 0, M2 = block length) give rstd ~1; weight and
+         * bias in the storage dtype (the first k words of wh/wf serve) */
+        size_t ln_nb = (k + KE_CL_STAT_SB - 1) / KE_CL_STAT_SB;
+        if (all || in_list(fused, "ln")) {
+            cl_float2 *st = malloc(max_m * ln_nb * sizeof *st);
+            for (size_t i = 0; st && i < max_m * ln_nb; i++)
+                st[i] = (cl_float2){{0.0f, (float)KE_CL_STAT_SB}};
+            if (!st || kc_context_buffer(ctx, CL_MEM_READ_ONLY, max_m * ln_nb * sizeof *st, st,
+                                         &ln_stats) != KS_OK ||
+                kc_context_buffer(ctx, CL_MEM_READ_ONLY, 2 * k * 4, wf, &ln_wb[KE_DTYPE_F32]) !=
+                    KS_OK ||
+                kc_context_buffer(ctx, CL_MEM_READ_ONLY, 2 * k * 2, wh, &ln_wb[KE_DTYPE_F16]) !=
+                    KS_OK) {
+                fprintf(stderr, "%s\n", st ? ks_error_message() : "out of memory");
+                free(st);
+                goto done;
+            }
+            free(st);
+        }
+        if ((all || in_list(fused, "bias")) &&
+            (kc_context_buffer(ctx, CL_MEM_READ_ONLY, n * 4, wf, &bias[KE_DTYPE_F32]) != KS_OK ||
+             kc_context_buffer(ctx, CL_MEM_READ_ONLY, n * 2, wh, &bias[KE_DTYPE_F16]) != KS_OK)) {
+            fprintf(stderr, "%s\n", ks_error_message());
+            goto done;
+        }
+        if ((all || in_list(fused, "stats")) &&
+            kc_context_buffer(ctx, CL_MEM_READ_WRITE,
+                              max_m * ((n + KE_CL_STAT_SB - 1) / KE_CL_STAT_SB) * sizeof(cl_float2),
+                              NULL, &stats_out) != KS_OK) {
             fprintf(stderr, "%s\n", ks_error_message());
             goto done;
         }
@@ -262,10 +301,16 @@ int main(int argc, char **argv)
                 last_cpu_s = (cpu_now() - c0) / runs;
                 report(sh->name, m, n, k, "ref-f16", "ke_op_linear", 2, ref_s, ref_s);
             }
-            ke_cl_gemm_args a = {.m = m, .x = bx, .ldx = k, .y = by, .ldy = n, .act = -1};
+            ke_cl_gemm_args a = {.m = m, .x = bx, .ldx = k, .y = by, .ldy = n, .act = -1,
+                                 .ln_stats = ln_stats, .ln_sb = KE_CL_STAT_SB, .ln_eps = 1e-5f,
+                                 .accumulate = all || in_list(fused, "resid"),
+                                 .stats_out = stats_out};
             char variant[64];
             for (int dt = 1; dt >= 0; dt--) {
                 a.w = &wt[dt];
+                a.ln_w = ln_wb[dt];
+                a.ln_b = ln_wb[dt] ? ln_wb[dt] : NULL;
+                wt[dt].bias = bias[dt];
                 /* ours: auto and each family; CLBlast: f32 only (no f16-storage mode) */
                 for (size_t v = 0; v <= ke_cl_gemm_variant_count() + 1; v++) {
                     bool clblast = v == ke_cl_gemm_variant_count() + 1;
@@ -288,7 +333,12 @@ int main(int argc, char **argv)
         kc_context_buffer_free(ctx, &bx);
         kc_context_buffer_free(ctx, &bwf);
         kc_context_buffer_free(ctx, &by);
+        kc_context_buffer_free(ctx, &ln_stats);
+        kc_context_buffer_free(ctx, &stats_out);
         for (int dt = 0; dt < 2; dt++) {
+            kc_context_buffer_free(ctx, &ln_wb[dt]);
+            wt[dt].bias = NULL;
+            kc_context_buffer_free(ctx, &bias[dt]);
             kc_context_buffer_free(ctx, &wt[dt].w);
             kc_context_buffer_free(ctx, &wt[dt].bias);
         }

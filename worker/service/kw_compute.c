@@ -245,10 +245,11 @@ static void decide_stops(compute_state *s)
     for (size_t i = 0; i < s->n_tasks; i++) {
         kw_job_in *in = &s->tasks[i].t->job;
         const Kosmos__V1__Job *pj = in->job;
+        if (s->tasks[i].phase != TASK_RUNNING)
+            continue; /* a queued job's deadline is checked as it joins (EXPIRED, not run) */
         if (!in->cancel_reason && pj && pj->has_deadline_unix_ms && pj->deadline_unix_ms <= now)
             in->cancel_reason = KOSMOS__V1__CANCEL__REASON__REASON_DEADLINE;
-        if (!in->cancel_reason && s->stopping && now >= s->stop_at &&
-            s->tasks[i].phase == TASK_RUNNING)
+        if (!in->cancel_reason && s->stopping && now >= s->stop_at)
             in->cancel_reason = KW_REASON_HANDBACK;
     }
 }

@@ -897,7 +897,7 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     run_loop(&io, stop);
     code = io.exit_code;
     if (!io.compute_stopped) {
-        /* Still inside a batch (second signal or stop timeout): the device cannot be
+        /* Still inside a step (second signal or stop timeout): the device cannot be
          * interrupted, so leave without joining; the process exit ends the thread. */
         kw_log(KW_WARN, "exit_without_join", NULL);
         return code;

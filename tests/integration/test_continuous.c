@@ -94,7 +94,8 @@ static int fetch(fh_client *c, const char *id, char **text, uint32_t **ids, size
         *ids = malloc((p->n_generated_ids ? p->n_generated_ids : 1) * sizeof **ids);
         if (!*text || !*ids)
             fh_die("out of memory");
-        memcpy(*ids, p->generated_ids, p->n_generated_ids * sizeof **ids);
+        if (p->n_generated_ids) /* none (NULL) for a job cancelled before its first token */
+            memcpy(*ids, p->generated_ids, p->n_generated_ids * sizeof **ids);
     }
     kp_inbound_destroy(&in);
     return state;

@@ -177,7 +177,7 @@ static size_t kb_mem_bound(const kb_params *p)
     size_t batch = p->batch_max_bytes + per_msg;
     size_t out = 4 * kb_outbox_bound(p);
     size_t inflight = p->max_inflight_bytes + p->max_image_bytes;
-    size_t tables = (size_t)p->max_workers * (sizeof(kb_worker) + 64 * sizeof(kb_lease) + 1024) +
+    size_t tables = (size_t)p->max_workers * (sizeof(kb_worker) + KB_MAX_CAPACITY * sizeof(kb_lease) + 1024) +
                     (size_t)p->max_waiters * sizeof(kb_waiter) +
                     (size_t)p->max_workers * 4 * (sizeof(kb_model) + 260) + sizeof(kb_broker) +
                     KB_ADMIT_SLOTS * sizeof(kb_admit_slot) +

@@ -19,6 +19,10 @@
 
 /* A job leased to a worker. The worker extends it while it lists it (§8.4); only a started one
  * is capped by max_job_ms and charged a crash when it lapses (kb_lease_started). */
+/* The batch_capacity a worker may announce: the leases it may hold (a continuous-batching
+ * worker computes up to 1024 jobs and prefetches more). Counted in the memory bound. */
+#define KB_MAX_CAPACITY 2048
+
 typedef struct kb_lease {
     char job_id[KB_JOB_ID_MAX + 1];
     uint32_t attempt;

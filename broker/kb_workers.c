@@ -9,7 +9,6 @@
 
 #include "ks_sat.h"
 
-#define KB_MAX_CAPACITY 64 /* batch_capacity a worker may announce (memory bound, docs/broker.md) */
 #define KB_MAX_NAME 128
 
 kb_worker *kb_worker_by_name(kb_broker *b, const char *name)
@@ -285,7 +284,7 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
     else if (!r->worker_name || !r->worker_name[0] || strlen(r->worker_name) > KB_MAX_NAME)
         why = "worker_name must be 1..128 bytes";
     else if (!r->has_batch_capacity || r->batch_capacity < 1 || r->batch_capacity > KB_MAX_CAPACITY)
-        why = "batch_capacity must be 1..64";
+        why = "batch_capacity must be 1..2048";
     else if (!kb_worker_by_rid(b, rid, rid_len) && !kb_worker_by_name(b, r->worker_name) &&
              b->n_workers >= b->p.max_workers) {
         /* Full for now, not for good: a slot frees when a worker leaves (§8.1). */

@@ -356,7 +356,9 @@ static void scenario_poison(void)
         kp_inbound_destroy(&in);
     }
     const char *env[] = {"KOSMOS_WORKER_TEST_ABORT_MARKER=POISON-PILL", NULL};
-    const char *one[] = {"--max-batch", "1", NULL};
+    /* One job per worker, none prefetched: a poison job's death takes no other job with it, so
+     * every attempt of the retried job is its own (and fails, with its retry time). */
+    const char *one[] = {"--max-batch", "1", "--prefetch", "0", NULL};
     fh_start_worker(&farm, 0, NULL, one, env);
     fh_start_worker(&farm, 1, NULL, one, env);
     fh_wait_workers(c, 2, 60000);

@@ -251,8 +251,9 @@ static void scenario_unstarted(void)
 {
     fh_start_broker(&farm, NULL);
     fh_client *c = fh_client_new(&farm, "unstarted", false);
-    /* Two slots: the long job computes alone (it came first), the second waits in the worker. */
-    const char *two[] = {"--max-batch", "2", NULL};
+    /* One job computes, one more is prefetched: the long job computes alone (it came first),
+     * the second waits in the worker. */
+    const char *two[] = {"--max-batch", "1", "--prefetch", "1", NULL};
     fh_start_worker(&farm, 0, NULL, two, slow_env);
     fh_wait_workers(c, 1, 60000);
     char long_id[65], queued_id[65];

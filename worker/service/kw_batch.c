@@ -20,6 +20,7 @@
 #define KW_MAX_NEW_TOKENS 1024
 #define KW_MAX_NGRAM 65536       /* no protocol limit; keeps the int conversion safe */
 #define KW_MESSAGE_MAX 1024
+#define KW_KV_BLOCK 64           /* see prompt_params */
 
 uint64_t kw_unix_ms(void)
 {
@@ -48,7 +49,8 @@ ks_status kw_engine_open(kw_engine *e, const kw_engine_params *p)
     const ke_config *c = &e->model.model->config;
     ke_backend_options options = {.slots = p->slots,
                                   .slot_capacity = p->context > 0 ? p->context
-                                                                  : c->text.max_positions};
+                                                                  : c->text.max_positions,
+                                  .kv_tokens = p->kv_tokens};
     e->params.context = options.slot_capacity;
     e->backend = ke_backend_open(e->model.model, p->device, &options);
     if (!e->backend) {
@@ -136,7 +138,7 @@ typedef struct prompt_state {
     ke_gen_params params;
     bool report_seed;
     double encode_ms;
-    int request;      /* index into the batch's requests, or -1 */
+    bool queued;      /* in the scheduler, its result not back yet */
     ke_gen_result result;
     kw_text text;
 } prompt_state;
@@ -148,7 +150,6 @@ typedef struct job_state {
     uint64_t started_unix_ms;
     kw_image image;
     double load_ms;   /* acquiring + decoding the image */
-    int image_index;  /* row block in the batch's embeds, or -1 */
     prompt_state *prompts;
     size_t n_prompts;
 } job_state;
@@ -171,7 +172,6 @@ static void prompt_fail(prompt_state *p, bool retriable, const char *fmt, ...)
 {
     p->status = KOSMOS__V1__STATUS__STATUS_FAILED;
     p->retriable = retriable;
-    p->request = -1;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(p->message, sizeof p->message, fmt, ap);
@@ -365,6 +365,16 @@ static bool prompt_params(const kw_engine *e, const Kosmos__V1__GenerationParams
         prompt_fail(p, e->backend->slot_capacity < c->text.max_positions,
                     "the prompt's %zu tokens + max_new_tokens %d exceed the context of %d tokens",
                     p->encoding.len, q->max_new_tokens, e->backend->slot_capacity);
+        return false;
+    }
+    /* The scheduler reserves each beam's tokens (and one more) before it starts; a request the
+     * whole pool could never hold would wait for ever. Each beam is counted in whole blocks of
+     * KW_KV_BLOCK tokens, a multiple of any backend's page, so it errs on the safe side. */
+    size_t per_beam = (need + 1 + KW_KV_BLOCK - 1) / KW_KV_BLOCK * KW_KV_BLOCK;
+    if (e->params.kv_tokens > 0 && per_beam * (size_t)q->num_beams > e->params.kv_tokens) {
+        prompt_fail(p, true, "the prompt's %zu tokens + max_new_tokens %d x %d beams do not fit "
+                    "in this worker's KV cache of %zu tokens (--kv-tokens)", p->encoding.len,
+                    q->max_new_tokens, q->num_beams, e->params.kv_tokens);
         return false;
     }
     return true;
@@ -661,7 +671,7 @@ static ks_status build_result(const kw_job_in *in, const job_state *j, const kw_
     return st;
 }
 
-/* ---- the batch ------------------------------------------------------------------------------ */
+/* ---- the continuous batch --------------------------------------------------------------- */
 
 static int cancel_status(int reason)
 {
@@ -669,250 +679,390 @@ static int cancel_status(int reason)
                                                                   : KOSMOS__V1__STATUS__STATUS_CANCELLED;
 }
 
-static void apply_cancels(kw_job_in *jobs, job_state *js, size_t n, kw_batch_poll_fn *poll,
-                          void *ctx)
+typedef enum held_phase {
+    HELD_VISION = 0, /* its image waits for a vision pass */
+    HELD_RUNNING,    /* its prompts are in the scheduler (or all ended) */
+} held_phase;
+
+/* One job in the batch. Its address is stable: its prompts' stop hook points at it. */
+typedef struct held_job {
+    kw_batch *b;
+    kw_job_in *in;       /* the caller's, borrowed */
+    job_state js;
+    held_phase phase;
+    uint64_t serial;     /* its prompts' scheduler tags: serial * KW_MAX_PROMPTS + prompt */
+    size_t queued;       /* prompts in the scheduler */
+    double vision_ms;    /* its image's share of its vision pass */
+    bool scheduled;      /* its prompts went into the scheduler */
+    ke_gen_stats at_start; /* the scheduler's totals then */
+} held_job;
+
+struct kw_batch {
+    kw_engine *e;
+    kw_result_meta meta;
+    kw_batch_params p;
+    ke_sched *sched;
+    held_job **jobs;     /* in arrival order */
+    size_t n_jobs, cap_jobs;
+    uint64_t next_serial;
+    float *pixels, *embeds; /* vision_chunk images each */
+    kw_batch_done *done;
+    size_t n_done, cap_done;
+    bool failed;         /* the device failed: nothing more runs */
+};
+
+void kw_batch_params_default(kw_batch_params *p)
 {
-    if (poll)
-        poll(ctx, NULL);
-    for (size_t i = 0; i < n; i++)
-        if (jobs[i].cancel_reason && js[i].status == 0)
-            job_fail(&js[i], cancel_status(jobs[i].cancel_reason), false,
-                     "cancelled by the broker (reason %d)", jobs[i].cancel_reason);
+    memset(p, 0, sizeof *p);
+    p->vision_chunk = 4;
+    p->prefill_tokens = 512;
 }
 
-/* ke_gen_request.stop for a prompt of jobs[i]: the caller's poll (which records cancels, and
- * decides deadlines) once per decode step, then that job's cancel_reason. */
-typedef struct request_stop_ctx {
-    kw_batch_poll_fn *poll;
-    void *poll_ctx;
-    const kw_job_in *job;
-} request_stop_ctx;
-
-static bool request_stop(void *ctx)
+ks_status kw_batch_new(kw_engine *e, const kw_result_meta *meta, const kw_batch_params *params,
+                       kw_batch **out)
 {
-    const request_stop_ctx *r = ctx;
-    if (r->poll)
-        r->poll(r->poll_ctx, r->job);
-    return r->job->cancel_reason != 0;
-}
-
-/* A ke_generate error that comes from the requests rather than the device. */
-static bool request_error(ks_status st)
-{
-    return st == KS_ERR_INVALID || st == KS_ERR_LIMIT || st == KS_ERR_UNSUPPORTED;
-}
-
-ks_status kw_batch_run(kw_engine *e, kw_job_in *jobs, size_t n, const kw_result_meta *meta,
-                       kw_batch_poll_fn *poll, void *poll_ctx, kw_packed *out)
-{
-    const ke_config *c = &e->model.model->config;
-    ks_status st = KS_OK, device_st = KS_OK;
-    char device_msg[KW_MESSAGE_MAX] = "";
-    job_state *js = calloc(n ? n : 1, sizeof *js);
-    float *pixels = NULL, *embeds = NULL;
-    ke_gen_request *requests = NULL;
-    ke_gen_result *results = NULL;
-    prompt_state **owners = NULL;
-    request_stop_ctx *stops = NULL;
-    ke_gen_stats stats = {0};
-    double vision_ms = 0;
-    size_t n_req = 0;
-    int n_img = 0;
-    for (size_t i = 0; i < n; i++)
-        memset(&out[i], 0, sizeof out[i]);
-    if (!js)
+    *out = NULL;
+    kw_batch *b = calloc(1, sizeof *b);
+    if (!b)
         return ks_fail(KS_ERR_NOMEM, "out of memory for a batch");
-
-    /* 1. images and prompts, one job at a time; failures stay with their job or prompt */
-    size_t total_prompts = 0;
-    for (size_t i = 0; i < n; i++) {
-        job_state *j = &js[i];
-        j->started_unix_ms = kw_unix_ms();
-        j->image_index = -1;
-        kw_image_init(&j->image);
-        size_t np = jobs[i].job ? jobs[i].job->n_prompts : 0;
-        if (np > KW_MAX_PROMPTS)
-            np = 0; /* job_prepare fails it */
-        j->prompts = calloc(np ? np : 1, sizeof *j->prompts);
-        if (!j->prompts) {
-            job_fail(j, KOSMOS__V1__STATUS__STATUS_FAILED, true, "out of memory");
-            continue;
-        }
-        j->n_prompts = np;
-        for (size_t k = 0; k < np; k++) {
-            kt_encoding_init(&j->prompts[k].encoding);
-            kw_text_init(&j->prompts[k].text);
-            j->prompts[k].request = -1;
-        }
-        if (jobs[i].cancel_reason) {
-            job_fail(j, cancel_status(jobs[i].cancel_reason), false,
-                     "cancelled by the broker before it ran");
-            continue;
-        }
-        job_prepare(e, &jobs[i], j);
-        total_prompts += np;
-    }
-    apply_cancels(jobs, js, n, poll, poll_ctx);
-
-    /* 2. one vision pass for every image still needed */
+    b->e = e;
+    if (meta)
+        b->meta = *meta;
+    if (params)
+        b->p = *params;
+    else
+        kw_batch_params_default(&b->p);
+    if (b->p.vision_chunk < 1)
+        b->p.vision_chunk = 1;
+    const ke_config *c = &e->model.model->config;
     size_t image_floats = (size_t)c->vision.channels * (size_t)c->vision.image_size *
                           (size_t)c->vision.image_size;
     size_t embed_floats = (size_t)c->latent_query_num * (size_t)c->text.embed_dim;
-    pixels = malloc((n ? n : 1) * image_floats * sizeof *pixels);
-    embeds = malloc((n ? n : 1) * embed_floats * sizeof *embeds);
-    requests = calloc(total_prompts ? total_prompts : 1, sizeof *requests);
-    results = calloc(total_prompts ? total_prompts : 1, sizeof *results);
-    owners = calloc(total_prompts ? total_prompts : 1, sizeof *owners);
-    stops = calloc(total_prompts ? total_prompts : 1, sizeof *stops);
-    if (!pixels || !embeds || !requests || !results || !owners || !stops) {
+    b->pixels = malloc((size_t)b->p.vision_chunk * image_floats * sizeof *b->pixels);
+    b->embeds = malloc((size_t)b->p.vision_chunk * embed_floats * sizeof *b->embeds);
+    ke_sched_params sp = {.prefill_tokens = b->p.prefill_tokens};
+    ks_status st = KS_OK;
+    if (!b->pixels || !b->embeds)
         st = ks_fail(KS_ERR_NOMEM, "out of memory for a batch");
-        for (size_t i = 0; i < n; i++)
-            if (!js[i].status)
-                job_fail(&js[i], KOSMOS__V1__STATUS__STATUS_FAILED, true, "worker out of memory");
-        goto results;
+    else
+        st = ke_sched_new(e->backend, &sp, &b->sched);
+    if (st != KS_OK) {
+        kw_batch_destroy(&b);
+        return st;
     }
-    for (size_t i = 0; i < n; i++) {
-        job_state *j = &js[i];
-        if (j->status)
-            continue;
-        bool any = false;
-        for (size_t k = 0; k < j->n_prompts; k++)
-            any |= j->prompts[k].status == 0;
-        if (!any)
-            continue; /* every prompt failed already: no need for the image */
-        j->image_index = n_img;
-        memcpy(pixels + (size_t)n_img * image_floats, j->image.pixels, image_floats * sizeof *pixels);
-        n_img++;
-    }
-    if (n_img > 0) {
-        double t0 = kw_now_ms();
-        ks_error_clear();
-        st = e->backend->ops->encode_images(e->backend, pixels, n_img, embeds, NULL);
-        vision_ms = (kw_now_ms() - t0) / n_img; /* each image's share of the pass */
-        e->batches++;
-        e->images_encoded += (uint64_t)n_img;
-        if (st != KS_OK) {
-            device_st = st;
-            snprintf(device_msg, sizeof device_msg, "device failure in the vision tower: %s",
-                     ks_error_message());
-            goto device_failed;
-        }
-    }
-    apply_cancels(jobs, js, n, poll, poll_ctx);
+    *out = b;
+    return KS_OK;
+}
 
-    /* 3. every live prompt of every job through one generate call */
-    for (size_t i = 0; i < n; i++) {
-        job_state *j = &js[i];
-        if (j->status || j->image_index < 0)
-            continue;
-        for (size_t k = 0; k < j->n_prompts; k++) {
-            prompt_state *p = &j->prompts[k];
-            if (p->status)
-                continue;
-            p->request = (int)n_req;
-            owners[n_req] = p;
-            stops[n_req] = (request_stop_ctx){poll, poll_ctx, &jobs[i]};
-            requests[n_req] = (ke_gen_request){
-                .input_ids = p->encoding.input_ids.v,
-                .image_embeds_position_mask = p->encoding.image_embeds_position_mask,
-                .len = p->encoding.len, .image = j->image_index, .params = p->params,
-                .stop = request_stop, .stop_ctx = &stops[n_req]};
-            n_req++;
-        }
+static void held_free(held_job *h)
+{
+    if (!h)
+        return;
+    for (size_t k = 0; k < h->js.n_prompts; k++) {
+        kt_encoding_fini(&h->js.prompts[k].encoding);
+        ke_gen_result_fini(&h->js.prompts[k].result);
+        kw_text_fini(&h->js.prompts[k].text);
     }
-    if (n_req > 0) {
-        ks_error_clear();
-        st = ke_generate(e->backend, embeds, n_img, requests, (int)n_req, results, &stats);
-        if (st != KS_OK && request_error(st)) {
-            /* One request the checks above let through: run them one by one, so only that
-             * prompt fails. */
-            ke_gen_stats one;
-            stats = (ke_gen_stats){0};
-            st = KS_OK;
-            for (size_t r = 0; r < n_req && st == KS_OK; r++) {
-                ks_error_clear();
-                ks_status rs = ke_generate(e->backend, embeds, n_img, &requests[r], 1, &results[r],
-                                           &one);
-                stats.prefill_ms += one.prefill_ms;
-                stats.decode_ms += one.decode_ms;
-                if (rs != KS_OK && request_error(rs))
-                    prompt_fail(owners[r], false, "%s", ks_error_message());
-                else
-                    st = rs;
-            }
-        }
-        if (st != KS_OK) {
-            device_st = st;
-            snprintf(device_msg, sizeof device_msg, "device failure while generating: %s",
-                     ks_error_message());
-            goto device_failed;
-        }
-    }
+    free(h->js.prompts);
+    kw_image_fini(&h->js.image);
+    free(h);
+}
 
-    /* 4. text, raw caption and entities, as `kosmos run` makes them */
-    for (size_t r = 0; r < n_req; r++) {
-        prompt_state *p = owners[r];
+static void done_clear(kw_batch *b)
+{
+    for (size_t i = 0; i < b->n_done; i++)
+        free(b->done[i].packed.data);
+    b->n_done = 0;
+}
+
+void kw_batch_destroy(kw_batch **pb)
+{
+    if (!pb || !*pb)
+        return;
+    kw_batch *b = *pb;
+    ke_sched_destroy(&b->sched); /* first: its requests borrow the jobs' encodings */
+    for (size_t i = 0; i < b->n_jobs; i++)
+        held_free(b->jobs[i]);
+    done_clear(b);
+    free(b->done);
+    free(b->jobs);
+    free(b->pixels);
+    free(b->embeds);
+    free(b);
+    *pb = NULL;
+}
+
+size_t kw_batch_jobs(const kw_batch *b) { return b->n_jobs; }
+
+ks_status kw_batch_add(kw_batch *b, kw_job_in *in)
+{
+    if (b->failed)
+        return ks_fail(KS_ERR_DEVICE, "the batch's device failed");
+    if (b->n_jobs == b->cap_jobs) {
+        size_t ncap = b->cap_jobs ? b->cap_jobs * 2 : 16;
+        held_job **grown = realloc(b->jobs, ncap * sizeof *grown);
+        if (!grown)
+            return ks_fail(KS_ERR_NOMEM, "out of memory for a job");
+        b->jobs = grown;
+        b->cap_jobs = ncap;
+    }
+    held_job *h = calloc(1, sizeof *h);
+    size_t np = in->job ? in->job->n_prompts : 0;
+    if (np > KW_MAX_PROMPTS)
+        np = 0; /* job_prepare fails it */
+    if (h)
+        h->js.prompts = calloc(np ? np : 1, sizeof *h->js.prompts);
+    if (!h || !h->js.prompts) {
+        free(h);
+        return ks_fail(KS_ERR_NOMEM, "out of memory for a job");
+    }
+    h->b = b;
+    h->in = in;
+    h->serial = b->next_serial++;
+    job_state *j = &h->js;
+    j->started_unix_ms = kw_unix_ms();
+    kw_image_init(&j->image);
+    j->n_prompts = np;
+    for (size_t k = 0; k < np; k++) {
+        kt_encoding_init(&j->prompts[k].encoding);
+        kw_text_init(&j->prompts[k].text);
+    }
+    if (in->cancel_reason)
+        job_fail(j, cancel_status(in->cancel_reason), false,
+                 "cancelled by the broker before it ran");
+    else
+        job_prepare(b->e, in, j);
+    b->jobs[b->n_jobs++] = h;
+    return KS_OK;
+}
+
+/* ke_gen_request.stop of a job's prompts: asked by the scheduler once a step. */
+static bool held_stop(void *ctx)
+{
+    held_job *h = ctx;
+    if (h->b->p.poll)
+        h->b->p.poll(h->b->p.poll_ctx, h->in);
+    return h->in->cancel_reason != 0;
+}
+
+/* Whether a job still needs its image encoded: not failed, one prompt at least still good. */
+static bool held_wants_vision(const held_job *h)
+{
+    if (h->js.status)
+        return false;
+    for (size_t k = 0; k < h->js.n_prompts; k++)
+        if (h->js.prompts[k].status == 0)
+            return true;
+    return false;
+}
+
+/* Hands a job's good prompts to the scheduler, on the image at row `row` of b->embeds. */
+static ks_status held_start(kw_batch *b, held_job *h, size_t row)
+{
+    const ke_config *c = &b->e->model.model->config;
+    size_t embed_floats = (size_t)c->latent_query_num * (size_t)c->text.embed_dim;
+    int image = -1;
+    ks_status st = ke_sched_add_image(b->sched, b->embeds + row * embed_floats, &image);
+    if (st != KS_OK) {
+        job_fail(&h->js, KOSMOS__V1__STATUS__STATUS_FAILED, true, "%s", ks_error_message());
+        return KS_OK;
+    }
+    ke_sched_stats(b->sched, &h->at_start);
+    h->scheduled = true;
+    for (size_t k = 0; k < h->js.n_prompts; k++) {
+        prompt_state *p = &h->js.prompts[k];
         if (p->status)
             continue;
-        p->result = results[r];
-        memset(&results[r], 0, sizeof results[r]);
+        ke_gen_request r = {.input_ids = p->encoding.input_ids.v,
+                            .image_embeds_position_mask = p->encoding.image_embeds_position_mask,
+                            .len = p->encoding.len, .image = image, .params = p->params,
+                            .stop = held_stop, .stop_ctx = h};
         ks_error_clear();
-        ks_status ts = kw_text_from_ids(e->model.tokenizer, p->result.ids, p->result.len, &p->text);
-        if (ts == KS_OK) {
-            const kt_grounding *g = &p->text.grounding;
-            bool nul = has_nul(g->text ? g->text : "", g->text_len) ||
-                       has_nul(p->text.raw.data ? p->text.raw.data : "", p->text.raw.len);
-            for (size_t k = 0; k < g->entity_count; k++)
-                nul |= has_nul(g->entities[k].phrase, g->entities[k].phrase_len);
-            if (nul)
-                prompt_fail(p, false, "the generated text holds a NUL character, which the "
-                            "protocol cannot carry");
-            else
-                p->status = KOSMOS__V1__STATUS__STATUS_OK;
+        st = ke_sched_add(b->sched, &r, h->serial * KW_MAX_PROMPTS + k);
+        if (st == KS_OK) {
+            p->queued = true;
+            h->queued++;
         } else {
-            prompt_fail(p, status_retriable(ts), "post-processing the output: %s",
-                        ks_error_message());
+            /* a check above let it through (request errors), or no memory: this prompt only */
+            prompt_fail(p, status_retriable(st), "%s", ks_error_message());
         }
     }
-    apply_cancels(jobs, js, n, poll, poll_ctx);
-    for (size_t i = 0; i < n; i++) {
-        const Kosmos__V1__Job *job = jobs[i].job;
-        if (!js[i].status && job && job->has_deadline_unix_ms && job->deadline_unix_ms <= kw_unix_ms())
-            job_fail(&js[i], KOSMOS__V1__STATUS__STATUS_EXPIRED, false,
-                     "the deadline passed while it ran");
+    ke_sched_drop_image(b->sched, image); /* its prompts hold it now */
+    return KS_OK;
+}
+
+/* One vision pass over the next jobs waiting for one (at most vision_chunk images). */
+static ks_status vision_pass(kw_batch *b)
+{
+    const ke_config *c = &b->e->model.model->config;
+    size_t image_floats = (size_t)c->vision.channels * (size_t)c->vision.image_size *
+                          (size_t)c->vision.image_size;
+    held_job *chunk[64];
+    size_t n = 0, limit = (size_t)b->p.vision_chunk < 64 ? (size_t)b->p.vision_chunk : 64;
+    for (size_t i = 0; i < b->n_jobs && n < limit; i++) {
+        held_job *h = b->jobs[i];
+        if (h->phase != HELD_VISION)
+            continue;
+        h->phase = HELD_RUNNING; /* from here it ends when its queued prompts have */
+        if (h->in->cancel_reason || !held_wants_vision(h))
+            continue;
+        memcpy(b->pixels + n * image_floats, h->js.image.pixels, image_floats * sizeof(float));
+        chunk[n++] = h;
     }
-    goto results;
-
-device_failed:
-    for (size_t i = 0; i < n; i++)
-        if (!js[i].status)
-            job_fail(&js[i], KOSMOS__V1__STATUS__STATUS_FAILED, true, "%s", device_msg);
-
-results:
+    if (n == 0)
+        return KS_OK;
+    double t0 = kw_now_ms();
+    ks_error_clear();
+    ks_status st = b->e->backend->ops->encode_images(b->e->backend, b->pixels, (int)n, b->embeds,
+                                                     NULL);
+    double share = (kw_now_ms() - t0) / (double)n; /* each image's share of the pass */
+    b->e->batches++;
+    b->e->images_encoded += n;
+    if (st != KS_OK)
+        return ks_fail(st, "device failure in the vision tower: %s", ks_error_message());
     for (size_t i = 0; i < n; i++) {
-        ks_status rs = build_result(&jobs[i], &js[i], meta, vision_ms, &stats, &out[i]);
+        chunk[i]->vision_ms = share;
+        held_start(b, chunk[i], i);
+    }
+    return KS_OK;
+}
+
+/* The text of a prompt whose ids came back. */
+static void prompt_finish(kw_engine *e, prompt_state *p, ke_gen_result *r)
+{
+    p->queued = false;
+    p->result = *r;
+    memset(r, 0, sizeof *r);
+    ks_error_clear();
+    ks_status ts = kw_text_from_ids(e->model.tokenizer, p->result.ids, p->result.len, &p->text);
+    if (ts != KS_OK) {
+        prompt_fail(p, status_retriable(ts), "post-processing the output: %s", ks_error_message());
+        return;
+    }
+    const kt_grounding *g = &p->text.grounding;
+    bool nul = has_nul(g->text ? g->text : "", g->text_len) ||
+               has_nul(p->text.raw.data ? p->text.raw.data : "", p->text.raw.len);
+    for (size_t k = 0; k < g->entity_count; k++)
+        nul |= has_nul(g->entities[k].phrase, g->entities[k].phrase_len);
+    if (nul)
+        prompt_fail(p, false, "the generated text holds a NUL character, which the protocol "
+                    "cannot carry");
+    else
+        p->status = KOSMOS__V1__STATUS__STATUS_OK;
+}
+
+/* Moves job i to the done list with its Result, and forgets it. */
+static ks_status held_retire(kw_batch *b, size_t i)
+{
+    if (b->n_done == b->cap_done) {
+        size_t ncap = b->cap_done ? b->cap_done * 2 : 16;
+        kw_batch_done *grown = realloc(b->done, ncap * sizeof *grown);
+        if (!grown)
+            return ks_fail(KS_ERR_NOMEM, "out of memory for a result");
+        b->done = grown;
+        b->cap_done = ncap;
+    }
+    held_job *h = b->jobs[i];
+    job_state *j = &h->js;
+    const Kosmos__V1__Job *job = h->in->job;
+    if (!j->status && h->in->cancel_reason)
+        job_fail(j, cancel_status(h->in->cancel_reason), false,
+                 "cancelled by the broker (reason %d)", h->in->cancel_reason);
+    if (!j->status && job && job->has_deadline_unix_ms && job->deadline_unix_ms <= kw_unix_ms())
+        job_fail(j, KOSMOS__V1__STATUS__STATUS_EXPIRED, false, "the deadline passed while it ran");
+    /* prefill and decode: the scheduler's time while the job's prompts were in it */
+    ke_gen_stats now, stats = {0};
+    if (h->scheduled && b->sched) {
+        ke_sched_stats(b->sched, &now);
+        stats.prefill_ms = now.prefill_ms - h->at_start.prefill_ms;
+        stats.decode_ms = now.decode_ms - h->at_start.decode_ms;
+    }
+    kw_batch_done *d = &b->done[b->n_done++];
+    d->in = h->in;
+    memset(&d->packed, 0, sizeof d->packed);
+    ks_status st = build_result(h->in, j, &b->meta, h->vision_ms, &stats, &d->packed);
+    held_free(h);
+    memmove(b->jobs + i, b->jobs + i + 1, (b->n_jobs - i - 1) * sizeof *b->jobs);
+    b->n_jobs--;
+    return st;
+}
+
+/* Retires every job with nothing left to compute: failed or cancelled before its vision pass,
+ * or all its prompts back. */
+static ks_status retire_ended(kw_batch *b)
+{
+    ks_status st = KS_OK;
+    for (size_t i = 0; i < b->n_jobs;) {
+        held_job *h = b->jobs[i];
+        bool ended = h->phase == HELD_RUNNING ? h->queued == 0
+                                              : h->in->cancel_reason || !held_wants_vision(h);
+        if (!ended) {
+            i++;
+            continue;
+        }
+        ks_status rs = held_retire(b, i);
         if (rs != KS_OK && st == KS_OK)
             st = rs;
     }
-    for (size_t i = 0; i < n; i++) {
-        for (size_t k = 0; k < js[i].n_prompts; k++) {
-            kt_encoding_fini(&js[i].prompts[k].encoding);
-            ke_gen_result_fini(&js[i].prompts[k].result);
-            kw_text_fini(&js[i].prompts[k].text);
-        }
-        free(js[i].prompts);
-        kw_image_fini(&js[i].image);
+    return st;
+}
+
+/* The device failed: every job held ends FAILED, retriable, with `message`. */
+static void fail_all(kw_batch *b, const char *message)
+{
+    b->failed = true;
+    ke_sched_destroy(&b->sched); /* first: its requests borrow the jobs' encodings */
+    for (size_t i = 0; i < b->n_jobs; i++) {
+        held_job *h = b->jobs[i];
+        h->queued = 0;
+        h->phase = HELD_RUNNING;
+        job_fail(&h->js, KOSMOS__V1__STATUS__STATUS_FAILED, true, "%s", message);
     }
-    for (size_t r = 0; results && r < n_req; r++)
-        ke_gen_result_fini(&results[r]);
-    free(js);
-    free(pixels);
-    free(embeds);
-    free(requests);
-    free(results);
-    free(owners);
-    free(stops);
-    if (device_st != KS_OK)
-        return ks_fail(device_st, "%s", device_msg);
+    while (b->n_jobs > 0)
+        if (held_retire(b, 0) != KS_OK)
+            ks_error_clear(); /* that job's Result stays empty; the caller answers for it */
+}
+
+ks_status kw_batch_step(kw_batch *b, kw_batch_done **done, size_t *n_done)
+{
+    done_clear(b);
+    *done = b->done;
+    *n_done = 0;
+    if (b->failed)
+        return ks_fail(KS_ERR_DEVICE, "the batch's device failed");
+    ks_status st = retire_ended(b);
+    ks_status device = vision_pass(b);
+    char message[KW_MESSAGE_MAX];
+    if (device == KS_OK && ke_sched_pending(b->sched) > 0) {
+        ke_sched_done *sd = NULL;
+        int n_sd = 0;
+        ks_error_clear();
+        device = ke_sched_step(b->sched, &sd, &n_sd);
+        if (device != KS_OK)
+            ks_error_prefix("device failure while generating");
+        for (int d = 0; d < n_sd; d++) {
+            uint64_t serial = sd[d].tag / KW_MAX_PROMPTS;
+            size_t k = (size_t)(sd[d].tag % KW_MAX_PROMPTS);
+            for (size_t i = 0; i < b->n_jobs; i++) {
+                held_job *h = b->jobs[i];
+                if (h->serial != serial || k >= h->js.n_prompts || !h->js.prompts[k].queued)
+                    continue;
+                prompt_finish(b->e, &h->js.prompts[k], &sd[d].result);
+                h->queued--;
+                break;
+            }
+        }
+    }
+    if (device != KS_OK) {
+        snprintf(message, sizeof message, "%s", ks_error_message());
+        fail_all(b, message);
+        *n_done = b->n_done;
+        return ks_fail(device, "%s", message);
+    }
+    ks_status rs = retire_ended(b);
+    if (st == KS_OK)
+        st = rs;
+    *done = b->done;
+    *n_done = b->n_done;
     return st;
 }

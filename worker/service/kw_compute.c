@@ -1,13 +1,15 @@
-/* kw_compute: the worker's compute thread. It owns the engine and the compute end of the
- * inproc pipe: it queues the dispatches the I/O thread hands it (never more than the credit
- * the worker granted, i.e. --max-batch), and runs whatever is queued, up to --max-batch jobs,
- * as one batch (dynamic batching: jobs that arrive during a batch form the next one). Before a
- * batch computes, the broker learns that its jobs started (STARTED, then START_OK from the I/O
- * thread once the broker confirmed it: a job that kills the worker is charged a crash, one
- * still queued is not, protocol.md §8.4). Between the phases of a batch and at every decode
- * step it reads the pipe and decides stops, so a cancel, a passed deadline or the end of the
- * shutdown grace stops that job within one step while the others go on (§8.6). It never
- * touches the broker socket. */
+/* kw_compute: the worker's compute thread. It owns the engine, one long-lived continuous batch
+ * (kw_batch) and the compute end of the inproc pipe. Each turn of its loop reads the pipe (new
+ * dispatches, cancels, the stop), decides stops (a cancel, a passed deadline, the end of the
+ * shutdown grace), admits queued jobs while fewer than --max-batch compute, runs one batch step
+ * and sends the Result of every job that ended in it: a job arriving while others decode joins
+ * them at the next step, and a short one leaves before a long one that came first. The I/O
+ * thread grants credit for --max-batch jobs plus a few prefetched (kw_worker.c), which wait
+ * here until a job ends. Before a job computes the broker learns that it started (STARTED, then
+ * START_OK from the I/O thread once the broker confirmed it: a job that kills the worker is
+ * charged a crash, one still queued is not, protocol.md §8.4); the others go on computing
+ * meanwhile. A job whose reason to stop is set ends at the next step while the others go on
+ * (§8.6). It never touches the broker socket. */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -62,15 +64,25 @@ void kw_roots_destroy(kw_roots **r)
     *r = NULL;
 }
 
+typedef enum task_phase {
+    TASK_QUEUED = 0, /* dispatched, not started */
+    TASK_STARTING,   /* STARTED sent, waiting for START_OK */
+    TASK_READY,      /* START_OK came: joins the batch at the next turn */
+    TASK_RUNNING     /* in the batch */
+} task_phase;
+
+typedef struct held_task {
+    kw_task *t;
+    task_phase phase;
+} held_task;
+
 typedef struct compute_state {
     kw_compute *c;
     void *pipe;
     kw_roots *roots; /* the Welcome's image roots in use (the engine borrows them) */
-    kw_task **queue; /* FIFO of tasks not yet in a batch */
-    size_t n_queue, cap_queue;
-    kw_task **batch; /* the batch running now */
-    size_t n_batch;
-    size_t start_oks; /* START_OKs received for the batch about to compute */
+    kw_batch *batch; /* the continuous batch, for the thread's life */
+    held_task *tasks; /* every task held, in arrival order */
+    size_t n_tasks, cap_tasks;
     bool stopping;
     uint64_t stop_at; /* with stopping: the end of the running sequences' grace (unix ms) */
     bool failed; /* the pipe broke: stop */
@@ -79,62 +91,99 @@ typedef struct compute_state {
     long step_ms;
 } compute_state;
 
-static void queue_push(compute_state *s, kw_task *t)
+static void send_done(compute_state *s, kw_task *t, kw_packed *packed)
 {
-    if (s->n_queue == s->cap_queue) {
-        size_t ncap = s->cap_queue ? s->cap_queue * 2 : 16;
-        kw_task **grown = realloc(s->queue, ncap * sizeof *grown);
+    kw_done *d = calloc(1, sizeof *d);
+    if (d && packed->data) {
+        snprintf(d->job_id, sizeof d->job_id, "%s", t->job_id);
+        d->attempt = t->job.attempt;
+        d->packed = *packed;
+        packed->data = NULL;
+        kw_msg m = {.type = KW_MSG_RESULT, .done = d};
+        if (kw_msg_send(s->pipe, &m) == KS_OK)
+            d = NULL;
+        else
+            s->failed = true;
+    }
+    if (d)
+        free(d->packed.data);
+    free(d);
+    free(packed->data);
+    packed->data = NULL;
+}
+
+/* A Result for a task that cannot be held or computed: FAILED, retriable (protocol.md §8.3). */
+static void answer_failed(compute_state *s, kw_task *t, const char *message)
+{
+    kw_packed p = {0};
+    if (kw_result_simple(&t->job, &s->c->meta, KOSMOS__V1__STATUS__STATUS_FAILED, true, message,
+                         &p) == KS_OK)
+        send_done(s, t, &p);
+}
+
+static void task_push(compute_state *s, kw_task *t)
+{
+    if (s->n_tasks == s->cap_tasks) {
+        size_t ncap = s->cap_tasks ? s->cap_tasks * 2 : 16;
+        held_task *grown = realloc(s->tasks, ncap * sizeof *grown);
         if (!grown) {
-            /* Cannot hold it: answer at once, retriable (protocol.md §8.3). */
-            kw_done *d = calloc(1, sizeof *d);
-            if (d && kw_result_simple(&t->job, &s->c->meta, KOSMOS__V1__STATUS__STATUS_FAILED,
-                                      true, "worker out of memory", &d->packed) == KS_OK) {
-                snprintf(d->job_id, sizeof d->job_id, "%s", t->job_id);
-                d->attempt = t->job.attempt;
-                kw_msg m = {.type = KW_MSG_RESULT, .done = d};
-                if (kw_msg_send(s->pipe, &m) == KS_OK)
-                    d = NULL;
-            }
-            if (d)
-                free(d->packed.data);
-            free(d);
+            answer_failed(s, t, "worker out of memory");
             kw_task_destroy(&t);
             return;
         }
-        s->queue = grown;
-        s->cap_queue = ncap;
+        s->tasks = grown;
+        s->cap_tasks = ncap;
     }
-    s->queue[s->n_queue++] = t;
+    s->tasks[s->n_tasks++] = (held_task){t, TASK_QUEUED};
 }
 
-static void mark_cancel(compute_state *s, const kw_msg *m)
+static held_task *task_find(compute_state *s, const char *job_id, uint32_t attempt)
 {
-    for (size_t i = 0; i < s->n_batch; i++)
-        if (s->batch[i]->job.attempt == m->attempt && strcmp(s->batch[i]->job_id, m->job_id) == 0)
-            s->batch[i]->job.cancel_reason = m->reason ? m->reason : 1;
-    for (size_t i = 0; i < s->n_queue; i++)
-        if (s->queue[i]->job.attempt == m->attempt && strcmp(s->queue[i]->job_id, m->job_id) == 0)
-            s->queue[i]->job.cancel_reason = m->reason ? m->reason : 1;
+    for (size_t i = 0; i < s->n_tasks; i++)
+        if (s->tasks[i].t->job.attempt == attempt && strcmp(s->tasks[i].t->job_id, job_id) == 0)
+            return &s->tasks[i];
+    return NULL;
+}
+
+static void task_remove(compute_state *s, size_t i)
+{
+    kw_task_destroy(&s->tasks[i].t);
+    memmove(s->tasks + i, s->tasks + i + 1, (s->n_tasks - i - 1) * sizeof *s->tasks);
+    s->n_tasks--;
+}
+
+static size_t count_phase(const compute_state *s, task_phase lo, task_phase hi)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_tasks; i++)
+        n += s->tasks[i].phase >= lo && s->tasks[i].phase <= hi;
+    return n;
 }
 
 static void handle(compute_state *s, const kw_msg *m)
 {
     switch (m->type) {
     case KW_MSG_TASK:
-        queue_push(s, m->task);
+        task_push(s, m->task);
         break;
-    case KW_MSG_CANCEL:
-        mark_cancel(s, m);
+    case KW_MSG_CANCEL: {
+        held_task *h = task_find(s, m->job_id, m->attempt);
+        if (h && !h->t->job.cancel_reason)
+            h->t->job.cancel_reason = m->reason ? m->reason : 1;
         break;
+    }
     case KW_MSG_STOP:
         s->stopping = true;
         s->stop_at = m->at;
         break;
-    case KW_MSG_START_OK:
-        s->start_oks++;
+    case KW_MSG_START_OK: {
+        held_task *h = task_find(s, m->job_id, m->attempt);
+        if (h && h->phase == TASK_STARTING)
+            h->phase = TASK_READY;
         break;
+    }
     case KW_MSG_ROOTS: {
-        /* Only between the batch's image reads and the next batch's: this thread reads them. */
+        /* Images are read on this thread (kw_batch_add), so the swap is safe between them. */
         kw_roots *old = s->roots;
         s->roots = m->roots;
         s->c->engine->params.image_roots = (const char *const *)s->roots->paths;
@@ -147,26 +196,22 @@ static void handle(compute_state *s, const kw_msg *m)
     }
 }
 
-/* Reads every message waiting on the pipe. */
-static void drain(compute_state *s)
+/* Reads every message waiting on the pipe; with `block`, waits for one first. */
+static void drain(compute_state *s, bool block)
 {
     for (;;) {
         kw_msg m;
         bool got = false;
-        if (kw_msg_recv(s->pipe, &m, ZMQ_DONTWAIT, &got) != KS_OK) {
+        if (kw_msg_recv(s->pipe, &m, block ? 0 : ZMQ_DONTWAIT, &got) != KS_OK) {
             s->failed = true;
             return;
         }
         if (!got)
             return;
         handle(s, &m);
+        block = false;
     }
 }
-
-typedef struct poll_ctx {
-    compute_state *s;
-    kw_job_in *jobs; /* the batch's inputs, parallel to s->batch */
-} poll_ctx;
 
 static void sleep_ms(long ms)
 {
@@ -184,136 +229,150 @@ static bool job_has_marker(const kw_job_in *in, const char *marker)
     return false;
 }
 
-/* Between the phases of a batch and at each decode step (kw_batch_poll_fn): read the pipe and
- * decide which jobs stop - a cancel from the broker, a deadline that passed, the shutdown
- * grace that ran out (handed back) - on the batch's inputs. The first reason stays. */
+/* kw_batch_poll_fn: the slow-device test hook (test_hooks below). */
 static void poll_cb(void *ctx, const kw_job_in *job)
 {
-    poll_ctx *p = ctx;
-    compute_state *s = p->s;
+    compute_state *s = ctx;
     if (job && s->step_ms > 0 && job_has_marker(job, s->slow_marker))
-        sleep_ms(s->step_ms); /* test hook: a decode step of a long job */
-    drain(s);
+        sleep_ms(s->step_ms);
+}
+
+/* Which held jobs stop: a deadline that passed, the shutdown grace that ran out (handed back).
+ * A cancel from the broker was recorded as it came. The first reason stays. */
+static void decide_stops(compute_state *s)
+{
     uint64_t now = kw_unix_ms();
-    for (size_t i = 0; i < s->n_batch; i++) {
-        kw_job_in *in = &s->batch[i]->job;
+    for (size_t i = 0; i < s->n_tasks; i++) {
+        kw_job_in *in = &s->tasks[i].t->job;
         const Kosmos__V1__Job *pj = in->job;
+        if (s->tasks[i].phase != TASK_RUNNING)
+            continue; /* a queued job's deadline is checked as it joins (EXPIRED, not run) */
         if (!in->cancel_reason && pj && pj->has_deadline_unix_ms && pj->deadline_unix_ms <= now)
             in->cancel_reason = KOSMOS__V1__CANCEL__REASON__REASON_DEADLINE;
         if (!in->cancel_reason && s->stopping && now >= s->stop_at)
             in->cancel_reason = KW_REASON_HANDBACK;
-        p->jobs[i].cancel_reason = in->cancel_reason;
     }
 }
 
 /* Test-only fault hooks, read from the environment; unset (always, outside tests) they do
- * nothing. tests/integration/test_faults.c and test_hardening.c use them to make a slow device,
- * a poison job and a long job:
- *   KOSMOS_WORKER_TEST_SLEEP_MS=N     sleep N ms before each batch (heartbeats go on)
- *   KOSMOS_WORKER_TEST_ABORT_MARKER=S abort() the process when a prompt of the batch contains S
- *   KOSMOS_WORKER_TEST_SLOW_MARKER=S with KOSMOS_WORKER_TEST_STEP_MS=N: each decode step of
- *                                     each prompt of a job whose prompt contains S takes N ms
- *                                     more, for as long as the engine keeps generating it: a
- *                                     long job (on the tiny model real ones take milliseconds)
+ * nothing. tests/integration/test_faults.c, test_hardening.c and test_continuous.c use them to
+ * make a slow device, a poison job and a long job:
+ *   KOSMOS_WORKER_TEST_SLEEP_MS=N     sleep N ms before jobs join the batch (heartbeats go on)
+ *   KOSMOS_WORKER_TEST_ABORT_MARKER=S abort() the process when a job whose prompt contains S
+ *                                     joins the batch
+ *   KOSMOS_WORKER_TEST_SLOW_MARKER=S with KOSMOS_WORKER_TEST_STEP_MS=N: each step of each
+ *                                     prompt of a job whose prompt contains S takes N ms more,
+ *                                     for as long as the engine holds it: a long job (on the
+ *                                     tiny model real ones take milliseconds)
  * They are not options on purpose: no deployment has a reason to set them. */
-static void test_hooks(const kw_job_in *jobs, size_t n)
+static void test_hooks(const kw_job_in *job)
 {
     const char *marker = getenv("KOSMOS_WORKER_TEST_ABORT_MARKER");
-    const char *ms = getenv("KOSMOS_WORKER_TEST_SLEEP_MS");
-    for (size_t i = 0; i < n; i++) {
-        if (job_has_marker(&jobs[i], marker)) {
-            kw_log(KW_ERROR, "test_abort", "\"job\":\"%s\",\"attempt\":%u", jobs[i].job_id,
-                   jobs[i].attempt);
-            abort();
-        }
+    if (job_has_marker(job, marker)) {
+        kw_log(KW_ERROR, "test_abort", "\"job\":\"%s\",\"attempt\":%u", job->job_id,
+               job->attempt);
+        abort();
     }
+}
+
+static void test_sleep(void)
+{
+    const char *ms = getenv("KOSMOS_WORKER_TEST_SLEEP_MS");
     if (ms && *ms)
         sleep_ms(strtol(ms, NULL, 10));
 }
 
-/* Tells the I/O thread that the batch's jobs start, and waits until it says the broker knows
- * (or need not: an older broker, no connection, a bounded wait; kw_worker.c). */
-static void announce_start(compute_state *s)
+/* Starts queued jobs while fewer than max_batch compute or start: tells the I/O thread (which
+ * answers START_OK once the broker knows, or need not: an older broker, no connection, a
+ * bounded wait; kw_worker.c). The batch goes on meanwhile. */
+static void announce_starts(compute_state *s)
 {
-    s->start_oks = 0;
-    for (size_t i = 0; i < s->n_batch && !s->failed; i++) {
-        kw_msg m = {.type = KW_MSG_STARTED, .attempt = s->batch[i]->job.attempt};
-        snprintf(m.job_id, sizeof m.job_id, "%s", s->batch[i]->job_id);
+    size_t busy = count_phase(s, TASK_STARTING, TASK_RUNNING);
+    for (size_t i = 0; i < s->n_tasks && busy < (size_t)s->c->max_batch && !s->failed; i++) {
+        held_task *h = &s->tasks[i];
+        if (h->phase != TASK_QUEUED)
+            continue;
+        kw_msg m = {.type = KW_MSG_STARTED, .attempt = h->t->job.attempt};
+        snprintf(m.job_id, sizeof m.job_id, "%s", h->t->job_id);
         if (kw_msg_send(s->pipe, &m) != KS_OK)
             s->failed = true;
+        h->phase = TASK_STARTING;
+        busy++;
     }
-    while (!s->failed && s->start_oks < s->n_batch) {
-        kw_msg m;
-        bool got = false;
-        if (kw_msg_recv(s->pipe, &m, 0, &got) != KS_OK)
-            s->failed = true;
-        else if (got)
-            handle(s, &m);
-    }
-    for (size_t i = 0; i < s->n_batch; i++)
-        kw_log(KW_INFO, "computing", "\"job\":\"%s\",\"attempt\":%u", s->batch[i]->job_id,
-               s->batch[i]->job.attempt);
 }
 
-/* Runs the first max_batch queued tasks; returns the batch's status (a device error ends the
- * thread). */
-static ks_status run_batch(compute_state *s)
+/* Puts the jobs whose start the broker knows into the batch. */
+static ks_status admit_ready(compute_state *s)
 {
-    kw_compute *c = s->c;
-    size_t n = s->n_queue < (size_t)c->max_batch ? s->n_queue : (size_t)c->max_batch;
-    s->n_batch = n;
-    memcpy(s->batch, s->queue, n * sizeof *s->batch);
-    memmove(s->queue, s->queue + n, (s->n_queue - n) * sizeof *s->queue);
-    s->n_queue -= n;
-
-    kw_job_in *jobs = calloc(n, sizeof *jobs);
-    kw_packed *out = calloc(n, sizeof *out);
-    ks_status st;
-    if (!jobs || !out) {
-        st = ks_fail(KS_ERR_NOMEM, "out of memory for a batch");
-    } else {
-        double t0 = kw_now_ms();
-        announce_start(s);
-        for (size_t i = 0; i < n; i++)
-            jobs[i] = s->batch[i]->job;
-        test_hooks(jobs, n);
-        poll_ctx pc = {s, jobs};
-        st = kw_batch_run(c->engine, jobs, n, &c->meta, poll_cb, &pc, out);
-        kw_log(KW_INFO, "batch", "\"jobs\":%zu,\"ms\":%.1f,\"images_encoded\":%llu", n,
-               kw_now_ms() - t0, (unsigned long long)c->engine->images_encoded);
+    bool slept = false;
+    for (size_t i = 0; i < s->n_tasks;) {
+        held_task *h = &s->tasks[i];
+        if (h->phase != TASK_READY) {
+            i++;
+            continue;
+        }
+        if (!slept) {
+            test_sleep();
+            slept = true;
+        }
+        test_hooks(&h->t->job);
+        kw_log(KW_INFO, "computing", "\"job\":\"%s\",\"attempt\":%u", h->t->job_id,
+               h->t->job.attempt);
+        ks_status st = kw_batch_add(s->batch, &h->t->job);
+        if (st == KS_ERR_NOMEM) {
+            answer_failed(s, h->t, "worker out of memory");
+            task_remove(s, i);
+            continue;
+        }
+        if (st != KS_OK)
+            return st;
+        h->phase = TASK_RUNNING;
+        i++;
     }
-    for (size_t i = 0; i < n; i++) {
-        kw_task *t = s->batch[i];
+    return KS_OK;
+}
+
+/* One batch step; sends the Results of the jobs that ended in it. A device error is returned
+ * (every job held is then answered, FAILED and retriable). */
+static ks_status step(compute_state *s)
+{
+    kw_batch_done *done = NULL;
+    size_t n_done = 0;
+    ks_status st = kw_batch_step(s->batch, &done, &n_done);
+    for (size_t d = 0; d < n_done; d++) {
+        size_t i = 0;
+        while (i < s->n_tasks && &s->tasks[i].t->job != done[d].in)
+            i++;
+        if (i == s->n_tasks)
+            continue; /* cannot happen: the batch holds only our tasks */
+        kw_task *t = s->tasks[i].t;
         if (t->job.cancel_reason == KW_REASON_HANDBACK) {
             /* Not finished in the shutdown grace: no Result; the Disconnect hands it back. */
             kw_log(KW_INFO, "handed_back", "\"job\":\"%s\",\"attempt\":%u", t->job_id,
                    t->job.attempt);
-            kw_task_destroy(&s->batch[i]);
-            continue;
+        } else if (done[d].packed.data) {
+            kw_log(KW_INFO, "job_done", "\"job\":\"%s\",\"attempt\":%u,\"running\":%zu",
+                   t->job_id, t->job.attempt, kw_batch_jobs(s->batch));
+            send_done(s, t, &done[d].packed);
+        } else {
+            answer_failed(s, t, "worker out of memory building the result");
         }
-        kw_done *d = calloc(1, sizeof *d);
-        if (d && out && out[i].data) {
-            snprintf(d->job_id, sizeof d->job_id, "%s", t->job_id);
-            d->attempt = t->job.attempt;
-            d->packed = out[i];
-            out[i].data = NULL;
-            kw_msg m = {.type = KW_MSG_RESULT, .done = d};
-            if (kw_msg_send(s->pipe, &m) == KS_OK)
-                d = NULL;
-            else
-                s->failed = true;
-        }
-        if (d)
-            free(d->packed.data);
-        free(d);
-        kw_task_destroy(&s->batch[i]);
+        task_remove(s, i);
     }
-    s->n_batch = 0;
-    for (size_t i = 0; out && i < n; i++)
-        free(out[i].data);
-    free(out);
-    free(jobs);
     return st;
+}
+
+/* Whether the loop has something to do before the next message: a step, a job to admit or to
+ * announce, the end of a stop. Otherwise it waits for the pipe (a dispatch, a START_OK, the
+ * stop). */
+static bool has_work(const compute_state *s)
+{
+    size_t busy = count_phase(s, TASK_STARTING, TASK_RUNNING);
+    if (kw_batch_jobs(s->batch) > 0 || count_phase(s, TASK_READY, TASK_READY) > 0)
+        return true;
+    if (s->stopping)
+        return count_phase(s, TASK_RUNNING, TASK_RUNNING) == 0;
+    return busy < (size_t)s->c->max_batch && count_phase(s, TASK_QUEUED, TASK_QUEUED) > 0;
 }
 
 static void *compute_main(void *arg)
@@ -325,48 +384,57 @@ static void *compute_main(void *arg)
     s.slow_marker = getenv("KOSMOS_WORKER_TEST_SLOW_MARKER");
     s.step_ms = step_ms ? strtol(step_ms, NULL, 10) : 0;
     s.pipe = zmq_socket(c->zmq_ctx, ZMQ_PAIR);
-    s.batch = calloc((size_t)c->max_batch, sizeof *s.batch);
-    if (!s.pipe || !s.batch || zmq_connect(s.pipe, c->endpoint) != 0) {
+    if (!s.pipe || zmq_connect(s.pipe, c->endpoint) != 0) {
         kw_log(KW_ERROR, "compute_start_failed", "\"error\":\"%s\"", zmq_strerror(errno));
         goto done;
     }
+    kw_batch_params bp = c->batch;
+    bp.poll = poll_cb;
+    bp.poll_ctx = &s;
+    if (kw_batch_new(c->engine, &c->meta, &bp, &s.batch) != KS_OK) {
+        snprintf(fatal, sizeof fatal, "%s", ks_error_message());
+        goto done;
+    }
     while (!s.failed) {
-        if (s.n_queue == 0 && !s.stopping) {
-            kw_msg m;
-            bool got = false;
-            if (kw_msg_recv(s.pipe, &m, 0, &got) != KS_OK) {
-                s.failed = true;
-                break;
-            }
-            if (got)
-                handle(&s, &m);
-        }
-        drain(&s);
-        if (s.stopping || s.failed)
+        drain(&s, !has_work(&s)); /* nothing to do without the pipe: wait for it */
+        if (s.failed)
             break;
-        if (s.n_queue == 0)
-            continue;
-        ks_status st = run_batch(&s);
+        decide_stops(&s);
+        if (s.stopping) {
+            /* Only the running jobs finish (or are handed back); the rest go back unstarted. */
+            for (size_t i = 0; i < s.n_tasks;)
+                if (s.tasks[i].phase != TASK_RUNNING)
+                    task_remove(&s, i);
+                else
+                    i++;
+            if (s.n_tasks == 0)
+                break;
+        } else {
+            announce_starts(&s);
+        }
+        ks_status st = admit_ready(&s);
+        if (st == KS_OK && kw_batch_jobs(s.batch) > 0)
+            st = step(&s);
         if (st != KS_OK && st != KS_ERR_NOMEM) {
             snprintf(fatal, sizeof fatal, "%s", ks_error_message());
             break;
         }
     }
+done:
     if (fatal[0]) {
         kw_msg m = {.type = KW_MSG_FATAL};
         snprintf(m.message, sizeof m.message, "%s", fatal);
         kw_msg_send(s.pipe, &m);
     }
-    /* Whatever is still queued was never started: the I/O thread hands it back to the broker
+    /* Whatever is still held never finished: the I/O thread hands it back to the broker
      * (Disconnect lapses its leases without counting a crash, protocol.md §8.8). */
-    for (size_t i = 0; i < s.n_queue; i++)
-        kw_task_destroy(&s.queue[i]);
-done:;
+    kw_batch_destroy(&s.batch);
+    while (s.n_tasks > 0)
+        task_remove(&s, s.n_tasks - 1);
     kw_msg stopped = {.type = KW_MSG_STOPPED};
     if (s.pipe)
         kw_msg_send(s.pipe, &stopped);
-    free(s.queue);
-    free(s.batch);
+    free(s.tasks);
     if (s.roots) {
         c->engine->params.image_roots = NULL;
         c->engine->params.n_image_roots = 0;

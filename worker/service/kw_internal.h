@@ -16,7 +16,8 @@
 typedef enum kw_msg_type {
     KW_MSG_TASK = 1, /* io -> compute: a dispatch to run (task) */
     KW_MSG_CANCEL,   /* io -> compute: stop (job_id, attempt) if it is held (reason) */
-    KW_MSG_STOP,     /* io -> compute: finish the running batch, drop the queue, then STOPPED */
+    KW_MSG_STOP,     /* io -> compute: finish the running jobs (grace until `at`), drop the
+                      * others, then STOPPED */
     KW_MSG_RESULT,   /* compute -> io: the packed Result of one task (done) */
     KW_MSG_STOPPED,  /* compute -> io: the thread is about to exit; nothing more will come */
     KW_MSG_FATAL,    /* compute -> io: the device failed (message); STOPPED follows */
@@ -71,7 +72,8 @@ typedef struct kw_compute {
     void *zmq_ctx;          /* borrowed */
     const char *endpoint;   /* inproc:// endpoint the io thread bound */
     kw_engine *engine;      /* borrowed; driven only by the compute thread once started */
-    int max_batch;
+    int max_batch;          /* jobs computed at once */
+    kw_batch_params batch;  /* vision chunk, prefill budget (poll is the thread's own) */
     kw_result_meta meta;
     pthread_t thread;
     bool started;

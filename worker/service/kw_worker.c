@@ -7,7 +7,8 @@
  *
  * It keeps the leases the worker holds (dispatched, no Result yet: listed in every Heartbeat and
  * in Ready.running after a reconnect) and the Results not yet acknowledged (resent after every
- * Welcome). Credit: max_batch minus the leases after each Welcome, 1 after each Result. */
+ * Welcome). Credit: the capacity (max_batch computing + prefetch waiting) minus the leases after
+ * each Welcome, 1 after each Result. */
 #include "kw_worker.h"
 
 #include <errno.h>
@@ -25,11 +26,22 @@
 #define KOSMOS_VERSION "0"
 #endif
 
+int kw_worker_capacity(const kw_worker_params *p)
+{
+    int prefetch = p->prefetch;
+    if (prefetch < 0) { /* a quarter of the batch, 1..64: enough to refill it as jobs end */
+        prefetch = (p->max_batch + 3) / 4;
+        prefetch = prefetch < 1 ? 1 : prefetch > 64 ? 64 : prefetch;
+    }
+    return p->max_batch + prefetch;
+}
+
 void kw_worker_params_default(kw_worker_params *p)
 {
     memset(p, 0, sizeof *p);
     kw_engine_params_default(&p->engine);
     p->max_batch = 4;
+    p->prefetch = -1;
     p->heartbeat_ms = 1000;
     p->heartbeat_liveness = 3;
     p->reconnect_max_ms = 30000;
@@ -132,7 +144,7 @@ static void send_ready(kw_io *io)
     d.has_memory_bytes = io->device.memory_bytes > 0;
     d.memory_bytes = io->device.memory_bytes;
     r.device = &d;
-    r.batch_capacity = (uint32_t)io->p->max_batch;
+    r.batch_capacity = (uint32_t)kw_worker_capacity(io->p);
     r.software_version = "kosmos-worker " KOSMOS_VERSION;
     if (list) {
         r.running = list;
@@ -606,8 +618,8 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
         send_roots(io, w);
         for (size_t i = 0; i < io->n_pending; i++)
             send_pending(io, &io->pending[i]);
-        if (!io->stopping && (size_t)io->p->max_batch > io->n_leases)
-            send_credit(io, (uint32_t)((size_t)io->p->max_batch - io->n_leases));
+        if (!io->stopping && (size_t)kw_worker_capacity(io->p) > io->n_leases)
+            send_credit(io, (uint32_t)((size_t)kw_worker_capacity(io->p) - io->n_leases));
         if (!io->confirms_start)
             release_starts(io, NULL, true); /* a broker that does not confirm: do not wait */
         else
@@ -852,10 +864,12 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
      * (PoCL) it lives in this process's anonymous memory, committed as it is first touched; the
      * weights are written at start, so RssAnon - weight_bytes is what the host itself holds. */
     kw_log(KW_INFO, "started", "\"name\":%s,\"model_id\":\"%s\",\"model_hash\":\"%s\","
-           "\"device\":\"%s\",\"max_batch\":%d,\"slots\":%d,\"context\":%d,\"load_ms\":%.0f,"
+           "\"device\":\"%s\",\"max_batch\":%d,\"capacity\":%d,\"slots\":%d,\"context\":%d,"
+           "\"kv_tokens\":%zu,\"load_ms\":%.0f,"
            "\"device_bytes\":%zu,\"weight_bytes\":%zu",
            kw_log_str(esc, sizeof esc, io.name), io.model_id ? io.model_id : "", io.model_hash,
-           io.device.name, p->max_batch, engine.backend->slots, engine.backend->slot_capacity,
+           io.device.name, p->max_batch, kw_worker_capacity(p), engine.backend->slots,
+           engine.backend->slot_capacity, p->engine.kv_tokens,
            kw_now_ms() - t0, backend_stats.device_bytes, backend_stats.weight_bytes);
 
     io.ctx = zmq_ctx_new();
@@ -866,8 +880,11 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
         kw_log(KW_ERROR, "start_failed", "\"error\":\"inproc pipe: %s\"", zmq_strerror(errno));
         goto cleanup;
     }
+    kw_batch_params batch_params;
+    kw_batch_params_default(&batch_params);
     compute = (kw_compute){.zmq_ctx = io.ctx, .endpoint = io.pipe_endpoint, .engine = &engine,
                            .max_batch = p->max_batch,
+                           .batch = batch_params,
                            .meta = {.worker_name = io.name, .device_name = io.device.name}};
     if (kw_compute_start(&compute) != KS_OK) {
         kw_log(KW_ERROR, "start_failed", "\"error\":%s", kw_log_str(esc, sizeof esc, ks_error_message()));
@@ -880,7 +897,7 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     run_loop(&io, stop);
     code = io.exit_code;
     if (!io.compute_stopped) {
-        /* Still inside a batch (second signal or stop timeout): the device cannot be
+        /* Still inside a step (second signal or stop timeout): the device cannot be
          * interrupted, so leave without joining; the process exit ends the thread. */
         kw_log(KW_WARN, "exit_without_join", NULL);
         return code;

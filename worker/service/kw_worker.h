@@ -1,7 +1,7 @@
 /* kw_worker: one kosmos-worker process (docs/protocol.md §8): an I/O thread (the caller's)
  * that owns the DEALER socket to the broker - registration, heartbeats every interval whatever
  * the device is doing, reconnects, credit, results kept until the broker acknowledges them -
- * and a compute thread that owns the engine and runs dispatched jobs in dynamic batches
+ * and a compute thread that owns the engine and runs dispatched jobs in one continuous batch
  * (kw_batch). The two talk over an inproc:// PAIR pipe, so each ZeroMQ socket stays on one
  * thread. Not here: option parsing and signals (main.c). */
 #ifndef KW_WORKER_H
@@ -18,7 +18,9 @@ typedef struct kw_worker_params {
     const char *model_id;        /* NULL = kw_model_id(model_dir) */
     const char *model_hash;      /* NULL = SHA-256 of the weights (kw_model_hash) */
     kw_engine_params engine;
-    int max_batch;               /* jobs at once = credit granted, 1..64; default 4 */
+    int max_batch;               /* jobs computed at once, 1..1024; default 4 */
+    int prefetch;                /* jobs held beyond them, waiting to start, 0..1024; -1 (the
+                                  * default) = a quarter of max_batch, 1..64 */
     uint32_t heartbeat_ms;       /* until Welcome says otherwise; default 1000 */
     uint32_t heartbeat_liveness; /* idem; default 3 */
     uint32_t reconnect_max_ms;   /* socket re-creation backoff cap; default 30000 */
@@ -31,6 +33,9 @@ typedef struct kw_worker_params {
 } kw_worker_params;
 
 void kw_worker_params_default(kw_worker_params *p);
+
+/* The credit the worker grants (Ready.batch_capacity): max_batch + prefetch. */
+int kw_worker_capacity(const kw_worker_params *p);
 
 /* Exit codes of kw_worker_run (and of kosmos-worker). */
 enum {

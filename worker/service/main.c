@@ -29,8 +29,9 @@ static void usage(FILE *out)
         "usage: kosmos-worker --broker ENDPOINT --model DIR [--device SPEC] [--max-batch N]\n"
         "                     [--name NAME] [options]\n"
         "Runs Kosmos-2 for a kosmos-farm broker on one compute device: registers with the\n"
-        "broker's worker endpoint, takes up to --max-batch jobs at once, runs them in dynamic\n"
-        "batches (the prompts of a job share one vision pass) and returns each result until the\n"
+        "broker's worker endpoint, computes up to --max-batch jobs at once in one continuous\n"
+        "batch (a job joins the running ones at the next decode step and leaves as soon as it\n"
+        "ends; the prompts of a job share one vision pass) and returns each result until the\n"
         "broker confirms it is stored. Heartbeats come from their own thread, also while the\n"
         "device computes. Logs: one JSON object per line on stderr.\n"
         "SIGTERM/SIGINT: take no new work; the running sequences have --stop-grace seconds to\n"
@@ -48,12 +49,26 @@ static void usage(FILE *out)
         "  --device SPEC            ref (plain C), cpu, gpu, an index or a name in 'kosmos devices'\n"
         "                           order (default: the first GPU, else the first OpenCL device,\n"
         "                           else ref)\n"
-        "  --max-batch N            jobs held at once = credit granted, 1..64 (default 4)\n"
+        "  --max-batch N            jobs computed at once, 1..1024 (default 4)\n"
+        "  --prefetch N             jobs held beyond them, waiting for one to end, 0..1024\n"
+        "                           (default a quarter of --max-batch, 1..64); the credit\n"
+        "                           granted to the broker is --max-batch + --prefetch\n"
         "  --name NAME              worker name, unique per process (default HOSTNAME/DEVICE)\n"
         "  --slots N                KV-cache slots: sequences (beams) computed together; a\n"
         "                           prompt with more beams fails retriably (default 8)\n"
         "  --context N              tokens per slot, prompt + new tokens (default: the model's\n"
         "                           max_position_embeddings)\n"
+        "  --kv-tokens N            KV-cache pool in tokens, for all slots together (OpenCL\n"
+        "                           devices; default --slots x --context). A sequence reserves\n"
+        "                           prompt + max_new_tokens + 1 tokens when it starts and\n"
+        "                           waits while they do not fit, so with short outputs more\n"
+        "                           slots run in the same memory. Sizing for a device: each\n"
+        "                           token costs 2 x layers x embed_dim x 4 bytes (K and V in\n"
+        "                           f32; Kosmos-2: 24 x 2048 -> 384 KiB), so N is about\n"
+        "                           (free device memory after the weights) / that; then\n"
+        "                           --slots about N / (typical prompt + new tokens), and\n"
+        "                           --max-batch about --slots / (prompts x beams per job).\n"
+        "                           docs/operations.md, 'Sizing a worker'\n"
         "  --precision P            fp16 (default: weights stored as half) or fp32\n"
         "  --autorotate             apply the EXIF orientation (default off, as the reference\n"
         "                           and 'kosmos run')\n"
@@ -107,7 +122,7 @@ int main(int argc, char **argv)
 {
     enum { O_BROKER = 256, O_MODEL, O_DEVICE, O_BATCH, O_NAME, O_SLOTS, O_CONTEXT, O_PREC,
            O_ROTATE, O_PIXELS, O_IMGB, O_MID, O_MHASH, O_HB, O_HL, O_RECON, O_STOP, O_CS, O_CP,
-           O_LOG, O_HELP, O_ROOT, O_GRACE };
+           O_LOG, O_HELP, O_ROOT, O_GRACE, O_PREFETCH, O_KV };
     static const struct option opts[] = {
         {"broker", required_argument, 0, O_BROKER}, {"model", required_argument, 0, O_MODEL},
         {"device", required_argument, 0, O_DEVICE}, {"max-batch", required_argument, 0, O_BATCH},
@@ -125,6 +140,8 @@ int main(int argc, char **argv)
         {"log-level", required_argument, 0, O_LOG}, {"help", no_argument, 0, O_HELP},
         {"image-root", required_argument, 0, O_ROOT},
         {"stop-grace", required_argument, 0, O_GRACE},
+        {"prefetch", required_argument, 0, O_PREFETCH},
+        {"kv-tokens", required_argument, 0, O_KV},
         {0, 0, 0, 0}};
     const char *roots[64];
     kw_worker_params p;
@@ -142,7 +159,9 @@ int main(int argc, char **argv)
                 bad = 1;
             p.name = optarg;
             break;
-        case O_BATCH: bad = parse_num(optarg, 1, 64, &v); p.max_batch = (int)v; break;
+        case O_BATCH: bad = parse_num(optarg, 1, 1024, &v); p.max_batch = (int)v; break;
+        case O_PREFETCH: bad = parse_num(optarg, 0, 1024, &v); p.prefetch = (int)v; break;
+        case O_KV: bad = parse_num(optarg, 1, 1ull << 32, &v); p.engine.kv_tokens = (size_t)v; break;
         case O_SLOTS: bad = parse_num(optarg, 1, 1024, &v); p.engine.slots = (int)v; break;
         case O_CONTEXT: bad = parse_num(optarg, 2, 1 << 20, &v); p.engine.context = (int)v; break;
         case O_PREC:

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "backend.h"
 #include "bench.h"
 #include "cli.h"
 #include "cli_args.h"
@@ -24,7 +25,8 @@
 
 static const char bench_help[] =
     "usage: kosmos bench [--model DIR | --config full|tiny] [--batch 1,8,...[,max]]\n"
-    "                    [--device SPEC] [--precision fp16|fp32] [--repeats N] [--warmup N]\n"
+    "                    [--device SPEC] [--precision fp16|fp32] [--kv-cache f32|f16]\n"
+    "                    [--repeats N] [--warmup N]\n"
     "                    [--new-tokens N] [--phases vision,prefill,decode,e2e] [--seed S]\n"
     "                    [--json] [--profile]\n"
     "\n"
@@ -48,6 +50,7 @@ static const char bench_help[] =
     "                      size until a batch fails (out of memory), the largest that fits\n"
     "  --device SPEC       ref, cpu, gpu, an index or a name (as 'kosmos run')\n"
     "  --precision P       fp16 (default: weights stored as half) or fp32\n"
+    "  --kv-cache T        f32 (default) or f16 (OpenCL devices: keys and values as half)\n"
     "  --repeats N         timed runs per figure, default 3\n"
     "  --warmup N          untimed runs first, default 1\n"
     "  --new-tokens N      forced new tokens and decode steps, default 64\n"
@@ -135,7 +138,7 @@ static bool parse_phases(const char *text, unsigned *out)
 /* Returns CLI_EXIT_OK, -1 after --help, or the exit code of a usage error after printing it. */
 static int parse_bench_options(int argc, char **argv, bench_options *o)
 {
-    enum { CONFIG = 256, BATCH, DEVICE, PRECISION, REPEATS, WARMUP, NEW_TOKENS, PHASES, SEED,
+    enum { CONFIG = 256, BATCH, DEVICE, PRECISION, KV_CACHE, REPEATS, WARMUP, NEW_TOKENS, PHASES, SEED,
            JSON, PROFILE };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
@@ -143,6 +146,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         {"batch", required_argument, NULL, BATCH},
         {"device", required_argument, NULL, DEVICE},
         {"precision", required_argument, NULL, PRECISION},
+        {"kv-cache", required_argument, NULL, KV_CACHE},
         {"repeats", required_argument, NULL, REPEATS},
         {"warmup", required_argument, NULL, WARMUP},
         {"new-tokens", required_argument, NULL, NEW_TOKENS},
@@ -185,6 +189,10 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
                 o->precision = KE_DTYPE_F32;
             else
                 return usage_error("--precision is fp16 or fp32, not '%s'", optarg);
+            break;
+        case KV_CACHE:
+            if (!ke_kv_cache_parse(optarg, &o->params.kv_half))
+                return usage_error("--kv-cache is f32 or f16, not '%s'", optarg);
             break;
         case REPEATS:
             if (!cli_parse_int(optarg, 1, 1000, &o->params.repeats))

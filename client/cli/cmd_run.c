@@ -55,6 +55,9 @@ static const char run_help[] =
     "                          order (default: the first GPU, else the first OpenCL device,\n"
     "                          else ref)\n"
     "  --precision P           fp16 (default: weights stored as half, f32 arithmetic) or fp32\n"
+    "  --kv-cache T            f32 (default) or f16: keys and values cached as half, half the\n"
+    "                          memory (OpenCL devices); the same ids on every golden test,\n"
+    "                          logits up to ~1e-3 further from the reference\n"
     "  --autorotate            apply the EXIF orientation (the reference does not)\n"
     "  --pixels-from F         take pixel_values [1,3,224,224] f32 from a safetensors file\n"
     "                          instead of decoding the image (whose size is still read)\n"
@@ -68,6 +71,7 @@ typedef struct run_options {
     const char *prompt;
     bool autorotate;
     ke_dtype precision;
+    bool kv_half;
     int max_new_tokens, min_new_tokens, num_beams, no_repeat_ngram_size; /* -1 = default */
     bool sample;
     double temperature, top_p;
@@ -78,7 +82,7 @@ typedef struct run_options {
 /* Returns CLI_EXIT_OK, or the exit code of a usage error after printing it. */
 static int parse_run_options(int argc, char **argv, run_options *o)
 {
-    enum { MAX_NEW = 256, MIN_NEW, BEAMS, TEMP, TOP_P, SEED, NGRAM, DEVICE, PRECISION, ROTATE,
+    enum { MAX_NEW = 256, MIN_NEW, BEAMS, TEMP, TOP_P, SEED, NGRAM, DEVICE, PRECISION, KV_CACHE, ROTATE,
            PIXELS, DUMP, DRAW, BBOXES };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
@@ -94,6 +98,7 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         {"no-repeat-ngram-size", required_argument, NULL, NGRAM},
         {"device", required_argument, NULL, DEVICE},
         {"precision", required_argument, NULL, PRECISION},
+        {"kv-cache", required_argument, NULL, KV_CACHE},
         {"autorotate", no_argument, NULL, ROTATE},
         {"pixels-from", required_argument, NULL, PIXELS},
         {"dump", required_argument, NULL, DUMP},
@@ -155,6 +160,10 @@ static int parse_run_options(int argc, char **argv, run_options *o)
                 o->precision = KE_DTYPE_F32;
             else
                 return cli_usage_error("run: --precision is fp16 or fp32, not '%s'", optarg);
+            break;
+        case KV_CACHE:
+            if (!ke_kv_cache_parse(optarg, &o->kv_half))
+                return cli_usage_error("run: --kv-cache is f32 or f16, not '%s'", optarg);
             break;
         case ROTATE: o->autorotate = true; break;
         case PIXELS: o->pixels_from = optarg; break;
@@ -302,7 +311,8 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
     ke_gen_params params;
     kw_gen_params(config, &overrides, &params);
     int capacity = (int)s->encoding.len + params.max_new_tokens + 1;
-    ke_backend_options backend_options = {.slots = params.num_beams, .slot_capacity = capacity};
+    ke_backend_options backend_options = {.slots = params.num_beams, .slot_capacity = capacity,
+                                          .kv_half = o->kv_half};
     s->backend = ke_backend_open(s->model, o->device, &backend_options);
     if (!s->backend)
         return KS_ERR_UNSUPPORTED;

@@ -165,8 +165,10 @@ int main(int argc, char **argv)
             a.device = value;
         else if (!strcmp(argv[i], "--precision") && (!strcmp(value, "fp16") || !strcmp(value, "fp32")))
             a.precision = !strcmp(value, "fp16") ? KE_DTYPE_F16 : KE_DTYPE_F32;
-        else if (!strcmp(argv[i], "--kv-cache") && (!strcmp(value, "f16") || !strcmp(value, "f32")))
-            a.kv_half = !strcmp(value, "f16");
+        else if (!strcmp(argv[i], "--kv-cache")) {
+            if (!ke_kv_cache_parse(value, &a.kv_half))
+                return usage();
+        }
         else if (!strcmp(argv[i], "--new-tokens") && atoi(value) > 0)
             a.new_tokens = atoi(value);
         else

@@ -59,6 +59,17 @@ ks_status ke_step_check(const ke_backend *b, const ke_step *step, const int *slo
     return KS_OK;
 }
 
+bool ke_kv_cache_parse(const char *name, bool *kv_half)
+{
+    if (!strcmp(name, "f32") || !strcmp(name, "fp32"))
+        *kv_half = false;
+    else if (!strcmp(name, "f16") || !strcmp(name, "fp16"))
+        *kv_half = true;
+    else
+        return false;
+    return true;
+}
+
 void ke_backend_stats_get(const ke_backend *b, ke_backend_stats *out)
 {
     memset(out, 0, sizeof *out);

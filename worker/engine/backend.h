@@ -183,6 +183,12 @@ typedef struct ke_backend_options {
     bool resampler_full_attention;
 } ke_backend_options;
 
+/* The KV cache's storage by its command-line name: "f32" (the default) or "f16" (half the
+ * memory, OpenCL devices; the reference backend keeps f32). f16 keeps every golden's ids and
+ * the full-size fidelity check's 64 ids, but moves logits by up to 1.2e-3, past the goldens'
+ * 1e-3, so it is an opt-in. false (and *kv_half untouched) for another name. */
+bool ke_kv_cache_parse(const char *name, bool *kv_half);
+
 /* The plain-C reference backend. NULL with a message on failure (e.g. no memory). */
 ke_backend *ke_backend_ref_new(const ke_model *model, const ke_backend_options *options);
 

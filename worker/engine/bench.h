@@ -44,6 +44,7 @@ typedef struct ke_bench_params {
     uint64_t seed;            /* the random pixels, default 0 */
     FILE *log;                /* progress lines (one per run), or NULL, default NULL */
     bool profile;             /* OpenCL: profile the last timed decode run (ke_bench_profile) */
+    bool kv_half;             /* the KV cache in half precision (ke_backend_options.kv_half) */
 } ke_bench_params;
 
 void ke_bench_params_default(ke_bench_params *p);

@@ -865,11 +865,11 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
      * weights are written at start, so RssAnon - weight_bytes is what the host itself holds. */
     kw_log(KW_INFO, "started", "\"name\":%s,\"model_id\":\"%s\",\"model_hash\":\"%s\","
            "\"device\":\"%s\",\"max_batch\":%d,\"capacity\":%d,\"slots\":%d,\"context\":%d,"
-           "\"kv_tokens\":%zu,\"load_ms\":%.0f,"
+           "\"kv_tokens\":%zu,\"kv_cache\":\"%s\",\"load_ms\":%.0f,"
            "\"device_bytes\":%zu,\"weight_bytes\":%zu",
            kw_log_str(esc, sizeof esc, io.name), io.model_id ? io.model_id : "", io.model_hash,
            io.device.name, p->max_batch, kw_worker_capacity(p), engine.backend->slots,
-           engine.backend->slot_capacity, p->engine.kv_tokens,
+           engine.backend->slot_capacity, p->engine.kv_tokens, p->engine.kv_half ? "f16" : "f32",
            kw_now_ms() - t0, backend_stats.device_bytes, backend_stats.weight_bytes);
 
     io.ctx = zmq_ctx_new();

@@ -69,6 +69,11 @@ static void usage(FILE *out)
         "                           --slots about N / (typical prompt + new tokens), and\n"
         "                           --max-batch about --slots / (prompts x beams per job).\n"
         "                           docs/operations.md, 'Sizing a worker'\n"
+        "  --kv-cache T             f32 (default) or f16: keys and values cached as half, half\n"
+        "                           the bytes per token (192 KiB for Kosmos-2), so twice the\n"
+        "                           --kv-tokens in the same memory (OpenCL devices); the same\n"
+        "                           ids on every golden test, logits up to ~1e-3 further from\n"
+        "                           the reference\n"
         "  --precision P            fp16 (default: weights stored as half) or fp32\n"
         "  --autorotate             apply the EXIF orientation (default off, as the reference\n"
         "                           and 'kosmos run')\n"
@@ -122,7 +127,7 @@ int main(int argc, char **argv)
 {
     enum { O_BROKER = 256, O_MODEL, O_DEVICE, O_BATCH, O_NAME, O_SLOTS, O_CONTEXT, O_PREC,
            O_ROTATE, O_PIXELS, O_IMGB, O_MID, O_MHASH, O_HB, O_HL, O_RECON, O_STOP, O_CS, O_CP,
-           O_LOG, O_HELP, O_ROOT, O_GRACE, O_PREFETCH, O_KV };
+           O_LOG, O_HELP, O_ROOT, O_GRACE, O_PREFETCH, O_KV, O_KV_CACHE };
     static const struct option opts[] = {
         {"broker", required_argument, 0, O_BROKER}, {"model", required_argument, 0, O_MODEL},
         {"device", required_argument, 0, O_DEVICE}, {"max-batch", required_argument, 0, O_BATCH},
@@ -142,6 +147,7 @@ int main(int argc, char **argv)
         {"stop-grace", required_argument, 0, O_GRACE},
         {"prefetch", required_argument, 0, O_PREFETCH},
         {"kv-tokens", required_argument, 0, O_KV},
+        {"kv-cache", required_argument, 0, O_KV_CACHE},
         {0, 0, 0, 0}};
     const char *roots[64];
     kw_worker_params p;
@@ -162,6 +168,7 @@ int main(int argc, char **argv)
         case O_BATCH: bad = parse_num(optarg, 1, 1024, &v); p.max_batch = (int)v; break;
         case O_PREFETCH: bad = parse_num(optarg, 0, 1024, &v); p.prefetch = (int)v; break;
         case O_KV: bad = parse_num(optarg, 1, 1ull << 32, &v); p.engine.kv_tokens = (size_t)v; break;
+        case O_KV_CACHE: bad = !ke_kv_cache_parse(optarg, &p.engine.kv_half); break;
         case O_SLOTS: bad = parse_num(optarg, 1, 1024, &v); p.engine.slots = (int)v; break;
         case O_CONTEXT: bad = parse_num(optarg, 2, 1 << 20, &v); p.engine.context = (int)v; break;
         case O_PREC:

@@ -58,7 +58,11 @@
  * Tunables (-D), constraints checked below:
  *   WEIGHT_HALF  1: weights half, 0: f32 (0)
  *   ROWS_NT      work-items of gemm_rows (32);  ROWS_XK  k staged per pass (64)
- *   ROWS_CW      columns per work-item of gemm_rows: 4, 8 or 16 (4)
+ *   ROWS_CW      columns per vector of gemm_rows: 4, 8 or 16 (4)
+ *   ROWS_VPW     vectors per work-item of gemm_rows, 1 or 2 (1): 2 takes columns c0 .. and
+ *                c0 + ROWS_CW .. (the next panel), so that each X value a work-item loads,
+ *                normalizes and broadcasts serves twice the columns (CPUs at m >= 8); only
+ *                with ROWS_STAGE 0 and ROWS_SPLIT 0
  *   W_PANEL      0: Wt row-major; else the panel width, a multiple of ROWS_CW (0)
  *   ROWS_STAGE   1: gemm_rows stages X in local memory (GPUs); 0: each work-item reads it
  *                (CPUs: no barrier in the k loop, which PoCL compiles and runs far better) (1)
@@ -102,8 +106,18 @@
 #ifndef W_PANEL
 #define W_PANEL 0
 #endif
+#ifndef ROWS_VPW
+#define ROWS_VPW 1
+#endif
 
-#define ROWS_COLS (ROWS_NT * ROWS_CW)
+#define ROWS_WCOLS (ROWS_CW * ROWS_VPW) /* columns per work-item */
+#define ROWS_COLS (ROWS_NT * ROWS_WCOLS)
+#if ROWS_VPW != 1 && ROWS_VPW != 2
+#error "ROWS_VPW must be 1 or 2"
+#endif
+#if ROWS_VPW == 2 && (ROWS_STAGE || ROWS_SPLIT)
+#error "ROWS_VPW 2 is for ROWS_STAGE 0 and ROWS_SPLIT 0"
+#endif
 #if ROWS_NT < 1 || ROWS_XK < 1
 #error "ROWS_NT and ROWS_XK must be positive"
 #endif
@@ -246,10 +260,18 @@ inline void write_stats(__local const float *vals, const int stride, const int r
 #define REP_R8(M) REP_R4(M) M(4) M(5) M(6) M(7)
 #define REPR(R, M) REP_R##R(M)
 
-#define R_ACC(r) floatCW acc##r = (floatCW)(0.0f), tot##r = (floatCW)(0.0f);
-#define R_ZERO(r) acc##r = (floatCW)(0.0f);
-#define R_FOLD(r) tot##r = first ? acc##r : tot##r + acc##r;
-#define R_STORE(r) store4(r, tot##r)
+#if ROWS_VPW == 2
+/* the second vector's chains (columns c0 + ROWS_CW ..): the same order as the first's */
+#define R_B(x) x
+#else
+#define R_B(x)
+#endif
+#define R_ACC(r)                                                                                   \
+    floatCW acc##r = (floatCW)(0.0f), tot##r = (floatCW)(0.0f);                                    \
+    R_B(floatCW accB##r = (floatCW)(0.0f); floatCW totB##r = (floatCW)(0.0f);)
+#define R_ZERO(r) acc##r = (floatCW)(0.0f); R_B(accB##r = (floatCW)(0.0f);)
+#define R_FOLD(r) tot##r = first ? acc##r : tot##r + acc##r; R_B(totB##r = first ? accB##r : totB##r + accB##r;)
+#define R_STORE(r) store4(r, tot##r, 0) R_B(store4(r, totB##r, ROWS_CW))
 
 #if ROWS_STAGE
 /* X staged ROWS_XK at a time in local memory, normalized once per group (GPUs) */
@@ -264,16 +286,27 @@ inline void write_stats(__local const float *vals, const int stride, const int r
                                               ln_sb, k, ln_eps)                                    \
                                 : (float2)(0.0f, 1.0f);
 #endif
-#define R_FMA(r) acc##r = fma((floatCW)(R_XN(r)), wv, acc##r);
+#define R_FMA(r)                                                                                   \
+    {                                                                                              \
+        const floatCW xb = (floatCW)(R_XN(r));                                                     \
+        acc##r = fma(xb, wv, acc##r);                                                              \
+        R_B(accB##r = fma(xb, wvB, accB##r);)                                                      \
+    }
 #if !ROWS_STAGE
 /* four steps of k at once: X (normalized) read as a vector, the chains in the same order */
 #define R_X4(r)                                                                                    \
     const float4 xq##r =                                                                           \
         load_xn4(x, x_off, ldx, src##r, kb + kk, st##r.x, st##r.y, ln_w, ln_b, has_ln);
-#define R_FMA_S0(r) acc##r = fma((floatCW)(xq##r.s0), wv0, acc##r);
-#define R_FMA_S1(r) acc##r = fma((floatCW)(xq##r.s1), wv1, acc##r);
-#define R_FMA_S2(r) acc##r = fma((floatCW)(xq##r.s2), wv2, acc##r);
-#define R_FMA_S3(r) acc##r = fma((floatCW)(xq##r.s3), wv3, acc##r);
+#define R_FMA_SJ(r, j)                                                                             \
+    {                                                                                              \
+        const floatCW xb = (floatCW)(xq##r.s##j);                                                  \
+        acc##r = fma(xb, wv##j, acc##r);                                                           \
+        R_B(accB##r = fma(xb, wvB##j, accB##r);)                                                   \
+    }
+#define R_FMA_S0(r) R_FMA_SJ(r, 0)
+#define R_FMA_S1(r) R_FMA_SJ(r, 1)
+#define R_FMA_S2(r) R_FMA_SJ(r, 2)
+#define R_FMA_S3(r) R_FMA_SJ(r, 3)
 #define ROWS_K_BLOCK4(R)                                                                           \
     for (; kk + 4 <= kn; kk += 4) {                                                                \
         REPR(R, R_X4)                                                                              \
@@ -281,6 +314,10 @@ inline void write_stats(__local const float *vals, const int stride, const int r
         const floatCW wv1 = LOAD_WCW(wp, (size_t)(kk + 1) * (size_t)W_STRIDE);                     \
         const floatCW wv2 = LOAD_WCW(wp, (size_t)(kk + 2) * (size_t)W_STRIDE);                     \
         const floatCW wv3 = LOAD_WCW(wp, (size_t)(kk + 3) * (size_t)W_STRIDE);                     \
+        R_B(const floatCW wvB0 = LOAD_WCW(wpB, (size_t)kk * (size_t)W_STRIDE);                     \
+            const floatCW wvB1 = LOAD_WCW(wpB, (size_t)(kk + 1) * (size_t)W_STRIDE);               \
+            const floatCW wvB2 = LOAD_WCW(wpB, (size_t)(kk + 2) * (size_t)W_STRIDE);               \
+            const floatCW wvB3 = LOAD_WCW(wpB, (size_t)(kk + 3) * (size_t)W_STRIDE);)              \
         REPR(R, R_FMA_S0)                                                                          \
         REPR(R, R_FMA_S1)                                                                          \
         REPR(R, R_FMA_S2)                                                                          \
@@ -293,12 +330,12 @@ inline void write_stats(__local const float *vals, const int stride, const int r
 /* Stores the ROWS_CW outputs of row r0 + r (columns c0 ..) and keeps them for the statistics:
  * through this work-item's own part of `vals` (no private array, which PoCL keeps in memory
  * and compiles slowly next to barriers). */
-#define store4(r, t)                                                                               \
+#define store4(r, t, cofs)                                                                         \
     do {                                                                                           \
-        __local float *own = vals + (r) * ROWS_COLS + lid * ROWS_CW;                               \
+        __local float *own = vals + (r) * ROWS_COLS + lid * ROWS_WCOLS + (cofs);                   \
         VSTORE_CW((t), 0, own);                                                                    \
         for (int j = 0; j < ROWS_CW; j++) {                                                        \
-            const int c = c0 + j;                                                                  \
+            const int c = c0 + (cofs) + j;                                                         \
             if (r0 + (r) < m && c < n)                                                             \
                 own[j] = store_out(r0 + (r), c, own[j], bias, act, accumulate, y, y_off, ldy,      \
                                    split_q, kpool, vpool, tokrow, kv_half);                        \
@@ -386,7 +423,7 @@ inline void write_stats(__local const float *vals, const int stride, const int r
         __local float vals[R * ROWS_COLS];                                                         \
         ROWS_SPLIT_DECL                                                                            \
         const int lid = (int)get_local_id(0);                                                      \
-        const int c0 = ((int)get_group_id(0) * ROWS_NT + lid) * ROWS_CW;                           \
+        const int c0 = ((int)get_group_id(0) * ROWS_NT + lid) * ROWS_WCOLS;                        \
         const int r0 = (int)get_group_id(1) * R;                                                   \
         const int n_chunks = (k + chunk_len - 1) / chunk_len;                                      \
         const int n4 = (n + 15) & ~15; /* partial's row stride */                                  \
@@ -406,10 +443,14 @@ inline void write_stats(__local const float *vals, const int stride, const int r
                 ROWS_PASS(R)                                                                       \
                 if (c0 < n) {                                                                      \
                     __global const WEIGHT_T *wp = w + w_off + weight_index(kb, c0, k, ldw, W_PANEL); \
+                    R_B(/* past the last column: read the first vector's again, stored nowhere */  \
+                        __global const WEIGHT_T *wpB = c0 + ROWS_CW < n ? w + w_off +              \
+                            weight_index(kb, c0 + ROWS_CW, k, ldw, W_PANEL) : wp;)                 \
                     int kk = 0;                                                                    \
                     ROWS_K_BLOCK4(R)                                                               \
                     for (; kk < kn; kk++) {                                                        \
                         const floatCW wv = LOAD_WCW(wp, (size_t)kk * (size_t)W_STRIDE);            \
+                        R_B(const floatCW wvB = LOAD_WCW(wpB, (size_t)kk * (size_t)W_STRIDE);)     \
                         REPR(R, R_FMA)                                                             \
                     }                                                                              \
                 }                                                                                  \

@@ -19,22 +19,23 @@
  * kernel serves (above it gemm_tiles), and the parallelism the chunking aims for. */
 typedef struct gemm_tune {
     const char *label;
-    int rows_nt, rows_xk, rows_stage, rows_split, rows_cw, w_panel;
+    int rows_nt, rows_xk, rows_stage, rows_split, rows_cw, rows_vpw, w_panel;
     int tile_m, tile_n, tile_k, wpt_m, wpt_n;
     int rows_max_m;   /* m <= this: gemm_rowsR; above: gemm_tiles */
     int groups_goal;  /* GPUs: enough groups per product; 0 = one chunk (CPUs) */
 } gemm_tune;
 
 static const gemm_tune tune_table[] = {
-    /* PoCL and other CPUs: a work-item holds 16 columns (one AVX-512 vector) of up to 8 rows
-     * and streams its own panel of W, k x 16 contiguous values, for every m (gemm_tiles'
-     * barriers cost a CPU more than re-reading W per 8 rows); no split of k. */
-    {"cpu", 8, 64, 0, 0, 16, 16, 64, 64, 16, 4, 4, 1 << 30, 0},
+    /* PoCL and other CPUs: a work-item holds two panels of 16 columns (two AVX-512 vectors) of
+     * up to 8 rows and streams them, k x 16 contiguous values each, for every m (gemm_tiles'
+     * barriers cost a CPU more than re-reading W per 8 rows; two panels share each X value's
+     * normalization and broadcast); no split of k. */
+    {"cpu", 8, 64, 0, 0, 16, 2, 16, 64, 64, 16, 4, 4, 1 << 30, 0},
     /* NVIDIA: chunks across groups so that a decode product fills the device; W row-major so
      * that neighbouring work-items read neighbouring columns. */
-    {"nvidia", 32, 64, 1, 1, 4, 0, 64, 64, 16, 4, 4, 64, 4},
+    {"nvidia", 32, 64, 1, 1, 4, 1, 0, 64, 64, 16, 4, 4, 64, 4},
     /* other GPUs (AMD, Intel) */
-    {"gpu", 32, 64, 1, 1, 4, 0, 64, 64, 16, 4, 4, 64, 4},
+    {"gpu", 32, 64, 1, 1, 4, 1, 0, 64, 64, 16, 4, 4, 64, 4},
 };
 
 static const gemm_tune *tune_for(const kc_device_info *dev)
@@ -83,7 +84,8 @@ static ks_status tune_from_env(const char *text, gemm_tune *out)
     } fields[] = {
         {"rows_nt", offsetof(gemm_tune, rows_nt)},         {"rows_xk", offsetof(gemm_tune, rows_xk)},
         {"rows_stage", offsetof(gemm_tune, rows_stage)},   {"rows_split", offsetof(gemm_tune, rows_split)},
-        {"rows_cw", offsetof(gemm_tune, rows_cw)},         {"w_panel", offsetof(gemm_tune, w_panel)},
+        {"rows_cw", offsetof(gemm_tune, rows_cw)},         {"rows_vpw", offsetof(gemm_tune, rows_vpw)},
+        {"w_panel", offsetof(gemm_tune, w_panel)},
         {"tile_m", offsetof(gemm_tune, tile_m)},           {"tile_n", offsetof(gemm_tune, tile_n)},
         {"tile_k", offsetof(gemm_tune, tile_k)},           {"wpt_m", offsetof(gemm_tune, wpt_m)},
         {"wpt_n", offsetof(gemm_tune, wpt_n)},             {"rows_max_m", offsetof(gemm_tune, rows_max_m)},
@@ -164,10 +166,10 @@ static ks_status build(ke_cl_gemm *g, ke_dtype dt)
     char opts[256];
     snprintf(opts, sizeof opts,
              "-DWEIGHT_HALF=%d -DROWS_NT=%d -DROWS_XK=%d -DROWS_STAGE=%d -DROWS_SPLIT=%d "
-             "-DROWS_CW=%d -DW_PANEL=%d "
+             "-DROWS_CW=%d -DROWS_VPW=%d -DW_PANEL=%d "
              "-DTILE_M=%d -DTILE_N=%d -DTILE_K=%d -DWPT_M=%d -DWPT_N=%d -DSTAT_SB=%d",
              dt == KE_DTYPE_F16 ? 1 : 0, t->rows_nt, t->rows_xk, t->rows_stage ? 1 : 0,
-             t->rows_split ? 1 : 0, t->rows_cw, t->w_panel, t->tile_m, t->tile_n, t->tile_k,
+             t->rows_split ? 1 : 0, t->rows_cw, t->rows_vpw, t->w_panel, t->tile_m, t->tile_n, t->tile_k,
              t->wpt_m, t->wpt_n, KE_CL_STAT_SB);
     return kc_program_get(g->ctx, GEMM_FILE, opts, &g->prog[dt]);
 }
@@ -228,7 +230,8 @@ size_t ke_cl_gemm_chunk(const ke_cl_gemm *g, size_t n, size_t k)
         return g->forced_chunk >= k ? k : round_up(g->forced_chunk, (size_t)g->tune.tile_k);
     if (g->tune.groups_goal <= 0 || k <= 256)
         return k;
-    size_t col_groups = ceil_div(n, (size_t)g->tune.rows_nt * (size_t)g->tune.rows_cw);
+    size_t col_groups =
+        ceil_div(n, (size_t)g->tune.rows_nt * (size_t)g->tune.rows_cw * (size_t)g->tune.rows_vpw);
     size_t want = ceil_div((size_t)g->tune.groups_goal * g->compute_units, col_groups);
     size_t most = k / 256; /* chunks of at least 256 keep the partial sums cheap */
     if (want > most)
@@ -532,7 +535,8 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
         kname = rows_kernel[ri];
         local[0] = (size_t)t->rows_nt;
         local[1] = local[2] = 1;
-        global[0] = ceil_div(w->n, (size_t)t->rows_nt * (size_t)t->rows_cw) * local[0];
+        global[0] = ceil_div(w->n, (size_t)t->rows_nt * (size_t)t->rows_cw * (size_t)t->rows_vpw) *
+                    local[0];
         global[1] = ceil_div(a->m, (size_t)rows_r[ri]);
         global[2] = split ? chunks : 1;
         snprintf(g->last, sizeof g->last, "rows%d%s", rows_r[ri], split ? " split" : "");

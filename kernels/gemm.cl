@@ -43,11 +43,12 @@
  *
  * Kernels:
  *   gemm_rowsR  (R = 1, 2, 4, 8) the few-rows kernel (decode): a group of ROWS_NT work-items
- *               covers ROWS_NT*ROWS_CW columns of R rows; each work-item R x ROWS_CW outputs, W
- *               read once per group as ROWS_CW-wide vectors along n (coalesced), X staged
- *               ROWS_XK at a time in local memory, normalized on the way in (or read by each
- *               work-item, ROWS_STAGE 0).
- *               global (ceil(n / (ROWS_NT*ROWS_CW)) * ROWS_NT, ceil(m / R), 1 or chunks),
+ *               covers ROWS_NT*ROWS_CW*ROWS_VPW columns of R rows; each work-item R x
+ *               ROWS_CW*ROWS_VPW outputs, W read once per group as ROWS_CW-wide vectors along n
+ *               (coalesced), X staged ROWS_XK at a time in local memory, normalized on the way
+ *               in (or read by each work-item, ROWS_STAGE 0).
+ *               global (ceil(n / (ROWS_NT*ROWS_CW*ROWS_VPW)) * ROWS_NT, ceil(m / R), 1 or
+ *               chunks),
  *               local (ROWS_NT, 1, 1)
  *   gemm_tiles  the many-rows kernel (prefill, vision): TILE_M x TILE_N of Y per group, X and W
  *               tiles of TILE_K staged in local memory, WPT_M x WPT_N outputs per work-item.

@@ -37,6 +37,11 @@
  *       Keys are read as rows: AT_NT/DG keys at a time, DG work-items per key row (neighbours
  *       read neighbouring columns), then every work-item accumulates values of its columns over
  *       those keys. Online softmax; masked keys are not visited (exactly HF's additive mask).
+ *   paged_attention_serial(the same arguments)
+ *       global T*heads, local a divisor of heads: one work-item per (token, head), no barrier
+ *       (CPUs, where each barrier splits PoCL's work-item loops): the same online softmax, a
+ *       key at a time, dot products in four interleaved partial sums; qh, acc __local
+ *       local*head_dim floats, head_dim each work-item's.
  *   select_greedy_slots(logits, vocab, info, hist, hist_cap, eos, out, slot_next)
  *       global n*SEL_NT, local SEL_NT. info (n) int8: (logits row, slot, len, ngram, ban_eos);
  *       the ban is written into the logits row (ties broken to the lowest id, NaN never wins).
@@ -187,6 +192,62 @@ void paged_attention(__global const float *q, __global const float *kpool,
     barrier(CLK_LOCAL_MEM_FENCE);
     if (lid == 0)
         out_stats[(size_t)t * (size_t)heads + (size_t)h] = block_stats(acc, head_dim);
+}
+
+inline float4 load_kv4(__global const float *pool, const int kv_half, const size_t at)
+{
+    return kv_half ? vload_half4(0, (__global const half *)pool + at) : vload4(0, pool + at);
+}
+
+__kernel void paged_attention_serial(__global const float *q, __global const float *kpool,
+                            __global const float *vpool, const int kv_half,
+                            __global const int4 *tokrow, __global const int *pages,
+                            const int max_pages, const int page_tokens, __global float *out,
+                            __global float2 *out_stats, const int heads, const int head_dim,
+                            const float scale, __local float *qh, __local float *acc)
+{
+    const int g = (int)get_global_id(0);
+    const int t = g / heads, h = g % heads;
+    const int4 info = tokrow[t];
+    const int slot = info.y, nk = info.z;
+    const int width = heads * head_dim;
+    const size_t hcol = (size_t)h * (size_t)head_dim;
+    const int hd4 = head_dim & ~3;
+    qh += (size_t)get_local_id(0) * (size_t)head_dim;
+    acc += (size_t)get_local_id(0) * (size_t)head_dim;
+    for (int d = 0; d < head_dim; d++) {
+        qh[d] = q[(size_t)t * (size_t)width + hcol + (size_t)d];
+        acc[d] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int j = 0; j < nk; j++) {
+        const size_t base =
+            (size_t)cache_row(pages, max_pages, page_tokens, slot, j) * (size_t)width + hcol;
+        float4 dv = (float4)(0.0f);
+        for (int d = 0; d < hd4; d += 4)
+            dv = dv + vload4(0, qh + d) * load_kv4(kpool, kv_half, base + (size_t)d);
+        float dot = (dv.x + dv.y) + (dv.z + dv.w);
+        for (int d = hd4; d < head_dim; d++)
+            dot = dot + qh[d] * load_kv(kpool, kv_half, base + (size_t)d);
+        const float s = dot * scale;
+        const float mn = fmax(m, s);
+        const float alpha = exp(m - mn); /* 0 on the first key (m = -inf) */
+        const float p = exp(s - mn);
+        l = l * alpha + p;
+        for (int d = 0; d < hd4; d += 4)
+            vstore4(vload4(0, acc + d) * alpha + p * load_kv4(vpool, kv_half, base + (size_t)d), 0,
+                    acc + d);
+        for (int d = hd4; d < head_dim; d++)
+            acc[d] = acc[d] * alpha + p * load_kv(vpool, kv_half, base + (size_t)d);
+        m = mn;
+    }
+    const float inv = nk > 0 ? 1.0f / l : 0.0f;
+    for (int d = 0; d < head_dim; d++) {
+        const float v = acc[d] * inv;
+        acc[d] = v;
+        out[(size_t)t * (size_t)width + hcol + (size_t)d] = v;
+    }
+    out_stats[(size_t)t * (size_t)heads + (size_t)h] = block_stats(acc, head_dim);
 }
 
 __kernel __attribute__((reqd_work_group_size(SEL_NT, 1, 1)))

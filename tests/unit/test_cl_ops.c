@@ -500,7 +500,11 @@ static void test_paged_attention(void **state)
     (void)state;
     REQUIRE_DEVICE();
     static const int shapes[][2] = {{3, 16}, {4, 8}, {2, 64}, {3, 5}}; /* heads, head_dim */
-    for (int half = 0; half < 2; half++)
+    const bool was_serial =
+        !strcmp(ke_cl_ops_paged_attention_kernel(fx.ops[1]), "paged_attention_serial");
+    for (int run = 0; run < 4; run++) {
+        const int half = run % 2, serial = run / 2; /* both kernels on any device */
+        ke_cl_ops_force_serial_attention(fx.ops[1], serial);
         for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
             int heads = shapes[sh][0], hd = shapes[sh][1], width = heads * hd;
             /* tokens: (slot, keys it sees); slot 1 holds 300 keys over 75 pages */
@@ -557,8 +561,8 @@ static void test_paged_attention(void **state)
             check_ok(ke_cl_paged_attention(fx.ops[1], NULL, &a));
             from_device(mo, got, (size_t)n * width * 4);
             char what[64];
-            snprintf(what, sizeof what, "paged_attention %s heads %d hd %d", half ? "half" : "f32",
-                     heads, hd);
+            snprintf(what, sizeof what, "paged_attention%s %s heads %d hd %d",
+                     serial ? "_serial" : "", half ? "half" : "f32", heads, hd);
             EXPECT_CLOSE(what, got, want, (size_t)n * width, 1e-5);
             cl_float2 *st = malloc((size_t)n * heads * sizeof *st), sw[1];
             from_device(ms, st, (size_t)n * heads * sizeof *st);
@@ -573,6 +577,8 @@ static void test_paged_attention(void **state)
             free(pages), free(kp), free(vp), free(kh), free(vh), free(q), free(want), free(got);
             free(kc), free(vc), free(scratch), free(st);
         }
+    }
+    ke_cl_ops_force_serial_attention(fx.ops[1], was_serial);
 }
 
 /* ---- attention ---------------------------------------------------------------------------- */

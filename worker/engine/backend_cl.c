@@ -1170,7 +1170,7 @@ static ks_status upload_text(cl_backend *cb)
             (st = ke_cl_gemm_site_new(cb->gemm, "out_proj", &D->s_out)) ||
             (st = ke_cl_gemm_site_new(cb->gemm, "fc1", &D->s_fc1)) ||
             (st = ke_cl_gemm_site_new(cb->gemm, "fc2", &D->s_fc2)) ||
-            (st = ke_cl_ops_site(cb->ops, "paged_attention", &D->s_att)))
+            (st = ke_cl_ops_site(cb->ops, ke_cl_ops_paged_attention_kernel(cb->ops), &D->s_att)))
             return st;
         snprintf(name, sizeof name, "text layer %d KV cache (%zu tokens)", l, kv_rows);
         if ((st = new_buffer(cb, CL_MEM_READ_WRITE, kv_bytes, NULL, &D->kpool, name)) ||

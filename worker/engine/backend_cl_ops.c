@@ -20,9 +20,9 @@ enum { K_LAYER_NORM, K_ACTIVATION, K_L2, K_UNFOLD, K_VISION_EMBED, K_ATTENTION, 
 
 /* The text decoder's kernels run every step from one call site each: kernel objects of their
  * own that keep their arguments (kc_bound), so a step sets only what changed. */
-enum { B_EMBED, B_PAGED_ATTENTION, B_SELECT_SLOTS, B_COUNT };
+enum { B_EMBED, B_PAGED_ATTENTION, B_PAGED_ATTENTION_SERIAL, B_SELECT_SLOTS, B_COUNT };
 static const char *const bound_names[B_COUNT] = {"decoder_embed", "paged_attention",
-                                                 "select_greedy_slots"};
+                                                 "paged_attention_serial", "select_greedy_slots"};
 
 typedef struct prog_spec {
     const char *file;
@@ -53,6 +53,7 @@ struct ke_cl_ops {
     kc_bound *bound[B_COUNT];
     size_t wg[P_COUNT];
     uint64_t local_mem;
+    bool serial_attention; /* paged_attention_serial: CPUs (ke_cl_ops_paged_attention_kernel) */
 };
 
 static size_t floor_pow2(size_t v)
@@ -140,6 +141,7 @@ ke_cl_ops *ke_cl_ops_new(kc_context *ctx, ke_dtype weight_dtype)
     o->weight_dtype = weight_dtype;
     o->queue = kc_context_queue(ctx);
     o->local_mem = kc_context_device(ctx)->local_mem_bytes;
+    o->serial_attention = (kc_context_device(ctx)->type & CL_DEVICE_TYPE_CPU) != 0;
     for (int p = 0; p < P_COUNT; p++) {
         if (build(o, p, weight_dtype) != KS_OK) {
             ks_error_prefix("OpenCL ops");
@@ -156,6 +158,16 @@ void ke_cl_ops_destroy(ke_cl_ops **ops)
         return;
     free(*ops); /* kernels and programs belong to the context */
     *ops = NULL;
+}
+
+const char *ke_cl_ops_paged_attention_kernel(const ke_cl_ops *o)
+{
+    return o->serial_attention ? "paged_attention_serial" : "paged_attention";
+}
+
+void ke_cl_ops_force_serial_attention(ke_cl_ops *o, bool serial)
+{
+    o->serial_attention = serial;
 }
 
 size_t ke_cl_ops_wg_size(const ke_cl_ops *o)
@@ -466,15 +478,27 @@ cleanup:
 ks_status ke_cl_paged_attention(ke_cl_ops *o, kc_bound *site, const ke_cl_paged_attention_args *a)
 {
     ks_status status = KS_OK;
-    kc_bound *b = site ? site : o->bound[B_PAGED_ATTENTION];
+    const bool serial = o->serial_attention;
+    kc_bound *b = site ? site : o->bound[serial ? B_PAGED_ATTENTION_SERIAL : B_PAGED_ATTENTION];
+    /* serial: groups of a few heads, enough of them for every core even at batch 1 */
     size_t wg = o->wg[P_DECODER];
+    if (serial)
+        for (wg = 8; a->heads % (int)wg != 0; wg--)
+            ;
     if (a->n_tokens == 0)
         return KS_OK;
     if (a->heads < 1 || a->head_dim < 1 || a->n_tokens > (size_t)INT_MAX / (size_t)a->heads) {
         status = ks_fail(KS_ERR_INVALID, "sizes out of range");
         goto cleanup;
     }
-    size_t local_bytes = (3 * wg + 2 * (size_t)a->head_dim) * sizeof(float);
+    const kc_device_info *dev = kc_context_device(o->ctx);
+    if (serial && dev->max_work_group_size > 0 && wg > dev->max_work_group_size) {
+        status = ks_fail(KS_ERR_UNSUPPORTED, "%d heads in one work-group, the device allows %zu",
+                         a->heads, (size_t)dev->max_work_group_size);
+        goto cleanup;
+    }
+    size_t per_group = serial ? wg * (size_t)a->head_dim : (size_t)a->head_dim;
+    size_t local_bytes = ((serial ? 0 : 3 * wg) + 2 * per_group) * sizeof(float);
     if (o->local_mem > 0 && local_bytes > o->local_mem) {
         status = ks_fail(KS_ERR_UNSUPPORTED, "needs %zu bytes of local memory, the device has %llu",
                          local_bytes, (unsigned long long)o->local_mem);
@@ -493,10 +517,10 @@ ks_status ke_cl_paged_attention(ke_cl_ops *o, kc_bound *site, const ke_cl_paged_
     BARG(b, 10, (cl_int)a->heads);
     BARG(b, 11, (cl_int)a->head_dim);
     BARG(b, 12, (cl_float)a->scale);
-    if ((status = kc_bound_arg(b, 13, (size_t)a->head_dim * sizeof(float), NULL)) != KS_OK ||
-        (status = kc_bound_arg(b, 14, (size_t)a->head_dim * sizeof(float), NULL)) != KS_OK)
+    if ((status = kc_bound_arg(b, 13, per_group * sizeof(float), NULL)) != KS_OK ||
+        (status = kc_bound_arg(b, 14, per_group * sizeof(float), NULL)) != KS_OK)
         goto cleanup;
-    size_t global = a->n_tokens * (size_t)a->heads * wg;
+    size_t global = a->n_tokens * (serial ? (size_t)a->heads : (size_t)a->heads * wg);
     status = run(o, kc_bound_kernel(b), "paged_attention", 1, &global, &wg, NULL);
 cleanup:
     if (status != KS_OK)

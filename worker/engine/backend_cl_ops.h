@@ -26,6 +26,13 @@ typedef struct ke_cl_ops ke_cl_ops;
 ke_cl_ops *ke_cl_ops_new(kc_context *ctx, ke_dtype weight_dtype);
 void ke_cl_ops_destroy(ke_cl_ops **ops);
 
+/* The paged attention kernel these ops run (ke_cl_ops_site's name for ke_cl_paged_attention):
+ * "paged_attention_serial" on CPUs, "paged_attention" elsewhere (kernels/decoder.cl). */
+const char *ke_cl_ops_paged_attention_kernel(const ke_cl_ops *o);
+
+/* For tests: run the other kernel (sites made before keep theirs: make them after). */
+void ke_cl_ops_force_serial_attention(ke_cl_ops *o, bool serial);
+
 /* y (rows, dim) = LayerNorm(x) · w + b; y may be x.   (ke_op_layer_norm) */
 ks_status ke_cl_layer_norm(ke_cl_ops *o, cl_mem x, size_t rows, size_t dim, cl_mem w, cl_mem b,
                            float eps, cl_mem y);

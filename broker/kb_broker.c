@@ -1269,7 +1269,3 @@ void kb_broker_stats(const kb_broker *b, kb_stats *out)
     out->workers = (uint32_t)b->n_workers;
     out->waiters = (uint32_t)b->n_waiters;
 }
-
-const char *kb_broker_client_endpoint(const kb_broker *b) { return b->client_ep; }
-
-const char *kb_broker_worker_endpoint(const kb_broker *b) { return b->worker_ep; }

@@ -120,8 +120,4 @@ ks_status kb_broker_run(kb_broker *b, volatile sig_atomic_t *stop);
 
 void kb_broker_stats(const kb_broker *b, kb_stats *out);
 
-/* Resolved endpoint names (e.g. the port a wildcard port got). Borrowed. */
-const char *kb_broker_client_endpoint(const kb_broker *b);
-const char *kb_broker_worker_endpoint(const kb_broker *b);
-
 #endif

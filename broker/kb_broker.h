@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "kb_log.h"
+#include "ks_log.h"
 #include "ks_error.h"
 
 /* Unix time in milliseconds. The broker reads time only through this. */
@@ -60,7 +60,7 @@ typedef struct kb_params {
     kb_rand_fn rand;                 /* NULL = a xorshift seeded from /dev/urandom */
     void *rand_ctx;
     FILE *log;                       /* NULL = stderr */
-    kb_level log_level;              /* KB_INFO */
+    ks_log_level log_level;          /* KS_LOG_INFO */
     /* NULL = off. The Prometheus endpoint (kb_metrics.h) that kb_broker_step hands a snapshot
      * to (every 250 ms, job counts every second). Borrowed: outlives the broker. */
     struct kb_metrics *metrics;

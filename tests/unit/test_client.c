@@ -294,7 +294,7 @@ static farm *farm_start(bool worker, uint64_t max_queued)
     f->p.worker_endpoint = f->wep;
     f->p.db_path = f->db;
     f->p.log = f->log;
-    f->p.log_level = KB_WARN;
+    f->p.log_level = KS_LOG_WARN;
     f->p.heartbeat_ms = 200;
     f->p.heartbeat_liveness = 10;
     if (max_queued)
@@ -903,7 +903,7 @@ static void test_curve(void **state)
     f->p.worker_endpoint = f->wep;
     f->p.db_path = f->db;
     f->p.log = f->log;
-    f->p.log_level = KB_WARN;
+    f->p.log_level = KS_LOG_WARN;
     f->p.curve_secret = path[0];
     f->p.curve_clients = clients;
     f->p.curve_workers = workers;

@@ -1,5 +1,5 @@
 /* Unit tests for common/: error messages, growable strings, UTF-8, Python whitespace, files,
- * base64, SHA-256, FNV-1a and the ZPL key reader. */
+ * base64, SHA-256, FNV-1a, the ZPL key reader and the JSON log (lines parsed back with jansson). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,12 +9,15 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <errno.h>
+#include <jansson.h>
 
 #include "ks_base64.h"
 #include "ks_buf.h"
 #include "ks_error.h"
 #include "ks_file.h"
 #include "ks_hash.h"
+#include "ks_log.h"
 #include "ks_sha256.h"
 #include "ks_utf8.h"
 #include "ks_zpl.h"
@@ -313,6 +316,168 @@ static void test_zpl_keys(void **state)
     assert_false(ks_zpl_z85_key(NULL, "public-key", key));
 }
 
+/* Everything written to `f` since the start, as a new NUL-terminated string. */
+static char *slurp(FILE *f)
+{
+    long n = ftell(f);
+    assert_true(n >= 0);
+    char *text = malloc((size_t)n + 1);
+    assert_non_null(text);
+    rewind(f);
+    assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
+    text[n] = '\0';
+    fseek(f, 0, SEEK_END);
+    return text;
+}
+
+/* `text` is exactly one line holding one JSON object; returns it parsed (caller decrefs). */
+static json_t *one_json_line(const char *text)
+{
+    size_t len = strlen(text);
+    assert_true(len >= 2 && text[len - 1] == '\n');
+    assert_ptr_equal(strchr(text, '\n'), text + len - 1);
+    json_error_t err;
+    json_t *j = json_loadb(text, len - 1, 0, &err);
+    if (!j)
+        fail_msg("not JSON (%s): %s", err.text, text);
+    assert_true(json_is_object(j));
+    return j;
+}
+
+/* The line's shape: ts_ms, level and event first; fields after; errno left alone; and no
+ * fields at all with NULL. */
+static void test_log_line(void **state)
+{
+    (void)state;
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    char esc[64];
+    errno = EAGAIN;
+    ks_log(f, KS_LOG_WARN, 1700000000123ull, "job_done", "\"job\":%s,\"n\":%d",
+           ks_log_str(esc, sizeof esc, "01J\"x"), 7);
+    assert_int_equal(errno, EAGAIN);
+    char *text = slurp(f);
+    assert_string_equal(text, "{\"ts_ms\":1700000000123,\"level\":\"warn\",\"event\":\"job_done\","
+                              "\"job\":\"01J\\\"x\",\"n\":7}\n");
+    free(text);
+    fclose(f);
+
+    f = tmpfile();
+    assert_non_null(f);
+    ks_log(f, KS_LOG_DEBUG, 0, "started", NULL);
+    ks_log(f, KS_LOG_ERROR, 1, "stopped", "%s", ""); /* empty fields: no stray comma */
+    text = slurp(f);
+    assert_string_equal(text, "{\"ts_ms\":0,\"level\":\"debug\",\"event\":\"started\"}\n"
+                              "{\"ts_ms\":1,\"level\":\"error\",\"event\":\"stopped\"}\n");
+    free(text);
+    fclose(f);
+
+    ks_log_level l = KS_LOG_ERROR;
+    for (int i = KS_LOG_DEBUG; i <= KS_LOG_ERROR; i++) {
+        assert_true(ks_log_level_parse(ks_log_level_name((ks_log_level)i), &l));
+        assert_int_equal(l, i);
+    }
+    assert_false(ks_log_level_parse("verbose", &l));
+    assert_false(ks_log_level_parse("", &l));
+    assert_false(ks_log_level_parse(NULL, &l));
+    assert_int_equal(l, KS_LOG_ERROR);
+    assert_true(ks_log_unix_ms() > 1600000000000ull);
+}
+
+/* A line far longer than any fixed buffer comes out whole, as one valid object: a 100 KB
+ * value and 3000 members. */
+static void test_log_long_line(void **state)
+{
+    (void)state;
+    size_t big = 100000;
+    char *value = malloc(big + 1);
+    char *esc = malloc(2 * big + 8);
+    assert_non_null(value);
+    assert_non_null(esc);
+    for (size_t i = 0; i < big; i++)
+        value[i] = (char)('a' + i % 26);
+    value[big - 1] = '"'; /* escaped at the very end */
+    value[big] = '\0';
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    ks_log(f, KS_LOG_INFO, 42, "long", "\"value\":%s,\"after\":true",
+           ks_log_str(esc, 2 * big + 8, value));
+    char *text = slurp(f);
+    json_t *j = one_json_line(text);
+    assert_string_equal(json_string_value(json_object_get(j, "value")), value);
+    assert_true(json_is_true(json_object_get(j, "after")));
+    assert_int_equal(json_integer_value(json_object_get(j, "ts_ms")), 42);
+    assert_string_equal(json_string_value(json_object_get(j, "event")), "long");
+    json_decref(j);
+    free(text);
+    fclose(f);
+
+    /* many members: the fields string is built by the caller, then logged in one piece */
+    ks_buf members;
+    ks_buf_init(&members);
+    for (int i = 0; i < 3000; i++)
+        assert_int_equal(ks_buf_printf(&members, "%s\"k%d\":%d", i ? "," : "", i, i), KS_OK);
+    f = tmpfile();
+    assert_non_null(f);
+    ks_log(f, KS_LOG_INFO, 1, "many", "%s", members.data);
+    text = slurp(f);
+    j = one_json_line(text);
+    assert_int_equal(json_object_size(j), 3 + 3000);
+    assert_int_equal(json_integer_value(json_object_get(j, "k2999")), 2999);
+    json_decref(j);
+    free(text);
+    fclose(f);
+    ks_buf_fini(&members);
+    free(esc);
+    free(value);
+}
+
+/* ks_log_str: escapes, UTF-8 kept, malformed bytes replaced; cut to every size from 0 up it
+ * stays a valid JSON string whose text is a prefix of the input (plus "..." when cut). */
+static void test_log_str(void **state)
+{
+    (void)state;
+    char buf[256];
+    assert_string_equal(ks_log_str(buf, sizeof buf, "a\"b\\c\nd\te\x01\x7f"),
+                        "\"a\\\"b\\\\c\\u000ad\\u0009e\\u0001\\u007f\"");
+    assert_string_equal(ks_log_str(buf, sizeof buf, NULL), "\"\"");
+    assert_string_equal(ks_log_str(buf, sizeof buf, "caf\xc3\xa9 \xe2\x82\xac"),
+                        "\"caf\xc3\xa9 \xe2\x82\xac\"");
+    assert_string_equal(ks_log_str(buf, sizeof buf, "x\xff\xc3y"), "\"x\\ufffd\\ufffdy\"");
+    assert_string_equal(ks_log_str(buf, 8, "abcdefghij"), "\"ab...\"");
+    assert_string_equal(ks_log_str(buf, 8, "abcde"), "\"abcde\""); /* exactly fits: no cut */
+    assert_string_equal(ks_log_str(buf, 3, "abc"), "\"\"");
+    assert_string_equal(ks_log_str(buf, 2, "abc"), "");
+
+    const char *in = "snow\"man \xe2\x98\x83 by a \\fire\\ \x01\x02 \xf0\x9f\x94\xa5 end\xff";
+    char full[256];
+    ks_log_str(full, sizeof full, in);
+    json_t *whole = json_loads(full, JSON_DECODE_ANY, NULL);
+    assert_non_null(whole);
+    const char *decoded = json_string_value(whole);
+    for (size_t cap = 3; cap <= strlen(full) + 1; cap++) {
+        char cut[256];
+        memset(cut, 0x55, sizeof cut);
+        ks_log_str(cut, cap, in);
+        assert_true(strlen(cut) < cap);
+        assert_int_equal((unsigned char)cut[cap], 0x55); /* nothing past cap */
+        json_error_t err;
+        json_t *j = json_loads(cut, JSON_DECODE_ANY, &err);
+        if (!j)
+            fail_msg("cap %zu: not a JSON string (%s): %s", cap, err.text, cut);
+        const char *v = json_string_value(j);
+        size_t n = strlen(v);
+        if (cap <= strlen(full)) {
+            if (n >= 3 && strcmp(v + n - 3, "...") == 0)
+                n -= 3;
+            assert_true(n < strlen(decoded));
+        }
+        assert_memory_equal(v, decoded, n);
+        json_decref(j);
+    }
+    json_decref(whole);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -327,6 +492,9 @@ int main(void)
         cmocka_unit_test(test_sha256_incremental),
         cmocka_unit_test(test_fnv1a),
         cmocka_unit_test(test_zpl_keys),
+        cmocka_unit_test(test_log_line),
+        cmocka_unit_test(test_log_long_line),
+        cmocka_unit_test(test_log_str),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -269,7 +269,7 @@ static void test_hooks(const kw_job_in *job)
 {
     const char *marker = getenv("KOSMOS_WORKER_TEST_ABORT_MARKER");
     if (job_has_marker(job, marker)) {
-        kw_log(KW_ERROR, "test_abort", "\"job\":\"%s\",\"attempt\":%u", job->job_id,
+        kw_log(KS_LOG_ERROR, "test_abort", "\"job\":\"%s\",\"attempt\":%u", job->job_id,
                job->attempt);
         abort();
     }
@@ -316,7 +316,7 @@ static ks_status admit_ready(compute_state *s)
             slept = true;
         }
         test_hooks(&h->t->job);
-        kw_log(KW_INFO, "computing", "\"job\":\"%s\",\"attempt\":%u", h->t->job_id,
+        kw_log(KS_LOG_INFO, "computing", "\"job\":\"%s\",\"attempt\":%u", h->t->job_id,
                h->t->job.attempt);
         ks_status st = kw_batch_add(s->batch, &h->t->job);
         if (st == KS_ERR_NOMEM) {
@@ -348,10 +348,10 @@ static ks_status step(compute_state *s)
         kw_task *t = s->tasks[i].t;
         if (t->job.cancel_reason == KW_REASON_HANDBACK) {
             /* Not finished in the shutdown grace: no Result; the Disconnect hands it back. */
-            kw_log(KW_INFO, "handed_back", "\"job\":\"%s\",\"attempt\":%u", t->job_id,
+            kw_log(KS_LOG_INFO, "handed_back", "\"job\":\"%s\",\"attempt\":%u", t->job_id,
                    t->job.attempt);
         } else if (done[d].packed.data) {
-            kw_log(KW_INFO, "job_done", "\"job\":\"%s\",\"attempt\":%u,\"running\":%zu",
+            kw_log(KS_LOG_INFO, "job_done", "\"job\":\"%s\",\"attempt\":%u,\"running\":%zu",
                    t->job_id, t->job.attempt, kw_batch_jobs(s->batch));
             send_done(s, t, &done[d].packed);
         } else {
@@ -385,7 +385,7 @@ static void *compute_main(void *arg)
     s.step_ms = step_ms ? strtol(step_ms, NULL, 10) : 0;
     s.pipe = zmq_socket(c->zmq_ctx, ZMQ_PAIR);
     if (!s.pipe || zmq_connect(s.pipe, c->endpoint) != 0) {
-        kw_log(KW_ERROR, "compute_start_failed", "\"error\":\"%s\"", zmq_strerror(errno));
+        kw_log(KS_LOG_ERROR, "compute_start_failed", "\"error\":\"%s\"", zmq_strerror(errno));
         goto done;
     }
     kw_batch_params bp = c->batch;

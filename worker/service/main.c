@@ -203,13 +203,13 @@ int main(int argc, char **argv)
             break;
         case O_CS: p.curve_secret = optarg; break;
         case O_CP: p.curve_server = optarg; break;
-        case O_LOG:
-            if (!strcmp(optarg, "debug")) kw_log_set_level(KW_DEBUG);
-            else if (!strcmp(optarg, "info")) kw_log_set_level(KW_INFO);
-            else if (!strcmp(optarg, "warn")) kw_log_set_level(KW_WARN);
-            else if (!strcmp(optarg, "error")) kw_log_set_level(KW_ERROR);
-            else bad = 1;
+        case O_LOG: {
+            ks_log_level level;
+            bad = !ks_log_level_parse(optarg, &level);
+            if (!bad)
+                kw_log_set_level(level);
             break;
+        }
         case O_ROOT:
             bad = p.engine.n_image_roots == 64 || !ks_path_clean(optarg);
             if (!bad)

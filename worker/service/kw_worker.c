@@ -899,7 +899,7 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     kw_batch_params_default(&batch_params);
     compute = (kw_compute){.zmq_ctx = io.ctx, .endpoint = io.pipe_endpoint, .engine = &engine,
                            .max_batch = p->max_batch,
-                           .batch = batch_params,
+                           .batch = batch_params, .test = p->test,
                            .meta = {.worker_name = io.name, .device_name = io.device.name}};
     if (kw_compute_start(&compute) != KS_OK) {
         kw_log(KS_LOG_ERROR, "start_failed",

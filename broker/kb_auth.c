@@ -26,6 +26,8 @@ struct kb_auth {
     atomic_bool alive, stop;
     uint8_t public_key[32], secret_key[32];
     kb_keyset clients, workers;
+    FILE *log; /* borrowed; NULL = stderr */
+    ks_log_level log_level;
 };
 
 static ks_status kb_load_key(const char *path, const char *name, char out[41])
@@ -119,8 +121,11 @@ static void kb_zap_serve(kb_auth *a)
             code = "200";
             text = "OK";
         } else {
-            fprintf(stderr, "{\"level\":\"warn\",\"event\":\"curve_denied\",\"domain\":\"%s\","
-                            "\"key\":\"%s\"}\n", set ? domain : "?", user);
+            char esc[80], user_esc[64];
+            if (a->log_level <= KS_LOG_WARN)
+                ks_log(a->log, KS_LOG_WARN, ks_log_unix_ms(), "curve_denied",
+                       "\"domain\":%s,\"key\":%s", ks_log_str(esc, sizeof esc, set ? domain : "?"),
+                       ks_log_str(user_esc, sizeof user_esc, user));
             user[0] = '\0';
         }
     }
@@ -153,7 +158,8 @@ static void *kb_zap_thread(void *arg)
 }
 
 ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_dir,
-                        const char *worker_dir, kb_auth **out)
+                        const char *worker_dir, FILE *log, ks_log_level log_level,
+                        kb_auth **out)
 {
     ks_status st = KS_OK;
     char pub[41], sec[41];
@@ -163,6 +169,8 @@ ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_
         return ks_fail(KS_ERR_NOMEM, "out of memory");
     atomic_init(&a->alive, false);
     atomic_init(&a->stop, false);
+    a->log = log;
+    a->log_level = log_level;
     if ((st = kb_load_key(secret_file, "public-key", pub)) != KS_OK ||
         (st = kb_load_key(secret_file, "secret-key", sec)) != KS_OK ||
         (st = kb_load_dir(client_dir, &a->clients)) != KS_OK ||

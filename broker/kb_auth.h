@@ -9,15 +9,20 @@
 #define KB_AUTH_H
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "ks_error.h"
+#include "ks_log.h"
 
 typedef struct kb_auth kb_auth;
 
 /* Loads the secret certificate and both key folders, binds inproc://zeromq.zap.01 in `zctx`
- * and starts the handler thread. Caller owns *out. */
+ * and starts the handler thread. The thread logs refused keys (curve_denied) to `log`
+ * (borrowed until stop; NULL = stderr) when `log_level` lets warnings through, stamped with
+ * the wall clock (an injected broker clock is not the thread's to call). Caller owns *out. */
 ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_dir,
-                        const char *worker_dir, kb_auth **out);
+                        const char *worker_dir, FILE *log, ks_log_level log_level,
+                        kb_auth **out);
 /* Makes `sock` a CURVE server with the broker's keys in ZAP domain `domain`; before bind. */
 ks_status kb_auth_server_socket(kb_auth *a, void *sock, const char *domain);
 bool kb_auth_alive(const kb_auth *a);

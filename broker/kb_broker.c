@@ -46,7 +46,7 @@ void kb_params_init(kb_params *p)
     p->max_workers = 1024;
     p->max_inflight_bytes = (size_t)1 << 30;
     p->default_max_new_tokens = 128;
-    p->log_level = KB_INFO;
+    p->log_level = KS_LOG_INFO;
 }
 
 /* ---- Time, randomness, logs ----------------------------------------------------------------- */
@@ -71,19 +71,14 @@ uint64_t kb_random(kb_broker *b)
     return b->rng * 2685821657736338717ull;
 }
 
-void kb_logf(kb_broker *b, kb_level level, const char *event, const char *fields, ...)
+void kb_logf(kb_broker *b, ks_log_level level, const char *event, const char *fields, ...)
 {
-    char buf[1800];
     if (level < b->p.log_level)
         return;
-    buf[0] = '\0';
-    if (fields) {
-        va_list ap;
-        va_start(ap, fields);
-        vsnprintf(buf, sizeof buf, fields, ap);
-        va_end(ap);
-    }
-    kb_log(b->p.log, b->p.log_level, level, kb_now(b), event, fields ? "%s" : NULL, buf);
+    va_list ap;
+    va_start(ap, fields);
+    ks_logv(b->p.log, level, kb_now(b), event, fields, ap);
+    va_end(ap);
 }
 
 /* Crockford base32 ULID: 48 bits of milliseconds, 80 random bits; 26 characters. */
@@ -246,7 +241,7 @@ static void kb_client_send_now(kb_broker *b, const void *rid, size_t rid_len, zm
 {
     if (kp_send_packed(b->client_sock, rid, rid_len, body, NULL, ZMQ_DONTWAIT) != KS_OK) {
         b->stats.send_failures++;
-        kb_logf(b, KB_DEBUG, "client_send_failed", "\"error\":\"%s\"", zmq_strerror(errno));
+        kb_logf(b, KS_LOG_DEBUG, "client_send_failed", "\"error\":\"%s\"", zmq_strerror(errno));
     }
 }
 
@@ -316,8 +311,8 @@ static void kb_held_release(kb_broker *b)
     if (failed && !b->fatal) {
         b->fatal = true;
         char esc[300];
-        kb_logf(b, KB_ERROR, "store_io_error", "\"error\":%s,\"action\":\"fail-stop\"",
-                kb_json_str(esc, sizeof esc, why, strlen(why)));
+        kb_logf(b, KS_LOG_ERROR, "store_io_error", "\"error\":%s,\"action\":\"fail-stop\"",
+                ks_log_str(esc, sizeof esc, why));
     }
     uint64_t durable = kb_syncer_durable(b->syncer);
     size_t i = 0;
@@ -413,7 +408,7 @@ bool kb_store_fatal(kb_broker *b)
 {
     if (kb_store_fault(b->store) == KB_FAULT_IO && !b->fatal) {
         b->fatal = true;
-        kb_logf(b, KB_ERROR, "store_io_error", "\"error\":\"%s\",\"action\":\"fail-stop\"",
+        kb_logf(b, KS_LOG_ERROR, "store_io_error", "\"error\":\"%s\",\"action\":\"fail-stop\"",
                 ks_error_message());
     }
     return b->fatal;
@@ -424,7 +419,7 @@ static bool kb_begin(kb_broker *b)
     if (kb_store_begin(b->store) == KS_OK)
         return true;
     b->stats.commit_failures++;
-    kb_logf(b, KB_ERROR, "store_begin_failed", "\"error\":\"%s\"", ks_error_message());
+    kb_logf(b, KS_LOG_ERROR, "store_begin_failed", "\"error\":\"%s\"", ks_error_message());
     kb_store_fatal(b);
     kb_flush(b, false);
     return false;
@@ -472,7 +467,7 @@ static void kb_commit_or_rollback(kb_broker *b, ks_status st)
             if (b->syncer)
                 kb_syncer_request(b->syncer, ++b->commits_written, frames);
             if (frames >= KB_WAL_RESTART_FRAMES && kb_store_checkpoint(b->store) != KS_OK) {
-                kb_logf(b, KB_WARN, "checkpoint_failed", "\"wal_frames\":%u", frames);
+                kb_logf(b, KS_LOG_WARN, "checkpoint_failed", "\"wal_frames\":%u", frames);
                 kb_store_fatal(b);
             }
         }
@@ -485,9 +480,9 @@ static void kb_commit_or_rollback(kb_broker *b, ks_status st)
         b->need_sweep = true;
         b->n_woken = 0;
         char esc[300];
-        kb_logf(b, kb_store_fault(b->store) == KB_FAULT_FULL ? KB_WARN : KB_ERROR,
+        kb_logf(b, kb_store_fault(b->store) == KB_FAULT_FULL ? KS_LOG_WARN : KS_LOG_ERROR,
                 "transaction_rolled_back", "\"fault\":%d,\"error\":%s",
-                (int)kb_store_fault(b->store), kb_json_str(esc, sizeof esc, why, strlen(why)));
+                (int)kb_store_fault(b->store), ks_log_str(esc, sizeof esc, why));
         kb_store_fatal(b);
         kb_flush(b, false);
         return;
@@ -606,7 +601,8 @@ ks_status kb_lapse(kb_broker *b, const char *job_id, uint32_t attempt, bool cras
         goto cleanup;
     if (crash)
         b->stats.lease_lapses++;
-    kb_logf(b, KB_WARN, "lease_lapsed", "\"job\":\"%s\",\"attempt\":%u,\"crash\":%s,\"why\":\"%s\"",
+    kb_logf(b, KS_LOG_WARN, "lease_lapsed",
+            "\"job\":\"%s\",\"attempt\":%u,\"crash\":%s,\"why\":\"%s\"",
             job_id, attempt, crash ? "true" : "false", why);
     if (crash && job.crash_count + 1 >= b->p.max_crashes) {
         char msg[200];
@@ -718,7 +714,7 @@ static ks_status kb_timers_in_txn(kb_broker *b, uint64_t now)
         if (now > b->p.retention_ms && (st = kb_store_gc(b->store, now - b->p.retention_ms, &n)) != KS_OK)
             return st;
         if (n)
-            kb_logf(b, KB_INFO, "gc", "\"jobs_deleted\":%d", n);
+            kb_logf(b, KS_LOG_INFO, "gc", "\"jobs_deleted\":%d", n);
     }
     return KS_OK;
 }
@@ -816,7 +812,7 @@ static ks_status kb_dispatch_one(kb_broker *b, kb_worker *w, const kb_job *job, 
     }
     w->credit--;
     b->stats.dispatches++;
-    kb_logf(b, KB_DEBUG, "dispatch", "\"job\":\"%s\",\"attempt\":%u", job->id, attempt);
+    kb_logf(b, KS_LOG_DEBUG, "dispatch", "\"job\":\"%s\",\"attempt\":%u", job->id, attempt);
 cleanup:
     if (pj)
         kosmos__v1__job__free_unpacked(pj, NULL);
@@ -954,7 +950,7 @@ static void kb_warn_open(kb_broker *b, const char *ep)
 {
     if (kb_endpoint_local(ep))
         return;
-    kb_logf(b, KB_WARN, "curve_off",
+    kb_logf(b, KS_LOG_WARN, "curve_off",
             "\"endpoint\":\"%s\",\"why\":\"CURVE is off on an endpoint other hosts can reach: "
             "anyone there can submit jobs, register as a worker and take --max-workers slots, and "
             "make libzmq buffer incomplete messages without bound (docs/broker.md, Memory bound); "
@@ -987,7 +983,7 @@ static ks_status kb_recover(kb_broker *b)
     b->grace_until = kb_now(b) + grace;
     if ((st = kb_store_counts(b->store, counts)) != KS_OK)
         goto cleanup;
-    kb_logf(b, KB_INFO, "recovered",
+    kb_logf(b, KS_LOG_INFO, "recovered",
             "\"queued\":%llu,\"running\":%llu,\"retry_wait\":%llu,\"grace_ms\":%u",
             (unsigned long long)counts[1], (unsigned long long)counts[2],
             (unsigned long long)counts[3], grace);
@@ -1051,7 +1047,7 @@ ks_status kb_broker_new(const kb_params *p, kb_broker **out)
     }
     if (curve &&
         (st = kb_auth_start(b->zctx, p->curve_secret, p->curve_clients, p->curve_workers,
-                            (kb_auth **)&b->curve_state)) != KS_OK)
+                            p->log, p->log_level, (kb_auth **)&b->curve_state)) != KS_OK)
         goto cleanup;
     b->client_sock = zmq_socket(b->zctx, ZMQ_ROUTER);
     b->worker_sock = zmq_socket(b->zctx, ZMQ_ROUTER);
@@ -1069,7 +1065,7 @@ ks_status kb_broker_new(const kb_params *p, kb_broker **out)
         kb_warn_open(b, b->worker_ep);
     }
     kb_mem_recount(b);
-    kb_logf(b, KB_INFO, "started",
+    kb_logf(b, KS_LOG_INFO, "started",
             "\"client_endpoint\":\"%s\",\"worker_endpoint\":\"%s\",\"db\":\"%s\",\"curve\":%s,"
             "\"instance\":%llu,\"memory_bound\":%zu",
             b->client_ep, b->worker_ep, p->db_path, curve ? "true" : "false",
@@ -1170,7 +1166,7 @@ ks_status kb_broker_step(kb_broker *b, int timeout_ms)
         return ks_fail(KS_ERR_IO, "the store failed; the broker stopped (fail-stop)");
     if (b->curve_state && !kb_auth_alive(b->curve_state)) {
         b->fatal = true;
-        kb_logf(b, KB_ERROR, "authenticator_died", NULL);
+        kb_logf(b, KS_LOG_ERROR, "authenticator_died", NULL);
         return ks_fail(KS_ERR_IO, "the CURVE authenticator stopped (fail closed)");
     }
     /* Past one outbox of replies held for the disk, the cycle reads nothing and answers no
@@ -1222,7 +1218,7 @@ ks_status kb_broker_run(kb_broker *b, volatile sig_atomic_t *stop)
         uint64_t now = kb_now(b);
         if (now >= b->next_timer_log) {
             b->next_timer_log = now + 60000;
-            kb_logf(b, KB_INFO, "stats",
+            kb_logf(b, KS_LOG_INFO, "stats",
                     "\"workers\":%zu,\"waiters\":%zu,\"dispatches\":%llu,\"stored\":%llu,"
                     "\"stale\":%llu,\"violations\":%llu,\"memory\":%zu,\"memory_bound\":%zu",
                     b->n_workers, b->n_waiters, (unsigned long long)b->stats.dispatches,
@@ -1253,7 +1249,7 @@ ks_status kb_broker_run(kb_broker *b, volatile sig_atomic_t *stop)
     kb_held_drain(b);
     if (b->fatal)
         return ks_fail(KS_ERR_IO, "the store failed; the broker stopped (fail-stop)");
-    kb_logf(b, KB_INFO, "stopping", NULL);
+    kb_logf(b, KS_LOG_INFO, "stopping", NULL);
     return KS_OK;
 }
 
@@ -1269,7 +1265,3 @@ void kb_broker_stats(const kb_broker *b, kb_stats *out)
     out->workers = (uint32_t)b->n_workers;
     out->waiters = (uint32_t)b->n_waiters;
 }
-
-const char *kb_broker_client_endpoint(const kb_broker *b) { return b->client_ep; }
-
-const char *kb_broker_worker_endpoint(const kb_broker *b) { return b->worker_ep; }

@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "kb_log.h"
+#include "ks_log.h"
 #include "ks_error.h"
 
 /* Unix time in milliseconds. The broker reads time only through this. */
@@ -60,7 +60,7 @@ typedef struct kb_params {
     kb_rand_fn rand;                 /* NULL = a xorshift seeded from /dev/urandom */
     void *rand_ctx;
     FILE *log;                       /* NULL = stderr */
-    kb_level log_level;              /* KB_INFO */
+    ks_log_level log_level;          /* KS_LOG_INFO */
     /* NULL = off. The Prometheus endpoint (kb_metrics.h) that kb_broker_step hands a snapshot
      * to (every 250 ms, job counts every second). Borrowed: outlives the broker. */
     struct kb_metrics *metrics;
@@ -119,9 +119,5 @@ ks_status kb_broker_step(kb_broker *b, int timeout_ms);
 ks_status kb_broker_run(kb_broker *b, volatile sig_atomic_t *stop);
 
 void kb_broker_stats(const kb_broker *b, kb_stats *out);
-
-/* Resolved endpoint names (e.g. the port a wildcard port got). Borrowed. */
-const char *kb_broker_client_endpoint(const kb_broker *b);
-const char *kb_broker_worker_endpoint(const kb_broker *b);
 
 #endif

@@ -27,10 +27,11 @@ static void kb_violation(kb_broker *b, const char *endpoint, const void *rid, si
     char hex[2 * 16 + 1] = "", esc[300], id[300];
     for (size_t i = 0; i < rid_len && i < 16; i++)
         snprintf(hex + 2 * i, 3, "%02x", ((const unsigned char *)rid)[i]);
-    kb_logf(b, KB_WARN, "protocol_violation", "\"endpoint\":\"%s\",\"peer\":\"%s\",\"identity\":%s,"
+    kb_logf(b, KS_LOG_WARN, "protocol_violation",
+            "\"endpoint\":\"%s\",\"peer\":\"%s\",\"identity\":%s,"
             "\"what\":%s", endpoint, hex,
-            kb_json_str(id, sizeof id, identity ? identity : "", identity ? strlen(identity) : 0),
-            kb_json_str(esc, sizeof esc, what, strlen(what)));
+            ks_log_str(id, sizeof id, identity),
+            ks_log_str(esc, sizeof esc, what));
 }
 
 static void kb_reply_init(kb_broker *b, Kosmos__V1__ClientReply *r, uint64_t request_id)

@@ -182,7 +182,7 @@ struct kb_broker {
 /* kb_broker.c */
 uint64_t kb_now(kb_broker *b);
 uint64_t kb_random(kb_broker *b);
-void kb_logf(kb_broker *b, kb_level level, const char *event, const char *fields, ...)
+void kb_logf(kb_broker *b, ks_log_level level, const char *event, const char *fields, ...)
     __attribute__((format(printf, 4, 5)));
 kb_out *kb_out_push(kb_broker *b, bool to_worker, const void *rid, size_t rid_len,
                     const ProtobufCMessage *msg);

@@ -142,7 +142,7 @@ void kb_worker_forget(kb_broker *b, kb_worker *w, bool crash, const char *why)
         }
     b->mem_workers_stale = true;
     if (why)
-        kb_logf(b, KB_INFO, "worker_gone", "\"name\":\"%s\",\"why\":\"%s\"", w->name, why);
+        kb_logf(b, KS_LOG_INFO, "worker_gone", "\"name\":\"%s\",\"why\":\"%s\"", w->name, why);
     b->n_empty = 0; /* it may have lent its strings to the dispatch classes */
     kb_worker_free(w);
 }
@@ -156,7 +156,7 @@ void kb_send_worker_packed(kb_broker *b, kb_worker *w, zmq_msg_t *body, zmq_msg_
          * socket), as for missed heartbeats - a crash, or a poison job would never end DEAD.
          * A full queue (EAGAIN) is a slow worker: its leases go back without a crash. */
         w->gone_dead = w->gone_dead || errno == EHOSTUNREACH;
-        kb_logf(b, KB_WARN, "worker_send_failed", "\"name\":\"%s\",\"error\":\"%s\"", w->name,
+        kb_logf(b, KS_LOG_WARN, "worker_send_failed", "\"name\":\"%s\",\"error\":\"%s\"", w->name,
                 zmq_strerror(errno));
         return;
     }
@@ -244,8 +244,8 @@ static void kb_protocol_error(kb_broker *b, const void *rid, size_t rid_len, con
 {
     char esc[300];
     b->stats.violations++;
-    kb_logf(b, KB_WARN, "protocol_violation", "\"endpoint\":\"worker\",\"what\":%s",
-            kb_json_str(esc, sizeof esc, what, strlen(what)));
+    kb_logf(b, KS_LOG_WARN, "protocol_violation", "\"endpoint\":\"worker\",\"what\":%s",
+            ks_log_str(esc, sizeof esc, what));
     kb_disconnect(b, rid, rid_len, KOSMOS__V1__DISCONNECT__CODE__CODE_PROTOCOL_ERROR, what);
     kb_worker *w = kb_worker_by_rid(b, rid, rid_len);
     if (w)
@@ -298,14 +298,14 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
             env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT;
             env.disconnect = &dc;
             kb_send_rid(b, rid, rid_len, &env);
-            kb_logf(b, KB_WARN, "worker_refused_for_now",
+            kb_logf(b, KS_LOG_WARN, "worker_refused_for_now",
                     "\"why\":\"too many workers (--max-workers)\",\"workers\":%zu", b->n_workers);
         }
         return KS_OK;
     }
     if (why) {
         kb_disconnect(b, rid, rid_len, KOSMOS__V1__DISCONNECT__CODE__CODE_REJECTED, why);
-        kb_logf(b, KB_WARN, "worker_rejected", "\"why\":\"%s\"", why);
+        kb_logf(b, KS_LOG_WARN, "worker_rejected", "\"why\":\"%s\"", why);
         return KS_OK;
     }
     kb_worker *old = kb_worker_by_rid(b, rid, rid_len);
@@ -406,7 +406,8 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
             for (size_t k = 0; k < b->n_orphans; k++)
                 if (strcmp(b->orphans[k].job_id, job.id) == 0)
                     b->orphans[k] = b->orphans[--b->n_orphans];
-            kb_logf(b, KB_INFO, "lease_adopted", "\"job\":\"%s\",\"attempt\":%u,\"worker\":\"%s\"",
+            kb_logf(b, KS_LOG_INFO, "lease_adopted",
+                    "\"job\":\"%s\",\"attempt\":%u,\"worker\":\"%s\"",
                     job.id, job.attempt, w->name);
         } else {
             kb_send_cancel(b, w, l->job_id, l->attempt, KOSMOS__V1__CANCEL__REASON__REASON_STALE);
@@ -416,7 +417,7 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
         if (st != KS_OK)
             return st;
     }
-    kb_logf(b, KB_INFO, "worker_ready", "\"name\":\"%s\",\"capacity\":%u,\"adopted\":%zu",
+    kb_logf(b, KS_LOG_INFO, "worker_ready", "\"name\":\"%s\",\"capacity\":%u,\"adopted\":%zu",
             w->name, w->capacity, w->n_leases);
     return KS_OK;
 }
@@ -442,7 +443,7 @@ static void kb_heartbeat(kb_broker *b, kb_worker *w, const Kosmos__V1__Heartbeat
             if (l->has_started && l->started && !lease->started) {
                 lease->started = true;
                 lease->expires = ks_sat_add_u64(kb_now(b), b->p.max_job_ms);
-                kb_logf(b, KB_DEBUG, "job_started", "\"job\":\"%s\",\"attempt\":%u",
+                kb_logf(b, KS_LOG_DEBUG, "job_started", "\"job\":\"%s\",\"attempt\":%u",
                         lease->job_id, lease->attempt);
             }
             confirm = confirm || (lease->started && !lease->confirmed);
@@ -511,7 +512,7 @@ static ks_status kb_result(kb_broker *b, kb_worker *w, Kosmos__V1__Result *res)
     if (job.state != KOSMOS__V1__JOB_STATE__JOB_STATE_RUNNING || job.attempt != attempt ||
         !job.worker || strcmp(job.worker, w->name) != 0) {
         b->stats.results_stale++;
-        kb_logf(b, KB_INFO, "result_stale", "\"job\":\"%s\",\"attempt\":%u,\"current\":%u",
+        kb_logf(b, KS_LOG_INFO, "result_stale", "\"job\":\"%s\",\"attempt\":%u,\"current\":%u",
                 job.id, attempt, job.attempt);
         st = kb_result_ack(b, w, job.id, attempt,
                            KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STALE);
@@ -615,7 +616,7 @@ static ks_status kb_worker_handle(kb_broker *b, kp_inbound *in)
             uint64_t c = (uint64_t)w->credit + m->credit->slots;
             uint64_t limit = w->capacity > w->n_leases ? w->capacity - w->n_leases : 0;
             if (c > limit) {
-                kb_logf(b, KB_WARN, "credit_over_capacity",
+                kb_logf(b, KS_LOG_WARN, "credit_over_capacity",
                         "\"name\":\"%s\",\"credit\":%llu,\"limit\":%llu", w->name,
                         (unsigned long long)c, (unsigned long long)limit);
                 c = limit;
@@ -633,7 +634,7 @@ static ks_status kb_worker_handle(kb_broker *b, kp_inbound *in)
         kb_worker_forget(b, w, false, "worker disconnected");
         return kb_store_fault(b->store) != KB_FAULT_NONE ? KS_ERR_IO : KS_OK;
     default:
-        kb_logf(b, KB_DEBUG, "worker_message_unknown", "\"name\":\"%s\"", w->name);
+        kb_logf(b, KS_LOG_DEBUG, "worker_message_unknown", "\"name\":\"%s\"", w->name);
         return KS_OK; /* a newer worker: ignored (§7) */
     }
 }

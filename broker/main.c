@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "kb_broker.h"
 #include "kb_job.h"
@@ -133,11 +132,7 @@ int main(int argc, char **argv)
         case O_CK: p.curve_clients = optarg; break;
         case O_WK: p.curve_workers = optarg; break;
         case O_LOG:
-            if (strcmp(optarg, "debug") == 0) p.log_level = KB_DEBUG;
-            else if (strcmp(optarg, "info") == 0) p.log_level = KB_INFO;
-            else if (strcmp(optarg, "warn") == 0) p.log_level = KB_WARN;
-            else if (strcmp(optarg, "error") == 0) p.log_level = KB_ERROR;
-            else {
+            if (!ks_log_level_parse(optarg, &p.log_level)) {
                 fprintf(stderr, "kosmos-broker: bad --log-level %s\n", optarg);
                 return 1;
             }
@@ -182,28 +177,26 @@ int main(int argc, char **argv)
     if (st != KS_OK) {
         char esc[1200];
         const char *why = ks_error_message();
-        fprintf(stderr, "{\"level\":\"error\",\"event\":\"%s\",\"error\":%s}\n",
-                st == KS_ERR_BUSY ? "database_locked" : "start_failed",
-                kb_json_str(esc, sizeof esc, why, strlen(why)));
+        ks_log(NULL, KS_LOG_ERROR, ks_log_unix_ms(),
+               st == KS_ERR_BUSY ? "database_locked" : "start_failed", "\"error\":%s",
+               ks_log_str(esc, sizeof esc, why));
         kb_metrics_destroy(&metrics);
         return st == KS_ERR_BUSY ? 3 : 1;
     }
     if (metrics) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
         char esc[300];
-        const char *addr = kb_metrics_address(metrics);
-        kb_log(NULL, p.log_level, KB_INFO,
-               (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u, "metrics_listening",
-               "\"address\":%s,\"path\":\"/metrics\"",
-               kb_json_str(esc, sizeof esc, addr, strlen(addr)));
+        if (p.log_level <= KS_LOG_INFO)
+            ks_log(NULL, KS_LOG_INFO, ks_log_unix_ms(), "metrics_listening",
+                   "\"address\":%s,\"path\":\"/metrics\"",
+                   ks_log_str(esc, sizeof esc, kb_metrics_address(metrics)));
     }
     st = kb_broker_run(b, &stop_requested);
     kb_broker_destroy(&b);
     kb_metrics_destroy(&metrics);
     if (st != KS_OK) {
-        fprintf(stderr, "{\"level\":\"error\",\"event\":\"stopped\",\"error\":\"%s\"}\n",
-                ks_error_message());
+        char esc[1200];
+        ks_log(NULL, KS_LOG_ERROR, ks_log_unix_ms(), "stopped", "\"error\":%s",
+               ks_log_str(esc, sizeof esc, ks_error_message()));
         return 2;
     }
     return 0;

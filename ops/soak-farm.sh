@@ -2,8 +2,8 @@
 # soak-farm.sh: longer soak / chaos runs of the farm's fault scenarios (not CI).
 #
 # Runs the scenarios of tests/integration/test_faults.c and test_hardening.c (real kosmos-broker
-# and kosmos-worker processes, tiny model, --device ref) again and again with a new random seed
-# each time, until the time is up or one fails. Each fault run ends with the ledger oracle (lost
+# and kosmos-test-worker processes, tiny model, --device ref) again and again with a new random
+# seed each time, until the time is up or one fails. Each fault run ends with the ledger oracle (lost
 # 0, unexpected 0, duplicates only as later attempts); each hardening run with its own checks
 # (issue 17: FIFO and symlink paths, cancels within a decode step, the compute cap, unstarted
 # leases, the shutdown grace, one broker per database, a raw ZMTP peer, worker refusal). A
@@ -13,7 +13,7 @@
 #
 # usage: ops/soak-farm.sh [--build DIR] [--minutes N] [--scenarios "a b ..."]
 #   --build DIR        a build folder with test_faults, test_hardening, kosmos-broker,
-#                      kosmos-worker (build)
+#                      kosmos-test-worker (build)
 #   --minutes N        how long (60)
 #   --scenarios LIST   default: worker_kill broker_kill sigstop partition poison same_key
 #                      cancel_step compute_cap unstarted stop_grace image_paths
@@ -38,7 +38,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 tf=$build/tests/integration/test_faults
 th=$build/tests/integration/test_hardening
 broker=$build/bin/kosmos-broker
-worker=$build/bin/kosmos-worker
+worker=$build/bin/kosmos-test-worker   # kosmos-worker with the --test-* seams (tests/support)
 model=$root/tests/data/tiny-kosmos2
 for f in "$tf" "$th" "$broker" "$worker"; do
   [[ -x $f ]] || { echo "soak-farm.sh: $f missing (build the tests first)" >&2; exit 2; }

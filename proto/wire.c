@@ -416,17 +416,6 @@ const void *kp_inbound_image(const kp_inbound *in, size_t *len)
     return zmq_msg_data((zmq_msg_t *)&in->image);
 }
 
-ks_status kp_inbound_take_image(kp_inbound *in, zmq_msg_t *dst)
-{
-    if (!in->has_image)
-        return ks_fail(KS_ERR_INVALID, "message has no image frame");
-    zmq_msg_init(dst);
-    zmq_msg_move(dst, &in->image);
-    zmq_msg_close(&in->image);
-    in->has_image = false;
-    return KS_OK;
-}
-
 size_t kp_inbound_bytes(const kp_inbound *in) { return in->bytes; }
 
 /* ---- Sending -------------------------------------------------------------------------------- */

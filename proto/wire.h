@@ -81,9 +81,6 @@ const ProtobufCMessage *kp_inbound_envelope(const kp_inbound *in);
 uint64_t kp_inbound_request_id(const kp_inbound *in);
 /* Frame 3 when valid and present (len 0 and NULL otherwise). Borrowed until destroy. */
 const void *kp_inbound_image(const kp_inbound *in, size_t *len);
-/* Moves frame 3 into *dst (an uninitialized zmq_msg_t, which the caller then owns and closes
- * or sends). KS_ERR_INVALID when there is none. */
-ks_status kp_inbound_take_image(kp_inbound *in, zmq_msg_t *dst);
 /* Bytes this message holds in memory (frames and the unpacked envelope, estimated from the
  * frame sizes); for the holder's memory accounting. */
 size_t kp_inbound_bytes(const kp_inbound *in);

@@ -50,7 +50,7 @@ static void *broker_main(void *arg)
     p.worker_endpoint = e->worker_ep;
     p.db_path = e->db;
     p.log = e->log;
-    p.log_level = KB_WARN;
+    p.log_level = KS_LOG_WARN;
     kb_broker *b = NULL;
     ks_status st = kb_broker_new(&p, &b);
     pthread_mutex_lock(&e->lock);
@@ -162,7 +162,7 @@ ks_status submit_embedded_start(const char *model_dir, const char *device, int m
     e->wp.engine.device = device;
     if (max_batch > 0)
         e->wp.max_batch = max_batch;
-    kw_log_set_level(KW_WARN);
+    kw_log_set_level(KS_LOG_WARN);
     if (pthread_create(&e->worker_thread, NULL, worker_main, e) != 0) {
         st = ks_fail(KS_ERR_NOMEM, "cannot start the worker thread");
         goto fail;

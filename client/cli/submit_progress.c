@@ -151,13 +151,6 @@ void submit_progress_total(submit_progress *p, uint64_t total, bool final)
     pthread_mutex_unlock(&p->lock);
 }
 
-void submit_progress_get(submit_progress *p, submit_counts *out)
-{
-    pthread_mutex_lock(&p->lock);
-    *out = p->c;
-    pthread_mutex_unlock(&p->lock);
-}
-
 void submit_progress_finish(submit_progress *p, const char *extra)
 {
     stop_thread(p);

@@ -28,7 +28,6 @@ void submit_progress_destroy(submit_progress **p);
 void submit_progress_add(submit_progress *p, const submit_counts *delta);
 /* The number of items counted so far; `final` once the count is complete. */
 void submit_progress_total(submit_progress *p, uint64_t total, bool final);
-void submit_progress_get(submit_progress *p, submit_counts *out);
 
 /* Stops the drawing thread, clears the bar and prints the summary line, with `extra`
  * (may be NULL) appended. */

@@ -32,11 +32,6 @@ kosmos_error_t kl_fail(kosmos_error_t code, const char *fmt, ...)
     return code;
 }
 
-void kl_error_clear(void)
-{
-    kl_msg[0] = '\0';
-}
-
 KOSMOS_API const char *kosmos_error_message(void)
 {
     return kl_msg;

@@ -21,8 +21,6 @@
 /* Records a message (printf-style) for this thread and returns `code`. */
 kosmos_error_t kl_fail(kosmos_error_t code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-/* Clears this thread's message (a call that succeeds leaves the old one; that is fine). */
-void kl_error_clear(void);
 
 /* ---- arena (kl_arena.c): many small allocations freed at once ---- */
 

@@ -8,7 +8,8 @@ the folder walk agree). Standard library only.
 
     test_cli_submit.py --kosmos build/bin/kosmos --data tests/data \
         --model tests/data/tiny-kosmos2 [--device ref] \
-        --broker-bin build/bin/kosmos-broker --worker-bin build/bin/kosmos-worker
+        --broker-bin build/bin/kosmos-broker --worker-bin build/bin/kosmos-worker \
+        --test-worker-bin build/bin/kosmos-test-worker
 """
 import argparse
 import base64
@@ -368,12 +369,11 @@ class RealBroker(Scratch):
         self.broker = subprocess.Popen(
             [ARGS.broker_bin, "--client-endpoint", self.client_ep, "--worker-endpoint", worker_ep,
              "--db", self.path("broker.db"), "--log-level", "warn"], stderr=self.logs[0])
-        # A slow device (the worker's test hook), so that a killed submit leaves jobs running.
-        worker_env = dict(os.environ, KOSMOS_WORKER_TEST_SLEEP_MS="400")
+        # A slow device (kosmos-test-worker's seam), so that a killed submit leaves jobs running.
         self.worker = subprocess.Popen(
-            [ARGS.worker_bin, "--broker", worker_ep, "--model", ARGS.model, "--device",
-             ARGS.device, "--max-batch", "2", "--log-level", "warn"], stderr=self.logs[1],
-            env=worker_env)
+            [ARGS.test_worker_bin, "--broker", worker_ep, "--model", ARGS.model, "--device",
+             ARGS.device, "--max-batch", "2", "--log-level", "warn", "--test-sleep-ms", "400"],
+            stderr=self.logs[1])
 
     def tearDown(self):
         for p in (getattr(self, "worker", None), getattr(self, "broker", None)):
@@ -563,6 +563,8 @@ def main():
     parser.add_argument("--device", default="ref")
     parser.add_argument("--broker-bin", required=True)
     parser.add_argument("--worker-bin", required=True)
+    parser.add_argument("--test-worker-bin", required=True,
+                        help="kosmos-test-worker (tests/support): the worker with --test-* seams")
     ARGS, rest = parser.parse_known_args()
     strict_unittest.main([sys.argv[0]] + rest)
 

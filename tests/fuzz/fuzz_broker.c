@@ -91,7 +91,7 @@ static void fz_setup(void)
     p.clock = fz_clock;
     p.rand = fz_rand;
     p.log = fopen("/dev/null", "w");
-    p.log_level = KB_ERROR;
+    p.log_level = KS_LOG_ERROR;
     p.max_queued = 512; /* the store stays small however long the run */
     p.max_client_jobs = 256;
     p.heartbeat_ms = 1000;

@@ -143,7 +143,7 @@ void fh_start_broker(fh_farm *f, const char *const *extra)
 }
 
 void fh_start_worker(fh_farm *f, int i, const char *ep, const char *const *extra,
-                     const char *const *env)
+                     const char *const *test)
 {
     char log[300], name[32];
     snprintf(log, sizeof log, "%s/worker%d.log", f->dir, i);
@@ -155,8 +155,10 @@ void fh_start_worker(fh_farm *f, int i, const char *ep, const char *const *extra
     size_t n = 19;
     for (size_t k = 0; extra && extra[k] && n < 63; k++)
         argv[n++] = (char *)extra[k];
+    for (size_t k = 0; test && test[k] && n < 63; k++)
+        argv[n++] = (char *)test[k];
     argv[n] = NULL;
-    f->worker_pid[i] = fh_spawn(argv, log, env);
+    f->worker_pid[i] = fh_spawn(argv, log, NULL);
 }
 
 int fh_finish(fh_farm *f)

@@ -70,9 +70,10 @@ void fh_init(fh_farm *f, const char *broker_bin, const char *worker_bin, const c
  * --heartbeat-liveness 5, --image-root DIR, then `extra` (NULL-terminated, may be NULL). */
 void fh_start_broker(fh_farm *f, const char *const *extra);
 /* kosmos-worker i (name test/wI, --device ref, --max-batch 4, log DIR/workerI.log); `ep` NULL =
- * the farm's worker endpoint. */
+ * the farm's worker endpoint; `extra` then `test` (NULL-terminated, may be NULL) follow. `test`
+ * holds kosmos-test-worker's --test-* options: the farm's worker_bin must then be that. */
 void fh_start_worker(fh_farm *f, int i, const char *ep, const char *const *extra,
-                     const char *const *env);
+                     const char *const *test);
 /* SIGTERM everything, check the exit codes (0), remove the folder when no check failed.
  * Returns the process exit code: 0 pass, 1 fail. */
 int fh_finish(fh_farm *f);

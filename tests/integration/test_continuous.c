@@ -2,7 +2,7 @@
  * and one kosmos-worker on the tiny model, on the device named on the command line (ref, or cpu
  * for PoCL's paged KV cache):
  *
- *   1. a long job computes (slowed by the test hooks: each of its steps takes STEP_MS more);
+ *   1. a long job computes (on kosmos-test-worker, --test-step-ms: each of its steps takes longer);
  *      while it decodes, short jobs (greedy, beam search, seeded sampling) and a second long
  *      job arrive; the second long job is cancelled once it computes
  *   2. the short jobs end before the first long one (the order of the worker's job_done lines,
@@ -32,8 +32,8 @@ static const char *farm_file(const char *name)
 }
 
 #define LONG_MARKER "LONG-JOB"
-static const char *const slow_env[] = {"KOSMOS_WORKER_TEST_SLOW_MARKER=" LONG_MARKER,
-                                       "KOSMOS_WORKER_TEST_STEP_MS=150", NULL};
+static const char *const slow_worker[] = {"--test-slow-marker", LONG_MARKER, "--test-step-ms",
+                                          "150", NULL};
 
 /* One job of the test: what it asks and what it got. */
 typedef struct cjob {
@@ -171,7 +171,7 @@ int main(int argc, char **argv)
     fh_start_broker(&farm, NULL);
     fh_client *c = fh_client_new(&farm, "continuous", false);
     const char *crowd[] = {"--device", device, "--max-batch", "8", "--slots", "16", NULL};
-    fh_start_worker(&farm, 0, NULL, crowd, slow_env);
+    fh_start_worker(&farm, 0, NULL, crowd, slow_worker);
     fh_wait_workers(c, 1, 120000);
     const char *log = farm_file("worker0.log");
     submit(c, &jobs[0], "crowd-long", jobs[0].id);

@@ -237,7 +237,7 @@ static void scenario_broker_kill(void)
     FH_CHECK(total == BURST, "%ld jobs stored for %d keys", total, BURST);
 
     /* Part B: jobs leased at the kill. Slow workers, so that some are RUNNING. */
-    const char *slow[] = {"KOSMOS_WORKER_TEST_SLEEP_MS=300", NULL};
+    const char *slow[] = {"--test-sleep-ms", "300", NULL};
     fh_start_worker(&farm, 0, NULL, NULL, slow);
     fh_start_worker(&farm, 1, NULL, NULL, slow);
     for (int round = 0; round < 2; round++) {
@@ -274,7 +274,7 @@ static void scenario_broker_kill(void)
 static void scenario_sigstop(void)
 {
     fh_start_broker(&farm, NULL);
-    const char *slow[] = {"KOSMOS_WORKER_TEST_SLEEP_MS=1500", NULL};
+    const char *slow[] = {"--test-sleep-ms", "1500", NULL};
     fh_start_worker(&farm, 0, NULL, NULL, slow);
     fh_client *c = fh_client_new(&farm, "sigstop", false);
     fh_wait_workers(c, 1, 60000);
@@ -355,12 +355,12 @@ static void scenario_poison(void)
                  (unsigned long long)(at - deadline));
         kp_inbound_destroy(&in);
     }
-    const char *env[] = {"KOSMOS_WORKER_TEST_ABORT_MARKER=POISON-PILL", NULL};
+    const char *poisoned[] = {"--test-abort-marker", "POISON-PILL", NULL};
     /* One job per worker, none prefetched: a poison job's death takes no other job with it, so
      * every attempt of the retried job is its own (and fails, with its retry time). */
     const char *one[] = {"--max-batch", "1", "--prefetch", "0", NULL};
-    fh_start_worker(&farm, 0, NULL, one, env);
-    fh_start_worker(&farm, 1, NULL, one, env);
+    fh_start_worker(&farm, 0, NULL, one, poisoned);
+    fh_start_worker(&farm, 1, NULL, one, poisoned);
     fh_wait_workers(c, 2, 60000);
     fh_ledger l = {0}, poison = {0}, retry = {0}, all = {0};
     char id[65];
@@ -389,7 +389,7 @@ static void scenario_poison(void)
         for (int w = 0; w < 2; w++) {
             if (!fh_alive(farm.worker_pid[w])) {
                 waitpid(farm.worker_pid[w], NULL, WNOHANG);
-                fh_start_worker(&farm, w, NULL, one, env);
+                fh_start_worker(&farm, w, NULL, one, poisoned);
                 restarts++;
             }
         }
@@ -598,7 +598,7 @@ static void scenario_partition(void)
     /* liveness 3 here: the partition lasts well beyond 3 heartbeats (200 ms each) */
     const char *live3[] = {"--heartbeat-liveness", "3", NULL};
     fh_start_broker(&farm, live3);
-    const char *slow[] = {"KOSMOS_WORKER_TEST_SLEEP_MS=800", NULL};
+    const char *slow[] = {"--test-sleep-ms", "800", NULL};
     fh_start_worker(&farm, 0, proxy_ep, NULL, slow);
     fh_client *c = fh_client_new(&farm, "partition", false);
     fh_wait_workers(c, 1, 60000);
@@ -1494,8 +1494,8 @@ static void scenario_backpressure(void)
     FH_CHECK(s.accepted <= 6 && s.busy >= 12 - 6, "wave 1: %d accepted, %d busy", s.accepted, s.busy);
     int busy1 = s.busy;
     /* Wave 2: a slow worker, the remaining 28 submits, 2 in flight per client. */
-    const char *env[] = {"KOSMOS_WORKER_TEST_SLEEP_MS=300", NULL};
-    fh_start_worker(&farm, 0, NULL, NULL, env);
+    const char *slow[] = {"--test-sleep-ms", "300", NULL};
+    fh_start_worker(&farm, 0, NULL, NULL, slow);
     bp_run(&s, BP_PER_CLIENT, 2);
     printf("40 submits: %d replies, %d accepted, %d busy, %d other; memory max %llu of bound "
            "%llu over %d status polls\n", s.replies, s.accepted, s.busy, s.other,

@@ -97,13 +97,13 @@ static void write_file(const char *path, const void *data, size_t len)
 
 /* ---- failure 3: stops at every decode step, lease accounting ------------------------------ */
 
-/* A long job: its prompt carries the marker that KOSMOS_WORKER_TEST_SLOW_MARKER names, so that
- * each decode step of it takes KOSMOS_WORKER_TEST_STEP_MS longer on a worker started with
- * slow_env (kw_compute.c's test hooks), and it generates exactly 256 tokens: over 4 minutes
- * there, fast elsewhere (a worker without slow_env computes it for real). */
+/* A long job: its prompt carries the marker that --test-slow-marker names, so that each decode
+ * step of it takes --test-step-ms longer on a kosmos-test-worker started with slow_worker, and it
+ * generates exactly 256 tokens: over 4 minutes there, fast elsewhere (a worker without
+ * slow_worker computes it for real). */
 #define LONG_MARKER "LONG-JOB"
-static const char *const slow_env[] = {"KOSMOS_WORKER_TEST_SLOW_MARKER=" LONG_MARKER,
-                                       "KOSMOS_WORKER_TEST_STEP_MS=1000", NULL};
+static const char *const slow_worker[] = {"--test-slow-marker", LONG_MARKER, "--test-step-ms",
+                                          "1000", NULL};
 
 static fh_job long_job(const char *key)
 {
@@ -192,7 +192,7 @@ static void scenario_cancel_step(void)
     fh_job j = short_job("short");
     submit_ok(c, &j, short_id);
     const char *two[] = {"--max-batch", "2", NULL};
-    fh_start_worker(&farm, 0, NULL, two, slow_env);
+    fh_start_worker(&farm, 0, NULL, two, slow_worker);
     FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"computing\"", job_field(long_id), 1,
                       120000),
              "the long job never started computing");
@@ -219,7 +219,7 @@ static void scenario_compute_cap(void)
     fh_start_broker(&farm, cap);
     fh_client *c = fh_client_new(&farm, "compute-cap", false);
     const char *one[] = {"--max-batch", "1", NULL};
-    fh_start_worker(&farm, 0, NULL, one, slow_env);
+    fh_start_worker(&farm, 0, NULL, one, slow_worker);
     fh_wait_workers(c, 1, 60000);
     char long_id[65], short_id[65];
     fh_job l = long_job("long");
@@ -254,7 +254,7 @@ static void scenario_unstarted(void)
     /* One job computes, one more is prefetched: the long job computes alone (it came first),
      * the second waits in the worker. */
     const char *two[] = {"--max-batch", "1", "--prefetch", "1", NULL};
-    fh_start_worker(&farm, 0, NULL, two, slow_env);
+    fh_start_worker(&farm, 0, NULL, two, slow_worker);
     fh_wait_workers(c, 1, 60000);
     char long_id[65], queued_id[65];
     fh_job l = long_job("long");
@@ -287,7 +287,7 @@ static void scenario_stop_grace(void)
     fh_start_broker(&farm, NULL);
     fh_client *c = fh_client_new(&farm, "stop-grace", false);
     const char *grace[] = {"--max-batch", "1", "--stop-timeout", "600", "--stop-grace", "1", NULL};
-    fh_start_worker(&farm, 0, NULL, grace, slow_env);
+    fh_start_worker(&farm, 0, NULL, grace, slow_worker);
     fh_wait_workers(c, 1, 60000);
     char long_id[65];
     fh_job l = long_job("long");
@@ -376,7 +376,7 @@ static void scenario_deadline_never(void)
     fh_start_broker(&farm, NULL);
     fh_client *c = fh_client_new(&farm, "deadline-never", false);
     /* A slow device: the broker's timers run many times while the jobs are held. */
-    const char *slow[] = {"KOSMOS_WORKER_TEST_SLEEP_MS=1500", NULL};
+    const char *slow[] = {"--test-sleep-ms", "1500", NULL};
     const char *one[] = {"--max-batch", "1", NULL};
     fh_start_worker(&farm, 0, NULL, one, slow);
     fh_wait_workers(c, 1, 60000);

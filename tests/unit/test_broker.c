@@ -57,7 +57,7 @@ static void h_params(harness *h)
     h->p.clock = fake_clock;
     h->p.rand = fake_rand;
     h->p.log = h->log;
-    h->p.log_level = KB_WARN;
+    h->p.log_level = KS_LOG_WARN;
 }
 
 /* A broker in a fresh folder, its store on the SQLite VFS `vfs` (NULL: the default). */

@@ -85,8 +85,14 @@ static void fw_credit(void *sock, uint32_t n)
     fw_send(sock, &m);
 }
 
-/* The snowman of protocol.md §12, for any job; status OK unless told otherwise. */
-static void fw_result(void *sock, const char *job_id, uint32_t attempt, int status, size_t n_prompts)
+/* The seed the fake worker reports for prompt i of an OK result (above 2^32: all 64 bits travel). */
+#define FW_SEED(i) (0x0123456789abcdefull + (i))
+
+/* The snowman of protocol.md §12, for any job; status OK unless told otherwise. A FAILED result
+ * is final for the job but says each prompt alone might succeed again (prompt retriable).
+ * `started_ms` is when the job arrived (Unix ms); finished is now. */
+static void fw_result(void *sock, const char *job_id, uint32_t attempt, int status, size_t n_prompts,
+                      uint64_t started_ms)
 {
     Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
     Kosmos__V1__Result r = KOSMOS__V1__RESULT__INIT;
@@ -126,8 +132,12 @@ static void fw_result(void *sock, const char *job_id, uint32_t attempt, int stat
             pr[i].n_entities = 1, pr[i].entities = es;
             pr[i].n_generated_ids = 4, pr[i].generated_ids = ids;
             pr[i].timings = &t;
+            pr[i].has_seed = true;
+            pr[i].seed = FW_SEED(i);
         } else {
             pr[i].message = "fake failure";
+            pr[i].has_retriable = status == KOSMOS__V1__STATUS__STATUS_FAILED;
+            pr[i].retriable = true;
         }
     }
     r.job_id = (char *)job_id;
@@ -142,6 +152,9 @@ static void fw_result(void *sock, const char *job_id, uint32_t attempt, int stat
     r.image_width = 1024, r.image_height = 1024;
     r.worker_name = "fake/w0";
     r.device_name = "fake-device";
+    r.has_started_unix_ms = r.has_finished_unix_ms = true;
+    r.started_unix_ms = started_ms;
+    r.finished_unix_ms = unix_ms();
     m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_RESULT;
     m.result = &r;
     fw_send(sock, &m);
@@ -214,6 +227,7 @@ static void *fw_main(void *arg)
             fw_credit(sock, 8);
         } else if (b->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH) {
             const Kosmos__V1__Dispatch *d = b->dispatch;
+            uint64_t arrived = unix_ms();
             const char *text = d->job->n_prompts ? d->job->prompts[0]->text : "";
             w->dispatches++;
             if (strstr(text, "hold") && w->n_held < FW_MAX_HELD) {
@@ -223,7 +237,7 @@ static void *fw_main(void *arg)
             } else {
                 int st = strstr(text, "fail") ? KOSMOS__V1__STATUS__STATUS_FAILED
                                               : KOSMOS__V1__STATUS__STATUS_OK;
-                fw_result(sock, d->job_id, d->attempt, st, d->job->n_prompts);
+                fw_result(sock, d->job_id, d->attempt, st, d->job->n_prompts, arrived);
                 fw_credit(sock, 1);
             }
         } else if (b->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_CANCEL) {
@@ -231,7 +245,7 @@ static void *fw_main(void *arg)
                 if (strcmp(w->held[i].id, b->cancel->job_id) != 0)
                     continue;
                 fw_result(sock, w->held[i].id, w->held[i].attempt,
-                          KOSMOS__V1__STATUS__STATUS_CANCELLED, 1);
+                          KOSMOS__V1__STATUS__STATUS_CANCELLED, 1, unix_ms());
                 fw_credit(sock, 1);
                 w->held[i] = w->held[--w->n_held];
                 break;
@@ -280,7 +294,7 @@ static farm *farm_start(bool worker, uint64_t max_queued)
     f->p.worker_endpoint = f->wep;
     f->p.db_path = f->db;
     f->p.log = f->log;
-    f->p.log_level = KB_WARN;
+    f->p.log_level = KS_LOG_WARN;
     f->p.heartbeat_ms = 200;
     f->p.heartbeat_liveness = 10;
     if (max_queued)
@@ -378,6 +392,7 @@ static void test_submit_wait_ack(void **state)
     assert_int_equal(kosmos_job_set_generation(j, &g), KOSMOS_OK);
     char id[KOSMOS_JOB_ID_SIZE];
     kosmos_submit_info_t info;
+    uint64_t submitted_ms = unix_ms();
     assert_int_equal(kosmos_client_submit(c, j, NULL, id, &info), KOSMOS_OK);
     assert_int_equal(strlen(id), 26);
     assert_string_equal(info.job_id, id);
@@ -387,6 +402,7 @@ static void test_submit_wait_ack(void **state)
 
     kosmos_result_t *r = NULL;
     assert_int_equal(kosmos_client_wait(c, id, 10000, &r), KOSMOS_OK);
+    uint64_t received_ms = unix_ms();
     assert_non_null(r);
     assert_string_equal(kosmos_result_job_id(r), id);
     assert_int_equal(kosmos_result_status(r), KOSMOS_RESULT_OK);
@@ -399,6 +415,18 @@ static void test_submit_wait_ack(void **state)
     assert_string_equal(kosmos_result_label(r), "snowman-1");
     assert_int_equal(kosmos_result_prompt_count(r), 1);
     assert_int_equal(kosmos_result_prompt_status(r, 0), KOSMOS_RESULT_OK);
+    assert_false(kosmos_result_prompt_retriable(r, 0));
+    /* the worker's clock, passed through the broker: within this test's submit .. receive */
+    uint64_t started = kosmos_result_started_unix_ms(r), finished = kosmos_result_finished_unix_ms(r);
+    assert_true(submitted_ms <= started);
+    assert_true(started <= finished);
+    assert_true(finished <= received_ms);
+    uint64_t seed = 0;
+    assert_true(kosmos_result_seed(r, 0, &seed));
+    assert_true(seed == FW_SEED(0));
+    assert_true(kosmos_result_seed(r, 0, NULL));
+    assert_false(kosmos_result_seed(r, 1, &seed)); /* one prompt only */
+    assert_true(seed == FW_SEED(0));               /* untouched */
     assert_string_equal(kosmos_result_text(r, 0), "An image of a snowman warming himself by a fire.");
     assert_non_null(kosmos_result_raw_text(r, 0));
     size_t n_ids = 0;
@@ -554,8 +582,18 @@ static void test_cancel_and_pending(void **state)
     assert_int_equal(kosmos_client_submit(c, jf, NULL, id, NULL), KOSMOS_OK);
     assert_int_equal(kosmos_client_wait(c, id, 10000, &r), KOSMOS_OK);
     assert_int_equal(kosmos_result_status(r), KOSMOS_RESULT_FAILED);
+    assert_false(kosmos_result_retriable(r));
     assert_string_equal(kosmos_result_message(r), "fake failure");
     assert_string_equal(kosmos_result_status_name(kosmos_result_status(r)), "failed");
+    /* per prompt: failed, but that prompt alone might pass; no seed without a caption */
+    assert_int_equal(kosmos_result_prompt_status(r, 0), KOSMOS_RESULT_FAILED);
+    assert_true(kosmos_result_prompt_retriable(r, 0));
+    assert_false(kosmos_result_prompt_retriable(r, 1)); /* out of range */
+    assert_string_equal(kosmos_result_prompt_message(r, 0), "fake failure");
+    uint64_t seed = 7;
+    assert_false(kosmos_result_seed(r, 0, &seed));
+    assert_true(seed == 7);
+    assert_true(kosmos_result_started_unix_ms(r) > 0);
     kosmos_result_destroy(&r);
     kosmos_job_destroy(&j);
     kosmos_job_destroy(&jf);
@@ -709,6 +747,13 @@ static void test_timeouts_and_arguments(void **state)
     kosmos_client_destroy(&c);
     kosmos_client_destroy(NULL);
     kosmos_result_destroy(NULL);
+    /* a NULL result reads as empty */
+    assert_int_equal(kosmos_result_started_unix_ms(NULL), 0);
+    assert_int_equal(kosmos_result_finished_unix_ms(NULL), 0);
+    assert_false(kosmos_result_prompt_retriable(NULL, 0));
+    uint64_t no_seed = 3;
+    assert_false(kosmos_result_seed(NULL, 0, &no_seed));
+    assert_true(no_seed == 3);
     kosmos_broker_status_destroy(NULL);
     assert_string_equal(kosmos_job_state_name(KOSMOS_STATE_RETRY_WAIT), "retry_wait");
     assert_true(kosmos_job_state_is_terminal(KOSMOS_STATE_ACKED));
@@ -858,7 +903,7 @@ static void test_curve(void **state)
     f->p.worker_endpoint = f->wep;
     f->p.db_path = f->db;
     f->p.log = f->log;
-    f->p.log_level = KB_WARN;
+    f->p.log_level = KS_LOG_WARN;
     f->p.curve_secret = path[0];
     f->p.curve_clients = clients;
     f->p.curve_workers = workers;

@@ -13,11 +13,6 @@
 
 size_t kc_kernel_count(void) { return kc_kernel_file_count; }
 
-const char *kc_kernel_name(size_t i)
-{
-    return i < kc_kernel_file_count ? kc_kernel_files[i].name : NULL;
-}
-
 const char *kc_kernel_embedded(const char *name, size_t *length)
 {
     for (size_t i = 0; name && i < kc_kernel_file_count; i++) {

@@ -9,9 +9,8 @@
 
 #include "ks_error.h"
 
-/* Number of embedded files, and the name of file i (static storage; NULL when out of range). */
+/* Number of embedded files. */
 size_t kc_kernel_count(void);
-const char *kc_kernel_name(size_t i);
 
 /* The embedded source of `name` ("layer_norm.cl"), static storage, or NULL if there is none.
  * Ignores KOSMOS_KERNELS_DIR. */

@@ -343,4 +343,3 @@ double kc_program_build_seconds(const kc_program *program) { return program->sec
 bool kc_program_from_disk(const kc_program *program) { return program->from_disk; }
 const char *kc_program_name(const kc_program *program) { return program->name; }
 const char *kc_program_options(const kc_program *program) { return program->options; }
-cl_program kc_program_cl(const kc_program *program) { return program->program; }

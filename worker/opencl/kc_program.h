@@ -59,6 +59,4 @@ bool kc_program_from_disk(const kc_program *program);
 /* The file name it was built from. Borrowed. */
 const char *kc_program_name(const kc_program *program);
 
-cl_program kc_program_cl(const kc_program *program);
-
 #endif

@@ -86,9 +86,6 @@ typedef struct compute_state {
     bool stopping;
     uint64_t stop_at; /* with stopping: the end of the running sequences' grace (unix ms) */
     bool failed; /* the pipe broke: stop */
-    /* test hooks (test_hooks below), read once */
-    const char *slow_marker;
-    long step_ms;
 } compute_state;
 
 static void send_done(compute_state *s, kw_task *t, kw_packed *packed)
@@ -213,30 +210,6 @@ static void drain(compute_state *s, bool block)
     }
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-static bool job_has_marker(const kw_job_in *in, const char *marker)
-{
-    const Kosmos__V1__Job *job = in->job;
-    for (size_t k = 0; marker && *marker && job && k < job->n_prompts; k++)
-        if (job->prompts[k]->text && strstr(job->prompts[k]->text, marker))
-            return true;
-    return false;
-}
-
-/* kw_batch_poll_fn: the slow-device test hook (test_hooks below). */
-static void poll_cb(void *ctx, const kw_job_in *job)
-{
-    compute_state *s = ctx;
-    if (job && s->step_ms > 0 && job_has_marker(job, s->slow_marker))
-        sleep_ms(s->step_ms);
-}
-
 /* Which held jobs stop: a deadline that passed, the shutdown grace that ran out (handed back).
  * A cancel from the broker was recorded as it came. The first reason stays. */
 static void decide_stops(compute_state *s)
@@ -252,34 +225,6 @@ static void decide_stops(compute_state *s)
         if (!in->cancel_reason && s->stopping && now >= s->stop_at)
             in->cancel_reason = KW_REASON_HANDBACK;
     }
-}
-
-/* Test-only fault hooks, read from the environment; unset (always, outside tests) they do
- * nothing. tests/integration/test_faults.c, test_hardening.c and test_continuous.c use them to
- * make a slow device, a poison job and a long job:
- *   KOSMOS_WORKER_TEST_SLEEP_MS=N     sleep N ms before jobs join the batch (heartbeats go on)
- *   KOSMOS_WORKER_TEST_ABORT_MARKER=S abort() the process when a job whose prompt contains S
- *                                     joins the batch
- *   KOSMOS_WORKER_TEST_SLOW_MARKER=S with KOSMOS_WORKER_TEST_STEP_MS=N: each step of each
- *                                     prompt of a job whose prompt contains S takes N ms more,
- *                                     for as long as the engine holds it: a long job (on the
- *                                     tiny model real ones take milliseconds)
- * They are not options on purpose: no deployment has a reason to set them. */
-static void test_hooks(const kw_job_in *job)
-{
-    const char *marker = getenv("KOSMOS_WORKER_TEST_ABORT_MARKER");
-    if (job_has_marker(job, marker)) {
-        kw_log(KW_ERROR, "test_abort", "\"job\":\"%s\",\"attempt\":%u", job->job_id,
-               job->attempt);
-        abort();
-    }
-}
-
-static void test_sleep(void)
-{
-    const char *ms = getenv("KOSMOS_WORKER_TEST_SLEEP_MS");
-    if (ms && *ms)
-        sleep_ms(strtol(ms, NULL, 10));
 }
 
 /* Starts queued jobs while fewer than max_batch compute or start: tells the I/O thread (which
@@ -304,19 +249,19 @@ static void announce_starts(compute_state *s)
 /* Puts the jobs whose start the broker knows into the batch. */
 static ks_status admit_ready(compute_state *s)
 {
-    bool slept = false;
+    bool first = true;
     for (size_t i = 0; i < s->n_tasks;) {
         held_task *h = &s->tasks[i];
         if (h->phase != TASK_READY) {
             i++;
             continue;
         }
-        if (!slept) {
-            test_sleep();
-            slept = true;
-        }
-        test_hooks(&h->t->job);
-        kw_log(KW_INFO, "computing", "\"job\":\"%s\",\"attempt\":%u", h->t->job_id,
+        if (first && s->c->test.before_join)
+            s->c->test.before_join(s->c->test.ctx);
+        first = false;
+        if (s->c->test.on_join)
+            s->c->test.on_join(s->c->test.ctx, &h->t->job);
+        kw_log(KS_LOG_INFO, "computing", "\"job\":\"%s\",\"attempt\":%u", h->t->job_id,
                h->t->job.attempt);
         ks_status st = kw_batch_add(s->batch, &h->t->job);
         if (st == KS_ERR_NOMEM) {
@@ -348,10 +293,10 @@ static ks_status step(compute_state *s)
         kw_task *t = s->tasks[i].t;
         if (t->job.cancel_reason == KW_REASON_HANDBACK) {
             /* Not finished in the shutdown grace: no Result; the Disconnect hands it back. */
-            kw_log(KW_INFO, "handed_back", "\"job\":\"%s\",\"attempt\":%u", t->job_id,
+            kw_log(KS_LOG_INFO, "handed_back", "\"job\":\"%s\",\"attempt\":%u", t->job_id,
                    t->job.attempt);
         } else if (done[d].packed.data) {
-            kw_log(KW_INFO, "job_done", "\"job\":\"%s\",\"attempt\":%u,\"running\":%zu",
+            kw_log(KS_LOG_INFO, "job_done", "\"job\":\"%s\",\"attempt\":%u,\"running\":%zu",
                    t->job_id, t->job.attempt, kw_batch_jobs(s->batch));
             send_done(s, t, &done[d].packed);
         } else {
@@ -380,17 +325,14 @@ static void *compute_main(void *arg)
     kw_compute *c = arg;
     compute_state s = {.c = c};
     char fatal[512] = "";
-    const char *step_ms = getenv("KOSMOS_WORKER_TEST_STEP_MS");
-    s.slow_marker = getenv("KOSMOS_WORKER_TEST_SLOW_MARKER");
-    s.step_ms = step_ms ? strtol(step_ms, NULL, 10) : 0;
     s.pipe = zmq_socket(c->zmq_ctx, ZMQ_PAIR);
     if (!s.pipe || zmq_connect(s.pipe, c->endpoint) != 0) {
-        kw_log(KW_ERROR, "compute_start_failed", "\"error\":\"%s\"", zmq_strerror(errno));
+        kw_log(KS_LOG_ERROR, "compute_start_failed", "\"error\":\"%s\"", zmq_strerror(errno));
         goto done;
     }
     kw_batch_params bp = c->batch;
-    bp.poll = poll_cb;
-    bp.poll_ctx = &s;
+    bp.poll = c->test.on_step;
+    bp.poll_ctx = c->test.ctx;
     if (kw_batch_new(c->engine, &c->meta, &bp, &s.batch) != KS_OK) {
         snprintf(fatal, sizeof fatal, "%s", ks_error_message());
         goto done;

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "kw_batch.h"
+#include "kw_worker.h"
 #include "wire.h"
 
 #define KW_JOB_ID_MAX 64
@@ -73,7 +74,8 @@ typedef struct kw_compute {
     const char *endpoint;   /* inproc:// endpoint the io thread bound */
     kw_engine *engine;      /* borrowed; driven only by the compute thread once started */
     int max_batch;          /* jobs computed at once */
-    kw_batch_params batch;  /* vision chunk, prefill budget (poll is the thread's own) */
+    kw_batch_params batch;  /* vision chunk, prefill budget; poll = test.on_step */
+    kw_test_seams test;     /* kw_worker_params.test */
     kw_result_meta meta;
     pthread_t thread;
     bool started;

@@ -106,7 +106,7 @@ static bool io_send(kw_io *io, Kosmos__V1__WorkerMessage *m)
     if (!io->sock)
         return false;
     if (kp_send(io->sock, NULL, 0, &m->base, NULL, ZMQ_DONTWAIT) != KS_OK) {
-        kw_log(KW_DEBUG, "send_failed", "\"error\":\"%s\"", zmq_strerror(errno));
+        kw_log(KS_LOG_DEBUG, "send_failed", "\"error\":\"%s\"", zmq_strerror(errno));
         return false;
     }
     return true;
@@ -153,7 +153,7 @@ static void send_ready(kw_io *io)
     m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
     m.ready = &r;
     if (io_send(io, &m))
-        kw_log(KW_DEBUG, "ready_sent", "\"running\":%zu", io->n_leases);
+        kw_log(KS_LOG_DEBUG, "ready_sent", "\"running\":%zu", io->n_leases);
     free(list);
     free(storage);
 }
@@ -216,7 +216,7 @@ static void send_pending(kw_io *io, kw_pending *pr)
         return;
     }
     if (kp_send_packed(io->sock, NULL, 0, &copy, NULL, ZMQ_DONTWAIT) != KS_OK)
-        kw_log(KW_DEBUG, "send_failed", "\"error\":\"%s\"", zmq_strerror(errno));
+        kw_log(KS_LOG_DEBUG, "send_failed", "\"error\":\"%s\"", zmq_strerror(errno));
 }
 
 /* ---- the socket ----------------------------------------------------------------------------- */
@@ -281,8 +281,10 @@ static void start_registering(kw_io *io, bool new_socket)
     io->welcomed = false;
     if (new_socket) {
         socket_close(io, 0);
+        char esc[600];
         if (socket_open(io) != KS_OK)
-            kw_log(KW_ERROR, "socket_failed", "\"error\":\"%s\"", ks_error_message());
+            kw_log(KS_LOG_ERROR, "socket_failed", "\"error\":%s",
+                   ks_log_str(esc, sizeof esc, ks_error_message()));
     }
     send_ready(io);
     io->next_ready = now + io->hb_ms;
@@ -362,7 +364,7 @@ static void release_starts(kw_io *io, const Kosmos__V1__Heartbeat *hb, bool forc
         if (!force && !confirmed && now < l->start_wait)
             continue;
         if (!confirmed && !force)
-            kw_log(KW_WARN, "start_unconfirmed", "\"job\":\"%s\",\"attempt\":%u",
+            kw_log(KS_LOG_WARN, "start_unconfirmed", "\"job\":\"%s\",\"attempt\":%u",
                    l->job_id, l->attempt);
         l->start_wait = 0;
         start_ok(io, l->job_id, l->attempt);
@@ -390,7 +392,8 @@ static void on_result(kw_io *io, kw_done *d)
         size_t ncap = io->cap_pending ? io->cap_pending * 2 : 16;
         kw_pending *grown = realloc(io->pending, ncap * sizeof *grown);
         if (!grown) {
-            kw_log(KW_ERROR, "result_dropped", "\"job\":\"%s\",\"why\":\"out of memory\"", d->job_id);
+            kw_log(KS_LOG_ERROR, "result_dropped",
+                   "\"job\":\"%s\",\"why\":\"out of memory\"", d->job_id);
             free(d->packed.data);
             free(d);
             return;
@@ -407,7 +410,7 @@ static void on_result(kw_io *io, kw_done *d)
     snprintf(pr->job_id, sizeof pr->job_id, "%s", d->job_id);
     pr->attempt = d->attempt;
     io->n_pending++;
-    kw_log(KW_INFO, "result", "\"job\":\"%s\",\"attempt\":%u,\"bytes\":%zu", d->job_id,
+    kw_log(KS_LOG_INFO, "result", "\"job\":\"%s\",\"attempt\":%u,\"bytes\":%zu", d->job_id,
            d->attempt, d->packed.len);
     free(d);
     if (io->welcomed) {
@@ -434,7 +437,7 @@ static void on_result_ack(kw_io *io, const Kosmos__V1__ResultAck *a)
     case KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_UNKNOWN_JOB: d = "unknown_job"; break;
     default: d = "unknown"; break; /* a newer broker: the worker may forget it anyway */
     }
-    kw_log(KW_INFO, "result_ack", "\"job\":\"%s\",\"attempt\":%u,\"disposition\":\"%s\"",
+    kw_log(KS_LOG_INFO, "result_ack", "\"job\":\"%s\",\"attempt\":%u,\"disposition\":\"%s\"",
            a->job_id, a->attempt, d);
 }
 
@@ -450,7 +453,7 @@ static void begin_stop(kw_io *io, int exit_code, uint32_t timeout_ms, const char
         io->stopping = true;
         io->exit_code = exit_code;
         io->stop_deadline = now_ms() + timeout_ms;
-        kw_log(KW_INFO, "stopping", "\"why\":\"%s\",\"running\":%zu,\"unacked\":%zu", why,
+        kw_log(KS_LOG_INFO, "stopping", "\"why\":\"%s\",\"running\":%zu,\"unacked\":%zu", why,
                io->n_leases, io->n_pending);
         if (!io->compute_stopped) {
             /* Running sequences get the grace; what is left then is handed back. */
@@ -473,24 +476,28 @@ static void on_dispatch(kw_io *io, kp_inbound **inp)
     const Kosmos__V1__BrokerToWorker *env = (const void *)kp_inbound_envelope(*inp);
     const Kosmos__V1__Dispatch *d = env->dispatch;
     if (!d || !d->job_id || !d->has_attempt || !d->job_id[0] || strlen(d->job_id) > KW_JOB_ID_MAX) {
-        kw_log(KW_WARN, "dispatch_unusable", "\"why\":\"no job_id of 1..64 bytes or no attempt\"");
+        kw_log(KS_LOG_WARN, "dispatch_unusable",
+               "\"why\":\"no job_id of 1..64 bytes or no attempt\"");
         return;
     }
     if (lease_find(io, d->job_id, d->attempt)) {
-        kw_log(KW_WARN, "dispatch_duplicate", "\"job\":\"%s\",\"attempt\":%u", d->job_id, d->attempt);
+        kw_log(KS_LOG_WARN, "dispatch_duplicate",
+               "\"job\":\"%s\",\"attempt\":%u", d->job_id, d->attempt);
         return;
     }
     if (!lease_add(io, d->job_id, d->attempt)) {
-        kw_log(KW_ERROR, "dispatch_dropped", "\"job\":\"%s\",\"why\":\"out of memory\"", d->job_id);
+        kw_log(KS_LOG_ERROR, "dispatch_dropped",
+               "\"job\":\"%s\",\"why\":\"out of memory\"", d->job_id);
         return;
     }
-    kw_log(KW_INFO, "dispatch", "\"job\":\"%s\",\"attempt\":%u,\"prompts\":%zu", d->job_id,
+    kw_log(KS_LOG_INFO, "dispatch", "\"job\":\"%s\",\"attempt\":%u,\"prompts\":%zu", d->job_id,
            d->attempt, d->job ? d->job->n_prompts : 0);
     if (io->stopping || io->compute_stopped)
         return; /* never started: handed back by the Disconnect at the end (§8.8) */
     kw_task *t = calloc(1, sizeof *t);
     if (!t) {
-        kw_log(KW_ERROR, "dispatch_dropped", "\"job\":\"%s\",\"why\":\"out of memory\"", d->job_id);
+        kw_log(KS_LOG_ERROR, "dispatch_dropped",
+               "\"job\":\"%s\",\"why\":\"out of memory\"", d->job_id);
         return; /* the lease stays listed until the Disconnect */
     }
     snprintf(t->job_id, sizeof t->job_id, "%s", d->job_id);
@@ -522,10 +529,10 @@ static void send_roots(kw_io *io, const Kosmos__V1__Welcome *w)
             r->n++;
     if (!r || !r->paths) {
         kw_roots_destroy(&r);
-        kw_log(KW_ERROR, "image_roots_dropped", "\"why\":\"out of memory\"");
+        kw_log(KS_LOG_ERROR, "image_roots_dropped", "\"why\":\"out of memory\"");
         return;
     }
-    kw_log(KW_INFO, "image_roots", "\"from\":\"broker\",\"count\":%zu", r->n);
+    kw_log(KS_LOG_INFO, "image_roots", "\"from\":\"broker\",\"count\":%zu", r->n);
     kw_msg m = {.type = KW_MSG_ROOTS, .roots = r};
     if (kw_msg_send(io->pipe, &m) != KS_OK)
         kw_roots_destroy(&r);
@@ -535,13 +542,13 @@ static void on_disconnect(kw_io *io, const Kosmos__V1__Disconnect *d)
 {
     int code = d && d->has_code ? (int)d->code : 0;
     char msg[600];
-    kw_log_str(msg, sizeof msg, d && d->message ? d->message : "");
-    kw_log(KW_WARN, "broker_disconnect", "\"code\":%d,\"message\":%s", code, msg);
+    ks_log_str(msg, sizeof msg, d && d->message ? d->message : "");
+    kw_log(KS_LOG_WARN, "broker_disconnect", "\"code\":%d,\"message\":%s", code, msg);
     switch (code) {
     case KOSMOS__V1__DISCONNECT__CODE__CODE_REJECTED:
         /* For good (wrong protocol, invalid name or capacity): only a new configuration helps,
          * so exit 1, which the systemd unit does not restart (RestartPreventExitStatus). */
-        kw_log(KW_ERROR, "rejected", "\"message\":%s", msg);
+        kw_log(KS_LOG_ERROR, "rejected", "\"message\":%s", msg);
         begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "the broker refused this worker");
         break;
     case KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER: {
@@ -553,7 +560,7 @@ static void on_disconnect(kw_io *io, const Kosmos__V1__Disconnect *d)
         if (wait > io->p->reconnect_max_ms)
             wait = io->p->reconnect_max_ms;
         io->refused_ms = (uint32_t)wait;
-        kw_log(KW_WARN, "refused_for_now", "\"message\":%s,\"retry_in_ms\":%llu", msg,
+        kw_log(KS_LOG_WARN, "refused_for_now", "\"message\":%s,\"retry_in_ms\":%llu", msg,
                (unsigned long long)wait);
         if (!io->stopping) {
             uint64_t now = now_ms();
@@ -580,7 +587,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
 {
     kp_verdict v = kp_inbound_verdict(in);
     if (v == KP_BAD_VERSION) {
-        kw_log(KW_ERROR, "protocol_version", "\"message\":\"broker speaks a different protocol "
+        kw_log(KS_LOG_ERROR, "protocol_version", "\"message\":\"broker speaks a different protocol "
                "version (%s)\"", kp_inbound_reason(in));
         begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "protocol version mismatch");
         kp_inbound_destroy(&in);
@@ -588,8 +595,8 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
     }
     if (v != KP_VALID) {
         char why[300];
-        kw_log(KW_WARN, "broker_message_invalid", "\"verdict\":\"%s\",\"why\":%s",
-               kp_verdict_name(v), kw_log_str(why, sizeof why, kp_inbound_reason(in)));
+        kw_log(KS_LOG_WARN, "broker_message_invalid", "\"verdict\":\"%s\",\"why\":%s",
+               kp_verdict_name(v), ks_log_str(why, sizeof why, kp_inbound_reason(in)));
         kp_inbound_destroy(&in);
         return;
     }
@@ -611,7 +618,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
         bool restarted = io->broker_instance && w->broker_instance != io->broker_instance;
         io->broker_instance = w->broker_instance;
         io->next_hb = now_ms() + io->hb_ms;
-        kw_log(KW_INFO, "registered", "\"broker_instance\":%llu,\"broker_restarted\":%s,"
+        kw_log(KS_LOG_INFO, "registered", "\"broker_instance\":%llu,\"broker_restarted\":%s,"
                "\"heartbeat_ms\":%u,\"liveness\":%u,\"running\":%zu,\"unacked\":%zu",
                (unsigned long long)w->broker_instance, restarted ? "true" : "false", io->hb_ms,
                io->liveness, io->n_leases, io->n_pending);
@@ -637,7 +644,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
         const Kosmos__V1__Cancel *c = m->cancel;
         if (!c || !c->job_id || !c->has_attempt || strlen(c->job_id) > KW_JOB_ID_MAX)
             break;
-        kw_log(KW_INFO, "cancel", "\"job\":\"%s\",\"attempt\":%u,\"reason\":%d", c->job_id,
+        kw_log(KS_LOG_INFO, "cancel", "\"job\":\"%s\",\"attempt\":%u,\"reason\":%d", c->job_id,
                c->attempt, c->has_reason ? (int)c->reason : 0);
         if (!lease_find(io, c->job_id, c->attempt) || io->compute_stopped)
             break; /* not ours (§8.6) */
@@ -656,7 +663,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
         on_disconnect(io, m->disconnect);
         break;
     default:
-        kw_log(KW_DEBUG, "broker_message_unknown", NULL); /* a newer broker (§7) */
+        kw_log(KS_LOG_DEBUG, "broker_message_unknown", NULL); /* a newer broker (§7) */
         break;
     }
     kp_inbound_destroy(&in);
@@ -677,7 +684,7 @@ static void on_monitor(kw_io *io)
         memcpy(&id, d, sizeof id);
         memcpy(&status, d + 2, sizeof status);
         if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH && status == 400) {
-            kw_log(KW_ERROR, "rejected", "\"message\":\"the broker refused this worker's CURVE "
+            kw_log(KS_LOG_ERROR, "rejected", "\"message\":\"the broker refused this worker's CURVE "
                    "key (ZAP status 400)\"");
             begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "the broker refused this worker's key");
         }
@@ -699,8 +706,8 @@ static void on_pipe(kw_io *io)
             break;
         case KW_MSG_FATAL: {
             char msg[600];
-            kw_log(KW_ERROR, "device_failed", "\"message\":%s",
-                   kw_log_str(msg, sizeof msg, m.message));
+            kw_log(KS_LOG_ERROR, "device_failed", "\"message\":%s",
+                   ks_log_str(msg, sizeof msg, m.message));
             begin_stop(io, KW_EXIT_DEVICE, io->p->stop_timeout_ms, "device failure");
             break;
         }
@@ -729,13 +736,13 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
             begin_stop(io, io->exit_code, 0, "second signal");
         if (io->stopping && ((io->compute_stopped && io->n_pending == 0) || now >= io->stop_deadline)) {
             if (io->n_pending || !io->compute_stopped)
-                kw_log(KW_WARN, "stop_timeout", "\"unacked\":%zu,\"compute_done\":%s",
+                kw_log(KS_LOG_WARN, "stop_timeout", "\"unacked\":%zu,\"compute_done\":%s",
                        io->n_pending, io->compute_stopped ? "true" : "false");
             break;
         }
         if (!io->welcomed) {
             if (now >= io->next_reconnect) {
-                kw_log(KW_WARN, "no_welcome", "\"reconnect_after_ms\":%u", io->backoff_ms);
+                kw_log(KS_LOG_WARN, "no_welcome", "\"reconnect_after_ms\":%u", io->backoff_ms);
                 uint64_t doubled = (uint64_t)io->backoff_ms * 2;
                 io->backoff_ms = (uint32_t)(doubled > io->p->reconnect_max_ms ? io->p->reconnect_max_ms
                                                                               : doubled);
@@ -746,7 +753,7 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
             }
         } else {
             if (now >= io->last_recv + (uint64_t)io->hb_ms * io->liveness) {
-                kw_log(KW_WARN, "broker_silent", "\"ms\":%llu",
+                kw_log(KS_LOG_WARN, "broker_silent", "\"ms\":%llu",
                        (unsigned long long)(now - io->last_recv));
                 io->backoff_ms = io->hb_ms * io->liveness;
                 start_registering(io, true);
@@ -769,7 +776,7 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
         if (zmq_poll(items + first, (io->monitor ? 3 : 2) - first, timeout) < 0) {
             if (errno == EINTR)
                 continue;
-            kw_log(KW_ERROR, "poll_failed", "\"error\":\"%s\"", zmq_strerror(errno));
+            kw_log(KS_LOG_ERROR, "poll_failed", "\"error\":\"%s\"", zmq_strerror(errno));
             begin_stop(io, KW_EXIT_CONFIG, 0, "zmq_poll failed");
             continue;
         }
@@ -826,24 +833,28 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     char esc[1100];
 
     if ((p->curve_secret != NULL) != (p->curve_server != NULL)) {
-        kw_log(KW_ERROR, "config", "\"error\":\"--curve-secret and --curve-server-public go together\"");
+        kw_log(KS_LOG_ERROR, "config",
+               "\"error\":\"--curve-secret and --curve-server-public go together\"");
         return KW_EXIT_CONFIG;
     }
     if (p->curve_secret) {
         if (kw_curve_load(p->curve_secret, io.curve_public, io.curve_secret) != KS_OK ||
             kw_curve_load(p->curve_server, io.curve_server, NULL) != KS_OK) {
-            kw_log(KW_ERROR, "config", "\"error\":%s", kw_log_str(esc, sizeof esc, ks_error_message()));
+            kw_log(KS_LOG_ERROR, "config",
+                   "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
             return KW_EXIT_CONFIG;
         }
         io.curve = true;
     }
     if (ki_init() != KS_OK) {
-        kw_log(KW_ERROR, "start_failed", "\"error\":%s", kw_log_str(esc, sizeof esc, ks_error_message()));
+        kw_log(KS_LOG_ERROR, "start_failed",
+               "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
         return KW_EXIT_CONFIG;
     }
     double t0 = kw_now_ms();
     if (kw_engine_open(&engine, &p->engine) != KS_OK) {
-        kw_log(KW_ERROR, "start_failed", "\"error\":%s", kw_log_str(esc, sizeof esc, ks_error_message()));
+        kw_log(KS_LOG_ERROR, "start_failed",
+               "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
         return KW_EXIT_CONFIG;
     }
     if (p->name)
@@ -854,7 +865,8 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     if (p->model_hash) {
         snprintf(io.model_hash, sizeof io.model_hash, "%s", p->model_hash);
     } else if (kw_model_hash(p->engine.model_dir, io.model_hash) != KS_OK) {
-        kw_log(KW_WARN, "model_hash", "\"error\":%s", kw_log_str(esc, sizeof esc, ks_error_message()));
+        kw_log(KS_LOG_WARN, "model_hash",
+               "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
         io.model_hash[0] = '\0';
     }
     kw_device_info_get(engine.backend, &io.device);
@@ -863,13 +875,16 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     /* device_bytes: what the device holds for us (weights, KV cache, scratch). On a CPU device
      * (PoCL) it lives in this process's anonymous memory, committed as it is first touched; the
      * weights are written at start, so RssAnon - weight_bytes is what the host itself holds. */
-    kw_log(KW_INFO, "started", "\"name\":%s,\"model_id\":\"%s\",\"model_hash\":\"%s\","
-           "\"device\":\"%s\",\"max_batch\":%d,\"capacity\":%d,\"slots\":%d,\"context\":%d,"
+    char model_esc[300], device_esc[300];
+    kw_log(KS_LOG_INFO, "started", "\"name\":%s,\"model_id\":%s,\"model_hash\":\"%s\","
+           "\"device\":%s,\"max_batch\":%d,\"capacity\":%d,\"slots\":%d,\"context\":%d,"
            "\"kv_tokens\":%zu,\"kv_cache\":\"%s\",\"load_ms\":%.0f,"
            "\"device_bytes\":%zu,\"weight_bytes\":%zu",
-           kw_log_str(esc, sizeof esc, io.name), io.model_id ? io.model_id : "", io.model_hash,
-           io.device.name, p->max_batch, kw_worker_capacity(p), engine.backend->slots,
-           engine.backend->slot_capacity, p->engine.kv_tokens, p->engine.kv_half ? "f16" : "f32",
+           ks_log_str(esc, sizeof esc, io.name),
+           ks_log_str(model_esc, sizeof model_esc, io.model_id), io.model_hash,
+           ks_log_str(device_esc, sizeof device_esc, io.device.name), p->max_batch,
+           kw_worker_capacity(p), engine.backend->slots, engine.backend->slot_capacity,
+           p->engine.kv_tokens, p->engine.kv_half ? "f16" : "f32",
            kw_now_ms() - t0, backend_stats.device_bytes, backend_stats.weight_bytes);
 
     io.ctx = zmq_ctx_new();
@@ -877,21 +892,23 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
              (unsigned long long)io.instance);
     io.pipe = io.ctx ? zmq_socket(io.ctx, ZMQ_PAIR) : NULL;
     if (!io.pipe || zmq_bind(io.pipe, io.pipe_endpoint) != 0) {
-        kw_log(KW_ERROR, "start_failed", "\"error\":\"inproc pipe: %s\"", zmq_strerror(errno));
+        kw_log(KS_LOG_ERROR, "start_failed", "\"error\":\"inproc pipe: %s\"", zmq_strerror(errno));
         goto cleanup;
     }
     kw_batch_params batch_params;
     kw_batch_params_default(&batch_params);
     compute = (kw_compute){.zmq_ctx = io.ctx, .endpoint = io.pipe_endpoint, .engine = &engine,
                            .max_batch = p->max_batch,
-                           .batch = batch_params,
+                           .batch = batch_params, .test = p->test,
                            .meta = {.worker_name = io.name, .device_name = io.device.name}};
     if (kw_compute_start(&compute) != KS_OK) {
-        kw_log(KW_ERROR, "start_failed", "\"error\":%s", kw_log_str(esc, sizeof esc, ks_error_message()));
+        kw_log(KS_LOG_ERROR, "start_failed",
+               "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
         goto cleanup;
     }
     if (socket_open(&io) != KS_OK) {
-        kw_log(KW_ERROR, "start_failed", "\"error\":%s", kw_log_str(esc, sizeof esc, ks_error_message()));
+        kw_log(KS_LOG_ERROR, "start_failed",
+               "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
         goto cleanup;
     }
     run_loop(&io, stop);
@@ -899,12 +916,12 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     if (!io.compute_stopped) {
         /* Still inside a step (second signal or stop timeout): the device cannot be
          * interrupted, so leave without joining; the process exit ends the thread. */
-        kw_log(KW_WARN, "exit_without_join", NULL);
+        kw_log(KS_LOG_WARN, "exit_without_join", NULL);
         return code;
     }
     pthread_join(compute.thread, NULL);
     compute.started = false;
-    kw_log(KW_INFO, "stopped", "\"exit_code\":%d,\"images_encoded\":%llu", code,
+    kw_log(KS_LOG_INFO, "stopped", "\"exit_code\":%d,\"images_encoded\":%llu", code,
            (unsigned long long)engine.images_encoded);
 
 cleanup:

@@ -12,6 +12,16 @@
 
 #include "kw_batch.h"
 
+/* Test seams, injected like the broker's clock (kb_params): all NULL in kosmos-worker, set by
+ * tests/support/kosmos-test-worker from its --test-* options to make a slow device, a poison
+ * job and a long job. Each runs on the compute thread and may block it (heartbeats go on). */
+typedef struct kw_test_seams {
+    void (*before_join)(void *ctx);                    /* before ready jobs join the batch */
+    void (*on_join)(void *ctx, const kw_job_in *job);  /* as each job joins it */
+    kw_batch_poll_fn *on_step;                         /* each step, each prompt held */
+    void *ctx;
+} kw_test_seams;
+
 typedef struct kw_worker_params {
     const char *broker;          /* worker endpoint, tcp:// or ipc:// (required) */
     const char *name;            /* unique per process; NULL = "<host>/<device>" */
@@ -30,6 +40,7 @@ typedef struct kw_worker_params {
                                   * and their jobs are handed back; 60000 */
     const char *curve_secret;    /* this worker's secret certificate (CURVE on), or NULL */
     const char *curve_server;    /* the broker's public certificate; both or neither */
+    kw_test_seams test;          /* all NULL (tests only) */
 } kw_worker_params;
 
 void kw_worker_params_default(kw_worker_params *p);

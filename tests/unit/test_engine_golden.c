@@ -595,6 +595,69 @@ static void test_continuous_batching(void **state)
     ke_backend_destroy(&small);
 }
 
+/* Greedy requests only, so that every step's ids are read while the next step computes (on
+ * devices with selection), and more of them arrive than the host rows were sized for: the
+ * scheduler grows its rows with a selection in flight (it used to fail: "growing during a
+ * selection", seen as a device failure by `kosmos submit --model`). Each equals its run alone. */
+static void test_growth_while_selecting(void **state)
+{
+    (void)state;
+    built b;
+    build_requests(first_case(), &b);
+    enum { N = 7 };
+    ke_gen_request q[N];
+    for (int i = 0; i < N; i++) {
+        q[i] = b.req[0];
+        q[i].want_prefill_logits = false;
+        q[i].image = 0;
+        q[i].params.max_new_tokens = 6 + 2 * i;
+        q[i].params.min_new_tokens = 6 + 2 * i;
+        q[i].params.no_repeat_ngram_size = 0;
+    }
+    ke_sched *s = NULL;
+    assert_int_equal(ke_sched_new(fx.backend, NULL, &s), KS_OK);
+    int img = 0;
+    assert_int_equal(ke_sched_add_image(s, fx.image_embeds, &img), KS_OK);
+    static const int arrive[N] = {0, 2, 3, 3, 5, 5, 5}; /* 1, then 2, 4 and 7 running */
+    ke_gen_result got[N];
+    bool have[N] = {false};
+    int added = 0;
+    for (int step = 0; step < 1000 && (added < N || ke_sched_pending(s) > 0); step++) {
+        while (added < N && arrive[added] <= step) {
+            ke_gen_request r = q[added];
+            r.image = img;
+            assert_int_equal(ke_sched_add(s, &r, (uint64_t)added), KS_OK);
+            added++;
+        }
+        ke_sched_done *done = NULL;
+        int n_done = 0;
+        if (ke_sched_step(s, &done, &n_done) != KS_OK)
+            fail_msg("step %d: %s", step, ks_error_message());
+        for (int d = 0; d < n_done; d++) {
+            int t = (int)done[d].tag;
+            got[t] = done[d].result;
+            memset(&done[d].result, 0, sizeof done[d].result);
+            have[t] = true;
+        }
+    }
+    ke_sched_drop_image(s, img);
+    ke_sched_destroy(&s);
+    for (int i = 0; i < N; i++) {
+        assert_true(have[i]);
+        ke_gen_result alone;
+        assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q[i], 1, &alone,
+                                     NULL),
+                         KS_OK);
+        assert_int_equal(got[i].len, alone.len);
+        assert_memory_equal(got[i].ids, alone.ids, got[i].len * sizeof(int32_t));
+        ke_gen_result_fini(&got[i]);
+        ke_gen_result_fini(&alone);
+    }
+    printf("  %d greedy requests arriving while ids were read: each equals its run alone\n", N);
+    b.n = 1;
+    free_requests(&b);
+}
+
 static void test_sampling(void **state)
 {
     (void)state;
@@ -937,6 +1000,7 @@ int main(void)
         cmocka_unit_test(test_vision),         cmocka_unit_test(test_single_cases),
         cmocka_unit_test(test_batch),          cmocka_unit_test(test_waiting_for_slots),
         cmocka_unit_test(test_continuous_batching),
+        cmocka_unit_test(test_growth_while_selecting),
         cmocka_unit_test(test_sampling),       cmocka_unit_test(test_device_select),
         cmocka_unit_test(test_device_sample),  cmocka_unit_test(test_invalid_params),
         cmocka_unit_test(test_device_out_of_memory),

@@ -1332,7 +1332,9 @@ ks_status ke_sched_step(ke_sched *s, ke_sched_done **done, int *n_done)
                 (sampling && (!ops->select_sample || !ops->fetch_logits));
     bool async = !host && !sampling && ops->select_greedy_enqueue && ops->wait_selected;
     double t0 = now_ms();
-    if (!async && (st = land_flight(s)) != KS_OK) /* a synchronous step feeds known tokens */
+    /* A synchronous step feeds known tokens; and the host rows may not move while a selection's
+     * ids are being read into them (sched_grow), so more rows than ever land the flight first. */
+    if ((!async || rows > s->cap_rows) && (st = land_flight(s)) != KS_OK)
         return st;
     if ((st = sched_grow(s, rows, tokens, img_rows)) != KS_OK)
         return st;

@@ -1057,6 +1057,7 @@ ks_status kw_batch_step(kw_batch *b, kw_batch_done **done, size_t *n_done)
     if (device != KS_OK) {
         snprintf(message, sizeof message, "%s", ks_error_message());
         fail_all(b, message);
+        *done = b->done; /* fail_all may have grown it */
         *n_done = b->n_done;
         return ks_fail(device, "%s", message);
     }

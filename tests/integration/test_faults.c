@@ -126,7 +126,17 @@ static void scenario_worker_kill(void)
             kills++;
             printf("kill -9 worker 0 (#%d) after %zu dispatches to it\n", kills, now);
             FH_CHECK(fh_alive(farm.worker_pid[1]), "worker 1 died");
+            /* The new worker must be up before the loop goes on: a SIGTERM from fh_finish that
+             * lands before it installed its handler would kill it by the signal (a harness race
+             * the 30-minute soak hit once, not a worker fault). */
+            size_t started = fh_log_count(worker_log(0), "\"event\":\"started\"");
             fh_start_worker(&farm, 0, NULL, NULL, NULL);
+            uint64_t up_by = fh_now_ms() + 60000;
+            while (fh_log_count(worker_log(0), "\"event\":\"started\"") <= started &&
+                   fh_now_ms() < up_by)
+                fh_sleep_ms(20);
+            FH_CHECK(fh_log_count(worker_log(0), "\"event\":\"started\"") > started,
+                     "worker 0 did not start again");
             seen = fh_log_count(worker_log(0), "\"event\":\"dispatch\"");
         }
         kp_inbound *in = fh_status(c, 5000);

@@ -571,6 +571,15 @@ void fh_ledger_free(fh_ledger *l)
     memset(l, 0, sizeof *l);
 }
 
+const char *fh_job_field(const char *id)
+{
+    static char field[2][100];
+    static int next;
+    char *f = field[next++ % 2];
+    snprintf(f, sizeof field[0], "\"job\":\"%s\"", id);
+    return f;
+}
+
 size_t fh_log_count(const char *path, const char *needle)
 {
     FILE *f = fopen(path, "r");

@@ -186,4 +186,8 @@ void fh_oracle_assert(const fh_oracle *o, const char *what);
 /* Lines of a log file containing `needle` (0 if the file is missing). */
 size_t fh_log_count(const char *path, const char *needle);
 
+/* `"job":"ID"`, to find a job's lines in a log (one of two static buffers, so two may be used
+ * in one call). */
+const char *fh_job_field(const char *id);
+
 #endif

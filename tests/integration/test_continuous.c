@@ -117,15 +117,6 @@ static size_t first_line(const char *path, const char *a, const char *b)
     return at;
 }
 
-static const char *job_field(const char *id)
-{
-    static char field[2][100];
-    static int next;
-    char *f = field[next++ % 2];
-    snprintf(f, sizeof field[0], "\"job\":\"%s\"", id);
-    return f;
-}
-
 static bool wait_line(const char *path, const char *a, const char *b, uint64_t guard_ms)
 {
     uint64_t end = fh_now_ms() + guard_ms;
@@ -175,14 +166,14 @@ int main(int argc, char **argv)
     fh_wait_workers(c, 1, 120000);
     const char *log = farm_file("worker0.log");
     submit(c, &jobs[0], "crowd-long", jobs[0].id);
-    if (!wait_line(log, "\"event\":\"computing\"", job_field(jobs[0].id), 300000))
+    if (!wait_line(log, "\"event\":\"computing\"", fh_job_field(jobs[0].id), 300000))
         fh_die("the long job never started computing");
     for (size_t i = 1; i < n; i++) {
         char key[64];
         snprintf(key, sizeof key, "crowd-%s", jobs[i].name);
         submit(c, &jobs[i], key, jobs[i].id);
     }
-    if (!wait_line(log, "\"event\":\"computing\"", job_field(jobs[1].id), 300000))
+    if (!wait_line(log, "\"event\":\"computing\"", fh_job_field(jobs[1].id), 300000))
         fh_die("the second long job never started computing");
     Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
     Kosmos__V1__CancelRequest cr = KOSMOS__V1__CANCEL_REQUEST__INIT;
@@ -203,15 +194,15 @@ int main(int argc, char **argv)
                jobs[i].text ? jobs[i].text : "");
     }
     FH_CHECK(jobs[0].n_ids == 48, "the long job has %zu ids, not 48", jobs[0].n_ids);
-    size_t long_done = first_line(log, "\"event\":\"job_done\"", job_field(jobs[0].id));
+    size_t long_done = first_line(log, "\"event\":\"job_done\"", fh_job_field(jobs[0].id));
     FH_CHECK(long_done > 0, "no job_done line for the long job");
     for (size_t i = 2; i < n; i++) {
-        size_t at = first_line(log, "\"event\":\"job_done\"", job_field(jobs[i].id));
+        size_t at = first_line(log, "\"event\":\"job_done\"", fh_job_field(jobs[i].id));
         FH_CHECK(at > 0 && at < long_done, "%s ended at log line %zu, not before the long job "
                  "(line %zu)", jobs[i].name, at, long_done);
     }
     /* the cancelled job stopped at a step: its result came back (and was stale) */
-    FH_CHECK(first_line(log, "\"event\":\"job_done\"", job_field(jobs[1].id)) > 0,
+    FH_CHECK(first_line(log, "\"event\":\"job_done\"", fh_job_field(jobs[1].id)) > 0,
              "the cancelled job's generation never ended");
     kill(farm.worker_pid[0], SIGTERM);
     FH_CHECK(fh_wait_exit(farm.worker_pid[0], 120000) == 0, "the crowd's worker did not stop");

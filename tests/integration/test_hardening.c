@@ -119,16 +119,6 @@ static fh_job short_job(const char *key)
     return j;
 }
 
-/* `"job":"ID"` for log searches (static buffer). */
-static const char *job_field(const char *id)
-{
-    static char field[2][100];
-    static int next;
-    char *f = field[next++ % 2];
-    snprintf(f, sizeof field[0], "\"job\":\"%s\"", id);
-    return f;
-}
-
 /* Lines of `path` holding both needles. */
 static size_t log_count2(const char *path, const char *a, const char *b)
 {
@@ -193,7 +183,7 @@ static void scenario_cancel_step(void)
     submit_ok(c, &j, short_id);
     const char *two[] = {"--max-batch", "2", NULL};
     fh_start_worker(&farm, 0, NULL, two, slow_worker);
-    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"computing\"", job_field(long_id), 1,
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"computing\"", fh_job_field(long_id), 1,
                       120000),
              "the long job never started computing");
     fh_sleep_ms(2500); /* a few steps in */
@@ -236,12 +226,12 @@ static void scenario_compute_cap(void)
     const char *msg = final_message(c, long_id, &st);
     FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DEAD && strstr(msg, "--max-job-seconds"),
              "the long job: state %d, %s", st, msg);
-    FH_CHECK(log_count2(farm_file("broker.log"), "\"event\":\"lease_lapsed\"", job_field(short_id)) == 0,
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"event\":\"lease_lapsed\"", fh_job_field(short_id)) == 0,
              "the queued short job's lease lapsed");
-    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":true", job_field(long_id)) == 3,
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":true", fh_job_field(long_id)) == 3,
              "the long job was not charged exactly its 3 capped attempts");
     /* Each capped attempt was stopped by the worker at a step, not run to its end. */
-    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"result\"", job_field(long_id), 3,
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"result\"", fh_job_field(long_id), 3,
                       120000),
              "the worker did not stop each capped attempt");
     fh_client_destroy(&c);
@@ -263,7 +253,7 @@ static void scenario_unstarted(void)
              "the long job never started");
     fh_job j = short_job("queued");
     submit_ok(c, &j, queued_id);
-    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"dispatch\"", job_field(queued_id), 1,
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"dispatch\"", fh_job_field(queued_id), 1,
                       60000),
              "the second job was not dispatched to the busy worker");
     fh_sleep_ms(600); /* a few heartbeats list it queued */
@@ -274,10 +264,10 @@ static void scenario_unstarted(void)
     FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE && a == 2, "queued job: %d at %u", st, a);
     a = final_attempt(c, long_id, &st);
     FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE && a == 2, "long job: %d at %u", st, a);
-    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":true", job_field(long_id)) == 1,
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":true", fh_job_field(long_id)) == 1,
              "the computing job was not charged its crash");
-    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":false", job_field(queued_id)) == 1 &&
-                 log_count2(farm_file("broker.log"), "\"crash\":true", job_field(queued_id)) == 0,
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":false", fh_job_field(queued_id)) == 1 &&
+                 log_count2(farm_file("broker.log"), "\"crash\":true", fh_job_field(queued_id)) == 0,
              "the queued job was charged a crash it did not cause");
     fh_client_destroy(&c);
 }
@@ -305,8 +295,8 @@ static void scenario_stop_grace(void)
     int st;
     uint32_t a = final_attempt(c, long_id, &st);
     FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE && a == 2, "long job: %d at %u", st, a);
-    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":false", job_field(long_id)) == 1 &&
-                 log_count2(farm_file("broker.log"), "\"crash\":true", job_field(long_id)) == 0,
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":false", fh_job_field(long_id)) == 1 &&
+                 log_count2(farm_file("broker.log"), "\"crash\":true", fh_job_field(long_id)) == 0,
              "the handed-back job was charged a crash");
     fh_client_destroy(&c);
 }

@@ -502,6 +502,25 @@ static void test_waiting_for_slots(void **state)
  * chunks, the KV cache holds only some of them at a time (so admission waits), and greedy,
  * beam and sampling requests share steps. Every request that ends by itself has exactly the ids
  * of its run alone; the stopped one has a prefix of them. */
+/* Request i's result from a shared scheduler equals its run alone (a stopped one: a prefix of
+ * it); takes and frees *got. */
+static void expect_as_alone(int i, const ke_gen_request *q, ke_gen_result *got, bool stopped)
+{
+    ke_gen_result alone;
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, q, 1, &alone, NULL),
+                     KS_OK);
+    printf("  request %d: %zu new ids%s, alone %zu\n", i, got->new_tokens,
+           stopped ? " (stopped)" : "", alone.new_tokens);
+    if (stopped) {
+        assert_true(got->len <= alone.len);
+    } else {
+        assert_int_equal(got->len, alone.len);
+    }
+    assert_memory_equal(got->ids, alone.ids, got->len * sizeof(int32_t));
+    ke_gen_result_fini(got);
+    ke_gen_result_fini(&alone);
+}
+
 static void test_continuous_batching(void **state)
 {
     (void)state;
@@ -575,20 +594,7 @@ static void test_continuous_batching(void **state)
     for (int i = 0; i < N; i++) {
         assert_true(have[i]);
         assert_true(stopped[i] == (i == 1));
-        ke_gen_result alone;
-        assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q[i], 1, &alone,
-                                     NULL),
-                         KS_OK);
-        printf("  request %d: %zu new ids%s, alone %zu\n", i, got[i].new_tokens,
-               stopped[i] ? " (stopped)" : "", alone.new_tokens);
-        if (stopped[i]) {
-            assert_true(got[i].len <= alone.len);
-        } else {
-            assert_int_equal(got[i].len, alone.len);
-        }
-        assert_memory_equal(got[i].ids, alone.ids, got[i].len * sizeof(int32_t));
-        ke_gen_result_fini(&got[i]);
-        ke_gen_result_fini(&alone);
+        expect_as_alone(i, &q[i], &got[i], stopped[i]);
     }
     b.n = 1;
     free_requests(&b);
@@ -644,14 +650,7 @@ static void test_growth_while_selecting(void **state)
     ke_sched_destroy(&s);
     for (int i = 0; i < N; i++) {
         assert_true(have[i]);
-        ke_gen_result alone;
-        assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q[i], 1, &alone,
-                                     NULL),
-                         KS_OK);
-        assert_int_equal(got[i].len, alone.len);
-        assert_memory_equal(got[i].ids, alone.ids, got[i].len * sizeof(int32_t));
-        ke_gen_result_fini(&got[i]);
-        ke_gen_result_fini(&alone);
+        expect_as_alone(i, &q[i], &got[i], false);
     }
     printf("  %d greedy requests arriving while ids were read: each equals its run alone\n", N);
     b.n = 1;

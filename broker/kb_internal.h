@@ -1,5 +1,6 @@
-/* kb_internal: the broker's private state, shared by kb_broker.c (loop, timers, dispatch,
- * outbox), kb_clients.c (client requests) and kb_workers.c (worker messages). Not installed,
+/* kb_internal: the broker's private state, shared by kb_broker.c (life cycle, poll cycle, job
+ * transitions), kb_outbox.c (transaction, outbox, held client replies), kb_dispatch.c (timers,
+ * dispatch), kb_clients.c (client requests) and kb_workers.c (worker messages). Not installed,
  * not for tests. */
 #ifndef KB_INTERNAL_H
 #define KB_INTERNAL_H
@@ -179,15 +180,46 @@ struct kb_broker {
     bool fatal;
 };
 
+/* The syncer copies the WAL into the database every KB_WAL_CHECKPOINT_FRAMES, in the
+ * background. Starting the WAL over takes a checkpoint with no commit after it, which a busy
+ * loop never leaves the syncer: the loop checkpoints itself (the frames not copied yet, and two
+ * syncs: a stall of a millisecond or so) once the WAL holds KB_WAL_RESTART_FRAMES (256 MiB),
+ * and its next commit starts the WAL over. */
+#define KB_WAL_CHECKPOINT_FRAMES 1000
+#define KB_WAL_RESTART_FRAMES (64 * KB_WAL_CHECKPOINT_FRAMES)
+
 /* kb_broker.c */
 uint64_t kb_now(kb_broker *b);
 uint64_t kb_random(kb_broker *b);
 void kb_logf(kb_broker *b, ks_log_level level, const char *event, const char *fields, ...)
     __attribute__((format(printf, 4, 5)));
+void kb_new_job_id(kb_broker *b, char out[27]);
+void kb_mem_recount(kb_broker *b);
+/* Reads what `sock` holds, up to p.batch_max messages and p.batch_max_bytes, into b->batch
+ * (owned by the broker; kb_batch_release destroys them) and returns how many. */
+size_t kb_batch_read(kb_broker *b, void *sock, kp_kind kind);
+void kb_batch_release(kb_broker *b, size_t n);
+/* A broker-made Result (EXPIRED, DEAD, CANCELLED) packed for storage. */
+ks_status kb_make_result(const kb_job *job, int status, const char *message, void **blob,
+                         size_t *len);
+/* Ends a job in a terminal state (EXPIRED, DEAD) with a broker-made result; KS_OK when it was
+ * terminal already. Inside a transaction. */
+ks_status kb_finish_made(kb_broker *b, const kb_job *job, int state, int status,
+                         const char *message);
+/* Ends `attempt` of a RUNNING job without a result: a crash (counts toward DEAD, backoff) or
+ * not (restart, orderly worker stop: straight back to QUEUED). Inside a transaction. */
+ks_status kb_lapse(kb_broker *b, const char *job_id, uint32_t attempt, bool crash,
+                   const char *why);
+ks_status kb_retry_or_fail(kb_broker *b, const kb_job *job, const void *result, size_t len,
+                           const char *why);
+uint64_t kb_backoff(kb_broker *b, uint32_t n);
+void kb_throughput_add(kb_broker *b, uint64_t jobs, uint64_t tokens);
+
+/* kb_outbox.c */
 kb_out *kb_out_push(kb_broker *b, bool to_worker, const void *rid, size_t rid_len,
                     const ProtobufCMessage *msg);
+/* Wakes the long polls on `job_id` once the transaction commits (its job became terminal). */
 void kb_note_terminal(kb_broker *b, const char *job_id);
-void kb_new_job_id(kb_broker *b, char out[27]);
 /* The cycle's transaction: every phase of kb_broker_step (client requests, worker messages,
  * timers, dispatch) works in one transaction, committed once at the end of the cycle, so a
  * cycle costs one WAL write and a job is accepted and dispatched by the same commit. The outbox
@@ -205,24 +237,25 @@ void kb_send_client(kb_broker *b, const void *rid, size_t rid_len, const Protobu
 /* An error reply (through kb_send_client); `busy`: a submit answered busy (disk full) instead. */
 void kb_send_client_error(kb_broker *b, const void *rid, size_t rid_len, uint64_t request_id,
                           int code, const char *message, bool busy);
-void kb_mem_recount(kb_broker *b);
-
-/* Reads what `sock` holds, up to p.batch_max messages and p.batch_max_bytes, into b->batch
- * (owned by the broker; kb_batch_release destroys them) and returns how many. */
-size_t kb_batch_read(kb_broker *b, void *sock, kp_kind kind);
-void kb_batch_release(kb_broker *b, size_t n);
-/* A broker-made Result (EXPIRED, DEAD, CANCELLED) packed for storage. */
-ks_status kb_make_result(const kb_job *job, int status, const char *message, void **blob,
-                         size_t *len);
-/* Ends `attempt` of a RUNNING job without a result: a crash (counts toward DEAD, backoff) or
- * not (restart, orderly worker stop: straight back to QUEUED). Inside a transaction. */
-ks_status kb_lapse(kb_broker *b, const char *job_id, uint32_t attempt, bool crash,
-                   const char *why);
-ks_status kb_retry_or_fail(kb_broker *b, const kb_job *job, const void *result, size_t len,
-                           const char *why);
-uint64_t kb_backoff(kb_broker *b, uint32_t n);
+/* Sends (committed) or discards (rolled back) the outbox; kb_txn_end calls it, and
+ * kb_broker_destroy discards what is left. */
+void kb_flush(kb_broker *b, bool committed);
+/* Sends the held client replies whose commit is durable. When the syncer failed, the rest can
+ * never be: requests become errors, and the broker stops (fail-stop). */
+void kb_held_release(kb_broker *b);
+/* Waits until every commit is durable or the syncer failed, then releases every held reply:
+ * sent, or answered with an error. For stopping. */
+void kb_held_drain(kb_broker *b);
+/* After a store call failed: an I/O fault (not a full disk) stops the broker. True once it
+ * is stopping. */
 bool kb_store_fatal(kb_broker *b);
-void kb_throughput_add(kb_broker *b, uint64_t jobs, uint64_t tokens);
+
+/* kb_dispatch.c: the cycle's last two phases, each in the cycle's transaction (opened if need
+ * be; a failure rolls it back). */
+/* Retry promotion, deadlines, dead workers and lapsed leases, restart grace, hourly GC. */
+void kb_timers(kb_broker *b);
+/* Leases queued jobs to workers with credit, round robin, into the outbox. */
+void kb_dispatch(kb_broker *b);
 
 /* kb_clients.c */
 void kb_admit_free(kb_broker *b);

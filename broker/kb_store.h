@@ -69,7 +69,7 @@ ks_status kb_store_begin(kb_store *s);
 ks_status kb_store_commit(kb_store *s);
 /* The WAL's size in frames after the last commit. SQLite's automatic checkpoints are off: the
  * syncer checkpoints (kb_syncer.h), and kb_store_checkpoint (passive) is the loop's own, after
- * which its next commit starts the WAL over (kb_broker.c, KB_WAL_RESTART_FRAMES). */
+ * which its next commit starts the WAL over (kb_internal.h, KB_WAL_RESTART_FRAMES). */
 uint32_t kb_store_wal_frames(const kb_store *s);
 /* Whether the database is in WAL mode: any file is; ":memory:" (tests, fuzzing) is not, and
  * has nothing to sync. */

@@ -275,9 +275,11 @@ static bool kb_refusal_due(kb_broker *b, const void *rid, size_t rid_len)
     return true;
 }
 
-static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const Kosmos__V1__Ready *r)
+/* Whether a Ready may register; one that may not is answered here (REJECTED, or RETRY_LATER
+ * while --max-workers is reached). */
+static bool kb_ready_admitted(kb_broker *b, const void *rid, size_t rid_len,
+                              const Kosmos__V1__Ready *r)
 {
-    ks_status st = KS_OK;
     const char *why = NULL;
     if (!r->has_protocol_version || r->protocol_version != 1)
         why = "protocol_version must be 1";
@@ -301,28 +303,20 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
             kb_logf(b, KS_LOG_WARN, "worker_refused_for_now",
                     "\"why\":\"too many workers (--max-workers)\",\"workers\":%zu", b->n_workers);
         }
-        return KS_OK;
+        return false;
     }
     if (why) {
         kb_disconnect(b, rid, rid_len, KOSMOS__V1__DISCONNECT__CODE__CODE_REJECTED, why);
         kb_logf(b, KS_LOG_WARN, "worker_rejected", "\"why\":\"%s\"", why);
-        return KS_OK;
+        return false;
     }
-    kb_worker *old = kb_worker_by_rid(b, rid, rid_len);
-    if (!old)
-        old = kb_worker_by_name(b, r->worker_name);
-    if (old) {
-        if (old->instance != r->worker_instance) {
-            kb_worker_forget(b, old, true, "worker restarted (new instance)");
-        } else {
-            /* Same process, new connection: what it still runs is re-adopted below, the rest
-             * lapses at the next sweep. */
-            kb_worker_forget(b, old, false, NULL);
-            b->need_sweep = true;
-        }
-        if (kb_store_fault(b->store) != KB_FAULT_NONE)
-            return KS_ERR_IO;
-    }
+    return true;
+}
+
+/* Adds the worker a Ready describes to the table, which owns *out. */
+static ks_status kb_worker_register(kb_broker *b, const void *rid, size_t rid_len,
+                                    const Kosmos__V1__Ready *r, kb_worker **out)
+{
     kb_worker *w = calloc(1, sizeof *w);
     if (!w)
         return ks_fail(KS_ERR_NOMEM, "out of memory");
@@ -360,7 +354,12 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
     const kb_model *kind = kb_model_intern(b, w->model_id, w->model_hash);
     w->kind_id = kind ? kind->id : w->model_id;
     w->kind_hash = kind ? kind->hash : w->model_hash;
+    *out = w;
+    return KS_OK;
+}
 
+static void kb_send_welcome(kb_broker *b, kb_worker *w)
+{
     Kosmos__V1__Welcome wel = KOSMOS__V1__WELCOME__INIT;
     Kosmos__V1__BrokerToWorker env = KOSMOS__V1__BROKER_TO_WORKER__INIT;
     wel.has_broker_instance = wel.has_heartbeat_interval_ms = wel.has_heartbeat_liveness = true;
@@ -375,9 +374,13 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
     env.message_case = KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME;
     env.welcome = &wel;
     kb_send_worker(b, w, &env.base);
+}
 
-    for (size_t i = 0; i < r->n_running; i++)
-        w->reports_start = w->reports_start || (r->running[i] && r->running[i]->has_started);
+/* Re-adopts the leases a registering worker lists that the store still has RUNNING at that
+ * attempt (§8.7); the others are cancelled as stale. */
+static ks_status kb_ready_adopt(kb_broker *b, kb_worker *w, const Kosmos__V1__Ready *r)
+{
+    ks_status st = KS_OK;
     for (size_t i = 0; i < r->n_running; i++) {
         const Kosmos__V1__Lease *l = r->running[i];
         if (!l || !l->job_id || !l->has_attempt)
@@ -417,6 +420,37 @@ static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const K
         if (st != KS_OK)
             return st;
     }
+    return KS_OK;
+}
+
+static ks_status kb_ready(kb_broker *b, const void *rid, size_t rid_len, const Kosmos__V1__Ready *r)
+{
+    if (!kb_ready_admitted(b, rid, rid_len, r))
+        return KS_OK;
+    kb_worker *old = kb_worker_by_rid(b, rid, rid_len);
+    if (!old)
+        old = kb_worker_by_name(b, r->worker_name);
+    if (old) {
+        if (old->instance != r->worker_instance) {
+            kb_worker_forget(b, old, true, "worker restarted (new instance)");
+        } else {
+            /* Same process, new connection: what it still runs is re-adopted below, the rest
+             * lapses at the next sweep. */
+            kb_worker_forget(b, old, false, NULL);
+            b->need_sweep = true;
+        }
+        if (kb_store_fault(b->store) != KB_FAULT_NONE)
+            return KS_ERR_IO;
+    }
+    kb_worker *w = NULL;
+    ks_status st = kb_worker_register(b, rid, rid_len, r, &w);
+    if (st != KS_OK)
+        return st;
+    kb_send_welcome(b, w);
+    for (size_t i = 0; i < r->n_running; i++)
+        w->reports_start = w->reports_start || (r->running[i] && r->running[i]->has_started);
+    if ((st = kb_ready_adopt(b, w, r)) != KS_OK)
+        return st;
     kb_logf(b, KS_LOG_INFO, "worker_ready", "\"name\":\"%s\",\"capacity\":%u,\"adopted\":%zu",
             w->name, w->capacity, w->n_leases);
     return KS_OK;

@@ -242,9 +242,9 @@ static ks_status write_dump(const char *path, const run_state *s)
     const int64_t side = c->vision.image_size / c->vision.patch_size;
     size_t n_ids = s->result.len;
     int64_t *ids = malloc((n_ids ? n_ids : 1) * sizeof *ids);
-    ke_st_writer *writer = ke_st_writer_new();
+    ke_st_writer *writer = NULL;
     ks_status st = KS_OK;
-    if (!ids || !writer) {
+    if (!ids || (st = ke_st_writer_new(&writer)) != KS_OK) {
         st = ks_fail(KS_ERR_NOMEM, "out of memory writing %s", path);
         goto done;
     }

@@ -112,11 +112,12 @@ static ks_status run(const fidelity_args *a)
         goto done;
 
     generated = malloc((result.len ? result.len : 1) * sizeof *generated);
-    writer = ke_st_writer_new();
-    if (!generated || !writer) {
+    if (!generated) {
         st = ks_fail(KS_ERR_NOMEM, "out of memory");
         goto done;
     }
+    if ((st = ke_st_writer_new(&writer)))
+        goto done;
     for (size_t i = 0; i < result.len; i++)
         generated[i] = result.ids[i];
     const int64_t logits_shape[1] = {c->text.vocab_size};

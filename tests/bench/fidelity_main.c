@@ -70,10 +70,8 @@ static ks_status run(const fidelity_args *a)
     size_t n_ids = 0, n_mask = 0;
     ks_status st = KS_OK;
 
-    if (!(model = ke_model_load(a->model, &model_options))) {
-        st = KS_ERR_FORMAT;
+    if ((st = ke_model_load(a->model, &model_options, &model)))
         goto done;
-    }
     const ke_config *c = &model->config;
     const int64_t pixel_shape[4] = {1, c->vision.channels, c->vision.image_size,
                                     c->vision.image_size};

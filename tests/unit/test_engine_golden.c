@@ -124,8 +124,7 @@ static int setup(void **state)
     ke_model_options opt = {.storage = precision && !strcmp(precision, "fp32") ? KE_DTYPE_F32
                                                                                : KE_DTYPE_F16};
     snprintf(path, sizeof path, "%s/../data/tiny-kosmos2", golden_root());
-    fx.model = ke_model_load(path, &opt);
-    if (fx.model == NULL) {
+    if (ke_model_load(path, &opt, &fx.model) != KS_OK) {
         fprintf(stderr, "ke_model_load: %s\n", ks_error_message());
         return -1;
     }

@@ -24,10 +24,9 @@ ks_status kw_model_load(const char *model_dir, ke_dtype storage, kw_model *out)
     if ((status = kt_tokenizer_new(model_dir, &out->tokenizer)) != KS_OK)
         return status;
     ke_model_options options = {.storage = storage};
-    out->model = ke_model_load(model_dir, &options);
-    if (!out->model) {
+    if ((status = ke_model_load(model_dir, &options, &out->model)) != KS_OK) {
         kt_tokenizer_destroy(&out->tokenizer);
-        return KS_ERR_INVALID;
+        return status;
     }
     const ke_config *config = &out->model->config;
     if ((size_t)config->text.vocab_size != kt_tokenizer_vocab_size(out->tokenizer)) {

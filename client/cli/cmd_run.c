@@ -313,9 +313,8 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
     int capacity = (int)s->encoding.len + params.max_new_tokens + 1;
     ke_backend_options backend_options = {.slots = params.num_beams, .slot_capacity = capacity,
                                           .kv_half = o->kv_half};
-    s->backend = ke_backend_open(s->model, o->device, &backend_options);
-    if (!s->backend)
-        return KS_ERR_UNSUPPORTED;
+    if ((st = ke_backend_open(s->model, o->device, &backend_options, &s->backend)) != KS_OK)
+        return st;
     double t_backend = kw_now_ms(); /* device opened, programs built or loaded, weights uploaded */
 
     size_t embeds = (size_t)config->latent_query_num * (size_t)config->text.embed_dim;

@@ -96,10 +96,8 @@ static ks_status run(const fidelity_args *a)
     ke_backend_options backend_options = {.slots = 1,
                                           .slot_capacity = (int)n_ids + a->new_tokens + 1,
                                           .kv_half = a->kv_half};
-    if (!(backend = ke_backend_open(model, a->device, &backend_options))) {
-        st = KS_ERR_DEVICE;
+    if ((st = ke_backend_open(model, a->device, &backend_options, &backend)))
         goto done;
-    }
     if ((st = backend->ops->encode_images(backend, pixels, 1, image_embeds, NULL)))
         goto done;
     ke_gen_request request = {.input_ids = ids, .image_embeds_position_mask = mask, .len = n_ids,

@@ -254,17 +254,18 @@ int cmd_bench(int argc, char **argv)
     mo.storage = o.precision;
     ke_model *model = NULL;
     ke_config config;
+    ks_status made;
     double t0 = now_s();
     if (o.model_dir) {
-        model = ke_model_load(o.model_dir, &mo);
+        made = ke_model_load(o.model_dir, &mo, &model);
     } else {
         if (!strcmp(o.config, "tiny"))
             ke_config_default_tiny(&config);
         else
             ke_config_default_full(&config);
-        model = ke_model_new_random(&config, o.params.seed, &mo);
+        made = ke_model_new_random(&config, o.params.seed, &mo, &model);
     }
-    if (!model) {
+    if (made != KS_OK) {
         fprintf(stderr, "kosmos bench: %s\n", ks_error_message());
         return CLI_EXIT_USAGE;
     }
@@ -301,9 +302,6 @@ int cmd_bench(int argc, char **argv)
     }
     if (!o.json_only && n_results > 0)
         ke_bench_print_table(stderr, &labels, results, n_results);
-    if (o.model_dir)
-        ke_model_destroy(&model);
-    else
-        ke_model_random_destroy(&model);
+    ke_model_destroy(&model);
     return rc;
 }

@@ -242,9 +242,9 @@ static ks_status write_dump(const char *path, const run_state *s)
     const int64_t side = c->vision.image_size / c->vision.patch_size;
     size_t n_ids = s->result.len;
     int64_t *ids = malloc((n_ids ? n_ids : 1) * sizeof *ids);
-    ke_st_writer *writer = ke_st_writer_new();
+    ke_st_writer *writer = NULL;
     ks_status st = KS_OK;
-    if (!ids || !writer) {
+    if (!ids || (st = ke_st_writer_new(&writer)) != KS_OK) {
         st = ks_fail(KS_ERR_NOMEM, "out of memory writing %s", path);
         goto done;
     }
@@ -313,9 +313,8 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
     int capacity = (int)s->encoding.len + params.max_new_tokens + 1;
     ke_backend_options backend_options = {.slots = params.num_beams, .slot_capacity = capacity,
                                           .kv_half = o->kv_half};
-    s->backend = ke_backend_open(s->model, o->device, &backend_options);
-    if (!s->backend)
-        return KS_ERR_UNSUPPORTED;
+    if ((st = ke_backend_open(s->model, o->device, &backend_options, &s->backend)) != KS_OK)
+        return st;
     double t_backend = kw_now_ms(); /* device opened, programs built or loaded, weights uploaded */
 
     size_t embeds = (size_t)config->latent_query_num * (size_t)config->text.embed_dim;

@@ -385,18 +385,16 @@ typedef struct source {
     size_t line_cap;
 } source;
 
-static slot *slot_new(const char *path, const char *prompt)
+static ks_status slot_new(const char *path, const char *prompt, slot **out)
 {
     slot *sl = calloc(1, sizeof *sl);
-    if (!sl)
-        return NULL;
-    sl->path = strdup(path);
-    sl->prompt = strdup(prompt);
-    if (!sl->path || !sl->prompt) {
+    *out = NULL;
+    if (!sl || !(sl->path = strdup(path)) || !(sl->prompt = strdup(prompt))) {
         slot_free(sl);
-        return NULL;
+        return ks_fail(KS_ERR_NOMEM, "out of memory for an input");
     }
-    return sl;
+    *out = sl;
+    return KS_OK;
 }
 
 /* A jobs line -> a slot (with `error` set when the line is unusable). NULL when out of memory. */
@@ -410,8 +408,8 @@ static slot *jobs_item(const submit_options *o, const char *line, size_t len, si
     const json_t *bboxes = json_object_get(value, "bboxes");
     char where[64];
     snprintf(where, sizeof where, "%s:%zu", o->jobs_path, number);
-    slot *sl = slot_new(path && path[0] ? path : where, prompt ? prompt : "");
-    if (sl) {
+    slot *sl = NULL;
+    if (slot_new(path && path[0] ? path : where, prompt ? prompt : "", &sl) == KS_OK) {
         char message[512] = "";
         if (!value)
             snprintf(message, sizeof message, "--jobs line %zu is not JSON: %s", number, jerr.text);
@@ -442,8 +440,8 @@ static int source_next(source *src, const submit_options *o, slot **out)
         ks_error_clear();
         int r = submit_paths_next(src->walker, &path);
         if (r != 0) {
-            slot *sl = slot_new(path, o->prompt);
-            if (!sl)
+            slot *sl;
+            if (slot_new(path, o->prompt, &sl) != KS_OK)
                 return -1;
             if (r < 0 && !(sl->error = strdup(ks_error_message()))) {
                 slot_free(sl);
@@ -471,14 +469,15 @@ static int source_next(source *src, const submit_options *o, slot **out)
     return 0;
 }
 
-static bool source_open(source *src, const submit_options *o)
+static ks_status source_open(source *src, const submit_options *o)
 {
+    ks_status st = KS_OK;
     *src = (source){0};
-    if (o->n_paths && !(src->walker = submit_paths_new(o->paths, o->n_paths)))
-        return false;
+    if (o->n_paths && (st = submit_paths_new(o->paths, o->n_paths, &src->walker)) != KS_OK)
+        return st;
     if (o->jobs_path && !(src->jobs = fopen(o->jobs_path, "r")))
-        return false;
-    return true;
+        return ks_fail(KS_ERR_IO, "cannot read --jobs %s: %s", o->jobs_path, strerror(errno));
+    return KS_OK;
 }
 
 static void source_close(source *src)
@@ -496,12 +495,14 @@ static void *count_main(void *arg)
     const submit_options *o = s->o;
     uint64_t n = 0;
     bool complete = true;
-    submit_paths *w = o->n_paths ? submit_paths_new(o->paths, o->n_paths) : NULL;
+    submit_paths *w = NULL;
+    /* Without a walker (out of memory) the count stays a lower bound: never claim it final. */
+    bool walkable = !o->n_paths || submit_paths_new(o->paths, o->n_paths, &w) == KS_OK;
     const char *path;
     while (w && !atomic_load(&s->count_stop) && submit_paths_next(w, &path) != 0)
         if (++n % 1000 == 0)
             submit_progress_total(s->progress, n, false);
-    complete = !atomic_load(&s->count_stop);
+    complete = walkable && !atomic_load(&s->count_stop);
     submit_paths_destroy(&w);
     FILE *jobs = o->jobs_path ? fopen(o->jobs_path, "r") : NULL;
     char *line = NULL;
@@ -858,8 +859,10 @@ static void window_release(run_state *s)
 static void feed(run_state *s, kosmos_client_t *c, const submit_resume *resume)
 {
     source src;
-    if (!source_open(&src, s->o)) {
-        set_fatal(s, "cannot open the inputs");
+    if (source_open(&src, s->o) != KS_OK) {
+        char fatal[512];
+        snprintf(fatal, sizeof fatal, "cannot open the inputs: %s", ks_error_message());
+        set_fatal(s, fatal);
         source_close(&src);
         return;
     }
@@ -954,7 +957,7 @@ static int run(const submit_options *o)
     submit_embedded_stats stats = {0};
     FILE *out = stdout;
 
-    if (o->coco_path && !(s.coco = coco_new())) {
+    if (o->coco_path && coco_new(&s.coco) != KS_OK) {
         cli_usage_error("submit: %s", ks_error_message());
         goto done;
     }
@@ -966,8 +969,8 @@ static int run(const submit_options *o)
         cli_usage_error("submit: cannot write %s: %s", o->out_path, strerror(errno));
         goto done;
     }
-    if (!(s.out = submit_output_new(out, out != stdout, resume.partial_last_line))) {
-        cli_usage_error("submit: out of memory");
+    if (submit_output_new(out, out != stdout, resume.partial_last_line, &s.out) != KS_OK) {
+        cli_usage_error("submit: %s", ks_error_message());
         goto done;
     }
 
@@ -1001,8 +1004,12 @@ static int run(const submit_options *o)
         goto done;
     }
     kosmos_client_destroy(&probe);
-    if (!(c = client_new(&s)) || !(s.progress = submit_progress_new(stderr, o->quiet))) {
+    if (!(c = client_new(&s))) {
         cli_usage_error("submit: --broker %s: %s", s.endpoint, kosmos_error_message());
+        goto done;
+    }
+    if (submit_progress_new(stderr, o->quiet, &s.progress) != KS_OK) {
+        cli_usage_error("submit: %s", ks_error_message());
         goto done;
     }
 

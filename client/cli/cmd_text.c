@@ -102,8 +102,8 @@ static ks_status decode_line(const json_t *input, json_t **result, void *context
 /* Loads the tokenizer of --model DIR for a subcommand, or explains why not. */
 static kt_tokenizer *load_tokenizer(const char *command, const char *model_dir)
 {
-    kt_tokenizer *tokenizer = kt_tokenizer_new(model_dir);
-    if (!tokenizer)
+    kt_tokenizer *tokenizer = NULL;
+    if (kt_tokenizer_new(model_dir, &tokenizer) != KS_OK)
         cli_usage_error("%s: cannot load the tokenizer from %s: %s", command, model_dir,
                         ks_error_message());
     return tokenizer;

@@ -18,20 +18,21 @@ struct coco {
     size_t records;
 };
 
-coco *coco_new(void)
+ks_status coco_new(coco **out)
 {
+    *out = NULL;
     coco *c = calloc(1, sizeof *c);
-    if (!c) {
-        ks_fail(KS_ERR_NOMEM, "out of memory");
-        return NULL;
-    }
+    if (!c)
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
     if (!(c->tmp = tmpfile())) {
-        ks_fail(KS_ERR_IO, "cannot create a temporary file for --coco: %s", strerror(errno));
+        ks_status st =
+            ks_fail(KS_ERR_IO, "cannot create a temporary file for --coco: %s", strerror(errno));
         free(c);
-        return NULL;
+        return st;
     }
     pthread_mutex_init(&c->lock, NULL);
-    return c;
+    *out = c;
+    return KS_OK;
 }
 
 void coco_destroy(coco **pc)

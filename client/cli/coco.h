@@ -20,8 +20,9 @@
 
 typedef struct coco coco;
 
-/* NULL with the ks_error message when the temporary file cannot be created. */
-coco *coco_new(void);
+/* An empty file into *out (caller owns). KS_ERR_IO when the temporary file cannot be created,
+ * KS_ERR_NOMEM; *out is then NULL. */
+ks_status coco_new(coco **out);
 void coco_destroy(coco **c);
 
 /* Records an "ok" line (borrowed): path, width, height, entities and boxes_px. Lines without

@@ -16,14 +16,14 @@ struct submit_output {
     pthread_mutex_t lock;
 };
 
-submit_output *submit_output_new(FILE *out, bool owned, bool newline_first)
+ks_status submit_output_new(FILE *out, bool owned, bool newline_first, submit_output **po)
 {
     submit_output *o = calloc(1, sizeof *o);
-    if (!o)
-        return NULL;
+    if ((*po = o) == NULL)
+        return ks_fail(KS_ERR_NOMEM, "out of memory for the output writer");
     *o = (submit_output){.out = out, .owned = owned, .newline_first = newline_first};
     pthread_mutex_init(&o->lock, NULL);
-    return o;
+    return KS_OK;
 }
 
 ks_status submit_output_destroy(submit_output **po)

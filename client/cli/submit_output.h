@@ -25,10 +25,10 @@
 
 typedef struct submit_output submit_output;
 
-/* A writer on `out` (closed by destroy when `owned`). `newline_first`: the file ends in a
- * partial line (an earlier run was killed while writing), so a newline goes before the first
- * line. NULL when out of memory. */
-submit_output *submit_output_new(FILE *out, bool owned, bool newline_first);
+/* A writer on `out` (closed by destroy when `owned`) into *o (caller owns). `newline_first`:
+ * the file ends in a partial line (an earlier run was killed while writing), so a newline goes
+ * before the first line. KS_ERR_NOMEM; *o is then NULL (and `out` still the caller's). */
+ks_status submit_output_new(FILE *out, bool owned, bool newline_first, submit_output **o);
 /* Flushes and closes (when owned); returns KS_ERR_IO if closing failed. */
 ks_status submit_output_destroy(submit_output **o);
 

@@ -37,15 +37,15 @@ bool submit_paths_is_image(const char *name)
     return ki_format_by_path(name) != NULL;
 }
 
-submit_paths *submit_paths_new(char *const *args, size_t n)
+ks_status submit_paths_new(char *const *args, size_t n, submit_paths **out)
 {
     submit_paths *w = calloc(1, sizeof *w);
-    if (!w)
-        return NULL;
+    if ((*out = w) == NULL)
+        return ks_fail(KS_ERR_NOMEM, "out of memory for the path walker");
     w->args = args;
     w->n_args = n;
     submit_set_init(&w->seen);
-    return w;
+    return KS_OK;
 }
 
 static void frame_fini(frame *f)

@@ -15,10 +15,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "ks_error.h"
+
 typedef struct submit_paths submit_paths;
 
-/* A walker over args[0..n) (borrowed until destroy). NULL when out of memory. */
-submit_paths *submit_paths_new(char *const *args, size_t n);
+/* A walker over args[0..n) (borrowed until destroy) into *out (caller owns). KS_ERR_NOMEM; *out
+ * is then NULL. */
+ks_status submit_paths_new(char *const *args, size_t n, submit_paths **out);
 void submit_paths_destroy(submit_paths **w);
 
 /* The next path: 1 with *path set (borrowed until the next call), 0 at the end, or -1 when a

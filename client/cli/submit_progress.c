@@ -92,11 +92,11 @@ static void *run(void *arg)
     return NULL;
 }
 
-submit_progress *submit_progress_new(FILE *out, bool quiet)
+ks_status submit_progress_new(FILE *out, bool quiet, submit_progress **pp)
 {
     submit_progress *p = calloc(1, sizeof *p);
-    if (!p)
-        return NULL;
+    if ((*pp = p) == NULL)
+        return ks_fail(KS_ERR_NOMEM, "out of memory for the progress display");
     p->out = out;
     p->quiet = quiet;
     p->tty = isatty(fileno(out));
@@ -105,7 +105,7 @@ submit_progress *submit_progress_new(FILE *out, bool quiet)
     pthread_cond_init(&p->wake, NULL);
     if (!quiet && pthread_create(&p->thread, NULL, run, p) == 0)
         p->started = true;
-    return p;
+    return KS_OK;
 }
 
 static void stop_thread(submit_progress *p)

@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "ks_error.h"
+
 typedef struct submit_progress submit_progress;
 
 /* The counters; submit_progress_add adds a delta of each. */
@@ -20,8 +22,9 @@ typedef struct submit_counts {
     uint64_t ok, failed; /* lines written */
 } submit_counts;
 
-/* Starts drawing on `out` (borrowed) unless `quiet`. NULL when out of memory. */
-submit_progress *submit_progress_new(FILE *out, bool quiet);
+/* Starts drawing on `out` (borrowed) unless `quiet`, into *p (caller owns). KS_ERR_NOMEM; *p is
+ * then NULL. A drawing thread that cannot start is no failure: the progress is then silent. */
+ks_status submit_progress_new(FILE *out, bool quiet, submit_progress **p);
 /* Stops drawing and frees. */
 void submit_progress_destroy(submit_progress **p);
 

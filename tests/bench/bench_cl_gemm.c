@@ -201,7 +201,7 @@ int main(int argc, char **argv)
         goto done;
     }
     const kc_device_info *dev = kc_device_list_get(list, index);
-    if (kc_context_new(dev, NULL, &ctx) != KS_OK || !(g = ke_cl_gemm_new(ctx))) {
+    if (kc_context_new(dev, NULL, &ctx) != KS_OK || ke_cl_gemm_new(ctx, &g) != KS_OK) {
         fprintf(stderr, "%s\n", ks_error_message());
         goto done;
     }

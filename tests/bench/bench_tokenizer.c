@@ -69,8 +69,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    kt_tokenizer *t = kt_tokenizer_new(model_dir);
-    if (!t) {
+    kt_tokenizer *t = NULL;
+    if (kt_tokenizer_new(model_dir, &t) != KS_OK) {
         fprintf(stderr, "bench_tokenizer: %s\n", ks_error_message());
         return 1;
     }

@@ -70,10 +70,8 @@ static ks_status run(const fidelity_args *a)
     size_t n_ids = 0, n_mask = 0;
     ks_status st = KS_OK;
 
-    if (!(model = ke_model_load(a->model, &model_options))) {
-        st = KS_ERR_FORMAT;
+    if ((st = ke_model_load(a->model, &model_options, &model)))
         goto done;
-    }
     const ke_config *c = &model->config;
     const int64_t pixel_shape[4] = {1, c->vision.channels, c->vision.image_size,
                                     c->vision.image_size};
@@ -98,10 +96,8 @@ static ks_status run(const fidelity_args *a)
     ke_backend_options backend_options = {.slots = 1,
                                           .slot_capacity = (int)n_ids + a->new_tokens + 1,
                                           .kv_half = a->kv_half};
-    if (!(backend = ke_backend_open(model, a->device, &backend_options))) {
-        st = KS_ERR_DEVICE;
+    if ((st = ke_backend_open(model, a->device, &backend_options, &backend)))
         goto done;
-    }
     if ((st = backend->ops->encode_images(backend, pixels, 1, image_embeds, NULL)))
         goto done;
     ke_gen_request request = {.input_ids = ids, .image_embeds_position_mask = mask, .len = n_ids,
@@ -112,11 +108,12 @@ static ks_status run(const fidelity_args *a)
         goto done;
 
     generated = malloc((result.len ? result.len : 1) * sizeof *generated);
-    writer = ke_st_writer_new();
-    if (!generated || !writer) {
+    if (!generated) {
         st = ks_fail(KS_ERR_NOMEM, "out of memory");
         goto done;
     }
+    if ((st = ke_st_writer_new(&writer)))
+        goto done;
     for (size_t i = 0; i < result.len; i++)
         generated[i] = result.ids[i];
     const int64_t logits_shape[1] = {c->text.vocab_size};

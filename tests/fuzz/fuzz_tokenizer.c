@@ -17,8 +17,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
-    tokenizer = kt_tokenizer_new(KOSMOS_TEST_DATA_DIR "/kosmos2");
-    if (!tokenizer) {
+    if (kt_tokenizer_new(KOSMOS_TEST_DATA_DIR "/kosmos2", &tokenizer) != KS_OK) {
         fprintf(stderr, "fuzz_tokenizer: %s\n", ks_error_message());
         abort();
     }

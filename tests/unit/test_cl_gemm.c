@@ -71,8 +71,7 @@ static int group_setup(void **state)
         fprintf(stderr, "kc_context_new: %s\n", ks_error_message());
         return -1;
     }
-    fx->gemm = ke_cl_gemm_new(fx->ctx);
-    if (!fx->gemm) {
+    if (ke_cl_gemm_new(fx->ctx, &fx->gemm) != KS_OK) {
         fprintf(stderr, "ke_cl_gemm_new: %s\n", ks_error_message());
         return -1;
     }

@@ -69,8 +69,7 @@ static int setup(void **state)
         return -1;
     }
     for (int d = 0; d < 2; d++) {
-        fx.ops[d] = ke_cl_ops_new(fx.ctx, (ke_dtype)d);
-        if (!fx.ops[d]) {
+        if (ke_cl_ops_new(fx.ctx, (ke_dtype)d, &fx.ops[d]) != KS_OK) {
             fprintf(stderr, "ke_cl_ops_new: %s\n", ks_error_message());
             return -1;
         }

@@ -97,9 +97,9 @@ static const char *test_device(void)
     return spec && *spec ? spec : "ref";
 }
 
-static ke_backend *open_backend(const ke_backend_options *bo)
+static ks_status open_backend(const ke_backend_options *bo, ke_backend **out)
 {
-    return ke_backend_open(fx.model, test_device(), bo);
+    return ke_backend_open(fx.model, test_device(), bo, out);
 }
 
 static size_t embeds_per_image(void)
@@ -124,14 +124,12 @@ static int setup(void **state)
     ke_model_options opt = {.storage = precision && !strcmp(precision, "fp32") ? KE_DTYPE_F32
                                                                                : KE_DTYPE_F16};
     snprintf(path, sizeof path, "%s/../data/tiny-kosmos2", golden_root());
-    fx.model = ke_model_load(path, &opt);
-    if (fx.model == NULL) {
+    if (ke_model_load(path, &opt, &fx.model) != KS_OK) {
         fprintf(stderr, "ke_model_load: %s\n", ks_error_message());
         return -1;
     }
     ke_backend_options bo = {.slots = 8, .slot_capacity = 512};
-    fx.backend = open_backend(&bo);
-    if (fx.backend == NULL) {
+    if (open_backend(&bo, &fx.backend) != KS_OK) {
         fprintf(stderr, "ke_backend_open(%s): %s\n", test_device(), ks_error_message());
         return -1;
     }
@@ -471,8 +469,8 @@ static void test_waiting_for_slots(void **state)
     (void)state;
     /* 2 slots, requests of 1, 2 and 1 beams: they run in waves, results as alone */
     ke_backend_options bo = {.slots = 2, .slot_capacity = 512};
-    ke_backend *small = open_backend(&bo);
-    assert_non_null(small);
+    ke_backend *small = NULL;
+    assert_int_equal(open_backend(&bo, &small), KS_OK);
     built b;
     build_requests(first_case(), &b);
     b.req[0].params.max_new_tokens = 6;
@@ -546,8 +544,8 @@ static void test_continuous_batching(void **state)
     /* room for about three sequences at a time */
     ke_backend_options bo = {.slots = 8, .slot_capacity = 512,
                              .kv_tokens = 3 * (b.req[0].len + 32)};
-    ke_backend *small = open_backend(&bo);
-    assert_non_null(small);
+    ke_backend *small = NULL;
+    assert_int_equal(open_backend(&bo, &small), KS_OK);
     ke_sched *s = NULL;
     ke_sched_params sp = {.prefill_tokens = 40}; /* a prompt takes two steps */
     assert_int_equal(ke_sched_new(small, &sp, &s), KS_OK);
@@ -895,8 +893,11 @@ static void test_device_out_of_memory(void **state)
     (void)state;
     /* ~0.8 TB of KV cache per layer for the tiny model: more than any device holds. */
     ke_backend_options bo = {.slots = 1024, .slot_capacity = 1 << 22};
-    ke_backend *huge = open_backend(&bo);
+    ke_backend *huge = NULL;
+    ks_status st = open_backend(&bo, &huge);
     assert_null(huge);
+    /* Past the device's largest allocation: a limit, told before anything is allocated. */
+    assert_int_equal(st, KS_ERR_LIMIT);
     printf("  %s\n", ks_error_message());
     assert_non_null(strstr(ks_error_message(), "KV cache"));
     assert_non_null(strstr(ks_error_message(), "bytes"));

@@ -1,7 +1,8 @@
 /* Unit tests for worker/engine model loading: config.json parsing, the safetensors reader and
  * writer, number conversions, and ke_model_load on the tiny checkpoint (tests/data/tiny-kosmos2,
  * made by tests/golden/make_test_checkpoint.py) and on broken copies of it built in a temporary
- * folder at test time. Every broken folder must give a clear message, never a crash. */
+ * folder at test time. Every broken folder must give a clear message, never a crash. Also: a
+ * model made without a checkpoint (ke_model_new_random) is freed by ke_model_destroy. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,11 +14,13 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <malloc.h>
 
 #include "ks_error.h"
 #include "ks_file.h"
 #include "model.h"
 #include "model_config.h"
+#include "model_random.h"
 #include "safetensors.h"
 
 #define TINY KOSMOS_GOLDEN_DIR "/../data/tiny-kosmos2"
@@ -94,10 +97,12 @@ static void expect_load_error(const char *dir, ke_dtype storage, ...)
 {
     ke_model_options opt = {.storage = storage};
     ks_error_clear();
-    ke_model *m = ke_model_load(dir, &opt);
+    ke_model *m = NULL;
+    ks_status st = ke_model_load(dir, &opt, &m);
     const char *msg = ks_error_message();
-    if (m)
+    if (st == KS_OK)
         fail_msg("loading %s succeeded", dir);
+    assert_null(m);
     print_message("    -> %s\n", msg);
     va_list ap;
     va_start(ap, storage);
@@ -236,7 +241,8 @@ static void test_safetensors_write_read(void **state)
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     close(fd);
-    ke_st_writer *w = ke_st_writer_new();
+    ke_st_writer *w = NULL;
+    assert_int_equal(ke_st_writer_new(&w), KS_OK);
     assert_non_null(w);
     float logits[5] = {1.5f, -2.0f, 0.0f, 3.25f, 1e-8f};
     int64_t ids[2][3] = {{0, 64003, 4}, {5, 6, -7}};
@@ -544,8 +550,8 @@ static void expect_same_as_file(const ke_model *m, const ke_st_file *f, const ke
 static void load_tiny(ke_dtype storage)
 {
     ke_model_options opt = {.storage = storage};
-    ke_model *m = ke_model_load(TINY, &opt);
-    if (!m)
+    ke_model *m = NULL;
+    if (ke_model_load(TINY, &opt, &m) != KS_OK)
         fail_msg("%s", ks_error_message());
     assert_int_equal(m->storage, storage);
     assert_int_equal(m->config.text.embed_dim, 48);
@@ -594,7 +600,8 @@ static void test_load_tiny_f16(void **state)
     (void)state;
     load_tiny(KE_DTYPE_F16);
     /* NULL options mean f16, as do the defaults. */
-    ke_model *m = ke_model_load(TINY, NULL);
+    ke_model *m = NULL;
+    assert_int_equal(ke_model_load(TINY, NULL, &m), KS_OK);
     assert_non_null(m);
     assert_int_equal(m->storage, KE_DTYPE_F16);
     ke_model_destroy(&m);
@@ -618,9 +625,9 @@ static void test_load_sharded_untied_bf16(void **state)
     folder_make(&d, 0);
     ke_st_file *src = NULL;
     assert_int_equal(ke_st_open(TINY "/model.safetensors", &src), KS_OK);
-    ke_st_writer *w1 = ke_st_writer_new(), *w2 = ke_st_writer_new();
-    assert_non_null(w1);
-    assert_non_null(w2);
+    ke_st_writer *w1 = NULL, *w2 = NULL;
+    assert_int_equal(ke_st_writer_new(&w1), KS_OK);
+    assert_int_equal(ke_st_writer_new(&w2), KS_OK);
     json_t *map = json_object();
     for (size_t i = 0; i < ke_st_count(src); i++) {
         const ke_st_tensor *t = ke_st_get(src, i);
@@ -671,8 +678,8 @@ static void test_load_sharded_untied_bf16(void **state)
     json_decref(index);
 
     /* Still tied: the file's lm_head is ignored, as HF ignores it. */
-    ke_model *m = ke_model_load(d.dir, &(ke_model_options){.storage = KE_DTYPE_F16});
-    if (!m)
+    ke_model *m = NULL;
+    if (ke_model_load(d.dir, &(ke_model_options){.storage = KE_DTYPE_F16}, &m) != KS_OK)
         fail_msg("%s", ks_error_message());
     assert_ptr_equal(m->lm_head.data, m->embed_tokens.data);
     expect_same_as_file(m, src, &m->vision_layers[0].q_proj.weight,
@@ -689,8 +696,7 @@ static void test_load_sharded_untied_bf16(void **state)
     free(cpath);
     for (int s = 0; s < 2; s++) {
         ke_dtype storage = s ? KE_DTYPE_F32 : KE_DTYPE_F16;
-        m = ke_model_load(d.dir, &(ke_model_options){.storage = storage});
-        if (!m)
+        if (ke_model_load(d.dir, &(ke_model_options){.storage = storage}, &m) != KS_OK)
             fail_msg("%s", ks_error_message());
         assert_ptr_not_equal(m->lm_head.data, m->embed_tokens.data);
         /* The f32 head stays f32 in the map; read, it has the values the device stores. */
@@ -888,6 +894,79 @@ static void test_bad_folders(void **state)
 
     expect_load_error("/nonexistent/model", KE_DTYPE_F16, "no such model folder: /nonexistent/model",
                       NULL);
+
+    /* An unknown storage dtype is the caller's mistake, not the checkpoint's. */
+    ke_model *m = NULL;
+    assert_int_equal(ke_model_load(TINY, &(ke_model_options){.storage = (ke_dtype)7}, &m),
+                     KS_ERR_INVALID);
+    assert_null(m);
+    assert_non_null(strstr(ks_error_message(), "unknown storage dtype 7"));
+}
+
+/* ---- models made without a checkpoint ---- */
+
+/* glibc's mallinfo2 counts what malloc has handed out; under AddressSanitizer malloc is not
+ * glibc's (and LeakSanitizer checks the same thing at exit). */
+#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
+#define HEAP_COUNTED 1
+static size_t heap_in_use(void)
+{
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+}
+#endif
+
+/* ke_model_destroy frees a random model, weights and all, like a loaded one: the weight block
+ * used to need ke_model_random_destroy, and ke_model_destroy leaked it. */
+static void test_random_model_destroy(void **state)
+{
+    (void)state;
+    ke_config config;
+    ke_config_default_tiny(&config);
+    ke_model *m = NULL;
+    /* The first model's threads settle the C library's caches (thread stacks and their TLS). */
+    assert_int_equal(ke_model_new_random(&config, 7, NULL, &m), KS_OK);
+    ke_model_destroy(&m);
+    assert_null(m);
+#ifdef HEAP_COUNTED
+    size_t weight_bytes = (size_t)ke_config_param_count(&config) * 2;
+    size_t before = heap_in_use();
+#endif
+    assert_int_equal(ke_model_new_random(&config, 7, NULL, &m), KS_OK);
+    assert_non_null(m);
+    assert_int_equal(m->storage, KE_DTYPE_F16);
+    check_shapes(m);
+    /* nn.Embedding(padding_idx) leaves the pad row zero. */
+    float row[48];
+    ke_tensor_read_f32(&m->embed_tokens, (size_t)config.text.pad_id * 48, 48, row);
+    for (int i = 0; i < 48; i++)
+        assert_true(row[i] == 0.0f);
+    ke_model_page_out(m); /* no mapped files: nothing to do */
+#ifdef HEAP_COUNTED
+    assert_true(heap_in_use() >= before + weight_bytes); /* the counter sees the weights */
+#endif
+    ke_model_destroy(&m);
+    assert_null(m);
+#ifdef HEAP_COUNTED
+    size_t after = heap_in_use();
+    if (after >= before + weight_bytes / 2)
+        fail_msg("%zu bytes still in use after ke_model_destroy (%zu of weights)", after - before,
+                 weight_bytes);
+#endif
+
+    /* Failures hand back no model and say why. */
+    static ke_model sentinel;
+    m = &sentinel; /* overwritten with NULL on failure */
+    assert_int_equal(ke_model_new_random(&config, 7, &(ke_model_options){.storage = (ke_dtype)7},
+                                         &m),
+                     KS_ERR_INVALID);
+    assert_null(m);
+    assert_non_null(strstr(ks_error_message(), "unknown storage dtype 7"));
+    ke_config bad = config;
+    bad.text.vocab_size = 0;
+    assert_int_equal(ke_model_new_random(&bad, 7, NULL, &m), KS_ERR_INVALID);
+    assert_null(m);
+    assert_non_null(strstr(ks_error_message(), "invalid configuration"));
 }
 
 int main(void)
@@ -902,6 +981,7 @@ int main(void)
         cmocka_unit_test(test_load_tiny_f32),
         cmocka_unit_test(test_load_sharded_untied_bf16),
         cmocka_unit_test(test_bad_folders),
+        cmocka_unit_test(test_random_model_destroy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,8 +32,8 @@ static const kt_decode_options DECODE_OPTIONS[4] = {{false, 0}, {false, 1}, {tru
 
 static int setup_tokenizer(void **state)
 {
-    kt_tokenizer *t = kt_tokenizer_new(MODEL_DIR);
-    if (!t) {
+    kt_tokenizer *t = NULL;
+    if (kt_tokenizer_new(MODEL_DIR, &t) != KS_OK) {
         fprintf(stderr, "cannot load the tokenizer: %s\n", ks_error_message());
         return -1;
     }
@@ -287,15 +287,19 @@ static void test_out_of_range_ids(void **state)
     ks_buf_fini(&out);
 }
 
-static void expect_load_failure(const char *spm, const char *config)
+/* Loading must fail, with a message; returns the status for the caller to check. */
+static ks_status expect_load_failure(const char *spm, const char *config)
 {
     ks_error_clear();
-    kt_tokenizer *t = kt_tokenizer_new_from_files(spm, config);
-    if (t) {
+    kt_tokenizer *t = NULL;
+    ks_status st = kt_tokenizer_new_from_files(spm, config, &t);
+    if (st == KS_OK) {
         kt_tokenizer_destroy(&t);
         fail_msg("loading %s / %s should have failed", spm, config ? config : "(none)");
     }
+    assert_null(t);
     assert_true(strlen(ks_error_message()) > 0);
+    return st;
 }
 
 /* The real model re-packed after `edit` changed it. */
@@ -344,11 +348,15 @@ static void test_load_errors(void **state)
     size_t len;
     assert_int_equal(ks_file_read(MODEL_PATH, 64u << 20, &data, &len), KS_OK);
 
-    expect_load_failure("/nonexistent/sentencepiece.bpe.model", NULL);
+    /* The cause travels with the failure: a missing file is not a corrupt one. */
+    assert_int_equal(expect_load_failure("/nonexistent/sentencepiece.bpe.model", NULL), KS_ERR_IO);
     ks_error_clear();
-    assert_null(kt_tokenizer_new("/nonexistent"));
+    kt_tokenizer *t = NULL;
+    assert_int_not_equal(kt_tokenizer_new("/nonexistent", &t), KS_OK);
+    assert_null(t);
     assert_true(strlen(ks_error_message()) > 0);
-    expect_load_failure(MODEL_PATH, "/nonexistent/tokenizer_config.json");
+    assert_int_equal(expect_load_failure(MODEL_PATH, "/nonexistent/tokenizer_config.json"),
+                     KS_ERR_IO);
 
     char *empty = write_temp(dir, "empty.model", "", 0);
     expect_load_failure(empty, NULL);
@@ -366,7 +374,7 @@ static void test_load_errors(void **state)
     char *junk = write_temp(dir, "garbage.model", garbage, sizeof garbage);
     expect_load_failure(junk, NULL);
     char *text = write_temp(dir, "text.model", "this is not a model\n", 20);
-    expect_load_failure(text, NULL);
+    assert_int_equal(expect_load_failure(text, NULL), KS_ERR_FORMAT);
 
     char *bpe = write_edited_model(dir, "bpe.model", make_bpe);
     expect_load_failure(bpe, NULL);
@@ -417,7 +425,8 @@ static void test_config_flips_clean_up_default(void **state)
 {
     (void)state;
     /* The checkpoint's config says clean_up_tokenization_spaces: true. */
-    kt_tokenizer *t = kt_tokenizer_new_from_files(MODEL_PATH, CHECKPOINT_CONFIG);
+    kt_tokenizer *t = NULL;
+    assert_int_equal(kt_tokenizer_new_from_files(MODEL_PATH, CHECKPOINT_CONFIG, &t), KS_OK);
     assert_non_null(t);
     assert_true(kt_tokenizer_clean_up_default(t));
     kt_ids ids;
@@ -448,7 +457,7 @@ static void test_config_flips_clean_up_default(void **state)
                                           "{\"clean_up_tokenization_spaces\": true}"};
     for (size_t i = 0; i < 3; i++) {
         char *config = write_temp(dir, "tokenizer_config.json", configs[i], strlen(configs[i]));
-        t = kt_tokenizer_new(dir);
+        assert_int_equal(kt_tokenizer_new(dir, &t), KS_OK);
         assert_non_null(t);
         assert_int_equal(kt_tokenizer_clean_up_default(t), i == 2);
         kt_tokenizer_destroy(&t);

@@ -189,8 +189,11 @@ typedef struct ke_backend_options {
  * 1e-3, so it is an opt-in. false (and *kv_half untouched) for another name. */
 bool ke_kv_cache_parse(const char *name, bool *kv_half);
 
-/* The plain-C reference backend. NULL with a message on failure (e.g. no memory). */
-ke_backend *ke_backend_ref_new(const ke_model *model, const ke_backend_options *options);
+/* The plain-C reference backend, into *out (caller owns; ke_backend_destroy). `model` is
+ * borrowed and must outlive it. KS_ERR_INVALID (bad options), KS_ERR_UNSUPPORTED (a config it
+ * cannot run), KS_ERR_NOMEM; *out is then NULL. */
+ks_status ke_backend_ref_new(const ke_model *model, const ke_backend_options *options,
+                             ke_backend **out);
 
 /* Fills *out from b->ops->stats, or with the backend's name only when it has none. */
 void ke_backend_stats_get(const ke_backend *b, ke_backend_stats *out);

@@ -1229,27 +1229,23 @@ static ks_status init_pages(cl_backend *cb, size_t kv_tokens, const kc_device_in
     return KS_OK;
 }
 
-ke_backend *ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
-                              const ke_backend_options *options)
+ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
+                            const ke_backend_options *options, ke_backend **out)
 {
-    if (model == NULL || device == NULL || options == NULL) {
-        ks_fail(KS_ERR_INVALID, "OpenCL backend: no model, device or options");
-        return NULL;
-    }
-    if (options->slots < 1 || options->slot_capacity < 1) {
-        ks_fail(KS_ERR_INVALID, "OpenCL backend: %d slots of %d tokens", options->slots,
-                options->slot_capacity);
-        return NULL;
-    }
-    if (check_config(&model->config) != KS_OK) {
+    ks_status status = KS_OK;
+    *out = NULL;
+    if (model == NULL || device == NULL || options == NULL)
+        return ks_fail(KS_ERR_INVALID, "OpenCL backend: no model, device or options");
+    if (options->slots < 1 || options->slot_capacity < 1)
+        return ks_fail(KS_ERR_INVALID, "OpenCL backend: %d slots of %d tokens", options->slots,
+                       options->slot_capacity);
+    if ((status = check_config(&model->config)) != KS_OK) {
         ks_error_prefix("OpenCL backend");
-        return NULL;
+        return status;
     }
     cl_backend *cb = calloc(1, sizeof *cb);
-    if (cb == NULL) {
-        ks_fail(KS_ERR_NOMEM, "OpenCL backend: out of memory");
-        return NULL;
-    }
+    if (cb == NULL)
+        return ks_fail(KS_ERR_NOMEM, "OpenCL backend: out of memory");
     cb->base.ops = &cl_ops_table;
     cb->base.model = model;
     cb->base.slots = options->slots;
@@ -1268,30 +1264,29 @@ ke_backend *ke_backend_cl_new(const ke_model *model, const kc_device_info *devic
                                  (ceil_div((size_t)options->slot_capacity, PAGE_TOKENS) *
                                   PAGE_TOKENS);
     if (!cb->vl || !cb->tl) {
-        ks_fail(KS_ERR_NOMEM, "out of memory");
-        goto fail;
+        status = ks_fail(KS_ERR_NOMEM, "out of memory");
+        goto cleanup;
     }
-    if (init_pages(cb, kv_tokens, device) != KS_OK)
-        goto fail;
+    if ((status = init_pages(cb, kv_tokens, device)) != KS_OK)
+        goto cleanup;
     kc_context_params params;
     kc_context_params_init(&params);
     params.profiling = options->profiling;
-    if (kc_context_new(device, &params, &cb->ctx) != KS_OK)
-        goto fail;
-    if ((cb->gemm = ke_cl_gemm_new(cb->ctx)) == NULL ||
-        (cb->ops = ke_cl_ops_new(cb->ctx, cb->wdt)) == NULL)
-        goto fail;
-    if (upload_vision(cb) != KS_OK || upload_text(cb) != KS_OK)
-        goto fail;
-    if (kc_context_finish(cb->ctx) != KS_OK)
-        goto fail;
+    if ((status = kc_context_new(device, &params, &cb->ctx)) != KS_OK ||
+        (status = ke_cl_gemm_new(cb->ctx, &cb->gemm)) != KS_OK ||
+        (status = ke_cl_ops_new(cb->ctx, cb->wdt, &cb->ops)) != KS_OK ||
+        (status = upload_vision(cb)) != KS_OK || (status = upload_text(cb)) != KS_OK ||
+        (status = kc_context_finish(cb->ctx)) != KS_OK)
+        goto cleanup;
     kc_profile_reset(kc_context_profile(cb->ctx)); /* the profile starts with the first call */
-    return &cb->base;
-
-fail:
-    ks_error_prefix("OpenCL backend on device %zu '%s'", device->index, device->name);
-    cl_destroy(&cb->base);
-    return NULL;
+    *out = &cb->base;
+    cb = NULL;
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("OpenCL backend on device %zu '%s'", device->index, device->name);
+    if (cb)
+        cl_destroy(&cb->base);
+    return status;
 }
 
 kc_context *ke_backend_cl_context(ke_backend *b)

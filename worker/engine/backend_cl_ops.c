@@ -130,26 +130,27 @@ static ks_status build(ke_cl_ops *o, int p, ke_dtype dt)
     }
 }
 
-ke_cl_ops *ke_cl_ops_new(kc_context *ctx, ke_dtype weight_dtype)
+ks_status ke_cl_ops_new(kc_context *ctx, ke_dtype weight_dtype, ke_cl_ops **out)
 {
+    ks_status status = KS_OK;
+    *out = NULL;
     ke_cl_ops *o = calloc(1, sizeof *o);
-    if (!o) {
-        ks_fail(KS_ERR_NOMEM, "out of memory");
-        return NULL;
-    }
+    if (!o)
+        return ks_fail(KS_ERR_NOMEM, "OpenCL ops: out of memory");
     o->ctx = ctx;
     o->weight_dtype = weight_dtype;
     o->queue = kc_context_queue(ctx);
     o->local_mem = kc_context_device(ctx)->local_mem_bytes;
     o->serial_attention = (kc_context_device(ctx)->type & CL_DEVICE_TYPE_CPU) != 0;
     for (int p = 0; p < P_COUNT; p++) {
-        if (build(o, p, weight_dtype) != KS_OK) {
+        if ((status = build(o, p, weight_dtype)) != KS_OK) {
             ks_error_prefix("OpenCL ops");
             free(o);
-            return NULL;
+            return status;
         }
     }
-    return o;
+    *out = o;
+    return KS_OK;
 }
 
 void ke_cl_ops_destroy(ke_cl_ops **ops)

@@ -21,9 +21,10 @@
 typedef struct ke_cl_ops ke_cl_ops;
 
 /* Builds (or loads from the binary cache) the programs for weights of `weight_dtype`, with
- * work-group sizes fitted to the device and each kernel's own limit. `ctx` is borrowed and must
- * outlive the ops. NULL with a message on failure (a failed build names the file and log). */
-ke_cl_ops *ke_cl_ops_new(kc_context *ctx, ke_dtype weight_dtype);
+ * work-group sizes fitted to the device and each kernel's own limit, into *out (caller owns).
+ * `ctx` is borrowed and must outlive the ops. KS_ERR_DEVICE (a failed build names the file and
+ * log), KS_ERR_NOMEM; *out is then NULL. */
+ks_status ke_cl_ops_new(kc_context *ctx, ke_dtype weight_dtype, ke_cl_ops **out);
 void ke_cl_ops_destroy(ke_cl_ops **ops);
 
 /* The paged attention kernel these ops run (ke_cl_ops_site's name for ke_cl_paged_attention):

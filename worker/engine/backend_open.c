@@ -9,46 +9,47 @@
 #include "kc_device.h"
 #endif
 
-ke_backend *ke_backend_open(const ke_model *model, const char *spec,
-                            const ke_backend_options *options)
+ks_status ke_backend_open(const ke_model *model, const char *spec,
+                          const ke_backend_options *options, ke_backend **out)
 {
+    *out = NULL;
     if (spec && !strcmp(spec, "ref"))
-        return ke_backend_ref_new(model, options);
+        return ke_backend_ref_new(model, options, out);
 #ifdef KOSMOS_HAVE_OPENCL
+    ks_status status = KS_OK;
     kc_device_list *list = NULL;
-    ke_backend *b = NULL;
-    if (kc_device_list_new(&list) != KS_OK) {
+    if ((status = kc_device_list_new(&list)) != KS_OK) {
         if (spec && spec[0]) {
             ks_error_prefix("--device %s", spec);
-            return NULL;
+            return status;
         }
-        return ke_backend_ref_new(model, options); /* no usable OpenCL: the default is ref */
+        return ke_backend_ref_new(model, options, out); /* no usable OpenCL: the default is ref */
     }
     size_t index = 0;
     if (spec && spec[0]) {
-        if (kc_device_list_select(list, spec, &index) != KS_OK)
-            goto done; /* the message names the spec and the devices that exist */
+        if ((status = kc_device_list_select(list, spec, &index)) != KS_OK)
+            goto cleanup; /* the message names the spec and the devices that exist */
     } else {
         long d = kc_device_list_default(list);
         if (d < 0) {
             kc_device_list_destroy(&list);
-            return ke_backend_ref_new(model, options);
+            return ke_backend_ref_new(model, options, out);
         }
         index = (size_t)d;
     }
-    b = ke_backend_cl_new(model, kc_device_list_get(list, index), options);
-    if (b)
+    if ((status = ke_backend_cl_new(model, kc_device_list_get(list, index), options, out)) ==
+        KS_OK)
         ke_model_page_out(model); /* the device has its copy; the map's pages are not read */
-done:
+cleanup:
     kc_device_list_destroy(&list);
-    return b;
+    return status;
 #else
     if (!spec || !spec[0])
-        return ke_backend_ref_new(model, options);
-    ks_fail(KS_ERR_UNSUPPORTED,
-            "--device %s: this build has no OpenCL (configure found no OpenCL headers and "
-            "loader); use --device ref (plain C)", spec);
-    return NULL;
+        return ke_backend_ref_new(model, options, out);
+    return ks_fail(KS_ERR_UNSUPPORTED,
+                   "--device %s: this build has no OpenCL (configure found no OpenCL headers and "
+                   "loader); use --device ref (plain C)",
+                   spec);
 #endif
 }
 

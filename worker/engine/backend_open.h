@@ -10,10 +10,12 @@
 
 #include "backend.h"
 
-/* Returns a new backend (destroy with ke_backend_destroy), or NULL with a message naming the
- * spec and why it cannot be served. `model` is borrowed and must outlive the backend. */
-ke_backend *ke_backend_open(const ke_model *model, const char *spec,
-                            const ke_backend_options *options);
+/* A new backend into *out (caller owns; ke_backend_destroy). `model` is borrowed and must
+ * outlive the backend. On failure (KS_ERR_INVALID: no device matches the spec; KS_ERR_UNSUPPORTED:
+ * no OpenCL in this build; the backend's own failures) *out is NULL and the message names the
+ * spec and why it cannot be served. */
+ks_status ke_backend_open(const ke_model *model, const char *spec,
+                          const ke_backend_options *options, ke_backend **out);
 
 /* The name of the device a backend runs on, for logs and results ("ref" for the C path). */
 const char *ke_backend_device_name(const ke_backend *b);

@@ -365,19 +365,18 @@ static ks_status check_config(const ke_config *c)
     return KS_OK;
 }
 
-ke_backend *ke_backend_ref_new(const ke_model *model, const ke_backend_options *options)
+ks_status ke_backend_ref_new(const ke_model *model, const ke_backend_options *options,
+                             ke_backend **out)
 {
-    if (model == NULL || options == NULL) {
-        ks_fail(KS_ERR_INVALID, "reference backend: no model or options");
-        return NULL;
-    }
-    if (options->slots < 1 || options->slot_capacity < 1) {
-        ks_fail(KS_ERR_INVALID, "reference backend: %d slots of %d tokens", options->slots,
-                options->slot_capacity);
-        return NULL;
-    }
-    if (check_config(&model->config) != KS_OK)
-        return NULL;
+    ks_status status = KS_OK;
+    *out = NULL;
+    if (model == NULL || options == NULL)
+        return ks_fail(KS_ERR_INVALID, "reference backend: no model or options");
+    if (options->slots < 1 || options->slot_capacity < 1)
+        return ks_fail(KS_ERR_INVALID, "reference backend: %d slots of %d tokens", options->slots,
+                       options->slot_capacity);
+    if ((status = check_config(&model->config)) != KS_OK)
+        return status;
     const ke_text_config *tc = &model->config.text;
     ref_backend *rb = calloc(1, sizeof *rb);
     if (rb == NULL)
@@ -406,12 +405,12 @@ ke_backend *ke_backend_ref_new(const ke_model *model, const ke_backend_options *
         !rb->att_scratch)
         goto nomem;
     ke_op_sinusoid_freqs(tc->embed_dim, rb->freq);
-    return &rb->base;
+    *out = &rb->base;
+    return KS_OK;
 
 nomem:
-    ks_fail(KS_ERR_NOMEM, "reference backend: out of memory for %d slots of %d tokens",
-            options->slots, options->slot_capacity);
     if (rb)
         ref_destroy(&rb->base);
-    return NULL;
+    return ks_fail(KS_ERR_NOMEM, "reference backend: out of memory for %d slots of %d tokens",
+                   options->slots, options->slot_capacity);
 }

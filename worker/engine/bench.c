@@ -468,11 +468,8 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
                              .slot_capacity = (int)s.prompt_len + p->new_tokens + 1,
                              .profiling = p->profile,
                              .kv_half = p->kv_half};
-    s.backend = ke_backend_open(model, p->device, &bo);
-    if (!s.backend) {
-        st = KS_ERR_UNSUPPORTED;
+    if ((st = ke_backend_open(model, p->device, &bo, &s.backend)) != KS_OK)
         goto cleanup;
-    }
     snprintf(out->device_name, sizeof out->device_name, "%s",
              ke_backend_device_name(s.backend));
 

@@ -174,17 +174,15 @@ static ks_status build(ke_cl_gemm *g, ke_dtype dt)
     return kc_program_get(g->ctx, GEMM_FILE, opts, &g->prog[dt]);
 }
 
-ke_cl_gemm *ke_cl_gemm_new(kc_context *ctx)
+ks_status ke_cl_gemm_new(kc_context *ctx, ke_cl_gemm **out)
 {
-    if (!ctx) {
-        ks_fail(KS_ERR_INVALID, "ke_cl_gemm_new: no context");
-        return NULL;
-    }
+    ks_status status = KS_OK;
+    *out = NULL;
+    if (!ctx)
+        return ks_fail(KS_ERR_INVALID, "ke_cl_gemm_new: no context");
     ke_cl_gemm *g = calloc(1, sizeof *g);
-    if (!g) {
-        ks_fail(KS_ERR_NOMEM, "ke_cl_gemm_new: out of memory");
-        return NULL;
-    }
+    if (!g)
+        return ks_fail(KS_ERR_NOMEM, "ke_cl_gemm_new: out of memory");
     const kc_device_info *dev = kc_context_device(ctx);
     g->ctx = ctx;
     g->tune = *tune_for(dev);
@@ -193,13 +191,14 @@ ke_cl_gemm *ke_cl_gemm_new(kc_context *ctx)
     g->forced_split = -1;
     snprintf(g->last, sizeof g->last, "none");
     const char *env = getenv("KOSMOS_GEMM_TUNE");
-    if ((env && *env && tune_from_env(env, &g->tune) != KS_OK) || build(g, KE_DTYPE_F32) != KS_OK ||
-        build(g, KE_DTYPE_F16) != KS_OK) {
+    if ((env && *env && (status = tune_from_env(env, &g->tune)) != KS_OK) ||
+        (status = build(g, KE_DTYPE_F32)) != KS_OK || (status = build(g, KE_DTYPE_F16)) != KS_OK) {
         ks_error_prefix("ke_cl_gemm_new");
         free(g);
-        return NULL;
+        return status;
     }
-    return g;
+    *out = g;
+    return KS_OK;
 }
 
 void ke_cl_gemm_destroy(ke_cl_gemm **g)

@@ -85,9 +85,11 @@ typedef struct ke_cl_gemm_args {
 } ke_cl_gemm_args;
 
 /* Builds (or loads from the program cache) kernels/gemm.cl for both weight dtypes with the
- * device's tunables (docs/gemm.md; the developer switch KOSMOS_GEMM_TUNE overrides them). NULL
- * with a message on failure. `ctx` is borrowed and must outlive the gemm. */
-ke_cl_gemm *ke_cl_gemm_new(kc_context *ctx);
+ * device's tunables (docs/gemm.md; the developer switch KOSMOS_GEMM_TUNE overrides them) into
+ * *out (caller owns). `ctx` is borrowed and must outlive the gemm. KS_ERR_INVALID (no context,
+ * a bad KOSMOS_GEMM_TUNE), KS_ERR_DEVICE (a failed build: the message names the file and log),
+ * KS_ERR_NOMEM; *out is then NULL. */
+ks_status ke_cl_gemm_new(kc_context *ctx, ke_cl_gemm **out);
 void ke_cl_gemm_destroy(ke_cl_gemm **g);
 
 /* The canonical chunk length of the products with this (n, k) on this device. */

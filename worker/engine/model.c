@@ -200,17 +200,25 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape)
         snprintf(buf + at, cap - at, "]");
 }
 
+/* Room for one more owned block; false when out of memory. */
+static bool reserve_owned(struct ke_model_storage *s)
+{
+    if (s->n_owned < s->cap_owned)
+        return true;
+    size_t cap = s->cap_owned ? 2 * s->cap_owned : 64;
+    void **grown = realloc(s->owned, cap * sizeof *grown);
+    if (!grown)
+        return false;
+    s->owned = grown;
+    s->cap_owned = cap;
+    return true;
+}
+
 static void *own(loader *ld, size_t bytes)
 {
     struct ke_model_storage *s = ld->s;
-    if (s->n_owned == s->cap_owned) {
-        size_t cap = s->cap_owned ? 2 * s->cap_owned : 64;
-        void **grown = realloc(s->owned, cap * sizeof *grown);
-        if (!grown)
-            return NULL;
-        s->owned = grown;
-        s->cap_owned = cap;
-    }
+    if (!reserve_owned(s))
+        return NULL;
     /* 64-byte aligned and padded, for vector loads. */
     void *p = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (p)
@@ -520,41 +528,72 @@ void ke_model_options_default(ke_model_options *options)
     options->storage = KE_DTYPE_F16;
 }
 
-ke_model *ke_model_load(const char *model_dir, const ke_model_options *options)
+ks_status ke_model_new_empty(const ke_config *config, ke_dtype storage, ke_model **out)
 {
-    if (ks_dir_require(model_dir, "model folder") != KS_OK)
-        return NULL;
+    ks_status status = KS_OK;
+    *out = NULL;
+    if (storage != KE_DTYPE_F16 && storage != KE_DTYPE_F32)
+        return ks_fail(KS_ERR_INVALID, "unknown storage dtype %d", (int)storage);
+    if (config->vision.layers < 0 || config->text.layers < 0)
+        return ks_fail(KS_ERR_INVALID, "a negative layer count (vision %d, text %d)",
+                       config->vision.layers, config->text.layers);
     ke_model *m = calloc(1, sizeof *m);
-    loader ld = {.m = m, .dir = model_dir, .st = KS_OK};
-    if (!m || !(m->private_storage = calloc(1, sizeof *m->private_storage))) {
-        ks_fail(KS_ERR_NOMEM, "out of memory loading %s", model_dir);
-        goto fail;
+    /* One spare entry each: calloc(0) may return NULL, which would read as out of memory. */
+    if (!m || !(m->private_storage = calloc(1, sizeof *m->private_storage)) ||
+        !(m->vision_layers = calloc((size_t)config->vision.layers + 1, sizeof *m->vision_layers)) ||
+        !(m->text_layers = calloc((size_t)config->text.layers + 1, sizeof *m->text_layers))) {
+        status = ks_fail(KS_ERR_NOMEM, "out of memory for a model of %d + %d layers",
+                         config->vision.layers, config->text.layers);
+        goto cleanup;
     }
-    ld.s = m->private_storage;
-    m->storage = options ? options->storage : KE_DTYPE_F16;
-    if (m->storage != KE_DTYPE_F16 && m->storage != KE_DTYPE_F32) {
-        ks_fail(KS_ERR_INVALID, "unknown storage dtype %d", (int)m->storage);
-        goto fail;
+    m->config = *config;
+    m->storage = storage;
+    *out = m;
+    m = NULL;
+cleanup:
+    ke_model_destroy(&m);
+    return status;
+}
+
+ks_status ke_model_adopt(ke_model *model, void **block)
+{
+    if (!reserve_owned(model->private_storage)) {
+        free(*block);
+        *block = NULL;
+        return ks_fail(KS_ERR_NOMEM, "out of memory recording a model's weight block");
     }
-    if (ke_config_load(model_dir, &m->config) != KS_OK)
-        goto fail;
-    m->vision_layers = calloc((size_t)m->config.vision.layers, sizeof *m->vision_layers);
-    m->text_layers = calloc((size_t)m->config.text.layers, sizeof *m->text_layers);
-    if (!m->vision_layers || !m->text_layers) {
-        ks_fail(KS_ERR_NOMEM, "out of memory loading %s", model_dir);
-        goto fail;
+    model->private_storage->owned[model->private_storage->n_owned++] = *block;
+    *block = NULL;
+    return KS_OK;
+}
+
+ks_status ke_model_load(const char *model_dir, const ke_model_options *options, ke_model **out)
+{
+    ks_status status = KS_OK;
+    ke_model *m = NULL;
+    ke_config config;
+    *out = NULL;
+    if ((status = ks_dir_require(model_dir, "model folder")) != KS_OK ||
+        (status = ke_config_load(model_dir, &config)) != KS_OK)
+        return status;
+    if ((status = ke_model_new_empty(&config, options ? options->storage : KE_DTYPE_F16, &m)) !=
+        KS_OK) {
+        ks_error_prefix("loading %s", model_dir);
+        return status;
     }
-    if (open_weights(&ld) != KS_OK)
-        goto fail;
+    loader ld = {.m = m, .dir = model_dir, .st = KS_OK, .s = m->private_storage};
+    if ((status = open_weights(&ld)) != KS_OK)
+        goto cleanup;
     load_vision(&ld);
     load_projection(&ld);
     load_text(&ld);
-    if (ld.st != KS_OK)
-        goto fail;
-    return m;
-fail:
+    if ((status = ld.st) != KS_OK)
+        goto cleanup;
+    *out = m;
+    m = NULL;
+cleanup:
     ke_model_destroy(&m);
-    return NULL;
+    return status;
 }
 
 void ke_model_page_out(const ke_model *model)

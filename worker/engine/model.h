@@ -82,7 +82,9 @@ typedef struct ke_model {
     ke_layer_norm final_layer_norm; /* text_model.model.layer_norm */
     ke_tensor lm_head;              /* (vocab, embed); aliases embed_tokens when tied */
 
-    struct ke_model_storage *private_storage; /* maps and owned buffers; ke_model.c only */
+    /* The maps and owned blocks the tensors point into, whatever made the model, so that
+     * ke_model_destroy frees every model alike; model.c only. */
+    struct ke_model_storage *private_storage;
 } ke_model;
 
 typedef struct ke_model_options {
@@ -93,15 +95,28 @@ typedef struct ke_model_options {
 /* Fills the defaults: storage KE_DTYPE_F16 (what options == NULL gives ke_model_load). */
 void ke_model_options_default(ke_model_options *options);
 
-/* Loads and validates config.json + the safetensors weights of `model_dir`. Returns NULL with a
- * message (ks_error_message) naming the file and tensor on any problem: a missing file, a
- * truncated or corrupt safetensors file, a missing tensor, a wrong shape or dtype. The caller
- * owns the result (ke_model_destroy).
+/* Loads and validates config.json + the safetensors weights of `model_dir` into *out (caller
+ * owns; ke_model_destroy). On any problem (a missing file, a truncated or corrupt safetensors
+ * file, a missing tensor, a wrong shape or dtype: KS_ERR_IO, KS_ERR_FORMAT, ...; KS_ERR_INVALID
+ * for an unknown storage dtype; KS_ERR_NOMEM) *out is NULL and the message names the file and
+ * tensor.
  * As transformers 5.17's from_pretrained does, row pad_token_id of embed_tokens is zeroed (in
  * this process's copy-on-write view of the map; the file is never written), and a tied lm_head
  * ignores any text_model.lm_head.weight in the file. */
-ke_model *ke_model_load(const char *model_dir, const ke_model_options *options);
+ks_status ke_model_load(const char *model_dir, const ke_model_options *options, ke_model **out);
 
+/* For makers of models other than ke_model_load (ke_model_new_random): a model of shape
+ * `config` (copied) stored as `storage`, its layer arrays zeroed and no tensors yet, into *out
+ * (caller owns; ke_model_destroy). KS_ERR_INVALID for an unknown storage dtype or a negative
+ * layer count, KS_ERR_NOMEM; *out is then NULL. */
+ks_status ke_model_new_empty(const ke_config *config, ke_dtype storage, ke_model **out);
+
+/* Takes ownership of *block (from malloc or aligned_alloc; the model's tensors may point into
+ * it) and sets *block = NULL: ke_model_destroy frees it. KS_ERR_NOMEM, having freed it. */
+ks_status ke_model_adopt(ke_model *model, void **block);
+
+/* Frees the model and everything its tensors point into, whichever function made it. Accepts
+ * NULL; sets *model = NULL. */
 void ke_model_destroy(ke_model **model);
 
 /* Once a backend holds its own copy of the weights on a device, the mapped files' pages are

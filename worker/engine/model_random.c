@@ -17,13 +17,6 @@
 #define KE_RANDOM_CHUNK ((size_t)1 << 20)
 #define KE_RANDOM_MAX_THREADS 64
 
-/* The model and the weight block it points into; ke_model first so that a ke_model * is the
- * allocation's address. */
-typedef struct random_model {
-    ke_model model;
-    void *block; /* every tensor's data */
-} random_model;
-
 typedef enum init_kind {
     INIT_EMBEDDING, /* N(0, 1) */
     INIT_MATRIX,    /* N(0, 1/fan_in), fan_in = prod(shape[1:]) */
@@ -299,86 +292,67 @@ static ks_status fill_all(const plan *p, ke_dtype storage, unsigned char *block,
 
 /* ---- the model ---- */
 
-ke_model *ke_model_new_random(const ke_config *config, uint64_t seed,
-                              const ke_model_options *options)
+ks_status ke_model_new_random(const ke_config *config, uint64_t seed,
+                              const ke_model_options *options, ke_model **out)
 {
+    ks_status status = KS_OK;
     plan p = {0};
-    random_model *rm = calloc(1, sizeof *rm);
-    ke_model *m = rm ? &rm->model : NULL;
-    if (!rm) {
-        ks_fail(KS_ERR_NOMEM, "random model: out of memory");
-        goto fail;
-    }
-    m->config = *config;
-    m->storage = options ? options->storage : KE_DTYPE_F16;
-    if (m->storage != KE_DTYPE_F16 && m->storage != KE_DTYPE_F32) {
-        ks_fail(KS_ERR_INVALID, "random model: unknown storage dtype %d", (int)m->storage);
-        goto fail;
-    }
+    ke_model *m = NULL;
+    void *block = NULL;
+    *out = NULL;
     const ke_vision_config *v = &config->vision;
     const ke_text_config *tc = &config->text;
     if (v->layers < 0 || tc->layers < 0 || v->patch_size <= 0 || v->hidden_size <= 0 ||
-        tc->embed_dim <= 0 || tc->vocab_size <= 0 || config->latent_query_num <= 0) {
-        ks_fail(KS_ERR_INVALID, "random model: invalid configuration");
-        goto fail;
-    }
-    m->vision_layers = calloc((size_t)v->layers + 1, sizeof *m->vision_layers);
-    m->text_layers = calloc((size_t)tc->layers + 1, sizeof *m->text_layers);
-    if (!m->vision_layers || !m->text_layers) {
-        ks_fail(KS_ERR_NOMEM, "random model: out of memory");
-        goto fail;
+        tc->embed_dim <= 0 || tc->vocab_size <= 0 || config->latent_query_num <= 0)
+        return ks_fail(KS_ERR_INVALID, "random model: invalid configuration");
+    if ((status = ke_model_new_empty(config, options ? options->storage : KE_DTYPE_F16, &m)) !=
+        KS_OK) {
+        ks_error_prefix("random model");
+        return status;
     }
     make_plan(config, m, &p);
     if (p.failed) {
-        ks_fail(KS_ERR_NOMEM, "random model: out of memory");
-        goto fail;
+        status = ks_fail(KS_ERR_NOMEM, "random model: out of memory");
+        goto cleanup;
     }
     size_t esize = m->storage == KE_DTYPE_F32 ? 4 : 2, bytes = 0;
     for (size_t i = 0; i < p.n; i++) {
         p.v[i].offset = bytes;
         bytes += (p.v[i].numel * esize + 63) / 64 * 64;
     }
-    rm->block = aligned_alloc(64, bytes ? bytes : 64);
-    if (!rm->block) {
-        ks_fail(KS_ERR_NOMEM, "random model: out of memory for %zu bytes of weights", bytes);
-        goto fail;
+    block = aligned_alloc(64, bytes ? bytes : 64);
+    if (!block) {
+        status = ks_fail(KS_ERR_NOMEM, "random model: out of memory for %zu bytes of weights",
+                         bytes);
+        goto cleanup;
     }
+    unsigned char *base = block;
+    /* The model owns the block from here on, and ke_model_destroy frees it with the model. */
+    if ((status = ke_model_adopt(m, &block)) != KS_OK)
+        goto cleanup;
     for (size_t i = 0; i < p.n; i++) {
         ke_tensor *t = p.v[i].t;
         t->dtype = m->storage;
         t->ndim = p.v[i].ndim;
         memcpy(t->shape, p.v[i].shape, sizeof t->shape);
-        t->data = (unsigned char *)rm->block + p.v[i].offset;
+        t->data = base + p.v[i].offset;
     }
-    if (fill_all(&p, m->storage, rm->block, seed) != KS_OK)
-        goto fail;
+    if ((status = fill_all(&p, m->storage, base, seed)) != KS_OK)
+        goto cleanup;
     /* nn.Embedding(padding_idx=pad) starts that row at zero (and HF keeps it zero). */
     int pad = tc->pad_id;
     if (pad >= 0 && pad < tc->vocab_size) {
         size_t row = (size_t)tc->embed_dim * esize;
-        memset((unsigned char *)rm->block + (size_t)((const unsigned char *)m->embed_tokens.data -
-                                                     (const unsigned char *)rm->block) +
+        memset(base + (size_t)((const unsigned char *)m->embed_tokens.data - base) +
                    (size_t)pad * row,
                0, row);
     }
     if (tc->tie_word_embeddings)
         m->lm_head = m->embed_tokens;
+    *out = m;
+    m = NULL;
+cleanup:
     free(p.v);
-    return m;
-fail:
-    free(p.v);
-    ke_model_random_destroy(&m);
-    return NULL;
-}
-
-void ke_model_random_destroy(ke_model **pm)
-{
-    if (!pm || !*pm)
-        return;
-    random_model *rm = (random_model *)*pm;
-    free(rm->block);
-    free(rm->model.vision_layers);
-    free(rm->model.text_layers);
-    free(rm);
-    *pm = NULL;
+    ke_model_destroy(&m);
+    return status;
 }

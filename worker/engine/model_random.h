@@ -32,13 +32,10 @@ void ke_config_default_tiny(ke_config *out);
 uint64_t ke_config_param_count(const ke_config *config);
 
 /* A model of shape `config` (copied) with the weights above, stored as options->storage
- * (options NULL: f16). Returns NULL with a message on failure (KS_ERR_NOMEM, an invalid
- * config). The caller owns it and must free it with ke_model_random_destroy - NOT
- * ke_model_destroy, which does not know the weight block (it would leak it). */
-ke_model *ke_model_new_random(const ke_config *config, uint64_t seed,
-                              const ke_model_options *options);
-
-/* Frees a model from ke_model_new_random; accepts NULL and sets *model to NULL. */
-void ke_model_random_destroy(ke_model **model);
+ * (options NULL: f16), into *out: the caller owns it and frees it with ke_model_destroy, like
+ * any model. KS_ERR_INVALID for an invalid config or storage dtype, KS_ERR_NOMEM; *out is then
+ * NULL. */
+ks_status ke_model_new_random(const ke_config *config, uint64_t seed,
+                              const ke_model_options *options, ke_model **out);
 
 #endif

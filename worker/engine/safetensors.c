@@ -438,9 +438,10 @@ struct ke_st_writer {
     json_t *metadata; /* object or NULL */
 };
 
-ke_st_writer *ke_st_writer_new(void)
+ks_status ke_st_writer_new(ke_st_writer **out)
 {
-    return calloc(1, sizeof(ke_st_writer));
+    *out = calloc(1, sizeof(ke_st_writer));
+    return *out ? KS_OK : ks_fail(KS_ERR_NOMEM, "out of memory for a safetensors writer");
 }
 
 void ke_st_writer_destroy(ke_st_writer **pw)

@@ -96,8 +96,8 @@ ks_status ke_st_read_f32(const char *path, const char *name, int ndim, const int
 
 typedef struct ke_st_writer ke_st_writer;
 
-/* An empty file-to-be. NULL on allocation failure. */
-ke_st_writer *ke_st_writer_new(void);
+/* An empty file-to-be into *out (caller owns). KS_ERR_NOMEM; *out is then NULL. */
+ks_status ke_st_writer_new(ke_st_writer **out);
 
 void ke_st_writer_destroy(ke_st_writer **w);
 

@@ -42,9 +42,12 @@ static void hash128_hex(const char *text, char out[33])
     snprintf(out, 33, "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
 }
 
-kc_cache *kc_cache_new(const char *root)
+ks_status kc_cache_new(const char *root, kc_cache **out)
 {
+    ks_status status = KS_OK;
     char *owned_root = NULL;
+    kc_cache *cache = NULL;
+    *out = NULL;
     if (!root || !*root) {
         const char *env = getenv("KOSMOS_CACHE_DIR");
         const char *xdg = getenv("XDG_CACHE_HOME");
@@ -55,18 +58,22 @@ kc_cache *kc_cache_new(const char *root)
             root = owned_root = ks_path_join(xdg, "kosmos");
         else if (home && *home)
             root = owned_root = ks_path_join(home, ".cache/kosmos");
+        else
+            return ks_fail(KS_ERR_UNSUPPORTED, "no OpenCL program cache folder: none of "
+                                               "KOSMOS_CACHE_DIR, XDG_CACHE_HOME, HOME is set");
         if (!root)
-            return NULL;
+            return ks_fail(KS_ERR_NOMEM, "out of memory naming the OpenCL program cache");
     }
-    kc_cache *cache = calloc(1, sizeof *cache);
-    if (cache)
-        cache->folder = ks_path_join(root, "opencl");
-    if (cache && !cache->folder) {
-        free(cache);
-        cache = NULL;
+    if (!(cache = calloc(1, sizeof *cache)) || !(cache->folder = ks_path_join(root, "opencl"))) {
+        status = ks_fail(KS_ERR_NOMEM, "out of memory opening the OpenCL program cache");
+        goto cleanup;
     }
+    *out = cache;
+    cache = NULL;
+cleanup:
+    kc_cache_destroy(&cache);
     free(owned_root);
-    return cache;
+    return status;
 }
 
 void kc_cache_destroy(kc_cache **cache)

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "kc_device.h"
+#include "ks_error.h"
 
 /* Bumped whenever the entry layout or the key text changes: old entries then simply miss. */
 #define KC_CACHE_FORMAT 1
@@ -23,9 +24,10 @@
 typedef struct kc_cache kc_cache;
 
 /* A cache rooted at `root` (the kosmos cache folder; binaries go in root/opencl), or at the
- * default described above when root is NULL. NULL when no folder can be determined or on
- * allocation failure: the caller then builds without a cache. */
-kc_cache *kc_cache_new(const char *root);
+ * default described above when root is NULL; *out is the caller's. KS_ERR_UNSUPPORTED when no
+ * folder can be determined, KS_ERR_NOMEM; *out is then NULL and the caller builds without a
+ * cache. */
+ks_status kc_cache_new(const char *root, kc_cache **out);
 void kc_cache_destroy(kc_cache **cache);
 
 /* The folder the entries go in ("<root>/opencl"). Borrowed until the cache is destroyed. */

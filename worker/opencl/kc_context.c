@@ -54,8 +54,9 @@ ks_status kc_context_new(const kc_device_info *device, const kc_context_params *
     cl_command_queue_properties qprops = params->profiling ? CL_QUEUE_PROFILING_ENABLE : 0;
     ctx->queue = clCreateCommandQueue(ctx->context, device->device, qprops, &err);
     KC_CHECK_ERR(err, "clCreateCommandQueue");
-    if (!params->no_cache)
-        ctx->cache = kc_cache_new(params->cache_root); /* NULL: build without a cache */
+    /* The cache is best effort: without one, every program is built by the driver. */
+    if (!params->no_cache && kc_cache_new(params->cache_root, &ctx->cache) != KS_OK)
+        ks_error_clear();
     *out = ctx;
     ctx = NULL;
 cleanup:

@@ -53,9 +53,7 @@ ks_status kw_engine_open(kw_engine *e, const kw_engine_params *p)
                                   .kv_tokens = p->kv_tokens,
                                   .kv_half = p->kv_half};
     e->params.context = options.slot_capacity;
-    e->backend = ke_backend_open(e->model.model, p->device, &options);
-    if (!e->backend) {
-        st = KS_ERR_UNSUPPORTED;
+    if ((st = ke_backend_open(e->model.model, p->device, &options, &e->backend)) != KS_OK) {
         kw_model_fini(&e->model);
         return st;
     }

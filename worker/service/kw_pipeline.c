@@ -19,15 +19,14 @@ double kw_now_ms(void)
 
 ks_status kw_model_load(const char *model_dir, ke_dtype storage, kw_model *out)
 {
+    ks_status status = KS_OK;
     memset(out, 0, sizeof *out);
-    out->tokenizer = kt_tokenizer_new(model_dir);
-    if (!out->tokenizer)
-        return KS_ERR_INVALID;
+    if ((status = kt_tokenizer_new(model_dir, &out->tokenizer)) != KS_OK)
+        return status;
     ke_model_options options = {.storage = storage};
-    out->model = ke_model_load(model_dir, &options);
-    if (!out->model) {
+    if ((status = ke_model_load(model_dir, &options, &out->model)) != KS_OK) {
         kt_tokenizer_destroy(&out->tokenizer);
-        return KS_ERR_INVALID;
+        return status;
     }
     const ke_config *config = &out->model->config;
     if ((size_t)config->text.vocab_size != kt_tokenizer_vocab_size(out->tokenizer)) {

@@ -19,28 +19,24 @@ struct kt_charsmap {
 /* The clusters the reference looks up whole are those shorter than this many bytes. */
 #define WHOLE_CLUSTER_LIMIT 6
 
-kt_charsmap *kt_charsmap_new(const void *blob, size_t len)
+ks_status kt_charsmap_new(const void *blob, size_t len, kt_charsmap **out)
 {
     const unsigned char *b = blob;
     kt_charsmap *map = NULL;
-    if (len < 4) {
-        ks_fail(KS_ERR_FORMAT, "precompiled charsmap: %zu bytes is too short", len);
-        return NULL;
-    }
+    *out = NULL;
+    if (len < 4)
+        return ks_fail(KS_ERR_FORMAT, "precompiled charsmap: %zu bytes is too short", len);
     uint32_t trie_bytes = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
                           (uint32_t)b[3] << 24;
     size_t unit_count = trie_bytes / 4;
-    if (unit_count == 0 || unit_count > (len - 4) / 4) {
-        ks_fail(KS_ERR_FORMAT, "precompiled charsmap: trie size %u does not fit in %zu bytes",
-                trie_bytes, len);
-        return NULL;
-    }
+    if (unit_count == 0 || unit_count > (len - 4) / 4)
+        return ks_fail(KS_ERR_FORMAT,
+                       "precompiled charsmap: trie size %u does not fit in %zu bytes", trie_bytes,
+                       len);
     const unsigned char *rest = b + 4 + unit_count * 4;
     size_t rest_len = len - 4 - unit_count * 4;
-    if (!ks_utf8_valid((const char *)rest, rest_len)) {
-        ks_fail(KS_ERR_FORMAT, "precompiled charsmap: replacement strings are not UTF-8");
-        return NULL;
-    }
+    if (!ks_utf8_valid((const char *)rest, rest_len))
+        return ks_fail(KS_ERR_FORMAT, "precompiled charsmap: replacement strings are not UTF-8");
     map = calloc(1, sizeof *map);
     if (!map)
         goto nomem;
@@ -57,12 +53,12 @@ kt_charsmap *kt_charsmap_new(const void *blob, size_t len)
     memcpy(map->replacements, rest, rest_len);
     map->replacements[rest_len] = '\0';
     map->replacements_len = rest_len;
-    return map;
+    *out = map;
+    return KS_OK;
 
 nomem:
     kt_charsmap_destroy(&map);
-    ks_fail(KS_ERR_NOMEM, "precompiled charsmap: out of memory");
-    return NULL;
+    return ks_fail(KS_ERR_NOMEM, "precompiled charsmap: out of memory");
 }
 
 void kt_charsmap_destroy(kt_charsmap **map)

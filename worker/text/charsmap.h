@@ -18,8 +18,9 @@
 
 typedef struct kt_charsmap kt_charsmap;
 
-/* Parses (and copies) blob[0..len). NULL with a message (KS_ERR_FORMAT) if it is malformed. */
-kt_charsmap *kt_charsmap_new(const void *blob, size_t len);
+/* Parses (and copies) blob[0..len) into *out (caller owns). KS_ERR_FORMAT if it is malformed,
+ * KS_ERR_NOMEM; *out is then NULL. */
+ks_status kt_charsmap_new(const void *blob, size_t len, kt_charsmap **out);
 
 void kt_charsmap_destroy(kt_charsmap **map);
 

@@ -104,7 +104,9 @@ static ks_status read_config(const char *path, bool *clean_up)
     ks_status st = KS_OK;
     *clean_up = false; /* transformers' default when the key is absent */
     if (!root)
-        return ks_fail(KS_ERR_FORMAT, "%s: line %d: %s", path, error.line, error.text);
+        return ks_fail(json_error_code(&error) == json_error_cannot_open_file ? KS_ERR_IO
+                                                                               : KS_ERR_FORMAT,
+                       "%s: line %d: %s", path, error.line, error.text);
     if (!json_is_object(root)) {
         st = ks_fail(KS_ERR_FORMAT, "%s: not a JSON object", path);
         goto done;
@@ -219,9 +221,7 @@ static ks_status build_model(kt_tokenizer *t, const Sentencepiece__ModelProto *p
         lens[id] = strlen(keys[id]);
         scores[id] = (id >= 4 && id < n - 1) ? (double)proto->pieces[id - 1]->score : 0.0;
     }
-    t->model = kt_unigram_new(keys, lens, scores, n, KT_ID_UNK);
-    if (!t->model)
-        st = KS_ERR_FORMAT;
+    st = kt_unigram_new(keys, lens, scores, n, KT_ID_UNK, &t->model);
 done:
     free(keys);
     free(lens);
@@ -246,68 +246,70 @@ static ks_status build_added(kt_tokenizer *t)
         keys[k] = t->text + t->text_offset[id];
         lens[k] = strlen(keys[k]);
     }
-    t->added = kt_trie_new(keys, lens, ADDED_COUNT);
-    return t->added ? KS_OK : KS_ERR_FORMAT;
+    return kt_trie_new(keys, lens, ADDED_COUNT, &t->added);
 }
 
-kt_tokenizer *kt_tokenizer_new_from_files(const char *spm_path, const char *config_path)
+ks_status kt_tokenizer_new_from_files(const char *spm_path, const char *config_path,
+                                      kt_tokenizer **out)
 {
+    ks_status status = KS_OK;
     kt_tokenizer *t = NULL;
     char *data = NULL;
     size_t len = 0;
     Sentencepiece__ModelProto *proto = NULL;
+    *out = NULL;
 
-    if (ks_file_read(spm_path, MAX_MODEL_BYTES, &data, &len) != KS_OK)
-        goto fail;
+    if ((status = ks_file_read(spm_path, MAX_MODEL_BYTES, &data, &len)) != KS_OK)
+        goto cleanup;
     proto = sentencepiece__model_proto__unpack(NULL, len, (const uint8_t *)data);
     if (!proto) {
-        ks_fail(KS_ERR_FORMAT, "%s: not a SentencePiece model (protobuf parse failed)", spm_path);
-        goto fail;
+        status = ks_fail(KS_ERR_FORMAT, "%s: not a SentencePiece model (protobuf parse failed)",
+                         spm_path);
+        goto cleanup;
     }
-    if (check_model(proto, spm_path) != KS_OK)
-        goto fail;
+    if ((status = check_model(proto, spm_path)) != KS_OK)
+        goto cleanup;
     t = calloc(1, sizeof *t);
     if (!t) {
-        ks_fail(KS_ERR_NOMEM, "out of memory for a tokenizer");
-        goto fail;
+        status = ks_fail(KS_ERR_NOMEM, "out of memory for a tokenizer");
+        goto cleanup;
     }
-    if (config_path && read_config(config_path, &t->clean_up_default) != KS_OK)
-        goto fail;
-    if (build_vocab(t, proto) != KS_OK || build_model(t, proto) != KS_OK ||
-        build_added(t) != KS_OK)
-        goto fail_prefix;
-    t->charsmap = kt_charsmap_new(proto->normalizer_spec->precompiled_charsmap.data,
-                                  proto->normalizer_spec->precompiled_charsmap.len);
-    if (!t->charsmap)
-        goto fail_prefix;
-    sentencepiece__model_proto__free_unpacked(proto, NULL);
-    free(data);
-    return t;
-
-fail_prefix:
-    ks_error_prefix("%s", spm_path);
-fail:
+    if (config_path && (status = read_config(config_path, &t->clean_up_default)) != KS_OK)
+        goto cleanup;
+    if ((status = build_vocab(t, proto)) != KS_OK || (status = build_model(t, proto)) != KS_OK ||
+        (status = build_added(t)) != KS_OK ||
+        (status = kt_charsmap_new(proto->normalizer_spec->precompiled_charsmap.data,
+                                  proto->normalizer_spec->precompiled_charsmap.len,
+                                  &t->charsmap)) != KS_OK) {
+        /* Only these messages lack the file's name; the ones above already carry it. */
+        ks_error_prefix("%s", spm_path);
+        goto cleanup;
+    }
+    *out = t;
+    t = NULL;
+cleanup:
     if (proto)
         sentencepiece__model_proto__free_unpacked(proto, NULL);
     free(data);
     kt_tokenizer_destroy(&t);
-    return NULL;
+    return status;
 }
 
-kt_tokenizer *kt_tokenizer_new(const char *model_dir)
+ks_status kt_tokenizer_new(const char *model_dir, kt_tokenizer **out)
 {
-    if (ks_dir_require(model_dir, "model folder") != KS_OK)
-        return NULL;
+    ks_status status = KS_OK;
+    *out = NULL;
+    if ((status = ks_dir_require(model_dir, "model folder")) != KS_OK)
+        return status;
     char *spm = ks_path_join(model_dir, SPM_FILE);
     char *config = ks_path_join(model_dir, CONFIG_FILE);
-    kt_tokenizer *t = NULL;
     if (!spm || !config)
-        ks_fail(KS_ERR_NOMEM, "out of memory");
+        status = ks_fail(KS_ERR_NOMEM, "out of memory");
     else
-        t = kt_tokenizer_new_from_files(spm, ks_file_exists(config) ? config : NULL);
+        status = kt_tokenizer_new_from_files(spm, ks_file_exists(config) ? config : NULL, out);
     free(spm);
     free(config);
-    return t;
+    return status;
 }
 
 void kt_tokenizer_destroy(kt_tokenizer **tokenizer)

@@ -55,11 +55,13 @@ ks_status kt_ids_push(kt_ids *ids, int32_t id);
 typedef struct kt_tokenizer kt_tokenizer;
 
 /* Loads DIR/sentencepiece.bpe.model and, when present, DIR/tokenizer_config.json (for
- * clean_up_tokenization_spaces). Returns NULL with a message (ks_error_message) on failure. */
-kt_tokenizer *kt_tokenizer_new(const char *model_dir);
+ * clean_up_tokenization_spaces) into *out (caller owns). KS_ERR_IO, KS_ERR_FORMAT, KS_ERR_LIMIT,
+ * KS_ERR_NOMEM, with a message naming the file; *out is then NULL. */
+ks_status kt_tokenizer_new(const char *model_dir, kt_tokenizer **out);
 
 /* The same from explicit paths; config_path may be NULL. */
-kt_tokenizer *kt_tokenizer_new_from_files(const char *spm_path, const char *config_path);
+ks_status kt_tokenizer_new_from_files(const char *spm_path, const char *config_path,
+                                      kt_tokenizer **out);
 
 void kt_tokenizer_destroy(kt_tokenizer **tokenizer);
 

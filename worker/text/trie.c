@@ -40,25 +40,27 @@ typedef struct build_span {
     size_t lo, hi, depth;
 } build_span;
 
-kt_trie *kt_trie_new(const char *const *keys, const size_t *lens, size_t n)
+ks_status kt_trie_new(const char *const *keys, const size_t *lens, size_t n, kt_trie **out)
 {
+    ks_status status = KS_OK;
     kt_trie *trie = NULL;
     trie_key *sorted = NULL;
     build_span *spans = NULL;
     size_t capacity = 1;
+    *out = NULL;
 
     if (n > (size_t)INT32_MAX) {
-        ks_fail(KS_ERR_LIMIT, "trie: %zu keys is too many", n);
-        goto fail;
+        status = ks_fail(KS_ERR_LIMIT, "trie: %zu keys is too many", n);
+        goto cleanup;
     }
     for (size_t i = 0; i < n; i++) {
         if (lens[i] == 0) {
-            ks_fail(KS_ERR_FORMAT, "trie: key %zu is empty", i);
-            goto fail;
+            status = ks_fail(KS_ERR_FORMAT, "trie: key %zu is empty", i);
+            goto cleanup;
         }
         if (lens[i] > UINT32_MAX - capacity) {
-            ks_fail(KS_ERR_LIMIT, "trie: keys too long");
-            goto fail;
+            status = ks_fail(KS_ERR_LIMIT, "trie: keys too long");
+            goto cleanup;
         }
         capacity += lens[i]; /* a key adds at most one node per byte */
     }
@@ -84,9 +86,9 @@ kt_trie *kt_trie_new(const char *const *keys, const size_t *lens, size_t n)
             node->value = sorted[span.lo].value;
             span.lo++;
             if (span.lo < span.hi && sorted[span.lo].len == span.depth) {
-                ks_fail(KS_ERR_FORMAT, "trie: keys %d and %d are equal",
-                        (int)sorted[span.lo - 1].value, (int)sorted[span.lo].value);
-                goto fail;
+                status = ks_fail(KS_ERR_FORMAT, "trie: keys %d and %d are equal",
+                                 (int)sorted[span.lo - 1].value, (int)sorted[span.lo].value);
+                goto cleanup;
             }
         }
         node->first_child = (uint32_t)trie->node_count;
@@ -114,17 +116,17 @@ kt_trie *kt_trie_new(const char *const *keys, const size_t *lens, size_t n)
     trie_node *shrunk = realloc(trie->nodes, trie->node_count * sizeof *trie->nodes);
     if (shrunk)
         trie->nodes = shrunk;
-    free(sorted);
-    free(spans);
-    return trie;
-
-nomem:
-    ks_fail(KS_ERR_NOMEM, "trie: out of memory for %zu keys", n);
-fail:
+    *out = trie;
+    trie = NULL;
+cleanup:
     free(sorted);
     free(spans);
     kt_trie_destroy(&trie);
-    return NULL;
+    return status;
+
+nomem:
+    status = ks_fail(KS_ERR_NOMEM, "trie: out of memory for %zu keys", n);
+    goto cleanup;
 }
 
 void kt_trie_destroy(kt_trie **trie)

@@ -14,9 +14,10 @@ typedef struct kt_trie kt_trie;
 #define KT_TRIE_ROOT 0
 #define KT_TRIE_NONE (-1)
 
-/* Builds a trie whose key i is keys[i][0..lens[i]) with value i. Keys must be non-empty and
- * distinct (KS_ERR_FORMAT otherwise). The keys are not kept. NULL with a message on failure. */
-kt_trie *kt_trie_new(const char *const *keys, const size_t *lens, size_t n);
+/* Builds into *out (caller owns) a trie whose key i is keys[i][0..lens[i]) with value i. Keys
+ * must be non-empty and distinct (KS_ERR_FORMAT otherwise); KS_ERR_LIMIT, KS_ERR_NOMEM. The keys
+ * are not kept. *out is NULL on failure. */
+ks_status kt_trie_new(const char *const *keys, const size_t *lens, size_t n, kt_trie **out);
 
 void kt_trie_destroy(kt_trie **trie);
 

@@ -24,21 +24,23 @@ typedef struct path_node {
 /* The reference penalises an unknown character this much below the worst piece. */
 #define UNK_PENALTY 10.0
 
-kt_unigram *kt_unigram_new(const char *const *pieces, const size_t *lens, const double *scores,
-                           size_t n, int32_t unk_id)
+ks_status kt_unigram_new(const char *const *pieces, const size_t *lens, const double *scores,
+                         size_t n, int32_t unk_id, kt_unigram **out)
 {
+    ks_status status = KS_OK;
+    *out = NULL;
     kt_unigram *model = calloc(1, sizeof *model);
     if (!model || !(model->scores = malloc((n ? n : 1) * sizeof *model->scores))) {
-        ks_fail(KS_ERR_NOMEM, "unigram: out of memory");
-        goto fail;
+        status = ks_fail(KS_ERR_NOMEM, "unigram: out of memory");
+        goto cleanup;
     }
     if (unk_id < 0 || (size_t)unk_id >= n) {
-        ks_fail(KS_ERR_FORMAT, "unigram: unk id %d outside a vocabulary of %zu", (int)unk_id, n);
-        goto fail;
+        status = ks_fail(KS_ERR_FORMAT, "unigram: unk id %d outside a vocabulary of %zu",
+                         (int)unk_id, n);
+        goto cleanup;
     }
-    model->trie = kt_trie_new(pieces, lens, n);
-    if (!model->trie)
-        goto fail;
+    if ((status = kt_trie_new(pieces, lens, n, &model->trie)) != KS_OK)
+        goto cleanup;
     double min_score = 0.0;
     for (size_t i = 0; i < n; i++) {
         model->scores[i] = scores[i];
@@ -48,11 +50,11 @@ kt_unigram *kt_unigram_new(const char *const *pieces, const size_t *lens, const 
     model->size = n;
     model->unk_id = unk_id;
     model->unk_score = min_score - UNK_PENALTY;
-    return model;
-
-fail:
+    *out = model;
+    model = NULL;
+cleanup:
     kt_unigram_destroy(&model);
-    return NULL;
+    return status;
 }
 
 void kt_unigram_destroy(kt_unigram **model)

@@ -15,10 +15,11 @@
 
 typedef struct kt_unigram kt_unigram;
 
-/* pieces[i] (lens[i] bytes, distinct, non-empty) scores scores[i]; unk_id < n. The strings are
- * not kept. NULL with a message on failure. */
-kt_unigram *kt_unigram_new(const char *const *pieces, const size_t *lens, const double *scores,
-                           size_t n, int32_t unk_id);
+/* A model into *out (caller owns) where pieces[i] (lens[i] bytes, distinct, non-empty) scores
+ * scores[i]; unk_id < n. The strings are not kept. KS_ERR_FORMAT, KS_ERR_LIMIT, KS_ERR_NOMEM;
+ * *out is then NULL. */
+ks_status kt_unigram_new(const char *const *pieces, const size_t *lens, const double *scores,
+                         size_t n, int32_t unk_id, kt_unigram **out);
 
 void kt_unigram_destroy(kt_unigram **model);
 

@@ -20,6 +20,7 @@
 #include "kb_faultvfs.h"
 #include "test_curve_cert.h"
 #include "kb_job.h"
+#include "fake_worker_msgs.h"
 #include "wire.h"
 #include "test_skip.h"
 
@@ -280,11 +281,6 @@ typedef struct fworker {
     uint64_t instance;
 } fworker;
 
-static void w_send(fworker *w, Kosmos__V1__WorkerMessage *m)
-{
-    assert_int_equal(kp_send(w->sock, NULL, 0, &m->base, NULL, 0), KS_OK);
-}
-
 /* Next message from the broker, skipping heartbeats; NULL if none within the pump. */
 static Kosmos__V1__BrokerToWorker *w_recv(harness *h, fworker *w)
 {
@@ -330,27 +326,22 @@ static const char *w_model = "microsoft/kosmos-2-patch14-224"; /* what w_ready o
 static void w_ready(harness *h, fworker *w, const char *name, uint64_t instance, uint32_t capacity,
                     Kosmos__V1__Lease **running, size_t n_running)
 {
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Ready r = KOSMOS__V1__READY__INIT;
+    ts_fw_ready store;
+    Kosmos__V1__Ready *r = ts_fw_ready_init(&store, name, instance, capacity, w_model);
     w->name = name;
     w->instance = instance;
-    r.has_protocol_version = true;
-    r.protocol_version = 1;
-    r.worker_name = (char *)name;
-    r.has_worker_instance = true;
-    r.worker_instance = instance;
-    r.model_id = (char *)w_model;
-    r.has_batch_capacity = true;
-    r.batch_capacity = capacity;
-    r.n_running = n_running;
-    r.running = running;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
-    m.ready = &r;
-    w_send(w, &m);
+    r->n_running = n_running;
+    r->running = running;
+    assert_int_equal(ts_fw_send_ready(w->sock, r), KS_OK);
     Kosmos__V1__BrokerToWorker *wel = w_recv(h, w);
     assert_non_null(wel);
     assert_int_equal(wel->message_case, KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME);
     kosmos__v1__broker_to_worker__free_unpacked(wel, NULL);
+}
+
+static void w_credit(fworker *w, uint32_t n)
+{
+    assert_int_equal(ts_fw_send_credit(w->sock, n), KS_OK);
 }
 
 static fworker *w_new(harness *h, const char *name, uint32_t capacity, uint32_t credit)
@@ -358,62 +349,27 @@ static fworker *w_new(harness *h, const char *name, uint32_t capacity, uint32_t 
     fworker *w = calloc(1, sizeof *w);
     w->sock = h_socket(h, h->wep);
     w_ready(h, w, name, 7, capacity, NULL, 0);
-    if (credit) {
-        Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-        Kosmos__V1__Credit c = KOSMOS__V1__CREDIT__INIT;
-        c.has_slots = true;
-        c.slots = credit;
-        m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_CREDIT;
-        m.credit = &c;
-        w_send(w, &m);
-    }
+    if (credit)
+        w_credit(w, credit);
     return w;
-}
-
-static void w_credit(fworker *w, uint32_t n)
-{
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Credit c = KOSMOS__V1__CREDIT__INIT;
-    c.has_slots = true;
-    c.slots = n;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_CREDIT;
-    m.credit = &c;
-    w_send(w, &m);
 }
 
 static void w_heartbeat(fworker *w, Kosmos__V1__Lease **running, size_t n)
 {
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Heartbeat hb = KOSMOS__V1__HEARTBEAT__INIT;
-    hb.n_running = n;
-    hb.running = running;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_HEARTBEAT;
-    m.heartbeat = &hb;
-    w_send(w, &m);
+    assert_int_equal(ts_fw_send_heartbeat(w->sock, running, n), KS_OK);
 }
 
 /* Sends a Result and returns the ResultAck disposition. */
 static int w_result(harness *h, fworker *w, const char *job_id, uint32_t attempt, int status,
                     bool retriable)
 {
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Result r = KOSMOS__V1__RESULT__INIT;
-    Kosmos__V1__PromptResult pr = KOSMOS__V1__PROMPT_RESULT__INIT;
-    Kosmos__V1__PromptResult *prs[1] = {&pr};
-    pr.has_prompt_index = pr.has_status = true;
-    pr.status = status;
-    pr.text = "An image of a snowman";
-    r.job_id = (char *)job_id;
-    r.has_attempt = r.has_status = r.has_retriable = true;
-    r.attempt = attempt;
-    r.status = status;
-    r.retriable = retriable;
-    r.n_prompts = 1;
-    r.prompts = prs;
-    r.worker_name = (char *)w->name;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_RESULT;
-    m.result = &r;
-    w_send(w, &m);
+    ts_fw_result store;
+    Kosmos__V1__Result *r = ts_fw_result_init(&store, job_id, attempt, status,
+                                              "An image of a snowman");
+    r->has_retriable = true;
+    r->retriable = retriable;
+    r->worker_name = (char *)w->name;
+    assert_int_equal(ts_fw_send_result(w->sock, r), KS_OK);
     Kosmos__V1__BrokerToWorker *a = w_recv(h, w);
     while (a && a->message_case != KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_RESULT_ACK) {
         kosmos__v1__broker_to_worker__free_unpacked(a, NULL);
@@ -1024,16 +980,9 @@ static void test_refused_for_now(void **state)
     h_restart(h);
     fworker *w1 = w_new(h, "w1", 1, 0);
     fworker w2 = {.sock = h_socket(h, h->wep), .name = "w2", .instance = 9};
-    Kosmos__V1__WorkerMessage msg = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Ready r = KOSMOS__V1__READY__INIT;
-    r.has_protocol_version = r.has_worker_instance = r.has_batch_capacity = true;
-    r.protocol_version = 1;
-    r.worker_name = "w2";
-    r.worker_instance = 9;
-    r.batch_capacity = 1;
-    msg.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
-    msg.ready = &r;
-    w_send(&w2, &msg);
+    ts_fw_ready store;
+    Kosmos__V1__Ready *ready = ts_fw_ready_init(&store, "w2", 9, 1, NULL);
+    assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
     Kosmos__V1__BrokerToWorker *m = w_recv(h, &w2);
     assert_non_null(m);
     assert_int_equal(m->message_case, KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT);
@@ -1041,23 +990,18 @@ static void test_refused_for_now(void **state)
     assert_true(m->disconnect->has_retry_after_ms && m->disconnect->retry_after_ms > 0);
     kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
     /* An older worker sends Ready again at once: not answered within the interval. */
-    w_send(&w2, &msg);
-    w_send(&w2, &msg);
+    assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
+    assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
     assert_null(w_try(h, &w2));
     fake_now += 1000;
-    w_send(&w2, &msg);
+    assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
     m = w_try(h, &w2);
     assert_non_null(m);
     assert_int_equal(m->disconnect->code, KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER);
     kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
     /* w1 leaves; w2 gets in. */
-    Kosmos__V1__WorkerMessage bye = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Disconnect d = KOSMOS__V1__DISCONNECT__INIT;
-    d.has_code = true;
-    d.code = KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN;
-    bye.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_DISCONNECT;
-    bye.disconnect = &d;
-    w_send(w1, &bye);
+    assert_int_equal(
+        ts_fw_send_disconnect(w1->sock, KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN, 0), KS_OK);
     h_steps(h, 3);
     w_ready(h, &w2, "w2", 9, 1, NULL, 0);
     w_free(w1);

@@ -24,6 +24,7 @@
 
 #include <cmocka.h>
 
+#include "fake_worker_msgs.h"
 #include "kb_broker.h"
 #include "kosmos/client.h"
 #include "test_curve_cert.h"
@@ -69,22 +70,6 @@ typedef struct fworker {
     int dispatches;
 } fworker;
 
-static void fw_send(void *sock, Kosmos__V1__WorkerMessage *m)
-{
-    kp_send(sock, NULL, 0, &m->base, NULL, 0);
-}
-
-static void fw_credit(void *sock, uint32_t n)
-{
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Credit c = KOSMOS__V1__CREDIT__INIT;
-    c.has_slots = true;
-    c.slots = n;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_CREDIT;
-    m.credit = &c;
-    fw_send(sock, &m);
-}
-
 /* The seed the fake worker reports for prompt i of an OK result (above 2^32: all 64 bits travel). */
 #define FW_SEED(i) (0x0123456789abcdefull + (i))
 
@@ -94,7 +79,6 @@ static void fw_credit(void *sock, uint32_t n)
 static void fw_result(void *sock, const char *job_id, uint32_t attempt, int status, size_t n_prompts,
                       uint64_t started_ms)
 {
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
     Kosmos__V1__Result r = KOSMOS__V1__RESULT__INIT;
     Kosmos__V1__PromptResult pr[2];
     Kosmos__V1__PromptResult *prs[2] = {&pr[0], &pr[1]};
@@ -155,9 +139,7 @@ static void fw_result(void *sock, const char *job_id, uint32_t attempt, int stat
     r.has_started_unix_ms = r.has_finished_unix_ms = true;
     r.started_unix_ms = started_ms;
     r.finished_unix_ms = unix_ms();
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_RESULT;
-    m.result = &r;
-    fw_send(sock, &m);
+    ts_fw_send_result(sock, &r);
 }
 
 static void *fw_main(void *arg)
@@ -167,34 +149,19 @@ static void *fw_main(void *arg)
     int zero = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
     zmq_connect(sock, w->endpoint);
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Ready rd = KOSMOS__V1__READY__INIT;
-    Kosmos__V1__DeviceInfo dev = KOSMOS__V1__DEVICE_INFO__INIT;
-    dev.name = "fake-device";
-    dev.vendor = "kosmos tests";
-    dev.has_memory_bytes = true;
-    dev.memory_bytes = 1u << 30;
-    rd.has_protocol_version = rd.has_worker_instance = rd.has_batch_capacity = true;
-    rd.protocol_version = 1;
-    rd.worker_name = "fake/w0";
-    rd.worker_instance = 99;
-    rd.model_id = "microsoft/kosmos-2-patch14-224";
-    rd.batch_capacity = 8;
-    rd.device = &dev;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
-    m.ready = &rd;
-    fw_send(sock, &m);
+    ts_fw_ready ready;
+    ts_fw_ready_init(&ready, "fake/w0", 99, 8, "microsoft/kosmos-2-patch14-224");
+    ts_fw_ready_device(&ready, "fake-device", "kosmos tests", 1u << 30);
+    ts_fw_send_ready(sock, &ready.ready);
     bool welcomed = false;
     uint64_t last_hb = now_ms(), last_ready = now_ms();
     while (!w->stop) {
         uint64_t now = now_ms();
         if (!welcomed && now - last_ready > 500) {
-            fw_send(sock, &m);
+            ts_fw_send_ready(sock, &ready.ready);
             last_ready = now;
         }
         if (welcomed && now - last_hb >= 200) {
-            Kosmos__V1__WorkerMessage hm = KOSMOS__V1__WORKER_MESSAGE__INIT;
-            Kosmos__V1__Heartbeat hb = KOSMOS__V1__HEARTBEAT__INIT;
             Kosmos__V1__Lease leases[FW_MAX_HELD], *lp[FW_MAX_HELD];
             for (int i = 0; i < w->n_held; i++) {
                 kosmos__v1__lease__init(&leases[i]);
@@ -203,11 +170,7 @@ static void *fw_main(void *arg)
                 leases[i].attempt = w->held[i].attempt;
                 lp[i] = &leases[i];
             }
-            hb.n_running = (size_t)w->n_held;
-            hb.running = lp;
-            hm.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_HEARTBEAT;
-            hm.heartbeat = &hb;
-            fw_send(sock, &hm);
+            ts_fw_send_heartbeat(sock, lp, (size_t)w->n_held);
             last_hb = now;
         }
         zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
@@ -224,7 +187,7 @@ static void *fw_main(void *arg)
         }
         if (b->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME && !welcomed) {
             welcomed = true;
-            fw_credit(sock, 8);
+            ts_fw_send_credit(sock, 8);
         } else if (b->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH) {
             const Kosmos__V1__Dispatch *d = b->dispatch;
             uint64_t arrived = unix_ms();
@@ -238,7 +201,7 @@ static void *fw_main(void *arg)
                 int st = strstr(text, "fail") ? KOSMOS__V1__STATUS__STATUS_FAILED
                                               : KOSMOS__V1__STATUS__STATUS_OK;
                 fw_result(sock, d->job_id, d->attempt, st, d->job->n_prompts, arrived);
-                fw_credit(sock, 1);
+                ts_fw_send_credit(sock, 1);
             }
         } else if (b->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_CANCEL) {
             for (int i = 0; i < w->n_held; i++) {
@@ -246,7 +209,7 @@ static void *fw_main(void *arg)
                     continue;
                 fw_result(sock, w->held[i].id, w->held[i].attempt,
                           KOSMOS__V1__STATUS__STATUS_CANCELLED, 1, unix_ms());
-                fw_credit(sock, 1);
+                ts_fw_send_credit(sock, 1);
                 w->held[i] = w->held[--w->n_held];
                 break;
             }

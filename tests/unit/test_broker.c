@@ -17,6 +17,7 @@
 #include "kb_auth.h"
 #include "kb_broker.h"
 #include "kb_internal.h" /* KB_ADMIT_SLOTS */
+#include "inproc_broker.h"
 #include "kb_faultvfs.h"
 #include "test_curve_cert.h"
 #include "kb_job.h"
@@ -40,60 +41,35 @@ static uint64_t fake_rand(void *ctx)
     return fake_rand_state >> 11;
 }
 
-typedef struct harness {
-    char dir[64];
-    char cep[128], wep[128], db[128];
-    kb_params p;
-    kb_broker *b;
-    void *zctx;
-    FILE *log;
-} harness;
+/* The broker under test, stepped by the test itself. */
+typedef ts_broker harness;
 
-static void h_params(harness *h)
-{
-    kb_params_init(&h->p);
-    h->p.client_endpoint = h->cep;
-    h->p.worker_endpoint = h->wep;
-    h->p.db_path = h->db;
-    h->p.clock = fake_clock;
-    h->p.rand = fake_rand;
-    h->p.log = h->log;
-    h->p.log_level = KS_LOG_WARN;
-}
-
-/* A broker in a fresh folder, its store on the SQLite VFS `vfs` (NULL: the default). */
-static harness *h_new_vfs(const char *vfs)
+/* A broker on the injected clock and random source, in a fresh folder; not opened yet, so that
+ * the test can change h->p first (ts_broker_start opens it, and restarts it later). */
+static harness *h_alloc(void)
 {
     harness *h = calloc(1, sizeof *h);
-    snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
-    assert_non_null(mkdtemp(h->dir));
-    snprintf(h->cep, sizeof h->cep, "ipc://%s/c", h->dir);
-    snprintf(h->wep, sizeof h->wep, "ipc://%s/w", h->dir);
-    snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
-    h->log = fopen("/dev/null", "w");
-    h_params(h);
+    assert_non_null(h);
+    ts_broker_init(h, "kbtest");
+    h->p.clock = fake_clock;
+    h->p.rand = fake_rand;
+    return h;
+}
+
+/* A broker with its store on the SQLite VFS `vfs` (NULL: the default). */
+static harness *h_new_vfs(const char *vfs)
+{
+    harness *h = h_alloc();
     h->p.db_vfs = vfs;
-    h->zctx = zmq_ctx_new();
-    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    ts_broker_start(h);
     return h;
 }
 
 static harness *h_new(void) { return h_new_vfs(NULL); }
 
-static void h_restart(harness *h)
-{
-    kb_broker_destroy(&h->b);
-    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
-}
-
 static void h_free(harness *h)
 {
-    char cmd[128];
-    kb_broker_destroy(&h->b);
-    zmq_ctx_term(h->zctx);
-    fclose(h->log);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", h->dir);
-    assert_int_equal(system(cmd), 0);
+    ts_broker_fini(h);
     free(h);
 }
 
@@ -667,7 +643,7 @@ static void test_admission_limits(void **state)
     harness *h = h_new();
     h->p.max_queued = 3;
     h->p.max_client_jobs = 2;
-    h_restart(h);
+    ts_broker_start(h);
     void *c = h_socket(h, h->cep);
     char a1[65], a2[65], b1[65];
     const int accepted = KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED;
@@ -685,7 +661,7 @@ static void test_admission_limits(void **state)
     assert_int_equal(c_submit_outcome(h, c, "c"), busy);
     /* Many clients (past the cache's size) keep exact answers too. */
     h->p.max_queued = 100000;
-    h_restart(h);
+    ts_broker_start(h);
     enum { MANY = KB_ADMIT_SLOTS / 2 + 10, IN_FLIGHT = 256 };
     /* Sent IN_FLIGHT at a time (a few batches, a few commits each): more would fill the
      * sockets' high-water marks while this thread, which also steps the broker, is sending. */
@@ -745,7 +721,7 @@ static void test_dispatch_when_model_table_full(void **state)
     (void)state;
     harness *h = h_new();
     h->p.max_workers = 1;
-    h_restart(h);
+    ts_broker_start(h);
     void *c = h_socket(h, h->cep);
     char model[4][32];
     for (int i = 0; i < 4; i++) {
@@ -808,7 +784,7 @@ static void test_curve_handler_death_stops_broker(void **state)
     h->p.curve_secret = secret;
     h->p.curve_clients = clients;
     h->p.curve_workers = workers;
-    h_restart(h);
+    ts_broker_start(h);
 
     /* The handler runs: a known client key is served. */
     void *c = h_socket_curve(h, h->cep, bpub, cpub, csec);
@@ -902,7 +878,7 @@ static void test_lease_started_accounting(void **state)
     (void)state;
     harness *h = h_new();
     h->p.max_job_ms = 5000;
-    h_restart(h);
+    ts_broker_start(h);
     void *c = h_socket(h, h->cep);
     char a[65], b[65], got_a[65], got_b[65];
     uint32_t att_a, att_b;
@@ -977,7 +953,7 @@ static void test_refused_for_now(void **state)
     (void)state;
     harness *h = h_new();
     h->p.max_workers = 1;
-    h_restart(h);
+    ts_broker_start(h);
     fworker *w1 = w_new(h, "w1", 1, 0);
     fworker w2 = {.sock = h_socket(h, h->wep), .name = "w2", .instance = 9};
     ts_fw_ready store;
@@ -1170,18 +1146,10 @@ static void test_violations(void **state)
 static void test_oversized_frame(void **state)
 {
     (void)state;
-    harness *h = calloc(1, sizeof *h);
-    snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
-    assert_non_null(mkdtemp(h->dir));
-    snprintf(h->cep, sizeof h->cep, "ipc://%s/c", h->dir);
-    snprintf(h->wep, sizeof h->wep, "ipc://%s/w", h->dir);
-    snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
-    h->log = fopen("/dev/null", "w");
-    h_params(h);
+    harness *h = h_alloc();
     h->p.max_message_bytes = 1024;
     h->p.max_image_bytes = 4096;
-    h->zctx = zmq_ctx_new();
-    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    ts_broker_start(h);
     void *c = h_socket(h, h->cep);
     char big[2048];
     memset(big, 0, sizeof big);
@@ -1242,7 +1210,7 @@ static void test_restart_recovery(void **state)
     char leased[2][65];
     w_take(h, w1, leased[0], &attempt);
     w_take(h, w1, leased[1], &attempt);
-    h_restart(h);
+    ts_broker_start(h);
     for (int i = 0; i < 3; i++)
         assert_false(TERMINAL(c_state(h, c, "a", ids[i], NULL)));
     /* The old broker said goodbye; w1 re-registers (same instance) listing only the first
@@ -1381,8 +1349,7 @@ static void test_disk_full_and_fail_stop(void **state)
         kosmos__v1__client_reply__free_unpacked(r, NULL);
     }
     kbf_fail_syncs = false;
-    kb_broker_destroy(&h->b);
-    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    ts_broker_start(h);
     /* Ledger: every accepted job is still there, none lost. */
     int lost = 0;
     for (int i = 0; i < n_acc; i++)

@@ -25,7 +25,7 @@
 #include <cmocka.h>
 
 #include "fake_worker_msgs.h"
-#include "kb_broker.h"
+#include "inproc_broker.h"
 #include "kosmos/client.h"
 #include "test_curve_cert.h"
 #include "wire.h"
@@ -223,52 +223,26 @@ static void *fw_main(void *arg)
 /* ---- farm: broker thread + fake worker thread ---------------------------------------------- */
 
 typedef struct farm {
-    char dir[64];
-    char cep[128], wep[128], db[128];
-    kb_params p;
-    kb_broker *b;
-    FILE *log;
-    volatile sig_atomic_t stop;
-    pthread_t thread;
+    ts_broker br;
     fworker w;
-    bool worker;
-    void *zctx;
+    bool worker; /* w runs */
 } farm;
-
-static void *broker_main(void *arg)
-{
-    farm *f = arg;
-    kb_broker_run(f->b, &f->stop);
-    return NULL;
-}
 
 /* max_queued 0 = the default. */
 static farm *farm_start(bool worker, uint64_t max_queued)
 {
     farm *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/kltest.XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->cep, sizeof f->cep, "ipc://%s/c", f->dir);
-    snprintf(f->wep, sizeof f->wep, "ipc://%s/w", f->dir);
-    snprintf(f->db, sizeof f->db, "%s/broker.db", f->dir);
-    f->log = fopen("/dev/null", "w");
-    kb_params_init(&f->p);
-    f->p.client_endpoint = f->cep;
-    f->p.worker_endpoint = f->wep;
-    f->p.db_path = f->db;
-    f->p.log = f->log;
-    f->p.log_level = KS_LOG_WARN;
-    f->p.heartbeat_ms = 200;
-    f->p.heartbeat_liveness = 10;
+    assert_non_null(f);
+    ts_broker_init(&f->br, "kltest");
+    f->br.p.heartbeat_ms = 200;
+    f->br.p.heartbeat_liveness = 10;
     if (max_queued)
-        f->p.max_queued = max_queued;
-    assert_int_equal(kb_broker_new(&f->p, &f->b), KS_OK);
-    assert_int_equal(pthread_create(&f->thread, NULL, broker_main, f), 0);
-    f->zctx = zmq_ctx_new();
+        f->br.p.max_queued = max_queued;
+    ts_broker_start_thread(&f->br);
     if (worker) {
         f->worker = true;
-        f->w.zctx = f->zctx;
-        f->w.endpoint = f->wep;
+        f->w.zctx = f->br.zctx;
+        f->w.endpoint = f->br.wep;
         assert_int_equal(pthread_create(&f->w.thread, NULL, fw_main, &f->w), 0);
     }
     return f;
@@ -280,14 +254,7 @@ static void farm_stop(farm *f)
         f->w.stop = 1;
         pthread_join(f->w.thread, NULL);
     }
-    f->stop = 1;
-    pthread_join(f->thread, NULL);
-    kb_broker_destroy(&f->b);
-    zmq_ctx_term(f->zctx);
-    fclose(f->log);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
-    assert_int_equal(system(cmd), 0);
+    ts_broker_fini(&f->br);
     free(f);
 }
 
@@ -295,7 +262,7 @@ static kosmos_client_t *client_for(const farm *f, const char *client_id)
 {
     kosmos_client_params_t p;
     kosmos_client_params_init(&p);
-    p.broker = f->cep;
+    p.broker = f->br.cep;
     p.client_id = client_id;
     kosmos_client_t *c = kosmos_client_new(&p);
     assert_non_null(c);
@@ -831,8 +798,10 @@ static void test_curve(void **state)
     (void)state;
     if (!zmq_has("curve"))
         KT_CANNOT_RUN("libzmq without CURVE");
-    char dir[64] = "/tmp/klcurve.XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    farm *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    ts_broker_init(&f->br, "klcurve");
+    const char *dir = f->br.dir;
     char bpub[41], bsec[41], cpub[41], csec[41], wpub[41], wsec[41], xpub[41], xsec[41];
     assert_int_equal(zmq_curve_keypair(bpub, bsec), 0);
     assert_int_equal(zmq_curve_keypair(cpub, csec), 0);
@@ -855,24 +824,10 @@ static void test_curve(void **state)
     snprintf(wpath, sizeof wpath, "%s/w.key", workers);
     write_cert(wpath, wpub, NULL);
 
-    farm *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "%s", dir);
-    snprintf(f->cep, sizeof f->cep, "ipc://%s/c", dir);
-    snprintf(f->wep, sizeof f->wep, "ipc://%s/w", dir);
-    snprintf(f->db, sizeof f->db, "%s/broker.db", dir);
-    f->log = fopen("/dev/null", "w");
-    kb_params_init(&f->p);
-    f->p.client_endpoint = f->cep;
-    f->p.worker_endpoint = f->wep;
-    f->p.db_path = f->db;
-    f->p.log = f->log;
-    f->p.log_level = KS_LOG_WARN;
-    f->p.curve_secret = path[0];
-    f->p.curve_clients = clients;
-    f->p.curve_workers = workers;
-    assert_int_equal(kb_broker_new(&f->p, &f->b), KS_OK);
-    assert_int_equal(pthread_create(&f->thread, NULL, broker_main, f), 0);
-    f->zctx = zmq_ctx_new();
+    f->br.p.curve_secret = path[0];
+    f->br.p.curve_clients = clients;
+    f->br.p.curve_workers = workers;
+    ts_broker_start_thread(&f->br);
 
     /* keys from the certificate files, as a user of the library reads them */
     char pub[KOSMOS_Z85_KEY_SIZE], sec[KOSMOS_Z85_KEY_SIZE], srv[KOSMOS_Z85_KEY_SIZE];
@@ -886,7 +841,7 @@ static void test_curve(void **state)
 
     kosmos_client_params_t p;
     kosmos_client_params_init(&p);
-    p.broker = f->cep;
+    p.broker = f->br.cep;
     p.client_id = "ignored-with-curve";
     p.curve_public_key = pub;
     p.curve_secret_key = sec;
@@ -925,7 +880,7 @@ static void test_ground_file(void **state)
     kosmos_client_t *c = client_for(f, "ivy");
     wait_worker(c);
     char path[128];
-    snprintf(path, sizeof path, "%s/img.png", f->dir);
+    snprintf(path, sizeof path, "%s/img.png", f->br.dir);
     FILE *fp = fopen(path, "wb");
     assert_non_null(fp);
     fwrite(test_image, 1, sizeof test_image, fp);
@@ -959,7 +914,7 @@ static void *client_thread(void *arg)
     thread_arg *a = arg;
     kosmos_client_params_t p;
     kosmos_client_params_init(&p);
-    p.broker = a->f->cep;
+    p.broker = a->f->br.cep;
     p.client_id = "threads";
     kosmos_client_t *c = kosmos_client_new(&p);
     kosmos_job_t *j = kosmos_job_new();

@@ -34,6 +34,7 @@
 
 #include <zmq.h>
 
+#include "fake_worker_msgs.h"
 #include "kosmos.pb-c.h"
 #include "wire.h"
 
@@ -317,9 +318,11 @@ static atomic_int echo_welcomed;
 static atomic_long echo_stored;
 static atomic_int echo_stop;
 
-static void echo_send(bf_echo_socket *s, Kosmos__V1__WorkerMessage *m)
+/* Every message an echo worker sends goes through here: a failure ends the run, and the time
+ * paces the next heartbeat. */
+static void echo_sent(bf_echo_socket *s, ks_status st)
 {
-    if (kp_send(s->sock, NULL, 0, &m->base, NULL, 0) != KS_OK)
+    if (st != KS_OK)
         die("worker send: %s", zmq_strerror(errno));
     s->last_sent_ns = now_ns();
 }
@@ -328,70 +331,31 @@ static void echo_ready(bf_echo_socket *s, long worker)
 {
     char name[64];
     snprintf(name, sizeof name, "echo-%s-%ld", opt.tag, worker);
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Ready r = KOSMOS__V1__READY__INIT;
-    Kosmos__V1__DeviceInfo d = KOSMOS__V1__DEVICE_INFO__INIT;
-    d.vendor = "bench";
-    d.name = "echo";
-    d.has_memory_bytes = true;
-    d.memory_bytes = 1ull << 34;
-    r.has_protocol_version = r.has_worker_instance = r.has_batch_capacity = true;
-    r.protocol_version = 1;
-    r.worker_name = name;
-    r.worker_instance = ((uint64_t)getpid() << 20) ^ (uint64_t)worker;
-    r.model_id = "bench/echo";
-    r.model_hash = "0000000000000000000000000000000000000000000000000000000000000000";
-    r.device = &d;
-    r.batch_capacity = (uint32_t)opt.credit;
-    r.software_version = "bench-farm";
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
-    m.ready = &r;
-    echo_send(s, &m);
+    ts_fw_ready store;
+    Kosmos__V1__Ready *r = ts_fw_ready_init(&store, name,
+                                            ((uint64_t)getpid() << 20) ^ (uint64_t)worker,
+                                            (uint32_t)opt.credit, "bench/echo");
+    r->model_hash = "0000000000000000000000000000000000000000000000000000000000000000";
+    r->software_version = "bench-farm";
+    ts_fw_ready_device(&store, "echo", "bench", 1ull << 34);
+    echo_sent(s, ts_fw_send_ready(s->sock, r));
 }
 
 static void echo_credit(bf_echo_socket *s, uint32_t slots)
 {
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Credit c = KOSMOS__V1__CREDIT__INIT;
-    c.has_slots = true;
-    c.slots = slots;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_CREDIT;
-    m.credit = &c;
-    echo_send(s, &m);
-}
-
-static void echo_heartbeat(bf_echo_socket *s)
-{
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Heartbeat h = KOSMOS__V1__HEARTBEAT__INIT;
-    h.has_sent_unix_ms = true;
-    h.sent_unix_ms = unix_ms();
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_HEARTBEAT;
-    m.heartbeat = &h; /* no leases: every dispatch is answered before the next poll */
-    echo_send(s, &m);
+    echo_sent(s, ts_fw_send_credit(s->sock, slots));
 }
 
 static void echo_result(bf_echo_socket *s, const Kosmos__V1__Dispatch *d)
 {
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Result r = KOSMOS__V1__RESULT__INIT;
-    Kosmos__V1__PromptResult p = KOSMOS__V1__PROMPT_RESULT__INIT;
-    Kosmos__V1__PromptResult *pp[1] = {&p};
-    p.has_prompt_index = p.has_status = true;
-    p.prompt_index = 0;
-    p.status = KOSMOS__V1__STATUS__STATUS_OK;
-    p.text = "An image of an echo.";
-    r.job_id = d->job_id;
-    r.has_attempt = r.has_status = r.has_started_unix_ms = r.has_finished_unix_ms = true;
-    r.attempt = d->attempt;
-    r.status = KOSMOS__V1__STATUS__STATUS_OK;
-    r.n_prompts = 1;
-    r.prompts = pp;
-    r.worker_name = "echo";
-    r.started_unix_ms = r.finished_unix_ms = unix_ms();
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_RESULT;
-    m.result = &r;
-    echo_send(s, &m);
+    ts_fw_result store;
+    Kosmos__V1__Result *r = ts_fw_result_init(&store, d->job_id, d->attempt,
+                                              KOSMOS__V1__STATUS__STATUS_OK,
+                                              "An image of an echo.");
+    r->has_started_unix_ms = r->has_finished_unix_ms = true;
+    r->worker_name = "echo";
+    r->started_unix_ms = r->finished_unix_ms = unix_ms();
+    echo_sent(s, ts_fw_send_result(s->sock, r));
     echo_credit(s, 1);
 }
 
@@ -468,21 +432,16 @@ static void *echo_main(void *arg)
                 }
             }
             if (t - s->last_sent_ns >= 1000000000ull) {
-                if (s->welcomed)
-                    echo_heartbeat(s);
+                if (s->welcomed) /* no leases: every dispatch is answered before the next poll */
+                    echo_sent(s, ts_fw_send_heartbeat(s->sock, NULL, 0));
                 else
                     echo_ready(s, e->first_worker + (long)i);
             }
         }
     }
     for (size_t i = 0; i < n; i++) {
-        Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-        Kosmos__V1__Disconnect d = KOSMOS__V1__DISCONNECT__INIT;
-        d.has_code = true;
-        d.code = KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN;
-        m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_DISCONNECT;
-        m.disconnect = &d;
-        kp_send(e->socks[i].sock, NULL, 0, &m.base, NULL, ZMQ_DONTWAIT);
+        ts_fw_send_disconnect(e->socks[i].sock, KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN,
+                              ZMQ_DONTWAIT);
         zmq_close(e->socks[i].sock);
     }
     free(e->socks);

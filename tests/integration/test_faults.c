@@ -44,6 +44,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fake_worker_msgs.h"
 #include "farm_harness.h"
 
 static fh_farm farm;
@@ -1149,16 +1150,9 @@ static const Kosmos__V1__BrokerToWorker *bi_b2w(const kp_inbound *in)
  * 100 + the code of a Disconnect, or -1 for anything else. */
 static int bi_fake_result(void *s, const char *job_id, uint32_t attempt)
 {
-    Kosmos__V1__WorkerMessage wm = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Result res = KOSMOS__V1__RESULT__INIT;
-    res.job_id = (char *)job_id;
-    res.has_attempt = true;
-    res.attempt = attempt;
-    res.has_status = true;
-    res.status = KOSMOS__V1__STATUS__STATUS_OK;
-    wm.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_RESULT;
-    wm.result = &res;
-    if (kp_send(s, NULL, 0, &wm.base, NULL, 0) != KS_OK)
+    ts_fw_result res;
+    if (ts_fw_send_result(s, ts_fw_result_init(&res, job_id, attempt, KOSMOS__V1__STATUS__STATUS_OK,
+                                               NULL)) != KS_OK)
         fh_die("fake worker send failed");
     kp_inbound *in = bi_worker_next(s);
     const Kosmos__V1__BrokerToWorker *m = bi_b2w(in);
@@ -1302,18 +1296,10 @@ static void scenario_bad_input(void)
     FH_CHECK(d == 100 + KOSMOS__V1__DISCONNECT__CODE__CODE_NOT_REGISTERED,
              "a Result before Ready: %d, not Disconnect{NOT_REGISTERED}", d);
     bi_served(c, "a result before Ready");
-    Kosmos__V1__WorkerMessage wm = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Ready ready = KOSMOS__V1__READY__INIT;
-    ready.has_protocol_version = ready.has_worker_instance = ready.has_batch_capacity = true;
-    ready.protocol_version = 1;
-    ready.worker_name = "fake-worker";
-    ready.worker_instance = 12345;
-    ready.batch_capacity = 1;
-    ready.model_id = "fake";
-    ready.model_hash = "0000";
-    wm.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
-    wm.ready = &ready;
-    if (kp_send(fw, NULL, 0, &wm.base, NULL, 0) != KS_OK)
+    ts_fw_ready store;
+    Kosmos__V1__Ready *ready = ts_fw_ready_init(&store, "fake-worker", 12345, 1, "fake");
+    ready->model_hash = "0000";
+    if (ts_fw_send_ready(fw, ready) != KS_OK)
         fh_die("fake worker send failed");
     kp_inbound *in = bi_worker_next(fw);
     FH_CHECK(bi_b2w(in) && bi_b2w(in)->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME,

@@ -17,9 +17,11 @@
 #include "kb_auth.h"
 #include "kb_broker.h"
 #include "kb_internal.h" /* KB_ADMIT_SLOTS */
+#include "inproc_broker.h"
 #include "kb_faultvfs.h"
 #include "test_curve_cert.h"
 #include "kb_job.h"
+#include "fake_worker_msgs.h"
 #include "wire.h"
 #include "test_skip.h"
 
@@ -39,60 +41,35 @@ static uint64_t fake_rand(void *ctx)
     return fake_rand_state >> 11;
 }
 
-typedef struct harness {
-    char dir[64];
-    char cep[128], wep[128], db[128];
-    kb_params p;
-    kb_broker *b;
-    void *zctx;
-    FILE *log;
-} harness;
+/* The broker under test, stepped by the test itself. */
+typedef ts_broker harness;
 
-static void h_params(harness *h)
-{
-    kb_params_init(&h->p);
-    h->p.client_endpoint = h->cep;
-    h->p.worker_endpoint = h->wep;
-    h->p.db_path = h->db;
-    h->p.clock = fake_clock;
-    h->p.rand = fake_rand;
-    h->p.log = h->log;
-    h->p.log_level = KS_LOG_WARN;
-}
-
-/* A broker in a fresh folder, its store on the SQLite VFS `vfs` (NULL: the default). */
-static harness *h_new_vfs(const char *vfs)
+/* A broker on the injected clock and random source, in a fresh folder; not opened yet, so that
+ * the test can change h->p first (ts_broker_start opens it, and restarts it later). */
+static harness *h_alloc(void)
 {
     harness *h = calloc(1, sizeof *h);
-    snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
-    assert_non_null(mkdtemp(h->dir));
-    snprintf(h->cep, sizeof h->cep, "ipc://%s/c", h->dir);
-    snprintf(h->wep, sizeof h->wep, "ipc://%s/w", h->dir);
-    snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
-    h->log = fopen("/dev/null", "w");
-    h_params(h);
+    assert_non_null(h);
+    ts_broker_init(h, "kbtest");
+    h->p.clock = fake_clock;
+    h->p.rand = fake_rand;
+    return h;
+}
+
+/* A broker with its store on the SQLite VFS `vfs` (NULL: the default). */
+static harness *h_new_vfs(const char *vfs)
+{
+    harness *h = h_alloc();
     h->p.db_vfs = vfs;
-    h->zctx = zmq_ctx_new();
-    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    ts_broker_start(h);
     return h;
 }
 
 static harness *h_new(void) { return h_new_vfs(NULL); }
 
-static void h_restart(harness *h)
-{
-    kb_broker_destroy(&h->b);
-    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
-}
-
 static void h_free(harness *h)
 {
-    char cmd[128];
-    kb_broker_destroy(&h->b);
-    zmq_ctx_term(h->zctx);
-    fclose(h->log);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", h->dir);
-    assert_int_equal(system(cmd), 0);
+    ts_broker_fini(h);
     free(h);
 }
 
@@ -280,11 +257,6 @@ typedef struct fworker {
     uint64_t instance;
 } fworker;
 
-static void w_send(fworker *w, Kosmos__V1__WorkerMessage *m)
-{
-    assert_int_equal(kp_send(w->sock, NULL, 0, &m->base, NULL, 0), KS_OK);
-}
-
 /* Next message from the broker, skipping heartbeats; NULL if none within the pump. */
 static Kosmos__V1__BrokerToWorker *w_recv(harness *h, fworker *w)
 {
@@ -330,27 +302,22 @@ static const char *w_model = "microsoft/kosmos-2-patch14-224"; /* what w_ready o
 static void w_ready(harness *h, fworker *w, const char *name, uint64_t instance, uint32_t capacity,
                     Kosmos__V1__Lease **running, size_t n_running)
 {
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Ready r = KOSMOS__V1__READY__INIT;
+    ts_fw_ready store;
+    Kosmos__V1__Ready *r = ts_fw_ready_init(&store, name, instance, capacity, w_model);
     w->name = name;
     w->instance = instance;
-    r.has_protocol_version = true;
-    r.protocol_version = 1;
-    r.worker_name = (char *)name;
-    r.has_worker_instance = true;
-    r.worker_instance = instance;
-    r.model_id = (char *)w_model;
-    r.has_batch_capacity = true;
-    r.batch_capacity = capacity;
-    r.n_running = n_running;
-    r.running = running;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
-    m.ready = &r;
-    w_send(w, &m);
+    r->n_running = n_running;
+    r->running = running;
+    assert_int_equal(ts_fw_send_ready(w->sock, r), KS_OK);
     Kosmos__V1__BrokerToWorker *wel = w_recv(h, w);
     assert_non_null(wel);
     assert_int_equal(wel->message_case, KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME);
     kosmos__v1__broker_to_worker__free_unpacked(wel, NULL);
+}
+
+static void w_credit(fworker *w, uint32_t n)
+{
+    assert_int_equal(ts_fw_send_credit(w->sock, n), KS_OK);
 }
 
 static fworker *w_new(harness *h, const char *name, uint32_t capacity, uint32_t credit)
@@ -358,62 +325,27 @@ static fworker *w_new(harness *h, const char *name, uint32_t capacity, uint32_t 
     fworker *w = calloc(1, sizeof *w);
     w->sock = h_socket(h, h->wep);
     w_ready(h, w, name, 7, capacity, NULL, 0);
-    if (credit) {
-        Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-        Kosmos__V1__Credit c = KOSMOS__V1__CREDIT__INIT;
-        c.has_slots = true;
-        c.slots = credit;
-        m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_CREDIT;
-        m.credit = &c;
-        w_send(w, &m);
-    }
+    if (credit)
+        w_credit(w, credit);
     return w;
-}
-
-static void w_credit(fworker *w, uint32_t n)
-{
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Credit c = KOSMOS__V1__CREDIT__INIT;
-    c.has_slots = true;
-    c.slots = n;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_CREDIT;
-    m.credit = &c;
-    w_send(w, &m);
 }
 
 static void w_heartbeat(fworker *w, Kosmos__V1__Lease **running, size_t n)
 {
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Heartbeat hb = KOSMOS__V1__HEARTBEAT__INIT;
-    hb.n_running = n;
-    hb.running = running;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_HEARTBEAT;
-    m.heartbeat = &hb;
-    w_send(w, &m);
+    assert_int_equal(ts_fw_send_heartbeat(w->sock, running, n), KS_OK);
 }
 
 /* Sends a Result and returns the ResultAck disposition. */
 static int w_result(harness *h, fworker *w, const char *job_id, uint32_t attempt, int status,
                     bool retriable)
 {
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Result r = KOSMOS__V1__RESULT__INIT;
-    Kosmos__V1__PromptResult pr = KOSMOS__V1__PROMPT_RESULT__INIT;
-    Kosmos__V1__PromptResult *prs[1] = {&pr};
-    pr.has_prompt_index = pr.has_status = true;
-    pr.status = status;
-    pr.text = "An image of a snowman";
-    r.job_id = (char *)job_id;
-    r.has_attempt = r.has_status = r.has_retriable = true;
-    r.attempt = attempt;
-    r.status = status;
-    r.retriable = retriable;
-    r.n_prompts = 1;
-    r.prompts = prs;
-    r.worker_name = (char *)w->name;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_RESULT;
-    m.result = &r;
-    w_send(w, &m);
+    ts_fw_result store;
+    Kosmos__V1__Result *r = ts_fw_result_init(&store, job_id, attempt, status,
+                                              "An image of a snowman");
+    r->has_retriable = true;
+    r->retriable = retriable;
+    r->worker_name = (char *)w->name;
+    assert_int_equal(ts_fw_send_result(w->sock, r), KS_OK);
     Kosmos__V1__BrokerToWorker *a = w_recv(h, w);
     while (a && a->message_case != KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_RESULT_ACK) {
         kosmos__v1__broker_to_worker__free_unpacked(a, NULL);
@@ -711,7 +643,7 @@ static void test_admission_limits(void **state)
     harness *h = h_new();
     h->p.max_queued = 3;
     h->p.max_client_jobs = 2;
-    h_restart(h);
+    ts_broker_start(h);
     void *c = h_socket(h, h->cep);
     char a1[65], a2[65], b1[65];
     const int accepted = KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED;
@@ -729,7 +661,7 @@ static void test_admission_limits(void **state)
     assert_int_equal(c_submit_outcome(h, c, "c"), busy);
     /* Many clients (past the cache's size) keep exact answers too. */
     h->p.max_queued = 100000;
-    h_restart(h);
+    ts_broker_start(h);
     enum { MANY = KB_ADMIT_SLOTS / 2 + 10, IN_FLIGHT = 256 };
     /* Sent IN_FLIGHT at a time (a few batches, a few commits each): more would fill the
      * sockets' high-water marks while this thread, which also steps the broker, is sending. */
@@ -789,7 +721,7 @@ static void test_dispatch_when_model_table_full(void **state)
     (void)state;
     harness *h = h_new();
     h->p.max_workers = 1;
-    h_restart(h);
+    ts_broker_start(h);
     void *c = h_socket(h, h->cep);
     char model[4][32];
     for (int i = 0; i < 4; i++) {
@@ -852,7 +784,7 @@ static void test_curve_handler_death_stops_broker(void **state)
     h->p.curve_secret = secret;
     h->p.curve_clients = clients;
     h->p.curve_workers = workers;
-    h_restart(h);
+    ts_broker_start(h);
 
     /* The handler runs: a known client key is served. */
     void *c = h_socket_curve(h, h->cep, bpub, cpub, csec);
@@ -946,7 +878,7 @@ static void test_lease_started_accounting(void **state)
     (void)state;
     harness *h = h_new();
     h->p.max_job_ms = 5000;
-    h_restart(h);
+    ts_broker_start(h);
     void *c = h_socket(h, h->cep);
     char a[65], b[65], got_a[65], got_b[65];
     uint32_t att_a, att_b;
@@ -1021,19 +953,12 @@ static void test_refused_for_now(void **state)
     (void)state;
     harness *h = h_new();
     h->p.max_workers = 1;
-    h_restart(h);
+    ts_broker_start(h);
     fworker *w1 = w_new(h, "w1", 1, 0);
     fworker w2 = {.sock = h_socket(h, h->wep), .name = "w2", .instance = 9};
-    Kosmos__V1__WorkerMessage msg = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Ready r = KOSMOS__V1__READY__INIT;
-    r.has_protocol_version = r.has_worker_instance = r.has_batch_capacity = true;
-    r.protocol_version = 1;
-    r.worker_name = "w2";
-    r.worker_instance = 9;
-    r.batch_capacity = 1;
-    msg.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
-    msg.ready = &r;
-    w_send(&w2, &msg);
+    ts_fw_ready store;
+    Kosmos__V1__Ready *ready = ts_fw_ready_init(&store, "w2", 9, 1, NULL);
+    assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
     Kosmos__V1__BrokerToWorker *m = w_recv(h, &w2);
     assert_non_null(m);
     assert_int_equal(m->message_case, KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT);
@@ -1041,23 +966,18 @@ static void test_refused_for_now(void **state)
     assert_true(m->disconnect->has_retry_after_ms && m->disconnect->retry_after_ms > 0);
     kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
     /* An older worker sends Ready again at once: not answered within the interval. */
-    w_send(&w2, &msg);
-    w_send(&w2, &msg);
+    assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
+    assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
     assert_null(w_try(h, &w2));
     fake_now += 1000;
-    w_send(&w2, &msg);
+    assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
     m = w_try(h, &w2);
     assert_non_null(m);
     assert_int_equal(m->disconnect->code, KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER);
     kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
     /* w1 leaves; w2 gets in. */
-    Kosmos__V1__WorkerMessage bye = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Disconnect d = KOSMOS__V1__DISCONNECT__INIT;
-    d.has_code = true;
-    d.code = KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN;
-    bye.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_DISCONNECT;
-    bye.disconnect = &d;
-    w_send(w1, &bye);
+    assert_int_equal(
+        ts_fw_send_disconnect(w1->sock, KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN, 0), KS_OK);
     h_steps(h, 3);
     w_ready(h, &w2, "w2", 9, 1, NULL, 0);
     w_free(w1);
@@ -1226,18 +1146,10 @@ static void test_violations(void **state)
 static void test_oversized_frame(void **state)
 {
     (void)state;
-    harness *h = calloc(1, sizeof *h);
-    snprintf(h->dir, sizeof h->dir, "/tmp/kbtest.XXXXXX");
-    assert_non_null(mkdtemp(h->dir));
-    snprintf(h->cep, sizeof h->cep, "ipc://%s/c", h->dir);
-    snprintf(h->wep, sizeof h->wep, "ipc://%s/w", h->dir);
-    snprintf(h->db, sizeof h->db, "%s/broker.db", h->dir);
-    h->log = fopen("/dev/null", "w");
-    h_params(h);
+    harness *h = h_alloc();
     h->p.max_message_bytes = 1024;
     h->p.max_image_bytes = 4096;
-    h->zctx = zmq_ctx_new();
-    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    ts_broker_start(h);
     void *c = h_socket(h, h->cep);
     char big[2048];
     memset(big, 0, sizeof big);
@@ -1298,7 +1210,7 @@ static void test_restart_recovery(void **state)
     char leased[2][65];
     w_take(h, w1, leased[0], &attempt);
     w_take(h, w1, leased[1], &attempt);
-    h_restart(h);
+    ts_broker_start(h);
     for (int i = 0; i < 3; i++)
         assert_false(TERMINAL(c_state(h, c, "a", ids[i], NULL)));
     /* The old broker said goodbye; w1 re-registers (same instance) listing only the first
@@ -1437,8 +1349,7 @@ static void test_disk_full_and_fail_stop(void **state)
         kosmos__v1__client_reply__free_unpacked(r, NULL);
     }
     kbf_fail_syncs = false;
-    kb_broker_destroy(&h->b);
-    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
+    ts_broker_start(h);
     /* Ledger: every accepted job is still there, none lost. */
     int lost = 0;
     for (int i = 0; i < n_acc; i++)

@@ -25,10 +25,8 @@
 #include <string.h>
 
 #include "cl_gemm.h"
-#include "kc_context.h"
-#include "kc_device.h"
+#include "cl_fixture.h"
 #include "model.h"
-#include "test_skip.h"
 
 typedef struct fixture {
     kc_device_list *list;
@@ -36,11 +34,7 @@ typedef struct fixture {
     ke_cl_gemm *gemm;
 } fixture;
 
-#define REQUIRE_DEVICE(fx)                                                                         \
-    do {                                                                                           \
-        if (!(fx)->gemm)                                                                           \
-            KT_CANNOT_RUN("no OpenCL device");                                                     \
-    } while (0)
+#define REQUIRE_DEVICE(fx) TS_CL_REQUIRE((fx)->gemm)
 
 static int group_setup(void **state)
 {
@@ -48,29 +42,10 @@ static int group_setup(void **state)
     if (!fx)
         return -1;
     *state = fx;
-    if (kc_device_list_new(&fx->list) != KS_OK) {
-        fprintf(stderr, "kc_device_list_new: %s\n", ks_error_message());
+    if (ts_cl_open(&fx->list, NULL, &fx->ctx) != 0)
         return -1;
-    }
-    const kc_device_info *dev = NULL;
-    const char *spec = getenv("KOSMOS_TEST_DEVICE");
-    size_t index = 0;
-    if (spec && *spec) {
-        if (kc_device_list_select(fx->list, spec, &index) != KS_OK) {
-            fprintf(stderr, "KOSMOS_TEST_DEVICE: %s\n", ks_error_message());
-            return -1;
-        }
-        dev = kc_device_list_get(fx->list, index);
-    } else if (kc_device_list_default(fx->list) >= 0) {
-        dev = kc_device_list_get(fx->list, (size_t)kc_device_list_default(fx->list));
-    }
-    if (!dev)
+    if (!fx->ctx)
         return 0;
-    print_message("device under test: '%s' (%s)\n", dev->name, dev->platform_name);
-    if (kc_context_new(dev, NULL, &fx->ctx) != KS_OK) {
-        fprintf(stderr, "kc_context_new: %s\n", ks_error_message());
-        return -1;
-    }
     if (ke_cl_gemm_new(fx->ctx, &fx->gemm) != KS_OK) {
         fprintf(stderr, "ke_cl_gemm_new: %s\n", ks_error_message());
         return -1;
@@ -84,22 +59,16 @@ static int group_teardown(void **state)
     if (!fx)
         return 0;
     ke_cl_gemm_destroy(&fx->gemm);
-    kc_context_destroy(&fx->ctx);
-    kc_device_list_destroy(&fx->list);
+    ts_cl_close(&fx->list, &fx->ctx);
     free(fx);
     return 0;
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
 static float frand(void) /* uniform in [-1, 1) */
 {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((double)(rng_state >> 11) * 0x1p-52 - 1.0);
+    return (float)ts_cl_frand();
 }
 
 /* n values of dtype dt rounded from v (f16: as torch's .half()); v gets the rounded values. */
@@ -118,39 +87,6 @@ static void *to_dtype(float *v, size_t n, ke_dtype dt)
         v[i] = ke_f16_to_f32(out[i]);
     }
     return out;
-}
-
-static cl_mem device_copy(fixture *fx, const void *host, size_t bytes)
-{
-    cl_mem b = NULL;
-    if (kc_context_buffer(fx->ctx, CL_MEM_READ_WRITE, bytes, host, &b) != KS_OK)
-        fail_msg("%s", ks_error_message());
-    return b;
-}
-
-static void device_read(fixture *fx, cl_mem b, size_t bytes, void *host)
-{
-    if (kc_context_read(fx->ctx, b, true, 0, bytes, host, NULL) != KS_OK)
-        fail_msg("%s", ks_error_message());
-}
-
-/* Row statistics as the kernels' producers write them: blocks of sb values, (mean, M2) summed
- * in order in f32 (kernels/common.cl block_stats). */
-static void block_stats(const float *row, size_t dim, size_t sb, cl_float2 *out)
-{
-    for (size_t j = 0; j * sb < dim; j++) {
-        size_t c = dim - j * sb < sb ? dim - j * sb : sb;
-        float sum = 0.0f;
-        for (size_t i = 0; i < c; i++)
-            sum += row[j * sb + i];
-        float mean = sum / (float)c, m2 = 0.0f;
-        for (size_t i = 0; i < c; i++) {
-            float d = row[j * sb + i] - mean;
-            m2 += d * d;
-        }
-        out[j].s[0] = mean;
-        out[j].s[1] = m2;
-    }
 }
 
 static double act_ref(double v, int act)
@@ -224,7 +160,7 @@ static void run_case(fixture *fx, const gemm_case *c)
     for (size_t r = 0; r < m; r++)
         gather[r] = c->gather ? (cl_int)((r * 7 + 2) % src_rows) : (cl_int)r;
     for (size_t r = 0; r < src_rows; r++)
-        block_stats(x + c->x_off + r * ldx, k, sb, xst + r * ln_nb);
+        ts_cl_block_stats(x + c->x_off + r * ldx, k, sb, xst + r * ln_nb);
 
     /* the reference, in double */
     for (size_t r = 0; r < m; r++) {
@@ -257,11 +193,11 @@ static void run_case(fixture *fx, const gemm_case *c)
     if (!c->bias)
         kc_context_buffer_free(fx->ctx, &wt.bias);
     size_t es = c->dt == KE_DTYPE_F16 ? 2 : 4;
-    cl_mem bx = device_copy(fx, x, x_len * 4), by = device_copy(fx, y0, y_len * 4);
-    cl_mem bg = device_copy(fx, g, k * es), bbeta = device_copy(fx, beta, k * es);
-    cl_mem bst = device_copy(fx, xst, src_rows * ln_nb * sizeof *xst);
-    cl_mem bgat = device_copy(fx, gather, m * sizeof *gather);
-    cl_mem bost = device_copy(fx, ost, m * out_nb * sizeof *ost);
+    cl_mem bx = ts_cl_upload(fx->ctx, x, x_len * 4), by = ts_cl_upload(fx->ctx, y0, y_len * 4);
+    cl_mem bg = ts_cl_upload(fx->ctx, g, k * es), bbeta = ts_cl_upload(fx->ctx, beta, k * es);
+    cl_mem bst = ts_cl_upload(fx->ctx, xst, src_rows * ln_nb * sizeof *xst);
+    cl_mem bgat = ts_cl_upload(fx->ctx, gather, m * sizeof *gather);
+    cl_mem bost = ts_cl_upload(fx->ctx, ost, m * out_nb * sizeof *ost);
     ke_cl_gemm_args a = {.m = m, .w = &wt, .x = bx, .x_offset = c->x_off, .ldx = ldx,
                          .gather = c->gather ? bgat : NULL, .ln_stats = c->ln ? bst : NULL,
                          .ln_w = bg, .ln_b = bbeta, .ln_sb = sb, .ln_eps = 1e-5f, .y = by,
@@ -272,9 +208,9 @@ static void run_case(fixture *fx, const gemm_case *c)
     if (ke_cl_gemm_run(fx->gemm, NULL, &a, "test") != KS_OK)
         fail_msg("ke_cl_gemm_run: %s", ks_error_message());
     const char *variant = ke_cl_gemm_last_variant(fx->gemm);
-    device_read(fx, by, y_len * 4, y);
+    ts_cl_download(fx->ctx, by, 0, y_len * 4, y);
     if (c->stats)
-        device_read(fx, bost, m * out_nb * sizeof *ost, ost);
+        ts_cl_download(fx->ctx, bost, 0, m * out_nb * sizeof *ost, ost);
     assert_int_equal(ke_cl_gemm_force(fx->gemm, NULL, -1), KS_OK);
     ke_cl_gemm_force_chunk(fx->gemm, 0);
 
@@ -289,7 +225,7 @@ static void run_case(fixture *fx, const gemm_case *c)
                           j, inside ? "" : ", outside Y", (double)y[i], (double)expect);
     }
     for (size_t r = 0; c->stats && r < m; r++) {
-        block_stats(want + r * n, n, KE_CL_STAT_SB, ost_want);
+        ts_cl_block_stats(want + r * n, n, KE_CL_STAT_SB, ost_want);
         for (size_t j = 0; j < out_nb; j++) {
             double dm = fabs((double)ost[r * out_nb + j].s[0] - ost_want[j].s[0]);
             double d2 = fabs((double)ost[r * out_nb + j].s[1] - ost_want[j].s[1]);
@@ -400,7 +336,7 @@ static void test_rows_do_not_depend_on_the_batch(void **state)
         for (size_t i = 0; i < k; i++)
             gf[i] = 1.0f + 0.1f * frand(), betaf[i] = 0.1f * frand();
         for (size_t r = 0; r < rows; r++)
-            block_stats(x + r * k, k, KE_CL_STAT_SB, st + r * 3);
+            ts_cl_block_stats(x + r * k, k, KE_CL_STAT_SB, st + r * 3);
         void *w = to_dtype(wf, n * k, (ke_dtype)dt), *b = to_dtype(bf, n, (ke_dtype)dt);
         void *g = to_dtype(gf, k, (ke_dtype)dt), *beta = to_dtype(betaf, k, (ke_dtype)dt);
         ke_tensor tw = {.dtype = (ke_dtype)dt, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
@@ -413,16 +349,17 @@ static void test_rows_do_not_depend_on_the_batch(void **state)
             ke_cl_weight_upload(fx->gemm, (ke_dtype)dt, wp, bp, 1, "test", &wt, NULL), KS_OK);
         ke_cl_gemm_force_chunk(fx->gemm, 0);
         size_t es = dt ? 2 : 4;
-        cl_mem bx = device_copy(fx, x, rows * k * 4), by = device_copy(fx, full, rows * n * 4);
-        cl_mem bg = device_copy(fx, g, k * es), bbeta = device_copy(fx, beta, k * es);
-        cl_mem bst = device_copy(fx, st, rows * 3 * sizeof *st);
-        cl_mem bgat = device_copy(fx, gat, rows * sizeof *gat);
+        cl_mem bx = ts_cl_upload(fx->ctx, x, rows * k * 4);
+        cl_mem by = ts_cl_upload(fx->ctx, full, rows * n * 4);
+        cl_mem bg = ts_cl_upload(fx->ctx, g, k * es), bbeta = ts_cl_upload(fx->ctx, beta, k * es);
+        cl_mem bst = ts_cl_upload(fx->ctx, st, rows * 3 * sizeof *st);
+        cl_mem bgat = ts_cl_upload(fx->ctx, gat, rows * sizeof *gat);
         ke_cl_gemm_args a = {.m = rows, .w = &wt, .x = bx, .ldx = k, .ln_stats = bst,
                              .ln_w = bg, .ln_b = bbeta, .ln_sb = KE_CL_STAT_SB, .ln_eps = 1e-5f,
                              .y = by, .ldy = n, .act = KE_ACT_GELU};
         assert_int_equal(ke_cl_gemm_force(fx->gemm, "tiles", -1), KS_OK);
         assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "test"), KS_OK);
-        device_read(fx, by, rows * n * 4, full);
+        ts_cl_download(fx->ctx, by, 0, rows * n * 4, full);
         static const size_t ms[] = {1, 2, 3, 5, 8, 9, 17, 33, 64, 65, 150};
         const char *force[] = {NULL, "rows", "tiles"};
         size_t diff = 0;
@@ -441,7 +378,7 @@ static void test_rows_do_not_depend_on_the_batch(void **state)
                     assert_int_equal(ke_cl_gemm_force(fx->gemm, force[f], split), KS_OK);
                     if (ke_cl_gemm_run(fx->gemm, NULL, &a, "test") != KS_OK)
                         fail_msg("%s", ks_error_message());
-                    device_read(fx, by, m * n * 4, part);
+                    ts_cl_download(fx->ctx, by, 0, m * n * 4, part);
                     for (size_t r = 0; r < m; r++)
                         if (memcmp(part + r * n, full + (m - 1 - r) * n, n * 4) != 0 &&
                             diff++ < 5)
@@ -485,17 +422,17 @@ static void test_qkv_split_into_cache(void **state)
                      KS_OK);
     for (int half = 0; half < 2; half++) {
         size_t es = half ? 2 : 4;
-        cl_mem bx = device_copy(fx, x, m * k * 4), by = device_copy(fx, y, m * q * 4);
-        cl_mem bk = device_copy(fx, half ? (void *)kh : (void *)kc, cache_rows * q * es);
-        cl_mem bv = device_copy(fx, half ? (void *)vh : (void *)vc, cache_rows * q * es);
-        cl_mem bt = device_copy(fx, tok, m * sizeof *tok);
+        cl_mem bx = ts_cl_upload(fx->ctx, x, m * k * 4), by = ts_cl_upload(fx->ctx, y, m * q * 4);
+        cl_mem bk = ts_cl_upload(fx->ctx, half ? (void *)kh : (void *)kc, cache_rows * q * es);
+        cl_mem bv = ts_cl_upload(fx->ctx, half ? (void *)vh : (void *)vc, cache_rows * q * es);
+        cl_mem bt = ts_cl_upload(fx->ctx, tok, m * sizeof *tok);
         ke_cl_gemm_args a = {.m = m, .w = &wt, .x = bx, .ldx = k, .y = by, .ldy = q, .act = -1,
                              .split_q = q, .kpool = bk, .vpool = bv, .tokrow = bt,
                              .kv_half = half};
         assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "qkv"), KS_OK);
-        device_read(fx, by, m * q * 4, y);
-        device_read(fx, bk, cache_rows * q * es, half ? (void *)kh : (void *)kc);
-        device_read(fx, bv, cache_rows * q * es, half ? (void *)vh : (void *)vc);
+        ts_cl_download(fx->ctx, by, 0, m * q * 4, y);
+        ts_cl_download(fx->ctx, bk, 0, cache_rows * q * es, half ? (void *)kh : (void *)kc);
+        ts_cl_download(fx->ctx, bv, 0, cache_rows * q * es, half ? (void *)vh : (void *)vc);
         for (size_t r = 0; r < m; r++)
             for (size_t j = 0; j < n; j++) {
                 double s = 0;
@@ -530,7 +467,7 @@ static void test_invalid(void **state)
     assert_int_equal(ke_cl_weight_upload(fx->gemm, KE_DTYPE_F32, wp, bp, 1, "w", &wt, NULL), KS_OK);
     /* n = 3 padded to a multiple of 8 and of the panel width */
     assert_int_equal(wt.ldw, wt.panel > 8 ? wt.panel : 8);
-    cl_mem x = device_copy(fx, wf, 12 * 4), y = device_copy(fx, wf, 12 * 4);
+    cl_mem x = ts_cl_upload(fx->ctx, wf, 12 * 4), y = ts_cl_upload(fx->ctx, wf, 12 * 4);
     ke_cl_gemm_args a = {.m = 3, .w = &wt, .x = x, .ldx = 4, .y = y, .ldy = 3, .act = -1};
     assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "ok"), KS_OK);
     a.m = 0;

@@ -19,14 +19,11 @@
 #include <string.h>
 
 #include "backend_cl_ops.h"
+#include "cl_fixture.h"
 #include "cl_gemm.h"
 #include "generate.h"
-#include "kc_context.h"
-#include "kc_device.h"
-#include "kc_error.h"
 #include "model.h"
 #include "ref_ops.h"
-#include "test_skip.h"
 
 typedef struct fixture {
     kc_device_list *list;
@@ -36,38 +33,16 @@ typedef struct fixture {
 
 static fixture fx;
 
-#define REQUIRE_DEVICE()                                                                           \
-    do {                                                                                           \
-        if (!fx.ctx)                                                                               \
-            KT_CANNOT_RUN("no OpenCL device");                                                     \
-    } while (0)
+#define REQUIRE_DEVICE() TS_CL_REQUIRE(fx.ctx)
 
 static int setup(void **state)
 {
     (void)state;
     memset(&fx, 0, sizeof fx);
-    if (kc_device_list_new(&fx.list) != KS_OK) {
-        fprintf(stderr, "kc_device_list_new: %s\n", ks_error_message());
+    if (ts_cl_open(&fx.list, NULL, &fx.ctx) != 0)
         return -1;
-    }
-    const char *spec = getenv("KOSMOS_TEST_DEVICE");
-    size_t index = 0;
-    if (spec && *spec) {
-        if (kc_device_list_select(fx.list, spec, &index) != KS_OK) {
-            fprintf(stderr, "KOSMOS_TEST_DEVICE: %s\n", ks_error_message());
-            return -1;
-        }
-    } else if (kc_device_list_default(fx.list) >= 0) {
-        index = (size_t)kc_device_list_default(fx.list);
-    } else {
+    if (!fx.ctx)
         return 0;
-    }
-    const kc_device_info *dev = kc_device_list_get(fx.list, index);
-    print_message("device under test: %zu '%s' (%s)\n", dev->index, dev->name, dev->platform_name);
-    if (kc_context_new(dev, NULL, &fx.ctx) != KS_OK) {
-        fprintf(stderr, "kc_context_new: %s\n", ks_error_message());
-        return -1;
-    }
     for (int d = 0; d < 2; d++) {
         if (ke_cl_ops_new(fx.ctx, (ke_dtype)d, &fx.ops[d]) != KS_OK) {
             fprintf(stderr, "ke_cl_ops_new: %s\n", ks_error_message());
@@ -85,29 +60,18 @@ static int teardown(void **state)
     (void)state;
     ke_cl_ops_destroy(&fx.ops[0]);
     ke_cl_ops_destroy(&fx.ops[1]);
-    kc_context_destroy(&fx.ctx);
-    kc_device_list_destroy(&fx.list);
+    ts_cl_close(&fx.list, &fx.ctx);
     return 0;
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static double frand(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) * 0x1p-52 - 1.0;
-}
 
 static float *rand_floats(size_t n, double scale)
 {
     float *x = malloc((n ? n : 1) * sizeof *x);
     assert_non_null(x);
     for (size_t i = 0; i < n; i++)
-        x[i] = (float)(frand() * scale);
+        x[i] = (float)(ts_cl_frand() * scale);
     return x;
 }
 
@@ -155,26 +119,12 @@ static void free_weight(weight *w)
 
 static cl_mem to_device(const void *data, size_t bytes)
 {
-    cl_mem m = NULL;
-    if (kc_context_buffer(fx.ctx, CL_MEM_READ_WRITE, bytes ? bytes : 4, data, &m) != KS_OK)
-        fail_msg("buffer of %zu bytes: %s", bytes, ks_error_message());
-    return m;
+    return ts_cl_upload(fx.ctx, data, bytes);
 }
 
 static void from_device(cl_mem m, void *out, size_t bytes)
 {
-    cl_int err = clEnqueueReadBuffer(kc_context_queue(fx.ctx), m, CL_TRUE, 0, bytes, out, 0, NULL,
-                                     NULL);
-    if (err != CL_SUCCESS)
-        fail_msg("clEnqueueReadBuffer: %s", kc_error_name(err));
-}
-
-static void from_device_row(cl_mem m, int row, int vocab, float *out)
-{
-    cl_int err = clEnqueueReadBuffer(kc_context_queue(fx.ctx), m, CL_TRUE,
-                                     (size_t)row * (size_t)vocab * sizeof(float),
-                                     (size_t)vocab * sizeof(float), out, 0, NULL, NULL);
-    assert_int_equal(err, CL_SUCCESS);
+    ts_cl_download(fx.ctx, m, 0, bytes, out);
 }
 
 static void check_ok(ks_status st)
@@ -182,26 +132,6 @@ static void check_ok(ks_status st)
     if (st != KS_OK)
         fail_msg("%s", ks_error_message());
 }
-
-/* max |a - b| / max(1, |b|) */
-static double max_diff(const float *a, const float *b, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]) / fmax(1.0, fabs((double)b[i]));
-        if (!(d <= m))
-            m = d;
-    }
-    return m;
-}
-
-#define EXPECT_CLOSE(what, got, want, n, tol)                                                      \
-    do {                                                                                           \
-        double d_ = max_diff((got), (want), (n));                                                  \
-        print_message("  %-40s max diff %.3g\n", (what), d_);                                     \
-        if (!(d_ <= (tol)))                                                                        \
-            fail_msg("%s: max diff %.3g > %.3g", (what), d_, (double)(tol));                       \
-    } while (0)
 
 /* ---- layer_norm --------------------------------------------------------------------------- */
 
@@ -231,7 +161,7 @@ static void test_layer_norm(void **state)
                 char what[64];
                 snprintf(what, sizeof what, "layer_norm %s rows %zu dim %zu", dt ? "f16" : "f32",
                          rows, dim);
-                EXPECT_CLOSE(what, got, want, rows * dim, 2e-5);
+                TS_CL_EXPECT_CLOSE(what, got, want, rows * dim, 2e-5);
                 kc_context_buffer_free(fx.ctx, &mx);
                 free_weight(&w);
                 free_weight(&b);
@@ -264,7 +194,7 @@ static void test_activation(void **state)
             from_device(m, got, n * 4);
             char what[64];
             snprintf(what, sizeof what, "activation %d n %zu", (int)acts[a], n);
-            EXPECT_CLOSE(what, got, want, n, 2e-6);
+            TS_CL_EXPECT_CLOSE(what, got, want, n, 2e-6);
             kc_context_buffer_free(fx.ctx, &m);
             free(x);
             free(want);
@@ -292,7 +222,7 @@ static void test_l2_normalize(void **state)
             from_device(m, got, n * 4);
             char what[64];
             snprintf(what, sizeof what, "l2_normalize rows %zu dim %zu", rows, dim);
-            EXPECT_CLOSE(what, got, want, n, 2e-6);
+            TS_CL_EXPECT_CLOSE(what, got, want, n, 2e-6);
             kc_context_buffer_free(fx.ctx, &m);
             free(x);
             free(want);
@@ -367,24 +297,6 @@ static void test_unfold_and_vision_embed(void **state)
 /* ---- the text decoder's kernels (kernels/decoder.cl) ------------------------------------- */
 
 #define PAGE 4 /* tokens per page in these tests */
-
-/* Host block statistics, as kernels/common.cl block_stats computes them. */
-static void host_stats(const float *v, int dim, int sb, cl_float2 *out)
-{
-    for (int j = 0; j * sb < dim; j++) {
-        int c = dim - j * sb < sb ? dim - j * sb : sb;
-        float sum = 0.0f;
-        for (int i = 0; i < c; i++)
-            sum += v[j * sb + i];
-        float mean = sum / (float)c, m2 = 0.0f;
-        for (int i = 0; i < c; i++) {
-            float d = v[j * sb + i] - mean;
-            m2 += d * d;
-        }
-        out[j].s[0] = mean;
-        out[j].s[1] = m2;
-    }
-}
 
 static void expect_stats(const char *what, const cl_float2 *got, const cl_float2 *want, size_t n)
 {
@@ -470,9 +382,9 @@ static void test_decoder_embed(void **state)
             char what[64];
             snprintf(what, sizeof what, "decoder_embed %s dim %d panel %zu", dt ? "f16" : "f32",
                      dim, panel);
-            EXPECT_CLOSE(what, got, want, n * (size_t)dim, 2e-6);
+            TS_CL_EXPECT_CLOSE(what, got, want, n * (size_t)dim, 2e-6);
             for (size_t t = 0; t < n; t++) {
-                host_stats(got + t * (size_t)dim, dim, 32, st_want);
+                ts_cl_block_stats(got + t * (size_t)dim, dim, 32, st_want);
                 expect_stats(what, st + t * nb, st_want, nb);
                 int row = pages[slot_of[t] * max_pages + idx[t] / PAGE] * PAGE + idx[t] % PAGE;
                 assert_int_equal(tok[t].s[0], row);
@@ -562,12 +474,12 @@ static void test_paged_attention(void **state)
             char what[64];
             snprintf(what, sizeof what, "paged_attention%s %s heads %d hd %d",
                      serial ? "_serial" : "", half ? "half" : "f32", heads, hd);
-            EXPECT_CLOSE(what, got, want, (size_t)n * width, 1e-5);
+            TS_CL_EXPECT_CLOSE(what, got, want, (size_t)n * width, 1e-5);
             cl_float2 *st = malloc((size_t)n * heads * sizeof *st), sw[1];
             from_device(ms, st, (size_t)n * heads * sizeof *st);
             for (int t = 0; t < n; t++)
                 for (int h = 0; h < heads; h++) {
-                    host_stats(got + (size_t)t * width + (size_t)h * hd, hd, hd, sw);
+                    ts_cl_block_stats(got + (size_t)t * width + (size_t)h * hd, hd, hd, sw);
                     expect_stats(what, &st[t * heads + h], sw, 1);
                 }
             cl_mem *all[] = {&mq, &mk, &mv, &mt, &mp, &mo, &ms};
@@ -643,7 +555,7 @@ static void run_attention(const char *name, const att_seq *seqs, int n_seqs, int
                               .out_stride = width};
     check_ok(ke_cl_attention(fx.ops[1], &a));
     from_device(mo, got, total_q * width * 4);
-    EXPECT_CLOSE(name, got, want, total_q * width, 1e-5);
+    TS_CL_EXPECT_CLOSE(name, got, want, total_q * width, 1e-5);
     kc_context_buffer_free(fx.ctx, &mq);
     kc_context_buffer_free(fx.ctx, &mkv);
     kc_context_buffer_free(fx.ctx, &mr);
@@ -825,15 +737,15 @@ static void make_sample_rows(float *lg, int vocab)
     for (int r = 0; r < S_ROWS; r++) {
         float *x = lg + (size_t)r * (size_t)vocab;
         for (int i = 0; i < vocab; i++) {
-            double u = (frand() + 1.0) / 2.0 + 1e-9; /* (0, 1] */
+            double u = (ts_cl_frand() + 1.0) / 2.0 + 1e-9; /* (0, 1] */
             switch (r) {
-            case S_FLAT: x[i] = (float)(frand() * 4.0); break;
-            case S_PEAKED: x[i] = (float)(2.0 * log(u) * 3.0 + frand()); break;
+            case S_FLAT: x[i] = (float)(ts_cl_frand() * 4.0); break;
+            case S_PEAKED: x[i] = (float)(2.0 * log(u) * 3.0 + ts_cl_frand()); break;
             case S_TIES_FIT:
-            case S_TIES_WIDE: x[i] = (float)(frand() * 2.0); break;
+            case S_TIES_WIDE: x[i] = (float)(ts_cl_frand() * 2.0); break;
             case S_MASKED: x[i] = -INFINITY; break;
             case S_FEW: x[i] = -INFINITY; break;
-            default: x[i] = (float)(frand() * 60.0 + 8.0 * log(u)); break;
+            default: x[i] = (float)(ts_cl_frand() * 60.0 + 8.0 * log(u)); break;
             }
         }
     }
@@ -1016,7 +928,8 @@ static void test_select_sample(void **state)
                             /* deferred: the RNG untouched, the device's row takes the host path */
                             deferred++;
                             assert_memory_equal(&r_dev, &r_seed, sizeof r_dev);
-                            from_device_row(ml, i, vocab, row);
+                            size_t row_bytes = (size_t)vocab * sizeof(float);
+                            ts_cl_download(fx.ctx, ml, (size_t)i * row_bytes, row_bytes, row);
                             host_process(row, hr[i].ids, hr[i].len, hr[i].n, hr[i].ban_eos, eos);
                             got = ke_sample_row(&p, row, vocab, &r_dev);
                         }
@@ -1090,15 +1003,15 @@ static void test_select_sample_random(void **state)
             float *x = logits + (size_t)i * (size_t)vocab;
             ke_gen_params_default(&p[i], NULL);
             p[i].do_sample = true;
-            p[i].temperature = (float)(0.4 + 1.2 * (frand() + 1.0));
-            p[i].top_k = (i % 4 == 3) ? 1 + (int)((frand() + 1.0) * 100.0) : 0;
-            p[i].top_p = (float)(0.05 + 0.47 * (frand() + 1.0));
-            int head = 1 + (int)((frand() + 1.0) * 40.0);
-            double spread = 1.0 + (frand() + 1.0) * 3.0;
+            p[i].temperature = (float)(0.4 + 1.2 * (ts_cl_frand() + 1.0));
+            p[i].top_k = (i % 4 == 3) ? 1 + (int)((ts_cl_frand() + 1.0) * 100.0) : 0;
+            p[i].top_p = (float)(0.05 + 0.47 * (ts_cl_frand() + 1.0));
+            int head = 1 + (int)((ts_cl_frand() + 1.0) * 40.0);
+            double spread = 1.0 + (ts_cl_frand() + 1.0) * 3.0;
             for (int v = 0; v < vocab; v++)
-                x[v] = (float)(frand() * spread - 4.0);
+                x[v] = (float)(ts_cl_frand() * spread - 4.0);
             for (int t = 0; t < head; t++)
-                x[(t * 4099 + round * 31 + i) % vocab] = (float)(6.0 + frand() * 3.0);
+                x[(t * 4099 + round * 31 + i) % vocab] = (float)(6.0 + ts_cl_frand() * 3.0);
             if (i == n_sel - 1) {
                 /* top-p exactly on a step of the host's cumulative sum: equal head tokens over a
                  * heavy flat tail, top_p = 1 - (that cumulative sum, as f32) */

@@ -24,7 +24,8 @@
 
 #include <cmocka.h>
 
-#include "kb_broker.h"
+#include "fake_worker_msgs.h"
+#include "inproc_broker.h"
 #include "kosmos/client.h"
 #include "test_curve_cert.h"
 #include "wire.h"
@@ -69,22 +70,6 @@ typedef struct fworker {
     int dispatches;
 } fworker;
 
-static void fw_send(void *sock, Kosmos__V1__WorkerMessage *m)
-{
-    kp_send(sock, NULL, 0, &m->base, NULL, 0);
-}
-
-static void fw_credit(void *sock, uint32_t n)
-{
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Credit c = KOSMOS__V1__CREDIT__INIT;
-    c.has_slots = true;
-    c.slots = n;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_CREDIT;
-    m.credit = &c;
-    fw_send(sock, &m);
-}
-
 /* The seed the fake worker reports for prompt i of an OK result (above 2^32: all 64 bits travel). */
 #define FW_SEED(i) (0x0123456789abcdefull + (i))
 
@@ -94,7 +79,6 @@ static void fw_credit(void *sock, uint32_t n)
 static void fw_result(void *sock, const char *job_id, uint32_t attempt, int status, size_t n_prompts,
                       uint64_t started_ms)
 {
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
     Kosmos__V1__Result r = KOSMOS__V1__RESULT__INIT;
     Kosmos__V1__PromptResult pr[2];
     Kosmos__V1__PromptResult *prs[2] = {&pr[0], &pr[1]};
@@ -155,9 +139,7 @@ static void fw_result(void *sock, const char *job_id, uint32_t attempt, int stat
     r.has_started_unix_ms = r.has_finished_unix_ms = true;
     r.started_unix_ms = started_ms;
     r.finished_unix_ms = unix_ms();
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_RESULT;
-    m.result = &r;
-    fw_send(sock, &m);
+    ts_fw_send_result(sock, &r);
 }
 
 static void *fw_main(void *arg)
@@ -167,34 +149,19 @@ static void *fw_main(void *arg)
     int zero = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
     zmq_connect(sock, w->endpoint);
-    Kosmos__V1__WorkerMessage m = KOSMOS__V1__WORKER_MESSAGE__INIT;
-    Kosmos__V1__Ready rd = KOSMOS__V1__READY__INIT;
-    Kosmos__V1__DeviceInfo dev = KOSMOS__V1__DEVICE_INFO__INIT;
-    dev.name = "fake-device";
-    dev.vendor = "kosmos tests";
-    dev.has_memory_bytes = true;
-    dev.memory_bytes = 1u << 30;
-    rd.has_protocol_version = rd.has_worker_instance = rd.has_batch_capacity = true;
-    rd.protocol_version = 1;
-    rd.worker_name = "fake/w0";
-    rd.worker_instance = 99;
-    rd.model_id = "microsoft/kosmos-2-patch14-224";
-    rd.batch_capacity = 8;
-    rd.device = &dev;
-    m.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_READY;
-    m.ready = &rd;
-    fw_send(sock, &m);
+    ts_fw_ready ready;
+    ts_fw_ready_init(&ready, "fake/w0", 99, 8, "microsoft/kosmos-2-patch14-224");
+    ts_fw_ready_device(&ready, "fake-device", "kosmos tests", 1u << 30);
+    ts_fw_send_ready(sock, &ready.ready);
     bool welcomed = false;
     uint64_t last_hb = now_ms(), last_ready = now_ms();
     while (!w->stop) {
         uint64_t now = now_ms();
         if (!welcomed && now - last_ready > 500) {
-            fw_send(sock, &m);
+            ts_fw_send_ready(sock, &ready.ready);
             last_ready = now;
         }
         if (welcomed && now - last_hb >= 200) {
-            Kosmos__V1__WorkerMessage hm = KOSMOS__V1__WORKER_MESSAGE__INIT;
-            Kosmos__V1__Heartbeat hb = KOSMOS__V1__HEARTBEAT__INIT;
             Kosmos__V1__Lease leases[FW_MAX_HELD], *lp[FW_MAX_HELD];
             for (int i = 0; i < w->n_held; i++) {
                 kosmos__v1__lease__init(&leases[i]);
@@ -203,11 +170,7 @@ static void *fw_main(void *arg)
                 leases[i].attempt = w->held[i].attempt;
                 lp[i] = &leases[i];
             }
-            hb.n_running = (size_t)w->n_held;
-            hb.running = lp;
-            hm.message_case = KOSMOS__V1__WORKER_MESSAGE__MESSAGE_HEARTBEAT;
-            hm.heartbeat = &hb;
-            fw_send(sock, &hm);
+            ts_fw_send_heartbeat(sock, lp, (size_t)w->n_held);
             last_hb = now;
         }
         zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
@@ -224,7 +187,7 @@ static void *fw_main(void *arg)
         }
         if (b->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME && !welcomed) {
             welcomed = true;
-            fw_credit(sock, 8);
+            ts_fw_send_credit(sock, 8);
         } else if (b->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH) {
             const Kosmos__V1__Dispatch *d = b->dispatch;
             uint64_t arrived = unix_ms();
@@ -238,7 +201,7 @@ static void *fw_main(void *arg)
                 int st = strstr(text, "fail") ? KOSMOS__V1__STATUS__STATUS_FAILED
                                               : KOSMOS__V1__STATUS__STATUS_OK;
                 fw_result(sock, d->job_id, d->attempt, st, d->job->n_prompts, arrived);
-                fw_credit(sock, 1);
+                ts_fw_send_credit(sock, 1);
             }
         } else if (b->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_CANCEL) {
             for (int i = 0; i < w->n_held; i++) {
@@ -246,7 +209,7 @@ static void *fw_main(void *arg)
                     continue;
                 fw_result(sock, w->held[i].id, w->held[i].attempt,
                           KOSMOS__V1__STATUS__STATUS_CANCELLED, 1, unix_ms());
-                fw_credit(sock, 1);
+                ts_fw_send_credit(sock, 1);
                 w->held[i] = w->held[--w->n_held];
                 break;
             }
@@ -260,52 +223,26 @@ static void *fw_main(void *arg)
 /* ---- farm: broker thread + fake worker thread ---------------------------------------------- */
 
 typedef struct farm {
-    char dir[64];
-    char cep[128], wep[128], db[128];
-    kb_params p;
-    kb_broker *b;
-    FILE *log;
-    volatile sig_atomic_t stop;
-    pthread_t thread;
+    ts_broker br;
     fworker w;
-    bool worker;
-    void *zctx;
+    bool worker; /* w runs */
 } farm;
-
-static void *broker_main(void *arg)
-{
-    farm *f = arg;
-    kb_broker_run(f->b, &f->stop);
-    return NULL;
-}
 
 /* max_queued 0 = the default. */
 static farm *farm_start(bool worker, uint64_t max_queued)
 {
     farm *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/kltest.XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->cep, sizeof f->cep, "ipc://%s/c", f->dir);
-    snprintf(f->wep, sizeof f->wep, "ipc://%s/w", f->dir);
-    snprintf(f->db, sizeof f->db, "%s/broker.db", f->dir);
-    f->log = fopen("/dev/null", "w");
-    kb_params_init(&f->p);
-    f->p.client_endpoint = f->cep;
-    f->p.worker_endpoint = f->wep;
-    f->p.db_path = f->db;
-    f->p.log = f->log;
-    f->p.log_level = KS_LOG_WARN;
-    f->p.heartbeat_ms = 200;
-    f->p.heartbeat_liveness = 10;
+    assert_non_null(f);
+    ts_broker_init(&f->br, "kltest");
+    f->br.p.heartbeat_ms = 200;
+    f->br.p.heartbeat_liveness = 10;
     if (max_queued)
-        f->p.max_queued = max_queued;
-    assert_int_equal(kb_broker_new(&f->p, &f->b), KS_OK);
-    assert_int_equal(pthread_create(&f->thread, NULL, broker_main, f), 0);
-    f->zctx = zmq_ctx_new();
+        f->br.p.max_queued = max_queued;
+    ts_broker_start_thread(&f->br);
     if (worker) {
         f->worker = true;
-        f->w.zctx = f->zctx;
-        f->w.endpoint = f->wep;
+        f->w.zctx = f->br.zctx;
+        f->w.endpoint = f->br.wep;
         assert_int_equal(pthread_create(&f->w.thread, NULL, fw_main, &f->w), 0);
     }
     return f;
@@ -317,14 +254,7 @@ static void farm_stop(farm *f)
         f->w.stop = 1;
         pthread_join(f->w.thread, NULL);
     }
-    f->stop = 1;
-    pthread_join(f->thread, NULL);
-    kb_broker_destroy(&f->b);
-    zmq_ctx_term(f->zctx);
-    fclose(f->log);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
-    assert_int_equal(system(cmd), 0);
+    ts_broker_fini(&f->br);
     free(f);
 }
 
@@ -332,7 +262,7 @@ static kosmos_client_t *client_for(const farm *f, const char *client_id)
 {
     kosmos_client_params_t p;
     kosmos_client_params_init(&p);
-    p.broker = f->cep;
+    p.broker = f->br.cep;
     p.client_id = client_id;
     kosmos_client_t *c = kosmos_client_new(&p);
     assert_non_null(c);
@@ -868,8 +798,10 @@ static void test_curve(void **state)
     (void)state;
     if (!zmq_has("curve"))
         KT_CANNOT_RUN("libzmq without CURVE");
-    char dir[64] = "/tmp/klcurve.XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    farm *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    ts_broker_init(&f->br, "klcurve");
+    const char *dir = f->br.dir;
     char bpub[41], bsec[41], cpub[41], csec[41], wpub[41], wsec[41], xpub[41], xsec[41];
     assert_int_equal(zmq_curve_keypair(bpub, bsec), 0);
     assert_int_equal(zmq_curve_keypair(cpub, csec), 0);
@@ -892,24 +824,10 @@ static void test_curve(void **state)
     snprintf(wpath, sizeof wpath, "%s/w.key", workers);
     write_cert(wpath, wpub, NULL);
 
-    farm *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "%s", dir);
-    snprintf(f->cep, sizeof f->cep, "ipc://%s/c", dir);
-    snprintf(f->wep, sizeof f->wep, "ipc://%s/w", dir);
-    snprintf(f->db, sizeof f->db, "%s/broker.db", dir);
-    f->log = fopen("/dev/null", "w");
-    kb_params_init(&f->p);
-    f->p.client_endpoint = f->cep;
-    f->p.worker_endpoint = f->wep;
-    f->p.db_path = f->db;
-    f->p.log = f->log;
-    f->p.log_level = KS_LOG_WARN;
-    f->p.curve_secret = path[0];
-    f->p.curve_clients = clients;
-    f->p.curve_workers = workers;
-    assert_int_equal(kb_broker_new(&f->p, &f->b), KS_OK);
-    assert_int_equal(pthread_create(&f->thread, NULL, broker_main, f), 0);
-    f->zctx = zmq_ctx_new();
+    f->br.p.curve_secret = path[0];
+    f->br.p.curve_clients = clients;
+    f->br.p.curve_workers = workers;
+    ts_broker_start_thread(&f->br);
 
     /* keys from the certificate files, as a user of the library reads them */
     char pub[KOSMOS_Z85_KEY_SIZE], sec[KOSMOS_Z85_KEY_SIZE], srv[KOSMOS_Z85_KEY_SIZE];
@@ -923,7 +841,7 @@ static void test_curve(void **state)
 
     kosmos_client_params_t p;
     kosmos_client_params_init(&p);
-    p.broker = f->cep;
+    p.broker = f->br.cep;
     p.client_id = "ignored-with-curve";
     p.curve_public_key = pub;
     p.curve_secret_key = sec;
@@ -962,7 +880,7 @@ static void test_ground_file(void **state)
     kosmos_client_t *c = client_for(f, "ivy");
     wait_worker(c);
     char path[128];
-    snprintf(path, sizeof path, "%s/img.png", f->dir);
+    snprintf(path, sizeof path, "%s/img.png", f->br.dir);
     FILE *fp = fopen(path, "wb");
     assert_non_null(fp);
     fwrite(test_image, 1, sizeof test_image, fp);
@@ -996,7 +914,7 @@ static void *client_thread(void *arg)
     thread_arg *a = arg;
     kosmos_client_params_t p;
     kosmos_client_params_init(&p);
-    p.broker = a->f->cep;
+    p.broker = a->f->br.cep;
     p.client_id = "threads";
     kosmos_client_t *c = kosmos_client_new(&p);
     kosmos_job_t *j = kosmos_job_new();

@@ -20,13 +20,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cl_fixture.h"
 #include "kc_cache.h"
-#include "kc_context.h"
-#include "kc_device.h"
 #include "kc_error.h"
 #include "kc_kernels.h"
 #include "kc_program.h"
-#include "test_skip.h"
 
 typedef struct fixture {
     kc_device_list *list;
@@ -34,11 +32,7 @@ typedef struct fixture {
     char tmp[256];             /* a fresh folder for this run */
 } fixture;
 
-#define REQUIRE_DEVICE(fx)                                                                         \
-    do {                                                                                           \
-        if (!(fx)->dev)                                                                            \
-            KT_CANNOT_RUN("no OpenCL device");                                                     \
-    } while (0)
+#define REQUIRE_DEVICE(fx) TS_CL_REQUIRE((fx)->dev)
 
 static bool expect_no_opencl(void)
 {
@@ -51,27 +45,9 @@ static int group_setup(void **state)
     fixture *fx = calloc(1, sizeof *fx);
     if (!fx)
         return -1;
-    if (kc_device_list_new(&fx->list) != KS_OK) {
-        fprintf(stderr, "kc_device_list_new: %s\n", ks_error_message());
-        free(fx);
+    *state = fx;
+    if (ts_cl_open(&fx->list, &fx->dev, NULL) != 0)
         return -1;
-    }
-    const char *spec = getenv("KOSMOS_TEST_DEVICE");
-    size_t index = 0;
-    if (spec && *spec) {
-        if (kc_device_list_select(fx->list, spec, &index) != KS_OK) {
-            fprintf(stderr, "KOSMOS_TEST_DEVICE: %s\n", ks_error_message());
-            kc_device_list_destroy(&fx->list);
-            free(fx);
-            return -1;
-        }
-        fx->dev = kc_device_list_get(fx->list, index);
-    } else if (kc_device_list_default(fx->list) >= 0) {
-        fx->dev = kc_device_list_get(fx->list, (size_t)kc_device_list_default(fx->list));
-    }
-    if (fx->dev)
-        print_message("device under test: %zu '%s' (%s, driver %s)\n", fx->dev->index,
-                      fx->dev->name, fx->dev->platform_name, fx->dev->driver_version);
     const char *base = getenv("KOSMOS_CACHE_DIR");
     if (!base || !*base)
         base = getenv("TMPDIR");
@@ -81,11 +57,9 @@ static int group_setup(void **state)
     snprintf(fx->tmp, sizeof fx->tmp, "%s/test_opencl.XXXXXX", base);
     if (!mkdtemp(fx->tmp)) {
         perror(fx->tmp);
-        kc_device_list_destroy(&fx->list);
-        free(fx);
+        fx->tmp[0] = '\0';
         return -1;
     }
-    *state = fx;
     return 0;
 }
 
@@ -97,7 +71,7 @@ static int group_teardown(void **state)
     if (!fx) /* cmocka tears down even after a failed setup */
         return 0;
     remove_tree(fx->tmp);
-    kc_device_list_destroy(&fx->list);
+    ts_cl_close(&fx->list, NULL);
     free(fx);
     return 0;
 }
@@ -281,11 +255,8 @@ static double check_layer_norm(kc_context *ctx, kc_program *program, size_t rows
                    half ? (const void *)wh : w, half ? (const void *)bh : b,
                    dim * (half ? sizeof(uint16_t) : sizeof(float)), eps, y, in_place);
     double worst = 0;
-    for (size_t i = 0; i < rows * dim; i++) {
-        double err = fabs((double)y[i] - ref[i]) / fmax(1.0, fabs(ref[i]));
-        if (!(err <= worst)) /* NaN counts as the worst */
-            worst = isnan(err) ? INFINITY : err;
-    }
+    for (size_t i = 0; i < rows * dim; i++)
+        worst = fmax(worst, ts_cl_rel_diff(y[i], ref[i]));
     free(x), free(y), free(w), free(b), free(wh), free(bh), free(ref);
     return worst;
 }

@@ -1278,7 +1278,7 @@ ke_backend *ke_backend_cl_new(const ke_model *model, const kc_device_info *devic
     params.profiling = options->profiling;
     if (kc_context_new(device, &params, &cb->ctx) != KS_OK)
         goto fail;
-    if ((cb->gemm = ke_cl_gemm_new(cb->ctx)) == NULL ||
+    if ((cb->gemm = ke_cl_gemm_new(cb->ctx, options->gemm_tune)) == NULL ||
         (cb->ops = ke_cl_ops_new(cb->ctx, cb->wdt)) == NULL)
         goto fail;
     if (upload_vision(cb) != KS_OK || upload_text(cb) != KS_OK)

@@ -85,9 +85,15 @@ typedef struct ke_cl_gemm_args {
 } ke_cl_gemm_args;
 
 /* Builds (or loads from the program cache) kernels/gemm.cl for both weight dtypes with the
- * device's tunables (docs/gemm.md; the developer switch KOSMOS_GEMM_TUNE overrides them). NULL
- * with a message on failure. `ctx` is borrowed and must outlive the gemm. */
-ke_cl_gemm *ke_cl_gemm_new(kc_context *ctx);
+ * device's tunables (docs/gemm.md), or with those `tune` names when it is not NULL or "": the
+ * text of --gemm-tune (ke_cl_gemm_tune_check), borrowed for the call. NULL with a message on
+ * failure (a bad `tune` included). `ctx` is borrowed and must outlive the gemm. */
+ke_cl_gemm *ke_cl_gemm_new(kc_context *ctx, const char *tune);
+
+/* Checks a tunables text "<row>[,key=value...]" without a device: row cpu, nvidia or gpu (a
+ * row of the table whatever the device), then tunables by name (docs/gemm.md). KS_OK for NULL
+ * or "" (the device's own row); KS_ERR_INVALID with a message naming the bad item. */
+ks_status ke_cl_gemm_tune_check(const char *tune);
 void ke_cl_gemm_destroy(ke_cl_gemm **g);
 
 /* The canonical chunk length of the products with this (n, k) on this device. */

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "backend_open.h"
 #include "bench.h"
 #include "cli.h"
 #include "cli_args.h"
@@ -26,6 +27,7 @@
 static const char bench_help[] =
     "usage: kosmos bench [--model DIR | --config full|tiny] [--batch 1,8,...[,max]]\n"
     "                    [--device SPEC] [--precision fp16|fp32] [--kv-cache f32|f16]\n"
+    "                    [--gemm-tune ROW[,KEY=VALUE...]]\n"
     "                    [--repeats N] [--warmup N]\n"
     "                    [--new-tokens N] [--phases vision,prefill,decode,e2e] [--seed S]\n"
     "                    [--json] [--profile]\n"
@@ -51,6 +53,12 @@ static const char bench_help[] =
     "  --device SPEC       ref, cpu, gpu, an index or a name (as 'kosmos run')\n"
     "  --precision P       fp16 (default: weights stored as half) or fp32\n"
     "  --kv-cache T        f32 (default) or f16 (OpenCL devices: keys and values as half)\n"
+    "  --gemm-tune T       OpenCL devices, for tuning: the matrix products' tunables from the\n"
+    "                      row T names (cpu, nvidia or gpu) instead of the device's own,\n"
+    "                      then KEY=VALUE overrides by name (rows_nt, rows_xk, rows_stage,\n"
+    "                      rows_split, rows_cw, rows_vpw, w_panel, tile_m, tile_n, tile_k,\n"
+    "                      wpt_m, wpt_n, rows_max_m, groups_goal), e.g. cpu,rows_cw=8;\n"
+    "                      docs/gemm.md. Ignored by --device ref\n"
     "  --repeats N         timed runs per figure, default 3\n"
     "  --warmup N          untimed runs first, default 1\n"
     "  --new-tokens N      forced new tokens and decode steps, default 64\n"
@@ -138,8 +146,8 @@ static bool parse_phases(const char *text, unsigned *out)
 /* Returns CLI_EXIT_OK, -1 after --help, or the exit code of a usage error after printing it. */
 static int parse_bench_options(int argc, char **argv, bench_options *o)
 {
-    enum { CONFIG = 256, BATCH, DEVICE, PRECISION, KV_CACHE, REPEATS, WARMUP, NEW_TOKENS, PHASES, SEED,
-           JSON, PROFILE };
+    enum { CONFIG = 256, BATCH, DEVICE, PRECISION, KV_CACHE, GEMM_TUNE, REPEATS, WARMUP, NEW_TOKENS,
+           PHASES, SEED, JSON, PROFILE };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
         {"config", required_argument, NULL, CONFIG},
@@ -147,6 +155,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         {"device", required_argument, NULL, DEVICE},
         {"precision", required_argument, NULL, PRECISION},
         {"kv-cache", required_argument, NULL, KV_CACHE},
+        {"gemm-tune", required_argument, NULL, GEMM_TUNE},
         {"repeats", required_argument, NULL, REPEATS},
         {"warmup", required_argument, NULL, WARMUP},
         {"new-tokens", required_argument, NULL, NEW_TOKENS},
@@ -193,6 +202,11 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         case KV_CACHE:
             if (!ke_kv_cache_parse(optarg, &o->params.kv_half))
                 return usage_error("--kv-cache is f32 or f16, not '%s'", optarg);
+            break;
+        case GEMM_TUNE:
+            if (ke_backend_gemm_tune_check(optarg) != KS_OK)
+                return usage_error("%s", ks_error_message());
+            o->params.gemm_tune = optarg;
             break;
         case REPEATS:
             if (!cli_parse_int(optarg, 1, 1000, &o->params.repeats))

@@ -30,7 +30,8 @@ static const char run_help[] =
     "usage: kosmos run --model DIR --image FILE [--prompt TEXT] [--bboxes JSON]\n"
     "                  [--max-new-tokens N] [--min-new-tokens N] [--num-beams K]\n"
     "                  [--temperature T [--top-p P] [--seed S]] [--no-repeat-ngram-size N]\n"
-    "                  [--device SPEC] [--precision fp16|fp32] [--autorotate]\n"
+    "                  [--device SPEC] [--precision fp16|fp32] [--kv-cache f32|f16]\n"
+    "                  [--gemm-tune ROW[,KEY=VALUE...]] [--autorotate]\n"
     "                  [--pixels-from F.safetensors] [--dump F.safetensors] [--draw OUT.png]\n"
     "\n"
     "Runs Kosmos-2 on one image and prints one JSON object:\n"
@@ -58,6 +59,12 @@ static const char run_help[] =
     "  --kv-cache T            f32 (default) or f16: keys and values cached as half, half the\n"
     "                          memory (OpenCL devices); the same ids on every golden test,\n"
     "                          logits up to ~1e-3 further from the reference\n"
+    "  --gemm-tune T           OpenCL devices, for tuning: the matrix products' tunables from\n"
+    "                          the row T names (cpu, nvidia or gpu) instead of the device's\n"
+    "                          own, then KEY=VALUE overrides by name (rows_nt, rows_xk,\n"
+    "                          rows_stage, rows_split, rows_cw, rows_vpw, w_panel, tile_m,\n"
+    "                          tile_n, tile_k, wpt_m, wpt_n, rows_max_m, groups_goal), e.g.\n"
+    "                          cpu,rows_cw=8; docs/gemm.md. Ignored by --device ref\n"
     "  --autorotate            apply the EXIF orientation (the reference does not)\n"
     "  --pixels-from F         take pixel_values [1,3,224,224] f32 from a safetensors file\n"
     "                          instead of decoding the image (whose size is still read)\n"
@@ -67,7 +74,7 @@ static const char run_help[] =
 
 typedef struct run_options {
     const char *model_dir, *image_path, *bboxes_json, *device, *pixels_from, *dump_path,
-        *draw_path;
+        *draw_path, *gemm_tune;
     const char *prompt;
     bool autorotate;
     ke_dtype precision;
@@ -82,8 +89,8 @@ typedef struct run_options {
 /* Returns CLI_EXIT_OK, or the exit code of a usage error after printing it. */
 static int parse_run_options(int argc, char **argv, run_options *o)
 {
-    enum { MAX_NEW = 256, MIN_NEW, BEAMS, TEMP, TOP_P, SEED, NGRAM, DEVICE, PRECISION, KV_CACHE, ROTATE,
-           PIXELS, DUMP, DRAW, BBOXES };
+    enum { MAX_NEW = 256, MIN_NEW, BEAMS, TEMP, TOP_P, SEED, NGRAM, DEVICE, PRECISION, KV_CACHE,
+           GEMM_TUNE, ROTATE, PIXELS, DUMP, DRAW, BBOXES };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
         {"image", required_argument, NULL, 'i'},
@@ -99,6 +106,7 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         {"device", required_argument, NULL, DEVICE},
         {"precision", required_argument, NULL, PRECISION},
         {"kv-cache", required_argument, NULL, KV_CACHE},
+        {"gemm-tune", required_argument, NULL, GEMM_TUNE},
         {"autorotate", no_argument, NULL, ROTATE},
         {"pixels-from", required_argument, NULL, PIXELS},
         {"dump", required_argument, NULL, DUMP},
@@ -164,6 +172,11 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         case KV_CACHE:
             if (!ke_kv_cache_parse(optarg, &o->kv_half))
                 return cli_usage_error("run: --kv-cache is f32 or f16, not '%s'", optarg);
+            break;
+        case GEMM_TUNE:
+            if (ke_backend_gemm_tune_check(optarg) != KS_OK)
+                return cli_usage_error("run: %s", ks_error_message());
+            o->gemm_tune = optarg;
             break;
         case ROTATE: o->autorotate = true; break;
         case PIXELS: o->pixels_from = optarg; break;
@@ -312,7 +325,7 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
     kw_gen_params(config, &overrides, &params);
     int capacity = (int)s->encoding.len + params.max_new_tokens + 1;
     ke_backend_options backend_options = {.slots = params.num_beams, .slot_capacity = capacity,
-                                          .kv_half = o->kv_half};
+                                          .kv_half = o->kv_half, .gemm_tune = o->gemm_tune};
     if ((st = ke_backend_open(s->model, o->device, &backend_options, &s->backend)) != KS_OK)
         return st;
     double t_backend = kw_now_ms(); /* device opened, programs built or loaded, weights uploaded */

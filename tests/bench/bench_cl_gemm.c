@@ -3,7 +3,7 @@
  * test; correctness is test_cl_gemm's job).
  *
  *   bench_cl_gemm [--device SPEC] [--m LIST] [--shapes LIST] [--seconds S] [--no-ref]
- *                 [--variants LIST]
+ *                 [--variants LIST] [--fused LIST] [--gemm-tune ROW[,KEY=VALUE...]]
  *
  *   --m 1,8,71,257    batch rows (default): decode 1 and 8, one 71-token prompt, one image
  *   --shapes a,b      names from the table below (default all)
@@ -12,6 +12,8 @@
  *   --no-ref          skip the plain-C baseline (slow for large m on the lm_head)
  *   --fused LIST      what the decoder's layers fuse around the product: ln (LayerNorm
  *                     prologue), bias, resid (Y += ...), stats (row statistics out), or all
+ *   --gemm-tune T     the tunables of table row T (cpu, nvidia, gpu) with overrides, as
+ *                     `kosmos bench --gemm-tune` (docs/gemm.md); default the device's row
  *
  * For each shape and m it prints milliseconds per product, GFLOP/s (2·m·n·k), the GB/s of
  * weight traffic (n·k·bytes per weight, read once), GFLOP per CPU-second of the process (steadier
@@ -156,7 +158,7 @@ int main(int argc, char **argv)
     const char *variants = "auto,clblast";
     double min_s = 0.3;
     bool ref = true;
-    const char *fused = "";
+    const char *fused = "", *tune = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc)
             device = argv[++i];
@@ -172,10 +174,13 @@ int main(int argc, char **argv)
             ref = false;
         else if (!strcmp(argv[i], "--fused") && i + 1 < argc)
             fused = argv[++i];
+        else if (!strcmp(argv[i], "--gemm-tune") && i + 1 < argc)
+            tune = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--device SPEC] [--m 1,8,71,257] [--shapes attn,...] "
                             "[--variants auto,rows,tiles,clblast] [--seconds S] "
-                            "[--no-ref] [--fused ln,bias,resid,stats|all]\n", argv[0]);
+                            "[--no-ref] [--fused ln,bias,resid,stats|all] "
+                            "[--gemm-tune ROW[,KEY=VALUE...]]\n", argv[0]);
             return 2;
         }
     }
@@ -201,7 +206,7 @@ int main(int argc, char **argv)
         goto done;
     }
     const kc_device_info *dev = kc_device_list_get(list, index);
-    if (kc_context_new(dev, NULL, &ctx) != KS_OK || ke_cl_gemm_new(ctx, &g) != KS_OK) {
+    if (kc_context_new(dev, NULL, &ctx) != KS_OK || ke_cl_gemm_new(ctx, tune, &g) != KS_OK) {
         fprintf(stderr, "%s\n", ks_error_message());
         goto done;
     }

@@ -122,6 +122,22 @@ class GoldenDump(unittest.TestCase):
                     full = self.check_case(case)
                     self.assertNotEqual(half, full)
 
+    def test_gemm_tune(self):
+        # --gemm-tune reaches the device's GEMM through the backend options: the nvidia row
+        # (staged X, k split across groups) keeps the golden ids and tolerance on PoCL, and a
+        # value gemm.cl refuses fails there with gemm.cl's own message. --device ref has no
+        # GEMM tunables and runs either.
+        case = [c for c in cases()["cases"] if len(c["prompts"]) == 1][0]
+        self.check_case(case, ("--gemm-tune", "nvidia"))
+        image = os.path.join(ARGS.data, "kosmos2", "images", "snowman.png")
+        proc = kosmos_run("--image", image, "--max-new-tokens", "2",
+                          "--gemm-tune", "cpu,rows_cw=12", check=False)
+        if ARGS.device == "ref":
+            self.assertEqual(proc.returncode, 0, proc.stderr.decode())
+        else:
+            self.assertNotEqual(proc.returncode, 0)
+            self.assertIn("ROWS_CW must be 4, 8 or 16", proc.stderr.decode())
+
 
 class Output(unittest.TestCase):
     def test_json_contract_and_boxes_px(self):
@@ -263,10 +279,15 @@ class Errors(unittest.TestCase):
 
     def test_usage_errors(self):
         for extra in (["--num-beams", "0"], ["--precision", "fp8"], ["--top-p", "0.5"],
-                      ["--temperature", "-1"], ["--bogus"]):
+                      ["--temperature", "-1"], ["--bogus"], ["--gemm-tune", "amd"],
+                      ["--gemm-tune", "cpu,rows_cw"], ["--gemm-tune", "cpu,nope=1"]):
             proc = subprocess.run([ARGS.kosmos, "run", "--model", ARGS.model, "--image", "x"] + extra,
                                   capture_output=True)
             self.assertEqual(proc.returncode, 2, extra)
+        # the tunables parser names the bad item
+        proc = subprocess.run([ARGS.kosmos, "run", "--model", ARGS.model, "--image", "x",
+                               "--gemm-tune", "cpu,nope=1"], capture_output=True)
+        self.assertIn("--gemm-tune: unknown tunable 'nope'", proc.stderr.decode())
 
 
 def load_tests(loader, tests, pattern):

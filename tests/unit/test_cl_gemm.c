@@ -6,12 +6,15 @@
  *   - the canonical order: a row's output is the same bits whatever m is, whichever kernel runs
  *     it, whatever other rows share the launch and wherever in the launch it sits, with chunks
  *     in one group or in groups of their own (what continuous batching relies on);
- *   - argument checks.
+ *   - argument checks, and the tunables text (--gemm-tune) with its errors.
  *
- * Needs an OpenCL device (PoCL's CPU device on CI); without one every test skips
+ *   test_cl_gemm [--gemm-tune ROW[,KEY=VALUE...]]
+ *
+ * Needs an OpenCL device (PoCL's CPU device on CI); without one every device test skips
  * (KOSMOS_TEST_REQUIRE_ALL=1 makes that a failure). KOSMOS_TEST_DEVICE=<spec> picks the device;
- * ctest also runs it with KOSMOS_GEMM_TUNE=nvidia (the GPU kernels' staging and split paths on
- * PoCL). */
+ * --gemm-tune builds the gemm with that table row instead of the device's (ke_cl_gemm_new's
+ * `tune`, as the backends get it from ke_backend_options.gemm_tune): ctest also runs the whole
+ * program with --gemm-tune nvidia (the GPU kernels' staging and split paths on PoCL). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,6 +30,9 @@
 #include "cl_gemm.h"
 #include "cl_fixture.h"
 #include "model.h"
+
+/* --gemm-tune of the command line, borrowed from argv; NULL: the device's own row. */
+static const char *gemm_tune;
 
 typedef struct fixture {
     kc_device_list *list;
@@ -46,7 +52,7 @@ static int group_setup(void **state)
         return -1;
     if (!fx->ctx)
         return 0;
-    if (ke_cl_gemm_new(fx->ctx, &fx->gemm) != KS_OK) {
+    if (ke_cl_gemm_new(fx->ctx, gemm_tune, &fx->gemm) != KS_OK) {
         fprintf(stderr, "ke_cl_gemm_new: %s\n", ks_error_message());
         return -1;
     }
@@ -496,9 +502,86 @@ static void test_invalid(void **state)
     kc_context_buffer_free(fx->ctx, &y);
 }
 
-int main(void)
+/* The tunables text: what it accepts, and errors that name the bad item (no device needed). */
+static void test_tune_text(void **state)
 {
+    (void)state;
+    static const char *const good[] = {"", "cpu", "nvidia", "gpu", "cpu,rows_cw=8",
+                                       "gpu,rows_cw=8,groups_goal=0,rows_max_m=1"};
+    assert_int_equal(ke_cl_gemm_tune_check(NULL), KS_OK);
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        assert_int_equal(ke_cl_gemm_tune_check(good[i]), KS_OK);
+    static const struct {
+        const char *text, *message;
+    } bad[] = {
+        {"amd", "--gemm-tune 'amd': the first item must be cpu, nvidia or gpu"},
+        {"rows_cw=8,cpu", "the first item must be cpu, nvidia or gpu"},
+        {"cpu,rows_cw", "--gemm-tune: bad item 'rows_cw'"},
+        {"cpu,rows_cw=", "bad item 'rows_cw='"},
+        {"cpu,rows_cw=-4", "bad item 'rows_cw=-4'"},
+        {"cpu,rows_cw=8x", "bad item 'rows_cw=8x'"},
+        {"cpu,rows_cw=2000000000", "bad item 'rows_cw=2000000000'"},
+        {"nvidia,", "bad item ''"},
+        {"cpu,nope=1", "--gemm-tune: unknown tunable 'nope'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(ke_cl_gemm_tune_check(bad[i].text), KS_ERR_INVALID);
+        if (!strstr(ks_error_message(), bad[i].message))
+            fail_msg("'%s': '%s' does not say '%s'", bad[i].text, ks_error_message(),
+                     bad[i].message);
+    }
+    /* longer than the parser's buffer: refused, not cut short into other text */
+    char long_text[320] = "cpu";
+    while (strlen(long_text) + 10 < sizeof long_text)
+        strcat(long_text, ",rows_nt=8");
+    assert_int_equal(ke_cl_gemm_tune_check(long_text), KS_ERR_INVALID);
+    assert_non_null(strstr(ks_error_message(), "longer than 255 characters"));
+}
+
+/* The row the gemm was made with is the one in effect: the GPU rows (groups_goal > 0) split a
+ * long k across groups where the columns alone give too few (n = 32, k = 2048: at least 4
+ * chunks), the cpu row never splits. So a run with --gemm-tune nvidia on PoCL cannot pass by
+ * testing the cpu row again. And a gemm refuses bad text. */
+static void test_tune_in_effect(void **state)
+{
+    fixture *fx = *state;
+    REQUIRE_DEVICE(fx);
+    const char *row = gemm_tune && *gemm_tune ? gemm_tune
+                      : kc_context_device(fx->ctx)->type & CL_DEVICE_TYPE_CPU ? "cpu"
+                                                                              : "gpu";
+    size_t chunk = ke_cl_gemm_chunk(fx->gemm, 32, 2048);
+    print_message("row %s: chunks of %zu for n = 32, k = 2048\n", row, chunk);
+    if (strchr(row, ','))
+        print_message("overrides given: the split is theirs, not checked\n");
+    else if (!strcmp(row, "cpu"))
+        assert_int_equal(chunk, 2048);
+    else
+        assert_true(chunk <= 512);
+    ke_cl_gemm *bad = NULL;
+    assert_int_equal(ke_cl_gemm_new(fx->ctx, "cpu,rows_cw=x", &bad), KS_ERR_INVALID);
+    assert_null(bad);
+    assert_non_null(strstr(ks_error_message(), "ke_cl_gemm_new: --gemm-tune: bad item"));
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--gemm-tune") && i + 1 < argc) {
+            gemm_tune = argv[++i];
+        } else {
+            fprintf(stderr, "usage: %s [--gemm-tune ROW[,KEY=VALUE...]]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (ke_cl_gemm_tune_check(gemm_tune) != KS_OK) {
+        fprintf(stderr, "%s\n", ks_error_message());
+        return 2;
+    }
+    if (gemm_tune)
+        print_message("--gemm-tune %s\n", gemm_tune);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tune_text),
+        cmocka_unit_test(test_tune_in_effect),
         cmocka_unit_test(test_edge_shapes),
         cmocka_unit_test(test_fused_prologue_epilogue),
         cmocka_unit_test(test_model_like),

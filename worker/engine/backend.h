@@ -175,6 +175,11 @@ typedef struct ke_backend_options {
     size_t kv_tokens;
     bool kv_half;
     bool profiling; /* OpenCL: device times in the profile (kosmos bench --profile) */
+    /* OpenCL: the GEMM tunables "<row>[,key=value...]" instead of the device's own row
+     * (--gemm-tune; docs/gemm.md, checked by ke_backend_gemm_tune_check), borrowed for the
+     * call that opens the backend; NULL or "": the device's row. The reference backend has no
+     * GEMM tunables and ignores it. */
+    const char *gemm_tune;
     /* The resampler's cross-attention. false (default): as transformers 5.17 computes it with
      * its default SDPA attention - x_attn has is_causal=True and no mask, so SDPA keeps the
      * first latent_query_num K/V rows and masks them causally: latent query i sees rows 0..i

@@ -1273,7 +1273,7 @@ ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
     kc_context_params_init(&params);
     params.profiling = options->profiling;
     if ((status = kc_context_new(device, &params, &cb->ctx)) != KS_OK ||
-        (status = ke_cl_gemm_new(cb->ctx, &cb->gemm)) != KS_OK ||
+        (status = ke_cl_gemm_new(cb->ctx, options->gemm_tune, &cb->gemm)) != KS_OK ||
         (status = ke_cl_ops_new(cb->ctx, cb->wdt, &cb->ops)) != KS_OK ||
         (status = upload_vision(cb)) != KS_OK || (status = upload_text(cb)) != KS_OK ||
         (status = kc_context_finish(cb->ctx)) != KS_OK)

@@ -6,6 +6,7 @@
 
 #ifdef KOSMOS_HAVE_OPENCL
 #include "backend_cl.h"
+#include "cl_gemm.h"
 #include "kc_device.h"
 #endif
 
@@ -50,6 +51,18 @@ cleanup:
                    "--device %s: this build has no OpenCL (configure found no OpenCL headers and "
                    "loader); use --device ref (plain C)",
                    spec);
+#endif
+}
+
+ks_status ke_backend_gemm_tune_check(const char *text)
+{
+    if (!text || !text[0])
+        return KS_OK;
+#ifdef KOSMOS_HAVE_OPENCL
+    return ke_cl_gemm_tune_check(text);
+#else
+    return ks_fail(KS_ERR_UNSUPPORTED, "--gemm-tune %s: this build has no OpenCL, whose GEMM "
+                   "it tunes", text);
 #endif
 }
 

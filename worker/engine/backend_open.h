@@ -17,6 +17,12 @@
 ks_status ke_backend_open(const ke_model *model, const char *spec,
                           const ke_backend_options *options, ke_backend **out);
 
+/* Checks the text of --gemm-tune (ke_backend_options.gemm_tune) before any model or device is
+ * opened, so that a program can refuse it as a usage error: KS_OK for NULL or ""; else
+ * KS_ERR_INVALID with a message naming the bad item, or KS_ERR_UNSUPPORTED in a build without
+ * OpenCL (the only backend with GEMM tunables). */
+ks_status ke_backend_gemm_tune_check(const char *text);
+
 /* The name of the device a backend runs on, for logs and results ("ref" for the C path). */
 const char *ke_backend_device_name(const ke_backend *b);
 

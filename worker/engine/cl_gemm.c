@@ -60,13 +60,15 @@ static char *next_item(char **cursor)
     return item;
 }
 
-/* The developer switch KOSMOS_GEMM_TUNE="<label>[,key=value...]": the table row named <label>
- * ("cpu", "nvidia", "gpu") whatever the device, with fields overridden by name; for tuning and
- * for testing the GPU rows on PoCL. Bad text is an error (never silently ignored). */
-static ks_status tune_from_env(const char *text, gemm_tune *out)
+/* The backend option --gemm-tune "<label>[,key=value...]" (ke_backend_options.gemm_tune): the
+ * table row named <label> ("cpu", "nvidia", "gpu") whatever the device, with fields overridden
+ * by name; for tuning and for testing the GPU rows on PoCL. Bad text is an error (never
+ * silently ignored). */
+static ks_status tune_parse(const char *text, gemm_tune *out)
 {
     char buf[256];
-    snprintf(buf, sizeof buf, "%s", text);
+    if (snprintf(buf, sizeof buf, "%s", text) >= (int)sizeof buf)
+        return ks_fail(KS_ERR_INVALID, "--gemm-tune: longer than %zu characters", sizeof buf - 1);
     char *next = buf;
     char *tok = next_item(&next);
     bool found = false;
@@ -76,7 +78,7 @@ static ks_status tune_from_env(const char *text, gemm_tune *out)
             found = true;
         }
     if (!found)
-        return ks_fail(KS_ERR_INVALID, "KOSMOS_GEMM_TUNE='%s': the first item must be cpu, "
+        return ks_fail(KS_ERR_INVALID, "--gemm-tune '%s': the first item must be cpu, "
                        "nvidia or gpu", text);
     static const struct {
         const char *key;
@@ -96,7 +98,7 @@ static ks_status tune_from_env(const char *text, gemm_tune *out)
         char *end = NULL;
         long v = eq ? strtol(eq + 1, &end, 10) : 0;
         if (!eq || end == eq + 1 || *end || v < 0 || v > (1L << 30))
-            return ks_fail(KS_ERR_INVALID, "KOSMOS_GEMM_TUNE: bad item '%s'", tok);
+            return ks_fail(KS_ERR_INVALID, "--gemm-tune: bad item '%s'", tok);
         *eq = '\0';
         bool known = false;
         for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
@@ -105,7 +107,7 @@ static ks_status tune_from_env(const char *text, gemm_tune *out)
                 known = true;
             }
         if (!known)
-            return ks_fail(KS_ERR_INVALID, "KOSMOS_GEMM_TUNE: unknown tunable '%s'", tok);
+            return ks_fail(KS_ERR_INVALID, "--gemm-tune: unknown tunable '%s'", tok);
     }
     return KS_OK;
 }
@@ -174,7 +176,13 @@ static ks_status build(ke_cl_gemm *g, ke_dtype dt)
     return kc_program_get(g->ctx, GEMM_FILE, opts, &g->prog[dt]);
 }
 
-ks_status ke_cl_gemm_new(kc_context *ctx, ke_cl_gemm **out)
+ks_status ke_cl_gemm_tune_check(const char *tune)
+{
+    gemm_tune t;
+    return tune && *tune ? tune_parse(tune, &t) : KS_OK;
+}
+
+ks_status ke_cl_gemm_new(kc_context *ctx, const char *tune, ke_cl_gemm **out)
 {
     ks_status status = KS_OK;
     *out = NULL;
@@ -190,8 +198,7 @@ ks_status ke_cl_gemm_new(kc_context *ctx, ke_cl_gemm **out)
     g->forced = V_AUTO;
     g->forced_split = -1;
     snprintf(g->last, sizeof g->last, "none");
-    const char *env = getenv("KOSMOS_GEMM_TUNE");
-    if ((env && *env && (status = tune_from_env(env, &g->tune)) != KS_OK) ||
+    if ((tune && *tune && (status = tune_parse(tune, &g->tune)) != KS_OK) ||
         (status = build(g, KE_DTYPE_F32)) != KS_OK || (status = build(g, KE_DTYPE_F16)) != KS_OK) {
         ks_error_prefix("ke_cl_gemm_new");
         free(g);

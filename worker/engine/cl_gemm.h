@@ -85,11 +85,17 @@ typedef struct ke_cl_gemm_args {
 } ke_cl_gemm_args;
 
 /* Builds (or loads from the program cache) kernels/gemm.cl for both weight dtypes with the
- * device's tunables (docs/gemm.md; the developer switch KOSMOS_GEMM_TUNE overrides them) into
- * *out (caller owns). `ctx` is borrowed and must outlive the gemm. KS_ERR_INVALID (no context,
- * a bad KOSMOS_GEMM_TUNE), KS_ERR_DEVICE (a failed build: the message names the file and log),
- * KS_ERR_NOMEM; *out is then NULL. */
-ks_status ke_cl_gemm_new(kc_context *ctx, ke_cl_gemm **out);
+ * device's tunables (docs/gemm.md), or with those `tune` names when it is not NULL or "": the
+ * text of --gemm-tune (ke_cl_gemm_tune_check), borrowed for the call. *out: caller owns.
+ * `ctx` is borrowed and must outlive the gemm. KS_ERR_INVALID (no context, a bad `tune`),
+ * KS_ERR_DEVICE (a failed build: the message names the file and log), KS_ERR_NOMEM; *out is
+ * then NULL. */
+ks_status ke_cl_gemm_new(kc_context *ctx, const char *tune, ke_cl_gemm **out);
+
+/* Checks a tunables text "<row>[,key=value...]" without a device: row cpu, nvidia or gpu (a
+ * row of the table whatever the device), then tunables by name (docs/gemm.md). KS_OK for NULL
+ * or "" (the device's own row); KS_ERR_INVALID with a message naming the bad item. */
+ks_status ke_cl_gemm_tune_check(const char *tune);
 void ke_cl_gemm_destroy(ke_cl_gemm **g);
 
 /* The canonical chunk length of the products with this (n, k) on this device. */

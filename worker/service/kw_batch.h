@@ -35,6 +35,8 @@ typedef struct kw_engine_params {
                               * OpenCL one); 0 = slots x context. Smaller lets more slots run
                               * short sequences; a sequence waits until its tokens fit */
     bool kv_half;            /* the KV cache in half precision (OpenCL; --kv-cache f16) */
+    const char *gemm_tune;   /* OpenCL GEMM tunables (--gemm-tune, ke_backend_options.gemm_tune),
+                              * borrowed; NULL = the device's own */
     bool autorotate;         /* EXIF orientation; default false (as `kosmos run`) */
     uint64_t max_pixels;     /* decoder pixel limit; 0 = the decoder's default (100 MP) */
     size_t max_image_bytes;  /* largest image read from an image_uri; default 64 MiB */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_open.h"
 #include "ks_file.h"
 #include "kw_cli.h"
 #include "kw_log.h"
@@ -74,6 +75,13 @@ static void usage(FILE *out)
         "                           --kv-tokens in the same memory (OpenCL devices); the same\n"
         "                           ids on every golden test, logits up to ~1e-3 further from\n"
         "                           the reference\n"
+        "  --gemm-tune T            OpenCL devices, for tuning: the matrix products' tunables\n"
+        "                           from the row T names (cpu, nvidia or gpu) instead of the\n"
+        "                           device's own, then KEY=VALUE overrides by name (rows_nt,\n"
+        "                           rows_xk, rows_stage, rows_split, rows_cw, rows_vpw, w_panel,\n"
+        "                           tile_m, tile_n, tile_k, wpt_m, wpt_n, rows_max_m,\n"
+        "                           groups_goal), e.g. cpu,rows_cw=8; docs/gemm.md. Ignored\n"
+        "                           by --device ref\n"
         "  --precision P            fp16 (default: weights stored as half) or fp32\n"
         "  --autorotate             apply the EXIF orientation (default off, as the reference\n"
         "                           and 'kosmos run')\n"
@@ -127,7 +135,7 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
 {
     enum { O_BROKER = 256, O_MODEL, O_DEVICE, O_BATCH, O_NAME, O_SLOTS, O_CONTEXT, O_PREC,
            O_ROTATE, O_PIXELS, O_IMGB, O_MID, O_MHASH, O_HB, O_HL, O_RECON, O_STOP, O_CS, O_CP,
-           O_LOG, O_HELP, O_ROOT, O_GRACE, O_PREFETCH, O_KV, O_KV_CACHE };
+           O_LOG, O_HELP, O_ROOT, O_GRACE, O_PREFETCH, O_KV, O_KV_CACHE, O_GEMM_TUNE };
     static const struct option opts[] = {
         {"broker", required_argument, 0, O_BROKER}, {"model", required_argument, 0, O_MODEL},
         {"device", required_argument, 0, O_DEVICE}, {"max-batch", required_argument, 0, O_BATCH},
@@ -148,6 +156,7 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
         {"prefetch", required_argument, 0, O_PREFETCH},
         {"kv-tokens", required_argument, 0, O_KV},
         {"kv-cache", required_argument, 0, O_KV_CACHE},
+        {"gemm-tune", required_argument, 0, O_GEMM_TUNE},
         {0, 0, 0, 0}};
     const char *roots[64];
     kw_worker_params p;
@@ -171,6 +180,14 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
         case O_PREFETCH: bad = parse_num(optarg, 0, 1024, &v); p.prefetch = (int)v; break;
         case O_KV: bad = parse_num(optarg, 1, 1ull << 32, &v); p.engine.kv_tokens = (size_t)v; break;
         case O_KV_CACHE: bad = !ke_kv_cache_parse(optarg, &p.engine.kv_half); break;
+        case O_GEMM_TUNE:
+            /* the parser's own message names the bad item, more than "bad value" would */
+            if (ke_backend_gemm_tune_check(optarg) != KS_OK) {
+                fprintf(stderr, "kosmos-worker: %s (see --help)\n", ks_error_message());
+                return KW_EXIT_CONFIG;
+            }
+            p.engine.gemm_tune = optarg;
+            break;
         case O_SLOTS: bad = parse_num(optarg, 1, 1024, &v); p.engine.slots = (int)v; break;
         case O_CONTEXT: bad = parse_num(optarg, 2, 1 << 20, &v); p.engine.context = (int)v; break;
         case O_PREC:

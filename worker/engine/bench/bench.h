@@ -45,6 +45,7 @@ typedef struct ke_bench_params {
     FILE *log;                /* progress lines (one per run), or NULL, default NULL */
     bool profile;             /* OpenCL: profile the last timed decode run (ke_bench_profile) */
     bool kv_half;             /* the KV cache in half precision (ke_backend_options.kv_half) */
+    const char *gemm_tune;    /* ke_backend_options.gemm_tune (--gemm-tune), borrowed; NULL */
 } ke_bench_params;
 
 void ke_bench_params_default(ke_bench_params *p);

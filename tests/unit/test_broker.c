@@ -297,6 +297,26 @@ static Kosmos__V1__BrokerToWorker *w_try(harness *h, fworker *w)
     }
 }
 
+/* Fails when the broker sends the worker anything but heartbeats within w_try's window, and
+ * says what it sent (a bare assert_null said nothing the one time CI saw it fail under load). */
+static void w_none_at(harness *h, fworker *w, int line)
+{
+    Kosmos__V1__BrokerToWorker *m = w_try(h, w);
+    if (!m)
+        return;
+    const char *job = m->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH
+                          ? m->dispatch->job_id
+                          : "";
+    print_error("line %d: the broker sent message case %d %s (attempt %u) when nothing was due\n",
+                line, (int)m->message_case, job,
+                m->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH
+                    ? m->dispatch->attempt
+                    : 0u);
+    kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
+    fail();
+}
+#define w_none(h, w) w_none_at((h), (w), __LINE__)
+
 static const char *w_model = "microsoft/kosmos-2-patch14-224"; /* what w_ready offers */
 
 static void w_ready(harness *h, fworker *w, const char *name, uint64_t instance, uint32_t capacity,
@@ -543,7 +563,7 @@ static void test_credit_priority_fifo(void **state)
     w_credit(w, 1);
     w_take(h, w, got, &attempt);
     assert_string_equal(got, ids[1]);
-    assert_null(w_try(h, w));
+    w_none(h, w);
     w_credit(w, 2);
     w_take(h, w, got, &attempt);
     assert_string_equal(got, ids[3]);
@@ -573,7 +593,7 @@ static void test_deadline_expired(void **state)
     h_steps(h, 2);
     assert_int_equal(c_state(h, c, "a", id, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_EXPIRED);
     fworker *w = w_new(h, "w0", 1, 1);
-    assert_null(w_try(h, w)); /* never dispatched */
+    w_none(h, w); /* never dispatched */
     w_free(w);
     zmq_close(c);
     h_free(h);
@@ -602,7 +622,7 @@ static void test_deadline_never(void **state)
     for (int i = 0; i < 5; i++) {
         fake_now += 1000;
         w_heartbeat(w, ls, 1);
-        assert_null(w_try(h, w)); /* no Cancel{DEADLINE} */
+        w_none(h, w); /* no Cancel{DEADLINE} */
     }
     assert_int_equal(c_state(h, c, "a", queued, NULL), KOSMOS__V1__JOB_STATE__JOB_STATE_QUEUED);
     assert_int_equal(w_result(h, w, id, attempt, KOSMOS__V1__STATUS__STATUS_OK, false),
@@ -701,7 +721,7 @@ static void test_dispatch_skips_by_worker_kind(void **state)
     job_opts o = {.model = "other/model"};
     c_submit_ok(h, c, "a", &o, id);
     h_steps(h, 3); /* plain cannot run it; its kind is empty again, nothing queued since */
-    assert_null(w_try(h, plain));
+    w_none(h, plain);
     w_credit(other, 1);
     w_take(h, other, got, &attempt);
     assert_string_equal(got, id);
@@ -898,7 +918,7 @@ static void test_lease_started_accounting(void **state)
     for (int i = 0; i < 15; i++) {
         fake_now += 1000;
         w_heartbeat(w, ls, 2);
-        assert_null(w_try(h, w));
+        w_none(h, w);
     }
     /* A starts: confirmed at once. */
     la.started = true;
@@ -924,7 +944,7 @@ static void test_lease_started_accounting(void **state)
     /* The cap runs from the start: 4 s in, nothing; 5 s in, Cancel{LEASE_EXPIRED} for A only. */
     fake_now += 4000;
     w_heartbeat(w, ls, 2);
-    assert_null(w_try(h, w));
+    w_none(h, w);
     fake_now += 1000;
     w_heartbeat(w, ls, 2);
     Kosmos__V1__BrokerToWorker *cancel = w_try(h, w);
@@ -968,7 +988,7 @@ static void test_refused_for_now(void **state)
     /* An older worker sends Ready again at once: not answered within the interval. */
     assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
     assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
-    assert_null(w_try(h, &w2));
+    w_none(h, &w2);
     fake_now += 1000;
     assert_int_equal(ts_fw_send_ready(w2.sock, ready), KS_OK);
     m = w_try(h, &w2);
@@ -1014,7 +1034,7 @@ static void test_retry_backoff(void **state)
         w_credit(w, 1);
         fake_now += base - 1; /* not yet */
         w_heartbeat(w, NULL, 0);
-        assert_null(w_try(h, w));
+        w_none(h, w);
         fake_now += 1000;
         w_heartbeat(w, NULL, 0);
     }

@@ -36,8 +36,9 @@
 #include "ref_ops.h"
 
 #define PAGE_TOKENS 16 /* KV-cache rows per page */
-#define N_STAGE 6      /* staging buffers for a step's host inputs, used in turn: a forward and
-                        * a select take one each, and two steps may be in flight */
+/* Staging buffers for a step's host inputs, used in turn: a forward and a select take one each,
+ * and two steps may be in flight. */
+#define N_STAGE 6
 
 typedef struct cl_ln {
     cl_mem w, b;

@@ -4,13 +4,15 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <czmq.h>
+#include <zmq.h>
+
+#include "actor.h"
 
 #define KB_ZAP_ENDPOINT "inproc://zeromq.zap.01"
 
@@ -20,10 +22,10 @@ typedef struct kb_keyset {
 } kb_keyset;
 
 struct kb_auth {
-    void *zap;
-    pthread_t thread;
-    bool started;
-    atomic_bool alive, stop;
+    void *zctx; /* borrowed */
+    void *zap; /* bound by the actor; closed by kb_auth_stop only, after the join */
+    kp_actor *actor;
+    atomic_bool alive;
     uint8_t public_key[32], secret_key[32];
     kb_keyset clients, workers;
     FILE *log; /* borrowed; NULL = stderr */
@@ -142,19 +144,31 @@ cleanup:
         zmq_msg_close(&f[i]);
 }
 
-static void *kb_zap_thread(void *arg)
+/* The handler's actor: binds the ZAP endpoint, then answers requests until the stop message.
+ * The socket stays bound when the thread ends: with no ZAP handler bound at all, libzmq lets
+ * every CURVE client in, so a dead handler must leave requests unanswered instead. */
+static ks_status kb_zap_actor(void *pipe, void *arg)
 {
     kb_auth *a = arg;
-    while (!atomic_load(&a->stop)) {
-        zmq_pollitem_t it = {a->zap, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&it, 1, 100);
-        if (rc < 0 && errno != EINTR)
+    a->zap = zmq_socket(a->zctx, ZMQ_REP);
+    if (!a->zap || zmq_bind(a->zap, KB_ZAP_ENDPOINT) != 0)
+        return ks_fail(KS_ERR_IO, "binding the ZAP handler: %s", zmq_strerror(errno));
+    atomic_store(&a->alive, true);
+    ks_status st = kp_actor_ready(pipe);
+    while (st == KS_OK) {
+        zmq_pollitem_t it[2] = {{pipe, 0, ZMQ_POLLIN, 0}, {a->zap, 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(it, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
             break;
-        if (rc > 0)
+        }
+        if (it[0].revents & ZMQ_POLLIN)
+            break; /* only the stop message comes on the pipe */
+        if (it[1].revents & ZMQ_POLLIN)
             kb_zap_serve(a);
     }
     atomic_store(&a->alive, false);
-    return NULL;
+    return st;
 }
 
 ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_dir,
@@ -168,7 +182,6 @@ ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_
     if (!a)
         return ks_fail(KS_ERR_NOMEM, "out of memory");
     atomic_init(&a->alive, false);
-    atomic_init(&a->stop, false);
     a->log = log;
     a->log_level = log_level;
     if ((st = kb_load_key(secret_file, "public-key", pub)) != KS_OK ||
@@ -178,18 +191,9 @@ ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_
         goto cleanup;
     zmq_z85_decode(a->public_key, pub);
     zmq_z85_decode(a->secret_key, sec);
-    a->zap = zmq_socket(zctx, ZMQ_REP);
-    if (!a->zap || zmq_bind(a->zap, KB_ZAP_ENDPOINT) != 0) {
-        st = ks_fail(KS_ERR_IO, "binding the ZAP handler: %s", zmq_strerror(errno));
+    a->zctx = zctx;
+    if ((st = kp_actor_new(zctx, "the CURVE authenticator", kb_zap_actor, a, &a->actor)) != KS_OK)
         goto cleanup;
-    }
-    atomic_store(&a->alive, true);
-    if (pthread_create(&a->thread, NULL, kb_zap_thread, a) != 0) {
-        atomic_store(&a->alive, false);
-        st = ks_fail(KS_ERR_IO, "starting the ZAP thread failed");
-        goto cleanup;
-    }
-    a->started = true;
     *out = a;
     a = NULL;
 cleanup:
@@ -212,13 +216,7 @@ ks_status kb_auth_server_socket(kb_auth *a, void *sock, const char *domain)
 
 bool kb_auth_alive(const kb_auth *a) { return atomic_load(&((kb_auth *)a)->alive); }
 
-void kb_auth_halt(kb_auth *a)
-{
-    atomic_store(&a->stop, true);
-    if (a->started)
-        pthread_join(a->thread, NULL);
-    a->started = false;
-}
+void kb_auth_halt(kb_auth *a) { kp_actor_destroy(&a->actor); }
 
 void kb_auth_stop(kb_auth **pa)
 {

@@ -1,5 +1,6 @@
-/* kb_auth: see kb_auth.h. Certificates are CZMQ's ZPL files (zcert_save; pyzmq writes the same
- * format): "curve" section with public-key and, in the _secret file, secret-key, both Z85. */
+/* kb_auth: see kb_auth.h. Certificates are ZPL files as CZMQ's zcert_save and pyzmq write them
+ * ("curve" section with public-key and, in the _secret file, secret-key, both Z85), read with
+ * ks_zpl like the worker's and libkosmos's: libzmq alone does CURVE, no CZMQ. */
 #include "kb_auth.h"
 
 #include <dirent.h>
@@ -9,15 +10,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <czmq.h>
 #include <zmq.h>
 
 #include "actor.h"
+#include "ks_file.h"
+#include "ks_zpl.h"
 
 #define KB_ZAP_ENDPOINT "inproc://zeromq.zap.01"
 
 typedef struct kb_keyset {
-    char (*keys)[41];
+    char (*keys)[KS_Z85_KEY_SIZE];
     size_t n;
 } kb_keyset;
 
@@ -32,21 +34,21 @@ struct kb_auth {
     ks_log_level log_level;
 };
 
-static ks_status kb_load_key(const char *path, const char *name, char out[41])
+static ks_status kb_load_key(const char *path, const char *name, char out[KS_Z85_KEY_SIZE])
 {
-    zconfig_t *root = zconfig_load(path);
-    if (!root)
+    char *text = NULL;
+    size_t len = 0;
+    /* A certificate is a few hundred bytes; the limit only keeps a wrong file from being read. */
+    if (ks_file_read(path, 1 << 16, &text, &len) != KS_OK) {
+        free(text);
         return ks_fail(KS_ERR_IO, "cannot read certificate %s", path);
-    char key_path[64];
-    snprintf(key_path, sizeof key_path, "/curve/%s", name);
-    const char *z = zconfig_get(root, key_path, NULL);
+    }
     ks_status st = KS_OK;
     uint8_t raw[32];
-    if (!z || strlen(z) != 40 || !zmq_z85_decode(raw, z))
+    if (!ks_zpl_z85_key(text, name, out) || !zmq_z85_decode(raw, out))
         st = ks_fail(KS_ERR_FORMAT, "certificate %s has no valid %s", path, name);
-    else
-        memcpy(out, z, 41);
-    zconfig_destroy(&root);
+    memset(text, 0, len); /* a _secret file's key should not outlive its use in freed memory */
+    free(text);
     return st;
 }
 
@@ -63,7 +65,7 @@ static ks_status kb_load_dir(const char *dir, kb_keyset *set)
             continue; /* *_secret files and anything else are not public certificates */
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        char key[41];
+        char key[KS_Z85_KEY_SIZE];
         if (kb_load_key(path, "public-key", key) != KS_OK)
             continue;
         void *grown = realloc(set->keys, (set->n + 1) * sizeof *set->keys);
@@ -72,7 +74,7 @@ static ks_status kb_load_dir(const char *dir, kb_keyset *set)
             goto cleanup;
         }
         set->keys = grown;
-        memcpy(set->keys[set->n++], key, 41);
+        memcpy(set->keys[set->n++], key, KS_Z85_KEY_SIZE);
     }
     if (set->n == 0)
         st = ks_fail(KS_ERR_INVALID, "key folder %s holds no valid public certificate", dir);
@@ -109,7 +111,7 @@ static void kb_zap_serve(kb_auth *a)
             zmq_msg_close(&m);
     }
     const char *code = "400", *text = "denied";
-    char user[41] = "";
+    char user[KS_Z85_KEY_SIZE] = "";
     if (n >= 7 && zmq_msg_size(&f[5]) == 5 && memcmp(zmq_msg_data(&f[5]), "CURVE", 5) == 0 &&
         zmq_msg_size(&f[6]) == 32) {
         char domain[32] = "";
@@ -176,7 +178,7 @@ ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_
                         kb_auth **out)
 {
     ks_status st = KS_OK;
-    char pub[41], sec[41];
+    char pub[KS_Z85_KEY_SIZE], sec[KS_Z85_KEY_SIZE];
     kb_auth *a = calloc(1, sizeof *a);
     *out = NULL;
     if (!a)

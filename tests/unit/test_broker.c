@@ -1536,8 +1536,13 @@ static void test_disk_full_and_fail_stop(void **state)
                              1);
         kosmos__v1__client_reply__free_unpacked(r, NULL);
     }
-    kbf_fail_syncs = false;
+    /* A disk that still cannot sync: the syncer's thread fails its start (the first sync of
+     * what the stopped broker left), and the broker's start fails with its message. */
     kb_broker_destroy(&h->b);
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_ERR_IO);
+    assert_null(h->b);
+    assert_non_null(strstr(ks_error_message(), "the WAL sync connection"));
+    kbf_fail_syncs = false;
     assert_int_equal(kb_broker_new(&h->p, &h->b), KS_OK);
     /* Ledger: every accepted job is still there, none lost. */
     int lost = 0;

@@ -6,7 +6,8 @@
  * is ready (kp_actor_ready), or with the thread's own failure status and message when it could
  * not set itself up: a caller never talks to a thread that is still starting, or to one that
  * never will. Stop: one empty frame on the pipe; every other message on an actor's pipe must be
- * non-empty, and an actor ends when it reads the empty one. Join: waiting for the thread's end.
+ * non-empty, and an actor that reads the empty one finishes what it must (the syncer, the syncs
+ * already asked for) and returns. Join: waiting for the thread's end.
  *
  * Not here: what the messages mean (each actor has its own) and threads without a pipe.
  * Module prefix: kp_actor_. Library: kosmos_wire. */

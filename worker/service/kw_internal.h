@@ -88,7 +88,8 @@ void kw_compute_stop(kw_compute *c);
 
 /* Sends one message on a PAIR socket (blocking); KS_ERR_IO when the socket failed. */
 ks_status kw_msg_send(void *pair, const kw_msg *m);
-/* Receives one message; KS_OK with *got false when flags had ZMQ_DONTWAIT and nothing came. */
+/* Receives one message; KS_OK with *got false when flags had ZMQ_DONTWAIT and nothing came.
+ * The actor's stop message (an empty frame, kw_compute_stop) reads as KW_MSG_STOP at 0. */
 ks_status kw_msg_recv(void *pair, kw_msg *m, int flags, bool *got);
 
 #endif

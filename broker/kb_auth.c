@@ -1,50 +1,54 @@
-/* kb_auth: see kb_auth.h. Certificates are CZMQ's ZPL files (zcert_save; pyzmq writes the same
- * format): "curve" section with public-key and, in the _secret file, secret-key, both Z85. */
+/* kb_auth: see kb_auth.h. Certificates are ZPL files as CZMQ's zcert_save and pyzmq write them
+ * ("curve" section with public-key and, in the _secret file, secret-key, both Z85), read with
+ * ks_zpl like the worker's and libkosmos's: libzmq alone does CURVE, no CZMQ. */
 #include "kb_auth.h"
 
 #include <dirent.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <czmq.h>
+#include <zmq.h>
+
+#include "actor.h"
+#include "ks_file.h"
+#include "ks_zpl.h"
 
 #define KB_ZAP_ENDPOINT "inproc://zeromq.zap.01"
 
 typedef struct kb_keyset {
-    char (*keys)[41];
+    char (*keys)[KS_Z85_KEY_SIZE];
     size_t n;
 } kb_keyset;
 
 struct kb_auth {
-    void *zap;
-    pthread_t thread;
-    bool started;
-    atomic_bool alive, stop;
+    void *zctx; /* borrowed */
+    void *zap; /* bound by the actor; closed by kb_auth_stop only, after the join */
+    kp_actor *actor;
+    atomic_bool alive;
     uint8_t public_key[32], secret_key[32];
     kb_keyset clients, workers;
     FILE *log; /* borrowed; NULL = stderr */
     ks_log_level log_level;
 };
 
-static ks_status kb_load_key(const char *path, const char *name, char out[41])
+static ks_status kb_load_key(const char *path, const char *name, char out[KS_Z85_KEY_SIZE])
 {
-    zconfig_t *root = zconfig_load(path);
-    if (!root)
+    char *text = NULL;
+    size_t len = 0;
+    /* A certificate is a few hundred bytes; the limit only keeps a wrong file from being read. */
+    if (ks_file_read(path, 1 << 16, &text, &len) != KS_OK) {
+        free(text);
         return ks_fail(KS_ERR_IO, "cannot read certificate %s", path);
-    char key_path[64];
-    snprintf(key_path, sizeof key_path, "/curve/%s", name);
-    const char *z = zconfig_get(root, key_path, NULL);
+    }
     ks_status st = KS_OK;
     uint8_t raw[32];
-    if (!z || strlen(z) != 40 || !zmq_z85_decode(raw, z))
+    if (!ks_zpl_z85_key(text, name, out) || !zmq_z85_decode(raw, out))
         st = ks_fail(KS_ERR_FORMAT, "certificate %s has no valid %s", path, name);
-    else
-        memcpy(out, z, 41);
-    zconfig_destroy(&root);
+    memset(text, 0, len); /* a _secret file's key should not outlive its use in freed memory */
+    free(text);
     return st;
 }
 
@@ -61,7 +65,7 @@ static ks_status kb_load_dir(const char *dir, kb_keyset *set)
             continue; /* *_secret files and anything else are not public certificates */
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        char key[41];
+        char key[KS_Z85_KEY_SIZE];
         if (kb_load_key(path, "public-key", key) != KS_OK)
             continue;
         void *grown = realloc(set->keys, (set->n + 1) * sizeof *set->keys);
@@ -70,7 +74,7 @@ static ks_status kb_load_dir(const char *dir, kb_keyset *set)
             goto cleanup;
         }
         set->keys = grown;
-        memcpy(set->keys[set->n++], key, 41);
+        memcpy(set->keys[set->n++], key, KS_Z85_KEY_SIZE);
     }
     if (set->n == 0)
         st = ks_fail(KS_ERR_INVALID, "key folder %s holds no valid public certificate", dir);
@@ -107,7 +111,7 @@ static void kb_zap_serve(kb_auth *a)
             zmq_msg_close(&m);
     }
     const char *code = "400", *text = "denied";
-    char user[41] = "";
+    char user[KS_Z85_KEY_SIZE] = "";
     if (n >= 7 && zmq_msg_size(&f[5]) == 5 && memcmp(zmq_msg_data(&f[5]), "CURVE", 5) == 0 &&
         zmq_msg_size(&f[6]) == 32) {
         char domain[32] = "";
@@ -142,19 +146,31 @@ cleanup:
         zmq_msg_close(&f[i]);
 }
 
-static void *kb_zap_thread(void *arg)
+/* The handler's actor: binds the ZAP endpoint, then answers requests until the stop message.
+ * The socket stays bound when the thread ends: with no ZAP handler bound at all, libzmq lets
+ * every CURVE client in, so a dead handler must leave requests unanswered instead. */
+static ks_status kb_zap_actor(void *pipe, void *arg)
 {
     kb_auth *a = arg;
-    while (!atomic_load(&a->stop)) {
-        zmq_pollitem_t it = {a->zap, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&it, 1, 100);
-        if (rc < 0 && errno != EINTR)
+    a->zap = zmq_socket(a->zctx, ZMQ_REP);
+    if (!a->zap || zmq_bind(a->zap, KB_ZAP_ENDPOINT) != 0)
+        return ks_fail(KS_ERR_IO, "binding the ZAP handler: %s", zmq_strerror(errno));
+    atomic_store(&a->alive, true);
+    ks_status st = kp_actor_ready(pipe);
+    while (st == KS_OK) {
+        zmq_pollitem_t it[2] = {{pipe, 0, ZMQ_POLLIN, 0}, {a->zap, 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(it, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
             break;
-        if (rc > 0)
+        }
+        if (it[0].revents & ZMQ_POLLIN)
+            break; /* only the stop message comes on the pipe */
+        if (it[1].revents & ZMQ_POLLIN)
             kb_zap_serve(a);
     }
     atomic_store(&a->alive, false);
-    return NULL;
+    return st;
 }
 
 ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_dir,
@@ -162,13 +178,12 @@ ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_
                         kb_auth **out)
 {
     ks_status st = KS_OK;
-    char pub[41], sec[41];
+    char pub[KS_Z85_KEY_SIZE], sec[KS_Z85_KEY_SIZE];
     kb_auth *a = calloc(1, sizeof *a);
     *out = NULL;
     if (!a)
         return ks_fail(KS_ERR_NOMEM, "out of memory");
     atomic_init(&a->alive, false);
-    atomic_init(&a->stop, false);
     a->log = log;
     a->log_level = log_level;
     if ((st = kb_load_key(secret_file, "public-key", pub)) != KS_OK ||
@@ -178,18 +193,9 @@ ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_
         goto cleanup;
     zmq_z85_decode(a->public_key, pub);
     zmq_z85_decode(a->secret_key, sec);
-    a->zap = zmq_socket(zctx, ZMQ_REP);
-    if (!a->zap || zmq_bind(a->zap, KB_ZAP_ENDPOINT) != 0) {
-        st = ks_fail(KS_ERR_IO, "binding the ZAP handler: %s", zmq_strerror(errno));
+    a->zctx = zctx;
+    if ((st = kp_actor_new(zctx, "the CURVE authenticator", kb_zap_actor, a, &a->actor)) != KS_OK)
         goto cleanup;
-    }
-    atomic_store(&a->alive, true);
-    if (pthread_create(&a->thread, NULL, kb_zap_thread, a) != 0) {
-        atomic_store(&a->alive, false);
-        st = ks_fail(KS_ERR_IO, "starting the ZAP thread failed");
-        goto cleanup;
-    }
-    a->started = true;
     *out = a;
     a = NULL;
 cleanup:
@@ -212,13 +218,7 @@ ks_status kb_auth_server_socket(kb_auth *a, void *sock, const char *domain)
 
 bool kb_auth_alive(const kb_auth *a) { return atomic_load(&((kb_auth *)a)->alive); }
 
-void kb_auth_halt(kb_auth *a)
-{
-    atomic_store(&a->stop, true);
-    if (a->started)
-        pthread_join(a->thread, NULL);
-    a->started = false;
-}
+void kb_auth_halt(kb_auth *a) { kp_actor_destroy(&a->actor); }
 
 void kb_auth_stop(kb_auth **pa)
 {

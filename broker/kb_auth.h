@@ -1,10 +1,10 @@
-/* kb_auth: CURVE for both broker endpoints (docs/protocol.md §11): the broker's certificate
- * and a ZAP handler of our own (RFC 27) that chooses the allowed-keys folder by ZAP domain
- * ("kosmos-client" or "kosmos-worker"), so a client key is no use on the worker endpoint.
- * czmq's zauth keeps one certificate store per context, hence this handler. Fail closed: the
- * handler is bound before any socket binds, folders without a valid key refuse to start, and
- * the broker stops when the handler thread is gone. The User-Id it returns is the peer's public
- * key in Z85 (the client identity, §4). */
+/* kb_auth: CURVE for both broker endpoints (docs/protocol.md §11), with libzmq alone: the
+ * broker's certificate and a ZAP handler of our own (RFC 27) that chooses the allowed-keys
+ * folder by ZAP domain ("kosmos-client" or "kosmos-worker"), so a client key is no use on the
+ * worker endpoint (CZMQ's zauth keeps one certificate store per context, and is not used).
+ * Fail closed: the handler is bound before any socket binds, folders without a valid key refuse
+ * to start, and the broker stops when the handler thread is gone. The User-Id it returns is the
+ * peer's public key in Z85 (the client identity, §4). The handler is an actor (proto/actor.h). */
 #ifndef KB_AUTH_H
 #define KB_AUTH_H
 
@@ -16,10 +16,12 @@
 
 typedef struct kb_auth kb_auth;
 
-/* Loads the secret certificate and both key folders, binds inproc://zeromq.zap.01 in `zctx`
- * and starts the handler thread. The thread logs refused keys (curve_denied) to `log`
- * (borrowed until stop; NULL = stderr) when `log_level` lets warnings through, stamped with
- * the wall clock (an injected broker clock is not the thread's to call). Caller owns *out. */
+/* Loads the secret certificate and both key folders (ZPL files as CZMQ's zcert_save and pyzmq
+ * write them; in a folder, every NAME.key) and starts the handler thread, which binds
+ * inproc://zeromq.zap.01 in `zctx` before this returns. The thread logs refused keys
+ * (curve_denied) to `log` (borrowed until stop; NULL = stderr) when `log_level` lets warnings
+ * through, stamped with the wall clock (an injected broker clock is not the thread's to call).
+ * Caller owns *out. */
 ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_dir,
                         const char *worker_dir, FILE *log, ks_log_level log_level,
                         kb_auth **out);

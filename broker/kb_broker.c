@@ -446,20 +446,20 @@ ks_status kb_broker_new(const kb_params *p, kb_broker **out)
                                      "--worker-keys together (fail closed)");
         goto cleanup;
     }
-    if ((st = kb_store_open(p->db_path, p->db_vfs, &b->store)) != KS_OK)
-        goto cleanup;
-    /* Without a WAL (":memory:") nothing outlives the process anyway: replies follow COMMIT. */
-    if (kb_store_is_wal(b->store) &&
-        (st = kb_syncer_new(p->db_path, p->db_vfs, KB_WAL_CHECKPOINT_FRAMES, &b->syncer)) !=
-            KS_OK)
-        goto cleanup;
-    if ((st = kb_recover(b)) != KS_OK)
-        goto cleanup;
     b->zctx = zmq_ctx_new();
     if (!b->zctx) {
         st = ks_fail(KS_ERR_IO, "zmq_ctx_new: %s", zmq_strerror(errno));
         goto cleanup;
     }
+    if ((st = kb_store_open(p->db_path, p->db_vfs, &b->store)) != KS_OK)
+        goto cleanup;
+    /* Without a WAL (":memory:") nothing outlives the process anyway: replies follow COMMIT. */
+    if (kb_store_is_wal(b->store) &&
+        (st = kb_syncer_new(b->zctx, p->db_path, p->db_vfs, KB_WAL_CHECKPOINT_FRAMES,
+                            &b->syncer)) != KS_OK)
+        goto cleanup;
+    if ((st = kb_recover(b)) != KS_OK)
+        goto cleanup;
     if (curve &&
         (st = kb_auth_start(b->zctx, p->curve_secret, p->curve_clients, p->curve_workers,
                             p->log, p->log_level, (kb_auth **)&b->curve_state)) != KS_OK)
@@ -596,7 +596,7 @@ ks_status kb_broker_step(kb_broker *b, int timeout_ms)
     zmq_pollitem_t *durable = NULL;
     if (b->syncer) {
         durable = &items[n_items++];
-        *durable = (zmq_pollitem_t){NULL, kb_syncer_fd(b->syncer), ZMQ_POLLIN, 0};
+        *durable = (zmq_pollitem_t){kb_syncer_socket(b->syncer), 0, ZMQ_POLLIN, 0};
     }
     int wait = timeout_ms;
     if (wait < 0 || wait > (int)b->p.heartbeat_ms / 2)

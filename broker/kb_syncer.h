@@ -10,9 +10,11 @@
  * or reads a result, that a power loss could take back.
  *
  * Commits are numbered by the loop (1, 2, ...). kb_syncer_request(n) asks for every commit up to
- * n; kb_syncer_durable tells how far the disk has it. kb_syncer_fd is readable whenever that
- * advanced or the syncer failed, for the loop's zmq_poll. A failed fdatasync or checkpoint
- * (an I/O error) is final: the broker stops (fail-stop) and recovers at its next start. */
+ * n; kb_syncer_durable tells how far the disk has it. The syncer is an actor (proto/actor.h):
+ * requests and its reports travel on its pipe, which the loop polls (kb_syncer_socket), and
+ * the loop's view is the last report it read (kb_syncer_drain, kb_syncer_wait). A failed
+ * fdatasync or checkpoint (an I/O error) is final: the broker stops (fail-stop) and recovers at
+ * its next start. All calls are for the loop's thread. */
 #ifndef KB_SYNCER_H
 #define KB_SYNCER_H
 
@@ -31,23 +33,26 @@ typedef struct kb_syncer_stats {
     uint64_t checkpoints; /* passive checkpoints run */
 } kb_syncer_stats;
 
-/* Opens its connection to `db_path` (already a WAL database: kb_store_open made it) with the
- * SQLite VFS `vfs` (NULL = default) and starts the thread. `checkpoint_frames`: how many
- * frames the WAL grows by between two checkpoints. */
-ks_status kb_syncer_new(const char *db_path, const char *vfs, uint32_t checkpoint_frames,
-                        kb_syncer **out);
+/* Starts the thread in `zctx` (borrowed; it outlives the syncer), which opens its connection
+ * to `db_path` (already a WAL database: kb_store_open made it) with the SQLite VFS `vfs` (NULL
+ * = default; both borrowed until this returns) and syncs what an earlier process left unsynced;
+ * returns once that is done, or with the thread's failure. `checkpoint_frames`: how many frames
+ * the WAL grows by between two checkpoints. Caller owns *out. */
+ks_status kb_syncer_new(void *zctx, const char *db_path, const char *vfs,
+                        uint32_t checkpoint_frames, kb_syncer **out);
 /* Syncs what was requested, stops the thread and closes its connection. */
 void kb_syncer_destroy(kb_syncer **s);
 
 /* Asks for commits up to `commit` to be made durable; `wal_frames` is the WAL's size after it
  * (kb_store_wal_frames), which decides whether a checkpoint follows the sync. */
 void kb_syncer_request(kb_syncer *s, uint64_t commit, uint32_t wal_frames);
-/* The highest commit known durable. */
+/* The highest commit known durable, as of the last report read. */
 uint64_t kb_syncer_durable(kb_syncer *s);
 /* Blocks until commit `commit` is durable or the syncer failed (kb_syncer_failed tells). */
 void kb_syncer_wait(kb_syncer *s, uint64_t commit);
-/* Readable when kb_syncer_durable advanced or the syncer failed; kb_syncer_drain empties it. */
-int kb_syncer_fd(const kb_syncer *s);
+/* The loop's end of the pipe, for zmq_poll only (borrowed until destroy): readable when a
+ * report came; kb_syncer_drain reads every report waiting. */
+void *kb_syncer_socket(kb_syncer *s);
 void kb_syncer_drain(kb_syncer *s);
 /* Whether the syncer failed; *why (may be NULL) then names the failure. Final. */
 bool kb_syncer_failed(kb_syncer *s, const char **why);

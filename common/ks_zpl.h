@@ -1,7 +1,7 @@
 /* ks_zpl: the one thing kosmos-farm reads from ZPL files (ZeroMQ's property language): the
  * Z85 keys of a CURVE certificate as CZMQ's zcert_save and pyzmq's create_certificates write
- * them ("public-key" and, in the _secret file, "secret-key"). Shared by the worker and
- * libkosmos, neither of which links CZMQ. */
+ * them ("public-key" and, in the _secret file, "secret-key"). Shared by the broker, the worker
+ * and libkosmos: nothing in kosmos-farm links CZMQ. */
 #ifndef KS_ZPL_H
 #define KS_ZPL_H
 

@@ -19,7 +19,7 @@ packages=(
   # toolchain
   build-essential cmake pkg-config git ca-certificates clang libclang-rt-14-dev llvm
   # messaging and wire format
-  libzmq3-dev libczmq-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+  libzmq3-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   # compute
   ocl-icd-opencl-dev opencl-c-headers opencl-clhpp-headers pocl-opencl-icd clinfo libclblast-dev
   # images, storage, JSON

@@ -825,6 +825,106 @@ static void test_curve_handler_death_stops_broker(void **state)
     h_free(h);
 }
 
+/* Writes `body` to dir/name. */
+static void write_file(const char *dir, const char *name, const char *body)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(body, f);
+    fclose(f);
+}
+
+/* Certificates as CZMQ's zcert_save and pyzmq's create_certificates write them (comment
+ * header, metadata section, quoted keys) are read without CZMQ; a folder's *.key files that are
+ * no certificate are skipped, and the broker refuses to start, with a message that says why,
+ * when its secret key or every key of a folder is missing (fail closed). */
+static void test_curve_certificate_files(void **state)
+{
+    (void)state;
+    if (!zmq_has("curve"))
+        KT_CANNOT_RUN("libzmq without CURVE");
+    harness *h = h_new();
+    char keys[128], clients[128], workers[128], empty[128], secret[160], bad_secret[160];
+    char bpub[41], bsec[41], cpub[41], csec[41], wpub[41], wsec[41], body[512];
+    snprintf(keys, sizeof keys, "%s/keys", h->dir);
+    snprintf(clients, sizeof clients, "%s/clients", h->dir);
+    snprintf(workers, sizeof workers, "%s/workers", h->dir);
+    snprintf(empty, sizeof empty, "%s/empty", h->dir);
+    const char *dirs[] = {keys, clients, workers, empty};
+    for (size_t i = 0; i < 4; i++)
+        assert_int_equal(mkdir(dirs[i], 0700), 0);
+    assert_int_equal(zmq_curve_keypair(bpub, bsec), 0);
+    assert_int_equal(zmq_curve_keypair(cpub, csec), 0);
+    assert_int_equal(zmq_curve_keypair(wpub, wsec), 0);
+    snprintf(body, sizeof body,
+             "#   ****  Generated on 2026-01-02 03:04:05 by CZMQ  ****\n"
+             "#   ZeroMQ CURVE **Secret** Certificate\n"
+             "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.\n"
+             "\n"
+             "metadata\n"
+             "    name = \"broker\"\n"
+             "curve\n"
+             "    public-key = \"%s\"\n"
+             "    secret-key = \"%s\"\n",
+             bpub, bsec);
+    write_file(keys, "broker.key_secret", body);
+    snprintf(body, sizeof body,
+             "#   ****  Generated on 2026-01-02 03:04:05.123456 by pyzmq  ****\n"
+             "#   ZeroMQ CURVE Public Certificate\n"
+             "#   Exchange securely, or use a secure mechanism to verify the contents\n"
+             "#   of this file after exchange. Store public certificates in your home\n"
+             "#   directory, in the .curve subdirectory.\n"
+             "\n"
+             "metadata\n"
+             "curve\n"
+             "    public-key = \"%s\"\n",
+             cpub);
+    write_file(clients, "frontend.key", body);
+    write_file(clients, "notes.key", "not a certificate\n");
+    write_file(clients, "frontend.key_secret", "curve\n    secret-key = \"unused\"\n");
+    snprintf(body, sizeof body, "curve\n    public-key = \"%s\"\n", wpub);
+    write_file(workers, "gpu-01.key", body);
+    write_file(empty, "notes.key", "metadata\ncurve\n    public-key = \"too short\"\n");
+    snprintf(secret, sizeof secret, "%s/broker.key_secret", keys);
+    h->p.curve_secret = secret;
+    h->p.curve_clients = clients;
+    h->p.curve_workers = workers;
+    h_restart(h);
+
+    void *c = h_socket_curve(h, h->cep, bpub, cpub, csec);
+    Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
+    Kosmos__V1__StatusRequest sreq = KOSMOS__V1__STATUS_REQUEST__INIT;
+    req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_STATUS;
+    req.status = &sreq;
+    c_send(c, "ignored-with-curve", &req, NULL, 0);
+    Kosmos__V1__ClientReply *r = c_recv(h, c);
+    assert_int_equal(r->reply_case, KOSMOS__V1__CLIENT_REPLY__REPLY_STATUS);
+    kosmos__v1__client_reply__free_unpacked(r, NULL);
+    zmq_close(c);
+    kb_broker_destroy(&h->b);
+
+    /* The public certificate where the secret one belongs: no secret key, no start. */
+    snprintf(bad_secret, sizeof bad_secret, "%s/frontend.key", clients);
+    h->p.curve_secret = bad_secret;
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_ERR_FORMAT);
+    assert_null(h->b);
+    assert_non_null(strstr(ks_error_message(), "CURVE (fail closed)"));
+    assert_non_null(strstr(ks_error_message(), "no valid secret-key"));
+    /* A folder with no valid public certificate, and one that does not exist. */
+    h->p.curve_secret = secret;
+    h->p.curve_workers = empty;
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_ERR_INVALID);
+    assert_non_null(strstr(ks_error_message(), "holds no valid public certificate"));
+    snprintf(empty, sizeof empty, "%s/missing", h->dir);
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_ERR_IO);
+    assert_non_null(strstr(ks_error_message(), "cannot open key folder"));
+    h->p.curve_workers = workers;
+    h_restart(h);
+    h_free(h);
+}
+
 /* Worker death: lease lapses, job waits out its backoff, comes back with attempt+1; the old
  * attempt's late result is fenced off; after the 3rd death the job is DEAD. */
 static void test_lease_lapse_stale_poison(void **state)
@@ -1368,6 +1468,12 @@ static void test_disk_full_and_fail_stop(void **state)
                              1);
         kosmos__v1__client_reply__free_unpacked(r, NULL);
     }
+    /* A disk that still cannot sync: the syncer's thread fails its start (the first sync of
+     * what the stopped broker left), and the broker's start fails with its message. */
+    kb_broker_destroy(&h->b);
+    assert_int_equal(kb_broker_new(&h->p, &h->b), KS_ERR_IO);
+    assert_null(h->b);
+    assert_non_null(strstr(ks_error_message(), "the WAL sync connection"));
     kbf_fail_syncs = false;
     ts_broker_start(h);
     /* Ledger: every accepted job is still there, none lost. */
@@ -1453,6 +1559,7 @@ int main(void)
         cmocka_unit_test(test_dispatch_skips_by_worker_kind),
         cmocka_unit_test(test_dispatch_when_model_table_full),
         cmocka_unit_test(test_curve_handler_death_stops_broker),
+        cmocka_unit_test(test_curve_certificate_files),
         cmocka_unit_test(test_lease_lapse_stale_poison),
         cmocka_unit_test(test_retry_backoff),
         cmocka_unit_test(test_lease_started_accounting),

@@ -11,11 +11,11 @@
  * meanwhile. A job whose reason to stop is set ends at the next step while the others go on
  * (§8.6). It never touches the broker socket. */
 #include <errno.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "actor.h"
 #include "kw_internal.h"
 #include "kw_log.h"
 #include "vips_runtime.h"
@@ -46,6 +46,12 @@ ks_status kw_msg_recv(void *pair, kw_msg *m, int flags, bool *got)
         if (errno == EAGAIN || errno == EINTR)
             return KS_OK;
         return ks_fail(KS_ERR_IO, "inproc pipe: zmq_recv: %s", zmq_strerror(errno));
+    }
+    if (n == 0) {
+        /* The actor's stop message (kw_compute_stop): stop now, without a grace. */
+        *m = (kw_msg){.type = KW_MSG_STOP, .at = 0};
+        *got = true;
+        return KS_OK;
     }
     if ((size_t)n != sizeof *m)
         return ks_fail(KS_ERR_IO, "inproc pipe: a %d-byte message", n);
@@ -320,22 +326,21 @@ static bool has_work(const compute_state *s)
     return busy < (size_t)s->c->max_batch && count_phase(s, TASK_QUEUED, TASK_QUEUED) > 0;
 }
 
-static void *compute_main(void *arg)
+static ks_status compute_main(void *pipe, void *arg)
 {
     kw_compute *c = arg;
-    compute_state s = {.c = c};
+    compute_state s = {.c = c, .pipe = pipe};
     char fatal[512] = "";
-    s.pipe = zmq_socket(c->zmq_ctx, ZMQ_PAIR);
-    if (!s.pipe || zmq_connect(s.pipe, c->endpoint) != 0) {
-        kw_log(KS_LOG_ERROR, "compute_start_failed", "\"error\":\"%s\"", zmq_strerror(errno));
-        goto done;
-    }
     kw_batch_params bp = c->batch;
     bp.poll = c->test.on_step;
     bp.poll_ctx = c->test.ctx;
-    if (kw_batch_new(c->engine, &c->meta, &bp, &s.batch) != KS_OK) {
-        snprintf(fatal, sizeof fatal, "%s", ks_error_message());
-        goto done;
+    ks_status st = kw_batch_new(c->engine, &c->meta, &bp, &s.batch);
+    if (st == KS_OK)
+        st = kp_actor_ready(pipe);
+    if (st != KS_OK) {
+        kw_batch_destroy(&s.batch);
+        ki_thread_shutdown();
+        return st;
     }
     while (!s.failed) {
         drain(&s, !has_work(&s)); /* nothing to do without the pipe: wait for it */
@@ -354,7 +359,7 @@ static void *compute_main(void *arg)
         } else {
             announce_starts(&s);
         }
-        ks_status st = admit_ready(&s);
+        st = admit_ready(&s);
         if (st == KS_OK && kw_batch_jobs(s.batch) > 0)
             st = step(&s);
         if (st != KS_OK && st != KS_ERR_NOMEM) {
@@ -362,7 +367,6 @@ static void *compute_main(void *arg)
             break;
         }
     }
-done:
     if (fatal[0]) {
         kw_msg m = {.type = KW_MSG_FATAL};
         snprintf(m.message, sizeof m.message, "%s", fatal);
@@ -374,34 +378,20 @@ done:
     while (s.n_tasks > 0)
         task_remove(&s, s.n_tasks - 1);
     kw_msg stopped = {.type = KW_MSG_STOPPED};
-    if (s.pipe)
-        kw_msg_send(s.pipe, &stopped);
+    kw_msg_send(s.pipe, &stopped);
     free(s.tasks);
     if (s.roots) {
         c->engine->params.image_roots = NULL;
         c->engine->params.n_image_roots = 0;
         kw_roots_destroy(&s.roots);
     }
-    if (s.pipe) {
-        int linger = 1000;
-        zmq_setsockopt(s.pipe, ZMQ_LINGER, &linger, sizeof linger);
-        zmq_close(s.pipe);
-    }
     ki_thread_shutdown();
-    return NULL;
-}
-
-ks_status kw_compute_start(kw_compute *c)
-{
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
-    int rc = pthread_create(&c->thread, NULL, compute_main, c);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0)
-        return ks_fail(KS_ERR_NOMEM, "cannot start the compute thread: %s", strerror(rc));
-    c->started = true;
     return KS_OK;
 }
+
+ks_status kw_compute_start(kw_compute *c, void *zmq_ctx)
+{
+    return kp_actor_new(zmq_ctx, "the compute thread", compute_main, c, &c->actor);
+}
+
+void kw_compute_stop(kw_compute *c) { kp_actor_destroy(&c->actor); }

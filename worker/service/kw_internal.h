@@ -4,10 +4,10 @@
 #ifndef KW_INTERNAL_H
 #define KW_INTERNAL_H
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "actor.h"
 #include "kw_batch.h"
 #include "kw_worker.h"
 #include "wire.h"
@@ -70,23 +70,26 @@ void kw_task_destroy(kw_task **t);
 
 /* The compute thread's state; kw_compute_start creates the thread. */
 typedef struct kw_compute {
-    void *zmq_ctx;          /* borrowed */
-    const char *endpoint;   /* inproc:// endpoint the io thread bound */
     kw_engine *engine;      /* borrowed; driven only by the compute thread once started */
     int max_batch;          /* jobs computed at once */
     kw_batch_params batch;  /* vision chunk, prefill budget; poll = test.on_step */
     kw_test_seams test;     /* kw_worker_params.test */
     kw_result_meta meta;
-    pthread_t thread;
-    bool started;
+    kp_actor *actor;        /* the thread (proto/actor.h); its pipe is the io thread's end */
 } kw_compute;
 
-/* Starts the thread (with SIGTERM/SIGINT blocked in it). KS_ERR_NOMEM/KS_ERR_IO on failure. */
-ks_status kw_compute_start(kw_compute *c);
+/* Starts the thread in `zmq_ctx` (borrowed, outlives it) and returns once it is ready to take
+ * messages on kp_actor_pipe(c->actor), or with the status and message of its failure to start
+ * (KS_ERR_NOMEM: no memory for the batch, KS_ERR_IO: the pipe). */
+ks_status kw_compute_start(kw_compute *c, void *zmq_ctx);
+/* Sends the actor's stop message (KW_MSG_STOP without a grace) unless the thread already ended,
+ * waits for it to end and closes the pipe. A thread inside a batch step ends after it. */
+void kw_compute_stop(kw_compute *c);
 
 /* Sends one message on a PAIR socket (blocking); KS_ERR_IO when the socket failed. */
 ks_status kw_msg_send(void *pair, const kw_msg *m);
-/* Receives one message; KS_OK with *got false when flags had ZMQ_DONTWAIT and nothing came. */
+/* Receives one message; KS_OK with *got false when flags had ZMQ_DONTWAIT and nothing came.
+ * The actor's stop message (an empty frame, kw_compute_stop) reads as KW_MSG_STOP at 0. */
 ks_status kw_msg_recv(void *pair, kw_msg *m, int flags, bool *got);
 
 #endif

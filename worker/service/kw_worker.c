@@ -65,8 +65,8 @@ typedef struct kw_pending {
 
 typedef struct kw_io {
     const kw_worker_params *p;
-    void *ctx, *sock, *pipe;
-    char pipe_endpoint[64];
+    void *ctx, *sock;
+    void *pipe; /* the compute actor's pipe, the io thread's end (kw_compute.actor owns it) */
     kp_limits limits;
     /* identity (Ready) */
     char name[256];
@@ -888,24 +888,21 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
            kw_now_ms() - t0, backend_stats.device_bytes, backend_stats.weight_bytes);
 
     io.ctx = zmq_ctx_new();
-    snprintf(io.pipe_endpoint, sizeof io.pipe_endpoint, "inproc://kw-compute-%llx",
-             (unsigned long long)io.instance);
-    io.pipe = io.ctx ? zmq_socket(io.ctx, ZMQ_PAIR) : NULL;
-    if (!io.pipe || zmq_bind(io.pipe, io.pipe_endpoint) != 0) {
-        kw_log(KS_LOG_ERROR, "start_failed", "\"error\":\"inproc pipe: %s\"", zmq_strerror(errno));
+    if (!io.ctx) {
+        kw_log(KS_LOG_ERROR, "start_failed", "\"error\":\"zmq_ctx_new: %s\"", zmq_strerror(errno));
         goto cleanup;
     }
     kw_batch_params batch_params;
     kw_batch_params_default(&batch_params);
-    compute = (kw_compute){.zmq_ctx = io.ctx, .endpoint = io.pipe_endpoint, .engine = &engine,
-                           .max_batch = p->max_batch,
+    compute = (kw_compute){.engine = &engine, .max_batch = p->max_batch,
                            .batch = batch_params, .test = p->test,
                            .meta = {.worker_name = io.name, .device_name = io.device.name}};
-    if (kw_compute_start(&compute) != KS_OK) {
+    if (kw_compute_start(&compute, io.ctx) != KS_OK) {
         kw_log(KS_LOG_ERROR, "start_failed",
                "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
         goto cleanup;
     }
+    io.pipe = kp_actor_pipe(compute.actor);
     if (socket_open(&io) != KS_OK) {
         kw_log(KS_LOG_ERROR, "start_failed",
                "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
@@ -919,24 +916,18 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
         kw_log(KS_LOG_WARN, "exit_without_join", NULL);
         return code;
     }
-    pthread_join(compute.thread, NULL);
-    compute.started = false;
+    kw_compute_stop(&compute); /* it ended by itself: this joins it */
     kw_log(KS_LOG_INFO, "stopped", "\"exit_code\":%d,\"images_encoded\":%llu", code,
            (unsigned long long)engine.images_encoded);
 
 cleanup:
-    if (compute.started) {
-        kw_msg m = {.type = KW_MSG_STOP};
-        kw_msg_send(io.pipe, &m);
-        pthread_join(compute.thread, NULL);
-    }
+    kw_compute_stop(&compute);
+    io.pipe = NULL; /* the actor's, closed with it */
     for (size_t i = 0; i < io.n_pending; i++)
         zmq_msg_close(&io.pending[i].body);
     free(io.pending);
     free(io.leases);
     socket_close(&io, 0);
-    if (io.pipe)
-        zmq_close(io.pipe);
     if (io.ctx)
         zmq_ctx_term(io.ctx);
     free(io.model_id);

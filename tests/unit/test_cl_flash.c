@@ -7,7 +7,10 @@
  *   - flash_attention_paged gives the bits of paged_attention (the serial CPU kernel and the GPU
  *     one, both on any device), outputs and statistics, f32 and half cache rows, for prompts
  *     with and without cached keys beside a decode token;
- *   - ke_cl_flash_blocks.
+ *   - ke_cl_flash_blocks;
+ *   - the OpenCL backend on the tiny checkpoint runs it for the vision encoder, the resampler and
+ *     the prefill (its profile names the kernels), with image embeddings within 1e-5 of the old
+ *     kernels' and the same logits, bit for bit, for a prefill, a decode and a mixed step.
  *
  * Needs an OpenCL device (KOSMOS_TEST_DEVICE=<spec>, else the default rule); skips without one. */
 #include <setjmp.h>
@@ -22,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
+#include "backend_cl.h"
 #include "backend_cl_ops.h"
 #include "cl_fixture.h"
 #include "model.h"
@@ -369,12 +374,110 @@ static void test_flash_paged(void **state)
     free(pages), free(tok), free(rows), free(blocks);
 }
 
+/* ---- the backend uses it ------------------------------------------------------------------- */
+
+/* Launches of `kernel` in the backend's profile since its last reset. */
+static uint64_t launches_of(ke_backend *b, const char *kernel)
+{
+    kc_context *ctx = ke_backend_cl_context(b);
+    kc_profile_summary sum;
+    assert_non_null(ctx);
+    check_ok(kc_context_finish(ctx));
+    check_ok(kc_profile_summarize(kc_context_profile(ctx), &sum));
+    uint64_t calls = 0;
+    for (size_t i = 0; i < sum.n_rows; i++)
+        if (!sum.rows[i].is_wait && !strcmp(sum.rows[i].name, kernel))
+            calls += sum.rows[i].calls;
+    return calls;
+}
+
+static void reset_profile(ke_backend *b)
+{
+    kc_profile_reset(kc_context_profile(ke_backend_cl_context(b)));
+}
+
+/* A step of the sequences (slot, tokens): ids and positions go on from what the slot holds. */
+static void run_step(ke_backend *b, const int *slots, const int *n_tokens, int n_seqs,
+                     const int *past, float *logits)
+{
+    int32_t ids[128], pos[128];
+    int t = 0;
+    for (int s = 0; s < n_seqs; s++)
+        for (int i = 0; i < n_tokens[s]; i++, t++) {
+            ids[t] = 4 + (past[s] + i) * 7919 % 60000;
+            pos[t] = 2 + past[s] + i;
+        }
+    ke_step step = {.n_seqs = n_seqs, .slots = slots, .n_tokens = n_tokens, .ids = ids,
+                    .positions = pos};
+    check_ok(b->ops->forward(b, &step, logits));
+}
+
+static void test_backend(void **state)
+{
+    (void)state;
+    REQUIRE_DEVICE();
+    ke_model_options mo;
+    ke_model_options_default(&mo);
+    ke_model *model = NULL;
+    check_ok(ke_model_load(KOSMOS_TEST_DATA_DIR "/tiny-kosmos2", &mo, &model));
+    const ke_config *c = &model->config;
+    ke_backend *b[2]; /* [0] flash_attention.cl, [1] the old kernels */
+    for (int i = 0; i < 2; i++) {
+        ke_backend_options bo = {.slots = 2, .slot_capacity = 256, .profiling = true,
+                                 .no_flash_attention = i == 1};
+        check_ok(ke_backend_cl_new(model, fx.dev, &bo, &b[i]));
+    }
+    int layers_v = c->vision.layers, layers_t = c->text.layers;
+    size_t side = (size_t)c->vision.image_size, per = (size_t)c->latent_query_num *
+                                                       (size_t)c->text.embed_dim;
+    float *pixels = rand_floats(2 * (size_t)c->vision.channels * side * side, 1.0);
+    float *emb[2] = {malloc(2 * per * sizeof(float)), malloc(2 * per * sizeof(float))};
+    size_t V = (size_t)c->text.vocab_size;
+    float *logits[2] = {malloc(2 * V * sizeof(float)), malloc(2 * V * sizeof(float))};
+    for (int i = 0; i < 2; i++) {
+        reset_profile(b[i]);
+        check_ok(b[i]->ops->encode_images(b[i], pixels, 2, emb[i], NULL));
+        /* vision layers, then the resampler */
+        assert_int_equal(launches_of(b[i], "flash_attention"), i == 0 ? layers_v + 1 : 0);
+        assert_int_equal(launches_of(b[i], "attention"), i == 0 ? 0 : layers_v + 1);
+    }
+    expect_close("image embeddings, flash vs attention.cl", emb[0], emb[1], 2 * per);
+
+    /* a prefill of two prompts, a decode step, then a step mixing a decode token and a chunk */
+    static const int slots[2] = {0, 1};
+    static const struct {
+        int n_tokens[2], past[2];
+        bool flash;
+    } steps[] = {{{71, 40}, {0, 0}, true}, {{1, 1}, {71, 40}, false}, {{1, 9}, {72, 41}, true}};
+    for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
+        for (int i = 0; i < 2; i++) {
+            reset_profile(b[i]);
+            run_step(b[i], slots, steps[s].n_tokens, 2, steps[s].past, logits[i]);
+            bool flash = i == 0 && steps[s].flash;
+            assert_int_equal(launches_of(b[i], "flash_attention_paged"), flash ? layers_t : 0);
+            assert_int_equal(launches_of(b[i], "paged_attention"), flash ? 0 : layers_t);
+        }
+        print_message("  step %zu (%d + %d tokens): logits %s\n", s, steps[s].n_tokens[0],
+                      steps[s].n_tokens[1],
+                      memcmp(logits[0], logits[1], 2 * V * sizeof(float)) ? "DIFFER" : "equal");
+        assert_memory_equal(logits[0], logits[1], 2 * V * sizeof(float));
+    }
+    for (int i = 0; i < 2; i++) {
+        ke_backend_destroy(&b[i]);
+        free(emb[i]);
+        free(logits[i]);
+    }
+    free(pixels);
+    ke_model_destroy(&model);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blocks),
         cmocka_unit_test(test_flash_attention),
         cmocka_unit_test(test_flash_paged),
+        cmocka_unit_test(test_backend),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -3,10 +3,13 @@
  * test_cl_flash's job).
  *
  *   bench_cl_attention [--device SPEC] [--batch LIST] [--seconds S] [--tiles LIST]
+ *                      [--gpu-order]
  *
  *   --batch 1,8        images / prompts per launch (default)
  *   --seconds 1        minimum time per measurement (at least one run after a warm-up)
  *   --tiles 0x0,16x64  flash blocks x tiles to try (BLOCK_Q x BLOCK_K; 0x0 = the device's)
+ *   --gpu-order        on a CPU: paged_attention and the flash order that follows it, as a GPU
+ *                      runs them, instead of paged_attention_serial's
  *
  *   vision     ViT-L/14: 257 rows per image, 16 heads of 64, Q/K/V fused (stride 3072):
  *              attention.cl vs flash_attention
@@ -171,7 +174,12 @@ int main(int argc, char **argv)
     const char *spec = "";
     int batches[8] = {1, 8}, n_batches = 2, tiles[MAX_TILES][2] = {{0, 0}}, n_tiles = 1;
     double seconds = 1.0;
+    bool gpu_order = false;
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--gpu-order")) {
+            gpu_order = true;
+            continue;
+        }
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--device") && v) {
             spec = v;
@@ -193,7 +201,7 @@ int main(int argc, char **argv)
             }
         } else {
             fprintf(stderr, "usage: bench_cl_attention [--device SPEC] [--batch 1,8] "
-                            "[--seconds S] [--tiles 0x0,16x64]\n");
+                            "[--seconds S] [--tiles 0x0,16x64] [--gpu-order]\n");
             return 2;
         }
         i++;
@@ -209,6 +217,8 @@ int main(int argc, char **argv)
     ke_cl_ops *ops = NULL;
     if (ke_cl_ops_new(ctx, KE_DTYPE_F16, &ops) != KS_OK)
         die("ops");
+    if (gpu_order)
+        ke_cl_ops_force_serial_attention(ops, false);
     printf("device '%s'; old kernels: attention.cl, %s\n", dev->name,
            ke_cl_ops_paged_attention_kernel(ops));
     printf("%-10s %5s %-8s %10s %10s %10s %10s %7s %7s\n", "case", "batch", "tiles", "old ms",

@@ -626,6 +626,12 @@ void ke_cl_flash_force_tiles(ke_cl_ops *o, int block_q, int block_k)
     o->flash_bk = block_k;
 }
 
+/* Local memory of a tile of block_k keys (K and V, f32) and its rows. */
+static uint64_t flash_local_bytes(int block_k, int head_dim)
+{
+    return (uint64_t)block_k * ((uint64_t)head_dim * 8u + 4u);
+}
+
 /* The build for head_dim in the order of the paged attention kernel in use (the header of
  * kernels/flash_attention.cl), made on first use. */
 static ks_status flash_get(ke_cl_ops *o, int head_dim, const flash_build **out)
@@ -641,16 +647,14 @@ static ks_status flash_get(ke_cl_ops *o, int head_dim, const flash_build **out)
     /* tiles of whole chunks, halved until they fit in local memory */
     int bk = o->flash_bk > 0 ? o->flash_bk : on_cpu(o) ? FLASH_BK_CPU : FLASH_BK_GPU;
     b.block_k = (bk + b.chunk - 1) / b.chunk * b.chunk;
-#define FLASH_LOCAL(bk) ((uint64_t)(bk) * ((uint64_t)head_dim * 8u + 4u))
-    while (o->local_mem > 0 && FLASH_LOCAL(b.block_k) > o->local_mem && b.block_k / 2 >= b.chunk &&
-           (b.block_k / 2) % b.chunk == 0)
+    while (o->local_mem > 0 && flash_local_bytes(b.block_k, head_dim) > o->local_mem &&
+           b.block_k / 2 >= b.chunk && (b.block_k / 2) % b.chunk == 0)
         b.block_k /= 2;
-    if (o->local_mem > 0 && FLASH_LOCAL(b.block_k) > o->local_mem)
+    if (o->local_mem > 0 && flash_local_bytes(b.block_k, head_dim) > o->local_mem)
         return ks_fail(KS_ERR_UNSUPPORTED, "flash_attention.cl (head_dim %d): a tile of %d keys "
                        "needs %llu bytes of local memory, the device has %llu", head_dim,
-                       b.block_k, (unsigned long long)FLASH_LOCAL(b.block_k),
+                       b.block_k, (unsigned long long)flash_local_bytes(b.block_k, head_dim),
                        (unsigned long long)o->local_mem);
-#undef FLASH_LOCAL
     for (int i = 0; i < o->n_flash; i++) {
         const flash_build *f = &o->flash[i];
         if (f->head_dim == b.head_dim && f->chunk == b.chunk && f->order == b.order &&

@@ -30,7 +30,7 @@ static const char bench_help[] =
     "                    [--gemm-tune ROW[,KEY=VALUE...]]\n"
     "                    [--repeats N] [--warmup N]\n"
     "                    [--new-tokens N] [--phases vision,prefill,decode,e2e] [--seed S]\n"
-    "                    [--json] [--profile]\n"
+    "                    [--json] [--profile] [--attention flash|rows]\n"
     "\n"
     "Measures, at each batch size B (a fresh backend with B KV slots each time):\n"
     "  vision   images/s   the vision tower + resampler on B images\n"
@@ -70,7 +70,10 @@ static const char bench_help[] =
     "                      achieved, share of the peaks probed on the device), launches per\n"
     "                      text layer and step, kernel arguments set, and the waits: inside a\n"
     "                      step (none should be) and for each step's ids (with the next step\n"
-    "                      already queued); on stdout\n";
+    "                      already queued); on stdout\n"
+    "  --attention A       OpenCL devices: flash (default: kernels/flash_attention.cl for the\n"
+    "                      vision encoder, the resampler and the prefill) or rows (one\n"
+    "                      work-group per query row, as before it: for A/B runs)\n";
 
 typedef struct bench_options {
     const char *model_dir, *config, *device;
@@ -147,7 +150,7 @@ static bool parse_phases(const char *text, unsigned *out)
 static int parse_bench_options(int argc, char **argv, bench_options *o)
 {
     enum { CONFIG = 256, BATCH, DEVICE, PRECISION, KV_CACHE, GEMM_TUNE, REPEATS, WARMUP, NEW_TOKENS,
-           PHASES, SEED, JSON, PROFILE };
+           PHASES, SEED, JSON, PROFILE, ATTENTION };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
         {"config", required_argument, NULL, CONFIG},
@@ -164,6 +167,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         {"seed", required_argument, NULL, SEED},
         {"json", no_argument, NULL, JSON},
         {"profile", no_argument, NULL, PROFILE},
+        {"attention", required_argument, NULL, ATTENTION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -236,6 +240,11 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         }
         case JSON: o->json_only = true; break;
         case PROFILE: o->params.profile = true; break;
+        case ATTENTION:
+            if (strcmp(optarg, "flash") && strcmp(optarg, "rows"))
+                return usage_error("--attention is flash or rows, not '%s'", optarg);
+            o->params.no_flash_attention = !strcmp(optarg, "rows");
+            break;
         case 'h': fputs(bench_help, stdout); return -1;
         default: return usage_error("see 'kosmos bench --help'");
         }

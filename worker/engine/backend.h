@@ -186,6 +186,10 @@ typedef struct ke_backend_options {
      * (the class token and the first patches) only. true: every query sees all 257 + 64 rows,
      * as HF's eager attention, older transformers and the original unilm model do. */
     bool resampler_full_attention;
+    /* OpenCL: the vision encoder, the resampler and the prefill attend with attention.cl and
+     * paged_attention (one work-group per query row) instead of flash_attention.cl, as before
+     * it existed: for A/B benchmarks and tests. Prefill logits are the same bits either way. */
+    bool no_flash_attention;
 } ke_backend_options;
 
 /* The KV cache's storage by its command-line name: "f32" (the default) or "f16" (half the

@@ -68,6 +68,8 @@ typedef struct cl_stage {
     float *img;         /* [img_rows * E] */
     cl_int *pages;      /* [dirty slots * max_pages] */
     cl_row8 *sel;       /* [seqs] selection rows */
+    cl_int *frows;      /* [tokens * 4] flash rows (token, slot, keys it sees, 0) */
+    cl_int *fblocks;    /* [tokens * 4] their blocks (ke_cl_flash_blocks) */
     size_t tokens, seqs, img_rows, page_rows;
     kc_pending done;
 } cl_stage;
@@ -85,6 +87,10 @@ typedef struct cl_backend {
     ke_cl_ops *ops;
     ke_dtype wdt;
     bool resampler_full;
+    /* flash_attention.cl for the vision encoder, and for the resampler and the prefill (the
+     * text's head size); else attention.cl and paged_attention. Blocks of flash_bq rows. */
+    bool flash_vision, flash_text;
+    int flash_bq;
     size_t device_bytes;
     size_t weight_bytes; /* the part of device_bytes that holds the model's weights */
 
@@ -124,6 +130,7 @@ typedef struct cl_backend {
     cl_mem x, q, att, ffn;                /* (tokens, E / E / E / ffn) f32 */
     cl_mem x_stats, att_stats, ffn_stats; /* row statistics (cl_float2 blocks) */
     cl_mem plan, tokrow, gidx;            /* (tokens) int8, (tokens) int4, (seqs) int */
+    cl_mem fblocks;                       /* (tokens) int4 flash blocks of a prefill step */
     cl_mem logits;                        /* (seqs, vocab) */
     cl_mem image_rows;                    /* (img_rows, E) */
     cl_mem sel_info, sel_out;             /* (seqs) int8, (KE_MAX_OUTSTANDING + 1, seqs) int */
@@ -254,7 +261,22 @@ static ks_status read_now(cl_backend *cb, cl_mem buf, size_t offset, size_t byte
 /* ---- vision tower + resampler ------------------------------------------------------------- */
 
 enum { V_PIX, V_PATCH, V_POUT, V_X, V_H, V_QKV, V_ATT, V_MLP, V_ROWS, V_KV, V_RQ, V_RKV, V_RATT,
-       V_EMB, V_COUNT };
+       V_EMB, V_BLOCKS, V_COUNT };
+
+/* The flash blocks of attention rows[0 .. n) (runs of rows that share their keys) into
+ * `blocks`, cut in `host` (room for n); none when `flash` is off. */
+static ks_status write_blocks(cl_backend *cb, bool flash, const cl_int4 *rows, size_t n,
+                              cl_int *host, cl_mem blocks, size_t *nb)
+{
+    *nb = flash ? ke_cl_flash_blocks(rows[0].s, n, cb->flash_bq, host) : 0;
+    return *nb ? write_now(cb, blocks, *nb * sizeof(cl_int4), host) : KS_OK;
+}
+
+/* ke_cl_attention, through flash_attention.cl when write_blocks cut blocks. */
+static ks_status attend(cl_backend *cb, const ke_cl_attention_args *a, cl_mem blocks, size_t nb)
+{
+    return nb ? ke_cl_flash_attention(cb->ops, a, blocks, nb) : ke_cl_attention(cb->ops, a);
+}
 
 static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, float *image_embeds,
                                   const ke_vision_taps *taps)
@@ -281,14 +303,15 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
         [V_ATT] = rows * hid * 4,     [V_MLP] = rows * inter * 4,
         [V_ROWS] = n_arows * sizeof(cl_int4),                      [V_KV] = N * kvr * E * 4,
         [V_RQ] = lq * E * 4,          [V_RKV] = N * kvr * 2 * E * 4, [V_RATT] = N * lq * E * 4,
-        [V_EMB] = N * lq * E * 4};
+        [V_EMB] = N * lq * E * 4,     [V_BLOCKS] = n_arows * sizeof(cl_int4)};
     static const char *const names[V_COUNT] = {
         "pixels", "patches", "patch embeddings", "vision hidden states", "vision scratch",
         "vision q/k/v", "vision attention output", "vision MLP", "attention rows",
         "resampler keys/values input", "resampler queries", "resampler keys/values",
-        "resampler attention output", "image embeddings"};
+        "resampler attention output", "image embeddings", "attention blocks"};
     cl_mem buf[V_COUNT] = {0};
     cl_int4 *arows = NULL;
+    cl_int *ablocks = NULL;
     ks_status status = KS_OK;
     const char *stage = "allocating";
     kc_profile_scope(kc_context_profile(cb->ctx), "vision");
@@ -298,7 +321,8 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
                                  &buf[i], names[i])) != KS_OK)
             goto cleanup;
     arows = malloc(n_arows * sizeof *arows);
-    if (!arows) {
+    ablocks = malloc(n_arows * sizeof(cl_int4));
+    if (!arows || !ablocks) {
         status = ks_fail(KS_ERR_NOMEM, "out of memory");
         goto cleanup;
     }
@@ -317,7 +341,10 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
 
     for (size_t r = 0; r < rows; r++)
         arows[r] = (cl_int4){{(cl_int)r, (cl_int)(r / seq * seq), (cl_int)seq, 0}};
-    if ((status = write_now(cb, buf[V_ROWS], rows * sizeof *arows, arows)) != KS_OK)
+    size_t n_blocks = 0;
+    if ((status = write_now(cb, buf[V_ROWS], rows * sizeof *arows, arows)) != KS_OK ||
+        (status = write_blocks(cb, cb->flash_vision, arows, rows, ablocks, buf[V_BLOCKS],
+                               &n_blocks)) != KS_OK)
         goto cleanup;
 
     int vheads = vc->heads, vhd = vc->hidden_size / vheads;
@@ -336,7 +363,7 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
                                        vc->layer_norm_eps, buf[V_H])) != KS_OK ||
             (status = linear(cb, buf[V_H], 0, rows, &L->qkv, buf[V_QKV], 0, false, -1,
                              "vision q/k/v")) != KS_OK ||
-            (status = ke_cl_attention(cb->ops, &att)) != KS_OK ||
+            (status = attend(cb, &att, buf[V_BLOCKS], n_blocks)) != KS_OK ||
             (status = linear(cb, buf[V_ATT], 0, rows, &L->out, buf[V_X], 0, true, -1,
                              "vision out_proj")) != KS_OK ||
             (status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, L->ln2.w, L->ln2.b,
@@ -385,7 +412,9 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
                          "resampler x_q_proj")) != KS_OK ||
         (status = linear(cb, buf[V_KV], 0, N * kvr, &cb->xkv, buf[V_RKV], 0, false, -1,
                          "resampler x_k_proj/x_v_proj")) != KS_OK ||
-        (status = ke_cl_attention(cb->ops, &ratt)) != KS_OK ||
+        (status = write_blocks(cb, cb->flash_text, arows, N * lq, ablocks, buf[V_BLOCKS],
+                               &n_blocks)) != KS_OK ||
+        (status = attend(cb, &ratt, buf[V_BLOCKS], n_blocks)) != KS_OK ||
         (status = linear(cb, buf[V_RATT], 0, N * lq, &cb->xout, buf[V_EMB], 0, false, -1,
                          "resampler x_out_proj")) != KS_OK ||
         (status = read_now(cb, buf[V_EMB], 0, N * lq * E * 4, image_embeds)) != KS_OK)
@@ -397,6 +426,7 @@ cleanup:
     for (int i = 0; i < V_COUNT; i++)
         free_buffer(cb, &buf[i]);
     free(arows);
+    free(ablocks);
     kc_profile_scope(kc_context_profile(cb->ctx), NULL);
     return status;
 }
@@ -467,6 +497,8 @@ static ks_status next_stage(cl_backend *cb, size_t tokens, size_t seqs, size_t i
         s->field = grown;                                                                          \
     }
     GROW(plan, tokens, tokens, sizeof(cl_row8))
+    GROW(frows, tokens, tokens, 4 * sizeof(cl_int))
+    GROW(fblocks, tokens, tokens, 4 * sizeof(cl_int))
     if (tokens > s->tokens)
         s->tokens = tokens;
     GROW(gidx, seqs, seqs, sizeof(cl_int))
@@ -503,7 +535,8 @@ static ks_status grow_tokens(cl_backend *cb, size_t want)
     const ke_text_config *tc = &cb->base.model->config.text;
     size_t E = (size_t)tc->embed_dim, F = (size_t)tc->ffn_dim;
     cl_mem *bufs[] = {&cb->x,         &cb->q,         &cb->att,       &cb->ffn,   &cb->x_stats,
-                      &cb->att_stats, &cb->ffn_stats, &cb->plan,      &cb->tokrow};
+                      &cb->att_stats, &cb->ffn_stats, &cb->plan,      &cb->tokrow,
+                      &cb->fblocks};
     size_t bytes[] = {want * E * 4,
                       want * E * 4,
                       want * E * 4,
@@ -512,6 +545,7 @@ static ks_status grow_tokens(cl_backend *cb, size_t want)
                       want * (size_t)tc->heads * sizeof(cl_float2),
                       want * ceil_div(F, KE_CL_STAT_SB) * sizeof(cl_float2),
                       want * sizeof(cl_int8),
+                      want * sizeof(cl_int4),
                       want * sizeof(cl_int4)};
     cb->tokens = 0;
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
@@ -598,9 +632,12 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
         (status = next_stage(cb, T, S, img_used, dirty, &sg)) != KS_OK)
         goto cleanup;
 
-    /* the plan: per token (id or -1, position or -1, image row or -1, slot, cache position) */
-    size_t row = 0, used = 0;
+    /* the plan: per token (id or -1, position or -1, image row or -1, slot, cache position);
+     * a step that holds a prefill attends through flash_attention.cl, in the same bits */
+    size_t row = 0, used = 0, n_blocks = 0;
+    bool flash = false;
     for (size_t s = 0; s < S; s++) {
+        flash = flash || (cb->flash_text && step->n_tokens[s] > 1);
         int slot = step->slots[s];
         bool device = step->from_device && step->from_device[s];
         for (int i = 0; i < step->n_tokens[s]; i++, row++) {
@@ -611,6 +648,8 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
                                   device ? -1 : step->positions[row],
                                   img ? (cl_int)used : -1, slot, cb->slot_len[slot] + i, 0, 0, 0};
             memcpy(sg->plan[row], plan, sizeof plan);
+            const cl_int frow[4] = {(cl_int)row, slot, cb->slot_len[slot] + i + 1, 0};
+            memcpy(sg->frows + 4 * row, frow, sizeof frow);
             used += img;
         }
         sg->gidx[s] = (cl_int)(row - 1);
@@ -632,6 +671,12 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
         (status = stage_write(cb, sg, cb->gidx, 0, S * sizeof(cl_int), sg->gidx)) != KS_OK ||
         (status = stage_write(cb, sg, cb->image_rows, 0, used * E * 4, sg->img)) != KS_OK)
         goto cleanup;
+    if (flash) {
+        n_blocks = ke_cl_flash_blocks(sg->frows, T, cb->flash_bq, sg->fblocks);
+        if ((status = stage_write(cb, sg, cb->fblocks, 0, n_blocks * sizeof(cl_int4),
+                                  sg->fblocks)) != KS_OK)
+            goto cleanup;
+    }
 
     float embed_scale = tc->scale_embedding ? (float)sqrt((double)tc->embed_dim) : 1.0f;
     ke_cl_decoder_embed_args ea = {
@@ -676,7 +721,8 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
                                .y = cb->x, .ldy = E, .act = -1, .accumulate = true,
                                .stats_out = cb->x_stats};
         if ((status = ke_cl_gemm_run(cb->gemm, L->s_qkv, &qkv, "q/k/v + KV append")) != KS_OK ||
-            (status = ke_cl_paged_attention(cb->ops, L->s_att, &att)) != KS_OK ||
+            (status = flash ? ke_cl_flash_attention_paged(cb->ops, &att, cb->fblocks, n_blocks)
+                            : ke_cl_paged_attention(cb->ops, L->s_att, &att)) != KS_OK ||
             (status = ke_cl_gemm_run(cb->gemm, L->s_out, &out, "out_proj + residual")) != KS_OK ||
             (status = ke_cl_gemm_run(cb->gemm, L->s_fc1, &fc1, "fc1 + activation")) != KS_OK ||
             (status = ke_cl_gemm_run(cb->gemm, L->s_fc2, &fc2, "fc2 + residual")) != KS_OK)
@@ -1031,6 +1077,8 @@ static void cl_destroy(ke_backend *b)
         free(cb->stage[i].img);
         free(cb->stage[i].pages);
         free(cb->stage[i].sel);
+        free(cb->stage[i].frows);
+        free(cb->stage[i].fblocks);
     }
     ke_cl_gemm_destroy(&cb->gemm);
     ke_cl_ops_destroy(&cb->ops);
@@ -1202,6 +1250,27 @@ static ks_status upload_text(cl_backend *cb)
     return new_buffer(cb, CL_MEM_READ_ONLY, 16, NULL, &cb->dummy, "placeholder");
 }
 
+/* flash_attention.cl for the vision encoder (its head size), and for the resampler and the
+ * prefill (the text's), unless the options ask for the kernels of one row per work-group or
+ * the device cannot run it: then attention.cl and paged_attention do that work. */
+static ks_status prepare_flash(cl_backend *cb, const ke_backend_options *options)
+{
+    const ke_config *c = &cb->base.model->config;
+    const int head_dims[2] = {c->vision.hidden_size / c->vision.heads,
+                              c->text.embed_dim / c->text.heads};
+    bool *use[2] = {&cb->flash_vision, &cb->flash_text};
+    cb->flash_bq = ke_cl_flash_block_q(cb->ops);
+    for (int i = 0; i < 2 && !options->no_flash_attention; i++) {
+        ks_status st = ke_cl_flash_prepare(cb->ops, head_dims[i]);
+        if (st == KS_ERR_UNSUPPORTED)
+            ks_error_clear();
+        else if (st != KS_OK)
+            return st;
+        *use[i] = st == KS_OK;
+    }
+    return KS_OK;
+}
+
 /* The page bookkeeping for `kv_tokens` tokens in all, on `device`. */
 static ks_status init_pages(cl_backend *cb, size_t kv_tokens, const kc_device_info *device)
 {
@@ -1277,6 +1346,7 @@ ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
         (status = ke_cl_gemm_new(cb->ctx, options->gemm_tune, &cb->gemm)) != KS_OK ||
         (status = ke_cl_ops_new(cb->ctx, cb->wdt, &cb->ops)) != KS_OK ||
         (status = upload_vision(cb)) != KS_OK || (status = upload_text(cb)) != KS_OK ||
+        (status = prepare_flash(cb, options)) != KS_OK ||
         (status = kc_context_finish(cb->ctx)) != KS_OK)
         goto cleanup;
     kc_profile_reset(kc_context_profile(cb->ctx)); /* the profile starts with the first call */

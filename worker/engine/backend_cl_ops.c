@@ -45,6 +45,12 @@ static const prog_spec programs[P_COUNT] = {
     {"decoder.cl", 64, true, 0, 0},
 };
 
+/* A build of flash_attention.cl: its head size, order (KEY_CHUNK, DOT_ORDER) and tiles. */
+typedef struct flash_build {
+    int head_dim, chunk, order, block_q, block_k;
+    cl_kernel k, paged; /* flash_attention, flash_attention_paged */
+} flash_build;
+
 struct ke_cl_ops {
     kc_context *ctx; /* borrowed */
     ke_dtype weight_dtype;
@@ -54,6 +60,9 @@ struct ke_cl_ops {
     size_t wg[P_COUNT];
     uint64_t local_mem;
     bool serial_attention; /* paged_attention_serial: CPUs (ke_cl_ops_paged_attention_kernel) */
+    flash_build *flash;    /* [n_flash], made on demand (flash_get) */
+    int n_flash;
+    int flash_bq, flash_bk; /* ke_cl_flash_force_tiles; 0: the device's choice */
 };
 
 static size_t floor_pow2(size_t v)
@@ -157,6 +166,7 @@ void ke_cl_ops_destroy(ke_cl_ops **ops)
 {
     if (!ops || !*ops)
         return;
+    free((*ops)->flash);
     free(*ops); /* kernels and programs belong to the context */
     *ops = NULL;
 }
@@ -582,4 +592,212 @@ void ke_cl_sample_stat_decode(const cl_ulong stat[4], int vocab, float tail_temp
     if (out->tail_lo < 0.0)
         out->tail_lo = 0.0;
     out->tail_hi = ((double)d + (double)r + left) * unit * (1.0 + 0x1p-40) + left * 0x1p-100;
+}
+
+/* ---- flash attention ---------------------------------------------------------------------- */
+
+/* Tiles on CPUs: PoCL runs a group's work-items as loops split at each barrier, and its local
+ * memory is ordinary cached memory, so smaller groups and longer tiles (fewer barriers) do
+ * better there; GPUs want enough rows per group to share each tile. */
+enum { FLASH_BQ_GPU = 64, FLASH_BK_GPU = 64, FLASH_BQ_CPU = 16, FLASH_BK_CPU = 64 };
+
+static bool on_cpu(const ke_cl_ops *o)
+{
+    return (kc_context_device(o->ctx)->type & CL_DEVICE_TYPE_CPU) != 0;
+}
+
+static int flash_bq(const ke_cl_ops *o)
+{
+    size_t bq = o->flash_bq > 0 ? (size_t)o->flash_bq : on_cpu(o) ? FLASH_BQ_CPU : FLASH_BQ_GPU;
+    size_t max = kc_context_device(o->ctx)->max_work_group_size;
+    if (o->flash_bq <= 0 && max > 0 && bq > max)
+        bq = floor_pow2(max);
+    return (int)bq;
+}
+
+int ke_cl_flash_block_q(const ke_cl_ops *o)
+{
+    return flash_bq(o);
+}
+
+void ke_cl_flash_force_tiles(ke_cl_ops *o, int block_q, int block_k)
+{
+    o->flash_bq = block_q;
+    o->flash_bk = block_k;
+}
+
+/* Local memory of a tile of block_k keys (K and V, f32) and its rows. */
+static uint64_t flash_local_bytes(int block_k, int head_dim)
+{
+    return (uint64_t)block_k * ((uint64_t)head_dim * 8u + 4u);
+}
+
+/* The build for head_dim in the order of the paged attention kernel in use (the header of
+ * kernels/flash_attention.cl), made on first use. */
+static ks_status flash_get(ke_cl_ops *o, int head_dim, const flash_build **out)
+{
+    flash_build b = {.head_dim = head_dim, .chunk = 1, .order = 0, .block_q = flash_bq(o)};
+    if (!o->serial_attention) {
+        int at = (int)o->wg[P_DECODER];
+        b.chunk = head_dim % 4 == 0 ? at / 4 : at;
+        b.order = 1;
+    }
+    if (b.chunk < 1)
+        b.chunk = 1;
+    /* tiles of whole chunks, halved until they fit in local memory */
+    int bk = o->flash_bk > 0 ? o->flash_bk : on_cpu(o) ? FLASH_BK_CPU : FLASH_BK_GPU;
+    b.block_k = (bk + b.chunk - 1) / b.chunk * b.chunk;
+    while (o->local_mem > 0 && flash_local_bytes(b.block_k, head_dim) > o->local_mem &&
+           b.block_k / 2 >= b.chunk && (b.block_k / 2) % b.chunk == 0)
+        b.block_k /= 2;
+    if (o->local_mem > 0 && flash_local_bytes(b.block_k, head_dim) > o->local_mem)
+        return ks_fail(KS_ERR_UNSUPPORTED, "flash_attention.cl (head_dim %d): a tile of %d keys "
+                       "needs %llu bytes of local memory, the device has %llu", head_dim,
+                       b.block_k, (unsigned long long)flash_local_bytes(b.block_k, head_dim),
+                       (unsigned long long)o->local_mem);
+    for (int i = 0; i < o->n_flash; i++) {
+        const flash_build *f = &o->flash[i];
+        if (f->head_dim == b.head_dim && f->chunk == b.chunk && f->order == b.order &&
+            f->block_q == b.block_q && f->block_k == b.block_k) {
+            *out = f;
+            return KS_OK;
+        }
+    }
+    char opts[160];
+    snprintf(opts, sizeof opts,
+             "-DHEAD_DIM=%d -DBLOCK_Q=%d -DBLOCK_K=%d -DKEY_CHUNK=%d -DDOT_ORDER=%d", head_dim,
+             b.block_q, b.block_k, b.chunk, b.order);
+    const kc_device_info *dev = kc_context_device(o->ctx);
+    kc_program *prog = NULL;
+    size_t fit = (size_t)b.block_q;
+    ks_status st = kc_program_get(o->ctx, "flash_attention.cl", opts, &prog);
+    if (st != KS_OK || (st = kc_program_kernel(prog, "flash_attention", &b.k)) != KS_OK ||
+        (st = kc_program_kernel(prog, "flash_attention_paged", &b.paged)) != KS_OK ||
+        (st = kernel_limit(dev, b.k, "flash_attention", &fit)) != KS_OK ||
+        (st = kernel_limit(dev, b.paged, "flash_attention_paged", &fit)) != KS_OK)
+        return st;
+    if (fit < (size_t)b.block_q)
+        return ks_fail(KS_ERR_UNSUPPORTED, "flash_attention.cl (head_dim %d): blocks of %d rows, "
+                       "the device runs work-groups of %zu of its work-items", head_dim,
+                       b.block_q, fit);
+    flash_build *grown = realloc(o->flash, (size_t)(o->n_flash + 1) * sizeof *grown);
+    if (!grown)
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
+    o->flash = grown;
+    o->flash[o->n_flash] = b;
+    *out = &o->flash[o->n_flash++];
+    return KS_OK;
+}
+
+ks_status ke_cl_flash_prepare(ke_cl_ops *o, int head_dim)
+{
+    const flash_build *b = NULL;
+    if (head_dim < 1)
+        return ks_fail(KS_ERR_INVALID, "flash attention: head_dim %d", head_dim);
+    return flash_get(o, head_dim, &b);
+}
+
+size_t ke_cl_flash_blocks(const cl_int *rows, size_t n_rows, int block_q, cl_int *blocks)
+{
+    size_t bq = block_q > 0 ? (size_t)block_q : 1, nb = 0;
+    for (size_t r0 = 0, r1; r0 < n_rows; r0 = r1) {
+        const cl_int base = rows[4 * r0 + 1];
+        for (r1 = r0 + 1; r1 < n_rows && rows[4 * r1 + 1] == base; r1++)
+            ;
+        /* equal shares: 257 rows in blocks of 64 are 52, 52, 51, 51, 51, not 64 x 4 + 1 */
+        size_t n = r1 - r0, parts = (n + bq - 1) / bq;
+        for (size_t p = 0; p < parts; p++, nb++) {
+            size_t a = r0 + n * p / parts, b = r0 + n * (p + 1) / parts;
+            cl_int most = 0;
+            for (size_t r = a; r < b; r++)
+                if (rows[4 * r + 2] > most)
+                    most = rows[4 * r + 2];
+            blocks[4 * nb] = (cl_int)a;
+            blocks[4 * nb + 1] = (cl_int)(b - a);
+            blocks[4 * nb + 2] = base;
+            blocks[4 * nb + 3] = most;
+        }
+    }
+    return nb;
+}
+
+ks_status ke_cl_flash_attention(ke_cl_ops *o, const ke_cl_attention_args *a, cl_mem blocks,
+                                size_t n_blocks)
+{
+    ks_status status = KS_OK;
+    const flash_build *b = NULL;
+    size_t local = 0;
+    if (n_blocks == 0)
+        return KS_OK;
+    if (a->heads < 1 || a->head_dim < 1 || !FITS_INT(a->q_off) || !FITS_INT(a->q_stride) ||
+        !FITS_INT(a->k_off) || !FITS_INT(a->v_off) || !FITS_INT(a->kv_stride) ||
+        !FITS_INT(a->out_stride) || n_blocks > (size_t)INT_MAX / (size_t)a->heads) {
+        status = ks_fail(KS_ERR_INVALID, "sizes out of range");
+        goto cleanup;
+    }
+    if ((status = flash_get(o, a->head_dim, &b)) != KS_OK)
+        goto cleanup;
+    cl_kernel k = b->k;
+    ARG(k, 0, a->q);
+    ARG(k, 1, (cl_int)a->q_off);
+    ARG(k, 2, (cl_int)a->q_stride);
+    ARG(k, 3, a->k);
+    ARG(k, 4, (cl_int)a->k_off);
+    ARG(k, 5, a->v);
+    ARG(k, 6, (cl_int)a->v_off);
+    ARG(k, 7, (cl_int)a->kv_stride);
+    ARG(k, 8, a->rows);
+    ARG(k, 9, blocks);
+    ARG(k, 10, a->out);
+    ARG(k, 11, (cl_int)a->out_stride);
+    ARG(k, 12, (cl_int)a->heads);
+    ARG(k, 13, (cl_float)a->scale);
+    local = (size_t)b->block_q;
+    size_t global = n_blocks * (size_t)a->heads * local;
+    status = run(o, k, "flash_attention", 1, &global, &local, NULL);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel flash_attention (%zu rows in %zu blocks, %d heads, head_dim %d, "
+                        "work-group %zu)", a->n_rows, n_blocks, a->heads, a->head_dim, local);
+    return status;
+}
+
+ks_status ke_cl_flash_attention_paged(ke_cl_ops *o, const ke_cl_paged_attention_args *a,
+                                      cl_mem blocks, size_t n_blocks)
+{
+    ks_status status = KS_OK;
+    const flash_build *b = NULL;
+    size_t local = 0;
+    if (n_blocks == 0)
+        return KS_OK;
+    if (a->heads < 1 || a->head_dim < 1 || a->n_tokens > (size_t)INT_MAX / (size_t)a->heads ||
+        n_blocks > a->n_tokens) {
+        status = ks_fail(KS_ERR_INVALID, "sizes out of range");
+        goto cleanup;
+    }
+    if ((status = flash_get(o, a->head_dim, &b)) != KS_OK)
+        goto cleanup;
+    cl_kernel k = b->paged;
+    ARG(k, 0, a->q);
+    ARG(k, 1, a->kpool);
+    ARG(k, 2, a->vpool);
+    ARG(k, 3, (cl_int)a->kv_half);
+    ARG(k, 4, a->tokrow);
+    ARG(k, 5, a->pages);
+    ARG(k, 6, (cl_int)a->max_pages);
+    ARG(k, 7, (cl_int)a->page_tokens);
+    ARG(k, 8, blocks);
+    ARG(k, 9, a->out);
+    ARG(k, 10, a->out_stats);
+    ARG(k, 11, (cl_int)a->heads);
+    ARG(k, 12, (cl_float)a->scale);
+    local = (size_t)b->block_q;
+    size_t global = n_blocks * (size_t)a->heads * local;
+    status = run(o, k, "flash_attention_paged", 1, &global, &local, NULL);
+cleanup:
+    if (status != KS_OK)
+        ks_error_prefix("kernel flash_attention_paged (%zu tokens in %zu blocks, %d heads, "
+                        "head_dim %d, work-group %zu)", a->n_tokens, n_blocks, a->heads,
+                        a->head_dim, local);
+    return status;
 }

@@ -1,7 +1,8 @@
 /* ke_cl_ops: the OpenCL kernels of the forward pass (kernels/ops.cl, attention.cl, select.cl,
- * layer_norm.cl), one enqueue function per op mirroring ref_ops.h, so each can be tested
- * against its reference op (tests/unit/test_cl_ops.c) and backend_cl.c reads like
- * backend_ref.c. Matrix products are not here: they go through cl_gemm.h.
+ * layer_norm.cl, decoder.cl, flash_attention.cl), one enqueue function per op mirroring
+ * ref_ops.h, so each can be tested against its reference op (tests/unit/test_cl_ops.c,
+ * test_cl_flash.c) and backend_cl.c reads like backend_ref.c. Matrix products are not here:
+ * they go through cl_gemm.h.
  *
  * Every function enqueues on the context's in-order queue and returns without waiting.
  * Buffers are borrowed; activations are f32, weight buffers hold the dtype given to
@@ -138,6 +139,42 @@ typedef struct ke_cl_paged_attention_args {
 } ke_cl_paged_attention_args;
 
 ks_status ke_cl_paged_attention(ke_cl_ops *o, kc_bound *site, const ke_cl_paged_attention_args *a);
+
+/* ---- flash attention (kernels/flash_attention.cl) ----------------------------------------- */
+
+/* Attention of many query rows that share their keys (the vision encoder, the resampler, the
+ * text prefill) a block of rows per work-group, K and V staged in local memory once per block.
+ * A row gets the bits that the paged attention kernel these ops run
+ * (ke_cl_ops_paged_attention_kernel) gives it: the two may share a sequence's tokens. */
+
+/* Builds, or finds, the program for heads of head_dim (one per head size and order). The
+ * launches build on demand as well; calling this at start-up moves the build and its failure
+ * there. KS_ERR_UNSUPPORTED when the device cannot run it (local memory, work-group size): the
+ * caller keeps attention.cl / paged_attention. */
+ks_status ke_cl_flash_prepare(ke_cl_ops *o, int head_dim);
+
+/* Query rows per block (the kernel's BLOCK_Q): what ke_cl_flash_blocks is given. */
+int ke_cl_flash_block_q(const ke_cl_ops *o);
+
+/* Cuts rows (n_rows x 4 cl_int: query row or token, key base or slot, key count, unused) into
+ * blocks (room for n_rows x 4 cl_int: first row, rows, key base, largest key count): each run
+ * of consecutive rows with one key base into ceil(n / block_q) blocks of nearly equal size.
+ * Returns the number of blocks. */
+size_t ke_cl_flash_blocks(const cl_int *rows, size_t n_rows, int block_q, cl_int *blocks);
+
+/* ke_cl_attention through flash_attention: blocks (n_blocks cl_int4) from ke_cl_flash_blocks
+ * on the rows of a->rows. */
+ks_status ke_cl_flash_attention(ke_cl_ops *o, const ke_cl_attention_args *a, cl_mem blocks,
+                                size_t n_blocks);
+
+/* ke_cl_paged_attention through flash_attention_paged: blocks from ke_cl_flash_blocks on the
+ * step's tokens as rows (token, slot, keys it sees). The same outputs, the same bits. */
+ks_status ke_cl_flash_attention_paged(ke_cl_ops *o, const ke_cl_paged_attention_args *a,
+                                      cl_mem blocks, size_t n_blocks);
+
+/* For tests: blocks of block_q rows and tiles of block_k keys (0: the device's choice), which
+ * change no result bit. Blocks cut before must be cut again. */
+void ke_cl_flash_force_tiles(ke_cl_ops *o, int block_q, int block_k);
 
 /* Greedy selection of n rows from the device histories: info (n) cl_int8 (logits row, slot,
  * length, ngram size, ban_eos, 0, 0, 0); bans written into logits; ids into out (n) and into

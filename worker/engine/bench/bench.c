@@ -468,7 +468,8 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
                              .slot_capacity = (int)s.prompt_len + p->new_tokens + 1,
                              .profiling = p->profile,
                              .kv_half = p->kv_half,
-                             .gemm_tune = p->gemm_tune};
+                             .gemm_tune = p->gemm_tune,
+                             .no_flash_attention = p->no_flash_attention};
     if ((st = ke_backend_open(model, p->device, &bo, &s.backend)) != KS_OK)
         goto cleanup;
     snprintf(out->device_name, sizeof out->device_name, "%s",

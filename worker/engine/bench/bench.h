@@ -46,6 +46,7 @@ typedef struct ke_bench_params {
     bool profile;             /* OpenCL: profile the last timed decode run (ke_bench_profile) */
     bool kv_half;             /* the KV cache in half precision (ke_backend_options.kv_half) */
     const char *gemm_tune;    /* ke_backend_options.gemm_tune (--gemm-tune), borrowed; NULL */
+    bool no_flash_attention;  /* ke_backend_options.no_flash_attention (A/B runs) */
 } ke_bench_params;
 
 void ke_bench_params_default(ke_bench_params *p);

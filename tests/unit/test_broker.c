@@ -891,7 +891,7 @@ static void test_curve_certificate_files(void **state)
     h->p.curve_secret = secret;
     h->p.curve_clients = clients;
     h->p.curve_workers = workers;
-    h_restart(h);
+    ts_broker_start(h);
 
     void *c = h_socket_curve(h, h->cep, bpub, cpub, csec);
     Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
@@ -921,7 +921,7 @@ static void test_curve_certificate_files(void **state)
     assert_int_equal(kb_broker_new(&h->p, &h->b), KS_ERR_IO);
     assert_non_null(strstr(ks_error_message(), "cannot open key folder"));
     h->p.curve_workers = workers;
-    h_restart(h);
+    ts_broker_start(h);
     h_free(h);
 }
 

@@ -1014,6 +1014,7 @@ static void cl_stats(const ke_backend *b, ke_backend_stats *out)
     out->program_build_ms = bs.seconds * 1e3;
     out->device_bytes = cb->device_bytes;
     out->weight_bytes = cb->weight_bytes;
+    out->gemm = ke_cl_gemm_path_report(cb->gemm);
 }
 
 static void cl_destroy(ke_backend *b)
@@ -1280,6 +1281,8 @@ ke_backend *ke_backend_cl_new(const ke_model *model, const kc_device_info *devic
         goto fail;
     if ((cb->gemm = ke_cl_gemm_new(cb->ctx)) == NULL ||
         (cb->ops = ke_cl_ops_new(cb->ctx, cb->wdt)) == NULL)
+        goto fail;
+    if (ke_cl_gemm_set_path(cb->gemm, options->gemm) != KS_OK)
         goto fail;
     if (upload_vision(cb) != KS_OK || upload_text(cb) != KS_OK)
         goto fail;

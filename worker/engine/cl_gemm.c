@@ -38,11 +38,17 @@ static const gemm_tune tune_table[] = {
     {"gpu", 32, 64, 1, 1, 4, 1, 0, 64, 64, 16, 4, 4, 64, 4},
 };
 
+static bool is_nvidia_gpu(const kc_device_info *dev)
+{
+    return !(dev->type & CL_DEVICE_TYPE_CPU) &&
+           (strstr(dev->vendor, "NVIDIA") || strstr(dev->platform_name, "NVIDIA"));
+}
+
 static const gemm_tune *tune_for(const kc_device_info *dev)
 {
     if (dev->type & CL_DEVICE_TYPE_CPU)
         return &tune_table[0];
-    if (strstr(dev->vendor, "NVIDIA") || strstr(dev->platform_name, "NVIDIA"))
+    if (is_nvidia_gpu(dev))
         return &tune_table[1];
     return &tune_table[2];
 }
@@ -110,7 +116,7 @@ static ks_status tune_from_env(const char *text, gemm_tune *out)
     return KS_OK;
 }
 
-enum { V_ROWS, V_TILES, V_COUNT, V_AUTO = -1 };
+enum { V_ROWS, V_TILES, V_COUNT, V_MMA = V_COUNT, V_AUTO = -1 };
 static const char *const variant_names[V_COUNT] = {"rows", "tiles"};
 
 /* gemm_rowsR by R; the smallest R that covers m in one group row is chosen. */
@@ -122,6 +128,7 @@ static const char *const rows_kernel[N_ROWS_R] = {"gemm_rows1", "gemm_rows2", "g
 struct ke_cl_gemm_site {
     kc_bound *rows[2][N_ROWS_R]; /* [ke_dtype][R index], created on first use */
     kc_bound *tiles[2];
+    kc_bound *mma[2]; /* of the engine's programs, dropped when the path changes */
     struct ke_cl_gemm_site *next;
 };
 
@@ -137,6 +144,9 @@ struct ke_cl_gemm {
     int forced, forced_split;
     size_t forced_chunk;
     char last[48];
+    ke_cl_mma mma; /* the matrix-unit engine, when mma_on */
+    bool mma_on, mma_f32; /* on; for f32 weights too (a forced path) */
+    char path_report[512];
 };
 
 size_t ke_cl_gemm_variant_count(void) { return V_COUNT; }
@@ -155,7 +165,12 @@ ks_status ke_cl_gemm_force(ke_cl_gemm *g, const char *name, int split)
             g->forced = v;
             return KS_OK;
         }
-    return ks_fail(KS_ERR_INVALID, "gemm: no variant '%s'", name);
+    if (strcmp(name, "mma") == 0 && g->mma_on) {
+        g->forced = V_MMA;
+        return KS_OK;
+    }
+    return ks_fail(KS_ERR_INVALID, "gemm: no variant '%s'%s", name,
+                   strcmp(name, "mma") == 0 ? " (no --gemm path has the mma engine on)" : "");
 }
 
 void ke_cl_gemm_force_chunk(ke_cl_gemm *g, size_t chunk_len) { g->forced_chunk = chunk_len; }
@@ -192,6 +207,7 @@ ke_cl_gemm *ke_cl_gemm_new(kc_context *ctx)
     g->forced = V_AUTO;
     g->forced_split = -1;
     snprintf(g->last, sizeof g->last, "none");
+    snprintf(g->path_report, sizeof g->path_report, "simt: no path chosen");
     const char *env = getenv("KOSMOS_GEMM_TUNE");
     if ((env && *env && tune_from_env(env, &g->tune) != KS_OK) || build(g, KE_DTYPE_F32) != KS_OK ||
         build(g, KE_DTYPE_F16) != KS_OK) {
@@ -519,7 +535,10 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
     if (w->panel != (size_t)t->w_panel)
         return ks_fail(KS_ERR_INVALID, "gemm: a weight in panels of %zu for kernels built for %d "
                        "(uploaded by another ke_cl_gemm?)", w->panel, t->w_panel);
-    int v = g->forced != V_AUTO ? g->forced : a->m <= (size_t)t->rows_max_m ? V_ROWS : V_TILES;
+    int v = g->forced != V_AUTO                                              ? g->forced
+            : g->mma_on && a->m > KE_CL_MMA_MIN_M && (g->mma_f32 || dt == KE_DTYPE_F16) ? V_MMA
+            : a->m <= (size_t)t->rows_max_m                                       ? V_ROWS
+                                                                                  : V_TILES;
     size_t chunks = ceil_div(w->k, w->chunk_len);
     size_t global[3], local[3];
     kc_bound *kern = NULL;
@@ -540,6 +559,11 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
         global[1] = ceil_div(a->m, (size_t)rows_r[ri]);
         global[2] = split ? chunks : 1;
         snprintf(g->last, sizeof g->last, "rows%d%s", rows_r[ri], split ? " split" : "");
+    } else if (v == V_MMA) {
+        slot = &site->mma[dt];
+        kname = "gemm_mma";
+        ke_cl_mma_ndrange(&g->mma, a->m, w->n, global, local);
+        snprintf(g->last, sizeof g->last, "mma");
     } else {
         slot = &site->tiles[dt];
         kname = "gemm_tiles";
@@ -555,7 +579,10 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
         (status = grow_scratch(g, chunks * a->m * round_up(w->n, 16),
                                (global[0] / local[0]) * global[1])) != KS_OK)
         goto cleanup;
-    if (!*slot && (status = kc_bound_new(g->prog[dt], kname, slot)) != KS_OK)
+    kc_program *prog = g->prog[dt];
+    if (!*slot && v == V_MMA && (status = ke_cl_mma_program(g->ctx, &g->mma, dt, &prog)) != KS_OK)
+        goto cleanup;
+    if (!*slot && (status = kc_bound_new(prog, kname, slot)) != KS_OK)
         goto cleanup;
     kern = *slot;
     if ((status = set_args(kern, g, a)) != KS_OK)
@@ -572,3 +599,81 @@ cleanup:
                         dt == KE_DTYPE_F16 ? "f16" : "f32");
     return status;
 }
+
+/* ---- the path of the large products (cl_gemm_mma.h) ---------------------------------------- */
+
+/* Bound kernels of an engine that is no longer in use (they belong to its programs), and a
+ * forced "mma". */
+static void drop_mma_sites(ke_cl_gemm *g)
+{
+    if (g->forced == V_MMA)
+        g->forced = V_AUTO;
+    for (ke_cl_gemm_site *s = g->sites; s; s = s->next)
+        s->mma[0] = s->mma[1] = NULL;
+    g->fallback.mma[0] = g->fallback.mma[1] = NULL;
+}
+
+ks_status ke_cl_gemm_use_mma(ke_cl_gemm *g, const ke_mma_variant *variant)
+{
+    drop_mma_sites(g);
+    g->mma_on = false;
+    if (!variant)
+        return KS_OK;
+    ks_status st = ke_cl_mma_build(g->ctx, variant, g->tune.w_panel, &g->mma);
+    g->mma_on = g->mma_f32 = st == KS_OK;
+    return st;
+}
+
+ks_status ke_cl_gemm_set_path(ke_cl_gemm *g, ke_gemm_path path)
+{
+    static const ke_mma_variant emulated = {.ldmatrix = true, .cp_async = true};
+    const kc_device_info *dev = kc_context_device(g->ctx);
+    const size_t len = sizeof g->path_report;
+    char probe[448] = "";
+    ks_status st = ke_cl_gemm_use_mma(g, NULL);
+    switch (path) {
+    case KE_GEMM_SIMT:
+        snprintf(g->path_report, len, "simt: forced (--gemm simt)");
+        break;
+    case KE_GEMM_MMA_EMULATED:
+        if ((st = ke_cl_gemm_use_mma(g, &emulated)) == KS_OK)
+            snprintf(g->path_report, len, "mma-emulated: forced (--gemm mma-emulated), %d stages",
+                     g->mma.stages);
+        else
+            snprintf(g->path_report, len, "simt: mma-emulated does not build: %.400s",
+                     ks_error_message());
+        break;
+    case KE_GEMM_MMA_PTX:
+        if (!is_nvidia_gpu(dev)) {
+            snprintf(g->path_report, len, "simt: mma-ptx needs an NVIDIA GPU, not '%s' (%s)",
+                     dev->name, dev->vendor);
+            st = ks_fail(KS_ERR_UNSUPPORTED, "%s", g->path_report);
+        } else if ((st = ke_cl_mma_probe(g->ctx, g->tune.w_panel, &g->mma, probe,
+                                         sizeof probe)) == KS_OK) {
+            g->mma_on = g->mma_f32 = true;
+            snprintf(g->path_report, len, "%s (forced)", probe);
+        } else {
+            snprintf(g->path_report, len, "simt: %s", probe);
+        }
+        break;
+    case KE_GEMM_AUTO:
+    default:
+        if (!is_nvidia_gpu(dev)) {
+            snprintf(g->path_report, len, "simt: auto (no matrix-unit path for %s '%s')",
+                     dev->type & CL_DEVICE_TYPE_CPU ? "the CPU device" : "the device", dev->name);
+        } else if (ke_cl_mma_probe(g->ctx, g->tune.w_panel, &g->mma, probe, sizeof probe) ==
+                   KS_OK) {
+            g->mma_on = true;
+            g->mma_f32 = false; /* an f32 model keeps f32 operands */
+            snprintf(g->path_report, len, "%s (auto, f16 weights)", probe);
+        } else {
+            snprintf(g->path_report, len, "simt: auto, %s", probe);
+        }
+        break;
+    }
+    if (st != KS_OK)
+        ks_error_prefix("--gemm %s", ke_gemm_path_name(path));
+    return st;
+}
+
+const char *ke_cl_gemm_path_report(const ke_cl_gemm *g) { return g->path_report; }

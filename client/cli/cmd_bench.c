@@ -26,7 +26,7 @@
 static const char bench_help[] =
     "usage: kosmos bench [--model DIR | --config full|tiny] [--batch 1,8,...[,max]]\n"
     "                    [--device SPEC] [--precision fp16|fp32] [--kv-cache f32|f16]\n"
-    "                    [--repeats N] [--warmup N]\n"
+    "                    [--gemm auto|simt|mma-emulated|mma-ptx] [--repeats N] [--warmup N]\n"
     "                    [--new-tokens N] [--phases vision,prefill,decode,e2e] [--seed S]\n"
     "                    [--json] [--profile]\n"
     "\n"
@@ -51,6 +51,11 @@ static const char bench_help[] =
     "  --device SPEC       ref, cpu, gpu, an index or a name (as 'kosmos run')\n"
     "  --precision P       fp16 (default: weights stored as half) or fp32\n"
     "  --kv-cache T        f32 (default) or f16 (OpenCL devices: keys and values as half)\n"
+    "  --gemm PATH         OpenCL devices: the engine of the products with many rows (vision,\n"
+    "                      prefill): auto (default: tensor cores where the device's probe\n"
+    "                      passes, NVIDIA), simt, mma-emulated (tests: slow) or mma-ptx\n"
+    "                      (NVIDIA; fails when the probe does). The JSON's \"gemm\" says which\n"
+    "                      ran and why; docs/gemm.md\n"
     "  --repeats N         timed runs per figure, default 3\n"
     "  --warmup N          untimed runs first, default 1\n"
     "  --new-tokens N      forced new tokens and decode steps, default 64\n"
@@ -138,7 +143,7 @@ static bool parse_phases(const char *text, unsigned *out)
 /* Returns CLI_EXIT_OK, -1 after --help, or the exit code of a usage error after printing it. */
 static int parse_bench_options(int argc, char **argv, bench_options *o)
 {
-    enum { CONFIG = 256, BATCH, DEVICE, PRECISION, KV_CACHE, REPEATS, WARMUP, NEW_TOKENS, PHASES, SEED,
+    enum { CONFIG = 256, BATCH, DEVICE, PRECISION, KV_CACHE, GEMM, REPEATS, WARMUP, NEW_TOKENS, PHASES, SEED,
            JSON, PROFILE };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
@@ -147,6 +152,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         {"device", required_argument, NULL, DEVICE},
         {"precision", required_argument, NULL, PRECISION},
         {"kv-cache", required_argument, NULL, KV_CACHE},
+        {"gemm", required_argument, NULL, GEMM},
         {"repeats", required_argument, NULL, REPEATS},
         {"warmup", required_argument, NULL, WARMUP},
         {"new-tokens", required_argument, NULL, NEW_TOKENS},
@@ -193,6 +199,11 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         case KV_CACHE:
             if (!ke_kv_cache_parse(optarg, &o->params.kv_half))
                 return usage_error("--kv-cache is f32 or f16, not '%s'", optarg);
+            break;
+        case GEMM:
+            if (!ke_gemm_path_parse(optarg, &o->params.gemm))
+                return usage_error("--gemm is auto, simt, mma-emulated or mma-ptx, not '%s'",
+                                   optarg);
             break;
         case REPEATS:
             if (!cli_parse_int(optarg, 1, 1000, &o->params.repeats))

@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend.h"
 #include "ks_error.h"
 #include "model.h"
 
@@ -45,6 +46,7 @@ typedef struct ke_bench_params {
     FILE *log;                /* progress lines (one per run), or NULL, default NULL */
     bool profile;             /* OpenCL: profile the last timed decode run (ke_bench_profile) */
     bool kv_half;             /* the KV cache in half precision (ke_backend_options.kv_half) */
+    ke_gemm_path gemm;        /* the large products' engine (ke_backend_options.gemm) */
 } ke_bench_params;
 
 void ke_bench_params_default(ke_bench_params *p);
@@ -88,6 +90,7 @@ typedef struct ke_bench_result {
     bool peak_host_per_batch; /* false: the process's peak so far (could not reset it) */
     size_t peak_device_bytes; /* device memory the backend holds at the end (its stats);
                                * 0: none or the backend cannot tell */
+    char gemm[256];           /* the large products' engine and why (ke_backend_stats.gemm) */
     ke_bench_profile profile; /* with params.profile on an OpenCL device */
 } ke_bench_result;
 

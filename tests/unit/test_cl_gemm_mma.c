@@ -84,6 +84,11 @@ static int group_setup(void **state)
         return -1;
     }
     print_message("path: %s\n", ke_cl_gemm_path_report(fx->gemm));
+    /* the path's own check of the whole engine against the SIMT kernels passed */
+    if (!strstr(ke_cl_gemm_path_report(fx->gemm), "product equals the SIMT kernels'")) {
+        fprintf(stderr, "the path's report lacks its engine check\n");
+        return -1;
+    }
     if (path_under_test == KE_GEMM_MMA_PTX) {
         ke_cl_mma e;
         char report[512];

@@ -90,7 +90,7 @@ typedef struct ke_bench_result {
     bool peak_host_per_batch; /* false: the process's peak so far (could not reset it) */
     size_t peak_device_bytes; /* device memory the backend holds at the end (its stats);
                                * 0: none or the backend cannot tell */
-    char gemm[256];           /* the large products' engine and why (ke_backend_stats.gemm) */
+    char gemm[1024];          /* the large products' engine and why (ke_backend_stats.gemm) */
     ke_bench_profile profile; /* with params.profile on an OpenCL device */
 } ke_bench_result;
 

@@ -4,6 +4,7 @@
  * in docs/gemm.md. */
 #include "cl_gemm.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -146,7 +147,7 @@ struct ke_cl_gemm {
     char last[48];
     ke_cl_mma mma; /* the matrix-unit engine, when mma_on */
     bool mma_on, mma_f32; /* on; for f32 weights too (a forced path) */
-    char path_report[512];
+    char path_report[1024];
 };
 
 size_t ke_cl_gemm_variant_count(void) { return V_COUNT; }
@@ -602,6 +603,89 @@ cleanup:
 
 /* ---- the path of the large products (cl_gemm_mma.h) ---------------------------------------- */
 
+/* The engine as a whole against the SIMT kernels on one product on this device: the probe saw
+ * the macro layer; this sees the pipeline, the epilogue and whether the launch fits the device.
+ * Operands in steps of 1/16 and 1/64 (exact in f16) make every sum exact in f32 whatever its
+ * order, so the two must agree. 0 when they do; else why. */
+static int check_engine(ke_cl_gemm *g, char *why, size_t len)
+{
+    enum { M = 200, N = 136, K = 200 };
+    ks_status st = KS_OK;
+    uint16_t *wh = malloc(N * K * 2), *bh = malloc(N * 2);
+    float *x = malloc(M * K * 4), *y[2] = {malloc(M * N * 4), malloc(M * N * 4)};
+    cl_mem bx = NULL, by = NULL;
+    ke_cl_weight wt = {0};
+    uint32_t s = 2463534242u;
+    int bad = 1;
+    if (!wh || !bh || !x || !y[0] || !y[1]) {
+        snprintf(why, len, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < N * K + N + M * K; i++) {
+        s ^= s << 13, s ^= s >> 17, s ^= s << 5;
+        const float v = (float)((int)(s % 33) - 16);
+        if (i < N * K)
+            wh[i] = ke_f32_to_f16(v / 64.0f);
+        else if (i < N * K + N)
+            bh[i - N * K] = ke_f32_to_f16(v / 4.0f);
+        else
+            x[i - N * K - N] = v / 16.0f;
+    }
+    ke_tensor tw = {.dtype = KE_DTYPE_F16, .ndim = 2, .shape = {N, K}, .data = wh};
+    ke_tensor tb = {.dtype = KE_DTYPE_F16, .ndim = 1, .shape = {N}, .data = bh};
+    const ke_tensor *wp[1] = {&tw}, *bp[1] = {&tb};
+    ke_cl_gemm_args a = {.m = M, .w = &wt, .ldx = K, .ldy = N, .act = -1};
+    static const char *const family[2] = {"tiles", "mma"};
+    if ((st = ke_cl_weight_upload(g, KE_DTYPE_F16, wp, bp, 1, "the engine check", &wt, NULL)) ||
+        (st = kc_context_buffer(g->ctx, CL_MEM_READ_ONLY, M * K * 4, x, &bx)) ||
+        (st = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, M * N * 4, NULL, &by)))
+        goto done;
+    a.x = bx, a.y = by;
+    for (int f = 0; f < 2 && st == KS_OK; f++)
+        if ((st = ke_cl_gemm_force(g, family[f], -1)) == KS_OK &&
+            (st = ke_cl_gemm_run(g, NULL, &a, "gemm engine check")) == KS_OK)
+            st = kc_context_read(g->ctx, by, true, 0, M * N * 4, y[f], NULL);
+    ke_cl_gemm_force(g, NULL, -1);
+    if (st != KS_OK)
+        goto done;
+    for (int i = 0; i < M * N; i++)
+        if (!(fabsf(y[1][i] - y[0][i]) <= 1e-6f * (1.0f + fabsf(y[0][i])))) {
+            snprintf(why, len, "a %dx%dx%d product: Y[%d][%d] = %g, the SIMT kernels' %g", M, N, K,
+                     i / N, i % N, (double)y[1][i], (double)y[0][i]);
+            goto done;
+        }
+    bad = 0;
+done:
+    if (st != KS_OK)
+        snprintf(why, len, "a %dx%dx%d product failed: %.300s", M, N, K, ks_error_message());
+    kc_context_buffer_free(g->ctx, &bx);
+    kc_context_buffer_free(g->ctx, &by);
+    kc_context_buffer_free(g->ctx, &wt.w);
+    kc_context_buffer_free(g->ctx, &wt.bias);
+    free(wh), free(bh), free(x), free(y[0]), free(y[1]);
+    return bad;
+}
+
+/* The probe, then the engine check (check_engine); on success the engine is on. *report says
+ * what happened either way. */
+static ks_status probe_ptx(ke_cl_gemm *g, char *report, size_t len)
+{
+    char why[400] = "";
+    ks_status st = ke_cl_mma_probe(g->ctx, g->tune.w_panel, &g->mma, report, len);
+    if (st != KS_OK)
+        return st;
+    g->mma_on = g->mma_f32 = true;
+    if (check_engine(g, why, sizeof why) != 0) {
+        ke_cl_gemm_use_mma(g, NULL);
+        snprintf(report + strlen(report), len - strlen(report), "; but the engine failed %s",
+                 why);
+        return ks_fail(KS_ERR_UNSUPPORTED, "%s", report);
+    }
+    snprintf(report + strlen(report), len - strlen(report),
+             "; a 200x136x200 product equals the SIMT kernels'");
+    return KS_OK;
+}
+
 /* Bound kernels of an engine that is no longer in use (they belong to its programs), and a
  * forced "mma". */
 static void drop_mma_sites(ke_cl_gemm *g)
@@ -629,28 +713,31 @@ ks_status ke_cl_gemm_set_path(ke_cl_gemm *g, ke_gemm_path path)
     static const ke_mma_variant emulated = {.ldmatrix = true, .cp_async = true};
     const kc_device_info *dev = kc_context_device(g->ctx);
     const size_t len = sizeof g->path_report;
-    char probe[448] = "";
+    char probe[960] = "";
     ks_status st = ke_cl_gemm_use_mma(g, NULL);
     switch (path) {
     case KE_GEMM_SIMT:
         snprintf(g->path_report, len, "simt: forced (--gemm simt)");
         break;
     case KE_GEMM_MMA_EMULATED:
-        if ((st = ke_cl_gemm_use_mma(g, &emulated)) == KS_OK)
-            snprintf(g->path_report, len, "mma-emulated: forced (--gemm mma-emulated), %d stages",
-                     g->mma.stages);
-        else
+        if ((st = ke_cl_gemm_use_mma(g, &emulated)) != KS_OK) {
             snprintf(g->path_report, len, "simt: mma-emulated does not build: %.400s",
                      ks_error_message());
+        } else if (check_engine(g, probe, sizeof probe) != 0) {
+            ke_cl_gemm_use_mma(g, NULL);
+            snprintf(g->path_report, len, "simt: mma-emulated failed %s", probe);
+            st = ks_fail(KS_ERR_UNSUPPORTED, "%s", g->path_report);
+        } else {
+            snprintf(g->path_report, len, "mma-emulated: forced (--gemm mma-emulated), %d stages; "
+                     "a 200x136x200 product equals the SIMT kernels'", g->mma.stages);
+        }
         break;
     case KE_GEMM_MMA_PTX:
         if (!is_nvidia_gpu(dev)) {
             snprintf(g->path_report, len, "simt: mma-ptx needs an NVIDIA GPU, not '%s' (%s)",
                      dev->name, dev->vendor);
             st = ks_fail(KS_ERR_UNSUPPORTED, "%s", g->path_report);
-        } else if ((st = ke_cl_mma_probe(g->ctx, g->tune.w_panel, &g->mma, probe,
-                                         sizeof probe)) == KS_OK) {
-            g->mma_on = g->mma_f32 = true;
+        } else if ((st = probe_ptx(g, probe, sizeof probe)) == KS_OK) {
             snprintf(g->path_report, len, "%s (forced)", probe);
         } else {
             snprintf(g->path_report, len, "simt: %s", probe);
@@ -661,9 +748,7 @@ ks_status ke_cl_gemm_set_path(ke_cl_gemm *g, ke_gemm_path path)
         if (!is_nvidia_gpu(dev)) {
             snprintf(g->path_report, len, "simt: auto (no matrix-unit path for %s '%s')",
                      dev->type & CL_DEVICE_TYPE_CPU ? "the CPU device" : "the device", dev->name);
-        } else if (ke_cl_mma_probe(g->ctx, g->tune.w_panel, &g->mma, probe, sizeof probe) ==
-                   KS_OK) {
-            g->mma_on = true;
+        } else if (probe_ptx(g, probe, sizeof probe) == KS_OK) {
             g->mma_f32 = false; /* an f32 model keeps f32 operands */
             snprintf(g->path_report, len, "%s (auto, f16 weights)", probe);
         } else {

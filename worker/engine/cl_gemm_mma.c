@@ -11,6 +11,11 @@
 #include "kc_error.h"
 #include "model.h"
 
+#ifndef CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV /* cl_nv_device_attribute_query (cl_ext.h) */
+#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000
+#define CL_DEVICE_COMPUTE_CAPABILITY_MINOR_NV 0x4001
+#endif
+
 #define MMA_FILE "gemm_mma.cl"
 #define EMU_SCRATCH_BYTES(warps) ((size_t)(warps) * 192 * 4) /* mma.cl's MMA_XCH_WORDS */
 
@@ -19,8 +24,12 @@ enum { BM = 128, BN = 128, BK = 32, WM = 64, WN = 32, EPI_ROWS = 32 };
 
 const char *ke_mma_variant_describe(const ke_mma_variant *v, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s%s%s%s", v->ptx ? "ptx" : "emulated", v->ldmatrix ? " ldmatrix" : "",
-             v->cp_async ? " cp.async" : "", v->ptx ? (v->ptx_addr ? " addr1" : " addr0") : "");
+    char arch[24] = "";
+    if (v->nv_arch > 0)
+        snprintf(arch, sizeof arch, " sm_%d", v->nv_arch);
+    snprintf(buf, len, "%s%s%s%s%s", v->ptx ? "ptx" : "emulated", v->ldmatrix ? " ldmatrix" : "",
+             v->cp_async ? " cp.async" : "", v->ptx ? (v->ptx_addr ? " addr1" : " addr0") : "",
+             arch);
     return buf;
 }
 
@@ -35,14 +44,16 @@ static size_t local_bytes(const ke_mma_variant *v, int stages)
 static ks_status build_dtype(kc_context *ctx, const ke_cl_mma *e, ke_dtype dt, kc_program **out)
 {
     const ke_mma_variant *v = &e->variant;
-    char opts[320];
+    char opts[352], arch[32] = "";
+    if (v->nv_arch > 0)
+        snprintf(arch, sizeof arch, " -cl-nv-arch sm_%d", v->nv_arch);
     snprintf(opts, sizeof opts,
              "-DWEIGHT_HALF=%d -DW_PANEL=%d -DSTAT_SB=%d -DMMA_IMPL=%d -DMMA_LDMATRIX=%d "
              "-DMMA_CP_ASYNC=%d -DMMA_PTX_ADDR=%d -DMMA_BM=%d -DMMA_BN=%d -DMMA_BK=%d "
-             "-DMMA_WM=%d -DMMA_WN=%d -DMMA_STAGES=%d -DMMA_EPI_ROWS=%d",
+             "-DMMA_WM=%d -DMMA_WN=%d -DMMA_STAGES=%d -DMMA_EPI_ROWS=%d%s",
              dt == KE_DTYPE_F16 ? 1 : 0, e->w_panel, KE_CL_STAT_SB, v->ptx ? 1 : 0,
              v->ldmatrix ? 1 : 0, v->cp_async ? 1 : 0, v->ptx_addr, e->bm, e->bn, e->bk, e->wm,
-             e->wn, e->stages, EPI_ROWS);
+             e->wn, e->stages, EPI_ROWS, arch);
     return kc_program_get(ctx, MMA_FILE, opts, out);
 }
 
@@ -243,13 +254,27 @@ static int check_exact(kc_context *ctx, const ke_cl_mma *e, char *why, size_t le
 ks_status ke_cl_mma_probe(kc_context *ctx, int w_panel, ke_cl_mma *out, char *report,
                           size_t report_len)
 {
-    static const ke_mma_variant tries[] = {
-        {.ptx = true, .ldmatrix = true, .cp_async = true, .ptx_addr = 0},
-        {.ptx = true, .ldmatrix = true, .cp_async = true, .ptx_addr = 1},
-        {.ptx = true, .ldmatrix = false, .cp_async = false, .ptx_addr = 0},
-    };
-    char failed[400] = ""; /* what each refused variant said */
-    for (size_t i = 0; i < sizeof tries / sizeof tries[0]; i++) {
+    /* the device's architecture (cl_nv_device_attribute_query), for -cl-nv-arch */
+    cl_uint cc_major = 0, cc_minor = 0;
+    cl_device_id dev = kc_context_device(ctx)->device;
+    if (clGetDeviceInfo(dev, CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof cc_major, &cc_major,
+                        NULL) != CL_SUCCESS ||
+        clGetDeviceInfo(dev, CL_DEVICE_COMPUTE_CAPABILITY_MINOR_NV, sizeof cc_minor, &cc_minor,
+                        NULL) != CL_SUCCESS)
+        cc_major = cc_minor = 0;
+    const int arch = cc_major >= 8 ? (int)(cc_major * 10 + cc_minor) : 0;
+    ke_mma_variant tries[6];
+    size_t n_tries = 0;
+    for (int with_arch = 0; with_arch <= (arch > 0); with_arch++) {
+        const int a = with_arch ? arch : 0;
+        tries[n_tries++] = (ke_mma_variant){.ptx = true, .ldmatrix = true, .cp_async = true,
+                                            .ptx_addr = 0, .nv_arch = a};
+        tries[n_tries++] = (ke_mma_variant){.ptx = true, .ldmatrix = true, .cp_async = true,
+                                            .ptx_addr = 1, .nv_arch = a};
+        tries[n_tries++] = (ke_mma_variant){.ptx = true, .nv_arch = a};
+    }
+    char failed[600] = ""; /* what each refused variant said */
+    for (size_t i = 0; i < n_tries; i++) {
         char desc[64], why[200] = "", facts[48] = "";
         ke_mma_variant_describe(&tries[i], desc, sizeof desc);
         ke_cl_mma e;

@@ -26,6 +26,8 @@ typedef struct ke_mma_variant {
     bool ldmatrix;  /* MMA_LDMATRIX */
     bool cp_async;  /* MMA_CP_ASYNC */
     int ptx_addr;   /* MMA_PTX_ADDR: how a __local pointer becomes a .shared address */
+    int nv_arch;    /* > 0: built with -cl-nv-arch sm_<nv_arch> (a driver that targets an older
+                     * architecture than the device's by default) */
 } ke_mma_variant;
 
 /* The engine as built: a value struct; the programs belong to the context. */
@@ -66,7 +68,8 @@ ks_status ke_cl_mma_fragments(kc_context *ctx, const ke_cl_mma *e, const uint16_
                               const uint16_t b[128], const float c[128], ke_mma_frags *out);
 
 /* The device probe: for each PTX variant in turn (ldmatrix and cp.async with either address
- * form, then mma.sync alone), build the engine and run one 16x8x16 problem of small integers,
+ * form, then mma.sync alone; then the three again for the device's own architecture,
+ * -cl-nv-arch, where the device reports its compute capability), build the engine and run one 16x8x16 problem of small integers,
  * whose result is exact whatever the order of the sums; the first variant that builds and
  * matches the host's result is *out. `report` gets one line: the chosen variant with the PTX
  * version and target the driver emitted, or why each variant failed. KS_ERR_UNSUPPORTED with

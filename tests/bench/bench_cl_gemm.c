@@ -191,10 +191,10 @@ static double time_events(kc_context *ctx, ke_cl_gemm *g, const ke_cl_gemm_args 
 static void report_events(const char *shape_name, size_t m, size_t n, size_t k, const char *path,
                           const char *impl, const char *variant, double s, double first_s)
 {
-    printf("%-9s %5zu %6zu %5zu  %-12s %-9s %-12s %9.3f %9.2f", shape_name, m, n, k, path, impl,
+    printf("%-9s %5zu %6zu %5zu  %-12s %-9s %-12s %9.4g %9.4g", shape_name, m, n, k, path, impl,
            variant, s * 1e3, 2.0 * (double)m * (double)n * (double)k / s * 1e-12);
     if (first_s > 0)
-        printf(" %8.2fx", first_s / s);
+        printf(" %8.3gx", first_s / s);
     printf("\n");
     fflush(stdout);
 }

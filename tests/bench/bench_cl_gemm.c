@@ -300,8 +300,7 @@ int main(int argc, char **argv)
     for (size_t pi = 0; pi < n_paths; pi++) {
         path_ok[pi] = ke_cl_gemm_set_path(g, path_list[pi]) == KS_OK;
         if (!path_ok[pi])
-            fprintf(stderr, "--gemm %s: %s\n", ke_gemm_path_name(path_list[pi]),
-                    ks_error_message());
+            fprintf(stderr, "%s\n", ks_error_message()); /* names the path */
         printf("gemm %s: %s\n", ke_gemm_path_name(path_list[pi]), ke_cl_gemm_path_report(g));
     }
     if (events)

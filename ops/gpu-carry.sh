@@ -8,7 +8,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$repo/build-gpu}
 carry=$build/carry
-targets=(kosmos-bench kosmos-fidelity test_opencl test_cl_gemm test_cl_ops test_engine_golden)
+targets=(kosmos-bench kosmos-fidelity test_opencl test_cl_gemm test_cl_ops test_engine_golden
+         bench_cl_gemm test_cl_gemm_mma)
 
 cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j2 --target "${targets[@]}"

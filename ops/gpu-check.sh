@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check (issue: measure against PyTorch on the GPU machine), one staged script that
 # streams its results to $OUT as it goes, so a stop at any point still tells something:
+#   0. gemm (< 3 min): the tensor-core probe's report, today's GEMM (simt) and mma-ptx at the
+#      vision shapes of 64 images (m = 16448) in TFLOP/s by OpenCL event time, then
+#      test_cl_gemm_mma --gemm mma-ptx (fragment layouts and products on the tensor cores)
 #   1. smoke (< 1 min): the carried binaries start, NVIDIA's OpenCL is found, kernel tests pass
 #   2. fidelity: transformers builds a full-size random Kosmos-2 with decisive weights and saves
-#      it; our fp16 path runs it; max logit error and 64 greedy ids against HF fp32
+#      it; our fp16 path runs it (large products by $GEMM); max logit error and 64 greedy ids
+#      against HF fp32
 #   3. speed: kosmos-bench and hf_baseline.py side by side at fixed batch sizes, with ratios
 #
 #   ops/gpu-carry.sh                       # here: build and collect build-gpu/carry
@@ -11,7 +15,8 @@
 #
 # Environment: CARRY (default build-gpu/carry), PYTHON (python3), DEVICE (gpu), HF_DEVICE
 # (cuda), CONFIG (full), BATCHES (1,8,64,256), REPEATS (1), NEW_TOKENS (64),
-# STAGES (smoke,fidelity,speed).
+# STAGES (gemm,smoke,fidelity,speed), GEMM (mma-ptx: kosmos-fidelity's --gemm; simt for the
+# SIMT kernels).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -24,7 +29,8 @@ CONFIG=${CONFIG:-full}
 BATCHES=${BATCHES:-1,8,64,256}
 REPEATS=${REPEATS:-1}
 NEW_TOKENS=${NEW_TOKENS:-64}
-STAGES=${STAGES:-smoke,fidelity,speed}
+STAGES=${STAGES:-gemm,smoke,fidelity,speed}
+GEMM=${GEMM:-mma-ptx}
 mkdir -p "$OUT"
 summary=$OUT/summary.jsonl
 note() { printf '%s %s\n' "$(date +%T)" "$*" | tee -a "$OUT/progress.log"; }
@@ -51,6 +57,29 @@ note "start: OCL_ICD_VENDORS=${OCL_ICD_VENDORS:-unset} device=$DEVICE config=$CO
     > "$OUT/gpu.txt"
 status=0
 
+if wants gemm; then
+    note "stage 0: gemm"
+    # One process measures both paths on the same data; its first lines are the probe reports.
+    if timeout 150 "$bin/bench_cl_gemm" --device "$DEVICE" --m 16448 \
+           --shapes v_qkv,v_attn,v_up,v_down --no-ref --variants auto --dtypes f16 \
+           --gemm simt,mma-ptx --events 10 > "$OUT/gemm-bench.txt" 2> "$OUT/gemm-bench.log"; then
+        record "{\"stage\": \"gemm\", \"bench\": true}"
+    else
+        record "{\"stage\": \"gemm\", \"bench\": false}"
+        tail -n 20 "$OUT/gemm-bench.log"
+        status=1
+    fi
+    cat "$OUT/gemm-bench.txt"
+    if KOSMOS_TEST_DEVICE=$DEVICE timeout 90 "$bin/test_cl_gemm_mma" --gemm mma-ptx \
+           > "$OUT/gemm-test.log" 2>&1; then
+        record "{\"stage\": \"gemm\", \"test\": \"test_cl_gemm_mma --gemm mma-ptx\", \"ok\": true}"
+    else
+        record "{\"stage\": \"gemm\", \"test\": \"test_cl_gemm_mma --gemm mma-ptx\", \"ok\": false}"
+        status=1
+    fi
+    tail -n 30 "$OUT/gemm-test.log"
+fi
+
 if wants smoke; then
     note "stage 1: smoke"
     for t in test_opencl test_cl_gemm test_cl_ops test_engine_golden; do
@@ -73,7 +102,7 @@ if wants fidelity; then
            | tee -a "$summary" &&
        "$bin/kosmos-fidelity" --model "$model" --inputs "$model/inputs.safetensors" \
            --out "$OUT/fidelity-ours.safetensors" --device "$DEVICE" --new-tokens "$NEW_TOKENS" \
-           2> "$OUT/fidelity-ours.log" &&
+           --gemm "$GEMM" 2> "$OUT/fidelity-ours.log" &&
        "$PYTHON" tests/bench/gpu_fidelity.py check --dir "$model" \
            --ours "$OUT/fidelity-ours.safetensors" | tee -a "$summary"; then
         note "fidelity: ok"

@@ -28,7 +28,7 @@ static const char bench_help[] =
     "usage: kosmos bench [--model DIR | --config full|tiny] [--batch 1,8,...[,max]]\n"
     "                    [--device SPEC] [--precision fp16|fp32] [--kv-cache f32|f16]\n"
     "                    [--gemm-tune ROW[,KEY=VALUE...]]\n"
-    "                    [--repeats N] [--warmup N]\n"
+    "                    [--gemm auto|simt|mma-emulated|mma-ptx] [--repeats N] [--warmup N]\n"
     "                    [--new-tokens N] [--phases vision,prefill,decode,e2e] [--seed S]\n"
     "                    [--json] [--profile] [--attention flash|rows]\n"
     "\n"
@@ -59,6 +59,11 @@ static const char bench_help[] =
     "                      rows_split, rows_cw, rows_vpw, w_panel, tile_m, tile_n, tile_k,\n"
     "                      wpt_m, wpt_n, rows_max_m, groups_goal), e.g. cpu,rows_cw=8;\n"
     "                      docs/gemm.md. Ignored by --device ref\n"
+    "  --gemm PATH         OpenCL devices: the engine of the products with many rows (vision,\n"
+    "                      prefill): auto (default: simt until the tensor-core engine's\n"
+    "                      fidelity is measured on a GPU), simt, mma-emulated (tests: slow)\n"
+    "                      or mma-ptx (NVIDIA tensor cores; fails when the device's probe\n"
+    "                      does). The JSON's \"gemm\" says which ran and why; docs/gemm.md\n"
     "  --repeats N         timed runs per figure, default 3\n"
     "  --warmup N          untimed runs first, default 1\n"
     "  --new-tokens N      forced new tokens and decode steps, default 64\n"
@@ -149,8 +154,8 @@ static bool parse_phases(const char *text, unsigned *out)
 /* Returns CLI_EXIT_OK, -1 after --help, or the exit code of a usage error after printing it. */
 static int parse_bench_options(int argc, char **argv, bench_options *o)
 {
-    enum { CONFIG = 256, BATCH, DEVICE, PRECISION, KV_CACHE, GEMM_TUNE, REPEATS, WARMUP, NEW_TOKENS,
-           PHASES, SEED, JSON, PROFILE, ATTENTION };
+    enum { CONFIG = 256, BATCH, DEVICE, PRECISION, KV_CACHE, GEMM_TUNE, GEMM, REPEATS, WARMUP,
+           NEW_TOKENS, PHASES, SEED, JSON, PROFILE, ATTENTION };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
         {"config", required_argument, NULL, CONFIG},
@@ -159,6 +164,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         {"precision", required_argument, NULL, PRECISION},
         {"kv-cache", required_argument, NULL, KV_CACHE},
         {"gemm-tune", required_argument, NULL, GEMM_TUNE},
+        {"gemm", required_argument, NULL, GEMM},
         {"repeats", required_argument, NULL, REPEATS},
         {"warmup", required_argument, NULL, WARMUP},
         {"new-tokens", required_argument, NULL, NEW_TOKENS},
@@ -211,6 +217,11 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
             if (ke_backend_gemm_tune_check(optarg) != KS_OK)
                 return usage_error("%s", ks_error_message());
             o->params.gemm_tune = optarg;
+            break;
+        case GEMM:
+            if (!ke_gemm_path_parse(optarg, &o->params.gemm))
+                return usage_error("--gemm is auto, simt, mma-emulated or mma-ptx, not '%s'",
+                                   optarg);
             break;
         case REPEATS:
             if (!cli_parse_int(optarg, 1, 1000, &o->params.repeats))

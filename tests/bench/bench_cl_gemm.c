@@ -4,6 +4,7 @@
  *
  *   bench_cl_gemm [--device SPEC] [--m LIST] [--shapes LIST] [--seconds S] [--no-ref]
  *                 [--variants LIST] [--fused LIST] [--gemm-tune ROW[,KEY=VALUE...]]
+ *                 [--gemm LIST] [--events N] [--dtypes f16,f32]
  *
  *   --m 1,8,71,257    batch rows (default): decode 1 and 8, one 71-token prompt, one image
  *   --shapes a,b      names from the table below (default all)
@@ -14,6 +15,17 @@
  *                     prologue), bias, resid (Y += ...), stats (row statistics out), or all
  *   --gemm-tune T     the tunables of table row T (cpu, nvidia, gpu) with overrides, as
  *                     `kosmos bench --gemm-tune` (docs/gemm.md); default the device's row
+ *   --gemm LIST       the paths to measure, each in turn on the same data (ke_cl_gemm_set_path:
+ *                     auto, simt, mma-emulated, mma-ptx; default auto); each prints its probe
+ *                     report, and the figures of later paths their ratio to the first's
+ *   --events N        time each product by its OpenCL event (a profiling queue): the median of
+ *                     N >= 1 runs after a warm-up, and TFLOP/s = 2·m·n·k / that median (the
+ *                     figure for the matrix units; --seconds and the CPU columns unused)
+ *   --dtypes LIST     weight dtypes to run, f16 and/or f32 (default both)
+ *
+ * The vision shapes at 64 images (m = 16448 = 64 x 257) are the tensor-core targets:
+ *   bench_cl_gemm --device gpu --m 16448 --shapes v_qkv,v_attn,v_up,v_down --no-ref \
+ *       --variants auto --dtypes f16 --gemm simt,mma-ptx --events 10
  *
  * For each shape and m it prints milliseconds per product, GFLOP/s (2·m·n·k), the GB/s of
  * weight traffic (n·k·bytes per weight, read once), GFLOP per CPU-second of the process (steadier
@@ -47,6 +59,7 @@ static const shape shapes[] = {
     {"ffn_up", 8192, 2048},   /* text fc1 */
     {"ffn_down", 2048, 8192}, /* text fc2 */
     {"lm_head", 65037, 2048}, /* vocabulary */
+    {"v_qkv", 3072, 1024},    /* vision q, k and v as one product */
     {"v_attn", 1024, 1024},   /* vision q/k/v/out */
     {"v_up", 4096, 1024},     /* vision fc1 */
     {"v_down", 1024, 4096},   /* vision fc2 */
@@ -139,6 +152,56 @@ static double time_gemm(kc_context *ctx, ke_cl_gemm *g, const ke_cl_gemm_args *a
     return t / runs;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Device seconds of one product by its OpenCL event: the median of `runs` after a warm-up; < 0
+ * on failure. The context's queue profiles (kc_context_params.profiling). */
+static double time_events(kc_context *ctx, ke_cl_gemm *g, const ke_cl_gemm_args *a, int runs,
+                          char *variant, size_t variant_len)
+{
+    kc_profile *prof = kc_context_profile(ctx);
+    double *t = calloc((size_t)runs, sizeof *t);
+    if (!t || run_once(g, a, false, NULL, ctx) != KS_OK || kc_context_finish(ctx) != KS_OK) {
+        fprintf(stderr, "  %s\n", t ? ks_error_message() : "out of memory");
+        free(t);
+        return -1.0;
+    }
+    snprintf(variant, variant_len, "%s", ke_cl_gemm_last_variant(g));
+    for (int r = 0; r < runs; r++) {
+        kc_profile_summary sum;
+        kc_profile_reset(prof);
+        if (run_once(g, a, false, NULL, ctx) != KS_OK || kc_context_finish(ctx) != KS_OK ||
+            kc_profile_summarize(prof, &sum) != KS_OK || !sum.timed) {
+            fprintf(stderr, "  %s\n", ks_error_message());
+            free(t);
+            return -1.0;
+        }
+        for (size_t i = 0; i < sum.n_rows; i++)
+            if (!sum.rows[i].is_wait)
+                t[r] += sum.rows[i].device_ms * 1e-3;
+    }
+    qsort(t, (size_t)runs, sizeof *t, cmp_double);
+    double median = runs % 2 ? t[runs / 2] : 0.5 * (t[runs / 2 - 1] + t[runs / 2]);
+    free(t);
+    return median;
+}
+
+/* One event-timed figure: median ms, TFLOP/s, and the ratio to the first path's figure. */
+static void report_events(const char *shape_name, size_t m, size_t n, size_t k, const char *path,
+                          const char *impl, const char *variant, double s, double first_s)
+{
+    printf("%-9s %5zu %6zu %5zu  %-12s %-9s %-12s %9.4g %9.4g", shape_name, m, n, k, path, impl,
+           variant, s * 1e3, 2.0 * (double)m * (double)n * (double)k / s * 1e-12);
+    if (first_s > 0)
+        printf(" %8.3gx", first_s / s);
+    printf("\n");
+    fflush(stdout);
+}
+
 static void report(const char *shape_name, size_t m, size_t n, size_t k, const char *impl,
                    const char *variant, size_t wbytes, double s, double ref_s)
 {
@@ -158,7 +221,8 @@ int main(int argc, char **argv)
     const char *variants = "auto,clblast";
     double min_s = 0.3;
     bool ref = true;
-    const char *fused = "", *tune = NULL;
+    const char *fused = "", *tune = NULL, *paths = "auto", *dtypes = "f16,f32";
+    int events = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc)
             device = argv[++i];
@@ -176,11 +240,19 @@ int main(int argc, char **argv)
             fused = argv[++i];
         else if (!strcmp(argv[i], "--gemm-tune") && i + 1 < argc)
             tune = argv[++i];
+        else if (!strcmp(argv[i], "--gemm") && i + 1 < argc)
+            paths = argv[++i];
+        else if (!strcmp(argv[i], "--events") && i + 1 < argc && atoi(argv[i + 1]) >= 1)
+            events = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--dtypes") && i + 1 < argc)
+            dtypes = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--device SPEC] [--m 1,8,71,257] [--shapes attn,...] "
                             "[--variants auto,rows,tiles,clblast] [--seconds S] "
                             "[--no-ref] [--fused ln,bias,resid,stats|all] "
-                            "[--gemm-tune ROW[,KEY=VALUE...]]\n", argv[0]);
+                            "[--gemm-tune ROW[,KEY=VALUE...]] "
+                            "[--gemm auto,simt,mma-emulated,mma-ptx] [--events N] "
+                            "[--dtypes f16,f32]\n", argv[0]);
             return 2;
         }
     }
@@ -205,21 +277,50 @@ int main(int argc, char **argv)
         fprintf(stderr, "no OpenCL device\n");
         goto done;
     }
+    /* the paths, checked before anything is built */
+    ke_gemm_path path_list[8];
+    size_t n_paths = 0;
+    for (const char *p = paths; p && *p && n_paths < 8; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+        char name[32];
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(p, ","), p);
+        if (!ke_gemm_path_parse(name, &path_list[n_paths++])) {
+            fprintf(stderr, "--gemm: no path '%s' (auto, simt, mma-emulated, mma-ptx)\n", name);
+            goto done;
+        }
+    }
+    size_t max_m = 1;
+    for (const char *mp = m_list; mp && *mp; mp = strchr(mp, ',') ? strchr(mp, ',') + 1 : NULL)
+        if ((size_t)strtoul(mp, NULL, 10) > max_m)
+            max_m = (size_t)strtoul(mp, NULL, 10);
     const kc_device_info *dev = kc_device_list_get(list, index);
-    if (kc_context_new(dev, NULL, &ctx) != KS_OK || ke_cl_gemm_new(ctx, tune, &g) != KS_OK) {
+    kc_context_params cp;
+    kc_context_params_init(&cp);
+    cp.profiling = events > 0;
+    if (kc_context_new(dev, &cp, &ctx) != KS_OK || ke_cl_gemm_new(ctx, tune, &g) != KS_OK) {
         fprintf(stderr, "%s\n", ks_error_message());
         goto done;
     }
     printf("device: %s (%s, %s, %u compute units)\n", dev->name, dev->platform_name,
            dev->driver_version, dev->compute_units);
-    printf("%-9s %4s %6s %5s  %-11s %-12s %9s %8s %8s %8s %9s\n", "shape", "m", "n", "k", "impl",
-           "variant", "ms", "GFLOP/s", "W GB/s", "GF/cpu-s", "vs ref");
+    bool path_ok[8];
+    for (size_t pi = 0; pi < n_paths; pi++) {
+        path_ok[pi] = ke_cl_gemm_set_path(g, path_list[pi]) == KS_OK;
+        if (!path_ok[pi])
+            fprintf(stderr, "%s\n", ks_error_message()); /* names the path */
+        printf("gemm %s: %s\n", ke_gemm_path_name(path_list[pi]), ke_cl_gemm_path_report(g));
+    }
+    if (events)
+        printf("%-9s %5s %6s %5s  %-12s %-9s %-12s %9s %9s %9s\n", "shape", "m", "n", "k", "path",
+               "impl", "variant", "median ms", "TFLOP/s", "vs first");
+    else
+        printf("%-9s %4s %6s %5s  %-11s %-12s %9s %8s %8s %8s %9s\n", "shape", "m", "n", "k",
+               "impl", "variant", "ms", "GFLOP/s", "W GB/s", "GF/cpu-s", "vs ref");
 
     for (size_t si = 0; si < N_SHAPES; si++) {
         const shape *sh = &shapes[si];
         if (!in_list(shape_list, sh->name))
             continue;
-        const size_t n = sh->n, k = sh->k, max_m = 512;
+        const size_t n = sh->n, k = sh->k;
         /* host data: W as f32 and f16 (the same values), X for up to max_m rows */
         float *wf = malloc(n * k * sizeof *wf);
         uint16_t *wh = malloc(n * k * sizeof *wh);
@@ -311,29 +412,45 @@ int main(int argc, char **argv)
                                  .accumulate = all || in_list(fused, "resid"),
                                  .stats_out = stats_out};
             char variant[64];
-            for (int dt = 1; dt >= 0; dt--) {
-                a.w = &wt[dt];
-                a.ln_w = ln_wb[dt];
-                a.ln_b = ln_wb[dt] ? ln_wb[dt] : NULL;
-                wt[dt].bias = bias[dt];
-                /* ours: auto and each family; CLBlast: f32 only (no f16-storage mode) */
-                for (size_t v = 0; v <= ke_cl_gemm_variant_count() + 1; v++) {
-                    bool clblast = v == ke_cl_gemm_variant_count() + 1;
-                    const char *vn = v == 0 ? "auto" : clblast ? "clblast"
-                                                               : ke_cl_gemm_variant_name(v - 1);
-                    if (!in_list(variants, vn) || (dt && clblast))
+            double first_s[2][8] = {{0}}; /* [dt][variant]: the first path's figures */
+            for (size_t pi = 0; pi < n_paths; pi++) {
+                if (!path_ok[pi] ||
+                    (n_paths > 1 && ke_cl_gemm_set_path(g, path_list[pi]) != KS_OK))
+                    continue;
+                for (int dt = 1; dt >= 0; dt--) {
+                    if (!in_list(dtypes, dt ? "f16" : "f32"))
                         continue;
-                    if (!clblast && ke_cl_gemm_force(g, v == 0 ? NULL : vn, -1) != KS_OK)
-                        continue;
-                    double s = time_gemm(ctx, g, &a, clblast, bwf, min_s, variant,
-                                         sizeof variant);
-                    if (s > 0)
-                        report(sh->name, m, n, k,
-                               clblast ? "clblast-f32" : dt ? "ours-f16" : "ours-f32", variant,
-                               dt ? 2 : 4, s, ref_s);
+                    a.w = &wt[dt];
+                    a.ln_w = ln_wb[dt];
+                    a.ln_b = ln_wb[dt] ? ln_wb[dt] : NULL;
+                    wt[dt].bias = bias[dt];
+                    /* ours: auto and each family; CLBlast: f32 only (no f16-storage mode) */
+                    for (size_t v = 0; v <= ke_cl_gemm_variant_count() + 1 && v < 8; v++) {
+                        bool clblast = v == ke_cl_gemm_variant_count() + 1;
+                        const char *vn = v == 0 ? "auto" : clblast ? "clblast"
+                                                                   : ke_cl_gemm_variant_name(v - 1);
+                        if (!in_list(variants, vn) || (dt && clblast) || (events && clblast))
+                            continue;
+                        if (!clblast && ke_cl_gemm_force(g, v == 0 ? NULL : vn, -1) != KS_OK)
+                            continue;
+                        const char *impl = clblast ? "clblast-f32" : dt ? "ours-f16" : "ours-f32";
+                        if (events) {
+                            double s = time_events(ctx, g, &a, events, variant, sizeof variant);
+                            if (s > 0)
+                                report_events(sh->name, m, n, k, ke_gemm_path_name(path_list[pi]),
+                                              impl, variant, s, first_s[dt][v]);
+                            if (pi == 0)
+                                first_s[dt][v] = s;
+                            continue;
+                        }
+                        double s = time_gemm(ctx, g, &a, clblast, bwf, min_s, variant,
+                                             sizeof variant);
+                        if (s > 0)
+                            report(sh->name, m, n, k, impl, variant, dt ? 2 : 4, s, ref_s);
+                    }
                 }
+                ke_cl_gemm_force(g, NULL, -1);
             }
-            ke_cl_gemm_force(g, NULL, -1);
         }
         kc_context_buffer_free(ctx, &bx);
         kc_context_buffer_free(ctx, &bwf);

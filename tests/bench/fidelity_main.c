@@ -4,7 +4,7 @@
  *
  *   kosmos-fidelity --model DIR --inputs IN.safetensors --out OUT.safetensors
  *                   [--device SPEC] [--precision fp16|fp32] [--new-tokens N]
- *                   [--kv-cache f32|f16]
+ *                   [--kv-cache f32|f16] [--gemm auto|simt|mma-emulated|mma-ptx]
  *
  * IN holds pixel_values [1,3,S,S] f32, input_ids [T] i64, image_embeds_position_mask [T] i64.
  * OUT gets prefill_logits_last [V] f32, image_embeds [1,64,D] f32 and generated_ids [N] i64
@@ -24,13 +24,14 @@ typedef struct fidelity_args {
     ke_dtype precision;
     int new_tokens;
     bool kv_half; /* --kv-cache f16: keys and values stored as half (an OpenCL device only) */
+    ke_gemm_path gemm; /* --gemm: the engine of the large products (an OpenCL device only) */
 } fidelity_args;
 
 static int usage(void)
 {
     fputs("usage: kosmos-fidelity --model DIR --inputs IN.safetensors --out OUT.safetensors\n"
           "                       [--device SPEC] [--precision fp16|fp32] [--new-tokens N]\n"
-          "                       [--kv-cache f32|f16]\n",
+          "                       [--kv-cache f32|f16] [--gemm auto|simt|mma-emulated|mma-ptx]\n",
           stderr);
     return 2;
 }
@@ -95,7 +96,8 @@ static ks_status run(const fidelity_args *a)
 
     ke_backend_options backend_options = {.slots = 1,
                                           .slot_capacity = (int)n_ids + a->new_tokens + 1,
-                                          .kv_half = a->kv_half};
+                                          .kv_half = a->kv_half,
+                                          .gemm = a->gemm};
     if ((st = ke_backend_open(model, a->device, &backend_options, &backend)))
         goto done;
     if ((st = backend->ops->encode_images(backend, pixels, 1, image_embeds, NULL)))
@@ -130,6 +132,8 @@ static ks_status run(const fidelity_args *a)
         goto done;
     fprintf(stderr, "kosmos-fidelity: %zu new tokens on %s\n", result.new_tokens,
             stats.device ? stats.device : "?");
+    if (stats.gemm)
+        fprintf(stderr, "kosmos-fidelity: gemm %s\n", stats.gemm);
 done:
     ke_st_writer_destroy(&writer);
     free(generated);
@@ -164,6 +168,10 @@ int main(int argc, char **argv)
             a.precision = !strcmp(value, "fp16") ? KE_DTYPE_F16 : KE_DTYPE_F32;
         else if (!strcmp(argv[i], "--kv-cache")) {
             if (!ke_kv_cache_parse(value, &a.kv_half))
+                return usage();
+        }
+        else if (!strcmp(argv[i], "--gemm")) {
+            if (!ke_gemm_path_parse(value, &a.gemm))
                 return usage();
         }
         else if (!strcmp(argv[i], "--new-tokens") && atoi(value) > 0)

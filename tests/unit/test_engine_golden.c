@@ -6,7 +6,8 @@
  * data: parameter errors, seeded sampling, requests waiting for slots.
  * The backend is the reference one, or KOSMOS_TEST_DEVICE's (a --device SPEC): ctest runs the
  * same program as test_engine_golden_cl on the OpenCL CPU device (PoCL), and with
- * KOSMOS_TEST_PRECISION=fp32 as test_engine_golden_cl_fp32 (f32 weights).
+ * KOSMOS_TEST_PRECISION=fp32 as test_engine_golden_cl_fp32 (f32 weights). KOSMOS_TEST_GEMM
+ * picks the large products' engine (auto by default: gemm.cl's kernels on PoCL).
  * Skips when the golden data is absent. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -97,9 +98,14 @@ static const char *test_device(void)
     return spec && *spec ? spec : "ref";
 }
 
+/* KOSMOS_TEST_GEMM=<path> (--gemm's names) picks the OpenCL backend's large-product engine. */
 static ks_status open_backend(const ke_backend_options *bo, ke_backend **out)
 {
-    return ke_backend_open(fx.model, test_device(), bo, out);
+    ke_backend_options o = *bo;
+    const char *gemm = getenv("KOSMOS_TEST_GEMM");
+    if (gemm && *gemm && !ke_gemm_path_parse(gemm, &o.gemm))
+        return ks_fail(KS_ERR_INVALID, "KOSMOS_TEST_GEMM: no path '%s'", gemm);
+    return ke_backend_open(fx.model, test_device(), &o, out);
 }
 
 static size_t embeds_per_image(void)

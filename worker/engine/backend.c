@@ -70,6 +70,25 @@ bool ke_kv_cache_parse(const char *name, bool *kv_half)
     return true;
 }
 
+static const char *const gemm_path_names[] = {"auto", "simt", "mma-emulated", "mma-ptx"};
+
+bool ke_gemm_path_parse(const char *name, ke_gemm_path *path)
+{
+    for (size_t i = 0; i < sizeof gemm_path_names / sizeof gemm_path_names[0]; i++)
+        if (!strcmp(name, gemm_path_names[i])) {
+            *path = (ke_gemm_path)i;
+            return true;
+        }
+    return false;
+}
+
+const char *ke_gemm_path_name(ke_gemm_path path)
+{
+    return (size_t)path < sizeof gemm_path_names / sizeof gemm_path_names[0]
+               ? gemm_path_names[path]
+               : "?";
+}
+
 void ke_backend_stats_get(const ke_backend *b, ke_backend_stats *out)
 {
     memset(out, 0, sizeof *out);

@@ -91,6 +91,8 @@ typedef struct ke_backend_stats {
     size_t device_bytes;       /* device memory held: weights, KV cache, scratch */
     size_t weight_bytes;       /* ... of which the model's weights (written, so resident even
                                 * where a device lives in host memory and commits lazily) */
+    const char *gemm;          /* the large matrix products' engine and why ("simt: ...",
+                                * "mma-ptx: the 16x8x16 probe matched ..."), borrowed */
 } ke_backend_stats;
 
 typedef struct ke_backend_ops {
@@ -167,6 +169,26 @@ struct ke_backend {
     int slot_capacity;     /* tokens per slot */
 };
 
+/* The engine of the matrix products with many rows (vision, prefill) on an OpenCL device
+ * (--gemm; docs/gemm.md, "Paths"). AUTO: SIMT on every device until the PTX engine's fidelity
+ * is measured on a GPU; SIMT: gemm.cl's kernels; MMA_EMULATED: the matrix-unit engine with its
+ * warp operations emulated in plain OpenCL C (any device; slow: for tests); MMA_PTX: tensor
+ * cores through inline PTX (NVIDIA; opening fails when the probe does). The reference backend
+ * ignores it. */
+typedef enum ke_gemm_path {
+    KE_GEMM_AUTO = 0,
+    KE_GEMM_SIMT,
+    KE_GEMM_MMA_EMULATED,
+    KE_GEMM_MMA_PTX
+} ke_gemm_path;
+
+/* The path by its command-line name: auto, simt, mma-emulated, mma-ptx. false (and *path
+ * untouched) for another name. */
+bool ke_gemm_path_parse(const char *name, ke_gemm_path *path);
+
+/* The command-line name of a path (static storage). */
+const char *ke_gemm_path_name(ke_gemm_path path);
+
 typedef struct ke_backend_options {
     int slots;         /* how many sequences can be live at once */
     int slot_capacity; /* max tokens per sequence (prompt + generated) */
@@ -180,6 +202,7 @@ typedef struct ke_backend_options {
      * call that opens the backend; NULL or "": the device's row. The reference backend has no
      * GEMM tunables and ignores it. */
     const char *gemm_tune;
+    ke_gemm_path gemm; /* OpenCL: the large products' engine (default auto) */
     /* The resampler's cross-attention. false (default): as transformers 5.17 computes it with
      * its default SDPA attention - x_attn has is_causal=True and no mask, so SDPA keeps the
      * first latent_query_num K/V rows and masks them causally: latent query i sees rows 0..i

@@ -1061,6 +1061,7 @@ static void cl_stats(const ke_backend *b, ke_backend_stats *out)
     out->program_build_ms = bs.seconds * 1e3;
     out->device_bytes = cb->device_bytes;
     out->weight_bytes = cb->weight_bytes;
+    out->gemm = ke_cl_gemm_path_report(cb->gemm);
 }
 
 static void cl_destroy(ke_backend *b)
@@ -1345,6 +1346,7 @@ ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
     if ((status = kc_context_new(device, &params, &cb->ctx)) != KS_OK ||
         (status = ke_cl_gemm_new(cb->ctx, options->gemm_tune, &cb->gemm)) != KS_OK ||
         (status = ke_cl_ops_new(cb->ctx, cb->wdt, &cb->ops)) != KS_OK ||
+        (status = ke_cl_gemm_set_path(cb->gemm, options->gemm)) != KS_OK ||
         (status = upload_vision(cb)) != KS_OK || (status = upload_text(cb)) != KS_OK ||
         (status = prepare_flash(cb, options)) != KS_OK ||
         (status = kc_context_finish(cb->ctx)) != KS_OK)

@@ -4,6 +4,7 @@
  * in docs/gemm.md. */
 #include "cl_gemm.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,11 +39,17 @@ static const gemm_tune tune_table[] = {
     {"gpu", 32, 64, 1, 1, 4, 1, 0, 64, 64, 16, 4, 4, 64, 4},
 };
 
+static bool is_nvidia_gpu(const kc_device_info *dev)
+{
+    return !(dev->type & CL_DEVICE_TYPE_CPU) &&
+           (strstr(dev->vendor, "NVIDIA") || strstr(dev->platform_name, "NVIDIA"));
+}
+
 static const gemm_tune *tune_for(const kc_device_info *dev)
 {
     if (dev->type & CL_DEVICE_TYPE_CPU)
         return &tune_table[0];
-    if (strstr(dev->vendor, "NVIDIA") || strstr(dev->platform_name, "NVIDIA"))
+    if (is_nvidia_gpu(dev))
         return &tune_table[1];
     return &tune_table[2];
 }
@@ -112,7 +119,7 @@ static ks_status tune_parse(const char *text, gemm_tune *out)
     return KS_OK;
 }
 
-enum { V_ROWS, V_TILES, V_COUNT, V_AUTO = -1 };
+enum { V_ROWS, V_TILES, V_COUNT, V_MMA = V_COUNT, V_AUTO = -1 };
 static const char *const variant_names[V_COUNT] = {"rows", "tiles"};
 
 /* gemm_rowsR by R; the smallest R that covers m in one group row is chosen. */
@@ -124,6 +131,7 @@ static const char *const rows_kernel[N_ROWS_R] = {"gemm_rows1", "gemm_rows2", "g
 struct ke_cl_gemm_site {
     kc_bound *rows[2][N_ROWS_R]; /* [ke_dtype][R index], created on first use */
     kc_bound *tiles[2];
+    kc_bound *mma[2]; /* of the engine's programs, dropped when the path changes */
     struct ke_cl_gemm_site *next;
 };
 
@@ -139,6 +147,9 @@ struct ke_cl_gemm {
     int forced, forced_split;
     size_t forced_chunk;
     char last[48];
+    ke_cl_mma mma; /* the matrix-unit engine, when mma_on */
+    bool mma_on, mma_f32; /* on; for f32 weights too (a forced path) */
+    char path_report[1024];
 };
 
 size_t ke_cl_gemm_variant_count(void) { return V_COUNT; }
@@ -157,7 +168,12 @@ ks_status ke_cl_gemm_force(ke_cl_gemm *g, const char *name, int split)
             g->forced = v;
             return KS_OK;
         }
-    return ks_fail(KS_ERR_INVALID, "gemm: no variant '%s'", name);
+    if (strcmp(name, "mma") == 0 && g->mma_on) {
+        g->forced = V_MMA;
+        return KS_OK;
+    }
+    return ks_fail(KS_ERR_INVALID, "gemm: no variant '%s'%s", name,
+                   strcmp(name, "mma") == 0 ? " (no --gemm path has the mma engine on)" : "");
 }
 
 void ke_cl_gemm_force_chunk(ke_cl_gemm *g, size_t chunk_len) { g->forced_chunk = chunk_len; }
@@ -198,6 +214,7 @@ ks_status ke_cl_gemm_new(kc_context *ctx, const char *tune, ke_cl_gemm **out)
     g->forced = V_AUTO;
     g->forced_split = -1;
     snprintf(g->last, sizeof g->last, "none");
+    snprintf(g->path_report, sizeof g->path_report, "simt: no path chosen");
     if ((tune && *tune && (status = tune_parse(tune, &g->tune)) != KS_OK) ||
         (status = build(g, KE_DTYPE_F32)) != KS_OK || (status = build(g, KE_DTYPE_F16)) != KS_OK) {
         ks_error_prefix("ke_cl_gemm_new");
@@ -525,7 +542,10 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
     if (w->panel != (size_t)t->w_panel)
         return ks_fail(KS_ERR_INVALID, "gemm: a weight in panels of %zu for kernels built for %d "
                        "(uploaded by another ke_cl_gemm?)", w->panel, t->w_panel);
-    int v = g->forced != V_AUTO ? g->forced : a->m <= (size_t)t->rows_max_m ? V_ROWS : V_TILES;
+    int v = g->forced != V_AUTO                                              ? g->forced
+            : g->mma_on && a->m > KE_CL_MMA_MIN_M && (g->mma_f32 || dt == KE_DTYPE_F16) ? V_MMA
+            : a->m <= (size_t)t->rows_max_m                                       ? V_ROWS
+                                                                                  : V_TILES;
     size_t chunks = ceil_div(w->k, w->chunk_len);
     size_t global[3], local[3];
     kc_bound *kern = NULL;
@@ -546,6 +566,11 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
         global[1] = ceil_div(a->m, (size_t)rows_r[ri]);
         global[2] = split ? chunks : 1;
         snprintf(g->last, sizeof g->last, "rows%d%s", rows_r[ri], split ? " split" : "");
+    } else if (v == V_MMA) {
+        slot = &site->mma[dt];
+        kname = "gemm_mma";
+        ke_cl_mma_ndrange(&g->mma, a->m, w->n, global, local);
+        snprintf(g->last, sizeof g->last, "mma");
     } else {
         slot = &site->tiles[dt];
         kname = "gemm_tiles";
@@ -561,7 +586,10 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
         (status = grow_scratch(g, chunks * a->m * round_up(w->n, 16),
                                (global[0] / local[0]) * global[1])) != KS_OK)
         goto cleanup;
-    if (!*slot && (status = kc_bound_new(g->prog[dt], kname, slot)) != KS_OK)
+    kc_program *prog = g->prog[dt];
+    if (!*slot && v == V_MMA && (status = ke_cl_mma_program(g->ctx, &g->mma, dt, &prog)) != KS_OK)
+        goto cleanup;
+    if (!*slot && (status = kc_bound_new(prog, kname, slot)) != KS_OK)
         goto cleanup;
     kern = *slot;
     if ((status = set_args(kern, g, a)) != KS_OK)
@@ -578,3 +606,163 @@ cleanup:
                         dt == KE_DTYPE_F16 ? "f16" : "f32");
     return status;
 }
+
+/* ---- the path of the large products (cl_gemm_mma.h) ---------------------------------------- */
+
+/* The engine as a whole against the SIMT kernels on one product on this device: the probe saw
+ * the macro layer; this sees the pipeline, the epilogue and whether the launch fits the device.
+ * Operands in steps of 1/16 and 1/64 (exact in f16) make every sum exact in f32 whatever its
+ * order, so the two must agree. 0 when they do; else why. */
+static int check_engine(ke_cl_gemm *g, char *why, size_t len)
+{
+    enum { M = 200, N = 136, K = 200 };
+    ks_status st = KS_OK;
+    uint16_t *wh = malloc(N * K * 2), *bh = malloc(N * 2);
+    float *x = malloc(M * K * 4), *y[2] = {malloc(M * N * 4), malloc(M * N * 4)};
+    cl_mem bx = NULL, by = NULL;
+    ke_cl_weight wt = {0};
+    uint32_t s = 2463534242u;
+    int bad = 1;
+    if (!wh || !bh || !x || !y[0] || !y[1]) {
+        snprintf(why, len, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < N * K + N + M * K; i++) {
+        s ^= s << 13, s ^= s >> 17, s ^= s << 5;
+        const float v = (float)((int)(s % 33) - 16);
+        if (i < N * K)
+            wh[i] = ke_f32_to_f16(v / 64.0f);
+        else if (i < N * K + N)
+            bh[i - N * K] = ke_f32_to_f16(v / 4.0f);
+        else
+            x[i - N * K - N] = v / 16.0f;
+    }
+    ke_tensor tw = {.dtype = KE_DTYPE_F16, .ndim = 2, .shape = {N, K}, .data = wh};
+    ke_tensor tb = {.dtype = KE_DTYPE_F16, .ndim = 1, .shape = {N}, .data = bh};
+    const ke_tensor *wp[1] = {&tw}, *bp[1] = {&tb};
+    ke_cl_gemm_args a = {.m = M, .w = &wt, .ldx = K, .ldy = N, .act = -1};
+    static const char *const family[2] = {"tiles", "mma"};
+    if ((st = ke_cl_weight_upload(g, KE_DTYPE_F16, wp, bp, 1, "the engine check", &wt, NULL)) ||
+        (st = kc_context_buffer(g->ctx, CL_MEM_READ_ONLY, M * K * 4, x, &bx)) ||
+        (st = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, M * N * 4, NULL, &by)))
+        goto done;
+    a.x = bx, a.y = by;
+    for (int f = 0; f < 2 && st == KS_OK; f++)
+        if ((st = ke_cl_gemm_force(g, family[f], -1)) == KS_OK &&
+            (st = ke_cl_gemm_run(g, NULL, &a, "gemm engine check")) == KS_OK)
+            st = kc_context_read(g->ctx, by, true, 0, M * N * 4, y[f], NULL);
+    ke_cl_gemm_force(g, NULL, -1);
+    if (st != KS_OK)
+        goto done;
+    for (int i = 0; i < M * N; i++)
+        if (!(fabsf(y[1][i] - y[0][i]) <= 1e-6f * (1.0f + fabsf(y[0][i])))) {
+            snprintf(why, len, "a %dx%dx%d product: Y[%d][%d] = %g, the SIMT kernels' %g", M, N, K,
+                     i / N, i % N, (double)y[1][i], (double)y[0][i]);
+            goto done;
+        }
+    bad = 0;
+done:
+    if (st != KS_OK)
+        snprintf(why, len, "a %dx%dx%d product failed: %.300s", M, N, K, ks_error_message());
+    kc_context_buffer_free(g->ctx, &bx);
+    kc_context_buffer_free(g->ctx, &by);
+    kc_context_buffer_free(g->ctx, &wt.w);
+    kc_context_buffer_free(g->ctx, &wt.bias);
+    free(wh), free(bh), free(x), free(y[0]), free(y[1]);
+    return bad;
+}
+
+/* The probe, then the engine check (check_engine); on success the engine is on. *report says
+ * what happened either way. */
+static ks_status probe_ptx(ke_cl_gemm *g, char *report, size_t len)
+{
+    char why[400] = "";
+    ks_status st = ke_cl_mma_probe(g->ctx, g->tune.w_panel, &g->mma, report, len);
+    if (st != KS_OK)
+        return st;
+    g->mma_on = g->mma_f32 = true;
+    if (check_engine(g, why, sizeof why) != 0) {
+        ke_cl_gemm_use_mma(g, NULL);
+        snprintf(report + strlen(report), len - strlen(report), "; but the engine failed %s",
+                 why);
+        return ks_fail(KS_ERR_UNSUPPORTED, "%s", report);
+    }
+    snprintf(report + strlen(report), len - strlen(report),
+             "; a 200x136x200 product equals the SIMT kernels'");
+    return KS_OK;
+}
+
+/* Bound kernels of an engine that is no longer in use (they belong to its programs), and a
+ * forced "mma". */
+static void drop_mma_sites(ke_cl_gemm *g)
+{
+    if (g->forced == V_MMA)
+        g->forced = V_AUTO;
+    for (ke_cl_gemm_site *s = g->sites; s; s = s->next)
+        s->mma[0] = s->mma[1] = NULL;
+    g->fallback.mma[0] = g->fallback.mma[1] = NULL;
+}
+
+ks_status ke_cl_gemm_use_mma(ke_cl_gemm *g, const ke_mma_variant *variant)
+{
+    drop_mma_sites(g);
+    g->mma_on = false;
+    if (!variant)
+        return KS_OK;
+    ks_status st = ke_cl_mma_build(g->ctx, variant, g->tune.w_panel, &g->mma);
+    g->mma_on = g->mma_f32 = st == KS_OK;
+    return st;
+}
+
+ks_status ke_cl_gemm_set_path(ke_cl_gemm *g, ke_gemm_path path)
+{
+    static const ke_mma_variant emulated = {.ldmatrix = true, .cp_async = true};
+    const kc_device_info *dev = kc_context_device(g->ctx);
+    const size_t len = sizeof g->path_report;
+    char probe[960] = "";
+    ks_status st = ke_cl_gemm_use_mma(g, NULL);
+    switch (path) {
+    case KE_GEMM_SIMT:
+        snprintf(g->path_report, len, "simt: forced (--gemm simt)");
+        break;
+    case KE_GEMM_MMA_EMULATED:
+        if ((st = ke_cl_gemm_use_mma(g, &emulated)) != KS_OK) {
+            snprintf(g->path_report, len, "simt: mma-emulated does not build: %.400s",
+                     ks_error_message());
+        } else if (check_engine(g, probe, sizeof probe) != 0) {
+            ke_cl_gemm_use_mma(g, NULL);
+            snprintf(g->path_report, len, "simt: mma-emulated failed %s", probe);
+            st = ks_fail(KS_ERR_UNSUPPORTED, "%s", g->path_report);
+        } else {
+            snprintf(g->path_report, len, "mma-emulated: forced (--gemm mma-emulated), %d stages; "
+                     "a 200x136x200 product equals the SIMT kernels'", g->mma.stages);
+        }
+        break;
+    case KE_GEMM_MMA_PTX:
+        if (!is_nvidia_gpu(dev)) {
+            snprintf(g->path_report, len, "simt: mma-ptx needs an NVIDIA GPU, not '%s' (%s)",
+                     dev->name, dev->vendor);
+            st = ks_fail(KS_ERR_UNSUPPORTED, "%s", g->path_report);
+        } else if ((st = probe_ptx(g, probe, sizeof probe)) == KS_OK) {
+            snprintf(g->path_report, len, "%s (forced)", probe);
+        } else {
+            snprintf(g->path_report, len, "simt: %s", probe);
+        }
+        break;
+    case KE_GEMM_AUTO:
+    default:
+        /* No probe here: the PTX engine has not yet shown on a GPU that the full-size model
+         * keeps transformers' ids and logits (issue 16's fidelity bound), so auto does not run
+         * untested inline PTX at every start; --gemm mma-ptx opts in. */
+        snprintf(g->path_report, len,
+                 "simt: auto (%s '%s'; the matrix-unit engine only with --gemm mma-ptx until its "
+                 "fidelity is measured on a GPU)",
+                 dev->type & CL_DEVICE_TYPE_CPU ? "the CPU device" : "the device", dev->name);
+        break;
+    }
+    if (st != KS_OK)
+        ks_error_prefix("--gemm %s", ke_gemm_path_name(path));
+    return st;
+}
+
+const char *ke_cl_gemm_path_report(const ke_cl_gemm *g) { return g->path_report; }

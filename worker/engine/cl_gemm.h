@@ -19,6 +19,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "backend.h"
+#include "cl_gemm_mma.h"
 #include "kc_context.h"
 #include "kc_program.h"
 #include "ks_error.h"
@@ -98,6 +100,23 @@ ks_status ke_cl_gemm_new(kc_context *ctx, const char *tune, ke_cl_gemm **out);
 ks_status ke_cl_gemm_tune_check(const char *tune);
 void ke_cl_gemm_destroy(ke_cl_gemm **g);
 
+/* Chooses the engine of the products with more than KE_CL_MMA_MIN_M rows (docs/gemm.md,
+ * "Paths"): auto runs the device probe on NVIDIA GPUs and takes mma-ptx, with f16 weights, when
+ * it passes (elsewhere, and for f32 weights, gemm.cl's SIMT kernels); simt, mma-emulated and
+ * mma-ptx force theirs (the matrix-unit engine then serves both weight dtypes). Without a call:
+ * simt. Fails only for a forced path that cannot run: KS_ERR_UNSUPPORTED with the probe's
+ * report, KS_ERR_DEVICE when the engine does not build. Either way ke_cl_gemm_path_report
+ * says what runs and why. */
+ks_status ke_cl_gemm_set_path(ke_cl_gemm *g, ke_gemm_path path);
+
+/* The path in use and why, one line for logs and `kosmos bench` ("simt: ...", "mma-ptx: the
+ * 16x8x16 probe matched with ..."). Borrowed until the next ke_cl_gemm_set_path. */
+const char *ke_cl_gemm_path_report(const ke_cl_gemm *g);
+
+/* For tests and benchmarks: the matrix-unit engine built as `variant`, without a probe, serving
+ * the products above KE_CL_MMA_MIN_M rows of both dtypes (NULL: off, the SIMT kernels). */
+ks_status ke_cl_gemm_use_mma(ke_cl_gemm *g, const ke_mma_variant *variant);
+
 /* The canonical chunk length of the products with this (n, k) on this device. */
 size_t ke_cl_gemm_chunk(const ke_cl_gemm *g, size_t n, size_t k);
 
@@ -125,7 +144,8 @@ const char *ke_cl_gemm_variant_name(size_t i);
 
 /* For tests and benchmarks: later runs use the family `name` whatever m is, until called again
  * (NULL: the automatic choice); `split` (when >= 0) forces chunks to run in groups of their own
- * (1) or in one group (0) where the rows kernel runs. KS_ERR_INVALID for an unknown name. */
+ * (1) or in one group (0) where the rows kernel runs. "mma", not among the families, names the
+ * matrix-unit engine while a path has it on. KS_ERR_INVALID for an unknown name. */
 ks_status ke_cl_gemm_force(ke_cl_gemm *g, const char *name, int split);
 
 /* For tests: the chunk length of later uploads (0: the device's own rule). */

@@ -469,11 +469,15 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
                              .profiling = p->profile,
                              .kv_half = p->kv_half,
                              .gemm_tune = p->gemm_tune,
+                             .gemm = p->gemm,
                              .no_flash_attention = p->no_flash_attention};
     if ((st = ke_backend_open(model, p->device, &bo, &s.backend)) != KS_OK)
         goto cleanup;
     snprintf(out->device_name, sizeof out->device_name, "%s",
              ke_backend_device_name(s.backend));
+    ke_backend_stats bst;
+    ke_backend_stats_get(s.backend, &bst);
+    snprintf(out->gemm, sizeof out->gemm, "%s", bst.gemm ? bst.gemm : "");
 
     bool want_prefill = p->phases & (KE_BENCH_PREFILL | KE_BENCH_DECODE);
     for (int run = 0; run < p->warmup + p->repeats; run++) {
@@ -556,6 +560,7 @@ void ke_bench_print_json(FILE *out, const ke_bench_labels *labels, const ke_benc
     json_object_set_new(o, "peak_device_bytes",
                         r->peak_device_bytes ? json_integer((json_int_t)r->peak_device_bytes)
                                              : json_null());
+    json_object_set_new(o, "gemm", *r->gemm ? json_string(r->gemm) : json_null());
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     if (text) {
         fprintf(out, "%s\n", text);
@@ -579,6 +584,8 @@ void ke_bench_print_table(FILE *out, const ke_bench_labels *labels, const ke_ben
     fprintf(out, "%s, config %s (%llu params), %s, device %s\n", labels->impl, labels->config,
             (unsigned long long)labels->params, labels->precision,
             n > 0 ? r[0].device_name : (labels->device ? labels->device : ""));
+    if (n > 0 && *r[0].gemm)
+        fprintf(out, "gemm: %s\n", r[0].gemm);
     fprintf(out, "%6s %12s %12s %12s %12s %12s\n", "batch", "vision im/s", "prefill t/s",
             "decode t/s", "e2e jobs/s", "peak MiB");
     for (int i = 0; i < n; i++) {

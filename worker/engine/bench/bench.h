@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend.h"
 #include "ks_error.h"
 #include "model.h"
 
@@ -47,6 +48,7 @@ typedef struct ke_bench_params {
     bool kv_half;             /* the KV cache in half precision (ke_backend_options.kv_half) */
     const char *gemm_tune;    /* ke_backend_options.gemm_tune (--gemm-tune), borrowed; NULL */
     bool no_flash_attention;  /* ke_backend_options.no_flash_attention (A/B runs) */
+    ke_gemm_path gemm;        /* the large products' engine (ke_backend_options.gemm) */
 } ke_bench_params;
 
 void ke_bench_params_default(ke_bench_params *p);
@@ -90,6 +92,7 @@ typedef struct ke_bench_result {
     bool peak_host_per_batch; /* false: the process's peak so far (could not reset it) */
     size_t peak_device_bytes; /* device memory the backend holds at the end (its stats);
                                * 0: none or the backend cannot tell */
+    char gemm[1024];          /* the large products' engine and why (ke_backend_stats.gemm) */
     ke_bench_profile profile; /* with params.profile on an OpenCL device */
 } ke_bench_result;
 

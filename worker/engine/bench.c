@@ -467,7 +467,8 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
     ke_backend_options bo = {.slots = batch,
                              .slot_capacity = (int)s.prompt_len + p->new_tokens + 1,
                              .profiling = p->profile,
-                             .kv_half = p->kv_half};
+                             .kv_half = p->kv_half,
+                             .weights_int8 = p->weights_int8};
     s.backend = ke_backend_open(model, p->device, &bo);
     if (!s.backend) {
         st = KS_ERR_UNSUPPORTED;

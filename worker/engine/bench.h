@@ -45,6 +45,7 @@ typedef struct ke_bench_params {
     FILE *log;                /* progress lines (one per run), or NULL, default NULL */
     bool profile;             /* OpenCL: profile the last timed decode run (ke_bench_profile) */
     bool kv_half;             /* the KV cache in half precision (ke_backend_options.kv_half) */
+    bool weights_int8;        /* int8 linear weights (ke_backend_options.weights_int8) */
 } ke_bench_params;
 
 void ke_bench_params_default(ke_bench_params *p);
@@ -106,7 +107,7 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
 typedef struct ke_bench_labels {
     const char *impl;      /* "kosmos" */
     const char *config;    /* "full", "tiny" or the --model folder */
-    const char *precision; /* "fp16" / "fp32" */
+    const char *precision; /* "fp16" / "fp32" / "int8" (ke_precision_name) */
     const char *device;    /* the --device spec as given ("" = default) */
     uint64_t params;       /* parameter count */
 } ke_bench_labels;

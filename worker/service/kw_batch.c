@@ -51,7 +51,8 @@ ks_status kw_engine_open(kw_engine *e, const kw_engine_params *p)
                                   .slot_capacity = p->context > 0 ? p->context
                                                                   : c->text.max_positions,
                                   .kv_tokens = p->kv_tokens,
-                                  .kv_half = p->kv_half};
+                                  .kv_half = p->kv_half,
+                                  .weights_int8 = p->weights_int8};
     e->params.context = options.slot_capacity;
     e->backend = ke_backend_open(e->model.model, p->device, &options);
     if (!e->backend) {

@@ -159,7 +159,8 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         case DEVICE: o->device = optarg; break;
         case PRECISION:
             if (!ke_precision_parse(optarg, &o->precision, &o->weights_int8))
-                return cli_usage_error("run: --precision is fp16, fp32 or int8, not '%s'", optarg);
+                return cli_usage_error("run: --precision is fp16, fp32 or int8, not '%s'",
+                                       optarg);
             break;
         case KV_CACHE:
             if (!ke_kv_cache_parse(optarg, &o->kv_half))

@@ -1,8 +1,8 @@
 /* Unit tests for worker/engine/cl_gemm (ke_cl_gemm, kernels/gemm.cl):
  *   - every kernel family against a double-precision reference on random data and edge shapes
- *     (m, n, k odd and even, f16, f32 and int8 weights, bias, activation, residual, offsets, strides,
- *     row gathers, the LayerNorm prologue from row statistics, the statistics epilogue, the
- *     fused Q/K/V split into a KV cache of f32 or half rows);
+ *     (m, n, k odd and even, f16, f32 and int8 weights, bias, activation, residual, offsets,
+ *     strides, row gathers, the LayerNorm prologue from row statistics, the statistics
+ *     epilogue, the fused Q/K/V split into a KV cache of f32 or half rows);
  *   - the canonical order: a row's output is the same bits whatever m is, whichever kernel runs
  *     it, whatever other rows share the launch and wherever in the launch it sits, with chunks
  *     in one group or in groups of their own (what continuous batching relies on);

@@ -171,9 +171,9 @@ static ks_status build(ke_cl_gemm *g, ke_dtype dt)
              "-DWEIGHT_HALF=%d -DW_INT8=%d -DROWS_NT=%d -DROWS_XK=%d -DROWS_STAGE=%d "
              "-DROWS_SPLIT=%d -DROWS_CW=%d -DROWS_VPW=%d -DW_PANEL=%d "
              "-DTILE_M=%d -DTILE_N=%d -DTILE_K=%d -DWPT_M=%d -DWPT_N=%d -DSTAT_SB=%d",
-             dt == KE_DTYPE_F32 ? 0 : 1, dt == KE_DTYPE_I8 ? 1 : 0, t->rows_nt, t->rows_xk, t->rows_stage ? 1 : 0,
-             t->rows_split ? 1 : 0, t->rows_cw, t->rows_vpw, t->w_panel, t->tile_m, t->tile_n, t->tile_k,
-             t->wpt_m, t->wpt_n, KE_CL_STAT_SB);
+             dt == KE_DTYPE_F32 ? 0 : 1, dt == KE_DTYPE_I8 ? 1 : 0, t->rows_nt, t->rows_xk,
+             t->rows_stage ? 1 : 0, t->rows_split ? 1 : 0, t->rows_cw, t->rows_vpw, t->w_panel,
+             t->tile_m, t->tile_n, t->tile_k, t->wpt_m, t->wpt_n, KE_CL_STAT_SB);
     return kc_program_get(g->ctx, GEMM_FILE, opts, &g->prog[dt]);
 }
 
@@ -257,7 +257,10 @@ ks_status ke_cl_gemm_site_new(ke_cl_gemm *g, const char *name, ke_cl_gemm_site *
 
 /* ---- weights -------------------------------------------------------------------------------- */
 
-static size_t dtype_size(ke_dtype dt) { return dt == KE_DTYPE_I8 ? 1 : dt == KE_DTYPE_F16 ? 2 : 4; }
+static size_t dtype_size(ke_dtype dt)
+{
+    return dt == KE_DTYPE_I8 ? 1 : dt == KE_DTYPE_F16 ? 2 : 4;
+}
 
 static const char *dtype_name(ke_dtype dt)
 {

@@ -90,8 +90,9 @@ typedef struct ke_cl_gemm_args {
 } ke_cl_gemm_args;
 
 /* Builds (or loads from the program cache) kernels/gemm.cl for both storage dtypes (the int8
- * program waits for the first int8 upload) with the device's tunables (docs/gemm.md; the developer switch KOSMOS_GEMM_TUNE overrides them). NULL
- * with a message on failure. `ctx` is borrowed and must outlive the gemm. */
+ * program waits for the first int8 upload) with the device's tunables (docs/gemm.md; the
+ * developer switch KOSMOS_GEMM_TUNE overrides them). NULL with a message on failure. `ctx` is
+ * borrowed and must outlive the gemm. */
 ke_cl_gemm *ke_cl_gemm_new(kc_context *ctx);
 void ke_cl_gemm_destroy(ke_cl_gemm **g);
 

@@ -27,9 +27,10 @@ size_t ke_op_linear_scratch(size_t in);
 /* y (rows, out) = x (rows, in) · Wᵀ + b, as nn.Linear. W is (out, in...) - trailing dimensions
  * are flattened, so a conv weight (out, C, k, k) is (out, C·k·k). bias may be NULL or absent
  * (data NULL). Each output is one f32 dot product (8 interleaved partial sums in a fixed
- * order), then (an int8 W, quant.h: the dot product of the codes) · the row's scale, then + bias; a row's result never depends on the other rows, so batching sequences
- * together changes no value. scratch: at least
- * ke_op_linear_scratch(in) floats. x and y must not overlap. */
+ * order), then (an int8 W, quant.h: the dot product of the codes) · the row's scale, then
+ * + bias; a row's result never depends on the other rows, so batching sequences together
+ * changes no value. scratch: at least ke_op_linear_scratch(in) floats. x and y must not
+ * overlap. */
 void ke_op_linear(const float *x, size_t rows, const ke_tensor *w, const ke_tensor *bias, float *y,
                   float *scratch);
 

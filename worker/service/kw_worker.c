@@ -885,7 +885,8 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
            ks_log_str(device_esc, sizeof device_esc, io.device.name), p->max_batch,
            kw_worker_capacity(p), engine.backend->slots, engine.backend->slot_capacity,
            p->engine.kv_tokens, p->engine.kv_half ? "f16" : "f32",
-           ke_precision_name(p->engine.precision, p->engine.weights_int8), kw_now_ms() - t0, backend_stats.device_bytes, backend_stats.weight_bytes);
+           ke_precision_name(p->engine.precision, p->engine.weights_int8), kw_now_ms() - t0,
+           backend_stats.device_bytes, backend_stats.weight_bytes);
 
     io.ctx = zmq_ctx_new();
     snprintf(io.pipe_endpoint, sizeof io.pipe_endpoint, "inproc://kw-compute-%llx",

@@ -3,7 +3,8 @@
  *
  *   xn[r, i]  = LN(X[src(r)])[i]  = (X[src, i] - mean) * rstd * ln_w[i] + ln_b[i]   (or X[src, i])
  *   Y[r, c]   = epilogue(sum_i xn[r, i] * Wt[i, c])        r < m, c < n, i < k
- *   epilogue  : + bias[c], then activation, then (accumulate) + Y_old[r, c]
+ *   epilogue  : (int8 W: * w_scale[c]), + bias[c], then activation, then (accumulate)
+ *               + Y_old[r, c]
  *
  * The canonical sum. Every kernel here computes each output the same way, bit for bit, so that a
  * row's result does not depend on m, on the kernel chosen for m, or on the other rows of the
@@ -30,7 +31,9 @@
  *   or, when W_PANEL > 0, in panels of W_PANEL columns, each a contiguous (k, W_PANEL) block:
  *   element (i, c) at w[w_off + weight_index(i, c, k, ldw, W_PANEL)] (common.cl). The layout
  *   changes where a weight is read from, never the order of the sums.
- *   half or f32 (WEIGHT_HALF); bias (n), ln_w/ln_b (k) of the same type, NULL when absent
+ *   half or f32 (WEIGHT_HALF), or int8 codes (W_INT8: the sums run over the codes, and each
+ *   column's total is multiplied by w_scale[c], f32 (n), before the epilogue); bias (n),
+ *   ln_w/ln_b (k) half or f32 (WEIGHT_HALF), NULL when absent
  *
  *   ln_stats  (rows of X, ln_nb) float2: X's row statistics in blocks of ln_sb columns
  *             (common.cl); NULL: no LayerNorm
@@ -58,6 +61,8 @@
  *
  * Tunables (-D), constraints checked below:
  *   WEIGHT_HALF  1: weights half, 0: f32 (0)
+ *   W_INT8       1: Wt int8 codes with w_scale (worker/engine/quant.h), bias and LayerNorm
+ *                parameters still WEIGHT_HALF (0)
  *   ROWS_NT      work-items of gemm_rows (32);  ROWS_XK  k staged per pass (64)
  *   ROWS_CW      columns per vector of gemm_rows: 4, 8 or 16 (4)
  *   ROWS_VPW     vectors per work-item of gemm_rows, 1 or 2 (1): 2 takes columns c0 .. and
@@ -110,6 +115,9 @@
 #ifndef ROWS_VPW
 #define ROWS_VPW 1
 #endif
+#ifndef W_INT8
+#define W_INT8 0
+#endif
 
 #define ROWS_WCOLS (ROWS_CW * ROWS_VPW) /* columns per work-item */
 #define ROWS_COLS (ROWS_NT * ROWS_WCOLS)
@@ -153,9 +161,18 @@
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define floatCW CAT(float, ROWS_CW)
-#if WEIGHT_HALF
+/* W's elements (WMAT_T) as f32: LOAD_WM one, LOAD_WCW ROWS_CW neighbours along n */
+#if W_INT8
+#define WMAT_T char
+#define LOAD_WM(p, i) ((float)(p)[(i)])
+#define LOAD_WCW(p, i) CAT(convert_float, ROWS_CW)(CAT(vload, ROWS_CW)(0, (p) + (i)))
+#elif WEIGHT_HALF
+#define WMAT_T WEIGHT_T
+#define LOAD_WM(p, i) LOAD_W(p, i)
 #define LOAD_WCW(p, i) CAT(vload_half, ROWS_CW)(0, (p) + (i))
 #else
+#define WMAT_T WEIGHT_T
+#define LOAD_WM(p, i) LOAD_W(p, i)
 #define LOAD_WCW(p, i) CAT(vload, ROWS_CW)(0, (p) + (i))
 #endif
 #define VSTORE_CW CAT(vstore, ROWS_CW)
@@ -254,8 +271,8 @@
         for (int j = 0; j < ROWS_CW; j++) {                                                        \
             const int c = c0 + (cofs) + j;                                                         \
             if (r0 + (r) < m && c < n)                                                             \
-                own[j] = store_out(r0 + (r), c, own[j], bias, act, accumulate, y, y_off, ldy,      \
-                                   split_q, kpool, vpool, tokrow, kv_half);                        \
+                own[j] = store_out(r0 + (r), c, own[j], w_scale, bias, act, accumulate, y, y_off,  \
+                                   ldy, split_q, kpool, vpool, tokrow, kv_half);                   \
         }                                                                                          \
     } while (0);
 
@@ -359,9 +376,9 @@
                 const int kn = min(ROWS_STEP, kend - kb);                                          \
                 ROWS_PASS(R)                                                                       \
                 if (c0 < n) {                                                                      \
-                    __global const WEIGHT_T *wp = w + w_off + weight_index(kb, c0, k, ldw, W_PANEL); \
+                    __global const WMAT_T *wp = w + w_off + weight_index(kb, c0, k, ldw, W_PANEL); \
                     R_B(/* past the last column: read the first vector's again, stored nowhere */  \
-                        __global const WEIGHT_T *wpB = c0 + ROWS_CW < n ? w + w_off +              \
+                        __global const WMAT_T *wpB = c0 + ROWS_CW < n ? w + w_off +                \
                             weight_index(kb, c0 + ROWS_CW, k, ldw, W_PANEL) : wp;)                 \
                     int kk = 0;                                                                    \
                     ROWS_K_BLOCK4(R)                                                               \
@@ -440,8 +457,9 @@ __kernel __attribute__((reqd_work_group_size(TILE_RY, TILE_RX, 1))) void gemm_ti
         for (int e = tid; e < TILE_N * TILE_K; e += TILE_WG) {
             const int kk = e / TILE_N, col = e % TILE_N; /* neighbours read neighbouring columns */
             const int gc = nb + col, gk = kb + kk;
-            ws[kk][col] =
-                (gc < n && gk < k) ? LOAD_W(w, w_off + weight_index(gk, gc, k, ldw, W_PANEL)) : 0.0f;
+            ws[kk][col] = (gc < n && gk < k)
+                              ? LOAD_WM(w, w_off + weight_index(gk, gc, k, ldw, W_PANEL))
+                              : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         const int kn = min(TILE_K, k - kb);
@@ -464,8 +482,9 @@ __kernel __attribute__((reqd_work_group_size(TILE_RY, TILE_RX, 1))) void gemm_ti
             const int cc = tx + j * TILE_RY, c = nb + cc;
             const float t = one_chunk ? acc[i][j] : tot[i][j] + acc[i][j];
             if (r < m && c < n)
-                vals[rr * TILE_N + cc] = store_out(r, c, t, bias, act, accumulate, y, y_off, ldy,
-                                                   split_q, kpool, vpool, tokrow, kv_half);
+                vals[rr * TILE_N + cc] = store_out(r, c, t, w_scale, bias, act, accumulate, y,
+                                                   y_off, ldy, split_q, kpool, vpool, tokrow,
+                                                   kv_half);
         }
     }
     barrier(CLK_LOCAL_MEM_FENCE); /* unconditional: see ROWS_SPLIT_COMBINE */

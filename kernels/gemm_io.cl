@@ -2,19 +2,20 @@
  * `#include "gemm_io.cl"` after common.cl (kernels/gemm.cl, kernels/gemm_mma.cl; it may not
  * include in turn): the argument list GEMM_ARGS (cl_gemm.c sets it, the same for every kernel),
  * X's rows with the LayerNorm prologue, the epilogue of one output, and Y's row statistics.
- * Shapes and layouts: gemm.cl's header comment. Nothing here is a kernel. */
+ * Shapes and layouts: gemm.cl's header comment. The includer defines WMAT_T, the type of W's
+ * elements (WEIGHT_T, or char for int8 codes under W_INT8). Nothing here is a kernel. */
 
 #define GEMM_ARGS                                                                                  \
     const int m, const int n, const int k, const int chunk_len, __global const float *x,          \
         const ulong x_off, const int ldx, __global const int *gather,                              \
         __global const float2 *ln_stats, const int ln_nb, const int ln_sb,                         \
         __global const WEIGHT_T *ln_w, __global const WEIGHT_T *ln_b, const float ln_eps,          \
-        __global const WEIGHT_T *w, const ulong w_off, const int ldw,                              \
+        __global const WMAT_T *w, const ulong w_off, const int ldw,                                \
         __global const WEIGHT_T *bias, __global float *y, const ulong y_off, const int ldy,        \
         const int act, const int accumulate, __global float2 *stats_out, const int stats_nb,       \
         const int split_q, __global float *kpool, __global float *vpool,                           \
         __global const int4 *tokrow, const int kv_half, __global float *partial,                   \
-        __global int *counters
+        __global int *counters, __global const float *w_scale
 
 /* X's source row of output row r (r clamped into the matrix: masked rows read valid memory). */
 inline int source_row(const int r, const int m, __global const int *gather)
@@ -49,11 +50,15 @@ inline float4 load_xn4(__global const float *x, const ulong x_off, const int ldx
 }
 
 /* Output (r, c) after the epilogue, stored where it goes; returns the value (for statistics). */
-inline float store_out(const int r, const int c, float v, __global const WEIGHT_T *bias,
-                       const int act, const int accumulate, __global float *y, const ulong y_off,
-                       const int ldy, const int split_q, __global float *kpool,
-                       __global float *vpool, __global const int4 *tokrow, const int kv_half)
+inline float store_out(const int r, const int c, float v, __global const float *w_scale,
+                       __global const WEIGHT_T *bias, const int act, const int accumulate,
+                       __global float *y, const ulong y_off, const int ldy, const int split_q,
+                       __global float *kpool, __global float *vpool, __global const int4 *tokrow,
+                       const int kv_half)
 {
+#if W_INT8
+    v = v * w_scale[c];
+#endif
     if (bias)
         v = v + LOAD_W(bias, c);
     v = activate(v, act);

@@ -49,6 +49,10 @@
  *   WEIGHT_HALF, W_PANEL, STAT_SB  as in gemm.cl
  */
 #include "common.cl"
+#if defined(W_INT8) && W_INT8
+#error "gemm_mma reads f16 or f32 weights; int8 codes run on gemm.cl's kernels"
+#endif
+#define WMAT_T WEIGHT_T /* gemm_io.cl's W element */
 #include "gemm_io.cl"
 
 #ifndef MMA_BM
@@ -333,9 +337,9 @@ __kernel __attribute__((reqd_work_group_size(32, MMA_WARPS, 1))) void gemm_mma(G
         for (int e = tid; e < MMA_EPI_ROWS * MMA_BN; e += MMA_WG) {
             const int rr = e / MMA_BN, cc = e % MMA_BN, r = mb + s0 + rr, c = nb + cc;
             if (r < m && c < n)
-                slab[rr * EPI_LD + cc] = store_out(r, c, slab[rr * EPI_LD + cc], bias, act,
-                                                   accumulate, y, y_off, ldy, split_q, kpool,
-                                                   vpool, tokrow, kv_half);
+                slab[rr * EPI_LD + cc] = store_out(r, c, slab[rr * EPI_LD + cc], w_scale,
+                                                   bias, act, accumulate, y, y_off, ldy, split_q,
+                                                   kpool, vpool, tokrow, kv_half);
         }
         barrier(CLK_LOCAL_MEM_FENCE); /* unconditional: see gemm.cl's ROWS_SPLIT_COMBINE */
         if (stats_out)

@@ -26,7 +26,7 @@
 
 static const char bench_help[] =
     "usage: kosmos bench [--model DIR | --config full|tiny] [--batch 1,8,...[,max]]\n"
-    "                    [--device SPEC] [--precision fp16|fp32] [--kv-cache f32|f16]\n"
+    "                    [--device SPEC] [--precision fp16|fp32|int8] [--kv-cache f32|f16]\n"
     "                    [--gemm-tune ROW[,KEY=VALUE...]]\n"
     "                    [--gemm auto|simt|mma-emulated|mma-ptx] [--repeats N] [--warmup N]\n"
     "                    [--new-tokens N] [--phases vision,prefill,decode,e2e] [--seed S]\n"
@@ -51,7 +51,8 @@ static const char bench_help[] =
     "  --batch LIST        batch sizes, default 1,8; a final 'max' keeps doubling the last\n"
     "                      size until a batch fails (out of memory), the largest that fits\n"
     "  --device SPEC       ref, cpu, gpu, an index or a name (as 'kosmos run')\n"
-    "  --precision P       fp16 (default: weights stored as half) or fp32\n"
+    "  --precision P       fp16 (default: weights stored as half), fp32, or int8 (the linear\n"
+    "                      layers' weights as int8 with a scale per output channel)\n"
     "  --kv-cache T        f32 (default) or f16 (OpenCL devices: keys and values as half)\n"
     "  --gemm-tune T       OpenCL devices, for tuning: the matrix products' tunables from the\n"
     "                      row T names (cpu, nvidia or gpu) instead of the device's own,\n"
@@ -202,12 +203,8 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
             break;
         case DEVICE: o->device = optarg; break;
         case PRECISION:
-            if (!strcmp(optarg, "fp16"))
-                o->precision = KE_DTYPE_F16;
-            else if (!strcmp(optarg, "fp32"))
-                o->precision = KE_DTYPE_F32;
-            else
-                return usage_error("--precision is fp16 or fp32, not '%s'", optarg);
+            if (!ke_precision_parse(optarg, &o->precision, &o->params.weights_int8))
+                return usage_error("--precision is fp16, fp32 or int8, not '%s'", optarg);
             break;
         case KV_CACHE:
             if (!ke_kv_cache_parse(optarg, &o->params.kv_half))
@@ -305,7 +302,7 @@ int cmd_bench(int argc, char **argv)
     }
     ke_bench_labels labels = {.impl = "kosmos",
                               .config = o.model_dir ? o.model_dir : o.config,
-                              .precision = o.precision == KE_DTYPE_F16 ? "fp16" : "fp32",
+                              .precision = ke_precision_name(o.precision, o.params.weights_int8),
                               .device = o.device ? o.device : "",
                               .params = ke_config_param_count(&model->config)};
     if (!o.json_only)

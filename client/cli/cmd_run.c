@@ -30,7 +30,7 @@ static const char run_help[] =
     "usage: kosmos run --model DIR --image FILE [--prompt TEXT] [--bboxes JSON]\n"
     "                  [--max-new-tokens N] [--min-new-tokens N] [--num-beams K]\n"
     "                  [--temperature T [--top-p P] [--seed S]] [--no-repeat-ngram-size N]\n"
-    "                  [--device SPEC] [--precision fp16|fp32] [--kv-cache f32|f16]\n"
+    "                  [--device SPEC] [--precision fp16|fp32|int8] [--kv-cache f32|f16]\n"
     "                  [--gemm-tune ROW[,KEY=VALUE...]] [--autorotate]\n"
     "                  [--pixels-from F.safetensors] [--dump F.safetensors] [--draw OUT.png]\n"
     "\n"
@@ -55,7 +55,10 @@ static const char run_help[] =
     "  --device SPEC           ref (plain C), cpu, gpu, an index or a name in 'kosmos devices'\n"
     "                          order (default: the first GPU, else the first OpenCL device,\n"
     "                          else ref)\n"
-    "  --precision P           fp16 (default: weights stored as half, f32 arithmetic) or fp32\n"
+    "  --precision P           fp16 (default: weights stored as half, f32 arithmetic), fp32, or\n"
+    "                          int8: the linear layers' weights as int8 with a scale per output\n"
+    "                          channel (half their memory), the rest as half; ids may differ\n"
+    "                          from fp16 (docs/operations.md)\n"
     "  --kv-cache T            f32 (default) or f16: keys and values cached as half, half the\n"
     "                          memory (OpenCL devices); the same ids on every golden test,\n"
     "                          logits up to ~1e-3 further from the reference\n"
@@ -78,6 +81,7 @@ typedef struct run_options {
     const char *prompt;
     bool autorotate;
     ke_dtype precision;
+    bool weights_int8; /* --precision int8 */
     bool kv_half;
     int max_new_tokens, min_new_tokens, num_beams, no_repeat_ngram_size; /* -1 = default */
     bool sample;
@@ -162,12 +166,9 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         }
         case DEVICE: o->device = optarg; break;
         case PRECISION:
-            if (!strcmp(optarg, "fp16"))
-                o->precision = KE_DTYPE_F16;
-            else if (!strcmp(optarg, "fp32"))
-                o->precision = KE_DTYPE_F32;
-            else
-                return cli_usage_error("run: --precision is fp16 or fp32, not '%s'", optarg);
+            if (!ke_precision_parse(optarg, &o->precision, &o->weights_int8))
+                return cli_usage_error("run: --precision is fp16, fp32 or int8, not '%s'",
+                                       optarg);
             break;
         case KV_CACHE:
             if (!ke_kv_cache_parse(optarg, &o->kv_half))
@@ -325,7 +326,8 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
     kw_gen_params(config, &overrides, &params);
     int capacity = (int)s->encoding.len + params.max_new_tokens + 1;
     ke_backend_options backend_options = {.slots = params.num_beams, .slot_capacity = capacity,
-                                          .kv_half = o->kv_half, .gemm_tune = o->gemm_tune};
+                                          .kv_half = o->kv_half, .gemm_tune = o->gemm_tune,
+                                          .weights_int8 = o->weights_int8};
     if ((st = ke_backend_open(s->model, o->device, &backend_options, &s->backend)) != KS_OK)
         return st;
     double t_backend = kw_now_ms(); /* device opened, programs built or loaded, weights uploaded */

@@ -166,6 +166,28 @@ class Output(unittest.TestCase):
         self.assertEqual(result["generated_ids"][0], 0)
 
 
+class Int8(unittest.TestCase):
+    def test_precision_int8_end_to_end(self):
+        # --precision int8 is never held to the goldens (its ids may differ from fp16's): it
+        # runs to the tokens asked for, and its logits moved (the option took effect), by about
+        # what quantizing the weights costs, not by a broken product.
+        image = os.path.join(ARGS.data, "kosmos2", "images", "snowman.png")
+        logits = {}
+        with tempfile.TemporaryDirectory() as scratch:
+            for precision in ("fp16", "int8"):
+                dump = os.path.join(scratch, precision + ".safetensors")
+                proc = kosmos_run("--image", image, "--precision", precision,
+                                  "--max-new-tokens", "8", "--min-new-tokens", "8",
+                                  "--dump", dump)
+                result = json.loads(proc.stdout)
+                self.assertEqual(result["timings"]["new_tokens"], 8, precision)
+                logits[precision] = read_safetensors(dump)["prefill_logits_last"][2]
+        diff = max_abs_diff(logits["int8"], logits["fp16"])
+        print("int8 vs fp16 prefill logits max abs diff %.3g" % diff, file=sys.stderr)
+        self.assertGreater(diff, 1e-4)
+        self.assertLess(diff, 1.0)
+
+
 class ProgramCache(unittest.TestCase):
     def test_second_start_skips_compilation(self):
         # The first start in an empty cache compiles the programs, the second on the same

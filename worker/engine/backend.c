@@ -89,6 +89,23 @@ const char *ke_gemm_path_name(ke_gemm_path path)
                : "?";
 }
 
+bool ke_precision_parse(const char *name, ke_dtype *storage, bool *weights_int8)
+{
+    if (!strcmp(name, "fp16") || !strcmp(name, "f16") || !strcmp(name, "int8"))
+        *storage = KE_DTYPE_F16;
+    else if (!strcmp(name, "fp32") || !strcmp(name, "f32"))
+        *storage = KE_DTYPE_F32;
+    else
+        return false;
+    *weights_int8 = !strcmp(name, "int8");
+    return true;
+}
+
+const char *ke_precision_name(ke_dtype storage, bool weights_int8)
+{
+    return weights_int8 ? "int8" : storage == KE_DTYPE_F32 ? "fp32" : "fp16";
+}
+
 void ke_backend_stats_get(const ke_backend *b, ke_backend_stats *out)
 {
     memset(out, 0, sizeof *out);

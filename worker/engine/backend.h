@@ -213,6 +213,11 @@ typedef struct ke_backend_options {
      * paged_attention (one work-group per query row) instead of flash_attention.cl, as before
      * it existed: for A/B benchmarks and tests. Prefill logits are the same bits either way. */
     bool no_flash_attention;
+    /* --precision int8: the linear layers' matrices as int8 codes with a scale per output
+     * channel (quant.h, which names the weights), the rest in the model's storage (which must
+     * be f16 on OpenCL devices); activations stay f32. Half the memory of those weights, at some
+     * cost in agreement with fp16 (docs/benchmarks.md). Never used by a golden test. */
+    bool weights_int8;
 } ke_backend_options;
 
 /* The KV cache's storage by its command-line name: "f32" (the default) or "f16" (half the
@@ -220,6 +225,15 @@ typedef struct ke_backend_options {
  * the full-size fidelity check's 64 ids, but moves logits by up to 1.2e-3, past the goldens'
  * 1e-3, so it is an opt-in. false (and *kv_half untouched) for another name. */
 bool ke_kv_cache_parse(const char *name, bool *kv_half);
+
+/* The weights' precision by its command-line name (--precision): "fp16" (the default, alias
+ * "f16": stored as half, f32 arithmetic), "fp32" ("f32") or "int8" (the linear layers as int8,
+ * the rest as half). Sets the model's storage dtype (ke_model_options.storage) and
+ * ke_backend_options.weights_int8; false (both untouched) for another name. */
+bool ke_precision_parse(const char *name, ke_dtype *storage, bool *weights_int8);
+
+/* The command-line name of a precision: "fp16", "fp32" or "int8". Static storage. */
+const char *ke_precision_name(ke_dtype storage, bool weights_int8);
 
 /* The plain-C reference backend, into *out (caller owns; ke_backend_destroy). `model` is
  * borrowed and must outlive it. KS_ERR_INVALID (bad options), KS_ERR_UNSUPPORTED (a config it

@@ -85,7 +85,8 @@ typedef struct cl_backend {
     kc_context *ctx;
     ke_cl_gemm *gemm;
     ke_cl_ops *ops;
-    ke_dtype wdt;
+    ke_dtype wdt;    /* the model's storage: biases, LayerNorms, embeddings, every matrix ... */
+    ke_dtype lin_dt; /* ... but the linears quant.h names: KE_DTYPE_I8 with weights_int8 */
     bool resampler_full;
     /* flash_attention.cl for the vision encoder, and for the resampler and the prefill (the
      * text's head size); else attention.cl and paged_attention. Blocks of flash_bq rows. */
@@ -211,9 +212,9 @@ static ks_status upload_ln(cl_backend *cb, const ke_layer_norm *l, const char *n
     return st;
 }
 
-/* n nn.Linear concatenated along their outputs, transposed for gemm.cl. */
-static ks_status upload_lin(cl_backend *cb, const ke_linear *const *lins, int n, const char *name,
-                            ke_cl_weight *out)
+/* n nn.Linear concatenated along their outputs, transposed for gemm.cl, the matrices in dt. */
+static ks_status upload_weight(cl_backend *cb, ke_dtype dt, const ke_linear *const *lins, int n,
+                               const char *name, ke_cl_weight *out)
 {
     const ke_tensor *w[3], *b[3];
     for (int i = 0; i < n; i++) {
@@ -221,10 +222,17 @@ static ks_status upload_lin(cl_backend *cb, const ke_linear *const *lins, int n,
         b[i] = &lins[i]->bias;
     }
     size_t bytes = 0;
-    ks_status st = ke_cl_weight_upload(cb->gemm, cb->wdt, w, b, n, name, out, &bytes);
+    ks_status st = ke_cl_weight_upload(cb->gemm, dt, w, b, n, name, out, &bytes);
     cb->device_bytes += bytes;
     cb->weight_bytes += bytes;
     return st;
+}
+
+/* The linears quant.h names: int8 with options.weights_int8. */
+static ks_status upload_lin(cl_backend *cb, const ke_linear *const *lins, int n, const char *name,
+                            ke_cl_weight *out)
+{
+    return upload_weight(cb, cb->lin_dt, lins, n, name, out);
 }
 
 static ks_status upload_one(cl_backend *cb, const ke_linear *l, const char *name,
@@ -232,6 +240,16 @@ static ks_status upload_one(cl_backend *cb, const ke_linear *l, const char *name
 {
     const ke_linear *one[1] = {l};
     return upload_lin(cb, one, 1, name, out);
+}
+
+/* A matrix that keeps the storage dtype at every precision (quant.h: the patch embedding, the
+ * token embedding and lm_head). */
+static ks_status upload_matrix(cl_backend *cb, const ke_tensor *w, const char *name,
+                               ke_cl_weight *out)
+{
+    const ke_linear l = {.weight = *w};
+    const ke_linear *one[1] = {&l};
+    return upload_weight(cb, cb->wdt, one, 1, name, out);
 }
 
 /* ---- GEMM shorthand (the vision tower) ----------------------------------------------------- */
@@ -1143,10 +1161,10 @@ static ks_status upload_vision(cl_backend *cb)
     char name[96];
     ks_status st;
     /* the patch embedding (hidden, channels, p, p) is a linear map of the unfolded patch */
-    ke_linear patch = {.weight = m->patch_embedding};
-    patch.weight.ndim = 2;
-    patch.weight.shape[1] = (int64_t)vc->channels * vc->patch_size * vc->patch_size;
-    if ((st = upload_one(cb, &patch, "patch_embedding", &cb->patch)) ||
+    ke_tensor patch = m->patch_embedding;
+    patch.ndim = 2;
+    patch.shape[1] = (int64_t)vc->channels * vc->patch_size * vc->patch_size;
+    if ((st = upload_matrix(cb, &patch, "patch_embedding", &cb->patch)) ||
         (st = upload(cb, &m->class_embedding, "class_embedding", &cb->class_emb)) ||
         (st = upload(cb, &m->position_embedding, "position_embedding", &cb->pos_emb)) ||
         (st = upload_ln(cb, &m->pre_layrnorm, "pre_layrnorm", &cb->pre_ln)) ||
@@ -1189,15 +1207,12 @@ static ks_status upload_text(cl_backend *cb)
     const ke_text_config *tc = &m->config.text;
     char name[96];
     ks_status st;
-    ke_linear embed = {.weight = m->embed_tokens};
-    if ((st = upload_one(cb, &embed, "embed_tokens", &cb->embed)))
+    if ((st = upload_matrix(cb, &m->embed_tokens, "embed_tokens", &cb->embed)))
         return st;
     if (m->lm_head.data == m->embed_tokens.data) {
         cb->lm_head = cb->embed; /* tied */
-    } else {
-        ke_linear head = {.weight = m->lm_head};
-        if ((st = upload_one(cb, &head, "lm_head", &cb->lm_head)))
-            return st;
+    } else if ((st = upload_matrix(cb, &m->lm_head, "lm_head", &cb->lm_head))) {
+        return st;
     }
     if ((st = ke_cl_gemm_site_new(cb->gemm, "lm_head", &cb->s_lm)))
         return st;
@@ -1314,6 +1329,11 @@ ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
         ks_error_prefix("OpenCL backend");
         return status;
     }
+    if (options->weights_int8 && model->storage != KE_DTYPE_F16) {
+        /* the int8 kernels read biases and LayerNorm parameters as half */
+        return ks_fail(KS_ERR_UNSUPPORTED, "OpenCL backend: int8 weights need a model stored in "
+                       "f16, not f32");
+    }
     cl_backend *cb = calloc(1, sizeof *cb);
     if (cb == NULL)
         return ks_fail(KS_ERR_NOMEM, "OpenCL backend: out of memory");
@@ -1324,6 +1344,7 @@ ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
     cb->resampler_full = options->resampler_full_attention;
     cb->kv_half = options->kv_half;
     cb->wdt = model->storage;
+    cb->lin_dt = options->weights_int8 ? KE_DTYPE_I8 : cb->wdt;
     cb->vl = calloc((size_t)(model->config.vision.layers ? model->config.vision.layers : 1),
                     sizeof *cb->vl);
     cb->tl = calloc((size_t)(model->config.text.layers ? model->config.text.layers : 1),

@@ -1,7 +1,7 @@
 /* backend_ref: the plain-C reference backend (`--device ref`): the whole Kosmos-2 forward pass
- * composed from ref_ops, single-threaded, f32 activations over f16/f32 weights. It is the
- * oracle the OpenCL backend is checked against and the fallback where no OpenCL exists - not a
- * fast path.
+ * composed from ref_ops, single-threaded, f32 activations over f16/f32 weights (or int8 linear
+ * weights, quant.h, with options.weights_int8). It is the oracle the OpenCL backend is checked
+ * against and the fallback where no OpenCL exists - not a fast path.
  *
  * KV cache: per slot and text layer, (slot_capacity, embed_dim) rows of K and of V, after the
  * projections (bias included), heads side by side in each row. A step runs every matmul over
@@ -13,10 +13,15 @@
 #include <string.h>
 
 #include "backend.h"
+#include "quant.h"
 #include "ref_ops.h"
 
 typedef struct ref_backend {
     ke_backend base;
+    const ke_model *weights; /* what the forward pass reads: base.model, or &q8 */
+    /* weights_int8: the model's struct with its own layer arrays, whose linear weights are
+     * owned int8 copies (quant.h; every KE_DTYPE_I8 tensor in it is ours) */
+    ke_model q8;
     size_t slot_stride;  /* floats per slot in k_cache/v_cache: layers · capacity · embed */
     float *k_cache;      /* (slots, layers, capacity, embed) */
     float *v_cache;      /* (slots, layers, capacity, embed) */
@@ -49,7 +54,7 @@ static void *alloc_floats(size_t n)
 /* Runs one image; writes post_layernorm (optional) and image_embeds (latent, embed). */
 static ks_status encode_one(ref_backend *rb, const float *pixels, float *post_tap, float *embeds)
 {
-    const ke_model *m = rb->base.model;
+    const ke_model *m = rb->weights;
     const ke_vision_config *vc = &m->config.vision;
     const ke_text_config *tc = &m->config.text;
     size_t hid = (size_t)vc->hidden_size;
@@ -218,7 +223,7 @@ nomem:
 static ks_status ref_forward(ke_backend *b, const ke_step *step, float *logits)
 {
     ref_backend *rb = (ref_backend *)b;
-    const ke_model *m = b->model;
+    const ke_model *m = rb->weights;
     const ke_text_config *tc = &m->config.text;
     size_t emb = (size_t)tc->embed_dim;
     size_t ffn = (size_t)tc->ffn_dim;
@@ -319,9 +324,102 @@ static void ref_release_slot(ke_backend *b, int slot)
         rb->slot_len[slot] = 0;
 }
 
+/* The linears quant.h names in m (vision layers, resampler, text layers); returns how many,
+ * filling out (when not NULL). */
+static size_t model_linears(ke_model *m, ke_linear **out)
+{
+    size_t n = 0;
+#define ADD(l)                                                                                     \
+    do {                                                                                           \
+        if (out)                                                                                   \
+            out[n] = (l);                                                                          \
+        n++;                                                                                       \
+    } while (0)
+    for (int l = 0; m->vision_layers && l < m->config.vision.layers; l++) {
+        ke_vision_layer *L = &m->vision_layers[l];
+        ADD(&L->q_proj);
+        ADD(&L->k_proj);
+        ADD(&L->v_proj);
+        ADD(&L->out_proj);
+        ADD(&L->fc1);
+        ADD(&L->fc2);
+    }
+    ADD(&m->dense);
+    ADD(&m->x_q_proj);
+    ADD(&m->x_k_proj);
+    ADD(&m->x_v_proj);
+    ADD(&m->x_out_proj);
+    for (int l = 0; m->text_layers && l < m->config.text.layers; l++) {
+        ke_text_layer *L = &m->text_layers[l];
+        ADD(&L->q_proj);
+        ADD(&L->k_proj);
+        ADD(&L->v_proj);
+        ADD(&L->out_proj);
+        ADD(&L->fc1);
+        ADD(&L->fc2);
+    }
+#undef ADD
+    return n;
+}
+
+static void free_q8(ref_backend *rb)
+{
+    size_t n = model_linears(&rb->q8, NULL);
+    ke_linear **lins = calloc(n ? n : 1, sizeof *lins);
+    if (lins) {
+        model_linears(&rb->q8, lins);
+        for (size_t i = 0; i < n; i++)
+            if (lins[i]->weight.dtype == KE_DTYPE_I8)
+                ke_q8_tensor_free(&lins[i]->weight);
+    }
+    free(lins);
+    free(rb->q8.vision_layers);
+    free(rb->q8.text_layers);
+    memset(&rb->q8, 0, sizeof rb->q8);
+}
+
+/* rb->q8: the model with every linear weight quant.h names quantized. */
+static ks_status quantize(ref_backend *rb)
+{
+    const ke_model *m = rb->base.model;
+    ke_model *q = &rb->q8;
+    *q = *m;
+    size_t nv = (size_t)m->config.vision.layers, nt = (size_t)m->config.text.layers;
+    q->vision_layers = malloc((nv ? nv : 1) * sizeof *q->vision_layers);
+    q->text_layers = malloc((nt ? nt : 1) * sizeof *q->text_layers);
+    ke_linear **lins = NULL;
+    ks_status st = KS_OK;
+    if (!q->vision_layers || !q->text_layers) {
+        st = ks_fail(KS_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    memcpy(q->vision_layers, m->vision_layers, nv * sizeof *q->vision_layers);
+    memcpy(q->text_layers, m->text_layers, nt * sizeof *q->text_layers);
+    size_t n = model_linears(q, NULL);
+    if (!(lins = calloc(n ? n : 1, sizeof *lins))) {
+        st = ks_fail(KS_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    model_linears(q, lins);
+    for (size_t i = 0; i < n && st == KS_OK; i++) {
+        ke_tensor src = lins[i]->weight;
+        st = ke_q8_tensor_new(&src, &lins[i]->weight);
+        if (st != KS_OK)
+            lins[i]->weight = src; /* not ours: free_q8 leaves it */
+    }
+cleanup:
+    free(lins);
+    if (st != KS_OK) {
+        free_q8(rb);
+        ks_error_prefix("reference backend: quantizing the weights to int8");
+    }
+    return st;
+}
+
 static void ref_destroy(ke_backend *b)
 {
     ref_backend *rb = (ref_backend *)b;
+    free_q8(rb);
     free(rb->k_cache);
     free(rb->v_cache);
     free(rb->slot_len);
@@ -386,6 +484,14 @@ ks_status ke_backend_ref_new(const ke_model *model, const ke_backend_options *op
     rb->base.slots = options->slots;
     rb->base.slot_capacity = options->slot_capacity;
     rb->resampler_full = options->resampler_full_attention;
+    rb->weights = model;
+    if (options->weights_int8) {
+        if ((status = quantize(rb)) != KS_OK) {
+            ref_destroy(&rb->base);
+            return status;
+        }
+        rb->weights = &rb->q8;
+    }
 
     size_t emb = (size_t)tc->embed_dim;
     size_t per_layer = (size_t)options->slot_capacity * emb;

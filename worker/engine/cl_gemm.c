@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "kc_error.h"
+#include "quant.h"
 
 #define GEMM_FILE "gemm.cl"
 #define UPLOAD_BLOCK_BYTES ((size_t)4 << 20) /* host memory an upload holds at a time */
@@ -128,17 +129,19 @@ static const int rows_r[N_ROWS_R] = {1, 2, 4, 8};
 static const char *const rows_kernel[N_ROWS_R] = {"gemm_rows1", "gemm_rows2", "gemm_rows4",
                                                   "gemm_rows8"};
 
+#define N_DTYPES 3 /* f32, f16, int8: a program each */
+
 struct ke_cl_gemm_site {
-    kc_bound *rows[2][N_ROWS_R]; /* [ke_dtype][R index], created on first use */
-    kc_bound *tiles[2];
-    kc_bound *mma[2]; /* of the engine's programs, dropped when the path changes */
+    kc_bound *rows[N_DTYPES][N_ROWS_R]; /* [ke_dtype][R index], created on first use */
+    kc_bound *tiles[N_DTYPES];
+    kc_bound *mma[2]; /* of the engine's programs (f32, f16 weights), dropped when the path changes */
     struct ke_cl_gemm_site *next;
 };
 
 struct ke_cl_gemm {
     kc_context *ctx; /* borrowed */
     gemm_tune tune;
-    kc_program *prog[2]; /* [ke_dtype] */
+    kc_program *prog[N_DTYPES]; /* [ke_dtype]; int8 built by its first upload */
     unsigned compute_units;
     ke_cl_gemm_site *sites;   /* owned */
     ke_cl_gemm_site fallback; /* for runs without a site of their own */
@@ -183,12 +186,12 @@ static ks_status build(ke_cl_gemm *g, ke_dtype dt)
     const gemm_tune *t = &g->tune;
     char opts[256];
     snprintf(opts, sizeof opts,
-             "-DWEIGHT_HALF=%d -DROWS_NT=%d -DROWS_XK=%d -DROWS_STAGE=%d -DROWS_SPLIT=%d "
-             "-DROWS_CW=%d -DROWS_VPW=%d -DW_PANEL=%d "
+             "-DWEIGHT_HALF=%d -DW_INT8=%d -DROWS_NT=%d -DROWS_XK=%d -DROWS_STAGE=%d "
+             "-DROWS_SPLIT=%d -DROWS_CW=%d -DROWS_VPW=%d -DW_PANEL=%d "
              "-DTILE_M=%d -DTILE_N=%d -DTILE_K=%d -DWPT_M=%d -DWPT_N=%d -DSTAT_SB=%d",
-             dt == KE_DTYPE_F16 ? 1 : 0, t->rows_nt, t->rows_xk, t->rows_stage ? 1 : 0,
-             t->rows_split ? 1 : 0, t->rows_cw, t->rows_vpw, t->w_panel, t->tile_m, t->tile_n, t->tile_k,
-             t->wpt_m, t->wpt_n, KE_CL_STAT_SB);
+             dt == KE_DTYPE_F32 ? 0 : 1, dt == KE_DTYPE_I8 ? 1 : 0, t->rows_nt, t->rows_xk,
+             t->rows_stage ? 1 : 0, t->rows_split ? 1 : 0, t->rows_cw, t->rows_vpw, t->w_panel,
+             t->tile_m, t->tile_n, t->tile_k, t->wpt_m, t->wpt_n, KE_CL_STAT_SB);
     return kc_program_get(g->ctx, GEMM_FILE, opts, &g->prog[dt]);
 }
 
@@ -277,7 +280,30 @@ ks_status ke_cl_gemm_site_new(ke_cl_gemm *g, const char *name, ke_cl_gemm_site *
 
 /* ---- weights -------------------------------------------------------------------------------- */
 
-static size_t dtype_size(ke_dtype dt) { return dt == KE_DTYPE_F16 ? 2 : 4; }
+static size_t dtype_size(ke_dtype dt)
+{
+    return dt == KE_DTYPE_I8 ? 1 : dt == KE_DTYPE_F16 ? 2 : 4;
+}
+
+static const char *dtype_name(ke_dtype dt)
+{
+    return dt == KE_DTYPE_I8 ? "int8" : dt == KE_DTYPE_F16 ? "f16" : "f32";
+}
+
+/* The scales of the concatenated parts' rows (quant.h), into scale (n); row: k floats. */
+static ks_status q8_scales(const ke_tensor *const *w_parts, int n_parts, float *row, float *scale)
+{
+    size_t col = 0;
+    for (int p = 0; p < n_parts; p++)
+        for (size_t c = 0; c < (size_t)w_parts[p]->shape[0]; c++, col++) {
+            ks_status st = ke_q8_row_scale(w_parts[p], c, row, &scale[col]);
+            if (st != KS_OK) {
+                ks_error_prefix("part %d", p);
+                return st;
+            }
+        }
+    return KS_OK;
+}
 
 void ke_convert(void *dst, ke_dtype dst_dtype, const void *src, ke_dtype src_dtype, size_t n)
 {
@@ -308,13 +334,19 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dt, const ke_tensor *const
         const ke_tensor *t = w_parts[p];
         if (!t->data || t->ndim < 2 || (size_t)t->shape[1] != k)
             return ks_fail(KS_ERR_INVALID, "%s: part %d is absent or of another shape", name, p);
+        if (t->dtype != KE_DTYPE_F32 && t->dtype != KE_DTYPE_F16)
+            return ks_fail(KS_ERR_INVALID, "%s: part %d is %s, not f32 or f16", name, p,
+                           dtype_name(t->dtype));
         n += (size_t)t->shape[0];
         any_bias = any_bias || (b_parts && b_parts[p] && b_parts[p]->data);
     }
+    /* int8: the codes in Wt, a scale per column beside it, the bias in half */
+    const bool q8 = dt == KE_DTYPE_I8;
+    const ke_dtype bdt = q8 ? KE_DTYPE_F16 : dt;
     /* Blocks of the buffer, each contiguous, filled on the host and written in turn: whole
      * panels, or rows of one panel when a panel alone exceeds the budget (the row-major layout
      * is one panel of ldw columns). */
-    const size_t es = dtype_size(dt), panel = (size_t)g->tune.w_panel;
+    const size_t es = dtype_size(dt), bes = dtype_size(bdt), panel = (size_t)g->tune.w_panel;
     size_t ldw_multiple = panel ? panel : 8; /* a multiple of 8 and of the panel width */
     while (ldw_multiple % 8)
         ldw_multiple += panel;
@@ -330,8 +362,22 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dt, const ke_tensor *const
     if (panels_per_block > n_panels)
         panels_per_block = n_panels;
     unsigned char *host = malloc(panels_per_block * rows_per_block * pw * es);
+    float *scale = NULL, *seg = NULL; /* int8: (n) scales, (k) values of one row */
     if (!host)
         return ks_fail(KS_ERR_NOMEM, "%s: out of memory for the upload buffer", name);
+    if (q8) {
+        scale = malloc(n * sizeof *scale);
+        seg = malloc(k * sizeof *seg);
+        if (!scale || !seg) {
+            status = ks_fail(KS_ERR_NOMEM, "%s: out of memory for the scales", name);
+            goto cleanup;
+        }
+        if ((!g->prog[KE_DTYPE_I8] && (status = build(g, KE_DTYPE_I8)) != KS_OK) ||
+            (status = q8_scales(w_parts, n_parts, seg, scale)) != KS_OK ||
+            (status = kc_context_buffer(g->ctx, CL_MEM_READ_ONLY, n * sizeof *scale, scale,
+                                        &out->scale)) != KS_OK)
+            goto cleanup;
+    }
     if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_ONLY, k * ldw * es, NULL, &out->w)) !=
         KS_OK)
         goto cleanup;
@@ -352,6 +398,12 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dt, const ke_tensor *const
                     const size_t col = col0 + c - p0 * pw; /* within the block's panels */
                     const unsigned char *row = src + (c * k + i0) * ts;
                     unsigned char *dst = host + ((col / pw) * rows * pw + col % pw) * es;
+                    if (q8) {
+                        ke_tensor_read_f32(t, c * k + i0, rows, seg);
+                        for (size_t i = 0; i < rows; i++)
+                            ((int8_t *)dst)[i * pw] = ke_q8_code(seg[i], scale[col0 + c]);
+                        continue;
+                    }
                     for (size_t i = 0; i < rows; i++)
                         ke_convert(dst + i * pw * es, dt, row + i * ts, t->dtype, 1);
                 }
@@ -367,7 +419,7 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dt, const ke_tensor *const
         }
     }
     if (any_bias) {
-        unsigned char *bias = calloc(n, es); /* absent parts stay zero */
+        unsigned char *bias = calloc(n, bes); /* absent parts stay zero */
         if (!bias) {
             status = ks_fail(KS_ERR_NOMEM, "%s: out of memory for the bias", name);
             goto cleanup;
@@ -376,10 +428,10 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dt, const ke_tensor *const
         for (int p = 0; p < n_parts; p++) {
             size_t np = (size_t)w_parts[p]->shape[0];
             if (b_parts[p] && b_parts[p]->data)
-                ke_convert(bias + col * es, dt, b_parts[p]->data, b_parts[p]->dtype, np);
+                ke_convert(bias + col * bes, bdt, b_parts[p]->data, b_parts[p]->dtype, np);
             col += np;
         }
-        status = kc_context_buffer(g->ctx, CL_MEM_READ_ONLY, n * es, bias, &out->bias);
+        status = kc_context_buffer(g->ctx, CL_MEM_READ_ONLY, n * bes, bias, &out->bias);
         free(bias);
         if (status != KS_OK)
             goto cleanup;
@@ -391,12 +443,15 @@ ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dt, const ke_tensor *const
     out->dtype = dt;
     out->chunk_len = ke_cl_gemm_chunk(g, n, k);
     if (bytes)
-        *bytes = k * ldw * es + (any_bias ? n * es : 0);
+        *bytes = k * ldw * es + (any_bias ? n * bes : 0) + (q8 ? n * sizeof *scale : 0);
 cleanup:
     free(host);
+    free(scale);
+    free(seg);
     if (status != KS_OK) {
         kc_context_buffer_free(g->ctx, &out->w);
         kc_context_buffer_free(g->ctx, &out->bias);
+        kc_context_buffer_free(g->ctx, &out->scale);
         ks_error_prefix("uploading %s", name);
     }
     return status;
@@ -520,6 +575,7 @@ static ks_status set_args(kc_bound *kern, const ke_cl_gemm *g, const ke_cl_gemm_
     ARG(29, (cl_int)a->kv_half);
     ARG_BUF(30, g->partial);
     ARG_BUF(31, g->counters);
+    ARG_BUF(32, w->scale);
 cleanup:
     return status;
 }
@@ -539,13 +595,18 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
     const gemm_tune *t = &g->tune;
     const ke_cl_weight *w = a->w;
     const ke_dtype dt = w->dtype;
-    if (w->panel != (size_t)t->w_panel)
-        return ks_fail(KS_ERR_INVALID, "gemm: a weight in panels of %zu for kernels built for %d "
-                       "(uploaded by another ke_cl_gemm?)", w->panel, t->w_panel);
-    int v = g->forced != V_AUTO                                              ? g->forced
-            : g->mma_on && a->m > KE_CL_MMA_MIN_M && (g->mma_f32 || dt == KE_DTYPE_F16) ? V_MMA
-            : a->m <= (size_t)t->rows_max_m                                       ? V_ROWS
-                                                                                  : V_TILES;
+    if (w->panel != (size_t)t->w_panel || (unsigned)dt >= N_DTYPES || !g->prog[dt] ||
+        (dt == KE_DTYPE_I8) != (w->scale != NULL))
+        return ks_fail(KS_ERR_INVALID, "gemm: a %s weight in panels of %zu for kernels built for "
+                       "%d (uploaded by another ke_cl_gemm?)", dtype_name(dt), w->panel,
+                       t->w_panel);
+    /* int8 codes run on gemm.cl's kernels only: the engine reads f16 or f32 weights */
+    bool mma_ok = g->mma_on && a->m > KE_CL_MMA_MIN_M && dt != KE_DTYPE_I8 &&
+                  (g->mma_f32 || dt == KE_DTYPE_F16);
+    int v = g->forced != V_AUTO ? g->forced
+            : mma_ok            ? V_MMA
+            : a->m <= (size_t)t->rows_max_m ? V_ROWS
+                                            : V_TILES;
     size_t chunks = ceil_div(w->k, w->chunk_len);
     size_t global[3], local[3];
     kc_bound *kern = NULL;
@@ -603,7 +664,7 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("%s (m %zu, n %zu, k %zu, %s)", kname ? kname : "gemm", a->m, w->n, w->k,
-                        dt == KE_DTYPE_F16 ? "f16" : "f32");
+                        dtype_name(dt));
     return status;
 }
 

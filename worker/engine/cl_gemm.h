@@ -10,7 +10,8 @@
  * whatever m is and whichever kernel ran, so continuous batching cannot change a sequence's ids.
  * The order depends on the device and the layer's (n, k) only (the chunking, ke_cl_gemm_chunk).
  *
- * X and Y are f32; weights, bias and LayerNorm parameters are of the model's storage dtype.
+ * X and Y are f32; weights, bias and LayerNorm parameters are of the model's storage dtype, or
+ * the weights int8 with a scale per output column (KE_DTYPE_I8, quant.h) and the rest half.
  * Offsets and leading dimensions are in elements. Buffers are borrowed. Not thread-safe (one
  * thread drives a context). */
 #ifndef KE_CL_GEMM_H
@@ -34,10 +35,13 @@ typedef struct ke_cl_gemm ke_cl_gemm;
 /* A weight matrix in gemm.cl's layout: Wt (k, ldw), row i holding W[:, i] (ldw >= n, a multiple
  * of 8, zero-padded), row-major (panel 0) or, on devices whose work-items stream their own
  * columns (CPUs), in panels of `panel` columns each stored as a contiguous (k, panel) block;
- * and the bias (n) or NULL, both of `dtype`. Several nn.Linear may be concatenated along n (the
- * fused Q/K/V projection). The buffers belong to the context. */
+ * and the bias (n) or NULL, both of `dtype` - except KE_DTYPE_I8: Wt holds int8 codes, `scale`
+ * (n) f32 the scale of each column, and the bias is half (as the LayerNorm parameters of the
+ * products that use it). Several nn.Linear may be concatenated along n (the fused Q/K/V
+ * projection). The buffers belong to the context. */
 typedef struct ke_cl_weight {
     cl_mem w, bias;
+    cl_mem scale; /* KE_DTYPE_I8 only, else NULL */
     size_t n, k, ldw, panel;
     ke_dtype dtype;
     size_t chunk_len; /* the canonical chunking for this shape on this device (set at upload) */
@@ -46,7 +50,8 @@ typedef struct ke_cl_weight {
 /* Uploads the concatenation (along the output dimension) of n_parts weights, each (n_i, k) row
  * major as nn.Linear stores it, transposed into one ke_cl_weight of `dtype`, with their biases
  * (absent ones are zero; all absent: no bias). The parts may be f32 or f16 whatever `dtype` is:
- * they are converted and written through a bounded host buffer (a few MiB whatever the matrix),
+ * they are converted (KE_DTYPE_I8: quantized per output row, quant.h, the first upload building
+ * the int8 kernels) and written through a bounded host buffer (a few MiB whatever the matrix),
  * never a whole host copy. *bytes (may be NULL) gets the device bytes. */
 ks_status ke_cl_weight_upload(ke_cl_gemm *g, ke_dtype dtype, const ke_tensor *const *w_parts,
                               const ke_tensor *const *b_parts, int n_parts, const char *name,
@@ -60,7 +65,7 @@ static inline size_t ke_cl_weight_index(size_t k, size_t ldw, size_t panel, size
 }
 
 /* Converts n elements of src (of src_dtype) to dst (of dst_dtype), f32 and f16 either way, as
- * torch's .half() rounds. */
+ * torch's .half() rounds (not KE_DTYPE_I8, which takes a scale: quant.h). */
 void ke_convert(void *dst, ke_dtype dst_dtype, const void *src, ke_dtype src_dtype, size_t n);
 
 typedef struct ke_cl_gemm_args {
@@ -86,9 +91,9 @@ typedef struct ke_cl_gemm_args {
     bool kv_half;
 } ke_cl_gemm_args;
 
-/* Builds (or loads from the program cache) kernels/gemm.cl for both weight dtypes with the
- * device's tunables (docs/gemm.md), or with those `tune` names when it is not NULL or "": the
- * text of --gemm-tune (ke_cl_gemm_tune_check), borrowed for the call. *out: caller owns.
+/* Builds (or loads from the program cache) kernels/gemm.cl for both storage dtypes (the int8
+ * program waits for the first int8 upload) with the device's tunables (docs/gemm.md), or with
+ * those `tune` names when it is not NULL or "": the text of --gemm-tune (ke_cl_gemm_tune_check), borrowed for the call. *out: caller owns.
  * `ctx` is borrowed and must outlive the gemm. KS_ERR_INVALID (no context, a bad `tune`),
  * KS_ERR_DEVICE (a failed build: the message names the file and log), KS_ERR_NOMEM; *out is
  * then NULL. */

@@ -104,6 +104,13 @@ void ke_tensor_read_f32(const ke_tensor *t, size_t offset, size_t n, float *out)
                 out[i] = ke_f16_to_f32(ke_f32_to_f16(out[i]));
         return;
     }
+    if (t->dtype == KE_DTYPE_I8) {
+        size_t in = t->shape[0] > 0 ? ke_tensor_numel(t) / (size_t)t->shape[0] : 1;
+        const int8_t *q = (const int8_t *)t->data;
+        for (size_t i = 0; i < n; i++)
+            out[i] = (float)q[offset + i] * t->scale[(offset + i) / in];
+        return;
+    }
     const uint16_t *h = (const uint16_t *)t->data + offset;
     for (size_t i = 0; i < n; i++)
         out[i] = ke_f16_to_f32(h[i]);

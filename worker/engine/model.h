@@ -18,7 +18,9 @@
 #include "ks_error.h"
 #include "model_config.h"
 
-typedef enum ke_dtype { KE_DTYPE_F32 = 0, KE_DTYPE_F16 = 1 } ke_dtype;
+/* KE_DTYPE_I8 is never a model's storage: it is the int8 codes of a quantized linear weight
+ * (quant.h, --precision int8), with a scale per output row in ke_tensor.scale. */
+typedef enum ke_dtype { KE_DTYPE_F32 = 0, KE_DTYPE_F16 = 1, KE_DTYPE_I8 = 2 } ke_dtype;
 
 /* A weight tensor; `data` is borrowed from the model (the map or its owned buffers). Row-major,
  * shape[0] slowest. data == NULL means "absent" (e.g. a bias that does not exist). */
@@ -29,6 +31,8 @@ typedef struct ke_tensor {
     int ndim;
     int64_t shape[4];
     const void *data;
+    const float *scale; /* KE_DTYPE_I8: (shape[0]) f32, row r's values are data[r, :] * scale[r];
+                         * NULL for the other dtypes */
 } ke_tensor;
 
 typedef struct ke_linear {
@@ -123,7 +127,8 @@ void ke_model_destroy(ke_model **model);
  * no longer read: lets the kernel reclaim them (ke_st_page_out). The model stays usable. */
 void ke_model_page_out(const ke_model *model);
 
-/* Converts n elements of a tensor, starting at element `offset`, to f32 in `out`. */
+/* Converts n elements of a tensor, starting at element `offset`, to f32 in `out` (KE_DTYPE_I8:
+ * the code times its row's scale). */
 void ke_tensor_read_f32(const ke_tensor *t, size_t offset, size_t n, float *out);
 
 /* Number of elements. */

@@ -64,6 +64,12 @@ static void read_row(const ke_tensor *t, size_t offset, size_t n, float *out)
         ke_tensor_read_f32(t, offset, n, out);
         return;
     }
+    if (t->dtype == KE_DTYPE_I8) { /* the codes: ke_op_linear applies the scales at the end */
+        const int8_t *q = (const int8_t *)t->data + offset;
+        for (size_t i = 0; i < n; i++)
+            out[i] = (float)q[i];
+        return;
+    }
     call_once(&f16_table_once, f16_table_build);
     const uint16_t *h = (const uint16_t *)t->data + offset;
     for (size_t i = 0; i < n; i++)
@@ -110,8 +116,12 @@ void ke_op_linear(const float *x, size_t rows, const ke_tensor *w, const ke_tens
         for (size_t r = 0; r < rows; r++) {
             const float *xr = x + r * in;
             float *yr = y + r * out + o0;
-            for (size_t j = 0; j < nb; j++)
-                yr[j] = dot(xr, scratch + j * in, in) + b[j];
+            for (size_t j = 0; j < nb; j++) {
+                float s = dot(xr, scratch + j * in, in);
+                if (w->dtype == KE_DTYPE_I8)
+                    s = s * w->scale[o0 + j];
+                yr[j] = s + b[j];
+            }
         }
     }
 }

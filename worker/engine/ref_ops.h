@@ -4,7 +4,8 @@
  *
  * Not fast and not parallel: straightforward loops with f32 accumulation (reductions that
  * normalise - LayerNorm statistics, softmax and L2 sums - accumulate in double). Activations are
- * f32 row-major (rows, width); weights are ke_tensor views in f16 or f32. The ops never allocate
+ * f32 row-major (rows, width); weights are ke_tensor views in f16 or f32 (ke_op_linear's also
+ * int8, quant.h). The ops never allocate
  * and never fail: shapes are the caller's responsibility (asserted). */
 #ifndef KE_REF_OPS_H
 #define KE_REF_OPS_H
@@ -17,7 +18,7 @@
 /* Exact IEEE 754 binary16 -> binary32 (subnormals, infinities and NaN payloads included). */
 float ke_op_f16_to_f32(uint16_t h);
 
-/* Element i of a f16 or f32 tensor as f32. */
+/* Element i of a f16 or f32 tensor as f32 (not for KE_DTYPE_I8: ke_tensor_read_f32). */
 float ke_op_tensor_get(const ke_tensor *t, size_t i);
 
 /* Number of floats of scratch ke_op_linear needs for a weight with `in` columns. */
@@ -26,9 +27,10 @@ size_t ke_op_linear_scratch(size_t in);
 /* y (rows, out) = x (rows, in) · Wᵀ + b, as nn.Linear. W is (out, in...) - trailing dimensions
  * are flattened, so a conv weight (out, C, k, k) is (out, C·k·k). bias may be NULL or absent
  * (data NULL). Each output is one f32 dot product (8 interleaved partial sums in a fixed
- * order), then + bias; a row's result never depends on the other rows, so batching sequences
- * together changes no value. scratch: at least
- * ke_op_linear_scratch(in) floats. x and y must not overlap. */
+ * order), then (an int8 W, quant.h: the dot product of the codes) · the row's scale, then
+ * + bias; a row's result never depends on the other rows, so batching sequences together
+ * changes no value. scratch: at least ke_op_linear_scratch(in) floats. x and y must not
+ * overlap. */
 void ke_op_linear(const float *x, size_t rows, const ke_tensor *w, const ke_tensor *bias, float *y,
                   float *scratch);
 

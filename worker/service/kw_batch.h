@@ -29,6 +29,7 @@ typedef struct kw_engine_params {
     const char *model_dir;   /* checkpoint folder (required) */
     const char *device;      /* ke_backend_open spec; NULL/"" = its default */
     ke_dtype precision;      /* weights storage: KE_DTYPE_F16 (default) or F32 */
+    bool weights_int8;       /* the linear layers as int8 (--precision int8; storage F16) */
     int slots;               /* KV-cache slots = sequences (beams) live at once; default 8 */
     int context;             /* tokens per slot (prompt + new); 0 = the model's max_positions */
     size_t kv_tokens;        /* KV-cache pool, tokens in all (backends with a paged cache, the

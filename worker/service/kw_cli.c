@@ -82,7 +82,10 @@ static void usage(FILE *out)
         "                           tile_m, tile_n, tile_k, wpt_m, wpt_n, rows_max_m,\n"
         "                           groups_goal), e.g. cpu,rows_cw=8; docs/gemm.md. Ignored\n"
         "                           by --device ref\n"
-        "  --precision P            fp16 (default: weights stored as half) or fp32\n"
+        "  --precision P            fp16 (default: weights stored as half), fp32, or int8: the\n"
+        "                           linear layers' weights as int8 with a scale per output\n"
+        "                           channel, half their memory (about 1.5 GB less for\n"
+        "                           Kosmos-2), ids may differ from fp16. docs/operations.md\n"
         "  --autorotate             apply the EXIF orientation (default off, as the reference\n"
         "                           and 'kosmos run')\n"
         "  --max-pixels N           images whose header claims more pixels, or a side over\n"
@@ -191,12 +194,7 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
         case O_SLOTS: bad = parse_num(optarg, 1, 1024, &v); p.engine.slots = (int)v; break;
         case O_CONTEXT: bad = parse_num(optarg, 2, 1 << 20, &v); p.engine.context = (int)v; break;
         case O_PREC:
-            if (!strcmp(optarg, "fp16"))
-                p.engine.precision = KE_DTYPE_F16;
-            else if (!strcmp(optarg, "fp32"))
-                p.engine.precision = KE_DTYPE_F32;
-            else
-                bad = 1;
+            bad = !ke_precision_parse(optarg, &p.engine.precision, &p.engine.weights_int8);
             break;
         case O_ROTATE: p.engine.autorotate = true; break;
         case O_PIXELS: bad = parse_num(optarg, 1, 1ull << 40, &v); p.engine.max_pixels = v; break;

@@ -878,14 +878,15 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     char model_esc[300], device_esc[300];
     kw_log(KS_LOG_INFO, "started", "\"name\":%s,\"model_id\":%s,\"model_hash\":\"%s\","
            "\"device\":%s,\"max_batch\":%d,\"capacity\":%d,\"slots\":%d,\"context\":%d,"
-           "\"kv_tokens\":%zu,\"kv_cache\":\"%s\",\"load_ms\":%.0f,"
+           "\"kv_tokens\":%zu,\"kv_cache\":\"%s\",\"precision\":\"%s\",\"load_ms\":%.0f,"
            "\"device_bytes\":%zu,\"weight_bytes\":%zu",
            ks_log_str(esc, sizeof esc, io.name),
            ks_log_str(model_esc, sizeof model_esc, io.model_id), io.model_hash,
            ks_log_str(device_esc, sizeof device_esc, io.device.name), p->max_batch,
            kw_worker_capacity(p), engine.backend->slots, engine.backend->slot_capacity,
            p->engine.kv_tokens, p->engine.kv_half ? "f16" : "f32",
-           kw_now_ms() - t0, backend_stats.device_bytes, backend_stats.weight_bytes);
+           ke_precision_name(p->engine.precision, p->engine.weights_int8), kw_now_ms() - t0,
+           backend_stats.device_bytes, backend_stats.weight_bytes);
 
     io.ctx = zmq_ctx_new();
     if (!io.ctx) {

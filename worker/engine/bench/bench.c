@@ -470,7 +470,8 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
                              .kv_half = p->kv_half,
                              .gemm_tune = p->gemm_tune,
                              .gemm = p->gemm,
-                             .no_flash_attention = p->no_flash_attention};
+                             .no_flash_attention = p->no_flash_attention,
+                             .weights_int8 = p->weights_int8};
     if ((st = ke_backend_open(model, p->device, &bo, &s.backend)) != KS_OK)
         goto cleanup;
     snprintf(out->device_name, sizeof out->device_name, "%s",

@@ -49,6 +49,7 @@ typedef struct ke_bench_params {
     const char *gemm_tune;    /* ke_backend_options.gemm_tune (--gemm-tune), borrowed; NULL */
     bool no_flash_attention;  /* ke_backend_options.no_flash_attention (A/B runs) */
     ke_gemm_path gemm;        /* the large products' engine (ke_backend_options.gemm) */
+    bool weights_int8;        /* int8 linear weights (ke_backend_options.weights_int8) */
 } ke_bench_params;
 
 void ke_bench_params_default(ke_bench_params *p);
@@ -111,7 +112,7 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
 typedef struct ke_bench_labels {
     const char *impl;      /* "kosmos" */
     const char *config;    /* "full", "tiny" or the --model folder */
-    const char *precision; /* "fp16" / "fp32" */
+    const char *precision; /* "fp16" / "fp32" / "int8" (ke_precision_name) */
     const char *device;    /* the --device spec as given ("" = default) */
     uint64_t params;       /* parameter count */
 } ke_bench_labels;

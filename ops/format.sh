@@ -55,9 +55,9 @@ done
 
 ignore=()
 for x in "${excluded[@]}"; do ignore+=(":(exclude,glob)$x"); done
-listed="$(cd "$root" && git ls-files --cached --others --exclude-standard -- '*.c' '*.h' "${ignore[@]}")"
+git -C "$root" rev-parse --git-dir >/dev/null || { echo "format: $root is not a git checkout" >&2; exit 2; }
 files=()
-while IFS= read -r f; do
+while IFS= read -r -d '' f; do
   # (a tracked file deleted from the work tree is listed, and skipped)
   if [ -z "$f" ] || [ ! -f "$root/$f" ]; then continue; fi
   if [ "${#prefixes[@]}" -gt 0 ]; then
@@ -68,7 +68,8 @@ while IFS= read -r f; do
     [ "$keep" -eq 1 ] || continue
   fi
   files+=("$f")
-done < <(printf '%s\n' "$listed" | sort -u)
+done < <(cd "$root" && git ls-files -z --cached --others --exclude-standard -- '*.c' '*.h' \
+          "${ignore[@]}" | sort -zu)
 
 if [ "$mode" = list ]; then
   [ "${#files[@]}" -eq 0 ] || printf '%s\n' "${files[@]}"

@@ -28,6 +28,8 @@ packages=(
   libmicrohttpd-dev
   # tests
   libcmocka-dev python3 python3-venv bubblewrap
+  # the C layout (ops/format.sh, CI's first check): version 14 exactly
+  clang-format-14
 )
 
 if [ "$bench" -eq 1 ]; then

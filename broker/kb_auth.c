@@ -25,7 +25,7 @@ typedef struct kb_keyset {
 
 struct kb_auth {
     void *zctx; /* borrowed */
-    void *zap; /* bound by the actor; closed by kb_auth_stop only, after the join */
+    void *zap;  /* bound by the actor; closed by kb_auth_stop only, after the join */
     kp_actor *actor;
     atomic_bool alive;
     uint8_t public_key[32], secret_key[32];
@@ -115,7 +115,8 @@ static void kb_zap_serve(kb_auth *a)
     if (n >= 7 && zmq_msg_size(&f[5]) == 5 && memcmp(zmq_msg_data(&f[5]), "CURVE", 5) == 0 &&
         zmq_msg_size(&f[6]) == 32) {
         char domain[32] = "";
-        size_t dl = zmq_msg_size(&f[2]) < sizeof domain - 1 ? zmq_msg_size(&f[2]) : sizeof domain - 1;
+        size_t dl = zmq_msg_size(&f[2]) < sizeof domain - 1 ? zmq_msg_size(&f[2])
+                                                            : sizeof domain - 1;
         memcpy(domain, zmq_msg_data(&f[2]), dl);
         zmq_z85_encode(user, zmq_msg_data(&f[6]), 32);
         const kb_keyset *set = strcmp(domain, "kosmos-client") == 0   ? &a->clients
@@ -174,8 +175,7 @@ static ks_status kb_zap_actor(void *pipe, void *arg)
 }
 
 ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_dir,
-                        const char *worker_dir, FILE *log, ks_log_level log_level,
-                        kb_auth **out)
+                        const char *worker_dir, FILE *log, ks_log_level log_level, kb_auth **out)
 {
     ks_status st = KS_OK;
     char pub[KS_Z85_KEY_SIZE], sec[KS_Z85_KEY_SIZE];

@@ -23,8 +23,7 @@ typedef struct kb_auth kb_auth;
  * through, stamped with the wall clock (an injected broker clock is not the thread's to call).
  * Caller owns *out. */
 ks_status kb_auth_start(void *zctx, const char *secret_file, const char *client_dir,
-                        const char *worker_dir, FILE *log, ks_log_level log_level,
-                        kb_auth **out);
+                        const char *worker_dir, FILE *log, ks_log_level log_level, kb_auth **out);
 /* Makes `sock` a CURVE server with the broker's keys in ZAP domain `domain`; before bind. */
 ks_status kb_auth_server_socket(kb_auth *a, void *sock, const char *domain);
 bool kb_auth_alive(const kb_auth *a);

@@ -104,8 +104,8 @@ void kb_mem_recount(kb_broker *b)
         b->mem_workers = 0;
         for (size_t i = 0; i < b->n_workers; i++) {
             const kb_worker *w = b->workers[i];
-            b->mem_workers +=
-                sizeof *w + w->cap_leases * sizeof *w->leases + 4 * (KB_CLIENT_MAX + 1) + 128;
+            b->mem_workers += sizeof *w + w->cap_leases * sizeof *w->leases +
+                              4 * (KB_CLIENT_MAX + 1) + 128;
         }
         b->mem_workers_stale = false;
     }
@@ -168,7 +168,8 @@ static size_t kb_mem_bound(const kb_params *p)
     size_t batch = p->batch_max_bytes + per_msg;
     size_t out = 4 * kb_outbox_bound(p);
     size_t inflight = p->max_inflight_bytes + p->max_image_bytes;
-    size_t tables = (size_t)p->max_workers * (sizeof(kb_worker) + KB_MAX_CAPACITY * sizeof(kb_lease) + 1024) +
+    size_t tables = (size_t)p->max_workers *
+                        (sizeof(kb_worker) + KB_MAX_CAPACITY * sizeof(kb_lease) + 1024) +
                     (size_t)p->max_waiters * sizeof(kb_waiter) +
                     (size_t)p->max_workers * 4 * (sizeof(kb_model) + 260) + sizeof(kb_broker) +
                     KB_ADMIT_SLOTS * sizeof(kb_admit_slot) +
@@ -179,7 +180,7 @@ static size_t kb_mem_bound(const kb_params *p)
 /* ---- Disk durations (kb_stats) ------------------------------------------------------------- */
 
 const uint32_t kb_duration_bucket_us[KB_DURATION_BUCKETS - 1] = {250,  500,  1000,  2000,
-                                                                  4000, 8000, 16000, 32000};
+                                                                 4000, 8000, 16000, 32000};
 
 void kb_durations_add(kb_durations *d, uint64_t us)
 {
@@ -274,8 +275,8 @@ ks_status kb_lapse(kb_broker *b, const char *job_id, uint32_t attempt, bool cras
     if (crash)
         b->stats.lease_lapses++;
     kb_logf(b, KS_LOG_WARN, "lease_lapsed",
-            "\"job\":\"%s\",\"attempt\":%u,\"crash\":%s,\"why\":\"%s\"",
-            job_id, attempt, crash ? "true" : "false", why);
+            "\"job\":\"%s\",\"attempt\":%u,\"crash\":%s,\"why\":\"%s\"", job_id, attempt,
+            crash ? "true" : "false", why);
     if (crash && job.crash_count + 1 >= b->p.max_crashes) {
         char msg[200];
         snprintf(msg, sizeof msg, "dead after %u crashed attempts; last: %s", job.crash_count + 1,
@@ -301,8 +302,7 @@ ks_status kb_retry_or_fail(kb_broker *b, const kb_job *job, const void *result, 
             kb_note_terminal(b, job->id);
         return st;
     }
-    return kb_store_requeue(b->store, job->id, kb_now(b) + kb_backoff(b, job->attempt), false,
-                            why);
+    return kb_store_requeue(b->store, job->id, kb_now(b) + kb_backoff(b, job->attempt), false, why);
 }
 
 void kb_throughput_add(kb_broker *b, uint64_t jobs, uint64_t tokens)
@@ -331,7 +331,7 @@ static ks_status kb_bind(kb_broker *b, void *sock, const char *ep, char *resolve
 {
     int one = 1, zero = 0;
     size_t frame = images && b->p.max_image_bytes > b->p.max_message_bytes ? b->p.max_image_bytes
-                                                                          : b->p.max_message_bytes;
+                                                                           : b->p.max_message_bytes;
     int64_t maxmsg = (int64_t)frame + 65536;
     if (zmq_setsockopt(sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
         zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0 ||
@@ -460,9 +460,8 @@ ks_status kb_broker_new(const kb_params *p, kb_broker **out)
         goto cleanup;
     if ((st = kb_recover(b)) != KS_OK)
         goto cleanup;
-    if (curve &&
-        (st = kb_auth_start(b->zctx, p->curve_secret, p->curve_clients, p->curve_workers,
-                            p->log, p->log_level, (kb_auth **)&b->curve_state)) != KS_OK)
+    if (curve && (st = kb_auth_start(b->zctx, p->curve_secret, p->curve_clients, p->curve_workers,
+                                     p->log, p->log_level, (kb_auth **)&b->curve_state)) != KS_OK)
         goto cleanup;
     b->client_sock = zmq_socket(b->zctx, ZMQ_ROUTER);
     b->worker_sock = zmq_socket(b->zctx, ZMQ_ROUTER);

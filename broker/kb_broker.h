@@ -15,8 +15,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "ks_log.h"
 #include "ks_error.h"
+#include "ks_log.h"
 
 /* Unix time in milliseconds. The broker reads time only through this. */
 typedef uint64_t (*kb_clock_fn)(void *ctx);
@@ -55,12 +55,12 @@ typedef struct kb_params {
     const char *curve_secret;
     const char *curve_clients;
     const char *curve_workers;
-    kb_clock_fn clock;               /* NULL = CLOCK_REALTIME */
+    kb_clock_fn clock; /* NULL = CLOCK_REALTIME */
     void *clock_ctx;
-    kb_rand_fn rand;                 /* NULL = a xorshift seeded from /dev/urandom */
+    kb_rand_fn rand; /* NULL = a xorshift seeded from /dev/urandom */
     void *rand_ctx;
-    FILE *log;                       /* NULL = stderr */
-    ks_log_level log_level;          /* KS_LOG_INFO */
+    FILE *log;              /* NULL = stderr */
+    ks_log_level log_level; /* KS_LOG_INFO */
     /* NULL = off. The Prometheus endpoint (kb_metrics.h) that kb_broker_step hands a snapshot
      * to (every 250 ms, job counts every second). Borrowed: outlives the broker. */
     struct kb_metrics *metrics;
@@ -78,7 +78,7 @@ typedef struct kb_durations {
 void kb_durations_add(kb_durations *d, uint64_t us);
 
 typedef struct kb_stats {
-    uint64_t violations;      /* protocol-breaking messages, both endpoints */
+    uint64_t violations; /* protocol-breaking messages, both endpoints */
     uint64_t dispatches;
     uint64_t results_stored;
     uint64_t results_stale;   /* fenced off: acknowledged STALE */
@@ -88,11 +88,11 @@ typedef struct kb_stats {
     kb_durations commit_durations; /* COMMITs that wrote: the WAL frames written to the kernel */
     kb_durations sync_durations;   /* the syncer's fdatasyncs of the WAL: the disk */
     uint64_t checkpoints;          /* the syncer's passive checkpoints */
-    uint64_t commit_failures; /* disk full and friends: rolled back, broker kept running */
-    uint64_t send_failures;   /* ROUTER_MANDATORY: peer gone, or its queue full */
-    size_t memory_bytes;      /* the broker's own buffers now */
+    uint64_t commit_failures;      /* disk full and friends: rolled back, broker kept running */
+    uint64_t send_failures;        /* ROUTER_MANDATORY: peer gone, or its queue full */
+    size_t memory_bytes;           /* the broker's own buffers now */
     size_t memory_peak;
-    size_t memory_bound;      /* what docs/broker.md computes from the limits */
+    size_t memory_bound; /* what docs/broker.md computes from the limits */
     uint32_t workers;
     uint32_t waiters;
 } kb_stats;

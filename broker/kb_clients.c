@@ -29,9 +29,8 @@ static void kb_violation(kb_broker *b, const char *endpoint, const void *rid, si
         snprintf(hex + 2 * i, 3, "%02x", ((const unsigned char *)rid)[i]);
     kb_logf(b, KS_LOG_WARN, "protocol_violation",
             "\"endpoint\":\"%s\",\"peer\":\"%s\",\"identity\":%s,"
-            "\"what\":%s", endpoint, hex,
-            ks_log_str(id, sizeof id, identity),
-            ks_log_str(esc, sizeof esc, what));
+            "\"what\":%s",
+            endpoint, hex, ks_log_str(id, sizeof id, identity), ks_log_str(esc, sizeof esc, what));
 }
 
 static void kb_reply_init(kb_broker *b, Kosmos__V1__ClientReply *r, uint64_t request_id)
@@ -117,8 +116,8 @@ static ks_status kb_fill_fetch(kb_broker *b, const kb_job *job, Kosmos__V1__Fetc
     return KS_OK;
 }
 
-ks_status kb_fetch_reply(kb_broker *b, const char *job_id, const char *client,
-                         uint64_t request_id, const void *rid, size_t rid_len, bool *sent)
+ks_status kb_fetch_reply(kb_broker *b, const char *job_id, const char *client, uint64_t request_id,
+                         const void *rid, size_t rid_len, bool *sent)
 {
     kb_job job;
     bool found = false;
@@ -306,7 +305,8 @@ static ks_status kb_submit(kb_broker *b, const kp_inbound *in, const char *clien
         (job->requirements->model_id || job->requirements->model_hash) &&
         !kb_model_known(b, job->requirements->model_id, job->requirements->model_hash)) {
         code = KOSMOS__V1__REJECT_CODE__REJECT_CODE_NO_SUCH_MODEL;
-        snprintf(reason, sizeof reason, "no worker has offered this model since the broker started");
+        snprintf(reason, sizeof reason,
+                 "no worker has offered this model since the broker started");
     }
     if (!code && job->image_case == KOSMOS__V1__JOB__IMAGE_IMAGE_URI &&
         !kb_job_uri_allowed(job->image_uri, b->p.image_roots, b->p.n_image_roots)) {
@@ -409,7 +409,8 @@ static ks_status kb_fetch(kb_broker *b, const kp_inbound *in, const char *client
     Kosmos__V1__FetchReply f;
     ks_status st = KS_OK;
     if ((st = kb_request_job(b, rid, rid_len, req->request_id, client, fq ? fq->job_id : NULL,
-                             "fetch", &found, &job)) != KS_OK || !found)
+                             "fetch", &found, &job)) != KS_OK ||
+        !found)
         return st;
     if (!kb_state_terminal(job.state) && fq->has_wait_ms && fq->wait_ms > 0 &&
         b->n_waiters < b->p.max_waiters) {
@@ -478,7 +479,7 @@ cleanup:
 }
 
 static ks_status kb_cancel(kb_broker *b, const kp_inbound *in, const char *client,
-                          const Kosmos__V1__ClientRequest *req)
+                           const Kosmos__V1__ClientRequest *req)
 {
     size_t rid_len;
     const void *rid = kp_inbound_routing_id(in, &rid_len);
@@ -488,8 +489,8 @@ static ks_status kb_cancel(kb_broker *b, const kp_inbound *in, const char *clien
     void *blob = NULL;
     size_t len = 0;
     const char *id = req->cancel ? req->cancel->job_id : NULL;
-    if ((st = kb_request_job(b, rid, rid_len, req->request_id, client, id, "cancel", &found, &job)) !=
-            KS_OK ||
+    if ((st = kb_request_job(b, rid, rid_len, req->request_id, client, id, "cancel", &found,
+                             &job)) != KS_OK ||
         !found)
         return st;
     Kosmos__V1__ClientReply r;
@@ -568,10 +569,11 @@ static ks_status kb_status(kb_broker *b, const kp_inbound *in, const Kosmos__V1_
         s.n_queue++;
     }
     s.queue = scp;
-    uint64_t *tot[6] = {&s.total_submitted, &s.total_done, &s.total_failed, &s.total_dead,
-                        &s.total_expired, &s.total_cancelled};
-    protobuf_c_boolean *has[6] = {&s.has_total_submitted, &s.has_total_done, &s.has_total_failed,
-                                  &s.has_total_dead, &s.has_total_expired, &s.has_total_cancelled};
+    uint64_t *tot[6] = {&s.total_submitted, &s.total_done,    &s.total_failed,
+                        &s.total_dead,      &s.total_expired, &s.total_cancelled};
+    protobuf_c_boolean *has[6] = {&s.has_total_submitted, &s.has_total_done,
+                                  &s.has_total_failed,    &s.has_total_dead,
+                                  &s.has_total_expired,   &s.has_total_cancelled};
     for (int i = 0; i < 6; i++) {
         *tot[i] = totals[i];
         *has[i] = true;
@@ -589,7 +591,8 @@ static ks_status kb_status(kb_broker *b, const kp_inbound *in, const Kosmos__V1_
     s.has_memory_bytes = s.has_memory_bound_bytes = true;
     s.memory_bytes = b->stats.memory_bytes;
     s.memory_bound_bytes = b->stats.memory_bound;
-    bool workers = !(req->status && req->status->has_include_workers && !req->status->include_workers);
+    bool workers = !(req->status && req->status->has_include_workers &&
+                     !req->status->include_workers);
     if (workers)
         kb_status_fill_workers(b, &s);
     kb_reply_init(b, &r, req->request_id);
@@ -618,8 +621,7 @@ static ks_status kb_client_handle(kb_broker *b, kp_inbound *in)
     kp_verdict v = kp_inbound_verdict(in);
     char msg[256];
     switch (v) {
-    case KP_VALID:
-        break;
+    case KP_VALID: break;
     case KP_NOT_OURS:
         kb_violation(b, "client", rid, rid_len, NULL, kp_inbound_reason(in));
         return KS_OK;
@@ -657,8 +659,7 @@ static ks_status kb_client_handle(kb_broker *b, kp_inbound *in)
                          kp_inbound_reason(in));
         }
         return KS_OK;
-    default:
-        return KS_OK;
+    default: return KS_OK;
     }
     if (b->curve_state) {
         const char *uid = kp_inbound_user_id(in);
@@ -684,16 +685,11 @@ static ks_status kb_client_handle(kb_broker *b, kp_inbound *in)
         return KS_OK;
     }
     switch (req->request_case) {
-    case KOSMOS__V1__CLIENT_REQUEST__REQUEST_SUBMIT:
-        return kb_submit(b, in, client, req);
-    case KOSMOS__V1__CLIENT_REQUEST__REQUEST_FETCH:
-        return kb_fetch(b, in, client, req);
-    case KOSMOS__V1__CLIENT_REQUEST__REQUEST_ACK:
-        return kb_ack(b, in, client, req);
-    case KOSMOS__V1__CLIENT_REQUEST__REQUEST_CANCEL:
-        return kb_cancel(b, in, client, req);
-    case KOSMOS__V1__CLIENT_REQUEST__REQUEST_STATUS:
-        return kb_status(b, in, req);
+    case KOSMOS__V1__CLIENT_REQUEST__REQUEST_SUBMIT: return kb_submit(b, in, client, req);
+    case KOSMOS__V1__CLIENT_REQUEST__REQUEST_FETCH: return kb_fetch(b, in, client, req);
+    case KOSMOS__V1__CLIENT_REQUEST__REQUEST_ACK: return kb_ack(b, in, client, req);
+    case KOSMOS__V1__CLIENT_REQUEST__REQUEST_CANCEL: return kb_cancel(b, in, client, req);
+    case KOSMOS__V1__CLIENT_REQUEST__REQUEST_STATUS: return kb_status(b, in, req);
     default:
         kb_error_now(b, rid, rid_len, rq, KOSMOS__V1__ERROR_CODE__ERROR_CODE_UNKNOWN_REQUEST,
                      "no request this broker knows");
@@ -734,7 +730,8 @@ void kb_clients_batch(kb_broker *b)
         kb_send_client_error(b, rid, rl, req->request_id,
                              KOSMOS__V1__ERROR_CODE__ERROR_CODE_INTERNAL,
                              "database write failed; retry later",
-                             full && req->request_case == KOSMOS__V1__CLIENT_REQUEST__REQUEST_SUBMIT);
+                             full &&
+                                 req->request_case == KOSMOS__V1__CLIENT_REQUEST__REQUEST_SUBMIT);
     }
     kb_batch_release(b, n);
 }

@@ -75,7 +75,8 @@ static ks_status kb_timers_in_txn(kb_broker *b, uint64_t now)
     }
     if (now >= b->next_gc) {
         b->next_gc = now + KB_GC_INTERVAL_MS;
-        if (now > b->p.retention_ms && (st = kb_store_gc(b->store, now - b->p.retention_ms, &n)) != KS_OK)
+        if (now > b->p.retention_ms &&
+            (st = kb_store_gc(b->store, now - b->p.retention_ms, &n)) != KS_OK)
             return st;
         if (n)
             kb_logf(b, KS_LOG_INFO, "gc", "\"jobs_deleted\":%d", n);
@@ -227,8 +228,8 @@ static ks_status kb_dispatch_in_txn(kb_broker *b, uint64_t now)
                 return st;
             if (!found) {
                 if (b->n_empty < KB_DISPATCH_CLASSES)
-                    b->empty[b->n_empty++] =
-                        (kb_dispatch_class){w->kind_id, w->kind_hash, w->memory};
+                    b->empty[b->n_empty++] = (kb_dispatch_class){w->kind_id, w->kind_hash,
+                                                                 w->memory};
                 continue;
             }
             progress = true;

@@ -32,8 +32,8 @@ typedef struct kb_lease {
     uint64_t deadline; /* the job's deadline, 0 = none */
     bool seen;         /* listed by a heartbeat at least once */
     bool cancel_sent;
-    bool started;      /* a heartbeat (or Ready) reported Lease.started */
-    bool confirmed;    /* the broker told the worker it knows (Heartbeat.running) */
+    bool started;   /* a heartbeat (or Ready) reported Lease.started */
+    bool confirmed; /* the broker told the worker it knows (Heartbeat.running) */
 } kb_lease;
 
 typedef struct kb_worker {
@@ -52,8 +52,8 @@ typedef struct kb_worker {
     uint32_t capacity, credit;
     uint64_t connected, last_seen, last_sent, jobs_done;
     bool reports_start; /* its leases carry Lease.started (v1.1); else all count as started */
-    bool gone; /* a send failed: forgotten at the next timer run */
-    bool gone_dead; /* ...because its connection is gone (EHOSTUNREACH): a crash, as death */
+    bool gone;          /* a send failed: forgotten at the next timer run */
+    bool gone_dead;     /* ...because its connection is gone (EHOSTUNREACH): a crash, as death */
     kb_lease *leases;
     size_t n_leases, cap_leases;
 } kb_worker;
@@ -104,7 +104,7 @@ typedef struct kb_model {
  * most once per batch and key, so `busy` always rests on an exact count. */
 #define KB_ADMIT_SLOTS 4096 /* clients cached (open addressing); emptied when half full */
 typedef struct kb_admit_slot {
-    char *client;        /* NULL = free */
+    char *client; /* NULL = free */
     uint64_t active;
     uint64_t counted_in; /* batch number of the last exact count */
 } kb_admit_slot;
@@ -135,12 +135,12 @@ struct kb_broker {
     kb_refused refused[KB_REFUSED_SLOTS];
     char client_ep[256], worker_ep[256];
     void *zctx, *client_sock, *worker_sock;
-    void *zap_sock;      /* CURVE: our ZAP handler (inproc://zeromq.zap.01) */
-    void *curve_state;   /* kb_auth */
+    void *zap_sock;    /* CURVE: our ZAP handler (inproc://zeromq.zap.01) */
+    void *curve_state; /* kb_auth */
     kb_store *store;
     kb_syncer *syncer;
-    uint64_t commits_written;  /* commits that wrote, numbered for kb_syncer_request */
-    kb_out *held;              /* client replies waiting for durability, in sending order */
+    uint64_t commits_written; /* commits that wrote, numbered for kb_syncer_request */
+    kb_out *held;             /* client replies waiting for durability, in sending order */
     size_t n_held, cap_held, held_bytes;
     uint64_t instance, started, rng;
     kp_limits limits;
@@ -159,21 +159,23 @@ struct kb_broker {
     kb_model *models;
     size_t n_models;
     uint64_t next_gc, next_timer_log;
-    struct { uint64_t second, jobs, tokens; } tput[60];
+    struct {
+        uint64_t second, jobs, tokens;
+    } tput[60];
     kb_stats stats;
-    size_t mem_fixed;          /* workers, waiters, models, outbox */
-    size_t mem_workers;        /* the workers' share of it, summed when mem_workers_stale */
+    size_t mem_fixed;   /* workers, waiters, models, outbox */
+    size_t mem_workers; /* the workers' share of it, summed when mem_workers_stale */
     bool mem_workers_stale;
-    atomic_size_t mem_zmq;     /* image buffers handed to ZeroMQ, not yet freed */
-    size_t mem_batch;          /* received messages held in this cycle */
-    kp_inbound **batch;        /* p.batch_max slots: this cycle's messages (kb_batch_read) */
-    kb_admit_slot *admit;      /* KB_ADMIT_SLOTS, allocated on first use */
+    atomic_size_t mem_zmq; /* image buffers handed to ZeroMQ, not yet freed */
+    size_t mem_batch;      /* received messages held in this cycle */
+    kp_inbound **batch;    /* p.batch_max slots: this cycle's messages (kb_batch_read) */
+    kb_admit_slot *admit;  /* KB_ADMIT_SLOTS, allocated on first use */
     size_t admit_used;
-    uint64_t admit_total;      /* all clients; valid when admit_total_known */
+    uint64_t admit_total; /* all clients; valid when admit_total_known */
     bool admit_total_known;
     uint64_t admit_total_counted_in;
-    uint64_t batch_number;     /* client batches so far */
-    bool in_txn;               /* the cycle's transaction is open (kb_txn_need) */
+    uint64_t batch_number; /* client batches so far */
+    bool in_txn;           /* the cycle's transaction is open (kb_txn_need) */
     kb_dispatch_class empty[KB_DISPATCH_CLASSES]; /* no queued job for these (dispatch) */
     size_t n_empty;
     uint64_t empty_epoch;
@@ -208,8 +210,7 @@ ks_status kb_finish_made(kb_broker *b, const kb_job *job, int state, int status,
                          const char *message);
 /* Ends `attempt` of a RUNNING job without a result: a crash (counts toward DEAD, backoff) or
  * not (restart, orderly worker stop: straight back to QUEUED). Inside a transaction. */
-ks_status kb_lapse(kb_broker *b, const char *job_id, uint32_t attempt, bool crash,
-                   const char *why);
+ks_status kb_lapse(kb_broker *b, const char *job_id, uint32_t attempt, bool crash, const char *why);
 ks_status kb_retry_or_fail(kb_broker *b, const kb_job *job, const void *result, size_t len,
                            const char *why);
 uint64_t kb_backoff(kb_broker *b, uint32_t n);
@@ -260,8 +261,8 @@ void kb_dispatch(kb_broker *b);
 /* kb_clients.c */
 void kb_admit_free(kb_broker *b);
 void kb_clients_batch(kb_broker *b);
-ks_status kb_fetch_reply(kb_broker *b, const char *job_id, const char *client,
-                         uint64_t request_id, const void *rid, size_t rid_len, bool *sent);
+ks_status kb_fetch_reply(kb_broker *b, const char *job_id, const char *client, uint64_t request_id,
+                         const void *rid, size_t rid_len, bool *sent);
 void kb_waiters_run(kb_broker *b);
 void kb_status_fill_workers(kb_broker *b, Kosmos__V1__StatusReply *r);
 

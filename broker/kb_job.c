@@ -93,10 +93,10 @@ int kb_job_validate(const Kosmos__V1__Job *job, const kb_job_limits *lim, uint64
         if (job->image_attached_size == 0)
             return kb_reject(INVALID, reason, cap, "image_attached_size is 0");
         break;
-    default:
-        return kb_reject(INVALID, reason, cap, "no image");
+    default: return kb_reject(INVALID, reason, cap, "no image");
     }
-    if (job->idempotency_key && (!job->idempotency_key[0] || strlen(job->idempotency_key) > KB_MAX_KEY))
+    if (job->idempotency_key &&
+        (!job->idempotency_key[0] || strlen(job->idempotency_key) > KB_MAX_KEY))
         return kb_reject(job->idempotency_key[0] ? TOO_LARGE : INVALID, reason, cap,
                          "idempotency_key must be 1..128 bytes");
     if (job->label && strlen(job->label) > KB_MAX_LABEL)

@@ -22,9 +22,9 @@
 #include <microhttpd.h>
 #endif
 
-#define KB_METRICS_PUBLISH_NS 250000000ull   /* a snapshot at most every 250 ms */
-#define KB_METRICS_COUNTS_NS 1000000000ull   /* job counts at most every second */
-#define KB_METRICS_COUNTS_SHARE 100u         /* ... and at most 1% of the broker's time */
+#define KB_METRICS_PUBLISH_NS 250000000ull /* a snapshot at most every 250 ms */
+#define KB_METRICS_COUNTS_NS 1000000000ull /* job counts at most every second */
+#define KB_METRICS_COUNTS_SHARE 100u       /* ... and at most 1% of the broker's time */
 #define KB_METRICS_MAX_CONNECTIONS 16u
 #define KB_METRICS_MAX_PER_IP 4u /* one stranger cannot take all 16 */
 #define KB_METRICS_TIMEOUT_S 5u  /* idle: libmicrohttpd's own timeout */
@@ -57,9 +57,9 @@ struct kb_metrics {
     bool conn_ready, reaper_started, reaper_stop;
     pthread_t reaper;
     struct kb_metrics_conn {
-        int fd;          /* -1: free */
+        int fd; /* -1: free */
         uint64_t since_ns;
-        bool cut;        /* shut down by the reaper; libmicrohttpd closes it next */
+        bool cut; /* shut down by the reaper; libmicrohttpd closes it next */
     } conns[KB_METRICS_MAX_CONNECTIONS + 8];
 #endif
     int fd; /* ours until the daemon starts, then the daemon's */
@@ -131,8 +131,7 @@ static void kb_family(kb_text *t, const char *name, const char *type, const char
     kb_text_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void kb_metric(kb_text *t, const char *name, const char *type, const char *help,
-                      uint64_t v)
+static void kb_metric(kb_text *t, const char *name, const char *type, const char *help, uint64_t v)
 {
     kb_family(t, name, type, help);
     kb_text_printf(t, "%s %llu\n", name, (unsigned long long)v);
@@ -152,8 +151,8 @@ static void kb_histogram(kb_text *t, const char *name, const char *help, const k
     for (int k = 0; k < KB_DURATION_BUCKETS; k++) {
         below += d->buckets[k];
         if (k < KB_DURATION_BUCKETS - 1)
-            kb_text_printf(t, "%s_bucket{le=\"%g\"} %llu\n", name,
-                           kb_duration_bucket_us[k] / 1e6, (unsigned long long)below);
+            kb_text_printf(t, "%s_bucket{le=\"%g\"} %llu\n", name, kb_duration_bucket_us[k] / 1e6,
+                           (unsigned long long)below);
         else
             kb_text_printf(t, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)below);
     }
@@ -162,9 +161,10 @@ static void kb_histogram(kb_text *t, const char *name, const char *help, const k
 }
 
 /* Lower-case JobState names (proto/kosmos.proto), index = enum value; 0 is never stored. */
-static const char *const kb_state_names[KB_METRICS_STATES] = {
-    NULL, "queued", "running", "retry_wait", "done", "failed", "expired", "dead", "cancelled",
-    "acked"};
+static const char *const kb_state_names[KB_METRICS_STATES] = {NULL,         "queued", "running",
+                                                              "retry_wait", "done",   "failed",
+                                                              "expired",    "dead",   "cancelled",
+                                                              "acked"};
 
 ks_status kb_metrics_render(const kb_metrics_snapshot *s, double age_s, double jobs_age_s,
                             char **text, size_t *len)
@@ -238,8 +238,7 @@ ks_status kb_metrics_render(const kb_metrics_snapshot *s, double age_s, double j
               "Store transactions rolled back (disk full and friends) since the broker started.",
               st->commit_failures);
     kb_metric(&t, "kosmos_broker_send_failures_total", "counter",
-              "Messages to gone peers or full queues since the broker started.",
-              st->send_failures);
+              "Messages to gone peers or full queues since the broker started.", st->send_failures);
     kb_metric(&t, "kosmos_broker_protocol_violations_total", "counter",
               "Protocol-breaking messages from clients and workers since the broker started.",
               st->violations);
@@ -568,13 +567,14 @@ ks_status kb_metrics_new(const char *address, kb_metrics **out)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    m->daemon = MHD_start_daemon(
-        MHD_USE_AUTO_INTERNAL_THREAD, 0, NULL, NULL, kb_metrics_answer, m,
-        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)m->fd,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)KB_METRICS_MAX_CONNECTIONS,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)KB_METRICS_MAX_PER_IP,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)KB_METRICS_TIMEOUT_S,
-        MHD_OPTION_NOTIFY_CONNECTION, kb_metrics_notify, m, MHD_OPTION_END);
+    m->daemon = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD, 0, NULL, NULL, kb_metrics_answer, m,
+                                 MHD_OPTION_LISTEN_SOCKET, (MHD_socket)m->fd,
+                                 MHD_OPTION_CONNECTION_LIMIT,
+                                 (unsigned int)KB_METRICS_MAX_CONNECTIONS,
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                 (unsigned int)KB_METRICS_MAX_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
+                                 (unsigned int)KB_METRICS_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
+                                 kb_metrics_notify, m, MHD_OPTION_END);
     if (m->daemon)
         m->reaper_started = pthread_create(&m->reaper, NULL, kb_metrics_reaper, m) == 0;
     pthread_sigmask(SIG_SETMASK, &old, NULL);

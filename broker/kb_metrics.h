@@ -39,10 +39,10 @@ typedef struct kb_metrics_worker {
 /* What the broker hands over. Pointers are borrowed for the kb_metrics_publish call only. */
 typedef struct kb_metrics_snapshot {
     uint64_t uptime_ms;
-    kb_stats stats;                        /* kb_broker_stats */
-    bool has_jobs;                         /* jobs[] and totals[] are set; else the last stand */
-    uint64_t jobs[KB_METRICS_STATES];      /* jobs per JobState (kb_store_counts) */
-    uint64_t totals[KB_METRICS_TOTALS];    /* lifetime totals of the store (kb_store_totals) */
+    kb_stats stats;                     /* kb_broker_stats */
+    bool has_jobs;                      /* jobs[] and totals[] are set; else the last stand */
+    uint64_t jobs[KB_METRICS_STATES];   /* jobs per JobState (kb_store_counts) */
+    uint64_t totals[KB_METRICS_TOTALS]; /* lifetime totals of the store (kb_store_totals) */
     const kb_metrics_worker *workers;
     size_t n_workers;
 } kb_metrics_snapshot;

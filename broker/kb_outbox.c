@@ -181,8 +181,7 @@ void kb_flush(kb_broker *b, bool committed)
                 kb_send_client_error(b, o->rid, o->rid_len, o->request_id,
                                      KOSMOS__V1__ERROR_CODE__ERROR_CODE_INTERNAL,
                                      "database write failed; retry later",
-                                     o->is_submit &&
-                                         kb_store_fault(b->store) == KB_FAULT_FULL);
+                                     o->is_submit && kb_store_fault(b->store) == KB_FAULT_FULL);
             goto next;
         }
         switch (o->post) {
@@ -205,8 +204,7 @@ void kb_flush(kb_broker *b, bool committed)
             for (size_t k = 0; k < b->n_workers; k++)
                 kb_worker_drop_lease(b->workers[k], o->lease.job_id, o->lease.attempt);
             break;
-        case KB_POST_NONE:
-            break;
+        case KB_POST_NONE: break;
         }
         if (o->has_body && o->to_worker) {
             if (w) {

@@ -87,9 +87,9 @@ enum {
     Q_COUNT
 };
 
-#define KB_JOB_COLUMNS                                                                          \
-    "seq, id, client, idem_key, fingerprint, priority, deadline, model_id, model_hash, min_mem, " \
-    "state, attempt, crash_count, retry_after, lease_expires, worker, submitted, finished, "     \
+#define KB_JOB_COLUMNS                                                                             \
+    "seq, id, client, idem_key, fingerprint, priority, deadline, model_id, model_hash, min_mem, "  \
+    "state, attempt, crash_count, retry_after, lease_expires, worker, submitted, finished, "       \
     "n_prompts, result_attempt, label"
 
 static const char *const kb_sql[Q_COUNT] = {
@@ -117,7 +117,8 @@ static const char *const kb_sql[Q_COUNT] = {
     [Q_DELETE_IMAGE] = "DELETE FROM images WHERE id = ?1",
     [Q_TOTAL_ADD] = "UPDATE totals SET value = value + 1 WHERE name = ?1",
     [Q_ACK] = "UPDATE jobs SET state = 9, result = NULL WHERE id = ?1 AND state >= 4",
-    [Q_PROMOTE] = "UPDATE jobs SET state = 1, retry_after = 0 WHERE state = 3 AND retry_after <= ?1",
+    [Q_PROMOTE] =
+        "UPDATE jobs SET state = 1, retry_after = 0 WHERE state = 3 AND retry_after <= ?1",
     [Q_PAST_DEADLINE] = "SELECT " KB_JOB_COLUMNS " FROM jobs INDEXED BY jobs_deadline"
                         " WHERE state IN (1, 3) AND deadline > 0 AND deadline <= ?1"
                         " ORDER BY deadline LIMIT ?2",
@@ -145,8 +146,8 @@ struct kb_store {
     sqlite3 *db;
     sqlite3_stmt *stmt[Q_COUNT];
     kb_fault fault;
-    uint64_t queue_epoch; /* kb_store_queue_epoch */
-    uint64_t promote_due; /* no RETRY_WAIT job is due before this; 0: unknown, ask */
+    uint64_t queue_epoch;           /* kb_store_queue_epoch */
+    uint64_t promote_due;           /* no RETRY_WAIT job is due before this; 0: unknown, ask */
     sqlite3_int64 changes_at_begin; /* kb_store_wrote */
     uint32_t wal_frames;            /* the WAL's size after the last commit (kb_store_wal_frames) */
     bool wal;                       /* journal_mode is WAL (not so for ":memory:") */
@@ -189,8 +190,8 @@ static ks_status kb_sqlfail(kb_store *s, int rc, const char *what)
         s->fault = KB_FAULT_IO;
     else
         s->fault = KB_FAULT_OTHER;
-    return ks_fail(s->fault == KB_FAULT_FULL ? KS_ERR_LIMIT : KS_ERR_IO, "sqlite %s: %s (%d)",
-                   what, sqlite3_errmsg(s->db), rc);
+    return ks_fail(s->fault == KB_FAULT_FULL ? KS_ERR_LIMIT : KS_ERR_IO, "sqlite %s: %s (%d)", what,
+                   sqlite3_errmsg(s->db), rc);
 }
 
 static ks_status kb_exec(kb_store *s, const char *sql)
@@ -309,8 +310,8 @@ static ks_status kb_migrate(kb_store *s)
     q = NULL;
     int known = (int)(sizeof kb_migrations / sizeof kb_migrations[0]);
     if (version > known) {
-        st = ks_fail(KS_ERR_UNSUPPORTED, "database schema version %d is newer than this broker (%d)",
-                     version, known);
+        st = ks_fail(KS_ERR_UNSUPPORTED,
+                     "database schema version %d is newer than this broker (%d)", version, known);
         goto cleanup;
     }
     for (int v = version; v < known; v++) {
@@ -349,9 +350,10 @@ static ks_status kb_store_lock(kb_store *s, const char *path)
         close(s->lock_fd);
         s->lock_fd = -1;
         if (err == EWOULDBLOCK)
-            return ks_fail(KS_ERR_BUSY, "another kosmos-broker (pid %s) holds the database %s "
-                           "(lock file %s): one broker per database", pid[0] ? pid : "?", path,
-                           lock);
+            return ks_fail(KS_ERR_BUSY,
+                           "another kosmos-broker (pid %s) holds the database %s "
+                           "(lock file %s): one broker per database",
+                           pid[0] ? pid : "?", path, lock);
         return ks_fail(KS_ERR_IO, "cannot lock %s: %s", lock, strerror(err));
     }
     char pid[32];
@@ -462,7 +464,7 @@ ks_status kb_store_checkpoint(kb_store *s)
 
 void kb_store_rollback(kb_store *s)
 {
-    s->queue_epoch++; /* leases undone: their jobs are queued again */
+    s->queue_epoch++;   /* leases undone: their jobs are queued again */
     s->promote_due = 0; /* a promotion may be undone too */
     if (!sqlite3_get_autocommit(s->db))
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
@@ -573,8 +575,8 @@ ks_status kb_store_load_result(kb_store *s, const char *id, void **blob, size_t 
     return kb_blob_query(s, Q_LOAD_RESULT, id, blob, len);
 }
 
-ks_status kb_store_pick(kb_store *s, const char *model_id, const char *model_hash,
-                        uint64_t memory, bool *found, kb_job *job)
+ks_status kb_store_pick(kb_store *s, const char *model_id, const char *model_hash, uint64_t memory,
+                        bool *found, kb_job *job)
 {
     sqlite3_stmt *st = kb_q(s, Q_PICK);
     if (!st)
@@ -585,8 +587,8 @@ ks_status kb_store_pick(kb_store *s, const char *model_id, const char *model_has
     return kb_step_job(s, st, found, job, "pick");
 }
 
-ks_status kb_store_lease(kb_store *s, const kb_job *job, const char *worker,
-                         uint64_t lease_expires, uint32_t *attempt)
+ks_status kb_store_lease(kb_store *s, const kb_job *job, const char *worker, uint64_t lease_expires,
+                         uint32_t *attempt)
 {
     sqlite3_stmt *st = kb_q(s, Q_LEASE);
     if (!st)
@@ -633,8 +635,8 @@ ks_status kb_store_requeue(kb_store *s, const char *id, uint64_t retry_after, bo
 ks_status kb_store_finish(kb_store *s, const char *id, int state, const void *result,
                           size_t result_len, uint32_t result_attempt, uint64_t now)
 {
-    static const char *const names[] = {[4] = "done", [5] = "failed", [6] = "expired",
-                                        [7] = "dead", [8] = "cancelled"};
+    static const char *const names[] = {
+        [4] = "done", [5] = "failed", [6] = "expired", [7] = "dead", [8] = "cancelled"};
     ks_status rc;
     sqlite3_stmt *st = kb_q(s, Q_FINISH);
     if (!st)
@@ -826,8 +828,8 @@ ks_status kb_store_queue_position(kb_store *s, const kb_job *job, uint64_t *n)
 
 ks_status kb_store_totals(kb_store *s, uint64_t totals[6])
 {
-    static const char *const names[6] = {"submitted", "done", "failed", "dead", "expired",
-                                         "cancelled"};
+    static const char *const names[6] = {"submitted", "done",    "failed",
+                                         "dead",      "expired", "cancelled"};
     sqlite3_stmt *st = kb_q(s, Q_TOTALS);
     int r;
     memset(totals, 0, 6 * sizeof totals[0]);

@@ -25,24 +25,24 @@ typedef struct kb_store kb_store;
 
 /* One job row without its blobs. Strings are owned by the struct (kb_job_fini frees them). */
 typedef struct kb_job {
-    int64_t seq;                   /* FIFO order within a priority */
+    int64_t seq; /* FIFO order within a priority */
     char id[KB_JOB_ID_MAX + 1];
     char *client;
-    char *idem_key;                /* NULL: no deduplication */
+    char *idem_key; /* NULL: no deduplication */
     uint8_t fingerprint[32];
     int32_t priority;
-    uint64_t deadline;             /* unix ms, 0 = none */
-    char *model_id, *model_hash;   /* NULL = any */
+    uint64_t deadline;           /* unix ms, 0 = none */
+    char *model_id, *model_hash; /* NULL = any */
     uint64_t min_mem;
-    int state;                     /* Kosmos__V1__JobState */
-    uint32_t attempt;              /* attempts started */
+    int state;        /* Kosmos__V1__JobState */
+    uint32_t attempt; /* attempts started */
     uint32_t crash_count;
-    uint64_t retry_after;          /* with RETRY_WAIT */
-    uint64_t lease_expires;        /* with RUNNING */
-    char *worker;                  /* with RUNNING: worker name */
+    uint64_t retry_after;   /* with RETRY_WAIT */
+    uint64_t lease_expires; /* with RUNNING */
+    char *worker;           /* with RUNNING: worker name */
     uint64_t submitted, finished;
     uint32_t n_prompts;
-    uint32_t result_attempt;       /* attempt whose result is stored (0 none) */
+    uint32_t result_attempt; /* attempt whose result is stored (0 none) */
     char *label;
 } kb_job;
 
@@ -95,12 +95,12 @@ ks_status kb_store_load_job(kb_store *s, const char *id, void **blob, size_t *bl
 ks_status kb_store_load_result(kb_store *s, const char *id, void **blob, size_t *len);
 
 /* Highest-priority, oldest QUEUED job a worker with this model and memory can run. */
-ks_status kb_store_pick(kb_store *s, const char *model_id, const char *model_hash,
-                        uint64_t memory, bool *found, kb_job *job);
+ks_status kb_store_pick(kb_store *s, const char *model_id, const char *model_hash, uint64_t memory,
+                        bool *found, kb_job *job);
 /* QUEUED -> RUNNING with job->attempt + 1, worker and lease expiry; *attempt gets the new
  * attempt. `job` must come from kb_store_pick in the same transaction (its attempt is current). */
-ks_status kb_store_lease(kb_store *s, const kb_job *job, const char *worker,
-                         uint64_t lease_expires, uint32_t *attempt);
+ks_status kb_store_lease(kb_store *s, const kb_job *job, const char *worker, uint64_t lease_expires,
+                         uint32_t *attempt);
 /* RUNNING: records a re-adopting worker's name. */
 ks_status kb_store_set_worker(kb_store *s, const char *id, const char *worker);
 /* Any non-terminal state -> RETRY_WAIT (retry_after) or QUEUED (retry_after 0); crash adds to

@@ -173,7 +173,8 @@ void kb_send_worker(kb_broker *b, kb_worker *w, const ProtobufCMessage *msg)
     kb_send_worker_packed(b, w, &body, NULL);
 }
 
-static void kb_send_rid(kb_broker *b, const void *rid, size_t rid_len, Kosmos__V1__BrokerToWorker *m)
+static void kb_send_rid(kb_broker *b, const void *rid, size_t rid_len,
+                        Kosmos__V1__BrokerToWorker *m)
 {
     if (kp_send(b->worker_sock, rid, rid_len, &m->base, NULL, ZMQ_DONTWAIT) != KS_OK)
         b->stats.send_failures++;
@@ -335,7 +336,8 @@ static ks_status kb_worker_register(kb_broker *b, const void *rid, size_t rid_le
     w->name = strdup(r->worker_name);
     w->instance = r->worker_instance;
     w->model_id = r->model_id && strlen(r->model_id) <= KB_MAX_NAME ? strdup(r->model_id) : NULL;
-    w->model_hash = r->model_hash && strlen(r->model_hash) <= KB_MAX_NAME ? strdup(r->model_hash) : NULL;
+    w->model_hash = r->model_hash && strlen(r->model_hash) <= KB_MAX_NAME ? strdup(r->model_hash)
+                                                                          : NULL;
     if (r->device) {
         w->memory = r->device->has_memory_bytes ? r->device->memory_bytes : 0;
         if (r->device->name && strlen(r->device->name) <= KB_MAX_NAME)
@@ -410,8 +412,8 @@ static ks_status kb_ready_adopt(kb_broker *b, kb_worker *w, const Kosmos__V1__Re
                 if (strcmp(b->orphans[k].job_id, job.id) == 0)
                     b->orphans[k] = b->orphans[--b->n_orphans];
             kb_logf(b, KS_LOG_INFO, "lease_adopted",
-                    "\"job\":\"%s\",\"attempt\":%u,\"worker\":\"%s\"",
-                    job.id, job.attempt, w->name);
+                    "\"job\":\"%s\",\"attempt\":%u,\"worker\":\"%s\"", job.id, job.attempt,
+                    w->name);
         } else {
             kb_send_cancel(b, w, l->job_id, l->attempt, KOSMOS__V1__CANCEL__REASON__REASON_STALE);
         }
@@ -528,8 +530,8 @@ static ks_status kb_result(kb_broker *b, kb_worker *w, Kosmos__V1__Result *res)
     size_t len = 0;
     const char *id = res->job_id ? res->job_id : "";
     uint32_t attempt = res->has_attempt ? res->attempt : 0;
-    if (!res->job_id || !res->has_attempt || (st = kb_store_get(b->store, id, &found, &job)) != KS_OK ||
-        !found) {
+    if (!res->job_id || !res->has_attempt ||
+        (st = kb_store_get(b->store, id, &found, &job)) != KS_OK || !found) {
         if (st != KS_OK)
             return st;
         b->stats.results_unknown++;
@@ -595,7 +597,8 @@ static ks_status kb_result(kb_broker *b, kb_worker *w, Kosmos__V1__Result *res)
         break;
     }
     if (state < 0) {
-        st = kb_retry_or_fail(b, &job, blob, len, res->message ? res->message : "retriable failure");
+        st = kb_retry_or_fail(b, &job, blob, len,
+                              res->message ? res->message : "retriable failure");
     } else {
         st = kb_store_finish(b->store, job.id, state, blob, len, attempt, kb_now(b));
         if (st == KS_OK)
@@ -606,7 +609,8 @@ static ks_status kb_result(kb_broker *b, kb_worker *w, Kosmos__V1__Result *res)
     b->stats.results_stored++;
     w->jobs_done++;
     kb_throughput_add(b, state == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE ? 1 : 0, tokens);
-    st = kb_result_ack(b, w, job.id, attempt, KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
+    st = kb_result_ack(b, w, job.id, attempt,
+                       KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STORED);
 cleanup:
     free(blob);
     kb_job_fini(&job);

@@ -22,43 +22,44 @@ static void on_signal(int sig)
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: kosmos-broker [options]\n"
-            "The kosmos-farm job broker: durable queue (SQLite), ZeroMQ endpoints for clients\n"
-            "and workers, credit-based dispatch, leases fenced by attempt numbers.\n"
-            "Logs: one JSON object per line on stderr. SIGTERM/SIGINT: stop intake, exit 0.\n"
-            "Exit 1: bad options or a failed start; 2: the database failed at run time;\n"
-            "3: another kosmos-broker holds the database (one broker per --db: an exclusive\n"
-            "lock on PATH.lock, held for the broker's life).\n"
-            "\n"
-            "  --client-endpoint EP     client ROUTER endpoint (default tcp://*:5555)\n"
-            "  --worker-endpoint EP     worker ROUTER endpoint (default tcp://*:5556)\n"
-            "  --db PATH                SQLite database (default kosmos-broker.db; WAL files and\n"
-            "                           the lock file PATH.lock beside it)\n"
-            "  --max-message-bytes N    protobuf frame limit (default 8388608)\n"
-            "  --max-image-bytes N      image frame / inline image limit (default 67108864)\n"
-            "  --max-queued N           non-terminal jobs before submits get busy (default 100000)\n"
-            "  --max-client-jobs N      non-terminal jobs per client identity (default 10000)\n"
-            "  --heartbeat-ms N         heartbeat interval, both ways (default 1000)\n"
-            "  --heartbeat-liveness N   missed heartbeats before a worker is dead (default 3)\n"
-            "  --max-job-seconds N      cap on one attempt's compute time, from the heartbeat that\n"
-            "                           reports it started: then Cancel and a crash (default 600);\n"
-            "                           a job queued in a live worker is not capped\n"
-            "  --max-waiters N          long polls held at once (default 10000)\n"
-            "  --max-workers N          worker registrations (default 1024)\n"
-            "  --batch N                messages per endpoint per cycle, one commit (default 256)\n"
-            "  --retention-days N       job records, keys, unacked results kept (default 7)\n"
-            "  --default-max-new-tokens N  set on dispatch when a job leaves it unset (default 128)\n"
-            "  --image-root DIR         allow image_uri under the absolute path DIR, by whole\n"
-            "                           components (repeatable; default none: image_uri refused)\n"
-            "  --curve-secret FILE      broker secret certificate (CURVE on; needs both below)\n"
-            "  --client-keys DIR        public certificates of allowed clients\n"
-            "  --worker-keys DIR        public certificates of allowed workers\n"
-            "  --metrics HOST:PORT      serve Prometheus metrics on http://HOST:PORT/metrics\n"
-            "                           (IPv4 address or name, * = all; port 0 = any free;\n"
-            "                           default off; needs a build with libmicrohttpd)\n"
-            "  --log-level L            debug, info, warn, error (default info)\n"
-            "  --help                   this text\n");
+    fprintf(
+        out,
+        "usage: kosmos-broker [options]\n"
+        "The kosmos-farm job broker: durable queue (SQLite), ZeroMQ endpoints for clients\n"
+        "and workers, credit-based dispatch, leases fenced by attempt numbers.\n"
+        "Logs: one JSON object per line on stderr. SIGTERM/SIGINT: stop intake, exit 0.\n"
+        "Exit 1: bad options or a failed start; 2: the database failed at run time;\n"
+        "3: another kosmos-broker holds the database (one broker per --db: an exclusive\n"
+        "lock on PATH.lock, held for the broker's life).\n"
+        "\n"
+        "  --client-endpoint EP     client ROUTER endpoint (default tcp://*:5555)\n"
+        "  --worker-endpoint EP     worker ROUTER endpoint (default tcp://*:5556)\n"
+        "  --db PATH                SQLite database (default kosmos-broker.db; WAL files and\n"
+        "                           the lock file PATH.lock beside it)\n"
+        "  --max-message-bytes N    protobuf frame limit (default 8388608)\n"
+        "  --max-image-bytes N      image frame / inline image limit (default 67108864)\n"
+        "  --max-queued N           non-terminal jobs before submits get busy (default 100000)\n"
+        "  --max-client-jobs N      non-terminal jobs per client identity (default 10000)\n"
+        "  --heartbeat-ms N         heartbeat interval, both ways (default 1000)\n"
+        "  --heartbeat-liveness N   missed heartbeats before a worker is dead (default 3)\n"
+        "  --max-job-seconds N      cap on one attempt's compute time, from the heartbeat that\n"
+        "                           reports it started: then Cancel and a crash (default 600);\n"
+        "                           a job queued in a live worker is not capped\n"
+        "  --max-waiters N          long polls held at once (default 10000)\n"
+        "  --max-workers N          worker registrations (default 1024)\n"
+        "  --batch N                messages per endpoint per cycle, one commit (default 256)\n"
+        "  --retention-days N       job records, keys, unacked results kept (default 7)\n"
+        "  --default-max-new-tokens N  set on dispatch when a job leaves it unset (default 128)\n"
+        "  --image-root DIR         allow image_uri under the absolute path DIR, by whole\n"
+        "                           components (repeatable; default none: image_uri refused)\n"
+        "  --curve-secret FILE      broker secret certificate (CURVE on; needs both below)\n"
+        "  --client-keys DIR        public certificates of allowed clients\n"
+        "  --worker-keys DIR        public certificates of allowed workers\n"
+        "  --metrics HOST:PORT      serve Prometheus metrics on http://HOST:PORT/metrics\n"
+        "                           (IPv4 address or name, * = all; port 0 = any free;\n"
+        "                           default off; needs a build with libmicrohttpd)\n"
+        "  --log-level L            debug, info, warn, error (default info)\n"
+        "  --help                   this text\n");
 }
 
 static int parse_u64(const char *s, unsigned long long *out)
@@ -72,21 +73,53 @@ static int parse_u64(const char *s, unsigned long long *out)
 
 int main(int argc, char **argv)
 {
-    enum { O_CEP = 256, O_WEP, O_DB, O_MSG, O_IMG, O_MQ, O_MC, O_HB, O_HL, O_MJ, O_MW, O_MWK,
-           O_BATCH, O_RET, O_DMNT, O_ROOT, O_CS, O_CK, O_WK, O_LOG, O_HELP, O_METRICS };
-    static const struct option opts[] = {
-        {"client-endpoint", required_argument, 0, O_CEP}, {"worker-endpoint", required_argument, 0, O_WEP},
-        {"db", required_argument, 0, O_DB}, {"max-message-bytes", required_argument, 0, O_MSG},
-        {"max-image-bytes", required_argument, 0, O_IMG}, {"max-queued", required_argument, 0, O_MQ},
-        {"max-client-jobs", required_argument, 0, O_MC}, {"heartbeat-ms", required_argument, 0, O_HB},
-        {"heartbeat-liveness", required_argument, 0, O_HL}, {"max-job-seconds", required_argument, 0, O_MJ},
-        {"max-waiters", required_argument, 0, O_MW}, {"max-workers", required_argument, 0, O_MWK},
-        {"batch", required_argument, 0, O_BATCH}, {"retention-days", required_argument, 0, O_RET},
-        {"default-max-new-tokens", required_argument, 0, O_DMNT}, {"image-root", required_argument, 0, O_ROOT},
-        {"curve-secret", required_argument, 0, O_CS}, {"client-keys", required_argument, 0, O_CK},
-        {"worker-keys", required_argument, 0, O_WK}, {"log-level", required_argument, 0, O_LOG},
-        {"help", no_argument, 0, O_HELP}, {"metrics", required_argument, 0, O_METRICS},
-        {0, 0, 0, 0}};
+    enum {
+        O_CEP = 256,
+        O_WEP,
+        O_DB,
+        O_MSG,
+        O_IMG,
+        O_MQ,
+        O_MC,
+        O_HB,
+        O_HL,
+        O_MJ,
+        O_MW,
+        O_MWK,
+        O_BATCH,
+        O_RET,
+        O_DMNT,
+        O_ROOT,
+        O_CS,
+        O_CK,
+        O_WK,
+        O_LOG,
+        O_HELP,
+        O_METRICS
+    };
+    static const struct option opts[] = {{"client-endpoint", required_argument, 0, O_CEP},
+                                         {"worker-endpoint", required_argument, 0, O_WEP},
+                                         {"db", required_argument, 0, O_DB},
+                                         {"max-message-bytes", required_argument, 0, O_MSG},
+                                         {"max-image-bytes", required_argument, 0, O_IMG},
+                                         {"max-queued", required_argument, 0, O_MQ},
+                                         {"max-client-jobs", required_argument, 0, O_MC},
+                                         {"heartbeat-ms", required_argument, 0, O_HB},
+                                         {"heartbeat-liveness", required_argument, 0, O_HL},
+                                         {"max-job-seconds", required_argument, 0, O_MJ},
+                                         {"max-waiters", required_argument, 0, O_MW},
+                                         {"max-workers", required_argument, 0, O_MWK},
+                                         {"batch", required_argument, 0, O_BATCH},
+                                         {"retention-days", required_argument, 0, O_RET},
+                                         {"default-max-new-tokens", required_argument, 0, O_DMNT},
+                                         {"image-root", required_argument, 0, O_ROOT},
+                                         {"curve-secret", required_argument, 0, O_CS},
+                                         {"client-keys", required_argument, 0, O_CK},
+                                         {"worker-keys", required_argument, 0, O_WK},
+                                         {"log-level", required_argument, 0, O_LOG},
+                                         {"help", no_argument, 0, O_HELP},
+                                         {"metrics", required_argument, 0, O_METRICS},
+                                         {0, 0, 0, 0}};
     kb_params p;
     kb_params_init(&p);
     const char *roots[64];
@@ -97,7 +130,8 @@ int main(int argc, char **argv)
         unsigned long long v = 0;
         int numeric = c >= O_MSG && c <= O_DMNT;
         if (numeric && (parse_u64(optarg, &v) != 0 || v == 0 || v > 0xFFFFFFFFull * 1024)) {
-            fprintf(stderr, "kosmos-broker: bad number for --%s: %s\n", opts[c - O_CEP].name, optarg);
+            fprintf(stderr, "kosmos-broker: bad number for --%s: %s\n", opts[c - O_CEP].name,
+                    optarg);
             return 1;
         }
         switch (c) {
@@ -122,8 +156,10 @@ int main(int argc, char **argv)
                 return 1;
             }
             if (!kb_job_root_valid(optarg)) {
-                fprintf(stderr, "kosmos-broker: --image-root must be an absolute path without . or .. "
-                                "components: %s\n", optarg);
+                fprintf(stderr,
+                        "kosmos-broker: --image-root must be an absolute path without . or .. "
+                        "components: %s\n",
+                        optarg);
                 return 1;
             }
             roots[nroots++] = optarg;

@@ -53,8 +53,8 @@ static ks_status read_fd(int fd, const char *path, ks_status not_regular, size_t
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            st = ks_fail(KS_ERR_IO, "cannot read %s: %s", path, n < 0 ? strerror(errno)
-                                                                     : "short read");
+            st = ks_fail(KS_ERR_IO, "cannot read %s: %s", path,
+                         n < 0 ? strerror(errno) : "short read");
             goto done;
         }
         got += (size_t)n;
@@ -163,8 +163,10 @@ ks_status ks_file_read_beneath(const char *const *roots, size_t n_roots, const c
     close(root_fd);
     if (fd < 0) {
         if (err == EXDEV || err == ELOOP)
-            return ks_fail(KS_ERR_INVALID, "%s leads out of the image root %s (through a "
-                           "symlink)", path, root);
+            return ks_fail(KS_ERR_INVALID,
+                           "%s leads out of the image root %s (through a "
+                           "symlink)",
+                           path, root);
         return ks_fail(KS_ERR_IO, "cannot open %s: %s", path, strerror(err));
     }
     return read_fd(fd, path, KS_ERR_INVALID, max_bytes, data, len);

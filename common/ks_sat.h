@@ -13,10 +13,7 @@ static inline uint64_t ks_sat_add_u64(uint64_t a, uint64_t b)
 }
 
 /* a - b, or 0 when b > a. */
-static inline uint64_t ks_sat_sub_u64(uint64_t a, uint64_t b)
-{
-    return a > b ? a - b : 0;
-}
+static inline uint64_t ks_sat_sub_u64(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
 
 /* v as a non-negative int64 (SQLite's integer), INT64_MAX when it does not fit. */
 static inline int64_t ks_sat_i64(uint64_t v)

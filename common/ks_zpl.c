@@ -6,7 +6,8 @@
 bool ks_zpl_z85_key(const char *text, const char *key, char out[KS_Z85_KEY_SIZE])
 {
     size_t klen = strlen(key);
-    for (const char *line = text; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
+    for (const char *line = text; line && *line;
+         line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
         const char *p = line;
         while (*p == ' ' || *p == '\t')
             p++;

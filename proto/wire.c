@@ -30,14 +30,10 @@ struct kp_inbound {
 static const ProtobufCMessageDescriptor *kp_descriptor(kp_kind kind)
 {
     switch (kind) {
-    case KP_CLIENT_REQUEST:
-        return &kosmos__v1__client_request__descriptor;
-    case KP_CLIENT_REPLY:
-        return &kosmos__v1__client_reply__descriptor;
-    case KP_WORKER_MESSAGE:
-        return &kosmos__v1__worker_message__descriptor;
-    case KP_BROKER_TO_WORKER:
-        return &kosmos__v1__broker_to_worker__descriptor;
+    case KP_CLIENT_REQUEST: return &kosmos__v1__client_request__descriptor;
+    case KP_CLIENT_REPLY: return &kosmos__v1__client_reply__descriptor;
+    case KP_WORKER_MESSAGE: return &kosmos__v1__worker_message__descriptor;
+    case KP_BROKER_TO_WORKER: return &kosmos__v1__broker_to_worker__descriptor;
     }
     return NULL;
 }
@@ -45,18 +41,12 @@ static const ProtobufCMessageDescriptor *kp_descriptor(kp_kind kind)
 const char *kp_verdict_name(kp_verdict v)
 {
     switch (v) {
-    case KP_VALID:
-        return "valid";
-    case KP_NOT_OURS:
-        return "not ours";
-    case KP_BAD_VERSION:
-        return "protocol version";
-    case KP_TOO_LARGE:
-        return "too large";
-    case KP_MALFORMED:
-        return "malformed";
-    case KP_BAD_STRING:
-        return "bad string";
+    case KP_VALID: return "valid";
+    case KP_NOT_OURS: return "not ours";
+    case KP_BAD_VERSION: return "protocol version";
+    case KP_TOO_LARGE: return "too large";
+    case KP_MALFORMED: return "malformed";
+    case KP_BAD_STRING: return "bad string";
     }
     return "?";
 }
@@ -98,10 +88,7 @@ static ks_status kp_check_numbers_at(const ProtobufCMessage *m, int depth)
     return KS_OK;
 }
 
-ks_status kp_check_field_numbers(const ProtobufCMessage *m)
-{
-    return kp_check_numbers_at(m, 0);
-}
+ks_status kp_check_field_numbers(const ProtobufCMessage *m) { return kp_check_numbers_at(m, 0); }
 
 /* Reads a base-128 varint; false when it runs off the end or past 10 bytes. */
 static bool kp_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *v)
@@ -165,15 +152,13 @@ static ks_status kp_scan(const ProtobufCMessageDescriptor *d, const uint8_t *p, 
             pos += (size_t)n;
             break;
         }
-        default:
-            return ks_fail(KS_ERR_FORMAT, "%s: wire type %u not allowed", d->name, wire);
+        default: return ks_fail(KS_ERR_FORMAT, "%s: wire type %u not allowed", d->name, wire);
         }
     }
     return KS_OK;
 }
 
-ks_status kp_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
-                           size_t len)
+ks_status kp_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
 {
     return kp_scan(desc, data, len, 0);
 }
@@ -190,7 +175,8 @@ static void kp_judge(kp_inbound *in, kp_verdict v, const char *reason)
 
 static bool kp_starts_with_kosmos(const zmq_msg_t *m)
 {
-    return zmq_msg_size((zmq_msg_t *)m) >= 6 && memcmp(zmq_msg_data((zmq_msg_t *)m), "KOSMOS", 6) == 0;
+    return zmq_msg_size((zmq_msg_t *)m) >= 6 &&
+           memcmp(zmq_msg_data((zmq_msg_t *)m), "KOSMOS", 6) == 0;
 }
 
 /* Frame 3 is announced by a submit (client -> broker) or a dispatch (broker -> worker) whose job
@@ -340,7 +326,8 @@ ks_status kp_recv(void *socket, bool router, kp_kind kind, const kp_limits *limi
     }
     if (has_announce != has_frame3) {
         kp_judge(in, KP_MALFORMED,
-                 has_frame3 ? "image frame without image_attached_size" : "announced image frame missing");
+                 has_frame3 ? "image frame without image_attached_size"
+                            : "announced image frame missing");
         goto done;
     }
     if (has_frame3) {
@@ -425,8 +412,8 @@ static ks_status kp_send_frame(void *socket, zmq_msg_t *m, int flags, const char
     if (zmq_msg_send(m, socket, flags) < 0) {
         int e = errno;
         zmq_msg_close(m);
-        ks_status st = ks_fail(KS_ERR_IO, "sending %s: %s (%s:%d)", what, zmq_strerror(e),
-                               __FILE__, __LINE__);
+        ks_status st = ks_fail(KS_ERR_IO, "sending %s: %s (%s:%d)", what, zmq_strerror(e), __FILE__,
+                               __LINE__);
         errno = e;
         return st;
     }
@@ -474,15 +461,14 @@ ks_status kp_send_packed(void *socket, const void *rid, size_t rid_len, zmq_msg_
         st = kp_send_frame(socket, img, flags, "image");
     }
 
-cleanup:
-    {
-        int e = errno;
-        if (body_live)
-            zmq_msg_close(body);
-        if (image)
-            zmq_msg_close(image);
-        errno = e;
-    }
+cleanup : {
+    int e = errno;
+    if (body_live)
+        zmq_msg_close(body);
+    if (image)
+        zmq_msg_close(image);
+    errno = e;
+}
     return st;
 }
 

@@ -27,25 +27,25 @@
 #define KP_VERSION_LEN 7
 #define KP_DEFAULT_MAX_MESSAGE_BYTES ((size_t)8 << 20) /* frame 2, protocol.md §10 */
 #define KP_DEFAULT_MAX_IMAGE_BYTES ((size_t)64 << 20)  /* frame 3 */
-#define KP_MAX_ROUTING_ID 255                           /* libzmq's limit */
+#define KP_MAX_ROUTING_ID 255                          /* libzmq's limit */
 #define KP_MAX_FIELD_NUMBER ((1u << 29) - 1)
 
 /* Which envelope frame 2 carries; fixed by the endpoint and the direction (§1). */
 typedef enum kp_kind {
-    KP_CLIENT_REQUEST,   /* client -> broker: Kosmos__V1__ClientRequest */
-    KP_CLIENT_REPLY,     /* broker -> client: Kosmos__V1__ClientReply */
-    KP_WORKER_MESSAGE,   /* worker -> broker: Kosmos__V1__WorkerMessage */
-    KP_BROKER_TO_WORKER  /* broker -> worker: Kosmos__V1__BrokerToWorker */
+    KP_CLIENT_REQUEST,  /* client -> broker: Kosmos__V1__ClientRequest */
+    KP_CLIENT_REPLY,    /* broker -> client: Kosmos__V1__ClientReply */
+    KP_WORKER_MESSAGE,  /* worker -> broker: Kosmos__V1__WorkerMessage */
+    KP_BROKER_TO_WORKER /* broker -> worker: Kosmos__V1__BrokerToWorker */
 } kp_kind;
 
 /* What kp_recv made of a message, in the order the checks run. */
 typedef enum kp_verdict {
     KP_VALID = 0,
-    KP_NOT_OURS,     /* no version frame starting with "KOSMOS": drop and log (§3, §7) */
-    KP_BAD_VERSION,  /* "KOSMOS<n>" other than KOSMOS1: answer PROTOCOL_VERSION (§3) */
-    KP_TOO_LARGE,    /* frame 2 or 3 over its limit: answer TOO_LARGE (§7, §10) */
-    KP_MALFORMED,    /* framing wrong, frame 2 did not decode, or an invalid field number */
-    KP_BAD_STRING    /* decoded and framed right, but a string is not UTF-8 or holds a NUL */
+    KP_NOT_OURS,    /* no version frame starting with "KOSMOS": drop and log (§3, §7) */
+    KP_BAD_VERSION, /* "KOSMOS<n>" other than KOSMOS1: answer PROTOCOL_VERSION (§3) */
+    KP_TOO_LARGE,   /* frame 2 or 3 over its limit: answer TOO_LARGE (§7, §10) */
+    KP_MALFORMED,   /* framing wrong, frame 2 did not decode, or an invalid field number */
+    KP_BAD_STRING   /* decoded and framed right, but a string is not UTF-8 or holds a NUL */
 } kp_verdict;
 
 typedef struct kp_limits {
@@ -92,8 +92,7 @@ ks_status kp_check_field_numbers(const ProtobufCMessage *m);
 /* Checks every string field of the encoded message `data` (of type `desc`), recursively:
  * KS_ERR_INVALID when one is not UTF-8 or holds a NUL (the C API would cut it there);
  * KS_ERR_FORMAT when the bytes do not parse. */
-ks_status kp_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
-                           size_t len);
+ks_status kp_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
 /* Sends [routing id][empty][KOSMOS1][envelope]([image]) on `socket` (no routing-id frame when
  * rid_len is 0). The envelope is packed straight into the ZeroMQ message. `image`, if not NULL,

@@ -11,7 +11,8 @@
 
 /* Prints one word of a list from column *col, first on a new line indented by `indent` when
  * it would end past WIDTH. */
-static void put_word(const char *word, size_t len, bool first, size_t indent, size_t *col) {
+static void put_word(const char *word, size_t len, bool first, size_t indent, size_t *col)
+{
     if (!first && *col + 1 + len > WIDTH) {
         printf("\n%*s", (int)indent, "");
         *col = indent;
@@ -24,7 +25,8 @@ static void put_word(const char *word, size_t len, bool first, size_t indent, si
 }
 
 /* The accepted formats' extensions (".jpg") or titles ("JPEG," with a comma but the last). */
-static void put_list(bool titles, size_t *col) {
+static void put_list(bool titles, size_t *col)
+{
     size_t n, indent = *col, words = 0;
     const ki_format *list = ki_format_list(&n);
     for (size_t i = 0; i < n; i++) {
@@ -51,7 +53,8 @@ static void put_list(bool titles, size_t *col) {
     }
 }
 
-void cli_help_print(const char *text) {
+void cli_help_print(const char *text)
+{
     size_t col = 0;
     for (const char *p = text; *p; p++) {
         if (strncmp(p, "{image-extensions}", 18) == 0 || strncmp(p, "{image-formats}", 15) == 0) {

@@ -29,8 +29,8 @@ static void print_error_line(FILE *out, const char *message)
     json_decref(error);
 }
 
-static ks_status handle_line(const char *line, size_t len, cli_jsonl_handler handler,
-                             void *context, json_t **result)
+static ks_status handle_line(const char *line, size_t len, cli_jsonl_handler handler, void *context,
+                             json_t **result)
 {
     json_error_t parse_error;
     json_t *input = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &parse_error);

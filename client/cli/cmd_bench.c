@@ -136,9 +136,14 @@ static bool parse_phases(const char *text, unsigned *out)
     if (strlen(text) >= sizeof buf)
         return false;
     strcpy(buf, text);
-    static const struct { const char *name; unsigned bit; } names[] = {
-        {"vision", KE_BENCH_VISION}, {"prefill", KE_BENCH_PREFILL},
-        {"decode", KE_BENCH_DECODE}, {"e2e", KE_BENCH_E2E}, {"all", KE_BENCH_ALL}};
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } names[] = {{"vision", KE_BENCH_VISION},
+                 {"prefill", KE_BENCH_PREFILL},
+                 {"decode", KE_BENCH_DECODE},
+                 {"e2e", KE_BENCH_E2E},
+                 {"all", KE_BENCH_ALL}};
     *out = 0;
     char *save = NULL;
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
@@ -155,8 +160,23 @@ static bool parse_phases(const char *text, unsigned *out)
 /* Returns CLI_EXIT_OK, -1 after --help, or the exit code of a usage error after printing it. */
 static int parse_bench_options(int argc, char **argv, bench_options *o)
 {
-    enum { CONFIG = 256, BATCH, DEVICE, PRECISION, KV_CACHE, GEMM_TUNE, GEMM, REPEATS, WARMUP,
-           NEW_TOKENS, PHASES, SEED, JSON, PROFILE, ATTENTION };
+    enum {
+        CONFIG = 256,
+        BATCH,
+        DEVICE,
+        PRECISION,
+        KV_CACHE,
+        GEMM_TUNE,
+        GEMM,
+        REPEATS,
+        WARMUP,
+        NEW_TOKENS,
+        PHASES,
+        SEED,
+        JSON,
+        PROFILE,
+        ATTENTION
+    };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
         {"config", required_argument, NULL, CONFIG},
@@ -307,8 +327,7 @@ int cmd_bench(int argc, char **argv)
                               .params = ke_config_param_count(&model->config)};
     if (!o.json_only)
         fprintf(stderr, "bench: model %s ready in %.1f s (%llu parameters, %s weights)\n",
-                labels.config, now_s() - t0, (unsigned long long)labels.params,
-                labels.precision);
+                labels.config, now_s() - t0, (unsigned long long)labels.params, labels.precision);
 
     ke_bench_result results[BENCH_MAX_BATCHES + 32];
     int n_results = 0;

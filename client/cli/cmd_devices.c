@@ -31,9 +31,8 @@ static const char devices_help[] =
     "\n"
     "On PoCL, POCL_MEMORY_LIMIT=<GiB> raises the memory the CPU device offers.\n";
 
-static const char no_devices_text[] =
-    "No OpenCL devices%s.\n"
-    "--device ref (the plain-C reference path) is available.\n";
+static const char no_devices_text[] = "No OpenCL devices%s.\n"
+                                      "--device ref (the plain-C reference path) is available.\n";
 
 #ifdef KOSMOS_HAVE_OPENCL
 
@@ -52,14 +51,13 @@ static json_t *device_json(const kc_device_info *d, bool is_default)
     return json_pack("{s:I, s:b, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:s, "
                      "s:b}",
                      "index", (json_int_t)d->index, "default", is_default, "type",
-                     kc_device_type_name(d->type), "name", d->name, "vendor", d->vendor,
-                     "platform", d->platform_name, "platform_vendor", d->platform_vendor,
-                     "platform_version", d->platform_version, "driver_version",
-                     d->driver_version, "global_mem_bytes", (json_int_t)d->global_mem_bytes,
-                     "max_alloc_bytes", (json_int_t)d->max_alloc_bytes, "local_mem_bytes",
-                     (json_int_t)d->local_mem_bytes, "compute_units",
-                     (json_int_t)d->compute_units, "max_work_group_size",
-                     (json_int_t)d->max_work_group_size, "opencl_c_version",
+                     kc_device_type_name(d->type), "name", d->name, "vendor", d->vendor, "platform",
+                     d->platform_name, "platform_vendor", d->platform_vendor, "platform_version",
+                     d->platform_version, "driver_version", d->driver_version, "global_mem_bytes",
+                     (json_int_t)d->global_mem_bytes, "max_alloc_bytes",
+                     (json_int_t)d->max_alloc_bytes, "local_mem_bytes",
+                     (json_int_t)d->local_mem_bytes, "compute_units", (json_int_t)d->compute_units,
+                     "max_work_group_size", (json_int_t)d->max_work_group_size, "opencl_c_version",
                      d->opencl_c_version, "fp16", d->fp16);
 }
 
@@ -95,9 +93,9 @@ static int print_table(const kc_device_list *list, long def)
         w_platform = p > w_platform ? p : w_platform;
         w_driver = v > w_driver ? v : w_driver;
     }
-    printf("   %-3s %-4s %-*s %-*s %-*s %10s %10s %4s %5s %4s  %s\n", "#", "type", w_name,
-           "device", w_platform, "platform", w_driver, "driver", "memory", "max alloc", "CUs",
-           "WG", "fp16", "OpenCL C");
+    printf("   %-3s %-4s %-*s %-*s %-*s %10s %10s %4s %5s %4s  %s\n", "#", "type", w_name, "device",
+           w_platform, "platform", w_driver, "driver", "memory", "max alloc", "CUs", "WG", "fp16",
+           "OpenCL C");
     for (size_t i = 0; i < count; i++) {
         const kc_device_info *d = kc_device_list_get(list, i);
         char mem[32], alloc[32];

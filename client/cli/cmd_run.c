@@ -76,8 +76,8 @@ static const char run_help[] =
     "  --draw OUT.png          write the image with every box and its phrase drawn on it\n";
 
 typedef struct run_options {
-    const char *model_dir, *image_path, *bboxes_json, *device, *pixels_from, *dump_path,
-        *draw_path, *gemm_tune;
+    const char *model_dir, *image_path, *bboxes_json, *device, *pixels_from, *dump_path, *draw_path,
+        *gemm_tune;
     const char *prompt;
     bool autorotate;
     ke_dtype precision;
@@ -93,8 +93,24 @@ typedef struct run_options {
 /* Returns CLI_EXIT_OK, or the exit code of a usage error after printing it. */
 static int parse_run_options(int argc, char **argv, run_options *o)
 {
-    enum { MAX_NEW = 256, MIN_NEW, BEAMS, TEMP, TOP_P, SEED, NGRAM, DEVICE, PRECISION, KV_CACHE,
-           GEMM_TUNE, ROTATE, PIXELS, DUMP, DRAW, BBOXES };
+    enum {
+        MAX_NEW = 256,
+        MIN_NEW,
+        BEAMS,
+        TEMP,
+        TOP_P,
+        SEED,
+        NGRAM,
+        DEVICE,
+        PRECISION,
+        KV_CACHE,
+        GEMM_TUNE,
+        ROTATE,
+        PIXELS,
+        DUMP,
+        DRAW,
+        BBOXES
+    };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
         {"image", required_argument, NULL, 'i'},
@@ -118,9 +134,14 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    *o = (run_options){.prompt = "<grounding>An image of", .device = NULL,
-                       .precision = KE_DTYPE_F16, .max_new_tokens = -1, .min_new_tokens = -1,
-                       .num_beams = -1, .no_repeat_ngram_size = -1, .top_p = 1.0};
+    *o = (run_options){.prompt = "<grounding>An image of",
+                       .device = NULL,
+                       .precision = KE_DTYPE_F16,
+                       .max_new_tokens = -1,
+                       .min_new_tokens = -1,
+                       .num_beams = -1,
+                       .no_repeat_ngram_size = -1,
+                       .top_p = 1.0};
     int option;
     while ((option = getopt_long(argc, argv, "+m:i:p:h", options, NULL)) != -1) {
         switch (option) {
@@ -130,20 +151,23 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         case BBOXES: o->bboxes_json = optarg; break;
         case MAX_NEW:
             if (!cli_parse_int(optarg, 0, 1 << 20, &o->max_new_tokens))
-                return cli_usage_error("run: --max-new-tokens wants an integer >= 0, not '%s'", optarg);
+                return cli_usage_error("run: --max-new-tokens wants an integer >= 0, not '%s'",
+                                       optarg);
             break;
         case MIN_NEW:
             if (!cli_parse_int(optarg, 0, 1 << 20, &o->min_new_tokens))
-                return cli_usage_error("run: --min-new-tokens wants an integer >= 0, not '%s'", optarg);
+                return cli_usage_error("run: --min-new-tokens wants an integer >= 0, not '%s'",
+                                       optarg);
             break;
         case BEAMS:
             if (!cli_parse_int(optarg, 1, 64, &o->num_beams))
-                return cli_usage_error("run: --num-beams wants an integer in 1..64, not '%s'", optarg);
+                return cli_usage_error("run: --num-beams wants an integer in 1..64, not '%s'",
+                                       optarg);
             break;
         case NGRAM:
             if (!cli_parse_int(optarg, 0, 1 << 16, &o->no_repeat_ngram_size))
-                return cli_usage_error("run: --no-repeat-ngram-size wants an integer >= 0, not '%s'",
-                                       optarg);
+                return cli_usage_error(
+                    "run: --no-repeat-ngram-size wants an integer >= 0, not '%s'", optarg);
             break;
         case TEMP:
             if (!cli_parse_double(optarg, &o->temperature) || o->temperature <= 0)
@@ -160,15 +184,15 @@ static int parse_run_options(int argc, char **argv, run_options *o)
             errno = 0;
             o->seed = strtoull(optarg, &end, 10);
             if (errno || end == optarg || *end || optarg[0] == '-')
-                return cli_usage_error("run: --seed wants a non-negative integer, not '%s'", optarg);
+                return cli_usage_error("run: --seed wants a non-negative integer, not '%s'",
+                                       optarg);
             o->seed_set = true;
             break;
         }
         case DEVICE: o->device = optarg; break;
         case PRECISION:
             if (!ke_precision_parse(optarg, &o->precision, &o->weights_int8))
-                return cli_usage_error("run: --precision is fp16, fp32 or int8, not '%s'",
-                                       optarg);
+                return cli_usage_error("run: --precision is fp16, fp32 or int8, not '%s'", optarg);
             break;
         case KV_CACHE:
             if (!ke_kv_cache_parse(optarg, &o->kv_half))
@@ -314,19 +338,28 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
         return st;
     double t_preprocessed = kw_now_ms();
 
-    kw_gen_overrides overrides = {
-        .has_max_new_tokens = o->max_new_tokens >= 0, .max_new_tokens = o->max_new_tokens,
-        .has_min_new_tokens = o->min_new_tokens >= 0, .min_new_tokens = o->min_new_tokens,
-        .has_num_beams = o->num_beams >= 1, .num_beams = o->num_beams,
-        .has_no_repeat_ngram_size = o->no_repeat_ngram_size >= 0,
-        .no_repeat_ngram_size = o->no_repeat_ngram_size,
-        .do_sample = o->sample, .has_temperature = true, .temperature = o->temperature,
-        .has_top_p = true, .top_p = o->top_p, .has_seed = true, .seed = o->seed};
+    kw_gen_overrides overrides = {.has_max_new_tokens = o->max_new_tokens >= 0,
+                                  .max_new_tokens = o->max_new_tokens,
+                                  .has_min_new_tokens = o->min_new_tokens >= 0,
+                                  .min_new_tokens = o->min_new_tokens,
+                                  .has_num_beams = o->num_beams >= 1,
+                                  .num_beams = o->num_beams,
+                                  .has_no_repeat_ngram_size = o->no_repeat_ngram_size >= 0,
+                                  .no_repeat_ngram_size = o->no_repeat_ngram_size,
+                                  .do_sample = o->sample,
+                                  .has_temperature = true,
+                                  .temperature = o->temperature,
+                                  .has_top_p = true,
+                                  .top_p = o->top_p,
+                                  .has_seed = true,
+                                  .seed = o->seed};
     ke_gen_params params;
     kw_gen_params(config, &overrides, &params);
     int capacity = (int)s->encoding.len + params.max_new_tokens + 1;
-    ke_backend_options backend_options = {.slots = params.num_beams, .slot_capacity = capacity,
-                                          .kv_half = o->kv_half, .gemm_tune = o->gemm_tune,
+    ke_backend_options backend_options = {.slots = params.num_beams,
+                                          .slot_capacity = capacity,
+                                          .kv_half = o->kv_half,
+                                          .gemm_tune = o->gemm_tune,
                                           .weights_int8 = o->weights_int8};
     if ((st = ke_backend_open(s->model, o->device, &backend_options, &s->backend)) != KS_OK)
         return st;
@@ -347,7 +380,9 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
 
     ke_gen_request request = {.input_ids = s->encoding.input_ids.v,
                               .image_embeds_position_mask = s->encoding.image_embeds_position_mask,
-                              .len = s->encoding.len, .image = 0, .params = params,
+                              .len = s->encoding.len,
+                              .image = 0,
+                              .params = params,
                               .want_prefill_logits = o->dump_path != NULL};
     ke_gen_stats stats = {0};
     st = ke_generate(s->backend, s->image_embeds, 1, &request, 1, &s->result, &stats);
@@ -365,9 +400,10 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
     json_t *result = kt_grounding_to_json(&s->out.grounding);
     if (!result)
         return ks_fail(KS_ERR_NOMEM, "out of memory building the result");
-    json_object_set_new(result, "boxes_px", boxes_px_json(&s->out.grounding, s->image.width,
-                                                         s->image.height));
-    json_object_set_new(result, "raw", json_stringn(s->out.raw.data ? s->out.raw.data : "", s->out.raw.len));
+    json_object_set_new(result, "boxes_px",
+                        boxes_px_json(&s->out.grounding, s->image.width, s->image.height));
+    json_object_set_new(result, "raw",
+                        json_stringn(s->out.raw.data ? s->out.raw.data : "", s->out.raw.len));
     json_object_set_new(result, "generated_ids", ids_json(s->result.ids, s->result.len));
     /* device: the backend's device; programs_built / programs_cached: OpenCL programs compiled
      * at start vs loaded from the binary cache (a second start on the same device builds 0) */

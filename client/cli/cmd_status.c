@@ -75,21 +75,21 @@ static json_t *status_json(const char *broker, const kosmos_broker_status_t *s, 
             unfinished += s->queue[status_states[i]];
     }
     if (s->queue[KOSMOS_STATE_UNKNOWN])
-        json_object_set_new(queue, "unknown", json_integer((json_int_t)s->queue[KOSMOS_STATE_UNKNOWN]));
+        json_object_set_new(queue, "unknown",
+                            json_integer((json_int_t)s->queue[KOSMOS_STATE_UNKNOWN]));
     char instance[17];
     snprintf(instance, sizeof instance, "%016" PRIx64, s->broker_instance);
-    json_t *root = json_pack(
-        "{s:s, s:s, s:s, s:I, s:o, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I}, "
-        "s:{s:f, s:f}, s:{s:I, s:I}}",
-        "broker", broker, "broker_version", s->broker_version, "broker_instance",
-        instance, "uptime_ms", (json_int_t)s->uptime_ms, "queue", queue,
-        "unfinished", (json_int_t)unfinished, "totals", "submitted",
-        (json_int_t)s->total_submitted, "done", (json_int_t)s->total_done, "failed",
-        (json_int_t)s->total_failed, "dead", (json_int_t)s->total_dead, "expired",
-        (json_int_t)s->total_expired, "cancelled", (json_int_t)s->total_cancelled,
-        "throughput", "jobs_per_second", s->jobs_per_second, "tokens_per_second",
-        s->tokens_per_second, "memory", "bytes", (json_int_t)s->memory_bytes, "bound_bytes",
-        (json_int_t)s->memory_bound_bytes);
+    json_t *root =
+        json_pack("{s:s, s:s, s:s, s:I, s:o, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I}, "
+                  "s:{s:f, s:f}, s:{s:I, s:I}}",
+                  "broker", broker, "broker_version", s->broker_version, "broker_instance",
+                  instance, "uptime_ms", (json_int_t)s->uptime_ms, "queue", queue, "unfinished",
+                  (json_int_t)unfinished, "totals", "submitted", (json_int_t)s->total_submitted,
+                  "done", (json_int_t)s->total_done, "failed", (json_int_t)s->total_failed, "dead",
+                  (json_int_t)s->total_dead, "expired", (json_int_t)s->total_expired, "cancelled",
+                  (json_int_t)s->total_cancelled, "throughput", "jobs_per_second",
+                  s->jobs_per_second, "tokens_per_second", s->tokens_per_second, "memory", "bytes",
+                  (json_int_t)s->memory_bytes, "bound_bytes", (json_int_t)s->memory_bound_bytes);
     if (!root)
         return NULL;
     if (workers) {
@@ -100,8 +100,8 @@ static json_t *status_json(const char *broker, const kosmos_broker_status_t *s, 
                 "{s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s, s:I, s:i}, s:i, s:i, s:i, s:f, s:I, "
                 "s:i, s:I}",
                 "name", w->name, "model_id", w->model_id, "model_hash", w->model_hash, "device",
-                "name", w->device_name, "vendor", w->device_vendor, "platform",
-                w->device_platform, "driver_version", w->device_driver, "memory_bytes",
+                "name", w->device_name, "vendor", w->device_vendor, "platform", w->device_platform,
+                "driver_version", w->device_driver, "memory_bytes",
                 (json_int_t)w->device_memory_bytes, "compute_units", (int)w->device_compute_units,
                 "batch_capacity", (int)w->batch_capacity, "credit", (int)w->credit, "running",
                 (int)w->running, "load",

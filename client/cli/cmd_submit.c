@@ -30,14 +30,14 @@
 
 #include "cli.h"
 #include "cli_args.h"
+#include "cli_help.h"
 #include "coco.h"
 #include "kosmos/client.h"
-#include "ks_error.h"
 #include "ks_buf.h"
+#include "ks_error.h"
 #include "ks_file.h"
 #include "ks_sha256.h"
 #include "ks_utf8.h"
-#include "cli_help.h"
 #include "processor.h"
 #include "submit_draw.h"
 #include "submit_embedded.h"
@@ -133,11 +133,11 @@ typedef struct submit_options {
 /* One job: an image and a prompt. */
 typedef struct slot {
     struct slot *next;
-    char *path;      /* as given or walked */
+    char *path; /* as given or walked */
     char *prompt;
-    json_t *bboxes;  /* the --jobs line's "bboxes", or NULL */
-    char *error;     /* set when the item failed before it could be submitted */
-    unsigned round;  /* submit_key.h */
+    json_t *bboxes; /* the --jobs line's "bboxes", or NULL */
+    char *error;    /* set when the item failed before it could be submitted */
+    unsigned round; /* submit_key.h */
     char key[SUBMIT_KEY_SIZE];
     char job_id[KOSMOS_JOB_ID_SIZE];
 } slot;
@@ -154,8 +154,8 @@ typedef struct run_state {
 
     pthread_mutex_t lock;
     pthread_cond_t changed;
-    slot *head, *tail;  /* submitted, waiting for a waiter */
-    int in_flight;      /* submitted and not yet written */
+    slot *head, *tail; /* submitted, waiting for a waiter */
+    int in_flight;     /* submitted and not yet written */
     bool input_done;
     atomic_bool fatal;  /* connection lost, output unwritable: stop everything (exit 2) */
     atomic_bool failed; /* a job or a drawing failed (exit 1) */
@@ -174,10 +174,7 @@ static void on_signal(int sig)
     interrupted = 1;
 }
 
-static bool stopping(run_state *s)
-{
-    return interrupted || atomic_load(&s->fatal);
-}
+static bool stopping(run_state *s) { return interrupted || atomic_load(&s->fatal); }
 
 static void set_fatal(run_state *s, const char *message)
 {
@@ -224,8 +221,25 @@ static bool valid_text(const char *s, size_t max)
 /* Returns CLI_EXIT_OK, -1 after --help, or CLI_EXIT_USAGE after printing the error. */
 static int parse_options(int argc, char **argv, submit_options *o)
 {
-    enum { BROKER = 256, MODEL, DEVICE, PROMPT, TASK, PHRASE, QUESTION, JOBS, MAX_NEW, RESUME,
-           DRAW, COCO, PRIORITY, WINDOW, CLIENT_ID, ACK, QUIET };
+    enum {
+        BROKER = 256,
+        MODEL,
+        DEVICE,
+        PROMPT,
+        TASK,
+        PHRASE,
+        QUESTION,
+        JOBS,
+        MAX_NEW,
+        RESUME,
+        DRAW,
+        COCO,
+        PRIORITY,
+        WINDOW,
+        CLIENT_ID,
+        ACK,
+        QUIET
+    };
     static const struct option options[] = {
         {"broker", required_argument, NULL, BROKER},
         {"model", required_argument, NULL, MODEL},
@@ -263,7 +277,8 @@ static int parse_options(int argc, char **argv, submit_options *o)
         case MAX_NEW:
             if (!cli_parse_int(optarg, 1, 1024, &o->max_new_tokens))
                 return cli_usage_error("submit: --max-new-tokens wants an integer in 1..1024, "
-                                       "not '%s'", optarg);
+                                       "not '%s'",
+                                       optarg);
             break;
         case 'o': o->out_path = optarg; break;
         case RESUME: o->resume = true; break;
@@ -272,12 +287,14 @@ static int parse_options(int argc, char **argv, submit_options *o)
         case PRIORITY:
             if (!cli_parse_int(optarg, -100, 100, &o->priority))
                 return cli_usage_error("submit: --priority wants an integer in -100..100, not "
-                                       "'%s'", optarg);
+                                       "'%s'",
+                                       optarg);
             break;
         case WINDOW:
             if (!cli_parse_int(optarg, 1, 100000, &o->window))
                 return cli_usage_error("submit: --window wants an integer in 1..100000, not "
-                                       "'%s'", optarg);
+                                       "'%s'",
+                                       optarg);
             break;
         case CLIENT_ID:
             if (!optarg[0] || !valid_text(optarg, KOSMOS_KEY_MAX))
@@ -318,7 +335,8 @@ static int parse_options(int argc, char **argv, submit_options *o)
             if (!arg || !arg[0])
                 return cli_usage_error("submit: --task %s needs %s", o->task,
                                        ground ? "--phrase TEXT" : "--question TEXT");
-            if (ground && (strstr(arg, "<phrase>") || strstr(arg, "</phrase>") || strchr(arg, '\n')))
+            if (ground &&
+                (strstr(arg, "<phrase>") || strstr(arg, "</phrase>") || strchr(arg, '\n')))
                 return cli_usage_error("submit: --phrase must not hold phrase tags or newlines");
             size_t len = strlen(arg) + 64;
             if (!(o->prompt_owned = malloc(len)))
@@ -418,8 +436,10 @@ static slot *jobs_item(const submit_options *o, const char *line, size_t len, si
         else if (!path || !path[0])
             snprintf(message, sizeof message, "--jobs line %zu has no \"path\" string", number);
         else if (!prompt || !prompt[0] || strlen(prompt) > 4096)
-            snprintf(message, sizeof message, "--jobs line %zu: \"prompt\" must be a string of "
-                     "1..4096 bytes", number);
+            snprintf(message, sizeof message,
+                     "--jobs line %zu: \"prompt\" must be a string of "
+                     "1..4096 bytes",
+                     number);
         if (message[0] && !(sl->error = strdup(message))) {
             slot_free(sl);
             sl = NULL;
@@ -560,7 +580,8 @@ static ks_status add_boxes(kosmos_job_t *job, const json_t *json, ks_buf *canon)
             const kt_box *in = &ph->boxes[k];
             if (in->is_patch_pair) {
                 if (!patch_pair_box(in->ul, in->lr, &boxes[k]))
-                    st = ks_fail(KS_ERR_INVALID, "bboxes: the patch pair [%lld, %lld] is not an "
+                    st = ks_fail(KS_ERR_INVALID,
+                                 "bboxes: the patch pair [%lld, %lld] is not an "
                                  "upper-left, lower-right pair of 0..1023",
                                  (long long)in->ul, (long long)in->lr);
             } else {
@@ -636,9 +657,7 @@ static submit_outcome submit_job(run_state *s, kosmos_client_t *c, const kosmos_
         kosmos_submit_info_t info;
         kosmos_error_t err = kosmos_client_submit(c, job, sl->key, sl->job_id, &info);
         switch (err) {
-        case KOSMOS_OK:
-            *duplicate = info.duplicate;
-            return SUBMITTED;
+        case KOSMOS_OK: *duplicate = info.duplicate; return SUBMITTED;
         case KOSMOS_ERR_CONFLICT: /* same computation, other priority: follow the first job */
             snprintf(sl->job_id, sizeof sl->job_id, "%s", info.job_id);
             *duplicate = true;
@@ -659,8 +678,7 @@ static submit_outcome submit_job(run_state *s, kosmos_client_t *c, const kosmos_
         case KOSMOS_ERR_TOO_LARGE:
             snprintf(message, cap, "rejected: %s", kosmos_error_message());
             return REFUSED;
-        default:
-            break;
+        default: break;
         }
         char fatal[512];
         snprintf(fatal, sizeof fatal, "submitting to %s failed: %s", s->endpoint,
@@ -892,8 +910,8 @@ static void feed(run_state *s, kosmos_client_t *c, const submit_resume *resume)
                 submit_outcome outcome = submit_job(s, c, job, sl, &duplicate, message,
                                                     sizeof message);
                 if (outcome == SUBMITTED) {
-                    submit_progress_add(s->progress, &(submit_counts){.submitted = 1,
-                                                                      .duplicates = duplicate});
+                    submit_progress_add(s->progress,
+                                        &(submit_counts){.submitted = 1, .duplicates = duplicate});
                     pthread_mutex_lock(&s->lock);
                     if (s->tail)
                         s->tail->next = sl;
@@ -1030,7 +1048,7 @@ static int run(const submit_options *o)
     fed = true;
     feed(&s, c, o->resume ? &resume : NULL);
     drain(&s);
-    code = atomic_load(&s.fatal) ? CLI_EXIT_USAGE
+    code = atomic_load(&s.fatal)                   ? CLI_EXIT_USAGE
            : interrupted || atomic_load(&s.failed) ? CLI_EXIT_FAILED
                                                    : CLI_EXIT_OK;
 done:

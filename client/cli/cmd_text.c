@@ -187,8 +187,8 @@ static ks_status encode_line(const json_t *input, json_t **result, void *context
     const json_t *value;
     json_object_foreach((json_t *)input, key, value) {
         if (strcmp(key, "prompt") && strcmp(key, "bboxes"))
-            return ks_fail(KS_ERR_INVALID, "unknown key \"%s\" (expected \"prompt\" and \"bboxes\")",
-                           key);
+            return ks_fail(KS_ERR_INVALID,
+                           "unknown key \"%s\" (expected \"prompt\" and \"bboxes\")", key);
     }
     const json_t *prompt = json_object_get(input, "prompt");
     if (!json_is_string(prompt))

@@ -25,8 +25,8 @@ ks_status coco_new(coco **out)
     if (!c)
         return ks_fail(KS_ERR_NOMEM, "out of memory");
     if (!(c->tmp = tmpfile())) {
-        ks_status st =
-            ks_fail(KS_ERR_IO, "cannot create a temporary file for --coco: %s", strerror(errno));
+        ks_status st = ks_fail(KS_ERR_IO, "cannot create a temporary file for --coco: %s",
+                               strerror(errno));
         free(c);
         return st;
     }
@@ -171,10 +171,11 @@ static ks_status write_image(const json_t *rec, void *ctx)
     ks_status st = submit_set_put(&w->images, key, ++w->next_image);
     if (st)
         return st;
-    json_t *image = json_pack("{s:I, s:O, s:O, s:O}", "id", (json_int_t)w->next_image,
-                              "file_name", path, "width", json_array_get(rec, 1), "height",
+    json_t *image = json_pack("{s:I, s:O, s:O, s:O}", "id", (json_int_t)w->next_image, "file_name",
+                              path, "width", json_array_get(rec, 1), "height",
                               json_array_get(rec, 2));
-    if (image && json_is_string(bytes) && json_object_set(image, "file_name_bytes", (json_t *)bytes)) {
+    if (image && json_is_string(bytes) &&
+        json_object_set(image, "file_name_bytes", (json_t *)bytes)) {
         json_decref(image);
         image = NULL;
     }
@@ -207,8 +208,8 @@ static ks_status write_annotations(const json_t *rec, void *ctx)
         json_t *a = json_pack("{s:I, s:I, s:I, s:[ffff], s:f, s:i}", "id",
                               (json_int_t)++w->next_ann, "image_id",
                               (json_int_t)(image_id ? *image_id : 0), "category_id",
-                              (json_int_t)(found ? found - w->cats->v + 1 : 0), "bbox", x1, y1,
-                              bw, bh, "area", bw * bh, "iscrowd", 0);
+                              (json_int_t)(found ? found - w->cats->v + 1 : 0), "bbox", x1, y1, bw,
+                              bh, "area", bw * bh, "iscrowd", 0);
         char *text = a ? json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         json_decref(a);
         if (!text)

@@ -82,8 +82,12 @@ ks_status run_image_draw(const run_image *img, const kt_grounding *grounding, co
     for (size_t i = 0; i < grounding->entity_count; i++) {
         const kt_entity *e = &grounding->entities[i];
         for (size_t b = 0; b < e->box_count; b++, at++)
-            boxes[at] = (ki_box){.label = e->phrase, .entity = (int)i, .x1 = e->boxes[b][0],
-                                 .y1 = e->boxes[b][1], .x2 = e->boxes[b][2], .y2 = e->boxes[b][3]};
+            boxes[at] = (ki_box){.label = e->phrase,
+                                 .entity = (int)i,
+                                 .x1 = e->boxes[b][0],
+                                 .y1 = e->boxes[b][1],
+                                 .x2 = e->boxes[b][2],
+                                 .y2 = e->boxes[b][3]};
     }
     ks_status st = ki_draw_boxes_file(img->decoded, boxes, count, NULL, out_path);
     free(boxes);

@@ -84,8 +84,11 @@ ks_status submit_draw(const char *dir, const char *path, const char *prompt,
     for (size_t j = 0; j < entities; j++) {
         const kosmos_entity_t *e = kosmos_result_entity(r, i, j);
         for (size_t b = 0; b < e->box_count; b++)
-            boxes[at++] = (ki_box){.label = e->phrase, .entity = (int)j, .x1 = e->boxes[b].x1,
-                                   .y1 = e->boxes[b].y1, .x2 = e->boxes[b].x2,
+            boxes[at++] = (ki_box){.label = e->phrase,
+                                   .entity = (int)j,
+                                   .x1 = e->boxes[b].x1,
+                                   .y1 = e->boxes[b].y1,
+                                   .x2 = e->boxes[b].x2,
                                    .y2 = e->boxes[b].y2};
     }
     st = ki_draw_boxes_file(img, boxes, count, NULL, out);

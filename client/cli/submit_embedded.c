@@ -28,7 +28,7 @@ struct submit_embedded {
     volatile sig_atomic_t broker_stop, worker_stop;
     pthread_mutex_t lock;
     pthread_cond_t changed;
-    int broker_state;   /* 0 starting, 1 running, -1 failed to start, 2 ended */
+    int broker_state; /* 0 starting, 1 running, -1 failed to start, 2 ended */
     bool worker_ended;
     int worker_code;
     kb_stats stats;
@@ -36,10 +36,7 @@ struct submit_embedded {
     kw_worker_params wp;
 };
 
-bool submit_embedded_available(void)
-{
-    return true;
-}
+bool submit_embedded_available(void) { return true; }
 
 static void *broker_main(void *arg)
 {
@@ -205,10 +202,7 @@ fail:
     return KS_OK;
 }
 
-const char *submit_embedded_endpoint(const submit_embedded *e)
-{
-    return e->client_ep;
-}
+const char *submit_embedded_endpoint(const submit_embedded *e) { return e->client_ep; }
 
 bool submit_embedded_failed(const submit_embedded *ce)
 {
@@ -261,10 +255,7 @@ void submit_embedded_stop(submit_embedded **pe, bool now, submit_embedded_stats 
 
 #else /* no broker or worker library in this build */
 
-bool submit_embedded_available(void)
-{
-    return false;
-}
+bool submit_embedded_available(void) { return false; }
 
 ks_status submit_embedded_start(const char *model_dir, const char *device, int max_batch,
                                 submit_embedded **out)

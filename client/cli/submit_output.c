@@ -126,10 +126,14 @@ static json_t *timings_json(const kosmos_timings_t *t, const char *device)
     json_t *o = json_object();
     if (!o)
         return NULL;
-    const struct { const char *name; double v; } ms[] = {
-        {"load_ms", t->load_ms}, {"preprocess_ms", t->preprocess_ms},
-        {"vision_ms", t->vision_ms}, {"prefill_ms", t->prefill_ms},
-        {"decode_ms", t->decode_ms}};
+    const struct {
+        const char *name;
+        double v;
+    } ms[] = {{"load_ms", t->load_ms},
+              {"preprocess_ms", t->preprocess_ms},
+              {"vision_ms", t->vision_ms},
+              {"prefill_ms", t->prefill_ms},
+              {"decode_ms", t->decode_ms}};
     for (size_t k = 0; k < sizeof ms / sizeof ms[0]; k++)
         if (ms[k].v >= 0)
             json_object_set_new(o, ms[k].name, json_real(ms[k].v));
@@ -157,11 +161,10 @@ json_t *submit_output_result_line(const char *path, const char *prompt, const ko
         json_t *boxes = json_array(), *px = json_array();
         for (size_t b = 0; boxes && px && b < e->box_count; b++) {
             json_array_append_new(boxes, box_json(&e->boxes[b]));
-            kosmos_box_t p = e->boxes_px ? e->boxes_px[b]
-                                         : (kosmos_box_t){e->boxes[b].x1 * width,
-                                                          e->boxes[b].y1 * height,
-                                                          e->boxes[b].x2 * width,
-                                                          e->boxes[b].y2 * height};
+            kosmos_box_t p = e->boxes_px
+                                 ? e->boxes_px[b]
+                                 : (kosmos_box_t){e->boxes[b].x1 * width, e->boxes[b].y1 * height,
+                                                  e->boxes[b].x2 * width, e->boxes[b].y2 * height};
             json_array_append_new(px, box_json(&p));
         }
         json_t *entity = boxes ? json_pack("[s[II]O]", e->phrase, (json_int_t)e->start_cp,

@@ -22,20 +22,17 @@ typedef struct frame {
 struct submit_paths {
     char *const *args;
     size_t n_args, next_arg;
-    FILE *list;        /* the @LIST being read, or NULL */
+    FILE *list; /* the @LIST being read, or NULL */
     char *list_name;
     frame *stack;
     size_t depth, cap;
-    submit_set seen;   /* (dev, ino) hashes of folders entered */
-    char *current;     /* the last path returned */
-    char *line;        /* getline buffer */
+    submit_set seen; /* (dev, ino) hashes of folders entered */
+    char *current;   /* the last path returned */
+    char *line;      /* getline buffer */
     size_t line_cap;
 };
 
-bool submit_paths_is_image(const char *name)
-{
-    return ki_format_by_path(name) != NULL;
-}
+bool submit_paths_is_image(const char *name) { return ki_format_by_path(name) != NULL; }
 
 ks_status submit_paths_new(char *const *args, size_t n, submit_paths **out)
 {

@@ -53,8 +53,8 @@ static void draw(submit_progress *p)
     if (known && rate > 0)
         format_duration((double)(total - (done < total ? done : total)) / rate, eta, sizeof eta);
     char count[64];
-    snprintf(count, sizeof count, "%llu/%s%llu", (unsigned long long)done, known ? "" : ">=",
-             (unsigned long long)total);
+    snprintf(count, sizeof count, "%llu/%s%llu", (unsigned long long)done,
+             known ? "" : ">=", (unsigned long long)total);
     if (p->tty) {
         enum { width = 24 };
         char bar[width + 3]; /* '[' + width cells + ']' + NUL */
@@ -67,8 +67,8 @@ static void draw(submit_progress *p)
         fprintf(p->out, "\r\033[K%s %s  %.2f img/s  ETA %s  errors %llu", bar, count, rate, eta,
                 (unsigned long long)p->c.failed);
     } else {
-        fprintf(p->out, "kosmos submit: %s done, %.2f img/s, ETA %s, %llu errors\n", count,
-                rate, eta, (unsigned long long)p->c.failed);
+        fprintf(p->out, "kosmos submit: %s done, %.2f img/s, ETA %s, %llu errors\n", count, rate,
+                eta, (unsigned long long)p->c.failed);
     }
     fflush(p->out);
 }

@@ -18,8 +18,8 @@
 #include "submit_set.h"
 
 typedef struct submit_resume {
-    submit_set done;     /* pairs with an "ok" line */
-    submit_set failed;   /* pair -> lines not ok */
+    submit_set done;   /* pairs with an "ok" line */
+    submit_set failed; /* pair -> lines not ok */
     size_t ok_lines, other_lines, bad_lines;
     bool partial_last_line; /* the file does not end with a newline */
 } submit_resume;

@@ -6,10 +6,7 @@
 
 #include "ks_hash.h"
 
-void submit_set_init(submit_set *s)
-{
-    memset(s, 0, sizeof *s);
-}
+void submit_set_init(submit_set *s) { memset(s, 0, sizeof *s); }
 
 void submit_set_fini(submit_set *s)
 {
@@ -39,7 +36,8 @@ static ks_status grow(submit_set *s)
 {
     size_t cap = s->cap ? s->cap * 2 : 1024;
     submit_set bigger = {.keys = calloc(cap, sizeof(uint64_t)),
-                         .values = calloc(cap, sizeof(uint32_t)), .cap = cap};
+                         .values = calloc(cap, sizeof(uint32_t)),
+                         .cap = cap};
     if (!bigger.keys || !bigger.values) {
         free(bigger.keys);
         free(bigger.values);

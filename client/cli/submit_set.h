@@ -12,7 +12,7 @@
 #include "ks_error.h"
 
 typedef struct submit_set {
-    uint64_t *keys;  /* owned; 0 = empty slot (a hash of 0 is stored as 1) */
+    uint64_t *keys; /* owned; 0 = empty slot (a hash of 0 is stored as 1) */
     uint32_t *values;
     size_t cap, len; /* cap is 0 or a power of two */
 } submit_set;

@@ -18,18 +18,17 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: ground [options] IMAGE...\n"
-            "  --broker ENDPOINT            broker client endpoint (tcp://localhost:5555)\n"
-            "  --prompt TEXT                prompt (\"<grounding> An image of\")\n"
-            "  --client-id ID               client identity with CURVE off (anonymous)\n"
-            "  --timeout-ms N               how long to wait for each result (120000)\n"
-            "  --max-new-tokens N           generation length (broker default: 128)\n"
-            "  --curve-secret FILE          this client's secret certificate (CURVE)\n"
-            "  --curve-server-public FILE   the broker's public certificate (CURVE)\n"
-            "  --version                    print libkosmos's version\n"
-            "Prints each image's caption, its grounded phrases with their boxes, and where it "
-            "ran.\n");
+    fprintf(out, "usage: ground [options] IMAGE...\n"
+                 "  --broker ENDPOINT            broker client endpoint (tcp://localhost:5555)\n"
+                 "  --prompt TEXT                prompt (\"<grounding> An image of\")\n"
+                 "  --client-id ID               client identity with CURVE off (anonymous)\n"
+                 "  --timeout-ms N               how long to wait for each result (120000)\n"
+                 "  --max-new-tokens N           generation length (broker default: 128)\n"
+                 "  --curve-secret FILE          this client's secret certificate (CURVE)\n"
+                 "  --curve-server-public FILE   the broker's public certificate (CURVE)\n"
+                 "  --version                    print libkosmos's version\n"
+                 "Prints each image's caption, its grounded phrases with their boxes, and where it "
+                 "ran.\n");
 }
 
 static void print_result(const char *image, const kosmos_result_t *r)
@@ -140,7 +139,7 @@ int main(int argc, char **argv)
     }
 
     int n = argc - first_image, failures = 0;
-    char (*ids)[KOSMOS_JOB_ID_SIZE] = calloc((size_t)n, sizeof *ids);
+    char(*ids)[KOSMOS_JOB_ID_SIZE] = calloc((size_t)n, sizeof *ids);
     kosmos_job_t *job = kosmos_job_new();
     if (!ids || !job) {
         fprintf(stderr, "ground: out of memory\n");

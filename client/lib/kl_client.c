@@ -79,12 +79,13 @@ static kosmos_error_t kl_open_socket(kosmos_client_t *c)
         kl_zmq_fail("zmq_setsockopt");
         goto fail;
     }
-    if (c->curve &&
-        (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, c->curve_server, 40) != 0 ||
-         zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, c->curve_public, 40) != 0 ||
-         zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, c->curve_secret, 40) != 0)) {
-        kl_fail(KOSMOS_ERR_INVALID, "CURVE keys refused by libzmq (%s): 40-character Z85 keys "
-                "expected", zmq_strerror(zmq_errno()));
+    if (c->curve && (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, c->curve_server, 40) != 0 ||
+                     zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, c->curve_public, 40) != 0 ||
+                     zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, c->curve_secret, 40) != 0)) {
+        kl_fail(KOSMOS_ERR_INVALID,
+                "CURVE keys refused by libzmq (%s): 40-character Z85 keys "
+                "expected",
+                zmq_strerror(zmq_errno()));
         zmq_close(s);
         return KOSMOS_ERR_INVALID;
     }
@@ -101,10 +102,7 @@ fail:
     return KOSMOS_ERR_IO;
 }
 
-static bool kl_z85_ok(const char *k)
-{
-    return k && strlen(k) == 40;
-}
+static bool kl_z85_ok(const char *k) { return k && strlen(k) == 40; }
 
 KOSMOS_API kosmos_client_t *kosmos_client_new(const kosmos_client_params_t *params)
 {
@@ -134,7 +132,7 @@ KOSMOS_API kosmos_client_t *kosmos_client_new(const kosmos_client_params_t *para
     }
     if (p->reply_timeout_ms <= 0 || p->retries < 0) {
         kl_fail(KOSMOS_ERR_INVALID, "reply_timeout_ms must be > 0 and retries >= 0 "
-                "(kosmos_client_params_init sets the defaults)");
+                                    "(kosmos_client_params_init sets the defaults)");
         return NULL;
     }
     c = calloc(1, sizeof *c);
@@ -297,9 +295,10 @@ static kosmos_error_t kl_call(kosmos_client_t *c, Kosmos__V1__ClientRequest *req
                 continue;
             kp_verdict v = kp_inbound_verdict(in);
             if (v == KP_BAD_VERSION || v == KP_NOT_OURS) {
-                err = kl_fail(KOSMOS_ERR_PROTOCOL, "%s speaks a different protocol (%s); "
-                              "this client speaks " KP_VERSION, c->endpoint,
-                              kp_inbound_reason(in));
+                err = kl_fail(KOSMOS_ERR_PROTOCOL,
+                              "%s speaks a different protocol (%s); "
+                              "this client speaks " KP_VERSION,
+                              c->endpoint, kp_inbound_reason(in));
                 kp_inbound_destroy(&in);
                 goto cleanup;
             }
@@ -324,8 +323,10 @@ static kosmos_error_t kl_call(kosmos_client_t *c, Kosmos__V1__ClientRequest *req
                 goto cleanup;
             }
             if (got == 0 || rep->reply_case != expect) {
-                err = kl_fail(KOSMOS_ERR_PROTOCOL, "the broker answered with an unexpected reply "
-                              "(request_id %" PRIu64 ", reply %d)", got, (int)rep->reply_case);
+                err = kl_fail(KOSMOS_ERR_PROTOCOL,
+                              "the broker answered with an unexpected reply "
+                              "(request_id %" PRIu64 ", reply %d)",
+                              got, (int)rep->reply_case);
                 kp_inbound_destroy(&in);
                 goto cleanup;
             }
@@ -390,8 +391,7 @@ KOSMOS_API kosmos_error_t kosmos_client_submit(kosmos_client_t *client, const ko
     if (idempotency_key) {
         size_t n = strlen(idempotency_key);
         if (n == 0 || n > KOSMOS_KEY_MAX)
-            return kl_fail(KOSMOS_ERR_INVALID, "an idempotency key is 1..%d bytes",
-                           KOSMOS_KEY_MAX);
+            return kl_fail(KOSMOS_ERR_INVALID, "an idempotency key is 1..%d bytes", KOSMOS_KEY_MAX);
         memcpy(si->idempotency_key, idempotency_key, n + 1);
     } else {
         kl_random_key(si->idempotency_key, sizeof si->idempotency_key);
@@ -492,8 +492,7 @@ KOSMOS_API kosmos_error_t kosmos_client_fetch(kosmos_client_t *client, const cha
         info->submitted_unix_ms = f->submitted_unix_ms;
         info->next_attempt_unix_ms = f->next_attempt_unix_ms;
     }
-    if (result && f->result && kosmos_job_state_is_terminal(state) &&
-        state != KOSMOS_STATE_ACKED) {
+    if (result && f->result && kosmos_job_state_is_terminal(state) && state != KOSMOS_STATE_ACKED) {
         *result = kl_result_from_wire(f->result);
         if (!*result)
             err = KOSMOS_ERR_NOMEM;
@@ -617,11 +616,12 @@ KOSMOS_API kosmos_error_t kosmos_client_status(kosmos_client_t *client, bool inc
     req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_STATUS;
     req.status = &sr;
     kp_inbound *in = NULL;
-    kosmos_error_t err =
-        kl_call(client, &req, NULL, 0, KOSMOS__V1__CLIENT_REPLY__REPLY_STATUS, &in);
+    kosmos_error_t err = kl_call(client, &req, NULL, 0, KOSMOS__V1__CLIENT_REPLY__REPLY_STATUS,
+                                 &in);
     if (err != KOSMOS_OK)
         return err;
-    *status = kl_status_from_wire(((const Kosmos__V1__ClientReply *)kp_inbound_envelope(in))->status);
+    *status =
+        kl_status_from_wire(((const Kosmos__V1__ClientReply *)kp_inbound_envelope(in))->status);
     kp_inbound_destroy(&in);
     return *status ? KOSMOS_OK : KOSMOS_ERR_NOMEM;
 }
@@ -653,7 +653,7 @@ KOSMOS_API kosmos_error_t kosmos_ground_file(kosmos_client_t *client, const char
         if (err != KOSMOS_ERR_BUSY && err != KOSMOS_ERR_UNAVAILABLE)
             break;
         uint64_t sleep_ms = err == KOSMOS_ERR_BUSY && info.retry_after_ms ? info.retry_after_ms
-                                                                           : pause;
+                                                                          : pause;
         pause = pause * 2 < 5000 ? pause * 2 : 5000;
         uint64_t spent = kl_now_ms() - start;
         if (timeout_ms >= 0 && spent + sleep_ms >= (uint64_t)timeout_ms)

@@ -32,10 +32,7 @@ kosmos_error_t kl_fail(kosmos_error_t code, const char *fmt, ...)
     return code;
 }
 
-KOSMOS_API const char *kosmos_error_message(void)
-{
-    return kl_msg;
-}
+KOSMOS_API const char *kosmos_error_message(void) { return kl_msg; }
 
 KOSMOS_API const char *kosmos_error_name(kosmos_error_t code)
 {
@@ -98,7 +95,7 @@ KOSMOS_API const char *kosmos_result_status_name(kosmos_result_status_t status)
 kosmos_job_state_t kl_state_from_wire(int state)
 {
     return (state >= KOSMOS_STATE_QUEUED && state <= KOSMOS_STATE_ACKED) ? (kosmos_job_state_t)state
-                                                                          : KOSMOS_STATE_UNKNOWN;
+                                                                         : KOSMOS_STATE_UNKNOWN;
 }
 
 kosmos_result_status_t kl_result_status_from_wire(int status)

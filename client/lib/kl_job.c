@@ -144,8 +144,7 @@ static kl_image *kl_image_alloc(size_t len)
     return img;
 }
 
-KOSMOS_API kosmos_error_t kosmos_job_set_image_data(kosmos_job_t *job, const void *data,
-                                                    size_t len)
+KOSMOS_API kosmos_error_t kosmos_job_set_image_data(kosmos_job_t *job, const void *data, size_t len)
 {
     if (!job || !data || len == 0)
         return kl_fail(KOSMOS_ERR_INVALID, "kosmos_job_set_image_data: no job or no bytes");
@@ -209,8 +208,8 @@ static kosmos_error_t kl_set_str(char **dst, const char *s, size_t max, const ch
     if (s) {
         size_t n = strlen(s);
         if (n > max)
-            return kl_fail(KOSMOS_ERR_TOO_LARGE, "%s of %zu bytes is over its %zu-byte limit",
-                           what, n, max);
+            return kl_fail(KOSMOS_ERR_TOO_LARGE, "%s of %zu bytes is over its %zu-byte limit", what,
+                           n, max);
         copy = malloc(n + 1);
         if (!copy)
             return kl_fail(KOSMOS_ERR_NOMEM, "out of memory");

@@ -191,7 +191,10 @@ KOSMOS_API kosmos_result_status_t kosmos_result_status(const kosmos_result_t *r)
     return r ? r->status : KOSMOS_RESULT_UNKNOWN;
 }
 KOSMOS_API bool kosmos_result_retriable(const kosmos_result_t *r) { return r && r->retriable; }
-KOSMOS_API const char *kosmos_result_message(const kosmos_result_t *r) { return r ? r->message : ""; }
+KOSMOS_API const char *kosmos_result_message(const kosmos_result_t *r)
+{
+    return r ? r->message : "";
+}
 KOSMOS_API uint32_t kosmos_result_attempt(const kosmos_result_t *r) { return r ? r->attempt : 0; }
 KOSMOS_API const char *kosmos_result_worker(const kosmos_result_t *r) { return r ? r->worker : ""; }
 KOSMOS_API const char *kosmos_result_device(const kosmos_result_t *r) { return r ? r->device : ""; }
@@ -275,8 +278,7 @@ KOSMOS_API size_t kosmos_result_entity_count(const kosmos_result_t *r, size_t i)
     return p ? p->n_entities : 0;
 }
 
-KOSMOS_API const kosmos_entity_t *kosmos_result_entity(const kosmos_result_t *r, size_t i,
-                                                       size_t j)
+KOSMOS_API const kosmos_entity_t *kosmos_result_entity(const kosmos_result_t *r, size_t i, size_t j)
 {
     const kl_prompt_result *p = kl_prompt(r, i);
     return (p && j < p->n_entities) ? &p->entities[j] : NULL;

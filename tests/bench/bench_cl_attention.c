@@ -94,12 +94,12 @@ typedef struct bench_case {
 
 static void launch(kc_context *ctx, bench_case *c, bool flash)
 {
-    ks_status st = flash ? (c->paged ? ke_cl_flash_attention_paged(c->ops, &c->pat, c->blocks,
-                                                                    c->n_blocks)
-                                     : ke_cl_flash_attention(c->ops, &c->att, c->blocks,
-                                                             c->n_blocks))
-                         : (c->paged ? ke_cl_paged_attention(c->ops, NULL, &c->pat)
-                                     : ke_cl_attention(c->ops, &c->att));
+    ks_status st = flash
+                       ? (c->paged
+                              ? ke_cl_flash_attention_paged(c->ops, &c->pat, c->blocks, c->n_blocks)
+                              : ke_cl_flash_attention(c->ops, &c->att, c->blocks, c->n_blocks))
+                       : (c->paged ? ke_cl_paged_attention(c->ops, NULL, &c->pat)
+                                   : ke_cl_attention(c->ops, &c->att));
     if (st != KS_OK || kc_context_finish(ctx) != KS_OK)
         die(flash ? "flash launch" : "launch");
 }
@@ -125,8 +125,8 @@ static void cut_blocks(kc_context *ctx, bench_case *c)
     if (!blocks)
         die("out of memory");
     c->n_blocks = ke_cl_flash_blocks(c->rows, c->n_rows, ke_cl_flash_block_q(c->ops), blocks);
-    if (kc_context_write(ctx, c->blocks, true, 0, c->n_blocks * 4 * sizeof(cl_int), blocks,
-                         NULL) != KS_OK)
+    if (kc_context_write(ctx, c->blocks, true, 0, c->n_blocks * 4 * sizeof(cl_int), blocks, NULL) !=
+        KS_OK)
         die("writing blocks");
     free(blocks);
 }
@@ -234,14 +234,28 @@ int main(int argc, char **argv)
         for (size_t r = 0; r < rows; r++)
             memcpy(vr + 4 * r, (cl_int[4]){(cl_int)r, (cl_int)(r / seq * seq), seq, 0},
                    sizeof(cl_int[4]));
-        cl_mem qkv = random_buffer(ctx, rows * 3 * vw, &rng), out = buffer(ctx, rows * vw * 4, NULL);
+        cl_mem qkv = random_buffer(ctx, rows * 3 * vw, &rng),
+               out = buffer(ctx, rows * vw * 4, NULL);
         cl_mem mrows = buffer(ctx, rows * 4 * sizeof(cl_int), vr);
         cl_mem mblocks = buffer(ctx, rows * 4 * sizeof(cl_int), NULL);
-        bench_case c = {.ops = ops, .rows = vr, .n_rows = rows, .blocks = mblocks,
-                        .att = {.q = qkv, .q_stride = 3 * vw, .k = qkv, .v = qkv, .k_off = vw,
-                                .v_off = 2 * vw, .kv_stride = 3 * vw, .rows = mrows,
-                                .n_rows = rows, .heads = vheads, .head_dim = hd,
-                                .scale = 0.125f, .out = out, .out_stride = vw}};
+        bench_case c = {.ops = ops,
+                        .rows = vr,
+                        .n_rows = rows,
+                        .blocks = mblocks,
+                        .att = {.q = qkv,
+                                .q_stride = 3 * vw,
+                                .k = qkv,
+                                .v = qkv,
+                                .k_off = vw,
+                                .v_off = 2 * vw,
+                                .kv_stride = 3 * vw,
+                                .rows = mrows,
+                                .n_rows = rows,
+                                .heads = vheads,
+                                .head_dim = hd,
+                                .scale = 0.125f,
+                                .out = out,
+                                .out_stride = vw}};
         run_case(ctx, "vision", (int)n, &c, (const int(*)[2])tiles, n_tiles, seconds);
         kc_context_buffer_free(ctx, &qkv);
         kc_context_buffer_free(ctx, &out);
@@ -254,17 +268,29 @@ int main(int argc, char **argv)
         cl_int *rr = malloc(rows * 4 * sizeof(cl_int));
         for (size_t i = 0; i < n; i++)
             for (int r = 0; r < lq; r++)
-                memcpy(rr + 4 * (i * lq + (size_t)r),
-                       (cl_int[4]){r, (cl_int)(i * kvr), r + 1, 0}, sizeof(cl_int[4]));
+                memcpy(rr + 4 * (i * lq + (size_t)r), (cl_int[4]){r, (cl_int)(i * kvr), r + 1, 0},
+                       sizeof(cl_int[4]));
         cl_mem q = random_buffer(ctx, (size_t)lq * tw, &rng);
         cl_mem kv = random_buffer(ctx, n * kvr * 2 * tw, &rng);
         out = buffer(ctx, rows * tw * 4, NULL);
         mrows = buffer(ctx, rows * 4 * sizeof(cl_int), rr);
         mblocks = buffer(ctx, rows * 4 * sizeof(cl_int), NULL);
-        c = (bench_case){.ops = ops, .rows = rr, .n_rows = rows, .blocks = mblocks,
-                         .att = {.q = q, .q_stride = tw, .k = kv, .v = kv, .v_off = tw,
-                                 .kv_stride = 2 * tw, .rows = mrows, .n_rows = rows,
-                                 .heads = theads, .head_dim = hd, .scale = 0.125f, .out = out,
+        c = (bench_case){.ops = ops,
+                         .rows = rr,
+                         .n_rows = rows,
+                         .blocks = mblocks,
+                         .att = {.q = q,
+                                 .q_stride = tw,
+                                 .k = kv,
+                                 .v = kv,
+                                 .v_off = tw,
+                                 .kv_stride = 2 * tw,
+                                 .rows = mrows,
+                                 .n_rows = rows,
+                                 .heads = theads,
+                                 .head_dim = hd,
+                                 .scale = 0.125f,
+                                 .out = out,
                                  .out_stride = tw}};
         run_case(ctx, "resampler", (int)n, &c, (const int(*)[2])tiles, n_tiles, seconds);
         cl_mem *rb[] = {&q, &kv, &out, &mrows, &mblocks};
@@ -284,8 +310,7 @@ int main(int argc, char **argv)
             for (int i = 0; i < prompt; i++, t++) {
                 cl_int row = pages[s * (size_t)max_pages + (size_t)(i / PAGE)] * PAGE + i % PAGE;
                 tok[t] = (cl_int4){{row, (cl_int)s, i + 1, 0}};
-                memcpy(pr + 4 * t, (cl_int[4]){(cl_int)t, (cl_int)s, i + 1, 0},
-                       sizeof(cl_int[4]));
+                memcpy(pr + 4 * t, (cl_int[4]){(cl_int)t, (cl_int)s, i + 1, 0}, sizeof(cl_int[4]));
             }
         size_t pool = n * (size_t)max_pages * PAGE * tw;
         q = random_buffer(ctx, T * tw, &rng);
@@ -295,11 +320,24 @@ int main(int argc, char **argv)
         out = buffer(ctx, T * tw * 4, NULL);
         cl_mem ms = buffer(ctx, T * (size_t)theads * sizeof(cl_float2), NULL);
         mblocks = buffer(ctx, T * 4 * sizeof(cl_int), NULL);
-        c = (bench_case){.ops = ops, .paged = true, .rows = pr, .n_rows = T, .blocks = mblocks,
-                         .pat = {.q = q, .kpool = kp, .vpool = vp, .tokrow = mt, .pages = mp,
-                                 .max_pages = max_pages, .page_tokens = PAGE, .out = out,
-                                 .out_stats = ms, .n_tokens = T, .heads = theads,
-                                 .head_dim = hd, .scale = 0.125f}};
+        c = (bench_case){.ops = ops,
+                         .paged = true,
+                         .rows = pr,
+                         .n_rows = T,
+                         .blocks = mblocks,
+                         .pat = {.q = q,
+                                 .kpool = kp,
+                                 .vpool = vp,
+                                 .tokrow = mt,
+                                 .pages = mp,
+                                 .max_pages = max_pages,
+                                 .page_tokens = PAGE,
+                                 .out = out,
+                                 .out_stats = ms,
+                                 .n_tokens = T,
+                                 .heads = theads,
+                                 .head_dim = hd,
+                                 .scale = 0.125f}};
         run_case(ctx, "prefill", (int)n, &c, (const int(*)[2])tiles, n_tiles, seconds);
         cl_mem *pb[] = {&q, &kp, &vp, &mt, &mp, &out, &ms, &mblocks};
         for (size_t i = 0; i < 8; i++)

@@ -113,9 +113,9 @@ static ks_status run_once(ke_cl_gemm *g, const ke_cl_gemm_args *a, bool clblast,
     if (clblast) {
         cl_command_queue q = kc_context_queue(ctx);
         CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo,
-                                           CLBlastTransposeYes, a->m, a->w->n, a->w->k, 1.0f,
-                                           a->x, 0, a->ldx, w_rows, 0, a->w->k, 0.0f, a->y, 0,
-                                           a->ldy, &q, NULL);
+                                           CLBlastTransposeYes, a->m, a->w->n, a->w->k, 1.0f, a->x,
+                                           0, a->ldx, w_rows, 0, a->w->k, 0.0f, a->y, 0, a->ldy, &q,
+                                           NULL);
         return s == CLBlastSuccess ? KS_OK : ks_fail(KS_ERR_DEVICE, "CLBlastSgemm: %d", (int)s);
     }
 #else
@@ -206,9 +206,9 @@ static void report(const char *shape_name, size_t m, size_t n, size_t k, const c
                    const char *variant, size_t wbytes, double s, double ref_s)
 {
     double flops = 2.0 * (double)m * (double)n * (double)k;
-    printf("%-9s %4zu %6zu %5zu  %-11s %-12s %9.3f %8.2f %8.2f %8.2f", shape_name, m, n, k,
-           impl, variant, s * 1e3, flops / s * 1e-9,
-           (double)n * (double)k * (double)wbytes / s * 1e-9, flops / last_cpu_s * 1e-9);
+    printf("%-9s %4zu %6zu %5zu  %-11s %-12s %9.3f %8.2f %8.2f %8.2f", shape_name, m, n, k, impl,
+           variant, s * 1e3, flops / s * 1e-9, (double)n * (double)k * (double)wbytes / s * 1e-9,
+           flops / last_cpu_s * 1e-9);
     if (ref_s > 0)
         printf(" %8.2fx", ref_s / s);
     printf("\n");
@@ -247,12 +247,14 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--dtypes") && i + 1 < argc)
             dtypes = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--device SPEC] [--m 1,8,71,257] [--shapes attn,...] "
-                            "[--variants auto,rows,tiles,clblast] [--seconds S] "
-                            "[--no-ref] [--fused ln,bias,resid,stats|all] "
-                            "[--gemm-tune ROW[,KEY=VALUE...]] "
-                            "[--gemm auto,simt,mma-emulated,mma-ptx] [--events N] "
-                            "[--dtypes f16,f32]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--device SPEC] [--m 1,8,71,257] [--shapes attn,...] "
+                    "[--variants auto,rows,tiles,clblast] [--seconds S] "
+                    "[--no-ref] [--fused ln,bias,resid,stats|all] "
+                    "[--gemm-tune ROW[,KEY=VALUE...]] "
+                    "[--gemm auto,simt,mma-emulated,mma-ptx] [--events N] "
+                    "[--dtypes f16,f32]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -280,7 +282,8 @@ int main(int argc, char **argv)
     /* the paths, checked before anything is built */
     ke_gemm_path path_list[8];
     size_t n_paths = 0;
-    for (const char *p = paths; p && *p && n_paths < 8; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+    for (const char *p = paths; p && *p && n_paths < 8;
+         p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
         char name[32];
         snprintf(name, sizeof name, "%.*s", (int)strcspn(p, ","), p);
         if (!ke_gemm_path_parse(name, &path_list[n_paths++])) {
@@ -341,17 +344,23 @@ int main(int argc, char **argv)
             x[i] = frand();
         cl_mem bx = NULL, bwf = NULL, by = NULL, ln_stats = NULL, stats_out = NULL;
         cl_mem ln_wb[2] = {NULL, NULL}, bias[2] = {NULL, NULL}; /* [ke_dtype] */
-        ke_tensor tf = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+        ke_tensor tf = {.dtype = KE_DTYPE_F32,
+                        .ndim = 2,
+                        .shape = {(int64_t)n, (int64_t)k},
                         .data = wf};
-        ke_tensor th = {.dtype = KE_DTYPE_F16, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+        ke_tensor th = {.dtype = KE_DTYPE_F16,
+                        .ndim = 2,
+                        .shape = {(int64_t)n, (int64_t)k},
                         .data = wh};
         const ke_tensor *pf[1] = {&tf}, *ph[1] = {&th}, *nob[1] = {NULL};
         ke_cl_weight wt[2]; /* [ke_dtype] */
         if (kc_context_buffer(ctx, CL_MEM_READ_ONLY, max_m * k * 4, x, &bx) != KS_OK ||
             kc_context_buffer(ctx, CL_MEM_READ_ONLY, n * k * 4, wf, &bwf) != KS_OK ||
             kc_context_buffer(ctx, CL_MEM_READ_WRITE, max_m * n * 4, NULL, &by) != KS_OK ||
-            ke_cl_weight_upload(g, KE_DTYPE_F32, pf, nob, 1, sh->name, &wt[KE_DTYPE_F32], NULL) != KS_OK ||
-            ke_cl_weight_upload(g, KE_DTYPE_F16, ph, nob, 1, sh->name, &wt[KE_DTYPE_F16], NULL) != KS_OK) {
+            ke_cl_weight_upload(g, KE_DTYPE_F32, pf, nob, 1, sh->name, &wt[KE_DTYPE_F32], NULL) !=
+                KS_OK ||
+            ke_cl_weight_upload(g, KE_DTYPE_F16, ph, nob, 1, sh->name, &wt[KE_DTYPE_F16], NULL) !=
+                KS_OK) {
             fprintf(stderr, "%s\n", ks_error_message());
             goto done;
         }
@@ -363,8 +372,9 @@ int main(int argc, char **argv)
             cl_float2 *st = malloc(max_m * ln_nb * sizeof *st);
             for (size_t i = 0; st && i < max_m * ln_nb; i++)
                 st[i] = (cl_float2){{0.0f, (float)KE_CL_STAT_SB}};
-            if (!st || kc_context_buffer(ctx, CL_MEM_READ_ONLY, max_m * ln_nb * sizeof *st, st,
-                                         &ln_stats) != KS_OK ||
+            if (!st ||
+                kc_context_buffer(ctx, CL_MEM_READ_ONLY, max_m * ln_nb * sizeof *st, st,
+                                  &ln_stats) != KS_OK ||
                 kc_context_buffer(ctx, CL_MEM_READ_ONLY, 2 * k * 4, wf, &ln_wb[KE_DTYPE_F32]) !=
                     KS_OK ||
                 kc_context_buffer(ctx, CL_MEM_READ_ONLY, 2 * k * 2, wh, &ln_wb[KE_DTYPE_F16]) !=
@@ -388,14 +398,17 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s\n", ks_error_message());
             goto done;
         }
-        for (const char *mp = m_list; mp && *mp; mp = strchr(mp, ',') ? strchr(mp, ',') + 1 : NULL) {
+        for (const char *mp = m_list; mp && *mp;
+             mp = strchr(mp, ',') ? strchr(mp, ',') + 1 : NULL) {
             size_t m = (size_t)strtoul(mp, NULL, 10);
             if (m == 0 || m > max_m)
                 continue;
             double ref_s = -1.0;
             if (ref) {
-                ke_tensor tw = {.dtype = KE_DTYPE_F16, .ndim = 2,
-                                .shape = {(int64_t)n, (int64_t)k}, .data = wh};
+                ke_tensor tw = {.dtype = KE_DTYPE_F16,
+                                .ndim = 2,
+                                .shape = {(int64_t)n, (int64_t)k},
+                                .data = wh};
                 int runs = 0;
                 double t0 = now(), c0 = cpu_now(), t;
                 do {
@@ -407,15 +420,21 @@ int main(int argc, char **argv)
                 last_cpu_s = (cpu_now() - c0) / runs;
                 report(sh->name, m, n, k, "ref-f16", "ke_op_linear", 2, ref_s, ref_s);
             }
-            ke_cl_gemm_args a = {.m = m, .x = bx, .ldx = k, .y = by, .ldy = n, .act = -1,
-                                 .ln_stats = ln_stats, .ln_sb = KE_CL_STAT_SB, .ln_eps = 1e-5f,
+            ke_cl_gemm_args a = {.m = m,
+                                 .x = bx,
+                                 .ldx = k,
+                                 .y = by,
+                                 .ldy = n,
+                                 .act = -1,
+                                 .ln_stats = ln_stats,
+                                 .ln_sb = KE_CL_STAT_SB,
+                                 .ln_eps = 1e-5f,
                                  .accumulate = all || in_list(fused, "resid"),
                                  .stats_out = stats_out};
             char variant[64];
             double first_s[2][8] = {{0}}; /* [dt][variant]: the first path's figures */
             for (size_t pi = 0; pi < n_paths; pi++) {
-                if (!path_ok[pi] ||
-                    (n_paths > 1 && ke_cl_gemm_set_path(g, path_list[pi]) != KS_OK))
+                if (!path_ok[pi] || (n_paths > 1 && ke_cl_gemm_set_path(g, path_list[pi]) != KS_OK))
                     continue;
                 for (int dt = 1; dt >= 0; dt--) {
                     if (!in_list(dtypes, dt ? "f16" : "f32"))
@@ -427,8 +446,9 @@ int main(int argc, char **argv)
                     /* ours: auto and each family; CLBlast: f32 only (no f16-storage mode) */
                     for (size_t v = 0; v <= ke_cl_gemm_variant_count() + 1 && v < 8; v++) {
                         bool clblast = v == ke_cl_gemm_variant_count() + 1;
-                        const char *vn = v == 0 ? "auto" : clblast ? "clblast"
-                                                                   : ke_cl_gemm_variant_name(v - 1);
+                        const char *vn = v == 0    ? "auto"
+                                         : clblast ? "clblast"
+                                                   : ke_cl_gemm_variant_name(v - 1);
                         if (!in_list(variants, vn) || (dt && clblast) || (events && clblast))
                             continue;
                         if (!clblast && ke_cl_gemm_force(g, v == 0 ? NULL : vn, -1) != KS_OK)

@@ -53,9 +53,17 @@ typedef struct bf_opts {
 } bf_opts;
 
 static bf_opts opt = {
-    .client_ep = "tcp://127.0.0.1:5555", .worker_ep = "tcp://127.0.0.1:5556",
-    .beanstalk = "127.0.0.1:11300", .jobs = 20000, .clients = 4, .window = 256,
-    .workers = 4, .credit = 64, .worker_threads = 1, .rate = 1000, .seconds = 10,
+    .client_ep = "tcp://127.0.0.1:5555",
+    .worker_ep = "tcp://127.0.0.1:5556",
+    .beanstalk = "127.0.0.1:11300",
+    .jobs = 20000,
+    .clients = 4,
+    .window = 256,
+    .workers = 4,
+    .credit = 64,
+    .worker_threads = 1,
+    .rate = 1000,
+    .seconds = 10,
 };
 
 static void *zctx;
@@ -262,7 +270,8 @@ static void *client_main(void *arg)
                 die("recv: %s", ks_error_message());
             if (!in)
                 break;
-            const Kosmos__V1__ClientReply *r = (const Kosmos__V1__ClientReply *)kp_inbound_envelope(in);
+            const Kosmos__V1__ClientReply *r =
+                (const Kosmos__V1__ClientReply *)kp_inbound_envelope(in);
             uint64_t t = now_ns();
             if (kp_inbound_verdict(in) != KP_VALID || !r)
                 die("bad reply: %s", kp_inbound_reason(in));
@@ -277,8 +286,10 @@ static void *client_main(void *arg)
                     fprintf(stderr, "bench-farm: unexpected reply (case %d)%s%s\n",
                             (int)r->reply_case,
                             r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR ? ": " : "",
-                            r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR && r->error->message
-                                ? r->error->message : "");
+                            r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR &&
+                                    r->error->message
+                                ? r->error->message
+                                : "");
             }
             if (r->request_id >= 1 && r->request_id <= (uint64_t)sent)
                 samples_add(&c->accept_latency, t - sent_at[r->request_id - 1]);
@@ -361,7 +372,8 @@ static void echo_result(bf_echo_socket *s, const Kosmos__V1__Dispatch *d)
 
 static void echo_handle(bf_echo *e, bf_echo_socket *s, kp_inbound *in)
 {
-    const Kosmos__V1__BrokerToWorker *m = (const Kosmos__V1__BrokerToWorker *)kp_inbound_envelope(in);
+    const Kosmos__V1__BrokerToWorker *m =
+        (const Kosmos__V1__BrokerToWorker *)kp_inbound_envelope(in);
     if (kp_inbound_verdict(in) != KP_VALID || !m)
         die("bad broker message: %s", kp_inbound_reason(in));
     switch (m->message_case) {
@@ -395,8 +407,7 @@ static void echo_handle(bf_echo *e, bf_echo_socket *s, kp_inbound *in)
                 m->disconnect->message ? m->disconnect->message : "");
         atomic_store(&failed, 1);
         break;
-    default: /* heartbeats, cancels */
-        break;
+    default: /* heartbeats, cancels */ break;
     }
 }
 
@@ -423,7 +434,8 @@ static void *echo_main(void *arg)
             if (items[i].revents & ZMQ_POLLIN) {
                 for (;;) {
                     kp_inbound *in = NULL;
-                    if (kp_recv(s->sock, false, KP_BROKER_TO_WORKER, NULL, ZMQ_DONTWAIT, &in) != KS_OK)
+                    if (kp_recv(s->sock, false, KP_BROKER_TO_WORKER, NULL, ZMQ_DONTWAIT, &in) !=
+                        KS_OK)
                         die("worker recv: %s", ks_error_message());
                     if (!in)
                         break;
@@ -495,7 +507,8 @@ static bool broker_status(bf_status *out)
         kp_inbound *in = NULL;
         if (zmq_poll(&item, 1, 30000) == 1 &&
             kp_recv(s, false, KP_CLIENT_REPLY, NULL, 0, &in) == KS_OK && in) {
-            const Kosmos__V1__ClientReply *r = (const Kosmos__V1__ClientReply *)kp_inbound_envelope(in);
+            const Kosmos__V1__ClientReply *r =
+                (const Kosmos__V1__ClientReply *)kp_inbound_envelope(in);
             if (r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_STATUS) {
                 out->workers = (long)r->status->n_workers;
                 out->memory_bytes = r->status->memory_bytes;
@@ -623,8 +636,8 @@ static int mode_broker(void)
     double secs = (double)(t_end - t0) / 1e9;
     printf("{\"mode\":\"%s\",\"jobs\":%ld,\"clients\":%ld,\"window\":%ld,\"image_bytes\":%ld,"
            "\"accepted\":%ld,\"busy\":%ld,\"other\":%ld,\"seconds\":%.3f,\"jobs_per_s\":%.1f",
-           opt.mode, opt.jobs, opt.clients, opt.window, opt.image_bytes, accepted, busy, other, secs,
-           (double)(echo ? atomic_load(&echo_stored) : accepted) / secs);
+           opt.mode, opt.jobs, opt.clients, opt.window, opt.image_bytes, accepted, busy, other,
+           secs, (double)(echo ? atomic_load(&echo_stored) : accepted) / secs);
     printf(",\"accept_p50_ms\":%.3f,\"accept_p99_ms\":%.3f,\"accept_max_ms\":%.3f",
            samples_pct_ms(&accept_lat, 50), samples_pct_ms(&accept_lat, 99),
            samples_pct_ms(&accept_lat, 100));
@@ -939,10 +952,11 @@ static int mode_beanstalk(void)
            (double)done / secs, samples_pct_ms(&accept_lat, 50), samples_pct_ms(&accept_lat, 99),
            samples_pct_ms(&accept_lat, 100));
     if (consume)
-        printf(",\"consumers\":%ld,\"deleted\":%ld,\"dispatch_p50_ms\":%.3f,\"dispatch_p99_ms\":%.3f,"
-               "\"dispatch_max_ms\":%.3f",
-               n_cons, done, samples_pct_ms(&dispatch_lat, 50), samples_pct_ms(&dispatch_lat, 99),
-               samples_pct_ms(&dispatch_lat, 100));
+        printf(
+            ",\"consumers\":%ld,\"deleted\":%ld,\"dispatch_p50_ms\":%.3f,\"dispatch_p99_ms\":%.3f,"
+            "\"dispatch_max_ms\":%.3f",
+            n_cons, done, samples_pct_ms(&dispatch_lat, 50), samples_pct_ms(&dispatch_lat, 99),
+            samples_pct_ms(&dispatch_lat, 100));
     printf("}\n");
     free(accept_lat.v);
     free(dispatch_lat.v);
@@ -992,48 +1006,57 @@ static int mode_fsync(const char *dir)
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: bench-farm MODE [options]   (a benchmark load generator; see tests/bench/farm.sh)\n"
-            "modes:\n"
-            "  submit     durable accepted jobs/s against kosmos-broker\n"
-            "  beanstalk  the submit load as beanstalkd puts (the baseline)\n"
-            "  beanstalk-route    puts + --workers consumers that reserve and delete\n"
-            "  beanstalk-latency  paced puts (--rate) + consumers: put -> reserved p50/p99\n"
-            "  fsync      4 KiB append + fdatasync at --rate for --seconds in --dir (the disk)\n"
-            "  route      submits + echo workers: jobs/s through dispatch, result and ack\n"
-            "  latency    paced submits (--rate) + echo workers: send-to-dispatch p50/p99\n"
-            "options:\n"
-            "  --client-endpoint EP   broker client endpoint (default tcp://127.0.0.1:5555)\n"
-            "  --worker-endpoint EP   broker worker endpoint (default tcp://127.0.0.1:5556)\n"
-            "  --beanstalk HOST:PORT  beanstalkd address (default 127.0.0.1:11300)\n"
-            "  --jobs N               jobs to submit (default 20000; latency: rate x seconds)\n"
-            "  --clients N            client sockets, one thread each (default 4)\n"
-            "  --window N             submits in flight per client (default 256)\n"
-            "  --image-bytes N        attach an N-byte image frame (default 0: an image_uri)\n"
-            "  --workers N            echo workers (default 4)\n"
-            "  --worker-threads N     threads the echo workers share (default 1)\n"
-            "  --credit N             credit per echo worker, 1..64 (default 64)\n"
-            "  --rate R --seconds S   latency mode: R submits/s for S seconds (default 1000, 10)\n"
-            "  --idle-seconds S       with --broker-pid: broker CPU while workers only heartbeat\n"
-            "  --broker-pid PID       report the broker's CPU use (from /proc)\n"
-            "  --tag S                idempotency keys and names are S-<n> (default: pid)\n"
-            "  --dir DIR              fsync mode: the folder to write in (default .)\n"
-            "Prints one JSON object; exits 1 when the run did not complete (every job accepted,\n"
-            "and with workers every result stored).\n");
+    fprintf(
+        out,
+        "usage: bench-farm MODE [options]   (a benchmark load generator; see tests/bench/farm.sh)\n"
+        "modes:\n"
+        "  submit     durable accepted jobs/s against kosmos-broker\n"
+        "  beanstalk  the submit load as beanstalkd puts (the baseline)\n"
+        "  beanstalk-route    puts + --workers consumers that reserve and delete\n"
+        "  beanstalk-latency  paced puts (--rate) + consumers: put -> reserved p50/p99\n"
+        "  fsync      4 KiB append + fdatasync at --rate for --seconds in --dir (the disk)\n"
+        "  route      submits + echo workers: jobs/s through dispatch, result and ack\n"
+        "  latency    paced submits (--rate) + echo workers: send-to-dispatch p50/p99\n"
+        "options:\n"
+        "  --client-endpoint EP   broker client endpoint (default tcp://127.0.0.1:5555)\n"
+        "  --worker-endpoint EP   broker worker endpoint (default tcp://127.0.0.1:5556)\n"
+        "  --beanstalk HOST:PORT  beanstalkd address (default 127.0.0.1:11300)\n"
+        "  --jobs N               jobs to submit (default 20000; latency: rate x seconds)\n"
+        "  --clients N            client sockets, one thread each (default 4)\n"
+        "  --window N             submits in flight per client (default 256)\n"
+        "  --image-bytes N        attach an N-byte image frame (default 0: an image_uri)\n"
+        "  --workers N            echo workers (default 4)\n"
+        "  --worker-threads N     threads the echo workers share (default 1)\n"
+        "  --credit N             credit per echo worker, 1..64 (default 64)\n"
+        "  --rate R --seconds S   latency mode: R submits/s for S seconds (default 1000, 10)\n"
+        "  --idle-seconds S       with --broker-pid: broker CPU while workers only heartbeat\n"
+        "  --broker-pid PID       report the broker's CPU use (from /proc)\n"
+        "  --tag S                idempotency keys and names are S-<n> (default: pid)\n"
+        "  --dir DIR              fsync mode: the folder to write in (default .)\n"
+        "Prints one JSON object; exits 1 when the run did not complete (every job accepted,\n"
+        "and with workers every result stored).\n");
 }
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"client-endpoint", required_argument, 0, 'c'}, {"worker-endpoint", required_argument, 0, 'w'},
-        {"beanstalk", required_argument, 0, 'b'}, {"jobs", required_argument, 0, 'n'},
-        {"clients", required_argument, 0, 'C'}, {"window", required_argument, 0, 'W'},
-        {"image-bytes", required_argument, 0, 'i'}, {"workers", required_argument, 0, 'k'},
-        {"worker-threads", required_argument, 0, 'T'}, {"credit", required_argument, 0, 'r'},
-        {"rate", required_argument, 0, 'R'}, {"seconds", required_argument, 0, 's'},
-        {"idle-seconds", required_argument, 0, 'I'}, {"broker-pid", required_argument, 0, 'p'},
-        {"tag", required_argument, 0, 't'}, {"dir", required_argument, 0, 'd'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    static const struct option opts[] = {{"client-endpoint", required_argument, 0, 'c'},
+                                         {"worker-endpoint", required_argument, 0, 'w'},
+                                         {"beanstalk", required_argument, 0, 'b'},
+                                         {"jobs", required_argument, 0, 'n'},
+                                         {"clients", required_argument, 0, 'C'},
+                                         {"window", required_argument, 0, 'W'},
+                                         {"image-bytes", required_argument, 0, 'i'},
+                                         {"workers", required_argument, 0, 'k'},
+                                         {"worker-threads", required_argument, 0, 'T'},
+                                         {"credit", required_argument, 0, 'r'},
+                                         {"rate", required_argument, 0, 'R'},
+                                         {"seconds", required_argument, 0, 's'},
+                                         {"idle-seconds", required_argument, 0, 'I'},
+                                         {"broker-pid", required_argument, 0, 'p'},
+                                         {"tag", required_argument, 0, 't'},
+                                         {"dir", required_argument, 0, 'd'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     if (argc < 2 || strcmp(argv[1], "--help") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2;
@@ -1064,8 +1087,8 @@ int main(int argc, char **argv)
         }
     }
     if (opt.jobs < 1 || opt.clients < 1 || opt.clients > BF_MAX_THREADS || opt.window < 1 ||
-        opt.workers < 1 || opt.credit < 1 || opt.credit > 64 || opt.rate <= 0 ||
-        opt.seconds <= 0 || opt.image_bytes < 0)
+        opt.workers < 1 || opt.credit < 1 || opt.credit > 64 || opt.rate <= 0 || opt.seconds <= 0 ||
+        opt.image_bytes < 0)
         die("an option is out of range (see --help)");
     static char tag[32];
     if (!opt.tag) {

@@ -64,8 +64,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
             seconds = atof(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_tokenizer [--model DIR] [--input FILE | --dump-corpus FILE] "
-                            "[--seconds S]\n");
+            fprintf(stderr,
+                    "usage: bench_tokenizer [--model DIR] [--input FILE | --dump-corpus FILE] "
+                    "[--seconds S]\n");
             return 2;
         }
     }

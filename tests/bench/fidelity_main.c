@@ -23,7 +23,7 @@ typedef struct fidelity_args {
     const char *model, *inputs, *out, *device;
     ke_dtype precision;
     int new_tokens;
-    bool kv_half; /* --kv-cache f16: keys and values stored as half (an OpenCL device only) */
+    bool kv_half;      /* --kv-cache f16: keys and values stored as half (an OpenCL device only) */
     ke_gemm_path gemm; /* --gemm: the engine of the large products (an OpenCL device only) */
 } fidelity_args;
 
@@ -102,7 +102,9 @@ static ks_status run(const fidelity_args *a)
         goto done;
     if ((st = backend->ops->encode_images(backend, pixels, 1, image_embeds, NULL)))
         goto done;
-    ke_gen_request request = {.input_ids = ids, .image_embeds_position_mask = mask, .len = n_ids,
+    ke_gen_request request = {.input_ids = ids,
+                              .image_embeds_position_mask = mask,
+                              .len = n_ids,
                               .want_prefill_logits = true};
     ke_gen_params_default(&request.params, c);
     request.params.max_new_tokens = request.params.min_new_tokens = a->new_tokens;
@@ -164,17 +166,16 @@ int main(int argc, char **argv)
             a.out = value;
         else if (!strcmp(argv[i], "--device"))
             a.device = value;
-        else if (!strcmp(argv[i], "--precision") && (!strcmp(value, "fp16") || !strcmp(value, "fp32")))
+        else if (!strcmp(argv[i], "--precision") &&
+                 (!strcmp(value, "fp16") || !strcmp(value, "fp32")))
             a.precision = !strcmp(value, "fp16") ? KE_DTYPE_F16 : KE_DTYPE_F32;
         else if (!strcmp(argv[i], "--kv-cache")) {
             if (!ke_kv_cache_parse(value, &a.kv_half))
                 return usage();
-        }
-        else if (!strcmp(argv[i], "--gemm")) {
+        } else if (!strcmp(argv[i], "--gemm")) {
             if (!ke_gemm_path_parse(value, &a.gemm))
                 return usage();
-        }
-        else if (!strcmp(argv[i], "--new-tokens") && atoi(value) > 0)
+        } else if (!strcmp(argv[i], "--new-tokens") && atoi(value) > 0)
             a.new_tokens = atoi(value);
         else
             return usage();

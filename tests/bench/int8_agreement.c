@@ -124,16 +124,19 @@ static ks_status run_precision(const kw_model *km, const args *a, bool int8, con
         const kt_encoding *e = &enc[i % a->n_prompts];
         req[i] = (ke_gen_request){.input_ids = e->input_ids.v,
                                   .image_embeds_position_mask = e->image_embeds_position_mask,
-                                  .len = e->len, .image = i / a->n_prompts,
+                                  .len = e->len,
+                                  .image = i / a->n_prompts,
                                   .want_prefill_logits = true};
         ke_gen_params_default(&req[i].params, c);
         req[i].params.max_new_tokens = req[i].params.min_new_tokens = a->new_tokens;
         req[i].params.num_beams = 1;
     }
     st = ke_generate(b, embeds, n_images, req, n_pairs, results, NULL);
-    fprintf(stderr, "int8-agreement: %s: backend %.1f s, %d images %.1f s, %d sequences x %d "
-            "tokens %.1f s\n", int8 ? "int8" : "fp16", (t1 - t0) / 1e3, n_images,
-            (t2 - t1) / 1e3, n_pairs, a->new_tokens, (kw_now_ms() - t2) / 1e3);
+    fprintf(stderr,
+            "int8-agreement: %s: backend %.1f s, %d images %.1f s, %d sequences x %d "
+            "tokens %.1f s\n",
+            int8 ? "int8" : "fp16", (t1 - t0) / 1e3, n_images, (t2 - t1) / 1e3, n_pairs,
+            a->new_tokens, (kw_now_ms() - t2) / 1e3);
 cleanup:
     free(embeds);
     free(req);
@@ -192,8 +195,8 @@ int main(int argc, char **argv)
         goto done;
     const ke_config *c = &km.model->config;
     n_pairs = n_images * a.n_prompts;
-    pixels = malloc((size_t)n_images * (size_t)c->vision.channels *
-                    (size_t)c->vision.image_size * (size_t)c->vision.image_size * sizeof *pixels);
+    pixels = malloc((size_t)n_images * (size_t)c->vision.channels * (size_t)c->vision.image_size *
+                    (size_t)c->vision.image_size * sizeof *pixels);
     res[0] = calloc((size_t)n_pairs, sizeof *res[0]);
     res[1] = calloc((size_t)n_pairs, sizeof *res[1]);
     if (!pixels || !res[0] || !res[1]) {

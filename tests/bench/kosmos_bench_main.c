@@ -6,7 +6,4 @@
 
 int cmd_bench(int argc, char **argv);
 
-int main(int argc, char **argv)
-{
-    return cmd_bench(argc, argv);
-}
+int main(int argc, char **argv) { return cmd_bench(argc, argv); }

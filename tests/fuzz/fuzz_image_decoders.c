@@ -45,7 +45,8 @@ static void run(const decoder *d, const uint8_t *data, size_t size)
     memset(a, 0x00, n);
     memset(b, 0xFF, n);
     ks_status sa = d->decode(data, size, a), sb = d->decode(data, size, b);
-    if (sa != sb || (sa == KS_OK && memcmp(a, b, n) != 0) || (sa != KS_OK && !ks_error_message()[0]))
+    if (sa != sb || (sa == KS_OK && memcmp(a, b, n) != 0) ||
+        (sa != KS_OK && !ks_error_message()[0]))
         abort();
     free(a);
     free(b);

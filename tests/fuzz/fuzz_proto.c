@@ -31,10 +31,10 @@
 #define FP_UNPACK FP_CAT3(kosmos__v1__, FUZZ_MESSAGE, __unpack)
 #define FP_WALK FP_CAT3(fp_walk_, FUZZ_MESSAGE, )
 
-#define FP_CHECK(cond)             \
-    do {                           \
-        if (!(cond))               \
-            __builtin_trap();      \
+#define FP_CHECK(cond)                                                                             \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            __builtin_trap();                                                                      \
     } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -138,8 +138,7 @@ static int fp_walk_value(const ProtobufCFieldDescriptor *f, const void *p, int d
         }
         break;
     }
-    default:
-        FP_CHECK(0);
+    default: FP_CHECK(0);
     }
     return 0;
 }
@@ -152,25 +151,18 @@ static size_t fp_value_size(ProtobufCType type)
     case PROTOBUF_C_TYPE_SFIXED32:
     case PROTOBUF_C_TYPE_UINT32:
     case PROTOBUF_C_TYPE_FIXED32:
-    case PROTOBUF_C_TYPE_ENUM:
-        return 4;
+    case PROTOBUF_C_TYPE_ENUM: return 4;
     case PROTOBUF_C_TYPE_INT64:
     case PROTOBUF_C_TYPE_SINT64:
     case PROTOBUF_C_TYPE_SFIXED64:
     case PROTOBUF_C_TYPE_UINT64:
     case PROTOBUF_C_TYPE_FIXED64:
-    case PROTOBUF_C_TYPE_DOUBLE:
-        return 8;
-    case PROTOBUF_C_TYPE_FLOAT:
-        return 4;
-    case PROTOBUF_C_TYPE_BOOL:
-        return sizeof(protobuf_c_boolean);
-    case PROTOBUF_C_TYPE_STRING:
-        return sizeof(char *);
-    case PROTOBUF_C_TYPE_BYTES:
-        return sizeof(ProtobufCBinaryData);
-    case PROTOBUF_C_TYPE_MESSAGE:
-        return sizeof(ProtobufCMessage *);
+    case PROTOBUF_C_TYPE_DOUBLE: return 8;
+    case PROTOBUF_C_TYPE_FLOAT: return 4;
+    case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
+    case PROTOBUF_C_TYPE_STRING: return sizeof(char *);
+    case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
+    case PROTOBUF_C_TYPE_MESSAGE: return sizeof(ProtobufCMessage *);
     }
     return 0;
 }
@@ -276,20 +268,14 @@ void fp_walk_job(const Kosmos__V1__Job *job)
         return;
     fp_use(fp_str(job->idempotency_key));
     switch (job->image_case) {
-    case KOSMOS__V1__JOB__IMAGE_IMAGE_DATA:
-        fp_use(job->image_data.len);
-        break;
+    case KOSMOS__V1__JOB__IMAGE_IMAGE_DATA: fp_use(job->image_data.len); break;
     case KOSMOS__V1__JOB__IMAGE_IMAGE_URI:
         FP_CHECK(job->image_uri != NULL);
         fp_use(strncmp(job->image_uri, "file://", 7) == 0);
         break;
-    case KOSMOS__V1__JOB__IMAGE_IMAGE_ATTACHED_SIZE:
-        fp_use(job->image_attached_size);
-        break;
-    case KOSMOS__V1__JOB__IMAGE__NOT_SET:
-        break;
-    default:
-        FP_CHECK(0); /* protobuf-c only sets known members */
+    case KOSMOS__V1__JOB__IMAGE_IMAGE_ATTACHED_SIZE: fp_use(job->image_attached_size); break;
+    case KOSMOS__V1__JOB__IMAGE__NOT_SET: break;
+    default: FP_CHECK(0); /* protobuf-c only sets known members */
     }
     FP_CHECK(job->n_prompts == 0 || job->prompts != NULL);
     for (size_t i = 0; i < job->n_prompts; i++) {
@@ -415,8 +401,7 @@ void fp_walk_client_request(const Kosmos__V1__ClientRequest *rq)
     case KOSMOS__V1__CLIENT_REQUEST__REQUEST__NOT_SET:
         fp_use(0xE5); /* the broker answers ERROR_CODE_UNKNOWN_REQUEST */
         break;
-    default:
-        FP_CHECK(0);
+    default: FP_CHECK(0);
     }
 }
 
@@ -434,16 +419,12 @@ void fp_walk_client_reply(const Kosmos__V1__ClientReply *rp)
         case KOSMOS__V1__SUBMIT_REPLY__OUTCOME_BUSY:
             fp_use(s->busy->retry_after_ms + s->busy->queue_depth);
             break;
-        case KOSMOS__V1__SUBMIT_REPLY__OUTCOME_CONFLICT:
-            fp_use(fp_str(s->conflict->job_id));
-            break;
+        case KOSMOS__V1__SUBMIT_REPLY__OUTCOME_CONFLICT: fp_use(fp_str(s->conflict->job_id)); break;
         case KOSMOS__V1__SUBMIT_REPLY__OUTCOME_REJECTED:
             fp_use((uint64_t)s->rejected->code + fp_str(s->rejected->reason));
             break;
-        case KOSMOS__V1__SUBMIT_REPLY__OUTCOME__NOT_SET:
-            break;
-        default:
-            FP_CHECK(0);
+        case KOSMOS__V1__SUBMIT_REPLY__OUTCOME__NOT_SET: break;
+        default: FP_CHECK(0);
         }
         break;
     }
@@ -477,10 +458,8 @@ void fp_walk_client_reply(const Kosmos__V1__ClientReply *rp)
         FP_CHECK(rp->error != NULL);
         fp_use((uint64_t)rp->error->code + fp_str(rp->error->message));
         break;
-    case KOSMOS__V1__CLIENT_REPLY__REPLY__NOT_SET:
-        break;
-    default:
-        FP_CHECK(0);
+    case KOSMOS__V1__CLIENT_REPLY__REPLY__NOT_SET: break;
+    default: FP_CHECK(0);
     }
 }
 
@@ -515,10 +494,8 @@ void fp_walk_worker_message(const Kosmos__V1__WorkerMessage *w)
         FP_CHECK(w->disconnect != NULL);
         fp_use((uint64_t)w->disconnect->code + fp_str(w->disconnect->message));
         break;
-    case KOSMOS__V1__WORKER_MESSAGE__MESSAGE__NOT_SET:
-        break;
-    default:
-        FP_CHECK(0);
+    case KOSMOS__V1__WORKER_MESSAGE__MESSAGE__NOT_SET: break;
+    default: FP_CHECK(0);
     }
 }
 
@@ -552,10 +529,8 @@ void fp_walk_broker_to_worker(const Kosmos__V1__BrokerToWorker *b)
         FP_CHECK(b->disconnect != NULL);
         fp_use((uint64_t)b->disconnect->code + fp_str(b->disconnect->message));
         break;
-    case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE__NOT_SET:
-        break;
-    default:
-        FP_CHECK(0);
+    case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE__NOT_SET: break;
+    default: FP_CHECK(0);
     }
 }
 

@@ -16,16 +16,17 @@
 
 #include "kosmos.pb-c.h"
 
-const char *const kps_messages[] = {"client_request", "client_reply", "worker_message",
-                                    "broker_to_worker", "job", "result", NULL};
+const char *const kps_messages[] = {
+    "client_request", "client_reply", "worker_message", "broker_to_worker", "job", "result", NULL};
 
 /* The 67-byte 1x1 PNG: real image bytes, small enough for a seed. */
-static const uint8_t tiny_png[] = {
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48,
-    0x44, 0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00,
-    0x00, 0x1f, 0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78,
-    0x9c, 0x63, 0x00, 0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00,
-    0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82};
+static const uint8_t tiny_png[] = {0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00,
+                                   0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00, 0x01,
+                                   0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f,
+                                   0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41,
+                                   0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00, 0x05, 0x00,
+                                   0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49,
+                                   0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82};
 
 #define MODEL_ID "microsoft/kosmos-2-patch14-224"
 #define MODEL_HASH "3f1c1a4e2b9d7c6a5e8f0b1d2c3a4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f"
@@ -282,8 +283,8 @@ static void result_common(result_parts *s, char *job_id, uint32_t attempt, uint3
  * offsets differ ("Voilà"). Everything requested: raw text, ids, pixel boxes, timings. */
 static void result_snowman(result_parts *s)
 {
-    static const uint32_t ids[] = {64007, 10, 21, 14, 8, 64008, 64009, 64057, 64876,
-                                   64010, 3771, 4, 2};
+    static const uint32_t ids[] = {64007, 10,    21,    14,   8, 64008, 64009,
+                                   64057, 64876, 64010, 3771, 4, 2};
     result_init(s);
     result_common(s, "01JDQ7Z9K3M4N5P6Q7R8S9T0VW", 1, 1024, 1024);
     Kosmos__V1__PromptResult *p = &s->prompt[0];
@@ -944,8 +945,8 @@ int main(int argc, char **argv)
     }
     w.root = argv[arg];
     kps_for_each_sample(write_seed, &w);
-    printf("make_proto_seeds: %d seeds %s, %d problems\n", w.count,
-           w.check ? "checked" : "written", w.failures);
+    printf("make_proto_seeds: %d seeds %s, %d problems\n", w.count, w.check ? "checked" : "written",
+           w.failures);
     return w.failures ? 1 : 0;
 }
 

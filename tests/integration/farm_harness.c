@@ -132,9 +132,19 @@ void fh_start_broker(fh_farm *f, const char *const *extra)
 {
     char log[300];
     snprintf(log, sizeof log, "%s/broker.log", f->dir);
-    char *argv[64] = {(char *)f->broker_bin, "--client-endpoint", f->cep, "--worker-endpoint",
-                      f->wep, "--db", f->db, "--heartbeat-ms", "200", "--heartbeat-liveness", "5",
-                      "--image-root", f->dir};
+    char *argv[64] = {(char *)f->broker_bin,
+                      "--client-endpoint",
+                      f->cep,
+                      "--worker-endpoint",
+                      f->wep,
+                      "--db",
+                      f->db,
+                      "--heartbeat-ms",
+                      "200",
+                      "--heartbeat-liveness",
+                      "5",
+                      "--image-root",
+                      f->dir};
     size_t n = 13;
     for (size_t i = 0; extra && extra[i] && n < 63; i++)
         argv[n++] = (char *)extra[i];
@@ -148,10 +158,25 @@ void fh_start_worker(fh_farm *f, int i, const char *ep, const char *const *extra
     char log[300], name[32];
     snprintf(log, sizeof log, "%s/worker%d.log", f->dir, i);
     snprintf(name, sizeof name, "test/w%d", i);
-    char *argv[64] = {(char *)f->worker_bin, "--broker", (char *)(ep ? ep : f->wep), "--model",
-                      (char *)f->model_dir, "--device", "ref", "--name", name, "--max-batch", "4",
-                      "--heartbeat-ms", "200", "--heartbeat-liveness", "5",
-                      "--reconnect-max-ms", "1000", "--stop-timeout", "60"};
+    char *argv[64] = {(char *)f->worker_bin,
+                      "--broker",
+                      (char *)(ep ? ep : f->wep),
+                      "--model",
+                      (char *)f->model_dir,
+                      "--device",
+                      "ref",
+                      "--name",
+                      name,
+                      "--max-batch",
+                      "4",
+                      "--heartbeat-ms",
+                      "200",
+                      "--heartbeat-liveness",
+                      "5",
+                      "--reconnect-max-ms",
+                      "1000",
+                      "--stop-timeout",
+                      "60"};
     size_t n = 19;
     for (size_t k = 0; extra && extra[k] && n < 63; k++)
         argv[n++] = (char *)extra[k];
@@ -208,8 +233,9 @@ fh_key fh_cert(const char *dir, const char *secret_dir, const char *name)
         FILE *f = fopen(path, "w");
         if (!f)
             fh_die("cannot write %s", path);
-        fprintf(f, "#   ZeroMQ CURVE %s Certificate\n#   made by farm_harness\n\nmetadata\n"
-                   "    name = \"%s\"\ncurve\n    public-key = \"%s\"\n",
+        fprintf(f,
+                "#   ZeroMQ CURVE %s Certificate\n#   made by farm_harness\n\nmetadata\n"
+                "    name = \"%s\"\ncurve\n    public-key = \"%s\"\n",
                 secret ? "**Secret**" : "Public", name, k.pub);
         if (secret)
             fprintf(f, "    secret-key = \"%s\"\n", k.sec);
@@ -351,7 +377,8 @@ int fh_submit(fh_client *c, const fh_job *j, char *job_id, bool *duplicate, int 
                 snprintf(job_id, 65, "%s", r->submit->accepted->job_id);
             if (duplicate)
                 *duplicate = r->submit->accepted->duplicate;
-        } else if (r->submit->outcome_case == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_CONFLICT && job_id) {
+        } else if (r->submit->outcome_case == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_CONFLICT &&
+                   job_id) {
             snprintf(job_id, 65, "%s", r->submit->conflict->job_id);
         }
     }
@@ -372,10 +399,7 @@ kp_inbound *fh_fetch(fh_client *c, const char *job_id, int timeout_ms)
     return in;
 }
 
-static bool terminal(int state)
-{
-    return state >= KOSMOS__V1__JOB_STATE__JOB_STATE_DONE;
-}
+static bool terminal(int state) { return state >= KOSMOS__V1__JOB_STATE__JOB_STATE_DONE; }
 
 kp_inbound *fh_fetch_final(fh_client *c, const char *job_id, uint64_t timeout_ms)
 {
@@ -610,8 +634,8 @@ void fh_oracle_run(fh_client *c, const fh_ledger *l, unsigned expect_mask, uint6
     fh_oracle_run_in(c, l, l, expect_mask, timeout_ms, o);
 }
 
-void fh_oracle_run_in(fh_client *c, const fh_ledger *l, const fh_ledger *all,
-                      unsigned expect_mask, uint64_t timeout_ms, fh_oracle *o)
+void fh_oracle_run_in(fh_client *c, const fh_ledger *l, const fh_ledger *all, unsigned expect_mask,
+                      uint64_t timeout_ms, fh_oracle *o)
 {
     memset(o, 0, sizeof *o);
     uint64_t end = fh_now_ms() + timeout_ms;

@@ -25,21 +25,21 @@
 
 extern int fh_failures;
 
-#define FH_CHECK(cond, ...)                                                                      \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                     \
-            fprintf(stderr, __VA_ARGS__);                                                        \
-            fputc('\n', stderr);                                                                 \
-            fh_failures++;                                                                       \
-        }                                                                                        \
+#define FH_CHECK(cond, ...)                                                                        \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            fh_failures++;                                                                         \
+        }                                                                                          \
     } while (0)
 
 typedef struct fh_farm {
     const char *broker_bin, *worker_bin, *model_dir;
-    char dir[256];  /* the temporary folder: endpoints, database, logs */
-    char cep[300];  /* client endpoint */
-    char wep[300];  /* worker endpoint */
+    char dir[256]; /* the temporary folder: endpoints, database, logs */
+    char cep[300]; /* client endpoint */
+    char wep[300]; /* worker endpoint */
     char db[300];
     pid_t broker_pid;
     pid_t worker_pid[FH_MAX_WORKERS];
@@ -83,7 +83,7 @@ int fh_finish(fh_farm *f);
 typedef struct fh_client {
     fh_farm *farm;
     void *sock;
-    void *zctx;            /* own context when made in a child process, else the farm's */
+    void *zctx; /* own context when made in a child process, else the farm's */
     char client_id[129];
     uint64_t next_rid;
     /* CURVE: Z85 keys (40 chars) or empty */
@@ -103,14 +103,14 @@ kp_inbound *fh_call(fh_client *c, Kosmos__V1__ClientRequest *req, const void *im
 const Kosmos__V1__ClientReply *fh_reply(const kp_inbound *in);
 
 typedef struct fh_job {
-    const void *image;       /* attached frame, or */
+    const void *image; /* attached frame, or */
     size_t image_len;
     const char *uri;         /* image_uri */
     const char *prompt;      /* default "<grounding>An image of" */
     uint32_t max_new_tokens; /* 0 = 2 */
     uint32_t min_new_tokens; /* 0 = unset */
     uint64_t deadline_unix_ms;
-    const char *key;         /* idempotency key or NULL */
+    const char *key; /* idempotency key or NULL */
 } fh_job;
 
 /* Builds the submit request of `j` into *req (storage in *store, which must outlive req). */
@@ -164,10 +164,10 @@ void fh_ledger_free(fh_ledger *l);
 
 typedef struct fh_oracle {
     size_t lost, unexpected, duplicates, bad_duplicates;
-    size_t terminal;       /* ledger jobs seen terminal */
-    size_t dispatches;     /* dispatch lines in the worker logs */
-    uint32_t max_attempt;  /* highest attempt of a stored result */
-    size_t by_state[16];   /* ledger jobs per final JobState */
+    size_t terminal;      /* ledger jobs seen terminal */
+    size_t dispatches;    /* dispatch lines in the worker logs */
+    uint32_t max_attempt; /* highest attempt of a stored result */
+    size_t by_state[16];  /* ledger jobs per final JobState */
 } fh_oracle;
 
 /* Fetches every ledger job until terminal (at most timeout_ms in all) and reads every worker
@@ -177,8 +177,8 @@ void fh_oracle_run(fh_client *c, const fh_ledger *l, unsigned expect_mask, uint6
                    fh_oracle *o);
 /* As fh_oracle_run for the jobs of `l`, when the farm also ran the jobs of `all` (a superset
  * of l): a dispatch of a job outside `all` is unexpected, duplicates are counted over `l`. */
-void fh_oracle_run_in(fh_client *c, const fh_ledger *l, const fh_ledger *all,
-                      unsigned expect_mask, uint64_t timeout_ms, fh_oracle *o);
+void fh_oracle_run_in(fh_client *c, const fh_ledger *l, const fh_ledger *all, unsigned expect_mask,
+                      uint64_t timeout_ms, fh_oracle *o);
 #define FH_STATE(s) (1u << KOSMOS__V1__JOB_STATE__JOB_STATE_##s)
 /* FH_CHECKs lost == unexpected == bad_duplicates == 0. */
 void fh_oracle_assert(const fh_oracle *o, const char *what);

@@ -39,20 +39,24 @@ static const char *const slow_worker[] = {"--test-slow-marker", LONG_MARKER, "--
 typedef struct cjob {
     const char *name;
     const char *prompt;
-    int image;            /* index into png */
+    int image; /* index into png */
     uint32_t max_new, min_new, beams;
     bool sample;
-    char id[65];          /* in the crowd */
+    char id[65]; /* in the crowd */
     int state;
-    char *text;           /* the crowd's output */
+    char *text; /* the crowd's output */
     uint32_t *ids;
     size_t n_ids;
 } cjob;
 
 static void submit(fh_client *c, cjob *j, const char *key, char id[65])
 {
-    fh_job base = {.image = png[j->image], .image_len = png_len[j->image], .prompt = j->prompt,
-                   .max_new_tokens = j->max_new, .min_new_tokens = j->min_new, .key = key};
+    fh_job base = {.image = png[j->image],
+                   .image_len = png_len[j->image],
+                   .prompt = j->prompt,
+                   .max_new_tokens = j->max_new,
+                   .min_new_tokens = j->min_new,
+                   .key = key};
     Kosmos__V1__ClientRequest req;
     fh_submit_store store;
     fh_submit_request(&base, &req, &store);
@@ -144,16 +148,31 @@ int main(int argc, char **argv)
     /* The long ones generate exactly max_new tokens (min_new = max_new); the short ones stop at
      * </s> or their few max_new. */
     cjob jobs[] = {
-        {.name = "long", .prompt = "<grounding>" LONG_MARKER " An image of", .image = 0,
-         .max_new = 48, .min_new = 48},
-        {.name = "cancelled", .prompt = "<grounding>" LONG_MARKER " A picture of", .image = 1,
-         .max_new = 48, .min_new = 48},
+        {.name = "long",
+         .prompt = "<grounding>" LONG_MARKER " An image of",
+         .image = 0,
+         .max_new = 48,
+         .min_new = 48},
+        {.name = "cancelled",
+         .prompt = "<grounding>" LONG_MARKER " A picture of",
+         .image = 1,
+         .max_new = 48,
+         .min_new = 48},
         {.name = "greedy", .prompt = "<grounding>An image of", .image = 1, .max_new = 12},
-        {.name = "ngram", .prompt = "<grounding>Describe this image in detail:", .image = 2,
-         .max_new = 16, .min_new = 10},
-        {.name = "beams", .prompt = "<grounding>An image of", .image = 2, .max_new = 10,
+        {.name = "ngram",
+         .prompt = "<grounding>Describe this image in detail:",
+         .image = 2,
+         .max_new = 16,
+         .min_new = 10},
+        {.name = "beams",
+         .prompt = "<grounding>An image of",
+         .image = 2,
+         .max_new = 10,
          .beams = 3},
-        {.name = "sampled", .prompt = "<grounding>A photo of", .image = 0, .max_new = 12,
+        {.name = "sampled",
+         .prompt = "<grounding>A photo of",
+         .image = 0,
+         .max_new = 12,
          .sample = true},
     };
     const size_t n = sizeof jobs / sizeof jobs[0];
@@ -198,8 +217,10 @@ int main(int argc, char **argv)
     FH_CHECK(long_done > 0, "no job_done line for the long job");
     for (size_t i = 2; i < n; i++) {
         size_t at = first_line(log, "\"event\":\"job_done\"", fh_job_field(jobs[i].id));
-        FH_CHECK(at > 0 && at < long_done, "%s ended at log line %zu, not before the long job "
-                 "(line %zu)", jobs[i].name, at, long_done);
+        FH_CHECK(at > 0 && at < long_done,
+                 "%s ended at log line %zu, not before the long job "
+                 "(line %zu)",
+                 jobs[i].name, at, long_done);
     }
     /* the cancelled job stopped at a step: its result came back (and was stale) */
     FH_CHECK(first_line(log, "\"event\":\"job_done\"", fh_job_field(jobs[1].id)) > 0,
@@ -209,8 +230,8 @@ int main(int argc, char **argv)
     farm.worker_pid[0] = 0;
 
     /* 3. each job alone, full speed */
-    const char *alone[] = {"--device", device, "--max-batch", "1", "--prefetch", "0",
-                           "--slots", "16", NULL};
+    const char *alone[] = {"--device", device,    "--max-batch", "1", "--prefetch",
+                           "0",        "--slots", "16",          NULL};
     fh_start_worker(&farm, 1, NULL, alone, NULL);
     fh_wait_workers(c, 1, 120000);
     for (size_t i = 0; i < n; i++) {

@@ -64,13 +64,13 @@ static void start_broker(void)
     char log[300], root[300];
     snprintf(log, sizeof log, "%s/broker.log", farm.dir);
     snprintf(root, sizeof root, "%s/", farm.dir);
-    char *argv[] = {(char *)broker_bin, "--client-endpoint", farm.cep, "--worker-endpoint", farm.wep,
+    char *argv[] = {(char *)broker_bin, "--client-endpoint", farm.cep, "--worker-endpoint",
+                    farm.wep,
                     /* Heartbeats every 250 ms, dead after 12 missed (3 s): batches still outlast
                      * the window, so attempt 1 everywhere shows heartbeats sent while computing,
                      * and a busy 2-core machine (ASan, parallel tests) has a wide margin. */
                     "--db", farm.db, "--heartbeat-ms", "250", "--heartbeat-liveness", "12",
-                    "--image-root", root,
-                    "--default-max-new-tokens", "8", NULL};
+                    "--image-root", root, "--default-max-new-tokens", "8", NULL};
     farm.broker_pid = fh_spawn(argv, log, NULL);
 }
 
@@ -79,9 +79,22 @@ static void start_worker(int i)
     char log[300], name[32];
     snprintf(log, sizeof log, "%s/worker%d.log", farm.dir, i);
     snprintf(name, sizeof name, "test/w%d", i);
-    char *argv[] = {(char *)worker_bin, "--broker", farm.wep, "--model", (char *)model_dir,
-                    "--device", "ref", "--name", name, "--max-batch", "3",
-                    "--heartbeat-ms", "250", "--stop-timeout", "60", NULL};
+    char *argv[] = {(char *)worker_bin,
+                    "--broker",
+                    farm.wep,
+                    "--model",
+                    (char *)model_dir,
+                    "--device",
+                    "ref",
+                    "--name",
+                    name,
+                    "--max-batch",
+                    "3",
+                    "--heartbeat-ms",
+                    "250",
+                    "--stop-timeout",
+                    "60",
+                    NULL};
     farm.worker_pid[i] = fh_spawn(argv, log, NULL);
 }
 
@@ -144,7 +157,8 @@ static int worker_count(void)
     if (!in)
         return -1;
     const Kosmos__V1__ClientReply *r = reply_of(in);
-    int n = r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_STATUS ? (int)r->status->n_workers : -1;
+    int n = r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_STATUS ? (int)r->status->n_workers
+                                                                    : -1;
     kp_inbound_destroy(&in);
     return n;
 }
@@ -161,12 +175,12 @@ static void wait_workers(int n, uint64_t timeout_ms)
 }
 
 typedef struct job_spec {
-    const void *image;  /* attached frame, or NULL */
+    const void *image; /* attached frame, or NULL */
     size_t image_len;
-    const char *uri;    /* or an image_uri */
+    const char *uri; /* or an image_uri */
     int n_prompts;
     const char *const *texts;
-    bool box_on_1;      /* prompt 1 carries box1 for its phrase */
+    bool box_on_1; /* prompt 1 carries box1 for its phrase */
 } job_spec;
 
 /* Submits a job; returns its id (caller frees). */
@@ -216,7 +230,8 @@ static char *submit(const job_spec *js, const char *key)
     gen.max_new_tokens = MAX_NEW_TOKENS;
     job.generation = &gen;
     job.has_outputs = true;
-    job.outputs = KOSMOS__V1__OUTPUT_FLAG__OUTPUT_DEFAULT | KOSMOS__V1__OUTPUT_FLAG__OUTPUT_GENERATED_IDS;
+    job.outputs = KOSMOS__V1__OUTPUT_FLAG__OUTPUT_DEFAULT |
+                  KOSMOS__V1__OUTPUT_FLAG__OUTPUT_GENERATED_IDS;
     sub.job = &job;
     req.request_case = KOSMOS__V1__CLIENT_REQUEST__REQUEST_SUBMIT;
     req.submit = &sub;
@@ -227,7 +242,8 @@ static char *submit(const job_spec *js, const char *key)
     if (r->reply_case != KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT ||
         r->submit->outcome_case != KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED)
         die("submit %s not accepted (reply %d, outcome %d: %s)", key, r->reply_case,
-            r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT ? (int)r->submit->outcome_case : -1,
+            r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT ? (int)r->submit->outcome_case
+                                                                    : -1,
             r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT &&
                     r->submit->outcome_case == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_REJECTED
                 ? r->submit->rejected->reason
@@ -322,9 +338,19 @@ static size_t make_bomb(uint8_t *out)
 {
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
     const uint32_t side = 100000;
-    uint8_t ihdr[13] = {(uint8_t)(side >> 24), (uint8_t)(side >> 16), (uint8_t)(side >> 8),
-                        (uint8_t)side, (uint8_t)(side >> 24), (uint8_t)(side >> 16),
-                        (uint8_t)(side >> 8), (uint8_t)side, 8, 2, 0, 0, 0};
+    uint8_t ihdr[13] = {(uint8_t)(side >> 24),
+                        (uint8_t)(side >> 16),
+                        (uint8_t)(side >> 8),
+                        (uint8_t)side,
+                        (uint8_t)(side >> 24),
+                        (uint8_t)(side >> 16),
+                        (uint8_t)(side >> 8),
+                        (uint8_t)side,
+                        8,
+                        2,
+                        0,
+                        0,
+                        0};
     static const uint8_t idat[] = {0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01};
     size_t n = 0;
     memcpy(out, sig, 8);
@@ -344,9 +370,19 @@ static json_t *kosmos_run(const char *image, const char *prompt, bool with_box)
     snprintf(log, sizeof log, "%s/run.err", farm.dir);
     char mnt[16];
     snprintf(mnt, sizeof mnt, "%d", MAX_NEW_TOKENS);
-    char *argv[16] = {(char *)kosmos_bin, "run", "--model", (char *)model_dir, "--image",
-                      (char *)image, "--prompt", (char *)prompt, "--max-new-tokens", mnt,
-                      "--device", "ref", NULL};
+    char *argv[16] = {(char *)kosmos_bin,
+                      "run",
+                      "--model",
+                      (char *)model_dir,
+                      "--image",
+                      (char *)image,
+                      "--prompt",
+                      (char *)prompt,
+                      "--max-new-tokens",
+                      mnt,
+                      "--device",
+                      "ref",
+                      NULL};
     if (with_box) {
         argv[12] = "--bboxes";
         argv[13] = (char *)box1_json;
@@ -371,8 +407,8 @@ static json_t *kosmos_run(const char *image, const char *prompt, bool with_box)
 }
 
 /* One prompt's result against kosmos run's JSON for the same input. */
-static void compare(const char *what, const Kosmos__V1__PromptResult *p, const Kosmos__V1__Result *r,
-                    json_t *run)
+static void compare(const char *what, const Kosmos__V1__PromptResult *p,
+                    const Kosmos__V1__Result *r, json_t *run)
 {
     CHECK(p->has_status && p->status == KOSMOS__V1__STATUS__STATUS_OK, "%s: status %d (%s)", what,
           (int)p->status, p->message ? p->message : "");
@@ -404,7 +440,8 @@ static void compare(const char *what, const Kosmos__V1__PromptResult *p, const K
             json_t *jn = json_array_get(jb, b), *jq = json_array_get(json_array_get(px, i), b);
             double nv[4] = {n->x1, n->y1, n->x2, n->y2}, qv[4] = {q->x1, q->y1, q->x2, q->y2};
             for (size_t k = 0; k < 4; k++) {
-                CHECK(nv[k] == json_real_value(json_array_get(jn, k)), "%s: box %zu.%zu", what, i, b);
+                CHECK(nv[k] == json_real_value(json_array_get(jn, k)), "%s: box %zu.%zu", what, i,
+                      b);
                 CHECK(qv[k] == json_real_value(json_array_get(jq, k)), "%s: box_px %zu.%zu", what,
                       i, b);
             }
@@ -496,8 +533,11 @@ int main(int argc, char **argv)
     char *data[MAX_IMAGES];
     for (int i = 0; i < n_images; i++) {
         data[i] = read_file(images[i], &lens[i]);
-        job_spec js = {.image = data[i], .image_len = lens[i], .n_prompts = N_PROMPTS,
-                       .texts = prompts, .box_on_1 = true};
+        job_spec js = {.image = data[i],
+                       .image_len = lens[i],
+                       .n_prompts = N_PROMPTS,
+                       .texts = prompts,
+                       .box_on_1 = true};
         char key[64];
         snprintf(key, sizeof key, "demo-%d", i);
         ids[i] = submit(&js, key);
@@ -571,7 +611,9 @@ int main(int argc, char **argv)
     CHECK(alive(farm.worker_pid[0]) && alive(farm.worker_pid[1]), "a worker died");
 
     /* the workers still serve */
-    job_spec after = {.image = data[n_images - 1], .image_len = lens[n_images - 1], .n_prompts = 1,
+    job_spec after = {.image = data[n_images - 1],
+                      .image_len = lens[n_images - 1],
+                      .n_prompts = 1,
                       .texts = one_prompt};
     char *after_id = submit(&after, "after-bad");
     kp_inbound *in = fetch_final(after_id, 60000);

@@ -36,10 +36,10 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,7 +73,8 @@ static void submit_n(fh_client *c, const char *prefix, int n, fh_ledger *l)
         snprintf(key, sizeof key, "%s-%zu", prefix, l->n);
         fh_job j = plain_job(key);
         int out = -1;
-        for (int tries = 0; tries < 50 && out != KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED; tries++) {
+        for (int tries = 0; tries < 50 && out != KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED;
+             tries++) {
             out = fh_submit(c, &j, id, NULL, 5000);
             if (out == -1)
                 fh_client_reopen(c);
@@ -99,8 +100,9 @@ static long status_total(fh_client *c, int which)
     if (!in)
         return -1;
     const Kosmos__V1__StatusReply *s = fh_reply(in)->status;
-    long v = which == 0 ? (long)s->total_submitted : which == 1 ? (long)s->total_done
-                                                                 : (long)s->total_dead;
+    long v = which == 0   ? (long)s->total_submitted
+             : which == 1 ? (long)s->total_done
+                          : (long)s->total_dead;
     kp_inbound_destroy(&in);
     return v;
 }
@@ -160,7 +162,8 @@ static void scenario_worker_kill(void)
     fh_oracle_run(c, &l, FH_STATE(DONE) | FH_STATE(DEAD), 300000, &o);
     fh_oracle_assert(&o, "worker_kill");
     FH_CHECK(o.by_state[KOSMOS__V1__JOB_STATE__JOB_STATE_DEAD] <= (size_t)kills * 4 / 3,
-             "%zu DEAD jobs for %d kills", o.by_state[KOSMOS__V1__JOB_STATE__JOB_STATE_DEAD], kills);
+             "%zu DEAD jobs for %d kills", o.by_state[KOSMOS__V1__JOB_STATE__JOB_STATE_DEAD],
+             kills);
     FH_CHECK(o.max_attempt >= 2, "no job was redelivered (max attempt %u)", o.max_attempt);
     FH_CHECK(fh_alive(farm.worker_pid[1]), "worker 1 died");
     fh_ledger_free(&l);
@@ -263,7 +266,9 @@ static void scenario_broker_kill(void)
         long running = 0;
         while (fh_now_ms() < end && running == 0) {
             kp_inbound *in = fh_status(c, 5000);
-            running = in ? fh_state_count(fh_reply(in)->status, KOSMOS__V1__JOB_STATE__JOB_STATE_RUNNING) : 0;
+            running = in ? fh_state_count(fh_reply(in)->status,
+                                          KOSMOS__V1__JOB_STATE__JOB_STATE_RUNNING)
+                         : 0;
             kp_inbound_destroy(&in);
             if (!running)
                 fh_sleep_ms(20);
@@ -282,7 +287,8 @@ static void scenario_broker_kill(void)
     FH_CHECK(total == BURST, "%ld jobs stored for %d keys at the end", total, BURST);
     char blog[400];
     snprintf(blog, sizeof blog, "%s/broker.log", farm.dir);
-    printf("leases re-adopted after restarts: %zu\n", fh_log_count(blog, "\"event\":\"lease_adopted\""));
+    printf("leases re-adopted after restarts: %zu\n",
+           fh_log_count(blog, "\"event\":\"lease_adopted\""));
     fh_ledger_free(&l);
     fh_client_destroy(&c);
 }
@@ -306,7 +312,8 @@ static void scenario_sigstop(void)
     fh_start_worker(&farm, 1, NULL, NULL, NULL);
     kp_inbound *in = fh_fetch_final(c, l.ids[0], 60000);
     const Kosmos__V1__FetchReply *f = in ? fh_reply(in)->fetch : NULL;
-    FH_CHECK(f && f->state == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE, "state %d", f ? (int)f->state : -1);
+    FH_CHECK(f && f->state == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE, "state %d",
+             f ? (int)f->state : -1);
     FH_CHECK(f && f->result && f->result->attempt == 2 && f->result->worker_name &&
                  strcmp(f->result->worker_name, "test/w1") == 0,
              "result of attempt %u by %s", f && f->result ? f->result->attempt : 0,
@@ -317,9 +324,8 @@ static void scenario_sigstop(void)
     /* The stale attempt ends: its result acknowledged STALE, or a Cancel{STALE} on re-registering. */
     end = fh_now_ms() + 30000;
     size_t stale = 0;
-    while (fh_now_ms() < end &&
-           (stale = fh_log_count(worker_log(0), "\"disposition\":\"stale\"") +
-                    fh_log_count(worker_log(0), "\"event\":\"cancel\"")) == 0)
+    while (fh_now_ms() < end && (stale = fh_log_count(worker_log(0), "\"disposition\":\"stale\"") +
+                                         fh_log_count(worker_log(0), "\"event\":\"cancel\"")) == 0)
         fh_sleep_ms(50);
     FH_CHECK(stale > 0, "worker 0 never learned its attempt was stale");
     fh_sleep_ms(500);
@@ -384,13 +390,15 @@ static void scenario_poison(void)
     char id[65];
     fh_job pj = plain_job("poison");
     pj.prompt = "<grounding>POISON-PILL An image of";
-    FH_CHECK(fh_submit(c, &pj, id, NULL, 5000) == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED, "poison");
+    FH_CHECK(fh_submit(c, &pj, id, NULL, 5000) == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED,
+             "poison");
     fh_ledger_add(&poison, id);
     /* A retriable failure on every attempt: an image_uri under the root that does not exist. */
     char uri[400];
     snprintf(uri, sizeof uri, "%s/missing.png", farm.dir);
     fh_job rj = {.uri = uri, .key = "retry"};
-    FH_CHECK(fh_submit(c, &rj, id, NULL, 5000) == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED, "retry");
+    FH_CHECK(fh_submit(c, &rj, id, NULL, 5000) == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED,
+             "retry");
     fh_ledger_add(&retry, id);
     submit_n(c, "ok", 10, &l);
     fh_ledger_add(&all, poison.ids[0]);
@@ -398,8 +406,8 @@ static void scenario_poison(void)
     for (size_t i = 0; i < l.n; i++)
         fh_ledger_add(&all, l.ids[i]);
     /* Supervise: restart dead workers; watch the retried job's attempts. */
-    uint64_t next_at[8] = {0};   /* next_attempt_unix_ms recorded after attempt n */
-    uint64_t seen_at[8] = {0};   /* first time attempt n was seen RUNNING (unix ms) */
+    uint64_t next_at[8] = {0}; /* next_attempt_unix_ms recorded after attempt n */
+    uint64_t seen_at[8] = {0}; /* first time attempt n was seen RUNNING (unix ms) */
     int restarts = 0;
     bool retry_done = false, poison_done = false;
     uint64_t end = fh_now_ms() + 120000;
@@ -415,7 +423,8 @@ static void scenario_poison(void)
         const Kosmos__V1__FetchReply *f = in ? fh_reply(in)->fetch : NULL;
         uint64_t now = fh_unix_ms();
         if (f && f->attempt < 8) {
-            if (f->state == KOSMOS__V1__JOB_STATE__JOB_STATE_RETRY_WAIT && f->has_next_attempt_unix_ms)
+            if (f->state == KOSMOS__V1__JOB_STATE__JOB_STATE_RETRY_WAIT &&
+                f->has_next_attempt_unix_ms)
                 next_at[f->attempt] = f->next_attempt_unix_ms;
             if (f->state == KOSMOS__V1__JOB_STATE__JOB_STATE_RUNNING && !seen_at[f->attempt])
                 seen_at[f->attempt] = now;
@@ -448,14 +457,15 @@ static void scenario_poison(void)
         FH_CHECK(next_at[n] != 0, "retry time after attempt %u not seen", n);
         if (n < 4 && next_at[n] && next_at[n + 1]) {
             uint64_t gap = next_at[n + 1] - next_at[n];
-            printf("backoff: retry %u at +%llu ms after retry %u\n", n + 1,
-                   (unsigned long long)gap, n);
+            printf("backoff: retry %u at +%llu ms after retry %u\n", n + 1, (unsigned long long)gap,
+                   n);
             FH_CHECK(gap >= 1000ull << n, "retry %u only %llu ms after retry %u", n + 1,
                      (unsigned long long)gap, n);
         }
         if (next_at[n] && seen_at[n + 1])
-            FH_CHECK(seen_at[n + 1] >= next_at[n], "attempt %u running %llu ms before its retry time",
-                     n + 1, (unsigned long long)(next_at[n] - seen_at[n + 1]));
+            FH_CHECK(seen_at[n + 1] >= next_at[n],
+                     "attempt %u running %llu ms before its retry time", n + 1,
+                     (unsigned long long)(next_at[n] - seen_at[n + 1]));
     }
     fh_ledger_free(&l);
     fh_ledger_free(&poison);
@@ -498,7 +508,8 @@ static uint16_t free_port(void)
 static int connect_up(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(px.upstream_port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons(px.upstream_port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
         close(fd);
@@ -605,7 +616,8 @@ static void scenario_partition(void)
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t alen = sizeof a;
     if (px.listen_fd < 0 || bind(px.listen_fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        listen(px.listen_fd, 16) != 0 || getsockname(px.listen_fd, (struct sockaddr *)&a, &alen) != 0)
+        listen(px.listen_fd, 16) != 0 ||
+        getsockname(px.listen_fd, (struct sockaddr *)&a, &alen) != 0)
         fh_die("proxy: %s", strerror(errno));
     char proxy_ep[64];
     snprintf(proxy_ep, sizeof proxy_ep, "tcp://127.0.0.1:%u", ntohs(a.sin_port));
@@ -807,7 +819,8 @@ static void scenario_same_key(void)
              "a different payload was not CONFLICT");
     FH_CHECK(strcmp(id, first) == 0, "CONFLICT names %s, not %s", id, first);
     FH_CHECK(status_total(c, 0) == 1, "%ld jobs stored after the conflict", status_total(c, 0));
-    printf("100 submits from 4 processes: 1 job %s, 99 duplicates; other payload: CONFLICT\n", first);
+    printf("100 submits from 4 processes: 1 job %s, 99 duplicates; other payload: CONFLICT\n",
+           first);
     fh_client_destroy(&c);
 }
 
@@ -879,8 +892,8 @@ static void cv_refuses(const char *what, const char *secret, const char *clients
     snprintf(db, sizeof db, "%s/refused.db", farm.dir);
     snprintf(cep, sizeof cep, "ipc://%s/refused-c", farm.dir);
     snprintf(wep, sizeof wep, "ipc://%s/refused-w", farm.dir);
-    char *argv[16] = {(char *)farm.broker_bin, "--client-endpoint", cep, "--worker-endpoint", wep,
-                      "--db", db};
+    char *argv[16] = {
+        (char *)farm.broker_bin, "--client-endpoint", cep, "--worker-endpoint", wep, "--db", db};
     int n = 7;
     if (secret) {
         argv[n++] = "--curve-secret";
@@ -907,7 +920,7 @@ static void cv_refuses(const char *what, const char *secret, const char *clients
 static void scenario_curve(void)
 {
     char keys[300], clients[300], workers[300], empty[300], sec[400], pub[400], wsec[400];
-    snprintf(keys, sizeof keys, "%s/keys", farm.dir);         /* secrets, not a key folder */
+    snprintf(keys, sizeof keys, "%s/keys", farm.dir); /* secrets, not a key folder */
     snprintf(clients, sizeof clients, "%s/clients", farm.dir);
     snprintf(workers, sizeof workers, "%s/workers", farm.dir);
     snprintf(empty, sizeof empty, "%s/empty", farm.dir);
@@ -945,7 +958,7 @@ static void scenario_curve(void)
     cv_refuses("no --worker-keys", sec, clients, NULL);
 
     const char *extra[] = {"--curve-secret", sec, "--client-keys", clients, "--worker-keys",
-                           workers, NULL};
+                           workers,          NULL};
     fh_start_broker(&farm, extra);
     const char *wextra[] = {"--curve-secret", wsec, "--curve-server-public", pub, NULL};
     fh_start_worker(&farm, 0, NULL, wextra, NULL);
@@ -965,7 +978,8 @@ static void scenario_curve(void)
     int out = -1;
     for (int tries = 0; tries < 20 && out == -1; tries++)
         out = fh_submit(ca, &j, id, NULL, 5000);
-    FH_CHECK(out == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED, "known key: submit outcome %d", out);
+    FH_CHECK(out == KOSMOS__V1__SUBMIT_REPLY__OUTCOME_ACCEPTED, "known key: submit outcome %d",
+             out);
     fh_ledger l = {0};
     fh_ledger_add(&l, id);
     fh_oracle o;
@@ -1042,7 +1056,8 @@ static void scenario_curve(void)
                  cv_log_has(blog, "\"kosmos-worker\"", a.pub, 0),
              "client A's key was denied on the client endpoint");
     printf("curve: known key served (job %s DONE), B cannot fetch/cancel it, unknown key and "
-           "NULL mechanism unanswered, client key refused on the worker endpoint\n", id);
+           "NULL mechanism unanswered, client key refused on the worker endpoint\n",
+           id);
     fh_ledger_free(&l);
     fh_client_destroy(&cn);
     fh_client_destroy(&cu);
@@ -1094,11 +1109,13 @@ static void bi_expect_error(void *s, const char *what, int code, uint64_t reques
 {
     kp_inbound *in = bi_recv(s, KP_CLIENT_REPLY, 30000);
     const Kosmos__V1__ClientReply *r =
-        in && kp_inbound_verdict(in) == KP_VALID ? (const Kosmos__V1__ClientReply *)kp_inbound_envelope(in) : NULL;
-    FH_CHECK(r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR && (int)r->error->code == code &&
-                 r->request_id == request_id,
-             "%s: expected error %d for request %llu, got %s (case %d, code %d, request %llu)", what,
-             code, (unsigned long long)request_id, r ? "a reply" : "no reply",
+        in && kp_inbound_verdict(in) == KP_VALID
+            ? (const Kosmos__V1__ClientReply *)kp_inbound_envelope(in)
+            : NULL;
+    FH_CHECK(r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR &&
+                 (int)r->error->code == code && r->request_id == request_id,
+             "%s: expected error %d for request %llu, got %s (case %d, code %d, request %llu)",
+             what, code, (unsigned long long)request_id, r ? "a reply" : "no reply",
              r ? (int)r->reply_case : -1,
              r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_ERROR ? (int)r->error->code : -1,
              r ? (unsigned long long)r->request_id : 0ull);
@@ -1133,7 +1150,9 @@ static kp_inbound *bi_worker_next(void *s)
         if (!in)
             continue;
         const Kosmos__V1__BrokerToWorker *m =
-            kp_inbound_verdict(in) == KP_VALID ? (const Kosmos__V1__BrokerToWorker *)kp_inbound_envelope(in) : NULL;
+            kp_inbound_verdict(in) == KP_VALID
+                ? (const Kosmos__V1__BrokerToWorker *)kp_inbound_envelope(in)
+                : NULL;
         if (m && m->message_case != KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_HEARTBEAT)
             return in;
         kp_inbound_destroy(&in);
@@ -1210,7 +1229,8 @@ static void scenario_bad_input(void)
         const void *g[] = {"", ver, status, garbage};
         size_t m[] = {0, KP_VERSION_LEN, status_len, sizeof garbage};
         bi_send(raw, g, m, 4);
-        bi_expect_error(raw, "an unannounced frame 3", KOSMOS__V1__ERROR_CODE__ERROR_CODE_MALFORMED, 41);
+        bi_expect_error(raw, "an unannounced frame 3", KOSMOS__V1__ERROR_CODE__ERROR_CODE_MALFORMED,
+                        41);
         bi_served(c, "an unannounced frame 3");
         const void *h[] = {ver, status};
         size_t n[] = {KP_VERSION_LEN, status_len};
@@ -1239,7 +1259,8 @@ static void scenario_bad_input(void)
         const void *f[] = {"", ver, unknown};
         size_t l[] = {0, KP_VERSION_LEN, sizeof unknown};
         bi_send(raw, f, l, 3);
-        bi_expect_error(raw, "unknown request", KOSMOS__V1__ERROR_CODE__ERROR_CODE_UNKNOWN_REQUEST, 7);
+        bi_expect_error(raw, "unknown request", KOSMOS__V1__ERROR_CODE__ERROR_CODE_UNKNOWN_REQUEST,
+                        7);
         bi_served(c, "an unknown request");
     }
     /* Frame 2 over --max-message-bytes: TOO_LARGE, request_id 0. Frame 3 over
@@ -1252,7 +1273,8 @@ static void scenario_bad_input(void)
         const void *f[] = {"", ver, big};
         size_t l[] = {0, KP_VERSION_LEN, 100000};
         bi_send(raw, f, l, 3);
-        bi_expect_error(raw, "frame 2 over the limit", KOSMOS__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE, 0);
+        bi_expect_error(raw, "frame 2 over the limit", KOSMOS__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE,
+                        0);
         bi_served(c, "frame 2 over the limit");
         fh_job j = {.image = big, .image_len = (1u << 20) + 4096, .key = "too-large"};
         Kosmos__V1__ClientRequest sub;
@@ -1265,7 +1287,8 @@ static void scenario_bad_input(void)
         const void *g[] = {"", ver, packed, big};
         size_t m[] = {0, KP_VERSION_LEN, sub_len, j.image_len};
         bi_send(raw, g, m, 4);
-        bi_expect_error(raw, "frame 3 over the limit", KOSMOS__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE, 42);
+        bi_expect_error(raw, "frame 3 over the limit", KOSMOS__V1__ERROR_CODE__ERROR_CODE_TOO_LARGE,
+                        42);
         bi_served(c, "frame 3 over the limit");
         free(packed);
     }
@@ -1302,7 +1325,8 @@ static void scenario_bad_input(void)
     if (ts_fw_send_ready(fw, ready) != KS_OK)
         fh_die("fake worker send failed");
     kp_inbound *in = bi_worker_next(fw);
-    FH_CHECK(bi_b2w(in) && bi_b2w(in)->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME,
+    FH_CHECK(bi_b2w(in) &&
+                 bi_b2w(in)->message_case == KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_WELCOME,
              "the fake worker's Ready was not welcomed");
     kp_inbound_destroy(&in);
     /* A Result for a job that does not exist: UNKNOWN_JOB; for a queued job never leased:
@@ -1425,8 +1449,10 @@ static void bp_collect(bp_state *s, int wait_ms)
         return;
     for (int i = 0; i < BP_CLIENTS; i++) {
         kp_inbound *in = NULL;
-        while (kp_recv(s->c[i]->sock, false, KP_CLIENT_REPLY, NULL, ZMQ_DONTWAIT, &in) == KS_OK && in) {
-            const Kosmos__V1__ClientReply *r = kp_inbound_verdict(in) == KP_VALID ? fh_reply(in) : NULL;
+        while (kp_recv(s->c[i]->sock, false, KP_CLIENT_REPLY, NULL, ZMQ_DONTWAIT, &in) == KS_OK &&
+               in) {
+            const Kosmos__V1__ClientReply *r = kp_inbound_verdict(in) == KP_VALID ? fh_reply(in)
+                                                                                  : NULL;
             s->replies++;
             s->inflight[i]--;
             if (r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT &&
@@ -1439,9 +1465,11 @@ static void bp_collect(bp_state *s, int wait_ms)
                 s->busy++;
             } else {
                 s->other++;
-                fprintf(stderr, "client %d: reply case %d outcome %d\n", i, r ? (int)r->reply_case : -1,
+                fprintf(stderr, "client %d: reply case %d outcome %d\n", i,
+                        r ? (int)r->reply_case : -1,
                         r && r->reply_case == KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT
-                            ? (int)r->submit->outcome_case : -1);
+                            ? (int)r->submit->outcome_case
+                            : -1);
             }
             kp_inbound_destroy(&in);
         }
@@ -1494,19 +1522,21 @@ static void scenario_backpressure(void)
      * client (and 6 in all) at least 4 must be answered BUSY - an ordering, not a timing. */
     bp_run(&s, 3, 3);
     printf("wave 1: %d accepted, %d busy\n", s.accepted, s.busy);
-    FH_CHECK(s.accepted <= 6 && s.busy >= 12 - 6, "wave 1: %d accepted, %d busy", s.accepted, s.busy);
+    FH_CHECK(s.accepted <= 6 && s.busy >= 12 - 6, "wave 1: %d accepted, %d busy", s.accepted,
+             s.busy);
     int busy1 = s.busy;
     /* Wave 2: a slow worker, the remaining 28 submits, 2 in flight per client. */
     const char *slow[] = {"--test-sleep-ms", "300", NULL};
     fh_start_worker(&farm, 0, NULL, NULL, slow);
     bp_run(&s, BP_PER_CLIENT, 2);
     printf("40 submits: %d replies, %d accepted, %d busy, %d other; memory max %llu of bound "
-           "%llu over %d status polls\n", s.replies, s.accepted, s.busy, s.other,
-           (unsigned long long)s.mem_max, (unsigned long long)s.bound, s.polls);
+           "%llu over %d status polls\n",
+           s.replies, s.accepted, s.busy, s.other, (unsigned long long)s.mem_max,
+           (unsigned long long)s.bound, s.polls);
     FH_CHECK(s.replies == BP_CLIENTS * BP_PER_CLIENT, "%d replies to %d submits", s.replies,
              BP_CLIENTS * BP_PER_CLIENT);
-    FH_CHECK(s.accepted + s.busy == s.replies && s.other == 0, "%d replies neither ACCEPTED nor BUSY",
-             s.other);
+    FH_CHECK(s.accepted + s.busy == s.replies && s.other == 0,
+             "%d replies neither ACCEPTED nor BUSY", s.other);
     FH_CHECK(busy1 >= 6 && s.accepted >= 1, "no backpressure seen or nothing accepted");
     /* Every accepted job is computed (each client fetches its own); the broker stored exactly
      * those. */

@@ -107,8 +107,11 @@ static const char *const slow_worker[] = {"--test-slow-marker", LONG_MARKER, "--
 
 static fh_job long_job(const char *key)
 {
-    fh_job j = {.image = png, .image_len = png_len, .key = key,
-                .prompt = "<grounding>" LONG_MARKER " An image of", .max_new_tokens = 256,
+    fh_job j = {.image = png,
+                .image_len = png_len,
+                .key = key,
+                .prompt = "<grounding>" LONG_MARKER " An image of",
+                .max_new_tokens = 256,
                 .min_new_tokens = 256};
     return j;
 }
@@ -226,7 +229,8 @@ static void scenario_compute_cap(void)
     const char *msg = final_message(c, long_id, &st);
     FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DEAD && strstr(msg, "--max-job-seconds"),
              "the long job: state %d, %s", st, msg);
-    FH_CHECK(log_count2(farm_file("broker.log"), "\"event\":\"lease_lapsed\"", fh_job_field(short_id)) == 0,
+    FH_CHECK(log_count2(farm_file("broker.log"), "\"event\":\"lease_lapsed\"",
+                        fh_job_field(short_id)) == 0,
              "the queued short job's lease lapsed");
     FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":true", fh_job_field(long_id)) == 3,
              "the long job was not charged exactly its 3 capped attempts");
@@ -253,8 +257,8 @@ static void scenario_unstarted(void)
              "the long job never started");
     fh_job j = short_job("queued");
     submit_ok(c, &j, queued_id);
-    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"dispatch\"", fh_job_field(queued_id), 1,
-                      60000),
+    FH_CHECK(wait_log(farm_file("worker0.log"), "\"event\":\"dispatch\"", fh_job_field(queued_id),
+                      1, 60000),
              "the second job was not dispatched to the busy worker");
     fh_sleep_ms(600); /* a few heartbeats list it queued */
     fh_kill9(&farm.worker_pid[0]);
@@ -267,7 +271,8 @@ static void scenario_unstarted(void)
     FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":true", fh_job_field(long_id)) == 1,
              "the computing job was not charged its crash");
     FH_CHECK(log_count2(farm_file("broker.log"), "\"crash\":false", fh_job_field(queued_id)) == 1 &&
-                 log_count2(farm_file("broker.log"), "\"crash\":true", fh_job_field(queued_id)) == 0,
+                 log_count2(farm_file("broker.log"), "\"crash\":true", fh_job_field(queued_id)) ==
+                     0,
              "the queued job was charged a crash it did not cause");
     fh_client_destroy(&c);
 }
@@ -353,7 +358,8 @@ static void scenario_image_paths(void)
              "a symlink within the root was not read");
     /* Not retriable: each ran once. */
     FH_CHECK(fh_log_count(farm_file("worker0.log"), "\"event\":\"dispatch\"") == 4,
-             "%zu dispatches for 4 jobs", fh_log_count(farm_file("worker0.log"), "\"event\":\"dispatch\""));
+             "%zu dispatches for 4 jobs",
+             fh_log_count(farm_file("worker0.log"), "\"event\":\"dispatch\""));
     fh_client_destroy(&c);
     unlink(secret);
     rmdir(outside);
@@ -379,8 +385,10 @@ static void scenario_deadline_never(void)
     }
     for (int i = 0; i < 2; i++) {
         int st = final_state(c, ids[i], 120000);
-        FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE, "job %d with the deadline 2^64-1: "
-                 "state %d, not DONE", i, st);
+        FH_CHECK(st == KOSMOS__V1__JOB_STATE__JOB_STATE_DONE,
+                 "job %d with the deadline 2^64-1: "
+                 "state %d, not DONE",
+                 i, st);
     }
     FH_CHECK(fh_log_count(farm_file("worker0.log"), "\"reason\":4") == 0,
              "the broker sent Cancel{DEADLINE} for a deadline that never comes");
@@ -401,8 +409,14 @@ static void scenario_two_brokers(void)
     char cep[400], wep[400];
     snprintf(cep, sizeof cep, "ipc://%s/client2", farm.dir);
     snprintf(wep, sizeof wep, "ipc://%s/worker2", farm.dir);
-    char *argv[] = {(char *)farm.broker_bin, "--client-endpoint", cep, "--worker-endpoint", wep,
-                    "--db", farm.db, NULL};
+    char *argv[] = {(char *)farm.broker_bin,
+                    "--client-endpoint",
+                    cep,
+                    "--worker-endpoint",
+                    wep,
+                    "--db",
+                    farm.db,
+                    NULL};
     pid_t second = fh_spawn(argv, farm_file("broker2.log"), NULL);
     int code = fh_wait_exit(second, 30000); /* a broker that starts never exits: a hang guard */
     FH_CHECK(code == 3, "second broker on the same --db: exit code %d, not 3", code);
@@ -465,14 +479,15 @@ static bool recv_all(int fd, void *p, size_t n)
 static int zmtp_connect(uint16_t port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons(port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
         fh_die("connect to port %u: %s", port, strerror(errno));
     uint8_t greeting[64] = {0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x7F, 3, 0, 'N', 'U', 'L', 'L'};
-    static const uint8_t ready[] = {0x04, 28, 5, 'R', 'E', 'A', 'D', 'Y', 11, 'S', 'o', 'c',
-                                    'k', 'e', 't', '-', 'T', 'y', 'p', 'e', 0, 0, 0, 6,
-                                    'D', 'E', 'A', 'L', 'E', 'R'};
+    static const uint8_t ready[] = {0x04, 28,  5,   'R', 'E', 'A', 'D', 'Y', 11,  'S',
+                                    'o',  'c', 'k', 'e', 't', '-', 'T', 'y', 'p', 'e',
+                                    0,    0,   0,   6,   'D', 'E', 'A', 'L', 'E', 'R'};
     uint8_t peer[64], head[2], body[256];
     if (!send_all(fd, greeting, sizeof greeting) || !recv_all(fd, peer, sizeof peer) ||
         peer[0] != 0xFF || peer[10] != 3 || !send_all(fd, ready, sizeof ready) ||
@@ -538,8 +553,16 @@ static void scenario_raw_zmtp(void)
     /* A broker bound on every address, CURVE off: it says so at start, per endpoint. */
     char db[400];
     snprintf(db, sizeof db, "%s/open.db", farm.dir);
-    char *argv[] = {(char *)farm.broker_bin, "--client-endpoint", "tcp://*:*", "--worker-endpoint",
-                    "tcp://*:*", "--db", db, "--max-message-bytes", "1048576", NULL};
+    char *argv[] = {(char *)farm.broker_bin,
+                    "--client-endpoint",
+                    "tcp://*:*",
+                    "--worker-endpoint",
+                    "tcp://*:*",
+                    "--db",
+                    db,
+                    "--max-message-bytes",
+                    "1048576",
+                    NULL};
     pid_t open_broker = fh_spawn(argv, farm_file("open-broker.log"), NULL);
     FH_CHECK(wait_log(farm_file("open-broker.log"), "\"event\":\"started\"", NULL, 1, 60000),
              "the broker did not start");
@@ -569,7 +592,8 @@ static void scenario_raw_zmtp(void)
      * the broker cannot count it (docs/broker.md); a healthy peer is still served. */
     fd = zmtp_connect(cport);
     for (int i = 0; i < 8; i++)
-        FH_CHECK(zmtp_send_frame(fd, 1u << 20, true), "a 1 MiB frame on the client endpoint refused");
+        FH_CHECK(zmtp_send_frame(fd, 1u << 20, true),
+                 "a 1 MiB frame on the client endpoint refused");
     fh_farm tcp = farm;
     snprintf(tcp.cep, sizeof tcp.cep, "tcp://127.0.0.1:%u", cport);
     fh_client *tc = fh_client_new(&tcp, "beside-the-hostile-peer", false);
@@ -690,9 +714,20 @@ static void scenario_refusal(void)
     snprintf(cep, sizeof cep, "ipc://%s/curve-client", farm.dir);
     snprintf(wep, sizeof wep, "ipc://%s/curve-worker", farm.dir);
     snprintf(db, sizeof db, "%s/curve.db", farm.dir);
-    char *argv[] = {(char *)farm.broker_bin, "--client-endpoint", cep, "--worker-endpoint", wep,
-                    "--db", db, "--curve-secret", sec, "--client-keys", clients, "--worker-keys",
-                    workers, NULL};
+    char *argv[] = {(char *)farm.broker_bin,
+                    "--client-endpoint",
+                    cep,
+                    "--worker-endpoint",
+                    wep,
+                    "--db",
+                    db,
+                    "--curve-secret",
+                    sec,
+                    "--client-keys",
+                    clients,
+                    "--worker-keys",
+                    workers,
+                    NULL};
     pid_t curve_broker = fh_spawn(argv, farm_file("curve-broker.log"), NULL);
     const char *wextra[] = {"--curve-secret", wsec, "--curve-server-public", pub, NULL};
     fh_start_worker(&farm, 2, wep, wextra, NULL);

@@ -188,7 +188,8 @@ static int slow_open(int port, int host)
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in src = {.sin_family = AF_INET,
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK + (uint32_t)host - 1)};
-    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in dst = {.sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)port),
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (fd < 0 || bind(fd, (struct sockaddr *)&src, sizeof src) != 0)
         fh_die("bind 127.0.0.%d: %s", host, strerror(errno));
@@ -271,8 +272,7 @@ static void check_slow_clients(int port)
     }
     atomic_store(&slow.stop, true);
     pthread_join(t, NULL);
-    FH_CHECK(slow.cut == held, "%zu of %zu slow connections were never cut", held - slow.cut,
-             held);
+    FH_CHECK(slow.cut == held, "%zu of %zu slow connections were never cut", held - slow.cut, held);
     printf("slow clients: a scrape %s; %zu slow connections cut\n",
            scraped ? "got through" : "never got through", slow.cut);
     for (size_t i = 0; i < slow.n; i++)
@@ -312,13 +312,21 @@ static void refuses(const char *value, const char *needle)
     snprintf(db, sizeof db, "%s/refused.db", farm.dir);
     snprintf(cep, sizeof cep, "ipc://%s/refused-c", farm.dir);
     snprintf(wep, sizeof wep, "ipc://%s/refused-w", farm.dir);
-    char *argv[] = {(char *)farm.broker_bin, "--client-endpoint", cep, "--worker-endpoint", wep,
-                    "--db", db, "--metrics", (char *)value, NULL};
+    char *argv[] = {(char *)farm.broker_bin,
+                    "--client-endpoint",
+                    cep,
+                    "--worker-endpoint",
+                    wep,
+                    "--db",
+                    db,
+                    "--metrics",
+                    (char *)value,
+                    NULL};
     size_t before = fh_log_count(log, needle);
     int code = fh_wait_exit(fh_spawn(argv, log, NULL), 60000);
     FH_CHECK(code == 1, "broker with --metrics %s: exit code %d, not 1", value, code);
-    FH_CHECK(fh_log_count(log, needle) == before + 1, "broker with --metrics %s: no \"%s\"",
-             value, needle);
+    FH_CHECK(fh_log_count(log, needle) == before + 1, "broker with --metrics %s: no \"%s\"", value,
+             needle);
     printf("--metrics %s: refused (exit %d)\n", value, code);
 }
 
@@ -362,13 +370,13 @@ int main(int argc, char **argv)
     printf("metrics on 127.0.0.1:%d\n", port);
 
     http_reply r = get_metrics(port);
-    FH_CHECK(strncmp(r.content_type, "text/plain; version=0.0.4", 25) == 0,
-             "Content-Type \"%s\"", r.content_type);
+    FH_CHECK(strncmp(r.content_type, "text/plain; version=0.0.4", 25) == 0, "Content-Type \"%s\"",
+             r.content_type);
     int samples = check_exposition(r.body);
     FH_CHECK(samples > 20, "%d samples parsed", samples);
     FH_CHECK(sample(r.body, "kosmos_broker_up") == 1, "kosmos_broker_up not 1");
-    static const char *const states[] = {"queued", "running", "retry_wait", "done", "failed",
-                                         "expired", "dead", "cancelled", "acked"};
+    static const char *const states[] = {"queued",  "running", "retry_wait", "done", "failed",
+                                         "expired", "dead",    "cancelled",  "acked"};
     for (size_t i = 0; i < sizeof states / sizeof states[0]; i++) {
         char name[80];
         snprintf(name, sizeof name, "kosmos_broker_jobs{state=\"%s\"}", states[i]);

@@ -52,8 +52,8 @@ double ts_cl_max_rel_diff(const float *got, const float *want, size_t n);
 /* Prints the largest difference of n values and fails the test when it is above tol. */
 #define TS_CL_EXPECT_CLOSE(what, got, want, n, tol)                                                \
     do {                                                                                           \
-        double d_ = ts_cl_max_rel_diff((got), (want), (n));                                       \
-        print_message("  %-40s max diff %.3g\n", (what), d_);                                     \
+        double d_ = ts_cl_max_rel_diff((got), (want), (n));                                        \
+        print_message("  %-40s max diff %.3g\n", (what), d_);                                      \
         if (!(d_ <= (tol)))                                                                        \
             fail_msg("%s: max diff %.3g > %.3g", (what), d_, (double)(tol));                       \
     } while (0)

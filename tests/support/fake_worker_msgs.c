@@ -26,8 +26,7 @@ Kosmos__V1__Ready *ts_fw_ready_init(ts_fw_ready *r, const char *name, uint64_t i
     return &r->ready;
 }
 
-void ts_fw_ready_device(ts_fw_ready *r, const char *name, const char *vendor,
-                        uint64_t memory_bytes)
+void ts_fw_ready_device(ts_fw_ready *r, const char *name, const char *vendor, uint64_t memory_bytes)
 {
     r->device.name = (char *)name;
     r->device.vendor = (char *)vendor;

@@ -108,7 +108,9 @@ int main(int argc, char **argv)
         }
     }
     rest[n] = NULL;
-    kw_test_seams seams = {.before_join = before_join, .on_join = on_join, .on_step = on_step,
+    kw_test_seams seams = {.before_join = before_join,
+                           .on_join = on_join,
+                           .on_step = on_step,
                            .ctx = &o};
     int code = kw_cli_main(n, rest, &seams);
     free(rest);

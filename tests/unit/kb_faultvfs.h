@@ -115,9 +115,9 @@ static int kbf_shmunmap(sqlite3_file *f, int d)
 }
 
 static const sqlite3_io_methods kbf_methods = {
-    2, kbf_close, kbf_read, kbf_write, kbf_truncate, kbf_sync, kbf_size, kbf_lock, kbf_unlock,
-    kbf_check, kbf_fctl, kbf_sector, kbf_devchar, kbf_shmmap, kbf_shmlock, kbf_shmbarrier,
-    kbf_shmunmap, NULL, NULL};
+    2,           kbf_close,      kbf_read,     kbf_write, kbf_truncate, kbf_sync,    kbf_size,
+    kbf_lock,    kbf_unlock,     kbf_check,    kbf_fctl,  kbf_sector,   kbf_devchar, kbf_shmmap,
+    kbf_shmlock, kbf_shmbarrier, kbf_shmunmap, NULL,      NULL};
 
 static int kbf_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags, int *out)
 {
@@ -129,14 +129,46 @@ static int kbf_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags
     (void)v;
     return rc;
 }
-static int kbf_delete(sqlite3_vfs *v, const char *n, int s) { (void)v; return kbf_real->xDelete(kbf_real, n, s); }
-static int kbf_access(sqlite3_vfs *v, const char *n, int f, int *r) { (void)v; return kbf_real->xAccess(kbf_real, n, f, r); }
-static int kbf_full(sqlite3_vfs *v, const char *n, int c, char *o) { (void)v; return kbf_real->xFullPathname(kbf_real, n, c, o); }
-static int kbf_random(sqlite3_vfs *v, int n, char *o) { (void)v; return kbf_real->xRandomness(kbf_real, n, o); }
-static int kbf_sleep(sqlite3_vfs *v, int us) { (void)v; return kbf_real->xSleep(kbf_real, us); }
-static int kbf_time(sqlite3_vfs *v, double *t) { (void)v; return kbf_real->xCurrentTime(kbf_real, t); }
-static int kbf_lasterr(sqlite3_vfs *v, int n, char *o) { (void)v; return kbf_real->xGetLastError(kbf_real, n, o); }
-static int kbf_time64(sqlite3_vfs *v, sqlite3_int64 *t) { (void)v; return kbf_real->xCurrentTimeInt64(kbf_real, t); }
+static int kbf_delete(sqlite3_vfs *v, const char *n, int s)
+{
+    (void)v;
+    return kbf_real->xDelete(kbf_real, n, s);
+}
+static int kbf_access(sqlite3_vfs *v, const char *n, int f, int *r)
+{
+    (void)v;
+    return kbf_real->xAccess(kbf_real, n, f, r);
+}
+static int kbf_full(sqlite3_vfs *v, const char *n, int c, char *o)
+{
+    (void)v;
+    return kbf_real->xFullPathname(kbf_real, n, c, o);
+}
+static int kbf_random(sqlite3_vfs *v, int n, char *o)
+{
+    (void)v;
+    return kbf_real->xRandomness(kbf_real, n, o);
+}
+static int kbf_sleep(sqlite3_vfs *v, int us)
+{
+    (void)v;
+    return kbf_real->xSleep(kbf_real, us);
+}
+static int kbf_time(sqlite3_vfs *v, double *t)
+{
+    (void)v;
+    return kbf_real->xCurrentTime(kbf_real, t);
+}
+static int kbf_lasterr(sqlite3_vfs *v, int n, char *o)
+{
+    (void)v;
+    return kbf_real->xGetLastError(kbf_real, n, o);
+}
+static int kbf_time64(sqlite3_vfs *v, sqlite3_int64 *t)
+{
+    (void)v;
+    return kbf_real->xCurrentTimeInt64(kbf_real, t);
+}
 
 static sqlite3_vfs kbf_vfs;
 

@@ -115,11 +115,11 @@ static void test_stop_after_messages_then_join(void **state)
     assert_int_equal(atomic_load(&b.received), 3);
     assert_int_equal(atomic_load(&b.stop_messages), 1);
     assert_int_equal(atomic_load(&b.returned), 1);
-    kp_actor_join(a);            /* idempotent */
-    kp_actor_stop(a);            /* nothing left to stop */
-    kp_actor_destroy(&a);        /* no second stop message reaches anyone */
+    kp_actor_join(a);     /* idempotent */
+    kp_actor_stop(a);     /* nothing left to stop */
+    kp_actor_destroy(&a); /* no second stop message reaches anyone */
     assert_int_equal(atomic_load(&b.stop_messages), 1);
-    kp_actor_destroy(&a);        /* NULL is fine */
+    kp_actor_destroy(&a); /* NULL is fine */
 }
 
 static ks_status failing_body(void *pipe, void *arg)

@@ -14,16 +14,16 @@
 
 #include <cmocka.h>
 
+#include "fake_worker_msgs.h"
+#include "inproc_broker.h"
 #include "kb_auth.h"
 #include "kb_broker.h"
-#include "kb_internal.h" /* KB_ADMIT_SLOTS */
-#include "inproc_broker.h"
 #include "kb_faultvfs.h"
-#include "test_curve_cert.h"
+#include "kb_internal.h" /* KB_ADMIT_SLOTS */
 #include "kb_job.h"
-#include "fake_worker_msgs.h"
-#include "wire.h"
+#include "test_curve_cert.h"
 #include "test_skip.h"
+#include "wire.h"
 
 /* ---- Harness -------------------------------------------------------------------------------- */
 
@@ -217,8 +217,7 @@ static Kosmos__V1__ClientReply *c_submit(harness *h, void *sock, const char *cli
 }
 
 /* Submits and returns the accepted job id (static buffer per call site is the caller's). */
-static void c_submit_ok(harness *h, void *sock, const char *client, const job_opts *o,
-                        char id[65])
+static void c_submit_ok(harness *h, void *sock, const char *client, const job_opts *o, char id[65])
 {
     Kosmos__V1__ClientReply *r = c_submit(h, sock, client, o);
     assert_int_equal(r->reply_case, KOSMOS__V1__CLIENT_REPLY__REPLY_SUBMIT);
@@ -478,7 +477,7 @@ static void test_idempotency(void **state)
         Kosmos__V1__ClientRequest req = KOSMOS__V1__CLIENT_REQUEST__INIT;
         Kosmos__V1__SubmitRequest sub = KOSMOS__V1__SUBMIT_REQUEST__INIT;
         Kosmos__V1__Job job;
-    kosmos__v1__job__init(&job);
+        kosmos__v1__job__init(&job);
         Kosmos__V1__Prompt prompt = KOSMOS__V1__PROMPT__INIT;
         Kosmos__V1__Prompt *prompts[1] = {&prompt};
         prompt.text = "<grounding> An image of";
@@ -1096,8 +1095,9 @@ static void test_refused_for_now(void **state)
     assert_int_equal(m->disconnect->code, KOSMOS__V1__DISCONNECT__CODE__CODE_RETRY_LATER);
     kosmos__v1__broker_to_worker__free_unpacked(m, NULL);
     /* w1 leaves; w2 gets in. */
-    assert_int_equal(
-        ts_fw_send_disconnect(w1->sock, KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN, 0), KS_OK);
+    assert_int_equal(ts_fw_send_disconnect(w1->sock, KOSMOS__V1__DISCONNECT__CODE__CODE_SHUTDOWN,
+                                           0),
+                     KS_OK);
     h_steps(h, 3);
     w_ready(h, &w2, "w2", 9, 1, NULL, 0);
     w_free(w1);
@@ -1232,8 +1232,8 @@ static void test_violations(void **state)
     c_submit_ok(h, good, "g", NULL, id);
     /* A worker sending a result for a job never leased to it: UNKNOWN_JOB / STALE, no harm. */
     fworker *w = w_new(h, "w", 1, 0);
-    assert_int_equal(w_result(h, w, "01NOSUCHJOB0000000000000000", 1,
-                              KOSMOS__V1__STATUS__STATUS_OK, false),
+    assert_int_equal(w_result(h, w, "01NOSUCHJOB0000000000000000", 1, KOSMOS__V1__STATUS__STATUS_OK,
+                              false),
                      KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_UNKNOWN_JOB);
     assert_int_equal(w_result(h, w, id, 1, KOSMOS__V1__STATUS__STATUS_OK, false),
                      KOSMOS__V1__RESULT_ACK__DISPOSITION__DISPOSITION_STALE);
@@ -1526,13 +1526,29 @@ static void test_image_uri_roots(void **state)
 {
     (void)state;
     const char *roots[] = {"/x/root", "/y/img/"};
-    static const char *const ok[] = {
-        "/x/root", "/x/root/a.png", "/x/root/sub/a.png", "file:///x/root/a.png",
-        "file://localhost/x/root/a.png", "/y/img/a.png", "/y/img", "/x/root//a.png"};
-    static const char *const bad[] = {
-        "/x/rootx", "/x/rootx/a.png", "/x/roo", "/x/root/../etc/passwd", "/x/root/..",
-        "/x/root/./a.png", "/x/root/.", "x/root/a.png", "file://x/root/a.png",
-        "file://localhost", "http:///x/root/a.png", "", "/y/imgx/a.png", "/x", "/"};
+    static const char *const ok[] = {"/x/root",
+                                     "/x/root/a.png",
+                                     "/x/root/sub/a.png",
+                                     "file:///x/root/a.png",
+                                     "file://localhost/x/root/a.png",
+                                     "/y/img/a.png",
+                                     "/y/img",
+                                     "/x/root//a.png"};
+    static const char *const bad[] = {"/x/rootx",
+                                      "/x/rootx/a.png",
+                                      "/x/roo",
+                                      "/x/root/../etc/passwd",
+                                      "/x/root/..",
+                                      "/x/root/./a.png",
+                                      "/x/root/.",
+                                      "x/root/a.png",
+                                      "file://x/root/a.png",
+                                      "file://localhost",
+                                      "http:///x/root/a.png",
+                                      "",
+                                      "/y/imgx/a.png",
+                                      "/x",
+                                      "/"};
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
         assert_true(kb_job_uri_allowed(ok[i], roots, 2));
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)

@@ -101,7 +101,7 @@ static void expect_close(const char *what, const float *got, const float *want, 
 static const struct {
     bool serial;
     int block_q, block_k;
-} configs[] = {{true, 0, 0},  {true, 7, 3},  {true, 1, 1},
+} configs[] = {{true, 0, 0},  {true, 7, 3},   {true, 1, 1},
                {false, 0, 0}, {false, 5, 17}, {false, 1, 1}};
 enum { N_CONFIGS = sizeof configs / sizeof configs[0] };
 
@@ -200,11 +200,19 @@ static void run_flash(const char *name, const att_seq *seqs, int n_seqs, int hea
     cl_mem mr = to_device(rows, total_q * 4 * sizeof(cl_int));
     cl_mem mb = to_device(NULL, total_q * 4 * sizeof(cl_int));
     cl_mem mo = to_device(NULL, total_q * width * 4);
-    ke_cl_attention_args a = {.q = mq, .q_stride = q_stride, .k = fused ? mq : mkv,
-                              .v = fused ? mq : mkv, .k_off = fused ? width : 0,
+    ke_cl_attention_args a = {.q = mq,
+                              .q_stride = q_stride,
+                              .k = fused ? mq : mkv,
+                              .v = fused ? mq : mkv,
+                              .k_off = fused ? width : 0,
                               .v_off = fused ? 2 * width : kv_rows * width,
-                              .kv_stride = kv_stride, .rows = mr, .n_rows = total_q,
-                              .heads = heads, .head_dim = head_dim, .scale = scale, .out = mo,
+                              .kv_stride = kv_stride,
+                              .rows = mr,
+                              .n_rows = total_q,
+                              .heads = heads,
+                              .head_dim = head_dim,
+                              .scale = scale,
+                              .out = mo,
                               .out_stride = width};
     const bool serial0 = was_serial();
     for (int c = 0; c < N_CONFIGS; c++) {
@@ -271,7 +279,7 @@ static void test_flash_paged(void **state)
 {
     (void)state;
     REQUIRE_DEVICE();
-    static const int shapes[][2] = {{3, 16}, {4, 8}, {2, 64}, {3, 5}}; /* heads, head_dim */
+    static const int shapes[][2] = {{3, 16}, {4, 8}, {2, 64}, {3, 5}};  /* heads, head_dim */
     static const int seqs[][3] = {{0, 0, 70}, {1, 263, 37}, {2, 5, 1}}; /* slot, past, new */
     const int slots = 3, max_pages = 80, n_pages = 240, n = 70 + 37 + 1;
     const bool serial0 = was_serial();
@@ -321,19 +329,28 @@ static void test_flash_paged(void **state)
                     memcpy(kc + (size_t)j * width, kp + row * width, (size_t)width * 4);
                     memcpy(vc + (size_t)j * width, vp + row * width, (size_t)width * 4);
                 }
-                ke_op_attention(q + (size_t)t * width, (size_t)width, kc, vc, (size_t)width, 1,
-                                nk, heads, hd, scale, -1, want + (size_t)t * width,
-                                (size_t)width, scratch);
+                ke_op_attention(q + (size_t)t * width, (size_t)width, kc, vc, (size_t)width, 1, nk,
+                                heads, hd, scale, -1, want + (size_t)t * width, (size_t)width,
+                                scratch);
             }
             cl_mem mq = to_device(q, out_n * 4);
             cl_mem mk = half ? to_device(kh, pool * 2) : to_device(kp, pool * 4);
             cl_mem mv = half ? to_device(vh, pool * 2) : to_device(vp, pool * 4);
             cl_mem mo = to_device(NULL, out_n * 4), ms = to_device(NULL, st_n * sizeof *st);
-            ke_cl_paged_attention_args a = {.q = mq, .kpool = mk, .vpool = mv, .kv_half = half,
-                                            .tokrow = mt, .pages = mp, .max_pages = max_pages,
-                                            .page_tokens = PAGE, .out = mo, .out_stats = ms,
-                                            .n_tokens = (size_t)n, .heads = heads,
-                                            .head_dim = hd, .scale = scale};
+            ke_cl_paged_attention_args a = {.q = mq,
+                                            .kpool = mk,
+                                            .vpool = mv,
+                                            .kv_half = half,
+                                            .tokrow = mt,
+                                            .pages = mp,
+                                            .max_pages = max_pages,
+                                            .page_tokens = PAGE,
+                                            .out = mo,
+                                            .out_stats = ms,
+                                            .n_tokens = (size_t)n,
+                                            .heads = heads,
+                                            .head_dim = hd,
+                                            .scale = scale};
             for (int c = 0; c < N_CONFIGS; c++) {
                 ke_cl_ops_force_serial_attention(fx.ops, configs[c].serial);
                 ke_cl_flash_force_tiles(fx.ops, configs[c].block_q, configs[c].block_k);
@@ -407,8 +424,8 @@ static void run_step(ke_backend *b, const int *slots, const int *n_tokens, int n
             ids[t] = 4 + (past[s] + i) * 7919 % 60000;
             pos[t] = 2 + past[s] + i;
         }
-    ke_step step = {.n_seqs = n_seqs, .slots = slots, .n_tokens = n_tokens, .ids = ids,
-                    .positions = pos};
+    ke_step step = {
+        .n_seqs = n_seqs, .slots = slots, .n_tokens = n_tokens, .ids = ids, .positions = pos};
     check_ok(b->ops->forward(b, &step, logits));
 }
 
@@ -423,13 +440,15 @@ static void test_backend(void **state)
     const ke_config *c = &model->config;
     ke_backend *b[2]; /* [0] flash_attention.cl, [1] the old kernels */
     for (int i = 0; i < 2; i++) {
-        ke_backend_options bo = {.slots = 2, .slot_capacity = 256, .profiling = true,
+        ke_backend_options bo = {.slots = 2,
+                                 .slot_capacity = 256,
+                                 .profiling = true,
                                  .no_flash_attention = i == 1};
         check_ok(ke_backend_cl_new(model, fx.dev, &bo, &b[i]));
     }
     int layers_v = c->vision.layers, layers_t = c->text.layers;
-    size_t side = (size_t)c->vision.image_size, per = (size_t)c->latent_query_num *
-                                                       (size_t)c->text.embed_dim;
+    size_t side = (size_t)c->vision.image_size,
+           per = (size_t)c->latent_query_num * (size_t)c->text.embed_dim;
     float *pixels = rand_floats(2 * (size_t)c->vision.channels * side * side, 1.0);
     float *emb[2] = {malloc(2 * per * sizeof(float)), malloc(2 * per * sizeof(float))};
     size_t V = (size_t)c->text.vocab_size;

@@ -78,10 +78,7 @@ static int group_teardown(void **state)
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static float frand(void) /* uniform in [-1, 1) */
-{
-    return (float)ts_cl_frand();
-}
+static float frand(void) /* uniform in [-1, 1) */ { return (float)ts_cl_frand(); }
 
 /* n values of dtype dt rounded from v (f16: as torch's .half()); v gets the rounded values. */
 static void *to_dtype(float *v, size_t n, ke_dtype dt)
@@ -104,16 +101,12 @@ static void *to_dtype(float *v, size_t n, ke_dtype dt)
 static double act_ref(double v, int act)
 {
     switch (act) {
-    case KE_ACT_GELU:
-        return 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
-    case KE_ACT_QUICK_GELU:
-        return v / (1.0 + exp(-1.702 * v));
+    case KE_ACT_GELU: return 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
+    case KE_ACT_QUICK_GELU: return v / (1.0 + exp(-1.702 * v));
     case KE_ACT_GELU_TANH:
         return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
-    case KE_ACT_RELU:
-        return v > 0 ? v : 0;
-    default:
-        return v;
+    case KE_ACT_RELU: return v > 0 ? v : 0;
+    default: return v;
     }
 }
 
@@ -122,13 +115,13 @@ typedef struct gemm_case {
     size_t m, n, k;
     ke_dtype dt;
     bool bias, accumulate, ln, gather, stats;
-    int act;               /* -1 none */
-    size_t x_off, x_pad;   /* ldx = k + x_pad */
-    size_t y_off, y_pad;   /* ldy = n + y_pad */
+    int act;             /* -1 none */
+    size_t x_off, x_pad; /* ldx = k + x_pad */
+    size_t y_off, y_pad; /* ldy = n + y_pad */
     size_t ln_sb;
-    const char *force;     /* "rows", "tiles" or NULL */
-    int split;             /* -1 auto, 0 / 1 forced */
-    size_t chunk;          /* 0: the device's rule */
+    const char *force; /* "rows", "tiles" or NULL */
+    int split;         /* -1 auto, 0 / 1 forced */
+    size_t chunk;      /* 0: the device's rule */
 } gemm_case;
 
 /* What the side parameters (bias, LayerNorm) of a product with weights of dtype dt are stored
@@ -233,11 +226,23 @@ static void run_case(fixture *fx, const gemm_case *c)
     cl_mem bst = ts_cl_upload(fx->ctx, xst, src_rows * ln_nb * sizeof *xst);
     cl_mem bgat = ts_cl_upload(fx->ctx, gather, m * sizeof *gather);
     cl_mem bost = ts_cl_upload(fx->ctx, ost, m * out_nb * sizeof *ost);
-    ke_cl_gemm_args a = {.m = m, .w = &wt, .x = bx, .x_offset = c->x_off, .ldx = ldx,
-                         .gather = c->gather ? bgat : NULL, .ln_stats = c->ln ? bst : NULL,
-                         .ln_w = bg, .ln_b = bbeta, .ln_sb = sb, .ln_eps = 1e-5f, .y = by,
-                         .y_offset = c->y_off, .ldy = ldy, .act = c->act,
-                         .accumulate = c->accumulate, .stats_out = c->stats ? bost : NULL};
+    ke_cl_gemm_args a = {.m = m,
+                         .w = &wt,
+                         .x = bx,
+                         .x_offset = c->x_off,
+                         .ldx = ldx,
+                         .gather = c->gather ? bgat : NULL,
+                         .ln_stats = c->ln ? bst : NULL,
+                         .ln_w = bg,
+                         .ln_b = bbeta,
+                         .ln_sb = sb,
+                         .ln_eps = 1e-5f,
+                         .y = by,
+                         .y_offset = c->y_off,
+                         .ldy = ldy,
+                         .act = c->act,
+                         .accumulate = c->accumulate,
+                         .stats_out = c->stats ? bost : NULL};
     if (ke_cl_gemm_force(fx->gemm, c->force, c->split) != KS_OK)
         fail_msg("force: %s", ks_error_message());
     if (ke_cl_gemm_run(fx->gemm, NULL, &a, "test") != KS_OK)
@@ -256,8 +261,8 @@ static void run_case(fixture *fx, const gemm_case *c)
         double tol = inside ? 2e-4 * sqrt((double)k) * (1.0 + fabs((double)want[r * n + j])) : 0;
         float expect = inside ? want[r * n + j] : y0[i];
         if (!(fabs((double)y[i] - expect) <= tol) && bad++ < 5)
-            print_message("  %s: y[%zu] (row %zu col %zu%s) = %.8g, want %.8g\n", variant, i, r,
-                          j, inside ? "" : ", outside Y", (double)y[i], (double)expect);
+            print_message("  %s: y[%zu] (row %zu col %zu%s) = %.8g, want %.8g\n", variant, i, r, j,
+                          inside ? "" : ", outside Y", (double)y[i], (double)expect);
     }
     for (size_t r = 0; c->stats && r < m; r++) {
         ts_cl_block_stats(want + r * n, n, KE_CL_STAT_SB, ost_want);
@@ -273,8 +278,9 @@ static void run_case(fixture *fx, const gemm_case *c)
     }
     if (bad)
         fail_msg("m %zu n %zu k %zu %s bias %d acc %d ln %d gather %d act %d stats %d variant %s "
-                 "chunk %zu: %zu wrong", m, n, k, dtype_label(c->dt), c->bias,
-                 c->accumulate, c->ln, c->gather, c->act, c->stats, variant, wt.chunk_len, bad);
+                 "chunk %zu: %zu wrong",
+                 m, n, k, dtype_label(c->dt), c->bias, c->accumulate, c->ln, c->gather, c->act,
+                 c->stats, variant, wt.chunk_len, bad);
 
     cl_mem bufs[] = {bx, by, bg, bbeta, bst, bgat, bost, wt.w, wt.bias, wt.scale};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -301,11 +307,17 @@ static void run_all_variants(fixture *fx, gemm_case c)
 /* Edge shapes: tiny, odd, not multiples of any tile or vector width. */
 static void edge_shapes(fixture *fx, ke_dtype dt)
 {
-    static const size_t shapes[][3] = {{1, 1, 1},  {1, 4, 5},   {3, 7, 9},   {8, 33, 17},
+    static const size_t shapes[][3] = {{1, 1, 1},   {1, 4, 5},     {3, 7, 9},    {8, 33, 17},
                                        {9, 64, 64}, {65, 129, 31}, {130, 5, 200}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        gemm_case c = {.m = shapes[s][0], .n = shapes[s][1], .k = shapes[s][2], .dt = dt,
-                       .bias = s % 2 == 0, .act = -1, .split = -1, .chunk = s % 3 == 1 ? 16 : 0};
+        gemm_case c = {.m = shapes[s][0],
+                       .n = shapes[s][1],
+                       .k = shapes[s][2],
+                       .dt = dt,
+                       .bias = s % 2 == 0,
+                       .act = -1,
+                       .split = -1,
+                       .chunk = s % 3 == 1 ? 16 : 0};
         run_all_variants(fx, c);
     }
 }
@@ -314,15 +326,41 @@ static void edge_shapes(fixture *fx, ke_dtype dt)
  * statistics epilogue, together and alone. */
 static void fused_prologue_epilogue(fixture *fx, ke_dtype dt)
 {
-    gemm_case c = {.m = 5, .n = 100, .k = 48, .dt = dt, .bias = true, .accumulate = true,
-                   .ln = true, .stats = true, .act = -1, .x_off = 3, .x_pad = 5, .y_off = 7,
-                   .y_pad = 3, .split = -1};
+    gemm_case c = {.m = 5,
+                   .n = 100,
+                   .k = 48,
+                   .dt = dt,
+                   .bias = true,
+                   .accumulate = true,
+                   .ln = true,
+                   .stats = true,
+                   .act = -1,
+                   .x_off = 3,
+                   .x_pad = 5,
+                   .y_off = 7,
+                   .y_pad = 3,
+                   .split = -1};
     run_all_variants(fx, c);
-    c = (gemm_case){.m = 71, .n = 64, .k = 100, .dt = dt, .bias = true, .ln = true,
-                    .gather = true, .act = KE_ACT_GELU, .stats = true, .split = -1, .chunk = 32};
+    c = (gemm_case){.m = 71,
+                    .n = 64,
+                    .k = 100,
+                    .dt = dt,
+                    .bias = true,
+                    .ln = true,
+                    .gather = true,
+                    .act = KE_ACT_GELU,
+                    .stats = true,
+                    .split = -1,
+                    .chunk = 32};
     run_all_variants(fx, c);
-    c = (gemm_case){.m = 2, .n = 48, .k = 48, .dt = dt, .ln = true, .ln_sb = 16,
-                    .act = KE_ACT_QUICK_GELU, .split = -1};
+    c = (gemm_case){.m = 2,
+                    .n = 48,
+                    .k = 48,
+                    .dt = dt,
+                    .ln = true,
+                    .ln_sb = 16,
+                    .act = KE_ACT_QUICK_GELU,
+                    .split = -1};
     run_all_variants(fx, c);
 }
 
@@ -350,8 +388,14 @@ static void test_model_like(void **state)
     static const size_t nk[][2] = {{144, 48}, {48, 48}, {100, 48}, {48, 100}, {65037, 48}};
     for (size_t s = 0; s < sizeof nk / sizeof nk[0]; s++)
         for (size_t m = 1; m <= 71; m += 70) {
-            gemm_case c = {.m = m, .n = nk[s][0], .k = nk[s][1], .dt = KE_DTYPE_F16,
-                           .bias = s < 4, .ln = true, .act = -1, .split = -1};
+            gemm_case c = {.m = m,
+                           .n = nk[s][0],
+                           .k = nk[s][1],
+                           .dt = KE_DTYPE_F16,
+                           .bias = s < 4,
+                           .ln = true,
+                           .act = -1,
+                           .split = -1};
             run_case(fx, &c);
         }
 }
@@ -384,17 +428,26 @@ static void rows_do_not_depend_on_the_batch(fixture *fx, ke_dtype dt)
     const ke_tensor *wp[1] = {&tw}, *bp[1] = {&tb};
     ke_cl_weight wt;
     ke_cl_gemm_force_chunk(fx->gemm, 32); /* three chunks: the split path has work */
-    assert_int_equal(
-        ke_cl_weight_upload(fx->gemm, dt, wp, bp, 1, "test", &wt, NULL), KS_OK);
+    assert_int_equal(ke_cl_weight_upload(fx->gemm, dt, wp, bp, 1, "test", &wt, NULL), KS_OK);
     ke_cl_gemm_force_chunk(fx->gemm, 0);
     size_t es = side == KE_DTYPE_F16 ? 2 : 4;
-    cl_mem bx = ts_cl_upload(fx->ctx, x, rows * k * 4), by = ts_cl_upload(fx->ctx, full, rows * n * 4);
+    cl_mem bx = ts_cl_upload(fx->ctx, x, rows * k * 4),
+           by = ts_cl_upload(fx->ctx, full, rows * n * 4);
     cl_mem bg = ts_cl_upload(fx->ctx, g, k * es), bbeta = ts_cl_upload(fx->ctx, beta, k * es);
     cl_mem bst = ts_cl_upload(fx->ctx, st, rows * 3 * sizeof *st);
     cl_mem bgat = ts_cl_upload(fx->ctx, gat, rows * sizeof *gat);
-    ke_cl_gemm_args a = {.m = rows, .w = &wt, .x = bx, .ldx = k, .ln_stats = bst,
-                         .ln_w = bg, .ln_b = bbeta, .ln_sb = KE_CL_STAT_SB, .ln_eps = 1e-5f,
-                         .y = by, .ldy = n, .act = KE_ACT_GELU};
+    ke_cl_gemm_args a = {.m = rows,
+                         .w = &wt,
+                         .x = bx,
+                         .ldx = k,
+                         .ln_stats = bst,
+                         .ln_w = bg,
+                         .ln_b = bbeta,
+                         .ln_sb = KE_CL_STAT_SB,
+                         .ln_eps = 1e-5f,
+                         .y = by,
+                         .ldy = n,
+                         .act = KE_ACT_GELU};
     assert_int_equal(ke_cl_gemm_force(fx->gemm, "tiles", -1), KS_OK);
     assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "test"), KS_OK);
     ts_cl_download(fx->ctx, by, 0, rows * n * 4, full);
@@ -408,8 +461,8 @@ static void rows_do_not_depend_on_the_batch(fixture *fx, ke_dtype dt)
                 size_t m = ms[i];
                 for (size_t r = 0; r < m; r++)
                     gat[r] = (cl_int)(m - 1 - r);
-                assert_int_equal(kc_context_write(fx->ctx, bgat, true, 0, m * sizeof *gat,
-                                                  gat, NULL),
+                assert_int_equal(kc_context_write(fx->ctx, bgat, true, 0, m * sizeof *gat, gat,
+                                                  NULL),
                                  KS_OK);
                 a.m = m;
                 a.gather = bgat;
@@ -418,16 +471,14 @@ static void rows_do_not_depend_on_the_batch(fixture *fx, ke_dtype dt)
                     fail_msg("%s", ks_error_message());
                 ts_cl_download(fx->ctx, by, 0, m * n * 4, part);
                 for (size_t r = 0; r < m; r++)
-                    if (memcmp(part + r * n, full + (m - 1 - r) * n, n * 4) != 0 &&
-                        diff++ < 5)
+                    if (memcmp(part + r * n, full + (m - 1 - r) * n, n * 4) != 0 && diff++ < 5)
                         print_message("  %s split %d m %zu: row %zu differs from the "
                                       "150-row launch\n",
                                       ke_cl_gemm_last_variant(fx->gemm), split, m, m - 1 - r);
             }
     assert_int_equal(ke_cl_gemm_force(fx->gemm, NULL, -1), KS_OK);
     if (diff)
-        fail_msg("%zu rows changed with the batch (%s weights)", diff,
-                 dtype_label(dt));
+        fail_msg("%zu rows changed with the batch (%s weights)", diff, dtype_label(dt));
     cl_mem bufs[] = {bx, by, bg, bbeta, bst, bgat, wt.w, wt.bias, wt.scale};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         kc_context_buffer_free(fx->ctx, &bufs[i]);
@@ -474,8 +525,11 @@ static void test_int8_matches_the_reference_op(void **state)
     fixture *fx = *state;
     REQUIRE_DEVICE(fx);
     static const size_t shapes[][4] = {/* m, n, k, chunk */
-                                       {1, 144, 48, 0}, {8, 100, 48, 0}, {71, 48, 100, 0},
-                                       {3, 65, 300, 64}, {2, 300, 517, 0}};
+                                       {1, 144, 48, 0},
+                                       {8, 100, 48, 0},
+                                       {71, 48, 100, 0},
+                                       {3, 65, 300, 64},
+                                       {2, 300, 517, 0}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const size_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
         float *x = malloc(m * k * 4), *wf = malloc(n * k * 4), *bf = malloc(n * 4);
@@ -489,7 +543,9 @@ static void test_int8_matches_the_reference_op(void **state)
         for (size_t i = 0; i < n; i++)
             bf[i] = frand();
         void *w = to_dtype(wf, n * k, KE_DTYPE_F16), *b = to_dtype(bf, n, KE_DTYPE_F16);
-        ke_tensor tw = {.dtype = KE_DTYPE_F16, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+        ke_tensor tw = {.dtype = KE_DTYPE_F16,
+                        .ndim = 2,
+                        .shape = {(int64_t)n, (int64_t)k},
                         .data = w};
         ke_tensor tb = {.dtype = KE_DTYPE_F16, .ndim = 1, .shape = {(int64_t)n}, .data = b};
         ke_tensor q;
@@ -554,7 +610,9 @@ static void test_qkv_split_into_cache(void **state)
         x[i] = frand();
     for (size_t r = 0; r < m; r++)
         tok[r].s[0] = (cl_int)(37 - 7 * r);
-    ke_tensor tw = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+    ke_tensor tw = {.dtype = KE_DTYPE_F32,
+                    .ndim = 2,
+                    .shape = {(int64_t)n, (int64_t)k},
                     .data = wf};
     const ke_tensor *wp[1] = {&tw}, *bp[1] = {NULL};
     ke_cl_weight wt;
@@ -566,8 +624,17 @@ static void test_qkv_split_into_cache(void **state)
         cl_mem bk = ts_cl_upload(fx->ctx, half ? (void *)kh : (void *)kc, cache_rows * q * es);
         cl_mem bv = ts_cl_upload(fx->ctx, half ? (void *)vh : (void *)vc, cache_rows * q * es);
         cl_mem bt = ts_cl_upload(fx->ctx, tok, m * sizeof *tok);
-        ke_cl_gemm_args a = {.m = m, .w = &wt, .x = bx, .ldx = k, .y = by, .ldy = q, .act = -1,
-                             .split_q = q, .kpool = bk, .vpool = bv, .tokrow = bt,
+        ke_cl_gemm_args a = {.m = m,
+                             .w = &wt,
+                             .x = bx,
+                             .ldx = k,
+                             .y = by,
+                             .ldy = q,
+                             .act = -1,
+                             .split_q = q,
+                             .kpool = bk,
+                             .vpool = bv,
+                             .tokrow = bt,
                              .kv_half = half};
         assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "qkv"), KS_OK);
         ts_cl_download(fx->ctx, by, 0, m * q * 4, y);
@@ -579,14 +646,14 @@ static void test_qkv_split_into_cache(void **state)
                 for (size_t i = 0; i < k; i++)
                     s += (double)x[r * k + i] * wf[j * k + i];
                 size_t part = j / q, col = j % q, at = (size_t)tok[r].s[0] * q + col;
-                float got = part == 0 ? y[r * q + col]
-                            : half  ? ke_f16_to_f32(part == 1 ? kh[at] : vh[at])
+                float got = part == 0   ? y[r * q + col]
+                            : half      ? ke_f16_to_f32(part == 1 ? kh[at] : vh[at])
                             : part == 1 ? kc[at]
                                         : vc[at];
                 double tol = half ? 2e-3 * (1 + fabs(s)) : 1e-5 * (1 + fabs(s));
                 if (!(fabs(got - s) <= tol))
-                    fail_msg("half %d row %zu column %zu (part %zu): %g, want %g", half, r, j,
-                             part, (double)got, s);
+                    fail_msg("half %d row %zu column %zu (part %zu): %g, want %g", half, r, j, part,
+                             (double)got, s);
             }
         cl_mem bufs[] = {bx, by, bk, bv, bt};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -640,8 +707,8 @@ static void test_invalid(void **state)
 static void test_tune_text(void **state)
 {
     (void)state;
-    static const char *const good[] = {"", "cpu", "nvidia", "gpu", "cpu,rows_cw=8",
-                                       "gpu,rows_cw=8,groups_goal=0,rows_max_m=1"};
+    static const char *const good[] = {
+        "", "cpu", "nvidia", "gpu", "cpu,rows_cw=8", "gpu,rows_cw=8,groups_goal=0,rows_max_m=1"};
     assert_int_equal(ke_cl_gemm_tune_check(NULL), KS_OK);
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
         assert_int_equal(ke_cl_gemm_tune_check(good[i]), KS_OK);
@@ -680,7 +747,7 @@ static void test_tune_in_effect(void **state)
 {
     fixture *fx = *state;
     REQUIRE_DEVICE(fx);
-    const char *row = gemm_tune && *gemm_tune ? gemm_tune
+    const char *row = gemm_tune && *gemm_tune                                 ? gemm_tune
                       : kc_context_device(fx->ctx)->type & CL_DEVICE_TYPE_CPU ? "cpu"
                                                                               : "gpu";
     size_t chunk = ke_cl_gemm_chunk(fx->gemm, 32, 2048);

@@ -28,12 +28,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cl_fixture.h"
 #include "cl_gemm.h"
 #include "cl_gemm_mma.h"
 #include "kc_context.h"
 #include "kc_device.h"
 #include "model.h"
-#include "cl_fixture.h"
 
 static ke_gemm_path path_under_test = KE_GEMM_MMA_EMULATED;
 
@@ -99,10 +99,7 @@ static int group_teardown(void **state)
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static float frand(void) /* uniform in [-1, 1) */
-{
-    return (float)ts_cl_frand();
-}
+static float frand(void) /* uniform in [-1, 1) */ { return (float)ts_cl_frand(); }
 
 static float f16_round(float v) { return ke_f16_to_f32(ke_f32_to_f16(v)); }
 
@@ -224,9 +221,9 @@ typedef struct mma_case {
     size_t m, n, k;
     bool f32; /* f32 weights (converted to f16 as they are staged), else f16 */
     bool bias, accumulate, ln, gather, stats;
-    int act;            /* -1 none */
+    int act; /* -1 none */
     size_t x_pad, y_off, y_pad;
-    size_t split_q;     /* > 0: n = 3 * split_q, K and V into a cache */
+    size_t split_q; /* > 0: n = 3 * split_q, K and V into a cache */
 } mma_case;
 
 #define CANARY 1234.5f
@@ -243,7 +240,8 @@ static float *run_case(fixture *fx, const mma_case *c, const char *force)
     float *x = malloc(src_rows * ldx * 4), *wf = malloc(n * k * 4), *bf = malloc(n * 4);
     float *gf = malloc(k * 4), *betaf = malloc(k * 4), *y0 = malloc(y_len * 4);
     float *y = malloc(y_len * 4), *want = malloc(m * n * 4), *bound = malloc(m * n * 4);
-    float *kc = calloc(cache_rows * c->split_q + 1, 4), *vc = calloc(cache_rows * c->split_q + 1, 4);
+    float *kc = calloc(cache_rows * c->split_q + 1, 4),
+          *vc = calloc(cache_rows * c->split_q + 1, 4);
     uint16_t *wh = malloc(n * k * 2), *bh = malloc(n * 2), *gh = malloc(k * 2);
     uint16_t *betah = malloc(k * 2);
     cl_float2 *xst = malloc(src_rows * ln_nb * sizeof *xst);
@@ -251,8 +249,8 @@ static float *run_case(fixture *fx, const mma_case *c, const char *force)
     cl_int *gather = malloc(m * sizeof *gather);
     cl_int4 *tok = calloc(m, sizeof *tok);
     double *xn = malloc(k * sizeof *xn);
-    assert_true(x && wf && bf && gf && betaf && y0 && y && want && bound && kc && vc && wh &&
-                bh && gh && betah && xst && ost && ost_want && gather && tok && xn);
+    assert_true(x && wf && bf && gf && betaf && y0 && y && want && bound && kc && vc && wh && bh &&
+                gh && betah && xst && ost && ost_want && gather && tok && xn);
     for (size_t i = 0; i < src_rows * ldx; i++)
         x[i] = frand() * 2.0f + 0.3f;
     for (size_t i = 0; i < n * k; i++) {
@@ -308,7 +306,9 @@ static float *run_case(fixture *fx, const mma_case *c, const char *force)
         }
     }
 
-    ke_tensor tw = {.dtype = KE_DTYPE_F16, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+    ke_tensor tw = {.dtype = KE_DTYPE_F16,
+                    .ndim = 2,
+                    .shape = {(int64_t)n, (int64_t)k},
                     .data = wh};
     ke_tensor tb = {.dtype = KE_DTYPE_F16, .ndim = 1, .shape = {(int64_t)n}, .data = bh};
     const ke_tensor *wp[1] = {&tw}, *bp[1] = {c->bias ? &tb : NULL};
@@ -321,7 +321,8 @@ static float *run_case(fixture *fx, const mma_case *c, const char *force)
     assert_true(g_dt && beta_dt);
     ke_convert(g_dt, dt, gh, KE_DTYPE_F16, k);
     ke_convert(beta_dt, dt, betah, KE_DTYPE_F16, k);
-    cl_mem bx = ts_cl_upload(fx->ctx, x, src_rows * ldx * 4), by = ts_cl_upload(fx->ctx, y0, y_len * 4);
+    cl_mem bx = ts_cl_upload(fx->ctx, x, src_rows * ldx * 4),
+           by = ts_cl_upload(fx->ctx, y0, y_len * 4);
     cl_mem bg = ts_cl_upload(fx->ctx, g_dt, k * es), bbeta = ts_cl_upload(fx->ctx, beta_dt, k * es);
     cl_mem bst = ts_cl_upload(fx->ctx, xst, src_rows * ln_nb * sizeof *xst);
     cl_mem bgat = ts_cl_upload(fx->ctx, gather, m * sizeof *gather);
@@ -329,12 +330,26 @@ static float *run_case(fixture *fx, const mma_case *c, const char *force)
     cl_mem bk = ts_cl_upload(fx->ctx, kc, (cache_rows * c->split_q + 1) * 4);
     cl_mem bv = ts_cl_upload(fx->ctx, vc, (cache_rows * c->split_q + 1) * 4);
     cl_mem btok = ts_cl_upload(fx->ctx, tok, m * sizeof *tok);
-    ke_cl_gemm_args a = {.m = m, .w = &wt, .x = bx, .ldx = ldx, .gather = c->gather ? bgat : NULL,
-                         .ln_stats = c->ln ? bst : NULL, .ln_w = bg, .ln_b = bbeta, .ln_sb = sb,
-                         .ln_eps = 1e-5f, .y = by, .y_offset = c->y_off, .ldy = ldy,
-                         .act = c->act, .accumulate = c->accumulate,
-                         .stats_out = c->stats ? bost : NULL, .split_q = c->split_q,
-                         .kpool = bk, .vpool = bv, .tokrow = btok};
+    ke_cl_gemm_args a = {.m = m,
+                         .w = &wt,
+                         .x = bx,
+                         .ldx = ldx,
+                         .gather = c->gather ? bgat : NULL,
+                         .ln_stats = c->ln ? bst : NULL,
+                         .ln_w = bg,
+                         .ln_b = bbeta,
+                         .ln_sb = sb,
+                         .ln_eps = 1e-5f,
+                         .y = by,
+                         .y_offset = c->y_off,
+                         .ldy = ldy,
+                         .act = c->act,
+                         .accumulate = c->accumulate,
+                         .stats_out = c->stats ? bost : NULL,
+                         .split_q = c->split_q,
+                         .kpool = bk,
+                         .vpool = bv,
+                         .tokrow = btok};
     if (ke_cl_gemm_force(fx->gemm, force, -1) != KS_OK)
         fail_msg("force %s: %s", force ? force : "auto", ks_error_message());
     if (ke_cl_gemm_run(fx->gemm, NULL, &a, "test") != KS_OK)
@@ -368,8 +383,8 @@ static float *run_case(fixture *fx, const mma_case *c, const char *force)
             if (err / tol > worst)
                 worst = err / tol;
             if (!(err <= tol) && bad++ < 5)
-                print_message("  %s: row %zu col %zu = %.8g, want %.8g (tolerance %.3g)\n",
-                              variant, r, j, (double)got, w, tol);
+                print_message("  %s: row %zu col %zu = %.8g, want %.8g (tolerance %.3g)\n", variant,
+                              r, j, (double)got, w, tol);
         }
     for (size_t r = 0; c->stats && r < m; r++) {
         ts_cl_block_stats(y + c->y_off + r * ldy, width, sb, ost_want); /* of the Y it wrote */
@@ -378,14 +393,14 @@ static float *run_case(fixture *fx, const mma_case *c, const char *force)
             if ((fabs((double)g.s[0] - e.s[0]) > 1e-5 * (1 + fabs((double)e.s[0])) ||
                  fabs((double)g.s[1] - e.s[1]) > 1e-5 * (1 + (double)e.s[1])) &&
                 bad++ < 5)
-                print_message("  statistics of row %zu block %zu: (%g, %g), want (%g, %g)\n", r,
-                              j, (double)g.s[0], (double)g.s[1], (double)e.s[0], (double)e.s[1]);
+                print_message("  statistics of row %zu block %zu: (%g, %g), want (%g, %g)\n", r, j,
+                              (double)g.s[0], (double)g.s[1], (double)e.s[0], (double)e.s[1]);
         }
     }
     print_message("  m %4zu n %4zu k %4zu %s bias %d act %2d acc %d ln %d gather %d stats %d "
-                  "split %zu: worst error %.2f of the tolerance\n", m, n, k,
-                  c->f32 ? "f32" : "f16", c->bias, c->act, c->accumulate, c->ln,
-                  c->gather, c->stats, c->split_q, worst);
+                  "split %zu: worst error %.2f of the tolerance\n",
+                  m, n, k, c->f32 ? "f32" : "f16", c->bias, c->act, c->accumulate, c->ln, c->gather,
+                  c->stats, c->split_q, worst);
     if (bad)
         fail_msg("m %zu n %zu k %zu (%s): %zu wrong", m, n, k, variant, bad);
 
@@ -412,11 +427,23 @@ static void test_products(void **state)
         {.m = 130, .n = 75, .k = 61, .bias = true, .act = KE_ACT_QUICK_GELU},
         {.m = 129, .n = 136, .k = 100, .bias = true, .act = KE_ACT_GELU, .x_pad = 3},
         {.m = 200, .n = 48, .k = 160, .accumulate = true, .act = -1, .y_off = 5, .y_pad = 2},
-        {.m = 71, .n = 100, .k = 48, .ln = true, .gather = true, .stats = true, .bias = true,
+        {.m = 71,
+         .n = 100,
+         .k = 48,
+         .ln = true,
+         .gather = true,
+         .stats = true,
+         .bias = true,
          .act = -1},
         {.m = 65, .n = 96, .k = 40, .ln = true, .split_q = 32, .act = -1, .y_pad = 1},
-        {.m = 257, .n = 129, .k = 33, .f32 = true, .bias = true, .accumulate = true,
-         .act = KE_ACT_GELU, .stats = true},
+        {.m = 257,
+         .n = 129,
+         .k = 33,
+         .f32 = true,
+         .bias = true,
+         .accumulate = true,
+         .act = KE_ACT_GELU,
+         .stats = true},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         free(run_case(fx, &cases[i], "mma"));
@@ -433,8 +460,13 @@ static void test_products_plain_loads(void **state)
     const ke_mma_variant plain = {.ldmatrix = false, .cp_async = false};
     if (ke_cl_gemm_use_mma(fx->gemm, &plain) != KS_OK)
         fail_msg("%s", ks_error_message());
-    mma_case c = {.m = 150, .n = 140, .k = 70, .bias = true, .ln = true,
-                  .stats = true, .act = KE_ACT_QUICK_GELU};
+    mma_case c = {.m = 150,
+                  .n = 140,
+                  .k = 70,
+                  .bias = true,
+                  .ln = true,
+                  .stats = true,
+                  .act = KE_ACT_QUICK_GELU};
     free(run_case(fx, &c, "mma"));
     assert_int_equal(ke_cl_gemm_set_path(fx->gemm, path_under_test), KS_OK);
 }
@@ -453,12 +485,15 @@ static void test_rows_do_not_depend_on_the_batch(void **state)
         wh[i] = ke_f32_to_f16(frand() * 0.3f);
     for (size_t i = 0; i < rows * k; i++)
         x[i] = frand();
-    ke_tensor tw = {.dtype = KE_DTYPE_F16, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+    ke_tensor tw = {.dtype = KE_DTYPE_F16,
+                    .ndim = 2,
+                    .shape = {(int64_t)n, (int64_t)k},
                     .data = wh};
     const ke_tensor *wp[1] = {&tw}, *bp[1] = {NULL};
     ke_cl_weight wt;
     assert_int_equal(ke_cl_weight_upload(fx->gemm, KE_DTYPE_F16, wp, bp, 1, "w", &wt, NULL), KS_OK);
-    cl_mem bx = ts_cl_upload(fx->ctx, x, rows * k * 4), by = ts_cl_upload(fx->ctx, NULL, rows * n * 4);
+    cl_mem bx = ts_cl_upload(fx->ctx, x, rows * k * 4),
+           by = ts_cl_upload(fx->ctx, NULL, rows * n * 4);
     cl_mem bgat = ts_cl_upload(fx->ctx, NULL, rows * sizeof *gat);
     ke_cl_gemm_args a = {.m = rows, .w = &wt, .x = bx, .ldx = k, .y = by, .ldy = n, .act = -1};
     assert_int_equal(ke_cl_gemm_force(fx->gemm, "mma", -1), KS_OK);
@@ -470,15 +505,16 @@ static void test_rows_do_not_depend_on_the_batch(void **state)
         size_t m = ms[i];
         for (size_t r = 0; r < m; r++)
             gat[r] = (cl_int)(rows - 1 - r); /* back to front: each row elsewhere in its tile */
-        assert_int_equal(kc_context_write(fx->ctx, bgat, true, 0, m * sizeof *gat, gat, NULL), KS_OK);
+        assert_int_equal(kc_context_write(fx->ctx, bgat, true, 0, m * sizeof *gat, gat, NULL),
+                         KS_OK);
         a.m = m;
         a.gather = bgat;
         assert_int_equal(ke_cl_gemm_run(fx->gemm, NULL, &a, "test"), KS_OK);
         ts_cl_download(fx->ctx, by, 0, m * n * 4, part);
         for (size_t r = 0; r < m; r++)
             if (memcmp(part + r * n, full + (rows - 1 - r) * n, n * 4) != 0 && diff++ < 5)
-                print_message("  m %zu: row %zu differs from the %zu-row launch\n", m,
-                              rows - 1 - r, rows);
+                print_message("  m %zu: row %zu differs from the %zu-row launch\n", m, rows - 1 - r,
+                              rows);
     }
     assert_int_equal(ke_cl_gemm_force(fx->gemm, NULL, -1), KS_OK);
     cl_mem bufs[] = {bx, by, bgat, wt.w};
@@ -498,13 +534,18 @@ static void test_path_choice(void **state)
     const size_t n = 40, k = 24;
     float *wf = calloc(n * k, 4), *x = calloc(200 * k, 4);
     assert_true(wf && x);
-    ke_tensor tw = {.dtype = KE_DTYPE_F32, .ndim = 2, .shape = {(int64_t)n, (int64_t)k},
+    ke_tensor tw = {.dtype = KE_DTYPE_F32,
+                    .ndim = 2,
+                    .shape = {(int64_t)n, (int64_t)k},
                     .data = wf};
     const ke_tensor *wp[1] = {&tw}, *bp[1] = {NULL};
     ke_cl_weight w16, w32;
-    assert_int_equal(ke_cl_weight_upload(fx->gemm, KE_DTYPE_F16, wp, bp, 1, "w", &w16, NULL), KS_OK);
-    assert_int_equal(ke_cl_weight_upload(fx->gemm, KE_DTYPE_F32, wp, bp, 1, "w", &w32, NULL), KS_OK);
-    cl_mem bx = ts_cl_upload(fx->ctx, x, 200 * k * 4), by = ts_cl_upload(fx->ctx, NULL, 200 * n * 4);
+    assert_int_equal(ke_cl_weight_upload(fx->gemm, KE_DTYPE_F16, wp, bp, 1, "w", &w16, NULL),
+                     KS_OK);
+    assert_int_equal(ke_cl_weight_upload(fx->gemm, KE_DTYPE_F32, wp, bp, 1, "w", &w32, NULL),
+                     KS_OK);
+    cl_mem bx = ts_cl_upload(fx->ctx, x, 200 * k * 4),
+           by = ts_cl_upload(fx->ctx, NULL, 200 * n * 4);
     ke_cl_gemm_args a = {.w = &w16, .x = bx, .ldx = k, .y = by, .ldy = n, .act = -1};
     /* the path under test, set up by the fixture */
     a.m = KE_CL_MMA_MIN_M + 1;

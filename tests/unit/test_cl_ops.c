@@ -27,8 +27,8 @@
 
 typedef struct fixture {
     kc_device_list *list;
-    kc_context *ctx;         /* NULL: no device, tests skip */
-    ke_cl_ops *ops[2];       /* [ke_dtype] */
+    kc_context *ctx;   /* NULL: no device, tests skip */
+    ke_cl_ops *ops[2]; /* [ke_dtype] */
 } fixture;
 
 static fixture fx;
@@ -334,8 +334,8 @@ static void test_decoder_embed(void **state)
             cl_int slot_next[3] = {17, 1, 42};
             cl_int pages[3 * 4] = {5, 2, 0, 0, 1, 0, 0, 0, 3, 4, 6, 0};
             /* (id or -1, position or -1, image row or -1, slot, idx) */
-            cl_int8 plan[7] = {{{0, 2, -1, 0, 0}},  {{5, 3, 0, 0, 1}},  {{-1, -1, -1, 0, 6}},
-                               {{-1, -1, -1, 1, 3}}, {{49, 2047, -1, 2, 9}}, {{7, 1, 1, 2, 10}},
+            cl_int8 plan[7] = {{{0, 2, -1, 0, 0}},     {{5, 3, 0, 0, 1}},      {{-1, -1, -1, 0, 6}},
+                               {{-1, -1, -1, 1, 3}},   {{49, 2047, -1, 2, 9}}, {{7, 1, 1, 2, 10}},
                                {{-1, 2100, -1, 2, 11}}};
             int32_t ids[7], pos[7], slot_of[7], idx[7];
             uint8_t mask[7];
@@ -368,12 +368,25 @@ static void test_decoder_embed(void **state)
             cl_mem mhist = to_device(hist, (size_t)slots * (size_t)cap * sizeof(cl_int));
             cl_mem mx = to_device(NULL, n * (size_t)dim * 4);
             cl_mem mst = to_device(NULL, n * nb * sizeof *st), mtok = to_device(NULL, sizeof tok);
-            ke_cl_decoder_embed_args a = {
-                .plan = mplan, .n_tokens = n, .table = mtab, .ldv = ldv, .panel = panel,
-                .image_rows = mimg,
-                .freq = mfreq, .scale = scale, .pad = pad, .dim = dim, .slot_next = mnext,
-                .pages = mpages, .max_pages = max_pages, .page_tokens = PAGE, .hist = mhist,
-                .hist_cap = cap, .x = mx, .x_stats = mst, .tokrow = mtok};
+            ke_cl_decoder_embed_args a = {.plan = mplan,
+                                          .n_tokens = n,
+                                          .table = mtab,
+                                          .ldv = ldv,
+                                          .panel = panel,
+                                          .image_rows = mimg,
+                                          .freq = mfreq,
+                                          .scale = scale,
+                                          .pad = pad,
+                                          .dim = dim,
+                                          .slot_next = mnext,
+                                          .pages = mpages,
+                                          .max_pages = max_pages,
+                                          .page_tokens = PAGE,
+                                          .hist = mhist,
+                                          .hist_cap = cap,
+                                          .x = mx,
+                                          .x_stats = mst,
+                                          .tokrow = mtok};
             check_ok(ke_cl_decoder_embed(fx.ops[dt], &a));
             from_device(mx, got, n * (size_t)dim * 4);
             from_device(mst, st, n * nb * sizeof *st);
@@ -393,8 +406,8 @@ static void test_decoder_embed(void **state)
                 assert_int_equal(tok[t].s[3], ids[t]);
                 assert_int_equal(hist[slot_of[t] * cap + idx[t]], ids[t]);
             }
-            cl_mem *all[] = {&mtab, &mplan, &mimg, &mfreq, &mnext, &mpages, &mhist, &mx, &mst,
-                             &mtok};
+            cl_mem *all[] = {&mtab,   &mplan, &mimg, &mfreq, &mnext,
+                             &mpages, &mhist, &mx,   &mst,   &mtok};
             for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
                 kc_context_buffer_free(fx.ctx, all[i]);
             free_weight(&w);
@@ -411,8 +424,8 @@ static void test_paged_attention(void **state)
     (void)state;
     REQUIRE_DEVICE();
     static const int shapes[][2] = {{3, 16}, {4, 8}, {2, 64}, {3, 5}}; /* heads, head_dim */
-    const bool was_serial =
-        !strcmp(ke_cl_ops_paged_attention_kernel(fx.ops[1]), "paged_attention_serial");
+    const bool was_serial = !strcmp(ke_cl_ops_paged_attention_kernel(fx.ops[1]),
+                                    "paged_attention_serial");
     for (int run = 0; run < 4; run++) {
         const int half = run % 2, serial = run / 2; /* both kernels on any device */
         ke_cl_ops_force_serial_attention(fx.ops[1], serial);
@@ -428,7 +441,8 @@ static void test_paged_attention(void **state)
             size_t pool_rows = (size_t)n_pages * PAGE;
             float *kp = rand_floats(pool_rows * (size_t)width, 2.0);
             float *vp = rand_floats(pool_rows * (size_t)width, 2.0);
-            uint16_t *kh = malloc(pool_rows * (size_t)width * 2), *vh = malloc(pool_rows * (size_t)width * 2);
+            uint16_t *kh = malloc(pool_rows * (size_t)width * 2),
+                     *vh = malloc(pool_rows * (size_t)width * 2);
             for (size_t i = 0; i < pool_rows * (size_t)width; i++) {
                 kh[i] = ke_f32_to_f16(kp[i]);
                 vh[i] = ke_f32_to_f16(vp[i]);
@@ -458,17 +472,28 @@ static void test_paged_attention(void **state)
                 tok[t] = (cl_int4){{0, slot, nk, 0}};
             }
             cl_mem mq = to_device(q, (size_t)n * width * 4);
-            cl_mem mk = half ? to_device(kh, pool_rows * width * 2) : to_device(kp, pool_rows * width * 4);
-            cl_mem mv = half ? to_device(vh, pool_rows * width * 2) : to_device(vp, pool_rows * width * 4);
+            cl_mem mk = half ? to_device(kh, pool_rows * width * 2)
+                             : to_device(kp, pool_rows * width * 4);
+            cl_mem mv = half ? to_device(vh, pool_rows * width * 2)
+                             : to_device(vp, pool_rows * width * 4);
             cl_mem mt = to_device(tok, sizeof tok);
             cl_mem mp = to_device(pages, (size_t)slots * max_pages * sizeof(cl_int));
             cl_mem mo = to_device(NULL, (size_t)n * width * 4);
             cl_mem ms = to_device(NULL, (size_t)n * heads * sizeof(cl_float2));
-            ke_cl_paged_attention_args a = {.q = mq, .kpool = mk, .vpool = mv, .kv_half = half,
-                                            .tokrow = mt, .pages = mp, .max_pages = max_pages,
-                                            .page_tokens = PAGE, .out = mo, .out_stats = ms,
-                                            .n_tokens = (size_t)n, .heads = heads,
-                                            .head_dim = hd, .scale = scale};
+            ke_cl_paged_attention_args a = {.q = mq,
+                                            .kpool = mk,
+                                            .vpool = mv,
+                                            .kv_half = half,
+                                            .tokrow = mt,
+                                            .pages = mp,
+                                            .max_pages = max_pages,
+                                            .page_tokens = PAGE,
+                                            .out = mo,
+                                            .out_stats = ms,
+                                            .n_tokens = (size_t)n,
+                                            .heads = heads,
+                                            .head_dim = hd,
+                                            .scale = scale};
             check_ok(ke_cl_paged_attention(fx.ops[1], NULL, &a));
             from_device(mo, got, (size_t)n * width * 4);
             char what[64];
@@ -546,12 +571,20 @@ static void run_attention(const char *name, const att_seq *seqs, int n_seqs, int
     cl_mem mkv = fused ? NULL : to_device(kvbuf, kv_rows * 2 * width * 4);
     cl_mem mr = to_device(rows, total_q * sizeof *rows);
     cl_mem mo = to_device(NULL, total_q * width * 4);
-    ke_cl_attention_args a = {.q = mq, .q_off = 0, .q_stride = q_stride,
-                              .k = fused ? mq : mkv, .v = fused ? mq : mkv,
+    ke_cl_attention_args a = {.q = mq,
+                              .q_off = 0,
+                              .q_stride = q_stride,
+                              .k = fused ? mq : mkv,
+                              .v = fused ? mq : mkv,
                               .k_off = fused ? width : 0,
                               .v_off = fused ? 2 * width : kv_rows * width,
-                              .kv_stride = kv_stride, .rows = mr, .n_rows = total_q,
-                              .heads = heads, .head_dim = head_dim, .scale = scale, .out = mo,
+                              .kv_stride = kv_stride,
+                              .rows = mr,
+                              .n_rows = total_q,
+                              .heads = heads,
+                              .head_dim = head_dim,
+                              .scale = scale,
+                              .out = mo,
                               .out_stride = width};
     check_ok(ke_cl_attention(fx.ops[1], &a));
     from_device(mo, got, total_q * width * 4);
@@ -641,9 +674,9 @@ static void test_select_greedy(void **state)
     for (int i = 0; i < vocab; i++)
         logits[4 * vocab + i] = -INFINITY; /* everything masked: id 0 as on the host */
     int32_t h0[] = {1, 2, 3, 4};
-    int32_t h1[] = {5, 6, 7, 1, 5, 6, 8, 3, 5, 6};       /* 3-gram (5, 6) -> 7 and 8 banned */
+    int32_t h1[] = {5, 6, 7, 1, 5, 6, 8, 3, 5, 6}; /* 3-gram (5, 6) -> 7 and 8 banned */
     int32_t h2[] = {9, 9, 9};
-    int32_t h3[] = {4, 3, 2, 1};                         /* 1-gram: every present id banned */
+    int32_t h3[] = {4, 3, 2, 1}; /* 1-gram: every present id banned */
     int32_t h4[] = {0};
     struct {
         const int32_t *ids;
@@ -651,8 +684,11 @@ static void test_select_greedy(void **state)
         int n;
         bool ban_eos;
         int row;
-    } rows[5] = {{h0, 4, 0, false, 0}, {h1, 10, 3, false, 1}, {h2, 3, 2, true, 2},
-                 {h3, 4, 1, false, 3}, {h4, 1, 0, false, 4}};
+    } rows[5] = {{h0, 4, 0, false, 0},
+                 {h1, 10, 3, false, 1},
+                 {h2, 3, 2, true, 2},
+                 {h3, 4, 1, false, 3},
+                 {h4, 1, 0, false, 4}};
     cl_int info[5 * 5];
     int32_t hist[64];
     size_t off = 0, max_len = 0;
@@ -699,8 +735,8 @@ static void test_select_greedy(void **state)
     for (int i = 0; i < n_sel; i++) {
         int slot = 2 * i + 1;
         memcpy(shist + slot * cap, rows[i].ids, rows[i].len * sizeof(int32_t));
-        sinfo[i] = (cl_int8){{rows[i].row, slot, (cl_int)rows[i].len, rows[i].n, rows[i].ban_eos,
-                              0, 0, 0}};
+        sinfo[i] = (cl_int8){
+            {rows[i].row, slot, (cl_int)rows[i].len, rows[i].n, rows[i].ban_eos, 0, 0, 0}};
     }
     cl_mem ml2 = to_device(logits, (size_t)n_sel * (size_t)vocab * 4); /* unbanned again */
     cl_mem msi = to_device(sinfo, sizeof sinfo);
@@ -721,7 +757,6 @@ static void test_select_greedy(void **state)
     free(logits);
     free(shist);
 }
-
 
 /* ---- sampling selection ------------------------------------------------------------------- */
 
@@ -754,7 +789,7 @@ static void make_sample_rows(float *lg, int vocab)
         p[(t * 7919 + 11) % vocab] = 14.0f - 0.35f * (float)t;
     for (int r = S_TIES_FIT; r <= S_TIES_WIDE; r++) {
         float *x = lg + (size_t)r * (size_t)vocab;
-        x[100] = x[7] = x[3000] = 10.0f;  /* ties at the top: lowest id for greedy */
+        x[100] = x[7] = x[3000] = 10.0f;        /* ties at the top: lowest id for greedy */
         int n_ties = r == S_TIES_FIT ? 60 : 70; /* at top-k 50's boundary: 63 fit in 66 */
         for (int t = 0; t < n_ties; t++)
             x[(t * 131 + 17) % vocab] = 5.0f;
@@ -804,8 +839,8 @@ static void test_select_sample(void **state)
     float *row = malloc((size_t)vocab * sizeof(float));
     memcpy(proc, logits, (size_t)n_sel * (size_t)vocab * sizeof(float));
     for (int i = 0; i < n_sel; i++)
-        host_process(proc + (size_t)i * (size_t)vocab, hr[i].ids, hr[i].len, hr[i].n,
-                     hr[i].ban_eos, eos);
+        host_process(proc + (size_t)i * (size_t)vocab, hr[i].ids, hr[i].len, hr[i].n, hr[i].ban_eos,
+                     eos);
     const size_t cap = 1024;
     cl_mem ml = to_device(logits, (size_t)n_sel * (size_t)vocab * 4);
     cl_mem mi = to_device(info, sizeof info);
@@ -854,11 +889,19 @@ static void test_select_sample(void **state)
                                               sizeof cinfo, cinfo, 0, NULL, NULL) == CL_SUCCESS
                              ? KS_OK
                              : KS_ERR_DEVICE);
-                ke_cl_select_sample_args a = {.logits = ml, .vocab = vocab, .info = mi,
-                                              .hist = mh, .n_sel = n_sel,
-                                              .max_len = (int)max_len, .eos = eos, .out = mo,
-                                              .cinfo = mci, .n_cand = n_cand, .cval = mcv,
-                                              .cid = mcd, .cstat = mcs};
+                ke_cl_select_sample_args a = {.logits = ml,
+                                              .vocab = vocab,
+                                              .info = mi,
+                                              .hist = mh,
+                                              .n_sel = n_sel,
+                                              .max_len = (int)max_len,
+                                              .eos = eos,
+                                              .out = mo,
+                                              .cinfo = mci,
+                                              .n_cand = n_cand,
+                                              .cval = mcv,
+                                              .cid = mcd,
+                                              .cstat = mcs};
                 check_ok(ke_cl_select_sample(fx.ops[1], &a));
                 from_device(mo, ids, sizeof ids);
                 if (n_cand > 0) {
@@ -903,8 +946,8 @@ static void test_select_sample(void **state)
                         assert_true(rest == o.rest_max || (rest == -INFINITY && o.n == vocab));
                         if (tail_t[i] > 0.0f && o.valid && isfinite(mx)) {
                             if (!(o.tail_lo <= tail * (1 + 1e-9) && tail <= o.tail_hi * (1 + 1e-9)))
-                                print_message("row %d T %g: tail %.17g outside [%.17g, %.17g]\n",
-                                              i, (double)tail_t[i], tail, o.tail_lo, o.tail_hi);
+                                print_message("row %d T %g: tail %.17g outside [%.17g, %.17g]\n", i,
+                                              (double)tail_t[i], tail, o.tail_lo, o.tail_hi);
                             assert_true(o.tail_lo <= tail * (1 + 1e-9));
                             assert_true(tail <= o.tail_hi * (1 + 1e-9));
                         }
@@ -1048,15 +1091,25 @@ static void test_select_sample_random(void **state)
         }
         check_ok(clEnqueueWriteBuffer(kc_context_queue(fx.ctx), ml, CL_TRUE, 0,
                                       (size_t)n_sel * (size_t)vocab * 4, logits, 0, NULL,
-                                      NULL) == CL_SUCCESS && n_cand > 0 &&
+                                      NULL) == CL_SUCCESS &&
+                         n_cand > 0 &&
                          clEnqueueWriteBuffer(kc_context_queue(fx.ctx), mci, CL_TRUE, 0,
                                               (size_t)n_cand * 4 * sizeof(cl_int), cinfo, 0, NULL,
                                               NULL) == CL_SUCCESS
                      ? KS_OK
                      : KS_ERR_DEVICE);
-        ke_cl_select_sample_args a = {.logits = ml, .vocab = vocab, .info = mi, .hist = mh,
-                                      .n_sel = n_sel, .max_len = 1, .eos = 2, .out = mo,
-                                      .cinfo = mci, .n_cand = n_cand, .cval = mcv, .cid = mcd,
+        ke_cl_select_sample_args a = {.logits = ml,
+                                      .vocab = vocab,
+                                      .info = mi,
+                                      .hist = mh,
+                                      .n_sel = n_sel,
+                                      .max_len = 1,
+                                      .eos = 2,
+                                      .out = mo,
+                                      .cinfo = mci,
+                                      .n_cand = n_cand,
+                                      .cval = mcv,
+                                      .cid = mcd,
                                       .cstat = mcs};
         check_ok(ke_cl_select_sample(fx.ops[1], &a));
         cl_ulong cstat[8 * 4];
@@ -1117,8 +1170,14 @@ static void test_errors_name_the_kernel(void **state)
     REQUIRE_DEVICE();
     /* a launch the driver refuses (a NULL buffer where one is read) must fail with a message
      * naming the kernel and its sizes, not crash */
-    ke_cl_attention_args a = {.q = NULL, .q_stride = 8, .kv_stride = 8, .n_rows = 3,
-                              .heads = 1, .head_dim = 8, .scale = 1.0f, .out_stride = 8};
+    ke_cl_attention_args a = {.q = NULL,
+                              .q_stride = 8,
+                              .kv_stride = 8,
+                              .n_rows = 3,
+                              .heads = 1,
+                              .head_dim = 8,
+                              .scale = 1.0f,
+                              .out_stride = 8};
     a.heads = 0;
     ks_status st = ke_cl_attention(fx.ops[1], &a);
     assert_int_not_equal(st, KS_OK);

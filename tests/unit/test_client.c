@@ -28,8 +28,8 @@
 #include "inproc_broker.h"
 #include "kosmos/client.h"
 #include "test_curve_cert.h"
-#include "wire.h"
 #include "test_skip.h"
+#include "wire.h"
 
 static const uint8_t test_image[] = {0x89, 'P', 'N', 'G', 1, 2, 3, 4, 5, 6, 7, 8};
 
@@ -76,8 +76,8 @@ typedef struct fworker {
 /* The snowman of protocol.md §12, for any job; status OK unless told otherwise. A FAILED result
  * is final for the job but says each prompt alone might succeed again (prompt retriable).
  * `started_ms` is when the job arrived (Unix ms); finished is now. */
-static void fw_result(void *sock, const char *job_id, uint32_t attempt, int status, size_t n_prompts,
-                      uint64_t started_ms)
+static void fw_result(void *sock, const char *job_id, uint32_t attempt, int status,
+                      size_t n_prompts, uint64_t started_ms)
 {
     Kosmos__V1__Result r = KOSMOS__V1__RESULT__INIT;
     Kosmos__V1__PromptResult pr[2];
@@ -86,7 +86,8 @@ static void fw_result(void *sock, const char *job_id, uint32_t attempt, int stat
     Kosmos__V1__Entity *es[1] = {&e};
     Kosmos__V1__ResultBox rb = KOSMOS__V1__RESULT_BOX__INIT;
     Kosmos__V1__ResultBox *rbs[1] = {&rb};
-    Kosmos__V1__NormalizedBox nb = KOSMOS__V1__NORMALIZED_BOX__INIT, px = KOSMOS__V1__NORMALIZED_BOX__INIT;
+    Kosmos__V1__NormalizedBox nb = KOSMOS__V1__NORMALIZED_BOX__INIT,
+                              px = KOSMOS__V1__NORMALIZED_BOX__INIT;
     Kosmos__V1__NormalizedBox *pxs[1] = {&px};
     Kosmos__V1__PatchBox pb = KOSMOS__V1__PATCH_BOX__INIT;
     Kosmos__V1__Timings t = KOSMOS__V1__TIMINGS__INIT;
@@ -347,7 +348,8 @@ static void test_submit_wait_ack(void **state)
     assert_int_equal(kosmos_result_prompt_status(r, 0), KOSMOS_RESULT_OK);
     assert_false(kosmos_result_prompt_retriable(r, 0));
     /* the worker's clock, passed through the broker: within this test's submit .. receive */
-    uint64_t started = kosmos_result_started_unix_ms(r), finished = kosmos_result_finished_unix_ms(r);
+    uint64_t started = kosmos_result_started_unix_ms(r),
+             finished = kosmos_result_finished_unix_ms(r);
     assert_true(submitted_ms <= started);
     assert_true(started <= finished);
     assert_true(finished <= received_ms);
@@ -357,7 +359,8 @@ static void test_submit_wait_ack(void **state)
     assert_true(kosmos_result_seed(r, 0, NULL));
     assert_false(kosmos_result_seed(r, 1, &seed)); /* one prompt only */
     assert_true(seed == FW_SEED(0));               /* untouched */
-    assert_string_equal(kosmos_result_text(r, 0), "An image of a snowman warming himself by a fire.");
+    assert_string_equal(kosmos_result_text(r, 0),
+                        "An image of a snowman warming himself by a fire.");
     assert_non_null(kosmos_result_raw_text(r, 0));
     size_t n_ids = 0;
     const uint32_t *ids = kosmos_result_generated_ids(r, 0, &n_ids);
@@ -652,7 +655,8 @@ static void test_timeouts_and_arguments(void **state)
     char id[KOSMOS_JOB_ID_SIZE];
     assert_int_equal(kosmos_client_submit(c, j, NULL, id, NULL), KOSMOS_ERR_INVALID); /* no image */
     assert_int_equal(kosmos_job_set_image_data(j, test_image, sizeof test_image), KOSMOS_OK);
-    assert_int_equal(kosmos_client_submit(c, j, NULL, id, NULL), KOSMOS_ERR_INVALID); /* no prompt */
+    assert_int_equal(kosmos_client_submit(c, j, NULL, id, NULL),
+                     KOSMOS_ERR_INVALID); /* no prompt */
     assert_int_equal(kosmos_job_add_phrase_boxes(j, NULL, 0), KOSMOS_ERR_INVALID);
     assert_int_equal(kosmos_job_add_prompt(j, "x"), KOSMOS_OK);
     char longkey[200];
@@ -835,7 +839,8 @@ static void test_curve(void **state)
     assert_string_equal(pub, cpub);
     assert_string_equal(sec, csec);
     assert_int_equal(kosmos_curve_load_cert(path[1], srv, NULL), KOSMOS_OK);
-    assert_int_equal(kosmos_curve_load_cert(path[1], srv, sec), KOSMOS_ERR_INVALID); /* public only */
+    assert_int_equal(kosmos_curve_load_cert(path[1], srv, sec),
+                     KOSMOS_ERR_INVALID); /* public only */
     assert_int_equal(kosmos_curve_load_cert("/nonexistent.key", srv, NULL), KOSMOS_ERR_IO);
     assert_int_equal(kosmos_curve_load_cert(path[2], pub, sec), KOSMOS_OK);
 

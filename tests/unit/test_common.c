@@ -78,9 +78,9 @@ static void test_python_isspace(void **state)
 {
     (void)state;
     /* The exact set of Python's str.isspace() over all code points. */
-    const uint32_t spaces[] = {0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20,
-                               0x85, 0xA0, 0x1680, 0x2000, 0x2005, 0x200A, 0x2028, 0x2029,
-                               0x202F, 0x205F, 0x3000};
+    const uint32_t spaces[] = {0x09,   0x0A,   0x0B,   0x0C,   0x0D,   0x1C,   0x1D,
+                               0x1E,   0x1F,   0x20,   0x85,   0xA0,   0x1680, 0x2000,
+                               0x2005, 0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000};
     size_t found = 0;
     for (uint32_t cp = 0; cp <= 0x10FFFF; cp++)
         if (ks_unicode_is_space(cp))
@@ -99,7 +99,8 @@ static void test_file_read_limits(void **state)
     size_t len = 0;
     assert_int_equal(ks_file_read("/nonexistent/kosmos", 10, &data, &len), KS_ERR_IO);
     assert_non_null(strstr(ks_error_message(), "/nonexistent/kosmos"));
-    assert_int_equal(ks_file_read(KOSMOS_TEST_DATA_DIR "/kosmos2/checkpoint/preprocessor_config.json",
+    assert_int_equal(ks_file_read(KOSMOS_TEST_DATA_DIR
+                                  "/kosmos2/checkpoint/preprocessor_config.json",
                                   10, &data, &len),
                      KS_ERR_LIMIT);
     assert_int_equal(ks_file_read("/", 100, &data, &len), KS_ERR_IO);
@@ -162,8 +163,8 @@ static void test_base64(void **state)
 {
     (void)state;
     static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
-    static const char *const coded[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=",
-                                        "Zm9vYmFy"};
+    static const char *const coded[] = {"",         "Zg==",     "Zm8=",    "Zm9v",
+                                        "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
     for (size_t i = 0; i < 7; i++) {
         char *e = ks_base64_encode(plain[i], strlen(plain[i]));
         assert_string_equal(e, coded[i]);
@@ -297,7 +298,8 @@ static void test_zpl_keys(void **state)
     assert_false(ks_zpl_z85_key(cert, "other-key", key));
 
     /* pyzmq's single quotes; CRLF line ends; tabs around '=' */
-    assert_true(ks_zpl_z85_key("curve\r\n\tpublic-key\t=\t'" ZPL_PUBLIC "'\r\n", "public-key", key));
+    assert_true(ks_zpl_z85_key("curve\r\n\tpublic-key\t=\t'" ZPL_PUBLIC "'\r\n", "public-key",
+                               key));
     assert_string_equal(key, ZPL_PUBLIC);
     /* a bare value ends at a space; Z85 characters '#' and '=' are part of it */
     const char *bare = "public-key = ab#=efghij0123456789ABCDEFGHIJ.-:+=^!/*? # note\n";

@@ -58,10 +58,7 @@ static bool golden_open(golden_file *g, const char *name)
     return true;
 }
 
-static void golden_close(golden_file *g)
-{
-    ke_st_close(&g->st);
-}
+static void golden_close(golden_file *g) { ke_st_close(&g->st); }
 
 /* A copy of f32 tensor `name` (caller frees), its element count in *n. */
 static float *golden_f32(const golden_file *g, const char *name, size_t *n)
@@ -141,17 +138,15 @@ static int setup(void **state)
     }
     ke_backend_stats bs;
     ke_backend_stats_get(fx.backend, &bs);
-    printf("backend %s on '%s' (programs: %u built, %u from the cache)\n",
-           fx.backend->ops->name, bs.device ? bs.device : "?", bs.programs_built,
-           bs.programs_cached);
+    printf("backend %s on '%s' (programs: %u built, %u from the cache)\n", fx.backend->ops->name,
+           bs.device ? bs.device : "?", bs.programs_built, bs.programs_cached);
     /* encode every image once (test_vision checks the taps) */
     json_t *images = json_object_get(fx.cases, "images");
     const char *key;
     json_t *val;
     size_t per = embeds_per_image();
     fx.image_embeds = malloc(8 * per * sizeof(float));
-    json_object_foreach(images, key, val)
-    {
+    json_object_foreach(images, key, val) {
         if (fx.n_images == 8)
             break;
         golden_file g;
@@ -159,8 +154,9 @@ static int setup(void **state)
             return -1;
         size_t n_pix;
         float *pix = golden_f32(&g, "pixel_values", &n_pix);
-        ks_status st = fx.backend->ops->encode_images(
-            fx.backend, pix, 1, fx.image_embeds + (size_t)fx.n_images * per, NULL);
+        ks_status st = fx.backend->ops->encode_images(fx.backend, pix, 1,
+                                                      fx.image_embeds + (size_t)fx.n_images * per,
+                                                      NULL);
         free(pix);
         golden_close(&g);
         if (st != KS_OK)
@@ -180,7 +176,6 @@ static int teardown(void **state)
     json_decref(fx.cases);
     return 0;
 }
-
 
 static double max_abs(const float *a, const float *b, size_t n)
 {
@@ -309,8 +304,10 @@ static void build_requests(json_t *c, built *b)
         q->want_prefill_logits = true;
         q->image = image_index(json_string_value(json_array_get(images, (size_t)r)));
         ke_gen_params_default(&q->params, &fx.model->config);
-        q->params.max_new_tokens = (int)json_integer_value(json_object_get(params, "max_new_tokens"));
-        q->params.min_new_tokens = (int)json_integer_value(json_object_get(params, "min_new_tokens"));
+        q->params.max_new_tokens = (int)json_integer_value(json_object_get(params,
+                                                                           "max_new_tokens"));
+        q->params.min_new_tokens = (int)json_integer_value(json_object_get(params,
+                                                                           "min_new_tokens"));
         q->params.num_beams = (int)json_integer_value(json_object_get(params, "num_beams"));
         q->params.no_repeat_ngram_size =
             (int)json_integer_value(json_object_get(params, "no_repeat_ngram_size"));
@@ -360,8 +357,7 @@ static void test_single_cases(void **state)
     size_t ci;
     json_t *c;
     int n_run = 0;
-    json_array_foreach(cases, ci, c)
-    {
+    json_array_foreach(cases, ci, c) {
         if (json_array_size(json_object_get(c, "input_ids")) != 1)
             continue;
         const char *name = json_string_value(json_object_get(c, "name"));
@@ -369,7 +365,8 @@ static void test_single_cases(void **state)
         build_requests(c, &b);
         ke_gen_result res;
         ke_gen_stats stats;
-        ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, b.req, 1, &res, &stats);
+        ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, b.req, 1, &res,
+                                   &stats);
         if (st != KS_OK)
             fail_msg("%s: %s", name, ks_error_message());
         golden_file g;
@@ -406,8 +403,7 @@ static void test_batch(void **state)
     size_t ci;
     json_t *c;
     int n_run = 0;
-    json_array_foreach(cases, ci, c)
-    {
+    json_array_foreach(cases, ci, c) {
         if (json_array_size(json_object_get(c, "input_ids")) < 2)
             continue;
         const char *name = json_string_value(json_object_get(c, "name"));
@@ -416,14 +412,15 @@ static void test_batch(void **state)
         ke_gen_result res[8], one[8];
         ke_gen_stats stats;
         /* all together: one forward per step */
-        ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, b.req, b.n, res, &stats);
+        ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, b.req, b.n, res,
+                                   &stats);
         if (st != KS_OK)
             fail_msg("%s: %s", name, ks_error_message());
         /* one at a time */
         for (int r = 0; r < b.n; r++)
-            assert_int_equal(
-                ke_generate(fx.backend, fx.image_embeds, fx.n_images, &b.req[r], 1, &one[r], NULL),
-                KS_OK);
+            assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &b.req[r], 1,
+                                         &one[r], NULL),
+                             KS_OK);
         golden_file g;
         assert_true(golden_open(&g, json_string_value(json_object_get(c, "file"))));
         size_t n;
@@ -465,10 +462,7 @@ static void test_batch(void **state)
 
 /* ---- behaviour that needs a model but no golden ids ------------------------------------- */
 
-static json_t *first_case(void)
-{
-    return json_array_get(json_object_get(fx.cases, "cases"), 0);
-}
+static json_t *first_case(void) { return json_array_get(json_object_get(fx.cases, "cases"), 0); }
 
 static void test_waiting_for_slots(void **state)
 {
@@ -548,7 +542,8 @@ static void test_continuous_batching(void **state)
     q[5].params.top_p = 0.95f;
     q[5].params.seed = 7;
     /* room for about three sequences at a time */
-    ke_backend_options bo = {.slots = 8, .slot_capacity = 512,
+    ke_backend_options bo = {.slots = 8,
+                             .slot_capacity = 512,
                              .kv_tokens = 3 * (b.req[0].len + 32)};
     ke_backend *small = NULL;
     assert_int_equal(open_backend(&bo, &small), KS_OK);
@@ -677,7 +672,8 @@ static void test_sampling(void **state)
     q.params.seed = 1234;
     ke_gen_result a, a2, c, greedy, k1, p1;
     assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &a, NULL), KS_OK);
-    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &a2, NULL), KS_OK);
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &a2, NULL),
+                     KS_OK);
     assert_int_equal(a.len, a2.len);
     assert_memory_equal(a.ids, a2.ids, a.len * sizeof(int32_t)); /* same seed, same ids */
     q.params.seed = 99;
@@ -686,11 +682,13 @@ static void test_sampling(void **state)
     /* top_k 1, or a tiny top_p, leaves only the argmax: sampling equals greedy */
     q.params.top_k = 1;
     q.params.top_p = 1.0f;
-    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &k1, NULL), KS_OK);
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &k1, NULL),
+                     KS_OK);
     q.params.top_k = 0;
     q.params.top_p = 1e-6f;
     q.params.temperature = 1.0f;
-    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &p1, NULL), KS_OK);
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &p1, NULL),
+                     KS_OK);
     q.params.do_sample = false;
     assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &q, 1, &greedy, NULL),
                      KS_OK);
@@ -708,7 +706,8 @@ static void test_sampling(void **state)
     ke_gen_result both[2], alone;
     assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, two, 2, both, NULL),
                      KS_OK);
-    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &two[1], 1, &alone, NULL),
+    assert_int_equal(ke_generate(fx.backend, fx.image_embeds, fx.n_images, &two[1], 1, &alone,
+                                 NULL),
                      KS_OK);
     assert_int_equal(both[1].len, alone.len);
     assert_memory_equal(both[1].ids, alone.ids, alone.len * sizeof(int32_t));
@@ -792,19 +791,19 @@ static void test_device_sample(void **state)
     }
     q[0].params.temperature = 40.0f; /* flattened: top-k 50 decides on the list */
     q[0].params.min_new_tokens = 16;
-    q[1].params.top_k = 0;           /* top-p alone: list + tail bounds, or the full row */
+    q[1].params.top_k = 0; /* top-p alone: list + tail bounds, or the full row */
     q[1].params.top_p = 0.9f;
     q[1].params.temperature = 2.0f;
     q[1].params.no_repeat_ngram_size = 2;
-    q[2].params.top_k = 0;           /* no filter: always the full row */
+    q[2].params.top_k = 0; /* no filter: always the full row */
     q[2].params.temperature = 20.0f;
     q[3].params.top_k = 5;
     q[3].params.top_p = 0.5f;
     q[3].params.temperature = 30.0f;
     q[3].params.no_repeat_ngram_size = 1;
-    q[4].params.do_sample = false;   /* a greedy request in the same steps */
+    q[4].params.do_sample = false; /* a greedy request in the same steps */
     q[4].params.min_new_tokens = 8;
-    q[5].params.top_k = 0;           /* top-p alone, flattened: the nucleus leaves the list */
+    q[5].params.top_k = 0; /* top-p alone, flattened: the nucleus leaves the list */
     q[5].params.top_p = 0.95f;
     q[5].params.temperature = 40.0f;
     const bool has = fx.backend->ops->select_sample != NULL;
@@ -879,9 +878,9 @@ static void test_decode_step_launches_and_waits(void **state)
     uint64_t ids = kc_profile_waits(prof, NULL, &busy) - in_step;
     int layers = fx.model->config.text.layers;
     printf("  %llu steps: %.2f launches per text layer and step, %llu waits inside steps, "
-           "%llu waits for ids (%llu with the next step queued)\n", (unsigned long long)steps,
-           (double)layer / (double)steps / layers, (unsigned long long)in_step,
-           (unsigned long long)ids, (unsigned long long)busy);
+           "%llu waits for ids (%llu with the next step queued)\n",
+           (unsigned long long)steps, (double)layer / (double)steps / layers,
+           (unsigned long long)in_step, (unsigned long long)ids, (unsigned long long)busy);
     assert_int_equal(steps, 20);
     assert_true(layer <= 6 * steps * (uint64_t)layers);
     assert_int_equal(in_step, 0);
@@ -923,13 +922,13 @@ static void test_invalid_params(void **state)
         ks_status want;
     } bad[16];
     int n = 0;
-#define BAD(w, field, value, status)                                                           \
-    do {                                                                                       \
-        bad[n].what = w;                                                                       \
-        bad[n].q = good;                                                                       \
-        bad[n].q.field = value;                                                                \
-        bad[n].want = status;                                                                  \
-        n++;                                                                                   \
+#define BAD(w, field, value, status)                                                               \
+    do {                                                                                           \
+        bad[n].what = w;                                                                           \
+        bad[n].q = good;                                                                           \
+        bad[n].q.field = value;                                                                    \
+        bad[n].want = status;                                                                      \
+        n++;                                                                                       \
     } while (0)
     BAD("num_beams 0", params.num_beams, 0, KS_ERR_INVALID);
     BAD("max_new_tokens -1", params.max_new_tokens, -1, KS_ERR_INVALID);
@@ -970,7 +969,8 @@ static void test_invalid_params(void **state)
     bad[n++].want = KS_ERR_INVALID;
     for (int i = 0; i < n; i++) {
         ke_gen_result r;
-        ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, &bad[i].q, 1, &r, NULL);
+        ks_status st = ke_generate(fx.backend, fx.image_embeds, fx.n_images, &bad[i].q, 1, &r,
+                                   NULL);
         printf("  %-20s -> %s: %s\n", bad[i].what, ks_status_name(st), ks_error_message());
         assert_int_equal(st, bad[i].want);
         assert_null(r.ids);
@@ -989,8 +989,8 @@ static void test_invalid_params(void **state)
     /* the backend refuses a step beyond a slot's capacity */
     int32_t one_id = 0, one_pos = 2;
     int slot = 0, many = 600;
-    ke_step step = {.n_seqs = 1, .slots = &slot, .n_tokens = &many, .ids = &one_id,
-                    .positions = &one_pos};
+    ke_step step = {
+        .n_seqs = 1, .slots = &slot, .n_tokens = &many, .ids = &one_id, .positions = &one_pos};
     float *logits = malloc((size_t)fx.model->config.text.vocab_size * sizeof(float));
     assert_int_equal(fx.backend->ops->forward(fx.backend, &step, logits), KS_ERR_LIMIT);
     free(logits);
@@ -1003,12 +1003,16 @@ int main(void)
     /* the last two run on OpenCL devices only: the reference backend's calloc may overcommit,
      * so there is no failure to check, and it has no launches to count */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vision),         cmocka_unit_test(test_single_cases),
-        cmocka_unit_test(test_batch),          cmocka_unit_test(test_waiting_for_slots),
+        cmocka_unit_test(test_vision),
+        cmocka_unit_test(test_single_cases),
+        cmocka_unit_test(test_batch),
+        cmocka_unit_test(test_waiting_for_slots),
         cmocka_unit_test(test_continuous_batching),
         cmocka_unit_test(test_growth_while_selecting),
-        cmocka_unit_test(test_sampling),       cmocka_unit_test(test_device_select),
-        cmocka_unit_test(test_device_sample),  cmocka_unit_test(test_invalid_params),
+        cmocka_unit_test(test_sampling),
+        cmocka_unit_test(test_device_select),
+        cmocka_unit_test(test_device_sample),
+        cmocka_unit_test(test_invalid_params),
         cmocka_unit_test(test_device_out_of_memory),
         cmocka_unit_test(test_decode_step_launches_and_waits),
     };

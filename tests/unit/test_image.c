@@ -46,7 +46,8 @@
 #define NPIX (3 * KI_IMAGE_SIZE * KI_IMAGE_SIZE)
 #define MAX_FILE ((size_t)64 << 20)
 
-static char *read_all(const char *path, size_t *len) {
+static char *read_all(const char *path, size_t *len)
+{
     char *data = NULL;
     if (ks_file_read(path, MAX_FILE, &data, len) != KS_OK) {
         fail_msg("%s", ks_error_message());
@@ -55,7 +56,8 @@ static char *read_all(const char *path, size_t *len) {
 }
 
 /* Sorted names of the regular files in dir with an image suffix. */
-static size_t list_images(const char *dir, char names[][64], size_t max) {
+static size_t list_images(const char *dir, char names[][64], size_t max)
+{
     DIR *d = opendir(dir);
     struct dirent *e;
     size_t n = 0;
@@ -75,7 +77,8 @@ static size_t list_images(const char *dir, char names[][64], size_t max) {
 /* One image against its fixture: PIL resize bit-exact, pixel_values within one step. With
  * `exact` false (AVIF: libheif and Pillow's libavif convert YUV to RGB differently) only the
  * decode and the size are checked; the differences are printed. */
-static void check_image(const char *dir, const char *name, bool demo, bool exact) {
+static void check_image(const char *dir, const char *name, bool demo, bool exact)
+{
     char path[512], fix[512];
     size_t len = 0;
     st_min st;
@@ -134,8 +137,8 @@ static void check_image(const char *dir, const char *name, bool demo, bool exact
     printf("  %-18s %-4s %4dx%-4d pixel_values: max|d| %.6f, %.4f%% within 0.016, %zu "
            "within 0.032, %.3f%% equal; PIL resize: %zu/%d differ (max %d)\n",
            name, st_min_meta(&st, "pil_mode"), px->src_width, px->src_height, maxd,
-           100.0 * (double)within1 / NPIX, within2, 100.0 * (double)same / NPIX, resize_diff,
-           NPIX, resize_max);
+           100.0 * (double)within1 / NPIX, within2, 100.0 * (double)same / NPIX, resize_diff, NPIX,
+           resize_max);
     if (exact) {
         assert_true((double)within1 >= 0.999 * NPIX);
         assert_int_equal(within2, NPIX);
@@ -147,7 +150,8 @@ static void check_image(const char *dir, const char *name, bool demo, bool exact
     st_min_close(&st);
 }
 
-static void test_demo_images(void **state) {
+static void test_demo_images(void **state)
+{
     char names[32][64];
     size_t n = list_images(DEMO_DIR, names, 32);
     assert_true(n >= 7);
@@ -157,7 +161,8 @@ static void test_demo_images(void **state) {
     }
 }
 
-static void test_mode_images(void **state) {
+static void test_mode_images(void **state)
+{
     char names[32][64];
     size_t n = list_images(MODE_DIR, names, 32);
     assert_true(n >= 15);
@@ -176,7 +181,8 @@ static void test_mode_images(void **state) {
 }
 
 /* The reference never rotates; the option does. */
-static void test_exif_orientation(void **state) {
+static void test_exif_orientation(void **state)
+{
     size_t len;
     char *bytes = read_all(MODE_DIR "/exif_rot6.jpg", &len);
     ki_decode_params p;
@@ -196,7 +202,8 @@ static void test_exif_orientation(void **state) {
     free(bytes);
 }
 
-static void expect_failure(const char *what, const void *bytes, size_t len, ks_status want) {
+static void expect_failure(const char *what, const void *bytes, size_t len, ks_status want)
+{
     ki_image *img = (ki_image *)&img; /* must come back NULL */
     ks_status rc = ki_image_decode(bytes, len, NULL, &img);
     printf("  %-28s -> %s: %s\n", what, ks_status_name(rc), ks_error_message());
@@ -205,7 +212,8 @@ static void expect_failure(const char *what, const void *bytes, size_t len, ks_s
     assert_true(strlen(ks_error_message()) > 0);
 }
 
-static uint32_t crc32_png(const uint8_t *p, size_t n) {
+static uint32_t crc32_png(const uint8_t *p, size_t n)
+{
     uint32_t c = 0xFFFFFFFFu;
     for (size_t i = 0; i < n; i++) {
         c ^= p[i];
@@ -216,12 +224,14 @@ static uint32_t crc32_png(const uint8_t *p, size_t n) {
     return c ^ 0xFFFFFFFFu;
 }
 
-static void put_be32(uint8_t *p, uint32_t v) {
+static void put_be32(uint8_t *p, uint32_t v)
+{
     p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16);
     p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
 }
 
-static void expect_success(const char *what, const void *bytes, size_t len) {
+static void expect_success(const char *what, const void *bytes, size_t len)
+{
     ki_image *img = NULL;
     ks_status rc = ki_image_decode(bytes, len, NULL, &img);
     printf("  %-28s -> %s %s\n", what, ks_status_name(rc), rc == KS_OK ? "" : ks_error_message());
@@ -231,7 +241,8 @@ static void expect_success(const char *what, const void *bytes, size_t len) {
 
 /* Each case as PIL 13 (Image.open + load) has it: PIL raises on all of these but the PNG
  * without IEND, whose pixel data is complete (PIL and libpng both accept it). */
-static void test_bad_images(void **state) {
+static void test_bad_images(void **state)
+{
     size_t jlen, plen;
     char *jpeg = read_all(DEMO_DIR "/two_dogs.jpg", &jlen);
     char *png = read_all(DEMO_DIR "/snowman.png", &plen);
@@ -316,7 +327,8 @@ static void test_bad_images(void **state) {
     printf("  %zu cut or flipped test images: %zu rejected, none crashed\n", tried, failed);
 }
 
-static void test_pixel_limit(void **state) {
+static void test_pixel_limit(void **state)
+{
     size_t len;
     char *bytes = read_all(DEMO_DIR "/two_dogs.jpg", &len); /* 1200 x 602 = 722,400 */
     ki_decode_params p;
@@ -337,17 +349,17 @@ static void test_pixel_limit(void **state) {
  * "Formats"): YUV-to-RGB rounding gives one step; for 4:2:0 AVIF, libheif (ours, through
  * libvips) repeats each chroma sample where libavif (Pillow's) interpolates, up to 16 steps
  * at colour edges. HEIC is compared with pillow-heif, Pillow's HEIF plugin. */
-static int yuv_steps(const char *name) {
-    return strcmp(name, "small.avif") == 0 ? 16 : 1;
-}
+static int yuv_steps(const char *name) { return strcmp(name, "small.avif") == 0 ? 16 : 1; }
 
-static bool is_yuv(const char *name) {
+static bool is_yuv(const char *name)
+{
     return strstr(name, ".avif") || strstr(name, ".heic") || strstr(name, ".heif");
 }
 
 /* One file against Pillow's decoded RGB; also checks that the file's extension names the
  * format it decodes as (the walk and the decoder use the same list) and that probing agrees. */
-static void check_decoded(const char *dir, const char *name) {
+static void check_decoded(const char *dir, const char *name)
+{
     char path[512], fix[512];
     size_t len = 0;
     st_min st;
@@ -397,7 +409,8 @@ static void check_decoded(const char *dir, const char *name) {
     st_min_close(&st);
 }
 
-static size_t check_folder(const char *dir) {
+static size_t check_folder(const char *dir)
+{
     char names[64][64];
     size_t n = list_images(dir, names, 64);
     for (size_t i = 0; i < n; i++) {
@@ -407,12 +420,14 @@ static size_t check_folder(const char *dir) {
 }
 
 /* Every BMP variant and every PNM against Pillow, bit for bit. */
-static void test_own_decoders(void **state) {
+static void test_own_decoders(void **state)
+{
     assert_true(check_folder(MODE_DIR "/bmp") >= 19);
     assert_true(check_folder(MODE_DIR "/pnm") >= 11);
 }
 
-static void test_heif_avif(void **state) {
+static void test_heif_avif(void **state)
+{
     if (!ki_format_available("heif")) {
         KT_CANNOT_RUN("libvips has no HEIF loader here");
     }
@@ -423,7 +438,8 @@ static void test_heif_avif(void **state) {
 /* The one list against the test files: each accepted format's extensions lead back to it,
  * each accepted format decodes from some test file named with one of its extensions, and
  * ki_formats() names exactly the accepted formats. */
-static void test_format_list(void **state) {
+static void test_format_list(void **state)
+{
     static const char *const dirs[] = {DEMO_DIR, MODE_DIR, MODE_DIR "/bmp", MODE_DIR "/pnm",
                                        MODE_DIR "/heif"};
     size_t n;
@@ -461,7 +477,9 @@ static void test_format_list(void **state) {
         }
         bool here = ki_format_available(f->name);
         printf("  %-5s %-16s %s\n", f->name, f->extensions,
-               !here ? "not in this build" : decoded[i] ? "decoded" : "MISSING");
+               !here        ? "not in this build"
+               : decoded[i] ? "decoded"
+                            : "MISSING");
         assert_true(decoded[i] || !here);
         assert_true(f->extensions[0] != '\0');
         for (const char *p = f->extensions; *p;) {
@@ -498,7 +516,8 @@ static void test_format_list(void **state) {
 }
 
 static void expect_message(const char *what, const void *bytes, size_t len, ks_status want,
-                           const char *needle) {
+                           const char *needle)
+{
     ki_image *img = (ki_image *)&img;
     ks_status rc = ki_image_decode(bytes, len, NULL, &img);
     printf("  %-28s -> %s: %s\n", what, ks_status_name(rc), ks_error_message());
@@ -508,14 +527,15 @@ static void expect_message(const char *what, const void *bytes, size_t len, ks_s
 }
 
 /* Formats we recognise only to refuse, and variants the decoders refuse, each by name. */
-static void test_refused(void **state) {
-    static const uint8_t ico[] = {0, 0, 1, 0, 1, 0, 16, 16, 0, 0, 1, 0, 32, 0, 0, 0, 0, 0,
-                                  22, 0, 0, 0};
-    static const uint8_t cur[] = {0, 0, 2, 0, 1, 0, 16, 16, 0, 0, 1, 0, 32, 0, 0, 0, 0, 0,
-                                  22, 0, 0, 0};
+static void test_refused(void **state)
+{
+    static const uint8_t ico[] = {0, 0,  1, 0, 1, 0, 16, 16, 0, 0, 1,
+                                  0, 32, 0, 0, 0, 0, 0,  22, 0, 0, 0};
+    static const uint8_t cur[] = {0, 0,  2, 0, 1, 0, 16, 16, 0, 0, 1,
+                                  0, 32, 0, 0, 0, 0, 0,  22, 0, 0, 0};
     /* An uncompressed 24-bit 2x1 TGA: no signature, a plausible header. */
-    static const uint8_t tga[] = {0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 24, 0,
-                                  1, 2, 3, 4, 5, 6};
+    static const uint8_t tga[] = {0, 0, 2, 0, 0,  0, 0, 0, 0, 0, 0, 0,
+                                  2, 0, 1, 0, 24, 0, 1, 2, 3, 4, 5, 6};
     static const char pfm[] = "Pf\n2 1\n-1.0\n\0\0\0\0\0\0\0\0";
     static const char pam[] = "P7\nWIDTH 1\nHEIGHT 1\nDEPTH 3\nMAXVAL 255\nENDHDR\nabc";
     static const char pil_p[] = "PyP\n1 1\n255\nx";
@@ -544,7 +564,8 @@ static void test_refused(void **state) {
 }
 
 /* Headers claiming huge images fail on the limit before any allocation; probing reads them. */
-static void test_own_limits(void **state) {
+static void test_own_limits(void **state)
+{
     uint8_t bmp[54] = {'B', 'M'};
     const uint32_t fields[][2] = {{10, 54}, {14, 40}, {18, 100000}, {22, 100000}};
     for (size_t i = 0; i < 4; i++) {
@@ -587,7 +608,8 @@ static void test_own_limits(void **state) {
 
 /* Each BMP and PNM test file cut at every length, and each of its first 160 bytes set to 5
  * values: any status, no crash (the ASan build runs this too), no image on failure. */
-static void test_own_decoders_bad(void **state) {
+static void test_own_decoders_bad(void **state)
+{
     static const char *const dirs[] = {MODE_DIR "/bmp", MODE_DIR "/pnm"};
     static const uint8_t values[] = {0x00, 0x01, 0x7F, 0xFF, '#'};
     size_t tried = 0, failed = 0;
@@ -629,7 +651,8 @@ static void test_own_decoders_bad(void **state) {
 }
 
 /* A w x h 16-bit RGBA PNG (8 bytes per decoded pixel: the most a source takes), made here. */
-static void *make_png16(int w, int h, size_t *len) {
+static void *make_png16(int w, int h, size_t *len)
+{
     VipsImage *black = NULL, *wide = NULL, *rgb16 = NULL;
     void *png = NULL;
     assert_int_equal(vips_black(&black, w, h, "bands", 4, NULL), 0);
@@ -645,7 +668,8 @@ static void *make_png16(int w, int h, size_t *len) {
 }
 
 /* kB of VmRSS or VmHWM in /proc/self/status. */
-static long status_kb(const char *key) {
+static long status_kb(const char *key)
+{
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
     long kb = -1;
@@ -665,7 +689,8 @@ static long status_kb(const char *key) {
  * adds is well under the 8 bytes per pixel its decoded samples would take, let alone the 11
  * the decode took when it held the decoded image and an 8-bit copy (issue 17). A memory
  * bound, not a time: this process's VmHWM, reset first (/proc/self/clear_refs). */
-static void test_large_image_memory(void **state) {
+static void test_large_image_memory(void **state)
+{
     const int w = 6000, h = 6000;
     size_t len = 0;
     void *png = make_png16(w, h, &len);
@@ -692,7 +717,8 @@ static void test_large_image_memory(void **state) {
     free(px);
 }
 
-static void test_resize_edges(void **state) {
+static void test_resize_edges(void **state)
+{
     uint8_t one[3] = {10, 200, 255}, out[6 * 5 * 3], same[2 * 2 * 3];
     uint8_t src[2 * 2 * 3] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
     assert_int_equal(ki_pil_resize_bicubic(one, 1, 1, 3, out, 6, 5), KS_OK);
@@ -719,14 +745,16 @@ typedef struct job {
     ks_status rc;
 } job;
 
-static void *decode_job(void *arg) {
+static void *decode_job(void *arg)
+{
     job *j = arg;
     j->rc = ki_pixels_from_buffer(j->bytes, j->len, NULL, j->px, NULL);
     ki_thread_shutdown();
     return NULL;
 }
 
-static void test_threads(void **state) {
+static void test_threads(void **state)
+{
     size_t len;
     char *bytes = read_all(DEMO_DIR "/corgi.jpg", &len);
     ki_pixels *one = calloc(1, sizeof *one);
@@ -749,7 +777,8 @@ static void test_threads(void **state) {
     free(bytes);
 }
 
-static void test_draw(void **state) {
+static void test_draw(void **state)
+{
     size_t len;
     char *bytes = read_all(DEMO_DIR "/two_dogs.jpg", &len);
     ki_image *img = NULL, *back = NULL;
@@ -796,16 +825,24 @@ static void test_draw(void **state) {
     free(bytes);
 }
 
-int main(void) {
+int main(void)
+{
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_resize_edges), cmocka_unit_test(test_demo_images),
-        cmocka_unit_test(test_mode_images),  cmocka_unit_test(test_own_decoders),
-        cmocka_unit_test(test_heif_avif),    cmocka_unit_test(test_format_list),
-        cmocka_unit_test(test_refused),      cmocka_unit_test(test_own_limits),
-        cmocka_unit_test(test_own_decoders_bad), cmocka_unit_test(test_exif_orientation),
-        cmocka_unit_test(test_bad_images),   cmocka_unit_test(test_pixel_limit),
+        cmocka_unit_test(test_resize_edges),
+        cmocka_unit_test(test_demo_images),
+        cmocka_unit_test(test_mode_images),
+        cmocka_unit_test(test_own_decoders),
+        cmocka_unit_test(test_heif_avif),
+        cmocka_unit_test(test_format_list),
+        cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_own_limits),
+        cmocka_unit_test(test_own_decoders_bad),
+        cmocka_unit_test(test_exif_orientation),
+        cmocka_unit_test(test_bad_images),
+        cmocka_unit_test(test_pixel_limit),
         cmocka_unit_test(test_large_image_memory),
-        cmocka_unit_test(test_threads),      cmocka_unit_test(test_draw),
+        cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_draw),
     };
     if (ki_init() != KS_OK) {
         fprintf(stderr, "libvips: %s\n", ks_error_message());

@@ -26,8 +26,8 @@ static void fill(kb_metrics_snapshot *s, const kb_metrics_worker *ws, size_t n)
     s->stats.dispatches = 7;
     s->stats.violations = 3;
     s->stats.memory_bound = 1000;
-    s->stats.commit_durations.buckets[0] = 1;                    /* <= 0.25 ms */
-    s->stats.commit_durations.buckets[2] = 2;                    /* <= 1 ms */
+    s->stats.commit_durations.buckets[0] = 1;                       /* <= 0.25 ms */
+    s->stats.commit_durations.buckets[2] = 2;                       /* <= 1 ms */
     s->stats.commit_durations.buckets[KB_DURATION_BUCKETS - 1] = 1; /* > 32 ms */
     s->stats.commit_durations.us_total = 123456;
     s->stats.sync_durations.buckets[3] = 5; /* <= 2 ms */
@@ -141,8 +141,9 @@ static void test_parse_address(void **state)
     assert_int_equal(port, 0);
     assert_int_equal(kb_metrics_parse_address("*:65535", host, sizeof host, &port), KS_OK);
     assert_int_equal(port, 65535);
-    const char *bad[] = {"", "9556", ":9556", "host:", "host:65536", "host:9x", "host:-1",
-                         "[::1]:9556", "::1:9556", "host:99999999999999999999"};
+    const char *bad[] = {
+        "",        "9556",    ":9556",      "host:",    "host:65536",
+        "host:9x", "host:-1", "[::1]:9556", "::1:9556", "host:99999999999999999999"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(kb_metrics_parse_address(bad[i], host, sizeof host, &port),
                          KS_ERR_INVALID);

@@ -778,9 +778,9 @@ static void offsets_past_end(json_t *root)
 {
     json_t *e = json_object_get(root, "text_model.model.layer_norm.bias");
     json_int_t b = json_integer_value(json_array_get(json_object_get(e, "data_offsets"), 0));
-    json_object_set_new(
-        e, "data_offsets",
-        json_pack("[I,I]", b + (json_int_t)10000000, b + (json_int_t)10000000 + 96));
+    json_object_set_new(e, "data_offsets",
+                        json_pack("[I,I]", b + (json_int_t)10000000,
+                                  b + (json_int_t)10000000 + 96));
 }
 
 static void wrong_model_type(json_t *root)
@@ -892,8 +892,8 @@ static void test_bad_folders(void **state)
     expect_load_error(d.dir, KE_DTYPE_F16, "generation_config.json", "no_repeat_ngram_size", NULL);
     folder_remove(&d);
 
-    expect_load_error("/nonexistent/model", KE_DTYPE_F16, "no such model folder: /nonexistent/model",
-                      NULL);
+    expect_load_error("/nonexistent/model", KE_DTYPE_F16,
+                      "no such model folder: /nonexistent/model", NULL);
 
     /* An unknown storage dtype is the caller's mistake, not the checkpoint's. */
     ke_model *m = NULL;

@@ -134,8 +134,9 @@ static uint16_t f32_to_f16(float f)
 static float f16_to_f32(uint16_t h)
 {
     uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    float v = e == 0 ? ldexpf((float)m, -24)
-                     : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(m | 0x400), (int)e - 25);
+    float v = e == 0    ? ldexpf((float)m, -24)
+              : e == 31 ? (m ? NAN : INFINITY)
+                        : ldexpf((float)(m | 0x400), (int)e - 25);
     return (h & 0x8000) ? -v : v;
 }
 
@@ -279,8 +280,7 @@ static void test_error_names(void **state)
                      KS_ERR_DEVICE);
     assert_string_equal(ks_error_message(),
                         "clEnqueueNDRangeKernel failed: CL_INVALID_KERNEL_ARGS (-52) at x.c:42");
-    assert_int_equal(kc_fail_cl(CL_OUT_OF_HOST_MEMORY, "clCreateBuffer", "y.c", 1),
-                     KS_ERR_NOMEM);
+    assert_int_equal(kc_fail_cl(CL_OUT_OF_HOST_MEMORY, "clCreateBuffer", "y.c", 1), KS_ERR_NOMEM);
 }
 
 static void test_kernel_table(void **state)
@@ -471,13 +471,14 @@ static void test_selection(void **state)
     size_t take = strlen(d0->name) < 5 ? strlen(d0->name) : 5;
     for (size_t i = 0; i < take; i++) {
         char c = d0->name[i + (strlen(d0->name) - take) / 2];
-        sub[i] = (c >= 'a' && c <= 'z') ? (char)(c - 32) : (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+        sub[i] = (c >= 'a' && c <= 'z')   ? (char)(c - 32)
+                 : (c >= 'A' && c <= 'Z') ? (char)(c + 32)
+                                          : c;
     }
     assert_int_equal(kc_device_list_select(list, sub, &index), KS_OK);
     assert_int_equal(index, 0);
     assert_int_equal(kc_device_list_select(list, d0->platform_name, &index), KS_OK);
-    assert_int_equal(strcmp(kc_device_list_get(list, index)->platform_name, d0->platform_name),
-                     0);
+    assert_int_equal(strcmp(kc_device_list_get(list, index)->platform_name, d0->platform_name), 0);
 
     /* Clear errors. */
     index = 777;

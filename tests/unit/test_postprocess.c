@@ -124,8 +124,8 @@ static int check_row(json_t *row, int line)
             memcmp(e->phrase, json_string_value(wname), e->phrase_len) != 0 || e->start != ws ||
             e->end != wend || e->box_count != json_array_size(wboxes)) {
             print_error("line %d: entity %zu: got (\"%s\", %lld, %lld, %zu boxes)", line, k,
-                        excerpt(e->phrase, e->phrase_len), (long long)e->start,
-                        (long long)e->end, e->box_count);
+                        excerpt(e->phrase, e->phrase_len), (long long)e->start, (long long)e->end,
+                        e->box_count);
             print_error(" want (\"%s\", %lld, %lld, %zu boxes)\n", json_string_value(wname),
                         (long long)ws, (long long)wend, json_array_size(wboxes));
             bad = 1;
@@ -135,8 +135,8 @@ static int check_row(json_t *row, int line)
             for (size_t c = 0; c < 4; c++) {
                 double w = json_number_value(json_array_get(json_array_get(wboxes, j), c));
                 if (e->boxes[j][c] != w) { /* bit-exact: same double arithmetic */
-                    print_error("line %d: entity %zu box %zu[%zu]: got %.17g want %.17g\n", line,
-                                k, j, c, e->boxes[j][c], w);
+                    print_error("line %d: entity %zu box %zu[%zu]: got %.17g want %.17g\n", line, k,
+                                j, c, e->boxes[j][c], w);
                     bad = 1;
                 }
             }
@@ -149,8 +149,8 @@ static int check_row(json_t *row, int line)
             bad = 1;
         }
         if (e->end_byte < e->start_byte || e->end_byte > g.text_len) {
-            print_error("line %d: entity %zu: bad byte span [%zu, %zu)\n", line, k,
-                        e->start_byte, e->end_byte);
+            print_error("line %d: entity %zu: bad byte span [%zu, %zu)\n", line, k, e->start_byte,
+                        e->end_byte);
             bad = 1;
         }
     }
@@ -353,8 +353,8 @@ static void run_big(const char *unit, size_t expect_entities_per_unit)
 static void test_linear_on_hostile_inputs(void **state)
 {
     (void)state;
-    run_big("<", 0);                     /* every '<' looks for a '>' that never comes */
-    run_big("<phrase>", 0);              /* phrases that never close */
+    run_big("<", 0);        /* every '<' looks for a '>' that never comes */
+    run_big("<phrase>", 0); /* phrases that never close */
     run_big("<phrase>a", 0);
     run_big("<object><patch_index_1><patch_index_2></delimiter_of_multi_objects/>", 0);
     run_big("<phrase> x</phrase><object><patch_index_1><patch_index_2></object>", 1);

@@ -205,8 +205,8 @@ static void test_golden_ids(void **state)
             int bad = compare_array(json_object_get(row, "input_ids"), e.input_ids.v, e.len, true,
                                     i + 1, "input_ids");
             if (!bad)
-                bad = compare_array(json_object_get(row, "attention_mask"), e.attention_mask,
-                                    e.len, false, i + 1, "attention_mask");
+                bad = compare_array(json_object_get(row, "attention_mask"), e.attention_mask, e.len,
+                                    false, i + 1, "attention_mask");
             if (!bad)
                 bad = compare_array(json_object_get(row, "image_embeds_position_mask"),
                                     e.image_embeds_position_mask, e.len, false, i + 1,
@@ -249,8 +249,9 @@ static void test_bboxes_json_forms(void **state)
     assert_int_equal(bboxes_from_string("[]", &b), KS_OK);
     assert_false(b.is_null);
     assert_int_equal(b.count, 0);
-    assert_int_equal(bboxes_from_string("[null, [1, 2], [0, 0, 1, 1], [], [[3, 4], [0.5, 0, 1, 0.5]]]", &b),
-                     KS_OK);
+    assert_int_equal(
+        bboxes_from_string("[null, [1, 2], [0, 0, 1, 1], [], [[3, 4], [0.5, 0, 1, 0.5]]]", &b),
+        KS_OK);
     assert_int_equal(b.count, 5);
     assert_true(b.phrases[0].is_null);
     assert_true(b.phrases[1].boxes[0].is_patch_pair);
@@ -262,8 +263,16 @@ static void test_bboxes_json_forms(void **state)
     assert_int_equal(b.phrases[4].count, 2);
     assert_true(b.phrases[4].boxes[1].x1 == 0.5);
     /* Shapes the reference rejects; the message names the entry. */
-    const char *bad[] = {"5", "\"x\"", "{}", "[5]", "[[1, 2, 3]]", "[[1.0, 2]]", "[[true, 1]]",
-                         "[[[1, 2], null]]", "[[[[1, 2]]]]", "[[0, 0, 1, \"1\"]]"};
+    const char *bad[] = {"5",
+                         "\"x\"",
+                         "{}",
+                         "[5]",
+                         "[[1, 2, 3]]",
+                         "[[1.0, 2]]",
+                         "[[true, 1]]",
+                         "[[[1, 2], null]]",
+                         "[[[[1, 2]]]]",
+                         "[[0, 0, 1, \"1\"]]"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(bboxes_from_string(bad[i], &b), KS_ERR_INVALID);
         assert_non_null(strstr(ks_error_message(), "bboxes"));
@@ -406,14 +415,10 @@ static void test_brief_prompt_ids(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden_text),
-        cmocka_unit_test(test_golden_ids),
-        cmocka_unit_test(test_bboxes_json_forms),
-        cmocka_unit_test(test_bboxes_limit),
-        cmocka_unit_test(test_grid_examples),
-        cmocka_unit_test(test_prompt_limits_and_utf8),
-        cmocka_unit_test(test_linear_phrase_search),
-        cmocka_unit_test(test_brief_prompt_ids),
+        cmocka_unit_test(test_golden_text),          cmocka_unit_test(test_golden_ids),
+        cmocka_unit_test(test_bboxes_json_forms),    cmocka_unit_test(test_bboxes_limit),
+        cmocka_unit_test(test_grid_examples),        cmocka_unit_test(test_prompt_limits_and_utf8),
+        cmocka_unit_test(test_linear_phrase_search), cmocka_unit_test(test_brief_prompt_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

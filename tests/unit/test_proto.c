@@ -99,8 +99,7 @@ typedef struct find_sample {
     size_t len;
 } find_sample;
 
-static void find_one(const char *message, const char *name, const ProtobufCMessage *msg,
-                     void *user)
+static void find_one(const char *message, const char *name, const ProtobufCMessage *msg, void *user)
 {
     find_sample *f = user;
     if (strcmp(message, f->message) == 0 && strcmp(name, f->name) == 0)
@@ -396,8 +395,8 @@ static void test_invalid_field_numbers(void **state)
         size_t len;
     } cases[] = {{zero, sizeof zero}, {huge, sizeof huge}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        Kosmos__V1__ClientRequest *rq =
-            kosmos__v1__client_request__unpack(NULL, cases[i].len, cases[i].bytes);
+        Kosmos__V1__ClientRequest *rq = kosmos__v1__client_request__unpack(NULL, cases[i].len,
+                                                                           cases[i].bytes);
         if (!rq)
             continue;
         int invalid = 0;

@@ -53,8 +53,11 @@ static ke_tensor make_weight(ke_dtype dt, bool round_f16, size_t rows, size_t in
             else
                 ((float *)data)[r * in + i] = v;
         }
-    return (ke_tensor){.dtype = dt, .round_f16 = round_f16, .ndim = 2,
-                       .shape = {(int64_t)rows, (int64_t)in}, .data = data};
+    return (ke_tensor){.dtype = dt,
+                       .round_f16 = round_f16,
+                       .ndim = 2,
+                       .shape = {(int64_t)rows, (int64_t)in},
+                       .data = data};
 }
 
 static void test_round_trip(void **state)
@@ -147,8 +150,7 @@ static void test_linear(void **state)
             const double want = s * q.scale[o] + b;
             const double tol = ((double)in + 4.0) * 0x1p-24 * (mag * q.scale[o] + fabs(b));
             if (!(fabs((double)y[r * out + o] - want) <= tol))
-                fail_msg("row %zu output %zu: %.9g, want %.9g", r, o, (double)y[r * out + o],
-                         want);
+                fail_msg("row %zu output %zu: %.9g, want %.9g", r, o, (double)y[r * out + o], want);
         }
     ke_q8_tensor_free(&q);
     free((void *)t.data);
@@ -188,8 +190,13 @@ static void run_backend(const ke_model *m, const char *spec, bool int8, const fl
         pos[i] = c->text.pad_id + 1 + (int32_t)i;
     }
     int slot = 0, n = (int)len;
-    ke_step step = {.n_seqs = 1, .slots = &slot, .n_tokens = &n, .ids = ids, .positions = pos,
-                    .image_mask = mask, .image_embeds = out->embeds};
+    ke_step step = {.n_seqs = 1,
+                    .slots = &slot,
+                    .n_tokens = &n,
+                    .ids = ids,
+                    .positions = pos,
+                    .image_mask = mask,
+                    .image_embeds = out->embeds};
     for (int s = 0; s < 4; s++) {
         float *logits = out->logits + (size_t)s * vocab;
         assert_int_equal(b->ops->forward(b, &step, logits), KS_OK);

@@ -268,18 +268,13 @@ static void test_activations(void **state)
         for (size_t i = 0; i < n; i++) {
             double v = x[i], r;
             switch (acts[a]) {
-            case KE_ACT_GELU:
-                r = 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
-                break;
-            case KE_ACT_QUICK_GELU:
-                r = v / (1.0 + exp(-1.702 * v));
-                break;
+            case KE_ACT_GELU: r = 0.5 * v * (1.0 + erf(v / sqrt(2.0))); break;
+            case KE_ACT_QUICK_GELU: r = v / (1.0 + exp(-1.702 * v)); break;
             case KE_ACT_GELU_TANH:
-                r = 0.5 * v * (1.0 + tanh(sqrt(2.0 / 3.14159265358979323846) *
-                                          (v + 0.044715 * v * v * v)));
+                r = 0.5 * v *
+                    (1.0 + tanh(sqrt(2.0 / 3.14159265358979323846) * (v + 0.044715 * v * v * v)));
                 break;
-            default:
-                r = v > 0 ? v : 0;
+            default: r = v > 0 ? v : 0;
             }
             assert_true(fabs((double)y[i] - r) <= 2e-6 * (1.0 + fabs(r)));
         }
@@ -317,7 +312,7 @@ static void check_attention(int n_q, int n_kv, int heads, int head_dim, int caus
 {
     size_t w = (size_t)heads * (size_t)head_dim;
     size_t qs = w + 3, kvs = w + 5, os = w + 1; /* strides wider than the heads */
-    int n_keys_alloc = n_kv + 4;              /* keys beyond n_kv: a slot's unused capacity */
+    int n_keys_alloc = n_kv + 4;                /* keys beyond n_kv: a slot's unused capacity */
     float *q = rand_floats((size_t)n_q * qs, 2.0);
     float *k = rand_floats((size_t)n_keys_alloc * kvs, 2.0);
     float *v = rand_floats((size_t)n_keys_alloc * kvs, 2.0);
@@ -379,11 +374,11 @@ static void test_attention(void **state)
     const int hd[] = {8, 16, 64};
     for (int a = 0; a < 3; a++) {
         check_attention(1, 1, 1, hd[a], -1);
-        check_attention(257, 257, 4, hd[a], -1);  /* vision: no mask */
-        check_attention(64, 321, 3, hd[a], -1);   /* resampler: 64 queries over 257 + 64 */
-        check_attention(257, 257, 3, hd[a], 0);   /* prefill, causal */
-        check_attention(5, 12, 3, hd[a], 7);      /* chunk after 7 cached tokens */
-        check_attention(1, 258, 3, hd[a], 257);   /* one decode step */
+        check_attention(257, 257, 4, hd[a], -1); /* vision: no mask */
+        check_attention(64, 321, 3, hd[a], -1);  /* resampler: 64 queries over 257 + 64 */
+        check_attention(257, 257, 3, hd[a], 0);  /* prefill, causal */
+        check_attention(5, 12, 3, hd[a], 7);     /* chunk after 7 cached tokens */
+        check_attention(1, 258, 3, hd[a], 257);  /* one decode step */
         check_attention(3, 3, 2, hd[a], 0);
     }
 }

@@ -20,14 +20,16 @@ typedef struct st_min {
     json_t *header;
 } st_min;
 
-static void st_min_close(st_min *f) {
+static void st_min_close(st_min *f)
+{
     free(f->data);
     json_decref(f->header);
     memset(f, 0, sizeof *f);
 }
 
 /* Opens `path`; 0 on success, -1 with a message in ks_error_message() otherwise. */
-static int st_min_open(st_min *f, const char *path) {
+static int st_min_open(st_min *f, const char *path)
+{
     uint64_t hlen = 0;
     json_error_t err;
     memset(f, 0, sizeof *f);
@@ -57,8 +59,8 @@ bad:
 
 /* The tensor `name` if it exists with this dtype ("F32", "U8") and `numel` elements; NULL
  * otherwise. Borrowed from f. The data may be unaligned: copy before reading floats. */
-static const void *st_min_tensor(const st_min *f, const char *name, const char *dtype,
-                                 size_t numel) {
+static const void *st_min_tensor(const st_min *f, const char *name, const char *dtype, size_t numel)
+{
     json_t *t = json_object_get(f->header, name), *shape, *offs, *v;
     size_t i, n = 1, esize = strcmp(dtype, "F32") == 0 ? 4 : 1;
     const char *dt = json_string_value(json_object_get(t, "dtype"));
@@ -66,7 +68,9 @@ static const void *st_min_tensor(const st_min *f, const char *name, const char *
         return NULL;
     }
     shape = json_object_get(t, "shape");
-    json_array_foreach(shape, i, v) { n *= (size_t)json_integer_value(v); }
+    json_array_foreach(shape, i, v) {
+        n *= (size_t)json_integer_value(v);
+    }
     offs = json_object_get(t, "data_offsets");
     size_t b = (size_t)json_integer_value(json_array_get(offs, 0));
     size_t e = (size_t)json_integer_value(json_array_get(offs, 1));
@@ -77,7 +81,8 @@ static const void *st_min_tensor(const st_min *f, const char *name, const char *
 }
 
 /* A __metadata__ string, or NULL. Borrowed from f. */
-static const char *st_min_meta(const st_min *f, const char *key) {
+static const char *st_min_meta(const st_min *f, const char *key)
+{
     return json_string_value(json_object_get(json_object_get(f->header, "__metadata__"), key));
 }
 

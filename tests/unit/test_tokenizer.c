@@ -97,8 +97,9 @@ static int check_decodes(const kt_tokenizer *t, const int32_t *ids, size_t n, js
         if (st != KS_OK || got.len != json_string_length(want) ||
             memcmp(got_s, json_string_value(want), got.len) != 0) {
             if (reported + bad < MAX_REPORTED)
-                fprintf(stderr, "  decode %s mismatch for %s\n    expected \"%s\"\n    got      "
-                                "\"%s\" (%s)\n",
+                fprintf(stderr,
+                        "  decode %s mismatch for %s\n    expected \"%s\"\n    got      "
+                        "\"%s\" (%s)\n",
                         DECODE_KEYS[k], what, json_string_value(want), got_s,
                         st == KS_OK ? "ok" : ks_error_message());
             bad++;
@@ -245,8 +246,11 @@ static void test_invalid_utf8(void **state)
 {
     const kt_tokenizer *t = *state;
     static const char *const bad[] = {
-        "\x80", "a\xC3", "\xC0\xAF", "\xE0\x80\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80",
-        "\xFF", "ok <phrase> \xE2\x82", "\xF0\x9F\x98",
+        "\x80",         "a\xC3",
+        "\xC0\xAF",     "\xE0\x80\xAF",
+        "\xED\xA0\x80", "\xF4\x90\x80\x80",
+        "\xFF",         "ok <phrase> \xE2\x82",
+        "\xF0\x9F\x98",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         kt_ids ids;
@@ -309,8 +313,8 @@ static char *write_edited_model(const char *dir, const char *name,
     char *data;
     size_t len;
     assert_int_equal(ks_file_read(MODEL_PATH, 64u << 20, &data, &len), KS_OK);
-    Sentencepiece__ModelProto *proto =
-        sentencepiece__model_proto__unpack(NULL, len, (const uint8_t *)data);
+    Sentencepiece__ModelProto *proto = sentencepiece__model_proto__unpack(NULL, len,
+                                                                          (const uint8_t *)data);
     assert_non_null(proto);
     edit(proto);
     size_t size = sentencepiece__model_proto__get_packed_size(proto);
@@ -400,8 +404,13 @@ static void test_load_errors(void **state)
     }
 
     static const char *const bad_configs[] = {
-        "{", "[1, 2]", "{\"clean_up_tokenization_spaces\": \"yes\"}", "not json", "",
-        "{\"clean_up_tokenization_spaces\": 1}", "{\"clean_up_tokenization_spaces\": true",
+        "{",
+        "[1, 2]",
+        "{\"clean_up_tokenization_spaces\": \"yes\"}",
+        "not json",
+        "",
+        "{\"clean_up_tokenization_spaces\": 1}",
+        "{\"clean_up_tokenization_spaces\": true",
     };
     for (size_t i = 0; i < sizeof bad_configs / sizeof bad_configs[0]; i++) {
         char *config = write_temp(dir, "tokenizer_config.json", bad_configs[i],
@@ -495,28 +504,25 @@ static void test_pathological_inputs(void **state)
 {
     const kt_tokenizer *t = *state;
     const size_t mb = 1u << 20;
-    encode_big(t, "a", "", mb);                            /* one huge word */
-    encode_big(t, "qz", "", mb);                           /* pieces that do not chain */
-    encode_big(t, "\xE2\x98\x83", "", mb);                 /* unknown characters, fused */
-    encode_big(t, "\xCC\x81", "", mb);                     /* one huge grapheme cluster */
-    encode_big(t, "\xE2\x96\x81", "", mb);                 /* U+2581 */
-    encode_big(t, "<", "", mb);                            /* added-token prefixes */
-    encode_big(t, "<patch_index_000", "", mb);             /* near-miss added tokens */
-    encode_big(t, " ", "<phrase>", mb);                    /* lstrip over a long space run */
-    encode_big(t, "\xE3\x80\x80", "<phrase>x", mb);        /* ... of U+3000 */
-    encode_big(t, "<phrase> ", "", mb);                    /* many added tokens */
+    encode_big(t, "a", "", mb);                                /* one huge word */
+    encode_big(t, "qz", "", mb);                               /* pieces that do not chain */
+    encode_big(t, "\xE2\x98\x83", "", mb);                     /* unknown characters, fused */
+    encode_big(t, "\xCC\x81", "", mb);                         /* one huge grapheme cluster */
+    encode_big(t, "\xE2\x96\x81", "", mb);                     /* U+2581 */
+    encode_big(t, "<", "", mb);                                /* added-token prefixes */
+    encode_big(t, "<patch_index_000", "", mb);                 /* near-miss added tokens */
+    encode_big(t, " ", "<phrase>", mb);                        /* lstrip over a long space run */
+    encode_big(t, "\xE3\x80\x80", "<phrase>x", mb);            /* ... of U+3000 */
+    encode_big(t, "<phrase> ", "", mb);                        /* many added tokens */
     encode_big(t, "\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD", "", mb); /* emoji + skin tone */
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_encode_fixtures),
-        cmocka_unit_test(test_decode_fixtures),
-        cmocka_unit_test(test_id_layout),
-        cmocka_unit_test(test_invalid_utf8),
-        cmocka_unit_test(test_out_of_range_ids),
-        cmocka_unit_test(test_pathological_inputs),
+        cmocka_unit_test(test_encode_fixtures),  cmocka_unit_test(test_decode_fixtures),
+        cmocka_unit_test(test_id_layout),        cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_out_of_range_ids), cmocka_unit_test(test_pathological_inputs),
     };
     const struct CMUnitTest standalone[] = {
         cmocka_unit_test(test_load_errors),

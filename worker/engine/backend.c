@@ -26,12 +26,14 @@ ks_status ke_step_check(const ke_backend *b, const ke_step *step, const int *slo
         if (n < 1)
             return ks_fail(KS_ERR_INVALID, "forward: sequence %d has %d new tokens", s, n);
         if (step->from_device && step->from_device[s] && n != 1)
-            return ks_fail(KS_ERR_INVALID, "forward: sequence %d takes its token from the device "
-                           "but has %d new tokens", s, n);
+            return ks_fail(KS_ERR_INVALID,
+                           "forward: sequence %d takes its token from the device "
+                           "but has %d new tokens",
+                           s, n);
         if (n > b->slot_capacity - slot_len[slot])
             return ks_fail(KS_ERR_LIMIT,
-                           "forward: slot %d holds %d tokens, %d more exceed its capacity %d",
-                           slot, slot_len[slot], n, b->slot_capacity);
+                           "forward: slot %d holds %d tokens, %d more exceed its capacity %d", slot,
+                           slot_len[slot], n, b->slot_capacity);
         t += (size_t)n;
     }
     size_t row = 0;
@@ -42,7 +44,7 @@ ks_status ke_step_check(const ke_backend *b, const ke_step *step, const int *slo
                 return ks_fail(KS_ERR_INVALID, "forward: image positions without image_embeds");
             if (device && step->image_mask && step->image_mask[row])
                 return ks_fail(KS_ERR_INVALID, "forward: a token from the device at an image "
-                               "position");
+                                               "position");
             if (device)
                 continue;
             if (step->ids[row] < 0 || step->ids[row] >= tc->vocab_size)
@@ -84,9 +86,8 @@ bool ke_gemm_path_parse(const char *name, ke_gemm_path *path)
 
 const char *ke_gemm_path_name(ke_gemm_path path)
 {
-    return (size_t)path < sizeof gemm_path_names / sizeof gemm_path_names[0]
-               ? gemm_path_names[path]
-               : "?";
+    return (size_t)path < sizeof gemm_path_names / sizeof gemm_path_names[0] ? gemm_path_names[path]
+                                                                             : "?";
 }
 
 bool ke_precision_parse(const char *name, ke_dtype *storage, bool *weights_int8)

@@ -50,15 +50,15 @@ typedef struct ke_vision_taps {
 
 /* One sequence of a select_greedy or select_sample call. */
 typedef struct ke_select_row {
-    int row;              /* logits row of the last forward (its sequence index in the step) */
-    int slot;             /* the sequence's slot: its history there is ids[0 .. len) */
-    const int32_t *ids;   /* the sequence so far (prompt + generated), borrowed for the call;
+    int row;            /* logits row of the last forward (its sequence index in the step) */
+    int slot;           /* the sequence's slot: its history there is ids[0 .. len) */
+    const int32_t *ids; /* the sequence so far (prompt + generated), borrowed for the call;
                            * may be NULL for a backend that keeps the history itself */
     size_t len;
     int no_repeat_ngram_size; /* 0 = off */
-    bool ban_eos;         /* fewer than min_new_tokens generated: </s> is masked */
+    bool ban_eos;             /* fewer than min_new_tokens generated: </s> is masked */
     /* select_sample only (select_greedy ignores them): */
-    int candidates;       /* 0: greedy, the argmax into out.id; > 0: a candidate list of at most
+    int candidates;         /* 0: greedy, the argmax into out.id; > 0: a candidate list of at most
                            * this many tokens (at most vocab) */
     float tail_temperature; /* candidate rows: > 0 also bounds the mass of the tokens left out
                              * at this temperature (out.tail_lo/hi); 0: no bounds */
@@ -70,28 +70,28 @@ typedef struct ke_select_row {
  * ties at the boundary. Every token left out has a value <= rest_max, and none is larger than a
  * candidate (a boundary tie with more tokens than fit leaves all of them out). */
 typedef struct ke_select_out {
-    int32_t id;       /* greedy rows: the argmax, lowest id on ties */
-    float *values;    /* [candidates] caller's buffer */
-    int32_t *ids;     /* [candidates] caller's buffer */
-    int n;            /* candidates returned (0 possible: a tie wider than the list) */
-    float rest_max;   /* the largest value left out; -inf when none (or all -inf) */
+    int32_t id;     /* greedy rows: the argmax, lowest id on ties */
+    float *values;  /* [candidates] caller's buffer */
+    int32_t *ids;   /* [candidates] caller's buffer */
+    int n;          /* candidates returned (0 possible: a tie wider than the list) */
+    float rest_max; /* the largest value left out; -inf when none (or all -inf) */
     /* tail_temperature T > 0: bounds on the sum, over the tokens left out, of
      * expf(v / T - max / T) as the host computes it (f32 quotients, f32 difference; max the
      * row's largest value): tail_lo <= sum <= tail_hi. Else 0 and +inf. */
     double tail_lo, tail_hi;
-    bool valid;       /* false: the row holds NaN or +inf; the host must take the full row */
+    bool valid; /* false: the row holds NaN or +inf; the host must take the full row */
 } ke_select_out;
 
 /* What a backend reports about itself (ke_backend_stats_get). Zero / NULL = not applicable. */
 typedef struct ke_backend_stats {
-    const char *device;        /* the device's name, borrowed from the backend */
-    unsigned programs_built;   /* OpenCL programs compiled from source at start */
-    unsigned programs_cached;  /* ... loaded from the on-disk binary cache instead */
-    double program_build_ms;   /* wall time spent building/loading programs */
-    size_t device_bytes;       /* device memory held: weights, KV cache, scratch */
-    size_t weight_bytes;       /* ... of which the model's weights (written, so resident even
+    const char *device;       /* the device's name, borrowed from the backend */
+    unsigned programs_built;  /* OpenCL programs compiled from source at start */
+    unsigned programs_cached; /* ... loaded from the on-disk binary cache instead */
+    double program_build_ms;  /* wall time spent building/loading programs */
+    size_t device_bytes;      /* device memory held: weights, KV cache, scratch */
+    size_t weight_bytes;      /* ... of which the model's weights (written, so resident even
                                 * where a device lives in host memory and commits lazily) */
-    const char *gemm;          /* the large matrix products' engine and why ("simt: ...",
+    const char *gemm;         /* the large matrix products' engine and why ("simt: ...",
                                 * "mma-ptx: the 16x8x16 probe matched ..."), borrowed */
 } ke_backend_stats;
 
@@ -124,8 +124,7 @@ typedef struct ke_backend_ops {
      * (lowest id on ties) into ids[i]; only the ids come back. One select (this or
      * select_sample) per forward; the bans stay in the logits. Without it (NULL), forward always
      * writes the logits and generation selects on the host; the results are the same. */
-    ks_status (*select_greedy)(ke_backend *b, const ke_select_row *rows, int n,
-                               int32_t *ids);
+    ks_status (*select_greedy)(ke_backend *b, const ke_select_row *rows, int n, int32_t *ids);
 
     /* Facts for timings and logs (see ke_backend_stats); fills *out. */
     void (*stats)(const ke_backend *b, ke_backend_stats *out);
@@ -137,8 +136,7 @@ typedef struct ke_backend_ops {
      * top-p and the seeded draw on the list with the code of its full path, or, when the list
      * cannot decide exactly (generate.c: ke_sample_candidates), reads the row with
      * fetch_logits. Both or neither are set. */
-    ks_status (*select_sample)(ke_backend *b, const ke_select_row *rows, int n,
-                               ke_select_out *out);
+    ks_status (*select_sample)(ke_backend *b, const ke_select_row *rows, int n, ke_select_out *out);
 
     /* After forward(b, step, NULL) and at most one select: copies logits row `row` (with that
      * select's bans applied to its rows) into out (vocab floats). */

@@ -63,13 +63,13 @@ typedef struct cl_tlayer {
 typedef cl_int cl_row8[8];
 
 typedef struct cl_stage {
-    cl_row8 *plan;      /* [tokens] */
-    cl_int *gidx;       /* [seqs] */
-    float *img;         /* [img_rows * E] */
-    cl_int *pages;      /* [dirty slots * max_pages] */
-    cl_row8 *sel;       /* [seqs] selection rows */
-    cl_int *frows;      /* [tokens * 4] flash rows (token, slot, keys it sees, 0) */
-    cl_int *fblocks;    /* [tokens * 4] their blocks (ke_cl_flash_blocks) */
+    cl_row8 *plan;   /* [tokens] */
+    cl_int *gidx;    /* [seqs] */
+    float *img;      /* [img_rows * E] */
+    cl_int *pages;   /* [dirty slots * max_pages] */
+    cl_row8 *sel;    /* [seqs] selection rows */
+    cl_int *frows;   /* [tokens * 4] flash rows (token, slot, keys it sees, 0) */
+    cl_int *fblocks; /* [tokens * 4] their blocks (ke_cl_flash_blocks) */
     size_t tokens, seqs, img_rows, page_rows;
     kc_pending done;
 } cl_stage;
@@ -114,17 +114,17 @@ typedef struct cl_backend {
 
     /* KV pages and per-slot state */
     bool kv_half;
-    int max_pages;     /* pages a slot may hold (slot_capacity / PAGE_TOKENS, rounded up) */
-    int n_pages;       /* in the pool */
-    int *free_pages;   /* stack of free page numbers */
+    int max_pages;   /* pages a slot may hold (slot_capacity / PAGE_TOKENS, rounded up) */
+    int n_pages;     /* in the pool */
+    int *free_pages; /* stack of free page numbers */
     int n_free;
-    int *slot_pages;   /* [slots * max_pages] host copy of the page table */
-    int *slot_npages;  /* [slots] */
-    bool *slot_dirty;  /* [slots] the device's row of the page table is stale */
-    int *slot_len;     /* [slots] tokens cached */
-    cl_mem pages;      /* (slots, max_pages) int */
-    cl_mem hist;       /* (slots, slot_capacity) int */
-    cl_mem slot_next;  /* (slots) int */
+    int *slot_pages;  /* [slots * max_pages] host copy of the page table */
+    int *slot_npages; /* [slots] */
+    bool *slot_dirty; /* [slots] the device's row of the page table is stale */
+    int *slot_len;    /* [slots] tokens cached */
+    cl_mem pages;     /* (slots, max_pages) int */
+    cl_mem hist;      /* (slots, slot_capacity) int */
+    cl_mem slot_next; /* (slots) int */
 
     /* text scratch, for up to `tokens` tokens / `seqs` sequences */
     size_t tokens, seqs, img_rows;
@@ -235,8 +235,7 @@ static ks_status upload_lin(cl_backend *cb, const ke_linear *const *lins, int n,
     return upload_weight(cb, cb->lin_dt, lins, n, name, out);
 }
 
-static ks_status upload_one(cl_backend *cb, const ke_linear *l, const char *name,
-                            ke_cl_weight *out)
+static ks_status upload_one(cl_backend *cb, const ke_linear *l, const char *name, ke_cl_weight *out)
 {
     const ke_linear *one[1] = {l};
     return upload_lin(cb, one, 1, name, out);
@@ -258,8 +257,16 @@ static ks_status upload_matrix(cl_backend *cb, const ke_tensor *w, const char *n
 static ks_status linear(cl_backend *cb, cl_mem x, size_t x_off, size_t m, const ke_cl_weight *w,
                         cl_mem y, size_t y_off, bool acc, int act, const char *what)
 {
-    ke_cl_gemm_args a = {.m = m, .w = w, .x = x, .x_offset = x_off, .ldx = w->k, .y = y,
-                         .y_offset = y_off, .ldy = w->n, .act = act, .accumulate = acc};
+    ke_cl_gemm_args a = {.m = m,
+                         .w = w,
+                         .x = x,
+                         .x_offset = x_off,
+                         .ldx = w->k,
+                         .y = y,
+                         .y_offset = y_off,
+                         .ldy = w->n,
+                         .act = act,
+                         .accumulate = acc};
     ks_status st = ke_cl_gemm_run(cb->gemm, NULL, &a, what);
     if (st != KS_OK)
         ks_error_prefix("%s", what);
@@ -278,8 +285,24 @@ static ks_status read_now(cl_backend *cb, cl_mem buf, size_t offset, size_t byte
 
 /* ---- vision tower + resampler ------------------------------------------------------------- */
 
-enum { V_PIX, V_PATCH, V_POUT, V_X, V_H, V_QKV, V_ATT, V_MLP, V_ROWS, V_KV, V_RQ, V_RKV, V_RATT,
-       V_EMB, V_BLOCKS, V_COUNT };
+enum {
+    V_PIX,
+    V_PATCH,
+    V_POUT,
+    V_X,
+    V_H,
+    V_QKV,
+    V_ATT,
+    V_MLP,
+    V_ROWS,
+    V_KV,
+    V_RQ,
+    V_RKV,
+    V_RATT,
+    V_EMB,
+    V_BLOCKS,
+    V_COUNT
+};
 
 /* The flash blocks of attention rows[0 .. n) (runs of rows that share their keys) into
  * `blocks`, cut in `host` (room for n); none when `flash` is off. */
@@ -315,18 +338,36 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
     size_t rows = N * seq;
     size_t pix = (size_t)vc->channels * (size_t)vc->image_size * (size_t)vc->image_size;
     size_t n_arows = rows > N * lq ? rows : N * lq;
-    size_t sizes[V_COUNT] = {
-        [V_PIX] = N * pix * 4,        [V_PATCH] = N * np * pw * 4, [V_POUT] = N * np * hid * 4,
-        [V_X] = rows * hid * 4,       [V_H] = rows * hid * 4,      [V_QKV] = rows * 3 * hid * 4,
-        [V_ATT] = rows * hid * 4,     [V_MLP] = rows * inter * 4,
-        [V_ROWS] = n_arows * sizeof(cl_int4),                      [V_KV] = N * kvr * E * 4,
-        [V_RQ] = lq * E * 4,          [V_RKV] = N * kvr * 2 * E * 4, [V_RATT] = N * lq * E * 4,
-        [V_EMB] = N * lq * E * 4,     [V_BLOCKS] = n_arows * sizeof(cl_int4)};
-    static const char *const names[V_COUNT] = {
-        "pixels", "patches", "patch embeddings", "vision hidden states", "vision scratch",
-        "vision q/k/v", "vision attention output", "vision MLP", "attention rows",
-        "resampler keys/values input", "resampler queries", "resampler keys/values",
-        "resampler attention output", "image embeddings", "attention blocks"};
+    size_t sizes[V_COUNT] = {[V_PIX] = N * pix * 4,
+                             [V_PATCH] = N * np * pw * 4,
+                             [V_POUT] = N * np * hid * 4,
+                             [V_X] = rows * hid * 4,
+                             [V_H] = rows * hid * 4,
+                             [V_QKV] = rows * 3 * hid * 4,
+                             [V_ATT] = rows * hid * 4,
+                             [V_MLP] = rows * inter * 4,
+                             [V_ROWS] = n_arows * sizeof(cl_int4),
+                             [V_KV] = N * kvr * E * 4,
+                             [V_RQ] = lq * E * 4,
+                             [V_RKV] = N * kvr * 2 * E * 4,
+                             [V_RATT] = N * lq * E * 4,
+                             [V_EMB] = N * lq * E * 4,
+                             [V_BLOCKS] = n_arows * sizeof(cl_int4)};
+    static const char *const names[V_COUNT] = {"pixels",
+                                               "patches",
+                                               "patch embeddings",
+                                               "vision hidden states",
+                                               "vision scratch",
+                                               "vision q/k/v",
+                                               "vision attention output",
+                                               "vision MLP",
+                                               "attention rows",
+                                               "resampler keys/values input",
+                                               "resampler queries",
+                                               "resampler keys/values",
+                                               "resampler attention output",
+                                               "image embeddings",
+                                               "attention blocks"};
     cl_mem buf[V_COUNT] = {0};
     cl_int4 *arows = NULL;
     cl_int *ablocks = NULL;
@@ -351,8 +392,8 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
                                        vc->patch_size, buf[V_PATCH])) != KS_OK ||
         (status = linear(cb, buf[V_PATCH], 0, N * np, &cb->patch, buf[V_POUT], 0, false, -1,
                          "patch embedding")) != KS_OK ||
-        (status = ke_cl_vision_embed(cb->ops, buf[V_POUT], cb->class_emb, cb->pos_emb, n,
-                                     (int)seq, (int)hid, buf[V_X])) != KS_OK ||
+        (status = ke_cl_vision_embed(cb->ops, buf[V_POUT], cb->class_emb, cb->pos_emb, n, (int)seq,
+                                     (int)hid, buf[V_X])) != KS_OK ||
         (status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, cb->pre_ln.w, cb->pre_ln.b,
                                    vc->layer_norm_eps, buf[V_X])) != KS_OK)
         goto cleanup;
@@ -371,11 +412,20 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
         char what[48];
         snprintf(what, sizeof what, "vision layer %d", l);
         stage = what;
-        ke_cl_attention_args att = {.q = buf[V_QKV], .q_off = 0, .q_stride = 3 * hid,
-                                    .k = buf[V_QKV], .v = buf[V_QKV], .k_off = hid,
-                                    .v_off = 2 * hid, .kv_stride = 3 * hid, .rows = buf[V_ROWS],
-                                    .n_rows = rows, .heads = vheads, .head_dim = vhd,
-                                    .scale = inv_sqrt_head_dim(vhd), .out = buf[V_ATT],
+        ke_cl_attention_args att = {.q = buf[V_QKV],
+                                    .q_off = 0,
+                                    .q_stride = 3 * hid,
+                                    .k = buf[V_QKV],
+                                    .v = buf[V_QKV],
+                                    .k_off = hid,
+                                    .v_off = 2 * hid,
+                                    .kv_stride = 3 * hid,
+                                    .rows = buf[V_ROWS],
+                                    .n_rows = rows,
+                                    .heads = vheads,
+                                    .head_dim = vhd,
+                                    .scale = inv_sqrt_head_dim(vhd),
+                                    .out = buf[V_ATT],
                                     .out_stride = hid};
         if ((status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, L->ln1.w, L->ln1.b,
                                        vc->layer_norm_eps, buf[V_H])) != KS_OK ||
@@ -412,19 +462,29 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
                              false, -1, "resampler dense")) != KS_OK)
             goto cleanup;
         KC_CHECK(clEnqueueCopyBuffer(kc_context_queue(cb->ctx), cb->latent, buf[V_KV], 0,
-                                     (i * kvr + seq) * E * sizeof(float), lq * E * sizeof(float),
-                                     0, NULL, NULL));
+                                     (i * kvr + seq) * E * sizeof(float), lq * E * sizeof(float), 0,
+                                     NULL, NULL));
     }
     for (size_t i = 0; i < N; i++)
         for (size_t r = 0; r < lq; r++)
             arows[i * lq + r] = (cl_int4){
                 {(cl_int)r, (cl_int)(i * kvr), (cl_int)(cb->resampler_full ? kvr : r + 1), 0}};
     int theads = c->text.heads, thd = c->text.embed_dim / theads;
-    ke_cl_attention_args ratt = {.q = buf[V_RQ], .q_off = 0, .q_stride = E, .k = buf[V_RKV],
-                                 .v = buf[V_RKV], .k_off = 0, .v_off = E, .kv_stride = 2 * E,
-                                 .rows = buf[V_ROWS], .n_rows = N * lq, .heads = theads,
-                                 .head_dim = thd, .scale = inv_sqrt_head_dim(thd),
-                                 .out = buf[V_RATT], .out_stride = E};
+    ke_cl_attention_args ratt = {.q = buf[V_RQ],
+                                 .q_off = 0,
+                                 .q_stride = E,
+                                 .k = buf[V_RKV],
+                                 .v = buf[V_RKV],
+                                 .k_off = 0,
+                                 .v_off = E,
+                                 .kv_stride = 2 * E,
+                                 .rows = buf[V_ROWS],
+                                 .n_rows = N * lq,
+                                 .heads = theads,
+                                 .head_dim = thd,
+                                 .scale = inv_sqrt_head_dim(thd),
+                                 .out = buf[V_RATT],
+                                 .out_stride = E};
     if ((status = write_now(cb, buf[V_ROWS], N * lq * sizeof *arows, arows)) != KS_OK ||
         (status = linear(cb, cb->latent, 0, lq, &cb->xq, buf[V_RQ], 0, false, -1,
                          "resampler x_q_proj")) != KS_OK ||
@@ -460,11 +520,13 @@ static ks_status hold_pages(cl_backend *cb, int slot, int tokens)
     if (want <= have)
         return KS_OK;
     if (want > cb->max_pages)
-        return ks_fail(KS_ERR_LIMIT, "slot %d: %d tokens exceed the slot capacity %d", slot,
-                       tokens, cb->base.slot_capacity);
+        return ks_fail(KS_ERR_LIMIT, "slot %d: %d tokens exceed the slot capacity %d", slot, tokens,
+                       cb->base.slot_capacity);
     if (want - have > cb->n_free)
-        return ks_fail(KS_ERR_LIMIT, "the KV cache has %d free pages of %d tokens, %d more are "
-                       "needed", cb->n_free, PAGE_TOKENS, want - have);
+        return ks_fail(KS_ERR_LIMIT,
+                       "the KV cache has %d free pages of %d tokens, %d more are "
+                       "needed",
+                       cb->n_free, PAGE_TOKENS, want - have);
     for (int p = have; p < want; p++)
         cb->slot_pages[(size_t)slot * (size_t)cb->max_pages + (size_t)p] =
             cb->free_pages[--cb->n_free];
@@ -477,8 +539,7 @@ static ks_status cl_reserve(ke_backend *b, int slot, int tokens)
 {
     cl_backend *cb = (cl_backend *)b;
     if (slot < 0 || slot >= b->slots || tokens < 0)
-        return ks_fail(KS_ERR_INVALID, "reserve: slot %d of %d, %d tokens", slot, b->slots,
-                       tokens);
+        return ks_fail(KS_ERR_INVALID, "reserve: slot %d of %d, %d tokens", slot, b->slots, tokens);
     return hold_pages(cb, slot, tokens);
 }
 
@@ -511,7 +572,7 @@ static ks_status next_stage(cl_backend *cb, size_t tokens, size_t seqs, size_t i
     if ((want) > s->count) {                                                                       \
         void *grown = realloc(s->field, (want) * (elem));                                          \
         if (!grown)                                                                                \
-            return ks_fail(KS_ERR_NOMEM, "out of memory for a step's inputs");                    \
+            return ks_fail(KS_ERR_NOMEM, "out of memory for a step's inputs");                     \
         s->field = grown;                                                                          \
     }
     GROW(plan, tokens, tokens, sizeof(cl_row8))
@@ -535,8 +596,8 @@ static ks_status next_stage(cl_backend *cb, size_t tokens, size_t seqs, size_t i
 }
 
 /* A non-blocking write from staging set s; the set is busy until the last of them is done. */
-static ks_status stage_write(cl_backend *cb, cl_stage *s, cl_mem buf, size_t offset,
-                             size_t bytes, const void *host)
+static ks_status stage_write(cl_backend *cb, cl_stage *s, cl_mem buf, size_t offset, size_t bytes,
+                             const void *host)
 {
     if (bytes == 0)
         return KS_OK;
@@ -552,9 +613,8 @@ static ks_status grow_tokens(cl_backend *cb, size_t want)
         return KS_OK;
     const ke_text_config *tc = &cb->base.model->config.text;
     size_t E = (size_t)tc->embed_dim, F = (size_t)tc->ffn_dim;
-    cl_mem *bufs[] = {&cb->x,         &cb->q,         &cb->att,       &cb->ffn,   &cb->x_stats,
-                      &cb->att_stats, &cb->ffn_stats, &cb->plan,      &cb->tokrow,
-                      &cb->fblocks};
+    cl_mem *bufs[] = {&cb->x,         &cb->q,         &cb->att,  &cb->ffn,    &cb->x_stats,
+                      &cb->att_stats, &cb->ffn_stats, &cb->plan, &cb->tokrow, &cb->fblocks};
     size_t bytes[] = {want * E * 4,
                       want * E * 4,
                       want * E * 4,
@@ -664,7 +724,12 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
                 memcpy(sg->img + used * E, step->image_embeds + used * E, E * sizeof(float));
             const cl_row8 plan = {device ? -1 : step->ids[row],
                                   device ? -1 : step->positions[row],
-                                  img ? (cl_int)used : -1, slot, cb->slot_len[slot] + i, 0, 0, 0};
+                                  img ? (cl_int)used : -1,
+                                  slot,
+                                  cb->slot_len[slot] + i,
+                                  0,
+                                  0,
+                                  0};
             memcpy(sg->plan[row], plan, sizeof plan);
             const cl_int frow[4] = {(cl_int)row, slot, cb->slot_len[slot] + i + 1, 0};
             memcpy(sg->frows + 4 * row, frow, sizeof frow);
@@ -678,9 +743,8 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
             continue;
         memcpy(sg->pages + (size_t)d * (size_t)cb->max_pages,
                cb->slot_pages + (size_t)slot * (size_t)cb->max_pages, page_row_bytes);
-        if ((status = stage_write(cb, sg, cb->pages, (size_t)slot * page_row_bytes,
-                                  page_row_bytes, sg->pages + (size_t)d * (size_t)cb->max_pages)) !=
-            KS_OK)
+        if ((status = stage_write(cb, sg, cb->pages, (size_t)slot * page_row_bytes, page_row_bytes,
+                                  sg->pages + (size_t)d * (size_t)cb->max_pages)) != KS_OK)
             goto cleanup;
         cb->slot_dirty[slot] = false;
         d++;
@@ -697,13 +761,25 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
     }
 
     float embed_scale = tc->scale_embedding ? (float)sqrt((double)tc->embed_dim) : 1.0f;
-    ke_cl_decoder_embed_args ea = {
-        .plan = cb->plan, .n_tokens = T, .table = cb->embed.w, .ldv = cb->embed.ldw, .panel = cb->embed.panel,
-        .image_rows = cb->image_rows ? cb->image_rows : cb->dummy, .freq = cb->freq,
-        .scale = embed_scale, .pad = tc->pad_id, .dim = tc->embed_dim,
-        .slot_next = cb->slot_next, .pages = cb->pages, .max_pages = cb->max_pages,
-        .page_tokens = PAGE_TOKENS, .hist = cb->hist, .hist_cap = b->slot_capacity, .x = cb->x,
-        .x_stats = cb->x_stats, .tokrow = cb->tokrow};
+    ke_cl_decoder_embed_args ea = {.plan = cb->plan,
+                                   .n_tokens = T,
+                                   .table = cb->embed.w,
+                                   .ldv = cb->embed.ldw,
+                                   .panel = cb->embed.panel,
+                                   .image_rows = cb->image_rows ? cb->image_rows : cb->dummy,
+                                   .freq = cb->freq,
+                                   .scale = embed_scale,
+                                   .pad = tc->pad_id,
+                                   .dim = tc->embed_dim,
+                                   .slot_next = cb->slot_next,
+                                   .pages = cb->pages,
+                                   .max_pages = cb->max_pages,
+                                   .page_tokens = PAGE_TOKENS,
+                                   .hist = cb->hist,
+                                   .hist_cap = b->slot_capacity,
+                                   .x = cb->x,
+                                   .x_stats = cb->x_stats,
+                                   .tokrow = cb->tokrow};
     if ((status = ke_cl_decoder_embed(cb->ops, &ea)) != KS_OK)
         goto cleanup;
 
@@ -712,31 +788,77 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
         const cl_tlayer *L = &cb->tl[l];
         float eps = tc->layer_norm_eps;
         snprintf(stage, sizeof stage, "text layer %d", l);
-        ke_cl_gemm_args qkv = {.m = T, .w = &L->qkv, .x = cb->x, .ldx = E,
-                               .ln_stats = cb->x_stats, .ln_sb = KE_CL_STAT_SB,
-                               .ln_w = L->ln_attn.w, .ln_b = L->ln_attn.b, .ln_eps = eps,
-                               .y = cb->q, .ldy = E, .act = -1, .split_q = E,
-                               .kpool = L->kpool, .vpool = L->vpool, .tokrow = cb->tokrow,
+        ke_cl_gemm_args qkv = {.m = T,
+                               .w = &L->qkv,
+                               .x = cb->x,
+                               .ldx = E,
+                               .ln_stats = cb->x_stats,
+                               .ln_sb = KE_CL_STAT_SB,
+                               .ln_w = L->ln_attn.w,
+                               .ln_b = L->ln_attn.b,
+                               .ln_eps = eps,
+                               .y = cb->q,
+                               .ldy = E,
+                               .act = -1,
+                               .split_q = E,
+                               .kpool = L->kpool,
+                               .vpool = L->vpool,
+                               .tokrow = cb->tokrow,
                                .kv_half = cb->kv_half};
-        ke_cl_paged_attention_args att = {
-            .q = cb->q, .kpool = L->kpool, .vpool = L->vpool, .kv_half = cb->kv_half,
-            .tokrow = cb->tokrow, .pages = cb->pages, .max_pages = cb->max_pages,
-            .page_tokens = PAGE_TOKENS, .out = cb->att, .out_stats = cb->att_stats,
-            .n_tokens = T, .heads = heads, .head_dim = hd, .scale = inv_sqrt_head_dim(hd)};
-        ke_cl_gemm_args out = {.m = T, .w = &L->out, .x = cb->att, .ldx = E,
-                               .ln_stats = cb->att_stats, .ln_sb = (size_t)hd,
-                               .ln_w = L->ln_inner.w, .ln_b = L->ln_inner.b, .ln_eps = eps,
-                               .y = cb->x, .ldy = E, .act = -1, .accumulate = true,
+        ke_cl_paged_attention_args att = {.q = cb->q,
+                                          .kpool = L->kpool,
+                                          .vpool = L->vpool,
+                                          .kv_half = cb->kv_half,
+                                          .tokrow = cb->tokrow,
+                                          .pages = cb->pages,
+                                          .max_pages = cb->max_pages,
+                                          .page_tokens = PAGE_TOKENS,
+                                          .out = cb->att,
+                                          .out_stats = cb->att_stats,
+                                          .n_tokens = T,
+                                          .heads = heads,
+                                          .head_dim = hd,
+                                          .scale = inv_sqrt_head_dim(hd)};
+        ke_cl_gemm_args out = {.m = T,
+                               .w = &L->out,
+                               .x = cb->att,
+                               .ldx = E,
+                               .ln_stats = cb->att_stats,
+                               .ln_sb = (size_t)hd,
+                               .ln_w = L->ln_inner.w,
+                               .ln_b = L->ln_inner.b,
+                               .ln_eps = eps,
+                               .y = cb->x,
+                               .ldy = E,
+                               .act = -1,
+                               .accumulate = true,
                                .stats_out = cb->x_stats};
-        ke_cl_gemm_args fc1 = {.m = T, .w = &L->fc1, .x = cb->x, .ldx = E,
-                               .ln_stats = cb->x_stats, .ln_sb = KE_CL_STAT_SB,
-                               .ln_w = L->ln_final.w, .ln_b = L->ln_final.b, .ln_eps = eps,
-                               .y = cb->ffn, .ldy = L->fc1.n, .act = (int)tc->activation,
+        ke_cl_gemm_args fc1 = {.m = T,
+                               .w = &L->fc1,
+                               .x = cb->x,
+                               .ldx = E,
+                               .ln_stats = cb->x_stats,
+                               .ln_sb = KE_CL_STAT_SB,
+                               .ln_w = L->ln_final.w,
+                               .ln_b = L->ln_final.b,
+                               .ln_eps = eps,
+                               .y = cb->ffn,
+                               .ldy = L->fc1.n,
+                               .act = (int)tc->activation,
                                .stats_out = cb->ffn_stats};
-        ke_cl_gemm_args fc2 = {.m = T, .w = &L->fc2, .x = cb->ffn, .ldx = L->fc1.n,
-                               .ln_stats = cb->ffn_stats, .ln_sb = KE_CL_STAT_SB,
-                               .ln_w = L->ln_ffn.w, .ln_b = L->ln_ffn.b, .ln_eps = eps,
-                               .y = cb->x, .ldy = E, .act = -1, .accumulate = true,
+        ke_cl_gemm_args fc2 = {.m = T,
+                               .w = &L->fc2,
+                               .x = cb->ffn,
+                               .ldx = L->fc1.n,
+                               .ln_stats = cb->ffn_stats,
+                               .ln_sb = KE_CL_STAT_SB,
+                               .ln_w = L->ln_ffn.w,
+                               .ln_b = L->ln_ffn.b,
+                               .ln_eps = eps,
+                               .y = cb->x,
+                               .ldy = E,
+                               .act = -1,
+                               .accumulate = true,
                                .stats_out = cb->x_stats};
         if ((status = ke_cl_gemm_run(cb->gemm, L->s_qkv, &qkv, "q/k/v + KV append")) != KS_OK ||
             (status = flash ? ke_cl_flash_attention_paged(cb->ops, &att, cb->fblocks, n_blocks)
@@ -750,10 +872,19 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
     /* final LayerNorm and lm_head on the last new token of each sequence only */
     kc_profile_scope(prof, "text step");
     snprintf(stage, sizeof stage, "logits");
-    ke_cl_gemm_args lm = {.m = S, .w = &cb->lm_head, .x = cb->x, .ldx = E, .gather = cb->gidx,
-                          .ln_stats = cb->x_stats, .ln_sb = KE_CL_STAT_SB,
-                          .ln_w = cb->final_ln.w, .ln_b = cb->final_ln.b,
-                          .ln_eps = tc->layer_norm_eps, .y = cb->logits, .ldy = V, .act = -1};
+    ke_cl_gemm_args lm = {.m = S,
+                          .w = &cb->lm_head,
+                          .x = cb->x,
+                          .ldx = E,
+                          .gather = cb->gidx,
+                          .ln_stats = cb->x_stats,
+                          .ln_sb = KE_CL_STAT_SB,
+                          .ln_w = cb->final_ln.w,
+                          .ln_b = cb->final_ln.b,
+                          .ln_eps = tc->layer_norm_eps,
+                          .y = cb->logits,
+                          .ldy = V,
+                          .act = -1};
     if ((status = ke_cl_gemm_run(cb->gemm, cb->s_lm, &lm, "lm_head")) != KS_OK)
         goto cleanup;
     for (size_t s = 0; s < S; s++)
@@ -781,14 +912,18 @@ static ks_status check_select(cl_backend *cb, const char *what, const ke_select_
     if (n < 1 || rows == NULL)
         return ks_fail(KS_ERR_INVALID, "%s: no rows", what);
     if (cb->logits_rows == 0 || cb->selected)
-        return ks_fail(KS_ERR_INVALID, "%s: no logits on the device (call forward with logits "
-                                       "NULL first; one select per forward)", what);
+        return ks_fail(KS_ERR_INVALID,
+                       "%s: no logits on the device (call forward with logits "
+                       "NULL first; one select per forward)",
+                       what);
     for (int i = 0; i < n; i++) {
         const ke_select_row *r = &rows[i];
         if (r->row < 0 || r->row >= cb->logits_rows || r->slot < 0 || r->slot >= cb->base.slots ||
             r->len != (size_t)cb->slot_len[r->slot] || r->no_repeat_ngram_size < 0)
-            return ks_fail(KS_ERR_INVALID, "%s: row %d (logits row %d of %d, slot %d holding %d "
-                           "ids, %zu given)", what, i, r->row, cb->logits_rows, r->slot,
+            return ks_fail(KS_ERR_INVALID,
+                           "%s: row %d (logits row %d of %d, slot %d holding %d "
+                           "ids, %zu given)",
+                           what, i, r->row, cb->logits_rows, r->slot,
                            r->slot >= 0 && r->slot < cb->base.slots ? cb->slot_len[r->slot] : -1,
                            r->len);
     }
@@ -813,8 +948,14 @@ static ks_status cl_select_greedy_enqueue(ke_backend *b, const ke_select_row *ro
         return status;
     kc_profile_scope(prof, "text step");
     for (int i = 0; i < n; i++) {
-        const cl_row8 sel = {rows[i].row, rows[i].slot, (cl_int)rows[i].len,
-                             rows[i].no_repeat_ngram_size, rows[i].ban_eos ? 1 : 0, 0, 0, 0};
+        const cl_row8 sel = {rows[i].row,
+                             rows[i].slot,
+                             (cl_int)rows[i].len,
+                             rows[i].no_repeat_ngram_size,
+                             rows[i].ban_eos ? 1 : 0,
+                             0,
+                             0,
+                             0};
         memcpy(sg->sel[i], sel, sizeof sel);
     }
     cb->selected = true; /* the bans are in the logits; fetch_logits may read rows */
@@ -829,8 +970,8 @@ static ks_status cl_select_greedy_enqueue(ke_backend *b, const ke_select_row *ro
     /* the ids go to their own row of sel_out, so a later select cannot overwrite them before
      * this read: copy them there on the device, then read without waiting */
     KC_CHECK(clEnqueueCopyBuffer(kc_context_queue(cb->ctx), cb->sel_out, cb->sel_out, 0,
-                                 out_off + cb->seqs * sizeof(cl_int), (size_t)n * sizeof(cl_int),
-                                 0, NULL, NULL));
+                                 out_off + cb->seqs * sizeof(cl_int), (size_t)n * sizeof(cl_int), 0,
+                                 NULL, NULL));
     if ((status = kc_context_read(cb->ctx, cb->sel_out, false, out_off + cb->seqs * sizeof(cl_int),
                                   (size_t)n * sizeof(cl_int), ids, &o->read)) != KS_OK)
         goto cleanup;
@@ -901,10 +1042,10 @@ static ks_status grow_lists(cl_backend *cb, size_t rows, size_t cap)
         cb->h_cid = malloc(cap * sizeof(cl_int));
         if (!cb->h_cval || !cb->h_cid)
             return ks_fail(KS_ERR_NOMEM, "out of memory");
-        if ((status = new_buffer(cb, CL_MEM_WRITE_ONLY, cap * sizeof(float), NULL,
-                                 &cb->cand_val, "candidate values")) != KS_OK ||
-            (status = new_buffer(cb, CL_MEM_WRITE_ONLY, cap * sizeof(cl_int), NULL,
-                                 &cb->cand_id, "candidate ids")) != KS_OK)
+        if ((status = new_buffer(cb, CL_MEM_WRITE_ONLY, cap * sizeof(float), NULL, &cb->cand_val,
+                                 "candidate values")) != KS_OK ||
+            (status = new_buffer(cb, CL_MEM_WRITE_ONLY, cap * sizeof(cl_int), NULL, &cb->cand_id,
+                                 "candidate ids")) != KS_OK)
             return status;
         cb->cand_cap = cap;
     }
@@ -973,17 +1114,23 @@ static ks_status cl_select_sample(ke_backend *b, const ke_select_row *rows, int 
         c++;
     }
     cb->selected = true; /* the bans are in the logits; fetch_logits may read rows */
-    ke_cl_select_sample_args a = {.logits = cb->logits, .vocab = V, .info = cb->samp_info,
-                                  .hist = cb->hist, .n_sel = n, .max_len = (int)max_len,
-                                  .eos = tc->eos_id, .out = cb->sel_out,
-                                  .cinfo = cb->cand_info, .n_cand = (int)n_cand,
-                                  .cval = cb->cand_val, .cid = cb->cand_id,
+    ke_cl_select_sample_args a = {.logits = cb->logits,
+                                  .vocab = V,
+                                  .info = cb->samp_info,
+                                  .hist = cb->hist,
+                                  .n_sel = n,
+                                  .max_len = (int)max_len,
+                                  .eos = tc->eos_id,
+                                  .out = cb->sel_out,
+                                  .cinfo = cb->cand_info,
+                                  .n_cand = (int)n_cand,
+                                  .cval = cb->cand_val,
+                                  .cid = cb->cand_id,
                                   .cstat = cb->cand_stat};
     if ((status = write_now(cb, cb->samp_info, (size_t)n * 5 * sizeof(cl_int), cb->h_sinfo)) !=
             KS_OK ||
-        (n_cand > 0 &&
-         (status = write_now(cb, cb->cand_info, n_cand * 4 * sizeof(cl_int), cb->h_cinfo)) !=
-             KS_OK) ||
+        (n_cand > 0 && (status = write_now(cb, cb->cand_info, n_cand * 4 * sizeof(cl_int),
+                                           cb->h_cinfo)) != KS_OK) ||
         (status = ke_cl_select_sample(cb->ops, &a)) != KS_OK ||
         (status = read_now(cb, cb->sel_out, 0, (size_t)n * sizeof(cl_int), cb->h_out)) != KS_OK ||
         (n_cand > 0 &&
@@ -1047,7 +1194,8 @@ static ks_status cl_copy_slot(ke_backend *b, int src, int dst)
         size_t from = (size_t)cb->slot_pages[(size_t)src * (size_t)cb->max_pages + (size_t)p];
         size_t to = (size_t)cb->slot_pages[(size_t)dst * (size_t)cb->max_pages + (size_t)p];
         size_t bytes = (size_t)(len - p * PAGE_TOKENS < PAGE_TOKENS ? len - p * PAGE_TOKENS
-                                                                     : PAGE_TOKENS) * row;
+                                                                    : PAGE_TOKENS) *
+                       row;
         for (int l = 0; l < b->model->config.text.layers; l++) {
             KC_CHECK(clEnqueueCopyBuffer(q, cb->tl[l].kpool, cb->tl[l].kpool, from * page_bytes,
                                          to * page_bytes, bytes, 0, NULL, NULL));
@@ -1058,8 +1206,8 @@ static ks_status cl_copy_slot(ke_backend *b, int src, int dst)
     size_t hist_row = (size_t)b->slot_capacity * sizeof(cl_int);
     if (len > 0)
         KC_CHECK(clEnqueueCopyBuffer(q, cb->hist, cb->hist, (size_t)src * hist_row,
-                                     (size_t)dst * hist_row, (size_t)len * sizeof(cl_int), 0,
-                                     NULL, NULL));
+                                     (size_t)dst * hist_row, (size_t)len * sizeof(cl_int), 0, NULL,
+                                     NULL));
     KC_CHECK(clEnqueueCopyBuffer(q, cb->slot_next, cb->slot_next, (size_t)src * sizeof(cl_int),
                                  (size_t)dst * sizeof(cl_int), sizeof(cl_int), 0, NULL, NULL));
     cb->slot_len[dst] = len;
@@ -1146,8 +1294,7 @@ static ks_status check_config(const ke_config *c)
     if (tc->heads < 1 || tc->embed_dim % tc->heads != 0 || tc->layers < 0 || tc->vocab_size < 1)
         return ks_fail(KS_ERR_INVALID, "inconsistent text config");
     if (tc->embed_dim < 4)
-        return ks_fail(KS_ERR_UNSUPPORTED, "embed_dim %d < 4 has no sinusoid table",
-                       tc->embed_dim);
+        return ks_fail(KS_ERR_UNSUPPORTED, "embed_dim %d < 4 has no sinusoid table", tc->embed_dim);
     if (c->latent_query_num < 1)
         return ks_fail(KS_ERR_INVALID, "latent_query_num %d", c->latent_query_num);
     return KS_OK;
@@ -1297,7 +1444,8 @@ static ks_status init_pages(cl_backend *cb, size_t kv_tokens, const kc_device_in
                          (double)cb->base.model->config.text.embed_dim * (cb->kv_half ? 2 : 4);
     if (pages < 1 || pages > (size_t)INT32_MAX / PAGE_TOKENS ||
         layer_bytes > (double)device->max_alloc_bytes)
-        return ks_fail(KS_ERR_LIMIT, "a KV cache of %zu tokens needs %.0f bytes per layer for K "
+        return ks_fail(KS_ERR_LIMIT,
+                       "a KV cache of %zu tokens needs %.0f bytes per layer for K "
                        "(as many for V), more than the device's largest allocation of %llu bytes "
                        "(fewer --slots or a smaller --context)",
                        kv_tokens, layer_bytes, (unsigned long long)device->max_alloc_bytes);
@@ -1332,7 +1480,7 @@ ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
     if (options->weights_int8 && model->storage != KE_DTYPE_F16) {
         /* the int8 kernels read biases and LayerNorm parameters as half */
         return ks_fail(KS_ERR_UNSUPPORTED, "OpenCL backend: int8 weights need a model stored in "
-                       "f16, not f32");
+                                           "f16, not f32");
     }
     cl_backend *cb = calloc(1, sizeof *cb);
     if (cb == NULL)

@@ -15,8 +15,18 @@
 #include "kc_error.h"
 #include "kc_program.h"
 
-enum { K_LAYER_NORM, K_ACTIVATION, K_L2, K_UNFOLD, K_VISION_EMBED, K_ATTENTION, K_NGRAM_BAN,
-       K_ARGMAX, K_TOPK, K_COUNT };
+enum {
+    K_LAYER_NORM,
+    K_ACTIVATION,
+    K_L2,
+    K_UNFOLD,
+    K_VISION_EMBED,
+    K_ATTENTION,
+    K_NGRAM_BAN,
+    K_ARGMAX,
+    K_TOPK,
+    K_COUNT
+};
 
 /* The text decoder's kernels run every step from one call site each: kernel objects of their
  * own that keep their arguments (kc_bound), so a step sets only what changed. */
@@ -27,13 +37,13 @@ static const char *const bound_names[B_COUNT] = {"decoder_embed", "paged_attenti
 typedef struct prog_spec {
     const char *file;
     size_t preferred_wg;
-    bool weights; /* has WEIGHT_HALF */
+    bool weights;     /* has WEIGHT_HALF */
     int first, count; /* kernels [first, first + count) */
 } prog_spec;
 
-static const char *const kernel_names[K_COUNT] = {
-    "layer_norm", "activation", "l2_normalize", "unfold_patches", "vision_embed",
-    "attention",  "ngram_ban",  "argmax_rows",  "topk_rows"};
+static const char *const kernel_names[K_COUNT] = {"layer_norm",     "activation",   "l2_normalize",
+                                                  "unfold_patches", "vision_embed", "attention",
+                                                  "ngram_ban",      "argmax_rows",  "topk_rows"};
 
 enum { P_LAYER_NORM, P_OPS, P_ATTENTION, P_SELECT, P_DECODER, P_COUNT };
 
@@ -73,14 +83,10 @@ static size_t floor_pow2(size_t v)
     return p;
 }
 
-static size_t round_up(size_t v, size_t m)
-{
-    return (v + m - 1) / m * m;
-}
+static size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
 
 /* Lowers *fit to the work-group size the device allows for kernel k. */
-static ks_status kernel_limit(const kc_device_info *dev, cl_kernel k, const char *name,
-                              size_t *fit)
+static ks_status kernel_limit(const kc_device_info *dev, cl_kernel k, const char *name, size_t *fit)
 {
     size_t kmax = 0;
     cl_int err = clGetKernelWorkGroupInfo(k, dev->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax,
@@ -176,15 +182,9 @@ const char *ke_cl_ops_paged_attention_kernel(const ke_cl_ops *o)
     return o->serial_attention ? "paged_attention_serial" : "paged_attention";
 }
 
-void ke_cl_ops_force_serial_attention(ke_cl_ops *o, bool serial)
-{
-    o->serial_attention = serial;
-}
+void ke_cl_ops_force_serial_attention(ke_cl_ops *o, bool serial) { o->serial_attention = serial; }
 
-size_t ke_cl_ops_wg_size(const ke_cl_ops *o)
-{
-    return o->wg[P_OPS];
-}
+size_t ke_cl_ops_wg_size(const ke_cl_ops *o) { return o->wg[P_OPS]; }
 
 #define ARG(kern, i, value)                                                                        \
     do {                                                                                           \
@@ -295,8 +295,8 @@ cleanup:
     return status;
 }
 
-ks_status ke_cl_vision_embed(ke_cl_ops *o, cl_mem patch_out, cl_mem cls, cl_mem pos, int n,
-                             int seq, int hid, cl_mem x)
+ks_status ke_cl_vision_embed(ke_cl_ops *o, cl_mem patch_out, cl_mem cls, cl_mem pos, int n, int seq,
+                             int hid, cl_mem x)
 {
     ks_status status = KS_OK;
     cl_kernel k = o->k[K_VISION_EMBED];
@@ -402,9 +402,9 @@ ks_status ke_cl_select_sample(ke_cl_ops *o, const ke_cl_select_sample_args *a)
 {
     ks_status status = KS_OK;
     const char *which = "topk_rows";
-    if (a->n_sel > 0 && (status = ke_cl_select_greedy(o, a->logits, a->vocab, a->info, a->hist,
-                                                      a->n_sel, a->max_len, a->eos, a->out)) !=
-                            KS_OK)
+    if (a->n_sel > 0 &&
+        (status = ke_cl_select_greedy(o, a->logits, a->vocab, a->info, a->hist, a->n_sel,
+                                      a->max_len, a->eos, a->out)) != KS_OK)
         return status;
     if (a->n_cand <= 0)
         return KS_OK;
@@ -428,7 +428,7 @@ cleanup:
 #define BARG(b, i, value)                                                                          \
     do {                                                                                           \
         __typeof__(value) barg_ = (value);                                                         \
-        if ((status = kc_bound_arg((b), (i), sizeof barg_, &barg_)) != KS_OK)                     \
+        if ((status = kc_bound_arg((b), (i), sizeof barg_, &barg_)) != KS_OK)                      \
             goto cleanup;                                                                          \
     } while (0)
 
@@ -437,8 +437,9 @@ ks_status ke_cl_ops_site(ke_cl_ops *o, const char *kernel_name, kc_bound **out)
     kc_program *prog = NULL;
     char opts[160];
     size_t wg = o->wg[P_DECODER];
-    snprintf(opts, sizeof opts, "-DEMB_NT=%zu -DAT_NT=%zu -DSEL_NT=%zu -DWEIGHT_HALF=%d -DSTAT_SB=%d",
-             wg, wg, wg, o->weight_dtype == KE_DTYPE_F16 ? 1 : 0, KE_CL_STAT_SB);
+    snprintf(opts, sizeof opts,
+             "-DEMB_NT=%zu -DAT_NT=%zu -DSEL_NT=%zu -DWEIGHT_HALF=%d -DSTAT_SB=%d", wg, wg, wg,
+             o->weight_dtype == KE_DTYPE_F16 ? 1 : 0, KE_CL_STAT_SB);
     ks_status st = kc_program_get(o->ctx, "decoder.cl", opts, &prog);
     if (st == KS_OK)
         st = kc_bound_new(prog, kernel_name, out);
@@ -615,10 +616,7 @@ static int flash_bq(const ke_cl_ops *o)
     return (int)bq;
 }
 
-int ke_cl_flash_block_q(const ke_cl_ops *o)
-{
-    return flash_bq(o);
-}
+int ke_cl_flash_block_q(const ke_cl_ops *o) { return flash_bq(o); }
 
 void ke_cl_flash_force_tiles(ke_cl_ops *o, int block_q, int block_k)
 {
@@ -651,9 +649,11 @@ static ks_status flash_get(ke_cl_ops *o, int head_dim, const flash_build **out)
            b.block_k / 2 >= b.chunk && (b.block_k / 2) % b.chunk == 0)
         b.block_k /= 2;
     if (o->local_mem > 0 && flash_local_bytes(b.block_k, head_dim) > o->local_mem)
-        return ks_fail(KS_ERR_UNSUPPORTED, "flash_attention.cl (head_dim %d): a tile of %d keys "
-                       "needs %llu bytes of local memory, the device has %llu", head_dim,
-                       b.block_k, (unsigned long long)flash_local_bytes(b.block_k, head_dim),
+        return ks_fail(KS_ERR_UNSUPPORTED,
+                       "flash_attention.cl (head_dim %d): a tile of %d keys "
+                       "needs %llu bytes of local memory, the device has %llu",
+                       head_dim, b.block_k,
+                       (unsigned long long)flash_local_bytes(b.block_k, head_dim),
                        (unsigned long long)o->local_mem);
     for (int i = 0; i < o->n_flash; i++) {
         const flash_build *f = &o->flash[i];
@@ -677,9 +677,10 @@ static ks_status flash_get(ke_cl_ops *o, int head_dim, const flash_build **out)
         (st = kernel_limit(dev, b.paged, "flash_attention_paged", &fit)) != KS_OK)
         return st;
     if (fit < (size_t)b.block_q)
-        return ks_fail(KS_ERR_UNSUPPORTED, "flash_attention.cl (head_dim %d): blocks of %d rows, "
-                       "the device runs work-groups of %zu of its work-items", head_dim,
-                       b.block_q, fit);
+        return ks_fail(KS_ERR_UNSUPPORTED,
+                       "flash_attention.cl (head_dim %d): blocks of %d rows, "
+                       "the device runs work-groups of %zu of its work-items",
+                       head_dim, b.block_q, fit);
     flash_build *grown = realloc(o->flash, (size_t)(o->n_flash + 1) * sizeof *grown);
     if (!grown)
         return ks_fail(KS_ERR_NOMEM, "out of memory");
@@ -758,7 +759,8 @@ ks_status ke_cl_flash_attention(ke_cl_ops *o, const ke_cl_attention_args *a, cl_
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel flash_attention (%zu rows in %zu blocks, %d heads, head_dim %d, "
-                        "work-group %zu)", a->n_rows, n_blocks, a->heads, a->head_dim, local);
+                        "work-group %zu)",
+                        a->n_rows, n_blocks, a->heads, a->head_dim, local);
     return status;
 }
 
@@ -797,7 +799,7 @@ ks_status ke_cl_flash_attention_paged(ke_cl_ops *o, const ke_cl_paged_attention_
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel flash_attention_paged (%zu tokens in %zu blocks, %d heads, "
-                        "head_dim %d, work-group %zu)", a->n_tokens, n_blocks, a->heads,
-                        a->head_dim, local);
+                        "head_dim %d, work-group %zu)",
+                        a->n_tokens, n_blocks, a->heads, a->head_dim, local);
     return status;
 }

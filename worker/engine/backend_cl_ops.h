@@ -13,10 +13,10 @@
 
 #include <stddef.h>
 
+#include "backend.h"
 #include "kc_context.h"
 #include "kc_program.h"
 #include "ks_error.h"
-#include "backend.h"
 #include "model.h"
 
 typedef struct ke_cl_ops ke_cl_ops;
@@ -51,8 +51,8 @@ ks_status ke_cl_unfold_patches(ke_cl_ops *o, cl_mem pixels, int n, int channels,
 
 /* x (n·seq, hid): per image, row 0 = cls + pos[0], row t = patch_out[t-1] + pos[t].
  * patch_out (n·(seq-1), hid) f32; cls (hid), pos (seq, hid) weights. */
-ks_status ke_cl_vision_embed(ke_cl_ops *o, cl_mem patch_out, cl_mem cls, cl_mem pos, int n,
-                             int seq, int hid, cl_mem x);
+ks_status ke_cl_vision_embed(ke_cl_ops *o, cl_mem patch_out, cl_mem cls, cl_mem pos, int n, int seq,
+                             int hid, cl_mem x);
 
 /* Attention (ke_op_attention, see kernels/attention.cl): rows (n_rows) cl_int4 (q row, first
  * key row, key count, 0) says what each output row sees. Offsets and strides in floats. */
@@ -105,12 +105,12 @@ void ke_cl_sample_stat_decode(const cl_ulong stat[4], int vocab, float tail_temp
 /* The step's input rows (ke_op_text_embed from the step plan), their LayerNorm statistics
  * (blocks of KE_CL_STAT_SB), each token's cache row (tokrow) and the slots' id histories. */
 typedef struct ke_cl_decoder_embed_args {
-    cl_mem plan;         /* (n_tokens) cl_int8, kernels/decoder.cl */
+    cl_mem plan; /* (n_tokens) cl_int8, kernels/decoder.cl */
     size_t n_tokens;
-    cl_mem table;        /* the transposed embedding Wt (dim, ldv), in ke_cl_weight's layout */
+    cl_mem table; /* the transposed embedding Wt (dim, ldv), in ke_cl_weight's layout */
     size_t ldv, panel;
-    cl_mem image_rows;   /* (rows, dim) f32; any valid buffer when no token uses it */
-    cl_mem freq;         /* (dim / 2) ke_op_sinusoid_freqs */
+    cl_mem image_rows; /* (rows, dim) f32; any valid buffer when no token uses it */
+    cl_mem freq;       /* (dim / 2) ke_op_sinusoid_freqs */
     float scale;
     int pad, dim;
     cl_mem slot_next, pages;

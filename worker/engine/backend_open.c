@@ -38,8 +38,7 @@ ks_status ke_backend_open(const ke_model *model, const char *spec,
         }
         index = (size_t)d;
     }
-    if ((status = ke_backend_cl_new(model, kc_device_list_get(list, index), options, out)) ==
-        KS_OK)
+    if ((status = ke_backend_cl_new(model, kc_device_list_get(list, index), options, out)) == KS_OK)
         ke_model_page_out(model); /* the device has its copy; the map's pages are not read */
 cleanup:
     kc_device_list_destroy(&list);
@@ -61,8 +60,10 @@ ks_status ke_backend_gemm_tune_check(const char *text)
 #ifdef KOSMOS_HAVE_OPENCL
     return ke_cl_gemm_tune_check(text);
 #else
-    return ks_fail(KS_ERR_UNSUPPORTED, "--gemm-tune %s: this build has no OpenCL, whose GEMM "
-                   "it tunes", text);
+    return ks_fail(KS_ERR_UNSUPPORTED,
+                   "--gemm-tune %s: this build has no OpenCL, whose GEMM "
+                   "it tunes",
+                   text);
 #endif
 }
 

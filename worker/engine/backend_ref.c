@@ -22,11 +22,11 @@ typedef struct ref_backend {
     /* weights_int8: the model's struct with its own layer arrays, whose linear weights are
      * owned int8 copies (quant.h; every KE_DTYPE_I8 tensor in it is ours) */
     ke_model q8;
-    size_t slot_stride;  /* floats per slot in k_cache/v_cache: layers · capacity · embed */
-    float *k_cache;      /* (slots, layers, capacity, embed) */
-    float *v_cache;      /* (slots, layers, capacity, embed) */
-    int *slot_len;       /* [slots] tokens cached */
-    float *freq;         /* (embed / 2) sinusoid frequencies */
+    size_t slot_stride; /* floats per slot in k_cache/v_cache: layers · capacity · embed */
+    float *k_cache;     /* (slots, layers, capacity, embed) */
+    float *v_cache;     /* (slots, layers, capacity, embed) */
+    int *slot_len;      /* [slots] tokens cached */
+    float *freq;        /* (embed / 2) sinusoid frequencies */
     /* forward scratch, grown on demand to `tokens` rows */
     size_t tokens;
     float *x, *h, *q, *k, *v, *ctx; /* (tokens, embed) each */
@@ -146,8 +146,8 @@ static ks_status encode_one(ref_backend *rb, const float *pixels, float *post_ta
     ke_op_linear(kv, kv_rows, &m->x_v_proj.weight, &m->x_v_proj.bias, v, lin);
     int theads = tc->heads;
     int thd = tc->embed_dim / theads;
-    ke_op_attention(q, emb, k, v, emb, (int)lq, (int)kv_rows, theads, thd,
-                    inv_sqrt_head_dim(thd), rb->resampler_full ? -1 : 0, ctx, emb, att);
+    ke_op_attention(q, emb, k, v, emb, (int)lq, (int)kv_rows, theads, thd, inv_sqrt_head_dim(thd),
+                    rb->resampler_full ? -1 : 0, ctx, emb, att);
     ke_op_linear(ctx, lq, &m->x_out_proj.weight, &m->x_out_proj.bias, embeds, lin);
 
 cleanup:
@@ -179,7 +179,8 @@ static ks_status ref_encode_images(ke_backend *b, const float *pixels, int n, fl
     size_t out = (size_t)c->latent_query_num * (size_t)c->text.embed_dim;
     for (int i = 0; i < n; i++) {
         float *post = taps && taps->post_layernorm ? taps->post_layernorm + (size_t)i * tap : NULL;
-        ks_status st = encode_one(rb, pixels + (size_t)i * pix, post, image_embeds + (size_t)i * out);
+        ks_status st = encode_one(rb, pixels + (size_t)i * pix, post,
+                                  image_embeds + (size_t)i * out);
         if (st != KS_OK)
             return st;
     }
@@ -237,7 +238,7 @@ static ks_status ref_forward(ke_backend *b, const ke_step *step, float *logits)
         for (int s = 0; s < step->n_seqs; s++)
             if (step->from_device[s])
                 return ks_fail(KS_ERR_UNSUPPORTED, "forward: the reference backend selects on "
-                               "the host; it keeps no token on a device");
+                                                   "the host; it keeps no token on a device");
     if (st != KS_OK)
         return st;
     if ((st = grow_scratch(rb, total)) != KS_OK)

@@ -23,8 +23,8 @@ typedef struct gemm_tune {
     const char *label;
     int rows_nt, rows_xk, rows_stage, rows_split, rows_cw, rows_vpw, w_panel;
     int tile_m, tile_n, tile_k, wpt_m, wpt_n;
-    int rows_max_m;   /* m <= this: gemm_rowsR; above: gemm_tiles */
-    int groups_goal;  /* GPUs: enough groups per product; 0 = one chunk (CPUs) */
+    int rows_max_m;  /* m <= this: gemm_rowsR; above: gemm_tiles */
+    int groups_goal; /* GPUs: enough groups per product; 0 = one chunk (CPUs) */
 } gemm_tune;
 
 static const gemm_tune tune_table[] = {
@@ -86,19 +86,27 @@ static ks_status tune_parse(const char *text, gemm_tune *out)
             found = true;
         }
     if (!found)
-        return ks_fail(KS_ERR_INVALID, "--gemm-tune '%s': the first item must be cpu, "
-                       "nvidia or gpu", text);
+        return ks_fail(KS_ERR_INVALID,
+                       "--gemm-tune '%s': the first item must be cpu, "
+                       "nvidia or gpu",
+                       text);
     static const struct {
         const char *key;
         size_t offset;
     } fields[] = {
-        {"rows_nt", offsetof(gemm_tune, rows_nt)},         {"rows_xk", offsetof(gemm_tune, rows_xk)},
-        {"rows_stage", offsetof(gemm_tune, rows_stage)},   {"rows_split", offsetof(gemm_tune, rows_split)},
-        {"rows_cw", offsetof(gemm_tune, rows_cw)},         {"rows_vpw", offsetof(gemm_tune, rows_vpw)},
+        {"rows_nt", offsetof(gemm_tune, rows_nt)},
+        {"rows_xk", offsetof(gemm_tune, rows_xk)},
+        {"rows_stage", offsetof(gemm_tune, rows_stage)},
+        {"rows_split", offsetof(gemm_tune, rows_split)},
+        {"rows_cw", offsetof(gemm_tune, rows_cw)},
+        {"rows_vpw", offsetof(gemm_tune, rows_vpw)},
         {"w_panel", offsetof(gemm_tune, w_panel)},
-        {"tile_m", offsetof(gemm_tune, tile_m)},           {"tile_n", offsetof(gemm_tune, tile_n)},
-        {"tile_k", offsetof(gemm_tune, tile_k)},           {"wpt_m", offsetof(gemm_tune, wpt_m)},
-        {"wpt_n", offsetof(gemm_tune, wpt_n)},             {"rows_max_m", offsetof(gemm_tune, rows_max_m)},
+        {"tile_m", offsetof(gemm_tune, tile_m)},
+        {"tile_n", offsetof(gemm_tune, tile_n)},
+        {"tile_k", offsetof(gemm_tune, tile_k)},
+        {"wpt_m", offsetof(gemm_tune, wpt_m)},
+        {"wpt_n", offsetof(gemm_tune, wpt_n)},
+        {"rows_max_m", offsetof(gemm_tune, rows_max_m)},
         {"groups_goal", offsetof(gemm_tune, groups_goal)},
     };
     while ((tok = next_item(&next)) != NULL) {
@@ -134,7 +142,8 @@ static const char *const rows_kernel[N_ROWS_R] = {"gemm_rows1", "gemm_rows2", "g
 struct ke_cl_gemm_site {
     kc_bound *rows[N_DTYPES][N_ROWS_R]; /* [ke_dtype][R index], created on first use */
     kc_bound *tiles[N_DTYPES];
-    kc_bound *mma[2]; /* of the engine's programs (f32, f16 weights), dropped when the path changes */
+    kc_bound
+        *mma[2]; /* of the engine's programs (f32, f16 weights), dropped when the path changes */
     struct ke_cl_gemm_site *next;
 };
 
@@ -150,7 +159,7 @@ struct ke_cl_gemm {
     int forced, forced_split;
     size_t forced_chunk;
     char last[48];
-    ke_cl_mma mma; /* the matrix-unit engine, when mma_on */
+    ke_cl_mma mma;        /* the matrix-unit engine, when mma_on */
     bool mma_on, mma_f32; /* on; for f32 weights too (a forced path) */
     char path_report[1024];
 };
@@ -256,8 +265,8 @@ size_t ke_cl_gemm_chunk(const ke_cl_gemm *g, size_t n, size_t k)
         return g->forced_chunk >= k ? k : round_up(g->forced_chunk, (size_t)g->tune.tile_k);
     if (g->tune.groups_goal <= 0 || k <= 256)
         return k;
-    size_t col_groups =
-        ceil_div(n, (size_t)g->tune.rows_nt * (size_t)g->tune.rows_cw * (size_t)g->tune.rows_vpw);
+    size_t col_groups = ceil_div(n, (size_t)g->tune.rows_nt * (size_t)g->tune.rows_cw *
+                                        (size_t)g->tune.rows_vpw);
     size_t want = ceil_div((size_t)g->tune.groups_goal * g->compute_units, col_groups);
     size_t most = k / 256; /* chunks of at least 256 keep the partial sums cheap */
     if (want > most)
@@ -280,10 +289,7 @@ ks_status ke_cl_gemm_site_new(ke_cl_gemm *g, const char *name, ke_cl_gemm_site *
 
 /* ---- weights -------------------------------------------------------------------------------- */
 
-static size_t dtype_size(ke_dtype dt)
-{
-    return dt == KE_DTYPE_I8 ? 1 : dt == KE_DTYPE_F16 ? 2 : 4;
-}
+static size_t dtype_size(ke_dtype dt) { return dt == KE_DTYPE_I8 ? 1 : dt == KE_DTYPE_F16 ? 2 : 4; }
 
 static const char *dtype_name(ke_dtype dt)
 {
@@ -488,11 +494,15 @@ static ks_status check(const ke_cl_gemm_args *a)
     if (a->ln_stats && (!a->ln_w || !a->ln_b || a->ln_sb == 0))
         return ks_fail(KS_ERR_INVALID, "gemm: a LayerNorm without its parameters");
     if (!a->gather && !fits(a->x, a->x_offset, (a->m - 1) * a->ldx + w->k, sizeof(float)))
-        return ks_fail(KS_ERR_INVALID, "gemm: x (m %zu, k %zu, ldx %zu, offset %zu) exceeds its "
-                       "buffer", a->m, w->k, a->ldx, a->x_offset);
+        return ks_fail(KS_ERR_INVALID,
+                       "gemm: x (m %zu, k %zu, ldx %zu, offset %zu) exceeds its "
+                       "buffer",
+                       a->m, w->k, a->ldx, a->x_offset);
     if (a->y && !fits(a->y, a->y_offset, (a->m - 1) * a->ldy + width, sizeof(float)))
-        return ks_fail(KS_ERR_INVALID, "gemm: y (m %zu, n %zu, ldy %zu, offset %zu) exceeds its "
-                       "buffer", a->m, width, a->ldy, a->y_offset);
+        return ks_fail(KS_ERR_INVALID,
+                       "gemm: y (m %zu, n %zu, ldy %zu, offset %zu) exceeds its "
+                       "buffer",
+                       a->m, width, a->ldy, a->y_offset);
     return KS_OK;
 }
 
@@ -511,8 +521,8 @@ static ks_status grow_scratch(ke_cl_gemm *g, size_t floats, size_t counters)
     if (counters > g->counter_ints) {
         kc_context_buffer_free(g->ctx, &g->counters);
         g->counter_ints = 0;
-        if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, counters * sizeof(cl_int),
-                                        NULL, &g->counters)) != KS_OK)
+        if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, counters * sizeof(cl_int), NULL,
+                                        &g->counters)) != KS_OK)
             return status;
         cl_int zero = 0;
         KC_CHECK(clEnqueueFillBuffer(kc_context_queue(g->ctx), g->counters, &zero, sizeof zero, 0,
@@ -597,14 +607,15 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
     const ke_dtype dt = w->dtype;
     if (w->panel != (size_t)t->w_panel || (unsigned)dt >= N_DTYPES || !g->prog[dt] ||
         (dt == KE_DTYPE_I8) != (w->scale != NULL))
-        return ks_fail(KS_ERR_INVALID, "gemm: a %s weight in panels of %zu for kernels built for "
-                       "%d (uploaded by another ke_cl_gemm?)", dtype_name(dt), w->panel,
-                       t->w_panel);
+        return ks_fail(KS_ERR_INVALID,
+                       "gemm: a %s weight in panels of %zu for kernels built for "
+                       "%d (uploaded by another ke_cl_gemm?)",
+                       dtype_name(dt), w->panel, t->w_panel);
     /* int8 codes run on gemm.cl's kernels only: the engine reads f16 or f32 weights */
     bool mma_ok = g->mma_on && a->m > KE_CL_MMA_MIN_M && dt != KE_DTYPE_I8 &&
                   (g->mma_f32 || dt == KE_DTYPE_F16);
-    int v = g->forced != V_AUTO ? g->forced
-            : mma_ok            ? V_MMA
+    int v = g->forced != V_AUTO             ? g->forced
+            : mma_ok                        ? V_MMA
             : a->m <= (size_t)t->rows_max_m ? V_ROWS
                                             : V_TILES;
     size_t chunks = ceil_div(w->k, w->chunk_len);
@@ -643,9 +654,8 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
         global[2] = 1;
         snprintf(g->last, sizeof g->last, "tiles");
     }
-    if (split &&
-        (status = grow_scratch(g, chunks * a->m * round_up(w->n, 16),
-                               (global[0] / local[0]) * global[1])) != KS_OK)
+    if (split && (status = grow_scratch(g, chunks * a->m * round_up(w->n, 16),
+                                        (global[0] / local[0]) * global[1])) != KS_OK)
         goto cleanup;
     kc_program *prog = g->prog[dt];
     if (!*slot && v == V_MMA && (status = ke_cl_mma_program(g->ctx, &g->mma, dt, &prog)) != KS_OK)
@@ -744,8 +754,7 @@ static ks_status probe_ptx(ke_cl_gemm *g, char *report, size_t len)
     g->mma_on = g->mma_f32 = true;
     if (check_engine(g, why, sizeof why) != 0) {
         ke_cl_gemm_use_mma(g, NULL);
-        snprintf(report + strlen(report), len - strlen(report), "; but the engine failed %s",
-                 why);
+        snprintf(report + strlen(report), len - strlen(report), "; but the engine failed %s", why);
         return ks_fail(KS_ERR_UNSUPPORTED, "%s", report);
     }
     snprintf(report + strlen(report), len - strlen(report),
@@ -783,9 +792,7 @@ ks_status ke_cl_gemm_set_path(ke_cl_gemm *g, ke_gemm_path path)
     char probe[960] = "";
     ks_status st = ke_cl_gemm_use_mma(g, NULL);
     switch (path) {
-    case KE_GEMM_SIMT:
-        snprintf(g->path_report, len, "simt: forced (--gemm simt)");
-        break;
+    case KE_GEMM_SIMT: snprintf(g->path_report, len, "simt: forced (--gemm simt)"); break;
     case KE_GEMM_MMA_EMULATED:
         if ((st = ke_cl_gemm_use_mma(g, &emulated)) != KS_OK) {
             snprintf(g->path_report, len, "simt: mma-emulated does not build: %.400s",
@@ -795,8 +802,10 @@ ks_status ke_cl_gemm_set_path(ke_cl_gemm *g, ke_gemm_path path)
             snprintf(g->path_report, len, "simt: mma-emulated failed %s", probe);
             st = ks_fail(KS_ERR_UNSUPPORTED, "%s", g->path_report);
         } else {
-            snprintf(g->path_report, len, "mma-emulated: forced (--gemm mma-emulated), %d stages; "
-                     "a 200x136x200 product equals the SIMT kernels'", g->mma.stages);
+            snprintf(g->path_report, len,
+                     "mma-emulated: forced (--gemm mma-emulated), %d stages; "
+                     "a 200x136x200 product equals the SIMT kernels'",
+                     g->mma.stages);
         }
         break;
     case KE_GEMM_MMA_PTX:

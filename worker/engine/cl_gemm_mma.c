@@ -17,7 +17,7 @@
 #endif
 
 #define MMA_FILE "gemm_mma.cl"
-#define EMU_SCRATCH_BYTES(warps) ((size_t)(warps) * 192 * 4) /* mma.cl's MMA_XCH_WORDS */
+#define EMU_SCRATCH_BYTES(warps) ((size_t)(warps)*192 * 4) /* mma.cl's MMA_XCH_WORDS */
 
 /* The block sizes every variant uses (gemm_mma.cl's defaults): 8 warps of 64x32 on 128x128. */
 enum { BM = 128, BN = 128, BK = 32, WM = 64, WN = 32, EPI_ROWS = 32 };
@@ -62,16 +62,20 @@ static ks_status plan(kc_context *ctx, const ke_mma_variant *v, int w_panel, ke_
 {
     memset(out, 0, sizeof *out);
     if (w_panel % 8 != 0)
-        return ks_fail(KS_ERR_INVALID, "the mma engine reads weights in chunks of 8 columns, "
-                       "not in panels of %d", w_panel);
+        return ks_fail(KS_ERR_INVALID,
+                       "the mma engine reads weights in chunks of 8 columns, "
+                       "not in panels of %d",
+                       w_panel);
     const uint64_t have = kc_context_device(ctx)->local_mem_bytes;
     out->variant = *v;
     out->bm = BM, out->bn = BN, out->bk = BK, out->wm = WM, out->wn = WN;
     out->w_panel = w_panel;
     out->stages = local_bytes(v, 3) <= have ? 3 : 2;
     if (local_bytes(v, out->stages) > have)
-        return ks_fail(KS_ERR_UNSUPPORTED, "the mma engine needs %zu bytes of local memory, the "
-                       "device has %llu", local_bytes(v, 2), (unsigned long long)have);
+        return ks_fail(KS_ERR_UNSUPPORTED,
+                       "the mma engine needs %zu bytes of local memory, the "
+                       "device has %llu",
+                       local_bytes(v, 2), (unsigned long long)have);
     return KS_OK;
 }
 
@@ -93,8 +97,8 @@ ks_status ke_cl_mma_program(kc_context *ctx, ke_cl_mma *e, int dt, kc_program **
     ks_status st = KS_OK;
     if (!e->prog[dt] && (st = build_dtype(ctx, e, (ke_dtype)dt, &e->prog[dt])) != KS_OK) {
         char desc[64];
-        ks_error_prefix("the mma engine (%s)", ke_mma_variant_describe(&e->variant, desc,
-                                                                         sizeof desc));
+        ks_error_prefix("the mma engine (%s)",
+                        ke_mma_variant_describe(&e->variant, desc, sizeof desc));
     }
     *out = e->prog[dt];
     return st;
@@ -115,8 +119,9 @@ ks_status ke_cl_mma_fragments(kc_context *ctx, const ke_cl_mma *e, const uint16_
 {
     ks_status status = KS_OK;
     cl_mem buf[7] = {NULL};
-    const size_t bytes[7] = {256 * 2, 128 * 2, 128 * 4, sizeof out->a, sizeof out->b,
-                             sizeof out->d_regs, sizeof out->d};
+    const size_t bytes[7] = {256 * 2,       128 * 2,       128 * 4,
+                             sizeof out->a, sizeof out->b, sizeof out->d_regs,
+                             sizeof out->d};
     const void *in[3] = {a, b, c};
     void *back[4] = {out->a, out->b, out->d_regs, out->d};
     cl_kernel kern = NULL;
@@ -124,8 +129,8 @@ ks_status ke_cl_mma_fragments(kc_context *ctx, const ke_cl_mma *e, const uint16_
     if ((status = kc_program_kernel(e->prog[KE_DTYPE_F16], "mma_fragments", &kern)) != KS_OK)
         goto cleanup;
     for (int i = 0; i < 7; i++) {
-        if ((status = kc_context_buffer(ctx, i < 3 ? CL_MEM_READ_ONLY : CL_MEM_WRITE_ONLY,
-                                        bytes[i], i < 3 ? in[i] : NULL, &buf[i])) != KS_OK)
+        if ((status = kc_context_buffer(ctx, i < 3 ? CL_MEM_READ_ONLY : CL_MEM_WRITE_ONLY, bytes[i],
+                                        i < 3 ? in[i] : NULL, &buf[i])) != KS_OK)
             goto cleanup;
         KC_CHECK(clSetKernelArg(kern, (cl_uint)i, sizeof(cl_mem), &buf[i]));
     }
@@ -148,7 +153,8 @@ cleanup:
 /* ---- the probe -------------------------------------------------------------------------- */
 
 /* Appends printf-style text to report (truncating). */
-static void say(char *report, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void say(char *report, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void say(char *report, size_t len, const char *fmt, ...)
 {
     size_t used = strlen(report);
@@ -176,8 +182,8 @@ static void ptx_facts(kc_program *prog, char *out, size_t len)
         return;
     if (clGetProgramInfo(p, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL) == CL_SUCCESS) {
         bin[size] = '\0';
-        const char *ver = strstr((const char *)bin, ".version "), *tgt = strstr((const char *)bin,
-                                                                               ".target ");
+        const char *ver = strstr((const char *)bin, ".version "),
+                   *tgt = strstr((const char *)bin, ".target ");
         char v[16] = "?", t[32] = "?";
         if (ver)
             sscanf(ver + 9, "%15s", v);
@@ -267,10 +273,10 @@ ks_status ke_cl_mma_probe(kc_context *ctx, int w_panel, ke_cl_mma *out, char *re
     size_t n_tries = 0;
     for (int with_arch = 0; with_arch <= (arch > 0); with_arch++) {
         const int a = with_arch ? arch : 0;
-        tries[n_tries++] = (ke_mma_variant){.ptx = true, .ldmatrix = true, .cp_async = true,
-                                            .ptx_addr = 0, .nv_arch = a};
-        tries[n_tries++] = (ke_mma_variant){.ptx = true, .ldmatrix = true, .cp_async = true,
-                                            .ptx_addr = 1, .nv_arch = a};
+        tries[n_tries++] = (ke_mma_variant){
+            .ptx = true, .ldmatrix = true, .cp_async = true, .ptx_addr = 0, .nv_arch = a};
+        tries[n_tries++] = (ke_mma_variant){
+            .ptx = true, .ldmatrix = true, .cp_async = true, .ptx_addr = 1, .nv_arch = a};
         tries[n_tries++] = (ke_mma_variant){.ptx = true, .nv_arch = a};
     }
     char failed[600] = ""; /* what each refused variant said */

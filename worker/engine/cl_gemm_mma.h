@@ -22,11 +22,11 @@
 /* One way to build the engine: mma.cl's implementation and the PTX features a driver may
  * refuse (the probe tries them in turn). */
 typedef struct ke_mma_variant {
-    bool ptx;       /* MMA_IMPL 1: inline PTX (NVIDIA); false: the emulation (any device) */
-    bool ldmatrix;  /* MMA_LDMATRIX */
-    bool cp_async;  /* MMA_CP_ASYNC */
-    int ptx_addr;   /* MMA_PTX_ADDR: how a __local pointer becomes a .shared address */
-    int nv_arch;    /* > 0: built with -cl-nv-arch sm_<nv_arch> (a driver that targets an older
+    bool ptx;      /* MMA_IMPL 1: inline PTX (NVIDIA); false: the emulation (any device) */
+    bool ldmatrix; /* MMA_LDMATRIX */
+    bool cp_async; /* MMA_CP_ASYNC */
+    int ptx_addr;  /* MMA_PTX_ADDR: how a __local pointer becomes a .shared address */
+    int nv_arch;   /* > 0: built with -cl-nv-arch sm_<nv_arch> (a driver that targets an older
                      * architecture than the device's by default) */
 } ke_mma_variant;
 
@@ -50,8 +50,7 @@ ks_status ke_cl_mma_build(kc_context *ctx, const ke_mma_variant *variant, int w_
 ks_status ke_cl_mma_program(kc_context *ctx, ke_cl_mma *e, int dt, kc_program **out);
 
 /* gemm_mma's NDRange for an (m, n) product. */
-void ke_cl_mma_ndrange(const ke_cl_mma *e, size_t m, size_t n, size_t global[3],
-                       size_t local[3]);
+void ke_cl_mma_ndrange(const ke_cl_mma *e, size_t m, size_t n, size_t global[3], size_t local[3]);
 
 /* What mma_fragments leaves for one 16x8x16 problem: every lane's registers (two halves per
  * word, the lower index in the low bits) and D = A·B + C (16, 8) row-major, gathered through

@@ -60,15 +60,9 @@ static void rng_seed(rng *r, uint64_t seed)
         r->s[i] = splitmix64(&seed);
 }
 
-void ke_rng_seed(ke_rng *r, uint64_t seed)
-{
-    rng_seed(r, seed);
-}
+void ke_rng_seed(ke_rng *r, uint64_t seed) { rng_seed(r, seed); }
 
-static uint64_t rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 static uint64_t rng_next(rng *r)
 {
@@ -85,10 +79,7 @@ static uint64_t rng_next(rng *r)
 }
 
 /* uniform in [0, 1) with 53 random bits */
-static double rng_uniform(rng *r)
-{
-    return (double)(rng_next(r) >> 11) * 0x1p-53;
-}
+static double rng_uniform(rng *r) { return (double)(rng_next(r) >> 11) * 0x1p-53; }
 
 /* ---- logits processors (HF order) -------------------------------------------------------- */
 
@@ -159,8 +150,8 @@ static int cmp_scored_asc(const void *a, const void *b)
 
 /* The tokens a candidate list leaves out (the "tail"): none for a full row. */
 typedef struct sample_tail {
-    int n;        /* tokens left out */
-    float max;    /* their largest processed logit (before temperature), -inf if none */
+    int n;         /* tokens left out */
+    float max;     /* their largest processed logit (before temperature), -inf if none */
     double lo, hi; /* bounds on the sum of their expf(v / T - max / T) (ke_select_out) */
 } sample_tail;
 
@@ -174,8 +165,8 @@ typedef struct sample_tail {
  * exact zeros to every sum; only the top-p sums over a tail without top-k are bounded, and a
  * cut that the bounds cannot place exactly returns -1. c is overwritten; `sorted` is scratch
  * for n entries. */
-static int sample_list(const ke_gen_params *p, scored *c, int n, int vocab,
-                       const sample_tail *tail, scored *sorted, rng *r)
+static int sample_list(const ke_gen_params *p, scored *c, int n, int vocab, const sample_tail *tail,
+                       scored *sorted, rng *r)
 {
     const bool list = tail->n > 0;
     const bool topk = p->top_k > 0 && p->top_k < vocab;
@@ -385,12 +376,12 @@ typedef struct seq {
     const ke_gen_request *req;
     ke_gen_params p;
     enum seq_state state;
-    int n_beams;   /* live hypotheses (1 for greedy / sampling) */
-    int *slots;    /* [n_beams] reserved slots */
-    hyp *run;      /* [n_beams] running */
-    hyp *fin;      /* [n_beams] finished (beam search) */
-    hyp *next;     /* [n_beams] scratch for the next running set */
-    hyp *merge;    /* [n_beams] scratch for the next finished set */
+    int n_beams;     /* live hypotheses (1 for greedy / sampling) */
+    int *slots;      /* [n_beams] reserved slots */
+    hyp *run;        /* [n_beams] running */
+    hyp *fin;        /* [n_beams] finished (beam search) */
+    hyp *next;       /* [n_beams] scratch for the next running set */
+    hyp *merge;      /* [n_beams] scratch for the next finished set */
     bool improvable; /* HF's is_early_stop_heuristic_unsatisfied */
     rng rng;
     int first_row; /* this step: first logits row */
@@ -494,10 +485,10 @@ static ks_status finish_with(seq *s, const hyp *h)
 typedef struct gen_ctx {
     ke_backend *b;
     int vocab, eos, pad;
-    float *scores;  /* (vocab) */
-    float *lp;      /* (n_beams_max, vocab) processed log-probs, beam search */
-    scored *sorted; /* (vocab) */
-    scored *list;   /* (vocab) */
+    float *scores;       /* (vocab) */
+    float *lp;           /* (n_beams_max, vocab) processed log-probs, beam search */
+    scored *sorted;      /* (vocab) */
+    scored *list;        /* (vocab) */
     ke_gen_stats *stats; /* or NULL */
 } gen_ctx;
 
@@ -516,9 +507,8 @@ static ks_status step_single(gen_ctx *g, seq *s, const float *logits)
     hyp *h = &s->run[0];
     memcpy(g->scores, logits, (size_t)g->vocab * sizeof(float));
     apply_processors(&s->p, h->ids, h->len, s->req->len, g->eos, g->scores, g->vocab);
-    int tok = s->p.do_sample
-                  ? sample_token(&s->p, g->scores, g->vocab, g->list, g->sorted, &s->rng)
-                  : argmax(g->scores, g->vocab);
+    int tok = s->p.do_sample ? sample_token(&s->p, g->scores, g->vocab, g->list, g->sorted, &s->rng)
+                             : argmax(g->scores, g->vocab);
     if (s->p.do_sample && g->stats)
         g->stats->sampled_on_host++;
     return push_token(g, s, tok);
@@ -671,8 +661,8 @@ static ks_status step_beams(gen_ctx *g, seq *s, const float *logits, int rows)
 
     /* g. stopping: can the best running beam still beat the worst finished one? */
     cur_len += 1;
-    float best_possible =
-        s->run[0].score / (float)pow((double)(cur_len - prompt_len), (double)s->p.length_penalty);
+    float best_possible = s->run[0].score /
+                          (float)pow((double)(cur_len - prompt_len), (double)s->p.length_penalty);
     float min_fin = s->fin[0].score;
     all_finished = true;
     for (int b = 0; b < nb; b++) {
@@ -728,8 +718,9 @@ static ks_status check_request(const ke_backend *b, const ke_gen_request *r, int
         return ks_fail(KS_ERR_INVALID, "request %d: empty prompt", i);
     for (size_t t = 0; t < r->len; t++)
         if (r->input_ids[t] < 0 || r->input_ids[t] >= c->text.vocab_size)
-            return ks_fail(KS_ERR_INVALID, "request %d: token %zu id %d outside the vocabulary (%d)",
-                           i, t, r->input_ids[t], c->text.vocab_size);
+            return ks_fail(KS_ERR_INVALID,
+                           "request %d: token %zu id %d outside the vocabulary (%d)", i, t,
+                           r->input_ids[t], c->text.vocab_size);
     if (r->image_embeds_position_mask == NULL)
         return ks_fail(KS_ERR_INVALID, "request %d: no image_embeds_position_mask", i);
     size_t ones = 0;
@@ -745,8 +736,9 @@ static ks_status check_request(const ke_backend *b, const ke_gen_request *r, int
     if (p->max_new_tokens < 0)
         return ks_fail(KS_ERR_INVALID, "request %d: max_new_tokens %d < 0", i, p->max_new_tokens);
     if (p->min_new_tokens < 0 || p->min_new_tokens > p->max_new_tokens)
-        return ks_fail(KS_ERR_INVALID, "request %d: min_new_tokens %d outside [0, max_new_tokens %d]",
-                       i, p->min_new_tokens, p->max_new_tokens);
+        return ks_fail(KS_ERR_INVALID,
+                       "request %d: min_new_tokens %d outside [0, max_new_tokens %d]", i,
+                       p->min_new_tokens, p->max_new_tokens);
     if (p->num_beams < 1)
         return ks_fail(KS_ERR_INVALID, "request %d: num_beams %d < 1", i, p->num_beams);
     if (p->num_beams > MAX_BEAMS)
@@ -761,8 +753,10 @@ static ks_status check_request(const ke_backend *b, const ke_gen_request *r, int
         return ks_fail(KS_ERR_INVALID, "request %d: length_penalty is not finite", i);
     if (p->do_sample) {
         if (p->num_beams > 1)
-            return ks_fail(KS_ERR_UNSUPPORTED, "request %d: sampling with %d beams (beam sampling) "
-                           "is not supported", i, p->num_beams);
+            return ks_fail(KS_ERR_UNSUPPORTED,
+                           "request %d: sampling with %d beams (beam sampling) "
+                           "is not supported",
+                           i, p->num_beams);
         if (!(p->temperature > 0.0f) || !isfinite(p->temperature))
             return ks_fail(KS_ERR_INVALID, "request %d: temperature %g must be > 0 when sampling",
                            i, (double)p->temperature);
@@ -821,22 +815,21 @@ static int32_t decode_position(int32_t id, size_t past, int pad)
     return id == pad ? pad : (int32_t)((size_t)pad + 1 + past);
 }
 
-
 /* ---- the scheduler ---------------------------------------------------------------------- */
 
 struct ke_sched {
     ke_backend *b;
     ke_sched_params p;
     int V, eos, pad;
-    size_t row_floats;   /* latent_query_num * embed_dim: one image's embeds */
+    size_t row_floats; /* latent_query_num * embed_dim: one image's embeds */
     /* images: copies of the embeds, shared by the requests that name them */
-    float **img;         /* [n_img]; NULL = free */
-    int *img_refs;       /* the caller's reference + one per live request */
+    float **img;   /* [n_img]; NULL = free */
+    int *img_refs; /* the caller's reference + one per live request */
     int n_img;
     /* requests in arrival order (queued first-come-first-served, then live) */
     seq **seqs;
     int n_seqs, cap_seqs;
-    bool *slot_free;     /* [backend slots] */
+    bool *slot_free; /* [backend slots] */
     int max_beams;
     /* a step's host buffers, grown on demand */
     size_t cap_rows, cap_tok, cap_img_rows;
@@ -845,17 +838,17 @@ struct ke_sched {
     int32_t *st_ids, *st_pos;
     uint8_t *st_mask;
     float *st_img;
-    float *logits;           /* (cap_rows, V) */
-    ke_select_row *sel;      /* [cap_rows] */
-    ke_select_out *sel_out;  /* [cap_rows] */
-    float *cand_vals;        /* [cap_rows * SAMPLE_LIST_MAX] */
+    float *logits;          /* (cap_rows, V) */
+    ke_select_row *sel;     /* [cap_rows] */
+    ke_select_out *sel_out; /* [cap_rows] */
+    float *cand_vals;       /* [cap_rows * SAMPLE_LIST_MAX] */
     int32_t *cand_ids;
-    int32_t *sel_ids;        /* [cap_rows]: a synchronous select's ids */
+    int32_t *sel_ids; /* [cap_rows]: a synchronous select's ids */
     /* the one greedy selection whose ids are still on their way (KE_MAX_OUTSTANDING >= 1):
      * whose row each id is (NULL: a row to ignore), and the two arrays ids land in in turn */
-    seq **flight;            /* [cap_rows] */
-    int32_t *flight_ids[2];  /* [cap_rows] each */
-    int flight_at;           /* which array the one in flight writes */
+    seq **flight;           /* [cap_rows] */
+    int32_t *flight_ids[2]; /* [cap_rows] each */
+    int flight_at;          /* which array the one in flight writes */
     int n_flight;
     bool flying;
     gen_ctx g;
@@ -904,8 +897,8 @@ static ks_status sched_grow(ke_sched *s, size_t rows, size_t tokens, size_t img_
             s->cap_tok = n;
     }
     if (img_rows > s->cap_img_rows) {
-        s->st_img = grow_array(s->st_img, img_rows, (size_t)s->b->model->config.text.embed_dim *
-                                                        sizeof(float), &ok);
+        s->st_img = grow_array(s->st_img, img_rows,
+                               (size_t)s->b->model->config.text.embed_dim * sizeof(float), &ok);
         if (ok)
             s->cap_img_rows = img_rows;
     }
@@ -1267,11 +1260,13 @@ static ks_status select_rows(ke_sched *s, bool host, int *n_sel)
             continue;
         const hyp *h = &q->run[0];
         size_t len = h->len + (size_t)q->in_flight; /* ids fed so far */
-        ke_select_row row = {
-            .row = q->first_row, .slot = h->slot, .ids = q->in_flight ? NULL : h->ids,
-            .len = len, .no_repeat_ngram_size = q->p.no_repeat_ngram_size,
-            .ban_eos = q->p.min_new_tokens > 0 &&
-                       len - q->req->len < (size_t)q->p.min_new_tokens};
+        ke_select_row row = {.row = q->first_row,
+                             .slot = h->slot,
+                             .ids = q->in_flight ? NULL : h->ids,
+                             .len = len,
+                             .no_repeat_ngram_size = q->p.no_repeat_ngram_size,
+                             .ban_eos = q->p.min_new_tokens > 0 &&
+                                        len - q->req->len < (size_t)q->p.min_new_tokens};
         if (q->p.do_sample) {
             row.candidates = candidates_wanted(&q->p, s->V, &row.tail_temperature);
             if (row.candidates == 0)
@@ -1338,8 +1333,12 @@ ks_status ke_sched_step(ke_sched *s, ke_sched_done **done, int *n_done)
         return st;
     if ((st = sched_grow(s, rows, tokens, img_rows)) != KS_OK)
         return st;
-    ke_step step = {.slots = s->st_slots, .n_tokens = s->st_ntok, .ids = s->st_ids,
-                    .positions = s->st_pos, .image_mask = s->st_mask, .image_embeds = s->st_img,
+    ke_step step = {.slots = s->st_slots,
+                    .n_tokens = s->st_ntok,
+                    .ids = s->st_ids,
+                    .positions = s->st_pos,
+                    .image_mask = s->st_mask,
+                    .image_embeds = s->st_img,
                     .from_device = s->st_dev};
     size_t nt = 0, n_img = 0;
     size_t budget = s->p.prefill_tokens > 0 ? (size_t)s->p.prefill_tokens : SIZE_MAX;
@@ -1354,10 +1353,11 @@ ks_status ke_sched_step(ke_sched *s, ke_sched_done **done, int *n_done)
         if ((st = land_flight(s)) != KS_OK || (st = collect(s, done, n_done)) != KS_OK)
             return st;
         if (!was_flying && *n_done == 0 && s->n_seqs > 0) /* would wait for ever */
-            return ks_fail(KS_ERR_LIMIT, "generate: request %llu cannot start: it needs %d slots "
+            return ks_fail(KS_ERR_LIMIT,
+                           "generate: request %llu cannot start: it needs %d slots "
                            "and cache room for %zu tokens, more than the backend has free with "
-                           "nothing running", (unsigned long long)s->seqs[0]->tag,
-                           s->seqs[0]->n_beams,
+                           "nothing running",
+                           (unsigned long long)s->seqs[0]->tag, s->seqs[0]->n_beams,
                            s->seqs[0]->req->len + (size_t)s->seqs[0]->p.max_new_tokens + 1);
         return KS_OK;
     }

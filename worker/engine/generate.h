@@ -67,7 +67,7 @@ typedef struct ke_gen_result {
     size_t new_tokens;
     float *prefill_logits_last; /* owned: (vocab) raw logits at the last prompt position, when
                                  * the request wanted them; else NULL */
-    bool stopped; /* ended by its request's stop or ke_sched_stop, not by </s> or
+    bool stopped;               /* ended by its request's stop or ke_sched_stop, not by </s> or
                    * max_new_tokens */
 } ke_gen_result;
 
@@ -76,7 +76,7 @@ void ke_gen_result_fini(ke_gen_result *r);
 typedef struct ke_gen_stats {
     double prefill_ms;
     double decode_ms;
-    int steps; /* forward calls after the prefill */
+    int steps;             /* forward calls after the prefill */
     int sampled_on_device; /* sampled tokens decided from a select_sample candidate list */
     int sampled_on_host;   /* ... from the full logits row */
 } ke_gen_stats;

@@ -488,8 +488,8 @@ static ks_status open_weights(loader *ld)
         goto done;
     }
     if (!ks_file_exists(index)) {
-        st =
-            ks_fail(KS_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json", ld->dir);
+        st = ks_fail(KS_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json",
+                     ld->dir);
         goto done;
     }
     if ((st = ks_file_read(index, KE_MAX_INDEX, &text, &len)) != KS_OK)
@@ -504,8 +504,7 @@ static ks_status open_weights(loader *ld)
     }
     const char *key;
     json_t *value;
-    json_object_foreach(map, key, value)
-    {
+    json_object_foreach(map, key, value) {
         const char *v = json_string_value(value);
         /* Shards must sit in the folder itself: no paths, no "..". */
         if (!v || !*v || strchr(v, '/') || strcmp(v, "..") == 0 || strcmp(v, ".") == 0) {
@@ -516,8 +515,7 @@ static ks_status open_weights(loader *ld)
     }
     ld->s->weight_map = json_incref(map);
     /* Open (and so validate) every shard now, as HF does, even one holding only extra keys. */
-    json_object_foreach(map, key, value)
-    {
+    json_object_foreach(map, key, value) {
         ke_st_file *f;
         if ((st = open_file(ld, json_string_value(value), &f)) != KS_OK)
             goto done;
@@ -530,10 +528,7 @@ done:
     return st;
 }
 
-void ke_model_options_default(ke_model_options *options)
-{
-    options->storage = KE_DTYPE_F16;
-}
+void ke_model_options_default(ke_model_options *options) { options->storage = KE_DTYPE_F16; }
 
 ks_status ke_model_new_empty(const ke_config *config, ke_dtype storage, ke_model **out)
 {

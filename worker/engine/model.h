@@ -11,8 +11,8 @@
 #ifndef KE_MODEL_H
 #define KE_MODEL_H
 
-#include <stddef.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ks_error.h"
@@ -25,8 +25,8 @@ typedef enum ke_dtype { KE_DTYPE_F32 = 0, KE_DTYPE_F16 = 1, KE_DTYPE_I8 = 2 } ke
 /* A weight tensor; `data` is borrowed from the model (the map or its owned buffers). Row-major,
  * shape[0] slowest. data == NULL means "absent" (e.g. a bias that does not exist). */
 typedef struct ke_tensor {
-    ke_dtype dtype;   /* of the data in memory */
-    bool round_f16;   /* f32 data of a model stored in f16: its values are the f16 roundings,
+    ke_dtype dtype; /* of the data in memory */
+    bool round_f16; /* f32 data of a model stored in f16: its values are the f16 roundings,
                        * as the device copy holds them (ke_tensor_read_f32 rounds) */
     int ndim;
     int64_t shape[4];

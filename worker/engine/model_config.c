@@ -24,10 +24,7 @@ typedef struct reader {
     const char *section; /* "text_config", "vision_config" or "" */
 } reader;
 
-static const char *dot(const reader *r)
-{
-    return r->section[0] ? "." : "";
-}
+static const char *dot(const reader *r) { return r->section[0] ? "." : ""; }
 
 /* An int field; absent or null keeps *out. */
 static ks_status get_int(const reader *r, const json_t *obj, const char *key, int lo, int hi,

@@ -13,8 +13,10 @@ ks_status ke_q8_row_scale(const ke_tensor *w, size_t row, float *buf, float *sca
     float amax = 0.0f;
     for (size_t i = 0; i < in; i++) {
         if (!isfinite(buf[i]))
-            return ks_fail(KS_ERR_INVALID, "int8: row %zu holds %g at column %zu, which no "
-                           "scale represents", row, (double)buf[i], i);
+            return ks_fail(KS_ERR_INVALID,
+                           "int8: row %zu holds %g at column %zu, which no "
+                           "scale represents",
+                           row, (double)buf[i], i);
         amax = fmaxf(amax, fabsf(buf[i]));
     }
     *scale = amax / 127.0f;

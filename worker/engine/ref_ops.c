@@ -91,10 +91,7 @@ static float dot(const float *a, const float *b, size_t n)
     return s;
 }
 
-size_t ke_op_linear_scratch(size_t in)
-{
-    return LINEAR_BLOCK * in;
-}
+size_t ke_op_linear_scratch(size_t in) { return LINEAR_BLOCK * in; }
 
 void ke_op_linear(const float *x, size_t rows, const ke_tensor *w, const ke_tensor *bias, float *y,
                   float *scratch)
@@ -242,8 +239,7 @@ void ke_op_sinusoid_freqs(int dim, float *freq)
         freq[i] = expf((float)i * c);
 }
 
-void ke_op_sinusoid_position(int64_t pos, int dim, int padding_idx, const float *freq,
-                             float *out)
+void ke_op_sinusoid_position(int64_t pos, int dim, int padding_idx, const float *freq, float *out)
 {
     int half = dim / 2;
     if (pos == padding_idx) {
@@ -262,8 +258,7 @@ void ke_op_sinusoid_position(int64_t pos, int dim, int padding_idx, const float 
 
 size_t ke_op_text_embed(const ke_tensor *table, const int32_t *ids, size_t n,
                         const uint8_t *image_mask, const float *image_rows, float scale,
-                        const int32_t *positions, int padding_idx, const float *freq,
-                        float *out)
+                        const int32_t *positions, int padding_idx, const float *freq, float *out)
 {
     size_t dim = (size_t)table->shape[1];
     size_t used = 0;

@@ -67,8 +67,7 @@ void ke_op_sinusoid_freqs(int dim, float *freq);
  * built in float32): sin(pos·freq) in [0, half), cos(pos·freq) in [half, 2·half), 0 in the last
  * column when dim is odd, all zero when pos == padding_idx. Any pos >= 0 (HF grows the table on
  * demand, and a row does not depend on the table size). freq from ke_op_sinusoid_freqs. */
-void ke_op_sinusoid_position(int64_t pos, int dim, int padding_idx, const float *freq,
-                             float *out);
+void ke_op_sinusoid_position(int64_t pos, int dim, int padding_idx, const float *freq, float *out);
 
 /* Text input embeddings for n tokens: row t = E[ids[t]], or the next unused row of image_rows
  * when image_mask != NULL and image_mask[t] (rows consumed in token order; returns how many
@@ -77,8 +76,7 @@ void ke_op_sinusoid_position(int64_t pos, int dim, int padding_idx, const float 
  * [0, vocab). out: (n, dim). */
 size_t ke_op_text_embed(const ke_tensor *table, const int32_t *ids, size_t n,
                         const uint8_t *image_mask, const float *image_rows, float scale,
-                        const int32_t *positions, int padding_idx, const float *freq,
-                        float *out);
+                        const int32_t *positions, int padding_idx, const float *freq, float *out);
 
 /* Unfolds an image (channels, size, size) into patches (grid², channels·patch·patch), patch
  * p = row·grid + col, each flattened in (channel, ky, kx) order: the conv-as-matmul input. */

@@ -167,8 +167,7 @@ static ks_status parse_header(ke_st_file *f, const char *text, size_t len)
             st = ks_fail(KS_ERR_FORMAT, "%s: \"__metadata__\" is not an object", f->path);
             goto done;
         }
-        json_object_foreach((json_t *)meta, k, v)
-        {
+        json_object_foreach((json_t *)meta, k, v) {
             if (!json_is_string(v)) {
                 st = ks_fail(KS_ERR_FORMAT, "%s: \"__metadata__\" value of '%s' is not a string",
                              f->path, k);
@@ -185,8 +184,7 @@ static ks_status parse_header(ke_st_file *f, const char *text, size_t len)
     }
     const char *key;
     json_t *entry;
-    json_object_foreach(root, key, entry)
-    {
+    json_object_foreach(root, key, entry) {
         if (strcmp(key, "__metadata__") == 0)
             continue;
         ke_st_tensor *t = &f->tensors[f->count];
@@ -267,9 +265,9 @@ ks_status ke_st_open(const char *path, ke_st_file **out)
     for (int i = 7; i >= 0; i--)
         hlen = hlen << 8 | f->map[i];
     if (hlen > KE_ST_MAX_HEADER) {
-        st =
-            ks_fail(KS_ERR_FORMAT, "%s: header length %llu is larger than %u bytes (corrupt file?)",
-                    path, (unsigned long long)hlen, KE_ST_MAX_HEADER);
+        st = ks_fail(KS_ERR_FORMAT,
+                     "%s: header length %llu is larger than %u bytes (corrupt file?)", path,
+                     (unsigned long long)hlen, KE_ST_MAX_HEADER);
         goto fail;
     }
     if (hlen > f->map_size - 8) {
@@ -317,7 +315,7 @@ void ke_st_page_out(const ke_st_file *f)
 {
     if (!f || !f->map)
         return;
-    /* PAGEOUT reclaims now; COLD (older kernels) only moves the pages to the front of the
+        /* PAGEOUT reclaims now; COLD (older kernels) only moves the pages to the front of the
      * reclaim queue. Neither discards data, unlike DONTNEED on a private mapping. */
 #if defined(MADV_PAGEOUT)
     if (madvise(f->map, f->map_size, MADV_PAGEOUT) == 0)
@@ -328,15 +326,9 @@ void ke_st_page_out(const ke_st_file *f)
 #endif
 }
 
-const char *ke_st_path(const ke_st_file *f)
-{
-    return f->path;
-}
+const char *ke_st_path(const ke_st_file *f) { return f->path; }
 
-size_t ke_st_count(const ke_st_file *f)
-{
-    return f->count;
-}
+size_t ke_st_count(const ke_st_file *f) { return f->count; }
 
 const ke_st_tensor *ke_st_get(const ke_st_file *f, size_t i)
 {

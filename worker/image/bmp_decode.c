@@ -16,13 +16,13 @@ typedef struct bmp {
     uint64_t width, height; /* up to 2^32 - 1 each */
     bool top_down;
     bool rle, rle4;
-    unsigned bits;          /* per pixel in the file: sets the row stride */
-    unsigned unpack_bits;   /* per pixel as Pillow's raw mode reads them (see parse_palette) */
+    unsigned bits;        /* per pixel in the file: sets the row stride */
+    unsigned unpack_bits; /* per pixel as Pillow's raw mode reads them (see parse_palette) */
     pil_mode mode;
-    bool rgb565;            /* 16 bits: 5-6-5, else 5-5-5 */
-    int at[3];              /* 24 and 32 bits: the byte of R, G and B within a pixel */
-    uint64_t data;          /* offset of the pixel data in the file */
-    uint8_t palette[256][3];/* MODE_P; entries the file lacks stay black, as in Pillow */
+    bool rgb565;             /* 16 bits: 5-6-5, else 5-5-5 */
+    int at[3];               /* 24 and 32 bits: the byte of R, G and B within a pixel */
+    uint64_t data;           /* offset of the pixel data in the file */
+    uint8_t palette[256][3]; /* MODE_P; entries the file lacks stay black, as in Pillow */
 } bmp;
 
 /* The 32-bit masks (R, G, B, A) Pillow accepts, and where its raw mode finds R, G, B. */
@@ -41,18 +41,20 @@ static const struct {
 };
 
 static uint32_t le16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
-static uint32_t le32(const uint8_t *p) {
+static uint32_t le32(const uint8_t *p)
+{
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static ks_status truncated(const char *what) {
+static ks_status truncated(const char *what)
+{
     return ks_fail(KS_ERR_FORMAT, "bmp: truncated %s", what);
 }
 
 /* The masks of a BITFIELDS image, as Pillow reads them: inside headers of 52 bytes and more
  * (the alpha mask from 56 on), else the three words after a 40-byte header. */
-static ks_status parse_bitfields(const uint8_t *b, size_t len, uint32_t hsize, size_t *pos,
-                                 bmp *m) {
+static ks_status parse_bitfields(const uint8_t *b, size_t len, uint32_t hsize, size_t *pos, bmp *m)
+{
     uint32_t mask[4] = {0, 0, 0, 0};
     const uint8_t *h = b + 18;
     if (hsize >= 52) {
@@ -94,7 +96,8 @@ static ks_status parse_bitfields(const uint8_t *b, size_t len, uint32_t hsize, s
  * colours: black then white) the palette is dropped and the image is "L" (or "1"), whose raw
  * mode unpacks 8 (or 1) bits per pixel whatever the file's depth. */
 static ks_status parse_palette(const uint8_t *b, size_t len, uint64_t colors, unsigned entry,
-                               size_t *pos, bmp *m) {
+                               size_t *pos, bmp *m)
+{
     if (colors == 0 || colors > 65536) {
         return ks_fail(KS_ERR_FORMAT, "bmp: a palette of %llu colours", (unsigned long long)colors);
     }
@@ -126,7 +129,8 @@ static ks_status parse_palette(const uint8_t *b, size_t len, uint64_t colors, un
     return KS_OK;
 }
 
-static ks_status parse(const uint8_t *b, size_t len, bmp *m) {
+static ks_status parse(const uint8_t *b, size_t len, bmp *m)
+{
     memset(m, 0, sizeof *m);
     m->at[0] = 2, m->at[1] = 1, m->at[2] = 0; /* BGR */
     if (len < 18) {
@@ -136,8 +140,8 @@ static ks_status parse(const uint8_t *b, size_t len, bmp *m) {
         return ks_fail(KS_ERR_FORMAT, "bmp: not a BMP file");
     }
     uint32_t offset = le32(b + 10), hsize = le32(b + 14);
-    if (hsize != 12 && hsize != 40 && hsize != 52 && hsize != 56 && hsize != 64 &&
-        hsize != 108 && hsize != 124) {
+    if (hsize != 12 && hsize != 40 && hsize != 52 && hsize != 56 && hsize != 64 && hsize != 108 &&
+        hsize != 124) {
         return ks_fail(KS_ERR_FORMAT, "bmp: unsupported header size %u", hsize);
     }
     if (len - 14 < hsize) {
@@ -166,8 +170,8 @@ static ks_status parse(const uint8_t *b, size_t len, bmp *m) {
         entry = 4;
     }
     if (m->width == 0 || m->height == 0) {
-        return ks_fail(KS_ERR_FORMAT, "bmp: empty image (%llux%llu)",
-                       (unsigned long long)m->width, (unsigned long long)m->height);
+        return ks_fail(KS_ERR_FORMAT, "bmp: empty image (%llux%llu)", (unsigned long long)m->width,
+                       (unsigned long long)m->height);
     }
     if (m->bits != 1 && m->bits != 4 && m->bits != 8 && m->bits != 16 && m->bits != 24 &&
         m->bits != 32) {
@@ -197,7 +201,9 @@ static ks_status parse(const uint8_t *b, size_t len, bmp *m) {
         m->rle4 = compression == COMP_RLE4;
     } else if (compression != COMP_RAW) {
         return ks_fail(KS_ERR_FORMAT, "bmp: unsupported compression %u%s", compression,
-                       compression == 4 ? " (JPEG)" : compression == 5 ? " (PNG)" : "");
+                       compression == 4   ? " (JPEG)"
+                       : compression == 5 ? " (PNG)"
+                                          : "");
     }
     if (m->mode == MODE_P && (st = parse_palette(b, len, n_colors, entry, &pos, m)) != KS_OK) {
         return st;
@@ -208,7 +214,8 @@ static ks_status parse(const uint8_t *b, size_t len, bmp *m) {
     return KS_OK;
 }
 
-ks_status ki_bmp_size(const uint8_t *bytes, size_t len, uint64_t *width, uint64_t *height) {
+ks_status ki_bmp_size(const uint8_t *bytes, size_t len, uint64_t *width, uint64_t *height)
+{
     bmp m;
     ks_status st = parse(bytes, len, &m);
     if (st == KS_OK) {
@@ -219,7 +226,8 @@ ks_status ki_bmp_size(const uint8_t *bytes, size_t len, uint64_t *width, uint64_
 }
 
 /* A palette index (or a gray level, or a bit) to RGB, by the mode Pillow holds it in. */
-static void put_index(const bmp *m, uint8_t *o, unsigned v) {
+static void put_index(const bmp *m, uint8_t *o, unsigned v)
+{
     if (m->mode == MODE_P) {
         memcpy(o, m->palette[v], 3);
     } else {
@@ -228,7 +236,8 @@ static void put_index(const bmp *m, uint8_t *o, unsigned v) {
 }
 
 /* Pillow's BGR;15 and BGR;16 unpackers: v*255/31 and v*255/63, truncated. */
-static void put_16(const bmp *m, uint8_t *o, uint32_t p) {
+static void put_16(const bmp *m, uint8_t *o, uint32_t p)
+{
     if (m->rgb565) {
         o[0] = (uint8_t)((p >> 11 & 31) * 255 / 31);
         o[1] = (uint8_t)((p >> 5 & 63) * 255 / 63);
@@ -239,7 +248,8 @@ static void put_16(const bmp *m, uint8_t *o, uint32_t p) {
     o[2] = (uint8_t)((p & 31) * 255 / 31);
 }
 
-static void unpack_row(const bmp *m, const uint8_t *s, uint8_t *o) {
+static void unpack_row(const bmp *m, const uint8_t *s, uint8_t *o)
+{
     size_t w = (size_t)m->width, step = m->unpack_bits / 8;
     for (size_t x = 0; x < w; x++, o += 3) {
         switch (m->unpack_bits) {
@@ -257,7 +267,8 @@ static void unpack_row(const bmp *m, const uint8_t *s, uint8_t *o) {
 
 /* Uncompressed rows: each `stride` bytes (the file's depth, padded to 4 bytes), of which the
  * raw mode reads the first `row`; the last row needs no padding. */
-static ks_status decode_raw(const bmp *m, const uint8_t *b, size_t len, uint8_t *rgb) {
+static ks_status decode_raw(const bmp *m, const uint8_t *b, size_t len, uint8_t *rgb)
+{
     uint64_t stride = ((m->width * m->bits + 31) >> 3) & ~(uint64_t)3;
     uint64_t row = (m->width * m->unpack_bits + 7) / 8;
     if (stride < row) { /* Pillow's raw decoder: IMAGING_CODEC_CONFIG */
@@ -282,7 +293,8 @@ static ks_status decode_raw(const bmp *m, const uint8_t *b, size_t len, uint8_t 
  *   - 0,n copies n literal indices, which may run past the row's end (a later run in that row
  *     then adds nothing); it is padded to an even position in the file (not in the data);
  *   - the data must fill the image: Pillow fails "not enough image data" otherwise. */
-static ks_status rle_indices(const bmp *m, const uint8_t *b, size_t len, uint8_t *idx) {
+static ks_status rle_indices(const bmp *m, const uint8_t *b, size_t len, uint8_t *idx)
+{
     const uint64_t w = m->width;
     const size_t dest = (size_t)(w * m->height);
     size_t n = 0, p = m->data > len ? len : (size_t)m->data;
@@ -346,7 +358,8 @@ static ks_status rle_indices(const bmp *m, const uint8_t *b, size_t len, uint8_t
     return KS_OK;
 }
 
-static ks_status decode_rle(const bmp *m, const uint8_t *b, size_t len, uint8_t *rgb) {
+static ks_status decode_rle(const bmp *m, const uint8_t *b, size_t len, uint8_t *rgb)
+{
     size_t w = (size_t)m->width, h = (size_t)m->height;
     uint8_t *idx = malloc(w * h);
     if (!idx) {
@@ -363,7 +376,8 @@ static ks_status decode_rle(const bmp *m, const uint8_t *b, size_t len, uint8_t 
     return st;
 }
 
-ks_status ki_bmp_decode(const uint8_t *bytes, size_t len, uint8_t *rgb) {
+ks_status ki_bmp_decode(const uint8_t *bytes, size_t len, uint8_t *rgb)
+{
     bmp m;
     ks_status st = parse(bytes, len, &m);
     if (st != KS_OK) {

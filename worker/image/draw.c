@@ -12,13 +12,14 @@
 
 /* Twelve colours far enough apart to tell entities apart (Tableau 10 + two). */
 static const double palette[][3] = {
-    {31, 119, 180}, {255, 127, 14}, {44, 160, 44},  {214, 39, 40},  {148, 103, 189},
-    {140, 86, 75},  {227, 119, 194}, {127, 127, 127}, {188, 189, 34}, {23, 190, 207},
-    {255, 215, 0},  {0, 0, 128},
+    {31, 119, 180},  {255, 127, 14}, {44, 160, 44},   {214, 39, 40},
+    {148, 103, 189}, {140, 86, 75},  {227, 119, 194}, {127, 127, 127},
+    {188, 189, 34},  {23, 190, 207}, {255, 215, 0},   {0, 0, 128},
 };
 #define PALETTE_SIZE (sizeof palette / sizeof palette[0])
 
-void ki_draw_params_default(ki_draw_params *p) {
+void ki_draw_params_default(ki_draw_params *p)
+{
     p->font_file = KI_DEFAULT_FONT_FILE;
     p->line_width = 0;
     p->font_size = 0;
@@ -28,7 +29,8 @@ void ki_draw_params_default(ki_draw_params *p) {
  * vips_text's "fontfile": libvips 8.14 keeps that string in a process-wide table after the
  * operation has freed it, and the next vips_text call with a fontfile reads freed memory
  * (found by ASan here). libvips registers the file exactly this way. */
-static void register_font(const char *path) {
+static void register_font(const char *path)
+{
     static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     static char *done[8];
     pthread_mutex_lock(&lock);
@@ -47,7 +49,8 @@ static void register_font(const char *path) {
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
 /* A normalized coordinate to a pixel index in [0, size - 1]; false if not finite. */
-static bool to_pixel(double v, int size, int *out) {
+static bool to_pixel(double v, int size, int *out)
+{
     if (!isfinite(v)) {
         return false;
     }
@@ -57,7 +60,8 @@ static bool to_pixel(double v, int size, int *out) {
 }
 
 /* Filled rectangle clipped to the image; empty ones are skipped. */
-static int fill_rect(VipsImage *im, const double ink[3], int x, int y, int w, int h) {
+static int fill_rect(VipsImage *im, const double ink[3], int x, int y, int w, int h)
+{
     int W = vips_image_get_width(im), H = vips_image_get_height(im);
     int x0 = clampi(x, 0, W), y0 = clampi(y, 0, H);
     int x1 = clampi(x + w, 0, W), y1 = clampi(y + h, 0, H);
@@ -70,7 +74,8 @@ static int fill_rect(VipsImage *im, const double ink[3], int x, int y, int w, in
 /* The label at the box's top-left corner, above the box when there is room. A label that
  * cannot be rendered (no font, pango failure) is skipped: the boxes matter more. */
 static int draw_label(VipsImage *im, const char *label, const double bg[3], int bx, int by,
-                      const ki_draw_params *p, int font_px) {
+                      const ki_draw_params *p, int font_px)
+{
     VipsImage *mask = NULL;
     char font[64];
     char *markup;
@@ -105,7 +110,8 @@ static int draw_label(VipsImage *im, const char *label, const double bg[3], int 
 }
 
 static ks_status draw_all(const ki_image *img, const ki_box *boxes, size_t n,
-                          const ki_draw_params *params, VipsImage **out) {
+                          const ki_draw_params *params, VipsImage **out)
+{
     ki_draw_params defaults;
     VipsImage *im, *mem;
     int W = ki_image_width(img), H = ki_image_height(img);
@@ -140,8 +146,8 @@ static ks_status draw_all(const ki_image *img, const ki_box *boxes, size_t n,
         for (size_t i = 0; i < n; i++) {
             const ki_box *b = &boxes[i];
             int x1, y1, x2, y2, t;
-            if (!to_pixel(b->x1, W, &x1) || !to_pixel(b->y1, H, &y1) ||
-                !to_pixel(b->x2, W, &x2) || !to_pixel(b->y2, H, &y2)) {
+            if (!to_pixel(b->x1, W, &x1) || !to_pixel(b->y1, H, &y1) || !to_pixel(b->x2, W, &x2) ||
+                !to_pixel(b->y2, H, &y2)) {
                 continue;
             }
             if (x2 < x1) {
@@ -159,9 +165,8 @@ static ks_status draw_all(const ki_image *img, const ki_box *boxes, size_t n,
                      fill_rect(mem, ink, x1, y1, lw, bh) ||
                      fill_rect(mem, ink, x2 - lw + 1, y1, lw, bh);
             } else {
-                rc = b->label && b->label[0]
-                         ? draw_label(mem, b->label, ink, x1, y1, &p, font_px)
-                         : 0;
+                rc = b->label && b->label[0] ? draw_label(mem, b->label, ink, x1, y1, &p, font_px)
+                                             : 0;
             }
             if (rc) {
                 g_object_unref(mem);
@@ -174,7 +179,8 @@ static ks_status draw_all(const ki_image *img, const ki_box *boxes, size_t n,
 }
 
 ks_status ki_draw_boxes_png(const ki_image *img, const ki_box *boxes, size_t n,
-                            const ki_draw_params *params, void **png, size_t *png_len) {
+                            const ki_draw_params *params, void **png, size_t *png_len)
+{
     VipsImage *im = NULL;
     void *buf = NULL;
     size_t len = 0;
@@ -201,7 +207,8 @@ ks_status ki_draw_boxes_png(const ki_image *img, const ki_box *boxes, size_t n,
 }
 
 ks_status ki_draw_boxes_file(const ki_image *img, const ki_box *boxes, size_t n,
-                             const ki_draw_params *params, const char *path) {
+                             const ki_draw_params *params, const char *path)
+{
     void *png = NULL;
     size_t len = 0;
     FILE *f;

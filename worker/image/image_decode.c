@@ -20,12 +20,14 @@ struct ki_image {
     const char *format;
 };
 
-void ki_decode_params_default(ki_decode_params *p) {
+void ki_decode_params_default(ki_decode_params *p)
+{
     p->max_pixels = KI_DEFAULT_MAX_PIXELS;
     p->autorotate = false;
 }
 
-static ks_status image_alloc(int width, int height, const char *format, ki_image **out) {
+static ks_status image_alloc(int width, int height, const char *format, ki_image **out)
+{
     ki_image *img = calloc(1, sizeof *img);
     if (img) {
         img->rgb = malloc((size_t)width * (size_t)height * 3);
@@ -41,7 +43,8 @@ static ks_status image_alloc(int width, int height, const char *format, ki_image
     return KS_OK;
 }
 
-void ki_image_destroy(ki_image **img) {
+void ki_image_destroy(ki_image **img)
+{
     if (!img || !*img) {
         return;
     }
@@ -55,7 +58,8 @@ int ki_image_height(const ki_image *img) { return img->height; }
 const uint8_t *ki_image_rgb(const ki_image *img) { return img->rgb; }
 const char *ki_image_format(const ki_image *img) { return img->format; }
 
-ks_status ki_image_from_rgb(const uint8_t *rgb, int width, int height, ki_image **out) {
+ks_status ki_image_from_rgb(const uint8_t *rgb, int width, int height, ki_image **out)
+{
     *out = NULL;
     if (!rgb || width < 1 || height < 1) {
         return ks_fail(KS_ERR_INVALID, "image: bad RGB image %dx%d", width, height);
@@ -71,7 +75,8 @@ ks_status ki_image_from_rgb(const uint8_t *rgb, int width, int height, ki_image 
  * decode ourselves (and those we refuse by name) by their signatures first, so that libvips
  * never hands them to ImageMagick; then libvips' loaders, of which we admit ours; then the
  * formats that have no signature, only so that the message can name them. */
-static ks_status identify(const void *bytes, size_t len, const ki_format **out) {
+static ks_status identify(const void *bytes, size_t len, const ki_format **out)
+{
     const ki_format *f;
     const char *nick = NULL;
     if (len == 0) {
@@ -120,14 +125,16 @@ typedef struct own_decoder {
     ks_status (*decode)(const uint8_t *bytes, size_t len, uint8_t *rgb);
 } own_decoder;
 
-static const own_decoder *own_decoder_of(const ki_format *f) {
+static const own_decoder *own_decoder_of(const ki_format *f)
+{
     static const own_decoder bmp = {ki_bmp_size, ki_bmp_decode};
     static const own_decoder pnm = {ki_pnm_size, ki_pnm_decode};
     return f->decoder == KI_DECODER_BMP ? &bmp : f->decoder == KI_DECODER_PNM ? &pnm : NULL;
 }
 
 /* The pixel limit, checked on the header before any pixel is decoded, for every decoder. */
-static ks_status check_size(uint64_t width, uint64_t height, uint64_t max_pixels) {
+static ks_status check_size(uint64_t width, uint64_t height, uint64_t max_pixels)
+{
     bool over = height && width > UINT64_MAX / height;
     uint64_t pixels = over ? UINT64_MAX : width * height;
     if (over || width > INT_MAX || height > INT_MAX || pixels > SIZE_MAX / 3) {
@@ -144,7 +151,8 @@ static ks_status check_size(uint64_t width, uint64_t height, uint64_t max_pixels
 }
 
 /* The longest side, for every decoder (image_decode.h, KI_MAX_SIDE). */
-static ks_status check_side(uint64_t width, uint64_t height) {
+static ks_status check_side(uint64_t width, uint64_t height)
+{
     if (width > KI_MAX_SIDE || height > KI_MAX_SIDE) {
         return ks_fail(KS_ERR_LIMIT, "image: %llux%llu has a side over the limit of %d pixels",
                        (unsigned long long)width, (unsigned long long)height, KI_MAX_SIDE);
@@ -153,9 +161,9 @@ static ks_status check_side(uint64_t width, uint64_t height) {
 }
 
 /* Opens the header only (libvips loads lazily). */
-static ks_status open_header(const void *bytes, size_t len, bool random_access, VipsImage **out) {
-    *out = vips_image_new_from_buffer(bytes, len, "", "fail_on", VIPS_FAIL_ON_TRUNCATED,
-                                      "access",
+static ks_status open_header(const void *bytes, size_t len, bool random_access, VipsImage **out)
+{
+    *out = vips_image_new_from_buffer(bytes, len, "", "fail_on", VIPS_FAIL_ON_TRUNCATED, "access",
                                       random_access ? VIPS_ACCESS_RANDOM : VIPS_ACCESS_SEQUENTIAL,
                                       NULL);
     if (!*out) {
@@ -165,7 +173,8 @@ static ks_status open_header(const void *bytes, size_t len, bool random_access, 
 }
 
 ks_status ki_image_probe(const void *bytes, size_t len, int *width, int *height,
-                         const char **format) {
+                         const char **format)
+{
     VipsImage *im = NULL;
     const ki_format *f = NULL;
     const own_decoder *own;
@@ -200,7 +209,8 @@ ks_status ki_image_probe(const void *bytes, size_t len, int *width, int *height,
 
 /* Decodes a format of ours: the header, the limit, then the pixels straight into the image. */
 static ks_status decode_own(const own_decoder *own, const ki_format *f, const uint8_t *bytes,
-                            size_t len, uint64_t max_pixels, ki_image **out) {
+                            size_t len, uint64_t max_pixels, ki_image **out)
+{
     uint64_t w, h;
     ki_image *img = NULL;
     ks_status st = own->size(bytes, len, &w, &h);
@@ -224,7 +234,8 @@ static ks_status decode_own(const own_decoder *own, const ki_format *f, const ui
 }
 
 /* PIL's cmyk2rgb (Convert.c): MULDIV255(a, b) = ((a*b + 128) >> 8 + a*b + 128) >> 8. */
-static uint8_t cmyk_channel(unsigned c, unsigned nk) {
+static uint8_t cmyk_channel(unsigned c, unsigned nk)
+{
     unsigned t = c * nk + 128;
     unsigned v = ((t >> 8) + t) >> 8;
     return (uint8_t)(nk - v); /* v <= nk, no clipping needed */
@@ -232,7 +243,8 @@ static uint8_t cmyk_channel(unsigned c, unsigned nk) {
 
 /* Converts n decoded pixels (`bands` samples each) to RGB. u16 is NULL for 8-bit data. */
 static void to_rgb(uint8_t *rgb, const uint8_t *u8, const uint16_t *u16, size_t n, int bands,
-                   bool cmyk) {
+                   bool cmyk)
+{
     for (size_t i = 0; i < n; i++) {
         uint8_t s[4] = {0, 0, 0, 0};
         int m = bands < 4 ? bands : 4;
@@ -274,14 +286,15 @@ struct ki_image_reader {
     const char *format;
     int width, height, bands;
     bool u16, cmyk;
-    int y;              /* the next row */
-    int strip_end;      /* rows below this are in the region */
+    int y;         /* the next row */
+    int strip_end; /* rows below this are in the region */
     int strip_rows;
-    uint8_t *rgb;       /* (width, 3) */
-    size_t len;         /* the encoded size, for messages */
+    uint8_t *rgb; /* (width, 3) */
+    size_t len;   /* the encoded size, for messages */
 };
 
-void ki_image_reader_destroy(ki_image_reader **pr) {
+void ki_image_reader_destroy(ki_image_reader **pr)
+{
     if (!pr || !*pr) {
         return;
     }
@@ -303,7 +316,8 @@ int ki_image_reader_height(const ki_image_reader *r) { return r->height; }
 const char *ki_image_reader_format(const ki_image_reader *r) { return r->format; }
 
 ks_status ki_image_reader_new(const void *bytes, size_t len, const ki_decode_params *params,
-                              ki_image_reader **out) {
+                              ki_image_reader **out)
+{
     ki_decode_params defaults;
     VipsImage *tmp = NULL;
     ki_image_reader *r = NULL;
@@ -410,7 +424,8 @@ done:
     return st;
 }
 
-ks_status ki_image_reader_row(ki_image_reader *r, const uint8_t **rgb) {
+ks_status ki_image_reader_row(ki_image_reader *r, const uint8_t **rgb)
+{
     if (r->y >= r->height) {
         return ks_fail(KS_ERR_INVALID, "image: no row %d in a %d-row image", r->y, r->height);
     }
@@ -429,15 +444,15 @@ ks_status ki_image_reader_row(ki_image_reader *r, const uint8_t **rgb) {
         r->strip_end = r->y + n;
     }
     const void *row = VIPS_REGION_ADDR(r->region, 0, r->y);
-    to_rgb(r->rgb, r->u16 ? NULL : row, r->u16 ? row : NULL, (size_t)r->width, r->bands,
-           r->cmyk);
+    to_rgb(r->rgb, r->u16 ? NULL : row, r->u16 ? row : NULL, (size_t)r->width, r->bands, r->cmyk);
     r->y++;
     *rgb = r->rgb;
     return KS_OK;
 }
 
 ks_status ki_image_decode(const void *bytes, size_t len, const ki_decode_params *params,
-                          ki_image **out) {
+                          ki_image **out)
+{
     ki_image_reader *r = NULL;
     ki_image *img = NULL;
     *out = NULL;

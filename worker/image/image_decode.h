@@ -71,7 +71,7 @@ ks_status ki_image_reader_new(const void *bytes, size_t len, const ki_decode_par
 /* The next row, top to bottom: (width, 3) u8, borrowed until the next call. KS_ERR_FORMAT
  * when the data is corrupt or truncated there, KS_ERR_INVALID past the last row. */
 ks_status ki_image_reader_row(ki_image_reader *r, const uint8_t **rgb);
-int ki_image_reader_width(const ki_image_reader *r);  /* after autorotate */
+int ki_image_reader_width(const ki_image_reader *r); /* after autorotate */
 int ki_image_reader_height(const ki_image_reader *r);
 const char *ki_image_reader_format(const ki_image_reader *r);
 void ki_image_reader_destroy(ki_image_reader **r);

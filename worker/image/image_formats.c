@@ -26,12 +26,14 @@ static const ki_format formats[] = {
 };
 #define N_FORMATS (sizeof formats / sizeof formats[0])
 
-const ki_format *ki_format_list(size_t *n) {
+const ki_format *ki_format_list(size_t *n)
+{
     *n = N_FORMATS;
     return formats;
 }
 
-const ki_format *ki_format_by_name(const char *name) {
+const ki_format *ki_format_by_name(const char *name)
+{
     for (size_t i = 0; i < N_FORMATS; i++) {
         if (strcmp(formats[i].name, name) == 0) {
             return &formats[i];
@@ -41,7 +43,8 @@ const ki_format *ki_format_by_name(const char *name) {
 }
 
 /* True when the space-separated `list` holds the word ext[0..n). */
-static bool has_word(const char *list, const char *ext, size_t n) {
+static bool has_word(const char *list, const char *ext, size_t n)
+{
     for (const char *p = list; *p;) {
         size_t w = strcspn(p, " ");
         if (w == n && strncasecmp(p, ext, n) == 0) {
@@ -53,7 +56,8 @@ static bool has_word(const char *list, const char *ext, size_t n) {
     return false;
 }
 
-const ki_format *ki_format_by_path(const char *path) {
+const ki_format *ki_format_by_path(const char *path)
+{
     const char *slash = strrchr(path, '/');
     const char *base = slash ? slash + 1 : path;
     const char *dot = strrchr(base, '.');
@@ -68,7 +72,8 @@ const ki_format *ki_format_by_path(const char *path) {
     return NULL;
 }
 
-const ki_format *ki_format_by_vips_loader(const char *nick) {
+const ki_format *ki_format_by_vips_loader(const char *nick)
+{
     for (size_t i = 0; i < N_FORMATS; i++) {
         if (formats[i].vips_loader && strcmp(formats[i].vips_loader, nick) == 0) {
             return &formats[i];
@@ -81,7 +86,8 @@ static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
 /* Pillow's TgaImageFile._open checks, which are all a TGA file offers: colour map type 0 or 1,
  * a known image type, a non-zero size and a known depth. */
-static bool looks_like_tga(const uint8_t *b, size_t len) {
+static bool looks_like_tga(const uint8_t *b, size_t len)
+{
     static const char footer[] = "TRUEVISION-XFILE.";
     if (len >= 26 && memcmp(b + len - 18, footer, sizeof footer) == 0) {
         return true; /* a TGA 2.0 file says so at its end */
@@ -94,7 +100,8 @@ static bool looks_like_tga(const uint8_t *b, size_t len) {
     return type && depth;
 }
 
-const ki_format *ki_format_sniff(const void *bytes, size_t len, bool guess) {
+const ki_format *ki_format_sniff(const void *bytes, size_t len, bool guess)
+{
     const uint8_t *b = bytes;
     if (guess) {
         return looks_like_tga(b, len) ? ki_format_by_name("tga") : NULL;
@@ -115,7 +122,8 @@ const ki_format *ki_format_sniff(const void *bytes, size_t len, bool guess) {
     return NULL;
 }
 
-size_t ki_format_extensions(char *buf, size_t cap) {
+size_t ki_format_extensions(char *buf, size_t cap)
+{
     size_t need = 0;
     if (cap) {
         buf[0] = '\0';
@@ -123,8 +131,8 @@ size_t ki_format_extensions(char *buf, size_t cap) {
     for (size_t i = 0; i < N_FORMATS; i++) {
         for (const char *p = formats[i].extensions; *p;) {
             size_t w = strcspn(p, " ");
-            int n = snprintf(cap > need ? buf + need : NULL, cap > need ? cap - need : 0,
-                             "%s.%.*s", need ? " " : "", (int)w, p);
+            int n = snprintf(cap > need ? buf + need : NULL, cap > need ? cap - need : 0, "%s.%.*s",
+                             need ? " " : "", (int)w, p);
             need += n > 0 ? (size_t)n : 0;
             p += w;
             p += *p == ' ';

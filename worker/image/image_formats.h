@@ -18,16 +18,16 @@
 #include <stddef.h>
 
 typedef enum ki_decoder {
-    KI_DECODER_VIPS,  /* libvips' own loader, `vips_loader` */
-    KI_DECODER_BMP,   /* bmp_decode.h */
-    KI_DECODER_PNM,   /* pnm_decode.h */
-    KI_DECODER_NONE,  /* recognised only to be refused with `refused` */
+    KI_DECODER_VIPS, /* libvips' own loader, `vips_loader` */
+    KI_DECODER_BMP,  /* bmp_decode.h */
+    KI_DECODER_PNM,  /* pnm_decode.h */
+    KI_DECODER_NONE, /* recognised only to be refused with `refused` */
 } ki_decoder;
 
 typedef struct ki_format {
-    const char *name;        /* "jpeg": in messages, ki_formats() and ki_image_format() */
-    const char *title;       /* "JPEG": for help texts and messages */
-    const char *extensions;  /* "jpg jpeg": lower case, space-separated, the walk takes these;
+    const char *name;       /* "jpeg": in messages, ki_formats() and ki_image_format() */
+    const char *title;      /* "JPEG": for help texts and messages */
+    const char *extensions; /* "jpg jpeg": lower case, space-separated, the walk takes these;
                               * "" for a refused format (a folder walk skips it) */
     ki_decoder decoder;
     const char *vips_loader; /* KI_DECODER_VIPS: the loader's nickname; else NULL */

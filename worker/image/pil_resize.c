@@ -12,7 +12,8 @@
 #define BICUBIC_SUPPORT 2.0
 
 /* Pillow's bicubic_filter, a = -0.5, written in the same operation order. */
-static double bicubic_filter(double x) {
+static double bicubic_filter(double x)
+{
     const double a = -0.5;
     if (x < 0.0) {
         x = -x;
@@ -26,7 +27,8 @@ static double bicubic_filter(double x) {
     return 0.0;
 }
 
-static uint8_t clip8(int in) {
+static uint8_t clip8(int in)
+{
     if (in >= (1 << PRECISION_BITS << 8)) {
         return 255;
     }
@@ -40,7 +42,8 @@ static uint8_t clip8(int in) {
  * fixed-point weight. Pillow's precompute_coeffs + normalize_coeffs_8bpc with box
  * (0, in_size). Sets *ksizep; the caller frees *boundsp and *kkp. */
 static ks_status precompute_coeffs(int in_size, int out_size, int *ksizep, int **boundsp,
-                                   int32_t **kkp) {
+                                   int32_t **kkp)
+{
     const float in0 = 0.0f, in1 = (float)in_size; /* Pillow passes the box as floats */
     double filterscale, scale, support, center, ww, ss;
     int ksize, xx, x, xmin, xmax;
@@ -112,8 +115,8 @@ static ks_status precompute_coeffs(int in_size, int out_size, int *ksizep, int *
 
 /* Output rows [0, out_h) of a horizontal pass read input rows [row0, row0 + out_h). */
 static void resample_horizontal(uint8_t *out, int out_w, int out_h, const uint8_t *in, int in_w,
-                                int row0, int ch, int ksize, const int *bounds,
-                                const int32_t *kk) {
+                                int row0, int ch, int ksize, const int *bounds, const int32_t *kk)
+{
     for (int yy = 0; yy < out_h; yy++) {
         const uint8_t *row = in + ((size_t)(yy + row0) * (size_t)in_w) * (size_t)ch;
         uint8_t *orow = out + (size_t)yy * (size_t)out_w * (size_t)ch;
@@ -133,16 +136,17 @@ static void resample_horizontal(uint8_t *out, int out_w, int out_h, const uint8_
 
 struct ki_resizer {
     int sw, sh, ch, dw, dh;
-    uint8_t *dst;            /* borrowed: (dh, dw, ch) */
+    uint8_t *dst; /* borrowed: (dh, dw, ch) */
     int ksh, ksv;
-    int *bh, *bv;            /* bounds of the horizontal and vertical passes */
-    int32_t *kh, *kv;        /* their 22-bit weights */
-    uint8_t *ring;           /* (cap, dw, ch): intermediate rows, row y at y % cap */
+    int *bh, *bv;     /* bounds of the horizontal and vertical passes */
+    int32_t *kh, *kv; /* their 22-bit weights */
+    uint8_t *ring;    /* (cap, dw, ch): intermediate rows, row y at y % cap */
     int cap;
-    int next_in, next_out;   /* the next source row expected, the next output row to make */
+    int next_in, next_out; /* the next source row expected, the next output row to make */
 };
 
-void ki_resizer_destroy(ki_resizer **pr) {
+void ki_resizer_destroy(ki_resizer **pr)
+{
     if (!pr || !*pr) {
         return;
     }
@@ -157,7 +161,8 @@ void ki_resizer_destroy(ki_resizer **pr) {
 }
 
 ks_status ki_resizer_new(int sw, int sh, int channels, uint8_t *dst, int dw, int dh,
-                         ki_resizer **out) {
+                         ki_resizer **out)
+{
     *out = NULL;
     if (!dst || sw < 1 || sh < 1 || dw < 1 || dh < 1 || channels < 1 || channels > 4) {
         return ks_fail(KS_ERR_INVALID, "resize: bad arguments (%dx%d -> %dx%d, %d channels)", sw,
@@ -200,7 +205,8 @@ ks_status ki_resizer_new(int sw, int sh, int channels, uint8_t *dst, int dw, int
 }
 
 /* Output row o of the vertical pass, from the ring. */
-static void resample_vertical_row(ki_resizer *r, int o) {
+static void resample_vertical_row(ki_resizer *r, int o)
+{
     size_t stride = (size_t)r->dw * (size_t)r->ch;
     int ymin = r->bv[o * 2 + 0], ymax = r->bv[o * 2 + 1];
     const int32_t *k = &r->kv[(size_t)o * (size_t)r->ksv];
@@ -214,7 +220,8 @@ static void resample_vertical_row(ki_resizer *r, int o) {
     }
 }
 
-ks_status ki_resizer_push(ki_resizer *r, int y, const uint8_t *row) {
+ks_status ki_resizer_push(ki_resizer *r, int y, const uint8_t *row)
+{
     if (y != r->next_in || y >= r->sh || !row) {
         return ks_fail(KS_ERR_INVALID, "resize: row %d pushed, row %d expected", y, r->next_in);
     }
@@ -238,7 +245,8 @@ ks_status ki_resizer_push(ki_resizer *r, int y, const uint8_t *row) {
 }
 
 ks_status ki_pil_resize_bicubic(const uint8_t *src, int sw, int sh, int channels, uint8_t *dst,
-                                int dw, int dh) {
+                                int dw, int dh)
+{
     if (!src) {
         return ks_fail(KS_ERR_INVALID, "resize: no source");
     }

@@ -8,7 +8,8 @@
 const float ki_image_mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
 const float ki_image_std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
 
-void ki_normalize(const uint8_t *rgb224, float *values) {
+void ki_normalize(const uint8_t *rgb224, float *values)
+{
     const size_t plane = (size_t)KI_IMAGE_SIZE * KI_IMAGE_SIZE;
     for (size_t i = 0; i < plane; i++) {
         for (int c = 0; c < 3; c++) {
@@ -21,7 +22,8 @@ void ki_normalize(const uint8_t *rgb224, float *values) {
     }
 }
 
-ks_status ki_pixels_from_image(const ki_image *img, ki_pixels *out) {
+ks_status ki_pixels_from_image(const ki_image *img, ki_pixels *out)
+{
     ks_status st = ki_pil_resize_bicubic(ki_image_rgb(img), ki_image_width(img),
                                          ki_image_height(img), 3, out->rgb, KI_IMAGE_SIZE,
                                          KI_IMAGE_SIZE);
@@ -34,14 +36,16 @@ ks_status ki_pixels_from_image(const ki_image *img, ki_pixels *out) {
     return KS_OK;
 }
 
-static double now_ms(void) {
+static double now_ms(void)
+{
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 ks_status ki_pixels_from_buffer(const void *bytes, size_t len, const ki_decode_params *params,
-                                ki_pixels *out, double *decode_ms) {
+                                ki_pixels *out, double *decode_ms)
+{
     ki_image_reader *reader = NULL;
     ki_resizer *resizer = NULL;
     double decoding = 0, t0 = now_ms();

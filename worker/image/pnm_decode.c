@@ -11,18 +11,19 @@
 #define MAX_TOKEN 10            /* Pillow refuses longer numbers, in the header and the data */
 
 typedef struct pnm {
-    char kind;            /* '1' .. '6' */
-    unsigned bands;       /* 1 or 3 */
+    char kind;      /* '1' .. '6' */
+    unsigned bands; /* 1 or 3 */
     uint64_t width, height;
-    uint64_t maxval;      /* 1 for PBM */
-    size_t data;          /* offset of the first byte after the header */
+    uint64_t maxval; /* 1 for PBM */
+    size_t data;     /* offset of the first byte after the header */
 } pnm;
 
 static bool is_space(uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
 /* Up to 10 bytes of the file for a message: printable ASCII as is, anything else as '?', so
  * that messages stay valid UTF-8 (they end up in JSON). */
-static const char *shown(const uint8_t *s, size_t n, char out[MAX_TOKEN + 1]) {
+static const char *shown(const uint8_t *s, size_t n, char out[MAX_TOKEN + 1])
+{
     n = n < MAX_TOKEN ? n : MAX_TOKEN;
     for (size_t i = 0; i < n; i++) {
         out[i] = s[i] >= 0x20 && s[i] < 0x7f ? (char)s[i] : '?';
@@ -33,7 +34,8 @@ static const char *shown(const uint8_t *s, size_t n, char out[MAX_TOKEN + 1]) {
 
 /* Python's int() on a token of at most MAX_TOKEN bytes: an optional sign, then digits with
  * single underscores between them. Negative values fail here: Pillow refuses them all. */
-static bool py_int(const uint8_t *s, size_t n, uint64_t *value) {
+static bool py_int(const uint8_t *s, size_t n, uint64_t *value)
+{
     uint64_t v = 0;
     bool minus = false, digit = false;
     size_t i = 0;
@@ -59,7 +61,8 @@ static bool py_int(const uint8_t *s, size_t n, uint64_t *value) {
  * is skipped to its CR or LF even inside a token, and the one whitespace byte after it is
  * consumed. */
 static ks_status header_token(const uint8_t *b, size_t len, size_t *pos, const char *what,
-                              uint64_t *value) {
+                              uint64_t *value)
+{
     uint8_t tok[MAX_TOKEN + 1];
     size_t n = 0;
     while (n <= MAX_TOKEN && *pos < len) {
@@ -86,7 +89,8 @@ static ks_status header_token(const uint8_t *b, size_t len, size_t *pos, const c
     return KS_OK;
 }
 
-static ks_status parse(const uint8_t *b, size_t len, pnm *m) {
+static ks_status parse(const uint8_t *b, size_t len, pnm *m)
+{
     uint8_t magic[7];
     char text[MAX_TOKEN + 1];
     size_t n = 0, pos = 0;
@@ -103,8 +107,10 @@ static ks_status parse(const uint8_t *b, size_t len, pnm *m) {
         return ks_fail(KS_ERR_UNSUPPORTED, "pnm: PFM (float samples) is not supported");
     }
     if (n != 2 || magic[0] != 'P' || magic[1] < '1' || magic[1] > '6') {
-        return ks_fail(KS_ERR_FORMAT, "pnm: not a PBM, PGM or PPM file (magic \"%s\"; P7, PFM "
-                       "and PIL's own test formats are not read)", shown(magic, n, text));
+        return ks_fail(KS_ERR_FORMAT,
+                       "pnm: not a PBM, PGM or PPM file (magic \"%s\"; P7, PFM "
+                       "and PIL's own test formats are not read)",
+                       shown(magic, n, text));
     }
     m->kind = magic[1];
     m->bands = m->kind == '3' || m->kind == '6' ? 3 : 1;
@@ -123,14 +129,15 @@ static ks_status parse(const uint8_t *b, size_t len, pnm *m) {
         }
     }
     if (m->width == 0 || m->height == 0) {
-        return ks_fail(KS_ERR_FORMAT, "pnm: empty image (%llux%llu)",
-                       (unsigned long long)m->width, (unsigned long long)m->height);
+        return ks_fail(KS_ERR_FORMAT, "pnm: empty image (%llux%llu)", (unsigned long long)m->width,
+                       (unsigned long long)m->height);
     }
     m->data = pos;
     return KS_OK;
 }
 
-ks_status ki_pnm_size(const uint8_t *bytes, size_t len, uint64_t *width, uint64_t *height) {
+ks_status ki_pnm_size(const uint8_t *bytes, size_t len, uint64_t *width, uint64_t *height)
+{
     pnm m;
     ks_status st = parse(bytes, len, &m);
     if (st == KS_OK) {
@@ -145,13 +152,15 @@ static double out_max(const pnm *m) { return m->bands == 1 && m->maxval > 255 ? 
 
 /* Python's min(out_max, round(v / maxval * out_max)), then convert("RGB")'s clip to 255. The
  * same double operations, and nearbyint rounds half to even as round() does. */
-static uint8_t scale(uint64_t v, uint64_t maxval, double top) {
+static uint8_t scale(uint64_t v, uint64_t maxval, double top)
+{
     double r = nearbyint((double)v / (double)maxval * top);
     r = r < top ? r : top;
     return r < 255.0 ? (uint8_t)r : 255;
 }
 
-static void put_sample(const pnm *m, uint8_t *rgb, size_t i, uint8_t v) {
+static void put_sample(const pnm *m, uint8_t *rgb, size_t i, uint8_t v)
+{
     if (m->bands == 3) {
         rgb[i] = v;
     } else {
@@ -162,14 +171,16 @@ static void put_sample(const pnm *m, uint8_t *rgb, size_t i, uint8_t v) {
 /* P4, P5, P6. Pillow reads maxval 255 (and a PGM's 65535) with its raw decoder and any other
  * maxval with PpmDecoder (1 byte per sample below 256, else 2, big-endian), both needing every
  * sample. */
-static ks_status decode_binary(const pnm *m, const uint8_t *b, size_t len, uint8_t *rgb) {
+static ks_status decode_binary(const pnm *m, const uint8_t *b, size_t len, uint8_t *rgb)
+{
     size_t w = (size_t)m->width, h = (size_t)m->height;
     uint64_t row = m->kind == '4' ? (m->width + 7) / 8
                                   : m->width * m->bands * (m->maxval < 256 ? 1u : 2u);
     if ((len - m->data) / row < m->height) {
-        return ks_fail(KS_ERR_FORMAT, "pnm: truncated pixel data (%zu bytes for %llu rows of "
-                       "%llu)", len - m->data, (unsigned long long)m->height,
-                       (unsigned long long)row);
+        return ks_fail(KS_ERR_FORMAT,
+                       "pnm: truncated pixel data (%zu bytes for %llu rows of "
+                       "%llu)",
+                       len - m->data, (unsigned long long)m->height, (unsigned long long)row);
     }
     const uint8_t *p = b + m->data;
     if (m->kind == '4') { /* Pillow's "1;I": a set bit is black */
@@ -197,7 +208,7 @@ static ks_status decode_binary(const pnm *m, const uint8_t *b, size_t len, uint8
     for (size_t v = 0; v < n; v++) {
         /* A PGM with maxval 65535 is Pillow's raw "I;16B": the value itself, clipped. */
         lut[v] = m->maxval == 65535 && m->bands == 1 ? (v < 255 ? (uint8_t)v : 255)
-                                                      : scale(v, m->maxval, top);
+                                                     : scale(v, m->maxval, top);
     }
     for (size_t i = 0; i < samples; i++) {
         put_sample(m, rgb, i, lut[n == 256 ? p[i] : (size_t)p[2 * i] << 8 | p[2 * i + 1]]);
@@ -209,11 +220,12 @@ static ks_status decode_binary(const pnm *m, const uint8_t *b, size_t len, uint8
 /* PpmPlainDecoder's reading: 1 MiB blocks with the comments cut out of each. */
 typedef struct plain {
     const uint8_t *b;
-    size_t len, pos;  /* the file and the next byte to read */
-    bool in_comment;  /* a comment runs past the block read last (_comment_spans) */
+    size_t len, pos; /* the file and the next byte to read */
+    bool in_comment; /* a comment runs past the block read last (_comment_spans) */
 } plain;
 
-static size_t next_block(plain *r, const uint8_t **blk) {
+static size_t next_block(plain *r, const uint8_t **blk)
+{
     size_t n = r->len - r->pos < BLOCK ? r->len - r->pos : BLOCK;
     *blk = r->b + r->pos;
     r->pos += n;
@@ -223,8 +235,10 @@ static size_t next_block(plain *r, const uint8_t **blk) {
 /* _find_comment_end: the lower of the first LF and CR from `start`, or -1. Pillow's formula,
  * min(a, b) if a * b > 0 else max(a, b), is wrong when one of them is at 0, which can happen
  * only at the start of a block that continues a comment; kept for that case. */
-static long comment_end(const uint8_t *s, size_t n, size_t start) {
-    const uint8_t *lf = memchr(s + start, '\n', n - start), *cr = memchr(s + start, '\r', n - start);
+static long comment_end(const uint8_t *s, size_t n, size_t start)
+{
+    const uint8_t *lf = memchr(s + start, '\n', n - start),
+                  *cr = memchr(s + start, '\r', n - start);
     long a = lf ? (long)(lf - s) : -1, c = cr ? (long)(cr - s) : -1;
     if ((a > 0 && c > 0) || (a < 0 && c < 0)) {
         return a < c ? a : c;
@@ -235,7 +249,8 @@ static long comment_end(const uint8_t *s, size_t n, size_t start) {
 /* _ignore_comments: the block without comments into out (at most n bytes). A comment still
  * open at the block's end is skipped at the start of the next; one open at the start of this
  * block may swallow whole blocks. */
-static size_t uncomment(plain *r, const uint8_t *blk, size_t n, uint8_t *out) {
+static size_t uncomment(plain *r, const uint8_t *blk, size_t n, uint8_t *out)
+{
     size_t o = 0;
     if (r->in_comment) {
         while (n) {
@@ -270,7 +285,8 @@ static size_t uncomment(plain *r, const uint8_t *blk, size_t n, uint8_t *out) {
 
 /* P1 (_decode_bitonal): every non-space byte of a block must be 0 or 1, even past the pixels
  * needed; "0" is white. */
-static ks_status decode_bitonal(const pnm *m, plain *r, uint8_t *buf, uint8_t *rgb) {
+static ks_status decode_bitonal(const pnm *m, plain *r, uint8_t *buf, uint8_t *rgb)
+{
     size_t total = (size_t)(m->width * m->height), count = 0;
     while (count != total) {
         const uint8_t *blk;
@@ -299,7 +315,8 @@ static ks_status decode_bitonal(const pnm *m, plain *r, uint8_t *buf, uint8_t *r
 
 /* P2, P3 (_decode_blocks): whitespace-separated numbers; a number cut by the block's end is
  * carried into the next block (and may not be longer than 10 bytes even then). */
-static ks_status decode_numbers(const pnm *m, plain *r, uint8_t *buf, uint8_t *rgb) {
+static ks_status decode_numbers(const pnm *m, plain *r, uint8_t *buf, uint8_t *rgb)
+{
     size_t total = (size_t)(m->width * m->height) * m->bands, count = 0, carry = 0;
     double top = out_max(m);
     while (count != total) {
@@ -343,13 +360,13 @@ static ks_status decode_numbers(const pnm *m, plain *r, uint8_t *buf, uint8_t *r
         memmove(buf, buf + end, carry);
     }
     if (count != total) {
-        return ks_fail(KS_ERR_FORMAT, "pnm: the data ends after %zu of %zu samples", count,
-                       total);
+        return ks_fail(KS_ERR_FORMAT, "pnm: the data ends after %zu of %zu samples", count, total);
     }
     return KS_OK;
 }
 
-ks_status ki_pnm_decode(const uint8_t *bytes, size_t len, uint8_t *rgb) {
+ks_status ki_pnm_decode(const uint8_t *bytes, size_t len, uint8_t *rgb)
+{
     pnm m;
     ks_status st = parse(bytes, len, &m);
     if (st != KS_OK) {

@@ -14,11 +14,11 @@ static ks_status init_status = KS_ERR_UNSUPPORTED;
 static char init_message[256];
 static char formats[128];
 
-static void init_once_fn(void) {
+static void init_once_fn(void)
+{
     if (VIPS_INIT("kosmos")) {
         char *msg = vips_error_buffer_copy();
-        snprintf(init_message, sizeof init_message, "libvips failed to start: %s",
-                 msg ? msg : "");
+        snprintf(init_message, sizeof init_message, "libvips failed to start: %s", msg ? msg : "");
         g_free(msg);
         return;
     }
@@ -40,7 +40,8 @@ static void init_once_fn(void) {
     init_status = KS_OK;
 }
 
-ks_status ki_init(void) {
+ks_status ki_init(void)
+{
     pthread_once(&init_once, init_once_fn);
     if (init_status != KS_OK) {
         return ks_fail(init_status, "%s", init_message);
@@ -48,17 +49,17 @@ ks_status ki_init(void) {
     return KS_OK;
 }
 
-void ki_thread_shutdown(void) {
+void ki_thread_shutdown(void)
+{
     if (init_status == KS_OK) {
         vips_thread_shutdown();
     }
 }
 
-const char *ki_formats(void) {
-    return ki_init() == KS_OK ? formats : "";
-}
+const char *ki_formats(void) { return ki_init() == KS_OK ? formats : ""; }
 
-bool ki_format_available(const char *name) {
+bool ki_format_available(const char *name)
+{
     const char *f = ki_formats();
     size_t n = strlen(name);
     if (n == 0) {
@@ -72,7 +73,8 @@ bool ki_format_available(const char *name) {
     return false;
 }
 
-ks_status ki_vips_fail(ks_status code, const char *what) {
+ks_status ki_vips_fail(ks_status code, const char *what)
+{
     char *msg = vips_error_buffer_copy(); /* takes and clears the process-wide buffer */
     size_t n = msg ? strlen(msg) : 0;
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) {

@@ -14,7 +14,7 @@
 #include "ks_buf.h"
 #include "ks_file.h"
 
-#define KC_MAGIC "KSCLBIN"  /* 8 bytes with the NUL */
+#define KC_MAGIC "KSCLBIN" /* 8 bytes with the NUL */
 #define KC_HEADER_BYTES 32u
 #define KC_ENTRY_MAX_BYTES (256u << 20)
 
@@ -139,8 +139,8 @@ char *kc_cache_entry_path(const kc_cache *cache, const char *stem, const char *k
     return ks_path_join(cache->folder, name);
 }
 
-bool kc_cache_load(const kc_cache *cache, const char *stem, const char *key,
-                   unsigned char **binary, size_t *length)
+bool kc_cache_load(const kc_cache *cache, const char *stem, const char *key, unsigned char **binary,
+                   size_t *length)
 {
     *binary = NULL;
     *length = 0;

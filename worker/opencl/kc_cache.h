@@ -41,8 +41,8 @@ char *kc_cache_key(const kc_device_info *device, const char *source, size_t sour
 char *kc_cache_entry_path(const kc_cache *cache, const char *stem, const char *key);
 
 /* A valid entry's binary in a new buffer the caller frees; false on any miss or problem. */
-bool kc_cache_load(const kc_cache *cache, const char *stem, const char *key,
-                   unsigned char **binary, size_t *length);
+bool kc_cache_load(const kc_cache *cache, const char *stem, const char *key, unsigned char **binary,
+                   size_t *length);
 
 /* Writes an entry atomically (temporary file + rename), creating folders as needed, replacing
  * any previous entry. false when it could not be written (nothing is left behind). */

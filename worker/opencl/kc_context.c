@@ -12,22 +12,19 @@ struct kc_context {
     kc_device_info device;
     cl_context context;
     cl_command_queue queue;
-    kc_cache *cache;          /* NULL when off */
-    kc_program **programs;    /* [n_programs], owned */
+    kc_cache *cache;       /* NULL when off */
+    kc_program **programs; /* [n_programs], owned */
     size_t n_programs, cap_programs;
-    cl_mem *buffers;          /* [n_buffers], owned; freed slots are NULL */
+    cl_mem *buffers; /* [n_buffers], owned; freed slots are NULL */
     size_t n_buffers, cap_buffers;
     kc_build_stats stats;
-    char *build_log;          /* last failed build, or NULL */
-    kc_profile *profile;      /* counts always; events only with `profiling` */
+    char *build_log;     /* last failed build, or NULL */
+    kc_profile *profile; /* counts always; events only with `profiling` */
     bool profiling;
-    uint64_t enqueued;        /* commands enqueued so far (kc_pending.seq) */
+    uint64_t enqueued; /* commands enqueued so far (kc_pending.seq) */
 };
 
-void kc_context_params_init(kc_context_params *params)
-{
-    memset(params, 0, sizeof *params);
-}
+void kc_context_params_init(kc_context_params *params) { memset(params, 0, sizeof *params); }
 
 ks_status kc_context_new(const kc_device_info *device, const kc_context_params *params,
                          kc_context **out)
@@ -132,11 +129,11 @@ static ks_status transfer(kc_context *ctx, bool write, cl_mem buf, bool blocking
     if (blocking)
         kc_profile_wait(ctx->profile, write ? "blocking write" : "blocking read", false);
     if (write)
-        KC_CHECK(clEnqueueWriteBuffer(ctx->queue, buf, blocking ? CL_TRUE : CL_FALSE, offset,
-                                      bytes, host, 0, NULL, evp));
+        KC_CHECK(clEnqueueWriteBuffer(ctx->queue, buf, blocking ? CL_TRUE : CL_FALSE, offset, bytes,
+                                      host, 0, NULL, evp));
     else
-        KC_CHECK(clEnqueueReadBuffer(ctx->queue, buf, blocking ? CL_TRUE : CL_FALSE, offset,
-                                     bytes, host, 0, NULL, evp));
+        KC_CHECK(clEnqueueReadBuffer(ctx->queue, buf, blocking ? CL_TRUE : CL_FALSE, offset, bytes,
+                                     host, 0, NULL, evp));
     ctx->enqueued++;
     if (evp)
         *pending = (kc_pending){ev, ctx->enqueued};
@@ -150,8 +147,8 @@ ks_status kc_context_read(kc_context *ctx, cl_mem buf, bool blocking, size_t off
     return transfer(ctx, false, buf, blocking, offset, bytes, host, pending);
 }
 
-ks_status kc_context_write(kc_context *ctx, cl_mem buf, bool blocking, size_t offset,
-                           size_t bytes, const void *host, kc_pending *pending)
+ks_status kc_context_write(kc_context *ctx, cl_mem buf, bool blocking, size_t offset, size_t bytes,
+                           const void *host, kc_pending *pending)
 {
     return transfer(ctx, true, buf, blocking, offset, bytes, (void *)host, pending);
 }
@@ -258,8 +255,7 @@ const char *kc_context_build_log(const kc_context *ctx)
 
 kc_cache *kc_context_cache(kc_context *ctx) { return ctx->cache; }
 
-kc_program *kc_context_find_program(const kc_context *ctx, const char *name,
-                                    const char *options)
+kc_program *kc_context_find_program(const kc_context *ctx, const char *name, const char *options)
 {
     for (size_t i = 0; i < ctx->n_programs; i++)
         if (!strcmp(kc_program_name(ctx->programs[i]), name) &&

@@ -64,8 +64,8 @@ typedef struct kc_pending {
  * host memory must stay valid and untouched until it completes). */
 ks_status kc_context_read(kc_context *ctx, cl_mem buf, bool blocking, size_t offset, size_t bytes,
                           void *host, kc_pending *pending);
-ks_status kc_context_write(kc_context *ctx, cl_mem buf, bool blocking, size_t offset,
-                           size_t bytes, const void *host, kc_pending *pending);
+ks_status kc_context_write(kc_context *ctx, cl_mem buf, bool blocking, size_t offset, size_t bytes,
+                           const void *host, kc_pending *pending);
 
 /* Waits for a pending transfer and releases it: a profiled wait named `what` (a literal; "busy"
  * when something was enqueued after it, so the device had work while the host waited), unless
@@ -95,11 +95,11 @@ void kc_context_buffer_free(kc_context *ctx, cl_mem *buf);
 
 /* Program building so far, for the CLI's timings ("program compilation skipped"). */
 typedef struct kc_build_stats {
-    unsigned builds;          /* programs built (in-memory reuse not counted) */
-    unsigned cache_hits;      /* ... of which loaded from the binary cache */
-    unsigned cache_misses;    /* ... of which compiled from source */
-    unsigned store_failures;  /* binaries that could not be written to the cache */
-    double seconds;           /* wall time spent in building */
+    unsigned builds;         /* programs built (in-memory reuse not counted) */
+    unsigned cache_hits;     /* ... of which loaded from the binary cache */
+    unsigned cache_misses;   /* ... of which compiled from source */
+    unsigned store_failures; /* binaries that could not be written to the cache */
+    double seconds;          /* wall time spent in building */
 } kc_build_stats;
 
 kc_build_stats kc_context_build_stats(const kc_context *ctx);

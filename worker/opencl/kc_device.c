@@ -15,7 +15,7 @@
 struct kc_device_list {
     kc_device_info *devices; /* [count] */
     size_t count;
-    char *note;              /* skipped platforms, or NULL */
+    char *note; /* skipped platforms, or NULL */
 };
 
 /* A string query into a fixed buffer: truncated to fit, "" when the driver refuses. */
@@ -82,8 +82,7 @@ static void fill_info(kc_device_info *info, cl_platform_id p, cl_device_id d)
     info->device = d;
     platform_string(p, CL_PLATFORM_NAME, info->platform_name, sizeof info->platform_name);
     platform_string(p, CL_PLATFORM_VENDOR, info->platform_vendor, sizeof info->platform_vendor);
-    platform_string(p, CL_PLATFORM_VERSION, info->platform_version,
-                    sizeof info->platform_version);
+    platform_string(p, CL_PLATFORM_VERSION, info->platform_version, sizeof info->platform_version);
     device_string(d, CL_DEVICE_NAME, info->name, sizeof info->name);
     device_string(d, CL_DEVICE_VENDOR, info->vendor, sizeof info->vendor);
     device_string(d, CL_DRIVER_VERSION, info->driver_version, sizeof info->driver_version);
@@ -159,8 +158,8 @@ ks_status kc_device_list_new(kc_device_list **out)
             }
             continue;
         }
-        kc_device_info *grown =
-            realloc(list->devices, (list->count + n_devices) * sizeof *list->devices);
+        kc_device_info *grown = realloc(list->devices,
+                                        (list->count + n_devices) * sizeof *list->devices);
         if (!grown) {
             status = ks_fail(KS_ERR_NOMEM, "out of memory listing OpenCL devices");
             goto cleanup;
@@ -292,8 +291,8 @@ ks_status kc_device_list_select(const kc_device_list *list, const char *spec, si
             return ks_fail(KS_ERR_INVALID,
                            "--device %s: index out of range, there %s %zu OpenCL device%s "
                            "(0..%zu: %s)",
-                           spec, count == 1 ? "is" : "are", count, count == 1 ? "" : "s",
-                           count - 1, known);
+                           spec, count == 1 ? "is" : "are", count, count == 1 ? "" : "s", count - 1,
+                           known);
         *index = (size_t)v;
         return KS_OK;
     }

@@ -16,23 +16,23 @@
 
 /* What the listing knows about one device. Strings are NUL-terminated, truncated to fit. */
 typedef struct kc_device_info {
-    size_t index;                 /* position in the listing */
-    cl_platform_id platform;      /* valid while the process runs */
+    size_t index;            /* position in the listing */
+    cl_platform_id platform; /* valid while the process runs */
     cl_device_id device;
     char platform_name[128];
     char platform_vendor[128];
-    char platform_version[128];   /* "OpenCL 3.0 PoCL 3.1+debian ..." */
+    char platform_version[128]; /* "OpenCL 3.0 PoCL 3.1+debian ..." */
     char name[128];
     char vendor[128];
     char driver_version[128];
-    char opencl_c_version[64];    /* "OpenCL C 1.2 ..." */
+    char opencl_c_version[64]; /* "OpenCL C 1.2 ..." */
     cl_device_type type;
     uint64_t global_mem_bytes;
-    uint64_t max_alloc_bytes;     /* largest single buffer */
+    uint64_t max_alloc_bytes; /* largest single buffer */
     uint64_t local_mem_bytes;
     unsigned compute_units;
     size_t max_work_group_size;
-    bool fp16;                    /* cl_khr_fp16 is offered (never required by our kernels) */
+    bool fp16; /* cl_khr_fp16 is offered (never required by our kernels) */
 } kc_device_info;
 
 typedef struct kc_device_list kc_device_list;

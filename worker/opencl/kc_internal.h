@@ -11,8 +11,7 @@
 kc_cache *kc_context_cache(kc_context *ctx);
 
 /* The program already built in this context for (name, options), or NULL. */
-kc_program *kc_context_find_program(const kc_context *ctx, const char *name,
-                                    const char *options);
+kc_program *kc_context_find_program(const kc_context *ctx, const char *name, const char *options);
 
 /* Hands a built program to the context (takes ownership, also on failure). */
 ks_status kc_context_adopt_program(kc_context *ctx, kc_program **program);

@@ -90,7 +90,8 @@ static ks_status expand_includes(const char *name, const char *src, size_t n, bo
         size_t len = nl ? (size_t)(nl - line) + 1 : n - at;
         at += len;
         line_no++;
-        if (len < sizeof INCLUDE_PREFIX || strncmp(line, INCLUDE_PREFIX, sizeof INCLUDE_PREFIX - 1)) {
+        if (len < sizeof INCLUDE_PREFIX ||
+            strncmp(line, INCLUDE_PREFIX, sizeof INCLUDE_PREFIX - 1)) {
             st = ks_buf_append(&out, line, len);
             continue;
         }

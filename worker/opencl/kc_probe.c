@@ -51,8 +51,8 @@ ks_status kc_probe_peaks(kc_context *ctx, kc_peaks *out)
             KS_OK ||
         (status = kc_context_buffer(ctx, CL_MEM_READ_WRITE, COPY_FLOAT4S * 16, NULL, &b)) !=
             KS_OK ||
-        (status = kc_context_buffer(ctx, CL_MEM_READ_WRITE, fma_items * sizeof(float), NULL,
-                                    &f)) != KS_OK)
+        (status = kc_context_buffer(ctx, CL_MEM_READ_WRITE, fma_items * sizeof(float), NULL, &f)) !=
+            KS_OK)
         goto cleanup;
     cl_int n = (cl_int)COPY_FLOAT4S, iters = FMA_ITERS;
     KC_CHECK(clSetKernelArg(copy, 0, sizeof a, &a));

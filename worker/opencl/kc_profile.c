@@ -53,15 +53,9 @@ void kc_profile_scope(kc_profile *p, const char *scope) { p->scope = scope; }
 
 const char *kc_profile_current_scope(const kc_profile *p) { return p->scope; }
 
-static bool same(const char *a, const char *b)
-{
-    return a == b || (a && b && strcmp(a, b) == 0);
-}
+static bool same(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
 
-static const char *scope_name(const kc_profile *p)
-{
-    return p->scope ? p->scope : "other";
-}
+static const char *scope_name(const kc_profile *p) { return p->scope ? p->scope : "other"; }
 
 /* The row for (current scope, name, is_wait), added when new; SIZE_MAX when out of memory. */
 static size_t row_for(kc_profile *p, const char *name, bool is_wait)
@@ -152,14 +146,17 @@ ks_status kc_profile_summarize(kc_profile *p, kc_profile_summary *out)
         cl_ulong start = 0, end = 0;
         cl_int a = clGetEventProfilingInfo(p->events[i].event, CL_PROFILING_COMMAND_START,
                                            sizeof start, &start, NULL);
-        cl_int b = clGetEventProfilingInfo(p->events[i].event, CL_PROFILING_COMMAND_END,
-                                           sizeof end, &end, NULL);
+        cl_int b = clGetEventProfilingInfo(p->events[i].event, CL_PROFILING_COMMAND_END, sizeof end,
+                                           &end, NULL);
         if (a == CL_SUCCESS && b == CL_SUCCESS && end >= start)
             p->rows[p->events[i].row].device_ms += (double)(end - start) * 1e-6;
     }
     release_events(p);
-    *out = (kc_profile_summary){.rows = p->rows, .n_rows = p->n_rows, .counters = p->counters,
-                                .n_counters = p->n_counters, .timed = p->any_event};
+    *out = (kc_profile_summary){.rows = p->rows,
+                                .n_rows = p->n_rows,
+                                .counters = p->counters,
+                                .n_counters = p->n_counters,
+                                .timed = p->any_event};
     if (p->failed)
         return ks_fail(KS_ERR_NOMEM, "out of memory while profiling: the counts are incomplete");
     return KS_OK;

@@ -50,7 +50,7 @@ void kc_profile_count(kc_profile *p, const char *counter);
 typedef struct kc_profile_row {
     const char *scope;
     const char *name;
-    bool is_wait;        /* a blocking call, not a launch */
+    bool is_wait; /* a blocking call, not a launch */
     uint64_t calls;
     uint64_t busy_waits; /* waits with later work queued (is_wait rows) */
     double device_ms;    /* summed device time (launches; 0 without profiling) */

@@ -34,16 +34,16 @@ struct kc_bound {
 };
 
 struct kc_program {
-    char *name;               /* "layer_norm.cl" */
-    char *options;            /* as the caller gave them ("" for none) */
+    char *name;    /* "layer_norm.cl" */
+    char *options; /* as the caller gave them ("" for none) */
     cl_program program;
     kc_kernel_entry *kernels; /* [n_kernels] */
     size_t n_kernels;
     bool cache_hit;
     bool from_disk;
     double seconds;
-    kc_context *ctx;   /* the owner (for the profile of bound kernels) */
-    kc_bound *bounds;  /* owned */
+    kc_context *ctx;  /* the owner (for the profile of bound kernels) */
+    kc_bound *bounds; /* owned */
 };
 
 static double now_seconds(void)
@@ -243,8 +243,7 @@ cleanup:
     return status;
 }
 
-ks_status kc_program_get(kc_context *ctx, const char *file, const char *options,
-                         kc_program **out)
+ks_status kc_program_get(kc_context *ctx, const char *file, const char *options, kc_program **out)
 {
     *out = NULL;
     kc_program *existing = kc_context_find_program(ctx, file, options);
@@ -274,8 +273,8 @@ ks_status kc_program_kernel(kc_program *program, const char *kernel_name, cl_ker
             return KS_OK;
         }
     }
-    kc_kernel_entry *grown =
-        realloc(program->kernels, (program->n_kernels + 1) * sizeof *program->kernels);
+    kc_kernel_entry *grown = realloc(program->kernels,
+                                     (program->n_kernels + 1) * sizeof *program->kernels);
     if (!grown)
         return ks_fail(KS_ERR_NOMEM, "out of memory");
     program->kernels = grown;

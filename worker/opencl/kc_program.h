@@ -20,8 +20,7 @@ typedef struct kc_program kc_program;
  * kc_kernels.h) built with `options` (NULL = none). *out is owned by the context, borrowed until
  * it is destroyed. A failed build is KS_ERR_DEVICE with the file, the options and the build log
  * (truncated; kc_context_build_log has all of it) in the message. */
-ks_status kc_program_get(kc_context *ctx, const char *file, const char *options,
-                         kc_program **out);
+ks_status kc_program_get(kc_context *ctx, const char *file, const char *options, kc_program **out);
 
 /* The same for source text given by the caller; `name` ("bad.cl") names it in messages and in
  * the cache. source need not be NUL-terminated. */

@@ -15,12 +15,12 @@
 #include "processor.h"
 #include "wire.h"
 
-#define KW_MAX_PROMPTS 64        /* protocol.md §10 */
+#define KW_MAX_PROMPTS 64 /* protocol.md §10 */
 #define KW_MAX_BEAMS 8
 #define KW_MAX_NEW_TOKENS 1024
-#define KW_MAX_NGRAM 65536       /* no protocol limit; keeps the int conversion safe */
+#define KW_MAX_NGRAM 65536 /* no protocol limit; keeps the int conversion safe */
 #define KW_MESSAGE_MAX 1024
-#define KW_KV_BLOCK 64           /* see prompt_params */
+#define KW_KV_BLOCK 64 /* see prompt_params */
 
 uint64_t kw_unix_ms(void)
 {
@@ -132,25 +132,25 @@ static char *arena_str(kw_arena *a, const char *s, size_t len)
 /* ---- per-job state -------------------------------------------------------------------------- */
 
 typedef struct prompt_state {
-    int status;       /* Kosmos__V1__Status; 0 = still running */
+    int status; /* Kosmos__V1__Status; 0 = still running */
     bool retriable;
     char message[KW_MESSAGE_MAX];
     kt_encoding encoding;
     ke_gen_params params;
     bool report_seed;
     double encode_ms;
-    bool queued;      /* in the scheduler, its result not back yet */
+    bool queued; /* in the scheduler, its result not back yet */
     ke_gen_result result;
     kw_text text;
 } prompt_state;
 
 typedef struct job_state {
-    int status;       /* 0 = running; else the whole job's final status */
+    int status; /* 0 = running; else the whole job's final status */
     bool retriable;
     char message[KW_MESSAGE_MAX];
     uint64_t started_unix_ms;
     kw_image image;
-    double load_ms;   /* acquiring + decoding the image */
+    double load_ms; /* acquiring + decoding the image */
     prompt_state *prompts;
     size_t n_prompts;
 } job_state;
@@ -194,7 +194,8 @@ static ks_status job_image_bytes(const kw_engine *e, const kw_job_in *in, const 
     switch (job->image_case) {
     case KOSMOS__V1__JOB__IMAGE_IMAGE_ATTACHED_SIZE:
         if (!in->image || in->image_len != job->image_attached_size)
-            return ks_fail(KS_ERR_INVALID, "the dispatch announced a %llu-byte image frame "
+            return ks_fail(KS_ERR_INVALID,
+                           "the dispatch announced a %llu-byte image frame "
                            "but carried %zu bytes",
                            (unsigned long long)job->image_attached_size, in->image_len);
         *bytes = in->image;
@@ -212,8 +213,10 @@ static ks_status job_image_bytes(const kw_engine *e, const kw_job_in *in, const 
         else if (strncmp(uri, "file:///", 8) == 0)
             path = uri + 7;
         else if (strstr(uri, "://"))
-            return ks_fail(KS_ERR_UNSUPPORTED, "image_uri %.200s: only file:// URIs and "
-                           "absolute paths are supported", uri);
+            return ks_fail(KS_ERR_UNSUPPORTED,
+                           "image_uri %.200s: only file:// URIs and "
+                           "absolute paths are supported",
+                           uri);
         if (path[0] != '/')
             return ks_fail(KS_ERR_UNSUPPORTED, "image_uri %.200s is not an absolute path", uri);
         char *data = NULL;
@@ -226,8 +229,7 @@ static ks_status job_image_bytes(const kw_engine *e, const kw_job_in *in, const 
         *bytes = *owned = data;
         return KS_OK;
     }
-    default:
-        return ks_fail(KS_ERR_INVALID, "the job has no image");
+    default: return ks_fail(KS_ERR_INVALID, "the job has no image");
     }
 }
 
@@ -258,8 +260,8 @@ static ks_status bboxes_from_proto(const Kosmos__V1__Prompt *p, kt_bboxes *out)
             if (box && box->kind_case == KOSMOS__V1__BOX__KIND_NORMALIZED && box->normalized) {
                 const Kosmos__V1__NormalizedBox *n = box->normalized;
                 if (!n->has_x1 || !n->has_y1 || !n->has_x2 || !n->has_y2)
-                    return ks_fail(KS_ERR_INVALID, "phrase %zu box %zu: a coordinate is missing",
-                                   i, b);
+                    return ks_fail(KS_ERR_INVALID, "phrase %zu box %zu: a coordinate is missing", i,
+                                   b);
                 *k = (kt_box){.x1 = n->x1, .y1 = n->y1, .x2 = n->x2, .y2 = n->y2};
             } else if (box && box->kind_case == KOSMOS__V1__BOX__KIND_PATCH && box->patch) {
                 if (!box->patch->has_ul || !box->patch->has_lr)
@@ -286,7 +288,8 @@ static uint64_t random_seed(void)
     if (!seed) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        seed = ((uint64_t)ts.tv_sec * 1000000007u) ^ (uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)&ts;
+        seed = ((uint64_t)ts.tv_sec * 1000000007u) ^ (uint64_t)ts.tv_nsec ^
+               (uint64_t)(uintptr_t)&ts;
     }
     return seed;
 }
@@ -299,7 +302,8 @@ static bool prompt_params(const kw_engine *e, const Kosmos__V1__GenerationParams
     const ke_config *c = &e->model.model->config;
     kw_gen_overrides o = {0};
     if (g) {
-        if ((g->has_max_new_tokens && (g->max_new_tokens < 1 || g->max_new_tokens > KW_MAX_NEW_TOKENS)) ||
+        if ((g->has_max_new_tokens &&
+             (g->max_new_tokens < 1 || g->max_new_tokens > KW_MAX_NEW_TOKENS)) ||
             (g->has_min_new_tokens && g->min_new_tokens > KW_MAX_NEW_TOKENS)) {
             prompt_fail(p, false, "max_new_tokens must be 1..%d and min_new_tokens at most that",
                         KW_MAX_NEW_TOKENS);
@@ -356,8 +360,10 @@ static bool prompt_params(const kw_engine *e, const Kosmos__V1__GenerationParams
         return false;
     }
     if (q->num_beams > e->backend->slots) {
-        prompt_fail(p, true, "num_beams %d needs more KV slots than this worker has (%d, "
-                    "--slots)", q->num_beams, e->backend->slots);
+        prompt_fail(p, true,
+                    "num_beams %d needs more KV slots than this worker has (%d, "
+                    "--slots)",
+                    q->num_beams, e->backend->slots);
         return false;
     }
     size_t need = p->encoding.len + (size_t)q->max_new_tokens;
@@ -373,9 +379,10 @@ static bool prompt_params(const kw_engine *e, const Kosmos__V1__GenerationParams
      * KW_KV_BLOCK tokens, a multiple of any backend's page, so it errs on the safe side. */
     size_t per_beam = (need + 1 + KW_KV_BLOCK - 1) / KW_KV_BLOCK * KW_KV_BLOCK;
     if (e->params.kv_tokens > 0 && per_beam * (size_t)q->num_beams > e->params.kv_tokens) {
-        prompt_fail(p, true, "the prompt's %zu tokens + max_new_tokens %d x %d beams do not fit "
-                    "in this worker's KV cache of %zu tokens (--kv-tokens)", p->encoding.len,
-                    q->max_new_tokens, q->num_beams, e->params.kv_tokens);
+        prompt_fail(p, true,
+                    "the prompt's %zu tokens + max_new_tokens %d x %d beams do not fit "
+                    "in this worker's KV cache of %zu tokens (--kv-tokens)",
+                    p->encoding.len, q->max_new_tokens, q->num_beams, e->params.kv_tokens);
         return false;
     }
     return true;
@@ -465,8 +472,7 @@ static bool has_nul(const char *s, size_t len) { return memchr(s, '\0', len) != 
 
 /* Fills one PromptResult with the outputs the job asked for. */
 static void fill_prompt_ok(kw_arena *a, const prompt_state *p, const job_state *j, uint32_t outputs,
-                           double vision_ms, const ke_gen_stats *stats,
-                           Kosmos__V1__PromptResult *r)
+                           double vision_ms, const ke_gen_stats *stats, Kosmos__V1__PromptResult *r)
 {
     const kt_grounding *g = &p->text.grounding;
     r->text = arena_str(a, g->text ? g->text : "", g->text_len);
@@ -488,7 +494,8 @@ static void fill_prompt_ok(kw_arena *a, const prompt_state *p, const job_state *
         en->boxes = arena_alloc(a, (ke->box_count ? ke->box_count : 1) * sizeof *en->boxes);
         bool px = outputs & KOSMOS__V1__OUTPUT_FLAG__OUTPUT_BOXES_PX;
         if (px)
-            en->boxes_px = arena_alloc(a, (ke->box_count ? ke->box_count : 1) * sizeof *en->boxes_px);
+            en->boxes_px = arena_alloc(a,
+                                       (ke->box_count ? ke->box_count : 1) * sizeof *en->boxes_px);
         for (size_t b = 0; en->boxes && b < ke->box_count; b++) {
             const double *bx = ke->boxes[b];
             Kosmos__V1__ResultBox *rb = arena_alloc(a, sizeof *rb);
@@ -506,9 +513,10 @@ static void fill_prompt_ok(kw_arena *a, const prompt_state *p, const job_state *
             rb->patch = pb;
             en->boxes[en->n_boxes++] = rb;
             if (px && en->boxes_px)
-                en->boxes_px[en->n_boxes_px++] =
-                    nbox(a, bx[0] * j->image.width, bx[1] * j->image.height,
-                         bx[2] * j->image.width, bx[3] * j->image.height);
+                en->boxes_px[en->n_boxes_px++] = nbox(a, bx[0] * j->image.width,
+                                                      bx[1] * j->image.height,
+                                                      bx[2] * j->image.width,
+                                                      bx[3] * j->image.height);
         }
         r->entities[r->n_entities++] = en;
     }
@@ -661,8 +669,8 @@ static ks_status build_result(const kw_job_in *in, const job_state *j, const kw_
     arena_free(&a);
     /* protocol.md §7: a worker validates its output; this cannot fail for text that came
      * through the post-processor, but a result the broker would refuse must never go out. */
-    if (st == KS_OK && kp_check_strings(&kosmos__v1__worker_message__descriptor, out->data,
-                                        out->len) != KS_OK) {
+    if (st == KS_OK &&
+        kp_check_strings(&kosmos__v1__worker_message__descriptor, out->data, out->len) != KS_OK) {
         free(out->data);
         out->data = NULL;
         out->len = 0;
@@ -676,8 +684,9 @@ static ks_status build_result(const kw_job_in *in, const job_state *j, const kw_
 
 static int cancel_status(int reason)
 {
-    return reason == KOSMOS__V1__CANCEL__REASON__REASON_DEADLINE ? KOSMOS__V1__STATUS__STATUS_EXPIRED
-                                                                  : KOSMOS__V1__STATUS__STATUS_CANCELLED;
+    return reason == KOSMOS__V1__CANCEL__REASON__REASON_DEADLINE
+               ? KOSMOS__V1__STATUS__STATUS_EXPIRED
+               : KOSMOS__V1__STATUS__STATUS_CANCELLED;
 }
 
 typedef enum held_phase {
@@ -688,13 +697,13 @@ typedef enum held_phase {
 /* One job in the batch. Its address is stable: its prompts' stop hook points at it. */
 typedef struct held_job {
     kw_batch *b;
-    kw_job_in *in;       /* the caller's, borrowed */
+    kw_job_in *in; /* the caller's, borrowed */
     job_state js;
     held_phase phase;
-    uint64_t serial;     /* its prompts' scheduler tags: serial * KW_MAX_PROMPTS + prompt */
-    size_t queued;       /* prompts in the scheduler */
-    double vision_ms;    /* its image's share of its vision pass */
-    bool scheduled;      /* its prompts went into the scheduler */
+    uint64_t serial;       /* its prompts' scheduler tags: serial * KW_MAX_PROMPTS + prompt */
+    size_t queued;         /* prompts in the scheduler */
+    double vision_ms;      /* its image's share of its vision pass */
+    bool scheduled;        /* its prompts went into the scheduler */
     ke_gen_stats at_start; /* the scheduler's totals then */
 } held_job;
 
@@ -703,13 +712,13 @@ struct kw_batch {
     kw_result_meta meta;
     kw_batch_params p;
     ke_sched *sched;
-    held_job **jobs;     /* in arrival order */
+    held_job **jobs; /* in arrival order */
     size_t n_jobs, cap_jobs;
     uint64_t next_serial;
     float *pixels, *embeds; /* vision_chunk images each */
     kw_batch_done *done;
     size_t n_done, cap_done;
-    bool failed;         /* the device failed: nothing more runs */
+    bool failed; /* the device failed: nothing more runs */
 };
 
 void kw_batch_params_default(kw_batch_params *p)
@@ -876,8 +885,11 @@ static ks_status held_start(kw_batch *b, held_job *h, size_t row)
             continue;
         ke_gen_request r = {.input_ids = p->encoding.input_ids.v,
                             .image_embeds_position_mask = p->encoding.image_embeds_position_mask,
-                            .len = p->encoding.len, .image = image, .params = p->params,
-                            .stop = held_stop, .stop_ctx = h};
+                            .len = p->encoding.len,
+                            .image = image,
+                            .params = p->params,
+                            .stop = held_stop,
+                            .stop_ctx = h};
         ks_error_clear();
         st = ke_sched_add(b->sched, &r, h->serial * KW_MAX_PROMPTS + k);
         if (st == KS_OK) {
@@ -946,7 +958,8 @@ static void prompt_finish(kw_engine *e, prompt_state *p, ke_gen_result *r)
     for (size_t k = 0; k < g->entity_count; k++)
         nul |= has_nul(g->entities[k].phrase, g->entities[k].phrase_len);
     if (nul)
-        prompt_fail(p, false, "the generated text holds a NUL character, which the protocol "
+        prompt_fail(p, false,
+                    "the generated text holds a NUL character, which the protocol "
                     "cannot carry");
     else
         p->status = KOSMOS__V1__STATUS__STATUS_OK;

@@ -20,27 +20,27 @@
 #include <stdint.h>
 
 #include "backend.h"
-#include "ks_error.h"
 #include "kosmos.pb-c.h"
+#include "ks_error.h"
 #include "kw_pipeline.h"
 
 /* What a worker's engine is made of; defaults from kw_engine_params_default. */
 typedef struct kw_engine_params {
-    const char *model_dir;   /* checkpoint folder (required) */
-    const char *device;      /* ke_backend_open spec; NULL/"" = its default */
-    ke_dtype precision;      /* weights storage: KE_DTYPE_F16 (default) or F32 */
-    bool weights_int8;       /* the linear layers as int8 (--precision int8; storage F16) */
-    int slots;               /* KV-cache slots = sequences (beams) live at once; default 8 */
-    int context;             /* tokens per slot (prompt + new); 0 = the model's max_positions */
-    size_t kv_tokens;        /* KV-cache pool, tokens in all (backends with a paged cache, the
+    const char *model_dir;  /* checkpoint folder (required) */
+    const char *device;     /* ke_backend_open spec; NULL/"" = its default */
+    ke_dtype precision;     /* weights storage: KE_DTYPE_F16 (default) or F32 */
+    bool weights_int8;      /* the linear layers as int8 (--precision int8; storage F16) */
+    int slots;              /* KV-cache slots = sequences (beams) live at once; default 8 */
+    int context;            /* tokens per slot (prompt + new); 0 = the model's max_positions */
+    size_t kv_tokens;       /* KV-cache pool, tokens in all (backends with a paged cache, the
                               * OpenCL one); 0 = slots x context. Smaller lets more slots run
                               * short sequences; a sequence waits until its tokens fit */
-    bool kv_half;            /* the KV cache in half precision (OpenCL; --kv-cache f16) */
-    const char *gemm_tune;   /* OpenCL GEMM tunables (--gemm-tune, ke_backend_options.gemm_tune),
+    bool kv_half;           /* the KV cache in half precision (OpenCL; --kv-cache f16) */
+    const char *gemm_tune;  /* OpenCL GEMM tunables (--gemm-tune, ke_backend_options.gemm_tune),
                               * borrowed; NULL = the device's own */
-    bool autorotate;         /* EXIF orientation; default false (as `kosmos run`) */
-    uint64_t max_pixels;     /* decoder pixel limit; 0 = the decoder's default (100 MP) */
-    size_t max_image_bytes;  /* largest image read from an image_uri; default 64 MiB */
+    bool autorotate;        /* EXIF orientation; default false (as `kosmos run`) */
+    uint64_t max_pixels;    /* decoder pixel limit; 0 = the decoder's default (100 MP) */
+    size_t max_image_bytes; /* largest image read from an image_uri; default 64 MiB */
     /* Folders an image_uri may be read beneath (ks_file_read_beneath), borrowed; none = no
      * image_uri is read. kosmos-worker sets its --image-root here, else the broker's. */
     const char *const *image_roots;
@@ -64,12 +64,12 @@ void kw_engine_close(kw_engine *e);
 
 /* One job of a batch. */
 typedef struct kw_job_in {
-    const char *job_id;          /* borrowed */
+    const char *job_id; /* borrowed */
     uint32_t attempt;
-    const Kosmos__V1__Job *job;  /* borrowed; may be NULL (the result then says why) */
-    const void *image;           /* the attached frame, borrowed; NULL for inline data or a URI */
+    const Kosmos__V1__Job *job; /* borrowed; may be NULL (the result then says why) */
+    const void *image;          /* the attached frame, borrowed; NULL for inline data or a URI */
     size_t image_len;
-    int cancel_reason;           /* 0, or the Kosmos__V1__Cancel__Reason that stopped it */
+    int cancel_reason; /* 0, or the Kosmos__V1__Cancel__Reason that stopped it */
 } kw_job_in;
 
 /* Asked at every step for each prompt the scheduler holds (through ke_gen_request.stop) before

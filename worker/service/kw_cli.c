@@ -26,7 +26,8 @@ static void on_signal(int sig)
 
 static void usage(FILE *out)
 {
-    fprintf(out,
+    fprintf(
+        out,
         "usage: kosmos-worker --broker ENDPOINT --model DIR [--device SPEC] [--max-batch N]\n"
         "                     [--name NAME] [options]\n"
         "Runs Kosmos-2 for a kosmos-farm broker on one compute device: registers with the\n"
@@ -136,31 +137,63 @@ static int parse_num(const char *s, unsigned long long min, unsigned long long m
 
 int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
 {
-    enum { O_BROKER = 256, O_MODEL, O_DEVICE, O_BATCH, O_NAME, O_SLOTS, O_CONTEXT, O_PREC,
-           O_ROTATE, O_PIXELS, O_IMGB, O_MID, O_MHASH, O_HB, O_HL, O_RECON, O_STOP, O_CS, O_CP,
-           O_LOG, O_HELP, O_ROOT, O_GRACE, O_PREFETCH, O_KV, O_KV_CACHE, O_GEMM_TUNE };
-    static const struct option opts[] = {
-        {"broker", required_argument, 0, O_BROKER}, {"model", required_argument, 0, O_MODEL},
-        {"device", required_argument, 0, O_DEVICE}, {"max-batch", required_argument, 0, O_BATCH},
-        {"name", required_argument, 0, O_NAME}, {"slots", required_argument, 0, O_SLOTS},
-        {"context", required_argument, 0, O_CONTEXT}, {"precision", required_argument, 0, O_PREC},
-        {"autorotate", no_argument, 0, O_ROTATE}, {"max-pixels", required_argument, 0, O_PIXELS},
-        {"max-image-bytes", required_argument, 0, O_IMGB},
-        {"model-id", required_argument, 0, O_MID}, {"model-hash", required_argument, 0, O_MHASH},
-        {"heartbeat-ms", required_argument, 0, O_HB},
-        {"heartbeat-liveness", required_argument, 0, O_HL},
-        {"reconnect-max-ms", required_argument, 0, O_RECON},
-        {"stop-timeout", required_argument, 0, O_STOP},
-        {"curve-secret", required_argument, 0, O_CS},
-        {"curve-server-public", required_argument, 0, O_CP},
-        {"log-level", required_argument, 0, O_LOG}, {"help", no_argument, 0, O_HELP},
-        {"image-root", required_argument, 0, O_ROOT},
-        {"stop-grace", required_argument, 0, O_GRACE},
-        {"prefetch", required_argument, 0, O_PREFETCH},
-        {"kv-tokens", required_argument, 0, O_KV},
-        {"kv-cache", required_argument, 0, O_KV_CACHE},
-        {"gemm-tune", required_argument, 0, O_GEMM_TUNE},
-        {0, 0, 0, 0}};
+    enum {
+        O_BROKER = 256,
+        O_MODEL,
+        O_DEVICE,
+        O_BATCH,
+        O_NAME,
+        O_SLOTS,
+        O_CONTEXT,
+        O_PREC,
+        O_ROTATE,
+        O_PIXELS,
+        O_IMGB,
+        O_MID,
+        O_MHASH,
+        O_HB,
+        O_HL,
+        O_RECON,
+        O_STOP,
+        O_CS,
+        O_CP,
+        O_LOG,
+        O_HELP,
+        O_ROOT,
+        O_GRACE,
+        O_PREFETCH,
+        O_KV,
+        O_KV_CACHE,
+        O_GEMM_TUNE
+    };
+    static const struct option opts[] = {{"broker", required_argument, 0, O_BROKER},
+                                         {"model", required_argument, 0, O_MODEL},
+                                         {"device", required_argument, 0, O_DEVICE},
+                                         {"max-batch", required_argument, 0, O_BATCH},
+                                         {"name", required_argument, 0, O_NAME},
+                                         {"slots", required_argument, 0, O_SLOTS},
+                                         {"context", required_argument, 0, O_CONTEXT},
+                                         {"precision", required_argument, 0, O_PREC},
+                                         {"autorotate", no_argument, 0, O_ROTATE},
+                                         {"max-pixels", required_argument, 0, O_PIXELS},
+                                         {"max-image-bytes", required_argument, 0, O_IMGB},
+                                         {"model-id", required_argument, 0, O_MID},
+                                         {"model-hash", required_argument, 0, O_MHASH},
+                                         {"heartbeat-ms", required_argument, 0, O_HB},
+                                         {"heartbeat-liveness", required_argument, 0, O_HL},
+                                         {"reconnect-max-ms", required_argument, 0, O_RECON},
+                                         {"stop-timeout", required_argument, 0, O_STOP},
+                                         {"curve-secret", required_argument, 0, O_CS},
+                                         {"curve-server-public", required_argument, 0, O_CP},
+                                         {"log-level", required_argument, 0, O_LOG},
+                                         {"help", no_argument, 0, O_HELP},
+                                         {"image-root", required_argument, 0, O_ROOT},
+                                         {"stop-grace", required_argument, 0, O_GRACE},
+                                         {"prefetch", required_argument, 0, O_PREFETCH},
+                                         {"kv-tokens", required_argument, 0, O_KV},
+                                         {"kv-cache", required_argument, 0, O_KV_CACHE},
+                                         {"gemm-tune", required_argument, 0, O_GEMM_TUNE},
+                                         {0, 0, 0, 0}};
     const char *roots[64];
     kw_worker_params p;
     kw_worker_params_default(&p);
@@ -179,9 +212,18 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
                 bad = 1;
             p.name = optarg;
             break;
-        case O_BATCH: bad = parse_num(optarg, 1, 1024, &v); p.max_batch = (int)v; break;
-        case O_PREFETCH: bad = parse_num(optarg, 0, 1024, &v); p.prefetch = (int)v; break;
-        case O_KV: bad = parse_num(optarg, 1, 1ull << 32, &v); p.engine.kv_tokens = (size_t)v; break;
+        case O_BATCH:
+            bad = parse_num(optarg, 1, 1024, &v);
+            p.max_batch = (int)v;
+            break;
+        case O_PREFETCH:
+            bad = parse_num(optarg, 0, 1024, &v);
+            p.prefetch = (int)v;
+            break;
+        case O_KV:
+            bad = parse_num(optarg, 1, 1ull << 32, &v);
+            p.engine.kv_tokens = (size_t)v;
+            break;
         case O_KV_CACHE: bad = !ke_kv_cache_parse(optarg, &p.engine.kv_half); break;
         case O_GEMM_TUNE:
             /* the parser's own message names the bad item, more than "bad value" would */
@@ -191,21 +233,42 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
             }
             p.engine.gemm_tune = optarg;
             break;
-        case O_SLOTS: bad = parse_num(optarg, 1, 1024, &v); p.engine.slots = (int)v; break;
-        case O_CONTEXT: bad = parse_num(optarg, 2, 1 << 20, &v); p.engine.context = (int)v; break;
+        case O_SLOTS:
+            bad = parse_num(optarg, 1, 1024, &v);
+            p.engine.slots = (int)v;
+            break;
+        case O_CONTEXT:
+            bad = parse_num(optarg, 2, 1 << 20, &v);
+            p.engine.context = (int)v;
+            break;
         case O_PREC:
             bad = !ke_precision_parse(optarg, &p.engine.precision, &p.engine.weights_int8);
             break;
         case O_ROTATE: p.engine.autorotate = true; break;
-        case O_PIXELS: bad = parse_num(optarg, 1, 1ull << 40, &v); p.engine.max_pixels = v; break;
+        case O_PIXELS:
+            bad = parse_num(optarg, 1, 1ull << 40, &v);
+            p.engine.max_pixels = v;
+            break;
         case O_IMGB:
             bad = parse_num(optarg, 1, 1ull << 34, &v);
             p.engine.max_image_bytes = (size_t)v;
             break;
-        case O_MID: p.model_id = optarg; bad = !optarg[0] || strlen(optarg) > 128; break;
-        case O_MHASH: p.model_hash = optarg; bad = !optarg[0] || strlen(optarg) > 64; break;
-        case O_HB: bad = parse_num(optarg, 10, 3600000, &v); p.heartbeat_ms = (uint32_t)v; break;
-        case O_HL: bad = parse_num(optarg, 1, 100, &v); p.heartbeat_liveness = (uint32_t)v; break;
+        case O_MID:
+            p.model_id = optarg;
+            bad = !optarg[0] || strlen(optarg) > 128;
+            break;
+        case O_MHASH:
+            p.model_hash = optarg;
+            bad = !optarg[0] || strlen(optarg) > 64;
+            break;
+        case O_HB:
+            bad = parse_num(optarg, 10, 3600000, &v);
+            p.heartbeat_ms = (uint32_t)v;
+            break;
+        case O_HL:
+            bad = parse_num(optarg, 1, 100, &v);
+            p.heartbeat_liveness = (uint32_t)v;
+            break;
         case O_RECON:
             bad = parse_num(optarg, 100, 3600000, &v);
             p.reconnect_max_ms = (uint32_t)v;

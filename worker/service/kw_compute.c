@@ -85,13 +85,13 @@ typedef struct held_task {
 typedef struct compute_state {
     kw_compute *c;
     void *pipe;
-    kw_roots *roots; /* the Welcome's image roots in use (the engine borrows them) */
-    kw_batch *batch; /* the continuous batch, for the thread's life */
+    kw_roots *roots;  /* the Welcome's image roots in use (the engine borrows them) */
+    kw_batch *batch;  /* the continuous batch, for the thread's life */
     held_task *tasks; /* every task held, in arrival order */
     size_t n_tasks, cap_tasks;
     bool stopping;
     uint64_t stop_at; /* with stopping: the end of the running sequences' grace (unix ms) */
-    bool failed; /* the pipe broke: stop */
+    bool failed;      /* the pipe broke: stop */
 } compute_state;
 
 static void send_done(compute_state *s, kw_task *t, kw_packed *packed)
@@ -166,9 +166,7 @@ static size_t count_phase(const compute_state *s, task_phase lo, task_phase hi)
 static void handle(compute_state *s, const kw_msg *m)
 {
     switch (m->type) {
-    case KW_MSG_TASK:
-        task_push(s, m->task);
-        break;
+    case KW_MSG_TASK: task_push(s, m->task); break;
     case KW_MSG_CANCEL: {
         held_task *h = task_find(s, m->job_id, m->attempt);
         if (h && !h->t->job.cancel_reason)
@@ -194,8 +192,7 @@ static void handle(compute_state *s, const kw_msg *m)
         kw_roots_destroy(&old);
         break;
     }
-    default:
-        break;
+    default: break;
     }
 }
 

@@ -62,7 +62,7 @@ typedef struct kw_msg {
     char job_id[KW_JOB_ID_MAX + 1];
     uint32_t attempt;
     int reason;
-    uint64_t at;      /* STOP: unix ms when the running sequences' grace ends */
+    uint64_t at; /* STOP: unix ms when the running sequences' grace ends */
     char message[512];
 } kw_msg;
 
@@ -70,12 +70,12 @@ void kw_task_destroy(kw_task **t);
 
 /* The compute thread's state; kw_compute_start creates the thread. */
 typedef struct kw_compute {
-    kw_engine *engine;      /* borrowed; driven only by the compute thread once started */
-    int max_batch;          /* jobs computed at once */
-    kw_batch_params batch;  /* vision chunk, prefill budget; poll = test.on_step */
-    kw_test_seams test;     /* kw_worker_params.test */
+    kw_engine *engine;     /* borrowed; driven only by the compute thread once started */
+    int max_batch;         /* jobs computed at once */
+    kw_batch_params batch; /* vision chunk, prefill budget; poll = test.on_step */
+    kw_test_seams test;    /* kw_worker_params.test */
     kw_result_meta meta;
-    kp_actor *actor;        /* the thread (proto/actor.h); its pipe is the io thread's end */
+    kp_actor *actor; /* the thread (proto/actor.h); its pipe is the io thread's end */
 } kw_compute;
 
 /* Starts the thread in `zmq_ctx` (borrowed, outlives it) and returns once it is ready to take

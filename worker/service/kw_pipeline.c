@@ -30,8 +30,10 @@ ks_status kw_model_load(const char *model_dir, ke_dtype storage, kw_model *out)
     }
     const ke_config *config = &out->model->config;
     if ((size_t)config->text.vocab_size != kt_tokenizer_vocab_size(out->tokenizer)) {
-        ks_status st = ks_fail(KS_ERR_FORMAT, "%s: config.json's vocab_size %d does not match "
-                               "the tokenizer's %zu ids", model_dir, config->text.vocab_size,
+        ks_status st = ks_fail(KS_ERR_FORMAT,
+                               "%s: config.json's vocab_size %d does not match "
+                               "the tokenizer's %zu ids",
+                               model_dir, config->text.vocab_size,
                                kt_tokenizer_vocab_size(out->tokenizer));
         kw_model_fini(out);
         return st;
@@ -110,16 +112,24 @@ void kw_gen_params(const ke_config *config, const kw_gen_overrides *o, ke_gen_pa
     ke_gen_params_default(out, config);
     if (!o)
         return;
-    if (o->has_max_new_tokens) out->max_new_tokens = o->max_new_tokens;
-    if (o->has_min_new_tokens) out->min_new_tokens = o->min_new_tokens;
-    if (o->has_num_beams) out->num_beams = o->num_beams;
-    if (o->has_no_repeat_ngram_size) out->no_repeat_ngram_size = o->no_repeat_ngram_size;
+    if (o->has_max_new_tokens)
+        out->max_new_tokens = o->max_new_tokens;
+    if (o->has_min_new_tokens)
+        out->min_new_tokens = o->min_new_tokens;
+    if (o->has_num_beams)
+        out->num_beams = o->num_beams;
+    if (o->has_no_repeat_ngram_size)
+        out->no_repeat_ngram_size = o->no_repeat_ngram_size;
     if (o->do_sample) {
         out->do_sample = true;
-        if (o->has_temperature) out->temperature = (float)o->temperature;
-        if (o->has_top_p) out->top_p = (float)o->top_p;
-        if (o->has_top_k) out->top_k = o->top_k;
-        if (o->has_seed) out->seed = o->seed;
+        if (o->has_temperature)
+            out->temperature = (float)o->temperature;
+        if (o->has_top_p)
+            out->top_p = (float)o->top_p;
+        if (o->has_top_k)
+            out->top_k = o->top_k;
+        if (o->has_seed)
+            out->seed = o->seed;
     }
 }
 

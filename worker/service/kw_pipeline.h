@@ -46,10 +46,10 @@ typedef struct kw_image_params {
 
 /* One source image and the pixel_values the model sees (value struct). */
 typedef struct kw_image {
-    int width, height;  /* source image, after EXIF orientation when autorotate */
-    float *pixels;      /* owned: (channels, image_size, image_size) pixel_values */
-    ki_image *decoded;  /* owned when keep_decoded, else NULL */
-    double decode_ms;   /* decoding the bytes */
+    int width, height;    /* source image, after EXIF orientation when autorotate */
+    float *pixels;        /* owned: (channels, image_size, image_size) pixel_values */
+    ki_image *decoded;    /* owned when keep_decoded, else NULL */
+    double decode_ms;     /* decoding the bytes */
     double preprocess_ms; /* resize + normalize */
 } kw_image;
 

@@ -242,7 +242,8 @@ static ks_status socket_open(kw_io *io)
     int zero = 0, one = 1, ivl = 100, ivl_max = 5000;
     int64_t max_size = (int64_t)(io->limits.max_message_bytes > io->limits.max_image_bytes
                                      ? io->limits.max_message_bytes
-                                     : io->limits.max_image_bytes) + (64 << 10);
+                                     : io->limits.max_image_bytes) +
+                       (64 << 10);
     /* IMMEDIATE: nothing queues for a broker that is not connected; a Ready or Heartbeat
      * then fails at once and the timers resend it (no pile of stale Readys on connect). */
     if (zmq_setsockopt(io->sock, ZMQ_LINGER, &zero, sizeof zero) ||
@@ -358,14 +359,14 @@ static void release_starts(kw_io *io, const Kosmos__V1__Heartbeat *hb, bool forc
             continue;
         bool confirmed = false;
         for (size_t k = 0; hb && k < hb->n_running && !confirmed; k++)
-            confirmed = hb->running[k] && hb->running[k]->job_id &&
-                        hb->running[k]->has_attempt && hb->running[k]->attempt == l->attempt &&
+            confirmed = hb->running[k] && hb->running[k]->job_id && hb->running[k]->has_attempt &&
+                        hb->running[k]->attempt == l->attempt &&
                         strcmp(hb->running[k]->job_id, l->job_id) == 0;
         if (!force && !confirmed && now < l->start_wait)
             continue;
         if (!confirmed && !force)
-            kw_log(KS_LOG_WARN, "start_unconfirmed", "\"job\":\"%s\",\"attempt\":%u",
-                   l->job_id, l->attempt);
+            kw_log(KS_LOG_WARN, "start_unconfirmed", "\"job\":\"%s\",\"attempt\":%u", l->job_id,
+                   l->attempt);
         l->start_wait = 0;
         start_ok(io, l->job_id, l->attempt);
     }
@@ -392,8 +393,8 @@ static void on_result(kw_io *io, kw_done *d)
         size_t ncap = io->cap_pending ? io->cap_pending * 2 : 16;
         kw_pending *grown = realloc(io->pending, ncap * sizeof *grown);
         if (!grown) {
-            kw_log(KS_LOG_ERROR, "result_dropped",
-                   "\"job\":\"%s\",\"why\":\"out of memory\"", d->job_id);
+            kw_log(KS_LOG_ERROR, "result_dropped", "\"job\":\"%s\",\"why\":\"out of memory\"",
+                   d->job_id);
             free(d->packed.data);
             free(d);
             return;
@@ -481,13 +482,13 @@ static void on_dispatch(kw_io *io, kp_inbound **inp)
         return;
     }
     if (lease_find(io, d->job_id, d->attempt)) {
-        kw_log(KS_LOG_WARN, "dispatch_duplicate",
-               "\"job\":\"%s\",\"attempt\":%u", d->job_id, d->attempt);
+        kw_log(KS_LOG_WARN, "dispatch_duplicate", "\"job\":\"%s\",\"attempt\":%u", d->job_id,
+               d->attempt);
         return;
     }
     if (!lease_add(io, d->job_id, d->attempt)) {
-        kw_log(KS_LOG_ERROR, "dispatch_dropped",
-               "\"job\":\"%s\",\"why\":\"out of memory\"", d->job_id);
+        kw_log(KS_LOG_ERROR, "dispatch_dropped", "\"job\":\"%s\",\"why\":\"out of memory\"",
+               d->job_id);
         return;
     }
     kw_log(KS_LOG_INFO, "dispatch", "\"job\":\"%s\",\"attempt\":%u,\"prompts\":%zu", d->job_id,
@@ -496,8 +497,8 @@ static void on_dispatch(kw_io *io, kp_inbound **inp)
         return; /* never started: handed back by the Disconnect at the end (§8.8) */
     kw_task *t = calloc(1, sizeof *t);
     if (!t) {
-        kw_log(KS_LOG_ERROR, "dispatch_dropped",
-               "\"job\":\"%s\",\"why\":\"out of memory\"", d->job_id);
+        kw_log(KS_LOG_ERROR, "dispatch_dropped", "\"job\":\"%s\",\"why\":\"out of memory\"",
+               d->job_id);
         return; /* the lease stays listed until the Disconnect */
     }
     snprintf(t->job_id, sizeof t->job_id, "%s", d->job_id);
@@ -587,8 +588,10 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
 {
     kp_verdict v = kp_inbound_verdict(in);
     if (v == KP_BAD_VERSION) {
-        kw_log(KS_LOG_ERROR, "protocol_version", "\"message\":\"broker speaks a different protocol "
-               "version (%s)\"", kp_inbound_reason(in));
+        kw_log(KS_LOG_ERROR, "protocol_version",
+               "\"message\":\"broker speaks a different protocol "
+               "version (%s)\"",
+               kp_inbound_reason(in));
         begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "protocol version mismatch");
         kp_inbound_destroy(&in);
         return;
@@ -618,7 +621,8 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
         bool restarted = io->broker_instance && w->broker_instance != io->broker_instance;
         io->broker_instance = w->broker_instance;
         io->next_hb = now_ms() + io->hb_ms;
-        kw_log(KS_LOG_INFO, "registered", "\"broker_instance\":%llu,\"broker_restarted\":%s,"
+        kw_log(KS_LOG_INFO, "registered",
+               "\"broker_instance\":%llu,\"broker_restarted\":%s,"
                "\"heartbeat_ms\":%u,\"liveness\":%u,\"running\":%zu,\"unacked\":%zu",
                (unsigned long long)w->broker_instance, restarted ? "true" : "false", io->hb_ms,
                io->liveness, io->n_leases, io->n_pending);
@@ -637,9 +641,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
         if (m->heartbeat && m->heartbeat->n_running)
             release_starts(io, m->heartbeat, false);
         break;
-    case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH:
-        on_dispatch(io, &in);
-        break;
+    case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISPATCH: on_dispatch(io, &in); break;
     case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_CANCEL: {
         const Kosmos__V1__Cancel *c = m->cancel;
         if (!c || !c->job_id || !c->has_attempt || strlen(c->job_id) > KW_JOB_ID_MAX)
@@ -648,9 +650,11 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
                c->attempt, c->has_reason ? (int)c->reason : 0);
         if (!lease_find(io, c->job_id, c->attempt) || io->compute_stopped)
             break; /* not ours (§8.6) */
-        kw_msg cm = {.type = KW_MSG_CANCEL, .attempt = c->attempt,
-                     .reason = c->has_reason && c->reason ? (int)c->reason
-                                                          : KOSMOS__V1__CANCEL__REASON__REASON_CLIENT};
+        kw_msg cm = {.type = KW_MSG_CANCEL,
+                     .attempt = c->attempt,
+                     .reason = c->has_reason && c->reason
+                                   ? (int)c->reason
+                                   : KOSMOS__V1__CANCEL__REASON__REASON_CLIENT};
         snprintf(cm.job_id, sizeof cm.job_id, "%s", c->job_id);
         kw_msg_send(io->pipe, &cm);
         break;
@@ -659,9 +663,7 @@ static void on_broker_message(kw_io *io, kp_inbound *in)
         if (m->result_ack)
             on_result_ack(io, m->result_ack);
         break;
-    case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT:
-        on_disconnect(io, m->disconnect);
-        break;
+    case KOSMOS__V1__BROKER_TO_WORKER__MESSAGE_DISCONNECT: on_disconnect(io, m->disconnect); break;
     default:
         kw_log(KS_LOG_DEBUG, "broker_message_unknown", NULL); /* a newer broker (§7) */
         break;
@@ -684,7 +686,8 @@ static void on_monitor(kw_io *io)
         memcpy(&id, d, sizeof id);
         memcpy(&status, d + 2, sizeof status);
         if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH && status == 400) {
-            kw_log(KS_LOG_ERROR, "rejected", "\"message\":\"the broker refused this worker's CURVE "
+            kw_log(KS_LOG_ERROR, "rejected",
+                   "\"message\":\"the broker refused this worker's CURVE "
                    "key (ZAP status 400)\"");
             begin_stop(io, KW_EXIT_CONFIG, io->hb_ms, "the broker refused this worker's key");
         }
@@ -701,9 +704,7 @@ static void on_pipe(kw_io *io)
         if (kw_msg_recv(io->pipe, &m, ZMQ_DONTWAIT, &got) != KS_OK || !got)
             return;
         switch (m.type) {
-        case KW_MSG_RESULT:
-            on_result(io, m.done);
-            break;
+        case KW_MSG_RESULT: on_result(io, m.done); break;
         case KW_MSG_FATAL: {
             char msg[600];
             kw_log(KS_LOG_ERROR, "device_failed", "\"message\":%s",
@@ -711,14 +712,9 @@ static void on_pipe(kw_io *io)
             begin_stop(io, KW_EXIT_DEVICE, io->p->stop_timeout_ms, "device failure");
             break;
         }
-        case KW_MSG_STARTED:
-            on_started(io, m.job_id, m.attempt);
-            break;
-        case KW_MSG_STOPPED:
-            io->compute_stopped = true;
-            break;
-        default:
-            break;
+        case KW_MSG_STARTED: on_started(io, m.job_id, m.attempt); break;
+        case KW_MSG_STOPPED: io->compute_stopped = true; break;
+        default: break;
         }
     }
 }
@@ -734,7 +730,8 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
             begin_stop(io, KW_EXIT_OK, io->p->stop_timeout_ms, "signal");
         if (*stop >= 2)
             begin_stop(io, io->exit_code, 0, "second signal");
-        if (io->stopping && ((io->compute_stopped && io->n_pending == 0) || now >= io->stop_deadline)) {
+        if (io->stopping &&
+            ((io->compute_stopped && io->n_pending == 0) || now >= io->stop_deadline)) {
             if (io->n_pending || !io->compute_stopped)
                 kw_log(KS_LOG_WARN, "stop_timeout", "\"unacked\":%zu,\"compute_done\":%s",
                        io->n_pending, io->compute_stopped ? "true" : "false");
@@ -744,8 +741,9 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
             if (now >= io->next_reconnect) {
                 kw_log(KS_LOG_WARN, "no_welcome", "\"reconnect_after_ms\":%u", io->backoff_ms);
                 uint64_t doubled = (uint64_t)io->backoff_ms * 2;
-                io->backoff_ms = (uint32_t)(doubled > io->p->reconnect_max_ms ? io->p->reconnect_max_ms
-                                                                              : doubled);
+                io->backoff_ms = (uint32_t)(doubled > io->p->reconnect_max_ms
+                                                ? io->p->reconnect_max_ms
+                                                : doubled);
                 start_registering(io, true);
             } else if (now >= io->next_ready) {
                 send_ready(io);
@@ -765,12 +763,14 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
             }
         }
         release_starts(io, NULL, false); /* waits that ran out */
-        uint64_t next = io->welcomed ? io->next_hb : (io->next_ready < io->next_reconnect
-                                                          ? io->next_ready : io->next_reconnect);
+        uint64_t next = io->welcomed ? io->next_hb
+                                     : (io->next_ready < io->next_reconnect ? io->next_ready
+                                                                            : io->next_reconnect);
         long timeout = next > now ? (long)(next - now) : 0;
         if (timeout > 100)
             timeout = 100;
-        zmq_pollitem_t items[3] = {{io->sock, 0, ZMQ_POLLIN, 0}, {io->pipe, 0, ZMQ_POLLIN, 0},
+        zmq_pollitem_t items[3] = {{io->sock, 0, ZMQ_POLLIN, 0},
+                                   {io->pipe, 0, ZMQ_POLLIN, 0},
                                    {io->monitor, 0, ZMQ_POLLIN, 0}};
         int first = io->sock ? 0 : 1;
         if (zmq_poll(items + first, (io->monitor ? 3 : 2) - first, timeout) < 0) {
@@ -787,7 +787,8 @@ static void run_loop(kw_io *io, volatile sig_atomic_t *stop)
         for (int i = 0; io->sock && (items[0].revents & ZMQ_POLLIN) && i < 64; i++) {
             kp_inbound *in = NULL;
             void *sock = io->sock;
-            if (kp_recv(sock, false, KP_BROKER_TO_WORKER, &io->limits, ZMQ_DONTWAIT, &in) != KS_OK ||
+            if (kp_recv(sock, false, KP_BROKER_TO_WORKER, &io->limits, ZMQ_DONTWAIT, &in) !=
+                    KS_OK ||
                 !in)
                 break;
             on_broker_message(io, in);
@@ -840,21 +841,21 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     if (p->curve_secret) {
         if (kw_curve_load(p->curve_secret, io.curve_public, io.curve_secret) != KS_OK ||
             kw_curve_load(p->curve_server, io.curve_server, NULL) != KS_OK) {
-            kw_log(KS_LOG_ERROR, "config",
-                   "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
+            kw_log(KS_LOG_ERROR, "config", "\"error\":%s",
+                   ks_log_str(esc, sizeof esc, ks_error_message()));
             return KW_EXIT_CONFIG;
         }
         io.curve = true;
     }
     if (ki_init() != KS_OK) {
-        kw_log(KS_LOG_ERROR, "start_failed",
-               "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
+        kw_log(KS_LOG_ERROR, "start_failed", "\"error\":%s",
+               ks_log_str(esc, sizeof esc, ks_error_message()));
         return KW_EXIT_CONFIG;
     }
     double t0 = kw_now_ms();
     if (kw_engine_open(&engine, &p->engine) != KS_OK) {
-        kw_log(KS_LOG_ERROR, "start_failed",
-               "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
+        kw_log(KS_LOG_ERROR, "start_failed", "\"error\":%s",
+               ks_log_str(esc, sizeof esc, ks_error_message()));
         return KW_EXIT_CONFIG;
     }
     if (p->name)
@@ -865,8 +866,8 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     if (p->model_hash) {
         snprintf(io.model_hash, sizeof io.model_hash, "%s", p->model_hash);
     } else if (kw_model_hash(p->engine.model_dir, io.model_hash) != KS_OK) {
-        kw_log(KS_LOG_WARN, "model_hash",
-               "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
+        kw_log(KS_LOG_WARN, "model_hash", "\"error\":%s",
+               ks_log_str(esc, sizeof esc, ks_error_message()));
         io.model_hash[0] = '\0';
     }
     kw_device_info_get(engine.backend, &io.device);
@@ -876,7 +877,8 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
      * (PoCL) it lives in this process's anonymous memory, committed as it is first touched; the
      * weights are written at start, so RssAnon - weight_bytes is what the host itself holds. */
     char model_esc[300], device_esc[300];
-    kw_log(KS_LOG_INFO, "started", "\"name\":%s,\"model_id\":%s,\"model_hash\":\"%s\","
+    kw_log(KS_LOG_INFO, "started",
+           "\"name\":%s,\"model_id\":%s,\"model_hash\":\"%s\","
            "\"device\":%s,\"max_batch\":%d,\"capacity\":%d,\"slots\":%d,\"context\":%d,"
            "\"kv_tokens\":%zu,\"kv_cache\":\"%s\",\"precision\":\"%s\",\"load_ms\":%.0f,"
            "\"device_bytes\":%zu,\"weight_bytes\":%zu",
@@ -895,18 +897,20 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     }
     kw_batch_params batch_params;
     kw_batch_params_default(&batch_params);
-    compute = (kw_compute){.engine = &engine, .max_batch = p->max_batch,
-                           .batch = batch_params, .test = p->test,
+    compute = (kw_compute){.engine = &engine,
+                           .max_batch = p->max_batch,
+                           .batch = batch_params,
+                           .test = p->test,
                            .meta = {.worker_name = io.name, .device_name = io.device.name}};
     if (kw_compute_start(&compute, io.ctx) != KS_OK) {
-        kw_log(KS_LOG_ERROR, "start_failed",
-               "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
+        kw_log(KS_LOG_ERROR, "start_failed", "\"error\":%s",
+               ks_log_str(esc, sizeof esc, ks_error_message()));
         goto cleanup;
     }
     io.pipe = kp_actor_pipe(compute.actor);
     if (socket_open(&io) != KS_OK) {
-        kw_log(KS_LOG_ERROR, "start_failed",
-               "\"error\":%s", ks_log_str(esc, sizeof esc, ks_error_message()));
+        kw_log(KS_LOG_ERROR, "start_failed", "\"error\":%s",
+               ks_log_str(esc, sizeof esc, ks_error_message()));
         goto cleanup;
     }
     run_loop(&io, stop);

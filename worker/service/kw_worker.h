@@ -16,17 +16,17 @@
  * tests/support/kosmos-test-worker from its --test-* options to make a slow device, a poison
  * job and a long job. Each runs on the compute thread and may block it (heartbeats go on). */
 typedef struct kw_test_seams {
-    void (*before_join)(void *ctx);                    /* before ready jobs join the batch */
-    void (*on_join)(void *ctx, const kw_job_in *job);  /* as each job joins it */
-    kw_batch_poll_fn *on_step;                         /* each step, each prompt held */
+    void (*before_join)(void *ctx);                   /* before ready jobs join the batch */
+    void (*on_join)(void *ctx, const kw_job_in *job); /* as each job joins it */
+    kw_batch_poll_fn *on_step;                        /* each step, each prompt held */
     void *ctx;
 } kw_test_seams;
 
 typedef struct kw_worker_params {
-    const char *broker;          /* worker endpoint, tcp:// or ipc:// (required) */
-    const char *name;            /* unique per process; NULL = "<host>/<device>" */
-    const char *model_id;        /* NULL = kw_model_id(model_dir) */
-    const char *model_hash;      /* NULL = SHA-256 of the weights (kw_model_hash) */
+    const char *broker;     /* worker endpoint, tcp:// or ipc:// (required) */
+    const char *name;       /* unique per process; NULL = "<host>/<device>" */
+    const char *model_id;   /* NULL = kw_model_id(model_dir) */
+    const char *model_hash; /* NULL = SHA-256 of the weights (kw_model_hash) */
     kw_engine_params engine;
     int max_batch;               /* jobs computed at once, 1..1024; default 4 */
     int prefetch;                /* jobs held beyond them, waiting to start, 0..1024; -1 (the
@@ -50,10 +50,10 @@ int kw_worker_capacity(const kw_worker_params *p);
 
 /* Exit codes of kw_worker_run (and of kosmos-worker). */
 enum {
-    KW_EXIT_OK = 0,       /* stopped on request (SIGTERM/SIGINT) */
-    KW_EXIT_CONFIG = 1,   /* bad options, model or device could not be opened, the broker
+    KW_EXIT_OK = 0,     /* stopped on request (SIGTERM/SIGINT) */
+    KW_EXIT_CONFIG = 1, /* bad options, model or device could not be opened, the broker
                            * refused the worker for good (CODE_REJECTED, its CURVE key) */
-    KW_EXIT_DEVICE = 3    /* the device failed while running; its jobs were reported/handed back */
+    KW_EXIT_DEVICE = 3  /* the device failed while running; its jobs were reported/handed back */
 };
 
 /* Runs the worker until *stop becomes non-zero (a signal handler sets it; a second increment

@@ -79,8 +79,8 @@ static uint32_t unit_value(uint32_t u) { return u & ((1u << 31) - 1); }
 
 /* The replacement of the *shortest* key that is a prefix of key[0..len) (stopping at a NUL
  * byte, as the reference does), or false when there is none. */
-static bool shortest_match(const kt_charsmap *map, const char *key, size_t len,
-                           const char **repl, size_t *repl_len)
+static bool shortest_match(const kt_charsmap *map, const char *key, size_t len, const char **repl,
+                           size_t *repl_len)
 {
     size_t pos = unit_offset(map->units[0]);
     for (size_t i = 0; i < len; i++) {

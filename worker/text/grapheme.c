@@ -55,9 +55,8 @@ size_t kt_grapheme_next(const char *s, size_t len, size_t pos)
             join = false; /* GB4 */
         else if (next.gcb == KT_GCB_CR || next.gcb == KT_GCB_LF || next.gcb == KT_GCB_CONTROL)
             join = false; /* GB5 */
-        else if (prev.gcb == KT_GCB_L &&
-                 (next.gcb == KT_GCB_L || next.gcb == KT_GCB_V || next.gcb == KT_GCB_LV ||
-                  next.gcb == KT_GCB_LVT))
+        else if (prev.gcb == KT_GCB_L && (next.gcb == KT_GCB_L || next.gcb == KT_GCB_V ||
+                                          next.gcb == KT_GCB_LV || next.gcb == KT_GCB_LVT))
             join = true; /* GB6 */
         else if ((prev.gcb == KT_GCB_LV || prev.gcb == KT_GCB_V) &&
                  (next.gcb == KT_GCB_V || next.gcb == KT_GCB_T))
@@ -74,8 +73,8 @@ size_t kt_grapheme_next(const char *s, size_t len, size_t pos)
             join = true; /* GB9c */
         else if (pict_seq && prev.gcb == KT_GCB_ZWJ && next.pict)
             join = true; /* GB11 */
-        else if (prev.gcb == KT_GCB_REGIONAL_INDICATOR &&
-                 next.gcb == KT_GCB_REGIONAL_INDICATOR && ri_run % 2 == 1)
+        else if (prev.gcb == KT_GCB_REGIONAL_INDICATOR && next.gcb == KT_GCB_REGIONAL_INDICATOR &&
+                 ri_run % 2 == 1)
             join = true; /* GB12, GB13 */
         else
             join = false; /* GB999 */

@@ -42,7 +42,7 @@ ks_status kt_patch_box_to_indices(const double box[4], int32_t *ul, int32_t *lr)
  * and as the double Python's int -> float conversion gives). */
 typedef struct grid_index {
     int col;
-    char *row;      /* owned, NUL-terminated, no leading zeros ("0" for zero) */
+    char *row; /* owned, NUL-terminated, no leading zeros ("0" for zero) */
     double row_value;
 } grid_index;
 

@@ -70,7 +70,7 @@ typedef struct raw_pair {
 
 /* A match of the entity pattern, before positions are adjusted. */
 typedef struct raw_entity {
-    bool bare;                /* no <phrase> group: one entity per pair, named by its indices */
+    bool bare;                 /* no <phrase> group: one entity per pair, named by its indices */
     size_t span_from, span_to; /* phrase text (or the <object> position, twice) in the caption */
     size_t first_pair, pair_count;
 } raw_entity;
@@ -142,8 +142,7 @@ static ks_status check_int_limit(const digit_run *run)
  * strings this loop accepts: after a pair, only "</object>" ends and only the delimiter goes
  * on, and giving back repetitions would leave a delimiter where </object> must stand.
  * Appends the pairs and returns the offset after </object>, or 0 (pairs rolled back). */
-static size_t match_object_body(const char *s, size_t len, size_t i, extraction *x,
-                                ks_status *st)
+static size_t match_object_body(const char *s, size_t len, size_t i, extraction *x, ks_status *st)
 {
     size_t rollback = x->pair_len;
     for (;;) {
@@ -265,9 +264,9 @@ static ks_status remove_tags(const char *s, size_t len, const size_t *queries, i
 {
     ks_status st = KS_OK;
     stop_cache cache = {0};
-    size_t i = 0, q = 0;           /* scan position; next query */
+    size_t i = 0, q = 0;              /* scan position; next query */
     size_t cursor = 0, cursor_cp = 0; /* code points of s[:cursor] */
-    size_t removed_cp = 0;         /* code points in the matches so far */
+    size_t removed_cp = 0;            /* code points in the matches so far */
     for (;;) {
         /* The next match: the first '<' whose next '>' comes before any '\n'. */
         size_t a = i, b = len;
@@ -485,8 +484,8 @@ void kt_grounding_fini(kt_grounding *g)
 static ks_status check_input(const char *generated, size_t len)
 {
     if (len > KT_POSTPROCESS_MAX_BYTES)
-        return ks_fail(KS_ERR_LIMIT, "generated text of %zu bytes is over the %zu-byte limit",
-                       len, KT_POSTPROCESS_MAX_BYTES);
+        return ks_fail(KS_ERR_LIMIT, "generated text of %zu bytes is over the %zu-byte limit", len,
+                       KT_POSTPROCESS_MAX_BYTES);
     if (len && !generated)
         return ks_fail(KS_ERR_INVALID, "generated text is NULL");
     if (!ks_utf8_valid(generated, len))

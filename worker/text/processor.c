@@ -221,8 +221,7 @@ static ks_status box_indices(const kt_box *box, int32_t *ul, int32_t *lr)
                 return ks_fail(KS_ERR_INVALID,
                                "patch index %lld is outside 0..%d: <patch_index_%lld> is not a "
                                "token",
-                               (long long)v[i], KT_PATCH_GRID * KT_PATCH_GRID - 1,
-                               (long long)v[i]);
+                               (long long)v[i], KT_PATCH_GRID * KT_PATCH_GRID - 1, (long long)v[i]);
         *ul = (int32_t)box->ul;
         *lr = (int32_t)box->lr;
         return KS_OK;

@@ -38,8 +38,8 @@ static const char META[] = "\xE2\x96\x81";
 #define META_LEN 3
 
 static const char *const TAG_TEXT[KT_TAG_COUNT] = {
-    "</doc>",   "<image>",   "</image>", "</chunk>",  "</line>",
-    "<phrase>", "</phrase>", "<object>", "</object>", "</delimiter_of_multi_objects/>",
+    "</doc>",      "<image>",   "</image>", "</chunk>",  "</line>",
+    "<phrase>",    "</phrase>", "<object>", "</object>", "</delimiter_of_multi_objects/>",
     "<grounding>",
 };
 
@@ -105,7 +105,7 @@ static ks_status read_config(const char *path, bool *clean_up)
     *clean_up = false; /* transformers' default when the key is absent */
     if (!root)
         return ks_fail(json_error_code(&error) == json_error_cannot_open_file ? KS_ERR_IO
-                                                                               : KS_ERR_FORMAT,
+                                                                              : KS_ERR_FORMAT,
                        "%s: line %d: %s", path, error.line, error.text);
     if (!json_is_object(root)) {
         st = ks_fail(KS_ERR_FORMAT, "%s: not a JSON object", path);
@@ -126,8 +126,8 @@ done:
 static ks_status check_model(const Sentencepiece__ModelProto *proto, const char *path)
 {
     if (proto->n_pieces < 4 || proto->n_pieces > MAX_PIECES)
-        return ks_fail(KS_ERR_FORMAT, "%s: %zu pieces (expected 4 .. %u)", path,
-                       proto->n_pieces, MAX_PIECES);
+        return ks_fail(KS_ERR_FORMAT, "%s: %zu pieces (expected 4 .. %u)", path, proto->n_pieces,
+                       MAX_PIECES);
     if (proto->trainer_spec && proto->trainer_spec->has_model_type &&
         proto->trainer_spec->model_type != SENTENCEPIECE__TRAINER_SPEC__MODEL_TYPE__UNIGRAM)
         return ks_fail(KS_ERR_UNSUPPORTED, "%s: model type %d is not unigram", path,
@@ -157,8 +157,8 @@ static ks_status check_model(const Sentencepiece__ModelProto *proto, const char 
             p->has_type ? p->type : SENTENCEPIECE__MODEL_PROTO__SENTENCE_PIECE__TYPE__NORMAL;
         if (type != head[i])
             return ks_fail(KS_ERR_FORMAT,
-                           "%s: piece %zu (\"%s\") is not <unk>/<s>/</s> as XLM-R expects",
-                           path, i, p->piece);
+                           "%s: piece %zu (\"%s\") is not <unk>/<s>/</s> as XLM-R expects", path, i,
+                           p->piece);
     }
     return KS_OK;
 }
@@ -177,11 +177,11 @@ static ks_status build_vocab(kt_tokenizer *t, const Sentencepiece__ModelProto *p
     if (!t->text_offset)
         return ks_fail(KS_ERR_NOMEM, "out of memory for %zu tokens", t->vocab_size);
     size_t id = 0;
-#define ADD(str)                                                                               \
-    do {                                                                                       \
-        t->text_offset[id++] = text.len;                                                       \
-        if ((st = ks_buf_append(&text, (str), strlen(str) + 1)) != KS_OK)                      \
-            goto done;                                                                         \
+#define ADD(str)                                                                                   \
+    do {                                                                                           \
+        t->text_offset[id++] = text.len;                                                           \
+        if ((st = ks_buf_append(&text, (str), strlen(str) + 1)) != KS_OK)                          \
+            goto done;                                                                             \
     } while (0)
     for (size_t i = 0; i < 4; i++)
         ADD(head[i]);
@@ -405,8 +405,7 @@ static size_t white_space_run_start(const char *s, size_t floor, size_t pos)
 }
 
 /* The longest added token starting at s[pos], as an index into added_id, or -1. */
-static int longest_added(const kt_tokenizer *t, const char *s, size_t len, size_t pos,
-                         size_t *end)
+static int longest_added(const kt_tokenizer *t, const char *s, size_t len, size_t pos, size_t *end)
 {
     int found = -1;
     int32_t node = KT_TRIE_ROOT;
@@ -501,8 +500,8 @@ static ks_status replace_all(const ks_buf *in, const char *from, const char *to,
 static ks_status clean_up(ks_buf *text)
 {
     static const char *const pairs[][2] = {
-        {" .", "."},     {" ?", "?"},     {" !", "!"},       {" ,", ","},       {" ' ", "'"},
-        {" n't", "n't"}, {" 'm", "'m"},   {" 's", "'s"},     {" 've", "'ve"},   {" 're", "'re"},
+        {" .", "."},     {" ?", "?"},   {" !", "!"},   {" ,", ","},     {" ' ", "'"},
+        {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"},
     };
     ks_buf next;
     ks_buf_init(&next);
@@ -529,8 +528,8 @@ ks_status kt_tokenizer_decode(const kt_tokenizer *t, const int32_t *ids, size_t 
                                                          : t->clean_up_default;
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || (size_t)ids[i] >= t->vocab_size)
-            return ks_fail(KS_ERR_INVALID, "decode: id %d at %zu is outside [0, %zu)",
-                           (int)ids[i], i, t->vocab_size);
+            return ks_fail(KS_ERR_INVALID, "decode: id %d at %zu is outside [0, %zu)", (int)ids[i],
+                           i, t->vocab_size);
     ks_buf text;
     ks_buf_init(&text);
     ks_status st = KS_OK;
@@ -563,15 +562,9 @@ ks_status kt_tokenizer_decode(const kt_tokenizer *t, const int32_t *ids, size_t 
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-size_t kt_tokenizer_vocab_size(const kt_tokenizer *t)
-{
-    return t->vocab_size;
-}
+size_t kt_tokenizer_vocab_size(const kt_tokenizer *t) { return t->vocab_size; }
 
-int32_t kt_tokenizer_mask_id(const kt_tokenizer *t)
-{
-    return t->mask_id;
-}
+int32_t kt_tokenizer_mask_id(const kt_tokenizer *t) { return t->mask_id; }
 
 int32_t kt_tokenizer_tag_id(const kt_tokenizer *t, kt_tag tag)
 {
@@ -590,7 +583,4 @@ const char *kt_tokenizer_token_text(const kt_tokenizer *t, int32_t id)
     return t->text + t->text_offset[id];
 }
 
-bool kt_tokenizer_clean_up_default(const kt_tokenizer *t)
-{
-    return t->clean_up_default;
-}
+bool kt_tokenizer_clean_up_default(const kt_tokenizer *t) { return t->clean_up_default; }

@@ -157,10 +157,7 @@ int32_t kt_trie_child(const kt_trie *trie, int32_t node, unsigned char byte)
     return KT_TRIE_NONE;
 }
 
-int32_t kt_trie_value(const kt_trie *trie, int32_t node)
-{
-    return trie->nodes[node].value;
-}
+int32_t kt_trie_value(const kt_trie *trie, int32_t node) { return trie->nodes[node].value; }
 
 int32_t kt_trie_find(const kt_trie *trie, const char *key, size_t len)
 {

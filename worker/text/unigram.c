@@ -16,7 +16,7 @@ struct kt_unigram {
 
 /* The best path ending at one byte offset. */
 typedef struct path_node {
-    double score; /* total score of the best path ending here */
+    double score;  /* total score of the best path ending here */
     int64_t start; /* where its last token starts; -1: not reached yet */
     int32_t id;
 } path_node;
@@ -131,8 +131,8 @@ static ks_status emit_path(const kt_unigram *model, const char *s, const path_no
     return KS_OK;
 }
 
-ks_status kt_unigram_encode(const kt_unigram *model, const char *s, size_t len,
-                            kt_lattice *lattice, kt_ids *out)
+ks_status kt_unigram_encode(const kt_unigram *model, const char *s, size_t len, kt_lattice *lattice,
+                            kt_ids *out)
 {
     if (len == 0)
         return KS_OK;

@@ -34,7 +34,7 @@ void kt_lattice_fini(kt_lattice *lattice);
 
 /* Appends the ids of the word s[0..len) (well-formed UTF-8) to `out`. Linear in len (times the
  * longest piece). */
-ks_status kt_unigram_encode(const kt_unigram *model, const char *s, size_t len,
-                            kt_lattice *lattice, kt_ids *out);
+ks_status kt_unigram_encode(const kt_unigram *model, const char *s, size_t len, kt_lattice *lattice,
+                            kt_ids *out);
 
 #endif

@@ -87,27 +87,27 @@ KOSMOS_API const char *kosmos_version(void);
 
 typedef enum kosmos_error {
     KOSMOS_OK = 0,
-    KOSMOS_ERR_INVALID = 1,        /* a bad argument (NULL where one is needed, out of range) */
-    KOSMOS_ERR_NOMEM = 2,          /* an allocation failed */
-    KOSMOS_ERR_IO = 3,             /* a file could not be read, or a socket call failed */
-    KOSMOS_ERR_TIMEOUT = 4,        /* the broker did not answer, resends included */
-    KOSMOS_ERR_BUSY = 5,           /* submit: the queue is full; nothing stored; retry later
+    KOSMOS_ERR_INVALID = 1,       /* a bad argument (NULL where one is needed, out of range) */
+    KOSMOS_ERR_NOMEM = 2,         /* an allocation failed */
+    KOSMOS_ERR_IO = 3,            /* a file could not be read, or a socket call failed */
+    KOSMOS_ERR_TIMEOUT = 4,       /* the broker did not answer, resends included */
+    KOSMOS_ERR_BUSY = 5,          /* submit: the queue is full; nothing stored; retry later
                                     * with the same idempotency key (info.retry_after_ms) */
-    KOSMOS_ERR_CONFLICT = 6,       /* submit: the idempotency key was used before with other
+    KOSMOS_ERR_CONFLICT = 6,      /* submit: the idempotency key was used before with other
                                     * job contents; info.job_id is the earlier job */
-    KOSMOS_ERR_REJECTED = 7,       /* submit: the job is invalid and will never run
+    KOSMOS_ERR_REJECTED = 7,      /* submit: the job is invalid and will never run
                                     * (info.reject_code; the message gives the reason) */
-    KOSMOS_ERR_NOT_FOUND = 8,      /* no such job under this client identity (or forgotten) */
-    KOSMOS_ERR_INVALID_STATE = 9,  /* e.g. ack of a job that is not terminal, or waiting for a
+    KOSMOS_ERR_NOT_FOUND = 8,     /* no such job under this client identity (or forgotten) */
+    KOSMOS_ERR_INVALID_STATE = 9, /* e.g. ack of a job that is not terminal, or waiting for a
                                     * result that was acked (deleted) */
-    KOSMOS_ERR_TOO_LARGE = 10,     /* a message or image over the limits (protocol.md §10) */
-    KOSMOS_ERR_UNAVAILABLE = 11,   /* the broker is shutting down or failed internally; the
+    KOSMOS_ERR_TOO_LARGE = 10,    /* a message or image over the limits (protocol.md §10) */
+    KOSMOS_ERR_UNAVAILABLE = 11,  /* the broker is shutting down or failed internally; the
                                     * request had no effect: retry after a pause */
-    KOSMOS_ERR_PROTOCOL = 12,      /* a malformed reply, another protocol version, or the
+    KOSMOS_ERR_PROTOCOL = 12,     /* a malformed reply, another protocol version, or the
                                     * broker called our request malformed: not retriable */
-    KOSMOS_ERR_UNSUPPORTED = 13,   /* the broker does not know this request, or this libzmq
+    KOSMOS_ERR_UNSUPPORTED = 13,  /* the broker does not know this request, or this libzmq
                                     * has no CURVE */
-    KOSMOS_ERR_PENDING = 14        /* kosmos_client_wait: the job was not terminal when the
+    KOSMOS_ERR_PENDING = 14       /* kosmos_client_wait: the job was not terminal when the
                                     * timeout passed (it keeps running; wait again later) */
 } kosmos_error_t;
 
@@ -122,16 +122,16 @@ KOSMOS_API const char *kosmos_error_name(kosmos_error_t code);
 
 /* The state of a job as the broker keeps it (protocol.md §6). */
 typedef enum kosmos_job_state {
-    KOSMOS_STATE_UNKNOWN = 0,     /* not set, or a state this library does not know */
+    KOSMOS_STATE_UNKNOWN = 0, /* not set, or a state this library does not know */
     KOSMOS_STATE_QUEUED = 1,
     KOSMOS_STATE_RUNNING = 2,
     KOSMOS_STATE_RETRY_WAIT = 3,
-    KOSMOS_STATE_DONE = 4,        /* terminal, with a result */
-    KOSMOS_STATE_FAILED = 5,      /* terminal, with a result */
-    KOSMOS_STATE_EXPIRED = 6,     /* terminal, with a result */
-    KOSMOS_STATE_DEAD = 7,        /* terminal, with a result */
-    KOSMOS_STATE_CANCELLED = 8,   /* terminal, with a result */
-    KOSMOS_STATE_ACKED = 9        /* terminal, result deleted */
+    KOSMOS_STATE_DONE = 4,      /* terminal, with a result */
+    KOSMOS_STATE_FAILED = 5,    /* terminal, with a result */
+    KOSMOS_STATE_EXPIRED = 6,   /* terminal, with a result */
+    KOSMOS_STATE_DEAD = 7,      /* terminal, with a result */
+    KOSMOS_STATE_CANCELLED = 8, /* terminal, with a result */
+    KOSMOS_STATE_ACKED = 9      /* terminal, result deleted */
 } kosmos_job_state_t;
 #define KOSMOS_STATE_COUNT 10
 
@@ -142,12 +142,12 @@ KOSMOS_API const char *kosmos_job_state_name(kosmos_job_state_t state);
 
 /* The outcome of a job (whole-job) or of one prompt. */
 typedef enum kosmos_result_status {
-    KOSMOS_RESULT_UNKNOWN = 0,    /* not set, or a status this library does not know */
+    KOSMOS_RESULT_UNKNOWN = 0, /* not set, or a status this library does not know */
     KOSMOS_RESULT_OK = 1,
-    KOSMOS_RESULT_FAILED = 2,     /* see kosmos_result_retriable */
-    KOSMOS_RESULT_EXPIRED = 3,    /* the deadline passed before it finished */
-    KOSMOS_RESULT_DEAD = 4,       /* its workers crashed or timed out too often */
-    KOSMOS_RESULT_CANCELLED = 5   /* the client cancelled it */
+    KOSMOS_RESULT_FAILED = 2,   /* see kosmos_result_retriable */
+    KOSMOS_RESULT_EXPIRED = 3,  /* the deadline passed before it finished */
+    KOSMOS_RESULT_DEAD = 4,     /* its workers crashed or timed out too often */
+    KOSMOS_RESULT_CANCELLED = 5 /* the client cancelled it */
 } kosmos_result_status_t;
 
 /* "ok", "failed", "expired", "dead", "cancelled" ("unknown" otherwise). Static storage. */
@@ -156,20 +156,20 @@ KOSMOS_API const char *kosmos_result_status_name(kosmos_result_status_t status);
 /* Why a submit was rejected (KOSMOS_ERR_REJECTED). */
 typedef enum kosmos_reject_code {
     KOSMOS_REJECT_UNKNOWN = 0,
-    KOSMOS_REJECT_INVALID = 1,            /* a field is missing or out of range */
-    KOSMOS_REJECT_TOO_LARGE = 2,          /* image, prompt count or text over a limit */
-    KOSMOS_REJECT_NO_SUCH_MODEL = 3,      /* no worker ever offered the requested model */
-    KOSMOS_REJECT_EXPIRED = 4,            /* the deadline had already passed */
-    KOSMOS_REJECT_IMAGE_URI_NOT_ALLOWED = 5  /* image URI outside the broker's --image-root */
+    KOSMOS_REJECT_INVALID = 1,              /* a field is missing or out of range */
+    KOSMOS_REJECT_TOO_LARGE = 2,            /* image, prompt count or text over a limit */
+    KOSMOS_REJECT_NO_SUCH_MODEL = 3,        /* no worker ever offered the requested model */
+    KOSMOS_REJECT_EXPIRED = 4,              /* the deadline had already passed */
+    KOSMOS_REJECT_IMAGE_URI_NOT_ALLOWED = 5 /* image URI outside the broker's --image-root */
 } kosmos_reject_code_t;
 
 /* Bits of kosmos_job_set_outputs. The cleaned text and the entities with normalized boxes are
  * always returned; these add more. */
-#define KOSMOS_OUTPUT_RAW_TEXT 1u       /* kosmos_result_raw_text */
-#define KOSMOS_OUTPUT_GENERATED_IDS 2u  /* kosmos_result_generated_ids */
-#define KOSMOS_OUTPUT_BOXES_PX 4u       /* kosmos_entity_t.boxes_px */
-#define KOSMOS_OUTPUT_TIMINGS 8u        /* kosmos_result_timings */
-#define KOSMOS_OUTPUT_DEFAULT 13u       /* RAW_TEXT | BOXES_PX | TIMINGS (the broker's default) */
+#define KOSMOS_OUTPUT_RAW_TEXT 1u      /* kosmos_result_raw_text */
+#define KOSMOS_OUTPUT_GENERATED_IDS 2u /* kosmos_result_generated_ids */
+#define KOSMOS_OUTPUT_BOXES_PX 4u      /* kosmos_entity_t.boxes_px */
+#define KOSMOS_OUTPUT_TIMINGS 8u       /* kosmos_result_timings */
+#define KOSMOS_OUTPUT_DEFAULT 13u      /* RAW_TEXT | BOXES_PX | TIMINGS (the broker's default) */
 
 /* Largest job id, in bytes, plus the NUL: the size of every job id buffer. */
 #define KOSMOS_JOB_ID_SIZE 65
@@ -195,9 +195,9 @@ typedef struct kosmos_client_params {
     const char *client_id;
     /* CURVE (protocol.md §11): set all three Z85 keys (40 characters each) to turn it on, or
      * none. Default NULL (off). kosmos_curve_load_cert reads them from certificate files. */
-    const char *curve_public_key;   /* this client's public key */
-    const char *curve_secret_key;   /* this client's secret key */
-    const char *curve_server_key;   /* the broker's public key */
+    const char *curve_public_key; /* this client's public key */
+    const char *curve_secret_key; /* this client's secret key */
+    const char *curve_server_key; /* the broker's public key */
     /* How long to wait for a reply beyond a fetch's long poll, before resending on a fresh
      * socket. Default 5000 (protocol.md §7). */
     int reply_timeout_ms;
@@ -254,15 +254,15 @@ typedef struct kosmos_box {
  * default: greedy, max_new_tokens 128, no_repeat_ngram_size 3); set only what you need.
  * An integer field < 0 and a double field < 0 mean unset. */
 typedef struct kosmos_generation {
-    int max_new_tokens;        /* 1..1024; unset = the broker's default (128) */
-    int min_new_tokens;        /* 0..max_new_tokens; unset = 0 */
-    int num_beams;             /* 1..8; unset = 1 */
-    int do_sample;             /* 0 or 1; unset = greedy */
-    double temperature;        /* > 0, with do_sample only */
-    double top_p;              /* (0, 1], with do_sample only */
-    int top_k;                 /* 0 = off, with do_sample only */
-    int no_repeat_ngram_size;  /* 0 = off; unset = 3 */
-    bool has_seed;             /* false = the worker picks a seed when sampling (and reports it) */
+    int max_new_tokens;       /* 1..1024; unset = the broker's default (128) */
+    int min_new_tokens;       /* 0..max_new_tokens; unset = 0 */
+    int num_beams;            /* 1..8; unset = 1 */
+    int do_sample;            /* 0 or 1; unset = greedy */
+    double temperature;       /* > 0, with do_sample only */
+    double top_p;             /* (0, 1], with do_sample only */
+    int top_k;                /* 0 = off, with do_sample only */
+    int no_repeat_ngram_size; /* 0 = off; unset = 3 */
+    bool has_seed;            /* false = the worker picks a seed when sampling (and reports it) */
     uint64_t seed;
 } kosmos_generation_t;
 
@@ -320,12 +320,12 @@ KOSMOS_API kosmos_error_t kosmos_job_set_min_device_memory(kosmos_job_t *job, ui
 
 /* Details of a submit, whatever its outcome. */
 typedef struct kosmos_submit_info {
-    char job_id[KOSMOS_JOB_ID_SIZE];  /* OK: the job; CONFLICT: the earlier job; else "" */
-    bool duplicate;                   /* OK: the key matched an earlier submit (same job) */
+    char job_id[KOSMOS_JOB_ID_SIZE];          /* OK: the job; CONFLICT: the earlier job; else "" */
+    bool duplicate;                           /* OK: the key matched an earlier submit (same job) */
     char idempotency_key[KOSMOS_KEY_MAX + 1]; /* the key sent (yours, or the generated one) */
-    uint32_t retry_after_ms;          /* BUSY: when to try again */
-    uint64_t queue_depth;             /* BUSY: unfinished jobs at the broker */
-    kosmos_reject_code_t reject_code; /* REJECTED: why (the message has the reason) */
+    uint32_t retry_after_ms;                  /* BUSY: when to try again */
+    uint64_t queue_depth;                     /* BUSY: unfinished jobs at the broker */
+    kosmos_reject_code_t reject_code;         /* REJECTED: why (the message has the reason) */
 } kosmos_submit_info_t;
 
 /* Submits `job` (borrowed for the call) and returns as soon as the broker has stored it: the job
@@ -347,10 +347,10 @@ KOSMOS_API kosmos_error_t kosmos_client_submit(kosmos_client_t *client, const ko
 typedef struct kosmos_job_info {
     char job_id[KOSMOS_JOB_ID_SIZE];
     kosmos_job_state_t state;
-    uint32_t attempt;               /* attempts started so far */
-    uint64_t queue_position;        /* with QUEUED: jobs ahead of it (approximate) */
+    uint32_t attempt;        /* attempts started so far */
+    uint64_t queue_position; /* with QUEUED: jobs ahead of it (approximate) */
     uint64_t submitted_unix_ms;
-    uint64_t next_attempt_unix_ms;  /* with RETRY_WAIT */
+    uint64_t next_attempt_unix_ms; /* with RETRY_WAIT */
 } kosmos_job_info_t;
 
 typedef struct kosmos_result kosmos_result_t;
@@ -414,8 +414,8 @@ KOSMOS_API bool kosmos_result_retriable(const kosmos_result_t *r);
 KOSMOS_API const char *kosmos_result_message(const kosmos_result_t *r);
 /* The attempt that produced it, from 1. */
 KOSMOS_API uint32_t kosmos_result_attempt(const kosmos_result_t *r);
-KOSMOS_API const char *kosmos_result_worker(const kosmos_result_t *r);  /* worker name */
-KOSMOS_API const char *kosmos_result_device(const kosmos_result_t *r);  /* device name */
+KOSMOS_API const char *kosmos_result_worker(const kosmos_result_t *r); /* worker name */
+KOSMOS_API const char *kosmos_result_device(const kosmos_result_t *r); /* device name */
 /* The source image in pixels (0 x 0 if it never decoded). */
 KOSMOS_API uint32_t kosmos_result_image_width(const kosmos_result_t *r);
 KOSMOS_API uint32_t kosmos_result_image_height(const kosmos_result_t *r);
@@ -443,7 +443,7 @@ KOSMOS_API bool kosmos_result_seed(const kosmos_result_t *r, size_t i, uint64_t 
  * a batch, is reported in each). A field the worker did not report is < 0. */
 typedef struct kosmos_timings {
     double load_ms, preprocess_ms, vision_ms, prefill_ms, decode_ms;
-    int64_t new_tokens, prompt_tokens;  /* < 0 when not reported */
+    int64_t new_tokens, prompt_tokens; /* < 0 when not reported */
 } kosmos_timings_t;
 /* NULL unless KOSMOS_OUTPUT_TIMINGS was asked for. Borrowed until destroy. */
 KOSMOS_API const kosmos_timings_t *kosmos_result_timings(const kosmos_result_t *r, size_t i);
@@ -452,14 +452,14 @@ KOSMOS_API const kosmos_timings_t *kosmos_result_timings(const kosmos_result_t *
  * kosmos_result_text, in Unicode code points (as Python indexes; can be negative or reversed
  * for degenerate phrases, as the reference computes them) and in UTF-8 bytes (as C slices). */
 typedef struct kosmos_entity {
-    const char *phrase;            /* borrowed until kosmos_result_destroy */
+    const char *phrase; /* borrowed until kosmos_result_destroy */
     int64_t start_cp, end_cp;
     uint32_t start_byte, end_byte;
     size_t box_count;
-    const kosmos_box_t *boxes;     /* box_count normalized boxes (may be NULL when 0) */
-    const uint32_t *patch_ul;      /* box_count patch indices (0..1023) of each box's */
-    const uint32_t *patch_lr;      /*   upper-left and lower-right corners */
-    const kosmos_box_t *boxes_px;  /* box_count pixel boxes; NULL without KOSMOS_OUTPUT_BOXES_PX */
+    const kosmos_box_t *boxes;    /* box_count normalized boxes (may be NULL when 0) */
+    const uint32_t *patch_ul;     /* box_count patch indices (0..1023) of each box's */
+    const uint32_t *patch_lr;     /*   upper-left and lower-right corners */
+    const kosmos_box_t *boxes_px; /* box_count pixel boxes; NULL without KOSMOS_OUTPUT_BOXES_PX */
 } kosmos_entity_t;
 
 KOSMOS_API size_t kosmos_result_entity_count(const kosmos_result_t *r, size_t i);
@@ -481,8 +481,8 @@ typedef struct kosmos_worker_info {
     uint64_t device_memory_bytes;
     uint32_t device_compute_units;
     uint32_t batch_capacity;
-    uint32_t credit;                /* dispatches it can still take */
-    uint32_t running;               /* jobs leased to it now */
+    uint32_t credit;  /* dispatches it can still take */
+    uint32_t running; /* jobs leased to it now */
     uint64_t connected_unix_ms;
     uint32_t last_heartbeat_ms_ago;
     uint64_t jobs_done;
@@ -498,10 +498,9 @@ typedef struct kosmos_broker_status {
      * library does not know. */
     uint64_t queue[KOSMOS_STATE_COUNT];
     size_t worker_count;
-    const kosmos_worker_info_t *workers;  /* worker_count entries (NULL when 0) */
+    const kosmos_worker_info_t *workers; /* worker_count entries (NULL when 0) */
     /* Totals since the broker's database was created. */
-    uint64_t total_submitted, total_done, total_failed, total_dead, total_expired,
-        total_cancelled;
+    uint64_t total_submitted, total_done, total_failed, total_dead, total_expired, total_cancelled;
     /* Throughput over the last 60 s. */
     double jobs_per_second;
     double tokens_per_second;

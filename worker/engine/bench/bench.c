@@ -32,8 +32,11 @@ static const int32_t prompt_text[] = {712, 1648, 9}; /* "An image of" */
 
 void ke_bench_params_default(ke_bench_params *p)
 {
-    *p = (ke_bench_params){.repeats = 3, .warmup = 1, .new_tokens = 64,
-                           .no_repeat_ngram_size = 3, .phases = KE_BENCH_ALL};
+    *p = (ke_bench_params){.repeats = 3,
+                           .warmup = 1,
+                           .new_tokens = 64,
+                           .no_repeat_ngram_size = 3,
+                           .phases = KE_BENCH_ALL};
 }
 
 size_t ke_bench_prompt(const ke_config *config, int32_t *ids, uint8_t *mask, size_t cap)
@@ -135,10 +138,10 @@ typedef struct bench_state {
     int32_t *step_pos;  /* (batch * prompt_len) */
     uint8_t *step_mask; /* (batch * prompt_len) */
     int *slots, *n_tokens;
-    int32_t *next;        /* (batch) the greedy ids of the last step */
+    int32_t *next;         /* (batch) the greedy ids of the last step */
     int32_t *next_ring[2]; /* (batch) each: the ids of the selections in flight */
-    uint8_t *step_dev;    /* (batch) 1: the token is the device's */
-    ke_select_row *rows;  /* (batch) */
+    uint8_t *step_dev;     /* (batch) 1: the token is the device's */
+    ke_select_row *rows;   /* (batch) */
     ke_gen_request *requests;
     ke_gen_result *results;
 } bench_state;
@@ -164,8 +167,7 @@ static void fill_pixels(float *v, size_t n, uint64_t seed)
 static ks_status run_vision(bench_state *s, double *seconds)
 {
     double t0 = now_s();
-    ks_status st =
-        s->backend->ops->encode_images(s->backend, s->pixels, s->batch, s->embeds, NULL);
+    ks_status st = s->backend->ops->encode_images(s->backend, s->pixels, s->batch, s->embeds, NULL);
     *seconds = now_s() - t0;
     return st;
 }
@@ -260,8 +262,7 @@ static void capture_profile(bench_state *s, ke_bench_profile *out)
     }
     out->launches_per_step = launches / steps;
     out->launches_per_layer = layer_launches / steps / out->layers;
-    out->args_set_per_step =
-        (double)kc_profile_counter_value(prof, "kernel arguments set") / steps;
+    out->args_set_per_step = (double)kc_profile_counter_value(prof, "kernel arguments set") / steps;
     out->waits_in_steps = waits_in / steps;
     out->waits_between = waits_between / steps;
     out->waits_busy_share = waits_between > 0 ? busy / waits_between : 0;
@@ -293,8 +294,12 @@ static ks_status run_prefill_decode(bench_state *s, bool decode, double *prefill
             s->step_mask[(size_t)q * len + i] = s->prompt_mask[i];
         }
     }
-    ke_step step = {.n_seqs = s->batch, .slots = s->slots, .n_tokens = s->n_tokens,
-                    .ids = s->step_ids, .positions = s->step_pos, .image_mask = s->step_mask,
+    ke_step step = {.n_seqs = s->batch,
+                    .slots = s->slots,
+                    .n_tokens = s->n_tokens,
+                    .ids = s->step_ids,
+                    .positions = s->step_pos,
+                    .image_mask = s->step_mask,
                     .image_embeds = s->embeds};
     double t0 = now_s();
     ks_status st = forward_pick(s, &step, len);
@@ -325,8 +330,8 @@ static ks_status run_prefill_decode(bench_state *s, bool decode, double *prefill
             if ((st = ops->forward(b, &step, NULL)) != KS_OK)
                 break;
             select_rows(s, s->batch, len + (size_t)k + 1);
-            if ((st = ops->select_greedy_enqueue(b, s->rows, s->batch,
-                                                 s->next_ring[k % 2])) != KS_OK)
+            if ((st = ops->select_greedy_enqueue(b, s->rows, s->batch, s->next_ring[k % 2])) !=
+                KS_OK)
                 break;
             if (outstanding && (st = ops->wait_selected(b)) != KS_OK)
                 break;
@@ -359,7 +364,9 @@ static ks_status run_e2e(bench_state *s, double *seconds)
     for (int q = 0; q < s->batch; q++)
         s->requests[q] = (ke_gen_request){.input_ids = s->prompt_ids,
                                           .image_embeds_position_mask = s->prompt_mask,
-                                          .len = s->prompt_len, .image = q, .params = params};
+                                          .len = s->prompt_len,
+                                          .image = q,
+                                          .params = params};
     double t0 = now_s();
     ks_status st = b->ops->encode_images(b, s->pixels, s->batch, s->embeds, NULL);
     if (st == KS_OK)
@@ -418,10 +425,16 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
     bench_state s = {.model = model, .p = p, .batch = batch};
     double *times[4] = {NULL, NULL, NULL, NULL};
     ks_status st = KS_OK;
-    *out = (ke_bench_result){.batch = batch, .new_tokens = p->new_tokens,
-                             .vision_s = -1, .prefill_s = -1, .decode_s = -1, .e2e_s = -1,
-                             .vision_images_per_s = -1, .prefill_tokens_per_s = -1,
-                             .decode_tokens_per_s = -1, .e2e_jobs_per_s = -1};
+    *out = (ke_bench_result){.batch = batch,
+                             .new_tokens = p->new_tokens,
+                             .vision_s = -1,
+                             .prefill_s = -1,
+                             .decode_s = -1,
+                             .e2e_s = -1,
+                             .vision_images_per_s = -1,
+                             .prefill_tokens_per_s = -1,
+                             .decode_tokens_per_s = -1,
+                             .e2e_jobs_per_s = -1};
     if (batch < 1 || p->repeats < 1 || p->warmup < 0 || p->new_tokens < 1)
         return ks_fail(KS_ERR_INVALID, "bench: batch, repeats and new tokens must be >= 1");
 
@@ -451,8 +464,8 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
         times[i] = malloc((size_t)p->repeats * sizeof(double));
     if (!s.prompt_ids || !s.prompt_mask || !s.pixels || !s.embeds || !s.logits || !s.step_ids ||
         !s.step_pos || !s.step_mask || !s.slots || !s.n_tokens || !s.next || !s.next_ring[0] ||
-        !s.next_ring[1] || !s.step_dev || !s.rows || !s.requests || !s.results ||
-        !times[0] || !times[1] || !times[2] || !times[3]) {
+        !s.next_ring[1] || !s.step_dev || !s.rows || !s.requests || !s.results || !times[0] ||
+        !times[1] || !times[2] || !times[3]) {
         st = ks_fail(KS_ERR_NOMEM, "bench: out of memory at batch %d", batch);
         goto cleanup;
     }
@@ -474,8 +487,7 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
                              .weights_int8 = p->weights_int8};
     if ((st = ke_backend_open(model, p->device, &bo, &s.backend)) != KS_OK)
         goto cleanup;
-    snprintf(out->device_name, sizeof out->device_name, "%s",
-             ke_backend_device_name(s.backend));
+    snprintf(out->device_name, sizeof out->device_name, "%s", ke_backend_device_name(s.backend));
     ke_backend_stats bst;
     ke_backend_stats_get(s.backend, &bst);
     snprintf(out->gemm, sizeof out->gemm, "%s", bst.gemm ? bst.gemm : "");
@@ -579,8 +591,7 @@ static void cell(FILE *out, double v)
         fprintf(out, " %12s", "-");
 }
 
-void ke_bench_print_table(FILE *out, const ke_bench_labels *labels, const ke_bench_result *r,
-                          int n)
+void ke_bench_print_table(FILE *out, const ke_bench_labels *labels, const ke_bench_result *r, int n)
 {
     fprintf(out, "%s, config %s (%llu params), %s, device %s\n", labels->impl, labels->config,
             (unsigned long long)labels->params, labels->precision,
@@ -618,8 +629,7 @@ void ke_bench_print_profile(FILE *out, const ke_bench_result *r)
         const ke_bench_profile_row *w = &p->rows[i];
         if (w->is_wait) {
             fprintf(out, "%-11s %-26s %9.2f %10s %9s %9s %7.0f%% of them with work queued\n",
-                    w->scope, w->name, w->calls_per_step, "wait", "", "",
-                    w->busy_share * 100.0);
+                    w->scope, w->name, w->calls_per_step, "wait", "", "", w->busy_share * 100.0);
             continue;
         }
         fprintf(out, "%-11s %-26s %9.2f %10.3f %9.1f %9.3f %7.1f%%\n", w->scope, w->name,
@@ -629,7 +639,8 @@ void ke_bench_print_profile(FILE *out, const ke_bench_result *r)
     fprintf(out, "launches per decode step: %.1f; per text layer and step: %.2f\n",
             p->launches_per_step, p->launches_per_layer);
     fprintf(out, "kernel arguments set per step: %.1f\n", p->args_set_per_step);
-    fprintf(out, "blocking calls inside a step: %.2f per step; waits for ids between steps: "
+    fprintf(out,
+            "blocking calls inside a step: %.2f per step; waits for ids between steps: "
             "%.2f per step, %.0f%% with the next step already queued\n",
             p->waits_in_steps, p->waits_between, p->waits_busy_share * 100.0);
     fflush(out);

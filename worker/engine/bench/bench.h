@@ -59,10 +59,10 @@ typedef struct ke_bench_profile_row {
     char scope[24], name[40];
     bool is_wait;
     double calls_per_step;
-    double busy_share;   /* waits: the share made with later work queued */
-    double ms_per_step;  /* device time (0 without a timed queue) */
+    double busy_share;  /* waits: the share made with later work queued */
+    double ms_per_step; /* device time (0 without a timed queue) */
     double gbytes_per_s, tflops_per_s;
-    double roofline;     /* the larger of bandwidth and arithmetic share of the probed peaks */
+    double roofline; /* the larger of bandwidth and arithmetic share of the probed peaks */
 } ke_bench_profile_row;
 
 #define KE_BENCH_PROFILE_ROWS 48
@@ -73,9 +73,9 @@ typedef struct ke_bench_profile {
     int steps, layers;
     double launches_per_step, launches_per_layer; /* per text layer and step */
     double args_set_per_step;                     /* clSetKernelArg calls */
-    double waits_in_steps;     /* blocking calls made while a step was being enqueued */
-    double waits_between;      /* waits for a step's ids (outside the enqueueing) */
-    double waits_busy_share;   /* ... of which the device had the next step queued */
+    double waits_in_steps;   /* blocking calls made while a step was being enqueued */
+    double waits_between;    /* waits for a step's ids (outside the enqueueing) */
+    double waits_busy_share; /* ... of which the device had the next step queued */
     double peak_gbytes_per_s, peak_tflops;
     int n_rows;
     ke_bench_profile_row rows[KE_BENCH_PROFILE_ROWS];

@@ -64,8 +64,8 @@ void ke_config_default_tiny(ke_config *out)
 
 /* ---- the plan ---- */
 
-static void add(plan *p, ke_tensor *t, init_kind kind, int ndim, int64_t d0, int64_t d1,
-                int64_t d2, int64_t d3)
+static void add(plan *p, ke_tensor *t, init_kind kind, int ndim, int64_t d0, int64_t d1, int64_t d2,
+                int64_t d3)
 {
     if (p->failed)
         return;
@@ -205,7 +205,10 @@ static void fill_chunk(const spec *s, size_t tensor_index, size_t chunk, ke_dtyp
         std = (float)(1.0 / sqrt((double)fan_in));
         break;
     }
-    case INIT_NORM: mean = 1.0f; std = 0.1f; break;
+    case INIT_NORM:
+        mean = 1.0f;
+        std = 0.1f;
+        break;
     case INIT_BIAS: std = 0.1f; break;
     }
     float *f32 = (float *)(block + s->offset);
@@ -275,8 +278,12 @@ static ks_status fill_all(const plan *p, ke_dtype storage, unsigned char *block,
     first[0] = 0;
     for (size_t i = 0; i < p->n; i++)
         first[i + 1] = first[i] + (p->v[i].numel + KE_RANDOM_CHUNK - 1) / KE_RANDOM_CHUNK;
-    filler w = {.p = p, .first_unit = first, .units = first[p->n], .storage = storage,
-                .block = block, .seed = seed};
+    filler w = {.p = p,
+                .first_unit = first,
+                .units = first[p->n],
+                .storage = storage,
+                .block = block,
+                .seed = seed};
     atomic_init(&w.next, 0);
     pthread_t threads[KE_RANDOM_MAX_THREADS];
     int n_threads = thread_count(), started = 0;

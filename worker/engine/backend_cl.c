@@ -674,6 +674,98 @@ static ks_status grow_images(cl_backend *cb, size_t want)
     return st;
 }
 
+/* Text layer l over the step's T token rows: LayerNorm + q/k/v with the KV append, attention
+ * through the page table (flash_attention.cl's blocks when the step holds a prefill), out_proj,
+ * and the MLP, each residual added in place into cb->x. */
+static ks_status text_layer(cl_backend *cb, int l, size_t T, bool flash, size_t n_blocks)
+{
+    const ke_text_config *tc = &cb->base.model->config.text;
+    size_t E = (size_t)tc->embed_dim;
+    int heads = tc->heads, hd = tc->embed_dim / heads;
+    float eps = tc->layer_norm_eps;
+    const cl_tlayer *L = &cb->tl[l];
+    ke_cl_gemm_args qkv = {.m = T,
+                           .w = &L->qkv,
+                           .x = cb->x,
+                           .ldx = E,
+                           .ln_stats = cb->x_stats,
+                           .ln_sb = KE_CL_STAT_SB,
+                           .ln_w = L->ln_attn.w,
+                           .ln_b = L->ln_attn.b,
+                           .ln_eps = eps,
+                           .y = cb->q,
+                           .ldy = E,
+                           .act = -1,
+                           .split_q = E,
+                           .kpool = L->kpool,
+                           .vpool = L->vpool,
+                           .tokrow = cb->tokrow,
+                           .kv_half = cb->kv_half};
+    ke_cl_paged_attention_args att = {.q = cb->q,
+                                      .kpool = L->kpool,
+                                      .vpool = L->vpool,
+                                      .kv_half = cb->kv_half,
+                                      .tokrow = cb->tokrow,
+                                      .pages = cb->pages,
+                                      .max_pages = cb->max_pages,
+                                      .page_tokens = PAGE_TOKENS,
+                                      .out = cb->att,
+                                      .out_stats = cb->att_stats,
+                                      .n_tokens = T,
+                                      .heads = heads,
+                                      .head_dim = hd,
+                                      .scale = inv_sqrt_head_dim(hd)};
+    ke_cl_gemm_args out = {.m = T,
+                           .w = &L->out,
+                           .x = cb->att,
+                           .ldx = E,
+                           .ln_stats = cb->att_stats,
+                           .ln_sb = (size_t)hd,
+                           .ln_w = L->ln_inner.w,
+                           .ln_b = L->ln_inner.b,
+                           .ln_eps = eps,
+                           .y = cb->x,
+                           .ldy = E,
+                           .act = -1,
+                           .accumulate = true,
+                           .stats_out = cb->x_stats};
+    ke_cl_gemm_args fc1 = {.m = T,
+                           .w = &L->fc1,
+                           .x = cb->x,
+                           .ldx = E,
+                           .ln_stats = cb->x_stats,
+                           .ln_sb = KE_CL_STAT_SB,
+                           .ln_w = L->ln_final.w,
+                           .ln_b = L->ln_final.b,
+                           .ln_eps = eps,
+                           .y = cb->ffn,
+                           .ldy = L->fc1.n,
+                           .act = (int)tc->activation,
+                           .stats_out = cb->ffn_stats};
+    ke_cl_gemm_args fc2 = {.m = T,
+                           .w = &L->fc2,
+                           .x = cb->ffn,
+                           .ldx = L->fc1.n,
+                           .ln_stats = cb->ffn_stats,
+                           .ln_sb = KE_CL_STAT_SB,
+                           .ln_w = L->ln_ffn.w,
+                           .ln_b = L->ln_ffn.b,
+                           .ln_eps = eps,
+                           .y = cb->x,
+                           .ldy = E,
+                           .act = -1,
+                           .accumulate = true,
+                           .stats_out = cb->x_stats};
+    ks_status status;
+    if ((status = ke_cl_gemm_run(cb->gemm, L->s_qkv, &qkv, "q/k/v + KV append")) != KS_OK ||
+        (status = flash ? ke_cl_flash_attention_paged(cb->ops, &att, cb->fblocks, n_blocks)
+                        : ke_cl_paged_attention(cb->ops, L->s_att, &att)) != KS_OK ||
+        (status = ke_cl_gemm_run(cb->gemm, L->s_out, &out, "out_proj + residual")) != KS_OK ||
+        (status = ke_cl_gemm_run(cb->gemm, L->s_fc1, &fc1, "fc1 + activation")) != KS_OK)
+        return status;
+    return ke_cl_gemm_run(cb->gemm, L->s_fc2, &fc2, "fc2 + residual");
+}
+
 /* The outstanding selections must be collected before their output rows or the logits are
  * reused in a way they could observe: a forward only appends, so it needs no wait. */
 static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
@@ -682,7 +774,6 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
     const ke_model *m = b->model;
     const ke_text_config *tc = &m->config.text;
     size_t E = (size_t)tc->embed_dim, V = (size_t)tc->vocab_size;
-    int heads = tc->heads, hd = tc->embed_dim / heads;
     size_t T = 0;
     char stage[64] = "preparing";
     kc_profile *prof = kc_context_profile(cb->ctx);
@@ -785,87 +876,8 @@ static ks_status cl_forward(ke_backend *b, const ke_step *step, float *logits)
 
     kc_profile_scope(prof, "text layer");
     for (int l = 0; l < tc->layers; l++) {
-        const cl_tlayer *L = &cb->tl[l];
-        float eps = tc->layer_norm_eps;
         snprintf(stage, sizeof stage, "text layer %d", l);
-        ke_cl_gemm_args qkv = {.m = T,
-                               .w = &L->qkv,
-                               .x = cb->x,
-                               .ldx = E,
-                               .ln_stats = cb->x_stats,
-                               .ln_sb = KE_CL_STAT_SB,
-                               .ln_w = L->ln_attn.w,
-                               .ln_b = L->ln_attn.b,
-                               .ln_eps = eps,
-                               .y = cb->q,
-                               .ldy = E,
-                               .act = -1,
-                               .split_q = E,
-                               .kpool = L->kpool,
-                               .vpool = L->vpool,
-                               .tokrow = cb->tokrow,
-                               .kv_half = cb->kv_half};
-        ke_cl_paged_attention_args att = {.q = cb->q,
-                                          .kpool = L->kpool,
-                                          .vpool = L->vpool,
-                                          .kv_half = cb->kv_half,
-                                          .tokrow = cb->tokrow,
-                                          .pages = cb->pages,
-                                          .max_pages = cb->max_pages,
-                                          .page_tokens = PAGE_TOKENS,
-                                          .out = cb->att,
-                                          .out_stats = cb->att_stats,
-                                          .n_tokens = T,
-                                          .heads = heads,
-                                          .head_dim = hd,
-                                          .scale = inv_sqrt_head_dim(hd)};
-        ke_cl_gemm_args out = {.m = T,
-                               .w = &L->out,
-                               .x = cb->att,
-                               .ldx = E,
-                               .ln_stats = cb->att_stats,
-                               .ln_sb = (size_t)hd,
-                               .ln_w = L->ln_inner.w,
-                               .ln_b = L->ln_inner.b,
-                               .ln_eps = eps,
-                               .y = cb->x,
-                               .ldy = E,
-                               .act = -1,
-                               .accumulate = true,
-                               .stats_out = cb->x_stats};
-        ke_cl_gemm_args fc1 = {.m = T,
-                               .w = &L->fc1,
-                               .x = cb->x,
-                               .ldx = E,
-                               .ln_stats = cb->x_stats,
-                               .ln_sb = KE_CL_STAT_SB,
-                               .ln_w = L->ln_final.w,
-                               .ln_b = L->ln_final.b,
-                               .ln_eps = eps,
-                               .y = cb->ffn,
-                               .ldy = L->fc1.n,
-                               .act = (int)tc->activation,
-                               .stats_out = cb->ffn_stats};
-        ke_cl_gemm_args fc2 = {.m = T,
-                               .w = &L->fc2,
-                               .x = cb->ffn,
-                               .ldx = L->fc1.n,
-                               .ln_stats = cb->ffn_stats,
-                               .ln_sb = KE_CL_STAT_SB,
-                               .ln_w = L->ln_ffn.w,
-                               .ln_b = L->ln_ffn.b,
-                               .ln_eps = eps,
-                               .y = cb->x,
-                               .ldy = E,
-                               .act = -1,
-                               .accumulate = true,
-                               .stats_out = cb->x_stats};
-        if ((status = ke_cl_gemm_run(cb->gemm, L->s_qkv, &qkv, "q/k/v + KV append")) != KS_OK ||
-            (status = flash ? ke_cl_flash_attention_paged(cb->ops, &att, cb->fblocks, n_blocks)
-                            : ke_cl_paged_attention(cb->ops, L->s_att, &att)) != KS_OK ||
-            (status = ke_cl_gemm_run(cb->gemm, L->s_out, &out, "out_proj + residual")) != KS_OK ||
-            (status = ke_cl_gemm_run(cb->gemm, L->s_fc1, &fc1, "fc1 + activation")) != KS_OK ||
-            (status = ke_cl_gemm_run(cb->gemm, L->s_fc2, &fc2, "fc2 + residual")) != KS_OK)
+        if ((status = text_layer(cb, l, T, flash, n_blocks)) != KS_OK)
             goto cleanup;
     }
 

@@ -164,14 +164,6 @@ static void fill_pixels(float *v, size_t n, uint64_t seed)
         v[i] = (float)(xorshift(&s) >> 40) * 0x1p-24f * 3.9f - 1.8f;
 }
 
-static ks_status run_vision(bench_state *s, double *seconds)
-{
-    double t0 = now_s();
-    ks_status st = s->backend->ops->encode_images(s->backend, s->pixels, s->batch, s->embeds, NULL);
-    *seconds = now_s() - t0;
-    return st;
-}
-
 static int argmax(const float *v, int n)
 {
     int best = 0;
@@ -210,8 +202,17 @@ static ks_status forward_pick(bench_state *s, const ke_step *step, size_t len)
 }
 
 #ifdef KOSMOS_HAVE_OPENCL
-/* The decode profile of the steps just run (the profile was reset before them). */
-static void capture_profile(bench_state *s, ke_bench_profile *out)
+static void reset_profile(bench_state *s)
+{
+    kc_context *ctx = ke_backend_cl_context(s->backend);
+    if (ctx)
+        kc_profile_reset(kc_context_profile(ctx));
+}
+
+/* The profile of what ran since reset_profile, as `phase` did it in `units` (decode steps, or
+ * one pass). */
+static void capture_profile(bench_state *s, ke_bench_profiled phase, int units,
+                            ke_bench_profile *out)
 {
     kc_context *ctx = ke_backend_cl_context(s->backend);
     kc_profile *prof = ctx ? kc_context_profile(ctx) : NULL;
@@ -222,9 +223,10 @@ static void capture_profile(bench_state *s, ke_bench_profile *out)
     kc_peaks peaks = {0};
     if (kc_probe_peaks(ctx, &peaks) != KS_OK)
         ks_error_clear(); /* no shares, the rest stands */
-    double steps = (double)s->p->new_tokens;
+    double steps = (double)units;
     out->valid = true;
-    out->steps = s->p->new_tokens;
+    out->phase = phase;
+    out->steps = units;
     out->layers = s->model->config.text.layers;
     out->peak_gbytes_per_s = peaks.bytes_per_s * 1e-9;
     out->peak_tflops = peaks.flops_per_s * 1e-12;
@@ -241,6 +243,7 @@ static void capture_profile(bench_state *s, ke_bench_profile *out)
             }
         } else {
             launches += (double)r->calls;
+            out->device_ms += r->device_ms / steps;
             if (!strcmp(r->scope, "text layer"))
                 layer_launches += (double)r->calls;
         }
@@ -267,20 +270,47 @@ static void capture_profile(bench_state *s, ke_bench_profile *out)
     out->waits_between = waits_between / steps;
     out->waits_busy_share = waits_between > 0 ? busy / waits_between : 0;
 }
-
-static void reset_profile(bench_state *s)
-{
-    kc_context *ctx = ke_backend_cl_context(s->backend);
-    if (ctx)
-        kc_profile_reset(kc_context_profile(ctx));
-}
 #endif
+
+/* reset_profile before a phase's run and capture_profile after it, where there is a profile to
+ * take (`out` not NULL: the last timed run, with --profile) and a device that keeps one. */
+static void profile_begin(bench_state *s, const ke_bench_profile *out)
+{
+#ifdef KOSMOS_HAVE_OPENCL
+    if (out)
+        reset_profile(s);
+#else
+    (void)s, (void)out;
+#endif
+}
+
+static void profile_end(bench_state *s, ks_status st, ke_bench_profiled phase, int units,
+                        ke_bench_profile *out)
+{
+#ifdef KOSMOS_HAVE_OPENCL
+    if (out && st == KS_OK)
+        capture_profile(s, phase, units, out);
+#else
+    (void)s, (void)st, (void)phase, (void)units, (void)out;
+#endif
+}
+
+static ks_status run_vision(bench_state *s, double *seconds, ke_bench_profile *profile)
+{
+    profile_begin(s, profile);
+    double t0 = now_s();
+    ks_status st = s->backend->ops->encode_images(s->backend, s->pixels, s->batch, s->embeds, NULL);
+    *seconds = now_s() - t0;
+    profile_end(s, st, KE_BENCH_PROFILE_VISION, 1, profile);
+    return st;
+}
 
 /* Prefill of batch prompts, then new_tokens decode steps as ke_generate runs them (each
  * step's token fed from the device, its ids read while the next step runs, where the backend
- * can); releases the slots. `profile`: the decode steps' profile goes there. */
+ * can); releases the slots. `profiles` (NULL: none): the prefill's and the decode steps'
+ * profiles go there. */
 static ks_status run_prefill_decode(bench_state *s, bool decode, double *prefill_s,
-                                    double *decode_s, ke_bench_profile *profile)
+                                    double *decode_s, ke_bench_profile *profiles)
 {
     ke_backend *b = s->backend;
     const ke_backend_ops *ops = b->ops;
@@ -301,9 +331,15 @@ static ks_status run_prefill_decode(bench_state *s, bool decode, double *prefill
                     .positions = s->step_pos,
                     .image_mask = s->step_mask,
                     .image_embeds = s->embeds};
+    ke_bench_profile *prefill_profile = profiles && (s->p->phases & KE_BENCH_PREFILL)
+                                            ? &profiles[KE_BENCH_PROFILE_PREFILL]
+                                            : NULL;
+    ke_bench_profile *decode_profile = profiles ? &profiles[KE_BENCH_PROFILE_DECODE] : NULL;
+    profile_begin(s, prefill_profile);
     double t0 = now_s();
     ks_status st = forward_pick(s, &step, len);
     *prefill_s = now_s() - t0;
+    profile_end(s, st, KE_BENCH_PROFILE_PREFILL, 1, prefill_profile);
     if (st == KS_OK && decode) {
         bool async = ops->select_greedy_enqueue && ops->wait_selected;
         for (int q = 0; q < s->batch; q++) {
@@ -314,10 +350,7 @@ static ks_status run_prefill_decode(bench_state *s, bool decode, double *prefill
         step.image_mask = NULL;
         step.image_embeds = NULL;
         step.from_device = s->step_dev;
-#ifdef KOSMOS_HAVE_OPENCL
-        if (profile)
-            reset_profile(s);
-#endif
+        profile_begin(s, decode_profile);
         t0 = now_s();
         int outstanding = 0;
         for (int k = 0; k < s->p->new_tokens && st == KS_OK; k++) {
@@ -340,12 +373,7 @@ static ks_status run_prefill_decode(bench_state *s, bool decode, double *prefill
         if (st == KS_OK && outstanding)
             st = ops->wait_selected(b);
         *decode_s = now_s() - t0;
-#ifdef KOSMOS_HAVE_OPENCL
-        if (st == KS_OK && profile)
-            capture_profile(s, profile);
-#else
-        (void)profile;
-#endif
+        profile_end(s, st, KE_BENCH_PROFILE_DECODE, s->p->new_tokens, decode_profile);
     }
     for (int q = 0; q < s->batch; q++)
         b->ops->release_slot(b, q);
@@ -495,12 +523,14 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
     bool want_prefill = p->phases & (KE_BENCH_PREFILL | KE_BENCH_DECODE);
     for (int run = 0; run < p->warmup + p->repeats; run++) {
         double t[4] = {-1, -1, -1, -1};
-        if ((p->phases & KE_BENCH_VISION) && (st = run_vision(&s, &t[0])) != KS_OK)
-            break;
         bool last = run == p->warmup + p->repeats - 1;
-        if (want_prefill &&
-            (st = run_prefill_decode(&s, p->phases & KE_BENCH_DECODE, &t[1], &t[2],
-                                     p->profile && last ? &out->profile : NULL)) != KS_OK)
+        ke_bench_profile *profiles = p->profile && last ? out->profiles : NULL;
+        if ((p->phases & KE_BENCH_VISION) &&
+            (st = run_vision(&s, &t[0], profiles ? &profiles[KE_BENCH_PROFILE_VISION] : NULL)) !=
+                KS_OK)
+            break;
+        if (want_prefill && (st = run_prefill_decode(&s, p->phases & KE_BENCH_DECODE, &t[1], &t[2],
+                                                     profiles)) != KS_OK)
             break;
         if ((p->phases & KE_BENCH_E2E) && (st = run_e2e(&s, &t[3])) != KS_OK)
             break;
@@ -613,28 +643,44 @@ void ke_bench_print_table(FILE *out, const ke_bench_labels *labels, const ke_ben
     fflush(out);
 }
 
-void ke_bench_print_profile(FILE *out, const ke_bench_result *r)
+/* One phase's table. */
+static void print_phase_profile(FILE *out, const ke_bench_result *r, const ke_bench_profile *p)
 {
-    const ke_bench_profile *p = &r->profile;
-    if (!p->valid)
-        return;
-    fprintf(out, "\nprofile: batch %d, %d decode steps, %d text layers, on %s\n", r->batch,
-            p->steps, p->layers, r->device_name);
+    static const char *const what[KE_BENCH_PROFILED] = {"vision", "prefill", "decode"};
+    const char *unit = p->phase == KE_BENCH_PROFILE_DECODE ? "step" : "pass";
+    if (p->phase == KE_BENCH_PROFILE_DECODE)
+        fprintf(out, "\nprofile: batch %d, decode, %d steps, %d text layers, on %s\n", r->batch,
+                p->steps, p->layers, r->device_name);
+    else
+        fprintf(out, "\nprofile: batch %d, %s, one pass over the batch (%s), on %s\n", r->batch,
+                what[p->phase],
+                p->phase == KE_BENCH_PROFILE_VISION ? "images" : "prompts of the prompt length",
+                r->device_name);
     if (p->peak_gbytes_per_s > 0)
         fprintf(out, "probed peaks: %.1f GB/s memory, %.2f TFLOP/s f32\n", p->peak_gbytes_per_s,
                 p->peak_tflops);
-    fprintf(out, "%-11s %-26s %9s %10s %9s %9s %8s\n", "scope", "kernel / wait", "per step",
-            "ms / step", "GB/s", "TFLOP/s", "roofline");
+    fprintf(out, "%-11s %-26s %9s %10s %6s %9s %9s %8s\n", "scope", "kernel / wait",
+            p->phase == KE_BENCH_PROFILE_DECODE ? "per step" : "per pass",
+            p->phase == KE_BENCH_PROFILE_DECODE ? "ms / step" : "ms / pass", "share", "GB/s",
+            "TFLOP/s", "roofline");
     for (int i = 0; i < p->n_rows; i++) {
         const ke_bench_profile_row *w = &p->rows[i];
         if (w->is_wait) {
-            fprintf(out, "%-11s %-26s %9.2f %10s %9s %9s %7.0f%% of them with work queued\n",
-                    w->scope, w->name, w->calls_per_step, "wait", "", "", w->busy_share * 100.0);
+            fprintf(out, "%-11s %-26s %9.2f %10s %6s %9s %9s %7.0f%% of them with work queued\n",
+                    w->scope, w->name, w->calls_per_step, "wait", "", "", "",
+                    w->busy_share * 100.0);
             continue;
         }
-        fprintf(out, "%-11s %-26s %9.2f %10.3f %9.1f %9.3f %7.1f%%\n", w->scope, w->name,
-                w->calls_per_step, w->ms_per_step, w->gbytes_per_s, w->tflops_per_s,
+        double share = p->device_ms > 0 ? w->ms_per_step / p->device_ms * 100.0 : 0;
+        fprintf(out, "%-11s %-26s %9.2f %10.3f %5.1f%% %9.1f %9.3f %7.1f%%\n", w->scope, w->name,
+                w->calls_per_step, w->ms_per_step, share, w->gbytes_per_s, w->tflops_per_s,
                 w->roofline * 100.0);
+    }
+    fprintf(out, "device time per %s: %.3f ms in %.1f launches\n", unit, p->device_ms,
+            p->launches_per_step);
+    if (p->phase != KE_BENCH_PROFILE_DECODE) {
+        fflush(out);
+        return;
     }
     fprintf(out, "launches per decode step: %.1f; per text layer and step: %.2f\n",
             p->launches_per_step, p->launches_per_layer);
@@ -644,4 +690,11 @@ void ke_bench_print_profile(FILE *out, const ke_bench_result *r)
             "%.2f per step, %.0f%% with the next step already queued\n",
             p->waits_in_steps, p->waits_between, p->waits_busy_share * 100.0);
     fflush(out);
+}
+
+void ke_bench_print_profile(FILE *out, const ke_bench_result *r)
+{
+    for (int i = 0; i < KE_BENCH_PROFILED; i++)
+        if (r->profiles[i].valid)
+            print_phase_profile(out, r, &r->profiles[i]);
 }

@@ -44,17 +44,17 @@ typedef struct ke_bench_params {
     unsigned phases;          /* KE_BENCH_* bits, default KE_BENCH_ALL */
     uint64_t seed;            /* the random pixels, default 0 */
     FILE *log;                /* progress lines (one per run), or NULL, default NULL */
-    bool profile;             /* OpenCL: profile the last timed decode run (ke_bench_profile) */
-    bool kv_half;             /* the KV cache in half precision (ke_backend_options.kv_half) */
-    const char *gemm_tune;    /* ke_backend_options.gemm_tune (--gemm-tune), borrowed; NULL */
-    bool no_flash_attention;  /* ke_backend_options.no_flash_attention (A/B runs) */
-    ke_gemm_path gemm;        /* the large products' engine (ke_backend_options.gemm) */
-    bool weights_int8;        /* int8 linear weights (ke_backend_options.weights_int8) */
+    bool profile;          /* OpenCL: profile the last timed run of each phase (ke_bench_profile) */
+    bool kv_half;          /* the KV cache in half precision (ke_backend_options.kv_half) */
+    const char *gemm_tune; /* ke_backend_options.gemm_tune (--gemm-tune), borrowed; NULL */
+    bool no_flash_attention; /* ke_backend_options.no_flash_attention (A/B runs) */
+    ke_gemm_path gemm;       /* the large products' engine (ke_backend_options.gemm) */
+    bool weights_int8;       /* int8 linear weights (ke_backend_options.weights_int8) */
 } ke_bench_params;
 
 void ke_bench_params_default(ke_bench_params *p);
 
-/* One row of a decode profile: a kernel (or a wait) within a scope ("text layer", "text step"). */
+/* One row of a profile: a kernel (or a wait) within a scope ("vision", "text layer", ...). */
 typedef struct ke_bench_profile_row {
     char scope[24], name[40];
     bool is_wait;
@@ -67,10 +67,23 @@ typedef struct ke_bench_profile_row {
 
 #define KE_BENCH_PROFILE_ROWS 48
 
-/* What the profiled decode run did, per decode step (kosmos bench --profile). */
+/* The phases with a profile, the index into ke_bench_result.profiles. */
+typedef enum ke_bench_profiled {
+    KE_BENCH_PROFILE_VISION,
+    KE_BENCH_PROFILE_PREFILL,
+    KE_BENCH_PROFILE_DECODE,
+    KE_BENCH_PROFILED
+} ke_bench_profiled;
+
+/* What a phase's last timed run did (kosmos bench --profile), per unit: per decode step for
+ * decode (`steps` of them), per pass (steps = 1) for vision and prefill, where one pass over
+ * the batch is what is timed. The launch and wait figures below are per unit too; the decode
+ * ones are what issue 15's acceptance reads. */
 typedef struct ke_bench_profile {
     bool valid;
+    ke_bench_profiled phase;
     int steps, layers;
+    double device_ms;                             /* all launches' device time per unit */
     double launches_per_step, launches_per_layer; /* per text layer and step */
     double args_set_per_step;                     /* clSetKernelArg calls */
     double waits_in_steps;   /* blocking calls made while a step was being enqueued */
@@ -94,7 +107,7 @@ typedef struct ke_bench_result {
     size_t peak_device_bytes; /* device memory the backend holds at the end (its stats);
                                * 0: none or the backend cannot tell */
     char gemm[1024];          /* the large products' engine and why (ke_backend_stats.gemm) */
-    ke_bench_profile profile; /* with params.profile on an OpenCL device */
+    ke_bench_profile profiles[KE_BENCH_PROFILED]; /* params.profile on an OpenCL device */
 } ke_bench_result;
 
 /* The benchmark prompt for `config` (len = latent_query_num + 7, 71 for Kosmos-2): the ids the
@@ -121,7 +134,7 @@ typedef struct ke_bench_labels {
 void ke_bench_print_json(FILE *out, const ke_bench_labels *labels, const ke_bench_params *p,
                          const ke_bench_result *r);
 
-/* The decode profile of one result as a table; nothing when it has none. */
+/* The profiles of one result as tables, a phase each; nothing for a phase without one. */
 void ke_bench_print_profile(FILE *out, const ke_bench_result *r);
 
 /* A human table of all results (header included). */

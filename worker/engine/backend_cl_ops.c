@@ -61,6 +61,12 @@ typedef struct flash_build {
     cl_kernel k, paged; /* flash_attention, flash_attention_paged */
 } flash_build;
 
+/* A build of attention_wide.cl (CPUs): its head size and largest block. */
+typedef struct wide_build {
+    int head_dim, block_q;
+    cl_kernel k;
+} wide_build;
+
 struct ke_cl_ops {
     kc_context *ctx; /* borrowed */
     ke_dtype weight_dtype;
@@ -73,6 +79,9 @@ struct ke_cl_ops {
     flash_build *flash;    /* [n_flash], made on demand (flash_get) */
     int n_flash;
     int flash_bq, flash_bk; /* ke_cl_flash_force_tiles; 0: the device's choice */
+    wide_build *wide;       /* [n_wide], made on demand (wide_get) */
+    int n_wide;
+    int wide_mode; /* ke_cl_flash_force_wide: -1 CPUs (default), 0 never, 1 every device */
 };
 
 static size_t floor_pow2(size_t v)
@@ -157,6 +166,7 @@ ks_status ke_cl_ops_new(kc_context *ctx, ke_dtype weight_dtype, ke_cl_ops **out)
     o->queue = kc_context_queue(ctx);
     o->local_mem = kc_context_device(ctx)->local_mem_bytes;
     o->serial_attention = (kc_context_device(ctx)->type & CL_DEVICE_TYPE_CPU) != 0;
+    o->wide_mode = -1;
     for (int p = 0; p < P_COUNT; p++) {
         if ((status = build(o, p, weight_dtype)) != KS_OK) {
             ks_error_prefix("OpenCL ops");
@@ -173,6 +183,7 @@ void ke_cl_ops_destroy(ke_cl_ops **ops)
     if (!ops || !*ops)
         return;
     free((*ops)->flash);
+    free((*ops)->wide);
     free(*ops); /* kernels and programs belong to the context */
     *ops = NULL;
 }
@@ -690,6 +701,55 @@ static ks_status flash_get(ke_cl_ops *o, int head_dim, const flash_build **out)
     return KS_OK;
 }
 
+/* attention_wide.cl's keys per tile (KEY_TILE): where its softmax rescales, so part of its
+ * order; 128 keeps the transposed tile (32 KiB at head_dim 64) in a core's L1. */
+enum { WIDE_KEY_TILE = 128, WIDE_ROWS = 4 };
+
+static uint64_t wide_local_bytes(int block_q, int head_dim)
+{
+    return 4u * ((uint64_t)head_dim * WIDE_KEY_TILE + (uint64_t)WIDE_ROWS * WIDE_KEY_TILE +
+                 (uint64_t)block_q * ((uint64_t)head_dim + 2u));
+}
+
+/* Whether ke_cl_flash_attention runs attention_wide.cl for heads of head_dim (its header). */
+static bool wide_wanted(const ke_cl_ops *o, int head_dim)
+{
+    if (o->wide_mode == 0 || (o->wide_mode < 0 && !on_cpu(o)))
+        return false;
+    return head_dim % 16 == 0 && head_dim <= 64 &&
+           (o->local_mem == 0 || wide_local_bytes(flash_bq(o), head_dim) <= o->local_mem);
+}
+
+bool ke_cl_flash_uses_wide(const ke_cl_ops *o, int head_dim) { return wide_wanted(o, head_dim); }
+
+void ke_cl_flash_force_wide(ke_cl_ops *o, int mode) { o->wide_mode = mode < 0 ? -1 : mode > 0; }
+
+/* The build of attention_wide.cl for head_dim and the current blocks, made on first use. */
+static ks_status wide_get(ke_cl_ops *o, int head_dim, cl_kernel *out)
+{
+    int bq = flash_bq(o);
+    for (int i = 0; i < o->n_wide; i++)
+        if (o->wide[i].head_dim == head_dim && o->wide[i].block_q == bq) {
+            *out = o->wide[i].k;
+            return KS_OK;
+        }
+    char opts[96];
+    snprintf(opts, sizeof opts, "-DHEAD_DIM=%d -DBLOCK_Q=%d -DKEY_TILE=%d", head_dim, bq,
+             WIDE_KEY_TILE);
+    kc_program *prog = NULL;
+    wide_build b = {.head_dim = head_dim, .block_q = bq};
+    ks_status st = kc_program_get(o->ctx, "attention_wide.cl", opts, &prog);
+    if (st != KS_OK || (st = kc_program_kernel(prog, "attention_wide", &b.k)) != KS_OK)
+        return st;
+    wide_build *grown = realloc(o->wide, (size_t)(o->n_wide + 1) * sizeof *grown);
+    if (!grown)
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
+    o->wide = grown;
+    o->wide[o->n_wide++] = b;
+    *out = b.k;
+    return KS_OK;
+}
+
 ks_status ke_cl_flash_prepare(ke_cl_ops *o, int head_dim)
 {
     const flash_build *b = NULL;
@@ -736,9 +796,14 @@ ks_status ke_cl_flash_attention(ke_cl_ops *o, const ke_cl_attention_args *a, cl_
         status = ks_fail(KS_ERR_INVALID, "sizes out of range");
         goto cleanup;
     }
-    if ((status = flash_get(o, a->head_dim, &b)) != KS_OK)
+    bool wide = wide_wanted(o, a->head_dim);
+    cl_kernel k = NULL;
+    if (wide)
+        status = wide_get(o, a->head_dim, &k);
+    else if ((status = flash_get(o, a->head_dim, &b)) == KS_OK)
+        k = b->k;
+    if (status != KS_OK)
         goto cleanup;
-    cl_kernel k = b->k;
     ARG(k, 0, a->q);
     ARG(k, 1, (cl_int)a->q_off);
     ARG(k, 2, (cl_int)a->q_stride);
@@ -753,9 +818,9 @@ ks_status ke_cl_flash_attention(ke_cl_ops *o, const ke_cl_attention_args *a, cl_
     ARG(k, 11, (cl_int)a->out_stride);
     ARG(k, 12, (cl_int)a->heads);
     ARG(k, 13, (cl_float)a->scale);
-    local = (size_t)b->block_q;
+    local = wide ? 1 : (size_t)b->block_q;
     size_t global = n_blocks * (size_t)a->heads * local;
-    status = run(o, k, "flash_attention", 1, &global, &local, NULL);
+    status = run(o, k, wide ? "attention_wide" : "flash_attention", 1, &global, &local, NULL);
 cleanup:
     if (status != KS_OK)
         ks_error_prefix("kernel flash_attention (%zu rows in %zu blocks, %d heads, head_dim %d, "

@@ -163,7 +163,10 @@ int ke_cl_flash_block_q(const ke_cl_ops *o);
 size_t ke_cl_flash_blocks(const cl_int *rows, size_t n_rows, int block_q, cl_int *blocks);
 
 /* ke_cl_attention through flash_attention: blocks (n_blocks cl_int4) from ke_cl_flash_blocks
- * on the rows of a->rows. */
+ * on the rows of a->rows. On CPUs, for heads of 16 to 64 columns (a multiple of 16), through
+ * kernels/attention_wide.cl instead: register-blocked vector code that rescales its softmax once
+ * per 128 keys, in an order of its own (a row's bits still do not depend on its block; nothing
+ * this serves shares bits with a decode kernel: the vision encoder, the resampler). */
 ks_status ke_cl_flash_attention(ke_cl_ops *o, const ke_cl_attention_args *a, cl_mem blocks,
                                 size_t n_blocks);
 
@@ -171,6 +174,13 @@ ks_status ke_cl_flash_attention(ke_cl_ops *o, const ke_cl_attention_args *a, cl_
  * step's tokens as rows (token, slot, keys it sees). The same outputs, the same bits. */
 ks_status ke_cl_flash_attention_paged(ke_cl_ops *o, const ke_cl_paged_attention_args *a,
                                       cl_mem blocks, size_t n_blocks);
+
+/* Whether ke_cl_flash_attention runs attention_wide.cl for heads of head_dim. */
+bool ke_cl_flash_uses_wide(const ke_cl_ops *o, int head_dim);
+
+/* For tests: ke_cl_flash_attention's attention_wide.cl on CPUs where it fits (mode < 0, the
+ * default), never (0), or on every device where it fits (> 0). */
+void ke_cl_flash_force_wide(ke_cl_ops *o, int mode);
 
 /* For tests: blocks of block_q rows and tiles of block_k keys (0: the device's choice), which
  * change no result bit. Blocks cut before must be cut again. */

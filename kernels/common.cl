@@ -55,20 +55,69 @@ inline size_t weight_index(const int i, const int c, const int k, const int ldw,
     return (size_t)i * (size_t)ldw + (size_t)c;
 }
 
-inline float activate(const float v, const int act)
-{
-    if (act == 0)
-        return 0.5f * v * (1.0f + erf(v * 0.70710678118654752f));
-    if (act == 1)
-        return v * (1.0f / (1.0f + exp(-(1.702f * v))));
-    if (act == 2) {
-        const float k = 0.7978845608028654f;
-        return 0.5f * v * (1.0f + tanh(k * (v + 0.044715f * v * v * v)));
+/* activate() and its vector forms activateN (DEFINE_ACTIVATE(N)), written once in plain
+ * arithmetic, exp() included (kexp): each lane goes through exactly the operations of the
+ * scalar, so a GEMM may run its epilogue on vectors and still give the bits of one output
+ * stored alone (test_cl_gemm compares the kernels bit for bit). A builtin would not do: PoCL's
+ * vector erf() and exp() differ from its scalars in the last bit for some inputs.
+ *
+ *   kexp(x)    e^x for x clamped to [-87, 88]: x = n ln2 + r (Cody-Waite, ln2 in two parts),
+ *              e^r by Cephes' expf polynomial, 2^n built in the exponent bits; about 1 ulp
+ *   gelu       0.5 x erfc(-x/sqrt2), erfc(z) for z >= 0 as t exp(-z^2 + P(t)), t = 1/(1 + z/2)
+ *              (Numerical Recipes' erfcc, relative error < 1.2e-7), erfc(-z) = 2 - erfc(z);
+ *              no cancellation in 1 + erf(x) for negative x
+ *   quick_gelu x / (1 + e^(-1.702x)) as x * (1 / (1 + e^(-1.702 x)))
+ *   gelu_tanh  0.5 x (1 + tanh(y)) = x / (1 + e^(-2y)), y = sqrt(2/pi) (x + 0.044715 x^3)
+ *   relu       max(x, 0), 0 for -0 and NaN as x > 0 ? x : 0 */
+#define DEFINE_KEXP_(N)                                                                            \
+    inline float##N kexp##N(float##N x)                                                            \
+    {                                                                                              \
+        x = clamp(x, -87.0f, 88.0f);                                                               \
+        const float##N n = rint(x * 1.44269504088896341f);                                        \
+        float##N r = x - n * 0.693359375f;                                                         \
+        r = r - n * -2.12194440e-4f;                                                               \
+        float##N p = (float##N)(1.9875691500e-4f);                                                             \
+        p = p * r + 1.3981999507e-3f;                                                              \
+        p = p * r + 8.3334519073e-3f;                                                              \
+        p = p * r + 4.1665795894e-2f;                                                              \
+        p = p * r + 1.6666665459e-1f;                                                              \
+        p = p * r + 5.0000001201e-1f;                                                              \
+        p = p * (r * r) + r + 1.0f;                                                                \
+        return p * as_float##N((convert_int##N(n) + 127) << 23);                                  \
     }
-    if (act == 3)
-        return v > 0.0f ? v : 0.0f;
-    return v;
-}
+#define DEFINE_ACTIVATE_(N)                                                                        \
+    DEFINE_KEXP_(N)                                                                                \
+    inline float##N activate##N(const float##N v, const int act)                                   \
+    {                                                                                              \
+        if (act == 0) {                                                                            \
+            const float##N z = v * 0.70710678118654752f, a = fabs(z);                              \
+            const float##N t = 1.0f / (a * 0.5f + 1.0f);                                           \
+            float##N p = (float##N)(0.17087277f);                                                              \
+            p = p * t - 0.82215223f;                                                               \
+            p = p * t + 1.48851587f;                                                               \
+            p = p * t - 1.13520398f;                                                               \
+            p = p * t + 0.27886807f;                                                               \
+            p = p * t - 0.18628806f;                                                               \
+            p = p * t + 0.09678418f;                                                               \
+            p = p * t + 0.37409196f;                                                               \
+            p = p * t + 1.00002368f;                                                               \
+            p = p * t - 1.26551223f;                                                               \
+            const float##N e = t * kexp##N(p - a * a); /* erfc(|z|) */                             \
+            return 0.5f * v * select(e, 2.0f - e, z > 0.0f);                                       \
+        }                                                                                          \
+        if (act == 1)                                                                              \
+            return v * (1.0f / (1.0f + kexp##N(-(1.702f * v))));                                   \
+        if (act == 2) {                                                                            \
+            const float##N y = 0.7978845608028654f * (v + 0.044715f * v * v * v);                 \
+            return v * (1.0f / (1.0f + kexp##N(-2.0f * y)));                                       \
+        }                                                                                          \
+        if (act == 3)                                                                              \
+            return select((float##N)(0.0f), v, v > 0.0f);                                         \
+        return v;                                                                                  \
+    }
+#define DEFINE_ACTIVATE(N) DEFINE_ACTIVATE_(N)
+
+DEFINE_ACTIVATE_()
 
 inline float2 block_stats(__local const float *v, const int n)
 {

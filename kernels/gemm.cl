@@ -176,6 +176,35 @@
 #define LOAD_WCW(p, i) CAT(vload, ROWS_CW)(0, (p) + (i))
 #endif
 #define VSTORE_CW CAT(vstore, ROWS_CW)
+#define VLOAD_CW CAT(vload, ROWS_CW)
+/* the bias (and the LayerNorm parameters): half in every build but the f32 one */
+#if WEIGHT_HALF
+#define LOAD_BCW(p, i) CAT(vload_half, ROWS_CW)(0, (p) + (i))
+#else
+#define LOAD_BCW(p, i) VLOAD_CW(0, (p) + (i))
+#endif
+DEFINE_ACTIVATE(ROWS_CW)
+
+/* store_out (gemm_io.cl) of ROWS_CW neighbouring outputs of row r from column c, all inside Y
+ * (not the Q/K/V split): the same operations lane for lane, so the same bits, without a
+ * software half conversion and a scalar exp()/erf() per output (on PoCL the epilogue of the
+ * text fc1 cost a third of its product). */
+inline floatCW store_out_cw(const int r, const int c, floatCW v, __global const float *w_scale,
+                            __global const WEIGHT_T *bias, const int act, const int accumulate,
+                            __global float *y, const ulong y_off, const int ldy)
+{
+#if W_INT8
+    v = v * VLOAD_CW(0, w_scale + c);
+#endif
+    if (bias)
+        v = v + LOAD_BCW(bias, c);
+    v = CAT(activate, ROWS_CW)(v, act);
+    __global float *yp = y + y_off + (size_t)r * (size_t)ldy + (size_t)c;
+    if (accumulate)
+        v = v + VLOAD_CW(0, yp);
+    VSTORE_CW(v, 0, yp);
+    return v;
+}
 /* ROWS_CW floats read one by one through a volatile pointer (another group's writes). */
 #define VOLATILE_LOAD_4(p) (float4)((p)[0], (p)[1], (p)[2], (p)[3])
 #define VOLATILE_LOAD_8(p) (float8)(VOLATILE_LOAD_4(p), VOLATILE_LOAD_4((p) + 4))
@@ -261,20 +290,36 @@
 #define ROWS_K_BLOCK4(R)
 #endif
 
-/* Stores the ROWS_CW outputs of row r0 + r (columns c0 ..) and keeps them for the statistics:
- * through this work-item's own part of `vals` (no private array, which PoCL keeps in memory
- * and compiles slowly next to barriers). */
-#define store4(r, t, cofs)                                                                         \
-    do {                                                                                           \
-        __local float *own = vals + (r) * ROWS_COLS + lid * ROWS_WCOLS + (cofs);                   \
-        VSTORE_CW((t), 0, own);                                                                    \
-        for (int j = 0; j < ROWS_CW; j++) {                                                        \
-            const int c = c0 + (cofs) + j;                                                         \
-            if (r0 + (r) < m && c < n)                                                             \
-                own[j] = store_out(r0 + (r), c, own[j], w_scale, bias, act, accumulate, y, y_off,  \
-                                   ldy, split_q, kpool, vpool, tokrow, kv_half);                   \
-        }                                                                                          \
-    } while (0);
+/* The R rows' sums go to this work-item's own part of `vals` (no private array, which PoCL keeps
+ * in memory and compiles slowly next to barriers); store_rows then runs the epilogue on them
+ * and leaves the stored values there for the statistics. One loop, not a copy per row and
+ * vector: the epilogue's vector exp()/erf() inlined R x VPW times made the program take PoCL
+ * over ten minutes to build. */
+#define store4(r, t, cofs) VSTORE_CW((t), 0, vals + (r) * ROWS_COLS + lid * ROWS_WCOLS + (cofs));
+
+inline void store_rows(__local float *vals, const int rows, const int lid, const int r0,
+                       const int c0, const int m, const int n, __global const float *w_scale,
+                       __global const WEIGHT_T *bias, const int act, const int accumulate,
+                       __global float *y, const ulong y_off, const int ldy, const int split_q,
+                       __global float *kpool, __global float *vpool, __global const int4 *tokrow,
+                       const int kv_half)
+{
+    for (int rr = 0; rr < rows; rr++)
+        for (int h = 0; h < ROWS_VPW; h++) {
+            __local float *own = vals + rr * ROWS_COLS + lid * ROWS_WCOLS + h * ROWS_CW;
+            const int cv = c0 + h * ROWS_CW;
+            if (r0 + rr < m && cv + ROWS_CW <= n && split_q == 0) {
+                VSTORE_CW(store_out_cw(r0 + rr, cv, VLOAD_CW(0, own), w_scale, bias, act,
+                                       accumulate, y, y_off, ldy),
+                          0, own);
+                continue;
+            }
+            for (int j = 0; j < ROWS_CW; j++)
+                if (r0 + rr < m && cv + j < n)
+                    own[j] = store_out(r0 + rr, cv + j, own[j], w_scale, bias, act, accumulate, y,
+                                       y_off, ldy, split_q, kpool, vpool, tokrow, kv_half);
+        }
+}
 
 #if ROWS_STAGE
 #define ROWS_PROLOGUE(R)                                                                           \
@@ -395,6 +440,8 @@
         ROWS_SPLIT_COMBINE(R)                                                                      \
         if (keep) {                                                                                \
             REPR(R, R_STORE)                                                                       \
+            store_rows(vals, R, lid, r0, c0, m, n, w_scale, bias, act, accumulate, y, y_off, ldy,  \
+                       split_q, kpool, vpool, tokrow, kv_half);                                    \
         }                                                                                          \
         barrier(CLK_LOCAL_MEM_FENCE);                                                              \
         if (keep && stats_out)                                                                     \

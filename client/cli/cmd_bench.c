@@ -30,7 +30,7 @@ static const char bench_help[] =
     "                    [--gemm-tune ROW[,KEY=VALUE...]]\n"
     "                    [--gemm auto|simt|mma-emulated|mma-ptx] [--repeats N] [--warmup N]\n"
     "                    [--new-tokens N] [--phases vision,prefill,decode,e2e] [--seed S]\n"
-    "                    [--json] [--profile] [--attention flash|rows]\n"
+    "                    [--json] [--profile] [--attention flash|rows] [--vision-chunk N]\n"
     "\n"
     "Measures, at each batch size B (a fresh backend with B KV slots each time):\n"
     "  vision   images/s   the vision tower + resampler on B images\n"
@@ -81,7 +81,11 @@ static const char bench_help[] =
     "                      next step already queued); on stdout\n"
     "  --attention A       OpenCL devices: flash (default: kernels/flash_attention.cl for the\n"
     "                      vision encoder, the resampler and the prefill) or rows (one\n"
-    "                      work-group per query row, as before it: for A/B runs)\n";
+    "                      work-group per query row, as before it: for A/B runs)\n"
+    "  --vision-chunk N    images one vision pass holds, 1..65536: B images run in passes of\n"
+    "                      N, so the activations' memory is N images' (about 22 MB each for\n"
+    "                      Kosmos-2) whatever B is (default: the device's, 32 on a GPU, 8 on\n"
+    "                      a CPU; 'kosmos-worker --help'); for measuring what a chunk gains\n";
 
 typedef struct bench_options {
     const char *model_dir, *config, *device;
@@ -177,7 +181,8 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         SEED,
         JSON,
         PROFILE,
-        ATTENTION
+        ATTENTION,
+        VISION_CHUNK
     };
     static const struct option options[] = {
         {"model", required_argument, NULL, 'm'},
@@ -197,6 +202,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         {"json", no_argument, NULL, JSON},
         {"profile", no_argument, NULL, PROFILE},
         {"attention", required_argument, NULL, ATTENTION},
+        {"vision-chunk", required_argument, NULL, VISION_CHUNK},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -274,6 +280,11 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
             if (strcmp(optarg, "flash") && strcmp(optarg, "rows"))
                 return usage_error("--attention is flash or rows, not '%s'", optarg);
             o->params.no_flash_attention = !strcmp(optarg, "rows");
+            break;
+        case VISION_CHUNK:
+            if (!cli_parse_int(optarg, 1, BENCH_MAX_BATCH, &o->params.vision_chunk))
+                return usage_error("--vision-chunk wants an integer in 1..%d, not '%s'",
+                                   BENCH_MAX_BATCH, optarg);
             break;
         case 'h': fputs(bench_help, stdout); return -1;
         default: return usage_error("see 'kosmos bench --help'");

@@ -135,6 +135,49 @@ class UsageErrors(Scratch):
         self.assertLess(proc.returncode, 128, "killed by a signal")
         self.assertIn(b"no such model folder: " + missing.encode(), proc.stderr + proc.stdout)
 
+    def test_worker_chunk_options(self):
+        # kosmos-worker --vision-chunk / --prefill-tokens: out of range or not a number is a
+        # usage error (exit 1) naming the option, before the model is read; a good value
+        # reaches the batch (the "started" log line says what it runs with).
+        base = [ARGS.worker_bin, "--broker", "ipc://" + self.path("nobody"), "--model",
+                ARGS.model, "--device", ARGS.device]
+        for opt, value in (("--vision-chunk", "0"), ("--vision-chunk", "65"),
+                           ("--vision-chunk", "two"), ("--vision-chunk", "-3"),
+                           ("--vision-chunk", ""), ("--prefill-tokens", "0"),
+                           ("--prefill-tokens", "12x"), ("--prefill-tokens", "2000000")):
+            proc = subprocess.run(base + [opt, value], capture_output=True, timeout=60,
+                                  env=self.env)
+            self.assertEqual(proc.returncode, 1, (opt, value, proc.stderr))
+            self.assertIn(b"bad value for " + opt.encode() + b": '" + value.encode() + b"'",
+                          proc.stderr)
+        proc = subprocess.run([ARGS.worker_bin, "--help"], capture_output=True, timeout=60)
+        self.assertEqual(proc.returncode, 0)
+        for opt in (b"--vision-chunk N", b"--prefill-tokens N"):
+            self.assertIn(opt, proc.stdout)
+        for extra, chunk, prefill in ((["--vision-chunk", "3", "--prefill-tokens", "100"], 3, 100),
+                                      ([], None, 512)):
+            worker = subprocess.Popen(base + extra + ["--log-level", "info"],
+                                      stderr=subprocess.PIPE, env=self.env)
+            try:
+                started = None
+                deadline = time.monotonic() + 120
+                while started is None and time.monotonic() < deadline:
+                    line = worker.stderr.readline()
+                    if not line:
+                        break
+                    event = json.loads(line)
+                    if event.get("event") == "started":
+                        started = event
+            finally:
+                worker.terminate()
+                worker.communicate(timeout=60)
+            self.assertIsNotNone(started, "no started line")
+            self.assertEqual(started["prefill_tokens"], prefill)
+            if chunk is not None:
+                self.assertEqual(started["vision_chunk"], chunk)
+            else:  # the backend's default for the device
+                self.assertGreaterEqual(started["vision_chunk"], 1)
+
     def test_bad_model(self):
         empty = self.path("empty-model")
         os.mkdir(empty)
@@ -372,7 +415,8 @@ class RealBroker(Scratch):
         # A slow device (kosmos-test-worker's seam), so that a killed submit leaves jobs running.
         self.worker = subprocess.Popen(
             [ARGS.test_worker_bin, "--broker", worker_ep, "--model", ARGS.model, "--device",
-             ARGS.device, "--max-batch", "2", "--log-level", "warn", "--test-sleep-ms", "400"],
+             ARGS.device, "--max-batch", "2", "--log-level", "warn", "--test-sleep-ms", "400",
+             "--vision-chunk", "2", "--prefill-tokens", "64"],
             stderr=self.logs[1])
 
     def tearDown(self):

@@ -268,6 +268,120 @@ static void test_vision(void **state)
     free(post_all);
 }
 
+/* Five images: the golden ones, then copies made distinct by a shift and a scale. */
+static float *five_images(size_t *pix_per_image)
+{
+    const ke_config *c = &fx.model->config;
+    size_t pix = (size_t)c->vision.channels * (size_t)c->vision.image_size *
+                 (size_t)c->vision.image_size;
+    float *all = malloc(5 * pix * sizeof(float));
+    assert_non_null(all);
+    json_t *images = json_object_get(fx.cases, "images");
+    for (int i = 0; i < fx.n_images && i < 5; i++) {
+        const char *file =
+            json_string_value(json_object_get(json_object_get(images, fx.image_names[i]), "file"));
+        golden_file g;
+        assert_true(golden_open(&g, file));
+        size_t n_pix;
+        float *one = golden_f32(&g, "pixel_values", &n_pix);
+        assert_int_equal(n_pix, pix);
+        memcpy(all + (size_t)i * pix, one, pix * sizeof(float));
+        free(one);
+        golden_close(&g);
+    }
+    assert_true(fx.n_images >= 1);
+    for (int i = fx.n_images; i < 5; i++)
+        for (size_t k = 0; k < pix; k++)
+            all[(size_t)i * pix + k] = all[(size_t)(i % fx.n_images) * pix + k] *
+                                           (1.0f - 0.1f * (float)i) +
+                                       0.05f * (float)i;
+    *pix_per_image = pix;
+    return all;
+}
+
+/* One backend with `chunk` (and `tune`, NULL = the device's) encodes the five images, twice;
+ * the second call must not grow its memory. */
+static void encode_chunked(int chunk, const char *tune, const float *pix, float *emb, float *post)
+{
+    ke_backend_options bo = {.slots = 1,
+                             .slot_capacity = 16,
+                             .vision_chunk = chunk,
+                             .gemm_tune = tune};
+    ke_backend *b = NULL;
+    assert_int_equal(open_backend(&bo, &b), KS_OK);
+    assert_int_equal(b->vision_chunk, chunk);
+    size_t per_pix = (size_t)fx.model->config.vision.channels *
+                     (size_t)fx.model->config.vision.image_size *
+                     (size_t)fx.model->config.vision.image_size;
+    ke_backend_stats s0, s1, s2, s3;
+    ke_backend_stats_get(b, &s0);
+    float *one = malloc(embeds_per_image() * sizeof(float));
+    assert_non_null(one);
+    assert_int_equal(b->ops->encode_images(b, pix + 4 * per_pix, 1, one, NULL), KS_OK);
+    ke_backend_stats_get(b, &s1);
+    ke_vision_taps taps = {.post_layernorm = post};
+    assert_int_equal(b->ops->encode_images(b, pix, 5, emb, &taps), KS_OK);
+    ke_backend_stats_get(b, &s2);
+    assert_int_equal(b->ops->encode_images(b, pix, 5, emb, &taps), KS_OK);
+    ke_backend_stats_get(b, &s3);
+    /* a one-image call equals the same image's row of a five-image call */
+    assert_memory_equal(one, emb + 4 * embeds_per_image(), embeds_per_image() * sizeof(float));
+    free(one);
+    if (s0.device_bytes) {
+        /* the vision buffers: one pass's, kept, for at most `chunk` images (linear in them) */
+        size_t one_image = s1.device_bytes - s0.device_bytes;
+        size_t held = s2.device_bytes - s0.device_bytes;
+        print_message("  vision chunk %d: %zu device bytes for 1 image, %zu after 5\n", chunk,
+                      one_image, held);
+        assert_true(one_image > 0);
+        assert_true(held <= (size_t)(chunk < 5 ? chunk : 5) * one_image);
+        assert_true(chunk == 1 ? held == one_image : held > one_image);
+        assert_int_equal(s3.device_bytes, s2.device_bytes);
+    }
+    ke_backend_destroy(&b);
+}
+
+/* Vision in chunks: each image's embeddings and taps are the same bits whatever the chunk (the
+ * rows of a product do not depend on how many there are, attention is per image), and a chunk
+ * bounds the vision buffers. On OpenCL, also with the NVIDIA GEMM tunables, whose kernel
+ * depends on the row count (gemm_rows up to 64 rows, gemm_tiles above). */
+static void test_vision_chunks(void **state)
+{
+    (void)state;
+    const ke_config *c = &fx.model->config;
+    size_t grid = (size_t)(c->vision.image_size / c->vision.patch_size);
+    size_t tap = (grid * grid + 1) * (size_t)c->vision.hidden_size, per = embeds_per_image();
+    size_t pix_n;
+    float *pix = five_images(&pix_n);
+    float *emb[3], *post[3];
+    for (int i = 0; i < 3; i++) {
+        emb[i] = malloc(5 * per * sizeof(float));
+        post[i] = malloc(5 * tap * sizeof(float));
+        assert_true(emb[i] && post[i]);
+    }
+    const int chunks[3] = {2, 5, 1};
+    bool ref = strcmp(test_device(), "ref") == 0;
+    for (int t = 0; t < (ref ? 1 : 2); t++) {
+        const char *tune = t ? "nvidia" : NULL;
+        for (int i = 0; i < 3; i++)
+            encode_chunked(chunks[i], tune, pix, emb[i], post[i]);
+        for (int i = 1; i < 3; i++) {
+            print_message("  chunk %d vs %d%s: embeddings and taps compared bit for bit\n",
+                          chunks[0], chunks[i], tune ? " (nvidia tunables)" : "");
+            assert_memory_equal(emb[i], emb[0], 5 * per * sizeof(float));
+            assert_memory_equal(post[i], post[0], 5 * tap * sizeof(float));
+        }
+        /* the golden images keep their embeddings (the fixture encoded them one by one) */
+        if (!tune)
+            assert_memory_equal(emb[0], fx.image_embeds, (size_t)fx.n_images * per * sizeof(float));
+    }
+    for (int i = 0; i < 3; i++) {
+        free(emb[i]);
+        free(post[i]);
+    }
+    free(pix);
+}
+
 /* ---- generation cases ------------------------------------------------------------------ */
 
 typedef struct built {
@@ -1004,6 +1118,7 @@ int main(void)
      * so there is no failure to check, and it has no launches to count */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vision),
+        cmocka_unit_test(test_vision_chunks),
         cmocka_unit_test(test_single_cases),
         cmocka_unit_test(test_batch),
         cmocka_unit_test(test_waiting_for_slots),

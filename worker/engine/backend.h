@@ -165,6 +165,10 @@ struct ke_backend {
     const ke_model *model; /* borrowed; outlives the backend */
     int slots;             /* KV slots */
     int slot_capacity;     /* tokens per slot */
+    /* images encode_images holds at once: it runs more in passes of this many
+     * (ke_backend_options.vision_chunk, or the backend's default for its device); the worker's
+     * default for the images one scheduler step encodes */
+    int vision_chunk;
 };
 
 /* The engine of the matrix products with many rows (vision, prefill) on an OpenCL device
@@ -216,6 +220,12 @@ typedef struct ke_backend_options {
      * be f16 on OpenCL devices); activations stay f32. Half the memory of those weights, at some
      * cost in agreement with fp16 (docs/benchmarks.md). Never used by a golden test. */
     bool weights_int8;
+    /* encode_images runs n images in passes of at most this many, so that the memory of the
+     * vision activations is bounded whatever n is (the OpenCL backend keeps one pass's buffers
+     * between calls); 0: the backend's default for its device (ke_backend.vision_chunk says
+     * which). Each image's embeddings are the same bits whatever the chunk: every row of the
+     * vision tower and the resampler depends on its own image only. Negative: KS_ERR_INVALID. */
+    int vision_chunk;
 } ke_backend_options;
 
 /* The KV cache's storage by its command-line name: "f32" (the default) or "f16" (half the

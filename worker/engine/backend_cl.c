@@ -12,8 +12,9 @@
  *             in its row of the page table, so memory follows what sequences use
  *   state     per slot: the ids fed so far (the n-gram history) and the id its last greedy
  *             select chose (the next token a decode step feeds without the host)
- *   scratch   text activations for the largest step so far (grown on demand); the vision pass
- *             allocates its own for the images of the call and frees them
+ *   scratch   text activations for the largest step so far (grown on demand); the vision
+ *             pass's for the most images a pass has held, at most the vision chunk (grown on
+ *             demand, kept): encode_images runs more images in passes of the chunk
  *
  * A text step is five launches per decoder layer (kernels/gemm.cl fuses each LayerNorm into the
  * GEMM after it from row statistics the previous kernel wrote, and bias, activation, residual
@@ -80,6 +81,26 @@ typedef struct cl_outstanding {
     int n;
 } cl_outstanding;
 
+/* The vision pass's device buffers, for cb->v_images images (vision_sizes). */
+enum {
+    V_PIX,
+    V_PATCH,
+    V_POUT,
+    V_X,
+    V_H,
+    V_QKV,
+    V_ATT,
+    V_MLP,
+    V_ROWS,
+    V_KV,
+    V_RQ,
+    V_RKV,
+    V_RATT,
+    V_EMB,
+    V_BLOCKS,
+    V_COUNT
+};
+
 typedef struct cl_backend {
     ke_backend base;
     kc_context *ctx;
@@ -102,6 +123,12 @@ typedef struct cl_backend {
     cl_vlayer *vl;
     ke_cl_weight dense, xq, xkv, xout;
     cl_mem latent; /* (latent_query_num, E) f32 */
+    /* one vision pass's buffers (grow_vision), for v_images <= base.vision_chunk images, and
+     * the host's attention rows and blocks for them */
+    cl_mem vbuf[V_COUNT];
+    size_t v_images;
+    cl_int4 *v_arows;
+    cl_int *v_ablocks;
 
     /* text decoder */
     ke_cl_weight embed;   /* embed_tokens transposed (E, ldv): the lookup table and tied head */
@@ -285,24 +312,122 @@ static ks_status read_now(cl_backend *cb, cl_mem buf, size_t offset, size_t byte
 
 /* ---- vision tower + resampler ------------------------------------------------------------- */
 
-enum {
-    V_PIX,
-    V_PATCH,
-    V_POUT,
-    V_X,
-    V_H,
-    V_QKV,
-    V_ATT,
-    V_MLP,
-    V_ROWS,
-    V_KV,
-    V_RQ,
-    V_RKV,
-    V_RATT,
-    V_EMB,
-    V_BLOCKS,
-    V_COUNT
-};
+static const char *const vision_names[V_COUNT] = {"pixels",
+                                                  "patches",
+                                                  "patch embeddings",
+                                                  "vision hidden states",
+                                                  "vision scratch",
+                                                  "vision q/k/v",
+                                                  "vision attention output",
+                                                  "vision MLP",
+                                                  "attention rows",
+                                                  "resampler keys/values input",
+                                                  "resampler queries",
+                                                  "resampler keys/values",
+                                                  "resampler attention output",
+                                                  "image embeddings",
+                                                  "attention blocks"};
+
+/* The shapes of one vision pass (sizes in elements of a row). */
+typedef struct vision_dims {
+    size_t hid, np, seq, pw, inter, E, lq, kvr, pix;
+} vision_dims;
+
+static vision_dims vision_dims_of(const ke_config *c)
+{
+    const ke_vision_config *vc = &c->vision;
+    size_t grid = (size_t)(vc->image_size / vc->patch_size);
+    vision_dims d = {.hid = (size_t)vc->hidden_size,
+                     .np = grid * grid,
+                     .seq = grid * grid + 1,
+                     .pw = (size_t)vc->channels * (size_t)vc->patch_size * (size_t)vc->patch_size,
+                     .inter = (size_t)vc->intermediate_size,
+                     .E = (size_t)c->text.embed_dim,
+                     .lq = (size_t)c->latent_query_num,
+                     .pix = (size_t)vc->channels * (size_t)vc->image_size * (size_t)vc->image_size};
+    d.kvr = d.seq + d.lq;
+    return d;
+}
+
+/* Rows of the attention row and block tables for N images (the tower's or the resampler's). */
+static size_t vision_att_rows(const vision_dims *d, size_t N)
+{
+    return N * (d->seq > d->lq ? d->seq : d->lq);
+}
+
+/* The bytes of each vision buffer for N images. */
+static void vision_sizes(const vision_dims *d, size_t N, size_t sizes[V_COUNT])
+{
+    size_t rows = N * d->seq, arows = vision_att_rows(d, N);
+    sizes[V_PIX] = N * d->pix * 4;
+    sizes[V_PATCH] = N * d->np * d->pw * 4;
+    sizes[V_POUT] = N * d->np * d->hid * 4;
+    sizes[V_X] = sizes[V_H] = sizes[V_ATT] = rows * d->hid * 4;
+    sizes[V_QKV] = rows * 3 * d->hid * 4;
+    sizes[V_MLP] = rows * d->inter * 4;
+    sizes[V_ROWS] = sizes[V_BLOCKS] = arows * sizeof(cl_int4);
+    sizes[V_KV] = N * d->kvr * d->E * 4;
+    sizes[V_RQ] = d->lq * d->E * 4;
+    sizes[V_RKV] = N * d->kvr * 2 * d->E * 4;
+    sizes[V_RATT] = sizes[V_EMB] = N * d->lq * d->E * 4;
+}
+
+/* The default vision chunk on `device`. One image's activations (vision_sizes) are, for
+ * Kosmos-2, 257 rows x (3·1024 hidden/scratch/attention + 3·1024 q/k/v + 4096 MLP) floats in
+ * the tower, 321 rows x (2048 + 2·2048) for the resampler's keys and values, plus the pixels,
+ * patches and a few rows of 64 x 2048: about 21.7 MB. A GPU gets 32 (about 700 MB beside 3.3 GB
+ * of weights): products of 8224 rows fill it, and more would mostly delay the running
+ * sequences by a longer pass. A CPU gets 8 (about 175 MB of the host's memory): a few thousand
+ * rows already keep its cores busy. Never more than an eighth of the device's memory, nor a
+ * buffer past its largest allocation; at least 1. */
+static int default_vision_chunk(const ke_config *c, const kc_device_info *device)
+{
+    vision_dims d = vision_dims_of(c);
+    size_t one[V_COUNT], total = 0, largest = 0;
+    vision_sizes(&d, 1, one);
+    for (int i = 0; i < V_COUNT; i++) {
+        total += one[i];
+        largest = one[i] > largest ? one[i] : largest;
+    }
+    uint64_t chunk = device->type & CL_DEVICE_TYPE_GPU ? 32 : 8;
+    if (total && chunk * total > device->global_mem_bytes / 8)
+        chunk = device->global_mem_bytes / 8 / total;
+    if (largest && chunk * largest > device->max_alloc_bytes)
+        chunk = device->max_alloc_bytes / largest;
+    return chunk < 1 ? 1 : (int)chunk;
+}
+
+/* Holds the vision buffers for at least `images` images (at most the chunk), kept between calls
+ * so that a pass allocates nothing; grown by reallocating (their contents are per pass). */
+static ks_status grow_vision(cl_backend *cb, size_t images)
+{
+    if (images <= cb->v_images)
+        return KS_OK;
+    vision_dims d = vision_dims_of(&cb->base.model->config);
+    size_t sizes[V_COUNT], arows = vision_att_rows(&d, images);
+    vision_sizes(&d, images, sizes);
+    for (int i = 0; i < V_COUNT; i++)
+        free_buffer(cb, &cb->vbuf[i]);
+    free(cb->v_arows);
+    free(cb->v_ablocks);
+    cb->v_images = 0;
+    cb->v_arows = malloc(arows * sizeof *cb->v_arows);
+    cb->v_ablocks = malloc(arows * sizeof(cl_int4));
+    if (!cb->v_arows || !cb->v_ablocks)
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < V_COUNT; i++) {
+        ks_status st = new_buffer(cb, CL_MEM_READ_WRITE, sizes[i], NULL, &cb->vbuf[i],
+                                  vision_names[i]);
+        if (st != KS_OK) {
+            ks_error_prefix("a vision pass of %zu images", images);
+            for (int j = 0; j < i; j++)
+                free_buffer(cb, &cb->vbuf[j]);
+            return st;
+        }
+    }
+    cb->v_images = images;
+    return KS_OK;
+}
 
 /* The flash blocks of attention rows[0 .. n) (runs of rows that share their keys) into
  * `blocks`, cut in `host` (room for n); none when `flash` is off. */
@@ -319,99 +444,43 @@ static ks_status attend(cl_backend *cb, const ke_cl_attention_args *a, cl_mem bl
     return nb ? ke_cl_flash_attention(cb->ops, a, blocks, nb) : ke_cl_attention(cb->ops, a);
 }
 
-static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, float *image_embeds,
-                                  const ke_vision_taps *taps)
+/* The vision tower on the N images in vbuf[V_PIX], to the L2-normalised features in vbuf[V_X];
+ * the post_layernorm tap (N images) when post_tap is not NULL. *stage names the part running. */
+static ks_status vision_tower(cl_backend *cb, size_t N, float *post_tap, const char **stage,
+                              char *what, size_t what_size)
 {
-    cl_backend *cb = (cl_backend *)b;
-    const ke_config *c = &b->model->config;
-    const ke_vision_config *vc = &c->vision;
-    if (n < 0 || (n > 0 && (pixels == NULL || image_embeds == NULL)))
-        return ks_fail(KS_ERR_INVALID, "encode_images: %d images without buffers", n);
-    if (n == 0)
-        return KS_OK;
-    size_t N = (size_t)n;
-    size_t hid = (size_t)vc->hidden_size, grid = (size_t)(vc->image_size / vc->patch_size);
-    size_t np = grid * grid, seq = np + 1;
-    size_t pw = (size_t)vc->channels * (size_t)vc->patch_size * (size_t)vc->patch_size;
-    size_t inter = (size_t)vc->intermediate_size;
-    size_t E = (size_t)c->text.embed_dim, lq = (size_t)c->latent_query_num, kvr = seq + lq;
-    size_t rows = N * seq;
-    size_t pix = (size_t)vc->channels * (size_t)vc->image_size * (size_t)vc->image_size;
-    size_t n_arows = rows > N * lq ? rows : N * lq;
-    size_t sizes[V_COUNT] = {[V_PIX] = N * pix * 4,
-                             [V_PATCH] = N * np * pw * 4,
-                             [V_POUT] = N * np * hid * 4,
-                             [V_X] = rows * hid * 4,
-                             [V_H] = rows * hid * 4,
-                             [V_QKV] = rows * 3 * hid * 4,
-                             [V_ATT] = rows * hid * 4,
-                             [V_MLP] = rows * inter * 4,
-                             [V_ROWS] = n_arows * sizeof(cl_int4),
-                             [V_KV] = N * kvr * E * 4,
-                             [V_RQ] = lq * E * 4,
-                             [V_RKV] = N * kvr * 2 * E * 4,
-                             [V_RATT] = N * lq * E * 4,
-                             [V_EMB] = N * lq * E * 4,
-                             [V_BLOCKS] = n_arows * sizeof(cl_int4)};
-    static const char *const names[V_COUNT] = {"pixels",
-                                               "patches",
-                                               "patch embeddings",
-                                               "vision hidden states",
-                                               "vision scratch",
-                                               "vision q/k/v",
-                                               "vision attention output",
-                                               "vision MLP",
-                                               "attention rows",
-                                               "resampler keys/values input",
-                                               "resampler queries",
-                                               "resampler keys/values",
-                                               "resampler attention output",
-                                               "image embeddings",
-                                               "attention blocks"};
-    cl_mem buf[V_COUNT] = {0};
-    cl_int4 *arows = NULL;
-    cl_int *ablocks = NULL;
-    ks_status status = KS_OK;
-    const char *stage = "allocating";
-    kc_profile_scope(kc_context_profile(cb->ctx), "vision");
-
-    for (int i = 0; i < V_COUNT; i++)
-        if ((status = new_buffer(cb, CL_MEM_READ_WRITE, sizes[i], i == V_PIX ? pixels : NULL,
-                                 &buf[i], names[i])) != KS_OK)
-            goto cleanup;
-    arows = malloc(n_arows * sizeof *arows);
-    ablocks = malloc(n_arows * sizeof(cl_int4));
-    if (!arows || !ablocks) {
-        status = ks_fail(KS_ERR_NOMEM, "out of memory");
-        goto cleanup;
-    }
+    const ke_vision_config *vc = &cb->base.model->config.vision;
+    vision_dims d = vision_dims_of(&cb->base.model->config);
+    cl_mem *buf = cb->vbuf;
+    cl_int4 *arows = cb->v_arows;
+    size_t hid = d.hid, seq = d.seq, rows = N * seq;
+    ks_status status;
 
     /* patch embedding (unfold + GEMM), class token, positions, pre-LayerNorm */
-    stage = "vision embeddings";
-    if ((status = ke_cl_unfold_patches(cb->ops, buf[V_PIX], n, vc->channels, vc->image_size,
+    *stage = "vision embeddings";
+    if ((status = ke_cl_unfold_patches(cb->ops, buf[V_PIX], (int)N, vc->channels, vc->image_size,
                                        vc->patch_size, buf[V_PATCH])) != KS_OK ||
-        (status = linear(cb, buf[V_PATCH], 0, N * np, &cb->patch, buf[V_POUT], 0, false, -1,
+        (status = linear(cb, buf[V_PATCH], 0, N * d.np, &cb->patch, buf[V_POUT], 0, false, -1,
                          "patch embedding")) != KS_OK ||
-        (status = ke_cl_vision_embed(cb->ops, buf[V_POUT], cb->class_emb, cb->pos_emb, n, (int)seq,
-                                     (int)hid, buf[V_X])) != KS_OK ||
+        (status = ke_cl_vision_embed(cb->ops, buf[V_POUT], cb->class_emb, cb->pos_emb, (int)N,
+                                     (int)seq, (int)hid, buf[V_X])) != KS_OK ||
         (status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, cb->pre_ln.w, cb->pre_ln.b,
                                    vc->layer_norm_eps, buf[V_X])) != KS_OK)
-        goto cleanup;
+        return status;
 
     for (size_t r = 0; r < rows; r++)
         arows[r] = (cl_int4){{(cl_int)r, (cl_int)(r / seq * seq), (cl_int)seq, 0}};
     size_t n_blocks = 0;
     if ((status = write_now(cb, buf[V_ROWS], rows * sizeof *arows, arows)) != KS_OK ||
-        (status = write_blocks(cb, cb->flash_vision, arows, rows, ablocks, buf[V_BLOCKS],
+        (status = write_blocks(cb, cb->flash_vision, arows, rows, cb->v_ablocks, buf[V_BLOCKS],
                                &n_blocks)) != KS_OK)
-        goto cleanup;
+        return status;
 
     int vheads = vc->heads, vhd = vc->hidden_size / vheads;
     for (int l = 0; l < vc->layers; l++) {
         const cl_vlayer *L = &cb->vl[l];
-        char what[48];
-        snprintf(what, sizeof what, "vision layer %d", l);
-        stage = what;
+        snprintf(what, what_size, "vision layer %d", l);
+        *stage = what;
         ke_cl_attention_args att = {.q = buf[V_QKV],
                                     .q_off = 0,
                                     .q_stride = 3 * hid,
@@ -440,27 +509,34 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
                              (int)vc->activation, "vision fc1")) != KS_OK ||
             (status = linear(cb, buf[V_MLP], 0, rows, &L->fc2, buf[V_X], 0, true, -1,
                              "vision fc2")) != KS_OK)
-            goto cleanup;
+            return status;
     }
 
     /* post_layernorm on every token, the tap, then the L2 normalisation */
-    stage = "post_layernorm";
+    *stage = "post_layernorm";
     if ((status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, cb->post_ln.w, cb->post_ln.b,
                                    vc->layer_norm_eps, buf[V_X])) != KS_OK)
-        goto cleanup;
-    if (taps && taps->post_layernorm &&
-        (status = read_now(cb, buf[V_X], 0, rows * hid * 4, taps->post_layernorm)) != KS_OK)
-        goto cleanup;
-    if ((status = ke_cl_l2_normalize(cb->ops, buf[V_X], rows, hid, 1e-12f)) != KS_OK)
-        goto cleanup;
+        return status;
+    if (post_tap && (status = read_now(cb, buf[V_X], 0, rows * hid * 4, post_tap)) != KS_OK)
+        return status;
+    return ke_cl_l2_normalize(cb->ops, buf[V_X], rows, hid, 1e-12f);
+}
 
-    /* resampler: per image KV input = concat(dense(features), latent_query); Q from the
-     * latent queries (the same for every image); attention rows per image */
-    stage = "resampler";
+/* The resampler on the N images' features in vbuf[V_X], to image_embeds (N, lq, E): per image
+ * the K/V input is concat(dense(features), latent_query); Q comes from the latent queries (the
+ * same for every image); attention rows per image. */
+static ks_status resample(cl_backend *cb, size_t N, float *image_embeds)
+{
+    const ke_config *c = &cb->base.model->config;
+    vision_dims d = vision_dims_of(c);
+    cl_mem *buf = cb->vbuf;
+    cl_int4 *arows = cb->v_arows;
+    size_t E = d.E, lq = d.lq, kvr = d.kvr, seq = d.seq, hid = d.hid;
+    ks_status status = KS_OK;
     for (size_t i = 0; i < N; i++) {
         if ((status = linear(cb, buf[V_X], i * seq * hid, seq, &cb->dense, buf[V_KV], i * kvr * E,
                              false, -1, "resampler dense")) != KS_OK)
-            goto cleanup;
+            return status;
         KC_CHECK(clEnqueueCopyBuffer(kc_context_queue(cb->ctx), cb->latent, buf[V_KV], 0,
                                      (i * kvr + seq) * E * sizeof(float), lq * E * sizeof(float), 0,
                                      NULL, NULL));
@@ -485,26 +561,59 @@ static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, flo
                                  .scale = inv_sqrt_head_dim(thd),
                                  .out = buf[V_RATT],
                                  .out_stride = E};
+    size_t n_blocks = 0;
     if ((status = write_now(cb, buf[V_ROWS], N * lq * sizeof *arows, arows)) != KS_OK ||
         (status = linear(cb, cb->latent, 0, lq, &cb->xq, buf[V_RQ], 0, false, -1,
                          "resampler x_q_proj")) != KS_OK ||
         (status = linear(cb, buf[V_KV], 0, N * kvr, &cb->xkv, buf[V_RKV], 0, false, -1,
                          "resampler x_k_proj/x_v_proj")) != KS_OK ||
-        (status = write_blocks(cb, cb->flash_text, arows, N * lq, ablocks, buf[V_BLOCKS],
+        (status = write_blocks(cb, cb->flash_text, arows, N * lq, cb->v_ablocks, buf[V_BLOCKS],
                                &n_blocks)) != KS_OK ||
         (status = attend(cb, &ratt, buf[V_BLOCKS], n_blocks)) != KS_OK ||
         (status = linear(cb, buf[V_RATT], 0, N * lq, &cb->xout, buf[V_EMB], 0, false, -1,
-                         "resampler x_out_proj")) != KS_OK ||
-        (status = read_now(cb, buf[V_EMB], 0, N * lq * E * 4, image_embeds)) != KS_OK)
-        goto cleanup;
+                         "resampler x_out_proj")) != KS_OK)
+        return status;
+    return read_now(cb, buf[V_EMB], 0, N * lq * E * 4, image_embeds);
+cleanup: /* KC_CHECK's */
+    return status;
+}
 
-cleanup:
+/* n images in passes of at most base.vision_chunk, through buffers kept for the chunk (so the
+ * memory is the chunk's whatever n is). */
+static ks_status cl_encode_images(ke_backend *b, const float *pixels, int n, float *image_embeds,
+                                  const ke_vision_taps *taps)
+{
+    cl_backend *cb = (cl_backend *)b;
+    if (n < 0 || (n > 0 && (pixels == NULL || image_embeds == NULL)))
+        return ks_fail(KS_ERR_INVALID, "encode_images: %d images without buffers", n);
+    if (n == 0)
+        return KS_OK;
+    vision_dims d = vision_dims_of(&b->model->config);
+    size_t tap = d.seq * d.hid, out = d.lq * d.E;
+    size_t chunk = (size_t)b->vision_chunk, done = 0;
+    ks_status status = KS_OK;
+    const char *stage = "allocating";
+    char what[48];
+    kc_profile_scope(kc_context_profile(cb->ctx), "vision");
+    while (done < (size_t)n && status == KS_OK) {
+        size_t N = (size_t)n - done < chunk ? (size_t)n - done : chunk;
+        float *post = taps && taps->post_layernorm ? taps->post_layernorm + done * tap : NULL;
+        stage = "allocating";
+        if ((status = grow_vision(cb, N)) != KS_OK)
+            break;
+        stage = "pixels";
+        if ((status = write_now(cb, cb->vbuf[V_PIX], N * d.pix * 4, pixels + done * d.pix)) !=
+                KS_OK ||
+            (status = vision_tower(cb, N, post, &stage, what, sizeof what)) != KS_OK)
+            break;
+        stage = "resampler";
+        if ((status = resample(cb, N, image_embeds + done * out)) != KS_OK)
+            break;
+        done += N;
+    }
     if (status != KS_OK)
-        ks_error_prefix("OpenCL encode_images (%d images), %s", n, stage);
-    for (int i = 0; i < V_COUNT; i++)
-        free_buffer(cb, &buf[i]);
-    free(arows);
-    free(ablocks);
+        ks_error_prefix("OpenCL encode_images (%d images, the pass from image %zu), %s", n, done,
+                        stage);
     kc_profile_scope(kc_context_profile(cb->ctx), NULL);
     return status;
 }
@@ -1262,6 +1371,8 @@ static void cl_destroy(ke_backend *b)
     ke_cl_gemm_destroy(&cb->gemm);
     ke_cl_ops_destroy(&cb->ops);
     kc_context_destroy(&cb->ctx); /* every buffer, program and kernel */
+    free(cb->v_arows);
+    free(cb->v_ablocks);
     free(cb->vl);
     free(cb->tl);
     free(cb->free_pages);
@@ -1309,6 +1420,26 @@ static ks_status check_config(const ke_config *c)
         return ks_fail(KS_ERR_UNSUPPORTED, "embed_dim %d < 4 has no sinusoid table", tc->embed_dim);
     if (c->latent_query_num < 1)
         return ks_fail(KS_ERR_INVALID, "latent_query_num %d", c->latent_query_num);
+    return KS_OK;
+}
+
+/* An explicit vision chunk whose largest buffer the device cannot allocate fails at the start,
+ * not at the first large vision pass. */
+static ks_status check_vision_chunk(const ke_config *c, const kc_device_info *device, int chunk)
+{
+    if (chunk < 0)
+        return ks_fail(KS_ERR_INVALID, "OpenCL backend: a vision chunk of %d images", chunk);
+    vision_dims d = vision_dims_of(c);
+    size_t sizes[V_COUNT];
+    vision_sizes(&d, 1, sizes);
+    for (int i = 0; i < V_COUNT; i++)
+        if ((double)sizes[i] * chunk > (double)device->max_alloc_bytes)
+            return ks_fail(KS_ERR_LIMIT,
+                           "a vision chunk of %d images needs %.0f bytes for the %s, more than "
+                           "the device's largest allocation of %llu bytes (a smaller vision "
+                           "chunk)",
+                           chunk, (double)sizes[i] * chunk, vision_names[i],
+                           (unsigned long long)device->max_alloc_bytes);
     return KS_OK;
 }
 
@@ -1489,6 +1620,8 @@ ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
         ks_error_prefix("OpenCL backend");
         return status;
     }
+    if ((status = check_vision_chunk(&model->config, device, options->vision_chunk)) != KS_OK)
+        return status;
     if (options->weights_int8 && model->storage != KE_DTYPE_F16) {
         /* the int8 kernels read biases and LayerNorm parameters as half */
         return ks_fail(KS_ERR_UNSUPPORTED, "OpenCL backend: int8 weights need a model stored in "
@@ -1501,6 +1634,8 @@ ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
     cb->base.model = model;
     cb->base.slots = options->slots;
     cb->base.slot_capacity = options->slot_capacity;
+    cb->base.vision_chunk = options->vision_chunk ? options->vision_chunk
+                                                  : default_vision_chunk(&model->config, device);
     cb->resampler_full = options->resampler_full_attention;
     cb->kv_half = options->kv_half;
     cb->wdt = model->storage;

@@ -16,6 +16,10 @@
 #include "quant.h"
 #include "ref_ops.h"
 
+/* The vision chunk it reports by default: the worker's images per step before the option
+ * existed. Its memory is one image's activations whatever the chunk (encode_one). */
+#define REF_VISION_CHUNK 4
+
 typedef struct ref_backend {
     ke_backend base;
     const ke_model *weights; /* what the forward pass reads: base.model, or &q8 */
@@ -474,6 +478,9 @@ ks_status ke_backend_ref_new(const ke_model *model, const ke_backend_options *op
     if (options->slots < 1 || options->slot_capacity < 1)
         return ks_fail(KS_ERR_INVALID, "reference backend: %d slots of %d tokens", options->slots,
                        options->slot_capacity);
+    if (options->vision_chunk < 0)
+        return ks_fail(KS_ERR_INVALID, "reference backend: a vision chunk of %d images",
+                       options->vision_chunk);
     if ((status = check_config(&model->config)) != KS_OK)
         return status;
     const ke_text_config *tc = &model->config.text;
@@ -484,6 +491,8 @@ ks_status ke_backend_ref_new(const ke_model *model, const ke_backend_options *op
     rb->base.model = model;
     rb->base.slots = options->slots;
     rb->base.slot_capacity = options->slot_capacity;
+    /* Images run one at a time here whatever the chunk, so it only sets the worker's step */
+    rb->base.vision_chunk = options->vision_chunk ? options->vision_chunk : REF_VISION_CHUNK;
     rb->resampler_full = options->resampler_full_attention;
     rb->weights = model;
     if (options->weights_int8) {

@@ -53,7 +53,8 @@ ks_status kw_engine_open(kw_engine *e, const kw_engine_params *p)
                                   .kv_tokens = p->kv_tokens,
                                   .kv_half = p->kv_half,
                                   .gemm_tune = p->gemm_tune,
-                                  .weights_int8 = p->weights_int8};
+                                  .weights_int8 = p->weights_int8,
+                                  .vision_chunk = p->vision_chunk};
     e->params.context = options.slot_capacity;
     if ((st = ke_backend_open(e->model.model, p->device, &options, &e->backend)) != KS_OK) {
         kw_model_fini(&e->model);
@@ -724,7 +725,7 @@ struct kw_batch {
 void kw_batch_params_default(kw_batch_params *p)
 {
     memset(p, 0, sizeof *p);
-    p->vision_chunk = 4;
+    p->vision_chunk = 0; /* the backend's */
     p->prefill_tokens = 512;
 }
 
@@ -743,7 +744,9 @@ ks_status kw_batch_new(kw_engine *e, const kw_result_meta *meta, const kw_batch_
     else
         kw_batch_params_default(&b->p);
     if (b->p.vision_chunk < 1)
-        b->p.vision_chunk = 1;
+        b->p.vision_chunk = e->backend->vision_chunk > 0 ? e->backend->vision_chunk : 1;
+    if (b->p.vision_chunk > KW_MAX_VISION_CHUNK)
+        b->p.vision_chunk = KW_MAX_VISION_CHUNK;
     const ke_config *c = &e->model.model->config;
     size_t image_floats = (size_t)c->vision.channels * (size_t)c->vision.image_size *
                           (size_t)c->vision.image_size;
@@ -910,8 +913,8 @@ static ks_status vision_pass(kw_batch *b)
     const ke_config *c = &b->e->model.model->config;
     size_t image_floats = (size_t)c->vision.channels * (size_t)c->vision.image_size *
                           (size_t)c->vision.image_size;
-    held_job *chunk[64];
-    size_t n = 0, limit = (size_t)b->p.vision_chunk < 64 ? (size_t)b->p.vision_chunk : 64;
+    held_job *chunk[KW_MAX_VISION_CHUNK];
+    size_t n = 0, limit = (size_t)b->p.vision_chunk; /* <= KW_MAX_VISION_CHUNK (kw_batch_new) */
     for (size_t i = 0; i < b->n_jobs && n < limit; i++) {
         held_job *h = b->jobs[i];
         if (h->phase != HELD_VISION)

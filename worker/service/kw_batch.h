@@ -38,6 +38,8 @@ typedef struct kw_engine_params {
     bool kv_half;           /* the KV cache in half precision (OpenCL; --kv-cache f16) */
     const char *gemm_tune;  /* OpenCL GEMM tunables (--gemm-tune, ke_backend_options.gemm_tune),
                               * borrowed; NULL = the device's own */
+    int vision_chunk;       /* images one vision pass holds (--vision-chunk, ke_backend_options.
+                              * vision_chunk); 0 = the backend's default for the device */
     bool autorotate;        /* EXIF orientation; default false (as `kosmos run`) */
     uint64_t max_pixels;    /* decoder pixel limit; 0 = the decoder's default (100 MP) */
     size_t max_image_bytes; /* largest image read from an image_uri; default 64 MiB */
@@ -90,8 +92,13 @@ typedef struct kw_packed {
 
 typedef struct kw_batch kw_batch;
 
+/* The most images one step encodes (the host's staging is sized for them). */
+#define KW_MAX_VISION_CHUNK 64
+
 typedef struct kw_batch_params {
-    int vision_chunk;       /* images one step encodes at most; default 4 */
+    int vision_chunk;       /* images one step encodes at most, 1..KW_MAX_VISION_CHUNK; default
+                             * 0: the backend's vision chunk (ke_backend.vision_chunk), so that
+                             * a step's images are one pass on the device */
     int prefill_tokens;     /* prompt tokens one step feeds at most (ke_sched_params); default
                              * 512: a burst of arrivals does not stall the decoding for long */
     kw_batch_poll_fn *poll; /* may be NULL */

@@ -76,6 +76,18 @@ static void usage(FILE *out)
         "                           --kv-tokens in the same memory (OpenCL devices); the same\n"
         "                           ids on every golden test, logits up to ~1e-3 further from\n"
         "                           the reference\n"
+        "  --vision-chunk N         images one scheduler step encodes at most, in one pass on\n"
+        "                           the device, 1..64 (default: the backend's for the device,\n"
+        "                           32 on a GPU, 8 on a CPU, fewer where an eighth of the\n"
+        "                           device's memory holds fewer). Larger raises the images/s\n"
+        "                           of a burst of arrivals but delays the running sequences by\n"
+        "                           one longer pass; each image of the pass holds about 22 MB\n"
+        "                           of activations on the device (Kosmos-2), kept between\n"
+        "                           passes. docs/operations.md, 'Sizing a worker'\n"
+        "  --prefill-tokens N       prompt tokens one step feeds at most, 1..1048576 (default\n"
+        "                           512): more lets a burst of new prompts start sooner, fewer\n"
+        "                           keeps the running sequences' steps short; a longer prompt\n"
+        "                           takes several steps\n"
         "  --gemm-tune T            OpenCL devices, for tuning: the matrix products' tunables\n"
         "                           from the row T names (cpu, nvidia or gpu) instead of the\n"
         "                           device's own, then KEY=VALUE overrides by name (rows_nt,\n"
@@ -164,7 +176,9 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
         O_PREFETCH,
         O_KV,
         O_KV_CACHE,
-        O_GEMM_TUNE
+        O_GEMM_TUNE,
+        O_VCHUNK,
+        O_PREFILL
     };
     static const struct option opts[] = {{"broker", required_argument, 0, O_BROKER},
                                          {"model", required_argument, 0, O_MODEL},
@@ -193,6 +207,8 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
                                          {"kv-tokens", required_argument, 0, O_KV},
                                          {"kv-cache", required_argument, 0, O_KV_CACHE},
                                          {"gemm-tune", required_argument, 0, O_GEMM_TUNE},
+                                         {"vision-chunk", required_argument, 0, O_VCHUNK},
+                                         {"prefill-tokens", required_argument, 0, O_PREFILL},
                                          {0, 0, 0, 0}};
     const char *roots[64];
     kw_worker_params p;
@@ -232,6 +248,14 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
                 return KW_EXIT_CONFIG;
             }
             p.engine.gemm_tune = optarg;
+            break;
+        case O_VCHUNK:
+            bad = parse_num(optarg, 1, KW_MAX_VISION_CHUNK, &v);
+            p.engine.vision_chunk = (int)v;
+            break;
+        case O_PREFILL:
+            bad = parse_num(optarg, 1, 1 << 20, &v);
+            p.prefill_tokens = (int)v;
             break;
         case O_SLOTS:
             bad = parse_num(optarg, 1, 1024, &v);

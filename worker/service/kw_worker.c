@@ -41,6 +41,7 @@ void kw_worker_params_default(kw_worker_params *p)
     memset(p, 0, sizeof *p);
     kw_engine_params_default(&p->engine);
     p->max_batch = 4;
+    p->prefill_tokens = 512;
     p->prefetch = -1;
     p->heartbeat_ms = 1000;
     p->heartbeat_liveness = 3;
@@ -881,14 +882,16 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
            "\"name\":%s,\"model_id\":%s,\"model_hash\":\"%s\","
            "\"device\":%s,\"max_batch\":%d,\"capacity\":%d,\"slots\":%d,\"context\":%d,"
            "\"kv_tokens\":%zu,\"kv_cache\":\"%s\",\"precision\":\"%s\",\"load_ms\":%.0f,"
-           "\"device_bytes\":%zu,\"weight_bytes\":%zu",
+           "\"device_bytes\":%zu,\"weight_bytes\":%zu,\"vision_chunk\":%d,"
+           "\"prefill_tokens\":%d",
            ks_log_str(esc, sizeof esc, io.name),
            ks_log_str(model_esc, sizeof model_esc, io.model_id), io.model_hash,
            ks_log_str(device_esc, sizeof device_esc, io.device.name), p->max_batch,
            kw_worker_capacity(p), engine.backend->slots, engine.backend->slot_capacity,
            p->engine.kv_tokens, p->engine.kv_half ? "f16" : "f32",
            ke_precision_name(p->engine.precision, p->engine.weights_int8), kw_now_ms() - t0,
-           backend_stats.device_bytes, backend_stats.weight_bytes);
+           backend_stats.device_bytes, backend_stats.weight_bytes, engine.backend->vision_chunk,
+           p->prefill_tokens);
 
     io.ctx = zmq_ctx_new();
     if (!io.ctx) {
@@ -897,6 +900,8 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     }
     kw_batch_params batch_params;
     kw_batch_params_default(&batch_params);
+    batch_params.vision_chunk = engine.backend->vision_chunk; /* --vision-chunk or the device's */
+    batch_params.prefill_tokens = p->prefill_tokens;
     compute = (kw_compute){.engine = &engine,
                            .max_batch = p->max_batch,
                            .batch = batch_params,

@@ -29,6 +29,8 @@ typedef struct kw_worker_params {
     const char *model_hash; /* NULL = SHA-256 of the weights (kw_model_hash) */
     kw_engine_params engine;
     int max_batch;               /* jobs computed at once, 1..1024; default 4 */
+    int prefill_tokens;          /* prompt tokens one step feeds at most (kw_batch_params);
+                                  * default 512 */
     int prefetch;                /* jobs held beyond them, waiting to start, 0..1024; -1 (the
                                   * default) = a quarter of max_batch, 1..64 */
     uint32_t heartbeat_ms;       /* until Welcome says otherwise; default 1000 */

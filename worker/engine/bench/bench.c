@@ -512,13 +512,15 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
                              .gemm_tune = p->gemm_tune,
                              .gemm = p->gemm,
                              .no_flash_attention = p->no_flash_attention,
-                             .weights_int8 = p->weights_int8};
+                             .weights_int8 = p->weights_int8,
+                             .vision_chunk = p->vision_chunk};
     if ((st = ke_backend_open(model, p->device, &bo, &s.backend)) != KS_OK)
         goto cleanup;
     snprintf(out->device_name, sizeof out->device_name, "%s", ke_backend_device_name(s.backend));
     ke_backend_stats bst;
     ke_backend_stats_get(s.backend, &bst);
     snprintf(out->gemm, sizeof out->gemm, "%s", bst.gemm ? bst.gemm : "");
+    out->vision_chunk = s.backend->vision_chunk;
 
     bool want_prefill = p->phases & (KE_BENCH_PREFILL | KE_BENCH_DECODE);
     for (int run = 0; run < p->warmup + p->repeats; run++) {
@@ -604,6 +606,7 @@ void ke_bench_print_json(FILE *out, const ke_bench_labels *labels, const ke_benc
                         r->peak_device_bytes ? json_integer((json_int_t)r->peak_device_bytes)
                                              : json_null());
     json_object_set_new(o, "gemm", *r->gemm ? json_string(r->gemm) : json_null());
+    json_object_set_new(o, "vision_chunk", json_integer(r->vision_chunk));
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     if (text) {
         fprintf(out, "%s\n", text);

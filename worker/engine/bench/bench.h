@@ -50,6 +50,8 @@ typedef struct ke_bench_params {
     bool no_flash_attention; /* ke_backend_options.no_flash_attention (A/B runs) */
     ke_gemm_path gemm;       /* the large products' engine (ke_backend_options.gemm) */
     bool weights_int8;       /* int8 linear weights (ke_backend_options.weights_int8) */
+    int vision_chunk;        /* images per vision pass (ke_backend_options.vision_chunk);
+                              * 0 = the device's default */
 } ke_bench_params;
 
 void ke_bench_params_default(ke_bench_params *p);
@@ -107,6 +109,7 @@ typedef struct ke_bench_result {
     size_t peak_device_bytes; /* device memory the backend holds at the end (its stats);
                                * 0: none or the backend cannot tell */
     char gemm[1024];          /* the large products' engine and why (ke_backend_stats.gemm) */
+    int vision_chunk;         /* images per vision pass (ke_backend.vision_chunk) */
     ke_bench_profile profiles[KE_BENCH_PROFILED]; /* params.profile on an OpenCL device */
 } ke_bench_result;
 

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,4 +204,65 @@ char *ks_path_join(const char *dir, const char *name)
         out[at++] = '/';
     memcpy(out + at, name, b + 1);
     return out;
+}
+
+bool ks_dir_make_all(const char *folder)
+{
+    char *path = strdup(folder);
+    if (!path)
+        return false;
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(path, 0777) != 0 && errno != EEXIST) {
+            free(path);
+            return false;
+        }
+        *p = '/';
+    }
+    bool ok = mkdir(path, 0777) == 0 || errno == EEXIST;
+    free(path);
+    struct stat info;
+    return ok && stat(folder, &info) == 0 && S_ISDIR(info.st_mode);
+}
+
+ks_status ks_file_write_atomic(const char *path, const void *data, size_t n)
+{
+    static atomic_uint counter; /* distinct temporaries within a process */
+    size_t cap = strlen(path) + 48;
+    char *tmp = malloc(cap);
+    if (!tmp)
+        return ks_fail(KS_ERR_NOMEM, "writing %s: out of memory", path);
+    snprintf(tmp, cap, "%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&counter, 1u));
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        ks_status st = ks_fail(KS_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+        free(tmp);
+        return st;
+    }
+    const char *p = data;
+    size_t left = n;
+    int err = 0;
+    while (left > 0 && !err) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            err = w < 0 ? errno : EIO;
+            break;
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (!err && fsync(fd) != 0)
+        err = errno;
+    if (close(fd) != 0 && !err)
+        err = errno;
+    if (!err && rename(tmp, path) != 0)
+        err = errno;
+    if (err)
+        unlink(tmp);
+    free(tmp);
+    return err ? ks_fail(KS_ERR_IO, "cannot write %s: %s", path, strerror(err)) : KS_OK;
 }

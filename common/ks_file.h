@@ -42,4 +42,13 @@ bool ks_file_exists(const char *path);
 /* dir + "/" + name into a new string the caller frees; NULL on allocation failure. */
 char *ks_path_join(const char *dir, const char *name);
 
+/* mkdir -p: true when `folder` exists as a folder afterwards (made with mode 0777 & ~umask). */
+bool ks_dir_make_all(const char *folder);
+
+/* Replaces the file at `path` with `n` bytes, atomically: written to a temporary file beside
+ * it, flushed to disk, then renamed over it, so a reader sees the old file or the new one and
+ * a crash leaves no half-written file. The folder must exist. KS_ERR_IO (naming the path and
+ * the system's reason) when it cannot be written; nothing is left behind. */
+ks_status ks_file_write_atomic(const char *path, const void *data, size_t n);
+
 #endif

@@ -27,7 +27,7 @@
 static const char bench_help[] =
     "usage: kosmos bench [--model DIR | --config full|tiny] [--batch 1,8,...[,max]]\n"
     "                    [--device SPEC] [--precision fp16|fp32|int8] [--kv-cache f32|f16]\n"
-    "                    [--gemm-tune ROW[,KEY=VALUE...]]\n"
+    "                    [--gemm-tune ROW[,KEY=VALUE...]] [--tune-db PATH | --no-tune-db]\n"
     "                    [--gemm auto|simt|mma-emulated|mma-ptx] [--repeats N] [--warmup N]\n"
     "                    [--new-tokens N] [--phases vision,prefill,decode,e2e] [--seed S]\n"
     "                    [--json] [--profile] [--attention flash|rows] [--vision-chunk N]\n"
@@ -60,6 +60,12 @@ static const char bench_help[] =
     "                      rows_split, rows_cw, rows_vpw, w_panel, tile_m, tile_n, tile_k,\n"
     "                      wpt_m, wpt_n, rows_max_m, groups_goal), e.g. cpu,rows_cw=8;\n"
     "                      docs/gemm.md. Ignored by --device ref\n"
+    "  --tune-db PATH      OpenCL devices: the tuning database 'kosmos tune' writes; its entry\n"
+    "                      for the device and driver replaces the built-in tunables (default:\n"
+    "                      gemm-tune.json in the cache folder; --gemm-tune wins). Tuned\n"
+    "                      tunables never change results; the JSON's \"tunables\" says which\n"
+    "                      were used; docs/gemm.md, 'Tuning'\n"
+    "  --no-tune-db        read no tuning database: the built-in tunables\n"
     "  --gemm PATH         OpenCL devices: the engine of the products with many rows (vision,\n"
     "                      prefill): auto (default: simt until the tensor-core engine's\n"
     "                      fidelity is measured on a GPU), simt, mma-emulated (tests: slow)\n"
@@ -173,6 +179,8 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         PRECISION,
         KV_CACHE,
         GEMM_TUNE,
+        TUNE_DB,
+        NO_TUNE_DB,
         GEMM,
         REPEATS,
         WARMUP,
@@ -192,6 +200,8 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
         {"precision", required_argument, NULL, PRECISION},
         {"kv-cache", required_argument, NULL, KV_CACHE},
         {"gemm-tune", required_argument, NULL, GEMM_TUNE},
+        {"tune-db", required_argument, NULL, TUNE_DB},
+        {"no-tune-db", no_argument, NULL, NO_TUNE_DB},
         {"gemm", required_argument, NULL, GEMM},
         {"repeats", required_argument, NULL, REPEATS},
         {"warmup", required_argument, NULL, WARMUP},
@@ -243,6 +253,8 @@ static int parse_bench_options(int argc, char **argv, bench_options *o)
                 return usage_error("%s", ks_error_message());
             o->params.gemm_tune = optarg;
             break;
+        case TUNE_DB: o->params.tune_db = optarg; break;
+        case NO_TUNE_DB: o->params.tune_db = ""; break;
         case GEMM:
             if (!ke_gemm_path_parse(optarg, &o->params.gemm))
                 return usage_error("--gemm is auto, simt, mma-emulated or mma-ptx, not '%s'",

@@ -31,7 +31,8 @@ static const char run_help[] =
     "                  [--max-new-tokens N] [--min-new-tokens N] [--num-beams K]\n"
     "                  [--temperature T [--top-p P] [--seed S]] [--no-repeat-ngram-size N]\n"
     "                  [--device SPEC] [--precision fp16|fp32|int8] [--kv-cache f32|f16]\n"
-    "                  [--gemm-tune ROW[,KEY=VALUE...]] [--autorotate]\n"
+    "                  [--gemm-tune ROW[,KEY=VALUE...]] [--tune-db PATH | --no-tune-db]\n"
+    "                  [--autorotate]\n"
     "                  [--pixels-from F.safetensors] [--dump F.safetensors] [--draw OUT.png]\n"
     "\n"
     "Runs Kosmos-2 on one image and prints one JSON object:\n"
@@ -68,6 +69,11 @@ static const char run_help[] =
     "                          rows_stage, rows_split, rows_cw, rows_vpw, w_panel, tile_m,\n"
     "                          tile_n, tile_k, wpt_m, wpt_n, rows_max_m, groups_goal), e.g.\n"
     "                          cpu,rows_cw=8; docs/gemm.md. Ignored by --device ref\n"
+    "  --tune-db PATH          OpenCL devices: the tuning database 'kosmos tune' writes; its\n"
+    "                          entry for the device and driver replaces the built-in tunables\n"
+    "                          (default: gemm-tune.json in the cache folder; --gemm-tune wins).\n"
+    "                          Tuned tunables never change results; docs/gemm.md, 'Tuning'\n"
+    "  --no-tune-db            read no tuning database: the built-in tunables\n"
     "  --autorotate            apply the EXIF orientation (the reference does not)\n"
     "  --pixels-from F         take pixel_values [1,3,224,224] f32 from a safetensors file\n"
     "                          instead of decoding the image (whose size is still read)\n"
@@ -77,7 +83,7 @@ static const char run_help[] =
 
 typedef struct run_options {
     const char *model_dir, *image_path, *bboxes_json, *device, *pixels_from, *dump_path, *draw_path,
-        *gemm_tune;
+        *gemm_tune, *tune_db;
     const char *prompt;
     bool autorotate;
     ke_dtype precision;
@@ -105,6 +111,8 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         PRECISION,
         KV_CACHE,
         GEMM_TUNE,
+        TUNE_DB,
+        NO_TUNE_DB,
         ROTATE,
         PIXELS,
         DUMP,
@@ -127,6 +135,8 @@ static int parse_run_options(int argc, char **argv, run_options *o)
         {"precision", required_argument, NULL, PRECISION},
         {"kv-cache", required_argument, NULL, KV_CACHE},
         {"gemm-tune", required_argument, NULL, GEMM_TUNE},
+        {"tune-db", required_argument, NULL, TUNE_DB},
+        {"no-tune-db", no_argument, NULL, NO_TUNE_DB},
         {"autorotate", no_argument, NULL, ROTATE},
         {"pixels-from", required_argument, NULL, PIXELS},
         {"dump", required_argument, NULL, DUMP},
@@ -203,6 +213,8 @@ static int parse_run_options(int argc, char **argv, run_options *o)
                 return cli_usage_error("run: %s", ks_error_message());
             o->gemm_tune = optarg;
             break;
+        case TUNE_DB: o->tune_db = optarg; break;
+        case NO_TUNE_DB: o->tune_db = ""; break;
         case ROTATE: o->autorotate = true; break;
         case PIXELS: o->pixels_from = optarg; break;
         case DUMP: o->dump_path = optarg; break;
@@ -360,6 +372,7 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
                                           .slot_capacity = capacity,
                                           .kv_half = o->kv_half,
                                           .gemm_tune = o->gemm_tune,
+                                          .tune_db = o->tune_db,
                                           .weights_int8 = o->weights_int8};
     if ((st = ke_backend_open(s->model, o->device, &backend_options, &s->backend)) != KS_OK)
         return st;
@@ -406,7 +419,8 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
                         json_stringn(s->out.raw.data ? s->out.raw.data : "", s->out.raw.len));
     json_object_set_new(result, "generated_ids", ids_json(s->result.ids, s->result.len));
     /* device: the backend's device; programs_built / programs_cached: OpenCL programs compiled
-     * at start vs loaded from the binary cache (a second start on the same device builds 0) */
+     * at start vs loaded from the binary cache (a second start on the same device builds 0);
+     * tunables: where the GEMM's came from (null on the reference backend) */
     ke_backend_stats bstats;
     ke_backend_stats_get(s->backend, &bstats);
     json_object_set_new(result, "timings",
@@ -420,6 +434,8 @@ static ks_status run_pipeline(const run_options *o, run_state *s, json_t **out)
                                   (int)bstats.programs_built, "programs_cached",
                                   (int)bstats.programs_cached, "program_build_ms",
                                   bstats.program_build_ms));
+    json_object_set_new(json_object_get(result, "timings"), "tunables",
+                        bstats.tunables ? json_string(bstats.tunables) : json_null());
     *out = result;
     return KS_OK;
 }

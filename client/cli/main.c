@@ -22,6 +22,8 @@ static const subcommand subcommands[] = {
     {"devices", "list the OpenCL platforms and devices --device can choose", cmd_devices},
     {"bench", "speed figures on one device: vision, prefill, decode, end to end, memory (JSON)",
      cmd_bench},
+    {"tune", "find the fastest GEMM tunables for an OpenCL device; record them for later starts",
+     cmd_tune},
 #ifdef KOSMOS_HAVE_CLIENT
     {"status", "a broker's jobs per state, workers, totals and throughput (table or --json)",
      cmd_status},

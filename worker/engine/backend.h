@@ -93,6 +93,9 @@ typedef struct ke_backend_stats {
                                 * where a device lives in host memory and commits lazily) */
     const char *gemm;         /* the large matrix products' engine and why ("simt: ...",
                                 * "mma-ptx: the 16x8x16 probe matched ..."), borrowed */
+    const char *tunables;     /* where the GEMM's tunables came from ("built-in row cpu",
+                                * "from PATH (entry for DEVICE, driver D): TUNE", "--gemm-tune
+                                * T"; cl_gemm_tune.h), borrowed */
 } ke_backend_stats;
 
 typedef struct ke_backend_ops {
@@ -204,6 +207,11 @@ typedef struct ke_backend_options {
      * call that opens the backend; NULL or "": the device's row. The reference backend has no
      * GEMM tunables and ignores it. */
     const char *gemm_tune;
+    /* OpenCL, without gemm_tune: the tuning database `kosmos tune` writes, whose entry for the
+     * device and driver replaces the device's row (--tune-db; docs/gemm.md, "Tuning";
+     * cl_gemm_tune.h), borrowed for the call: NULL = <cache>/gemm-tune.json, "" = none. A
+     * missing database is silent, an unusable one a warning in ke_backend_stats.tunables. */
+    const char *tune_db;
     ke_gemm_path gemm; /* OpenCL: the large products' engine (default auto) */
     /* The resampler's cross-attention. false (default): as transformers 5.17 computes it with
      * its default SDPA attention - x_attn has is_causal=True and no mask, so SDPA keeps the

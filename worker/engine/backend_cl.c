@@ -32,6 +32,7 @@
 
 #include "backend_cl_ops.h"
 #include "cl_gemm.h"
+#include "cl_gemm_tune.h"
 #include "kc_context.h"
 #include "kc_error.h"
 #include "ref_ops.h"
@@ -105,6 +106,7 @@ typedef struct cl_backend {
     ke_backend base;
     kc_context *ctx;
     ke_cl_gemm *gemm;
+    ke_tune_choice tune; /* where the GEMM's tunables came from (ke_backend_stats.tunables) */
     ke_cl_ops *ops;
     ke_dtype wdt;    /* the model's storage: biases, LayerNorms, embeddings, every matrix ... */
     ke_dtype lin_dt; /* ... but the linears quant.h names: KE_DTYPE_I8 with weights_int8 */
@@ -1349,6 +1351,7 @@ static void cl_stats(const ke_backend *b, ke_backend_stats *out)
     out->device_bytes = cb->device_bytes;
     out->weight_bytes = cb->weight_bytes;
     out->gemm = ke_cl_gemm_path_report(cb->gemm);
+    out->tunables = cb->tune.report;
 }
 
 static void cl_destroy(ke_backend *b)
@@ -1606,6 +1609,20 @@ static ks_status init_pages(cl_backend *cb, size_t kv_tokens, const kc_device_in
     return KS_OK;
 }
 
+/* The GEMM with the tunables ke_cl_gemm_tune_choose picks; the database's may be set aside
+ * here too, when this driver refuses to build them (the device's row then). */
+static ks_status open_gemm(cl_backend *cb, const kc_device_info *device,
+                           const ke_backend_options *options)
+{
+    ke_cl_gemm_tune_choose(device, options->gemm_tune, options->tune_db, &cb->tune);
+    ks_status status = ke_cl_gemm_new(cb->ctx, cb->tune.tune, &cb->gemm);
+    if (status != KS_OK && cb->tune.source == KE_TUNE_DB) {
+        ke_cl_gemm_tune_fall_back(device, &cb->tune, ks_error_message());
+        status = ke_cl_gemm_new(cb->ctx, cb->tune.tune, &cb->gemm);
+    }
+    return status;
+}
+
 ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
                             const ke_backend_options *options, ke_backend **out)
 {
@@ -1660,7 +1677,7 @@ ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
     kc_context_params_init(&params);
     params.profiling = options->profiling;
     if ((status = kc_context_new(device, &params, &cb->ctx)) != KS_OK ||
-        (status = ke_cl_gemm_new(cb->ctx, options->gemm_tune, &cb->gemm)) != KS_OK ||
+        (status = open_gemm(cb, device, options)) != KS_OK ||
         (status = ke_cl_ops_new(cb->ctx, cb->wdt, &cb->ops)) != KS_OK ||
         (status = ke_cl_gemm_set_path(cb->gemm, options->gemm)) != KS_OK ||
         (status = upload_vision(cb)) != KS_OK || (status = upload_text(cb)) != KS_OK ||

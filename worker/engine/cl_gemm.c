@@ -17,17 +17,7 @@
 #define GEMM_FILE "gemm.cl"
 #define UPLOAD_BLOCK_BYTES ((size_t)4 << 20) /* host memory an upload holds at a time */
 
-/* Per-device tunables: the -D options of gemm.cl (documented there), the largest m the rows
- * kernel serves (above it gemm_tiles), and the parallelism the chunking aims for. */
-typedef struct gemm_tune {
-    const char *label;
-    int rows_nt, rows_xk, rows_stage, rows_split, rows_cw, rows_vpw, w_panel;
-    int tile_m, tile_n, tile_k, wpt_m, wpt_n;
-    int rows_max_m;  /* m <= this: gemm_rowsR; above: gemm_tiles */
-    int groups_goal; /* GPUs: enough groups per product; 0 = one chunk (CPUs) */
-} gemm_tune;
-
-static const gemm_tune tune_table[] = {
+static const ke_cl_tunables tune_table[] = {
     /* PoCL and other CPUs: a work-item holds two panels of 16 columns (two AVX-512 vectors) of
      * up to 8 rows and streams them, k x 16 contiguous values each, for every m (gemm_tiles'
      * barriers cost a CPU more than re-reading W per 8 rows; two panels share each X value's
@@ -46,7 +36,7 @@ static bool is_nvidia_gpu(const kc_device_info *dev)
            (strstr(dev->vendor, "NVIDIA") || strstr(dev->platform_name, "NVIDIA"));
 }
 
-static const gemm_tune *tune_for(const kc_device_info *dev)
+static const ke_cl_tunables *tune_for(const kc_device_info *dev)
 {
     if (dev->type & CL_DEVICE_TYPE_CPU)
         return &tune_table[0];
@@ -54,6 +44,28 @@ static const gemm_tune *tune_for(const kc_device_info *dev)
         return &tune_table[1];
     return &tune_table[2];
 }
+
+/* The tunables by their --gemm-tune names, in the order ke_cl_tunables_format writes them. */
+static const struct {
+    const char *key;
+    size_t offset;
+} tune_fields[] = {
+    {"rows_nt", offsetof(ke_cl_tunables, rows_nt)},
+    {"rows_xk", offsetof(ke_cl_tunables, rows_xk)},
+    {"rows_stage", offsetof(ke_cl_tunables, rows_stage)},
+    {"rows_split", offsetof(ke_cl_tunables, rows_split)},
+    {"rows_cw", offsetof(ke_cl_tunables, rows_cw)},
+    {"rows_vpw", offsetof(ke_cl_tunables, rows_vpw)},
+    {"w_panel", offsetof(ke_cl_tunables, w_panel)},
+    {"tile_m", offsetof(ke_cl_tunables, tile_m)},
+    {"tile_n", offsetof(ke_cl_tunables, tile_n)},
+    {"tile_k", offsetof(ke_cl_tunables, tile_k)},
+    {"wpt_m", offsetof(ke_cl_tunables, wpt_m)},
+    {"wpt_n", offsetof(ke_cl_tunables, wpt_n)},
+    {"rows_max_m", offsetof(ke_cl_tunables, rows_max_m)},
+    {"groups_goal", offsetof(ke_cl_tunables, groups_goal)},
+};
+#define N_TUNE_FIELDS (sizeof tune_fields / sizeof tune_fields[0])
 
 /* The next comma-separated item of *cursor (NUL-terminated in place), or NULL at the end. */
 static char *next_item(char **cursor)
@@ -72,7 +84,7 @@ static char *next_item(char **cursor)
  * table row named <label> ("cpu", "nvidia", "gpu") whatever the device, with fields overridden
  * by name; for tuning and for testing the GPU rows on PoCL. Bad text is an error (never
  * silently ignored). */
-static ks_status tune_parse(const char *text, gemm_tune *out)
+static ks_status tune_parse(const char *text, ke_cl_tunables *out)
 {
     char buf[256];
     if (snprintf(buf, sizeof buf, "%s", text) >= (int)sizeof buf)
@@ -90,25 +102,6 @@ static ks_status tune_parse(const char *text, gemm_tune *out)
                        "--gemm-tune '%s': the first item must be cpu, "
                        "nvidia or gpu",
                        text);
-    static const struct {
-        const char *key;
-        size_t offset;
-    } fields[] = {
-        {"rows_nt", offsetof(gemm_tune, rows_nt)},
-        {"rows_xk", offsetof(gemm_tune, rows_xk)},
-        {"rows_stage", offsetof(gemm_tune, rows_stage)},
-        {"rows_split", offsetof(gemm_tune, rows_split)},
-        {"rows_cw", offsetof(gemm_tune, rows_cw)},
-        {"rows_vpw", offsetof(gemm_tune, rows_vpw)},
-        {"w_panel", offsetof(gemm_tune, w_panel)},
-        {"tile_m", offsetof(gemm_tune, tile_m)},
-        {"tile_n", offsetof(gemm_tune, tile_n)},
-        {"tile_k", offsetof(gemm_tune, tile_k)},
-        {"wpt_m", offsetof(gemm_tune, wpt_m)},
-        {"wpt_n", offsetof(gemm_tune, wpt_n)},
-        {"rows_max_m", offsetof(gemm_tune, rows_max_m)},
-        {"groups_goal", offsetof(gemm_tune, groups_goal)},
-    };
     while ((tok = next_item(&next)) != NULL) {
         char *eq = strchr(tok, '=');
         char *end = NULL;
@@ -117,9 +110,9 @@ static ks_status tune_parse(const char *text, gemm_tune *out)
             return ks_fail(KS_ERR_INVALID, "--gemm-tune: bad item '%s'", tok);
         *eq = '\0';
         bool known = false;
-        for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
-            if (strcmp(tok, fields[i].key) == 0) {
-                *(int *)((char *)out + fields[i].offset) = (int)v;
+        for (size_t i = 0; i < N_TUNE_FIELDS; i++)
+            if (strcmp(tok, tune_fields[i].key) == 0) {
+                *(int *)((char *)out + tune_fields[i].offset) = (int)v;
                 known = true;
             }
         if (!known)
@@ -149,7 +142,7 @@ struct ke_cl_gemm_site {
 
 struct ke_cl_gemm {
     kc_context *ctx; /* borrowed */
-    gemm_tune tune;
+    ke_cl_tunables tune;
     kc_program *prog[N_DTYPES]; /* [ke_dtype]; int8 built by its first upload */
     unsigned compute_units;
     ke_cl_gemm_site *sites;   /* owned */
@@ -192,7 +185,7 @@ void ke_cl_gemm_force_chunk(ke_cl_gemm *g, size_t chunk_len) { g->forced_chunk =
 
 static ks_status build(ke_cl_gemm *g, ke_dtype dt)
 {
-    const gemm_tune *t = &g->tune;
+    const ke_cl_tunables *t = &g->tune;
     char opts[256];
     snprintf(opts, sizeof opts,
              "-DWEIGHT_HALF=%d -DW_INT8=%d -DROWS_NT=%d -DROWS_XK=%d -DROWS_STAGE=%d "
@@ -206,8 +199,82 @@ static ks_status build(ke_cl_gemm *g, ke_dtype dt)
 
 ks_status ke_cl_gemm_tune_check(const char *tune)
 {
-    gemm_tune t;
+    ke_cl_tunables t;
     return tune && *tune ? tune_parse(tune, &t) : KS_OK;
+}
+
+ks_status ke_cl_tunables_get(const kc_device_info *dev, const char *tune, ke_cl_tunables *out)
+{
+    if (tune && *tune)
+        return tune_parse(tune, out);
+    if (!dev)
+        return ks_fail(KS_ERR_INVALID, "gemm tunables: neither a device nor a row");
+    *out = *tune_for(dev);
+    return KS_OK;
+}
+
+void ke_cl_tunables_format(const ke_cl_tunables *t, char *buf, size_t len)
+{
+    size_t at = (size_t)snprintf(buf, len, "%s", t->label);
+    for (size_t i = 0; i < N_TUNE_FIELDS && at < len; i++)
+        at += (size_t)snprintf(buf + at, len - at, ",%s=%d", tune_fields[i].key,
+                               *(const int *)((const char *)t + tune_fields[i].offset));
+}
+
+/* ke_cl_gemm_chunk's inputs besides (n, k) and the device's compute units: equal inputs, equal
+ * chunks for every shape. With no groups_goal (<= 0) a product is one chunk whatever the rest. */
+ks_status ke_cl_tunables_same_sums(const ke_cl_tunables *t, const ke_cl_tunables *base)
+{
+    const bool one = t->groups_goal <= 0, base_one = base->groups_goal <= 0;
+    if (one && base_one)
+        return KS_OK;
+    if (one != base_one || t->groups_goal != base->groups_goal)
+        return ks_fail(KS_ERR_INVALID, "groups_goal %d instead of %d changes how k is chunked",
+                       t->groups_goal, base->groups_goal);
+    const long cols = (long)t->rows_nt * t->rows_cw * t->rows_vpw;
+    const long base_cols = (long)base->rows_nt * base->rows_cw * base->rows_vpw;
+    if (cols != base_cols)
+        return ks_fail(KS_ERR_INVALID,
+                       "rows_nt x rows_cw x rows_vpw = %ld columns per group instead of %ld "
+                       "changes how k is chunked",
+                       cols, base_cols);
+    if (t->tile_k != base->tile_k)
+        return ks_fail(KS_ERR_INVALID, "tile_k %d instead of %d changes how k is chunked",
+                       t->tile_k, base->tile_k);
+    return KS_OK;
+}
+
+ks_status ke_cl_tunables_check(const ke_cl_tunables *t, size_t max_wg)
+{
+    const long cols = (long)t->rows_nt * t->rows_cw * t->rows_vpw;
+    if (t->rows_vpw != 1 && t->rows_vpw != 2)
+        return ks_fail(KS_ERR_INVALID, "rows_vpw must be 1 or 2");
+    if (t->rows_vpw == 2 && (t->rows_stage || t->rows_split))
+        return ks_fail(KS_ERR_INVALID, "rows_vpw 2 is for rows_stage 0 and rows_split 0");
+    if (t->rows_nt < 1 || t->rows_xk < 1)
+        return ks_fail(KS_ERR_INVALID, "rows_nt and rows_xk must be positive");
+    if (t->rows_cw != 4 && t->rows_cw != 8 && t->rows_cw != 16)
+        return ks_fail(KS_ERR_INVALID, "rows_cw must be 4, 8 or 16");
+    if (t->w_panel < 0 || (t->w_panel > 0 && t->w_panel % t->rows_cw != 0))
+        return ks_fail(KS_ERR_INVALID, "w_panel must be 0 or a multiple of rows_cw");
+    if (t->tile_m < 1 || t->tile_n < 1 || t->tile_k < 1 || t->wpt_m < 1 || t->wpt_n < 1 ||
+        t->tile_m % t->wpt_m != 0 || t->tile_n % t->wpt_n != 0)
+        return ks_fail(KS_ERR_INVALID, "tile_m and tile_n must be multiples of wpt_m and wpt_n");
+    const long wg = (long)(t->tile_m / t->wpt_m) * (t->tile_n / t->wpt_n);
+    if (((long)t->tile_m * t->tile_k) % wg != 0 || ((long)t->tile_n * t->tile_k) % wg != 0)
+        return ks_fail(KS_ERR_INVALID, "the tiled work-group must divide the X and W tiles");
+    if (cols % KE_CL_STAT_SB != 0 || t->tile_n % KE_CL_STAT_SB != 0)
+        return ks_fail(KS_ERR_INVALID,
+                       "%d (the statistics block) must divide "
+                       "rows_nt x rows_cw x rows_vpw and tile_n",
+                       KE_CL_STAT_SB);
+    if (wg < t->tile_m || wg < (long)t->tile_m * (t->tile_n / KE_CL_STAT_SB))
+        return ks_fail(KS_ERR_INVALID,
+                       "gemm_tiles needs a work-item per row and per (row, statistics block)");
+    if (max_wg && ((size_t)wg > max_wg || (size_t)t->rows_nt > max_wg))
+        return ks_fail(KS_ERR_INVALID, "a group of %ld work-items exceeds the device's %zu",
+                       wg > t->rows_nt ? wg : (long)t->rows_nt, max_wg);
+    return KS_OK;
 }
 
 ks_status ke_cl_gemm_new(kc_context *ctx, const char *tune, ke_cl_gemm **out)
@@ -602,7 +669,7 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
         return status;
     if (!site)
         site = &g->fallback;
-    const gemm_tune *t = &g->tune;
+    const ke_cl_tunables *t = &g->tune;
     const ke_cl_weight *w = a->w;
     const ke_dtype dt = w->dtype;
     if (w->panel != (size_t)t->w_panel || (unsigned)dt >= N_DTYPES || !g->prog[dt] ||

@@ -91,6 +91,37 @@ typedef struct ke_cl_gemm_args {
     bool kv_half;
 } ke_cl_gemm_args;
 
+/* The tunables of gemm.cl (docs/gemm.md, "Tunables"): its -D options, the largest m the rows
+ * kernel serves, and the parallelism the chunking aims for. A row of the table in cl_gemm.c by
+ * device type and vendor, or one named by --gemm-tune text, with that text's overrides. */
+typedef struct ke_cl_tunables {
+    const char *label; /* the table row: "cpu", "nvidia" or "gpu" (static storage) */
+    int rows_nt, rows_xk, rows_stage, rows_split, rows_cw, rows_vpw, w_panel;
+    int tile_m, tile_n, tile_k, wpt_m, wpt_n;
+    int rows_max_m;  /* m <= this: gemm_rowsR; above: gemm_tiles */
+    int groups_goal; /* GPUs: enough groups per product; 0 = one chunk (CPUs) */
+} ke_cl_tunables;
+
+/* The tunables of `dev`'s row, or, when `tune` is not NULL or "", of the row it names with its
+ * overrides (dev may then be NULL). KS_ERR_INVALID as ke_cl_gemm_tune_check. */
+ks_status ke_cl_tunables_get(const kc_device_info *dev, const char *tune, ke_cl_tunables *out);
+
+/* `t` as --gemm-tune text that names every tunable ("cpu,rows_nt=8,...,groups_goal=0"), which
+ * ke_cl_tunables_get reads back to the same values (truncated to len - 1 characters). */
+void ke_cl_tunables_format(const ke_cl_tunables *t, char *buf, size_t len);
+
+/* KS_OK when `t` cuts k into the chunks `base` cuts it into for every (n, k) on any one device
+ * (ke_cl_gemm_chunk): then every kernel computes the same canonical sums under both, so the
+ * results are the same bits (docs/gemm.md, "One sum, whatever the batch"). KS_ERR_INVALID
+ * naming the tunable that changes the chunking (groups_goal, the columns a rows group covers,
+ * tile_k) otherwise. A tuner proposes only candidates that pass, against the device's row. */
+ks_status ke_cl_tunables_same_sums(const ke_cl_tunables *t, const ke_cl_tunables *base);
+
+/* For tuners: KS_OK when `t` meets gemm.cl's constraints (its #error lines) and its groups fit
+ * `max_wg` work-items (0: no limit); else KS_ERR_INVALID naming the constraint. The build
+ * checks them again; this only spares a tuner the builds that would fail. */
+ks_status ke_cl_tunables_check(const ke_cl_tunables *t, size_t max_wg);
+
 /* Builds (or loads from the program cache) kernels/gemm.cl for both storage dtypes (the int8
  * program waits for the first int8 upload) with the device's tunables (docs/gemm.md), or with
  * those `tune` names when it is not NULL or "": the text of --gemm-tune (ke_cl_gemm_tune_check), borrowed for the call. *out: caller owns.

@@ -42,6 +42,24 @@ static void hash128_hex(const char *text, char out[33])
     snprintf(out, 33, "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
 }
 
+ks_status kc_cache_root(char **out)
+{
+    *out = NULL;
+    const char *env = getenv("KOSMOS_CACHE_DIR");
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    if (env && *env)
+        *out = strdup(env);
+    else if (xdg && *xdg == '/')
+        *out = ks_path_join(xdg, "kosmos");
+    else if (home && *home)
+        *out = ks_path_join(home, ".cache/kosmos");
+    else
+        return ks_fail(KS_ERR_UNSUPPORTED, "no kosmos cache folder: none of KOSMOS_CACHE_DIR, "
+                                           "XDG_CACHE_HOME, HOME is set");
+    return *out ? KS_OK : ks_fail(KS_ERR_NOMEM, "out of memory naming the kosmos cache folder");
+}
+
 ks_status kc_cache_new(const char *root, kc_cache **out)
 {
     ks_status status = KS_OK;
@@ -49,20 +67,11 @@ ks_status kc_cache_new(const char *root, kc_cache **out)
     kc_cache *cache = NULL;
     *out = NULL;
     if (!root || !*root) {
-        const char *env = getenv("KOSMOS_CACHE_DIR");
-        const char *xdg = getenv("XDG_CACHE_HOME");
-        const char *home = getenv("HOME");
-        if (env && *env)
-            root = env;
-        else if (xdg && *xdg == '/')
-            root = owned_root = ks_path_join(xdg, "kosmos");
-        else if (home && *home)
-            root = owned_root = ks_path_join(home, ".cache/kosmos");
-        else
-            return ks_fail(KS_ERR_UNSUPPORTED, "no OpenCL program cache folder: none of "
-                                               "KOSMOS_CACHE_DIR, XDG_CACHE_HOME, HOME is set");
-        if (!root)
-            return ks_fail(KS_ERR_NOMEM, "out of memory naming the OpenCL program cache");
+        if ((status = kc_cache_root(&owned_root)) != KS_OK) {
+            ks_error_prefix("the OpenCL program cache");
+            return status;
+        }
+        root = owned_root;
     }
     if (!(cache = calloc(1, sizeof *cache)) || !(cache->folder = ks_path_join(root, "opencl"))) {
         status = ks_fail(KS_ERR_NOMEM, "out of memory opening the OpenCL program cache");
@@ -183,28 +192,6 @@ done:
     return ok;
 }
 
-/* mkdir -p; true when the folder exists afterwards. */
-static bool make_dirs(const char *folder)
-{
-    char *path = strdup(folder);
-    if (!path)
-        return false;
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(path, 0777) != 0 && errno != EEXIST) {
-            free(path);
-            return false;
-        }
-        *p = '/';
-    }
-    bool ok = mkdir(path, 0777) == 0 || errno == EEXIST;
-    free(path);
-    struct stat info;
-    return ok && stat(folder, &info) == 0 && S_ISDIR(info.st_mode);
-}
-
 static bool write_all(int fd, const void *data, size_t n)
 {
     const char *p = data;
@@ -223,7 +210,7 @@ static bool write_all(int fd, const void *data, size_t n)
 bool kc_cache_store(const kc_cache *cache, const char *stem, const char *key,
                     const unsigned char *binary, size_t length)
 {
-    if (!cache || !key || !binary || length == 0 || !make_dirs(cache->folder))
+    if (!cache || !key || !binary || length == 0 || !ks_dir_make_all(cache->folder))
         return false;
     char *path = kc_cache_entry_path(cache, stem, key);
     if (!path)

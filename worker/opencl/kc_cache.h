@@ -23,6 +23,12 @@
 
 typedef struct kc_cache kc_cache;
 
+/* The kosmos cache folder as described above (KOSMOS_CACHE_DIR, XDG_CACHE_HOME/kosmos,
+ * HOME/.cache/kosmos) into *out (caller frees): the root of the program cache and of other
+ * per-machine files (the GEMM tuning database, gemm_tune_db.h). KS_ERR_UNSUPPORTED when none
+ * of the three is set, KS_ERR_NOMEM; *out is then NULL. */
+ks_status kc_cache_root(char **out);
+
 /* A cache rooted at `root` (the kosmos cache folder; binaries go in root/opencl), or at the
  * default described above when root is NULL; *out is the caller's. KS_ERR_UNSUPPORTED when no
  * folder can be determined, KS_ERR_NOMEM; *out is then NULL and the caller builds without a

@@ -53,6 +53,7 @@ ks_status kw_engine_open(kw_engine *e, const kw_engine_params *p)
                                   .kv_tokens = p->kv_tokens,
                                   .kv_half = p->kv_half,
                                   .gemm_tune = p->gemm_tune,
+                                  .tune_db = p->tune_db,
                                   .weights_int8 = p->weights_int8,
                                   .vision_chunk = p->vision_chunk};
     e->params.context = options.slot_capacity;

@@ -36,6 +36,8 @@ typedef struct kw_engine_params {
                               * OpenCL one); 0 = slots x context. Smaller lets more slots run
                               * short sequences; a sequence waits until its tokens fit */
     bool kv_half;           /* the KV cache in half precision (OpenCL; --kv-cache f16) */
+    const char *tune_db;    /* the tuning database (--tune-db, ke_backend_options.tune_db),
+                              * borrowed; NULL = the default one, "" = none */
     const char *gemm_tune;  /* OpenCL GEMM tunables (--gemm-tune, ke_backend_options.gemm_tune),
                               * borrowed; NULL = the device's own */
     int vision_chunk;       /* images one vision pass holds (--vision-chunk, ke_backend_options.

@@ -95,6 +95,12 @@ static void usage(FILE *out)
         "                           tile_m, tile_n, tile_k, wpt_m, wpt_n, rows_max_m,\n"
         "                           groups_goal), e.g. cpu,rows_cw=8; docs/gemm.md. Ignored\n"
         "                           by --device ref\n"
+        "  --tune-db PATH           OpenCL devices: the tuning database 'kosmos tune' writes;\n"
+        "                           its entry for the device and driver replaces the built-in\n"
+        "                           tunables (default: gemm-tune.json in the cache folder;\n"
+        "                           --gemm-tune wins). Tuned tunables never change results;\n"
+        "                           the 'started' log line says which were used. docs/gemm.md\n"
+        "  --no-tune-db             read no tuning database: the built-in tunables\n"
         "  --precision P            fp16 (default: weights stored as half), fp32, or int8: the\n"
         "                           linear layers' weights as int8 with a scale per output\n"
         "                           channel, half their memory (about 1.5 GB less for\n"
@@ -178,7 +184,9 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
         O_KV_CACHE,
         O_GEMM_TUNE,
         O_VCHUNK,
-        O_PREFILL
+        O_PREFILL,
+        O_TUNE_DB,
+        O_NO_TUNE_DB
     };
     static const struct option opts[] = {{"broker", required_argument, 0, O_BROKER},
                                          {"model", required_argument, 0, O_MODEL},
@@ -209,6 +217,8 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
                                          {"gemm-tune", required_argument, 0, O_GEMM_TUNE},
                                          {"vision-chunk", required_argument, 0, O_VCHUNK},
                                          {"prefill-tokens", required_argument, 0, O_PREFILL},
+                                         {"tune-db", required_argument, 0, O_TUNE_DB},
+                                         {"no-tune-db", no_argument, 0, O_NO_TUNE_DB},
                                          {0, 0, 0, 0}};
     const char *roots[64];
     kw_worker_params p;
@@ -257,6 +267,8 @@ int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
             bad = parse_num(optarg, 1, 1 << 20, &v);
             p.prefill_tokens = (int)v;
             break;
+        case O_TUNE_DB: p.engine.tune_db = optarg; break;
+        case O_NO_TUNE_DB: p.engine.tune_db = ""; break;
         case O_SLOTS:
             bad = parse_num(optarg, 1, 1024, &v);
             p.engine.slots = (int)v;

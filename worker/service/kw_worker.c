@@ -877,13 +877,13 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
     /* device_bytes: what the device holds for us (weights, KV cache, scratch). On a CPU device
      * (PoCL) it lives in this process's anonymous memory, committed as it is first touched; the
      * weights are written at start, so RssAnon - weight_bytes is what the host itself holds. */
-    char model_esc[300], device_esc[300];
+    char model_esc[300], device_esc[300], tunables_esc[1600];
     kw_log(KS_LOG_INFO, "started",
            "\"name\":%s,\"model_id\":%s,\"model_hash\":\"%s\","
            "\"device\":%s,\"max_batch\":%d,\"capacity\":%d,\"slots\":%d,\"context\":%d,"
            "\"kv_tokens\":%zu,\"kv_cache\":\"%s\",\"precision\":\"%s\",\"load_ms\":%.0f,"
            "\"device_bytes\":%zu,\"weight_bytes\":%zu,\"vision_chunk\":%d,"
-           "\"prefill_tokens\":%d",
+           "\"prefill_tokens\":%d,\"tunables\":%s",
            ks_log_str(esc, sizeof esc, io.name),
            ks_log_str(model_esc, sizeof model_esc, io.model_id), io.model_hash,
            ks_log_str(device_esc, sizeof device_esc, io.device.name), p->max_batch,
@@ -891,7 +891,10 @@ int kw_worker_run(const kw_worker_params *p, volatile sig_atomic_t *stop)
            p->engine.kv_tokens, p->engine.kv_half ? "f16" : "f32",
            ke_precision_name(p->engine.precision, p->engine.weights_int8), kw_now_ms() - t0,
            backend_stats.device_bytes, backend_stats.weight_bytes, engine.backend->vision_chunk,
-           p->prefill_tokens);
+           p->prefill_tokens,
+           backend_stats.tunables
+               ? ks_log_str(tunables_esc, sizeof tunables_esc, backend_stats.tunables)
+               : "null");
 
     io.ctx = zmq_ctx_new();
     if (!io.ctx) {

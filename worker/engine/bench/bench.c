@@ -510,6 +510,7 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
                              .profiling = p->profile,
                              .kv_half = p->kv_half,
                              .gemm_tune = p->gemm_tune,
+                             .tune_db = p->tune_db,
                              .gemm = p->gemm,
                              .no_flash_attention = p->no_flash_attention,
                              .weights_int8 = p->weights_int8,
@@ -521,6 +522,7 @@ ks_status ke_bench_run(const ke_model *model, const ke_bench_params *p, int batc
     ke_backend_stats_get(s.backend, &bst);
     snprintf(out->gemm, sizeof out->gemm, "%s", bst.gemm ? bst.gemm : "");
     out->vision_chunk = s.backend->vision_chunk;
+    snprintf(out->tunables, sizeof out->tunables, "%s", bst.tunables ? bst.tunables : "");
 
     bool want_prefill = p->phases & (KE_BENCH_PREFILL | KE_BENCH_DECODE);
     for (int run = 0; run < p->warmup + p->repeats; run++) {
@@ -607,6 +609,7 @@ void ke_bench_print_json(FILE *out, const ke_bench_labels *labels, const ke_benc
                                              : json_null());
     json_object_set_new(o, "gemm", *r->gemm ? json_string(r->gemm) : json_null());
     json_object_set_new(o, "vision_chunk", json_integer(r->vision_chunk));
+    json_object_set_new(o, "tunables", *r->tunables ? json_string(r->tunables) : json_null());
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     if (text) {
         fprintf(out, "%s\n", text);
@@ -631,6 +634,8 @@ void ke_bench_print_table(FILE *out, const ke_bench_labels *labels, const ke_ben
             n > 0 ? r[0].device_name : (labels->device ? labels->device : ""));
     if (n > 0 && *r[0].gemm)
         fprintf(out, "gemm: %s\n", r[0].gemm);
+    if (n > 0 && *r[0].tunables)
+        fprintf(out, "tunables: %s\n", r[0].tunables);
     fprintf(out, "%6s %12s %12s %12s %12s %12s\n", "batch", "vision im/s", "prefill t/s",
             "decode t/s", "e2e jobs/s", "peak MiB");
     for (int i = 0; i < n; i++) {

@@ -47,6 +47,8 @@ typedef struct ke_bench_params {
     bool profile;          /* OpenCL: profile the last timed run of each phase (ke_bench_profile) */
     bool kv_half;          /* the KV cache in half precision (ke_backend_options.kv_half) */
     const char *gemm_tune; /* ke_backend_options.gemm_tune (--gemm-tune), borrowed; NULL */
+    const char *tune_db;   /* ke_backend_options.tune_db (--tune-db), borrowed; NULL: the
+                          * default database, "": none */
     bool no_flash_attention; /* ke_backend_options.no_flash_attention (A/B runs) */
     ke_gemm_path gemm;       /* the large products' engine (ke_backend_options.gemm) */
     bool weights_int8;       /* int8 linear weights (ke_backend_options.weights_int8) */
@@ -109,6 +111,7 @@ typedef struct ke_bench_result {
     size_t peak_device_bytes; /* device memory the backend holds at the end (its stats);
                                * 0: none or the backend cannot tell */
     char gemm[1024];          /* the large products' engine and why (ke_backend_stats.gemm) */
+    char tunables[768];       /* where the GEMM's tunables came from (ke_backend_stats) */
     int vision_chunk;         /* images per vision pass (ke_backend.vision_chunk) */
     ke_bench_profile profiles[KE_BENCH_PROFILED]; /* params.profile on an OpenCL device */
 } ke_bench_result;

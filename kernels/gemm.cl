@@ -73,6 +73,8 @@
  *   ROWS_STAGE   1: gemm_rows stages X in local memory (GPUs); 0: each work-item reads it
  *                (CPUs: no barrier in the k loop, which PoCL compiles and runs far better) (1)
  *   ROWS_SPLIT   1: gemm_rows can give chunks groups of their own; 0: it never does (CPUs) (1)
+ *   ROWS_ORDER   1: gemm_rows' groups in row blocks first (CPUs: each W panel read from memory
+ *                once, not once per 8 rows); 0: columns first (0)
  *   TILE_M, TILE_N, TILE_K, WPT_M, WPT_N  gemm_tiles' blocking (64, 64, 16, 4, 4)
  *   STAT_SB      columns per statistics block of stats_out (32); divides ROWS_NT*ROWS_CW and
  *                TILE_N
@@ -117,6 +119,12 @@
 #endif
 #ifndef W_INT8
 #define W_INT8 0
+#endif
+#ifndef ROWS_ORDER
+#define ROWS_ORDER 0
+#endif
+#if ROWS_ORDER != 0 && ROWS_ORDER != 1
+#error "ROWS_ORDER must be 0 or 1"
 #endif
 
 #define ROWS_WCOLS (ROWS_CW * ROWS_VPW) /* columns per work-item */
@@ -396,14 +404,27 @@ inline void store_rows(__local float *vals, const int rows, const int lid, const
 #define ROWS_SPLIT_COMBINE(R) const int keep = 1;
 #endif
 
+/* gemm_rowsR's (column group, row block) from its group (dimensions 0 and 1 of the range): with
+ * ROWS_ORDER 1 the linear group order walks the row blocks first, so the groups a CPU runs one
+ * after another read the same columns of W (cached) instead of all of W per row block. */
+#if ROWS_ORDER
+#define ROWS_GROUP_LINEAR ((int)(get_group_id(1) * get_num_groups(0) + get_group_id(0)))
+#define ROWS_COL_GROUP (ROWS_GROUP_LINEAR / (int)get_num_groups(1))
+#define ROWS_ROW_BLOCK (ROWS_GROUP_LINEAR % (int)get_num_groups(1))
+#else
+#define ROWS_COL_GROUP ((int)get_group_id(0))
+#define ROWS_ROW_BLOCK ((int)get_group_id(1))
+#endif
+
 #define ROWS_KERNEL(R)                                                                             \
     __kernel __attribute__((reqd_work_group_size(ROWS_NT, 1, 1))) void gemm_rows##R(GEMM_ARGS)    \
     {                                                                                              \
         __local float vals[R * ROWS_COLS];                                                         \
         ROWS_SPLIT_DECL                                                                            \
         const int lid = (int)get_local_id(0);                                                      \
-        const int c0 = ((int)get_group_id(0) * ROWS_NT + lid) * ROWS_WCOLS;                        \
-        const int r0 = (int)get_group_id(1) * R;                                                   \
+        const int col_group = ROWS_COL_GROUP;                                                      \
+        const int c0 = (col_group * ROWS_NT + lid) * ROWS_WCOLS;                                   \
+        const int r0 = ROWS_ROW_BLOCK * R;                                                         \
         const int n_chunks = (k + chunk_len - 1) / chunk_len;                                      \
         const int n4 = (n + 15) & ~15; /* partial's row stride */                                  \
         const int split = ROWS_SPLIT && (int)get_num_groups(2) > 1;                                \
@@ -445,7 +466,7 @@ inline void store_rows(__local float *vals, const int rows, const int lid, const
         }                                                                                          \
         barrier(CLK_LOCAL_MEM_FENCE);                                                              \
         if (keep && stats_out)                                                                     \
-            write_stats(vals, ROWS_COLS, R, ROWS_COLS, r0, (int)get_group_id(0) * ROWS_COLS, m,   \
+            write_stats(vals, ROWS_COLS, R, ROWS_COLS, r0, col_group * ROWS_COLS, m,              \
                         n, lid, ROWS_NT, stats_out, stats_nb);                                     \
     }
 

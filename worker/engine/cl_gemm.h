@@ -100,6 +100,7 @@ typedef struct ke_cl_tunables {
     int tile_m, tile_n, tile_k, wpt_m, wpt_n;
     int rows_max_m;  /* m <= this: gemm_rowsR; above: gemm_tiles */
     int groups_goal; /* GPUs: enough groups per product; 0 = one chunk (CPUs) */
+    int rows_order;  /* gemm_rowsR's groups in row blocks first (1, CPUs) or columns first */
 } ke_cl_tunables;
 
 /* The tunables of `dev`'s row, or, when `tune` is not NULL or "", of the row it names with its

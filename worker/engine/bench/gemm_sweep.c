@@ -367,12 +367,13 @@ static const char *const tiles_axis[AXIS_MAX] = {
     "tile_m=64,tile_n=128,wpt_m=4,wpt_n=8",  "tile_m=32,tile_n=32,wpt_m=2,wpt_n=2",
     "tile_m=128,tile_n=128,wpt_m=8,wpt_n=4", NULL};
 /* CPUs: the columns a work-item streams (vectors of rows_cw, rows_vpw of them, in panels), the
- * work-items per group, and whether gemm_tiles takes the large m (the row never does) */
+ * work-items per group, the order of the groups, and whether gemm_tiles takes the large m (the row never does) */
 static const char *const cpu_axes[][AXIS_MAX] = {
     {"rows_cw=16,rows_vpw=2,w_panel=16", "rows_cw=16,rows_vpw=1,w_panel=16",
      "rows_cw=8,rows_vpw=2,w_panel=8", "rows_cw=8,rows_vpw=2,w_panel=16",
      "rows_cw=8,rows_vpw=1,w_panel=8", "rows_cw=16,rows_vpw=2,w_panel=32", NULL},
     {"rows_nt=8", "rows_nt=4", "rows_nt=16", "rows_nt=32", NULL},
+    {"rows_order=1", "rows_order=0", NULL},
     {"rows_max_m=1073741824", "rows_max_m=64", "rows_max_m=16", NULL},
     {NULL}, /* tiles_axis */
 };

@@ -193,13 +193,15 @@
 #endif
 DEFINE_ACTIVATE(ROWS_CW)
 
-/* store_out (gemm_io.cl) of ROWS_CW neighbouring outputs of row r from column c, all inside Y
- * (not the Q/K/V split): the same operations lane for lane, so the same bits, without a
- * software half conversion and a scalar exp()/erf() per output (on PoCL the epilogue of the
- * text fc1 cost a third of its product). */
+/* store_out (gemm_io.cl) of ROWS_CW neighbouring outputs of row r from column c, inside Y or,
+ * for the fused Q/K/V projection, inside one of its three parts (the caller checks): the same
+ * operations lane for lane, so the same bits, without a software half conversion and a scalar
+ * exp()/erf() per output (on PoCL the epilogue of the text fc1 cost a third of its product). */
 inline floatCW store_out_cw(const int r, const int c, floatCW v, __global const float *w_scale,
                             __global const WEIGHT_T *bias, const int act, const int accumulate,
-                            __global float *y, const ulong y_off, const int ldy)
+                            __global float *y, const ulong y_off, const int ldy, const int split_q,
+                            __global float *kpool, __global float *vpool,
+                            __global const int4 *tokrow, const int kv_half)
 {
 #if W_INT8
     v = v * VLOAD_CW(0, w_scale + c);
@@ -207,6 +209,16 @@ inline floatCW store_out_cw(const int r, const int c, floatCW v, __global const 
     if (bias)
         v = v + LOAD_BCW(bias, c);
     v = CAT(activate, ROWS_CW)(v, act);
+    if (split_q > 0 && c >= split_q) {
+        const int part = c / split_q; /* 1: K, 2: V */
+        __global float *pool = part == 1 ? kpool : vpool;
+        const size_t at = (size_t)tokrow[r].x * (size_t)split_q + (size_t)(c - part * split_q);
+        if (kv_half)
+            CAT(CAT(vstore_half, ROWS_CW), _rte)(v, 0, (__global half *)pool + at);
+        else
+            VSTORE_CW(v, 0, pool + at);
+        return v;
+    }
     __global float *yp = y + y_off + (size_t)r * (size_t)ldy + (size_t)c;
     if (accumulate)
         v = v + VLOAD_CW(0, yp);
@@ -316,9 +328,11 @@ inline void store_rows(__local float *vals, const int rows, const int lid, const
         for (int h = 0; h < ROWS_VPW; h++) {
             __local float *own = vals + rr * ROWS_COLS + lid * ROWS_WCOLS + h * ROWS_CW;
             const int cv = c0 + h * ROWS_CW;
-            if (r0 + rr < m && cv + ROWS_CW <= n && split_q == 0) {
+            if (r0 + rr < m && cv + ROWS_CW <= n &&
+                (split_q == 0 || cv / split_q == (cv + ROWS_CW - 1) / split_q)) {
                 VSTORE_CW(store_out_cw(r0 + rr, cv, VLOAD_CW(0, own), w_scale, bias, act,
-                                       accumulate, y, y_off, ldy),
+                                       accumulate, y, y_off, ldy, split_q, kpool, vpool, tokrow,
+                                       kv_half),
                           0, own);
                 continue;
             }
@@ -474,6 +488,35 @@ ROWS_KERNEL(1)
 ROWS_KERNEL(2)
 ROWS_KERNEL(4)
 ROWS_KERNEL(8)
+
+/* ---- gemm_ln_rows: the LayerNorm prologue as a pass of its own ------------------------------ */
+
+/* Row r of Y (ldy >= k) = row source_row(r) of X normalized, value for value what load_xn hands
+ * the products above (the same operations in the same order, lane for lane), so that a product
+ * of these rows without a prologue has the bits of the product with it. cl_gemm.c runs it above
+ * ln_apart_m rows on CPUs, where each work-item of gemm_rows would otherwise normalize every X
+ * value it reads, once per group of columns. One work-item per row; W is not read. */
+#if WEIGHT_HALF
+#define LOAD_W16(p, i) vload_half16(0, (p) + (i))
+#else
+#define LOAD_W16(p, i) vload16(0, (p) + (i))
+#endif
+__kernel void gemm_ln_rows(GEMM_ARGS)
+{
+    const int r = (int)get_global_id(1);
+    if (r >= m)
+        return;
+    const int src = source_row(r, m, gather);
+    const float2 st = merge_stats(ln_stats + (size_t)src * (size_t)ln_nb, ln_nb, ln_sb, k, ln_eps);
+    __global const float *xr = x + x_off + (size_t)src * (size_t)ldx;
+    __global float *yr = y + y_off + (size_t)r * (size_t)ldy;
+    int i = 0;
+    for (; i + 16 <= k; i += 16)
+        vstore16((vload16(0, xr + i) - st.x) * st.y * LOAD_W16(ln_w, i) + LOAD_W16(ln_b, i), 0,
+                 yr + i);
+    for (; i < k; i++)
+        yr[i] = load_xn(x, x_off, ldx, src, i, st.x, st.y, ln_w, ln_b, 1);
+}
 
 /* ---- gemm_tiles: many rows ---------------------------------------------------------------- */
 

@@ -24,13 +24,15 @@ static const ke_cl_tunables tune_table[] = {
      * normalization and broadcast); no split of k. Groups in row blocks first: PoCL's threads
      * take groups in order, so each W panel is read from memory once and re-read from cache by
      * every row block instead of once per row block (a text fc1's W, 33 MB, is larger than
-     * the L3). */
-    {"cpu", 8, 64, 0, 0, 16, 2, 16, 64, 64, 16, 4, 4, 1 << 30, 0, 1},
+     * the L3). Above 8 rows the LayerNorm prologue runs as a pass of its own (gemm_ln_rows):
+     * in the product each work-item normalizes every X value it reads, once per group of 256
+     * columns. */
+    {"cpu", 8, 64, 0, 0, 16, 2, 16, 64, 64, 16, 4, 4, 1 << 30, 0, 1, 8},
     /* NVIDIA: chunks across groups so that a decode product fills the device; W row-major so
      * that neighbouring work-items read neighbouring columns. */
-    {"nvidia", 32, 64, 1, 1, 4, 1, 0, 64, 64, 16, 4, 4, 64, 4, 0},
+    {"nvidia", 32, 64, 1, 1, 4, 1, 0, 64, 64, 16, 4, 4, 64, 4, 0, 1 << 30},
     /* other GPUs (AMD, Intel) */
-    {"gpu", 32, 64, 1, 1, 4, 1, 0, 64, 64, 16, 4, 4, 64, 4, 0},
+    {"gpu", 32, 64, 1, 1, 4, 1, 0, 64, 64, 16, 4, 4, 64, 4, 0, 1 << 30},
 };
 
 static bool is_nvidia_gpu(const kc_device_info *dev)
@@ -68,6 +70,7 @@ static const struct {
     {"rows_max_m", offsetof(ke_cl_tunables, rows_max_m)},
     {"groups_goal", offsetof(ke_cl_tunables, groups_goal)},
     {"rows_order", offsetof(ke_cl_tunables, rows_order)},
+    {"ln_apart_m", offsetof(ke_cl_tunables, ln_apart_m)},
 };
 #define N_TUNE_FIELDS (sizeof tune_fields / sizeof tune_fields[0])
 
@@ -141,6 +144,7 @@ struct ke_cl_gemm_site {
     kc_bound *tiles[N_DTYPES];
     kc_bound
         *mma[2]; /* of the engine's programs (f32, f16 weights), dropped when the path changes */
+    kc_bound *ln[N_DTYPES]; /* gemm_ln_rows */
     struct ke_cl_gemm_site *next;
 };
 
@@ -153,6 +157,8 @@ struct ke_cl_gemm {
     ke_cl_gemm_site fallback; /* for runs without a site of their own */
     cl_mem partial, counters; /* split-chunk scratch, grown on demand */
     size_t partial_floats, counter_ints;
+    cl_mem xn; /* X normalized by gemm_ln_rows, grown on demand */
+    size_t xn_floats;
     int forced, forced_split;
     size_t forced_chunk;
     char last[48];
@@ -321,6 +327,7 @@ void ke_cl_gemm_destroy(ke_cl_gemm **g)
         s = next;
     }
     kc_context_buffer_free((*g)->ctx, &(*g)->partial);
+    kc_context_buffer_free((*g)->ctx, &(*g)->xn);
     kc_context_buffer_free((*g)->ctx, &(*g)->counters);
     free(*g);
     *g = NULL;
@@ -663,6 +670,46 @@ cleanup:
     return status;
 }
 
+/* The LayerNorm prologue of `a` as a pass of its own (gemm_ln_rows) into g->xn, and in *apart
+ * the product of those rows without one: the same bits (gemm.cl), X normalized once instead of
+ * once per group of columns. */
+static ks_status layer_norm_apart(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_args *a,
+                                  ke_cl_gemm_args *apart)
+{
+    ks_status status = KS_OK;
+    const ke_cl_weight *w = a->w;
+    size_t floats = a->m * w->k;
+    if (floats > g->xn_floats) {
+        kc_context_buffer_free(g->ctx, &g->xn);
+        g->xn_floats = 0;
+        if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, floats * sizeof(float), NULL,
+                                        &g->xn)) != KS_OK)
+            return status;
+        g->xn_floats = floats;
+    }
+    kc_bound **slot = &site->ln[w->dtype];
+    if (!*slot && (status = kc_bound_new(g->prog[w->dtype], "gemm_ln_rows", slot)) != KS_OK)
+        return status;
+    ke_cl_gemm_args ln = *a;
+    ln.y = g->xn;
+    ln.y_offset = 0;
+    ln.ldy = w->k;
+    if ((status = set_args(*slot, g, &ln)) != KS_OK)
+        return status;
+    size_t global[3] = {1, a->m, 1}, local[3] = {1, 1, 1};
+    kc_cost cost = {.bytes = 2.0 * (double)floats * sizeof(float)};
+    if ((status = kc_context_launch(g->ctx, kc_bound_kernel(*slot), "LayerNorm apart", 3, global,
+                                    local, &cost)) != KS_OK)
+        return status;
+    *apart = *a;
+    apart->x = g->xn;
+    apart->x_offset = 0;
+    apart->ldx = w->k;
+    apart->gather = NULL;
+    apart->ln_stats = apart->ln_w = apart->ln_b = NULL;
+    return KS_OK;
+}
+
 ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_args *a,
                          const char *name)
 {
@@ -726,6 +773,12 @@ ks_status ke_cl_gemm_run(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke_cl_gemm_
         global[1] = ceil_div(a->m, (size_t)t->tile_m) * local[1];
         global[2] = 1;
         snprintf(g->last, sizeof g->last, "tiles");
+    }
+    ke_cl_gemm_args apart;
+    if (v == V_ROWS && a->ln_stats && a->m > (size_t)t->ln_apart_m) {
+        if ((status = layer_norm_apart(g, site, a, &apart)) != KS_OK)
+            goto cleanup;
+        a = &apart;
     }
     if (split && (status = grow_scratch(g, chunks * a->m * round_up(w->n, 16),
                                         (global[0] / local[0]) * global[1])) != KS_OK)

@@ -101,6 +101,7 @@ typedef struct ke_cl_tunables {
     int rows_max_m;  /* m <= this: gemm_rowsR; above: gemm_tiles */
     int groups_goal; /* GPUs: enough groups per product; 0 = one chunk (CPUs) */
     int rows_order;  /* gemm_rowsR's groups in row blocks first (1, CPUs) or columns first */
+    int ln_apart_m;  /* m above this: a LayerNorm prologue runs as a pass of its own */
 } ke_cl_tunables;
 
 /* The tunables of `dev`'s row, or, when `tune` is not NULL or "", of the row it names with its

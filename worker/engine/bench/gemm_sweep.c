@@ -374,6 +374,7 @@ static const char *const cpu_axes[][AXIS_MAX] = {
      "rows_cw=8,rows_vpw=1,w_panel=8", "rows_cw=16,rows_vpw=2,w_panel=32", NULL},
     {"rows_nt=8", "rows_nt=4", "rows_nt=16", "rows_nt=32", NULL},
     {"rows_order=1", "rows_order=0", NULL},
+    {"ln_apart_m=8", "ln_apart_m=1073741824", "ln_apart_m=64", NULL},
     {"rows_max_m=1073741824", "rows_max_m=64", "rows_max_m=16", NULL},
     {NULL}, /* tiles_axis */
 };

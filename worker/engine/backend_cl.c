@@ -92,6 +92,7 @@ enum {
     V_QKV,
     V_ATT,
     V_MLP,
+    V_STATS,
     V_ROWS,
     V_KV,
     V_RQ,
@@ -283,23 +284,39 @@ static ks_status upload_matrix(cl_backend *cb, const ke_tensor *w, const char *n
 /* ---- GEMM shorthand (the vision tower) ----------------------------------------------------- */
 
 /* y (m, n) [+]= x (m, k) · W + b [, act] with contiguous rows (offsets in floats). */
-static ks_status linear(cl_backend *cb, cl_mem x, size_t x_off, size_t m, const ke_cl_weight *w,
-                        cl_mem y, size_t y_off, bool acc, int act, const char *what)
+/* y (m, w->n) [+]= act(LN(x) (m, w->k) . W + bias): the LayerNorm `ln` (NULL: none) from the
+ * statistics in ln_stats that the product writing x left (blocks of KE_CL_STAT_SB columns),
+ * and those of y into stats_out (NULL: none) for the next one. */
+static ks_status linear_ln(cl_backend *cb, cl_mem x, size_t x_off, size_t m, const ke_cl_weight *w,
+                           const cl_ln *ln, cl_mem ln_stats, float eps, cl_mem y, size_t y_off,
+                           bool acc, int act, cl_mem stats_out, const char *what)
 {
     ke_cl_gemm_args a = {.m = m,
                          .w = w,
                          .x = x,
                          .x_offset = x_off,
                          .ldx = w->k,
+                         .ln_stats = ln ? ln_stats : NULL,
+                         .ln_w = ln ? ln->w : NULL,
+                         .ln_b = ln ? ln->b : NULL,
+                         .ln_sb = KE_CL_STAT_SB,
+                         .ln_eps = eps,
                          .y = y,
                          .y_offset = y_off,
                          .ldy = w->n,
                          .act = act,
-                         .accumulate = acc};
+                         .accumulate = acc,
+                         .stats_out = stats_out};
     ks_status st = ke_cl_gemm_run(cb->gemm, NULL, &a, what);
     if (st != KS_OK)
         ks_error_prefix("%s", what);
     return st;
+}
+
+static ks_status linear(cl_backend *cb, cl_mem x, size_t x_off, size_t m, const ke_cl_weight *w,
+                        cl_mem y, size_t y_off, bool acc, int act, const char *what)
+{
+    return linear_ln(cb, x, x_off, m, w, NULL, NULL, 0.0f, y, y_off, acc, act, NULL, what);
 }
 
 static ks_status write_now(cl_backend *cb, cl_mem buf, size_t bytes, const void *host)
@@ -322,6 +339,7 @@ static const char *const vision_names[V_COUNT] = {"pixels",
                                                   "vision q/k/v",
                                                   "vision attention output",
                                                   "vision MLP",
+                                                  "vision row statistics",
                                                   "attention rows",
                                                   "resampler keys/values input",
                                                   "resampler queries",
@@ -367,6 +385,7 @@ static void vision_sizes(const vision_dims *d, size_t N, size_t sizes[V_COUNT])
     sizes[V_X] = sizes[V_H] = sizes[V_ATT] = rows * d->hid * 4;
     sizes[V_QKV] = rows * 3 * d->hid * 4;
     sizes[V_MLP] = rows * d->inter * 4;
+    sizes[V_STATS] = rows * ((d->hid + KE_CL_STAT_SB - 1) / KE_CL_STAT_SB) * sizeof(cl_float2);
     sizes[V_ROWS] = sizes[V_BLOCKS] = arows * sizeof(cl_int4);
     sizes[V_KV] = N * d->kvr * d->E * 4;
     sizes[V_RQ] = d->lq * d->E * 4;
@@ -498,19 +517,24 @@ static ks_status vision_tower(cl_backend *cb, size_t N, float *post_tap, const c
                                     .scale = inv_sqrt_head_dim(vhd),
                                     .out = buf[V_ATT],
                                     .out_stride = hid};
-        if ((status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, L->ln1.w, L->ln1.b,
-                                       vc->layer_norm_eps, buf[V_H])) != KS_OK ||
-            (status = linear(cb, buf[V_H], 0, rows, &L->qkv, buf[V_QKV], 0, false, -1,
-                             "vision q/k/v")) != KS_OK ||
+        /* The two LayerNorms in the products' prologues, from the statistics of x that the
+         * residual products leave (out_proj, fc2); the first layer's input (pre_layrnorm's
+         * output) has none, so its layer_norm1 is a pass of its own. */
+        float eps = vc->layer_norm_eps;
+        bool first = l == 0;
+        if ((first && (status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, L->ln1.w, L->ln1.b,
+                                                 eps, buf[V_H])) != KS_OK) ||
+            (status = linear_ln(cb, first ? buf[V_H] : buf[V_X], 0, rows, &L->qkv,
+                                first ? NULL : &L->ln1, buf[V_STATS], eps, buf[V_QKV], 0, false, -1,
+                                NULL, "vision q/k/v")) != KS_OK ||
             (status = attend(cb, &att, buf[V_BLOCKS], n_blocks)) != KS_OK ||
-            (status = linear(cb, buf[V_ATT], 0, rows, &L->out, buf[V_X], 0, true, -1,
-                             "vision out_proj")) != KS_OK ||
-            (status = ke_cl_layer_norm(cb->ops, buf[V_X], rows, hid, L->ln2.w, L->ln2.b,
-                                       vc->layer_norm_eps, buf[V_H])) != KS_OK ||
-            (status = linear(cb, buf[V_H], 0, rows, &L->fc1, buf[V_MLP], 0, false,
-                             (int)vc->activation, "vision fc1")) != KS_OK ||
-            (status = linear(cb, buf[V_MLP], 0, rows, &L->fc2, buf[V_X], 0, true, -1,
-                             "vision fc2")) != KS_OK)
+            (status = linear_ln(cb, buf[V_ATT], 0, rows, &L->out, NULL, NULL, eps, buf[V_X], 0,
+                                true, -1, buf[V_STATS], "vision out_proj")) != KS_OK ||
+            (status = linear_ln(cb, buf[V_X], 0, rows, &L->fc1, &L->ln2, buf[V_STATS], eps,
+                                buf[V_MLP], 0, false, (int)vc->activation, NULL, "vision fc1")) !=
+                KS_OK ||
+            (status = linear_ln(cb, buf[V_MLP], 0, rows, &L->fc2, NULL, NULL, eps, buf[V_X], 0,
+                                true, -1, buf[V_STATS], "vision fc2")) != KS_OK)
             return status;
     }
 

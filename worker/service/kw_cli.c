@@ -153,191 +153,206 @@ static int parse_num(const char *s, unsigned long long min, unsigned long long m
     return 0;
 }
 
+enum {
+    O_BROKER = 256,
+    O_MODEL,
+    O_DEVICE,
+    O_BATCH,
+    O_NAME,
+    O_SLOTS,
+    O_CONTEXT,
+    O_PREC,
+    O_ROTATE,
+    O_PIXELS,
+    O_IMGB,
+    O_MID,
+    O_MHASH,
+    O_HB,
+    O_HL,
+    O_RECON,
+    O_STOP,
+    O_CS,
+    O_CP,
+    O_LOG,
+    O_HELP,
+    O_ROOT,
+    O_GRACE,
+    O_PREFETCH,
+    O_KV,
+    O_KV_CACHE,
+    O_GEMM_TUNE,
+    O_VCHUNK,
+    O_PREFILL,
+    O_TUNE_DB,
+    O_NO_TUNE_DB
+};
+static const struct option worker_options[] = {{"broker", required_argument, 0, O_BROKER},
+                                               {"model", required_argument, 0, O_MODEL},
+                                               {"device", required_argument, 0, O_DEVICE},
+                                               {"max-batch", required_argument, 0, O_BATCH},
+                                               {"name", required_argument, 0, O_NAME},
+                                               {"slots", required_argument, 0, O_SLOTS},
+                                               {"context", required_argument, 0, O_CONTEXT},
+                                               {"precision", required_argument, 0, O_PREC},
+                                               {"autorotate", no_argument, 0, O_ROTATE},
+                                               {"max-pixels", required_argument, 0, O_PIXELS},
+                                               {"max-image-bytes", required_argument, 0, O_IMGB},
+                                               {"model-id", required_argument, 0, O_MID},
+                                               {"model-hash", required_argument, 0, O_MHASH},
+                                               {"heartbeat-ms", required_argument, 0, O_HB},
+                                               {"heartbeat-liveness", required_argument, 0, O_HL},
+                                               {"reconnect-max-ms", required_argument, 0, O_RECON},
+                                               {"stop-timeout", required_argument, 0, O_STOP},
+                                               {"curve-secret", required_argument, 0, O_CS},
+                                               {"curve-server-public", required_argument, 0, O_CP},
+                                               {"log-level", required_argument, 0, O_LOG},
+                                               {"help", no_argument, 0, O_HELP},
+                                               {"image-root", required_argument, 0, O_ROOT},
+                                               {"stop-grace", required_argument, 0, O_GRACE},
+                                               {"prefetch", required_argument, 0, O_PREFETCH},
+                                               {"kv-tokens", required_argument, 0, O_KV},
+                                               {"kv-cache", required_argument, 0, O_KV_CACHE},
+                                               {"gemm-tune", required_argument, 0, O_GEMM_TUNE},
+                                               {"vision-chunk", required_argument, 0, O_VCHUNK},
+                                               {"prefill-tokens", required_argument, 0, O_PREFILL},
+                                               {"tune-db", required_argument, 0, O_TUNE_DB},
+                                               {"no-tune-db", no_argument, 0, O_NO_TUNE_DB},
+                                               {0, 0, 0, 0}};
+
+/* What one option did to the parameters. */
+enum { OPT_OK, OPT_BAD_VALUE, OPT_HELP, OPT_FAILED };
+
+/* Applies option c (of worker_options) with optarg to p; --image-root values go to roots (64). */
+static int apply_option(int c, kw_worker_params *p, const char **roots)
+{
+    unsigned long long v = 0;
+    int bad = 0;
+    switch (c) {
+    case O_BROKER: p->broker = optarg; break;
+    case O_MODEL: p->engine.model_dir = optarg; break;
+    case O_DEVICE: p->engine.device = optarg; break;
+    case O_NAME:
+        if (!optarg[0] || strlen(optarg) > 128)
+            bad = 1;
+        p->name = optarg;
+        break;
+    case O_BATCH:
+        bad = parse_num(optarg, 1, 1024, &v);
+        p->max_batch = (int)v;
+        break;
+    case O_PREFETCH:
+        bad = parse_num(optarg, 0, 1024, &v);
+        p->prefetch = (int)v;
+        break;
+    case O_KV:
+        bad = parse_num(optarg, 1, 1ull << 32, &v);
+        p->engine.kv_tokens = (size_t)v;
+        break;
+    case O_KV_CACHE: bad = !ke_kv_cache_parse(optarg, &p->engine.kv_half); break;
+    case O_GEMM_TUNE:
+        /* the parser's own message names the bad item, more than "bad value" would */
+        if (ke_backend_gemm_tune_check(optarg) != KS_OK) {
+            fprintf(stderr, "kosmos-worker: %s (see --help)\n", ks_error_message());
+            return OPT_FAILED;
+        }
+        p->engine.gemm_tune = optarg;
+        break;
+    case O_VCHUNK:
+        bad = parse_num(optarg, 1, KW_MAX_VISION_CHUNK, &v);
+        p->engine.vision_chunk = (int)v;
+        break;
+    case O_PREFILL:
+        bad = parse_num(optarg, 1, 1 << 20, &v);
+        p->prefill_tokens = (int)v;
+        break;
+    case O_TUNE_DB: p->engine.tune_db = optarg; break;
+    case O_NO_TUNE_DB: p->engine.tune_db = ""; break;
+    case O_SLOTS:
+        bad = parse_num(optarg, 1, 1024, &v);
+        p->engine.slots = (int)v;
+        break;
+    case O_CONTEXT:
+        bad = parse_num(optarg, 2, 1 << 20, &v);
+        p->engine.context = (int)v;
+        break;
+    case O_PREC:
+        bad = !ke_precision_parse(optarg, &p->engine.precision, &p->engine.weights_int8);
+        break;
+    case O_ROTATE: p->engine.autorotate = true; break;
+    case O_PIXELS:
+        bad = parse_num(optarg, 1, 1ull << 40, &v);
+        p->engine.max_pixels = v;
+        break;
+    case O_IMGB:
+        bad = parse_num(optarg, 1, 1ull << 34, &v);
+        p->engine.max_image_bytes = (size_t)v;
+        break;
+    case O_MID:
+        p->model_id = optarg;
+        bad = !optarg[0] || strlen(optarg) > 128;
+        break;
+    case O_MHASH:
+        p->model_hash = optarg;
+        bad = !optarg[0] || strlen(optarg) > 64;
+        break;
+    case O_HB:
+        bad = parse_num(optarg, 10, 3600000, &v);
+        p->heartbeat_ms = (uint32_t)v;
+        break;
+    case O_HL:
+        bad = parse_num(optarg, 1, 100, &v);
+        p->heartbeat_liveness = (uint32_t)v;
+        break;
+    case O_RECON:
+        bad = parse_num(optarg, 100, 3600000, &v);
+        p->reconnect_max_ms = (uint32_t)v;
+        break;
+    case O_STOP:
+        bad = parse_num(optarg, 0, 86400, &v);
+        p->stop_timeout_ms = (uint32_t)(v * 1000);
+        break;
+    case O_GRACE:
+        bad = parse_num(optarg, 0, 86400, &v);
+        p->stop_grace_ms = (uint32_t)(v * 1000);
+        break;
+    case O_CS: p->curve_secret = optarg; break;
+    case O_CP: p->curve_server = optarg; break;
+    case O_LOG: {
+        ks_log_level level;
+        bad = !ks_log_level_parse(optarg, &level);
+        if (!bad)
+            kw_log_set_level(level);
+        break;
+    }
+    case O_ROOT:
+        bad = p->engine.n_image_roots == 64 || !ks_path_clean(optarg);
+        if (!bad)
+            roots[p->engine.n_image_roots++] = optarg;
+        p->engine.image_roots = roots;
+        break;
+    case O_HELP: usage(stdout); return OPT_HELP;
+    default: usage(stderr); return OPT_FAILED;
+    }
+    return bad ? OPT_BAD_VALUE : OPT_OK;
+}
+
 int kw_cli_main(int argc, char **argv, const kw_test_seams *test)
 {
-    enum {
-        O_BROKER = 256,
-        O_MODEL,
-        O_DEVICE,
-        O_BATCH,
-        O_NAME,
-        O_SLOTS,
-        O_CONTEXT,
-        O_PREC,
-        O_ROTATE,
-        O_PIXELS,
-        O_IMGB,
-        O_MID,
-        O_MHASH,
-        O_HB,
-        O_HL,
-        O_RECON,
-        O_STOP,
-        O_CS,
-        O_CP,
-        O_LOG,
-        O_HELP,
-        O_ROOT,
-        O_GRACE,
-        O_PREFETCH,
-        O_KV,
-        O_KV_CACHE,
-        O_GEMM_TUNE,
-        O_VCHUNK,
-        O_PREFILL,
-        O_TUNE_DB,
-        O_NO_TUNE_DB
-    };
-    static const struct option opts[] = {{"broker", required_argument, 0, O_BROKER},
-                                         {"model", required_argument, 0, O_MODEL},
-                                         {"device", required_argument, 0, O_DEVICE},
-                                         {"max-batch", required_argument, 0, O_BATCH},
-                                         {"name", required_argument, 0, O_NAME},
-                                         {"slots", required_argument, 0, O_SLOTS},
-                                         {"context", required_argument, 0, O_CONTEXT},
-                                         {"precision", required_argument, 0, O_PREC},
-                                         {"autorotate", no_argument, 0, O_ROTATE},
-                                         {"max-pixels", required_argument, 0, O_PIXELS},
-                                         {"max-image-bytes", required_argument, 0, O_IMGB},
-                                         {"model-id", required_argument, 0, O_MID},
-                                         {"model-hash", required_argument, 0, O_MHASH},
-                                         {"heartbeat-ms", required_argument, 0, O_HB},
-                                         {"heartbeat-liveness", required_argument, 0, O_HL},
-                                         {"reconnect-max-ms", required_argument, 0, O_RECON},
-                                         {"stop-timeout", required_argument, 0, O_STOP},
-                                         {"curve-secret", required_argument, 0, O_CS},
-                                         {"curve-server-public", required_argument, 0, O_CP},
-                                         {"log-level", required_argument, 0, O_LOG},
-                                         {"help", no_argument, 0, O_HELP},
-                                         {"image-root", required_argument, 0, O_ROOT},
-                                         {"stop-grace", required_argument, 0, O_GRACE},
-                                         {"prefetch", required_argument, 0, O_PREFETCH},
-                                         {"kv-tokens", required_argument, 0, O_KV},
-                                         {"kv-cache", required_argument, 0, O_KV_CACHE},
-                                         {"gemm-tune", required_argument, 0, O_GEMM_TUNE},
-                                         {"vision-chunk", required_argument, 0, O_VCHUNK},
-                                         {"prefill-tokens", required_argument, 0, O_PREFILL},
-                                         {"tune-db", required_argument, 0, O_TUNE_DB},
-                                         {"no-tune-db", no_argument, 0, O_NO_TUNE_DB},
-                                         {0, 0, 0, 0}};
     const char *roots[64];
     kw_worker_params p;
     kw_worker_params_default(&p);
     if (test)
         p.test = *test;
     int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        unsigned long long v = 0;
-        int bad = 0;
-        switch (c) {
-        case O_BROKER: p.broker = optarg; break;
-        case O_MODEL: p.engine.model_dir = optarg; break;
-        case O_DEVICE: p.engine.device = optarg; break;
-        case O_NAME:
-            if (!optarg[0] || strlen(optarg) > 128)
-                bad = 1;
-            p.name = optarg;
-            break;
-        case O_BATCH:
-            bad = parse_num(optarg, 1, 1024, &v);
-            p.max_batch = (int)v;
-            break;
-        case O_PREFETCH:
-            bad = parse_num(optarg, 0, 1024, &v);
-            p.prefetch = (int)v;
-            break;
-        case O_KV:
-            bad = parse_num(optarg, 1, 1ull << 32, &v);
-            p.engine.kv_tokens = (size_t)v;
-            break;
-        case O_KV_CACHE: bad = !ke_kv_cache_parse(optarg, &p.engine.kv_half); break;
-        case O_GEMM_TUNE:
-            /* the parser's own message names the bad item, more than "bad value" would */
-            if (ke_backend_gemm_tune_check(optarg) != KS_OK) {
-                fprintf(stderr, "kosmos-worker: %s (see --help)\n", ks_error_message());
-                return KW_EXIT_CONFIG;
-            }
-            p.engine.gemm_tune = optarg;
-            break;
-        case O_VCHUNK:
-            bad = parse_num(optarg, 1, KW_MAX_VISION_CHUNK, &v);
-            p.engine.vision_chunk = (int)v;
-            break;
-        case O_PREFILL:
-            bad = parse_num(optarg, 1, 1 << 20, &v);
-            p.prefill_tokens = (int)v;
-            break;
-        case O_TUNE_DB: p.engine.tune_db = optarg; break;
-        case O_NO_TUNE_DB: p.engine.tune_db = ""; break;
-        case O_SLOTS:
-            bad = parse_num(optarg, 1, 1024, &v);
-            p.engine.slots = (int)v;
-            break;
-        case O_CONTEXT:
-            bad = parse_num(optarg, 2, 1 << 20, &v);
-            p.engine.context = (int)v;
-            break;
-        case O_PREC:
-            bad = !ke_precision_parse(optarg, &p.engine.precision, &p.engine.weights_int8);
-            break;
-        case O_ROTATE: p.engine.autorotate = true; break;
-        case O_PIXELS:
-            bad = parse_num(optarg, 1, 1ull << 40, &v);
-            p.engine.max_pixels = v;
-            break;
-        case O_IMGB:
-            bad = parse_num(optarg, 1, 1ull << 34, &v);
-            p.engine.max_image_bytes = (size_t)v;
-            break;
-        case O_MID:
-            p.model_id = optarg;
-            bad = !optarg[0] || strlen(optarg) > 128;
-            break;
-        case O_MHASH:
-            p.model_hash = optarg;
-            bad = !optarg[0] || strlen(optarg) > 64;
-            break;
-        case O_HB:
-            bad = parse_num(optarg, 10, 3600000, &v);
-            p.heartbeat_ms = (uint32_t)v;
-            break;
-        case O_HL:
-            bad = parse_num(optarg, 1, 100, &v);
-            p.heartbeat_liveness = (uint32_t)v;
-            break;
-        case O_RECON:
-            bad = parse_num(optarg, 100, 3600000, &v);
-            p.reconnect_max_ms = (uint32_t)v;
-            break;
-        case O_STOP:
-            bad = parse_num(optarg, 0, 86400, &v);
-            p.stop_timeout_ms = (uint32_t)(v * 1000);
-            break;
-        case O_GRACE:
-            bad = parse_num(optarg, 0, 86400, &v);
-            p.stop_grace_ms = (uint32_t)(v * 1000);
-            break;
-        case O_CS: p.curve_secret = optarg; break;
-        case O_CP: p.curve_server = optarg; break;
-        case O_LOG: {
-            ks_log_level level;
-            bad = !ks_log_level_parse(optarg, &level);
-            if (!bad)
-                kw_log_set_level(level);
-            break;
-        }
-        case O_ROOT:
-            bad = p.engine.n_image_roots == 64 || !ks_path_clean(optarg);
-            if (!bad)
-                roots[p.engine.n_image_roots++] = optarg;
-            p.engine.image_roots = roots;
-            break;
-        case O_HELP: usage(stdout); return 0;
-        default: usage(stderr); return KW_EXIT_CONFIG;
-        }
-        if (bad) {
+    while ((c = getopt_long(argc, argv, "", worker_options, NULL)) != -1) {
+        int r = apply_option(c, &p, roots);
+        if (r == OPT_HELP)
+            return 0;
+        if (r == OPT_FAILED)
+            return KW_EXIT_CONFIG;
+        if (r == OPT_BAD_VALUE) {
             fprintf(stderr, "kosmos-worker: bad value for --%s: '%s' (see --help)\n",
-                    opts[c - O_BROKER].name, optarg);
+                    worker_options[c - O_BROKER].name, optarg);
             return KW_EXIT_CONFIG;
         }
     }

@@ -586,28 +586,38 @@ static ks_status check(const ke_cl_gemm_args *a)
     return KS_OK;
 }
 
-/* Grows the split scratch: partial (chunks, m, n rounded to 16) floats and a counter per tile. */
+/* *buf holding at least `need` elements of `size` bytes (*have of them now), reallocated when
+ * short; its old contents are not kept. *grown (may be NULL) says whether it was. */
+static ks_status grow_buffer(ke_cl_gemm *g, cl_mem *buf, size_t *have, size_t need, size_t size,
+                             bool *grown)
+{
+    if (grown)
+        *grown = false;
+    if (need <= *have)
+        return KS_OK;
+    kc_context_buffer_free(g->ctx, buf);
+    *have = 0;
+    ks_status status = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, need * size, NULL, buf);
+    if (status == KS_OK) {
+        *have = need;
+        if (grown)
+            *grown = true;
+    }
+    return status;
+}
+
+/* Grows the split scratch: partial (chunks, m, n rounded to 16) floats and a counter per tile,
+ * new counters zeroed. */
 static ks_status grow_scratch(ke_cl_gemm *g, size_t floats, size_t counters)
 {
-    ks_status status = KS_OK;
-    if (floats > g->partial_floats) {
-        kc_context_buffer_free(g->ctx, &g->partial);
-        g->partial_floats = 0;
-        if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, floats * sizeof(float), NULL,
-                                        &g->partial)) != KS_OK)
-            return status;
-        g->partial_floats = floats;
-    }
-    if (counters > g->counter_ints) {
-        kc_context_buffer_free(g->ctx, &g->counters);
-        g->counter_ints = 0;
-        if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, counters * sizeof(cl_int), NULL,
-                                        &g->counters)) != KS_OK)
-            return status;
+    bool grown = false;
+    ks_status status = grow_buffer(g, &g->partial, &g->partial_floats, floats, sizeof(float), NULL);
+    if (status == KS_OK)
+        status = grow_buffer(g, &g->counters, &g->counter_ints, counters, sizeof(cl_int), &grown);
+    if (status == KS_OK && grown) {
         cl_int zero = 0;
         KC_CHECK(clEnqueueFillBuffer(kc_context_queue(g->ctx), g->counters, &zero, sizeof zero, 0,
                                      counters * sizeof(cl_int), 0, NULL, NULL));
-        g->counter_ints = counters;
     }
 cleanup:
     return status;
@@ -679,14 +689,8 @@ static ks_status layer_norm_apart(ke_cl_gemm *g, ke_cl_gemm_site *site, const ke
     ks_status status = KS_OK;
     const ke_cl_weight *w = a->w;
     size_t floats = a->m * w->k;
-    if (floats > g->xn_floats) {
-        kc_context_buffer_free(g->ctx, &g->xn);
-        g->xn_floats = 0;
-        if ((status = kc_context_buffer(g->ctx, CL_MEM_READ_WRITE, floats * sizeof(float), NULL,
-                                        &g->xn)) != KS_OK)
-            return status;
-        g->xn_floats = floats;
-    }
+    if ((status = grow_buffer(g, &g->xn, &g->xn_floats, floats, sizeof(float), NULL)) != KS_OK)
+        return status;
     kc_bound **slot = &site->ln[w->dtype];
     if (!*slot && (status = kc_bound_new(g->prog[w->dtype], "gemm_ln_rows", slot)) != KS_OK)
         return status;

@@ -212,6 +212,21 @@ static void free_buffer(cl_backend *cb, cl_mem *buf)
     kc_context_buffer_free(cb->ctx, buf);
 }
 
+/* The n buffers *bufs[i] freed and made anew with bytes[i] each (a group that grows together:
+ * their contents are per step or pass). On a failure the ones not yet made are NULL. */
+static ks_status renew_buffers(cl_backend *cb, cl_mem *const *bufs, const size_t *bytes, size_t n,
+                               const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        free_buffer(cb, bufs[i]);
+    for (size_t i = 0; i < n; i++) {
+        ks_status st = new_buffer(cb, CL_MEM_READ_WRITE, bytes[i], NULL, bufs[i], what);
+        if (st != KS_OK)
+            return st;
+    }
+    return KS_OK;
+}
+
 /* One weight vector or small table in the storage dtype (NULL buffer if absent); converted
  * through a temporary copy when the file's dtype differs (these are small). */
 static ks_status upload(cl_backend *cb, const ke_tensor *t, const char *name, cl_mem *out)
@@ -761,13 +776,9 @@ static ks_status grow_tokens(cl_backend *cb, size_t want)
                       want * sizeof(cl_int4),
                       want * sizeof(cl_int4)};
     cb->tokens = 0;
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        free_buffer(cb, bufs[i]);
-        ks_status st = new_buffer(cb, CL_MEM_READ_WRITE, bytes[i], NULL, bufs[i],
-                                  "text activations");
-        if (st != KS_OK)
-            return st;
-    }
+    ks_status st = renew_buffers(cb, bufs, bytes, sizeof bufs / sizeof bufs[0], "text activations");
+    if (st != KS_OK)
+        return st;
     cb->tokens = want;
     return KS_OK;
 }
@@ -785,12 +796,9 @@ static ks_status grow_seqs(cl_backend *cb, size_t want)
     cb->h_out = malloc(want * sizeof(cl_int));
     if (!cb->h_out)
         return ks_fail(KS_ERR_NOMEM, "out of memory for %zu sequences", want);
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        free_buffer(cb, bufs[i]);
-        ks_status st = new_buffer(cb, CL_MEM_READ_WRITE, bytes[i], NULL, bufs[i], "logits");
-        if (st != KS_OK)
-            return st;
-    }
+    ks_status st = renew_buffers(cb, bufs, bytes, sizeof bufs / sizeof bufs[0], "logits");
+    if (st != KS_OK)
+        return st;
     cb->seqs = want;
     return KS_OK;
 }

@@ -8,14 +8,16 @@
 #   2. fidelity: transformers builds a full-size random Kosmos-2 with decisive weights and saves
 #      it; our fp16 path runs it (large products by $GEMM); max logit error and 64 greedy ids
 #      against HF fp32
-#   3. speed: kosmos-bench and hf_baseline.py side by side at fixed batch sizes, with ratios
+#   3. profile (< 2 min): kosmos-bench --profile at batch 1 and the largest of $BATCHES: where
+#      each phase's device time goes (vision and prefill per pass, decode per step), per kernel
+#   4. speed: kosmos-bench and hf_baseline.py side by side at fixed batch sizes, with ratios
 #
 #   ops/gpu-carry.sh                       # here: build and collect build-gpu/carry
 #   OUT=/some/dir ops/gpu-check.sh         # there (the device tool sets $OUT)
 #
 # Environment: CARRY (default build-gpu/carry), PYTHON (python3), DEVICE (gpu), HF_DEVICE
 # (cuda), CONFIG (full), BATCHES (1,8,64,256), REPEATS (1), NEW_TOKENS (64),
-# STAGES (gemm,smoke,fidelity,speed), GEMM (mma-ptx: kosmos-fidelity's --gemm; simt for the
+# STAGES (gemm,smoke,fidelity,profile,speed), GEMM (mma-ptx: kosmos-fidelity's --gemm; simt for the
 # SIMT kernels).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +31,7 @@ CONFIG=${CONFIG:-full}
 BATCHES=${BATCHES:-1,8,64,256}
 REPEATS=${REPEATS:-1}
 NEW_TOKENS=${NEW_TOKENS:-64}
-STAGES=${STAGES:-gemm,smoke,fidelity,speed}
+STAGES=${STAGES:-gemm,smoke,fidelity,profile,speed}
 GEMM=${GEMM:-mma-ptx}
 mkdir -p "$OUT"
 summary=$OUT/summary.jsonl
@@ -112,8 +114,21 @@ if wants fidelity; then
     rm -rf "$model"
 fi
 
+if wants profile; then
+    note "stage 3: profile"
+    largest=${BATCHES##*,}
+    [ "$largest" = max ] && largest=64 # the profile wants a batch that surely fits
+    if timeout 170 "$bin/kosmos-bench" --device "$DEVICE" --config "$CONFIG" \
+           --batch "1,$largest" --phases vision,prefill,decode --repeats 1 --warmup 1 \
+           --new-tokens 16 --profile > "$OUT/profile.txt" 2> "$OUT/profile.log"; then
+        note "profile: ok"
+    else
+        note "profile: FAILED"; tail -n 20 "$OUT/profile.log"; status=1
+    fi
+fi
+
 if wants speed; then
-    note "stage 3: speed"
+    note "stage 4: speed"
     PYTHON=$PYTHON KOSMOS_BENCH=$bin/kosmos-bench HF_DEVICE=$HF_DEVICE \
         tests/bench/compare.sh --device "$DEVICE" --config "$CONFIG" --batch "$BATCHES" \
         --repeats "$REPEATS" --warmup 1 --new-tokens "$NEW_TOKENS" --out "$OUT/speed" \

@@ -95,6 +95,52 @@ void ts_cl_block_stats(const float *v, size_t dim, size_t sb, cl_float2 *out)
     }
 }
 
+double ts_cl_act_ref(double v, int act)
+{
+    switch (act) {
+    case 0: return 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
+    case 1: return v / (1.0 + exp(-1.702 * v));
+    case 2: return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+    case 3: return v > 0 ? v : 0;
+    default: return v;
+    }
+}
+
+void ts_cl_linear_ref(const ts_cl_linear *p, float *want, float *bound)
+{
+    const size_t k = p->k;
+    double *xn = malloc((k ? k : 1) * sizeof *xn);
+    assert_non_null(xn);
+    for (size_t r = 0; r < p->m; r++) {
+        const float *xr = p->x + (p->gather ? (size_t)p->gather[r] : r) * p->ldx;
+        double mean = 0, var = 0;
+        for (size_t i = 0; i < k; i++)
+            mean += xr[i];
+        mean /= (double)k;
+        for (size_t i = 0; i < k; i++)
+            var += (xr[i] - mean) * (xr[i] - mean);
+        const double rstd = 1.0 / sqrt(var / (double)k + 1e-5);
+        for (size_t i = 0; i < k; i++) {
+            double v = p->gamma ? (xr[i] - mean) * rstd * p->gamma[i] + p->beta[i] : xr[i];
+            xn[i] = p->round_x ? p->round_x((float)v) : v;
+        }
+        for (size_t j = 0; j < p->n; j++) {
+            double s = 0, b = 0;
+            for (size_t i = 0; i < k; i++) {
+                s += xn[i] * p->w[j * k + i];
+                b += fabs(xn[i] * p->w[j * k + i]);
+            }
+            s = ts_cl_act_ref(s + (p->bias ? p->bias[j] : 0.0), p->act);
+            if (j < p->acc_cols)
+                s += p->y0[r * p->ldy + j];
+            want[r * p->n + j] = (float)s;
+            if (bound)
+                bound[r * p->n + j] = (float)b;
+        }
+    }
+    free(xn);
+}
+
 double ts_cl_rel_diff(double got, double want)
 {
     double d = fabs(got - want) / fmax(1.0, fabs(want));

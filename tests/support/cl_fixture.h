@@ -1,7 +1,8 @@
 /* cl_fixture: the OpenCL fixture of the unit tests that run kernels (test_opencl, test_cl_ops,
  * test_cl_gemm): the device under test and a context on it, the skip when this machine has none,
  * buffer copies that fail the test, and the host-side measures that kernel outputs are compared
- * with. For cmocka tests only (it fails them). The references themselves stay with each test.
+ * with, and the reference of a matrix product (test_cl_gemm, test_cl_gemm_mma). For cmocka tests
+ * only (it fails them). Other references stay with each test.
  * Prefix ts_cl_. */
 #ifndef TS_CL_FIXTURE_H
 #define TS_CL_FIXTURE_H
@@ -42,6 +43,32 @@ double ts_cl_frand(void);
 /* The (mean, M2) of each block of sb values of v, summed in order in f32, as the kernels'
  * producers write row statistics (kernels/common.cl block_stats); dim / sb rounded up blocks. */
 void ts_cl_block_stats(const float *v, size_t dim, size_t sb, cl_float2 *out);
+
+/* One matrix product as kernels/gemm.cl defines it, for ts_cl_linear_ref: row r of X is row
+ * gather[r] (NULL: r) of x (row stride ldx), normalized when gamma is not NULL (LayerNorm over
+ * its k values, eps 1e-5, then * gamma + beta), each operand passed through round_x when not
+ * NULL (the f16 operands of the matrix-unit engine), times W (n, k) row-major, + bias (n, NULL:
+ * none), the activation act (ke_activation's values: 0 gelu, 1 quick_gelu, 2 gelu_tanh,
+ * 3 relu; -1 none), + y0[r * ldy + j] for the columns j < acc_cols (the residual; 0: none). */
+typedef struct ts_cl_linear {
+    size_t m, n, k;
+    const float *x;
+    size_t ldx;
+    const int *gather;
+    const float *gamma, *beta;
+    float (*round_x)(float);
+    const float *w, *bias;
+    int act;
+    const float *y0;
+    size_t ldy, acc_cols;
+} ts_cl_linear;
+
+/* The activations in double (the `act` of ts_cl_linear). */
+double ts_cl_act_ref(double v, int act);
+
+/* The product of p in double: want (m, n); bound (m, n, may be NULL) the sum of |x w| over k,
+ * the scale of the product's rounding errors. */
+void ts_cl_linear_ref(const ts_cl_linear *p, float *want, float *bound);
 
 /* |got - want| / max(1, |want|), the error every kernel check measures; NaN reads as infinite,
  * so that it fails any tolerance and no later value hides it. */

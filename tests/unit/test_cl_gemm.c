@@ -98,18 +98,6 @@ static void *to_dtype(float *v, size_t n, ke_dtype dt)
     return out;
 }
 
-static double act_ref(double v, int act)
-{
-    switch (act) {
-    case KE_ACT_GELU: return 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
-    case KE_ACT_QUICK_GELU: return v / (1.0 + exp(-1.702 * v));
-    case KE_ACT_GELU_TANH:
-        return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
-    case KE_ACT_RELU: return v > 0 ? v : 0;
-    default: return v;
-    }
-}
-
 /* One product to check. */
 typedef struct gemm_case {
     size_t m, n, k;
@@ -191,25 +179,21 @@ static void run_case(fixture *fx, const gemm_case *c)
         ts_cl_block_stats(x + c->x_off + r * ldx, k, sb, xst + r * ln_nb);
 
     /* the reference, in double */
-    for (size_t r = 0; r < m; r++) {
-        const float *xr = x + c->x_off + (size_t)gather[r] * ldx;
-        double mean = 0, var = 0;
-        for (size_t i = 0; i < k; i++)
-            mean += xr[i];
-        mean /= (double)k;
-        for (size_t i = 0; i < k; i++)
-            var += (xr[i] - mean) * (xr[i] - mean);
-        double rstd = 1.0 / sqrt(var / (double)k + 1e-5);
-        for (size_t j = 0; j < n; j++) {
-            double s = 0;
-            for (size_t i = 0; i < k; i++) {
-                double xn = c->ln ? (xr[i] - mean) * rstd * gf[i] + betaf[i] : xr[i];
-                s += xn * wf[j * k + i];
-            }
-            s = act_ref(s + (c->bias ? bf[j] : 0.0), c->act);
-            want[r * n + j] = (float)(s + (c->accumulate ? y0[c->y_off + r * ldy + j] : 0.0));
-        }
-    }
+    ts_cl_linear ref = {.m = m,
+                        .n = n,
+                        .k = k,
+                        .x = x + c->x_off,
+                        .ldx = ldx,
+                        .gather = gather,
+                        .gamma = c->ln ? gf : NULL,
+                        .beta = betaf,
+                        .w = wf,
+                        .bias = c->bias ? bf : NULL,
+                        .act = c->act,
+                        .y0 = y0 + c->y_off,
+                        .ldy = ldy,
+                        .acc_cols = c->accumulate ? n : 0};
+    ts_cl_linear_ref(&ref, want, NULL);
 
     ke_tensor tw = {.dtype = side, .ndim = 2, .shape = {(int64_t)n, (int64_t)k}, .data = w};
     ke_tensor tb = {.dtype = side, .ndim = 1, .shape = {(int64_t)n}, .data = b};

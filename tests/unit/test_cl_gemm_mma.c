@@ -103,15 +103,6 @@ static float frand(void) /* uniform in [-1, 1) */ { return (float)ts_cl_frand();
 
 static float f16_round(float v) { return ke_f16_to_f32(ke_f32_to_f16(v)); }
 
-static double act_ref(double v, int act)
-{
-    if (act == KE_ACT_GELU)
-        return 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
-    if (act == KE_ACT_QUICK_GELU)
-        return v / (1.0 + exp(-1.702 * v));
-    return v;
-}
-
 /* ---- the macro layer against the PTX ISA's fragment tables -------------------------------- */
 
 /* PTX ISA 8.x, "Matrix fragments for mma.m16n8k16 with floating point type", with
@@ -248,9 +239,8 @@ static float *run_case(fixture *fx, const mma_case *c, const char *force)
     cl_float2 *ost = calloc(m * out_nb, sizeof *ost), *ost_want = malloc(out_nb * sizeof *ost);
     cl_int *gather = malloc(m * sizeof *gather);
     cl_int4 *tok = calloc(m, sizeof *tok);
-    double *xn = malloc(k * sizeof *xn);
     assert_true(x && wf && bf && gf && betaf && y0 && y && want && bound && kc && vc && wh && bh &&
-                gh && betah && xst && ost && ost_want && gather && tok && xn);
+                gh && betah && xst && ost && ost_want && gather && tok);
     for (size_t i = 0; i < src_rows * ldx; i++)
         x[i] = frand() * 2.0f + 0.3f;
     for (size_t i = 0; i < n * k; i++) {
@@ -281,30 +271,22 @@ static float *run_case(fixture *fx, const mma_case *c, const char *force)
     /* the reference: operands rounded to f16 as the engine rounds them, sums in double; `bound`
      * is sum |x w|, what both the f32 sums and an f16 rounding that lands on the other side of a
      * tie (the engine normalizes in f32, this reference in double) scale with */
-    for (size_t r = 0; r < m; r++) {
-        const float *xr = x + (size_t)gather[r] * ldx;
-        double mean = 0, var = 0;
-        for (size_t i = 0; i < k; i++)
-            mean += xr[i];
-        mean /= (double)k;
-        for (size_t i = 0; i < k; i++)
-            var += (xr[i] - mean) * (xr[i] - mean);
-        double rstd = 1.0 / sqrt(var / (double)k + 1e-5);
-        for (size_t i = 0; i < k; i++)
-            xn[i] = f16_round((float)(c->ln ? (xr[i] - mean) * rstd * gf[i] + betaf[i] : xr[i]));
-        for (size_t j = 0; j < n; j++) {
-            double s = 0, bnd = 0;
-            for (size_t i = 0; i < k; i++) {
-                s += xn[i] * wf[j * k + i];
-                bnd += fabs(xn[i] * wf[j * k + i]);
-            }
-            s = act_ref(s + (c->bias ? bf[j] : 0.0), c->act);
-            if (c->accumulate && j < width)
-                s += y0[c->y_off + r * ldy + j];
-            want[r * n + j] = (float)s;
-            bound[r * n + j] = (float)bnd;
-        }
-    }
+    ts_cl_linear ref = {.m = m,
+                        .n = n,
+                        .k = k,
+                        .x = x,
+                        .ldx = ldx,
+                        .gather = gather,
+                        .gamma = c->ln ? gf : NULL,
+                        .beta = betaf,
+                        .round_x = f16_round,
+                        .w = wf,
+                        .bias = c->bias ? bf : NULL,
+                        .act = c->act,
+                        .y0 = y0 + c->y_off,
+                        .ldy = ldy,
+                        .acc_cols = c->accumulate ? width : 0};
+    ts_cl_linear_ref(&ref, want, bound);
 
     ke_tensor tw = {.dtype = KE_DTYPE_F16,
                     .ndim = 2,
@@ -412,7 +394,7 @@ static float *run_case(fixture *fx, const mma_case *c, const char *force)
         kc_context_buffer_free(fx->ctx, &bufs[i]);
     free(x), free(wf), free(bf), free(gf), free(betaf), free(y0), free(y), free(want);
     free(bound), free(kc), free(vc), free(wh), free(bh), free(gh), free(betah), free(xst);
-    free(ost), free(ost_want), free(gather), free(tok), free(xn), free(g_dt), free(beta_dt);
+    free(ost), free(ost_want), free(gather), free(tok), free(g_dt), free(beta_dt);
     return out;
 }
 

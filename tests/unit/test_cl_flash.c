@@ -158,7 +158,7 @@ typedef struct att_seq {
  * has them, or K/V in a buffer of their own; every config within 1e-5 of the reference and
  * each order the same bits whatever the tiles. */
 static void run_flash(const char *name, const att_seq *seqs, int n_seqs, int heads, int head_dim,
-                      bool fused)
+                      bool fused, bool mma)
 {
     size_t width = (size_t)heads * (size_t)head_dim, total_q = 0, total_kv = 0;
     for (int s = 0; s < n_seqs; s++) {
@@ -249,6 +249,30 @@ static void run_flash(const char *name, const att_seq *seqs, int n_seqs, int hea
         }
     }
     ke_cl_flash_force_wide(fx.ops, -1);
+    if (mma) {
+        /* flash_attention_mma.cl, emulated: f16 operands, so close rather than 1e-5; its bits
+         * the same whatever the blocks */
+        const ke_mma_variant emulated = {.ldmatrix = true, .cp_async = true};
+        ke_cl_flash_use_mma(fx.ops, &emulated);
+        static const int bqs[] = {0, 7, 1};
+        for (size_t c = 0; c < sizeof bqs / sizeof bqs[0]; c++) {
+            ke_cl_flash_force_tiles(fx.ops, bqs[c], 0);
+            assert_true(ke_cl_flash_uses_mma(fx.ops, head_dim));
+            size_t nb = ke_cl_flash_blocks(rows, total_q, ke_cl_flash_block_q(fx.ops), blocks);
+            check_ok(kc_context_write(fx.ctx, mb, true, 0, nb * 4 * sizeof(cl_int), blocks, NULL));
+            check_ok(ke_cl_flash_attention(fx.ops, &a, mb, nb));
+            from_device(mo, got, total_q * width * 4);
+            char what[112];
+            snprintf(what, sizeof what, "%s, flash_attention_mma (emulated), blocks %d", name,
+                     ke_cl_flash_block_q(fx.ops));
+            TS_CL_EXPECT_CLOSE(what, got, want, total_q * width, 5e-3);
+            if (c == 0)
+                memcpy(first[2], got, total_q * width * sizeof(float));
+            else if (memcmp(first[2], got, total_q * width * sizeof(float)) != 0)
+                fail_msg("%s: not the bits of the first blocks", what);
+        }
+        ke_cl_flash_use_mma(fx.ops, NULL);
+    }
     ke_cl_flash_force_tiles(fx.ops, 0, 0);
     ke_cl_ops_force_serial_attention(fx.ops, serial0);
     cl_mem *all[] = {&mq, &mkv, &mr, &mb, &mo};
@@ -267,22 +291,22 @@ static void test_flash_attention(void **state)
     REQUIRE_DEVICE();
     /* vision encoder: 257 tokens, all keys; the tiny checkpoint's 4 x 8 and ViT-L/14's 16 x 64 */
     att_seq enc1[] = {{257, 257, -1}};
-    run_flash("encoder 257, 4 heads of 8", enc1, 1, 4, 8, true);
-    run_flash("encoder 257, 16 heads of 64", enc1, 1, 16, 64, true);
+    run_flash("encoder 257, 4 heads of 8", enc1, 1, 4, 8, true, false);
+    run_flash("encoder 257, 16 heads of 64", enc1, 1, 16, 64, true, false);
     att_seq enc3[] = {{17, 17, -1}, {17, 17, -1}, {17, 17, -1}};
-    run_flash("encoder 3 x 17, 3 heads of 16", enc3, 3, 3, 16, true);
+    run_flash("encoder 3 x 17, 3 heads of 16", enc3, 3, 3, 16, true, true);
     att_seq one[] = {{1, 1, -1}};
-    run_flash("encoder 1 token", one, 1, 2, 8, true);
+    run_flash("encoder 1 token", one, 1, 2, 8, true, false);
     /* resampler: 64 latent queries over 257 + 64 rows, causal from 0 (5.17) or full */
     att_seq res[] = {{64, 321, 0}, {64, 321, 0}};
-    run_flash("resampler causal, 3 heads of 16", res, 2, 3, 16, false);
+    run_flash("resampler causal, 3 heads of 16", res, 2, 3, 16, false, true);
     att_seq resf[] = {{64, 321, -1}};
-    run_flash("resampler full, 2 heads of 64", resf, 1, 2, 64, false);
+    run_flash("resampler full, 2 heads of 64", resf, 1, 2, 64, false, true);
     /* causal rows with and without earlier keys, one query alone */
     att_seq dec[] = {{70, 70, 0}, {1, 6, 5}, {37, 300, 263}};
-    run_flash("causal rows, 3 heads of 16", dec, 3, 3, 16, false);
+    run_flash("causal rows, 3 heads of 16", dec, 3, 3, 16, false, true);
     att_seq odd[] = {{5, 9, 4}, {3, 3, -1}};
-    run_flash("causal rows, 3 heads of 5", odd, 2, 3, 5, false);
+    run_flash("causal rows, 3 heads of 5", odd, 2, 3, 5, false, false);
 }
 
 /* ---- flash_attention_paged against paged_attention ----------------------------------------- */

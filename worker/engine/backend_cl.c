@@ -1711,8 +1711,11 @@ ks_status ke_backend_cl_new(const ke_model *model, const kc_device_info *device,
     if ((status = kc_context_new(device, &params, &cb->ctx)) != KS_OK ||
         (status = open_gemm(cb, device, options)) != KS_OK ||
         (status = ke_cl_ops_new(cb->ctx, cb->wdt, &cb->ops)) != KS_OK ||
-        (status = ke_cl_gemm_set_path(cb->gemm, options->gemm)) != KS_OK ||
-        (status = upload_vision(cb)) != KS_OK || (status = upload_text(cb)) != KS_OK ||
+        (status = ke_cl_gemm_set_path(cb->gemm, options->gemm)) != KS_OK)
+        goto cleanup;
+    /* the vision attention on the matrix units wherever the products are (--gemm) */
+    ke_cl_flash_use_mma(cb->ops, ke_cl_gemm_mma_variant(cb->gemm));
+    if ((status = upload_vision(cb)) != KS_OK || (status = upload_text(cb)) != KS_OK ||
         (status = prepare_flash(cb, options)) != KS_OK ||
         (status = kc_context_finish(cb->ctx)) != KS_OK)
         goto cleanup;

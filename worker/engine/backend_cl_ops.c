@@ -81,6 +81,10 @@ struct ke_cl_ops {
     int flash_bq, flash_bk; /* ke_cl_flash_force_tiles; 0: the device's choice */
     wide_build *wide;       /* [n_wide], made on demand (wide_get) */
     int n_wide;
+    bool mma_on; /* ke_cl_flash_use_mma */
+    ke_mma_variant mma;
+    wide_build *fmma; /* flash_attention_mma.cl by head size (block_q unused), on demand */
+    int n_fmma;
     int wide_mode; /* ke_cl_flash_force_wide: -1 CPUs (default), 0 never, 1 every device */
 };
 
@@ -184,6 +188,7 @@ void ke_cl_ops_destroy(ke_cl_ops **ops)
         return;
     free((*ops)->flash);
     free((*ops)->wide);
+    free((*ops)->fmma);
     free(*ops); /* kernels and programs belong to the context */
     *ops = NULL;
 }
@@ -750,6 +755,56 @@ static ks_status wide_get(ke_cl_ops *o, int head_dim, cl_kernel *out)
     return KS_OK;
 }
 
+/* flash_attention_mma.cl's local memory: Q, K, V and P tiles of f16, the scores, four rows of
+ * state, and the emulation's exchange (kernels/mma.cl: 192 words per warp, 4 warps). */
+enum { FMMA_BQ = 64, FMMA_BK = 32 };
+
+static uint64_t fmma_local_bytes(int head_dim, bool emulated)
+{
+    uint64_t tiles = 2u * ((uint64_t)(FMMA_BQ + 2 * FMMA_BK) * (uint64_t)(head_dim + 8) +
+                           (uint64_t)FMMA_BQ * (FMMA_BK + 8));
+    return tiles + 4u * (uint64_t)FMMA_BQ * (FMMA_BK + 1 + 4) + (emulated ? 4u * 192u * 4u : 0);
+}
+
+void ke_cl_flash_use_mma(ke_cl_ops *o, const ke_mma_variant *v)
+{
+    o->mma_on = v != NULL;
+    if (v)
+        o->mma = *v;
+    o->n_fmma = 0; /* kernels built for another variant: their programs stay in the context */
+}
+
+bool ke_cl_flash_uses_mma(const ke_cl_ops *o, int head_dim)
+{
+    return o->mma_on && head_dim % 16 == 0 && head_dim >= 16 && head_dim <= 64 &&
+           flash_bq(o) <= FMMA_BQ &&
+           (o->local_mem == 0 || fmma_local_bytes(head_dim, !o->mma.ptx) <= o->local_mem);
+}
+
+static ks_status fmma_get(ke_cl_ops *o, int head_dim, cl_kernel *out)
+{
+    for (int i = 0; i < o->n_fmma; i++)
+        if (o->fmma[i].head_dim == head_dim) {
+            *out = o->fmma[i].k;
+            return KS_OK;
+        }
+    char opts[224], mma[160];
+    snprintf(opts, sizeof opts, "-DHD=%d %s", head_dim,
+             ke_mma_variant_options(&o->mma, mma, sizeof mma));
+    kc_program *prog = NULL;
+    wide_build b = {.head_dim = head_dim};
+    ks_status st = kc_program_get(o->ctx, "flash_attention_mma.cl", opts, &prog);
+    if (st != KS_OK || (st = kc_program_kernel(prog, "flash_attention_mma", &b.k)) != KS_OK)
+        return st;
+    wide_build *grown = realloc(o->fmma, (size_t)(o->n_fmma + 1) * sizeof *grown);
+    if (!grown)
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
+    o->fmma = grown;
+    o->fmma[o->n_fmma++] = b;
+    *out = b.k;
+    return KS_OK;
+}
+
 ks_status ke_cl_flash_prepare(ke_cl_ops *o, int head_dim)
 {
     const flash_build *b = NULL;
@@ -796,9 +851,12 @@ ks_status ke_cl_flash_attention(ke_cl_ops *o, const ke_cl_attention_args *a, cl_
         status = ks_fail(KS_ERR_INVALID, "sizes out of range");
         goto cleanup;
     }
-    bool wide = wide_wanted(o, a->head_dim);
+    bool on_mma = ke_cl_flash_uses_mma(o, a->head_dim);
+    bool wide = !on_mma && wide_wanted(o, a->head_dim);
     cl_kernel k = NULL;
-    if (wide)
+    if (on_mma)
+        status = fmma_get(o, a->head_dim, &k);
+    else if (wide)
         status = wide_get(o, a->head_dim, &k);
     else if ((status = flash_get(o, a->head_dim, &b)) == KS_OK)
         k = b->k;
@@ -818,6 +876,11 @@ ks_status ke_cl_flash_attention(ke_cl_ops *o, const ke_cl_attention_args *a, cl_
     ARG(k, 11, (cl_int)a->out_stride);
     ARG(k, 12, (cl_int)a->heads);
     ARG(k, 13, (cl_float)a->scale);
+    if (on_mma) {
+        size_t global2[2] = {n_blocks * (size_t)a->heads * 32, 4}, local2[2] = {32, 4};
+        status = run(o, k, "flash_attention_mma", 2, global2, local2, NULL);
+        goto cleanup;
+    }
     local = wide ? 1 : (size_t)b->block_q;
     size_t global = n_blocks * (size_t)a->heads * local;
     status = run(o, k, wide ? "attention_wide" : "flash_attention", 1, &global, &local, NULL);

@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #include "backend.h"
+#include "cl_gemm_mma.h"
 #include "kc_context.h"
 #include "kc_program.h"
 #include "ks_error.h"
@@ -174,6 +175,12 @@ ks_status ke_cl_flash_attention(ke_cl_ops *o, const ke_cl_attention_args *a, cl_
  * step's tokens as rows (token, slot, keys it sees). The same outputs, the same bits. */
 ks_status ke_cl_flash_attention_paged(ke_cl_ops *o, const ke_cl_paged_attention_args *a,
                                       cl_mem blocks, size_t n_blocks);
+
+/* ke_cl_flash_attention through kernels/flash_attention_mma.cl (both tile products on the
+ * matrix units, f16 operands: not flash_attention.cl's bits) built as v, for heads of 16 to 64
+ * columns; NULL: off (the default). The backend turns it on with the GEMM's matrix-unit path. */
+void ke_cl_flash_use_mma(ke_cl_ops *o, const ke_mma_variant *v);
+bool ke_cl_flash_uses_mma(const ke_cl_ops *o, int head_dim);
 
 /* Whether ke_cl_flash_attention runs attention_wide.cl for heads of head_dim. */
 bool ke_cl_flash_uses_wide(const ke_cl_ops *o, int head_dim);

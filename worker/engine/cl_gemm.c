@@ -914,6 +914,11 @@ ks_status ke_cl_gemm_use_mma(ke_cl_gemm *g, const ke_mma_variant *variant)
     return st;
 }
 
+const ke_mma_variant *ke_cl_gemm_mma_variant(const ke_cl_gemm *g)
+{
+    return g->mma_on ? &g->mma.variant : NULL;
+}
+
 ks_status ke_cl_gemm_set_path(ke_cl_gemm *g, ke_gemm_path path)
 {
     static const ke_mma_variant emulated = {.ldmatrix = true, .cp_async = true};

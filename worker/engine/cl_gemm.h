@@ -147,6 +147,10 @@ void ke_cl_gemm_destroy(ke_cl_gemm **g);
  * says what runs and why. */
 ks_status ke_cl_gemm_set_path(ke_cl_gemm *g, ke_gemm_path path);
 
+/* The matrix-unit engine's variant while a path has it on, else NULL: what the vision
+ * attention's matrix-unit kernel is built as (ke_cl_flash_use_mma). Borrowed. */
+const ke_mma_variant *ke_cl_gemm_mma_variant(const ke_cl_gemm *g);
+
 /* The path in use and why, one line for logs and `kosmos bench` ("simt: ...", "mma-ptx: the
  * 16x8x16 probe matched with ..."). Borrowed until the next ke_cl_gemm_set_path. */
 const char *ke_cl_gemm_path_report(const ke_cl_gemm *g);

@@ -41,19 +41,25 @@ static size_t local_bytes(const ke_mma_variant *v, int stages)
     return (ring > slab ? ring : slab) + (v->ptx ? 0 : EMU_SCRATCH_BYTES((BM / WM) * (BN / WN)));
 }
 
-static ks_status build_dtype(kc_context *ctx, const ke_cl_mma *e, ke_dtype dt, kc_program **out)
+const char *ke_mma_variant_options(const ke_mma_variant *v, char *buf, size_t len)
 {
-    const ke_mma_variant *v = &e->variant;
-    char opts[352], arch[32] = "";
+    char arch[32] = "";
     if (v->nv_arch > 0)
         snprintf(arch, sizeof arch, " -cl-nv-arch sm_%d", v->nv_arch);
+    snprintf(buf, len, "-DMMA_IMPL=%d -DMMA_LDMATRIX=%d -DMMA_CP_ASYNC=%d -DMMA_PTX_ADDR=%d%s",
+             v->ptx ? 1 : 0, v->ldmatrix ? 1 : 0, v->cp_async ? 1 : 0, v->ptx_addr, arch);
+    return buf;
+}
+
+static ks_status build_dtype(kc_context *ctx, const ke_cl_mma *e, ke_dtype dt, kc_program **out)
+{
+    char opts[352], mma[160];
     snprintf(opts, sizeof opts,
-             "-DWEIGHT_HALF=%d -DW_PANEL=%d -DSTAT_SB=%d -DMMA_IMPL=%d -DMMA_LDMATRIX=%d "
-             "-DMMA_CP_ASYNC=%d -DMMA_PTX_ADDR=%d -DMMA_BM=%d -DMMA_BN=%d -DMMA_BK=%d "
-             "-DMMA_WM=%d -DMMA_WN=%d -DMMA_STAGES=%d -DMMA_EPI_ROWS=%d%s",
-             dt == KE_DTYPE_F16 ? 1 : 0, e->w_panel, KE_CL_STAT_SB, v->ptx ? 1 : 0,
-             v->ldmatrix ? 1 : 0, v->cp_async ? 1 : 0, v->ptx_addr, e->bm, e->bn, e->bk, e->wm,
-             e->wn, e->stages, EPI_ROWS, arch);
+             "-DWEIGHT_HALF=%d -DW_PANEL=%d -DSTAT_SB=%d %s -DMMA_BM=%d -DMMA_BN=%d -DMMA_BK=%d "
+             "-DMMA_WM=%d -DMMA_WN=%d -DMMA_STAGES=%d -DMMA_EPI_ROWS=%d",
+             dt == KE_DTYPE_F16 ? 1 : 0, e->w_panel, KE_CL_STAT_SB,
+             ke_mma_variant_options(&e->variant, mma, sizeof mma), e->bm, e->bn, e->bk, e->wm,
+             e->wn, e->stages, EPI_ROWS);
     return kc_program_get(ctx, MMA_FILE, opts, out);
 }
 

@@ -79,4 +79,8 @@ ks_status ke_cl_mma_probe(kc_context *ctx, int w_panel, ke_cl_mma *out, char *re
 /* Describes a variant ("ptx ldmatrix cp.async addr0", "emulated ldmatrix") into buf. */
 const char *ke_mma_variant_describe(const ke_mma_variant *v, char *buf, size_t len);
 
+/* The build options of kernels/mma.cl for v ("-DMMA_IMPL=1 -DMMA_LDMATRIX=1 ... [-cl-nv-arch
+ * sm_90]"), for the programs that include it; buf of len bytes, returned. */
+const char *ke_mma_variant_options(const ke_mma_variant *v, char *buf, size_t len);
+
 #endif

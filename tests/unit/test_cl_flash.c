@@ -154,6 +154,17 @@ typedef struct att_seq {
     int n_q, n_kv, causal_offset;
 } att_seq;
 
+/* ke_cl_flash_attention of a over its total_q rows (host copy `rows`), cut into blocks as the
+ * ops now cut them (host scratch `blocks`, device mb), output mo read into got. */
+static void flash_once(const ke_cl_attention_args *a, const cl_int *rows, size_t total_q,
+                       cl_int *blocks, cl_mem mb, cl_mem mo, float *got)
+{
+    size_t nb = ke_cl_flash_blocks(rows, total_q, ke_cl_flash_block_q(fx.ops), blocks);
+    check_ok(kc_context_write(fx.ctx, mb, true, 0, nb * 4 * sizeof(cl_int), blocks, NULL));
+    check_ok(ke_cl_flash_attention(fx.ops, a, mb, nb));
+    from_device(mo, got, total_q * (size_t)a->heads * (size_t)a->head_dim * 4);
+}
+
 /* The sequences in one launch, Q/K/V fused in one buffer (stride 3 * width) as the vision pass
  * has them, or K/V in a buffer of their own; every config within 1e-5 of the reference and
  * each order the same bits whatever the tiles. */
@@ -228,10 +239,7 @@ static void run_flash(const char *name, const att_seq *seqs, int n_seqs, int hea
             bool on_wide = ke_cl_flash_uses_wide(fx.ops, head_dim);
             if (wide && !on_wide)
                 break; /* a head size or device it does not serve: flash_attention.cl's turn */
-            size_t nb = ke_cl_flash_blocks(rows, total_q, ke_cl_flash_block_q(fx.ops), blocks);
-            check_ok(kc_context_write(fx.ctx, mb, true, 0, nb * 4 * sizeof(cl_int), blocks, NULL));
-            check_ok(ke_cl_flash_attention(fx.ops, &a, mb, nb));
-            from_device(mo, got, total_q * width * 4);
+            flash_once(&a, rows, total_q, blocks, mb, mo, got);
             char what[112];
             snprintf(what, sizeof what, "%s, %s, blocks %d, tiles %d", name,
                      on_wide             ? "attention_wide"
@@ -258,10 +266,7 @@ static void run_flash(const char *name, const att_seq *seqs, int n_seqs, int hea
         for (size_t c = 0; c < sizeof bqs / sizeof bqs[0]; c++) {
             ke_cl_flash_force_tiles(fx.ops, bqs[c], 0);
             assert_true(ke_cl_flash_uses_mma(fx.ops, head_dim));
-            size_t nb = ke_cl_flash_blocks(rows, total_q, ke_cl_flash_block_q(fx.ops), blocks);
-            check_ok(kc_context_write(fx.ctx, mb, true, 0, nb * 4 * sizeof(cl_int), blocks, NULL));
-            check_ok(ke_cl_flash_attention(fx.ops, &a, mb, nb));
-            from_device(mo, got, total_q * width * 4);
+            flash_once(&a, rows, total_q, blocks, mb, mo, got);
             char what[112];
             snprintf(what, sizeof what, "%s, flash_attention_mma (emulated), blocks %d", name,
                      ke_cl_flash_block_q(fx.ops));

@@ -61,7 +61,8 @@ typedef struct flash_build {
     cl_kernel k, paged; /* flash_attention, flash_attention_paged */
 } flash_build;
 
-/* A build of attention_wide.cl (CPUs): its head size and largest block. */
+/* A build of attention_wide.cl (CPUs: its head size and largest block) or of
+ * flash_attention_mma.cl (its head size; block 0). */
 typedef struct wide_build {
     int head_dim, block_q;
     cl_kernel k;
@@ -730,29 +731,40 @@ bool ke_cl_flash_uses_wide(const ke_cl_ops *o, int head_dim) { return wide_wante
 void ke_cl_flash_force_wide(ke_cl_ops *o, int mode) { o->wide_mode = mode < 0 ? -1 : mode > 0; }
 
 /* The build of attention_wide.cl for head_dim and the current blocks, made on first use. */
+/* The kernel `name` of `file` built with `opts` for (head_dim, block_q), from the builds in
+ * *list (n of them) or made and added there: attention_wide.cl and flash_attention_mma.cl keep
+ * one per head size (and block). */
+static ks_status kernel_build_get(ke_cl_ops *o, wide_build **list, int *n, int head_dim,
+                                  int block_q, const char *file, const char *name, const char *opts,
+                                  cl_kernel *out)
+{
+    for (int i = 0; i < *n; i++)
+        if ((*list)[i].head_dim == head_dim && (*list)[i].block_q == block_q) {
+            *out = (*list)[i].k;
+            return KS_OK;
+        }
+    kc_program *prog = NULL;
+    wide_build b = {.head_dim = head_dim, .block_q = block_q};
+    ks_status st = kc_program_get(o->ctx, file, opts, &prog);
+    if (st != KS_OK || (st = kc_program_kernel(prog, name, &b.k)) != KS_OK)
+        return st;
+    wide_build *grown = realloc(*list, (size_t)(*n + 1) * sizeof *grown);
+    if (!grown)
+        return ks_fail(KS_ERR_NOMEM, "out of memory");
+    *list = grown;
+    (*list)[(*n)++] = b;
+    *out = b.k;
+    return KS_OK;
+}
+
 static ks_status wide_get(ke_cl_ops *o, int head_dim, cl_kernel *out)
 {
     int bq = flash_bq(o);
-    for (int i = 0; i < o->n_wide; i++)
-        if (o->wide[i].head_dim == head_dim && o->wide[i].block_q == bq) {
-            *out = o->wide[i].k;
-            return KS_OK;
-        }
     char opts[96];
     snprintf(opts, sizeof opts, "-DHEAD_DIM=%d -DBLOCK_Q=%d -DKEY_TILE=%d", head_dim, bq,
              WIDE_KEY_TILE);
-    kc_program *prog = NULL;
-    wide_build b = {.head_dim = head_dim, .block_q = bq};
-    ks_status st = kc_program_get(o->ctx, "attention_wide.cl", opts, &prog);
-    if (st != KS_OK || (st = kc_program_kernel(prog, "attention_wide", &b.k)) != KS_OK)
-        return st;
-    wide_build *grown = realloc(o->wide, (size_t)(o->n_wide + 1) * sizeof *grown);
-    if (!grown)
-        return ks_fail(KS_ERR_NOMEM, "out of memory");
-    o->wide = grown;
-    o->wide[o->n_wide++] = b;
-    *out = b.k;
-    return KS_OK;
+    return kernel_build_get(o, &o->wide, &o->n_wide, head_dim, bq, "attention_wide.cl",
+                            "attention_wide", opts, out);
 }
 
 /* flash_attention_mma.cl's local memory: Q, K, V and P tiles of f16, the scores, four rows of
@@ -783,26 +795,11 @@ bool ke_cl_flash_uses_mma(const ke_cl_ops *o, int head_dim)
 
 static ks_status fmma_get(ke_cl_ops *o, int head_dim, cl_kernel *out)
 {
-    for (int i = 0; i < o->n_fmma; i++)
-        if (o->fmma[i].head_dim == head_dim) {
-            *out = o->fmma[i].k;
-            return KS_OK;
-        }
     char opts[224], mma[160];
     snprintf(opts, sizeof opts, "-DHD=%d %s", head_dim,
              ke_mma_variant_options(&o->mma, mma, sizeof mma));
-    kc_program *prog = NULL;
-    wide_build b = {.head_dim = head_dim};
-    ks_status st = kc_program_get(o->ctx, "flash_attention_mma.cl", opts, &prog);
-    if (st != KS_OK || (st = kc_program_kernel(prog, "flash_attention_mma", &b.k)) != KS_OK)
-        return st;
-    wide_build *grown = realloc(o->fmma, (size_t)(o->n_fmma + 1) * sizeof *grown);
-    if (!grown)
-        return ks_fail(KS_ERR_NOMEM, "out of memory");
-    o->fmma = grown;
-    o->fmma[o->n_fmma++] = b;
-    *out = b.k;
-    return KS_OK;
+    return kernel_build_get(o, &o->fmma, &o->n_fmma, head_dim, 0, "flash_attention_mma.cl",
+                            "flash_attention_mma", opts, out);
 }
 
 ks_status ke_cl_flash_prepare(ke_cl_ops *o, int head_dim)

@@ -491,16 +491,11 @@ ROWS_KERNEL(8)
 
 /* ---- gemm_ln_rows: the LayerNorm prologue as a pass of its own ------------------------------ */
 
-/* Row r of Y (ldy >= k) = row source_row(r) of X normalized, value for value what load_xn hands
- * the products above (the same operations in the same order, lane for lane), so that a product
- * of these rows without a prologue has the bits of the product with it. cl_gemm.c runs it above
- * ln_apart_m rows on CPUs, where each work-item of gemm_rows would otherwise normalize every X
- * value it reads, once per group of columns. One work-item per row; W is not read. */
-#if WEIGHT_HALF
-#define LOAD_W16(p, i) vload_half16(0, (p) + (i))
-#else
-#define LOAD_W16(p, i) vload16(0, (p) + (i))
-#endif
+/* Row r of Y (ldy >= k) = row source_row(r) of X normalized by load_xn4/load_xn, the functions
+ * that hand the products above their X, so that a product of these rows without a prologue has
+ * the bits of the product with it. cl_gemm.c runs it above ln_apart_m rows on CPUs, where each
+ * work-item of gemm_rows would otherwise normalize every X value it reads, once per group of
+ * columns. One work-item per row; W is not read. */
 __kernel void gemm_ln_rows(GEMM_ARGS)
 {
     const int r = (int)get_global_id(1);
@@ -508,12 +503,10 @@ __kernel void gemm_ln_rows(GEMM_ARGS)
         return;
     const int src = source_row(r, m, gather);
     const float2 st = merge_stats(ln_stats + (size_t)src * (size_t)ln_nb, ln_nb, ln_sb, k, ln_eps);
-    __global const float *xr = x + x_off + (size_t)src * (size_t)ldx;
     __global float *yr = y + y_off + (size_t)r * (size_t)ldy;
     int i = 0;
-    for (; i + 16 <= k; i += 16)
-        vstore16((vload16(0, xr + i) - st.x) * st.y * LOAD_W16(ln_w, i) + LOAD_W16(ln_b, i), 0,
-                 yr + i);
+    for (; i + 4 <= k; i += 4)
+        vstore4(load_xn4(x, x_off, ldx, src, i, st.x, st.y, ln_w, ln_b, 1), 0, yr + i);
     for (; i < k; i++)
         yr[i] = load_xn(x, x_off, ldx, src, i, st.x, st.y, ln_w, ln_b, 1);
 }
